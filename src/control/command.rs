@@ -1,0 +1,588 @@
+//! The control command grammar: one part of a control line becomes one typed [`Command`].
+//!
+//! Owns the exact command words of hasses 1.30 and the `TOKEN[-UNIQ]=MESSAGE` publish syntax.
+//! Pure functions over bytes: it never touches a socket, a shard or a log.
+
+use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
+
+/// What one part of a control line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `status`: the status block, to the log.
+    Status,
+    /// `tcpstatus`: the status as JSON, to the asking TCP connection.
+    TcpStatus,
+    /// `clientlist`: the client list, to the log.
+    ClientList,
+    /// `tcpclientlist`: the client list as JSON (ours; hasses has no such command).
+    TcpClientList,
+    /// `numberofclients`: `Number of connected clients: N`, to the log.
+    NumberOfClients,
+    /// `tcpnumberofclients`: `{"numberofclients": N}`.
+    TcpNumberOfClients,
+    /// `subscribedclients:TOKEN`: `Client count subscribed for "TOKEN": N`, to the log.
+    SubscribedClients(String),
+    /// `tcpsubscribedclients:TOKEN`: `{"subscribedclients": N, "subscribedfor": "TOKEN"}`.
+    TcpSubscribedClients(String),
+    /// `loglevel_quiet` / `loglevel_normal` / `loglevel_debug`: 0 / 1 / 2.
+    SetLogLevel(u8),
+    /// `reinit_enable` / `reinit_disable`.
+    SetReinit(bool),
+    /// `TOKEN[-UNIQ]=MESSAGE`.
+    Publish(Publish),
+}
+
+impl Command {
+    /// True for the `tcp…` commands, which need a TCP connection to answer on (the FIFO ignores them).
+    pub fn replies_over_tcp(&self) -> bool {
+        matches!(
+            self,
+            Command::TcpStatus
+                | Command::TcpClientList
+                | Command::TcpNumberOfClients
+                | Command::TcpSubscribedClients(_)
+        )
+    }
+}
+
+/// A message and who gets it: `TOKEN[-UNIQ]=MESSAGE`.
+///
+/// ```text
+/// room1=hello        Token("room1"), to clients subscribed to room1
+/// *=hello            All
+/// room*=hello        Prefix("room"), to clients subscribed to room1, room2, …
+/// room1-abc=hello    Token("room1"), except the client whose id is abc (also *-abc, room*-abc)
+/// ```
+///
+/// ASCII whitespace around `TOKEN[-UNIQ]` is ignored; the message is everything after the first
+/// `=`, byte for byte (it may hold `=`, be empty, or be any bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Which subscribers match.
+    pub target: Target,
+    /// The `id` of a client that must not get it (`-UNIQ`), whatever it subscribed to.
+    pub except: Option<String>,
+    /// Everything after the first `=`, as sent.
+    pub message: Vec<u8>,
+}
+
+/// Which subscriptions a publish matches. A client subscribed to `*` matches every target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `*`: every handshaked client.
+    All,
+    /// `name`: clients subscribed to exactly `name`.
+    Token(String),
+    /// `pre*`: clients subscribed to any token that starts with `pre` (never empty; `*` is `All`).
+    Prefix(String),
+}
+
+/// Why a part of a control line is not a command. The rest of the line still goes through.
+///
+/// Every variant carries `part`: the offending part as sent, escaped for a log line (control
+/// characters and invalid UTF-8 shown as escapes) and cut after 80 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Not a command word and no `=`: neither a command nor a message.
+    #[error("not a command and not TOKEN=MESSAGE (no '='): \"{part}\"")]
+    NotACommand {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// Nothing before the `=` (or before the `-`): nobody to send to.
+    #[error("empty target token: \"{part}\"")]
+    EmptyTarget {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A `-` with no client id after it (`a-=x`).
+    #[error("empty client id after '-': \"{part}\"")]
+    EmptyExcept {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A `*` after the `-` (`a-b*=x`): the wildcard belongs to the target, before the `-`.
+    #[error("a '-' before a '*' is malformed: \"{part}\"")]
+    StarAfterDash {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// The target token (or prefix) is longer than any client may subscribe to.
+    #[error("target token is {len} bytes, over the {max}-byte limit: \"{part}\"")]
+    TokenTooLong {
+        /// The token's length in bytes.
+        len: usize,
+        /// The limit ([`MAX_TOKEN_LEN`]).
+        max: usize,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// The client id after `-` is longer than any client id may be.
+    #[error("client id is {len} bytes, over the {max}-byte limit: \"{part}\"")]
+    IdTooLong {
+        /// The id's length in bytes.
+        len: usize,
+        /// The limit ([`MAX_ID_LEN`]).
+        max: usize,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// The message is over the configured maximum (hasses would have cut it and corrupted the stream).
+    #[error("message is {len} bytes, over the {max}-byte limit: \"{part}\"")]
+    MessageTooLong {
+        /// The message's length in bytes.
+        len: usize,
+        /// The limit ([`Limits::max_message`]).
+        max: usize,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A token or client id that is not UTF-8 (no client can have subscribed to it).
+    #[error("token or client id is not valid UTF-8: \"{part}\"")]
+    NotUtf8 {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+}
+
+/// How many bytes of an offending part an error keeps: enough to recognise it in a log line,
+/// not a whole 64 KiB message.
+const EXCERPT_LEN: usize = 80;
+
+/// Parses one part (a line already split on the separator, not empty) into a command.
+///
+/// Command words are matched exactly (case-sensitive) after trimming ASCII whitespace at both
+/// ends; anything else must be `TOKEN[-UNIQ]=MESSAGE`, see [`Publish`].
+pub fn parse_command(part: &[u8], limits: &Limits) -> Result<Command, CommandError> {
+    match parse_word(part.trim_ascii()) {
+        Some(command) => command,
+        None => parse_publish(part, limits).map(Command::Publish),
+    }
+}
+
+/// The command words; `None` when `word` is none of them (then it may be a publish).
+fn parse_word(word: &[u8]) -> Option<Result<Command, CommandError>> {
+    let command = match word {
+        b"status" => Command::Status,
+        b"tcpstatus" => Command::TcpStatus,
+        b"clientlist" => Command::ClientList,
+        b"tcpclientlist" => Command::TcpClientList,
+        b"numberofclients" => Command::NumberOfClients,
+        b"tcpnumberofclients" => Command::TcpNumberOfClients,
+        b"loglevel_quiet" => Command::SetLogLevel(0),
+        b"loglevel_normal" => Command::SetLogLevel(1),
+        b"loglevel_debug" => Command::SetLogLevel(2),
+        b"reinit_enable" => Command::SetReinit(true),
+        b"reinit_disable" => Command::SetReinit(false),
+        _ => return parse_count_query(word),
+    };
+    Some(Ok(command))
+}
+
+/// `subscribedclients:TOKEN` and `tcpsubscribedclients:TOKEN`. The token is taken as is (even
+/// empty, even holding `=`): command words come before the publish syntax, so
+/// `subscribedclients:a=b` asks about the token `a=b` rather than publishing.
+fn parse_count_query(word: &[u8]) -> Option<Result<Command, CommandError>> {
+    if let Some(token) = word.strip_prefix(b"subscribedclients:") {
+        return Some(utf8(token, word).map(|t| Command::SubscribedClients(t.to_owned())));
+    }
+    let token = word.strip_prefix(b"tcpsubscribedclients:")?;
+    Some(utf8(token, word).map(|t| Command::TcpSubscribedClients(t.to_owned())))
+}
+
+/// `TOKEN[-UNIQ]=MESSAGE`: only the token is trimmed; the message is kept byte for byte.
+fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
+    let Some(eq) = part.iter().position(|b| *b == b'=') else {
+        return Err(CommandError::NotACommand {
+            part: excerpt(part),
+        });
+    };
+    let (token, message) = (utf8(part[..eq].trim_ascii(), part)?, &part[eq + 1..]);
+    let (target, except) = match token.split_once('-') {
+        Some((target, except)) => (target, Some(except)),
+        None => (token, None),
+    };
+    let target = parse_target(target, part)?;
+    let except = except.map(|id| parse_except(id, part)).transpose()?;
+    if message.len() > limits.max_message {
+        return Err(CommandError::MessageTooLong {
+            len: message.len(),
+            max: limits.max_message,
+            part: excerpt(part),
+        });
+    }
+    Ok(Publish {
+        target,
+        except,
+        message: message.to_vec(),
+    })
+}
+
+/// `*`, `pre*` (anything after the first `*` ignored, as hasses does) or a plain token.
+fn parse_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
+    let (name, wildcard) = match target.split_once('*') {
+        Some((prefix, _ignored)) => (prefix, true),
+        None => (target, false),
+    };
+    if name.len() > MAX_TOKEN_LEN {
+        let (len, max) = (name.len(), MAX_TOKEN_LEN);
+        return Err(CommandError::TokenTooLong {
+            len,
+            max,
+            part: excerpt(part),
+        });
+    }
+    match (name.is_empty(), wildcard) {
+        (true, false) => Err(CommandError::EmptyTarget {
+            part: excerpt(part),
+        }),
+        (true, true) => Ok(Target::All),
+        (false, true) => Ok(Target::Prefix(name.to_owned())),
+        (false, false) => Ok(Target::Token(name.to_owned())),
+    }
+}
+
+/// The client id after the first `-`. Later `-`s belong to the id.
+fn parse_except(id: &str, part: &[u8]) -> Result<String, CommandError> {
+    let part = || excerpt(part);
+    if id.is_empty() {
+        Err(CommandError::EmptyExcept { part: part() })
+    } else if id.contains('*') {
+        Err(CommandError::StarAfterDash { part: part() })
+    } else if id.len() > MAX_ID_LEN {
+        let (len, max) = (id.len(), MAX_ID_LEN);
+        Err(CommandError::IdTooLong {
+            len,
+            max,
+            part: part(),
+        })
+    } else {
+        Ok(id.to_owned())
+    }
+}
+
+/// Tokens and ids are compared with what clients sent in their (UTF-8) query string.
+fn utf8<'a>(bytes: &'a [u8], part: &[u8]) -> Result<&'a str, CommandError> {
+    std::str::from_utf8(bytes).map_err(|_| CommandError::NotUtf8 {
+        part: excerpt(part),
+    })
+}
+
+/// The start of `part`, safe to put in a log line: a control byte can't break or forge a line.
+fn excerpt(part: &[u8]) -> String {
+    let shown = &part[..part.len().min(EXCERPT_LEN)];
+    let mut out = String::new();
+    for chunk in shown.utf8_chunks() {
+        out.extend(chunk.valid().escape_debug());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    if shown.len() < part.len() {
+        out.push_str(&format!("... ({} bytes)", part.len()));
+    }
+    out
+}
+
+/// Splits a line on `separator`, dropping empty parts.
+pub fn split_parts(line: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
+    line.split(move |b| *b == separator)
+        .filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(part: &[u8]) -> Result<Command, CommandError> {
+        parse_command(part, &Limits::default())
+    }
+
+    fn publish(
+        target: Target,
+        except: Option<&str>,
+        message: &[u8],
+    ) -> Result<Command, CommandError> {
+        let except = except.map(str::to_owned);
+        Ok(Command::Publish(Publish {
+            target,
+            except,
+            message: message.to_vec(),
+        }))
+    }
+
+    fn token(name: &str) -> Target {
+        Target::Token(name.to_owned())
+    }
+
+    fn prefix(name: &str) -> Target {
+        Target::Prefix(name.to_owned())
+    }
+
+    #[test]
+    fn every_command_word() {
+        let words: [(&[u8], Command); 11] = [
+            (b"status", Command::Status),
+            (b"tcpstatus", Command::TcpStatus),
+            (b"clientlist", Command::ClientList),
+            (b"tcpclientlist", Command::TcpClientList),
+            (b"numberofclients", Command::NumberOfClients),
+            (b"tcpnumberofclients", Command::TcpNumberOfClients),
+            (b"loglevel_quiet", Command::SetLogLevel(0)),
+            (b"loglevel_normal", Command::SetLogLevel(1)),
+            (b"loglevel_debug", Command::SetLogLevel(2)),
+            (b"reinit_enable", Command::SetReinit(true)),
+            (b"reinit_disable", Command::SetReinit(false)),
+        ];
+        for (word, command) in words {
+            assert_eq!(parse(word), Ok(command), "{}", word.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn count_queries_take_the_token_as_is() {
+        let count = |t: &str| Ok(Command::SubscribedClients(t.to_owned()));
+        let tcp_count = |t: &str| Ok(Command::TcpSubscribedClients(t.to_owned()));
+        assert_eq!(parse(b"subscribedclients:room1"), count("room1"));
+        assert_eq!(parse(b"subscribedclients:"), count(""));
+        assert_eq!(parse(b"subscribedclients:a:b=c"), count("a:b=c"));
+        assert_eq!(parse(b"tcpsubscribedclients:room1"), tcp_count("room1"));
+        assert_eq!(parse(b"tcpsubscribedclients:"), tcp_count(""));
+    }
+
+    #[test]
+    fn words_are_trimmed_and_case_sensitive() {
+        assert_eq!(parse(b" \tstatus \r"), Ok(Command::Status));
+        assert_eq!(
+            parse(b" subscribedclients:x "),
+            Ok(Command::SubscribedClients("x".into()))
+        );
+        assert!(matches!(
+            parse(b"Status"),
+            Err(CommandError::NotACommand { .. })
+        ));
+        assert!(matches!(
+            parse(b"statusx"),
+            Err(CommandError::NotACommand { .. })
+        ));
+        assert!(matches!(
+            parse(b"SubscribedClients:x"),
+            Err(CommandError::NotACommand { .. })
+        ));
+    }
+
+    #[test]
+    fn only_tcp_commands_reply_over_tcp() {
+        let tcp = [
+            b"tcpstatus".as_slice(),
+            b"tcpclientlist",
+            b"tcpnumberofclients",
+            b"tcpsubscribedclients:x",
+        ];
+        for word in tcp {
+            assert!(parse(word).unwrap().replies_over_tcp());
+        }
+        let local = [
+            b"status".as_slice(),
+            b"clientlist",
+            b"numberofclients",
+            b"subscribedclients:x",
+        ];
+        for word in
+            local
+                .into_iter()
+                .chain([b"loglevel_debug".as_slice(), b"reinit_enable", b"a=b"])
+        {
+            assert!(!parse(word).unwrap().replies_over_tcp());
+        }
+    }
+
+    #[test]
+    fn publish_forms_from_the_spec() {
+        assert_eq!(
+            parse(b"room1=hello"),
+            publish(token("room1"), None, b"hello")
+        );
+        assert_eq!(parse(b"*=x"), publish(Target::All, None, b"x"));
+        assert_eq!(parse(b"room*=x"), publish(prefix("room"), None, b"x"));
+        assert_eq!(
+            parse(b"room1-abc=x"),
+            publish(token("room1"), Some("abc"), b"x")
+        );
+        assert_eq!(parse(b"*-abc=x"), publish(Target::All, Some("abc"), b"x"));
+        assert_eq!(
+            parse(b"room*-abc=x"),
+            publish(prefix("room"), Some("abc"), b"x")
+        );
+        assert_eq!(parse(b"a=x=y"), publish(token("a"), None, b"x=y"));
+    }
+
+    #[test]
+    fn publish_edge_forms() {
+        assert_eq!(parse(b"a="), publish(token("a"), None, b""));
+        assert_eq!(
+            parse(b"room*ignored=x"),
+            publish(prefix("room"), None, b"x")
+        );
+        assert_eq!(parse(b"**=x"), publish(Target::All, None, b"x"));
+        assert_eq!(parse(b"a-b-c=x"), publish(token("a"), Some("b-c"), b"x"));
+        assert_eq!(parse(b"status=x"), publish(token("status"), None, b"x"));
+        assert_eq!(parse(b"a:b=x"), publish(token("a:b"), None, b"x"));
+    }
+
+    #[test]
+    fn only_the_token_is_trimmed() {
+        assert_eq!(
+            parse(b" \troom1 = hello \r"),
+            publish(token("room1"), None, b" hello \r")
+        );
+        assert_eq!(
+            parse(b"a=\xff\x00\r"),
+            publish(token("a"), None, b"\xff\x00\r")
+        );
+    }
+
+    #[test]
+    fn malformed_parts() {
+        assert!(matches!(
+            parse(b"hello"),
+            Err(CommandError::NotACommand { .. })
+        ));
+        assert!(matches!(
+            parse(b"   "),
+            Err(CommandError::NotACommand { .. })
+        ));
+        assert!(matches!(
+            parse(b"=x"),
+            Err(CommandError::EmptyTarget { .. })
+        ));
+        assert!(matches!(
+            parse(b" =x"),
+            Err(CommandError::EmptyTarget { .. })
+        ));
+        assert!(matches!(
+            parse(b"-abc=x"),
+            Err(CommandError::EmptyTarget { .. })
+        ));
+        assert!(matches!(
+            parse(b"a-=x"),
+            Err(CommandError::EmptyExcept { .. })
+        ));
+        assert!(matches!(
+            parse(b"*-=x"),
+            Err(CommandError::EmptyExcept { .. })
+        ));
+        assert!(matches!(
+            parse(b"a-b*=x"),
+            Err(CommandError::StarAfterDash { .. })
+        ));
+        assert!(matches!(
+            parse(b"a-*=x"),
+            Err(CommandError::StarAfterDash { .. })
+        ));
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let at = |n: usize| "t".repeat(n);
+        let ok = format!("{}-{}=x", at(MAX_TOKEN_LEN), at(MAX_ID_LEN));
+        assert!(parse(ok.as_bytes()).is_ok());
+        let long_token = format!("{}=x", at(MAX_TOKEN_LEN + 1));
+        let err = parse(long_token.as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CommandError::TokenTooLong {
+                    len: 129,
+                    max: 128,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let long_prefix = format!("{}*=x", at(MAX_TOKEN_LEN + 1));
+        assert!(matches!(
+            parse(long_prefix.as_bytes()),
+            Err(CommandError::TokenTooLong { .. })
+        ));
+        let long_id = format!("a-{}=x", at(MAX_ID_LEN + 1));
+        assert!(matches!(
+            parse(long_id.as_bytes()),
+            Err(CommandError::IdTooLong {
+                len: 65,
+                max: 64,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn message_over_the_limit_is_refused() {
+        let limits = Limits { max_message: 5 };
+        assert!(parse_command(b"a=12345", &limits).is_ok());
+        let err = parse_command(b"a=123456", &limits).unwrap_err();
+        assert!(
+            matches!(err, CommandError::MessageTooLong { len: 6, max: 5, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_utf8_tokens_and_ids_are_refused() {
+        for part in [
+            b"a\xff=x".as_slice(),
+            b"a-\xff=x",
+            b"subscribedclients:\xff",
+            b"tcpsubscribedclients:\xc3",
+        ] {
+            assert!(
+                matches!(parse(part), Err(CommandError::NotUtf8 { .. })),
+                "{}",
+                part.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn error_text_is_short_and_escaped() {
+        let mut part = b"x\xff\r\x1b\"".to_vec();
+        part.resize(part.len() + 100_000, b'y');
+        let text = parse(&part).unwrap_err().to_string();
+        assert!(
+            text.starts_with(
+                r#"not a command and not TOKEN=MESSAGE (no '='): "x\xff\r\u{1b}\"yyy"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("... (100005 bytes)\""), "{text}");
+        assert!(text.len() < 200);
+        assert!(!text.contains(['\r', '\n']));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(part in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(err) = parse(&part) {
+                let text = err.to_string();
+                prop_assert!(!text.contains(['\r', '\n']));
+            }
+        }
+
+        #[test]
+        fn grammar_like_bytes_never_panic(part in "[ a*=:\\-\\xff]{0,40}") {
+            let _ = parse(part.as_bytes());
+        }
+
+        #[test]
+        fn a_valid_publish_keeps_its_message(
+            name in "[a-z0-9_]{1,20}",
+            message in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut part = format!("{name}=").into_bytes();
+            part.extend_from_slice(&message);
+            let parsed = parse(&part);
+            prop_assert_eq!(parsed, publish(token(&name), None, &message));
+        }
+    }
+}

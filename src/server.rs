@@ -1,0 +1,251 @@
+//! Starting and stopping the server: sockets, FIFO, pid file, privileges, threads.
+//!
+//! Owns the order of start-up that an install depends on (bind every socket and open every file
+//! first, then daemonize, write the pid, drop privileges, start threads) and an orderly stop. It
+//! holds no connection and parses no input.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::control::{Control, ControlSettings, ControlStop};
+use crate::http::{Responses, Route};
+use crate::log::REPORT;
+use crate::shard::{Shard, ShardHandle, Shared};
+
+/// Commands a shard may have queued before the control thread waits for room.
+const SHARD_QUEUE: usize = 4096;
+/// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Why the server cannot start. `Display` is the one line printed before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The FIFO could not be created or opened.
+    #[error("control FIFO {path}: {reason}")]
+    Fifo {
+        /// Its path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The pid file could not be written.
+    #[error("cannot write pid file {path}: {source}")]
+    Pidfile {
+        /// Its path.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// Privileges could not be dropped.
+    #[error("cannot switch to user {user}: {reason}")]
+    User {
+        /// The user asked for.
+        user: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Detaching from the terminal failed.
+    #[error("cannot daemonize: {0}")]
+    Daemon(nix::Error),
+    /// A thread or its poller could not be made.
+    #[error("cannot start a thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Every socket and file the server needs, opened before privileges are dropped.
+#[derive(Debug)]
+pub struct Bound {
+    sse: Vec<TcpListener>,
+    control: Option<TcpListener>,
+    fifo: Option<File>,
+}
+
+impl Bound {
+    /// Where SSE clients connect (the port resolved when 0 was asked).
+    pub fn sse_addr(&self) -> io::Result<SocketAddr> {
+        self.sse[0].local_addr()
+    }
+
+    /// Where publishers connect, if there is a control port.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Binds one SSE listener per worker (all on one port, `SO_REUSEPORT`), the control listener,
+/// and opens (creating if missing) the FIFO.
+pub fn bind(config: &Config) -> Result<Bound, StartError> {
+    let first = listen(config.sse_addr, true)?;
+    let addr = first.local_addr().map_err(|source| StartError::Listen { addr: config.sse_addr, source })?;
+    let mut sse = vec![first];
+    for _ in 1..config.workers {
+        sse.push(listen(addr, true)?);
+    }
+    let control = config.control_addr.map(|addr| listen(addr, false)).transpose()?;
+    let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
+    Ok(Bound { sse, control, fifo })
+}
+
+fn listen(addr: SocketAddr, shared_port: bool) -> Result<TcpListener, StartError> {
+    let fail = |source| StartError::Listen { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if shared_port {
+        // Each worker has its own listener on the one port; the kernel spreads connections.
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 clients too.
+        socket.set_only_v6(false).map_err(fail)?;
+    }
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Opens the FIFO for reading and writing, so it never reports end of input when publishers
+/// come and go; creates it first (mode less the umask) if missing, as hasses does.
+fn open_fifo(path: &Path, mode: u32) -> Result<File, StartError> {
+    let fail = |reason: String| StartError::Fifo { path: path.to_path_buf(), reason };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_fifo() => return Err(fail("exists and is not a FIFO".into())),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mode = nix::sys::stat::Mode::from_bits_truncate(mode as nix::libc::mode_t);
+            nix::unistd::mkfifo(path, mode).map_err(|e| fail(format!("cannot create: {e}")))?;
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(format!("cannot open: {e}")))
+}
+
+/// Detaches from the terminal; call before any thread starts.
+pub fn daemonize() -> Result<(), StartError> {
+    nix::unistd::daemon(false, false).map_err(StartError::Daemon)
+}
+
+/// Writes our pid to `path`.
+pub fn write_pidfile(path: &Path) -> Result<(), StartError> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .map_err(|source| StartError::Pidfile { path: path.to_path_buf(), source })
+}
+
+/// Switches to `user` (its uid, gid and groups) for good.
+pub fn drop_privileges(user: &str) -> Result<(), StartError> {
+    use nix::unistd::{initgroups, setgid, setuid, User};
+    let fail = |reason: String| StartError::User { user: user.to_string(), reason };
+    let account = User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
+    let name = std::ffi::CString::new(user).map_err(|e| fail(e.to_string()))?;
+    initgroups(&name, account.gid).map_err(|e| fail(format!("initgroups: {e}")))?;
+    setgid(account.gid).map_err(|e| fail(format!("setgid: {e}")))?;
+    setuid(account.uid).map_err(|e| fail(format!("setuid: {e}")))?;
+    Ok(())
+}
+
+/// The running threads.
+pub struct Running {
+    control: ControlStop,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts the workers and the control thread.
+pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
+    let shared = Arc::new(Shared {
+        route: Route { path: config.match_url.clone() },
+        responses: Responses::new(&config.cors_base),
+        max_backlog: config.max_backlog,
+        handshake_timeout: config.handshake_timeout,
+        max_age: config.max_age,
+        reinit: AtomicBool::new(config.reinit),
+        open: AtomicU64::new(0),
+        peak: AtomicU64::new(0),
+    });
+    let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
+    let control_addr = bound.control_addr();
+    let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let mut threads = Vec::new();
+    let mut handles = Vec::new();
+    for (number, listener) in bound.sse.into_iter().enumerate() {
+        let poll = Poll::new().map_err(StartError::Thread)?;
+        let waker = Arc::new(Waker::new(poll.registry(), crate::shard::WAKER).map_err(StartError::Thread)?);
+        let (commands, inbox) = bounded(SHARD_QUEUE);
+        handles.push(ShardHandle { commands, waker });
+        let shard = Shard::new(number, poll, mio::net::TcpListener::from_std(listener), inbox, Arc::clone(&shared))
+            .map_err(StartError::Thread)?;
+        let core = (!cores.is_empty()).then(|| cores[number % cores.len()]);
+        threads.push(spawn(format!("hasses-worker-{number}"), move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            shard.run()
+        })?);
+    }
+    let settings = ControlSettings {
+        separator: config.separator,
+        limits: config.limits.clone(),
+        cors_base: config.cors_base.clone(),
+        user: config.user.clone(),
+        started: Instant::now(),
+    };
+    let (control, stop) =
+        Control::new(bound.control, bound.fifo, handles, shared, settings).map_err(StartError::Thread)?;
+    threads.push(spawn("hasses-control".into(), move || control.run())?);
+    info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
+    info!(target: REPORT, "SSE listening on {sse_addr} path {}", config.match_url);
+    if let Some(addr) = control_addr {
+        info!(target: REPORT, "Control listening on {addr}");
+    }
+    if let Some(fifo) = &config.fifo {
+        info!(target: REPORT, "Control FIFO {}", fifo.display());
+    }
+    Ok(Running { control: stop, threads })
+}
+
+fn spawn(name: String, body: impl FnOnce() -> io::Result<()> + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Err(e) = body() {
+                error!("Thread {thread_name} failed: {e}");
+            }
+        })
+        .map_err(StartError::Thread)
+}
+
+impl Running {
+    /// Stops accepting, closes every connection, and waits for every thread.
+    pub fn shutdown(self) {
+        self.control.stop();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}

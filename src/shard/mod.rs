@@ -1,0 +1,563 @@
+//! A shard: one worker thread, its own epoll loop, listener, connections and subscription index.
+//!
+//! Owns every connection it accepted, from accept to close, and everything about them: reading
+//! requests, handshakes, delivering events, timeouts, its own counters. It shares nothing
+//! mutable with other threads: commands arrive already parsed on its channel, and its figures
+//! leave as answers on channels carried in the requests. The hot path (a publish) takes no lock.
+
+mod connection;
+mod outbox;
+pub mod subscriptions;
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use crate::control::command::Target;
+use crate::http::{self, Judgement, Responses, Route};
+use crate::sse::Frame;
+use crate::stats::{ClientRow, ShardFigures};
+use connection::{Client, Connection, Phase};
+use outbox::Flushed;
+use subscriptions::{Subscriptions, EVERYTHING};
+
+/// The listener's token, at the top of the range where no slab key reaches.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The waker's token: commands are waiting on the channel.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// How many readiness events one `epoll_wait` returns at most.
+const EVENTS_PER_POLL: usize = 1024;
+/// How much one `read` takes from a socket.
+const READ_CHUNK: usize = 4096;
+
+/// Settings and counters every shard and the control thread share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The path SSE clients request.
+    pub route: Route,
+    /// The fixed responses.
+    pub responses: Responses,
+    /// A client whose unsent bytes would exceed this is dropped.
+    pub max_backlog: usize,
+    /// A connection that has not handshaked after this long is closed.
+    pub handshake_timeout: Duration,
+    /// A handshaked connection is closed this long after its last handshake.
+    pub max_age: Duration,
+    /// Whether a handshaked connection may send a new `GET` to re-handshake.
+    pub reinit: AtomicBool,
+    /// Open connections across all shards, to know the peak (touched on accept and close only).
+    pub open: AtomicU64,
+    /// The most connections that were ever open at once.
+    pub peak: AtomicU64,
+}
+
+/// A message to deliver, parsed and framed once by the control thread.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Who gets it.
+    pub target: Target,
+    /// The `id` of a client that must not get it.
+    pub except: Option<String>,
+    /// The encoded event, shared by every recipient.
+    pub frame: Frame,
+}
+
+/// What the control thread asks of a shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Queue this event for every matching client.
+    Publish(Arc<Delivery>),
+    /// Answer with this shard's counters.
+    Figures(Sender<ShardFigures>),
+    /// Answer with a row per connection.
+    ClientList(Sender<Vec<ClientRow>>),
+    /// Answer with how many connections listen to exactly this token.
+    CountSubscribed(Arc<str>, Sender<u64>),
+    /// Close every connection and end the thread.
+    Shutdown,
+}
+
+/// How the control thread reaches one shard.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    /// Commands, in order.
+    pub commands: Sender<ShardCommand>,
+    /// Wakes the shard's `epoll_wait` after commands were sent.
+    pub waker: Arc<Waker>,
+}
+
+/// A connection that must be gone by a deadline unless it moved on since (same key and serial).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    key: usize,
+    serial: u64,
+}
+
+/// Counters only this shard writes.
+#[derive(Debug, Default)]
+struct Counters {
+    handshakes: u64,
+    reinits: u64,
+    deliveries: u64,
+    dropped_slow: u64,
+}
+
+/// One worker's state. Built on its own thread and never leaves it.
+pub struct Shard {
+    number: usize,
+    poll: Poll,
+    listener: TcpListener,
+    commands: Receiver<ShardCommand>,
+    shared: Arc<Shared>,
+    connections: Slab<Connection>,
+    subscriptions: Subscriptions,
+    /// Handshake deadlines in accept order; with one timeout for all, that is deadline order.
+    handshake_deadlines: VecDeque<Deadline>,
+    /// Max-age deadlines in handshake order, likewise sorted.
+    age_deadlines: VecDeque<Deadline>,
+    /// Connections given new bytes while draining commands, flushed once after the drain.
+    dirty: Vec<usize>,
+    next_serial: u64,
+    publishes: u64,
+    counters: Counters,
+    read_buf: Box<[u8; READ_CHUNK]>,
+    stopping: bool,
+}
+
+impl Shard {
+    /// A shard around its listener; `poll` must be the one `waker` was made for.
+    pub fn new(
+        number: usize,
+        poll: Poll,
+        mut listener: TcpListener,
+        commands: Receiver<ShardCommand>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Shard {
+            number,
+            poll,
+            listener,
+            commands,
+            shared,
+            connections: Slab::new(),
+            subscriptions: Subscriptions::default(),
+            handshake_deadlines: VecDeque::new(),
+            age_deadlines: VecDeque::new(),
+            dirty: Vec::new(),
+            next_serial: 0,
+            publishes: 0,
+            counters: Counters::default(),
+            read_buf: Box::new([0; READ_CHUNK]),
+            stopping: false,
+        })
+    }
+
+    /// Runs the event loop until a `Shutdown` command, then closes every connection.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        while !self.stopping {
+            let timeout = self.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.drain_commands(),
+                    Token(key) => {
+                        // A hang-up or error shows up as a failed or empty read.
+                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.handle_socket(key, readable, event.is_writable());
+                    }
+                }
+            }
+            self.expire(Instant::now());
+        }
+        self.close_all();
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let first = |q: &VecDeque<Deadline>| q.front().map(|d| d.at);
+        match (first(&self.handshake_deadlines), first(&self.age_deadlines)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, mostly: leave the rest queued until one closes.
+                    warn!("Accept failed on worker {}: {e}", self.number);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut socket: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        // Events are small and written whole: send each at once rather than wait for more.
+        let _ = socket.set_nodelay(true);
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
+            warn!("Cannot watch connection from {peer}: {e}");
+            return;
+        }
+        let now = Instant::now();
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        info!("Connection accepted: {peer} <{}> worker {}", socket.as_raw_fd(), self.number);
+        entry.insert(Connection::accepted(socket, peer, serial, now));
+        self.handshake_deadlines.push_back(Deadline { at: now + self.shared.handshake_timeout, key, serial });
+        let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    fn handle_socket(&mut self, key: usize, readable: bool, writable: bool) {
+        if !self.connections.contains(key) {
+            return;
+        }
+        if writable {
+            self.flush(key);
+        }
+        if readable && self.connections.contains(key) {
+            self.read(key);
+        }
+    }
+
+    /// Reads until the socket has nothing more, acting on what arrives.
+    fn read(&mut self, key: usize) {
+        loop {
+            let conn = &mut self.connections[key];
+            match conn.socket.read(&mut self.read_buf[..]) {
+                Ok(0) => return self.close(key, "closed by peer"),
+                Ok(n) => {
+                    self.received(key, n);
+                    if !self.connections.contains(key) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(key, &e.to_string()),
+            }
+        }
+    }
+
+    /// Acts on `n` bytes just read into `read_buf`.
+    fn received(&mut self, key: usize, n: usize) {
+        let takes_request = match self.connections[key].phase {
+            Phase::Handshaking => true,
+            Phase::Streaming => self.wants_reinit(key, n),
+            Phase::Closing => false,
+        };
+        let conn = &mut self.connections[key];
+        if !takes_request {
+            debug!("Data ignored from {} ({n} bytes)", conn.peer);
+            return;
+        }
+        conn.request.extend_from_slice(&self.read_buf[..n]);
+        let judgement = http::judge(&conn.request, &self.shared.route);
+        self.answer(key, judgement);
+    }
+
+    /// True when data from a streaming client is (the start of) a reinit request to act on.
+    fn wants_reinit(&self, key: usize, n: usize) -> bool {
+        let conn = &self.connections[key];
+        if !self.shared.reinit.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A request in progress keeps accumulating; otherwise only a new `GET ` starts one.
+        let data = &self.read_buf[..n];
+        !conn.request.is_empty() || data.starts_with(b"GET ") || b"GET ".starts_with(data)
+    }
+
+    fn answer(&mut self, key: usize, judgement: Judgement) {
+        let conn = &mut self.connections[key];
+        let responses = &self.shared.responses;
+        let reply = match judgement {
+            Judgement::Incomplete => return,
+            Judgement::Subscribe(request) => return self.handshake(key, Client::from_request(request)),
+            Judgement::Head => responses.head.clone(),
+            Judgement::Options => responses.options.clone(),
+            Judgement::Reject(reject) => {
+                info!("Request refused from {}: {} {reject}", conn.peer, reject.status());
+                responses.error(&reject)
+            }
+        };
+        self.stop_streaming(key);
+        let conn = &mut self.connections[key];
+        conn.request = Vec::new();
+        conn.phase = Phase::Closing;
+        conn.outbox.push(reply);
+        self.flush(key);
+    }
+
+    /// A first handshake or a reinit: (re)subscribes the client and sends the response head.
+    fn handshake(&mut self, key: usize, mut client: Client) {
+        let now = Instant::now();
+        let reinit = self.connections[key].phase == Phase::Streaming;
+        if reinit {
+            let old = &self.connections[key].client;
+            client.reinits = old.reinits + 1;
+            client.messages = old.messages;
+            self.stop_streaming(key);
+            self.counters.reinits += 1;
+        } else {
+            self.counters.handshakes += 1;
+        }
+        let conn = &mut self.connections[key];
+        info!(
+            "{} {} <{}> subscribes: {} id: {}",
+            if reinit { "Reinit" } else { "Handshake" },
+            conn.peer,
+            conn.socket.as_raw_fd(),
+            client.tokens.join(","),
+            client.id.as_deref().unwrap_or("")
+        );
+        self.subscriptions.add(key, &client.tokens);
+        conn.client = client;
+        conn.request = Vec::new();
+        conn.phase = Phase::Streaming;
+        conn.handshaked_at = Some(now);
+        conn.outbox.push(self.shared.responses.handshake.clone());
+        self.age_deadlines.push_back(Deadline { at: now + self.shared.max_age, key, serial: conn.serial });
+        self.flush(key);
+    }
+
+    /// Takes a streaming connection out of the index (before a reinit, an answer, or a close).
+    fn stop_streaming(&mut self, key: usize) {
+        let conn = &self.connections[key];
+        if conn.phase == Phase::Streaming {
+            self.subscriptions.remove(key, &conn.client.tokens);
+        }
+    }
+
+    /// Writes what the socket takes; closes the connection when it failed or is finished.
+    fn flush(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        match conn.outbox.flush(&mut conn.socket) {
+            Ok(Flushed::All) if conn.is_finished() => self.close(key, "answered"),
+            Ok(_) => self.update_interest(key),
+            Err(e) => self.close(key, &format!("write failed: {e}")),
+        }
+    }
+
+    fn update_interest(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        let wanted = conn.interest();
+        if wanted != conn.registered {
+            match self.poll.registry().reregister(&mut conn.socket, Token(key), wanted) {
+                Ok(()) => conn.registered = wanted,
+                Err(e) => self.close(key, &format!("cannot watch socket: {e}")),
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, why: &str) {
+        self.stop_streaming(key);
+        // Closing the descriptor also takes it out of epoll: no deregister call needed.
+        let conn = self.connections.remove(key);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        info!("Connection closed: {} <{}> ({why})", conn.peer, conn.socket.as_raw_fd());
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, "server shutting down");
+        }
+    }
+
+    /// Closes connections whose handshake or age deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        while let Some(d) = pop_due(&mut self.handshake_deadlines, now) {
+            if self.holds(d, Phase::Handshaking) {
+                self.close(d.key, "handshake timeout");
+            }
+        }
+        while let Some(d) = pop_due(&mut self.age_deadlines, now) {
+            let current = self.connections.get(d.key).and_then(|c| c.handshaked_at);
+            // A reinit since queued a later deadline; this one is stale.
+            let due = current.is_some_and(|at| at + self.shared.max_age <= now);
+            if self.holds(d, Phase::Streaming) && due {
+                self.close(d.key, "maximum connection age reached");
+            }
+        }
+    }
+
+    /// True when the deadline's connection is still there, still the same one, in `phase`.
+    fn holds(&self, d: Deadline, phase: Phase) -> bool {
+        self.connections.get(d.key).is_some_and(|c| c.serial == d.serial && c.phase == phase)
+    }
+
+    /// Acts on every waiting command, then writes to each client that got new events in one go,
+    /// so a burst of publishes reaches a client in one `writev`.
+    fn drain_commands(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => self.execute(command),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.stopping = true;
+                    break;
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if self.connections.contains(key) {
+                self.flush(key);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn execute(&mut self, command: ShardCommand) {
+        match command {
+            ShardCommand::Publish(delivery) => self.publish(&delivery),
+            ShardCommand::Figures(reply) => {
+                let _ = reply.send(self.figures());
+            }
+            ShardCommand::ClientList(reply) => {
+                let _ = reply.send(self.client_rows());
+            }
+            ShardCommand::CountSubscribed(token, reply) => {
+                let _ = reply.send(self.subscriptions.count_exact(&token) as u64);
+            }
+            ShardCommand::Shutdown => self.stopping = true,
+        }
+    }
+
+    /// Queues the event for every matching client, once each; drops those over the cap.
+    fn publish(&mut self, delivery: &Delivery) {
+        self.publishes += 1;
+        let mut recipients = Recipients {
+            connections: &mut self.connections,
+            dirty: &mut self.dirty,
+            counters: &mut self.counters,
+            over_cap: Vec::new(),
+            delivery,
+            stamp: self.publishes,
+            max_backlog: self.shared.max_backlog,
+        };
+        match &delivery.target {
+            Target::All => {
+                let keys: Vec<usize> = recipients.connections.iter().map(|(k, _)| k).collect();
+                keys.into_iter().for_each(|key| recipients.offer(key));
+            }
+            target => self.subscriptions.for_each_match(target, |key| recipients.offer(key)),
+        }
+        for key in recipients.over_cap {
+            let conn = &self.connections[key];
+            warn!(
+                "Slow client dropped: {} id: {} ({} bytes unsent)",
+                conn.peer,
+                conn.client.id.as_deref().unwrap_or(""),
+                conn.outbox.len()
+            );
+            self.counters.dropped_slow += 1;
+            self.close(key, "too slow");
+        }
+    }
+
+    fn figures(&self) -> ShardFigures {
+        let streaming = self.connections.iter().filter(|(_, c)| c.phase == Phase::Streaming).count();
+        ShardFigures {
+            connections: self.connections.len() as u64,
+            streaming: streaming as u64,
+            handshakes: self.counters.handshakes,
+            reinits: self.counters.reinits,
+            deliveries: self.counters.deliveries,
+            dropped_slow: self.counters.dropped_slow,
+        }
+    }
+
+    fn client_rows(&self) -> Vec<ClientRow> {
+        let now = Instant::now();
+        self.connections.iter().map(|(_, conn)| self.row(conn, now)).collect()
+    }
+
+    fn row(&self, conn: &Connection, now: Instant) -> ClientRow {
+        let client = &conn.client;
+        let mut tokens: Vec<String> = client.tokens.iter().map(|t| t.to_string()).collect();
+        // hasses lists a wildcard subscriber's `*` first.
+        tokens.sort_by_key(|t| t != EVERYTHING);
+        ClientRow {
+            fd: conn.socket.as_raw_fd(),
+            peer: conn.peer,
+            state: conn.phase.code(),
+            messages: client.messages,
+            reinits: client.reinits,
+            connected_secs: now.duration_since(conn.connected_at).as_secs(),
+            handshaked_secs: conn.handshaked_at.map(|at| now.duration_since(at).as_secs()),
+            id: client.id.as_deref().unwrap_or("").to_string(),
+            agent: client.user_agent.to_string(),
+            tokens,
+            worker: self.number,
+        }
+    }
+}
+
+/// The recipients of one publish, being offered the event one key at a time.
+struct Recipients<'a> {
+    connections: &'a mut Slab<Connection>,
+    dirty: &'a mut Vec<usize>,
+    counters: &'a mut Counters,
+    over_cap: Vec<usize>,
+    delivery: &'a Delivery,
+    stamp: u64,
+    max_backlog: usize,
+}
+
+impl Recipients<'_> {
+    fn offer(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        if conn.phase != Phase::Streaming || conn.last_publish == self.stamp {
+            return;
+        }
+        conn.last_publish = self.stamp;
+        if self.delivery.except.as_deref().is_some_and(|id| conn.has_id(id)) {
+            return;
+        }
+        let frame = &self.delivery.frame;
+        // A client with nothing pending always takes one event, however large.
+        if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > self.max_backlog {
+            self.over_cap.push(key);
+            return;
+        }
+        if conn.outbox.is_empty() {
+            self.dirty.push(key);
+        }
+        conn.outbox.push(frame.clone());
+        conn.client.messages += 1;
+        self.counters.deliveries += 1;
+        debug!("Message sent to {} id: {}", conn.peer, conn.client.id.as_deref().unwrap_or(""));
+    }
+}
+
+fn pop_due(queue: &mut VecDeque<Deadline>, now: Instant) -> Option<Deadline> {
+    queue.front().filter(|d| d.at <= now)?;
+    queue.pop_front()
+}

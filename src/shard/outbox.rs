@@ -1,0 +1,143 @@
+//! A connection's outbound queue: bytes the socket has not taken yet.
+//!
+//! Owns the frames waiting to be written, how many bytes they add up to, and writing as many of
+//! them as the socket takes in one `writev`. Frames are shared (`Bytes`): queueing one copies
+//! nothing. It does not decide what to do with a full queue or a failed write: the shard does.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// The most frames handed to one `writev` (the kernel's IOV_MAX is 1024; this is plenty).
+const MAX_IOVECS: usize = 64;
+
+/// Frames waiting to be written, oldest first; the first may be partly written already.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything was written.
+    All,
+    /// The socket is full; the rest waits for writability.
+    Partly,
+}
+
+impl Outbox {
+    /// True when nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// How many bytes wait to be written.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queues `frame` behind what is already waiting.
+    pub fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Writes as much as `sink` takes, a batch of frames per `writev`, until done or `WouldBlock`.
+    pub fn flush(&mut self, sink: &mut impl Write) -> io::Result<Flushed> {
+        while !self.frames.is_empty() {
+            // On the stack: a flush per recipient must not allocate.
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = self.fill(&mut slices);
+            match sink.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
+                Err(e) => return Err(e),
+            }
+        }
+        // An idle connection keeps no queue memory: drop what a burst made it allocate.
+        self.frames = VecDeque::new();
+        Ok(Flushed::All)
+    }
+
+    /// Points `slices` at the oldest frames; returns how many it filled.
+    fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+            *slot = IoSlice::new(frame);
+            count += 1;
+        }
+        count
+    }
+
+    /// Forgets the first `written` bytes.
+    fn consume(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let Some(first) = self.frames.front_mut() else { break };
+            if written < first.len() {
+                first.advance(written);
+                return;
+            }
+            written -= first.len();
+            self.frames.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `room` bytes, then says `WouldBlock`.
+    struct Socket {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Socket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.taken.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_short_write_keeps_the_rest_in_order() {
+        let mut outbox = Outbox::default();
+        outbox.push(Bytes::from_static(b"hello "));
+        outbox.push(Bytes::from_static(b"world"));
+        let mut socket = Socket { taken: Vec::new(), room: 8 };
+        assert_eq!(outbox.flush(&mut socket).unwrap(), Flushed::Partly);
+        assert_eq!(outbox.len(), 3);
+        socket.room = 100;
+        assert_eq!(outbox.flush(&mut socket).unwrap(), Flushed::All);
+        assert_eq!(socket.taken, b"hello world");
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn many_frames_go_out_whole() {
+        let mut outbox = Outbox::default();
+        for i in 0..200u8 {
+            outbox.push(Bytes::from(vec![i; 3]));
+        }
+        let mut socket = Socket { taken: Vec::new(), room: usize::MAX };
+        assert_eq!(outbox.flush(&mut socket).unwrap(), Flushed::All);
+        let expected: Vec<u8> = (0..200u8).flat_map(|i| [i; 3]).collect();
+        assert_eq!(socket.taken, expected);
+    }
+}

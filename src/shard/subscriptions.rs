@@ -1,0 +1,161 @@
+//! The per-shard subscription index: which connections listen to which tokens.
+//!
+//! Owns the map from token to connection keys, ordered so that a `pre*` publish is a range scan,
+//! and the list of `*` subscribers. A publish to one token costs what it delivers, not a scan of
+//! every connection. It knows nothing of sockets: keys are the shard's slab keys.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::control::command::Target;
+
+/// The token that means "every message".
+pub const EVERYTHING: &str = "*";
+
+/// Token → subscribed connection keys, plus the `*` subscribers.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    by_token: BTreeMap<Box<str>, Vec<usize>>,
+    everything: Vec<usize>,
+}
+
+impl Subscriptions {
+    /// Subscribes connection `key` to each of `tokens` (already free of duplicates).
+    pub fn add(&mut self, key: usize, tokens: &[Box<str>]) {
+        for token in tokens {
+            if &**token == EVERYTHING {
+                self.everything.push(key);
+            } else if let Some(keys) = self.by_token.get_mut(token) {
+                keys.push(key);
+            } else {
+                self.by_token.insert(token.clone(), vec![key]);
+            }
+        }
+    }
+
+    /// Removes connection `key` from each of `tokens`, forgetting tokens nobody listens to.
+    pub fn remove(&mut self, key: usize, tokens: &[Box<str>]) {
+        for token in tokens {
+            if &**token == EVERYTHING {
+                remove_key(&mut self.everything, key);
+            } else if let Some(keys) = self.by_token.get_mut(token) {
+                remove_key(keys, key);
+                if keys.is_empty() {
+                    self.by_token.remove(token);
+                }
+            }
+        }
+    }
+
+    /// Calls `visit` for every connection that `target` reaches, `*` subscribers included.
+    ///
+    /// A connection with several matching tokens is visited once per token; the caller keeps
+    /// each delivery unique. `Target::All` is not answered here: every handshaked connection
+    /// is a recipient, and the shard walks its own connections for that.
+    pub fn for_each_match(&self, target: &Target, mut visit: impl FnMut(usize)) {
+        self.everything.iter().copied().for_each(&mut visit);
+        match target {
+            Target::All => {}
+            Target::Token(token) => {
+                if let Some(keys) = self.by_token.get(token.as_str()) {
+                    keys.iter().copied().for_each(&mut visit);
+                }
+            }
+            Target::Prefix(prefix) => {
+                let from = Bound::Included(prefix.as_str());
+                for (token, keys) in self.by_token.range::<str, _>((from, Bound::Unbounded)) {
+                    if !token.starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    keys.iter().copied().for_each(&mut visit);
+                }
+            }
+        }
+    }
+
+    /// How many connections listen to exactly `token` (`*` subscribers are not counted).
+    pub fn count_exact(&self, token: &str) -> usize {
+        self.by_token.get(token).map_or(0, Vec::len)
+    }
+}
+
+/// Removes one occurrence of `key`; order within a token does not matter.
+fn remove_key(keys: &mut Vec<usize>, key: usize) {
+    if let Some(at) = keys.iter().position(|k| *k == key) {
+        keys.swap_remove(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(list: &[&str]) -> Vec<Box<str>> {
+        list.iter().map(|t| Box::from(*t)).collect()
+    }
+
+    fn matches(subs: &Subscriptions, target: Target) -> Vec<usize> {
+        let mut keys = Vec::new();
+        subs.for_each_match(&target, |k| keys.push(k));
+        keys.sort_unstable();
+        keys
+    }
+
+    fn index() -> Subscriptions {
+        let mut subs = Subscriptions::default();
+        subs.add(1, &tokens(&["room1", "user1"]));
+        subs.add(2, &tokens(&["room2"]));
+        subs.add(3, &tokens(&["*"]));
+        subs.add(4, &tokens(&["room", "roomy"]));
+        subs.add(5, &tokens(&["rom"]));
+        subs
+    }
+
+    #[test]
+    fn exact_token_reaches_its_subscribers_and_wildcards() {
+        let subs = index();
+        assert_eq!(matches(&subs, Target::Token("room1".into())), vec![1, 3]);
+        assert_eq!(matches(&subs, Target::Token("nobody".into())), vec![3]);
+    }
+
+    #[test]
+    fn prefix_reaches_every_token_that_starts_with_it() {
+        let subs = index();
+        // Connection 4 matches twice (room, roomy): the caller de-duplicates.
+        assert_eq!(matches(&subs, Target::Prefix("room".into())), vec![1, 2, 3, 4, 4]);
+        assert_eq!(matches(&subs, Target::Prefix("ro".into())), vec![1, 2, 3, 4, 4, 5]);
+        assert_eq!(matches(&subs, Target::Prefix("user".into())), vec![1, 3]);
+        assert_eq!(matches(&subs, Target::Prefix("z".into())), vec![3]);
+    }
+
+    #[test]
+    fn remove_forgets_the_connection_everywhere() {
+        let mut subs = index();
+        subs.remove(1, &tokens(&["room1", "user1"]));
+        subs.remove(3, &tokens(&["*"]));
+        assert_eq!(matches(&subs, Target::Token("room1".into())), Vec::<usize>::new());
+        assert_eq!(matches(&subs, Target::Prefix("room".into())), vec![2, 4, 4]);
+        assert!(!subs.by_token.contains_key("room1"));
+    }
+
+    #[test]
+    fn count_exact_ignores_wildcards_and_prefixes() {
+        let mut subs = index();
+        subs.add(6, &tokens(&["room1"]));
+        assert_eq!(subs.count_exact("room1"), 2);
+        assert_eq!(subs.count_exact("room"), 1);
+        assert_eq!(subs.count_exact("*"), 0);
+        assert_eq!(subs.count_exact("absent"), 0);
+    }
+
+    #[test]
+    fn a_large_index_stays_exact() {
+        let mut subs = Subscriptions::default();
+        for key in 0..100_000 {
+            subs.add(key, &tokens(&["all", &format!("c{key}")]));
+        }
+        assert_eq!(matches(&subs, Target::Token("c4242".into())), vec![4242]);
+        assert_eq!(subs.count_exact("all"), 100_000);
+        assert_eq!(matches(&subs, Target::Prefix("c9999".into())).len(), 11);
+    }
+}

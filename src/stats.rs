@@ -1,0 +1,281 @@
+//! The server's figures and how they are shown: the `status` block, `tcpstatus` JSON, the client
+//! list as text and JSON.
+//!
+//! Owns the exact text of hasses 1.30's reports (labels, typos and all: log watchers grep for
+//! them) and the keys of the JSON replies. It only formats what it is given: the shards count,
+//! the control thread asks and merges.
+
+use std::net::SocketAddr;
+use std::ops::AddAssign;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+/// One shard's counters, as it answers a figures request; summed over shards for the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardFigures {
+    /// Open connections, handshaked or not.
+    pub connections: u64,
+    /// Handshaked (streaming) connections.
+    pub streaming: u64,
+    /// Handshakes since start (reinits not included).
+    pub handshakes: u64,
+    /// Reinits since start.
+    pub reinits: u64,
+    /// Events queued to clients since start.
+    pub deliveries: u64,
+    /// Clients dropped because their unsent bytes went over the cap.
+    pub dropped_slow: u64,
+}
+
+impl AddAssign for ShardFigures {
+    fn add_assign(&mut self, other: Self) {
+        self.connections += other.connections;
+        self.streaming += other.streaming;
+        self.handshakes += other.handshakes;
+        self.reinits += other.reinits;
+        self.deliveries += other.deliveries;
+        self.dropped_slow += other.dropped_slow;
+    }
+}
+
+/// Everything the status block and `tcpstatus` report.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Our version.
+    pub version: &'static str,
+    /// When this binary was built (`Mon DD YYYY`, as C's `__DATE__`).
+    pub compiled: &'static str,
+    /// Our process id.
+    pub pid: u32,
+    /// Our user id now.
+    pub uid: u32,
+    /// The user we dropped privileges to, if any.
+    pub user: Option<String>,
+    /// How long the server has run.
+    pub running: Duration,
+    /// Current log level, 0–2.
+    pub log_level: u8,
+    /// Whether reinit is allowed now.
+    pub reinit: bool,
+    /// The CORS base.
+    pub cors_base: String,
+    /// Peak simultaneous connections since start.
+    pub peak_connections: u64,
+    /// Valid messages received from publishers.
+    pub processed: u64,
+    /// Messages refused (malformed, too long).
+    pub refused: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// The shards' counters, summed.
+    pub shards: ShardFigures,
+}
+
+impl Status {
+    /// The status block, line by line, as hasses writes it, then our own lines.
+    pub fn lines(&self) -> Vec<String> {
+        let uid_note = match &self.user {
+            Some(user) => format!("set to {user}"),
+            None => "not set".to_string(),
+        };
+        let s = &self.shards;
+        vec![
+            "------- status of hasses -------".to_string(),
+            format!("Version: {}", self.version),
+            format!("Compiled: {}", self.compiled),
+            format!("Pid: {}", self.pid),
+            format!("Uid: {} ({uid_note})", self.uid),
+            format!("Running time: {}", running_time(self.running)),
+            "Mode: unencrypted (http)".to_string(),
+            format!("Loglevel: {}", self.log_level),
+            format!("Reinit allowed: {}", if self.reinit { "yes" } else { "no" }),
+            format!("CORS-base url: {}", self.cors_base),
+            format!("Count of connected clients: {}", s.connections),
+            format!("Current registred SSE clients: {}", s.streaming),
+            format!("Maximum number of connections: {}", self.peak_connections),
+            format!("Total client handshaked: {}", s.handshakes),
+            format!("Total reinit connection: {}", s.reinits),
+            format!("Total message processed: {}", self.processed),
+            format!("Total message sent: {}", s.deliveries),
+            format!("Total message refused: {}", self.refused),
+            format!("Dropped slow clients: {}", s.dropped_slow),
+            format!("Worker threads: {}", self.workers),
+            "------------- end --------------".to_string(),
+        ]
+    }
+
+    /// The `tcpstatus` reply: hasses' keys first, then ours.
+    pub fn json(&self) -> serde_json::Value {
+        let s = &self.shards;
+        json!({
+            "version": self.version,
+            "runningtime": running_time(self.running),
+            "mode": "http",
+            "loglevel": self.log_level,
+            "allconncli": s.connections,
+            "sseconncli": s.streaming,
+            "maxconncli": self.peak_connections,
+            "msgproccnt": self.processed,
+            "msgsendcnt": s.deliveries,
+            "handshakecnt": s.handshakes,
+            "reinitcnt": s.reinits,
+            "msgrefusedcnt": self.refused,
+            "droppedslowcli": s.dropped_slow,
+            "workers": self.workers,
+            "reinit": self.reinit,
+        })
+    }
+}
+
+/// One row of the client list.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRow {
+    /// The socket descriptor (`<6>` in hasses' list).
+    pub fd: i32,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// `NEW`, `SSE` or `END`.
+    pub state: &'static str,
+    /// Events queued for it.
+    pub messages: u64,
+    /// How many times it re-handshaked.
+    pub reinits: u32,
+    /// Seconds since it connected.
+    pub connected_secs: u64,
+    /// Seconds since its last handshake, if it handshaked.
+    pub handshaked_secs: Option<u64>,
+    /// Its unique id, or empty.
+    pub id: String,
+    /// Its User-Agent, or empty.
+    pub agent: String,
+    /// Its tokens, `*` first.
+    pub tokens: Vec<String>,
+    /// Which worker holds it.
+    pub worker: usize,
+}
+
+/// The client list block, line by line, as hasses writes it.
+pub fn client_list_lines(rows: &[ClientRow]) -> Vec<String> {
+    let mut lines = vec![
+        "------- requested client list -------".to_string(),
+        "List of clients:".to_string(),
+    ];
+    for (n, row) in rows.iter().enumerate() {
+        // A client is closed at its first socket error, so a listed client never has one.
+        lines.push(format!(
+            "#{} - <{}> info: {} S:{} Err: 0 Messages: {} Reinit: {} SSL:No",
+            n + 1,
+            row.fd,
+            row.peer,
+            row.state,
+            row.messages,
+            row.reinits
+        ));
+        lines.push(format!(
+            "  Connection time: {}  Handshaked time: {} UniqId:{}",
+            running_time(Duration::from_secs(row.connected_secs)),
+            running_time(Duration::from_secs(row.handshaked_secs.unwrap_or(0))),
+            row.id
+        ));
+        lines.push(format!("  Agent: {}", row.agent));
+        lines.push(format!("  Subscribes: {}", row.tokens.join(",")));
+    }
+    lines.push("---------------- end ----------------".to_string());
+    lines
+}
+
+/// The `tcpclientlist` reply.
+pub fn client_list_json(rows: &[ClientRow]) -> serde_json::Value {
+    json!({ "clients": rows })
+}
+
+/// `HH:MM:SS`, or `Nday HH:MM:SS` past a day, as hasses prints running times.
+pub fn running_time(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let hms = format!("{:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60);
+    if days > 0 {
+        format!("{days}day {hms}")
+    } else {
+        hms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_time_matches_hasses() {
+        assert_eq!(running_time(Duration::from_secs(26)), "00:00:26");
+        assert_eq!(running_time(Duration::from_secs(3 * 3600 + 61)), "03:01:01");
+        assert_eq!(running_time(Duration::from_secs(2 * 86_400 + 5)), "2day 00:00:05");
+    }
+
+    fn row() -> ClientRow {
+        ClientRow {
+            fd: 6,
+            peer: "192.168.1.151:50190".parse().unwrap(),
+            state: "SSE",
+            messages: 3,
+            reinits: 0,
+            connected_secs: 180,
+            handshaked_secs: Some(180),
+            id: String::new(),
+            agent: "Mozilla/5.0".into(),
+            tokens: vec!["room624".into()],
+            worker: 0,
+        }
+    }
+
+    #[test]
+    fn client_list_has_hasses_layout() {
+        let lines = client_list_lines(&[row()]);
+        assert_eq!(
+            lines,
+            vec![
+                "------- requested client list -------",
+                "List of clients:",
+                "#1 - <6> info: 192.168.1.151:50190 S:SSE Err: 0 Messages: 3 Reinit: 0 SSL:No",
+                "  Connection time: 00:03:00  Handshaked time: 00:03:00 UniqId:",
+                "  Agent: Mozilla/5.0",
+                "  Subscribes: room624",
+                "---------------- end ----------------",
+            ]
+        );
+    }
+
+    #[test]
+    fn status_keeps_hasses_labels_in_order() {
+        let status = Status {
+            version: "2.0.0",
+            compiled: "May  7 2020",
+            pid: 3217,
+            uid: 0,
+            user: None,
+            running: Duration::from_secs(26),
+            log_level: 2,
+            reinit: false,
+            cors_base: "*".into(),
+            peak_connections: 4,
+            processed: 7,
+            refused: 1,
+            workers: 2,
+            shards: ShardFigures { connections: 3, streaming: 2, handshakes: 5, reinits: 1, deliveries: 9, dropped_slow: 0 },
+        };
+        let lines = status.lines();
+        assert_eq!(lines[0], "------- status of hasses -------");
+        assert_eq!(lines[4], "Uid: 0 (not set)");
+        assert_eq!(lines[5], "Running time: 00:00:26");
+        assert_eq!(lines[11], "Current registred SSE clients: 2");
+        assert_eq!(lines[16], "Total message sent: 9");
+        assert_eq!(lines.last().unwrap(), "------------- end --------------");
+        let json = status.json();
+        assert_eq!(json["allconncli"], 3);
+        assert_eq!(json["maxconncli"], 4);
+        assert_eq!(json["msgproccnt"], 7);
+        assert_eq!(json["msgsendcnt"], 9);
+    }
+}
