@@ -8,7 +8,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     println!("cargo:rustc-env=HASSES_BUILD_DATE={} {day:>2} {year}", MONTHS[month as usize - 1]);
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 }

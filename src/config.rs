@@ -2,12 +2,36 @@
 //!
 //! Owns turning argv (and `--config FILE`) into one validated [`Config`]. It never opens a
 //! socket, the FIFO or the log: it only says what the operator asked for, or why that is wrong.
+//!
+//! How: every token is first translated to a self-contained `--long[=value]` token (legacy
+//! `-p=8080` becomes `--port=8080`), remembering how the operator spelled each flag and whether
+//! any legacy flag was seen. clap then parses the translated tokens (the last of a repeated flag
+//! wins, so the command line overrides the config file), and `Given::config` checks the values
+//! and applies the defaults of the mode: hasses' own with legacy flags, modern ones without.
+//! clap never sees a raw single-dash token: it would read `-help` as `-h -e -l -p`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::{ColorChoice, Command, CommandFactory, FromArgMatches, Parser};
+
 use crate::limits::Limits;
+
+/// SSE port without legacy flags (that of the original's container image).
+const DEFAULT_PORT: u16 = 8080;
+/// SSE path without legacy flags.
+const DEFAULT_MATCH_URL: &str = "/sse";
+/// Control port without legacy flags.
+const DEFAULT_CONTROL_PORT: u16 = 8085;
+/// The log file when daemonized and none is given (as hasses).
+const DEFAULT_LOG_FILE: &str = "/var/log/hasses.log";
+/// Mode of a FIFO we create, before the umask (as hasses).
+const DEFAULT_FIFO_MODE: u32 = 0o666;
+/// The most worker threads we accept: far beyond any core count, low enough to catch a typo.
+const MAX_WORKERS: usize = 1024;
 
 /// Everything the server needs to know to start, validated.
 #[derive(Debug, Clone)]
@@ -74,16 +98,1046 @@ pub enum Invocation {
 }
 
 /// Why the command line cannot be run. `Display` is the one line printed before exiting non-zero.
+///
+/// A flag is named as the operator wrote it (`-p` or `--port`), prefixed `FILE:LINE: ` when it
+/// came from the config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    // Variants are the helper's to choose.
+    /// A `-switch` or `--flag` that neither hasses nor we know.
+    #[error("unknown switch: {0}")]
+    UnknownSwitch(String),
+    /// A word that is not a flag, nor the value of the flag before it.
+    #[error("unexpected argument: {0}")]
+    Unexpected(String),
+    /// An argument that is not valid UTF-8 (shown lossily).
+    #[error("argument is not valid UTF-8: {0}")]
+    NotUtf8(String),
+    /// A flag that takes a value, given without one (or with an empty one).
+    #[error("{flag}: needs a value ({usage})")]
+    MissingValue {
+        /// The flag as written.
+        flag: String,
+        /// How to write it with a value.
+        usage: String,
+    },
+    /// A switch given a value (`-q=1`, `--reinit=yes`).
+    #[error("{0}: takes no value")]
+    UnexpectedValue(String),
+    /// A value that is not acceptable for its flag.
+    #[error("{flag}: {reason}: {value}")]
+    Invalid {
+        /// The flag as written.
+        flag: String,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// With legacy flags, hasses' required flags apply; this one is missing.
+    #[error("{0} is required with legacy flags")]
+    LegacyRequired(&'static str),
+    /// Neither a control port nor a FIFO: nothing could publish.
+    #[error("no control channel: give -cp=PORT (--control-port) or -fifo=/ABS/PATH (--fifo)")]
+    NoControl,
+    /// TLS was asked for (by this flag); this build serves plain HTTP only.
+    #[error("{0}: TLS is not supported yet in this build")]
+    TlsUnsupported(String),
+    /// The `--config` file cannot be read.
+    #[error("config file {}: {source}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// A line of the `--config` file is wrong.
+    #[error("{}:{line}: {source}", path.display())]
+    ConfigLine {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong on that line.
+        source: Box<ConfigError>,
+    },
+    /// `--config` inside a config file (files do not include files).
+    #[error("--config cannot be used inside a config file")]
+    NestedConfig,
+    /// Anything else clap refuses (the first line of its message). The translation before clap
+    /// catches every mistake we know of; this keeps an unforeseen one to one line too.
+    #[error("{0}")]
+    Clap(String),
+}
+
+/// The modern flags. Values are kept as text: [`Given::config`] checks them, so that an error
+/// names the flag as the operator spelled it (`-p` or `--port`) and where (the config file line).
+#[derive(Parser, Debug)]
+#[command(
+    name = "hasses",
+    version,
+    about = "A sharded Server-Sent Events notification server; drop-in replacement for hasses 1.30",
+    after_help = "Legacy hasses 1.30 flags (-name=value, in brackets above) are accepted too, and may be \
+                  mixed with these; so are -nodaemon (stay in the foreground, log to stdout), -ssl, -help, \
+                  -v and -version. With any legacy flag hasses' rules apply: -p, -murl and one of -cp or \
+                  -fifo are required, and the server daemonizes and logs to the log file unless -nodaemon.",
+    args_override_self = true,
+    color = ColorChoice::Never
+)]
+struct Cli {
+    /// SSE port; 0 picks a free one [default: 8080] [-p=PORT]
+    #[arg(long, value_name = "PORT")]
+    port: Option<String>,
+    /// The URL path SSE clients request [default: /sse] [-murl=PATH]
+    #[arg(long, value_name = "PATH")]
+    match_url: Option<String>,
+    /// Control TCP port; 0 picks a free one [default: 8085] [-cp=PORT]
+    #[arg(long, value_name = "PORT", overrides_with = "no_control_port")]
+    control_port: Option<String>,
+    /// No control TCP port (then --fifo is needed)
+    #[arg(long, overrides_with = "control_port")]
+    no_control_port: bool,
+    /// Address of the control listener; anyone who reaches it can publish [default: 127.0.0.1]
+    #[arg(long, value_name = "ADDR")]
+    control_bind: Option<String>,
+    /// Address of the SSE listeners [default: ::, all interfaces, IPv4 and IPv6]
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Control FIFO, absolute; created if missing [-fifo=PATH]
+    #[arg(long, value_name = "PATH")]
+    fifo: Option<String>,
+    /// Mode of a FIFO we create, octal; the umask applies [default: 666]
+    #[arg(long, value_name = "OCTAL")]
+    fifo_mode: Option<String>,
+    /// One-byte separator between commands on a control line [default: ;] [-sep=C]
+    #[arg(long, value_name = "C")]
+    separator: Option<String>,
+    /// 0 quiet, 1 normal, 2 debug [default: 1] [-q is 0, -debug is 2]
+    #[arg(long, value_name = "0|1|2")]
+    log_level: Option<String>,
+    /// Log file, absolute [default when daemonized: /var/log/hasses.log] [-l=PATH]
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<String>,
+    /// Write the pid to this absolute path, remove it at exit [-pidfile=PATH]
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<String>,
+    /// Value of Access-Control-Allow-Origin [default: *] [-cors-base=URL]
+    #[arg(long, value_name = "URL")]
+    cors_base: Option<String>,
+    /// Allow reinit: a connected client may send a new GET to re-subscribe [-ra]
+    #[arg(long)]
+    reinit: bool,
+    /// Drop privileges to this user once every socket and file is open [-user=NAME]
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Detach, and log to the log file
+    #[arg(long, overrides_with = "nodaemon")]
+    daemon: bool,
+    /// Legacy -nodaemon: stay in the foreground, log to stdout.
+    #[arg(long, hide = true, overrides_with = "daemon")]
+    nodaemon: bool,
+    /// Worker (shard) threads [default: the number of cores]
+    #[arg(long, value_name = "N")]
+    workers: Option<String>,
+    /// Pin worker i to core i
+    #[arg(long)]
+    pin_cpus: bool,
+    /// Close a connection not handshaked after SECS (fractions allowed) [default: 20]
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<String>,
+    /// Close a handshaked connection SECS after its last handshake [default: 3600]
+    #[arg(long, value_name = "SECS")]
+    max_age: Option<String>,
+    /// The longest message; longer ones are refused [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    max_message: Option<String>,
+    /// Drop a client with more unsent bytes than this [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    max_backlog: Option<String>,
+    /// Read flags from FILE first (/etc/hasses.conf format: legacy flags, # comments);
+    /// the command line overrides them
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Legacy -ssl: serve HTTPS.
+    #[arg(long, hide = true)]
+    ssl: bool,
+    /// TLS certificate, PEM (not supported yet in this build) [-cert-file=PEM]
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<String>,
+    /// TLS private key, PEM (not supported yet in this build) [-privatekey-file=PEM]
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<String>,
 }
 
 /// Parses argv (without the program name).
 pub fn parse_args<I, S>(args: I) -> Result<Invocation, ConfigError>
 where
     I: IntoIterator<Item = S>,
-    S: Into<std::ffi::OsString>,
+    S: Into<OsString>,
 {
-    todo!()
+    let cmd = command();
+    let given = translate_argv(&cmd, args)?;
+    // Checked before reading the config file, so that help works whatever the file holds.
+    if let Some(text) = print_request(&cmd, &given) {
+        return Ok(Invocation::Print(text));
+    }
+    let cli = run_clap(&cmd, &given)?;
+    let all = match &cli.config {
+        None => given,
+        Some(path) => read_config(&cmd, path)?.then(given),
+    };
+    if let Some(text) = print_request(&cmd, &all) {
+        return Ok(Invocation::Print(text));
+    }
+    let given = Given { cli: run_clap(&cmd, &all)?, seen: all.seen, legacy: all.legacy };
+    Ok(Invocation::Run(Box::new(given.config()?)))
+}
+
+/// The clap command, built so that `--help` and `--version` are among its arguments.
+fn command() -> Command {
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd
+}
+
+/// The help or version text, when one was asked for (help wins).
+fn print_request(cmd: &Command, tokens: &Translated) -> Option<String> {
+    if tokens.seen.contains_key("help") {
+        Some(cmd.clone().render_help().to_string())
+    } else if tokens.seen.contains_key("version") {
+        Some(cmd.render_version())
+    } else {
+        None
+    }
+}
+
+/// Parses translated tokens.
+fn run_clap(cmd: &Command, tokens: &Translated) -> Result<Cli, ConfigError> {
+    let argv = std::iter::once("hasses".to_owned()).chain(tokens.tokens.iter().cloned());
+    let matches = cmd.clone().try_get_matches_from(argv).map_err(clap_error)?;
+    Cli::from_arg_matches(&matches).map_err(clap_error)
+}
+
+/// clap's refusal as one line: the first of its message (the rest are tips and usage).
+fn clap_error(err: clap::Error) -> ConfigError {
+    let text = err.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    ConfigError::Clap(first.trim_start_matches("error: ").to_owned())
+}
+
+/// How a legacy switch maps onto its modern flag.
+enum Form {
+    /// `-name=value` becomes `--long=value`.
+    Value,
+    /// `-name` becomes `--long`.
+    Switch,
+    /// `-name` becomes `--long=` this value (`-q` is `--log-level=0`).
+    Fixed(&'static str),
+}
+
+/// hasses 1.30's switches, spelled exactly as it accepts them: (legacy name, modern flag, form).
+const LEGACY: &[(&str, &str, Form)] = &[
+    ("p", "port", Form::Value),
+    ("murl", "match-url", Form::Value),
+    ("cp", "control-port", Form::Value),
+    ("fifo", "fifo", Form::Value),
+    ("sep", "separator", Form::Value),
+    ("q", "log-level", Form::Fixed("0")),
+    ("debug", "log-level", Form::Fixed("2")),
+    ("l", "log-file", Form::Value),
+    ("pidfile", "pidfile", Form::Value),
+    ("ssl", "ssl", Form::Switch),
+    ("cert-file", "tls-cert", Form::Value),
+    ("privatekey-file", "tls-key", Form::Value),
+    ("cors-base", "cors-base", Form::Value),
+    ("ra", "reinit", Form::Switch),
+    ("user", "user", Form::Value),
+    ("nodaemon", "nodaemon", Form::Switch),
+    ("h", "help", Form::Switch),
+    ("help", "help", Form::Switch),
+    ("v", "version", Form::Switch),
+    ("V", "version", Form::Switch),
+    ("version", "version", Form::Switch),
+];
+
+/// How a flag was last given.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// As written, with `FILE:LINE: ` before it when it came from the config file.
+    label: String,
+    /// Spelled the hasses way.
+    legacy: bool,
+}
+
+/// Tokens translated for clap, and how each flag (by modern long name) was given.
+#[derive(Debug, Default)]
+struct Translated {
+    tokens: Vec<String>,
+    seen: HashMap<String, Seen>,
+    /// Any legacy flag was given.
+    legacy: bool,
+}
+
+impl Translated {
+    /// Appends one flag; a later one replaces an earlier one, as in clap.
+    fn push(&mut self, long: &str, value: Option<&str>, label: String, legacy: bool) {
+        self.tokens.push(match value {
+            Some(value) => format!("--{long}={value}"),
+            None => format!("--{long}"),
+        });
+        self.seen.insert(long.to_owned(), Seen { label, legacy });
+        self.legacy |= legacy;
+    }
+
+    /// These tokens followed by `later`'s, which win where both give a flag.
+    fn then(mut self, later: Translated) -> Translated {
+        self.tokens.extend(later.tokens);
+        self.seen.extend(later.seen);
+        self.legacy |= later.legacy;
+        self
+    }
+}
+
+/// Translates the command line.
+fn translate_argv<I, S>(cmd: &Command, args: I) -> Result<Translated, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let words = args
+        .into_iter()
+        .map(|arg| {
+            arg.into().into_string().map_err(|bad| ConfigError::NotUtf8(bad.to_string_lossy().into_owned()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Translated::default();
+    translate(cmd, words, "", &mut out)?;
+    Ok(out)
+}
+
+/// Translates words into `out`; `place` prefixes the labels (the config file line, or nothing).
+fn translate(
+    cmd: &Command,
+    words: Vec<String>,
+    place: &str,
+    out: &mut Translated,
+) -> Result<(), ConfigError> {
+    let mut words = words.into_iter().peekable();
+    while let Some(word) = words.next() {
+        if let Some(flag) = word.strip_prefix("--") {
+            let value = || words.next_if(|next| !next.is_empty() && !looks_like_flag(next));
+            modern_flag(cmd, flag, value, place, out)?;
+        } else if let Some(flag) = word.strip_prefix('-').filter(|flag| !flag.is_empty()) {
+            legacy_flag(flag, place, out)?;
+        } else {
+            return Err(ConfigError::Unexpected(word));
+        }
+    }
+    Ok(())
+}
+
+/// A word that is a flag rather than a value (a lone `-` is a value, e.g. a separator).
+fn looks_like_flag(word: &str) -> bool {
+    word.len() > 1 && word.starts_with('-')
+}
+
+/// Splits `name=value`; an empty value counts as none.
+fn split_value(flag: &str) -> (&str, Option<&str>) {
+    match flag.split_once('=') {
+        Some((name, value)) => (name, Some(value).filter(|value| !value.is_empty())),
+        None => (flag, None),
+    }
+}
+
+/// Translates `--name[=value]`; `next` yields the following word when it is the value.
+fn modern_flag(
+    cmd: &Command,
+    flag: &str,
+    next: impl FnOnce() -> Option<String>,
+    place: &str,
+    out: &mut Translated,
+) -> Result<(), ConfigError> {
+    let (name, inline) = split_value(flag);
+    let written = format!("--{name}");
+    let arg = cmd
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(name))
+        .ok_or_else(|| ConfigError::UnknownSwitch(written.clone()))?;
+    let takes_value = arg.get_action().takes_values();
+    let value = match (takes_value, flag.contains('=')) {
+        (true, true) => inline.map(str::to_owned),
+        (true, false) => next(),
+        (false, false) => None,
+        (false, true) => return Err(ConfigError::UnexpectedValue(written)),
+    };
+    if takes_value && value.is_none() {
+        let usage = format!("{written} VALUE");
+        return Err(ConfigError::MissingValue { flag: written, usage });
+    }
+    out.push(name, value.as_deref(), format!("{place}{written}"), false);
+    Ok(())
+}
+
+/// Translates hasses' `-name[=value]`.
+fn legacy_flag(flag: &str, place: &str, out: &mut Translated) -> Result<(), ConfigError> {
+    let (name, value) = split_value(flag);
+    let written = format!("-{name}");
+    let (_, long, form) = LEGACY
+        .iter()
+        .find(|(legacy, ..)| *legacy == name)
+        .ok_or_else(|| ConfigError::UnknownSwitch(written.clone()))?;
+    let value = match (form, value, flag.contains('=')) {
+        (Form::Value, Some(value), _) => Some(value),
+        (Form::Value, None, _) => {
+            let usage = format!("{written}=VALUE");
+            return Err(ConfigError::MissingValue { flag: written, usage });
+        }
+        (Form::Fixed(value), _, false) => Some(*value),
+        (Form::Switch, _, false) => None,
+        (_, _, true) => return Err(ConfigError::UnexpectedValue(written)),
+    };
+    out.push(long, value, format!("{place}{written}"), true);
+    Ok(())
+}
+
+/// Reads and translates a config file: `/etc/hasses.conf`, one flag per line (more than one,
+/// split on whitespace, as `build-hasses-parameters` lets the shell do), `#` to the end of a
+/// line is a comment.
+fn read_config(cmd: &Command, path: &Path) -> Result<Translated, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::ConfigFile { path: path.to_owned(), source })?;
+    let mut out = Translated::default();
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        config_line(cmd, line, &format!("{}:{line_no}: ", path.display()), &mut out).map_err(|source| {
+            ConfigError::ConfigLine { path: path.to_owned(), line: line_no, source: Box::new(source) }
+        })?;
+    }
+    Ok(out)
+}
+
+/// Translates one line of the config file into `out`.
+fn config_line(cmd: &Command, line: &str, place: &str, out: &mut Translated) -> Result<(), ConfigError> {
+    let content = line.split_once('#').map_or(line, |(before, _)| before);
+    let words = content.split_whitespace().map(str::to_owned).collect();
+    translate(cmd, words, place, out)?;
+    if out.seen.contains_key("config") {
+        return Err(ConfigError::NestedConfig);
+    }
+    Ok(())
+}
+
+/// The parsed flags with how each was given: turns into the [`Config`].
+struct Given {
+    cli: Cli,
+    seen: HashMap<String, Seen>,
+    legacy: bool,
+}
+
+/// Checks one flag's text: the parsed value, or what is wrong with it.
+type Check<T> = fn(&str) -> Result<T, &'static str>;
+
+impl Given {
+    /// Checks every value and applies the defaults of the mode (legacy or modern).
+    fn config(&self) -> Result<Config, ConfigError> {
+        self.refuse_tls()?;
+        let cli = &self.cli;
+        // hasses' required flags first, in its order: port, path, then a control channel.
+        let sse_addr = self.sse_addr()?;
+        let match_url = self
+            .required("match-url", &cli.match_url, match_url, "-murl=PATH (--match-url)")?
+            .unwrap_or_else(|| DEFAULT_MATCH_URL.to_owned());
+        let fifo = self.value("fifo", &cli.fifo, absolute_path)?;
+        let control_addr = self.control_addr()?;
+        if control_addr.is_none() && fifo.is_none() {
+            return Err(ConfigError::NoControl);
+        }
+        let daemon = self.daemon();
+        Ok(Config {
+            sse_addr,
+            match_url,
+            control_addr,
+            fifo,
+            fifo_mode: self.value("fifo-mode", &cli.fifo_mode, file_mode)?.unwrap_or(DEFAULT_FIFO_MODE),
+            separator: self.value("separator", &cli.separator, one_byte)?.unwrap_or(b';'),
+            log_level: self.value("log-level", &cli.log_level, log_level)?.unwrap_or(1),
+            log_target: self.log_target(daemon)?,
+            pidfile: self.value("pidfile", &cli.pidfile, absolute_path)?,
+            cors_base: self
+                .value("cors-base", &cli.cors_base, header_text)?
+                .unwrap_or_else(|| "*".to_owned()),
+            reinit: cli.reinit,
+            user: self.value("user", &cli.user, header_text)?,
+            daemon,
+            workers: self.value("workers", &cli.workers, workers)?.unwrap_or_else(default_workers),
+            pin_cpus: cli.pin_cpus,
+            handshake_timeout: self
+                .value("handshake-timeout", &cli.handshake_timeout, seconds)?
+                .unwrap_or(Duration::from_secs(20)),
+            max_age: self.value("max-age", &cli.max_age, seconds)?.unwrap_or(Duration::from_secs(3600)),
+            max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
+            limits: Limits {
+                max_message: self
+                    .value("max-message", &cli.max_message, positive)?
+                    .unwrap_or(Limits::default().max_message),
+            },
+        })
+    }
+
+    /// The flag as the operator wrote it.
+    fn label(&self, long: &str) -> String {
+        self.seen.get(long).map_or_else(|| format!("--{long}"), |seen| seen.label.clone())
+    }
+
+    /// Whether the flag was given, spelled the hasses way.
+    fn spelled_legacy(&self, long: &str) -> bool {
+        self.seen.get(long).is_some_and(|seen| seen.legacy)
+    }
+
+    /// The checked value of flag `long`, if given.
+    fn value<T>(&self, long: &str, raw: &Option<String>, check: Check<T>) -> Result<Option<T>, ConfigError> {
+        raw.as_deref()
+            .map(|text| {
+                check(text).map_err(|reason| ConfigError::Invalid {
+                    flag: self.label(long),
+                    value: text.to_owned(),
+                    reason,
+                })
+            })
+            .transpose()
+    }
+
+    /// Like [`Given::value`], but hasses requires it: missing with legacy flags is an error.
+    fn required<T>(
+        &self,
+        long: &str,
+        raw: &Option<String>,
+        check: Check<T>,
+        what: &'static str,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.value(long, raw, check)? {
+            None if self.legacy => Err(ConfigError::LegacyRequired(what)),
+            value => Ok(value),
+        }
+    }
+
+    /// hasses' `-ssl` asks for TLS; its `-cert-file`/`-privatekey-file` alone do not (it
+    /// ignored them), but our `--tls-cert`/`--tls-key` do.
+    fn refuse_tls(&self) -> Result<(), ConfigError> {
+        let modern = |given: bool, long| given && !self.spelled_legacy(long);
+        let asked = if self.cli.ssl {
+            Some("ssl")
+        } else if modern(self.cli.tls_cert.is_some(), "tls-cert") {
+            Some("tls-cert")
+        } else if modern(self.cli.tls_key.is_some(), "tls-key") {
+            Some("tls-key")
+        } else {
+            None
+        };
+        match asked {
+            Some(long) => Err(ConfigError::TlsUnsupported(self.label(long))),
+            None => Ok(()),
+        }
+    }
+
+    fn sse_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let ip = self.value("bind", &self.cli.bind, ip_addr)?;
+        let port = self.required("port", &self.cli.port, port, "-p=PORT (--port)")?;
+        Ok(SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port.unwrap_or(DEFAULT_PORT)))
+    }
+
+    /// The control listener: hasses had none unless `-cp`; we default to one, on loopback.
+    fn control_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let ip = self.value("control-bind", &self.cli.control_bind, ip_addr)?;
+        let port = self.value("control-port", &self.cli.control_port, port)?;
+        if self.cli.no_control_port {
+            return Ok(None);
+        }
+        let port = port.or((!self.legacy).then_some(DEFAULT_CONTROL_PORT));
+        let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        Ok(port.map(|port| SocketAddr::new(ip, port)))
+    }
+
+    /// With legacy flags hasses daemonizes unless `-nodaemon`; modern flags only with `--daemon`.
+    fn daemon(&self) -> bool {
+        if self.legacy {
+            !self.cli.nodaemon
+        } else {
+            self.cli.daemon
+        }
+    }
+
+    /// Daemonized: the log file. In the foreground hasses logs to stdout even with `-l`; an
+    /// explicit `--log-file` is honoured.
+    fn log_target(&self, daemon: bool) -> Result<LogTarget, ConfigError> {
+        let file = self.value("log-file", &self.cli.log_file, absolute_path)?;
+        Ok(match file {
+            Some(file) if daemon || !self.spelled_legacy("log-file") => LogTarget::File(file),
+            None if daemon => LogTarget::File(PathBuf::from(DEFAULT_LOG_FILE)),
+            _ if self.legacy => LogTarget::Stdout,
+            _ => LogTarget::Stderr,
+        })
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn port(text: &str) -> Result<u16, &'static str> {
+    text.parse().map_err(|_| "not a port number (0-65535)")
+}
+
+fn ip_addr(text: &str) -> Result<IpAddr, &'static str> {
+    text.parse().map_err(|_| "not an IP address")
+}
+
+/// hasses refuses relative paths: the daemon's working directory is `/`.
+fn absolute_path(text: &str) -> Result<PathBuf, &'static str> {
+    let path = PathBuf::from(text);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err("path must be absolute")
+    }
+}
+
+/// The path must start with `/`: a request target always does, so another could never match.
+fn match_url(text: &str) -> Result<String, &'static str> {
+    if text.starts_with('/') && !text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(text.to_owned())
+    } else {
+        Err("must start with / and hold no spaces")
+    }
+}
+
+fn one_byte(text: &str) -> Result<u8, &'static str> {
+    match text.as_bytes() {
+        [byte] => Ok(*byte),
+        _ => Err("must be exactly one byte"),
+    }
+}
+
+fn file_mode(text: &str) -> Result<u32, &'static str> {
+    u32::from_str_radix(text, 8).ok().filter(|mode| *mode <= 0o7777).ok_or("not an octal file mode (0-7777)")
+}
+
+fn log_level(text: &str) -> Result<u8, &'static str> {
+    match text {
+        "0" => Ok(0),
+        "1" => Ok(1),
+        "2" => Ok(2),
+        _ => Err("must be 0, 1 or 2"),
+    }
+}
+
+/// Text that goes into a header or a user lookup: control characters would corrupt either.
+fn header_text(text: &str) -> Result<String, &'static str> {
+    if text.chars().any(char::is_control) {
+        Err("must not contain control characters")
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn positive(text: &str) -> Result<usize, &'static str> {
+    text.parse().ok().filter(|n| *n > 0).ok_or("must be a whole number above 0")
+}
+
+fn workers(text: &str) -> Result<usize, &'static str> {
+    positive(text).ok().filter(|n| *n <= MAX_WORKERS).ok_or("must be a whole number from 1 to 1024")
+}
+
+fn seconds(text: &str) -> Result<Duration, &'static str> {
+    text.parse()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|duration| !duration.is_zero())
+        .ok_or("must be a number of seconds above 0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(args: &[&str]) -> Result<Invocation, ConfigError> {
+        parse_args(args.iter().copied())
+    }
+
+    fn run(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(Invocation::Run(config)) => *config,
+            other => panic!("{args:?}: expected a config, got {other:?}"),
+        }
+    }
+
+    fn error(args: &[&str]) -> String {
+        match parse(args) {
+            Err(err) => err.to_string(),
+            Ok(other) => panic!("{args:?}: expected an error, got {other:?}"),
+        }
+    }
+
+    fn printed(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(Invocation::Print(text)) => text,
+            other => panic!("{args:?}: expected text to print, got {other:?}"),
+        }
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// A config file under the temp dir, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!("hasses-config-{}-{name}.conf", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    const LEGACY_LINE: &[&str] = &[
+        "-p=8080",
+        "-cp=8085",
+        "-murl=/sse",
+        "-fifo=/run/hasses.fifo",
+        "-nodaemon",
+        "-q",
+        "-ra",
+        "-sep=|",
+        "-cors-base=http://example.com",
+        "-l=/var/log/h.log",
+        "-pidfile=/run/hasses.pid",
+        "-user=nobody",
+    ];
+
+    #[test]
+    fn legacy_full_command_line() {
+        let config = run(LEGACY_LINE);
+        assert_eq!(config.sse_addr, addr("[::]:8080"));
+        assert_eq!(config.match_url, "/sse");
+        assert_eq!(config.control_addr, Some(addr("127.0.0.1:8085")));
+        assert_eq!(config.fifo, Some(PathBuf::from("/run/hasses.fifo")));
+        assert_eq!(config.separator, b'|');
+        assert_eq!(config.log_level, 0);
+        // -nodaemon logs to stdout even with -l, as hasses does.
+        assert_eq!(config.log_target, LogTarget::Stdout);
+        assert_eq!(config.pidfile, Some(PathBuf::from("/run/hasses.pid")));
+        assert_eq!(config.cors_base, "http://example.com");
+        assert!(config.reinit);
+        assert_eq!(config.user.as_deref(), Some("nobody"));
+        assert!(!config.daemon);
+    }
+
+    #[test]
+    fn legacy_daemonizes_and_logs_to_the_file() {
+        let config = run(&["-p=80", "-murl=/e", "-cp=1"]);
+        assert!(config.daemon);
+        assert_eq!(config.log_target, LogTarget::File(DEFAULT_LOG_FILE.into()));
+        assert_eq!(config.control_addr, Some(addr("127.0.0.1:1")));
+        let config = run(&["-p=80", "-murl=/e", "-fifo=/f", "-l=/tmp/h.log", "-debug"]);
+        assert_eq!(config.log_target, LogTarget::File("/tmp/h.log".into()));
+        assert_eq!(config.control_addr, None, "no control port unless -cp, as hasses");
+        assert_eq!(config.log_level, 2);
+    }
+
+    #[test]
+    fn modern_defaults_with_no_flags() {
+        let config = run(&[]);
+        assert_eq!(config.sse_addr, addr("[::]:8080"));
+        assert_eq!(config.match_url, "/sse");
+        assert_eq!(config.control_addr, Some(addr("127.0.0.1:8085")));
+        assert_eq!(config.fifo, None);
+        assert_eq!(config.fifo_mode, 0o666);
+        assert_eq!(config.separator, b';');
+        assert_eq!(config.log_level, 1);
+        assert_eq!(config.log_target, LogTarget::Stderr);
+        assert_eq!(config.pidfile, None);
+        assert_eq!(config.cors_base, "*");
+        assert!(!config.reinit);
+        assert_eq!(config.user, None);
+        assert!(!config.daemon);
+        assert_eq!(config.workers, default_workers());
+        assert!(config.workers >= 1);
+        assert!(!config.pin_cpus);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(20));
+        assert_eq!(config.max_age, Duration::from_secs(3600));
+        assert_eq!(config.max_backlog, 1 << 20);
+        assert_eq!(config.limits, Limits { max_message: 65536 });
+    }
+
+    #[test]
+    fn modern_flags() {
+        let line = "--port 9000 --match-url=/events --control-port 0 --control-bind 0.0.0.0 \
+                    --bind 127.0.0.1 --fifo /tmp/f --fifo-mode 600 --separator - --log-level 2 \
+                    --log-file /tmp/l --pidfile /tmp/p --cors-base https://a.example --reinit \
+                    --user www --workers 3 --pin-cpus --handshake-timeout 0.5 --max-age 10 \
+                    --max-message 100 --max-backlog 1000";
+        let config = run(&line.split_whitespace().collect::<Vec<_>>());
+        assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
+        assert_eq!(config.match_url, "/events");
+        assert_eq!(config.control_addr, Some(addr("0.0.0.0:0")));
+        assert_eq!(config.fifo, Some(PathBuf::from("/tmp/f")));
+        assert_eq!(config.fifo_mode, 0o600);
+        assert_eq!(config.separator, b'-');
+        assert_eq!(config.log_level, 2);
+        assert_eq!(config.log_target, LogTarget::File("/tmp/l".into()));
+        assert_eq!(config.pidfile, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(config.cors_base, "https://a.example");
+        assert!(config.reinit);
+        assert_eq!(config.user.as_deref(), Some("www"));
+        assert!(!config.daemon);
+        assert_eq!(config.workers, 3);
+        assert!(config.pin_cpus);
+        assert_eq!(config.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_age, Duration::from_secs(10));
+        assert_eq!(config.limits.max_message, 100);
+        assert_eq!(config.max_backlog, 1000);
+    }
+
+    #[test]
+    fn modern_daemon_logs_to_a_file() {
+        let config = run(&["--daemon"]);
+        assert!(config.daemon);
+        assert_eq!(config.log_target, LogTarget::File(DEFAULT_LOG_FILE.into()));
+        let config = run(&["--daemon", "--log-file", "/tmp/x.log"]);
+        assert_eq!(config.log_target, LogTarget::File("/tmp/x.log".into()));
+    }
+
+    #[test]
+    fn no_control_port_needs_a_fifo() {
+        let config = run(&["--no-control-port", "--fifo", "/run/f"]);
+        assert_eq!(config.control_addr, None);
+        assert_eq!(config.fifo, Some(PathBuf::from("/run/f")));
+        assert_eq!(
+            error(&["--no-control-port"]),
+            "no control channel: give -cp=PORT (--control-port) or -fifo=/ABS/PATH (--fifo)"
+        );
+        // The later of the two wins.
+        let config = run(&["--no-control-port", "--control-port", "9"]);
+        assert_eq!(config.control_addr, Some(addr("127.0.0.1:9")));
+        let config = run(&["--control-port", "9", "--no-control-port", "--fifo=/f"]);
+        assert_eq!(config.control_addr, None);
+    }
+
+    #[test]
+    fn legacy_and_modern_mix() {
+        let config = run(&["-p=9000", "--match-url", "/x", "--fifo", "/f", "-nodaemon", "--workers=2"]);
+        assert_eq!(config.sse_addr.port(), 9000);
+        assert_eq!(config.match_url, "/x");
+        assert_eq!(config.control_addr, None, "legacy mode: no default control port");
+        assert_eq!(config.log_target, LogTarget::Stdout);
+        assert_eq!(config.workers, 2);
+        // A modern --log-file is honoured in the foreground; hasses' -l is not.
+        let base = ["-p=1", "-murl=/x", "-cp=2", "-nodaemon"];
+        let config = run(&[&base[..], &["--log-file", "/tmp/m.log"]].concat());
+        assert_eq!(config.log_target, LogTarget::File("/tmp/m.log".into()));
+        let config = run(&[&base[..], &["-l=/tmp/m.log"]].concat());
+        assert_eq!(config.log_target, LogTarget::Stdout);
+        // The later of -nodaemon and --daemon wins.
+        assert!(run(&[&base[..], &["--daemon"]].concat()).daemon);
+        assert!(!run(&["--daemon", "-nodaemon", "-p=1", "-murl=/x", "-cp=2"]).daemon);
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_the_last_value() {
+        assert_eq!(run(&["--port", "1", "--port", "2"]).sse_addr.port(), 2);
+        assert_eq!(run(&["-p=1", "-murl=/a", "-cp=3", "--port", "2"]).sse_addr.port(), 2);
+        assert_eq!(run(&["-q", "-debug", "-p=1", "-murl=/a", "-cp=3"]).log_level, 2);
+    }
+
+    #[test]
+    fn legacy_values_may_start_with_a_dash_or_hold_equals() {
+        let config = run(&["-p=1", "-murl=/a", "-cp=3", "-sep=-", "-cors-base=http://a/?b=c"]);
+        assert_eq!(config.separator, b'-');
+        assert_eq!(config.cors_base, "http://a/?b=c");
+    }
+
+    #[test]
+    fn config_file_then_command_line() {
+        let file = TempFile::new(
+            "good",
+            "# hasses.conf\n\n  -p=8080  \n-cp=8085 # control\n-murl=/sse-event\r\n\
+             -fifo=/var/run/hasses/SSE_EVENT\n-ra\n#-user=hyper\n--workers 2\n",
+        );
+        let config = run(&["--config", file.path(), "-p=9000", "-nodaemon"]);
+        assert_eq!(config.sse_addr.port(), 9000, "the command line wins");
+        assert_eq!(config.control_addr, Some(addr("127.0.0.1:8085")));
+        assert_eq!(config.match_url, "/sse-event");
+        assert_eq!(config.fifo, Some(PathBuf::from("/var/run/hasses/SSE_EVENT")));
+        assert!(config.reinit);
+        assert_eq!(config.user, None);
+        assert_eq!(config.workers, 2);
+        assert_eq!(config.log_target, LogTarget::Stdout);
+        // Legacy flags in the file alone put us in legacy mode.
+        assert!(run(&[&format!("--config={}", file.path())]).daemon);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file_and_line() {
+        let missing = std::env::temp_dir().join("hasses-config-does-not-exist.conf");
+        let message = error(&["--config", missing.to_str().unwrap()]);
+        assert!(message.starts_with(&format!("config file {}: ", missing.display())), "{message}");
+
+        let file = TempFile::new("unknown", "-p=8080\n\n-bogus=1\n");
+        assert_eq!(error(&["--config", file.path()]), format!("{}:3: unknown switch: -bogus", file.path()));
+        let file = TempFile::new("value", "-murl=/a\n-p=abc\n-cp=1\n");
+        assert_eq!(
+            error(&["--config", file.path()]),
+            format!("{}:2: -p: not a port number (0-65535): abc", file.path())
+        );
+        let file = TempFile::new("nested", "--config /etc/hasses.conf\n");
+        assert_eq!(
+            error(&["--config", file.path()]),
+            format!("{}:1: --config cannot be used inside a config file", file.path())
+        );
+        let file = TempFile::new("stray", "-p 8080\n");
+        assert_eq!(
+            error(&["--config", file.path()]),
+            format!("{}:1: -p: needs a value (-p=VALUE)", file.path())
+        );
+    }
+
+    #[test]
+    fn legacy_mode_requires_hasses_flags() {
+        assert_eq!(error(&["-murl=/a", "-cp=1"]), "-p=PORT (--port) is required with legacy flags");
+        assert_eq!(error(&["-p=1", "-cp=1"]), "-murl=PATH (--match-url) is required with legacy flags");
+        assert_eq!(
+            error(&["-p=1", "-murl=/a"]),
+            "no control channel: give -cp=PORT (--control-port) or -fifo=/ABS/PATH (--fifo)"
+        );
+        // Either spelling counts.
+        run(&["--port", "1", "--match-url", "/a", "--control-port", "2", "-ra"]);
+    }
+
+    #[test]
+    fn paths_must_be_absolute() {
+        let base = ["-p=1", "-murl=/a", "-cp=2"];
+        let cases = [
+            ("-fifo=run/x.fifo", "-fifo: path must be absolute: run/x.fifo"),
+            ("-l=h.log", "-l: path must be absolute: h.log"),
+            ("-pidfile=./h.pid", "-pidfile: path must be absolute: ./h.pid"),
+            ("--log-file=h.log", "--log-file: path must be absolute: h.log"),
+        ];
+        for (flag, message) in cases {
+            assert_eq!(error(&[&base[..], &[flag]].concat()), message);
+        }
+    }
+
+    #[test]
+    fn unknown_and_malformed_switches() {
+        assert_eq!(error(&["-x"]), "unknown switch: -x");
+        assert_eq!(error(&["-pp=1"]), "unknown switch: -pp");
+        assert_eq!(error(&["-daemon"]), "unknown switch: -daemon");
+        assert_eq!(error(&["--bogus"]), "unknown switch: --bogus");
+        assert_eq!(error(&["--"]), "unknown switch: --");
+        assert_eq!(error(&["foo"]), "unexpected argument: foo");
+        assert_eq!(error(&["-"]), "unexpected argument: -");
+        assert_eq!(error(&["-p"]), "-p: needs a value (-p=VALUE)");
+        assert_eq!(error(&["-p="]), "-p: needs a value (-p=VALUE)");
+        assert_eq!(error(&["--port"]), "--port: needs a value (--port VALUE)");
+        assert_eq!(error(&["--port="]), "--port: needs a value (--port VALUE)");
+        assert_eq!(error(&["--cors-base", "--reinit"]), "--cors-base: needs a value (--cors-base VALUE)");
+        assert_eq!(error(&["-q=1"]), "-q: takes no value");
+        assert_eq!(error(&["-ra="]), "-ra: takes no value");
+        assert_eq!(error(&["--reinit=yes"]), "--reinit: takes no value");
+    }
+
+    #[test]
+    fn separator_is_one_byte() {
+        let base = ["-p=1", "-murl=/a", "-cp=2"];
+        assert_eq!(error(&[&base[..], &["-sep=ab"]].concat()), "-sep: must be exactly one byte: ab");
+        assert_eq!(error(&[&base[..], &["-sep=é"]].concat()), "-sep: must be exactly one byte: é");
+        assert_eq!(error(&[&base[..], &["-sep="]].concat()), "-sep: needs a value (-sep=VALUE)");
+        assert_eq!(error(&["--separator", "::"]), "--separator: must be exactly one byte: ::");
+    }
+
+    #[test]
+    fn bad_values() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--port", "70000"], "--port: not a port number (0-65535): 70000"),
+            (&["--control-port=x"], "--control-port: not a port number (0-65535): x"),
+            (&["--bind", "nope"], "--bind: not an IP address: nope"),
+            (&["--control-bind", "localhost"], "--control-bind: not an IP address: localhost"),
+            (&["--match-url", "sse"], "--match-url: must start with / and hold no spaces: sse"),
+            (&["--fifo-mode", "9"], "--fifo-mode: not an octal file mode (0-7777): 9"),
+            (&["--fifo-mode", "17777"], "--fifo-mode: not an octal file mode (0-7777): 17777"),
+            (&["--log-level", "3"], "--log-level: must be 0, 1 or 2: 3"),
+            (&["--workers", "0"], "--workers: must be a whole number from 1 to 1024: 0"),
+            (&["--workers", "5000"], "--workers: must be a whole number from 1 to 1024: 5000"),
+            (&["--max-message", "0"], "--max-message: must be a whole number above 0: 0"),
+            (&["--max-backlog", "1k"], "--max-backlog: must be a whole number above 0: 1k"),
+            (&["--handshake-timeout", "0"], "--handshake-timeout: must be a number of seconds above 0: 0"),
+            (&["--max-age=-1"], "--max-age: must be a number of seconds above 0: -1"),
+            (&["--max-age", "inf"], "--max-age: must be a number of seconds above 0: inf"),
+            (&["--user", "a\u{7}"], "--user: must not contain control characters: a\u{7}"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(error(args), *message, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn tls_is_refused_for_now() {
+        let base = ["-p=1", "-murl=/a", "-cp=2"];
+        assert_eq!(
+            error(&[&base[..], &["-ssl", "-cert-file=c.pem", "-privatekey-file=k.pem"]].concat()),
+            "-ssl: TLS is not supported yet in this build"
+        );
+        assert_eq!(error(&["--tls-cert", "/c.pem"]), "--tls-cert: TLS is not supported yet in this build");
+        assert_eq!(error(&["--tls-key=/k.pem"]), "--tls-key: TLS is not supported yet in this build");
+        // hasses ignores the file flags without -ssl.
+        run(&[&base[..], &["-cert-file=c.pem", "-privatekey-file=k.pem"]].concat());
+    }
+
+    #[test]
+    fn help_and_version() {
+        for flag in ["-h", "-help", "--help"] {
+            let help = printed(&[flag]);
+            assert!(help.contains("Usage: hasses"), "{help}");
+            assert!(help.contains("--control-bind <ADDR>"), "{help}");
+            assert!(help.contains("[-murl=PATH]"), "{help}");
+            assert!(!help.contains("--nodaemon"), "hidden flags stay hidden");
+        }
+        for flag in ["-v", "-V", "-version", "--version"] {
+            assert_eq!(printed(&[flag]), format!("hasses {}\n", env!("CARGO_PKG_VERSION")));
+        }
+        // Help is answered even when the rest would not run.
+        printed(&["-murl=/a", "-h"]);
+        printed(&["--config", "/nonexistent/hasses.conf", "--help"]);
+    }
+
+    #[test]
+    fn non_utf8_argument() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(vec![b'-', b'p', b'=', 0xff]);
+        let err = parse_args([bad]).unwrap_err();
+        assert_eq!(err.to_string(), "argument is not valid UTF-8: -p=\u{fffd}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_argv_parses_or_fails_in_one_line(
+            args in proptest::collection::vec("-{0,2}[a-z=/.|0-9-]{0,10}", 0..6)
+        ) {
+            if let Err(err) = parse_args(args) {
+                let message = err.to_string();
+                prop_assert!(!message.is_empty() && !message.contains('\n'), "{message:?}");
+            }
+        }
+    }
 }

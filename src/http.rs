@@ -3,8 +3,42 @@
 //! Owns what hasses 1.30 answers to every request (status codes, their order of checks, the
 //! exact handshake headers). Pure functions over bytes: the shard feeds it whatever a connection
 //! has buffered so far and writes what it returns; nothing here reads or writes a socket.
+//!
+//! # What a request must be
+//! - Its head ends with a blank line within [`MAX_REQUEST_HEAD`] bytes and has at most
+//!   [`MAX_HEADERS`] header lines (else 431). Lines end in `\r\n` or `\n`; empty lines before the
+//!   request line are skipped (RFC 9112 allows it). Bytes after the head are not looked at.
+//! - Bytes httparse cannot read as a request head get 501 as soon as they are seen. A version
+//!   httparse does not know (`HTTP/2.0`) is such an error, so it gets 501 whatever the path.
+//! - `GET`, `HEAD`, `OPTIONS` are served, case-sensitively; any other method gets 501 on any path.
+//! - Then the path (404), the version (501 unless `HTTP/1.1`), and for `GET` the `Connection`
+//!   header (400 when it says `close` without `keep-alive`) and the query (400).
+//!
+//! # The query of a `GET`
+//! Split on `&`, names and values percent-decoded (`%XX` and `+`); unknown names are ignored.
+//! When a name appears twice, the first one wins (`subscribe=&subscribe=a` is refused).
+//! - `subscribe=T1-T2`: decoded first, then split on `-` (so `%2D` separates too). Empty tokens
+//!   and repeats are dropped, order kept; none left is 400. A token over [`MAX_TOKEN_LEN`] bytes
+//!   is 400, not cut. A lone `*` is the wildcard; a `*` inside a token is an ordinary character
+//!   (hasses treats it so too, and a `pre*` message still reaches it).
+//! - `id=UNIQ`: empty is no id; over [`MAX_ID_LEN`] bytes is 400.
+//! - A token or id with a control character (C0, DEL, C1) or bytes that were not UTF-8 once
+//!   decoded is 400: the client list in the log shows both, one client per line.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
+
+use crate::limits::{MAX_AGENT_LEN, MAX_ID_LEN, MAX_REQUEST_HEAD, MAX_TOKEN_LEN};
+
+/// The most header lines a request may have (else 431); browsers send about fifteen.
+pub const MAX_HEADERS: usize = 64;
+
+/// The most bytes of a refused method or path that go into a log line.
+const MAX_LOGGED: usize = 128;
+
+/// The CORS value hasses sends for `Access-Control-Allow-Headers`.
+const ALLOWED_HEADERS: &str = "cache-control, last-event-id, X-Requested-With";
 
 /// What to make of the bytes a connection has sent so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +69,84 @@ pub struct Subscribe {
 /// Why a request is refused. `status()` says the HTTP status; `Display` says why, for the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
-    // Variants are the helper's to choose.
+    /// The bytes are not an HTTP/1.x request head (501).
+    #[error("not an HTTP request ({0})")]
+    Malformed(httparse::Error),
+    /// A method other than `GET`, `HEAD`, `OPTIONS` (501); at most 128 bytes of it are kept.
+    #[error("method {0:?} not implemented")]
+    Method(String),
+    /// `HTTP/1.0` (501); the number is the minor version.
+    #[error("HTTP/1.{0} not supported, only HTTP/1.1")]
+    Version(u8),
+    /// A target that is not the served path (404); at most 128 bytes of it are kept.
+    #[error("path {0:?} not served")]
+    Path(String),
+    /// `Connection: close` on a `GET`, which asks for a stream that stays open (400).
+    #[error("Connection: close on an event-stream request")]
+    ConnectionClose,
+    /// No `subscribe` parameter, or one without a non-empty token (400).
+    #[error("no subscribe token")]
+    NoSubscription,
+    /// A token or id longer than its limit (400).
+    #[error("{param} of {len} bytes is over the limit of {max}")]
+    TooLong {
+        /// `subscribe` or `id`.
+        param: &'static str,
+        /// Its length in bytes, decoded.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A token or id with a control character or bytes that are not UTF-8 (400).
+    #[error("control character or invalid UTF-8 in {param}")]
+    BadCharacter {
+        /// `subscribe` or `id`.
+        param: &'static str,
+    },
+    /// More than [`MAX_HEADERS`] header lines (431).
+    #[error("more than {} header lines", MAX_HEADERS)]
+    TooManyHeaders,
+    /// No blank line within [`MAX_REQUEST_HEAD`] bytes (431).
+    #[error("request head over {} bytes", MAX_REQUEST_HEAD)]
+    HeadTooLarge,
 }
 
 impl Reject {
     /// The HTTP status code this refusal is answered with (400, 404, 431 or 501).
     pub fn status(&self) -> u16 {
-        todo!()
+        self.class() as u16
+    }
+
+    fn class(&self) -> Status {
+        match self {
+            Self::Malformed(_) | Self::Method(_) | Self::Version(_) => Status::NotImplemented,
+            Self::Path(_) => Status::NotFound,
+            Self::ConnectionClose
+            | Self::NoSubscription
+            | Self::TooLong { .. }
+            | Self::BadCharacter { .. } => Status::BadRequest,
+            Self::TooManyHeaders | Self::HeadTooLarge => Status::HeaderTooLarge,
+        }
+    }
+}
+
+/// The error statuses, one precomputed response each.
+#[derive(Debug, Clone, Copy)]
+enum Status {
+    BadRequest = 400,
+    NotFound = 404,
+    HeaderTooLarge = 431,
+    NotImplemented = 501,
+}
+
+impl Status {
+    fn line(self) -> &'static str {
+        match self {
+            Self::BadRequest => "400 Bad Request",
+            Self::NotFound => "404 Not Found",
+            Self::HeaderTooLarge => "431 Request Header Fields Too Large",
+            Self::NotImplemented => "501 Not Implemented",
+        }
     }
 }
 
@@ -52,9 +157,181 @@ pub struct Route {
     pub path: String,
 }
 
+impl Route {
+    /// The query of `target` when it is this path, alone or followed by `?query`.
+    fn query<'t>(&self, target: &'t str) -> Option<&'t str> {
+        match target.strip_prefix(self.path.as_str())? {
+            "" => Some(""),
+            rest => rest.strip_prefix('?'),
+        }
+    }
+}
+
 /// Judges the bytes received so far on a connection.
 pub fn judge(received: &[u8], route: &Route) -> Judgement {
-    todo!("{received:?} {route:?}")
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let outcome = match request.parse(received) {
+        // Checked on complete heads too, so the answer does not depend on how bytes arrive.
+        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_HEAD => Err(Reject::HeadTooLarge),
+        Ok(httparse::Status::Complete(_)) => judge_complete(&request, route),
+        Ok(httparse::Status::Partial) if received.len() > MAX_REQUEST_HEAD => Err(Reject::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(Judgement::Incomplete),
+        Err(httparse::Error::TooManyHeaders) => Err(Reject::TooManyHeaders),
+        Err(error) => Err(Reject::Malformed(error)),
+    };
+    outcome.unwrap_or_else(Judgement::Reject)
+}
+
+/// The methods served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Options,
+}
+
+/// Judges a complete head, in hasses' order: method, path, version, then the `GET` specifics.
+fn judge_complete(request: &httparse::Request, route: &Route) -> Result<Judgement, Reject> {
+    const FILLED: &str = "httparse fills the request line of a complete head";
+    let method = served_method(request.method.expect(FILLED))?;
+    let target = request.path.expect(FILLED);
+    let query = served_query(method, target, route)?;
+    match request.version.expect(FILLED) {
+        1 => {}
+        minor => return Err(Reject::Version(minor)),
+    }
+    match method {
+        Method::Get => subscription(request.headers, query).map(Judgement::Subscribe),
+        Method::Head => Ok(Judgement::Head),
+        Method::Options => Ok(Judgement::Options),
+    }
+}
+
+fn served_method(method: &str) -> Result<Method, Reject> {
+    match method {
+        "GET" => Ok(Method::Get),
+        "HEAD" => Ok(Method::Head),
+        "OPTIONS" => Ok(Method::Options),
+        other => Err(Reject::Method(cut(other, MAX_LOGGED).to_owned())),
+    }
+}
+
+/// The query of a target on the route; `OPTIONS *` asks about the server, so it is served too.
+fn served_query<'t>(method: Method, target: &'t str, route: &Route) -> Result<&'t str, Reject> {
+    if method == Method::Options && target == "*" {
+        return Ok("");
+    }
+    route.query(target).ok_or_else(|| Reject::Path(cut(target, MAX_LOGGED).to_owned()))
+}
+
+/// The `GET` checks after path and version: `Connection`, then the query.
+fn subscription(headers: &[httparse::Header], query: &str) -> Result<Subscribe, Reject> {
+    if asks_to_close(headers) {
+        return Err(Reject::ConnectionClose);
+    }
+    let query = Query::parse(query);
+    Ok(Subscribe {
+        tokens: tokens(query.subscribe.as_deref())?,
+        id: client_id(query.id.as_deref())?,
+        user_agent: user_agent(headers),
+    })
+}
+
+/// True when the `Connection` headers say `close` and not `keep-alive`. HTTP/1.1 is persistent
+/// without the header, so an absent one is fine (curl sends none; browsers send keep-alive).
+fn asks_to_close(headers: &[httparse::Header]) -> bool {
+    let (mut close, mut keep_alive) = (false, false);
+    let options = headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|header| header.value.split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii);
+    for option in options {
+        close |= option.eq_ignore_ascii_case(b"close");
+        keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+    }
+    close && !keep_alive
+}
+
+/// The query parameters we use, decoded; the first of each name wins.
+#[derive(Default)]
+struct Query {
+    subscribe: Option<String>,
+    id: Option<String>,
+}
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        let mut found = Self::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match name.as_ref() {
+                "subscribe" => &mut found.subscribe,
+                "id" => &mut found.id,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.into_owned());
+        }
+        found
+    }
+}
+
+/// The tokens of a decoded `subscribe` value: non-empty, each once, in order.
+fn tokens(subscribe: Option<&str>) -> Result<Vec<String>, Reject> {
+    let mut seen = HashSet::new();
+    let mut tokens = Vec::new();
+    for token in subscribe.unwrap_or("").split('-') {
+        if token.is_empty() {
+            continue;
+        }
+        check_value(token, "subscribe", MAX_TOKEN_LEN)?;
+        if seen.insert(token) {
+            tokens.push(token.to_owned());
+        }
+    }
+    if tokens.is_empty() {
+        return Err(Reject::NoSubscription);
+    }
+    Ok(tokens)
+}
+
+/// The decoded `id`, if one was given and is not empty.
+fn client_id(id: Option<&str>) -> Result<Option<String>, Reject> {
+    match id {
+        None | Some("") => Ok(None),
+        Some(id) => check_value(id, "id", MAX_ID_LEN).map(|()| Some(id.to_owned())),
+    }
+}
+
+/// Refuses a value over `max` bytes, or one that would break a log line.
+fn check_value(value: &str, param: &'static str, max: usize) -> Result<(), Reject> {
+    if value.len() > max {
+        return Err(Reject::TooLong { param, len: value.len(), max });
+    }
+    // Decoding turned bytes that are not UTF-8 into U+FFFD: refuse them rather than merge
+    // distinct tokens into one.
+    if value.chars().any(|c| c.is_control() || c == char::REPLACEMENT_CHARACTER) {
+        return Err(Reject::BadCharacter { param });
+    }
+    Ok(())
+}
+
+/// The first `User-Agent`, made UTF-8 and cut for the client list; empty when absent.
+fn user_agent(headers: &[httparse::Header]) -> String {
+    headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("user-agent"))
+        .map(|header| cut(&String::from_utf8_lossy(header.value), MAX_AGENT_LEN).to_owned())
+        .unwrap_or_default()
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The fixed responses, built once per server from the CORS base.
@@ -66,16 +343,634 @@ pub struct Responses {
     pub head: Bytes,
     /// `200` + CORS headers + `Allow` for `OPTIONS`.
     pub options: Bytes,
+    bad_request: Bytes,
+    not_found: Bytes,
+    header_too_large: Bytes,
+    not_implemented: Bytes,
 }
 
 impl Responses {
-    /// Builds every fixed response for this CORS base.
+    /// Builds every fixed response for this CORS base, which must hold no CR or LF.
+    ///
+    /// Each response is one buffer, head and body, so that it goes out in a single write.
     pub fn new(cors_base: &str) -> Self {
-        todo!("{cors_base}")
+        let cors = format!(
+            "Access-Control-Allow-Origin: {cors_base}\r\n\
+             Access-Control-Allow-Methods: GET\r\n\
+             Access-Control-Allow-Headers: {ALLOWED_HEADERS}\r\n"
+        );
+        // HEAD gets the same head as GET, so that a client can see what it would get.
+        let stream = Bytes::from(format!(
+            "HTTP/1.1 200 OK\r\n\
+             Server: hasses\r\n\
+             {cors}\
+             Cache-Control: no-cache\r\n\
+             Keep-Alive: timeout=300, max=100\r\n\
+             Connection: Keep-Alive\r\n\
+             Transfer-Encoding: chunked\r\n\
+             Content-Type: text/event-stream\r\n\r\n"
+        ));
+        let options = Bytes::from(format!(
+            "HTTP/1.1 200 OK\r\n\
+             Server: hasses\r\n\
+             {cors}\
+             Allow: GET, HEAD, OPTIONS\r\n\
+             Content-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        ));
+        Self {
+            handshake: stream.clone(),
+            head: stream,
+            options,
+            bad_request: error_response(Status::BadRequest, ""),
+            not_found: error_response(Status::NotFound, ""),
+            header_too_large: error_response(Status::HeaderTooLarge, ""),
+            not_implemented: error_response(Status::NotImplemented, &format!("Allow: GET, HEAD\r\n{cors}")),
+        }
     }
 
     /// The complete error response (head and tiny HTML body) for `reject`.
     pub fn error(&self, reject: &Reject) -> Bytes {
-        todo!("{reject:?}")
+        match reject.class() {
+            Status::BadRequest => &self.bad_request,
+            Status::NotFound => &self.not_found,
+            Status::HeaderTooLarge => &self.header_too_large,
+            Status::NotImplemented => &self.not_implemented,
+        }
+        .clone()
+    }
+}
+
+/// An error response with a tiny HTML body; `extra` is more header lines, each ending in CRLF.
+fn error_response(status: Status, extra: &str) -> Bytes {
+    let line = status.line();
+    let body = format!("<html><body><h1>{line}</h1></body></html>");
+    Bytes::from(format!(
+        "HTTP/1.1 {line}\r\n\
+         Server: hasses\r\n\
+         Content-Type: text/html\r\n\
+         Content-Length: {}\r\n\
+         Connection: close\r\n\
+         {extra}\r\n\
+         {body}",
+        body.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route() -> Route {
+        Route { path: "/sse".to_owned() }
+    }
+
+    fn judge_str(request: &str) -> Judgement {
+        judge(request.as_bytes(), &route())
+    }
+
+    /// A request with this request line and header lines, ended by a blank line.
+    fn request(line: &str, headers: &[&str]) -> String {
+        let mut text = format!("{line}\r\n");
+        for header in headers {
+            text.push_str(header);
+            text.push_str("\r\n");
+        }
+        text + "\r\n"
+    }
+
+    fn get(target: &str, headers: &[&str]) -> Judgement {
+        judge_str(&request(&format!("GET {target} HTTP/1.1"), headers))
+    }
+
+    fn rejected(judgement: Judgement) -> Reject {
+        match judgement {
+            Judgement::Reject(reject) => reject,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn status(judgement: Judgement) -> u16 {
+        rejected(judgement).status()
+    }
+
+    fn subscribed(judgement: Judgement) -> Subscribe {
+        match judgement {
+            Judgement::Subscribe(subscribe) => subscribe,
+            other => panic!("expected a subscription, got {other:?}"),
+        }
+    }
+
+    fn tokens_of(target: &str) -> Vec<String> {
+        subscribed(get(target, &[])).tokens
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| item.to_string()).collect()
+    }
+
+    // ----- the fixed responses -----
+
+    const HANDSHAKE: &str = "HTTP/1.1 200 OK\r\n\
+        Server: hasses\r\n\
+        Access-Control-Allow-Origin: https://example.org\r\n\
+        Access-Control-Allow-Methods: GET\r\n\
+        Access-Control-Allow-Headers: cache-control, last-event-id, X-Requested-With\r\n\
+        Cache-Control: no-cache\r\n\
+        Keep-Alive: timeout=300, max=100\r\n\
+        Connection: Keep-Alive\r\n\
+        Transfer-Encoding: chunked\r\n\
+        Content-Type: text/event-stream\r\n\
+        \r\n";
+
+    #[test]
+    fn handshake_and_head_are_the_exact_event_stream_head() {
+        let responses = Responses::new("https://example.org");
+        assert_eq!(responses.handshake, HANDSHAKE.as_bytes());
+        assert_eq!(responses.head, HANDSHAKE.as_bytes());
+    }
+
+    #[test]
+    fn options_answer_is_exact() {
+        let expected = "HTTP/1.1 200 OK\r\n\
+            Server: hasses\r\n\
+            Access-Control-Allow-Origin: *\r\n\
+            Access-Control-Allow-Methods: GET\r\n\
+            Access-Control-Allow-Headers: cache-control, last-event-id, X-Requested-With\r\n\
+            Allow: GET, HEAD, OPTIONS\r\n\
+            Content-Length: 0\r\n\
+            Connection: close\r\n\
+            \r\n";
+        assert_eq!(Responses::new("*").options, expected.as_bytes());
+    }
+
+    #[test]
+    fn not_found_answer_is_exact() {
+        let body = "<html><body><h1>404 Not Found</h1></body></html>";
+        let expected = format!(
+            "HTTP/1.1 404 Not Found\r\n\
+             Server: hasses\r\n\
+             Content-Type: text/html\r\n\
+             Content-Length: 48\r\n\
+             Connection: close\r\n\
+             \r\n{body}"
+        );
+        assert_eq!(body.len(), 48);
+        let reject = Reject::Path("/x".to_owned());
+        assert_eq!(Responses::new("*").error(&reject), expected.as_bytes());
+    }
+
+    #[test]
+    fn not_implemented_answer_carries_allow_and_cors() {
+        let body = "<html><body><h1>501 Not Implemented</h1></body></html>";
+        let expected = format!(
+            "HTTP/1.1 501 Not Implemented\r\n\
+             Server: hasses\r\n\
+             Content-Type: text/html\r\n\
+             Content-Length: {}\r\n\
+             Connection: close\r\n\
+             Allow: GET, HEAD\r\n\
+             Access-Control-Allow-Origin: *\r\n\
+             Access-Control-Allow-Methods: GET\r\n\
+             Access-Control-Allow-Headers: cache-control, last-event-id, X-Requested-With\r\n\
+             \r\n{body}",
+            body.len()
+        );
+        let reject = Reject::Method("POST".to_owned());
+        assert_eq!(Responses::new("*").error(&reject), expected.as_bytes());
+    }
+
+    #[test]
+    fn every_error_answer_has_its_status_line_and_exact_length() {
+        let responses = Responses::new("*");
+        let cases = [
+            (Reject::NoSubscription, "400 Bad Request"),
+            (Reject::Path("/".to_owned()), "404 Not Found"),
+            (Reject::HeadTooLarge, "431 Request Header Fields Too Large"),
+            (Reject::Version(0), "501 Not Implemented"),
+        ];
+        for (reject, line) in cases {
+            let text = String::from_utf8(responses.error(&reject).to_vec()).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {line}\r\nServer: hasses\r\n")));
+            assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+            assert!(head.contains("\r\nConnection: close"));
+            assert_eq!(body, format!("<html><body><h1>{line}</h1></body></html>"));
+            assert_eq!(head.contains("Allow: GET, HEAD"), line.starts_with("501"));
+        }
+    }
+
+    #[test]
+    fn every_refusal_has_its_status() {
+        let cases = [
+            (Reject::Malformed(httparse::Error::Token), 501),
+            (Reject::Method("PUT".to_owned()), 501),
+            (Reject::Version(0), 501),
+            (Reject::Path("/x".to_owned()), 404),
+            (Reject::ConnectionClose, 400),
+            (Reject::NoSubscription, 400),
+            (Reject::TooLong { param: "id", len: 65, max: 64 }, 400),
+            (Reject::BadCharacter { param: "id" }, 400),
+            (Reject::TooManyHeaders, 431),
+            (Reject::HeadTooLarge, 431),
+        ];
+        for (reject, code) in cases {
+            assert_eq!(reject.status(), code, "{reject}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let too_long = Reject::TooLong { param: "subscribe", len: 129, max: 128 };
+        assert_eq!(too_long.to_string(), "subscribe of 129 bytes is over the limit of 128");
+        assert_eq!(Reject::Path("/x".to_owned()).to_string(), "path \"/x\" not served");
+        assert_eq!(Reject::HeadTooLarge.to_string(), "request head over 8192 bytes");
+        assert_eq!(Reject::Version(0).to_string(), "HTTP/1.0 not supported, only HTTP/1.1");
+    }
+
+    // ----- GET -----
+
+    #[test]
+    fn browser_request_subscribes() {
+        let judgement = get(
+            "/sse?subscribe=room624-lobby&id=u1",
+            &[
+                "Host: example.org",
+                "User-Agent: Mozilla/5.0",
+                "Accept: text/event-stream",
+                "Connection: keep-alive",
+            ],
+        );
+        let expected = Subscribe {
+            tokens: strings(&["room624", "lobby"]),
+            id: Some("u1".to_owned()),
+            user_agent: "Mozilla/5.0".to_owned(),
+        };
+        assert_eq!(judgement, Judgement::Subscribe(expected));
+    }
+
+    #[test]
+    fn bare_newlines_end_lines_too() {
+        let text = "GET /sse?subscribe=a HTTP/1.1\nHost: x\nUser-Agent: curl\n\n";
+        let expected = Subscribe { tokens: strings(&["a"]), id: None, user_agent: "curl".to_owned() };
+        assert_eq!(judge_str(text), Judgement::Subscribe(expected));
+    }
+
+    #[test]
+    fn a_head_without_its_blank_line_is_incomplete() {
+        let cases = [
+            "",
+            "G",
+            "GET /sse?subscribe=a HTTP/1.1",
+            "GET /sse?subscribe=a HTTP/1.1\r\n",
+            "GET /sse?subscribe=a HTTP/1.1\r\nHost: x\r\n",
+            "GET /sse?subscribe=a HTTP/1.1\r\nHost: x\r\n\r",
+            "POST /sse HTTP/1.1\r\n",
+        ];
+        for text in cases {
+            assert_eq!(judge_str(text), Judgement::Incomplete, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        let judgement = judge_str("\r\n\nGET /sse?subscribe=a HTTP/1.1\r\n\r\n");
+        assert_eq!(subscribed(judgement).tokens, strings(&["a"]));
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_looked_at() {
+        let text = "GET /sse?subscribe=a HTTP/1.1\r\n\r\n\0\0garbage";
+        assert_eq!(subscribed(judge_str(text)).tokens, strings(&["a"]));
+    }
+
+    #[test]
+    fn get_checks_path_then_version_then_connection_then_subscribe() {
+        let close = ["Connection: close"];
+        let cases = [
+            ("GET /nope HTTP/1.0", &close[..], 404),
+            ("GET /sse HTTP/1.0", &close[..], 501),
+            ("GET /sse HTTP/1.1", &close[..], 400),
+            ("GET /sse HTTP/1.1", &[][..], 400),
+        ];
+        for (line, headers, code) in cases {
+            assert_eq!(status(judge_str(&request(line, headers))), code, "{line}");
+        }
+        assert_eq!(
+            rejected(get("/sse", &close)),
+            Reject::ConnectionClose,
+            "Connection comes before subscribe"
+        );
+        assert_eq!(rejected(get("/sse", &[])), Reject::NoSubscription);
+        assert_eq!(rejected(judge_str(&request("GET /sse?subscribe=a HTTP/1.0", &[]))), Reject::Version(0));
+    }
+
+    #[test]
+    fn path_must_match_exactly_then_end_or_query() {
+        assert_eq!(tokens_of("/sse?subscribe=a"), strings(&["a"]));
+        assert_eq!(rejected(get("/sse", &[])), Reject::NoSubscription);
+        assert_eq!(rejected(get("/sse?", &[])), Reject::NoSubscription);
+        for target in ["/ssex?subscribe=a", "/sse/x?subscribe=a", "/sse/", "/SSE?subscribe=a", "/", "*"] {
+            assert_eq!(rejected(get(target, &[])), Reject::Path(target.to_owned()), "{target}");
+        }
+    }
+
+    #[test]
+    fn root_path_matches_only_itself() {
+        let root = Route { path: "/".to_owned() };
+        let accepted = judge(b"GET /?subscribe=a HTTP/1.1\r\n\r\n", &root);
+        assert_eq!(subscribed(accepted).tokens, strings(&["a"]));
+        let other = judge(b"GET /sse?subscribe=a HTTP/1.1\r\n\r\n", &root);
+        assert_eq!(status(other), 404);
+    }
+
+    #[test]
+    fn refused_path_is_cut_for_the_log() {
+        let target = format!("/{}", "x".repeat(300));
+        match rejected(get(&target, &[])) {
+            Reject::Path(logged) => assert_eq!(logged, target[..128]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // ----- methods -----
+
+    #[test]
+    fn other_methods_are_not_implemented_on_any_path() {
+        for method in ["POST", "PUT", "DELETE", "TRACE", "CONNECT", "PATCH", "FOO", "get"] {
+            for target in ["/sse?subscribe=a", "/nope", "*"] {
+                let judgement = judge_str(&request(&format!("{method} {target} HTTP/1.1"), &[]));
+                assert_eq!(rejected(judgement), Reject::Method(method.to_owned()), "{method} {target}");
+            }
+        }
+    }
+
+    #[test]
+    fn head_needs_path_and_version_only() {
+        let head = |line: &str, headers: &[&str]| judge_str(&request(line, headers));
+        assert_eq!(head("HEAD /sse HTTP/1.1", &[]), Judgement::Head);
+        assert_eq!(head("HEAD /sse?x=1 HTTP/1.1", &["Connection: close"]), Judgement::Head);
+        assert_eq!(status(head("HEAD /nope HTTP/1.0", &[])), 404);
+        assert_eq!(status(head("HEAD * HTTP/1.1", &[])), 404);
+        assert_eq!(status(head("HEAD /sse HTTP/1.0", &[])), 501);
+    }
+
+    #[test]
+    fn options_on_the_path_or_star() {
+        let options = |line: &str| judge_str(&request(line, &["Origin: https://a.example"]));
+        assert_eq!(options("OPTIONS /sse HTTP/1.1"), Judgement::Options);
+        assert_eq!(options("OPTIONS /sse?subscribe=a HTTP/1.1"), Judgement::Options);
+        assert_eq!(options("OPTIONS * HTTP/1.1"), Judgement::Options);
+        assert_eq!(status(options("OPTIONS /nope HTTP/1.0")), 404);
+        assert_eq!(status(options("OPTIONS /sse HTTP/1.0")), 501);
+        assert_eq!(status(options("OPTIONS * HTTP/1.0")), 501);
+    }
+
+    // ----- not HTTP, too large -----
+
+    #[test]
+    fn garbage_is_not_implemented_at_once() {
+        let cases: [&[u8]; 6] = [
+            b"\0",
+            b"\0GET /sse?subscribe=a HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x02\x00",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b" GET /sse HTTP/1.1\r\n\r\n",
+            b"GET /sse HTTP/2.0\r\n\r\n",
+        ];
+        for bytes in cases {
+            let reject = rejected(judge(bytes, &route()));
+            assert!(matches!(reject, Reject::Malformed(_)), "{bytes:?}: {reject:?}");
+            assert_eq!(reject.status(), 501);
+        }
+    }
+
+    #[test]
+    fn a_head_that_never_ends_is_refused_past_the_cap() {
+        let mut text = "GET /sse?subscribe=a HTTP/1.1\r\nX-Pad: ".to_owned();
+        text.push_str(&"a".repeat(MAX_REQUEST_HEAD - text.len()));
+        assert_eq!(text.len(), MAX_REQUEST_HEAD);
+        assert_eq!(judge_str(&text), Judgement::Incomplete);
+        text.push('a');
+        assert_eq!(rejected(judge_str(&text)), Reject::HeadTooLarge);
+    }
+
+    #[test]
+    fn a_complete_head_over_the_cap_is_refused_too() {
+        let start = "GET /sse?subscribe=a HTTP/1.1\r\nX-Pad: ";
+        let fits = MAX_REQUEST_HEAD - start.len() - 4;
+        let at_cap = format!("{start}{}\r\n\r\n", "a".repeat(fits));
+        assert_eq!(at_cap.len(), MAX_REQUEST_HEAD);
+        assert_eq!(subscribed(judge_str(&at_cap)).tokens, strings(&["a"]));
+        let over = format!("{start}{}\r\n\r\n", "a".repeat(fits + 1));
+        assert_eq!(rejected(judge_str(&over)), Reject::HeadTooLarge);
+    }
+
+    #[test]
+    fn too_many_header_lines_are_refused() {
+        let names: Vec<String> = (0..MAX_HEADERS).map(|n| format!("X-{n}: v")).collect();
+        let mut headers: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(tokens_of_headers(&headers), strings(&["a"]));
+        headers.push("X-Last: v");
+        assert_eq!(rejected(get("/sse?subscribe=a", &headers)), Reject::TooManyHeaders);
+        assert_eq!(Reject::TooManyHeaders.status(), 431);
+    }
+
+    fn tokens_of_headers(headers: &[&str]) -> Vec<String> {
+        subscribed(get("/sse?subscribe=a", headers)).tokens
+    }
+
+    // ----- Connection -----
+
+    #[test]
+    fn connection_absent_or_keep_alive_is_accepted() {
+        let accepted = [
+            "Connection: keep-alive",
+            "Connection: Keep-Alive",
+            "connection: KEEP-ALIVE",
+            "CONNECTION:keep-alive",
+            "Connection: Upgrade",
+            "Connection: keep-alive, Upgrade",
+            "Connection: close, keep-alive",
+            "Connection:  keep-alive ,close",
+        ];
+        assert_eq!(tokens_of_headers(&[]), strings(&["a"]));
+        for header in accepted {
+            assert_eq!(tokens_of_headers(&[header]), strings(&["a"]), "{header}");
+        }
+        let both = ["Connection: close", "Connection: keep-alive"];
+        assert_eq!(tokens_of_headers(&both), strings(&["a"]));
+    }
+
+    #[test]
+    fn connection_close_is_refused() {
+        for header in ["Connection: close", "connection: Close", "Connection: Upgrade, CLOSE"] {
+            assert_eq!(rejected(get("/sse?subscribe=a", &[header])), Reject::ConnectionClose, "{header}");
+        }
+    }
+
+    // ----- the query -----
+
+    #[test]
+    fn values_are_percent_decoded_before_the_split() {
+        assert_eq!(tokens_of("/sse?subscribe=a%20b+c-%2A"), strings(&["a b c", "*"]));
+        assert_eq!(tokens_of("/sse?subscribe=a%2Db"), strings(&["a", "b"]));
+        assert_eq!(tokens_of("/sse?sub%73cribe=x"), strings(&["x"]));
+        assert_eq!(tokens_of("/sse?subscribe=%C3%A9t%C3%A9"), strings(&["été"]));
+        let id = subscribed(get("/sse?subscribe=a&id=x%2Dy+z", &[])).id;
+        assert_eq!(id.as_deref(), Some("x-y z"));
+    }
+
+    #[test]
+    fn tokens_drop_empties_and_repeats_keeping_order() {
+        assert_eq!(tokens_of("/sse?subscribe=b--a-b-"), strings(&["b", "a"]));
+        assert_eq!(tokens_of("/sse?subscribe=*-a-*"), strings(&["*", "a"]));
+    }
+
+    #[test]
+    fn a_star_inside_a_token_is_kept_as_is() {
+        assert_eq!(tokens_of("/sse?subscribe=news*-a*b"), strings(&["news*", "a*b"]));
+    }
+
+    #[test]
+    fn no_token_is_refused() {
+        for target in [
+            "/sse?subscribe=",
+            "/sse?subscribe",
+            "/sse?subscribe=---",
+            "/sse?id=u1",
+            "/sse?Subscribe=a",
+            "/sse?subscribe=&subscribe=a",
+        ] {
+            assert_eq!(rejected(get(target, &[])), Reject::NoSubscription, "{target}");
+        }
+    }
+
+    #[test]
+    fn the_first_subscribe_and_id_win_and_unknown_names_are_ignored() {
+        let judgement = get("/sse?x=1&subscribe=a&id=one&subscribe=b&id=two&&y", &[]);
+        let subscribe = subscribed(judgement);
+        assert_eq!(subscribe.tokens, strings(&["a"]));
+        assert_eq!(subscribe.id.as_deref(), Some("one"));
+    }
+
+    #[test]
+    fn token_length_is_limited_not_cut() {
+        let longest = "t".repeat(MAX_TOKEN_LEN);
+        assert_eq!(tokens_of(&format!("/sse?subscribe=a-{longest}")), vec!["a".to_owned(), longest.clone()]);
+        let accents = "%C3%A9".repeat(MAX_TOKEN_LEN / 2);
+        assert_eq!(tokens_of(&format!("/sse?subscribe={accents}"))[0].len(), 128);
+        let reject = rejected(get(&format!("/sse?subscribe=a-{longest}t"), &[]));
+        let expected = Reject::TooLong { param: "subscribe", len: MAX_TOKEN_LEN + 1, max: MAX_TOKEN_LEN };
+        assert_eq!(reject, expected);
+        assert_eq!(reject.status(), 400);
+    }
+
+    #[test]
+    fn id_is_limited_and_empty_means_none() {
+        let longest = "i".repeat(MAX_ID_LEN);
+        let judgement = get(&format!("/sse?subscribe=a&id={longest}"), &[]);
+        assert_eq!(subscribed(judgement).id, Some(longest.clone()));
+        let reject = rejected(get(&format!("/sse?subscribe=a&id={longest}i"), &[]));
+        let expected = Reject::TooLong { param: "id", len: MAX_ID_LEN + 1, max: MAX_ID_LEN };
+        assert_eq!(reject, expected);
+        assert_eq!(subscribed(get("/sse?subscribe=a&id=", &[])).id, None);
+        assert_eq!(subscribed(get("/sse?subscribe=a", &[])).id, None);
+    }
+
+    #[test]
+    fn control_characters_and_non_utf8_are_refused() {
+        for value in ["a%0Db", "a%0A", "%00", "a%09b", "%7F", "%C2%85", "%FF", "a%C3"] {
+            let target = format!("/sse?subscribe=ok-{value}");
+            assert_eq!(rejected(get(&target, &[])), Reject::BadCharacter { param: "subscribe" }, "{value}");
+            let target = format!("/sse?subscribe=ok&id={value}");
+            assert_eq!(rejected(get(&target, &[])), Reject::BadCharacter { param: "id" }, "{value}");
+        }
+    }
+
+    // ----- User-Agent -----
+
+    #[test]
+    fn user_agent_is_cut_at_a_character_boundary() {
+        let agent = |header: &str| subscribed(get("/sse?subscribe=a", &[header])).user_agent;
+        let long = "a".repeat(300);
+        assert_eq!(agent(&format!("User-Agent: {long}")), long[..MAX_AGENT_LEN]);
+        let straddling = format!("{}é", "a".repeat(MAX_AGENT_LEN - 1));
+        assert_eq!(agent(&format!("user-agent: {straddling}")), "a".repeat(MAX_AGENT_LEN - 1));
+        assert_eq!(subscribed(get("/sse?subscribe=a", &[])).user_agent, "");
+    }
+
+    #[test]
+    fn user_agent_bytes_that_are_not_utf8_are_replaced() {
+        let text = b"GET /sse?subscribe=a HTTP/1.1\r\nUser-Agent: x\xffy\r\n\r\n";
+        assert_eq!(subscribed(judge(text, &route())).user_agent, "x\u{fffd}y");
+    }
+
+    // ----- properties -----
+
+    /// The judgement once bytes arrive one at a time, and how many had arrived then.
+    fn judge_byte_by_byte(text: &[u8]) -> (usize, Judgement) {
+        let mut received = Vec::new();
+        for &byte in text {
+            received.push(byte);
+            let judgement = judge(&received, &route());
+            if judgement != Judgement::Incomplete {
+                return (received.len(), judgement);
+            }
+        }
+        (received.len(), Judgement::Incomplete)
+    }
+
+    fn well_formed_request() -> impl Strategy<Value = String> {
+        let method = prop::sample::select(vec!["GET", "HEAD", "OPTIONS"]);
+        let target = prop_oneof![
+            Just("/sse".to_owned()),
+            Just("*".to_owned()),
+            "/[a-z/]{0,8}",
+            concat!(
+                "/sse\\?(subscribe=[a-z*%0-9-]{0,20}|id=[a-z0-9]{0,70}|[a-z]{1,5}=[a-z]{0,5})",
+                "(&subscribe=[a-z-]{0,10})?"
+            ),
+        ];
+        let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0"]);
+        let header =
+            prop_oneof!["[A-Za-z-]{1,12}: [!-~][ -~]{0,30}", "(Connection|User-Agent): [ -~]{0,30}",];
+        let headers = prop::collection::vec(header, 0..8);
+        let end = prop::sample::select(vec!["\r\n", "\n"]);
+        (method, target, version, headers, end).prop_map(|(method, target, version, headers, end)| {
+            let mut text = format!("{method} {target} {version}{end}");
+            for header in headers {
+                text.push_str(&header);
+                text.push_str(end);
+            }
+            text + end
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..10_000),
+            path in "/[ -~]{0,10}",
+        ) {
+            judge(&bytes, &Route { path });
+        }
+
+        #[test]
+        fn request_like_text_never_panics(tail in "[ -~\r\n%]{0,300}") {
+            judge(format!("GET /sse?{tail}").as_bytes(), &route());
+        }
+
+        #[test]
+        fn prefixes_are_incomplete_and_the_head_is_judged_as_a_whole(
+            text in well_formed_request(),
+        ) {
+            let whole = judge(text.as_bytes(), &route());
+            prop_assert_ne!(&whole, &Judgement::Incomplete);
+            let (arrived, judgement) = judge_byte_by_byte(text.as_bytes());
+            prop_assert_eq!(arrived, text.len());
+            prop_assert_eq!(judgement, whole);
+        }
     }
 }

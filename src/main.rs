@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     let config = match config::parse_args(std::env::args_os().skip(1)) {
         Ok(Invocation::Run(config)) => config,
         Ok(Invocation::Print(text)) => {
-            println!("{text}");
+            println!("{}", text.trim_end());
             return ExitCode::SUCCESS;
         }
         Err(e) => return fail(&e),

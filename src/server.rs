@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::bounded;
-use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info};
 
@@ -23,7 +21,7 @@ use crate::config::Config;
 use crate::control::{Control, ControlSettings, ControlStop};
 use crate::http::{Responses, Route};
 use crate::log::REPORT;
-use crate::shard::{Shard, ShardHandle, Shared};
+use crate::shard::{Shard, Shared};
 
 /// Commands a shard may have queued before the control thread waits for room.
 const SHARD_QUEUE: usize = 4096;
@@ -96,6 +94,9 @@ impl Bound {
 /// Binds one SSE listener per worker (all on one port, `SO_REUSEPORT`), the control listener,
 /// and opens (creating if missing) the FIFO.
 pub fn bind(config: &Config) -> Result<Bound, StartError> {
+    if config.sse_addr.port() != 0 {
+        ensure_port_free(config.sse_addr)?;
+    }
     let first = listen(config.sse_addr, true)?;
     let addr = first.local_addr().map_err(|source| StartError::Listen { addr: config.sse_addr, source })?;
     let mut sse = vec![first];
@@ -123,6 +124,13 @@ fn listen(addr: SocketAddr, shared_port: bool) -> Result<TcpListener, StartError
     socket.listen(LISTEN_BACKLOG).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
     Ok(socket.into())
+}
+
+/// Fails when something already listens on `addr`. `SO_REUSEPORT` would otherwise let a second
+/// server (the same user's) join the port silently and take a share of the clients; a probe
+/// bound without it is refused while any listener holds the port.
+fn ensure_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    listen(addr, false).map(drop)
 }
 
 /// Opens the FIFO for reading and writing, so it never reports end of input when publishers
@@ -161,7 +169,8 @@ pub fn write_pidfile(path: &Path) -> Result<(), StartError> {
 pub fn drop_privileges(user: &str) -> Result<(), StartError> {
     use nix::unistd::{initgroups, setgid, setuid, User};
     let fail = |reason: String| StartError::User { user: user.to_string(), reason };
-    let account = User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
+    let account =
+        User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
     let name = std::ffi::CString::new(user).map_err(|e| fail(e.to_string()))?;
     initgroups(&name, account.gid).map_err(|e| fail(format!("initgroups: {e}")))?;
     setgid(account.gid).map_err(|e| fail(format!("setgid: {e}")))?;
@@ -193,12 +202,10 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let mut threads = Vec::new();
     let mut handles = Vec::new();
     for (number, listener) in bound.sse.into_iter().enumerate() {
-        let poll = Poll::new().map_err(StartError::Thread)?;
-        let waker = Arc::new(Waker::new(poll.registry(), crate::shard::WAKER).map_err(StartError::Thread)?);
-        let (commands, inbox) = bounded(SHARD_QUEUE);
-        handles.push(ShardHandle { commands, waker });
-        let shard = Shard::new(number, poll, mio::net::TcpListener::from_std(listener), inbox, Arc::clone(&shared))
-            .map_err(StartError::Thread)?;
+        let listener = mio::net::TcpListener::from_std(listener);
+        let (shard, handle) =
+            Shard::new(number, listener, Arc::clone(&shared), SHARD_QUEUE).map_err(StartError::Thread)?;
+        handles.push(handle);
         let core = (!cores.is_empty()).then(|| cores[number % cores.len()]);
         threads.push(spawn(format!("hasses-worker-{number}"), move || {
             if let Some(core) = core {
@@ -228,7 +235,10 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     Ok(Running { control: stop, threads })
 }
 
-fn spawn(name: String, body: impl FnOnce() -> io::Result<()> + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+fn spawn(
+    name: String,
+    body: impl FnOnce() -> io::Result<()> + Send + 'static,
+) -> Result<JoinHandle<()>, StartError> {
     let thread_name = name.clone();
     std::thread::Builder::new()
         .name(name)

@@ -45,9 +45,7 @@ pub fn encode_event(id: u64, message: &[u8]) -> Frame {
 
 /// The length of `id: N\n` + the `data:` lines + the blank line: the chunk's declared size.
 fn payload_len(id: u64, message: &[u8]) -> usize {
-    let data: usize = DataLines::new(message)
-        .map(|line| DATA_PREFIX.len() + line.len() + 1)
-        .sum();
+    let data: usize = DataLines::new(message).map(|line| DATA_PREFIX.len() + line.len() + 1).sum();
     ID_PREFIX.len() + decimal_digits(id) + 1 + data + 1
 }
 
@@ -91,9 +89,7 @@ struct DataLines<'a> {
 
 impl<'a> DataLines<'a> {
     fn new(message: &'a [u8]) -> Self {
-        Self {
-            rest: Some(message),
-        }
+        Self { rest: Some(message) }
     }
 }
 
@@ -127,9 +123,7 @@ impl EventIds {
     ///
     /// A clock set before 1970 starts the sequence at 0: ids are still increasing within the run.
     pub fn starting_now() -> Self {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         // Microseconds fit in a u64 until the year 586,000.
         Self::starting_at(since_epoch.as_micros() as u64)
     }
@@ -156,8 +150,7 @@ mod tests {
     /// Splits a frame into its declared length and its payload, checking the chunk framing.
     fn unchunk(frame: &[u8]) -> (usize, &[u8]) {
         let size_end = frame.windows(2).position(|w| w == CRLF).expect("size line");
-        let declared =
-            usize::from_str_radix(std::str::from_utf8(&frame[..size_end]).unwrap(), 16).unwrap();
+        let declared = usize::from_str_radix(std::str::from_utf8(&frame[..size_end]).unwrap(), 16).unwrap();
         assert!(frame.ends_with(CRLF), "chunk ends with CRLF");
         (declared, &frame[size_end + 2..frame.len() - 2])
     }
@@ -195,10 +188,7 @@ mod tests {
         let frame = encode_event(u64::MAX, &message);
         let (declared, payload) = unchunk(&frame);
         assert_eq!(declared, payload.len());
-        assert_eq!(
-            declared,
-            "id: 18446744073709551615\n".len() + 6 + 64 * 1024 + 1 + 1
-        );
+        assert_eq!(declared, "id: 18446744073709551615\n".len() + 6 + 64 * 1024 + 1 + 1);
         assert!(frame.starts_with(b"10021\r\n"));
     }
 
@@ -207,24 +197,14 @@ mod tests {
         for (n, dec) in [(0, 1), (9, 1), (10, 2), (99, 2), (100, 3), (u64::MAX, 20)] {
             assert_eq!(decimal_digits(n), dec, "{n}");
         }
-        for (n, hex) in [
-            (0, 1),
-            (15, 1),
-            (16, 2),
-            (255, 2),
-            (256, 3),
-            (usize::MAX, 16),
-        ] {
+        for (n, hex) in [(0, 1), (15, 1), (16, 2), (255, 2), (256, 3), (usize::MAX, 16)] {
             assert_eq!(hex_digits(n), hex, "{n}");
         }
     }
 
     #[test]
     fn ids_increase_from_now() {
-        let before = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64;
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
         let mut ids = EventIds::starting_now();
         let first = ids.next_id();
         assert!(first >= before);

@@ -158,10 +158,7 @@ pub struct ClientRow {
 
 /// The client list block, line by line, as hasses writes it.
 pub fn client_list_lines(rows: &[ClientRow]) -> Vec<String> {
-    let mut lines = vec![
-        "------- requested client list -------".to_string(),
-        "List of clients:".to_string(),
-    ];
+    let mut lines = vec!["------- requested client list -------".to_string(), "List of clients:".to_string()];
     for (n, row) in rows.iter().enumerate() {
         // A client is closed at its first socket error, so a listed client never has one.
         lines.push(format!(
@@ -263,7 +260,14 @@ mod tests {
             processed: 7,
             refused: 1,
             workers: 2,
-            shards: ShardFigures { connections: 3, streaming: 2, handshakes: 5, reinits: 1, deliveries: 9, dropped_slow: 0 },
+            shards: ShardFigures {
+                connections: 3,
+                streaming: 2,
+                handshakes: 5,
+                reinits: 1,
+                deliveries: 9,
+                dropped_slow: 0,
+            },
         };
         let lines = status.lines();
         assert_eq!(lines[0], "------- status of hasses -------");

@@ -193,9 +193,7 @@ fn parse_count_query(word: &[u8]) -> Option<Result<Command, CommandError>> {
 /// `TOKEN[-UNIQ]=MESSAGE`: only the token is trimmed; the message is kept byte for byte.
 fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
     let Some(eq) = part.iter().position(|b| *b == b'=') else {
-        return Err(CommandError::NotACommand {
-            part: excerpt(part),
-        });
+        return Err(CommandError::NotACommand { part: excerpt(part) });
     };
     let (token, message) = (utf8(part[..eq].trim_ascii(), part)?, &part[eq + 1..]);
     let (target, except) = match token.split_once('-') {
@@ -211,11 +209,7 @@ fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, CommandError> 
             part: excerpt(part),
         });
     }
-    Ok(Publish {
-        target,
-        except,
-        message: message.to_vec(),
-    })
+    Ok(Publish { target, except, message: message.to_vec() })
 }
 
 /// `*`, `pre*` (anything after the first `*` ignored, as hasses does) or a plain token.
@@ -226,16 +220,10 @@ fn parse_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
     };
     if name.len() > MAX_TOKEN_LEN {
         let (len, max) = (name.len(), MAX_TOKEN_LEN);
-        return Err(CommandError::TokenTooLong {
-            len,
-            max,
-            part: excerpt(part),
-        });
+        return Err(CommandError::TokenTooLong { len, max, part: excerpt(part) });
     }
     match (name.is_empty(), wildcard) {
-        (true, false) => Err(CommandError::EmptyTarget {
-            part: excerpt(part),
-        }),
+        (true, false) => Err(CommandError::EmptyTarget { part: excerpt(part) }),
         (true, true) => Ok(Target::All),
         (false, true) => Ok(Target::Prefix(name.to_owned())),
         (false, false) => Ok(Target::Token(name.to_owned())),
@@ -251,11 +239,7 @@ fn parse_except(id: &str, part: &[u8]) -> Result<String, CommandError> {
         Err(CommandError::StarAfterDash { part: part() })
     } else if id.len() > MAX_ID_LEN {
         let (len, max) = (id.len(), MAX_ID_LEN);
-        Err(CommandError::IdTooLong {
-            len,
-            max,
-            part: part(),
-        })
+        Err(CommandError::IdTooLong { len, max, part: part() })
     } else {
         Ok(id.to_owned())
     }
@@ -263,9 +247,7 @@ fn parse_except(id: &str, part: &[u8]) -> Result<String, CommandError> {
 
 /// Tokens and ids are compared with what clients sent in their (UTF-8) query string.
 fn utf8<'a>(bytes: &'a [u8], part: &[u8]) -> Result<&'a str, CommandError> {
-    std::str::from_utf8(bytes).map_err(|_| CommandError::NotUtf8 {
-        part: excerpt(part),
-    })
+    std::str::from_utf8(bytes).map_err(|_| CommandError::NotUtf8 { part: excerpt(part) })
 }
 
 /// The start of `part`, safe to put in a log line: a control byte can't break or forge a line.
@@ -284,10 +266,10 @@ fn excerpt(part: &[u8]) -> String {
     out
 }
 
-/// Splits a line on `separator`, dropping empty parts.
+/// Splits a line on `separator`, dropping empty and blank parts.
 pub fn split_parts(line: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
-    line.split(move |b| *b == separator)
-        .filter(|p| !p.is_empty())
+    // `status; ` leaves a blank part behind: nothing was asked there, so nothing to log.
+    line.split(move |b| *b == separator).filter(|p| !p.trim_ascii().is_empty())
 }
 
 #[cfg(test)]
@@ -299,17 +281,9 @@ mod tests {
         parse_command(part, &Limits::default())
     }
 
-    fn publish(
-        target: Target,
-        except: Option<&str>,
-        message: &[u8],
-    ) -> Result<Command, CommandError> {
+    fn publish(target: Target, except: Option<&str>, message: &[u8]) -> Result<Command, CommandError> {
         let except = except.map(str::to_owned);
-        Ok(Command::Publish(Publish {
-            target,
-            except,
-            message: message.to_vec(),
-        }))
+        Ok(Command::Publish(Publish { target, except, message: message.to_vec() }))
     }
 
     fn token(name: &str) -> Target {
@@ -354,77 +328,40 @@ mod tests {
     #[test]
     fn words_are_trimmed_and_case_sensitive() {
         assert_eq!(parse(b" \tstatus \r"), Ok(Command::Status));
-        assert_eq!(
-            parse(b" subscribedclients:x "),
-            Ok(Command::SubscribedClients("x".into()))
-        );
-        assert!(matches!(
-            parse(b"Status"),
-            Err(CommandError::NotACommand { .. })
-        ));
-        assert!(matches!(
-            parse(b"statusx"),
-            Err(CommandError::NotACommand { .. })
-        ));
-        assert!(matches!(
-            parse(b"SubscribedClients:x"),
-            Err(CommandError::NotACommand { .. })
-        ));
+        assert_eq!(parse(b" subscribedclients:x "), Ok(Command::SubscribedClients("x".into())));
+        assert!(matches!(parse(b"Status"), Err(CommandError::NotACommand { .. })));
+        assert!(matches!(parse(b"statusx"), Err(CommandError::NotACommand { .. })));
+        assert!(matches!(parse(b"SubscribedClients:x"), Err(CommandError::NotACommand { .. })));
     }
 
     #[test]
     fn only_tcp_commands_reply_over_tcp() {
-        let tcp = [
-            b"tcpstatus".as_slice(),
-            b"tcpclientlist",
-            b"tcpnumberofclients",
-            b"tcpsubscribedclients:x",
-        ];
+        let tcp =
+            [b"tcpstatus".as_slice(), b"tcpclientlist", b"tcpnumberofclients", b"tcpsubscribedclients:x"];
         for word in tcp {
             assert!(parse(word).unwrap().replies_over_tcp());
         }
-        let local = [
-            b"status".as_slice(),
-            b"clientlist",
-            b"numberofclients",
-            b"subscribedclients:x",
-        ];
-        for word in
-            local
-                .into_iter()
-                .chain([b"loglevel_debug".as_slice(), b"reinit_enable", b"a=b"])
-        {
+        let local = [b"status".as_slice(), b"clientlist", b"numberofclients", b"subscribedclients:x"];
+        for word in local.into_iter().chain([b"loglevel_debug".as_slice(), b"reinit_enable", b"a=b"]) {
             assert!(!parse(word).unwrap().replies_over_tcp());
         }
     }
 
     #[test]
     fn publish_forms_from_the_spec() {
-        assert_eq!(
-            parse(b"room1=hello"),
-            publish(token("room1"), None, b"hello")
-        );
+        assert_eq!(parse(b"room1=hello"), publish(token("room1"), None, b"hello"));
         assert_eq!(parse(b"*=x"), publish(Target::All, None, b"x"));
         assert_eq!(parse(b"room*=x"), publish(prefix("room"), None, b"x"));
-        assert_eq!(
-            parse(b"room1-abc=x"),
-            publish(token("room1"), Some("abc"), b"x")
-        );
+        assert_eq!(parse(b"room1-abc=x"), publish(token("room1"), Some("abc"), b"x"));
         assert_eq!(parse(b"*-abc=x"), publish(Target::All, Some("abc"), b"x"));
-        assert_eq!(
-            parse(b"room*-abc=x"),
-            publish(prefix("room"), Some("abc"), b"x")
-        );
+        assert_eq!(parse(b"room*-abc=x"), publish(prefix("room"), Some("abc"), b"x"));
         assert_eq!(parse(b"a=x=y"), publish(token("a"), None, b"x=y"));
     }
 
     #[test]
     fn publish_edge_forms() {
         assert_eq!(parse(b"a="), publish(token("a"), None, b""));
-        assert_eq!(
-            parse(b"room*ignored=x"),
-            publish(prefix("room"), None, b"x")
-        );
+        assert_eq!(parse(b"room*ignored=x"), publish(prefix("room"), None, b"x"));
         assert_eq!(parse(b"**=x"), publish(Target::All, None, b"x"));
         assert_eq!(parse(b"a-b-c=x"), publish(token("a"), Some("b-c"), b"x"));
         assert_eq!(parse(b"status=x"), publish(token("status"), None, b"x"));
@@ -433,54 +370,21 @@ mod tests {
 
     #[test]
     fn only_the_token_is_trimmed() {
-        assert_eq!(
-            parse(b" \troom1 = hello \r"),
-            publish(token("room1"), None, b" hello \r")
-        );
-        assert_eq!(
-            parse(b"a=\xff\x00\r"),
-            publish(token("a"), None, b"\xff\x00\r")
-        );
+        assert_eq!(parse(b" \troom1 = hello \r"), publish(token("room1"), None, b" hello \r"));
+        assert_eq!(parse(b"a=\xff\x00\r"), publish(token("a"), None, b"\xff\x00\r"));
     }
 
     #[test]
     fn malformed_parts() {
-        assert!(matches!(
-            parse(b"hello"),
-            Err(CommandError::NotACommand { .. })
-        ));
-        assert!(matches!(
-            parse(b"   "),
-            Err(CommandError::NotACommand { .. })
-        ));
-        assert!(matches!(
-            parse(b"=x"),
-            Err(CommandError::EmptyTarget { .. })
-        ));
-        assert!(matches!(
-            parse(b" =x"),
-            Err(CommandError::EmptyTarget { .. })
-        ));
-        assert!(matches!(
-            parse(b"-abc=x"),
-            Err(CommandError::EmptyTarget { .. })
-        ));
-        assert!(matches!(
-            parse(b"a-=x"),
-            Err(CommandError::EmptyExcept { .. })
-        ));
-        assert!(matches!(
-            parse(b"*-=x"),
-            Err(CommandError::EmptyExcept { .. })
-        ));
-        assert!(matches!(
-            parse(b"a-b*=x"),
-            Err(CommandError::StarAfterDash { .. })
-        ));
-        assert!(matches!(
-            parse(b"a-*=x"),
-            Err(CommandError::StarAfterDash { .. })
-        ));
+        assert!(matches!(parse(b"hello"), Err(CommandError::NotACommand { .. })));
+        assert!(matches!(parse(b"   "), Err(CommandError::NotACommand { .. })));
+        assert!(matches!(parse(b"=x"), Err(CommandError::EmptyTarget { .. })));
+        assert!(matches!(parse(b" =x"), Err(CommandError::EmptyTarget { .. })));
+        assert!(matches!(parse(b"-abc=x"), Err(CommandError::EmptyTarget { .. })));
+        assert!(matches!(parse(b"a-=x"), Err(CommandError::EmptyExcept { .. })));
+        assert!(matches!(parse(b"*-=x"), Err(CommandError::EmptyExcept { .. })));
+        assert!(matches!(parse(b"a-b*=x"), Err(CommandError::StarAfterDash { .. })));
+        assert!(matches!(parse(b"a-*=x"), Err(CommandError::StarAfterDash { .. })));
     }
 
     #[test]
@@ -490,31 +394,11 @@ mod tests {
         assert!(parse(ok.as_bytes()).is_ok());
         let long_token = format!("{}=x", at(MAX_TOKEN_LEN + 1));
         let err = parse(long_token.as_bytes()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                CommandError::TokenTooLong {
-                    len: 129,
-                    max: 128,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, CommandError::TokenTooLong { len: 129, max: 128, .. }), "{err}");
         let long_prefix = format!("{}*=x", at(MAX_TOKEN_LEN + 1));
-        assert!(matches!(
-            parse(long_prefix.as_bytes()),
-            Err(CommandError::TokenTooLong { .. })
-        ));
+        assert!(matches!(parse(long_prefix.as_bytes()), Err(CommandError::TokenTooLong { .. })));
         let long_id = format!("a-{}=x", at(MAX_ID_LEN + 1));
-        assert!(matches!(
-            parse(long_id.as_bytes()),
-            Err(CommandError::IdTooLong {
-                len: 65,
-                max: 64,
-                ..
-            })
-        ));
+        assert!(matches!(parse(long_id.as_bytes()), Err(CommandError::IdTooLong { len: 65, max: 64, .. })));
     }
 
     #[test]
@@ -522,25 +406,15 @@ mod tests {
         let limits = Limits { max_message: 5 };
         assert!(parse_command(b"a=12345", &limits).is_ok());
         let err = parse_command(b"a=123456", &limits).unwrap_err();
-        assert!(
-            matches!(err, CommandError::MessageTooLong { len: 6, max: 5, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, CommandError::MessageTooLong { len: 6, max: 5, .. }), "{err}");
     }
 
     #[test]
     fn non_utf8_tokens_and_ids_are_refused() {
-        for part in [
-            b"a\xff=x".as_slice(),
-            b"a-\xff=x",
-            b"subscribedclients:\xff",
-            b"tcpsubscribedclients:\xc3",
-        ] {
-            assert!(
-                matches!(parse(part), Err(CommandError::NotUtf8 { .. })),
-                "{}",
-                part.escape_ascii()
-            );
+        for part in
+            [b"a\xff=x".as_slice(), b"a-\xff=x", b"subscribedclients:\xff", b"tcpsubscribedclients:\xc3"]
+        {
+            assert!(matches!(parse(part), Err(CommandError::NotUtf8 { .. })), "{}", part.escape_ascii());
         }
     }
 
@@ -550,9 +424,7 @@ mod tests {
         part.resize(part.len() + 100_000, b'y');
         let text = parse(&part).unwrap_err().to_string();
         assert!(
-            text.starts_with(
-                r#"not a command and not TOKEN=MESSAGE (no '='): "x\xff\r\u{1b}\"yyy"#
-            ),
+            text.starts_with(r#"not a command and not TOKEN=MESSAGE (no '='): "x\xff\r\u{1b}\"yyy"#),
             "{text}"
         );
         assert!(text.ends_with("... (100005 bytes)\""), "{text}");

@@ -77,7 +77,11 @@ impl Fanout {
             match answers.recv_deadline(deadline) {
                 Ok(answer) => collected.push(answer),
                 Err(_) => {
-                    warn!("{} of {} workers did not answer", self.shards.len() - collected.len(), self.shards.len());
+                    warn!(
+                        "{} of {} workers did not answer",
+                        self.shards.len() - collected.len(),
+                        self.shards.len()
+                    );
                     break;
                 }
             }

@@ -146,10 +146,7 @@ mod tests {
         let mut out = Out::new();
         for chunk in chunks {
             buffer.push(chunk, max_line, |line| out.push(line.map(<[u8]>::to_vec)));
-            assert!(
-                buffer.partial.len() <= max_line + 1,
-                "buffered past the limit"
-            );
+            assert!(buffer.partial.len() <= max_line + 1, "buffered past the limit");
         }
         buffer.finish(|line| out.push(Ok(line.to_vec())));
         assert!(buffer.partial.is_empty() && !buffer.discarding);
@@ -204,14 +201,8 @@ mod tests {
 
     #[test]
     fn exactly_max_line_fits_with_either_ending() {
-        assert_eq!(
-            run([&b"abcd\r"[..], b"\nabcd\nabcd\r"], 4),
-            lines(&[b"abcd", b"abcd", b"abcd"])
-        );
-        assert_eq!(
-            run([&b"abcd\r"[..], b"e\n"], 4),
-            vec![Err(LineTooLong { max: 4 })]
-        );
+        assert_eq!(run([&b"abcd\r"[..], b"\nabcd\nabcd\r"], 4), lines(&[b"abcd", b"abcd", b"abcd"]));
+        assert_eq!(run([&b"abcd\r"[..], b"e\n"], 4), vec![Err(LineTooLong { max: 4 })]);
         assert_eq!(run([&b"abcd\rx"[..]], 4), vec![Err(LineTooLong { max: 4 })]);
     }
 
@@ -236,13 +227,7 @@ mod tests {
 
     fn control_bytes() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(
-            prop_oneof![
-                Just(b'\n'),
-                Just(b'\r'),
-                Just(b'a'),
-                Just(b'='),
-                any::<u8>()
-            ],
+            prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b'='), any::<u8>()],
             0..200,
         )
     }

@@ -168,7 +168,8 @@ impl Control {
                 Ok((mut stream, peer)) => {
                     let entry = self.publishers.vacant_entry();
                     let registered = Interest::READABLE;
-                    if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), registered) {
+                    if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), registered)
+                    {
                         warn!("Cannot watch control connection from {peer}: {e}");
                         continue;
                     }
@@ -272,7 +273,11 @@ impl Control {
             self.publishers.remove(key);
             return;
         }
-        let wanted = if publisher.out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let wanted = if publisher.out.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
         if wanted != publisher.registered
             && self.poll.registry().reregister(&mut publisher.stream, Token(key), wanted).is_ok()
         {
@@ -330,7 +335,9 @@ impl Control {
             }
             Command::TcpStatus => self.status().json(),
             Command::TcpClientList => stats::client_list_json(&self.client_rows()),
-            Command::TcpNumberOfClients => serde_json::json!({ "numberofclients": self.figures().connections }),
+            Command::TcpNumberOfClients => {
+                serde_json::json!({ "numberofclients": self.figures().connections })
+            }
             Command::TcpSubscribedClients(token) => {
                 let count = self.count_subscribed(&token);
                 serde_json::json!({ "subscribedclients": count, "subscribedfor": token })
@@ -347,7 +354,12 @@ impl Control {
     fn publish(&mut self, publish: Publish) {
         self.processed += 1;
         let id = self.ids.next_id();
-        debug!("Message {id} for {:?} (except {:?}): {} bytes", publish.target, publish.except, publish.message.len());
+        debug!(
+            "Message {id} for {:?} (except {:?}): {} bytes",
+            publish.target,
+            publish.except,
+            publish.message.len()
+        );
         let frame = encode_event(id, &publish.message);
         self.shards.publish(Delivery { target: publish.target, except: publish.except, frame });
     }

@@ -11,12 +11,13 @@ pub mod subscriptions;
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -33,7 +34,7 @@ use subscriptions::{Subscriptions, EVERYTHING};
 /// The listener's token, at the top of the range where no slab key reaches.
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The waker's token: commands are waiting on the channel.
-pub(crate) const WAKER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX);
 /// How many readiness events one `epoll_wait` returns at most.
 const EVENTS_PER_POLL: usize = 1024;
 /// How much one `read` takes from a socket.
@@ -118,6 +119,9 @@ pub struct Shard {
     poll: Poll,
     listener: TcpListener,
     commands: Receiver<ShardCommand>,
+    /// Held for as long as the shard runs: when the control thread drops its handles first,
+    /// closing the last reference would take the eventfd out of epoll with a wake in flight.
+    _waker: Arc<Waker>,
     shared: Arc<Shared>,
     connections: Slab<Connection>,
     subscriptions: Subscriptions,
@@ -135,20 +139,24 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard around its listener; `poll` must be the one `waker` was made for.
+    /// A shard around its listener, and the handle the control thread reaches it by.
     pub fn new(
         number: usize,
-        poll: Poll,
         mut listener: TcpListener,
-        commands: Receiver<ShardCommand>,
         shared: Arc<Shared>,
-    ) -> io::Result<Self> {
+        queue: usize,
+    ) -> io::Result<(Self, ShardHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        Ok(Shard {
+        let (sender, commands) = bounded(queue);
+        let handle = ShardHandle { commands: sender, waker: Arc::clone(&waker) };
+        let shard = Shard {
             number,
             poll,
             listener,
             commands,
+            _waker: waker,
             shared,
             connections: Slab::new(),
             subscriptions: Subscriptions::default(),
@@ -160,7 +168,8 @@ impl Shard {
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
             stopping: false,
-        })
+        };
+        Ok((shard, handle))
     }
 
     /// Runs the event loop until a `Shutdown` command, then closes every connection.
@@ -202,7 +211,10 @@ impl Shard {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer),
+                // `[::]` listeners see IPv4 clients as `::ffff:a.b.c.d`; show them as hasses did.
+                Ok((socket, peer)) => {
+                    self.admit(socket, SocketAddr::new(peer.ip().to_canonical(), peer.port()))
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -214,7 +226,7 @@ impl Shard {
         }
     }
 
-    fn admit(&mut self, mut socket: mio::net::TcpStream, peer: std::net::SocketAddr) {
+    fn admit(&mut self, mut socket: mio::net::TcpStream, peer: SocketAddr) {
         // Events are small and written whole: send each at once rather than wait for more.
         let _ = socket.set_nodelay(true);
         let entry = self.connections.vacant_entry();
@@ -454,7 +466,6 @@ impl Shard {
     fn publish(&mut self, delivery: &Delivery) {
         self.publishes += 1;
         let mut recipients = Recipients {
-            connections: &mut self.connections,
             dirty: &mut self.dirty,
             counters: &mut self.counters,
             over_cap: Vec::new(),
@@ -462,12 +473,12 @@ impl Shard {
             stamp: self.publishes,
             max_backlog: self.shared.max_backlog,
         };
+        let connections = &mut self.connections;
         match &delivery.target {
-            Target::All => {
-                let keys: Vec<usize> = recipients.connections.iter().map(|(k, _)| k).collect();
-                keys.into_iter().for_each(|key| recipients.offer(key));
+            Target::All => connections.iter_mut().for_each(|(key, conn)| recipients.offer(key, conn)),
+            target => {
+                self.subscriptions.for_each_match(target, |key| recipients.offer(key, &mut connections[key]))
             }
-            target => self.subscriptions.for_each_match(target, |key| recipients.offer(key)),
         }
         for key in recipients.over_cap {
             let conn = &self.connections[key];
@@ -520,9 +531,8 @@ impl Shard {
     }
 }
 
-/// The recipients of one publish, being offered the event one key at a time.
+/// The recipients of one publish, being offered the event one connection at a time.
 struct Recipients<'a> {
-    connections: &'a mut Slab<Connection>,
     dirty: &'a mut Vec<usize>,
     counters: &'a mut Counters,
     over_cap: Vec<usize>,
@@ -532,8 +542,7 @@ struct Recipients<'a> {
 }
 
 impl Recipients<'_> {
-    fn offer(&mut self, key: usize) {
-        let conn = &mut self.connections[key];
+    fn offer(&mut self, key: usize, conn: &mut Connection) {
         if conn.phase != Phase::Streaming || conn.last_publish == self.stamp {
             return;
         }

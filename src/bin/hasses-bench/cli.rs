@@ -1,0 +1,299 @@
+//! The bench's command line: the scenario, the target, the load's shape, and the outputs.
+//!
+//! Owns turning argv into one validated [`Options`]; it opens nothing.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The most source addresses a range may expand to.
+const MAX_SRC_ADDRS: u32 = 65_536;
+
+const AFTER_HELP: &str = "\
+Every scenario first opens the N connections (the connect scenario); `all` runs connect, idle,
+broadcast, burst and targeted in that order over the same connections.
+
+Connection i sends `GET <path>?subscribe=all-c<i>&id=c<i> HTTP/1.1` and reads the chunked
+event stream. Messages go through one persistent control connection with the line protocol:
+`all=b<seq>:<ts>:<pad>` to everyone and `c<i>=t<seq>:<ts>:<i>:<pad>` to connection i alone,
+where ts is the send time on CLOCK_MONOTONIC. Latencies therefore need the bench and the
+server on the same host; loss, duplicate and misroute counts work anywhere.
+
+Every receiver counts lost messages (a gap in its sequence, or a message never received),
+duplicates (a sequence number again or backwards), misrouted ones (a targeted message on
+another connection) and event ids that do not increase. The exit status is 1 when any of
+these is non-zero, a connection failed or closed, or a phase timed out; 2 on a usage or
+start-up error.
+
+Server figures (CPU seconds, CPU per unit, RSS) need --server-pid: CPU is read from
+/proc/PID/task/*/schedstat (ns resolution) or else /proc/PID/stat utime+stime (clock
+ticks); RSS from /proc/PID/status VmRSS. For idle memory per connection, start a fresh
+server: RSS is read once before the first connection and again after the idle pause.
+
+Example (this host, 18,000 connections over 8 source addresses):
+  hasses-bench all -n 18000 --src-addrs 127.0.0.1-127.0.0.8 --server-pid $(pidof hasses) \\
+      --json-out bench.jsonl";
+
+/// Capacity benchmark for hasses: N SSE connections, published messages, and the figures.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hasses-bench", version, after_long_help = AFTER_HELP)]
+pub struct Options {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// The server's SSE address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_target)]
+    pub sse: Target,
+
+    /// The server's control TCP address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8085", value_parser = parse_target)]
+    pub control: Target,
+
+    /// The SSE path to request.
+    #[arg(long, default_value = "/sse")]
+    pub path: String,
+
+    /// Connections to open.
+    #[arg(short = 'n', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+
+    /// Source addresses, used round-robin: `A-B` (an IPv4 range), `A`, or a comma-separated
+    /// list of both. Each socket is bound with IP_BIND_ADDRESS_NO_PORT before connect, so the
+    /// ephemeral ports are not exhausted across all of them. Default: let the kernel choose.
+    #[arg(long, value_parser = parse_src_addrs)]
+    pub src_addrs: Option<SrcAddrs>,
+
+    /// The server's process id, for its CPU and memory figures.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// broadcast: how many messages to everyone.
+    #[arg(long, default_value_t = 50)]
+    pub messages: u32,
+
+    /// broadcast: milliseconds between two messages.
+    #[arg(long, default_value_t = 200)]
+    pub interval_ms: u64,
+
+    /// burst: how many broadcasts to send back to back, in one write.
+    #[arg(long, default_value_t = 100)]
+    pub burst: u32,
+
+    /// targeted: how many messages, message k to connection k mod N (pipelined).
+    #[arg(long, default_value_t = 100_000)]
+    pub targeted: u32,
+
+    /// Bytes of data per message (the payload is padded up to this; its header, up to ~45
+    /// bytes, is never cut).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(..=60_000))]
+    pub payload: u32,
+
+    /// idle: seconds to wait with every connection open before reading the server's RSS.
+    #[arg(long, default_value_t = 3.0)]
+    pub idle_secs: f64,
+
+    /// Each phase's deadline, in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+
+    /// A phase also ends (as timed out) when nothing arrives for this many seconds after its
+    /// last message was sent.
+    #[arg(long, default_value_t = 10.0)]
+    pub stall_secs: f64,
+
+    /// Receiver threads (each one epoll loop over its share of the connections).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
+
+    /// Connections in progress (connecting or awaiting the response head) at once, over all
+    /// receiver threads; keeps the server's accept backlog from overflowing.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: u32,
+
+    /// Append one JSON object per scenario to this file (one per line).
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A scenario of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Open N connections: time until all are handshaked, connections/s, server CPU per
+    /// handshaked connection.
+    Connect,
+    /// connect, then wait --idle-secs: server RSS before/after and bytes per connection
+    /// (needs --server-pid).
+    Idle,
+    /// connect, then --messages R broadcasts every --interval-ms: per message the time until
+    /// the last receiver has it (p50/p99/max), server CPU per delivery.
+    Broadcast,
+    /// connect, then --burst M broadcasts back to back: deliveries/s, time until all are
+    /// received, server CPU per delivery.
+    Burst,
+    /// connect, then --targeted K messages, each to one connection's own token, as fast as
+    /// the control port accepts them: messages/s, server CPU per message.
+    Targeted,
+    /// connect, idle, broadcast, burst, targeted in order over one set of connections.
+    All,
+}
+
+/// A scenario's phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening the connections.
+    Connect,
+    /// Waiting with every connection open.
+    Idle,
+    /// Messages to everyone at an interval.
+    Broadcast,
+    /// Messages to everyone back to back.
+    Burst,
+    /// Messages to one connection each.
+    Targeted,
+}
+
+impl Phase {
+    /// The name in the table and the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Idle => "idle",
+            Phase::Broadcast => "broadcast",
+            Phase::Burst => "burst",
+            Phase::Targeted => "targeted",
+        }
+    }
+}
+
+impl Scenario {
+    /// The phases to run.
+    pub fn phases(self) -> &'static [Phase] {
+        match self {
+            Scenario::Connect => &[Phase::Connect],
+            Scenario::Idle => &[Phase::Connect, Phase::Idle],
+            Scenario::Broadcast => &[Phase::Connect, Phase::Broadcast],
+            Scenario::Burst => &[Phase::Connect, Phase::Burst],
+            Scenario::Targeted => &[Phase::Connect, Phase::Targeted],
+            Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
+        }
+    }
+}
+
+/// A server address, with the text it was given as (for the `Host` header).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// As written on the command line.
+    pub text: String,
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => s
+            .to_socket_addrs()
+            .map_err(|e| format!("{s}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{s}: resolves to no address"))?,
+    };
+    Ok(Target { addr, text: s.to_string() })
+}
+
+/// The source addresses, expanded.
+#[derive(Debug, Clone)]
+pub struct SrcAddrs(pub Vec<IpAddr>);
+
+fn parse_src_addrs(s: &str) -> Result<SrcAddrs, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+                let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || b - a >= MAX_SRC_ADDRS {
+                    return Err(format!(
+                        "{part}: the range must be ascending and at most {MAX_SRC_ADDRS} long"
+                    ));
+                }
+                out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+            }
+            None => out.push(part.parse().map_err(|e| format!("{part}: {e}"))?),
+        }
+    }
+    if out.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(SrcAddrs(out))
+}
+
+impl Options {
+    /// Checks what clap cannot; returns why the options cannot run.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') {
+            return Err(format!("--path must start with '/': {}", self.path));
+        }
+        if self.path.contains(['?', ' ', '\r', '\n']) {
+            return Err(format!("--path must be a bare path: {}", self.path));
+        }
+        if !(self.timeout > 0.0 && self.stall_secs > 0.0 && self.idle_secs >= 0.0) {
+            return Err("--timeout and --stall-secs must be positive, --idle-secs not negative".into());
+        }
+        if let Some(src) = &self.src_addrs {
+            if src.0.iter().any(|a| a.is_ipv4() != self.sse.addr.is_ipv4()) {
+                return Err("--src-addrs must be of the same family as --sse".into());
+            }
+        }
+        let needs_pid = self.scenario == Scenario::Idle;
+        if needs_pid && self.server_pid.is_none() {
+            return Err("the idle scenario needs --server-pid".into());
+        }
+        Ok(())
+    }
+
+    /// The phase deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout)
+    }
+
+    /// The stall limit.
+    pub fn stall(&self) -> Duration {
+        Duration::from_secs_f64(self.stall_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Options::command().debug_assert();
+    }
+
+    #[test]
+    fn src_ranges_expand() {
+        let s = parse_src_addrs("127.0.0.1-127.0.0.3,127.0.1.1").unwrap();
+        let want: Vec<IpAddr> =
+            ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.1.1"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(s.0, want);
+        assert!(parse_src_addrs("127.0.0.8-127.0.0.1").is_err());
+        assert!(parse_src_addrs("").is_err());
+    }
+
+    #[test]
+    fn all_runs_every_phase_after_connect() {
+        let phases = Scenario::All.phases();
+        assert_eq!(phases[0], Phase::Connect);
+        assert_eq!(phases.len(), 5);
+    }
+}

@@ -1,0 +1,504 @@
+//! Receiver threads: each owns a share of the N connections (connection i belongs to thread
+//! i mod T) and one mio `Poll` over them, opens them, reads their event streams and counts.
+//!
+//! The hot path (readable → read → parse → count) allocates nothing and logs nothing: one
+//! big read buffer per thread, one clock read per `read`, counters in plain fields. The
+//! orchestrator talks to a thread only through [`Cmd`]s (a channel plus a `Waker`) and reads
+//! its [`Progress`] atomics, which the thread refreshes once per poll round.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver as ChanRx, Sender};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::libc;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::parse::{Event, StreamParser};
+use crate::stats::{Counters, Progress};
+use crate::sys;
+
+/// The waker's token, above every connection's (a connection's token is its local index).
+const WAKER: Token = Token(usize::MAX);
+/// Bytes read at once: a whole burst for one connection usually fits.
+const READ_BUF: usize = 256 * 1024;
+/// Readiness events taken per poll.
+const EVENTS: usize = 1024;
+/// Error messages kept per phase, as examples for the report.
+const ERROR_SAMPLES: usize = 5;
+
+/// What the orchestrator asks of a receiver thread.
+pub enum Cmd {
+    /// Open this thread's connections (keeping at most its window in progress).
+    Connect,
+    /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, will be sent.
+    Begin {
+        /// The first broadcast sequence number of the phase.
+        bcast_base: u64,
+        /// How many broadcasts the phase sends.
+        bcast_count: usize,
+    },
+    /// The phase is over: count what never arrived and send back the phase's counters.
+    Collect {
+        /// Broadcast sequence numbers sent so far (all of them, every phase).
+        bcast_sent: u64,
+        /// Targeted messages sent so far.
+        targeted_sent: u64,
+        /// Where to send the counters.
+        reply: Sender<Counters>,
+    },
+    /// Close everything and end the thread.
+    Stop,
+}
+
+/// What a receiver thread needs to know about the target and its share.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// This thread's number.
+    pub thread: u32,
+    /// How many receiver threads there are.
+    pub threads: u32,
+    /// Connections over all threads.
+    pub n: u32,
+    /// The server's SSE address.
+    pub sse: SocketAddr,
+    /// The `Host` header's value.
+    pub host: String,
+    /// The request path.
+    pub path: String,
+    /// Source addresses (round-robin by global index); empty = the kernel's choice.
+    pub src: Vec<IpAddr>,
+    /// Connections of this thread in progress at once.
+    pub window: u32,
+}
+
+/// The orchestrator's handle on a receiver thread.
+pub struct Receiver {
+    commands: Sender<Cmd>,
+    waker: Arc<Waker>,
+    /// The thread's running totals.
+    pub progress: Arc<Progress>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Starts a receiver thread.
+    pub fn spawn(setup: Setup) -> io::Result<Receiver> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let progress = Arc::new(Progress::default());
+        let mut thread = Thread::new(setup, poll, inbox, Arc::clone(&progress));
+        let join = std::thread::Builder::new()
+            .name(format!("bench-recv-{}", thread.setup.thread))
+            .spawn(move || thread.run())?;
+        Ok(Receiver { commands, waker, progress, join: Some(join) })
+    }
+
+    /// Sends a command and wakes the thread.
+    pub fn send(&self, cmd: Cmd) {
+        // A thread that is gone has nothing left to do; its absence shows in the figures.
+        if self.commands.send(cmd).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.send(Cmd::Stop);
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not opened yet.
+    Idle,
+    /// Non-blocking connect in progress.
+    Connecting,
+    /// Request sent, waiting for the response head.
+    AwaitHead,
+    /// Handshaked: reading events.
+    Streaming,
+    /// Failed or closed.
+    Dead,
+}
+
+/// What a connection expects next.
+#[derive(Debug, Clone, Copy, Default)]
+struct Track {
+    /// The connection's global index (its token is `c<index>`).
+    index: u64,
+    /// The next broadcast sequence number expected.
+    next_b: u64,
+    /// The next targeted sequence number expected (index, index + N, ...).
+    next_t: u64,
+    /// The last event id seen.
+    last_id: Option<u64>,
+}
+
+struct Conn {
+    stream: Option<TcpStream>,
+    state: State,
+    parser: StreamParser,
+    track: Track,
+}
+
+/// Per-phase context the event handler needs besides the connection.
+struct Ctx<'a> {
+    counters: &'a mut Counters,
+    n: u64,
+    bcast_base: u64,
+    now: u64,
+}
+
+struct Thread {
+    setup: Setup,
+    poll: Poll,
+    inbox: ChanRx<Cmd>,
+    progress: Arc<Progress>,
+    conns: Vec<Conn>,
+    buf: Vec<u8>,
+    request: Vec<u8>,
+    counters: Counters,
+    bcast_base: u64,
+    /// Connections opened so far (the next to open is this local index).
+    opened: usize,
+    /// Connections connecting or awaiting their head.
+    in_flight: u32,
+    connecting: bool,
+    /// Totals of finished phases, for the progress figures.
+    done_handshaked: u64,
+    done_failed: u64,
+    done_delivered: u64,
+}
+
+impl Thread {
+    fn new(setup: Setup, poll: Poll, inbox: ChanRx<Cmd>, progress: Arc<Progress>) -> Thread {
+        let share = (setup.n.saturating_sub(setup.thread)).div_ceil(setup.threads) as usize;
+        let conns = (0..share)
+            .map(|local| Conn {
+                stream: None,
+                state: State::Idle,
+                parser: StreamParser::new(),
+                track: Track {
+                    index: u64::from(setup.thread) + local as u64 * u64::from(setup.threads),
+                    ..Track::default()
+                },
+            })
+            .map(|mut c| {
+                c.track.next_t = c.track.index;
+                c
+            })
+            .collect();
+        Thread {
+            setup,
+            poll,
+            inbox,
+            progress,
+            conns,
+            buf: vec![0; READ_BUF],
+            request: Vec::with_capacity(256),
+            counters: Counters::default(),
+            bcast_base: 0,
+            opened: 0,
+            in_flight: 0,
+            connecting: false,
+            done_handshaked: 0,
+            done_failed: 0,
+            done_delivered: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                eprintln!("hasses-bench: receiver thread {}: poll failed: {e}", self.setup.thread);
+                return;
+            }
+            let mut woken = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => woken = true,
+                    Token(local) => self.ready(local, ev),
+                }
+            }
+            if woken && !self.commands() {
+                return;
+            }
+            if self.connecting {
+                self.open_more();
+            }
+            self.publish();
+        }
+    }
+
+    /// Handles every queued command; false on `Stop`.
+    fn commands(&mut self) -> bool {
+        while let Ok(cmd) = self.inbox.try_recv() {
+            match cmd {
+                Cmd::Connect => self.connecting = true,
+                Cmd::Begin { bcast_base, bcast_count } => {
+                    self.bcast_base = bcast_base;
+                    self.counters.last_receiver = vec![0; bcast_count];
+                }
+                Cmd::Collect { bcast_sent, targeted_sent, reply } => {
+                    self.count_missing(bcast_sent, targeted_sent);
+                    self.counters.live =
+                        self.conns.iter().filter(|c| c.state == State::Streaming).count() as u64;
+                    self.publish();
+                    let c = std::mem::take(&mut self.counters);
+                    self.done_handshaked += c.handshaked;
+                    self.done_failed += c.failed_connections();
+                    self.done_delivered += c.delivered_b + c.delivered_t;
+                    let _ = reply.send(c);
+                }
+                Cmd::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn publish(&self) {
+        let c = &self.counters;
+        let p = &self.progress;
+        p.handshaked.store(self.done_handshaked + c.handshaked, Ordering::Relaxed);
+        p.failed.store(self.done_failed + c.failed_connections(), Ordering::Relaxed);
+        p.delivered.store(self.done_delivered + c.delivered_b + c.delivered_t, Ordering::Relaxed);
+    }
+
+    /// At the end of a phase: whatever a live connection has not received by now is lost.
+    fn count_missing(&mut self, bcast_sent: u64, targeted_sent: u64) {
+        let n = u64::from(self.setup.n);
+        for conn in self.conns.iter_mut().filter(|c| c.state == State::Streaming) {
+            let t = &mut conn.track;
+            if t.next_b < bcast_sent {
+                self.counters.lost_b += bcast_sent - t.next_b;
+                t.next_b = bcast_sent;
+            }
+            // The first targeted number at or past `targeted_sent` that is this connection's.
+            let end = if t.index < targeted_sent {
+                t.index + (targeted_sent - t.index).div_ceil(n) * n
+            } else {
+                t.index
+            };
+            if t.next_t < end {
+                self.counters.lost_t += (end - t.next_t) / n;
+                t.next_t = end;
+            }
+        }
+    }
+
+    fn open_more(&mut self) {
+        while self.in_flight < self.setup.window && self.opened < self.conns.len() {
+            let local = self.opened;
+            self.opened += 1;
+            match self.open(local) {
+                Ok(()) => self.in_flight += 1,
+                Err(e) => self.fail(local, "connect", &e, false),
+            }
+        }
+        if self.opened == self.conns.len() {
+            self.connecting = false;
+        }
+    }
+
+    fn open(&mut self, local: usize) -> io::Result<()> {
+        let conn = &mut self.conns[local];
+        let sse = self.setup.sse;
+        let sock = Socket::new(Domain::for_address(sse), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        if !self.setup.src.is_empty() {
+            let src = self.setup.src[conn.track.index as usize % self.setup.src.len()];
+            sys::set_bind_address_no_port(&sock)?;
+            sock.bind(&SocketAddr::new(src, 0).into())?;
+        }
+        match sock.connect(&sse.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut stream = TcpStream::from_std(sock.into());
+        self.poll.registry().register(&mut stream, Token(local), Interest::READABLE | Interest::WRITABLE)?;
+        conn.stream = Some(stream);
+        conn.state = State::Connecting;
+        Ok(())
+    }
+
+    /// Marks a connection dead and counts why.
+    fn fail(&mut self, local: usize, what: &str, err: &dyn std::fmt::Display, handshaked: bool) {
+        let conn = &mut self.conns[local];
+        let was = conn.state;
+        conn.state = State::Dead;
+        conn.stream = None;
+        if matches!(was, State::Idle | State::Connecting | State::AwaitHead) {
+            self.in_flight = self.in_flight.saturating_sub(u32::from(was != State::Idle));
+        }
+        let c = &mut self.counters;
+        match (what, handshaked) {
+            ("protocol", _) => c.proto_errors += 1,
+            (_, true) => c.closed += 1,
+            _ => c.connect_failed += 1,
+        }
+        if c.error_samples.len() < ERROR_SAMPLES {
+            c.error_samples.push(format!("c{}: {what}: {err}", conn.track.index));
+        }
+    }
+
+    fn ready(&mut self, local: usize, ev: &mio::event::Event) {
+        let Some(state) = self.conns.get(local).map(|c| c.state) else { return };
+        match state {
+            State::Connecting => {
+                if ev.is_writable() || ev.is_error() || ev.is_read_closed() || ev.is_write_closed() {
+                    self.connected(local);
+                }
+            }
+            State::AwaitHead | State::Streaming => self.read(local),
+            State::Idle | State::Dead => {}
+        }
+    }
+
+    /// The connect has finished, one way or the other: send the request.
+    fn connected(&mut self, local: usize) {
+        let conn = &mut self.conns[local];
+        let Some(stream) = conn.stream.as_mut() else { return };
+        let err = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => None,
+        };
+        if let Some(e) = err {
+            return self.fail(local, "connect", &e, false);
+        }
+        match stream.peer_addr() {
+            Ok(_) => {}
+            // A readiness report before the connect finished: wait for the next one.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            Err(e) => return self.fail(local, "connect", &e, false),
+        }
+        let i = conn.track.index;
+        self.request.clear();
+        let _ = write!(
+            self.request,
+            "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
+             Connection: keep-alive\r\n\r\n",
+            self.setup.path, self.setup.host
+        );
+        let res = stream.write(&self.request);
+        let res = match res {
+            Ok(n) if n == self.request.len() => {
+                self.poll.registry().reregister(stream, Token(local), Interest::READABLE)
+            }
+            Ok(_) => Err(io::Error::new(io::ErrorKind::WriteZero, "short write of the request")),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(()) => {
+                conn.state = State::AwaitHead;
+                // The response may already be there; edge-triggered readiness would not repeat it.
+                self.read(local);
+            }
+            Err(e) => self.fail(local, "request", &e, false),
+        }
+    }
+
+    /// Reads until the socket is drained.
+    fn read(&mut self, local: usize) {
+        let n = u64::from(self.setup.n);
+        loop {
+            let conn = &mut self.conns[local];
+            let Some(stream) = conn.stream.as_mut() else { return };
+            let got = match stream.read(&mut self.buf) {
+                Ok(0) => {
+                    let hs = conn.state == State::Streaming;
+                    return self.fail(local, "closed by the server", &"EOF", hs);
+                }
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let hs = conn.state == State::Streaming;
+                    return self.fail(local, "read", &e, hs);
+                }
+            };
+            let now = sys::mono_ns();
+            let mut ctx = Ctx { counters: &mut self.counters, n, bcast_base: self.bcast_base, now };
+            let track = &mut conn.track;
+            let res = conn.parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
+            if conn.state == State::AwaitHead && conn.parser.handshaked() {
+                conn.state = State::Streaming;
+                self.in_flight -= 1;
+                self.counters.handshaked += 1;
+                self.counters.last_handshake = now;
+            }
+            if let Err(e) = res {
+                return self.fail(local, "protocol", &format!("{e:?}"), true);
+            }
+            // A read shorter than the buffer emptied the socket's queue: data arriving later
+            // raises a new edge, so the extra read that would say WouldBlock is skipped.
+            if got < self.buf.len() {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts one event on one connection.
+#[inline]
+fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
+    let c = &mut *cx.counters;
+    match (ev.id, t.last_id) {
+        (Some(id), Some(last)) if id <= last => c.id_errors += 1,
+        (Some(id), _) => t.last_id = Some(id),
+        (None, _) => c.id_errors += 1,
+    }
+    match (ev.kind, ev.count) {
+        (b'b', 2..) => {
+            let seq = ev.nums[0];
+            if seq == t.next_b {
+                t.next_b += 1;
+            } else if seq > t.next_b {
+                c.lost_b += seq - t.next_b;
+                t.next_b = seq + 1;
+            } else {
+                c.dup_b += 1;
+            }
+            c.delivered_b += 1;
+            let lat = cx.now.saturating_sub(ev.nums[1]);
+            c.latency.record(lat);
+            if let Some(slot) =
+                seq.checked_sub(cx.bcast_base).and_then(|k| c.last_receiver.get_mut(k as usize))
+            {
+                *slot = (*slot).max(lat);
+            }
+        }
+        (b't', 3..) => {
+            let (seq, target) = (ev.nums[0], ev.nums[2]);
+            c.delivered_t += 1;
+            if target != t.index || seq % cx.n != t.index {
+                c.misrouted += 1;
+            } else if seq == t.next_t {
+                t.next_t += cx.n;
+            } else if seq > t.next_t {
+                c.lost_t += (seq - t.next_t) / cx.n;
+                t.next_t = seq + cx.n;
+            } else {
+                c.dup_t += 1;
+            }
+            c.latency.record(cx.now.saturating_sub(ev.nums[1]));
+        }
+        _ => c.foreign += 1,
+    }
+    if c.first_recv == 0 {
+        c.first_recv = cx.now;
+    }
+    c.last_recv = cx.now;
+}

@@ -1,0 +1,583 @@
+//! The orchestrator: runs a scenario's phases in order over one set of connections, drives
+//! the publisher, watches the receivers' progress (a line on stderr once per second), and
+//! turns each phase's counters and the CPU and memory samples into a [`PhaseResult`].
+//!
+//! It never touches a connection: receivers own them ([`crate::receiver`]).
+
+use std::io;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::cli::{Options, Phase};
+use crate::control::Control;
+use crate::receiver::{Cmd, Receiver, Setup};
+use crate::stats::{Counters, Progress};
+use crate::sys::{self, CpuSample, ServerProbe};
+
+/// How often the orchestrator looks at the receivers' progress.
+const TICK: Duration = Duration::from_millis(10);
+/// How long a progress line waits after the previous one.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Bytes of targeted lines collected before one write.
+const TARGETED_BATCH: usize = 64 * 1024;
+/// How long receivers may take to hand over their counters.
+const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One phase's outcome.
+#[derive(Debug)]
+pub struct PhaseResult {
+    /// Which phase.
+    pub phase: Phase,
+    /// Why the phase did not complete (deadline, stall, control failure), if it did not.
+    pub incomplete: Option<String>,
+    /// What the receivers counted.
+    pub counters: Counters,
+    /// Wall time of the phase's measured part, seconds.
+    pub time_s: f64,
+    /// Server CPU seconds (schedstat, else stat), when `--server-pid` was given.
+    pub server_cpu_s: Option<f64>,
+    /// This tool's CPU seconds.
+    pub tool_cpu_s: f64,
+    /// The phase's figures (JSON keys → values), in the order written.
+    pub figures: Map<String, Value>,
+    /// Table cells: rate, latency, server CPU per unit, memory.
+    pub cells: [String; 4],
+    /// Oddities worth a look that do not fail the phase by themselves.
+    pub notes: Vec<String>,
+}
+
+impl PhaseResult {
+    /// Whether the phase completed without a single error.
+    pub fn ok(&self) -> bool {
+        self.incomplete.is_none() && !self.counters.any_error()
+    }
+}
+
+/// CPU and time at the start of a measured window.
+struct Window {
+    t0: u64,
+    server: Option<CpuSample>,
+    own: u64,
+}
+
+/// CPU use over a window.
+struct Usage {
+    server: Option<f64>,
+    server_stat: Option<f64>,
+    own: f64,
+}
+
+/// Decides when a phase is over, and prints its progress.
+struct Waiter {
+    label: &'static str,
+    quiet: bool,
+    deadline: Instant,
+    stall: Duration,
+    last_value: u64,
+    last_change: Instant,
+    all_sent_at: Option<Instant>,
+    last_print: Instant,
+    start: Instant,
+}
+
+enum Wait {
+    Done,
+    Pending,
+    Over(String),
+}
+
+impl Waiter {
+    fn new(label: &'static str, opts: &Options) -> Waiter {
+        let now = Instant::now();
+        Waiter {
+            label,
+            quiet: opts.quiet,
+            deadline: now + opts.timeout(),
+            stall: opts.stall(),
+            last_value: 0,
+            last_change: now,
+            all_sent_at: None,
+            last_print: now,
+            start: now,
+        }
+    }
+
+    fn check(&mut self, value: u64, target: u64, all_sent: bool, what: &str) -> Wait {
+        let now = Instant::now();
+        if value != self.last_value {
+            self.last_value = value;
+            self.last_change = now;
+        }
+        if all_sent && self.all_sent_at.is_none() {
+            self.all_sent_at = Some(now);
+        }
+        if all_sent && value >= target {
+            return Wait::Done;
+        }
+        if !self.quiet && now - self.last_print >= PROGRESS_EVERY {
+            self.last_print = now;
+            let pct = if target > 0 { value as f64 * 100.0 / target as f64 } else { 100.0 };
+            eprintln!(
+                "[{}] {:6.1}s {what} {value}/{target} ({pct:.1}%)",
+                self.label,
+                (now - self.start).as_secs_f64()
+            );
+        }
+        if now >= self.deadline {
+            return Wait::Over(format!("timeout: {what} {value}/{target} at the deadline"));
+        }
+        if let Some(sent) = self.all_sent_at {
+            if now - self.last_change.max(sent) >= self.stall {
+                let secs = self.stall.as_secs_f64();
+                return Wait::Over(format!("timeout: {what} {value}/{target}, nothing for {secs}s"));
+            }
+        }
+        Wait::Pending
+    }
+}
+
+/// The running bench: receivers, publisher, probe and the running sequence numbers.
+pub struct Bench {
+    opts: Options,
+    receivers: Vec<Receiver>,
+    control: Option<Control>,
+    probe: Option<ServerProbe>,
+    rss_start: Option<u64>,
+    /// Handshaked connections still open, as of the last phase's end.
+    live: u64,
+    bcast_sent: u64,
+    targeted_sent: u64,
+}
+
+impl Bench {
+    /// Starts the receiver threads and reads the server's starting figures.
+    pub fn new(opts: Options) -> io::Result<Bench> {
+        let probe = opts.server_pid.map(ServerProbe::new).transpose()?;
+        let rss_start = probe.as_ref().map(ServerProbe::rss).transpose()?;
+        let threads = opts.threads.min(opts.connections);
+        let window = opts.window.div_ceil(threads);
+        let src = opts.src_addrs.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+        let receivers = (0..threads)
+            .map(|thread| {
+                Receiver::spawn(Setup {
+                    thread,
+                    threads,
+                    n: opts.connections,
+                    sse: opts.sse.addr,
+                    host: opts.sse.text.clone(),
+                    path: opts.path.clone(),
+                    src: src.clone(),
+                    window,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Bench {
+            opts,
+            receivers,
+            control: None,
+            probe,
+            rss_start,
+            live: 0,
+            bcast_sent: 0,
+            targeted_sent: 0,
+        })
+    }
+
+    /// Runs the scenario's phases; stops after a phase that failed to complete.
+    pub fn run(&mut self) -> Vec<PhaseResult> {
+        let mut results = Vec::new();
+        for &phase in self.opts.scenario.phases() {
+            let mut result = match phase {
+                Phase::Connect => self.connect(),
+                Phase::Idle => self.idle(),
+                Phase::Broadcast => self.broadcast(),
+                Phase::Burst => self.burst(),
+                Phase::Targeted => self.targeted(),
+            };
+            let c = &result.counters;
+            if result.server_cpu_s == Some(0.0) && c.handshaked + c.delivered_b + c.delivered_t > 0 {
+                result.notes.push("the server used no CPU for this work: is --server-pid the server?".into());
+            }
+            let stop = result.incomplete.is_some() || result.counters.failed_connections() > 0;
+            results.push(result);
+            if stop {
+                break;
+            }
+        }
+        results
+    }
+
+    /// Stops the receiver threads (closing every connection).
+    pub fn stop(self) {
+        for r in self.receivers {
+            r.stop();
+        }
+    }
+
+    fn total(&self, f: impl Fn(&Progress) -> u64) -> u64 {
+        self.receivers.iter().map(|r| f(&r.progress)).sum()
+    }
+
+    fn delivered(&self) -> u64 {
+        self.total(|p| Progress::get(&p.delivered))
+    }
+
+    fn begin(&self, bcast_count: usize) -> Window {
+        for r in &self.receivers {
+            r.send(Cmd::Begin { bcast_base: self.bcast_sent, bcast_count });
+        }
+        let server = self.probe.as_ref().and_then(|p| p.cpu().ok());
+        Window { t0: sys::mono_ns(), server, own: sys::own_cpu_ns() }
+    }
+
+    fn usage(&self, w: &Window) -> Usage {
+        let own = sys::own_cpu_ns().saturating_sub(w.own) as f64 / 1e9;
+        let now = self.probe.as_ref().and_then(|p| p.cpu().ok());
+        match (now, w.server) {
+            (Some(a), Some(b)) => {
+                Usage { server: Some(a.since(&b)), server_stat: Some(a.stat_since(&b)), own }
+            }
+            _ => Usage { server: None, server_stat: None, own },
+        }
+    }
+
+    fn collect(&mut self) -> Counters {
+        let (tx, rx) = crossbeam_channel::bounded(self.receivers.len());
+        for r in &self.receivers {
+            r.send(Cmd::Collect {
+                bcast_sent: self.bcast_sent,
+                targeted_sent: self.targeted_sent,
+                reply: tx.clone(),
+            });
+        }
+        let mut merged = Counters::default();
+        for _ in &self.receivers {
+            match rx.recv_timeout(COLLECT_TIMEOUT) {
+                Ok(c) => merged.merge(&c),
+                Err(_) => merged.error_samples.push("a receiver thread did not answer".into()),
+            }
+        }
+        self.live = merged.live;
+        merged
+    }
+
+    fn control(&mut self) -> io::Result<&mut Control> {
+        if self.control.is_none() {
+            let c =
+                Control::connect(self.opts.control.addr, self.opts.payload as usize, self.opts.timeout())?;
+            self.control = Some(c);
+        }
+        Ok(self.control.as_mut().expect("just connected"))
+    }
+
+    fn result(
+        phase: Phase,
+        incomplete: Option<String>,
+        counters: Counters,
+        time_s: f64,
+        usage: &Usage,
+        mut figures: Map<String, Value>,
+        cells: [String; 4],
+    ) -> PhaseResult {
+        figures.insert("server_cpu_s".into(), json!(usage.server));
+        figures.insert("server_cpu_stat_s".into(), json!(usage.server_stat));
+        figures.insert("tool_cpu_s".into(), json!(usage.own));
+        PhaseResult {
+            phase,
+            incomplete,
+            counters,
+            time_s,
+            server_cpu_s: usage.server,
+            tool_cpu_s: usage.own,
+            figures,
+            cells,
+            notes: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self) -> PhaseResult {
+        let n = u64::from(self.opts.connections);
+        let w = self.begin(0);
+        let base = self.total(|p| Progress::get(&p.handshaked) + Progress::get(&p.failed));
+        for r in &self.receivers {
+            r.send(Cmd::Connect);
+        }
+        let mut waiter = Waiter::new("connect", &self.opts);
+        let mut incomplete = None;
+        loop {
+            let done = self.total(|p| Progress::get(&p.handshaked) + Progress::get(&p.failed)) - base;
+            match waiter.check(done, n, true, "connections settled") {
+                Wait::Done => break,
+                Wait::Over(why) => {
+                    incomplete = Some(why);
+                    break;
+                }
+                Wait::Pending => sleep(TICK),
+            }
+        }
+        let usage = self.usage(&w);
+        let c = self.collect();
+        let end = if c.last_handshake > w.t0 { c.last_handshake } else { sys::mono_ns() };
+        let time_s = (end - w.t0) as f64 / 1e9;
+        let rate = c.handshaked as f64 / time_s.max(1e-9);
+        let per_conn = usage.server.map(|s| s * 1e6 / c.handshaked.max(1) as f64);
+        let server_clients = self.control().and_then(|c| c.number_of_clients()).ok();
+        let rss = self.probe.as_ref().and_then(|p| p.rss().ok());
+        let mut f = Map::new();
+        f.insert("handshaked".into(), json!(c.handshaked));
+        f.insert("connections_per_s".into(), json!(rate));
+        f.insert("server_cpu_us_per_connection".into(), json!(per_conn));
+        f.insert("server_clients".into(), json!(server_clients));
+        f.insert("server_rss_before_bytes".into(), json!(self.rss_start));
+        f.insert("server_rss_after_bytes".into(), json!(rss));
+        let cells = [format!("{rate:.0} conn/s"), "-".into(), per_unit(per_conn, "conn"), rss_cell(rss)];
+        let live = c.live;
+        let mut result = Self::result(Phase::Connect, incomplete, c, time_s, &usage, f, cells);
+        if let Some(seen) = server_clients.filter(|&seen| seen < live) {
+            // The server does not know of connections that were answered: another process
+            // (an old instance sharing the port through SO_REUSEPORT?) took some of them.
+            result.notes.push(format!(
+                "the server counts {seen} clients but {live} connections were answered on its port"
+            ));
+        }
+        result
+    }
+
+    fn idle(&mut self) -> PhaseResult {
+        let w = self.begin(0);
+        let start = Instant::now();
+        sleep(Duration::from_secs_f64(self.opts.idle_secs));
+        let usage = self.usage(&w);
+        let time_s = start.elapsed().as_secs_f64();
+        let rss = self.probe.as_ref().and_then(|p| p.rss().ok());
+        let c = self.collect();
+        let per_conn = match (rss, self.rss_start) {
+            (Some(after), Some(before)) if c.live > 0 => Some((after as f64 - before as f64) / c.live as f64),
+            _ => None,
+        };
+        let mut f = Map::new();
+        f.insert("idle_s".into(), json!(time_s));
+        f.insert("rss_before_bytes".into(), json!(self.rss_start));
+        f.insert("rss_after_bytes".into(), json!(rss));
+        f.insert("rss_bytes_per_connection".into(), json!(per_conn));
+        let mem = per_conn.map_or("-".into(), |b| format!("{b:.0} B/conn"));
+        let cells = ["-".into(), "-".into(), "-".into(), mem];
+        Self::result(Phase::Idle, None, c, time_s, &usage, f, cells)
+    }
+
+    fn broadcast(&mut self) -> PhaseResult {
+        let count = u64::from(self.opts.messages);
+        let interval = Duration::from_millis(self.opts.interval_ms);
+        let expected = self.live * count;
+        let w = self.begin(count as usize);
+        let d0 = self.delivered();
+        let base = self.bcast_sent;
+        let start = Instant::now();
+        let mut waiter = Waiter::new("broadcast", &self.opts);
+        let mut sent = 0;
+        let mut incomplete = None;
+        loop {
+            let now = Instant::now();
+            if sent < count && now >= start + interval * sent as u32 {
+                let res = self.control().and_then(|c| {
+                    c.broadcast(base + sent, sys::mono_ns());
+                    c.flush()
+                });
+                if let Err(e) = res {
+                    incomplete = Some(format!("control: {e}"));
+                    break;
+                }
+                sent += 1;
+                self.bcast_sent += 1;
+                continue;
+            }
+            match waiter.check(self.delivered() - d0, expected, sent == count, "deliveries") {
+                Wait::Done => break,
+                Wait::Over(why) => {
+                    incomplete = Some(why);
+                    break;
+                }
+                Wait::Pending => {}
+            }
+            let next = start + interval * sent as u32;
+            sleep(if sent < count { next.saturating_duration_since(Instant::now()).min(TICK) } else { TICK });
+        }
+        let usage = self.usage(&w);
+        let c = self.collect();
+        let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
+        let deliveries = c.delivered_b;
+        let mut last: Vec<u64> = c.last_receiver.iter().take(sent as usize).copied().collect();
+        last.sort_unstable();
+        let (p50, p99, max) = (pick(&last, 0.50), pick(&last, 0.99), last.last().copied().unwrap_or(0));
+        let per_delivery = usage.server.map(|s| s * 1e6 / deliveries.max(1) as f64);
+        let mut f = Map::new();
+        f.insert("messages".into(), json!(sent));
+        f.insert("interval_ms".into(), json!(self.opts.interval_ms));
+        f.insert("deliveries".into(), json!(deliveries));
+        f.insert("expected_deliveries".into(), json!(expected));
+        f.insert("last_receiver_ms_p50".into(), json!(ms(p50)));
+        f.insert("last_receiver_ms_p99".into(), json!(ms(p99)));
+        f.insert("last_receiver_ms_max".into(), json!(ms(max)));
+        latency_figures(&mut f, &c);
+        f.insert("server_cpu_us_per_delivery".into(), json!(per_delivery));
+        let cells = [
+            format!("{sent} msgs / {} ms", self.opts.interval_ms),
+            format!("last rcv {:.1}/{:.1}/{:.1} ms", ms(p50), ms(p99), ms(max)),
+            per_unit(per_delivery, "deliv"),
+            "-".into(),
+        ];
+        Self::result(Phase::Broadcast, incomplete, c, time_s, &usage, f, cells)
+    }
+
+    fn burst(&mut self) -> PhaseResult {
+        let count = u64::from(self.opts.burst);
+        let expected = self.live * count;
+        let w = self.begin(count as usize);
+        let d0 = self.delivered();
+        let base = self.bcast_sent;
+        let mut incomplete = None;
+        let res = self.control().and_then(|c| {
+            let ts = sys::mono_ns();
+            for s in 0..count {
+                c.broadcast(base + s, ts);
+            }
+            c.flush()
+        });
+        self.bcast_sent += count;
+        if let Err(e) = res {
+            incomplete = Some(format!("control: {e}"));
+        }
+        let mut waiter = Waiter::new("burst", &self.opts);
+        while incomplete.is_none() {
+            match waiter.check(self.delivered() - d0, expected, true, "deliveries") {
+                Wait::Done => break,
+                Wait::Over(why) => incomplete = Some(why),
+                Wait::Pending => sleep(TICK),
+            }
+        }
+        let usage = self.usage(&w);
+        let c = self.collect();
+        let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
+        let deliveries = c.delivered_b;
+        let rate = deliveries as f64 / time_s.max(1e-9);
+        let per_delivery = usage.server.map(|s| s * 1e6 / deliveries.max(1) as f64);
+        let mut f = Map::new();
+        f.insert("messages".into(), json!(count));
+        f.insert("deliveries".into(), json!(deliveries));
+        f.insert("expected_deliveries".into(), json!(expected));
+        f.insert("all_received_s".into(), json!(time_s));
+        f.insert("deliveries_per_s".into(), json!(rate));
+        latency_figures(&mut f, &c);
+        f.insert("server_cpu_us_per_delivery".into(), json!(per_delivery));
+        let cells = [
+            format!("{rate:.0} deliv/s"),
+            format!("all in {:.1} ms", time_s * 1e3),
+            per_unit(per_delivery, "deliv"),
+            "-".into(),
+        ];
+        Self::result(Phase::Burst, incomplete, c, time_s, &usage, f, cells)
+    }
+
+    fn targeted(&mut self) -> PhaseResult {
+        let count = u64::from(self.opts.targeted);
+        let n = u64::from(self.opts.connections);
+        let w = self.begin(0);
+        let d0 = self.delivered();
+        let base = self.targeted_sent;
+        let mut waiter = Waiter::new("targeted", &self.opts);
+        let mut incomplete = None;
+        let mut k = 0;
+        while k < count {
+            let res = self.control().and_then(|c| {
+                let ts = sys::mono_ns();
+                while k < count && c.pending() < TARGETED_BATCH {
+                    let seq = base + k;
+                    c.targeted(seq, seq % n, ts);
+                    k += 1;
+                }
+                c.flush()
+            });
+            self.targeted_sent = base + k;
+            if let Err(e) = res {
+                incomplete = Some(format!("control: {e}"));
+                break;
+            }
+            if let Wait::Over(why) = waiter.check(self.delivered() - d0, count, false, "messages received") {
+                incomplete = Some(why);
+                break;
+            }
+        }
+        while incomplete.is_none() {
+            match waiter.check(self.delivered() - d0, count, true, "messages received") {
+                Wait::Done => break,
+                Wait::Over(why) => incomplete = Some(why),
+                Wait::Pending => sleep(TICK),
+            }
+        }
+        let usage = self.usage(&w);
+        let c = self.collect();
+        let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
+        let received = c.delivered_t;
+        let rate = received as f64 / time_s.max(1e-9);
+        let per_message = usage.server.map(|s| s * 1e6 / received.max(1) as f64);
+        let mut f = Map::new();
+        f.insert("messages".into(), json!(k));
+        f.insert("received".into(), json!(received));
+        f.insert("all_received_s".into(), json!(time_s));
+        f.insert("messages_per_s".into(), json!(rate));
+        latency_figures(&mut f, &c);
+        f.insert("server_cpu_us_per_message".into(), json!(per_message));
+        let lat = &c.latency;
+        let cells = [
+            format!("{rate:.0} msg/s"),
+            format!("p50/p99 {:.1}/{:.1} ms", ms(lat.quantile(0.5)), ms(lat.quantile(0.99))),
+            per_unit(per_message, "msg"),
+            "-".into(),
+        ];
+        Self::result(Phase::Targeted, incomplete, c, time_s, &usage, f, cells)
+    }
+}
+
+fn latency_figures(f: &mut Map<String, Value>, c: &Counters) {
+    let h = &c.latency;
+    f.insert("latency_ms_p50".into(), json!(ms(h.quantile(0.50))));
+    f.insert("latency_ms_p99".into(), json!(ms(h.quantile(0.99))));
+    f.insert("latency_ms_max".into(), json!(ms(h.max())));
+}
+
+/// The value at quantile `q` of sorted values (nearest rank).
+fn pick(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn per_unit(us: Option<f64>, unit: &str) -> String {
+    us.map_or("-".into(), |v| format!("{v:.2} µs/{unit}"))
+}
+
+fn rss_cell(rss: Option<u64>) -> String {
+    rss.map_or("-".into(), |b| format!("RSS {:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(pick(&v, 0.5), 50);
+        assert_eq!(pick(&v, 0.99), 99);
+        assert_eq!(pick(&v, 1.0), 100);
+        assert_eq!(pick(&[], 0.5), 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! The capacity benchmark, `hasses-bench`, run against the real server at a small N: every
+//! scenario must complete with nothing lost, duplicated or misrouted.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The server, killed when dropped.
+struct Server {
+    child: Child,
+    sse_port: u16,
+    control_port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port at the end of `addr` (`[::]:PORT`, `127.0.0.1:PORT`).
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Starts the server on free ports and reads them from its start-up lines.
+fn start_server() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
+        .args(["--port", "0", "--control-port", "0", "--log-level", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hasses");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    // Keeps draining stderr after the start-up lines, so the server never blocks on it.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut sse_port, mut control_port) = (None, None);
+    while sse_port.is_none() || control_port.is_none() {
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not report its ports");
+            }
+        };
+        if let Some(rest) = line.split("SSE listening on ").nth(1) {
+            sse_port = rest.split_whitespace().next().and_then(port_of);
+        }
+        if let Some(rest) = line.split("Control listening on ").nth(1) {
+            control_port = rest.split_whitespace().next().and_then(port_of);
+        }
+    }
+    Server { child, sse_port: sse_port.unwrap(), control_port: control_port.unwrap() }
+}
+
+#[test]
+fn all_scenarios_at_small_n_lose_nothing() {
+    let server = start_server();
+    let json = std::env::temp_dir().join(format!("hasses-bench-test-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let out = Command::new(env!("CARGO_BIN_EXE_hasses-bench"))
+        .args(["all", "-n", "50", "--quiet"])
+        .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
+        .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
+        .args(["--server-pid", &server.child.id().to_string()])
+        .args(["--messages", "5", "--interval-ms", "20", "--burst", "20", "--targeted", "1000"])
+        .args(["--idle-secs", "0.2", "--timeout", "30", "--stall-secs", "5"])
+        .arg("--json-out")
+        .arg(&json)
+        .output()
+        .expect("run hasses-bench");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hasses-bench failed:\n{report}");
+
+    let text = std::fs::read_to_string(&json).expect("the JSON lines");
+    let _ = std::fs::remove_file(&json);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
+    assert_eq!(names, ["connect", "idle", "broadcast", "burst", "targeted"], "{report}");
+    for line in &lines {
+        for key in ["lost", "duplicated", "misrouted", "id_errors", "closed", "connect_failed"] {
+            assert_eq!(line[key], 0, "{key} in {line}\n{report}");
+        }
+        assert_eq!(line["ok"], true, "{line}\n{report}");
+    }
+    assert_eq!(lines[0]["handshaked"], 50, "{report}");
+    assert_eq!(lines[2]["deliveries"], 50 * 5, "{report}");
+    assert_eq!(lines[3]["deliveries"], 50 * 20, "{report}");
+    assert_eq!(lines[4]["received"], 1000, "{report}");
+}
+
+#[test]
+fn help_documents_every_scenario() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_hasses-bench")).arg("--help").output().expect("run hasses-bench");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all"] {
+        assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
+    }
+}
