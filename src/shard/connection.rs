@@ -68,8 +68,9 @@ pub struct Connection {
 /// What a handshaked client told us about itself, and what it has received.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Its tokens, without duplicates; `*` means every message.
-    pub tokens: Vec<Box<str>>,
+    /// Its tokens joined by `-` (which no token contains, it is the separator they were split
+    /// on): one allocation for them all, read rarely (index changes, the client list).
+    tokens: Box<str>,
     /// Its unique id (`id=`), if it gave one.
     pub id: Option<Box<str>>,
     /// Its `User-Agent`, cut as hasses does.
@@ -84,12 +85,19 @@ impl Client {
     /// The client described by a subscription request.
     pub fn from_request(request: Subscribe) -> Self {
         Client {
-            tokens: request.tokens.into_iter().map(String::into_boxed_str).collect(),
+            tokens: request.tokens.join("-").into_boxed_str(),
             id: request.id.map(String::into_boxed_str),
             user_agent: request.user_agent.into_boxed_str(),
             messages: 0,
             reinits: 0,
         }
+    }
+}
+
+impl Client {
+    /// Its tokens, without duplicates; `*` means every message.
+    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+        self.tokens.split('-').filter(|t| !t.is_empty())
     }
 }
 
@@ -129,5 +137,19 @@ impl Connection {
     /// True when `id` names this client.
     pub fn has_id(&self, id: &str) -> bool {
         self.client.id.as_deref() == Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_back_as_subscribed() {
+        let request =
+            Subscribe { tokens: vec!["*".into(), "room1".into()], id: None, user_agent: String::new() };
+        let client = Client::from_request(request);
+        assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1"]);
+        assert_eq!(Client::default().tokens().count(), 0);
     }
 }

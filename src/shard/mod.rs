@@ -344,10 +344,10 @@ impl Shard {
             if reinit { "Reinit" } else { "Handshake" },
             conn.peer,
             conn.socket.as_raw_fd(),
-            client.tokens.join(","),
+            client.tokens().collect::<Vec<_>>().join(","),
             client.id.as_deref().unwrap_or("")
         );
-        self.subscriptions.add(key, &client.tokens);
+        self.subscriptions.add(key, client.tokens());
         conn.client = client;
         conn.request = Vec::new();
         conn.phase = Phase::Streaming;
@@ -361,7 +361,7 @@ impl Shard {
     fn stop_streaming(&mut self, key: usize) {
         let conn = &self.connections[key];
         if conn.phase == Phase::Streaming {
-            self.subscriptions.remove(key, &conn.client.tokens);
+            self.subscriptions.remove(key, conn.client.tokens());
         }
     }
 
@@ -512,7 +512,7 @@ impl Shard {
 
     fn row(&self, conn: &Connection, now: Instant) -> ClientRow {
         let client = &conn.client;
-        let mut tokens: Vec<String> = client.tokens.iter().map(|t| t.to_string()).collect();
+        let mut tokens: Vec<String> = client.tokens().map(str::to_string).collect();
         // hasses lists a wildcard subscriber's `*` first.
         tokens.sort_by_key(|t| t != EVERYTHING);
         ClientRow {

@@ -13,34 +13,72 @@ use crate::control::command::Target;
 pub const EVERYTHING: &str = "*";
 
 /// Token → subscribed connection keys, plus the `*` subscribers.
+///
+/// Keys are stored as `u32` (a shard never holds 4 billion connections) and a token with one
+/// subscriber, the common case of a per-user token, keeps it inline: no allocation.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    by_token: BTreeMap<Box<str>, Vec<usize>>,
-    everything: Vec<usize>,
+    by_token: BTreeMap<Box<str>, Keys>,
+    everything: Vec<u32>,
+}
+
+/// The connections subscribed to one token.
+#[derive(Debug)]
+enum Keys {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Keys {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Keys::One(key) => std::slice::from_ref(key),
+            Keys::Many(keys) => keys,
+        }
+    }
+
+    fn push(&mut self, key: u32) {
+        match self {
+            Keys::One(first) => *self = Keys::Many(vec![*first, key]),
+            Keys::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Removes `key`; true when no key is left.
+    fn remove(&mut self, key: u32) -> bool {
+        match self {
+            Keys::One(only) => *only == key,
+            Keys::Many(keys) => {
+                remove_key(keys, key);
+                keys.is_empty()
+            }
+        }
+    }
 }
 
 impl Subscriptions {
     /// Subscribes connection `key` to each of `tokens` (already free of duplicates).
-    pub fn add(&mut self, key: usize, tokens: &[Box<str>]) {
+    pub fn add<'a>(&mut self, key: usize, tokens: impl Iterator<Item = &'a str>) {
+        let key = compact(key);
         for token in tokens {
-            if &**token == EVERYTHING {
+            if token == EVERYTHING {
                 self.everything.push(key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
                 keys.push(key);
             } else {
-                self.by_token.insert(token.clone(), vec![key]);
+                self.by_token.insert(token.into(), Keys::One(key));
             }
         }
     }
 
     /// Removes connection `key` from each of `tokens`, forgetting tokens nobody listens to.
-    pub fn remove(&mut self, key: usize, tokens: &[Box<str>]) {
+    pub fn remove<'a>(&mut self, key: usize, tokens: impl Iterator<Item = &'a str>) {
+        let key = compact(key);
         for token in tokens {
-            if &**token == EVERYTHING {
+            if token == EVERYTHING {
                 remove_key(&mut self.everything, key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
-                remove_key(keys, key);
-                if keys.is_empty() {
+                if keys.remove(key) {
                     self.by_token.remove(token);
                 }
             }
@@ -53,12 +91,13 @@ impl Subscriptions {
     /// each delivery unique. `Target::All` is not answered here: every handshaked connection
     /// is a recipient, and the shard walks its own connections for that.
     pub fn for_each_match(&self, target: &Target, mut visit: impl FnMut(usize)) {
-        self.everything.iter().copied().for_each(&mut visit);
+        let mut visit_all = |keys: &[u32]| keys.iter().for_each(|&key| visit(key as usize));
+        visit_all(&self.everything);
         match target {
             Target::All => {}
             Target::Token(token) => {
                 if let Some(keys) = self.by_token.get(token.as_str()) {
-                    keys.iter().copied().for_each(&mut visit);
+                    visit_all(keys.as_slice());
                 }
             }
             Target::Prefix(prefix) => {
@@ -67,7 +106,7 @@ impl Subscriptions {
                     if !token.starts_with(prefix.as_str()) {
                         break;
                     }
-                    keys.iter().copied().for_each(&mut visit);
+                    visit_all(keys.as_slice());
                 }
             }
         }
@@ -75,12 +114,17 @@ impl Subscriptions {
 
     /// How many connections listen to exactly `token` (`*` subscribers are not counted).
     pub fn count_exact(&self, token: &str) -> usize {
-        self.by_token.get(token).map_or(0, Vec::len)
+        self.by_token.get(token).map_or(0, |keys| keys.as_slice().len())
     }
 }
 
+/// A slab key as stored here.
+fn compact(key: usize) -> u32 {
+    u32::try_from(key).expect("a shard holds fewer than 2^32 connections")
+}
+
 /// Removes one occurrence of `key`; order within a token does not matter.
-fn remove_key(keys: &mut Vec<usize>, key: usize) {
+fn remove_key(keys: &mut Vec<u32>, key: u32) {
     if let Some(at) = keys.iter().position(|k| *k == key) {
         keys.swap_remove(at);
     }
@@ -90,8 +134,8 @@ fn remove_key(keys: &mut Vec<usize>, key: usize) {
 mod tests {
     use super::*;
 
-    fn tokens(list: &[&str]) -> Vec<Box<str>> {
-        list.iter().map(|t| Box::from(*t)).collect()
+    fn tokens<'a>(list: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+        list.iter().copied()
     }
 
     fn matches(subs: &Subscriptions, target: Target) -> Vec<usize> {
@@ -103,11 +147,11 @@ mod tests {
 
     fn index() -> Subscriptions {
         let mut subs = Subscriptions::default();
-        subs.add(1, &tokens(&["room1", "user1"]));
-        subs.add(2, &tokens(&["room2"]));
-        subs.add(3, &tokens(&["*"]));
-        subs.add(4, &tokens(&["room", "roomy"]));
-        subs.add(5, &tokens(&["rom"]));
+        subs.add(1, tokens(&["room1", "user1"]));
+        subs.add(2, tokens(&["room2"]));
+        subs.add(3, tokens(&["*"]));
+        subs.add(4, tokens(&["room", "roomy"]));
+        subs.add(5, tokens(&["rom"]));
         subs
     }
 
@@ -131,8 +175,8 @@ mod tests {
     #[test]
     fn remove_forgets_the_connection_everywhere() {
         let mut subs = index();
-        subs.remove(1, &tokens(&["room1", "user1"]));
-        subs.remove(3, &tokens(&["*"]));
+        subs.remove(1, tokens(&["room1", "user1"]));
+        subs.remove(3, tokens(&["*"]));
         assert_eq!(matches(&subs, Target::Token("room1".into())), Vec::<usize>::new());
         assert_eq!(matches(&subs, Target::Prefix("room".into())), vec![2, 4, 4]);
         assert!(!subs.by_token.contains_key("room1"));
@@ -141,7 +185,7 @@ mod tests {
     #[test]
     fn count_exact_ignores_wildcards_and_prefixes() {
         let mut subs = index();
-        subs.add(6, &tokens(&["room1"]));
+        subs.add(6, tokens(&["room1"]));
         assert_eq!(subs.count_exact("room1"), 2);
         assert_eq!(subs.count_exact("room"), 1);
         assert_eq!(subs.count_exact("*"), 0);
@@ -152,7 +196,7 @@ mod tests {
     fn a_large_index_stays_exact() {
         let mut subs = Subscriptions::default();
         for key in 0..100_000 {
-            subs.add(key, &tokens(&["all", &format!("c{key}")]));
+            subs.add(key, tokens(&["all", &format!("c{key}")]));
         }
         assert_eq!(matches(&subs, Target::Token("c4242".into())), vec![4242]);
         assert_eq!(subs.count_exact("all"), 100_000);
