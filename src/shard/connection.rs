@@ -5,7 +5,6 @@
 //! connection, the subscription index, or anything shared between threads.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::Interest;
@@ -54,10 +53,10 @@ pub struct Connection {
     pub outbox: Outbox,
     /// The interest the socket is registered with, to re-register only on change.
     pub registered: Interest,
-    /// When it connected.
-    pub connected_at: Instant,
-    /// When it last handshaked (the first time, or its last reinit).
-    pub handshaked_at: Option<Instant>,
+    /// When it connected, in seconds on the shard's clock.
+    pub connected_at: u32,
+    /// When it last handshaked (the first time, or its last reinit), likewise.
+    pub handshaked_at: Option<u32>,
     /// What it subscribed to and who it is; set by the handshake.
     pub client: Client,
     /// The shard's publish sequence number of the last message queued for it, so a client
@@ -68,13 +67,11 @@ pub struct Connection {
 /// What a handshaked client told us about itself, and what it has received.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Its tokens joined by `-` (which no token contains, it is the separator they were split
-    /// on): one allocation for them all, read rarely (index changes, the client list).
-    tokens: Box<str>,
-    /// Its unique id (`id=`), if it gave one.
-    pub id: Option<Box<str>>,
-    /// Its `User-Agent`, cut as hasses does.
-    pub user_agent: Box<str>,
+    /// Its id, User-Agent and tokens in one allocation: `id \n agent \n token-token…`.
+    /// None of them contains a line break (the request reader refuses them in the id and
+    /// tokens, HTTP forbids them in a header value), and tokens never contain the `-` they
+    /// were split on. Read on the rare paths (index changes, client list, `-UNIQ` publishes).
+    names: Box<str>,
     /// Events queued for it.
     pub messages: u64,
     /// How many times it re-handshaked.
@@ -84,26 +81,31 @@ pub struct Client {
 impl Client {
     /// The client described by a subscription request.
     pub fn from_request(request: Subscribe) -> Self {
-        Client {
-            tokens: request.tokens.join("-").into_boxed_str(),
-            id: request.id.map(String::into_boxed_str),
-            user_agent: request.user_agent.into_boxed_str(),
-            messages: 0,
-            reinits: 0,
-        }
+        let id = request.id.unwrap_or_default();
+        let agent = request.user_agent.replace('\n', " ");
+        let names = format!("{id}\n{agent}\n{}", request.tokens.join("-"));
+        Client { names: names.into_boxed_str(), messages: 0, reinits: 0 }
     }
-}
 
-impl Client {
+    /// Its unique id (`id=`); empty when it gave none.
+    pub fn id(&self) -> &str {
+        self.names.split('\n').next().unwrap_or("")
+    }
+
+    /// Its `User-Agent`, cut as hasses does; empty when absent.
+    pub fn user_agent(&self) -> &str {
+        self.names.split('\n').nth(1).unwrap_or("")
+    }
+
     /// Its tokens, without duplicates; `*` means every message.
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
-        self.tokens.split('-').filter(|t| !t.is_empty())
+        self.names.split('\n').nth(2).unwrap_or("").split('-').filter(|t| !t.is_empty())
     }
 }
 
 impl Connection {
     /// A connection that has just been accepted.
-    pub fn accepted(socket: TcpStream, peer: SocketAddr, serial: u64, now: Instant) -> Self {
+    pub fn accepted(socket: TcpStream, peer: SocketAddr, serial: u64, now: u32) -> Self {
         Connection {
             socket,
             peer,
@@ -136,7 +138,7 @@ impl Connection {
 
     /// True when `id` names this client.
     pub fn has_id(&self, id: &str) -> bool {
-        self.client.id.as_deref() == Some(id)
+        !id.is_empty() && self.client.id() == id
     }
 }
 

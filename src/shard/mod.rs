@@ -96,12 +96,14 @@ pub struct ShardHandle {
     pub waker: Arc<Waker>,
 }
 
-/// A connection that must be gone by a deadline unless it moved on since (same key and serial).
+/// A connection that must be gone by a deadline unless it moved on since: the same key and
+/// serial (the same connection) with the same reinit count (no newer handshake).
 #[derive(Debug, Clone, Copy)]
 struct Deadline {
     at: Instant,
     key: usize,
     serial: u64,
+    reinits: u32,
 }
 
 /// Counters only this shard writes.
@@ -136,6 +138,8 @@ pub struct Shard {
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
     stopping: bool,
+    /// The origin of the shard's seconds clock, which connections keep their times on.
+    started: Instant,
 }
 
 impl Shard {
@@ -168,6 +172,7 @@ impl Shard {
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
             stopping: false,
+            started: Instant::now(),
         };
         Ok((shard, handle))
     }
@@ -239,8 +244,9 @@ impl Shard {
         self.next_serial += 1;
         let serial = self.next_serial;
         info!("Connection accepted: {peer} <{}> worker {}", socket.as_raw_fd(), self.number);
-        entry.insert(Connection::accepted(socket, peer, serial, now));
-        self.handshake_deadlines.push_back(Deadline { at: now + self.shared.handshake_timeout, key, serial });
+        entry.insert(Connection::accepted(socket, peer, serial, seconds(self.started, now)));
+        let at = now + self.shared.handshake_timeout;
+        self.handshake_deadlines.push_back(Deadline { at, key, serial, reinits: 0 });
         let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.peak.fetch_max(open, Ordering::Relaxed);
     }
@@ -345,15 +351,16 @@ impl Shard {
             conn.peer,
             conn.socket.as_raw_fd(),
             client.tokens().collect::<Vec<_>>().join(","),
-            client.id.as_deref().unwrap_or("")
+            client.id()
         );
         self.subscriptions.add(key, client.tokens());
         conn.client = client;
         conn.request = Vec::new();
         conn.phase = Phase::Streaming;
-        conn.handshaked_at = Some(now);
+        conn.handshaked_at = Some(seconds(self.started, now));
         conn.outbox.push(self.shared.responses.handshake.clone());
-        self.age_deadlines.push_back(Deadline { at: now + self.shared.max_age, key, serial: conn.serial });
+        let (at, serial, reinits) = (now + self.shared.max_age, conn.serial, conn.client.reinits);
+        self.age_deadlines.push_back(Deadline { at, key, serial, reinits });
         self.flush(key);
     }
 
@@ -409,10 +416,9 @@ impl Shard {
             }
         }
         while let Some(d) = pop_due(&mut self.age_deadlines, now) {
-            let current = self.connections.get(d.key).and_then(|c| c.handshaked_at);
-            // A reinit since queued a later deadline; this one is stale.
-            let due = current.is_some_and(|at| at + self.shared.max_age <= now);
-            if self.holds(d, Phase::Streaming) && due {
+            // After a reinit, a later deadline stands for the connection; this one is stale.
+            let renewed = self.connections.get(d.key).is_some_and(|c| c.client.reinits != d.reinits);
+            if self.holds(d, Phase::Streaming) && !renewed {
                 self.close(d.key, "maximum connection age reached");
             }
         }
@@ -485,7 +491,7 @@ impl Shard {
             warn!(
                 "Slow client dropped: {} id: {} ({} bytes unsent)",
                 conn.peer,
-                conn.client.id.as_deref().unwrap_or(""),
+                conn.client.id(),
                 conn.outbox.len()
             );
             self.counters.dropped_slow += 1;
@@ -506,11 +512,16 @@ impl Shard {
     }
 
     fn client_rows(&self) -> Vec<ClientRow> {
-        let now = Instant::now();
+        let now = self.seconds(Instant::now());
         self.connections.iter().map(|(_, conn)| self.row(conn, now)).collect()
     }
 
-    fn row(&self, conn: &Connection, now: Instant) -> ClientRow {
+    /// `now` on the shard's seconds clock.
+    fn seconds(&self, now: Instant) -> u32 {
+        seconds(self.started, now)
+    }
+
+    fn row(&self, conn: &Connection, now: u32) -> ClientRow {
         let client = &conn.client;
         let mut tokens: Vec<String> = client.tokens().map(str::to_string).collect();
         // hasses lists a wildcard subscriber's `*` first.
@@ -521,10 +532,10 @@ impl Shard {
             state: conn.phase.code(),
             messages: client.messages,
             reinits: client.reinits,
-            connected_secs: now.duration_since(conn.connected_at).as_secs(),
-            handshaked_secs: conn.handshaked_at.map(|at| now.duration_since(at).as_secs()),
-            id: client.id.as_deref().unwrap_or("").to_string(),
-            agent: client.user_agent.to_string(),
+            connected_secs: u64::from(now - conn.connected_at),
+            handshaked_secs: conn.handshaked_at.map(|at| u64::from(now - at)),
+            id: client.id().to_string(),
+            agent: client.user_agent().to_string(),
             tokens,
             worker: self.number,
         }
@@ -562,8 +573,14 @@ impl Recipients<'_> {
         conn.outbox.push(frame.clone());
         conn.client.messages += 1;
         self.counters.deliveries += 1;
-        debug!("Message sent to {} id: {}", conn.peer, conn.client.id.as_deref().unwrap_or(""));
+        debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
     }
+}
+
+/// Whole seconds from `origin` to `now`: 4 bytes a connection where an `Instant` takes 16
+/// (a shard's clock runs 136 years before it saturates).
+fn seconds(origin: Instant, now: Instant) -> u32 {
+    u32::try_from(now.duration_since(origin).as_secs()).unwrap_or(u32::MAX)
 }
 
 fn pop_due(queue: &mut VecDeque<Deadline>, now: Instant) -> Option<Deadline> {
