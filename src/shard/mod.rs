@@ -312,6 +312,12 @@ impl Shard {
 
     fn answer(&mut self, key: usize, judgement: Judgement) {
         let conn = &mut self.connections[key];
+        if judgement == Judgement::Incomplete {
+            return;
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            debug!("Request from {}: {}", conn.peer, request_line(&conn.request));
+        }
         let responses = &self.shared.responses;
         let reply = match judgement {
             Judgement::Incomplete => return,
@@ -575,6 +581,13 @@ impl Recipients<'_> {
         self.counters.deliveries += 1;
         debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
     }
+}
+
+/// The first line of a request, for the debug log: printable, and short.
+fn request_line(request: &[u8]) -> String {
+    let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8_lossy(&line[..line.len().min(256)]).escape_debug().to_string()
 }
 
 /// Whole seconds from `origin` to `now`: 4 bytes a connection where an `Instant` takes 16

@@ -1,0 +1,692 @@
+//! What every end-to-end test needs: the real `hasses` binary started on free ports with its log
+//! captured, an SSE client that speaks just enough HTTP to check every byte, and the control port.
+//!
+//! Every wait has a deadline (a few seconds) and every loop a bound, so a broken server fails a
+//! test instead of hanging it. All traffic stays on loopback. Each test starts its own server, so
+//! tests run in parallel.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for something that should happen at once.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Where a log line was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output (legacy `-nodaemon`).
+    Stdout,
+    /// Standard error (modern flags).
+    Stderr,
+}
+
+/// Log lines captured from the server, in arrival order.
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    lines: Arc<Mutex<Vec<(Stream, String)>>>,
+}
+
+impl Log {
+    fn capture(&self, from: impl Read + Send + 'static, stream: Stream) {
+        let lines = Arc::clone(&self.lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push((stream, line));
+            }
+        });
+    }
+
+    /// How many lines have arrived so far: pass it to the `_from` waits to skip older lines.
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Every line so far with where it was written.
+    pub fn lines_with_stream(&self) -> Vec<(Stream, String)> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The lines from index `start` on.
+    pub fn lines_from(&self, start: usize) -> Vec<String> {
+        self.lines.lock().unwrap().iter().skip(start).map(|(_, l)| l.clone()).collect()
+    }
+
+    /// The index and text of the first line at or after `start` that matches, waiting up to `timeout`.
+    pub fn find_from(
+        &self,
+        start: usize,
+        predicate: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if let Some((i, (_, l))) =
+                    lines.iter().enumerate().skip(start).find(|(_, (_, l))| predicate(l))
+                {
+                    return Some((i, l.clone()));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The first line at or after `start` that matches; panics with the log after `timeout`.
+    pub fn wait_for_line_from(
+        &self,
+        start: usize,
+        predicate: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> (usize, String) {
+        match self.find_from(start, predicate, timeout) {
+            Some(found) => found,
+            None => panic!("no matching log line within {timeout:?}; log:\n{}", self.dump()),
+        }
+    }
+
+    /// The first line that matches; panics with the log after `timeout`.
+    pub fn wait_for_line(&self, predicate: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        self.wait_for_line_from(0, predicate, timeout).1
+    }
+
+    /// The lines of a block that starts with the line `first` and ends with the line `last`
+    /// (both included), the first such block at or after `start`.
+    pub fn wait_for_block(&self, start: usize, first: &str, last: &str) -> Vec<String> {
+        let (begin, _) = self.wait_for_line_from(start, |l| l == first, WAIT);
+        let (end, _) = self.wait_for_line_from(begin + 1, |l| l == last, WAIT);
+        self.lines.lock().unwrap()[begin..=end].iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// True when a line at or after `start` matches (no waiting).
+    pub fn has_from(&self, start: usize, predicate: impl Fn(&str) -> bool) -> bool {
+        self.lines.lock().unwrap().iter().skip(start).any(|(_, l)| predicate(l))
+    }
+
+    /// The whole log, for failure messages (the last 200 lines).
+    pub fn dump(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        let skip = lines.len().saturating_sub(200);
+        lines.iter().skip(skip).map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The running server; stopped with SIGTERM (then SIGKILL if it lingers) when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// What it logged.
+    pub log: Log,
+    /// The SSE port.
+    pub sse_port: u16,
+    /// The control port, if it has one.
+    pub control_port: Option<u16>,
+    exited: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Starts the server with modern flags on free ports: `--port 0 --control-port 0 --workers 2
+    /// --match-url /sse`, then `extra` (a later flag wins over an earlier one).
+    pub fn start(extra: &[&str]) -> Server {
+        let mut args = vec!["--port", "0", "--control-port", "0", "--workers", "2", "--match-url", "/sse"];
+        args.extend_from_slice(extra);
+        let mut server = Server::spawn(&args);
+        let (_, sse) =
+            server.log.find_from(0, |l| l.starts_with("SSE listening on "), WAIT).unwrap_or_else(|| {
+                panic!("the server did not report its SSE port; log:\n{}", server.stop_and_dump())
+            });
+        server.sse_port = port_after(&sse, "SSE listening on ").expect("an SSE port in the log line");
+        let (_, control) =
+            server.log.find_from(0, |l| l.starts_with("Control listening on "), WAIT).unwrap_or_else(|| {
+                panic!("the server did not report its control port; log:\n{}", server.stop_and_dump())
+            });
+        server.control_port = Some(port_after(&control, "Control listening on ").expect("a control port"));
+        server
+    }
+
+    /// Starts the binary with exactly `args` and waits until it says it listens. For command
+    /// lines whose ports the test chose itself (legacy flags).
+    pub fn start_with_ports(args: &[&str], sse_port: u16, control_port: Option<u16>) -> Server {
+        let mut server = Server::spawn(args);
+        if server.log.find_from(0, |l| l.contains("SSE listening on "), WAIT).is_none() {
+            panic!("the server did not start; log:\n{}", server.stop_and_dump());
+        }
+        if control_port.is_some()
+            && server.log.find_from(0, |l| l.contains("Control listening on "), WAIT).is_none()
+        {
+            panic!("the server did not open its control port; log:\n{}", server.stop_and_dump());
+        }
+        server.sse_port = sse_port;
+        server.control_port = control_port;
+        server
+    }
+
+    /// Starts the binary with exactly `args`, capturing stdout and stderr; waits for nothing.
+    pub fn spawn(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hasses");
+        let log = Log::default();
+        log.capture(child.stdout.take().expect("piped stdout"), Stream::Stdout);
+        log.capture(child.stderr.take().expect("piped stderr"), Stream::Stderr);
+        Server { child, log, sse_port: 0, control_port: None, exited: None }
+    }
+
+    /// The control port (the server must have one).
+    pub fn cport(&self) -> u16 {
+        self.control_port.expect("this server has a control port")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the server.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the server");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_some() {
+            return self.exited;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                self.exited = Some(status);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after a few seconds.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        let status = self.wait_exit(WAIT);
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        status
+    }
+
+    fn stop_and_dump(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.log.dump()
+    }
+
+    /// Sends `input` to the control port and returns every byte of the reply (see [`control`]).
+    pub fn control(&self, input: &str) -> String {
+        control(self.cport(), input)
+    }
+
+    /// Publishes a control line that expects no reply.
+    pub fn publish(&self, line: &str) {
+        let reply = self.control(&format!("{line}\n"));
+        assert_eq!(reply, "", "a publish gets no reply");
+    }
+
+    /// One `tcp…` command's JSON reply.
+    pub fn tcp_json(&self, command: &str) -> serde_json::Value {
+        tcp_json(self.cport(), command)
+    }
+
+    /// Polls the `tcp…` command `command` until `key` in its reply equals `expected`; returns the last reply.
+    pub fn wait_json(&self, command: &str, key: &str, expected: u64) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let value = self.tcp_json(command);
+            if value[key] == expected || Instant::now() >= deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A subscribed SSE client (`GET /sse?QUERY`, asserted `200`).
+    pub fn subscribe(&self, query: &str) -> SseClient {
+        SseClient::subscribe(self.sse_port, query)
+    }
+
+    /// Sends `request` on a new connection and reads the whole answer (the server must close).
+    pub fn request(&self, bytes: &[u8]) -> Response {
+        request(self.sse_port, bytes)
+    }
+}
+
+impl Drop for Server {
+    /// Cleanup only: SIGKILL, so a server that ignores SIGTERM does not slow every test down
+    /// (the SIGTERM behaviour has tests of its own).
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The port at the end of the address that follows `prefix` (`[::]:PORT`, `127.0.0.1:PORT`).
+pub fn port_after(line: &str, prefix: &str) -> Option<u16> {
+    let rest = line.split(prefix).nth(1)?;
+    let addr = rest.split_whitespace().next()?;
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// A port that was free a moment ago (for legacy command lines, which cannot ask for port 0).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A path under the temp directory that no other test uses (nothing is created there).
+pub fn temp_path(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    std::env::temp_dir().join(format!("hasses-test-{}-{n}-{nanos}-{name}", std::process::id()))
+}
+
+/// Removes a file when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// A fresh path (see [`temp_path`]), removed when dropped.
+    pub fn new(name: &str) -> TempFile {
+        TempFile(temp_path(name))
+    }
+
+    /// The path as text, for a command line.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `text` to the FIFO at `path` (the server holds it open, so this does not block).
+pub fn write_fifo(path: &Path, text: &[u8]) {
+    let mut fifo = std::fs::OpenOptions::new().write(true).open(path).expect("open the FIFO for writing");
+    fifo.write_all(text).expect("write to the FIFO");
+}
+
+/// Connects to 127.0.0.1:`port` with read and write timeouts.
+pub fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the server");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Sends `input` to the control port, shuts down writing, and returns the reply read to EOF.
+pub fn control(port: u16, input: &str) -> String {
+    control_bytes(port, &[input.as_bytes()], Duration::ZERO)
+}
+
+/// Sends each piece in its own write, `pause` apart, then shuts down writing and reads to EOF.
+pub fn control_bytes(port: u16, pieces: &[&[u8]], pause: Duration) -> String {
+    let mut stream = connect(port);
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        stream.write_all(piece).expect("write to the control port");
+    }
+    stream.shutdown(Shutdown::Write).expect("shut down writing");
+    let bytes = read_to_eof(&mut stream, Vec::new(), WAIT).expect("the control port closes after replying");
+    String::from_utf8(bytes).expect("a UTF-8 reply")
+}
+
+/// The JSON reply of one `tcp…` command, which must be one line.
+pub fn tcp_json(port: u16, command: &str) -> serde_json::Value {
+    let reply = control(port, &format!("{command}\n"));
+    assert!(reply.ends_with('\n'), "the reply to {command} ends with a newline: {reply:?}");
+    assert_eq!(reply.matches('\n').count(), 1, "one line in reply to {command}: {reply:?}");
+    serde_json::from_str(reply.trim_end())
+        .unwrap_or_else(|e| panic!("invalid JSON for {command}: {e}: {reply}"))
+}
+
+/// Reads until EOF (or a reset), appending to `buf`; `None` if the peer kept it open past `timeout`.
+pub fn read_to_eof(stream: &mut TcpStream, mut buf: Vec<u8>, timeout: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => return Some(buf),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return None,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(buf),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// A parsed HTTP response head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The status line, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    /// The status code.
+    pub status: u16,
+    /// Header lines in order, as (name, value).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn parse(text: &str) -> Head {
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or_default().to_string();
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            panic!("not an HTTP status line: {status_line:?} in {text:?}");
+        });
+        assert!(status_line.starts_with("HTTP/1.1 "), "status line {status_line:?}");
+        let headers = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (name, value) =
+                    l.split_once(':').unwrap_or_else(|| panic!("malformed header line {l:?}"));
+                (name.to_string(), value.trim().to_string())
+            })
+            .collect();
+        Head { status_line, status, headers }
+    }
+
+    /// The value of header `name` (case-insensitive), if present once; panics if repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let first = found.next().map(|(_, v)| v.as_str());
+        assert!(found.next().is_none(), "header {name} repeated in {:?}", self.headers);
+        first
+    }
+
+    /// The header names, lowercased.
+    pub fn names(&self) -> Vec<String> {
+        self.headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
+    }
+}
+
+/// A whole response to a request the server answers and closes.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Its head.
+    pub head: Head,
+    /// Everything after the head.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+}
+
+/// Splits `bytes` at the end of the first head (`\r\n\r\n`).
+fn split_head(bytes: &[u8]) -> Option<(Head, Vec<u8>)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = std::str::from_utf8(&bytes[..end]).expect("a UTF-8 response head");
+    Some((Head::parse(text), bytes[end + 4..].to_vec()))
+}
+
+/// Sends `request` on a new connection; reads the answer to EOF (panics if the server keeps the
+/// connection open for more than a few seconds).
+pub fn request(port: u16, request: &[u8]) -> Response {
+    let mut stream = connect(port);
+    stream.write_all(request).expect("send the request");
+    let bytes = read_to_eof(&mut stream, Vec::new(), WAIT).unwrap_or_else(|| {
+        panic!("the server did not close after answering {:?}", String::from_utf8_lossy(request))
+    });
+    let (head, body) = split_head(&bytes)
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&bytes)));
+    Response { head, body }
+}
+
+/// `GET /sse?QUERY HTTP/1.1` as a browser's EventSource sends it.
+pub fn get_request(query: &str) -> String {
+    format!(
+        "GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\
+         Cache-Control: no-cache\r\nConnection: keep-alive\r\nUser-Agent: hasses-test\r\n\r\n"
+    )
+}
+
+/// One event as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its `id:`.
+    pub id: u64,
+    /// Its `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// Why no event came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoEvent {
+    /// Nothing within the time given.
+    Timeout,
+    /// The server closed the connection.
+    Closed,
+}
+
+/// An SSE client that checks the chunked framing of every event.
+pub struct SseClient {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Bytes read but not consumed yet.
+    buf: Vec<u8>,
+    /// The handshake's response head.
+    pub head: Option<Head>,
+}
+
+impl SseClient {
+    /// A connection on which nothing has been sent yet.
+    pub fn connect(port: u16) -> SseClient {
+        SseClient { stream: connect(port), buf: Vec::new(), head: None }
+    }
+
+    /// Wraps a connection made elsewhere (e.g. with socket options of its own).
+    pub fn from_stream(stream: TcpStream) -> SseClient {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        SseClient { stream, buf: Vec::new(), head: None }
+    }
+
+    /// Connects, sends `GET /sse?QUERY`, and asserts the `200` handshake.
+    pub fn subscribe(port: u16, query: &str) -> SseClient {
+        let mut client = SseClient::connect(port);
+        client.handshake(get_request(query).as_bytes());
+        client
+    }
+
+    /// Sends `request` and asserts the answer is the `200` handshake.
+    pub fn handshake(&mut self, request: &[u8]) -> &Head {
+        self.send(request);
+        let head = self.read_head(WAIT).unwrap_or_else(|| {
+            panic!("no response head to {:?}", String::from_utf8_lossy(request));
+        });
+        assert_eq!(head.status_line, "HTTP/1.1 200 OK", "handshake refused: {head:?}");
+        self.head = Some(head);
+        self.head.as_ref().unwrap()
+    }
+
+    /// Writes bytes to the server.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the server");
+    }
+
+    /// Reads more bytes; false on EOF or reset. Errors with `Timeout` after `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<bool, NoEvent> {
+        let left = deadline.checked_duration_since(Instant::now()).ok_or(NoEvent::Timeout)?;
+        self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(NoEvent::Timeout)
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(false),
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Reads a response head (also one that arrives in the middle of the stream, as after a
+    /// reinit); `None` on timeout or close.
+    pub fn read_head(&mut self, timeout: Duration) -> Option<Head> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((head, rest)) = split_head(&self.buf) {
+                self.buf = rest;
+                return Some(head);
+            }
+            if !self.fill(deadline).ok()? {
+                return None;
+            }
+        }
+    }
+
+    /// The next event, checking its chunk framing exactly.
+    pub fn try_next_event(&mut self, timeout: Duration) -> Result<Event, NoEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.take_event() {
+                return Ok(event);
+            }
+            if !self.fill(deadline)? {
+                assert!(self.buf.is_empty(), "the stream ended inside a chunk: {:?}", self.preview());
+                return Err(NoEvent::Closed);
+            }
+        }
+    }
+
+    /// The next event; panics if none comes within a few seconds.
+    pub fn next_event(&mut self) -> Event {
+        match self.try_next_event(WAIT) {
+            Ok(event) => event,
+            Err(why) => panic!("no event: {why:?}"),
+        }
+    }
+
+    /// The data of the next event.
+    pub fn next_data(&mut self) -> String {
+        self.next_event().data
+    }
+
+    /// Asserts the next event carries `data`.
+    pub fn expect_data(&mut self, data: &str) -> Event {
+        let event = self.next_event();
+        assert_eq!(event.data, data, "unexpected event {event:?}");
+        event
+    }
+
+    /// Waits until the server closes the connection, discarding what arrives; false on timeout.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.buf.clear();
+            match self.fill(deadline) {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// True when the connection is still open after `wait` (and nothing arrived on it).
+    pub fn still_open_after(&mut self, wait: Duration) -> bool {
+        matches!(self.try_next_event(wait), Err(NoEvent::Timeout)) && self.buf.is_empty()
+    }
+
+    fn preview(&self) -> String {
+        String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)]).into_owned()
+    }
+
+    /// Takes one complete chunk out of the buffer, checking every byte of its framing.
+    fn take_event(&mut self) -> Option<Event> {
+        let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("a chunk size line");
+        let size = usize::from_str_radix(size_text, 16)
+            .unwrap_or_else(|_| panic!("not a chunk size: {size_text:?} in {:?}", self.preview()));
+        let start = line_end + 2;
+        if self.buf.len() < start + size + 2 {
+            return None;
+        }
+        assert_eq!(
+            &self.buf[start + size..start + size + 2],
+            b"\r\n",
+            "chunk not ended by CRLF: {:?}",
+            self.preview()
+        );
+        let payload = String::from_utf8(self.buf[start..start + size].to_vec()).expect("a UTF-8 event");
+        self.buf.drain(..start + size + 2);
+        Some(parse_event(&payload))
+    }
+}
+
+/// `id: N\ndata: …\n(data: …\n)*\n` → the event.
+fn parse_event(payload: &str) -> Event {
+    let body = payload
+        .strip_suffix("\n\n")
+        .unwrap_or_else(|| panic!("event not ended by a blank line: {payload:?}"));
+    let mut lines = body.split('\n');
+    let id_line = lines.next().unwrap();
+    let id = id_line
+        .strip_prefix("id: ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("event does not start with a numeric id: {payload:?}"));
+    let data: Vec<&str> = lines
+        .map(|l| l.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data line {l:?} in {payload:?}")))
+        .collect();
+    assert!(!data.is_empty(), "event without data: {payload:?}");
+    Event { id, data: data.join("\n") }
+}
+
+/// The uid this test runs as (the server reports its own, the same).
+pub fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
