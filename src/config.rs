@@ -71,6 +71,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Close a handshaked connection this long after its (last) handshake (`--max-age`, 3600 s).
     pub max_age: Duration,
+    /// Send every streaming client an SSE comment this often, so proxies with idle timeouts
+    /// keep the stream and dead peers are found (`--heartbeat`, 30 s; `None` with 0).
+    pub heartbeat: Option<Duration>,
     /// Drop a client whose unsent bytes exceed this (`--max-backlog`, 1 MiB).
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
@@ -247,6 +250,9 @@ struct Cli {
     /// Close a handshaked connection SECS after its last handshake [default: 3600]
     #[arg(long, value_name = "SECS")]
     max_age: Option<String>,
+    /// Send each stream an SSE comment every SECS, for proxies' idle timeouts; 0: never [default: 30]
+    #[arg(long, value_name = "SECS")]
+    heartbeat: Option<String>,
     /// The longest message; longer ones are refused [default: 65536]
     #[arg(long, value_name = "BYTES")]
     max_message: Option<String>,
@@ -574,6 +580,9 @@ impl Given {
                 .value("handshake-timeout", &cli.handshake_timeout, seconds)?
                 .unwrap_or(Duration::from_secs(20)),
             max_age: self.value("max-age", &cli.max_age, seconds)?.unwrap_or(Duration::from_secs(3600)),
+            heartbeat: self
+                .value("heartbeat", &cli.heartbeat, interval)?
+                .unwrap_or(Some(Duration::from_secs(30))),
             max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
             limits: Limits {
                 max_message: self
@@ -755,6 +764,14 @@ fn seconds(text: &str) -> Result<Duration, &'static str> {
         .ok_or("must be a number of seconds above 0")
 }
 
+/// An interval in seconds, or 0 for never.
+fn interval(text: &str) -> Result<Option<Duration>, &'static str> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs == 0.0 => Ok(None),
+        _ => seconds(text).map(Some).map_err(|_| "must be a number of seconds, 0 for never"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -876,6 +893,7 @@ mod tests {
         assert!(!config.pin_cpus);
         assert_eq!(config.handshake_timeout, Duration::from_secs(20));
         assert_eq!(config.max_age, Duration::from_secs(3600));
+        assert_eq!(config.heartbeat, Some(Duration::from_secs(30)));
         assert_eq!(config.max_backlog, 1 << 20);
         assert_eq!(config.limits, Limits { max_message: 65536 });
     }
@@ -886,7 +904,7 @@ mod tests {
                     --bind 127.0.0.1 --fifo /tmp/f --fifo-mode 600 --separator - --log-level 2 \
                     --log-file /tmp/l --pidfile /tmp/p --cors-base https://a.example --reinit \
                     --user www --workers 3 --pin-cpus --handshake-timeout 0.5 --max-age 10 \
-                    --max-message 100 --max-backlog 1000";
+                    --max-message 100 --max-backlog 1000 --heartbeat 0";
         let config = run(&line.split_whitespace().collect::<Vec<_>>());
         assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
         assert_eq!(config.match_url, "/events");
@@ -905,6 +923,7 @@ mod tests {
         assert!(config.pin_cpus);
         assert_eq!(config.handshake_timeout, Duration::from_millis(500));
         assert_eq!(config.max_age, Duration::from_secs(10));
+        assert_eq!(config.heartbeat, None);
         assert_eq!(config.limits.max_message, 100);
         assert_eq!(config.max_backlog, 1000);
     }
@@ -1084,6 +1103,7 @@ mod tests {
             (&["--handshake-timeout", "0"], "--handshake-timeout: must be a number of seconds above 0: 0"),
             (&["--max-age=-1"], "--max-age: must be a number of seconds above 0: -1"),
             (&["--max-age", "inf"], "--max-age: must be a number of seconds above 0: inf"),
+            (&["--heartbeat", "-1"], "--heartbeat: must be a number of seconds, 0 for never: -1"),
             (&["--user", "a\u{7}"], "--user: must not contain control characters: a\u{7}"),
         ];
         for (args, message) in cases {

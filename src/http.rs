@@ -360,6 +360,7 @@ impl Responses {
              Access-Control-Allow-Headers: {ALLOWED_HEADERS}\r\n"
         );
         // HEAD gets the same head as GET, so that a client can see what it would get.
+        // `X-Accel-Buffering: no` (ours) stops nginx from holding events back in its buffers.
         let stream = Bytes::from(format!(
             "HTTP/1.1 200 OK\r\n\
              Server: hasses\r\n\
@@ -368,7 +369,8 @@ impl Responses {
              Keep-Alive: timeout=300, max=100\r\n\
              Connection: Keep-Alive\r\n\
              Transfer-Encoding: chunked\r\n\
-             Content-Type: text/event-stream\r\n\r\n"
+             Content-Type: text/event-stream\r\n\
+             X-Accel-Buffering: no\r\n\r\n"
         ));
         let options = Bytes::from(format!(
             "HTTP/1.1 200 OK\r\n\
@@ -482,6 +484,7 @@ mod tests {
         Connection: Keep-Alive\r\n\
         Transfer-Encoding: chunked\r\n\
         Content-Type: text/event-stream\r\n\
+        X-Accel-Buffering: no\r\n\
         \r\n";
 
     #[test]

@@ -47,6 +47,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let log_guard = sink.install(config.log_level);
     let running = server::start(config, bound)?;
+    server::notify_systemd("READY=1");
     for signal in signals.forever() {
         if signal != SIGHUP {
             break;
@@ -57,6 +58,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     info!(target: REPORT, "Shutting down");
+    server::notify_systemd("STOPPING=1");
     running.shutdown();
     if let Some(path) = &config.pidfile {
         if let Err(e) = std::fs::remove_file(path) {

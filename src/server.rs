@@ -178,6 +178,24 @@ pub fn drop_privileges(user: &str) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Tells systemd (`Type=notify`) our state, e.g. `READY=1`, when it gave us `NOTIFY_SOCKET`.
+/// The sd-notify protocol is one datagram; an error is logged and otherwise ignored.
+pub fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let bytes = path.as_encoded_bytes();
+    // A leading `@` names a socket in the abstract namespace.
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => UnixAddr::from_abstract_name(name),
+        None => UnixAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound().and_then(|socket| socket.send_to_addr(state.as_bytes(), &addr?));
+    if let Err(e) = sent {
+        tracing::warn!("Cannot notify systemd ({}): {e}", path.to_string_lossy());
+    }
+}
+
 /// The running threads.
 pub struct Running {
     control: ControlStop,
@@ -192,6 +210,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         max_backlog: config.max_backlog,
         handshake_timeout: config.handshake_timeout,
         max_age: config.max_age,
+        heartbeat: config.heartbeat,
         reinit: AtomicBool::new(config.reinit),
         open: AtomicU64::new(0),
         peak: AtomicU64::new(0),

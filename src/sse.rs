@@ -108,6 +108,12 @@ impl<'a> Iterator for DataLines<'a> {
     }
 }
 
+/// The chunk of an SSE comment (`:` and a blank line): EventSource ignores it, while proxies
+/// and load balancers see traffic on an idle stream and a dead peer shows up as a failed write.
+pub fn heartbeat() -> Frame {
+    Bytes::from_static(b"3\r\n:\n\n\r\n")
+}
+
 /// Hands out event ids: numeric, strictly increasing within a run and across restarts.
 ///
 /// Ids are the run's start time in microseconds since the Unix epoch plus a counter, so a later

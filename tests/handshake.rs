@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{get_request, read_to_eof, Response, Server, SseClient, WAIT};
 
-/// The handshake headers hasses sends, in its order, for CORS base `*`.
-const HANDSHAKE_HEADERS: [(&str, &str); 8] = [
+/// The handshake headers hasses sends, in its order, for CORS base `*`, then ours.
+const HANDSHAKE_HEADERS: [(&str, &str); 9] = [
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Allow-Methods", "GET"),
     ("Access-Control-Allow-Headers", "cache-control, last-event-id, X-Requested-With"),
@@ -20,6 +20,7 @@ const HANDSHAKE_HEADERS: [(&str, &str); 8] = [
     ("Connection", "Keep-Alive"),
     ("Transfer-Encoding", "chunked"),
     ("Content-Type", "text/event-stream"),
+    ("X-Accel-Buffering", "no"),
 ];
 
 /// Headers whose values are ours to choose.

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::command::Target;
 use crate::http::{self, Judgement, Responses, Route};
-use crate::sse::Frame;
+use crate::sse::{self, Frame};
 use crate::stats::{ClientRow, ShardFigures};
 use connection::{Client, Connection, Phase};
 use outbox::Flushed;
@@ -53,6 +53,8 @@ pub struct Shared {
     pub handshake_timeout: Duration,
     /// A handshaked connection is closed this long after its last handshake.
     pub max_age: Duration,
+    /// Every streaming client with nothing queued gets a comment this often.
+    pub heartbeat: Option<Duration>,
     /// Whether a handshaked connection may send a new `GET` to re-handshake.
     pub reinit: AtomicBool,
     /// Open connections across all shards, to know the peak (touched on accept and close only).
@@ -140,6 +142,8 @@ pub struct Shard {
     stopping: bool,
     /// The origin of the shard's seconds clock, which connections keep their times on.
     started: Instant,
+    /// When idle streams next get a heartbeat comment.
+    next_heartbeat: Option<Instant>,
 }
 
 impl Shard {
@@ -161,7 +165,6 @@ impl Shard {
             listener,
             commands,
             _waker: waker,
-            shared,
             connections: Slab::new(),
             subscriptions: Subscriptions::default(),
             handshake_deadlines: VecDeque::new(),
@@ -173,6 +176,8 @@ impl Shard {
             read_buf: Box::new([0; READ_CHUNK]),
             stopping: false,
             started: Instant::now(),
+            next_heartbeat: shared.heartbeat.map(|every| Instant::now() + every),
+            shared,
         };
         Ok((shard, handle))
     }
@@ -199,7 +204,9 @@ impl Shard {
                     }
                 }
             }
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
+            self.beat(now);
         }
         self.close_all();
         Ok(())
@@ -207,10 +214,10 @@ impl Shard {
 
     fn next_deadline(&self) -> Option<Instant> {
         let first = |q: &VecDeque<Deadline>| q.front().map(|d| d.at);
-        match (first(&self.handshake_deadlines), first(&self.age_deadlines)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [first(&self.handshake_deadlines), first(&self.age_deadlines), self.next_heartbeat]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn accept_all(&mut self) {
@@ -427,6 +434,27 @@ impl Shard {
             if self.holds(d, Phase::Streaming) && !renewed {
                 self.close(d.key, "maximum connection age reached");
             }
+        }
+    }
+
+    /// Sends the heartbeat comment to every stream with nothing queued (one that has bytes
+    /// waiting is not idle), once per interval: one pass per interval, like a broadcast.
+    fn beat(&mut self, now: Instant) {
+        let (Some(due), Some(every)) = (self.next_heartbeat, self.shared.heartbeat) else { return };
+        if due > now {
+            return;
+        }
+        self.next_heartbeat = Some(now + every);
+        let idle: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Streaming && c.outbox.is_empty())
+            .map(|(key, _)| key)
+            .collect();
+        let frame = sse::heartbeat();
+        for key in idle {
+            self.connections[key].outbox.push(frame.clone());
+            self.flush(key);
         }
     }
 

@@ -1,0 +1,75 @@
+//! What operations rely on: heartbeats on idle streams, and readiness told to systemd.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connect, get_request, temp_path, Server};
+
+const HEARTBEAT: &[u8] = b"3\r\n:\n\n\r\n";
+
+/// Reads from a fresh subscription for `window`, returning everything that arrived.
+fn stream_for(server: &Server, window: Duration) -> Vec<u8> {
+    let mut stream = connect(server.sse_port);
+    std::io::Write::write_all(&mut stream, get_request("subscribe=idle").as_bytes()).unwrap();
+    let deadline = Instant::now() + window;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+        }
+    }
+    received
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+#[test]
+fn an_idle_stream_gets_heartbeat_comments() {
+    let server = Server::start(&["--heartbeat", "0.3", "--workers", "1"]);
+    let received = stream_for(&server, Duration::from_millis(1500));
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&received));
+    let beats = count(&received, HEARTBEAT);
+    assert!((2..=6).contains(&beats), "{beats} heartbeats in 1.5 s at 0.3 s");
+    // Comments are not messages: nothing was sent as far as the figures go.
+    assert_eq!(server.tcp_json("tcpstatus")["msgsendcnt"], 0);
+}
+
+#[test]
+fn heartbeat_zero_sends_none() {
+    let server = Server::start(&["--heartbeat", "0"]);
+    let received = stream_for(&server, Duration::from_millis(800));
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(count(&received, HEARTBEAT), 0);
+}
+
+#[test]
+fn readiness_and_stopping_are_told_to_systemd() {
+    let socket_path = temp_path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(common::WAIT)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
+        .args(["--port", "0", "--control-port", "0", "--log-level", "0"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let ready = socket.recv(&mut buf).map(|n| buf[..n].to_vec());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    let stopping = socket.recv(&mut buf).map(|n| buf[..n].to_vec());
+    let status = child.wait().unwrap();
+    std::fs::remove_file(&socket_path).unwrap();
+    assert_eq!(ready.unwrap(), b"READY=1");
+    assert_eq!(stopping.unwrap(), b"STOPPING=1");
+    assert!(status.success());
+}
