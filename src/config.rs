@@ -767,7 +767,7 @@ fn seconds(text: &str) -> Result<Duration, &'static str> {
 /// An interval in seconds, or 0 for never.
 fn interval(text: &str) -> Result<Option<Duration>, &'static str> {
     match text.parse::<f64>() {
-        Ok(secs) if secs == 0.0 => Ok(None),
+        Ok(0.0) => Ok(None),
         _ => seconds(text).map(Some).map_err(|_| "must be a number of seconds, 0 for never"),
     }
 }

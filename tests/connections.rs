@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Server, SseClient, WAIT};
@@ -167,37 +168,46 @@ fn a_client_that_never_reads_is_dropped_at_the_backlog_cap() {
     let mut slow = SseClient::from_stream(socket.into());
     slow.handshake(common::get_request("subscribe=t&id=slow").as_bytes());
 
-    // The reader: reads everything, in order, on its own thread.
+    // The reader: reads everything, in order, on its own thread. The publisher waits for it
+    // after each message, so it is never more than one message behind, however loaded the
+    // machine: only the slow client can go over the cap.
     let mut reader = server.subscribe("subscribe=t&id=reader");
-    let (tx, rx) = mpsc::channel();
-    let reading = std::thread::spawn(move || {
-        let mut count = 0u32;
-        loop {
+    let received = Arc::new(AtomicU32::new(0));
+    let reading = {
+        let received = Arc::clone(&received);
+        std::thread::spawn(move || loop {
             let event = reader.next_event();
             if event.data == "done" {
-                let _ = tx.send(count);
                 return reader;
             }
+            let count = received.load(Ordering::SeqCst);
             assert_eq!(event.data.split(':').next(), Some(count.to_string().as_str()), "in order");
-            count += 1;
+            received.store(count + 1, Ordering::SeqCst);
+        })
+    };
+    let wait_for_reader = |count: u32| {
+        let deadline = Instant::now() + WAIT;
+        while received.load(Ordering::SeqCst) < count {
+            assert!(Instant::now() < deadline, "the reader is stuck at {}", received.load(Ordering::SeqCst));
+            std::thread::sleep(Duration::from_micros(200));
         }
-    });
+    };
 
     let payload = "x".repeat(16 * 1024);
     let mut published = 0u32;
-    let mut dropped = false;
-    while published < 2000 && !dropped {
+    let mut dropped = 0;
+    while published < 2000 && dropped == 0 {
         server.publish(&format!("t={published}:{payload}"));
         published += 1;
+        wait_for_reader(published);
         if published % 8 == 0 {
-            dropped = server.tcp_json("tcpstatus")["droppedslowcli"] == 1;
+            dropped = server.tcp_json("tcpstatus")["droppedslowcli"].as_u64().unwrap();
         }
     }
-    assert!(dropped, "the slow client was not dropped after {published} messages of 16 KiB");
+    assert_eq!(dropped, 1, "the slow client (only) was dropped, after {published} messages of 16 KiB");
     server.publish("t=done");
-    let received = rx.recv_timeout(Duration::from_secs(10)).expect("the reader finished");
-    let _reader = reading.join().unwrap();
-    assert_eq!(received, published, "the reading client got every message");
+    let _reader = reading.join().expect("the reader received every message in order");
+    assert_eq!(received.load(Ordering::SeqCst), published, "the reading client got every message");
 
     let status = server.tcp_json("tcpstatus");
     assert_eq!(status["droppedslowcli"], 1, "{status}");
