@@ -1103,7 +1103,8 @@ mod tests {
             (&["--handshake-timeout", "0"], "--handshake-timeout: must be a number of seconds above 0: 0"),
             (&["--max-age=-1"], "--max-age: must be a number of seconds above 0: -1"),
             (&["--max-age", "inf"], "--max-age: must be a number of seconds above 0: inf"),
-            (&["--heartbeat", "-1"], "--heartbeat: must be a number of seconds, 0 for never: -1"),
+            (&["--heartbeat=-1"], "--heartbeat: must be a number of seconds, 0 for never: -1"),
+            (&["--heartbeat", "soon"], "--heartbeat: must be a number of seconds, 0 for never: soon"),
             (&["--user", "a\u{7}"], "--user: must not contain control characters: a\u{7}"),
         ];
         for (args, message) in cases {
