@@ -74,6 +74,10 @@ pub struct Config {
     /// Send every streaming client an SSE comment this often, so proxies with idle timeouts
     /// keep the stream and dead peers are found (`--heartbeat`, 30 s; `None` with 0).
     pub heartbeat: Option<Duration>,
+    /// Let the kernel hold a new connection until its request arrives, at most this long
+    /// (`--defer-accept`, TCP_DEFER_ACCEPT; off by default: such connections are not counted
+    /// until then, which hasses' figures would count).
+    pub defer_accept: Option<Duration>,
     /// Drop a client whose unsent bytes exceed this (`--max-backlog`, 1 MiB).
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
@@ -253,6 +257,10 @@ struct Cli {
     /// Send each stream an SSE comment every SECS, for proxies' idle timeouts; 0: never [default: 30]
     #[arg(long, value_name = "SECS")]
     heartbeat: Option<String>,
+    /// Accept a connection only once its request arrived, waiting at most SECS (TCP_DEFER_ACCEPT):
+    /// fewer wake-ups per connection; silent connections are not counted meanwhile [default: 0, off]
+    #[arg(long, value_name = "SECS")]
+    defer_accept: Option<String>,
     /// The longest message; longer ones are refused [default: 65536]
     #[arg(long, value_name = "BYTES")]
     max_message: Option<String>,
@@ -583,6 +591,7 @@ impl Given {
             heartbeat: self
                 .value("heartbeat", &cli.heartbeat, interval)?
                 .unwrap_or(Some(Duration::from_secs(30))),
+            defer_accept: self.value("defer-accept", &cli.defer_accept, interval)?.flatten(),
             max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
             limits: Limits {
                 max_message: self
@@ -894,6 +903,7 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_secs(20));
         assert_eq!(config.max_age, Duration::from_secs(3600));
         assert_eq!(config.heartbeat, Some(Duration::from_secs(30)));
+        assert_eq!(config.defer_accept, None);
         assert_eq!(config.max_backlog, 1 << 20);
         assert_eq!(config.limits, Limits { max_message: 65536 });
     }
@@ -904,7 +914,7 @@ mod tests {
                     --bind 127.0.0.1 --fifo /tmp/f --fifo-mode 600 --separator - --log-level 2 \
                     --log-file /tmp/l --pidfile /tmp/p --cors-base https://a.example --reinit \
                     --user www --workers 3 --pin-cpus --handshake-timeout 0.5 --max-age 10 \
-                    --max-message 100 --max-backlog 1000 --heartbeat 0";
+                    --max-message 100 --max-backlog 1000 --heartbeat 0 --defer-accept 5";
         let config = run(&line.split_whitespace().collect::<Vec<_>>());
         assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
         assert_eq!(config.match_url, "/events");
@@ -924,6 +934,7 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_millis(500));
         assert_eq!(config.max_age, Duration::from_secs(10));
         assert_eq!(config.heartbeat, None);
+        assert_eq!(config.defer_accept, Some(Duration::from_secs(5)));
         assert_eq!(config.limits.max_message, 100);
         assert_eq!(config.max_backlog, 1000);
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info};
@@ -97,15 +97,51 @@ pub fn bind(config: &Config) -> Result<Bound, StartError> {
     if config.sse_addr.port() != 0 {
         ensure_port_free(config.sse_addr)?;
     }
-    let first = listen(config.sse_addr, true)?;
+    let first = listen_sse(config.sse_addr, config.defer_accept)?;
     let addr = first.local_addr().map_err(|source| StartError::Listen { addr: config.sse_addr, source })?;
     let mut sse = vec![first];
     for _ in 1..config.workers {
-        sse.push(listen(addr, true)?);
+        sse.push(listen_sse(addr, config.defer_accept)?);
     }
     let control = config.control_addr.map(|addr| listen(addr, false)).transpose()?;
     let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
     Ok(Bound { sse, control, fifo })
+}
+
+/// A worker's SSE listener: a share of the port, with what every accepted socket inherits.
+fn listen_sse(addr: SocketAddr, defer: Option<Duration>) -> Result<TcpListener, StartError> {
+    let listener = Socket::from(listen(addr, true)?);
+    let fail = |source| StartError::Listen { addr, source };
+    // Events are small and written whole: send each at once. Set here, it is inherited by
+    // every accepted socket, without a setsockopt per connection.
+    listener.set_nodelay(true).map_err(fail)?;
+    if let Some(defer) = defer {
+        defer_accept(&listener, defer).map_err(fail)?;
+    }
+    Ok(listener.into())
+}
+
+/// Asks the kernel to hand over a connection only once its first bytes (the request) arrived:
+/// the worker then accepts and reads in one wake-up instead of two.
+fn defer_accept(socket: &Socket, wait: Duration) -> io::Result<()> {
+    use nix::libc::{c_int, c_void, setsockopt, socklen_t, IPPROTO_TCP, TCP_DEFER_ACCEPT};
+    use std::os::fd::AsRawFd;
+    let seconds = c_int::try_from(wait.as_secs().max(1)).unwrap_or(c_int::MAX);
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its exact size.
+    let rc = unsafe {
+        setsockopt(
+            socket.as_raw_fd(),
+            IPPROTO_TCP,
+            TCP_DEFER_ACCEPT,
+            (&seconds as *const c_int).cast::<c_void>(),
+            std::mem::size_of::<c_int>() as socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn listen(addr: SocketAddr, shared_port: bool) -> Result<TcpListener, StartError> {
@@ -211,9 +247,11 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         handshake_timeout: config.handshake_timeout,
         max_age: config.max_age,
         heartbeat: config.heartbeat,
+        read_on_accept: config.defer_accept.is_some(),
         reinit: AtomicBool::new(config.reinit),
         open: AtomicU64::new(0),
         peak: AtomicU64::new(0),
+        published: AtomicU64::new(0),
     });
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let control_addr = bound.control_addr();

@@ -73,3 +73,14 @@ fn readiness_and_stopping_are_told_to_systemd() {
     assert_eq!(stopping.unwrap(), b"STOPPING=1");
     assert!(status.success());
 }
+
+#[test]
+fn deferred_accepts_still_serve_and_leave_silent_connections_uncounted() {
+    let server = Server::start(&["--defer-accept", "5"]);
+    let _silent = connect(server.sse_port);
+    let mut client = server.subscribe("subscribe=a");
+    server.publish("a=hello");
+    client.expect_data("hello");
+    // The kernel holds the silent connection until it sends its request.
+    assert_eq!(server.tcp_json("tcpnumberofclients")["numberofclients"], 1);
+}

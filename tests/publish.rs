@@ -391,7 +391,7 @@ fn a_thousand_messages_reach_clients_on_every_shard_in_order() {
 #[test]
 fn a_message_published_before_a_handshake_never_reaches_that_client() {
     let server = Server::start(&["--workers", "4"]);
-    for round in 0..20 {
+    for round in 0..100 {
         let mut pending: Vec<SseClient> = (0..8).map(|_| SseClient::connect(server.sse_port)).collect();
         for client in &mut pending {
             client.send(b"GET /sse?subscribe=a HTTP/1.1\r\n");

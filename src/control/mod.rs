@@ -361,7 +361,9 @@ impl Control {
             publish.message.len()
         );
         let frame = encode_event(id, &publish.message);
-        self.shards.publish(Delivery { target: publish.target, except: publish.except, frame });
+        // Before any shard can see it: a handshake from now on is later than this publish.
+        self.shared.published.store(id, Ordering::Release);
+        self.shards.publish(Delivery { id, target: publish.target, except: publish.except, frame });
     }
 
     fn figures(&mut self) -> ShardFigures {

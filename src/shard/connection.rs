@@ -59,8 +59,9 @@ pub struct Connection {
     pub handshaked_at: Option<u32>,
     /// What it subscribed to and who it is; set by the handshake.
     pub client: Client,
-    /// The shard's publish sequence number of the last message queued for it, so a client
-    /// that matches a publish through several tokens gets it once.
+    /// The id of the last event queued for it, or of the last event published before its
+    /// handshake: a client that matches a publish through several tokens gets it once, and a
+    /// client never gets what was published before it subscribed.
     pub last_publish: u64,
 }
 

@@ -55,17 +55,25 @@ pub struct Shared {
     pub max_age: Duration,
     /// Every streaming client with nothing queued gets a comment this often.
     pub heartbeat: Option<Duration>,
+    /// The kernel hands over connections with their request already there (`--defer-accept`).
+    pub read_on_accept: bool,
     /// Whether a handshaked connection may send a new `GET` to re-handshake.
     pub reinit: AtomicBool,
     /// Open connections across all shards, to know the peak (touched on accept and close only).
     pub open: AtomicU64,
     /// The most connections that were ever open at once.
     pub peak: AtomicU64,
+    /// The id of the last event the control thread accepted, set before it is fanned out. A
+    /// handshake reads it, so that a client never gets an event published before it subscribed,
+    /// whichever shard it is on and however far behind that shard's queue is.
+    pub published: AtomicU64,
 }
 
 /// A message to deliver, parsed and framed once by the control thread.
 #[derive(Debug)]
 pub struct Delivery {
+    /// Its event id: increasing, so it also orders publishes.
+    pub id: u64,
     /// Who gets it.
     pub target: Target,
     /// The `id` of a client that must not get it.
@@ -136,7 +144,6 @@ pub struct Shard {
     /// Connections given new bytes while draining commands, flushed once after the drain.
     dirty: Vec<usize>,
     next_serial: u64,
-    publishes: u64,
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
     stopping: bool,
@@ -171,7 +178,6 @@ impl Shard {
             age_deadlines: VecDeque::new(),
             dirty: Vec::new(),
             next_serial: 0,
-            publishes: 0,
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
             stopping: false,
@@ -239,8 +245,6 @@ impl Shard {
     }
 
     fn admit(&mut self, mut socket: mio::net::TcpStream, peer: SocketAddr) {
-        // Events are small and written whole: send each at once rather than wait for more.
-        let _ = socket.set_nodelay(true);
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
@@ -256,6 +260,10 @@ impl Shard {
         self.handshake_deadlines.push_back(Deadline { at, key, serial, reinits: 0 });
         let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.peak.fetch_max(open, Ordering::Relaxed);
+        if self.shared.read_on_accept {
+            // The request is there already: read it now rather than after another wait.
+            self.read(key);
+        }
     }
 
     fn handle_socket(&mut self, key: usize, readable: bool, writable: bool) {
@@ -371,6 +379,7 @@ impl Shard {
         conn.request = Vec::new();
         conn.phase = Phase::Streaming;
         conn.handshaked_at = Some(seconds(self.started, now));
+        conn.last_publish = self.shared.published.load(Ordering::Acquire);
         conn.outbox.push(self.shared.responses.handshake.clone());
         let (at, serial, reinits) = (now + self.shared.max_age, conn.serial, conn.client.reinits);
         self.age_deadlines.push_back(Deadline { at, key, serial, reinits });
@@ -504,13 +513,11 @@ impl Shard {
 
     /// Queues the event for every matching client, once each; drops those over the cap.
     fn publish(&mut self, delivery: &Delivery) {
-        self.publishes += 1;
         let mut recipients = Recipients {
             dirty: &mut self.dirty,
             counters: &mut self.counters,
             over_cap: Vec::new(),
             delivery,
-            stamp: self.publishes,
             max_backlog: self.shared.max_backlog,
         };
         let connections = &mut self.connections;
@@ -582,16 +589,17 @@ struct Recipients<'a> {
     counters: &'a mut Counters,
     over_cap: Vec<usize>,
     delivery: &'a Delivery,
-    stamp: u64,
     max_backlog: usize,
 }
 
 impl Recipients<'_> {
     fn offer(&mut self, key: usize, conn: &mut Connection) {
-        if conn.phase != Phase::Streaming || conn.last_publish == self.stamp {
+        // Ids only grow: an id at or below the stamp was delivered already (through another of
+        // its tokens) or published before this client handshaked.
+        if conn.phase != Phase::Streaming || conn.last_publish >= self.delivery.id {
             return;
         }
-        conn.last_publish = self.stamp;
+        conn.last_publish = self.delivery.id;
         if self.delivery.except.as_deref().is_some_and(|id| conn.has_id(id)) {
             return;
         }

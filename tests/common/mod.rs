@@ -515,19 +515,21 @@ pub struct SseClient {
     buf: Vec<u8>,
     /// The handshake's response head.
     pub head: Option<Head>,
+    /// Comment chunks (heartbeats) skipped so far.
+    pub comments: usize,
 }
 
 impl SseClient {
     /// A connection on which nothing has been sent yet.
     pub fn connect(port: u16) -> SseClient {
-        SseClient { stream: connect(port), buf: Vec::new(), head: None }
+        SseClient { stream: connect(port), buf: Vec::new(), head: None, comments: 0 }
     }
 
     /// Wraps a connection made elsewhere (e.g. with socket options of its own).
     pub fn from_stream(stream: TcpStream) -> SseClient {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
-        SseClient { stream, buf: Vec::new(), head: None }
+        SseClient { stream, buf: Vec::new(), head: None, comments: 0 }
     }
 
     /// Connects, sends `GET /sse?QUERY`, and asserts the `200` handshake.
@@ -646,26 +648,38 @@ impl SseClient {
         String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)]).into_owned()
     }
 
-    /// Takes one complete chunk out of the buffer, checking every byte of its framing.
+    /// Takes one complete event out of the buffer, checking every byte of its chunk framing.
+    /// Comment-only chunks (heartbeats, `:\n\n`) are counted and skipped.
     fn take_event(&mut self) -> Option<Event> {
-        let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("a chunk size line");
-        let size = usize::from_str_radix(size_text, 16)
-            .unwrap_or_else(|_| panic!("not a chunk size: {size_text:?} in {:?}", self.preview()));
-        let start = line_end + 2;
-        if self.buf.len() < start + size + 2 {
-            return None;
+        loop {
+            let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
+            let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("a chunk size line");
+            let size = usize::from_str_radix(size_text, 16)
+                .unwrap_or_else(|_| panic!("not a chunk size: {size_text:?} in {:?}", self.preview()));
+            let start = line_end + 2;
+            if self.buf.len() < start + size + 2 {
+                return None;
+            }
+            assert_eq!(
+                &self.buf[start + size..start + size + 2],
+                b"\r\n",
+                "chunk not ended by CRLF: {:?}",
+                self.preview()
+            );
+            let payload = String::from_utf8(self.buf[start..start + size].to_vec()).expect("a UTF-8 event");
+            self.buf.drain(..start + size + 2);
+            if is_comment(&payload) {
+                self.comments += 1;
+                continue;
+            }
+            return Some(parse_event(&payload));
         }
-        assert_eq!(
-            &self.buf[start + size..start + size + 2],
-            b"\r\n",
-            "chunk not ended by CRLF: {:?}",
-            self.preview()
-        );
-        let payload = String::from_utf8(self.buf[start..start + size].to_vec()).expect("a UTF-8 event");
-        self.buf.drain(..start + size + 2);
-        Some(parse_event(&payload))
     }
+}
+
+/// True for a chunk that holds only SSE comment lines (`:…`), such as a heartbeat.
+fn is_comment(payload: &str) -> bool {
+    payload.strip_suffix("\n\n").is_some_and(|body| body.split('\n').all(|l| l.starts_with(':')))
 }
 
 /// `id: N\ndata: …\n(data: …\n)*\n` → the event.
