@@ -311,6 +311,9 @@ impl Shard {
         }
         conn.request.extend_from_slice(&self.read_buf[..n]);
         let judgement = http::judge(&conn.request, &self.shared.route);
+        if judgement != Judgement::Incomplete && tracing::enabled!(tracing::Level::DEBUG) {
+            debug!("Request from {}: {}", conn.peer, request_line(&conn.request));
+        }
         self.answer(key, judgement);
     }
 
@@ -327,12 +330,6 @@ impl Shard {
 
     fn answer(&mut self, key: usize, judgement: Judgement) {
         let conn = &mut self.connections[key];
-        if judgement == Judgement::Incomplete {
-            return;
-        }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            debug!("Request from {}: {}", conn.peer, request_line(&conn.request));
-        }
         let responses = &self.shared.responses;
         let reply = match judgement {
             Judgement::Incomplete => return,

@@ -220,6 +220,17 @@ impl Bench {
         self.receivers.iter().map(|r| f(&r.progress)).sum()
     }
 
+    /// Waits until `expected` more deliveries than `d0` arrived; why not, if they did not.
+    fn wait_delivered(&self, waiter: &mut Waiter, d0: u64, expected: u64, what: &str) -> Option<String> {
+        loop {
+            match waiter.check(self.delivered() - d0, expected, true, what) {
+                Wait::Done => return None,
+                Wait::Over(why) => return Some(why),
+                Wait::Pending => sleep(TICK),
+            }
+        }
+    }
+
     fn delivered(&self) -> u64 {
         self.total(|p| Progress::get(&p.delivered))
     }
@@ -450,12 +461,8 @@ impl Bench {
             incomplete = Some(format!("control: {e}"));
         }
         let mut waiter = Waiter::new("burst", &self.opts);
-        while incomplete.is_none() {
-            match waiter.check(self.delivered() - d0, expected, true, "deliveries") {
-                Wait::Done => break,
-                Wait::Over(why) => incomplete = Some(why),
-                Wait::Pending => sleep(TICK),
-            }
+        if incomplete.is_none() {
+            incomplete = self.wait_delivered(&mut waiter, d0, expected, "deliveries");
         }
         let usage = self.usage(&w);
         let c = self.collect();
@@ -509,12 +516,8 @@ impl Bench {
                 break;
             }
         }
-        while incomplete.is_none() {
-            match waiter.check(self.delivered() - d0, count, true, "messages received") {
-                Wait::Done => break,
-                Wait::Over(why) => incomplete = Some(why),
-                Wait::Pending => sleep(TICK),
-            }
+        if incomplete.is_none() {
+            incomplete = self.wait_delivered(&mut waiter, d0, count, "messages received");
         }
         let usage = self.usage(&w);
         let c = self.collect();
