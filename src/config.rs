@@ -78,6 +78,12 @@ pub struct Config {
     /// (`--defer-accept`, TCP_DEFER_ACCEPT; off by default: such connections are not counted
     /// until then, which hasses' figures would count).
     pub defer_accept: Option<Duration>,
+    /// Refuse new connections with 503 beyond this many open at once (`--max-connections`).
+    pub max_connections: Option<usize>,
+    /// Refuse new connections with 503 beyond this many from one IP (`--max-connections-per-ip`).
+    pub max_connections_per_ip: Option<usize>,
+    /// A TCP publisher must first send `auth SECRET` (`--control-secret`).
+    pub control_secret: Option<String>,
     /// Drop a client whose unsent bytes exceed this (`--max-backlog`, 1 MiB).
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
@@ -261,6 +267,15 @@ struct Cli {
     /// fewer wake-ups per connection; silent connections are not counted meanwhile [default: 0, off]
     #[arg(long, value_name = "SECS")]
     defer_accept: Option<String>,
+    /// Answer 503 to new connections beyond N open at once [default: no limit]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Answer 503 to new connections beyond N open from one IP address [default: no limit]
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<String>,
+    /// TCP publishers must first send `auth SECRET` [default: none]
+    #[arg(long, value_name = "SECRET")]
+    control_secret: Option<String>,
     /// The longest message; longer ones are refused [default: 65536]
     #[arg(long, value_name = "BYTES")]
     max_message: Option<String>,
@@ -592,6 +607,13 @@ impl Given {
                 .value("heartbeat", &cli.heartbeat, interval)?
                 .unwrap_or(Some(Duration::from_secs(30))),
             defer_accept: self.value("defer-accept", &cli.defer_accept, interval)?.flatten(),
+            max_connections: self.value("max-connections", &cli.max_connections, positive)?,
+            max_connections_per_ip: self.value(
+                "max-connections-per-ip",
+                &cli.max_connections_per_ip,
+                positive,
+            )?,
+            control_secret: self.value("control-secret", &cli.control_secret, header_text)?,
             max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
             limits: Limits {
                 max_message: self
@@ -904,6 +926,8 @@ mod tests {
         assert_eq!(config.max_age, Duration::from_secs(3600));
         assert_eq!(config.heartbeat, Some(Duration::from_secs(30)));
         assert_eq!(config.defer_accept, None);
+        assert_eq!((config.max_connections, config.max_connections_per_ip), (None, None));
+        assert_eq!(config.control_secret, None);
         assert_eq!(config.max_backlog, 1 << 20);
         assert_eq!(config.limits, Limits { max_message: 65536 });
     }
@@ -914,7 +938,8 @@ mod tests {
                     --bind 127.0.0.1 --fifo /tmp/f --fifo-mode 600 --separator - --log-level 2 \
                     --log-file /tmp/l --pidfile /tmp/p --cors-base https://a.example --reinit \
                     --user www --workers 3 --pin-cpus --handshake-timeout 0.5 --max-age 10 \
-                    --max-message 100 --max-backlog 1000 --heartbeat 0 --defer-accept 5";
+                    --max-message 100 --max-backlog 1000 --heartbeat 0 --defer-accept 5 \
+                    --max-connections 9 --max-connections-per-ip 3 --control-secret s3";
         let config = run(&line.split_whitespace().collect::<Vec<_>>());
         assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
         assert_eq!(config.match_url, "/events");
@@ -935,6 +960,8 @@ mod tests {
         assert_eq!(config.max_age, Duration::from_secs(10));
         assert_eq!(config.heartbeat, None);
         assert_eq!(config.defer_accept, Some(Duration::from_secs(5)));
+        assert_eq!((config.max_connections, config.max_connections_per_ip), (Some(9), Some(3)));
+        assert_eq!(config.control_secret.as_deref(), Some("s3"));
         assert_eq!(config.limits.max_message, 100);
         assert_eq!(config.max_backlog, 1000);
     }

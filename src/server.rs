@@ -277,6 +277,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         cors_base: config.cors_base.clone(),
         user: config.user.clone(),
         started: Instant::now(),
+        secret: config.control_secret.clone(),
     };
     let (control, stop) =
         Control::new(bound.control, bound.fifo, handles, shared, settings).map_err(StartError::Thread)?;

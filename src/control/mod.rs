@@ -49,6 +49,8 @@ pub struct ControlSettings {
     pub user: Option<String>,
     /// When the server started.
     pub started: Instant,
+    /// What a TCP publisher must send first, as `auth SECRET`, if anything.
+    pub secret: Option<String>,
 }
 
 /// A TCP control connection.
