@@ -137,6 +137,7 @@ enum Status {
     NotFound = 404,
     HeaderTooLarge = 431,
     NotImplemented = 501,
+    Unavailable = 503,
 }
 
 impl Status {
@@ -146,6 +147,7 @@ impl Status {
             Self::NotFound => "404 Not Found",
             Self::HeaderTooLarge => "431 Request Header Fields Too Large",
             Self::NotImplemented => "501 Not Implemented",
+            Self::Unavailable => "503 Service Unavailable",
         }
     }
 }
@@ -343,6 +345,8 @@ pub struct Responses {
     pub head: Bytes,
     /// `200` + CORS headers + `Allow` for `OPTIONS`.
     pub options: Bytes,
+    /// `503` with `Retry-After`, for a connection over a connection limit.
+    pub unavailable: Bytes,
     bad_request: Bytes,
     not_found: Bytes,
     header_too_large: Bytes,
@@ -384,6 +388,7 @@ impl Responses {
             handshake: stream.clone(),
             head: stream,
             options,
+            unavailable: error_response(Status::Unavailable, &format!("Retry-After: {RETRY_AFTER_SECS}\r\n")),
             bad_request: error_response(Status::BadRequest, ""),
             not_found: error_response(Status::NotFound, ""),
             header_too_large: error_response(Status::HeaderTooLarge, ""),
@@ -398,10 +403,14 @@ impl Responses {
             Status::NotFound => &self.not_found,
             Status::HeaderTooLarge => &self.header_too_large,
             Status::NotImplemented => &self.not_implemented,
+            Status::Unavailable => &self.unavailable,
         }
         .clone()
     }
 }
+
+/// How long a client refused for a connection limit is asked to wait before trying again.
+const RETRY_AFTER_SECS: u32 = 5;
 
 /// An error response with a tiny HTML body; `extra` is more header lines, each ending in CRLF.
 fn error_response(status: Status, extra: &str) -> Bytes {

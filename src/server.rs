@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::control::{Control, ControlSettings, ControlStop};
 use crate::http::{Responses, Route};
 use crate::log::REPORT;
-use crate::shard::{Shard, Shared};
+use crate::shard::{PerIpLimit, Shard, Shared};
 
 /// Commands a shard may have queued before the control thread waits for room.
 const SHARD_QUEUE: usize = 4096;
@@ -248,6 +248,10 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         max_age: config.max_age,
         heartbeat: config.heartbeat,
         read_on_accept: config.defer_accept.is_some(),
+        max_connections: config.max_connections.map(|max| max as u64),
+        per_ip: config
+            .max_connections_per_ip
+            .map(|max| PerIpLimit::new(u32::try_from(max).unwrap_or(u32::MAX))),
         reinit: AtomicBool::new(config.reinit),
         open: AtomicU64::new(0),
         peak: AtomicU64::new(0),

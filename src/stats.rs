@@ -27,6 +27,8 @@ pub struct ShardFigures {
     pub deliveries: u64,
     /// Clients dropped because their unsent bytes went over the cap.
     pub dropped_slow: u64,
+    /// Connections refused with 503 for a connection limit.
+    pub refused: u64,
 }
 
 impl AddAssign for ShardFigures {
@@ -37,6 +39,7 @@ impl AddAssign for ShardFigures {
         self.reinits += other.reinits;
         self.deliveries += other.deliveries;
         self.dropped_slow += other.dropped_slow;
+        self.refused += other.refused;
     }
 }
 
@@ -101,6 +104,7 @@ impl Status {
             format!("Total message sent: {}", s.deliveries),
             format!("Total message refused: {}", self.refused),
             format!("Dropped slow clients: {}", s.dropped_slow),
+            format!("Refused connections: {}", s.refused),
             format!("Worker threads: {}", self.workers),
             "------------- end --------------".to_string(),
         ]
@@ -123,6 +127,7 @@ impl Status {
             "reinitcnt": s.reinits,
             "msgrefusedcnt": self.refused,
             "droppedslowcli": s.dropped_slow,
+            "refusedconncli": s.refused,
             "workers": self.workers,
             "reinit": self.reinit,
         })
@@ -267,6 +272,7 @@ mod tests {
                 reinits: 1,
                 deliveries: 9,
                 dropped_slow: 0,
+                refused: 0,
             },
         };
         let lines = status.lines();

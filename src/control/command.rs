@@ -266,6 +266,20 @@ fn excerpt(part: &[u8]) -> String {
     out
 }
 
+/// The secret given by an `auth SECRET` line, or `None` when `line` is not an auth line.
+///
+/// An auth line is a whole line, never split on the separator: the word `auth`, then ASCII
+/// whitespace, then the secret (whitespace around the line and the secret ignored; a secret may
+/// hold the separator). `auth` alone gives an empty secret. `authx …` is not an auth line.
+pub fn auth_secret(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.trim_ascii().strip_prefix(b"auth")?;
+    match rest.first() {
+        None => Some(rest),
+        Some(b) if b.is_ascii_whitespace() => Some(rest.trim_ascii()),
+        Some(_) => None,
+    }
+}
+
 /// Splits a line on `separator`, dropping empty and blank parts.
 pub fn split_parts(line: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
     // `status; ` leaves a blank part behind: nothing was asked there, so nothing to log.
@@ -430,6 +444,19 @@ mod tests {
         assert!(text.ends_with("... (100005 bytes)\""), "{text}");
         assert!(text.len() < 200);
         assert!(!text.contains(['\r', '\n']));
+    }
+
+    #[test]
+    fn auth_lines() {
+        assert_eq!(auth_secret(b"auth s3cret"), Some(&b"s3cret"[..]));
+        assert_eq!(auth_secret(b"  auth \t s3 cr;et  "), Some(&b"s3 cr;et"[..]));
+        assert_eq!(auth_secret(b"auth"), Some(&b""[..]));
+        assert_eq!(auth_secret(b"auth  "), Some(&b""[..]));
+        assert_eq!(auth_secret(b"authx"), None);
+        assert_eq!(auth_secret(b"auth=x"), None);
+        assert_eq!(auth_secret(b"Auth x"), None);
+        assert_eq!(auth_secret(b"status"), None);
+        assert_eq!(auth_secret(b""), None);
     }
 
     proptest! {

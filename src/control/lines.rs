@@ -63,6 +63,22 @@ impl LineBuffer {
         self.release_if_idle();
     }
 
+    /// True while the start of a line is held (or a too-long line is being skipped): its `\n`
+    /// has not arrived yet.
+    pub fn is_pending(&self) -> bool {
+        !self.partial.is_empty() || self.discarding
+    }
+
+    /// Drops the line in progress, which will never be finished (its writer is gone); returns
+    /// how many of its bytes were held. The next byte starts a new line.
+    pub fn abandon(&mut self) -> usize {
+        let held = self.partial.len();
+        self.partial.clear();
+        self.discarding = false;
+        self.release_if_idle();
+        held
+    }
+
     /// A `\n` arrived: `tail` is the part of the line that came with it.
     fn end_line(
         &mut self,
@@ -225,6 +241,30 @@ mod tests {
         assert!(buffer.partial.capacity() <= 5001);
     }
 
+    #[test]
+    fn an_abandoned_line_is_dropped_and_the_next_one_is_whole() {
+        let mut buffer = LineBuffer::default();
+        let mut out = Vec::new();
+        assert!(!buffer.is_pending());
+        buffer.push(b"a=1\nroom1=hal", 100, |l| out.push(l.unwrap().to_vec()));
+        assert!(buffer.is_pending());
+        assert_eq!(buffer.abandon(), 8);
+        assert!(!buffer.is_pending());
+        buffer.push(b"room1=hello\n", 100, |l| out.push(l.unwrap().to_vec()));
+        assert_eq!(out, [b"a=1".to_vec(), b"room1=hello".to_vec()]);
+    }
+
+    #[test]
+    fn abandoning_a_too_long_line_ends_its_skipping() {
+        let mut buffer = LineBuffer::default();
+        let mut out = Out::new();
+        buffer.push(b"abcdefgh", 4, |l| out.push(l.map(<[u8]>::to_vec)));
+        assert!(buffer.is_pending(), "still skipping up to the newline");
+        assert_eq!(buffer.abandon(), 0);
+        buffer.push(b"ok\n", 4, |l| out.push(l.map(<[u8]>::to_vec)));
+        assert_eq!(out, vec![Err(LineTooLong { max: 4 }), Ok(b"ok".to_vec())]);
+    }
+
     fn control_bytes() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(
             prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b'='), any::<u8>()],
@@ -245,6 +285,20 @@ mod tests {
             let cut = cut.min(input.len());
             let (a, b) = input.split_at(cut);
             prop_assert_eq!(run([&input[..]], max_line), run([a, b], max_line));
+        }
+
+        #[test]
+        fn arbitrary_pieces_give_the_same_lines(
+            input in control_bytes(),
+            cuts in proptest::collection::vec(0usize..200, 0..12),
+            max_line in 0usize..20,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            cuts.sort_unstable();
+            let bounds = std::iter::once(0).chain(cuts).chain(std::iter::once(input.len()));
+            let bounds: Vec<usize> = bounds.collect();
+            let pieces = bounds.windows(2).map(|w| &input[w[0]..w[1]]);
+            prop_assert_eq!(run([&input[..]], max_line), run(pieces, max_line));
         }
 
         #[test]

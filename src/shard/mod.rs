@@ -9,9 +9,9 @@ mod connection;
 mod outbox;
 pub mod subscriptions;
 
-use std::collections::VecDeque;
-use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
 use slab::Slab;
 use tracing::{debug, info, warn};
 
@@ -37,6 +38,10 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 /// How many readiness events one `epoll_wait` returns at most.
 const EVENTS_PER_POLL: usize = 1024;
+/// How long accepting pauses when the process is out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How often a worker out of descriptors says so.
+const ACCEPT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How much one `read` takes from a socket.
 const READ_CHUNK: usize = 4096;
 
@@ -57,6 +62,10 @@ pub struct Shared {
     pub heartbeat: Option<Duration>,
     /// The kernel hands over connections with their request already there (`--defer-accept`).
     pub read_on_accept: bool,
+    /// Connections beyond this many open at once are refused with 503.
+    pub max_connections: Option<u64>,
+    /// Connections beyond a number per IP are refused with 503.
+    pub per_ip: Option<PerIpLimit>,
     /// Whether a handshaked connection may send a new `GET` to re-handshake.
     pub reinit: AtomicBool,
     /// Open connections across all shards, to know the peak (touched on accept and close only).
@@ -67,6 +76,42 @@ pub struct Shared {
     /// handshake reads it, so that a client never gets an event published before it subscribed,
     /// whichever shard it is on and however far behind that shard's queue is.
     pub published: AtomicU64,
+}
+
+/// Open connections per client IP, server-wide. Locked on accept and close only, and only
+/// when `--max-connections-per-ip` is set: never on the publish path.
+#[derive(Debug)]
+pub struct PerIpLimit {
+    limit: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl PerIpLimit {
+    /// At most `limit` (at least 1) connections from one IP.
+    pub fn new(limit: u32) -> Self {
+        PerIpLimit { limit, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one more connection from `ip`, unless it already has its limit.
+    fn try_open(&self, ip: IpAddr) -> bool {
+        let mut open = self.open.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn close(&self, ip: IpAddr) {
+        let mut open = self.open.lock();
+        if let Some(count) = open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
 }
 
 /// A message to deliver, parsed and framed once by the control thread.
@@ -123,6 +168,7 @@ struct Counters {
     reinits: u64,
     deliveries: u64,
     dropped_slow: u64,
+    refused: u64,
 }
 
 /// One worker's state. Built on its own thread and never leaves it.
@@ -151,6 +197,12 @@ pub struct Shard {
     started: Instant,
     /// When idle streams next get a heartbeat comment.
     next_heartbeat: Option<Instant>,
+    /// Accepting is paused until then (out of descriptors).
+    accept_paused_until: Option<Instant>,
+    /// Accepts that failed for want of descriptors since the last report.
+    accept_failures: u64,
+    /// When the next report of failed accepts may be written.
+    accept_report_due: Option<Instant>,
 }
 
 impl Shard {
@@ -183,6 +235,9 @@ impl Shard {
             stopping: false,
             started: Instant::now(),
             next_heartbeat: shared.heartbeat.map(|every| Instant::now() + every),
+            accept_paused_until: None,
+            accept_failures: 0,
+            accept_report_due: None,
             shared,
         };
         Ok((shard, handle))
@@ -213,6 +268,7 @@ impl Shard {
             let now = Instant::now();
             self.expire(now);
             self.beat(now);
+            self.resume_accepting(now);
         }
         self.close_all();
         Ok(())
@@ -220,13 +276,18 @@ impl Shard {
 
     fn next_deadline(&self) -> Option<Instant> {
         let first = |q: &VecDeque<Deadline>| q.front().map(|d| d.at);
-        [first(&self.handshake_deadlines), first(&self.age_deadlines), self.next_heartbeat]
+        let timers = [self.next_heartbeat, self.accept_paused_until];
+        [first(&self.handshake_deadlines), first(&self.age_deadlines)]
             .into_iter()
+            .chain(timers)
             .flatten()
             .min()
     }
 
     fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
         loop {
             match self.listener.accept() {
                 // `[::]` listeners see IPv4 clients as `::ffff:a.b.c.d`; show them as hasses did.
@@ -234,36 +295,76 @@ impl Shard {
                     self.admit(socket, SocketAddr::new(peer.ip().to_canonical(), peer.port()))
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors, mostly: leave the rest queued until one closes.
-                    warn!("Accept failed on worker {}: {e}", self.number);
-                    return;
-                }
+                Err(e) if is_out_of_descriptors(&e) => return self.pause_accepting(&e),
+                // The client gave up before we took it (ECONNABORTED and the like): next one.
+                Err(e) => debug!("Accept failed on worker {}: {e}", self.number),
             }
         }
     }
 
-    fn admit(&mut self, mut socket: mio::net::TcpStream, peer: SocketAddr) {
-        let entry = self.connections.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
-            warn!("Cannot watch connection from {peer}: {e}");
-            return;
+    /// Out of descriptors: leave new connections queued in the kernel for a moment rather than
+    /// spin on a listener that stays readable; report it once per interval, not per attempt.
+    fn pause_accepting(&mut self, error: &io::Error) {
+        let now = Instant::now();
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+        self.accept_failures += 1;
+        if self.accept_report_due.is_none_or(|due| due <= now) {
+            warn!(
+                "Accepting paused on worker {}: {error} ({} times since the last report)",
+                self.number, self.accept_failures
+            );
+            self.accept_failures = 0;
+            self.accept_report_due = Some(now + ACCEPT_REPORT_INTERVAL);
         }
+    }
+
+    /// Accepts again once a pause is over: the kernel will not signal connections that were
+    /// already queued while paused.
+    fn resume_accepting(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+    }
+
+    fn admit(&mut self, socket: mio::net::TcpStream, peer: SocketAddr) {
+        let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.shared.max_connections.is_some_and(|max| open > max) {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            return self.refuse(socket, peer, "connection limit");
+        }
+        if self.shared.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.ip())) {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            return self.refuse(socket, peer, "connection limit per IP");
+        }
+        self.shared.peak.fetch_max(open, Ordering::Relaxed);
+        let key = self.connections.vacant_key();
         let now = Instant::now();
         self.next_serial += 1;
         let serial = self.next_serial;
         info!("Connection accepted: {peer} <{}> worker {}", socket.as_raw_fd(), self.number);
-        entry.insert(Connection::accepted(socket, peer, serial, seconds(self.started, now)));
+        self.connections.insert(Connection::accepted(socket, peer, serial, seconds(self.started, now)));
+        let conn = &mut self.connections[key];
+        if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key), Interest::READABLE) {
+            return self.close(key, &format!("cannot watch socket: {e}"));
+        }
         let at = now + self.shared.handshake_timeout;
         self.handshake_deadlines.push_back(Deadline { at, key, serial, reinits: 0 });
-        let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.shared.peak.fetch_max(open, Ordering::Relaxed);
         if self.shared.read_on_accept {
             // The request is there already: read it now rather than after another wait.
             self.read(key);
         }
+    }
+
+    /// Answers 503 to a connection over a limit, and closes it.
+    fn refuse(&mut self, mut socket: mio::net::TcpStream, peer: SocketAddr, limit: &str) {
+        self.counters.refused += 1;
+        info!("Connection refused: {peer} ({limit})");
+        // Take what it sent first: closing with unread bytes would reset the connection, and
+        // the client could lose the answer. A fresh socket takes this small answer whole.
+        let _ = socket.read(&mut self.read_buf[..]);
+        let _ = socket.write(&self.shared.responses.unavailable);
+        let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 
     fn handle_socket(&mut self, key: usize, readable: bool, writable: bool) {
@@ -417,6 +518,9 @@ impl Shard {
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(limit) = &self.shared.per_ip {
+            limit.close(conn.peer.ip());
+        }
         info!("Connection closed: {} <{}> ({why})", conn.peer, conn.socket.as_raw_fd());
     }
 
@@ -546,6 +650,7 @@ impl Shard {
             reinits: self.counters.reinits,
             deliveries: self.counters.deliveries,
             dropped_slow: self.counters.dropped_slow,
+            refused: self.counters.refused,
         }
     }
 
@@ -627,6 +732,12 @@ fn request_line(request: &[u8]) -> String {
 /// (a shard's clock runs 136 years before it saturates).
 fn seconds(origin: Instant, now: Instant) -> u32 {
     u32::try_from(now.duration_since(origin).as_secs()).unwrap_or(u32::MAX)
+}
+
+/// EMFILE, ENFILE and their kin: the kind of accept failure that repeats until something closes.
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
 }
 
 fn pop_due(queue: &mut VecDeque<Deadline>, now: Instant) -> Option<Deadline> {

@@ -142,9 +142,15 @@ impl Server {
     /// Starts the server with modern flags on free ports: `--port 0 --control-port 0 --workers 2
     /// --match-url /sse`, then `extra` (a later flag wins over an earlier one).
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_wrapped(&[], extra)
+    }
+
+    /// Starts the server as [`Server::start`] does, through `wrapper` (a command that runs the
+    /// rest of its command line, e.g. `prlimit --nofile=64 --`).
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
         let mut args = vec!["--port", "0", "--control-port", "0", "--workers", "2", "--match-url", "/sse"];
         args.extend_from_slice(extra);
-        let mut server = Server::spawn(&args);
+        let mut server = Server::spawn_wrapped(wrapper, &args);
         let (_, sse) =
             server.log.find_from(0, |l| l.starts_with("SSE listening on "), WAIT).unwrap_or_else(|| {
                 panic!("the server did not report its SSE port; log:\n{}", server.stop_and_dump())
@@ -177,7 +183,21 @@ impl Server {
 
     /// Starts the binary with exactly `args`, capturing stdout and stderr; waits for nothing.
     pub fn spawn(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
+        Server::spawn_wrapped(&[], args)
+    }
+
+    /// Starts the binary with exactly `args`, through `wrapper` if it is not empty.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> Server {
+        let binary = env!("CARGO_BIN_EXE_hasses");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
