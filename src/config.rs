@@ -84,10 +84,21 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// A TCP publisher must first send `auth SECRET` (`--control-secret`).
     pub control_secret: Option<String>,
+    /// Serve HTTPS with these files (`-ssl -cert-file= -privatekey-file=`, `--tls-cert --tls-key`).
+    pub tls: Option<TlsFiles>,
     /// Drop a client whose unsent bytes exceed this (`--max-backlog`, 1 MiB).
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
     pub limits: Limits,
+}
+
+/// The certificate chain and key to serve HTTPS with (absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
 }
 
 /// Where log lines go.
@@ -152,9 +163,9 @@ pub enum ConfigError {
     /// Neither a control port nor a FIFO: nothing could publish.
     #[error("no control channel: give -cp=PORT (--control-port) or -fifo=/ABS/PATH (--fifo)")]
     NoControl,
-    /// TLS was asked for (by this flag); this build serves plain HTTP only.
-    #[error("{0}: TLS is not supported yet in this build")]
-    TlsUnsupported(String),
+    /// TLS was asked for (by this flag) without both of its files.
+    #[error("{0}: TLS needs both a certificate and a key (-cert-file= and -privatekey-file=, or --tls-cert and --tls-key)")]
+    TlsIncomplete(String),
     /// The `--config` file cannot be read.
     #[error("config file {}: {source}", path.display())]
     ConfigFile {
@@ -289,10 +300,10 @@ struct Cli {
     /// Legacy -ssl: serve HTTPS.
     #[arg(long, hide = true)]
     ssl: bool,
-    /// TLS certificate, PEM (not supported yet in this build) [-cert-file=PEM]
+    /// Serve HTTPS with this certificate chain, PEM (with --tls-key) [-cert-file=PEM]
     #[arg(long, value_name = "PEM")]
     tls_cert: Option<String>,
-    /// TLS private key, PEM (not supported yet in this build) [-privatekey-file=PEM]
+    /// The certificate's private key, PEM: PKCS#8, PKCS#1 or SEC1 [-privatekey-file=PEM]
     #[arg(long, value_name = "PEM")]
     tls_key: Option<String>,
 }
@@ -568,7 +579,7 @@ type Check<T> = fn(&str) -> Result<T, &'static str>;
 impl Given {
     /// Checks every value and applies the defaults of the mode (legacy or modern).
     fn config(&self) -> Result<Config, ConfigError> {
-        self.refuse_tls()?;
+        let tls = self.tls()?;
         let cli = &self.cli;
         // hasses' required flags first, in its order: port, path, then a control channel.
         let sse_addr = self.sse_addr()?;
@@ -614,6 +625,7 @@ impl Given {
                 positive,
             )?,
             control_secret: self.value("control-secret", &cli.control_secret, header_text)?,
+            tls,
             max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
             limits: Limits {
                 max_message: self
@@ -661,21 +673,24 @@ impl Given {
     }
 
     /// hasses' `-ssl` asks for TLS; its `-cert-file`/`-privatekey-file` alone do not (it
-    /// ignored them), but our `--tls-cert`/`--tls-key` do.
-    fn refuse_tls(&self) -> Result<(), ConfigError> {
+    /// ignored them), but our `--tls-cert`/`--tls-key` do. The paths are made absolute, so that
+    /// a reload after daemonizing (which changes directory to `/`) finds the same files.
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
         let modern = |given: bool, long| given && !self.spelled_legacy(long);
         let asked = if self.cli.ssl {
-            Some("ssl")
+            "ssl"
         } else if modern(self.cli.tls_cert.is_some(), "tls-cert") {
-            Some("tls-cert")
+            "tls-cert"
         } else if modern(self.cli.tls_key.is_some(), "tls-key") {
-            Some("tls-key")
+            "tls-key"
         } else {
-            None
+            return Ok(None);
         };
-        match asked {
-            Some(long) => Err(ConfigError::TlsUnsupported(self.label(long))),
-            None => Ok(()),
+        let cert = self.value("tls-cert", &self.cli.tls_cert, any_path)?;
+        let key = self.value("tls-key", &self.cli.tls_key, any_path)?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+            _ => Err(ConfigError::TlsIncomplete(self.label(asked))),
         }
     }
 
@@ -793,6 +808,11 @@ fn seconds(text: &str) -> Result<Duration, &'static str> {
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .filter(|duration| !duration.is_zero())
         .ok_or("must be a number of seconds above 0")
+}
+
+/// A path, relative ones taken from the current directory.
+fn any_path(text: &str) -> Result<PathBuf, &'static str> {
+    std::path::absolute(text).map_err(|_| "not a usable path")
 }
 
 /// An interval in seconds, or 0 for never.
@@ -1151,16 +1171,23 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_for_now() {
+    fn tls_takes_both_files_either_way() {
         let base = ["-p=1", "-murl=/a", "-cp=2"];
+        let legacy = run(&[&base[..], &["-ssl", "-cert-file=/c.pem", "-privatekey-file=k.pem"]].concat());
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(legacy.tls, Some(TlsFiles { cert: "/c.pem".into(), key: cwd.join("k.pem") }));
+        let modern = run(&["--tls-cert", "/c.pem", "--tls-key=/k.pem"]);
+        assert_eq!(modern.tls, Some(TlsFiles { cert: "/c.pem".into(), key: "/k.pem".into() }));
+        let needs_both = "TLS needs both a certificate and a key (-cert-file= and -privatekey-file=, or \
+                          --tls-cert and --tls-key)";
         assert_eq!(
-            error(&[&base[..], &["-ssl", "-cert-file=c.pem", "-privatekey-file=k.pem"]].concat()),
-            "-ssl: TLS is not supported yet in this build"
+            error(&[&base[..], &["-ssl", "-cert-file=c.pem"]].concat()),
+            format!("-ssl: {needs_both}")
         );
-        assert_eq!(error(&["--tls-cert", "/c.pem"]), "--tls-cert: TLS is not supported yet in this build");
-        assert_eq!(error(&["--tls-key=/k.pem"]), "--tls-key: TLS is not supported yet in this build");
+        assert_eq!(error(&["--tls-cert", "/c.pem"]), format!("--tls-cert: {needs_both}"));
+        assert_eq!(error(&["--tls-key=/k.pem"]), format!("--tls-key: {needs_both}"));
         // hasses ignores the file flags without -ssl.
-        run(&[&base[..], &["-cert-file=c.pem", "-privatekey-file=k.pem"]].concat());
+        assert_eq!(run(&[&base[..], &["-cert-file=c.pem", "-privatekey-file=k.pem"]].concat()).tls, None);
     }
 
     #[test]

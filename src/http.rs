@@ -173,9 +173,10 @@ impl Route {
 pub fn judge(received: &[u8], route: &Route) -> Judgement {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let outcome = match request.parse(received) {
-        // Checked on complete heads too, so the answer does not depend on how bytes arrive.
-        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_HEAD => Err(Reject::HeadTooLarge),
+    // Only the first MAX_REQUEST_HEAD bytes are ever parsed, so the answer does not depend on
+    // how the bytes arrive: a fault past the cap is never seen, whole or in pieces.
+    let head = &received[..received.len().min(MAX_REQUEST_HEAD)];
+    let outcome = match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => judge_complete(&request, route),
         Ok(httparse::Status::Partial) if received.len() > MAX_REQUEST_HEAD => Err(Reject::HeadTooLarge),
         Ok(httparse::Status::Partial) => Ok(Judgement::Incomplete),
@@ -972,6 +973,31 @@ mod tests {
         #[test]
         fn request_like_text_never_panics(tail in "[ -~\r\n%]{0,300}") {
             judge(format!("GET /sse?{tail}").as_bytes(), &route());
+        }
+
+        #[test]
+        /// The shard judges what has arrived after each read and acts on the first judgement
+        /// that is not `Incomplete`: that must be the judgement of the whole, however it is cut.
+        #[test]
+        fn any_bytes_in_any_pieces_get_the_judgement_of_the_whole(
+            start in prop_oneof![well_formed_request(), "[ -~\r\n]{0,40}"],
+            pad in 0usize..(MAX_REQUEST_HEAD + 200),
+            tail in prop::collection::vec(any::<u8>(), 0..40),
+            cuts in prop::collection::vec(0usize..(MAX_REQUEST_HEAD + 400), 0..6),
+        ) {
+            // A header line of `pad` bytes after the start, so faults land on both sides of the cap.
+            let mut text = start.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
+            text.extend_from_slice(b"\r\nX-Pad: ");
+            text.resize(text.len() + pad, b'p');
+            text.extend_from_slice(&tail);
+            let whole = judge(&text, &route());
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < text.len()).collect();
+            cuts.sort_unstable();
+            let first = cuts
+                .into_iter()
+                .map(|cut| judge(&text[..cut], &route()))
+                .find(|judgement| *judgement != Judgement::Incomplete);
+            prop_assert_eq!(first.unwrap_or_else(|| whole.clone()), whole);
         }
 
         #[test]

@@ -28,6 +28,7 @@
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`stats`]: the status block, client list and their JSON forms.
+//! - [`tls`]: the certificate and key as a rustls configuration, reloaded on SIGHUP.
 //! - [`log`]: hasses' log levels and line format, a non-blocking writer, reopen on SIGHUP.
 //! - [`limits`]: size limits shared by the parsers.
 #![deny(missing_docs)]
@@ -41,3 +42,4 @@ pub mod server;
 pub mod shard;
 pub mod sse;
 pub mod stats;
+pub mod tls;

@@ -56,6 +56,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
             Ok(()) => info!("Log file reopened"),
             Err(e) => warn!("{e}"),
         }
+        running.reload_tls();
     }
     info!(target: REPORT, "Shutting down");
     server::notify_systemd("STOPPING=1");

@@ -22,6 +22,7 @@ use crate::control::{Control, ControlSettings, ControlStop};
 use crate::http::{Responses, Route};
 use crate::log::REPORT;
 use crate::shard::{PerIpLimit, Shard, Shared};
+use crate::tls::Tls;
 
 /// Commands a shard may have queued before the control thread waits for room.
 const SHARD_QUEUE: usize = 4096;
@@ -66,6 +67,9 @@ pub enum StartError {
     /// Detaching from the terminal failed.
     #[error("cannot daemonize: {0}")]
     Daemon(nix::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A thread or its poller could not be made.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
@@ -77,6 +81,7 @@ pub struct Bound {
     sse: Vec<TcpListener>,
     control: Option<TcpListener>,
     fifo: Option<File>,
+    tls: Option<Tls>,
 }
 
 impl Bound {
@@ -105,7 +110,8 @@ pub fn bind(config: &Config) -> Result<Bound, StartError> {
     }
     let control = config.control_addr.map(|addr| listen(addr, false)).transpose()?;
     let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
-    Ok(Bound { sse, control, fifo })
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+    Ok(Bound { sse, control, fifo, tls })
 }
 
 /// A worker's SSE listener: a share of the port, with what every accepted socket inherits.
@@ -236,10 +242,13 @@ pub fn notify_systemd(state: &str) {
 pub struct Running {
     control: ControlStop,
     threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 /// Starts the workers and the control thread.
 pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
+    let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
+    let control_addr = bound.control_addr();
     let shared = Arc::new(Shared {
         route: Route { path: config.match_url.clone() },
         responses: Responses::new(&config.cors_base),
@@ -248,6 +257,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         max_age: config.max_age,
         heartbeat: config.heartbeat,
         read_on_accept: config.defer_accept.is_some(),
+        tls: bound.tls,
         max_connections: config.max_connections.map(|max| max as u64),
         per_ip: config
             .max_connections_per_ip
@@ -257,8 +267,6 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         peak: AtomicU64::new(0),
         published: AtomicU64::new(0),
     });
-    let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
-    let control_addr = bound.control_addr();
     let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -283,18 +291,19 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         started: Instant::now(),
         secret: config.control_secret.clone(),
     };
-    let (control, stop) =
-        Control::new(bound.control, bound.fifo, handles, shared, settings).map_err(StartError::Thread)?;
+    let (control, stop) = Control::new(bound.control, bound.fifo, handles, Arc::clone(&shared), settings)
+        .map_err(StartError::Thread)?;
     threads.push(spawn("hasses-control".into(), move || control.run())?);
     info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
-    info!(target: REPORT, "SSE listening on {sse_addr} path {}", config.match_url);
+    let https = if config.tls.is_some() { " (https)" } else { "" };
+    info!(target: REPORT, "SSE listening on {sse_addr} path {}{https}", config.match_url);
     if let Some(addr) = control_addr {
         info!(target: REPORT, "Control listening on {addr}");
     }
     if let Some(fifo) = &config.fifo {
         info!(target: REPORT, "Control FIFO {}", fifo.display());
     }
-    Ok(Running { control: stop, threads })
+    Ok(Running { control: stop, threads, shared })
 }
 
 fn spawn(
@@ -313,6 +322,16 @@ fn spawn(
 }
 
 impl Running {
+    /// Reads the TLS certificate and key again for new connections (SIGHUP); connections
+    /// already open keep theirs. On failure the old ones stay and the reason is logged.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.shared.tls else { return };
+        match tls.reload() {
+            Ok(()) => info!("TLS certificate and key reloaded"),
+            Err(e) => error!("TLS reload failed, keeping the certificate in use: {e}"),
+        }
+    }
+
     /// Stops accepting, closes every connection, and waits for every thread.
     pub fn shutdown(self) {
         self.control.stop();

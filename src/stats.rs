@@ -10,6 +10,8 @@ use std::ops::AddAssign;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::config::TlsFiles;
 use serde_json::json;
 
 /// One shard's counters, as it answers a figures request; summed over shards for the server.
@@ -74,6 +76,8 @@ pub struct Status {
     pub workers: usize,
     /// The shards' counters, summed.
     pub shards: ShardFigures,
+    /// The certificate and key files, when serving HTTPS.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Status {
@@ -84,14 +88,23 @@ impl Status {
             None => "not set".to_string(),
         };
         let s = &self.shards;
-        vec![
+        let mut lines = vec![
             "------- status of hasses -------".to_string(),
             format!("Version: {}", self.version),
             format!("Compiled: {}", self.compiled),
             format!("Pid: {}", self.pid),
             format!("Uid: {} ({uid_note})", self.uid),
             format!("Running time: {}", running_time(self.running)),
-            "Mode: unencrypted (http)".to_string(),
+        ];
+        match &self.tls {
+            None => lines.push("Mode: unencrypted (http)".to_string()),
+            Some(files) => lines.extend([
+                "Mode: SSL encrypted (https)".to_string(),
+                format!("Certificate file: {}", files.cert.display()),
+                format!("Private key file: {}", files.key.display()),
+            ]),
+        }
+        lines.extend([
             format!("Loglevel: {}", self.log_level),
             format!("Reinit allowed: {}", if self.reinit { "yes" } else { "no" }),
             format!("CORS-base url: {}", self.cors_base),
@@ -107,7 +120,8 @@ impl Status {
             format!("Refused connections: {}", s.refused),
             format!("Worker threads: {}", self.workers),
             "------------- end --------------".to_string(),
-        ]
+        ]);
+        lines
     }
 
     /// The `tcpstatus` reply: hasses' keys first, then ours.
@@ -116,7 +130,7 @@ impl Status {
         json!({
             "version": self.version,
             "runningtime": running_time(self.running),
-            "mode": "http",
+            "mode": if self.tls.is_some() { "https" } else { "http" },
             "loglevel": self.log_level,
             "allconncli": s.connections,
             "sseconncli": s.streaming,
@@ -159,6 +173,8 @@ pub struct ClientRow {
     pub tokens: Vec<String>,
     /// Which worker holds it.
     pub worker: usize,
+    /// Under TLS: its protocol version and cipher suite (`-` until agreed).
+    pub tls: Option<String>,
 }
 
 /// The client list block, line by line, as hasses writes it.
@@ -167,13 +183,14 @@ pub fn client_list_lines(rows: &[ClientRow]) -> Vec<String> {
     for (n, row) in rows.iter().enumerate() {
         // A client is closed at its first socket error, so a listed client never has one.
         lines.push(format!(
-            "#{} - <{}> info: {} S:{} Err: 0 Messages: {} Reinit: {} SSL:No",
+            "#{} - <{}> info: {} S:{} Err: 0 Messages: {} Reinit: {} SSL:{}",
             n + 1,
             row.fd,
             row.peer,
             row.state,
             row.messages,
-            row.reinits
+            row.reinits,
+            if row.tls.is_some() { "Yes" } else { "No" }
         ));
         lines.push(format!(
             "  Connection time: {}  Handshaked time: {} UniqId:{}",
@@ -182,6 +199,9 @@ pub fn client_list_lines(rows: &[ClientRow]) -> Vec<String> {
             row.id
         ));
         lines.push(format!("  Agent: {}", row.agent));
+        if let Some(tls) = &row.tls {
+            lines.push(format!("  SSL: {tls}"));
+        }
         lines.push(format!("  Subscribes: {}", row.tokens.join(",")));
     }
     lines.push("---------------- end ----------------".to_string());
@@ -229,6 +249,7 @@ mod tests {
             agent: "Mozilla/5.0".into(),
             tokens: vec!["room624".into()],
             worker: 0,
+            tls: None,
         }
     }
 
@@ -274,6 +295,7 @@ mod tests {
                 dropped_slow: 0,
                 refused: 0,
             },
+            tls: None,
         };
         let lines = status.lines();
         assert_eq!(lines[0], "------- status of hasses -------");
@@ -287,5 +309,15 @@ mod tests {
         assert_eq!(json["maxconncli"], 4);
         assert_eq!(json["msgproccnt"], 7);
         assert_eq!(json["msgsendcnt"], 9);
+        assert_eq!(json["mode"], "http");
+        let tls = TlsFiles { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() };
+        let https = Status { tls: Some(tls), ..status };
+        let lines = https.lines();
+        assert_eq!(
+            lines[6..9],
+            ["Mode: SSL encrypted (https)", "Certificate file: /etc/c.pem", "Private key file: /etc/k.pem"]
+        );
+        assert_eq!(lines[9], "Loglevel: 2");
+        assert_eq!(https.json()["mode"], "https");
     }
 }

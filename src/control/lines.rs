@@ -248,7 +248,7 @@ mod tests {
         assert!(!buffer.is_pending());
         buffer.push(b"a=1\nroom1=hal", 100, |l| out.push(l.unwrap().to_vec()));
         assert!(buffer.is_pending());
-        assert_eq!(buffer.abandon(), 8);
+        assert_eq!(buffer.abandon(), 9);
         assert!(!buffer.is_pending());
         buffer.push(b"room1=hello\n", 100, |l| out.push(l.unwrap().to_vec()));
         assert_eq!(out, [b"a=1".to_vec(), b"room1=hello".to_vec()]);

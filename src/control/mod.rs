@@ -3,6 +3,26 @@
 //! Owns reading publishers' input (line framing, the separator), turning each part into a
 //! [`Command`], numbering and framing each event once, and answering the figures commands by
 //! asking every shard and merging the answers. It never touches a client connection: shards do.
+//!
+//! # Guarding the control channel
+//! - **Auth.** With a secret (`--control-secret`), a TCP connection's first line must be
+//!   `auth SECRET` (a line of its own, never split on the separator). A right secret is accepted
+//!   silently, so a publisher can always send it and then go on as before; anything else (a
+//!   command, a wrong secret) is answered `ERR unauthorized` and the connection is closed once
+//!   that reply is out. Blank lines are ignored. The secret is compared in constant time. An
+//!   `auth` line once authenticated, on a server without a secret or on the FIFO is ignored: the
+//!   word `auth` never starts a publish. The FIFO needs no auth: its file mode guards it.
+//! - **Exposure.** A control port bound to anything but loopback without a secret is warned about
+//!   at start: whoever reaches it can publish, list clients and change the log level.
+//! - **Long lines.** A line over [`Limits::max_control_line`] is refused with a log line: on TCP
+//!   that connection is closed (others keep working); on the FIFO the line is skipped.
+//! - **Abandoned FIFO lines.** The FIFO is held open for writing too, so it never reports end of
+//!   input and a writer that dies mid-line cannot be seen directly. Writes to a pipe of at most
+//!   `PIPE_BUF` (4096) bytes are atomic, so a publisher that writes each line in one `write`
+//!   delivers it whole. A partial line after which nothing arrives on the FIFO for
+//!   [`FIFO_QUIET`] is taken as abandoned and discarded with a log line, so it cannot be glued
+//!   to the front of the next publisher's line. (A line that another writer completes within
+//!   that second cannot be told apart from a slow writer's, and goes through joined.)
 
 pub mod command;
 mod fanout;
@@ -14,7 +34,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
@@ -27,14 +47,19 @@ use crate::log::REPORT;
 use crate::shard::{Delivery, ShardCommand, ShardHandle, Shared};
 use crate::sse::{encode_event, EventIds};
 use crate::stats::{self, ShardFigures, Status};
-use command::{parse_command, split_parts, Command, Publish};
+use command::{auth_secret, parse_command, split_parts, Command, Publish};
 pub use fanout::Fanout;
-use lines::LineBuffer;
+use lines::{LineBuffer, LineTooLong};
 
 const LISTENER: Token = Token(usize::MAX - 2);
 const FIFO: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a partial FIFO line may wait, with nothing arriving on the FIFO, before it is taken
+/// as abandoned by a writer that died mid-line.
+pub const FIFO_QUIET: Duration = Duration::from_secs(1);
+/// The answer to any line but a right `auth` on a connection that must authenticate first.
+const UNAUTHORIZED: &[u8] = b"ERR unauthorized\n";
 
 /// What the control thread needs to know beyond what the shards share.
 #[derive(Debug, Clone)]
@@ -60,9 +85,20 @@ struct Publisher {
     lines: LineBuffer,
     /// Replies not yet written.
     out: Vec<u8>,
-    /// The peer finished sending: close once the replies are out.
+    /// No more input is taken (the peer finished sending, or it was refused): close once the
+    /// replies are out.
     done: bool,
+    /// It may give commands: it sent the right `auth` line, or no secret is set.
+    authorized: bool,
     registered: Interest,
+}
+
+/// The control FIFO and the line it is delivering.
+struct Fifo {
+    file: File,
+    lines: LineBuffer,
+    /// When bytes last arrived: a partial line quiet for [`FIFO_QUIET`] is abandoned.
+    last_input: Instant,
 }
 
 /// Where a control line came from: the FIFO cannot be answered.
@@ -75,7 +111,7 @@ enum Source {
 pub struct Control {
     poll: Poll,
     listener: Option<TcpListener>,
-    fifo: Option<(File, LineBuffer)>,
+    fifo: Option<Fifo>,
     publishers: Slab<Publisher>,
     shards: Fanout,
     shared: Arc<Shared>,
@@ -113,6 +149,9 @@ impl Control {
     ) -> io::Result<(Control, ControlStop)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        if let Some(listener) = &listener {
+            warn_if_exposed(listener.local_addr()?, settings.secret.is_some());
+        }
         let mut listener = listener.map(TcpListener::from_std);
         if let Some(listener) = &mut listener {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
@@ -124,7 +163,7 @@ impl Control {
         let control = Control {
             poll,
             listener,
-            fifo: fifo.map(|f| (f, LineBuffer::default())),
+            fifo: fifo.map(|file| Fifo { file, lines: LineBuffer::default(), last_input: Instant::now() }),
             publishers: Slab::new(),
             shards: Fanout::new(shards),
             shared,
@@ -142,7 +181,9 @@ impl Control {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // No timer at all unless a partial FIFO line is waiting for its end.
+            let timeout = self.fifo_quiet_left();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -156,6 +197,7 @@ impl Control {
                     Token(key) => self.handle_publisher(key),
                 }
             }
+            self.expire_abandoned_fifo_line();
             // One wake per shard for everything this round of events produced.
             self.shards.wake();
         }
@@ -182,6 +224,7 @@ impl Control {
                         lines: LineBuffer::default(),
                         out: Vec::new(),
                         done: false,
+                        authorized: self.settings.secret.is_none(),
                         registered,
                     });
                 }
@@ -196,15 +239,16 @@ impl Control {
     }
 
     fn read_fifo(&mut self) {
-        let Some((mut fifo, mut lines)) = self.fifo.take() else { return };
+        let Some(mut fifo) = self.fifo.take() else { return };
         let max_line = self.settings.limits.max_control_line();
         loop {
-            match fifo.read(&mut self.read_buf) {
+            match fifo.file.read(&mut self.read_buf) {
                 // Held open for writing too, so no end of input: 0 means nothing right now.
                 Ok(0) => break,
                 Ok(n) => {
+                    fifo.last_input = Instant::now();
                     let input = std::mem::take(&mut self.read_buf);
-                    lines.push(&input[..n], max_line, |line| self.on_line(line, &Source::Fifo));
+                    fifo.lines.push(&input[..n], max_line, |line| self.on_line(line, &Source::Fifo));
                     self.read_buf = input;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -215,7 +259,35 @@ impl Control {
                 }
             }
         }
-        self.fifo = Some((fifo, lines));
+        self.fifo = Some(fifo);
+    }
+
+    /// How long the poll may wait before a partial FIFO line is due to be abandoned; `None`
+    /// (no timeout) when no line is in progress.
+    fn fifo_quiet_left(&self) -> Option<Duration> {
+        let fifo = self.fifo.as_ref().filter(|fifo| fifo.lines.is_pending())?;
+        Some(FIFO_QUIET.saturating_sub(fifo.last_input.elapsed()))
+    }
+
+    /// Discards a partial FIFO line that has waited [`FIFO_QUIET`] for its end: its writer died
+    /// mid-line, and its bytes must not become the start of the next publisher's line.
+    fn expire_abandoned_fifo_line(&mut self) {
+        if self.fifo_quiet_left() != Some(Duration::ZERO) {
+            return;
+        }
+        // Bytes may have arrived while this thread was busy elsewhere: they would end the line.
+        self.read_fifo();
+        if self.fifo_quiet_left() != Some(Duration::ZERO) {
+            return;
+        }
+        let Some(fifo) = &mut self.fifo else { return };
+        let held = fifo.lines.abandon();
+        self.refused += 1;
+        warn!(
+            "Control FIFO: incomplete line of {held} bytes discarded (no end of line within {}s; \
+             its writer died mid-line?)",
+            FIFO_QUIET.as_secs()
+        );
     }
 
     fn handle_publisher(&mut self, key: usize) {
@@ -239,7 +311,13 @@ impl Control {
                     self.publishers[key].done = true;
                     break;
                 }
-                Ok(n) => lines.push(&input[..n], max_line, |line| self.on_line(line, &Source::Tcp(key))),
+                Ok(n) => {
+                    lines.push(&input[..n], max_line, |line| self.on_line(line, &Source::Tcp(key)));
+                    if self.publishers[key].done {
+                        // Refused: nothing more is read; it is closed once the replies are out.
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -287,15 +365,24 @@ impl Control {
         }
     }
 
-    fn on_line(&mut self, line: Result<&[u8], lines::LineTooLong>, source: &Source) {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => {
-                self.refused += 1;
-                warn!("Control line refused: {e}");
+    fn on_line(&mut self, line: Result<&[u8], LineTooLong>, source: &Source) {
+        if let Source::Tcp(key) = *source {
+            if self.publishers[key].done {
+                // The rest of the input of a refused connection is not looked at.
                 return;
             }
+        }
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => return self.refuse_long_line(&e, source),
         };
+        let admitted = match *source {
+            Source::Tcp(key) => self.admit(key, line),
+            Source::Fifo => auth_secret(line).is_none(),
+        };
+        if !admitted {
+            return;
+        }
         for part in split_parts(line, self.settings.separator) {
             match parse_command(part, &self.settings.limits) {
                 Ok(command) => self.execute(command, source),
@@ -305,6 +392,47 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// A line over the limit: the FIFO skips it; a TCP connection is closed (once its earlier
+    /// replies are out), since what it sends after such a line cannot be trusted to be lines.
+    fn refuse_long_line(&mut self, e: &LineTooLong, source: &Source) {
+        self.refused += 1;
+        match *source {
+            Source::Fifo => warn!("Control FIFO: line skipped: {e}"),
+            Source::Tcp(key) => {
+                let publisher = &mut self.publishers[key];
+                publisher.done = true;
+                warn!("Control connection from {} closed: {e}", publisher.peer);
+            }
+        }
+    }
+
+    /// Whether a TCP connection's line goes on to the commands: only once it is authorized.
+    /// Before that, a right `auth` line authorizes it; any other line (but a blank one) is
+    /// answered `ERR unauthorized` and the connection closed.
+    fn admit(&mut self, key: usize, line: &[u8]) -> bool {
+        let publisher = &mut self.publishers[key];
+        let given = auth_secret(line);
+        let refusal = match (&self.settings.secret, given) {
+            (_, Some(_)) if publisher.authorized => {
+                debug!("Control connection from {}: auth line ignored (already authorized)", publisher.peer);
+                return false;
+            }
+            (_, None) if publisher.authorized => return true,
+            (_, None) if line.trim_ascii().is_empty() => return false,
+            (Some(secret), Some(given)) if same_secret(given, secret.as_bytes()) => {
+                publisher.authorized = true;
+                debug!("Control connection from {} authenticated", publisher.peer);
+                return false;
+            }
+            (_, Some(_)) => "wrong secret",
+            (_, None) => "a command before auth",
+        };
+        info!("Control connection from {} refused: {refusal}", publisher.peer);
+        publisher.out.extend_from_slice(UNAUTHORIZED);
+        publisher.done = true;
+        false
     }
 
     fn execute(&mut self, command: Command, source: &Source) {
@@ -403,7 +531,30 @@ impl Control {
             refused: self.refused,
             workers: self.shards.len(),
             shards: self.figures(),
+            tls: self.shared.tls.as_ref().map(|tls| tls.files().clone()),
         }
+    }
+}
+
+/// Compares a given secret with the configured one in time that depends only on the given
+/// secret's length, not on where the first difference is.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != secret.len());
+    for (i, byte) in given.iter().enumerate() {
+        let expected = secret.get(i).copied().unwrap_or(0);
+        diff |= std::hint::black_box(byte ^ expected);
+    }
+    diff == 0
+}
+
+/// Warns (whatever the log level) when the control port can be reached from other hosts and
+/// asks for no secret.
+fn warn_if_exposed(addr: SocketAddr, has_secret: bool) {
+    if !has_secret && !addr.ip().to_canonical().is_loopback() {
+        warn!(
+            "Control port {addr} is reachable from other hosts and has no --control-secret: anyone \
+             who can connect can publish, list clients and change the log level"
+        );
     }
 }
 
@@ -411,5 +562,22 @@ impl Control {
 fn report(lines: Vec<String>) {
     for line in lines {
         info!(target: REPORT, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3crett", b"s3cret"));
+        assert!(!same_secret(b"s3crex", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+        assert!(!same_secret(b"s3cret\0", b"s3cret"));
+        assert!(!same_secret(b"x", b""));
+        assert!(same_secret(b"", b""));
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 use mio::Interest;
+use rustls::ServerConnection;
 
 use super::outbox::Outbox;
 use crate::http::Subscribe;
@@ -39,6 +40,8 @@ impl Phase {
 pub struct Connection {
     /// The socket.
     pub socket: TcpStream,
+    /// Its TLS session on an HTTPS port; boxed, so a plain connection pays one pointer.
+    pub tls: Option<Box<ServerConnection>>,
     /// The client's address.
     pub peer: SocketAddr,
     /// Unique within the shard for its whole run: tells this connection from a later one that
@@ -106,9 +109,16 @@ impl Client {
 
 impl Connection {
     /// A connection that has just been accepted.
-    pub fn accepted(socket: TcpStream, peer: SocketAddr, serial: u64, now: u32) -> Self {
+    pub fn accepted(
+        socket: TcpStream,
+        tls: Option<Box<ServerConnection>>,
+        peer: SocketAddr,
+        serial: u64,
+        now: u32,
+    ) -> Self {
         Connection {
             socket,
+            tls,
             peer,
             serial,
             phase: Phase::Handshaking,
@@ -123,9 +133,9 @@ impl Connection {
     }
 
     /// The interest its state calls for: always readable (to see the peer close, and requests),
-    /// writable only while bytes wait.
+    /// writable only while bytes wait, in the queue or inside TLS.
     pub fn interest(&self) -> Interest {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() && !self.tls_wants_write() {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
@@ -134,7 +144,27 @@ impl Connection {
 
     /// True when it is due to be closed: it was answered for the last time and all is written.
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Closing && self.outbox.is_empty()
+        self.phase == Phase::Closing && self.outbox.is_empty() && !self.tls_wants_write()
+    }
+
+    fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// The state code of the client list: `SSL` while its TLS handshake runs.
+    pub fn state_code(&self) -> &'static str {
+        match &self.tls {
+            Some(tls) if tls.is_handshaking() => "SSL",
+            _ => self.phase.code(),
+        }
+    }
+
+    /// `TLSv1_3 TLS13_AES_256_GCM_SHA384`: the protocol and cipher suite, once agreed.
+    pub fn tls_summary(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        let version = tls.protocol_version().map_or("-".to_string(), |v| format!("{v:?}"));
+        let suite = tls.negotiated_cipher_suite().map_or("-".to_string(), |s| format!("{:?}", s.suite()));
+        Some(format!("{version} {suite}"))
     }
 
     /// True when `id` names this client.

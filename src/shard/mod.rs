@@ -11,6 +11,8 @@ pub mod subscriptions;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
+
+use rustls::ServerConnection;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +30,7 @@ use crate::control::command::Target;
 use crate::http::{self, Judgement, Responses, Route};
 use crate::sse::{self, Frame};
 use crate::stats::{ClientRow, ShardFigures};
+use crate::tls::Tls;
 use connection::{Client, Connection, Phase};
 use outbox::Flushed;
 use subscriptions::{Subscriptions, EVERYTHING};
@@ -62,6 +65,8 @@ pub struct Shared {
     pub heartbeat: Option<Duration>,
     /// The kernel hands over connections with their request already there (`--defer-accept`).
     pub read_on_accept: bool,
+    /// Serve HTTPS with these settings.
+    pub tls: Option<Tls>,
     /// Connections beyond this many open at once are refused with 503.
     pub max_connections: Option<u64>,
     /// Connections beyond a number per IP are refused with 503.
@@ -338,12 +343,22 @@ impl Shard {
             return self.refuse(socket, peer, "connection limit per IP");
         }
         self.shared.peak.fetch_max(open, Ordering::Relaxed);
+        let tls = match self.shared.tls.as_ref().map(|tls| ServerConnection::new(tls.config())).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            Err(e) => {
+                self.shared.open.fetch_sub(1, Ordering::Relaxed);
+                if let Some(limit) = &self.shared.per_ip {
+                    limit.close(peer.ip());
+                }
+                return warn!("Cannot start TLS for {peer}: {e}");
+            }
+        };
         let key = self.connections.vacant_key();
         let now = Instant::now();
         self.next_serial += 1;
         let serial = self.next_serial;
         info!("Connection accepted: {peer} <{}> worker {}", socket.as_raw_fd(), self.number);
-        self.connections.insert(Connection::accepted(socket, peer, serial, seconds(self.started, now)));
+        self.connections.insert(Connection::accepted(socket, tls, peer, serial, seconds(self.started, now)));
         let conn = &mut self.connections[key];
         if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key), Interest::READABLE) {
             return self.close(key, &format!("cannot watch socket: {e}"));
@@ -381,6 +396,9 @@ impl Shard {
 
     /// Reads until the socket has nothing more, acting on what arrives.
     fn read(&mut self, key: usize) {
+        if self.connections[key].tls.is_some() {
+            return self.read_tls(key);
+        }
         loop {
             let conn = &mut self.connections[key];
             match conn.socket.read(&mut self.read_buf[..]) {
@@ -394,6 +412,57 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.close(key, &e.to_string()),
+            }
+        }
+    }
+
+    /// Reads TLS records until the socket has nothing more, acting on the plaintext in them,
+    /// then sends what TLS wants to (handshake messages, alerts).
+    fn read_tls(&mut self, key: usize) {
+        loop {
+            let conn = &mut self.connections[key];
+            let Some(tls) = conn.tls.as_mut() else { return };
+            match tls.read_tls(&mut conn.socket) {
+                Ok(0) => return self.close(key, "closed by peer"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.close(key, &e.to_string()),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Tell the peer why (the alert rustls queued), then give up on it.
+                let _ = outbox::send_tls(tls, &mut conn.socket);
+                info!("TLS failed with {}: {e}", conn.peer);
+                return self.close(key, &format!("TLS error: {e}"));
+            }
+            if !self.take_plaintext(key) {
+                return;
+            }
+        }
+        self.flush(key);
+    }
+
+    /// Acts on all the plaintext TLS has decrypted, which epoll will not signal again; false
+    /// when the connection is gone.
+    fn take_plaintext(&mut self, key: usize) -> bool {
+        loop {
+            let Some(tls) = self.connections[key].tls.as_mut() else { return true };
+            match tls.reader().read(&mut self.read_buf[..]) {
+                Ok(0) => {
+                    self.close(key, "closed by peer");
+                    return false;
+                }
+                Ok(n) => {
+                    self.received(key, n);
+                    if !self.connections.contains(key) {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    self.close(key, &e.to_string());
+                    return false;
+                }
             }
         }
     }
@@ -495,7 +564,11 @@ impl Shard {
     /// Writes what the socket takes; closes the connection when it failed or is finished.
     fn flush(&mut self, key: usize) {
         let conn = &mut self.connections[key];
-        match conn.outbox.flush(&mut conn.socket) {
+        let flushed = match conn.tls.as_deref_mut() {
+            Some(tls) => conn.outbox.flush_tls(tls, &mut conn.socket),
+            None => conn.outbox.flush(&mut conn.socket),
+        };
+        match flushed {
             Ok(Flushed::All) if conn.is_finished() => self.close(key, "answered"),
             Ok(_) => self.update_interest(key),
             Err(e) => self.close(key, &format!("write failed: {e}")),
@@ -672,7 +745,8 @@ impl Shard {
         ClientRow {
             fd: conn.socket.as_raw_fd(),
             peer: conn.peer,
-            state: conn.phase.code(),
+            state: conn.state_code(),
+            tls: conn.tls_summary(),
             messages: client.messages,
             reinits: client.reinits,
             connected_secs: u64::from(now - conn.connected_at),

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 use bytes::{Buf, Bytes};
+use rustls::ServerConnection;
 
 /// The most frames handed to one `writev` (the kernel's IOV_MAX is 1024; this is plenty).
 const MAX_IOVECS: usize = 64;
@@ -64,6 +65,17 @@ impl Outbox {
         Ok(Flushed::All)
     }
 
+    /// Encrypts queued frames into `tls` and sends what TLS holds, as far as the socket takes.
+    pub fn flush_tls(&mut self, tls: &mut ServerConnection, socket: &mut impl Write) -> io::Result<Flushed> {
+        if send_tls(tls, socket)? == Flushed::Partly {
+            return Ok(Flushed::Partly);
+        }
+        match self.flush(&mut TlsSink { tls, socket })? {
+            Flushed::All => send_tls(tls, socket),
+            Flushed::Partly => Ok(Flushed::Partly),
+        }
+    }
+
     /// Points `slices` at the oldest frames; returns how many it filled.
     fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         let mut count = 0;
@@ -86,6 +98,43 @@ impl Outbox {
             written -= first.len();
             self.frames.pop_front();
         }
+    }
+}
+
+/// Writes what TLS holds encrypted (handshake messages, records) to the socket.
+pub fn send_tls(tls: &mut ServerConnection, socket: &mut impl Write) -> io::Result<Flushed> {
+    while tls.wants_write() {
+        match tls.write_tls(socket) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Flushed::All)
+}
+
+/// Frames go into TLS as plaintext; when its buffer is full, records go out to make room.
+struct TlsSink<'a, W> {
+    tls: &'a mut ServerConnection,
+    socket: &'a mut W,
+}
+
+impl<W: Write> Write for TlsSink<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let taken = self.tls.writer().write(buf)?;
+        if taken > 0 {
+            return Ok(taken);
+        }
+        // Say WouldBlock only when the socket is full too: only then will writability be signalled.
+        if send_tls(self.tls, self.socket)? == Flushed::Partly {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.tls.writer().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
