@@ -284,7 +284,8 @@ struct Cli {
     /// Answer 503 to new connections beyond N open from one IP address [default: no limit]
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<String>,
-    /// TCP publishers must first send `auth SECRET` [default: none]
+    /// TCP publishers must first send the line `auth SECRET`; anything else gets `ERR unauthorized`
+    /// and the connection is closed [default: none]
     #[arg(long, value_name = "SECRET")]
     control_secret: Option<String>,
     /// The longest message; longer ones are refused [default: 65536]
@@ -624,7 +625,7 @@ impl Given {
                 &cli.max_connections_per_ip,
                 positive,
             )?,
-            control_secret: self.value("control-secret", &cli.control_secret, header_text)?,
+            control_secret: self.value("control-secret", &cli.control_secret, secret)?,
             tls,
             max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
             limits: Limits {
@@ -792,6 +793,14 @@ fn header_text(text: &str) -> Result<String, &'static str> {
     } else {
         Ok(text.to_owned())
     }
+}
+
+/// A control secret: one that could never be typed on an `auth` line is refused.
+fn secret(text: &str) -> Result<String, &'static str> {
+    if text.is_empty() || text.trim() != text {
+        return Err("must not be empty or start or end with white space");
+    }
+    header_text(text)
 }
 
 fn positive(text: &str) -> Result<usize, &'static str> {
@@ -1161,6 +1170,10 @@ mod tests {
             (&["--handshake-timeout", "0"], "--handshake-timeout: must be a number of seconds above 0: 0"),
             (&["--max-age=-1"], "--max-age: must be a number of seconds above 0: -1"),
             (&["--max-age", "inf"], "--max-age: must be a number of seconds above 0: inf"),
+            (
+                &["--control-secret= s"],
+                "--control-secret: must not be empty or start or end with white space:  s",
+            ),
             (&["--heartbeat=-1"], "--heartbeat: must be a number of seconds, 0 for never: -1"),
             (&["--heartbeat", "soon"], "--heartbeat: must be a number of seconds, 0 for never: soon"),
             (&["--user", "a\u{7}"], "--user: must not contain control characters: a\u{7}"),

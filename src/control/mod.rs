@@ -282,6 +282,10 @@ impl Control {
         }
         let Some(fifo) = &mut self.fifo else { return };
         let held = fifo.lines.abandon();
+        if held == 0 {
+            // The rest of an over-long line, refused and counted already, never came.
+            return debug!("Control FIFO: the end of an over-long line never came; taking new lines");
+        }
         self.refused += 1;
         warn!(
             "Control FIFO: incomplete line of {held} bytes discarded (no end of line within {}s; \
