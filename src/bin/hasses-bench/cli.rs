@@ -34,7 +34,15 @@ server: RSS is read once before the first connection and again after the idle pa
 
 Example (this host, 18,000 connections over 8 source addresses):
   hasses-bench all -n 18000 --src-addrs 127.0.0.1-127.0.0.8 --server-pid $(pidof hasses) \\
-      --json-out bench.jsonl";
+      --json-out bench.jsonl
+
+Over TLS, with a server started with --tls-cert cert.pem --tls-key key.pem. The certificate
+must name 127.0.0.1 (or, with --server-name localhost, localhost) and, being self-signed, must
+say CA:FALSE: rustls, unlike curl, refuses a CA certificate as the server's own.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \\
+      -keyout key.pem -out cert.pem -subj /CN=localhost \\
+      -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE
+  hasses-bench all -n 5000 --tls --ca cert.pem --server-pid $(pidof hasses)";
 
 /// Capacity benchmark for hasses: N SSE connections, published messages, and the figures.
 #[derive(Debug, Clone, Parser)]
@@ -112,6 +120,22 @@ pub struct Options {
     /// receiver threads; keeps the server's accept backlog from overflowing.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub window: u32,
+
+    /// Open the connections over TLS (rustls, TLS 1.3 or 1.2, no session resumption: every
+    /// connection is a full handshake); needs --ca. The connect phase then also reports TLS
+    /// handshakes per second and server CPU per handshake, idle the RSS per TLS connection.
+    #[arg(long, requires = "ca")]
+    pub tls: bool,
+
+    /// With --tls: the PEM certificate(s) to trust (the server's self-signed certificate, or
+    /// the CA that signed it).
+    #[arg(long, requires = "tls")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: the name the server's certificate is verified against, sent as SNI when it
+    /// is a DNS name (e.g. localhost). Default: the IP address of --sse.
+    #[arg(long, requires = "tls")]
+    pub server_name: Option<String>,
 
     /// Append one JSON object per scenario to this file (one per line).
     #[arg(long)]

@@ -22,6 +22,7 @@
 //! - [`stats`]: counters and the latency histogram.
 //! - [`report`]: the table and the JSON lines.
 //! - [`sys`]: clock, rusage, rlimit, socket option, `/proc/PID`.
+//! - [`tls`]: the rustls client settings (`--tls`).
 
 mod cli;
 mod control;
@@ -31,6 +32,7 @@ mod report;
 mod run;
 mod stats;
 mod sys;
+mod tls;
 
 use std::fs::OpenOptions;
 use std::io::Write;

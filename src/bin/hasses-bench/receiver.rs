@@ -5,6 +5,10 @@
 //! big read buffer per thread, one clock read per `read`, counters in plain fields. The
 //! orchestrator talks to a thread only through [`Cmd`]s (a channel plus a `Waker`) and reads
 //! its [`Progress`] atomics, which the thread refreshes once per poll round.
+//!
+//! With `--tls` each connection carries a rustls `ClientConnection`, driven non-blocking in
+//! the same loop: ciphertext is read into a second big buffer, handed to rustls, and the
+//! plaintext it yields goes to the same parser.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -16,11 +20,13 @@ use crossbeam_channel::{Receiver as ChanRx, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::libc;
+use rustls::ClientConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::parse::{Event, StreamParser};
 use crate::stats::{Counters, Progress};
 use crate::sys;
+use crate::tls::TlsSetup;
 
 /// The waker's token, above every connection's (a connection's token is its local index).
 const WAKER: Token = Token(usize::MAX);
@@ -74,6 +80,8 @@ pub struct Setup {
     pub src: Vec<IpAddr>,
     /// Connections of this thread in progress at once.
     pub window: u32,
+    /// Open the connections over TLS with these settings.
+    pub tls: Option<TlsSetup>,
 }
 
 /// The orchestrator's handle on a receiver thread.
@@ -145,6 +153,8 @@ struct Track {
 
 struct Conn {
     stream: Option<TcpStream>,
+    /// The TLS session (`--tls`), from the end of the TCP connect on.
+    tls: Option<Box<ClientConnection>>,
     state: State,
     parser: StreamParser,
     track: Track,
@@ -165,6 +175,8 @@ struct Thread {
     progress: Arc<Progress>,
     conns: Vec<Conn>,
     buf: Vec<u8>,
+    /// Ciphertext read from a TLS connection's socket (empty without `--tls`).
+    cipher: Vec<u8>,
     request: Vec<u8>,
     counters: Counters,
     bcast_base: u64,
@@ -185,6 +197,7 @@ impl Thread {
         let conns = (0..share)
             .map(|local| Conn {
                 stream: None,
+                tls: None,
                 state: State::Idle,
                 parser: StreamParser::new(),
                 track: Track {
@@ -197,6 +210,7 @@ impl Thread {
                 c
             })
             .collect();
+        let cipher = if setup.tls.is_some() { vec![0; READ_BUF] } else { Vec::new() };
         Thread {
             setup,
             poll,
@@ -204,6 +218,7 @@ impl Thread {
             progress,
             conns,
             buf: vec![0; READ_BUF],
+            cipher,
             request: Vec::with_capacity(256),
             counters: Counters::default(),
             bcast_base: 0,
@@ -340,6 +355,7 @@ impl Thread {
         let was = conn.state;
         conn.state = State::Dead;
         conn.stream = None;
+        conn.tls = None;
         if matches!(was, State::Idle | State::Connecting | State::AwaitHead) {
             self.in_flight = self.in_flight.saturating_sub(u32::from(was != State::Idle));
         }
@@ -362,6 +378,7 @@ impl Thread {
                     self.connected(local);
                 }
             }
+            State::AwaitHead | State::Streaming if self.setup.tls.is_some() => self.tls_io(local),
             State::AwaitHead | State::Streaming => self.read(local),
             State::Idle | State::Dead => {}
         }
@@ -385,6 +402,9 @@ impl Thread {
             Err(e) => return self.fail(local, "connect", &e, false),
         }
         let i = conn.track.index;
+        if let Some(tls) = &self.setup.tls {
+            return self.start_tls(local, tls.clone());
+        }
         self.request.clear();
         let _ = write!(
             self.request,
@@ -412,7 +432,6 @@ impl Thread {
 
     /// Reads until the socket is drained.
     fn read(&mut self, local: usize) {
-        let n = u64::from(self.setup.n);
         loop {
             let conn = &mut self.conns[local];
             let Some(stream) = conn.stream.as_mut() else { return };
@@ -429,18 +448,8 @@ impl Thread {
                     return self.fail(local, "read", &e, hs);
                 }
             };
-            let now = sys::mono_ns();
-            let mut ctx = Ctx { counters: &mut self.counters, n, bcast_base: self.bcast_base, now };
-            let track = &mut conn.track;
-            let res = conn.parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
-            if conn.state == State::AwaitHead && conn.parser.handshaked() {
-                conn.state = State::Streaming;
-                self.in_flight -= 1;
-                self.counters.handshaked += 1;
-                self.counters.last_handshake = now;
-            }
-            if let Err(e) = res {
-                return self.fail(local, "protocol", &format!("{e:?}"), true);
+            if !self.feed(local, got, sys::mono_ns()) {
+                return;
             }
             // A read shorter than the buffer emptied the socket's queue: data arriving later
             // raises a new edge, so the extra read that would say WouldBlock is skipped.
@@ -448,6 +457,144 @@ impl Thread {
                 return;
             }
         }
+    }
+
+    /// Parses `buf[..got]`, received at `now`; false when that failed the connection.
+    fn feed(&mut self, local: usize, got: usize, now: u64) -> bool {
+        let n = u64::from(self.setup.n);
+        let conn = &mut self.conns[local];
+        let mut ctx = Ctx { counters: &mut self.counters, n, bcast_base: self.bcast_base, now };
+        let track = &mut conn.track;
+        let res = conn.parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
+        if conn.state == State::AwaitHead && conn.parser.handshaked() {
+            conn.state = State::Streaming;
+            self.in_flight -= 1;
+            self.counters.handshaked += 1;
+            self.counters.last_handshake = now;
+        }
+        if let Err(e) = res {
+            self.fail(local, "protocol", &format!("{e:?}"), true);
+            return false;
+        }
+        true
+    }
+
+    /// The TCP connect is done: starts the TLS session with the request already queued in it
+    /// (rustls sends it once the handshake is over) and sends the ClientHello. The socket stays
+    /// registered for writability as well: a TLS flight may not fit the socket at once.
+    fn start_tls(&mut self, local: usize, setup: TlsSetup) {
+        let mut session = match setup.session() {
+            Ok(session) => Box::new(session),
+            Err(e) => return self.fail(local, "tls", &e, false),
+        };
+        let i = self.conns[local].track.index;
+        self.request.clear();
+        let _ = write!(
+            self.request,
+            "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
+             Connection: keep-alive\r\n\r\n",
+            self.setup.path, self.setup.host
+        );
+        if let Err(e) = session.writer().write_all(&self.request) {
+            return self.fail(local, "request", &e, false);
+        }
+        let conn = &mut self.conns[local];
+        conn.tls = Some(session);
+        conn.state = State::AwaitHead;
+        self.tls_io(local);
+    }
+
+    /// Sends what TLS holds, then reads ciphertext until the socket is drained, handing the
+    /// plaintext to the parser; sends again whatever the records read called for.
+    fn tls_io(&mut self, local: usize) {
+        loop {
+            if !self.tls_send(local) {
+                return;
+            }
+            let conn = &mut self.conns[local];
+            let Some(stream) = conn.stream.as_mut() else { return };
+            let hs = conn.state == State::Streaming;
+            let got = match stream.read(&mut self.cipher) {
+                Ok(0) => return self.fail(local, "closed by the server", &"EOF", hs),
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(local, "read", &e, hs),
+            };
+            let now = sys::mono_ns();
+            let mut done = 0;
+            while done < got {
+                let conn = &mut self.conns[local];
+                let Some(tls) = conn.tls.as_mut() else { return };
+                let mut input = &self.cipher[done..got];
+                match tls.read_tls(&mut input) {
+                    Ok(taken) => done += taken,
+                    Err(e) => return self.fail(local, "tls", &e, hs),
+                }
+                let was_handshaking = tls.is_handshaking();
+                if let Err(e) = tls.process_new_packets() {
+                    // Send the alert rustls queued, as a client would, then give up.
+                    self.tls_send(local);
+                    return self.fail(local, "tls", &e, hs);
+                }
+                if was_handshaking && !tls.is_handshaking() {
+                    self.counters.tls_handshaked += 1;
+                    self.counters.last_tls_handshake = now;
+                }
+                if !self.tls_plaintext(local, now) {
+                    return;
+                }
+            }
+            if got < self.cipher.len() {
+                self.tls_send(local);
+                return;
+            }
+        }
+    }
+
+    /// Parses all the plaintext TLS has decrypted; false when the connection is gone.
+    fn tls_plaintext(&mut self, local: usize, now: u64) -> bool {
+        loop {
+            let conn = &mut self.conns[local];
+            let Some(tls) = conn.tls.as_mut() else { return false };
+            let hs = conn.state == State::Streaming;
+            match tls.reader().read(&mut self.buf) {
+                Ok(0) => {
+                    self.fail(local, "closed by the server", &"close_notify", hs);
+                    return false;
+                }
+                Ok(got) => {
+                    if !self.feed(local, got, now) {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    self.fail(local, "tls", &e, hs);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Writes what TLS holds until done or the socket is full; false when that failed the
+    /// connection.
+    fn tls_send(&mut self, local: usize) -> bool {
+        let conn = &mut self.conns[local];
+        let (Some(tls), Some(stream)) = (conn.tls.as_mut(), conn.stream.as_mut()) else { return false };
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let hs = conn.state == State::Streaming;
+                    self.fail(local, "write", &e, hs);
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 

@@ -18,6 +18,7 @@ pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
     m.insert("live_connections".into(), json!(c.live));
     m.insert("threads".into(), json!(opts.threads));
     m.insert("payload".into(), json!(opts.payload));
+    m.insert("tls".into(), json!(opts.tls));
     m.insert("time_s".into(), json!(r.time_s));
     m.insert("lost".into(), json!(c.lost()));
     m.insert("duplicated".into(), json!(c.duplicated()));
@@ -82,8 +83,11 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
     let widths: Vec<usize> =
         (0..head.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = format!(
-        "hasses-bench: {} connections, {} receiver thread(s), payload {} B\n",
-        opts.connections, opts.threads, opts.payload
+        "hasses-bench: {} connections{}, {} receiver thread(s), payload {} B\n",
+        opts.connections,
+        if opts.tls { " over TLS" } else { "" },
+        opts.threads,
+        opts.payload
     );
     for row in &rows {
         let mut line = String::new();

@@ -15,6 +15,7 @@ use crate::control::Control;
 use crate::receiver::{Cmd, Receiver, Setup};
 use crate::stats::{Counters, Progress};
 use crate::sys::{self, CpuSample, ServerProbe};
+use crate::tls::TlsSetup;
 
 /// How often the orchestrator looks at the receivers' progress.
 const TICK: Duration = Duration::from_millis(10);
@@ -159,6 +160,7 @@ impl Bench {
         let threads = opts.threads.min(opts.connections);
         let window = opts.window.div_ceil(threads);
         let src = opts.src_addrs.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+        let tls = TlsSetup::from_options(&opts)?;
         let receivers = (0..threads)
             .map(|thread| {
                 Receiver::spawn(Setup {
@@ -170,6 +172,7 @@ impl Bench {
                     path: opts.path.clone(),
                     src: src.clone(),
                     window,
+                    tls: tls.clone(),
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -343,7 +346,22 @@ impl Bench {
         f.insert("server_clients".into(), json!(server_clients));
         f.insert("server_rss_before_bytes".into(), json!(self.rss_start));
         f.insert("server_rss_after_bytes".into(), json!(rss));
-        let cells = [format!("{rate:.0} conn/s"), "-".into(), per_unit(per_conn, "conn"), rss_cell(rss)];
+        let mut cells = [format!("{rate:.0} conn/s"), "-".into(), per_unit(per_conn, "conn"), rss_cell(rss)];
+        if self.opts.tls {
+            // The TLS handshakes end a round trip before their connection's response head.
+            let end = if c.last_tls_handshake > w.t0 { c.last_tls_handshake } else { sys::mono_ns() };
+            let tls_rate = c.tls_handshaked as f64 / ((end - w.t0) as f64 / 1e9).max(1e-9);
+            let per_handshake =
+                usage.server.filter(|_| c.tls_handshaked > 0).map(|s| s * 1e6 / c.tls_handshaked as f64);
+            f.insert("tls_handshakes".into(), json!(c.tls_handshaked));
+            f.insert("tls_handshakes_per_s".into(), json!(tls_rate));
+            f.insert("server_cpu_us_per_tls_handshake".into(), json!(per_handshake));
+            let tool_per_handshake =
+                (c.tls_handshaked > 0).then(|| usage.own * 1e6 / c.tls_handshaked as f64);
+            f.insert("tool_cpu_us_per_tls_handshake".into(), json!(tool_per_handshake));
+            cells[0] = format!("{rate:.0} conn/s, {tls_rate:.0} TLS hs/s");
+            cells[2] = per_unit(per_handshake, "TLS hs");
+        }
         let live = c.live;
         let mut result = Self::result(Phase::Connect, incomplete, c, time_s, &usage, f, cells);
         if let Some(seen) = server_clients.filter(|&seen| seen < live) {
@@ -373,7 +391,13 @@ impl Bench {
         f.insert("rss_before_bytes".into(), json!(self.rss_start));
         f.insert("rss_after_bytes".into(), json!(rss));
         f.insert("rss_bytes_per_connection".into(), json!(per_conn));
-        let mem = per_conn.map_or("-".into(), |b| format!("{b:.0} B/conn"));
+        let unit = if self.opts.tls {
+            f.insert("rss_bytes_per_tls_connection".into(), json!(per_conn));
+            "TLS conn"
+        } else {
+            "conn"
+        };
+        let mem = per_conn.map_or("-".into(), |b| format!("{b:.0} B/{unit}"));
         let cells = ["-".into(), "-".into(), "-".into(), mem];
         Self::result(Phase::Idle, None, c, time_s, &usage, f, cells)
     }

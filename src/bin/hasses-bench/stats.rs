@@ -146,6 +146,10 @@ pub struct Counters {
     pub last_recv: u64,
     /// Latest handshake time (mono ns).
     pub last_handshake: u64,
+    /// TLS handshakes completed (`--tls`).
+    pub tls_handshaked: u64,
+    /// Latest TLS handshake completion time (mono ns).
+    pub last_tls_handshake: u64,
     /// Receive latency of every delivery (receive time minus the payload's send time).
     pub latency: Histogram,
     /// For broadcast sequence number s (from the phase's first), the largest latency of any
@@ -179,6 +183,8 @@ impl Counters {
         }
         self.last_recv = self.last_recv.max(o.last_recv);
         self.last_handshake = self.last_handshake.max(o.last_handshake);
+        self.tls_handshaked += o.tls_handshaked;
+        self.last_tls_handshake = self.last_tls_handshake.max(o.last_tls_handshake);
         self.latency.merge(&o.latency);
         if self.last_receiver.len() < o.last_receiver.len() {
             self.last_receiver.resize(o.last_receiver.len(), 0);

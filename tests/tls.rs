@@ -1,0 +1,703 @@
+//! HTTPS (issue 3): rustls and curl clients stream events over TLS on every worker; the status,
+//! tcpstatus and client list say so; bad clients (plain HTTP, garbage, a stalled handshake,
+//! TLS 1.1) are closed and logged while the others stream on; bad certificate files stop the
+//! start with one line naming the file; SIGHUP reloads the certificate for new connections; the
+//! legacy `-ssl` flags serve TLS; the capacity benchmark runs over TLS.
+//!
+//! Certificates are made here with rcgen (ECDSA P-256, for `localhost` and `127.0.0.1`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
+
+use common::{connect, free_port, read_to_eof, Event, NoEvent, Server, TempFile, WAIT};
+
+const STATUS_FIRST: &str = "------- status of hasses -------";
+const STATUS_LAST: &str = "------------- end --------------";
+const LIST_FIRST: &str = "------- requested client list -------";
+const LIST_LAST: &str = "---------------- end ----------------";
+
+/// A self-signed certificate and its key, PEM, for `localhost` and `127.0.0.1`.
+struct Identity {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Identity {
+    fn new() -> Identity {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("generate a certificate");
+        Identity {
+            cert_pem: made.cert.pem(),
+            key_pem: made.key_pair.serialize_pem(),
+            der: made.cert.der().clone(),
+        }
+    }
+}
+
+/// The certificate and key files the server is given, removed when dropped.
+struct Files {
+    cert: TempFile,
+    key: TempFile,
+}
+
+impl Files {
+    fn new(identity: &Identity) -> Files {
+        let files = Files { cert: TempFile::new("cert.pem"), key: TempFile::new("key.pem") };
+        files.write(identity);
+        files
+    }
+
+    /// Replaces both files with `identity`'s.
+    fn write(&self, identity: &Identity) {
+        std::fs::write(self.cert.path(), &identity.cert_pem).unwrap();
+        std::fs::write(self.key.path(), &identity.key_pem).unwrap();
+    }
+
+    /// `--tls-cert CERT --tls-key KEY`.
+    fn flags(&self) -> [&str; 4] {
+        ["--tls-cert", self.cert.arg(), "--tls-key", self.key.arg()]
+    }
+}
+
+/// A TLS server on free ports (two workers) with `extra` flags.
+fn tls_server(files: &Files, extra: &[&str]) -> Server {
+    let args: Vec<&str> = files.flags().into_iter().chain(extra.iter().copied()).collect();
+    let server = Server::start(&args);
+    server.log.wait_for_line(|l| l.starts_with("SSE listening on ") && l.ends_with(" (https)"), WAIT);
+    server
+}
+
+/// A client configuration trusting `trusted` only, offering `versions` and ALPN `http/1.1`.
+fn client_config(trusted: &[&Identity], versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for identity in trusted {
+        roots.add(identity.der.clone()).expect("a usable trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("supported versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// TLS 1.3 and 1.2, trusting `identity` only.
+fn trusting(identity: &Identity) -> Arc<ClientConfig> {
+    client_config(&[identity], rustls::DEFAULT_VERSIONS)
+}
+
+/// An SSE client over rustls that checks the chunk framing of every event.
+struct TlsClient {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl TlsClient {
+    /// Connects to 127.0.0.1:`port` and completes the TLS handshake (verifying the server as
+    /// `127.0.0.1`); the error is what the handshake failed with.
+    fn connect(port: u16, config: Arc<ClientConfig>) -> std::io::Result<TlsClient> {
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let conn = ClientConnection::new(config, name).expect("a client session");
+        let mut stream = StreamOwned::new(conn, connect(port));
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsClient { stream, buf: Vec::new() })
+    }
+
+    /// Connects, sends `GET /sse?QUERY`, and asserts the `200` handshake.
+    fn subscribe(port: u16, config: Arc<ClientConfig>, query: &str) -> TlsClient {
+        let mut client = TlsClient::connect(port, config).expect("the TLS handshake");
+        client.stream.write_all(common::get_request(query).as_bytes()).expect("send the request");
+        client.stream.flush().unwrap();
+        let head = client.read_head().expect("a response head");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "handshake refused: {head:?}");
+        client
+    }
+
+    /// The local address (the server names the client by it).
+    fn local(&self) -> std::net::SocketAddr {
+        self.stream.sock.local_addr().unwrap()
+    }
+
+    /// Reads more plaintext; `Ok(false)` on close (close_notify, EOF or reset).
+    fn fill(&mut self, deadline: Instant) -> Result<bool, NoEvent> {
+        let left = deadline.checked_duration_since(Instant::now()).ok_or(NoEvent::Timeout)?;
+        self.stream.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(NoEvent::Timeout)
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof) => {
+                    return Ok(false)
+                }
+                Err(e) => panic!("TLS read failed: {e}"),
+            }
+        }
+    }
+
+    /// The response head, as text.
+    fn read_head(&mut self) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.buf[..end + 4].to_vec()).expect("a UTF-8 head");
+                self.buf.drain(..end + 4);
+                return Some(head);
+            }
+            if !self.fill(deadline).ok()? {
+                return None;
+            }
+        }
+    }
+
+    fn try_next_event(&mut self, timeout: Duration) -> Result<Event, NoEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.take_event() {
+                return Ok(event);
+            }
+            if !self.fill(deadline)? {
+                return Err(NoEvent::Closed);
+            }
+        }
+    }
+
+    /// Reads (and drops) what comes until the server closes; false if it does not within a few seconds.
+    fn wait_closed(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.buf.clear();
+            match self.fill(deadline) {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Asserts the next event carries `data`.
+    fn expect_data(&mut self, data: &str) {
+        match self.try_next_event(WAIT) {
+            Ok(event) => assert_eq!(event.data, data, "unexpected event {event:?}"),
+            Err(why) => panic!("no event {data:?}: {why:?}"),
+        }
+    }
+
+    /// Takes one event out of the buffer, checking its chunk framing; skips comment chunks.
+    fn take_event(&mut self) -> Option<Event> {
+        loop {
+            let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
+            let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("a chunk size line");
+            let size = usize::from_str_radix(size_text, 16).expect("a hexadecimal chunk size");
+            let start = line_end + 2;
+            if self.buf.len() < start + size + 2 {
+                return None;
+            }
+            assert_eq!(&self.buf[start + size..start + size + 2], b"\r\n", "chunk not ended by CRLF");
+            let payload = String::from_utf8(self.buf[start..start + size].to_vec()).expect("UTF-8");
+            self.buf.drain(..start + size + 2);
+            let body = payload.strip_suffix("\n\n").expect("an event ends with a blank line");
+            if body.split('\n').all(|l| l.starts_with(':')) {
+                continue;
+            }
+            let mut lines = body.split('\n');
+            let id = lines.next().and_then(|l| l.strip_prefix("id: ")).and_then(|id| id.parse().ok());
+            let data: Vec<&str> = lines.map(|l| l.strip_prefix("data: ").expect("a data line")).collect();
+            return Some(Event { id: id.expect("a numeric id"), data: data.join("\n") });
+        }
+    }
+}
+
+/// `curl -sSN --cacert CERT https://127.0.0.1:PORT/sse?QUERY`, its stdout lines on a channel;
+/// killed when dropped.
+struct Curl {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Curl {
+    fn start(port: u16, cacert: &Path, query: &str) -> Curl {
+        let mut child = Command::new("curl")
+            .args(["-sSN", "--max-time", "30", "--cacert"])
+            .arg(cacert)
+            .arg(format!("https://127.0.0.1:{port}/sse?{query}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run curl ({e}): this test needs Debian's curl package (apt-get install curl)")
+            });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Curl { child, lines }
+    }
+
+    /// Waits for the stdout line `wanted`, skipping others.
+    fn expect_line(&self, wanted: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == wanted => return,
+                Ok(_) => {}
+                Err(_) => panic!("curl did not print {wanted:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Curl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `status` and returns its block from the log.
+fn status_block(server: &Server) -> Vec<String> {
+    let start = server.log.len();
+    server.publish("status");
+    server.log.wait_for_block(start, STATUS_FIRST, STATUS_LAST)
+}
+
+/// Runs `clientlist` and returns its block from the log.
+fn client_list(server: &Server) -> Vec<String> {
+    let start = server.log.len();
+    server.publish("clientlist");
+    server.log.wait_for_block(start, LIST_FIRST, LIST_LAST)
+}
+
+/// Waits for the log line `TLS failed with PEER: …` and returns it.
+fn tls_failure_logged(server: &Server, peer: std::net::SocketAddr) -> String {
+    let prefix = format!("TLS failed with {peer}: ");
+    server.log.wait_for_line(|l| l.starts_with(&prefix), WAIT)
+}
+
+/// Sends `bytes` on a new plain connection, then reads until the server closes; returns what
+/// came back and the client's address.
+fn send_and_wait_close(port: u16, bytes: &[u8]) -> (Vec<u8>, std::net::SocketAddr) {
+    let mut stream = connect(port);
+    let local = stream.local_addr().unwrap();
+    stream.write_all(bytes).expect("send");
+    let answer = read_to_eof(&mut stream, Vec::new(), WAIT).expect("the server closes the connection");
+    (answer, local)
+}
+
+/// A ClientHello as a TLS 1.1 client sends it: record and hello version 3.2, no
+/// supported_versions extension, CBC suites only; with `signature_algorithms` (a TLS 1.2
+/// extension, which a client capped at 1.1 may still send) when `sigalgs`.
+fn tls11_client_hello(sigalgs: bool) -> Vec<u8> {
+    let mut hello = vec![0x03, 0x02];
+    hello.extend((0..32u8).map(|i| i.wrapping_mul(37)));
+    hello.push(0); // no session id
+    hello.extend([0x00, 0x06, 0xc0, 0x09, 0xc0, 0x13, 0x00, 0x2f]);
+    hello.extend([0x01, 0x00]); // null compression only
+                                // supported_groups (secp256r1) and ec_point_formats (uncompressed), as such clients send.
+    let mut extensions =
+        vec![0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17, 0x00, 0x0b, 0x00, 0x02, 0x01, 0x00];
+    if sigalgs {
+        // ecdsa_secp256r1_sha256
+        extensions.extend([0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03]);
+    }
+    hello.extend((extensions.len() as u16).to_be_bytes());
+    hello.extend(extensions);
+    let mut handshake = vec![0x01];
+    handshake.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x02];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// The first flight a rustls client sends (its ClientHello, as a TLS record).
+fn real_client_hello(identity: &Identity) -> Vec<u8> {
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = ClientConnection::new(trusting(identity), name).unwrap();
+    let mut bytes = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut bytes).unwrap();
+    }
+    bytes
+}
+
+/// Runs the binary to its exit (within a few seconds): status, stdout, stderr.
+fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hasses");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hasses {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
+#[test]
+fn rustls_and_curl_clients_receive_events_on_every_worker() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &["--workers", "2"]);
+    let config = trusting(&identity);
+    // Clients until both workers hold some (the kernel spreads them by address and port).
+    let mut clients = Vec::new();
+    let workers_used = |server: &Server| -> std::collections::BTreeSet<u64> {
+        let list = server.tcp_json("tcpclientlist");
+        list["clients"].as_array().unwrap().iter().map(|c| c["worker"].as_u64().unwrap()).collect()
+    };
+    while clients.len() < 4 || (workers_used(&server).len() < 2 && clients.len() < 40) {
+        let client = TlsClient::subscribe(server.sse_port, Arc::clone(&config), "subscribe=news");
+        assert_eq!(client.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "ALPN http/1.1");
+        clients.push(client);
+    }
+    assert_eq!(workers_used(&server).len(), 2, "TLS clients on both workers");
+    let curl = Curl::start(server.sse_port, files.cert.path(), "subscribe=news");
+    let expected = clients.len() as u64 + 1;
+    let status = server.wait_json("tcpstatus", "sseconncli", expected);
+    assert_eq!(status["sseconncli"], expected, "every client handshaked: {status}");
+
+    server.publish("news=first over TLS");
+    server.publish("news=second");
+    for client in &mut clients {
+        client.expect_data("first over TLS");
+        client.expect_data("second");
+    }
+    curl.expect_line("data: first over TLS");
+    curl.expect_line("data: second");
+    assert_eq!(server.tcp_json("tcpstatus")["msgsendcnt"], 2 * expected);
+}
+
+#[test]
+fn status_tcpstatus_and_client_list_show_tls() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &[]);
+    let status = status_block(&server);
+    let mode = status.iter().position(|l| l == "Mode: SSL encrypted (https)").expect("the mode line");
+    assert_eq!(status[mode + 1], format!("Certificate file: {}", files.cert.arg()));
+    assert_eq!(status[mode + 2], format!("Private key file: {}", files.key.arg()));
+    assert_eq!(server.tcp_json("tcpstatus")["mode"], "https");
+
+    let mut tls13 = TlsClient::subscribe(server.sse_port, trusting(&identity), "subscribe=a&id=one");
+    let tls12_config = client_config(&[&identity], &[&rustls::version::TLS12]);
+    let mut tls12 = TlsClient::subscribe(server.sse_port, tls12_config, "subscribe=b&id=two");
+    // A connection that has not finished its TLS handshake is listed in state SSL.
+    let mut stalled = connect(server.sse_port);
+    let hello = real_client_hello(&identity);
+    stalled.write_all(&hello[..hello.len() / 2]).unwrap();
+    let stalled_peer = stalled.local_addr().unwrap();
+    assert_eq!(server.wait_json("tcpstatus", "allconncli", 3)["allconncli"], 3);
+
+    let list = client_list(&server);
+    let entry = |peer: std::net::SocketAddr| -> Vec<String> {
+        let at = list
+            .iter()
+            .position(|l| l.contains(&format!(" info: {peer} ")))
+            .unwrap_or_else(|| panic!("{peer} in the list: {list:#?}"));
+        list[at..].iter().take_while(|l| !l.starts_with("  Subscribes:")).cloned().collect()
+    };
+    let one = entry(tls13.local());
+    assert!(one[0].contains(" S:SSE ") && one[0].ends_with(" SSL:Yes"), "{one:?}");
+    assert!(one.contains(&"  SSL: TLSv1_3 TLS13_AES_256_GCM_SHA384".to_string()), "{one:?}");
+    let two = entry(tls12.local());
+    assert!(two[0].ends_with(" SSL:Yes"), "{two:?}");
+    assert!(
+        two.iter()
+            .any(|l| l.starts_with("  SSL: TLSv1_2 TLS_ECDHE_ECDSA_WITH_") && l.ends_with("_GCM_SHA384")),
+        "{two:?}"
+    );
+    let three = entry(stalled_peer);
+    assert!(three[0].contains(" S:SSL ") && three[0].ends_with(" SSL:Yes"), "{three:?}");
+    assert!(three.contains(&"  SSL: - -".to_string()), "{three:?}");
+
+    let rows = server.tcp_json("tcpclientlist");
+    let row = |id: &str| rows["clients"].as_array().unwrap().iter().find(|c| c["id"] == id).cloned().unwrap();
+    assert_eq!(row("one")["tls"], "TLSv1_3 TLS13_AES_256_GCM_SHA384");
+    assert!(row("two")["tls"].as_str().unwrap().starts_with("TLSv1_2 "), "{rows}");
+
+    server.publish("a=to one");
+    server.publish("b=to two");
+    tls13.expect_data("to one");
+    tls12.expect_data("to two");
+}
+
+#[test]
+fn plain_http_garbage_and_tls11_are_closed_and_logged_while_others_stream() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &[]);
+    let mut good = TlsClient::subscribe(server.sse_port, trusting(&identity), "subscribe=a");
+
+    let (answer, peer) = send_and_wait_close(server.sse_port, common::get_request("subscribe=a").as_bytes());
+    assert!(!answer.starts_with(b"HTTP"), "no HTTP answer on the TLS port: {answer:?}");
+    // rustls answers with an alert record, if anything.
+    assert!(answer.is_empty() || answer[0] == 0x15, "an alert at most: {answer:?}");
+    tls_failure_logged(&server, peer);
+
+    // Pseudo-random bytes (a fixed seed, so a failure repeats).
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let garbage: Vec<u8> = (0..600)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect();
+    let (_, peer) = send_and_wait_close(server.sse_port, &garbage);
+    tls_failure_logged(&server, peer);
+
+    // TLS 1.1 clients: one as OpenSSL's (no signature_algorithms), one that gets as far as the
+    // version check. Each gets a fatal alert.
+    for (sigalgs, why) in [(false, "SignatureAlgorithmsExtensionRequired"), (true, "Tls12NotOffered")] {
+        let (answer, peer) = send_and_wait_close(server.sse_port, &tls11_client_hello(sigalgs));
+        assert!(answer.len() >= 7 && answer[0] == 0x15 && answer[5] == 2, "a fatal alert: {answer:?}");
+        let line = tls_failure_logged(&server, peer);
+        assert!(line.ends_with(&format!("peer is incompatible: {why}")), "{line}");
+    }
+
+    // openssl's own TLS 1.1 client as well, when it is there and still speaks TLS 1.1.
+    let before = server.log.len();
+    if let Ok(output) = Command::new("openssl")
+        .args(["s_client", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", "-connect"])
+        .arg(format!("127.0.0.1:{}", server.sse_port))
+        .stdin(Stdio::null())
+        .output()
+    {
+        assert!(!output.status.success(), "openssl -tls1_1 must fail");
+        let said = String::from_utf8_lossy(&output.stderr);
+        if !said.contains("no protocols available") {
+            server.log.wait_for_line_from(before, |l| l.contains("TLS failed with "), WAIT);
+        }
+    }
+
+    // Every failure was a TLS one, none a timeout; the good client never noticed.
+    assert_eq!(server.tcp_json("tcpstatus")["allconncli"], 1);
+    server.publish("a=still here");
+    good.expect_data("still here");
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_at_the_handshake_timeout() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &["--handshake-timeout", "1"]);
+    let mut good = TlsClient::subscribe(server.sse_port, trusting(&identity), "subscribe=a");
+    let hello = real_client_hello(&identity);
+    let mut stalled = connect(server.sse_port);
+    let peer = stalled.local_addr().unwrap();
+    let started = Instant::now();
+    stalled.write_all(&hello[..hello.len() / 2]).unwrap();
+    read_to_eof(&mut stalled, Vec::new(), WAIT).expect("closed at the handshake timeout");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "not before the timeout: {waited:?}");
+    assert!(waited < Duration::from_secs(3), "soon after the timeout: {waited:?}");
+    server.log.wait_for_line(
+        |l| l.starts_with(&format!("Connection closed: {peer} ")) && l.ends_with("(handshake timeout)"),
+        WAIT,
+    );
+    // The established client outlived its own handshake timeout and streams on.
+    std::thread::sleep(Duration::from_millis(200));
+    server.publish("a=after the timeout");
+    good.expect_data("after the timeout");
+}
+
+#[test]
+fn bad_certificate_files_stop_the_start_with_one_line_naming_the_file() {
+    let identity = Identity::new();
+    let other = Identity::new();
+    let files = Files::new(&identity);
+    let wrong_key = TempFile::new("wrong-key.pem");
+    std::fs::write(wrong_key.path(), &other.key_pem).unwrap();
+    let missing = TempFile::new("missing.pem");
+    let directory = std::env::temp_dir();
+    let directory = directory.to_str().unwrap();
+    let (cert, key) = (files.cert.arg(), files.key.arg());
+    let cases: [(&str, &str, &str, &str); 5] = [
+        (missing.arg(), key, missing.arg(), "cannot read"),
+        (directory, key, directory, "cannot read"),
+        (key, key, key, "no certificate in it"),
+        (cert, cert, cert, "no private key in it"),
+        (cert, wrong_key.arg(), wrong_key.arg(), "does not match the certificate"),
+    ];
+    for (cert, key, named, problem) in cases {
+        let args = ["--port", "0", "--control-port", "0", "--tls-cert", cert, "--tls-key", key];
+        let (status, out, err) = run_to_exit(&args);
+        assert_eq!(status.code(), Some(1), "exit 1 for {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err:?}");
+        let prefix = format!("hasses: TLS: {named}: ");
+        assert!(
+            err.starts_with(&prefix) && err.contains(problem),
+            "{err:?} should start {prefix:?} and say {problem:?}"
+        );
+        assert!(out.is_empty(), "nothing on stdout: {out:?}");
+    }
+    // The legacy flags are refused alike (-nodaemon logs to stdout, the refusal still goes to stderr).
+    let port = free_port().to_string();
+    let (p, cp) = (format!("-p={port}"), format!("-cp={}", free_port()));
+    let (c, k) = (format!("-cert-file={cert}"), format!("-privatekey-file={}", wrong_key.arg()));
+    let (status, _, err) = run_to_exit(&[&p, "-murl=/sse", &cp, "-nodaemon", "-ssl", &c, &k]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("hasses: TLS: {}: ", wrong_key.arg())), "{err:?}");
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections_only() {
+    let (a, b) = (Identity::new(), Identity::new());
+    let files = Files::new(&a);
+    let server = tls_server(&files, &[]);
+    let mut first = TlsClient::subscribe(server.sse_port, trusting(&a), "subscribe=news");
+
+    files.write(&b);
+    let start = server.log.len();
+    server.signal(Signal::SIGHUP);
+    server.log.wait_for_line_from(start, |l| l == "TLS certificate and key reloaded", WAIT);
+
+    // New connections get B: a client trusting only A fails, one trusting only B streams.
+    let refused = TlsClient::connect(server.sse_port, trusting(&a)).err().expect("A is no longer served");
+    assert!(
+        refused.to_string().contains("UnknownIssuer") || refused.to_string().contains("certificate"),
+        "{refused}"
+    );
+    let mut second = TlsClient::subscribe(server.sse_port, trusting(&b), "subscribe=news");
+    assert_eq!(
+        second.stream.conn.peer_certificates().unwrap()[0],
+        b.der,
+        "the new connection is served the new certificate"
+    );
+    server.publish("news=after the reload");
+    second.expect_data("after the reload");
+    first.expect_data("after the reload");
+
+    // A broken file: the reload fails, says why, and B stays.
+    std::fs::write(files.cert.path(), "not a certificate\n").unwrap();
+    let start = server.log.len();
+    server.signal(Signal::SIGHUP);
+    let (_, line) = server.log.wait_for_line_from(start, |l| l.starts_with("TLS reload failed"), WAIT);
+    assert!(line.contains(files.cert.arg()) && line.contains("no certificate"), "{line}");
+    let mut third = TlsClient::subscribe(server.sse_port, trusting(&b), "subscribe=news");
+    server.publish("news=after the failed reload");
+    for client in [&mut first, &mut second, &mut third] {
+        client.expect_data("after the failed reload");
+    }
+}
+
+#[test]
+fn legacy_ssl_flags_serve_tls() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let (sse, control) = (free_port(), free_port());
+    let args = [
+        format!("-p={sse}"),
+        "-murl=/sse".into(),
+        format!("-cp={control}"),
+        "-nodaemon".into(),
+        "-ssl".into(),
+        format!("-cert-file={}", files.cert.arg()),
+        format!("-privatekey-file={}", files.key.arg()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_with_ports(&args, sse, Some(control));
+    server.log.wait_for_line(|l| l == format!("SSE listening on [::]:{sse} path /sse (https)"), WAIT);
+    let mut client = TlsClient::subscribe(sse, trusting(&identity), "subscribe=legacy");
+    server.publish("legacy=over -ssl");
+    client.expect_data("over -ssl");
+    // Answers other than the stream come whole over TLS, and then the connection closes.
+    let mut other = TlsClient::connect(sse, trusting(&identity)).unwrap();
+    other.stream.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let head = other.read_head().expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head:?}");
+    assert!(other.wait_closed(), "closed after the answer");
+    // Plain HTTP is not served on that port.
+    let (answer, _) = send_and_wait_close(sse, common::get_request("subscribe=legacy").as_bytes());
+    assert!(!answer.starts_with(b"HTTP"), "{answer:?}");
+}
+
+#[test]
+fn the_capacity_benchmark_runs_over_tls() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &["--log-level", "0"]);
+    let json = TempFile::new("bench.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_hasses-bench"))
+        .args(["all", "-n", "40", "--quiet", "--tls", "--ca", files.cert.arg()])
+        .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
+        .args(["--control", &format!("127.0.0.1:{}", server.cport())])
+        .args(["--server-pid", &server.pid().to_string()])
+        .args(["--messages", "3", "--interval-ms", "20", "--burst", "10", "--targeted", "400"])
+        .args(["--idle-secs", "0.2", "--timeout", "30", "--stall-secs", "5", "--threads", "2"])
+        .args(["--json-out", json.arg()])
+        .output()
+        .expect("run hasses-bench");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the bench over TLS failed:\n{report}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(json.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{report}");
+    let connect = &lines[0];
+    assert_eq!(connect["tls"], true, "{connect}");
+    assert_eq!(connect["tls_handshakes"], 40, "{connect}");
+    assert!(connect["tls_handshakes_per_s"].as_f64().unwrap() > 0.0, "{connect}");
+    assert!(connect["server_cpu_us_per_tls_handshake"].as_f64().unwrap() > 0.0, "{connect}");
+    assert!(lines[1]["rss_bytes_per_tls_connection"].is_number(), "{}", lines[1]);
+    for line in &lines {
+        assert_eq!(line["ok"], true, "{line}");
+        assert_eq!(line["lost"], 0, "{line}");
+    }
+    assert!(report.contains("TLS hs/s"), "{report}");
+}
