@@ -1,0 +1,394 @@
+//! What the deploy tests need around the real programs they run (nginx, Apache, Chromium,
+//! systemd-analyze, logrotate, all from Debian's packages): finding a program or failing with
+//! the package to install, running it in a process group of its own that is always stopped,
+//! a temporary directory, and an SSE client that reads a stream a proxy has re-chunked.
+//!
+//! Every wait has a deadline. Only loopback addresses are used.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::common;
+
+/// How long a started program gets to listen, or to exit after SIGTERM.
+pub const START: Duration = Duration::from_secs(10);
+
+/// The path of `name`, looked up in `PATH` and the usual system directories (`/usr/sbin` is
+/// often missing from a user's `PATH`); panics naming the Debian package that provides it.
+pub fn find_program(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(
+        ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from),
+    );
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if is_executable(&candidate) {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{name}` is not installed: this test runs the real program. Install the Debian package \
+         `{package}` (apt-get install {package}); .ci/run installs it."
+    );
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// The repository file `relative` (e.g. `deploy/nginx/hasses.conf`), read whole.
+pub fn repo_file(relative: &str) -> String {
+    let path = repo_path(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The absolute path of the repository file `relative`.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The lines of a config file that are not comments (`#`) or blank, trimmed.
+pub fn settings(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// A directory removed with everything in it when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the system's temp directory, readable by every user (nginx
+    /// and Apache started as root read and write in it as `nobody`).
+    pub fn new(name: &str) -> TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let path = common::temp_path(name);
+        std::fs::create_dir_all(&path).expect("create a temp directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the temp directory");
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `text` to the file `name` inside it and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A program started in a process group of its own, its output going to a file. Dropping it
+/// sends SIGTERM to the whole group (nginx's workers, Chromium's helpers), then SIGKILL to
+/// whatever is left after a few seconds.
+pub struct Process {
+    child: Child,
+    name: String,
+    output: PathBuf,
+    stopped: bool,
+}
+
+impl Process {
+    /// Starts `command` with its standard output and error appended to `output`.
+    pub fn spawn(mut command: Command, name: &str, output: PathBuf) -> Process {
+        let file = File::options().create(true).append(true).open(&output).expect("open the output file");
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone the output file"))
+            .stderr(file)
+            .process_group(0);
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Process { child, name: name.to_owned(), output, stopped: false }
+    }
+
+    /// The process id (also the process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines the program printed, for failure messages.
+    pub fn output(&self) -> String {
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("--- {} output ---\n{}", self.name, lines[lines.len().saturating_sub(60)..].join("\n"))
+    }
+
+    /// True while the main process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until something accepts connections on 127.0.0.1:`port`; panics with the program's
+    /// output if it exits or the deadline passes.
+    pub fn wait_listening(&mut self, port: u16) {
+        if let Err(why) = self.try_wait_listening(port) {
+            panic!("{why}\n{}", self.output());
+        }
+    }
+
+    /// Like [`Process::wait_listening`], but says why instead of panicking.
+    pub fn try_wait_listening(&mut self, port: u16) -> Result<(), String> {
+        let deadline = Instant::now() + START;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if !self.running() {
+                return Err(format!("{} exited before listening on port {port}", self.name));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{} did not listen on port {port} within {START:?}", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the group: SIGTERM, then SIGKILL after a few seconds; waits for the main process.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let group = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + START;
+        while self.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Helpers that outlive the main process, or a main process that ignored SIGTERM.
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One thing read from an event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// An event: its `id:` (if any) and its `data:` lines joined with `\n`.
+    Event {
+        /// The `id:` field.
+        id: Option<String>,
+        /// The data.
+        data: String,
+    },
+    /// A comment line (`:…`), what heartbeats are; the text after the colon.
+    Comment(String),
+}
+
+/// Why no item came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Nothing within the time given; the stream is still open.
+    Timeout,
+    /// The stream ended (the body ended, or the connection closed).
+    Closed,
+}
+
+/// An SSE client for a stream that went through a proxy: the chunked body is decoded whatever
+/// its chunk boundaries, and the event-stream text is parsed line by line as a browser does.
+pub struct EventStream {
+    stream: TcpStream,
+    /// Bytes received and not yet decoded (chunk framing).
+    raw: Vec<u8>,
+    /// Decoded body not yet parsed.
+    body: Vec<u8>,
+    chunked: bool,
+    body_ended: bool,
+    /// The event being built.
+    id: Option<String>,
+    data: Vec<String>,
+    /// The response status code.
+    pub status: u16,
+    /// The response headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl EventStream {
+    /// Sends `GET target` to 127.0.0.1:`port` as an EventSource does (plus `extra` header lines,
+    /// each ending in `\r\n`) and reads the response head. `None` if the connection closed
+    /// without a response head.
+    pub fn open(port: u16, target: &str, extra: &str) -> Option<EventStream> {
+        let mut stream = common::connect(port);
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\
+             Cache-Control: no-cache\r\nConnection: keep-alive\r\nUser-Agent: hasses-deploy-test\r\n{extra}\r\n"
+        );
+        stream.write_all(request.as_bytes()).expect("send the request");
+        let mut client = EventStream {
+            stream,
+            raw: Vec::new(),
+            body: Vec::new(),
+            chunked: false,
+            body_ended: false,
+            id: None,
+            data: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+        };
+        let deadline = Instant::now() + common::WAIT;
+        loop {
+            if let Some(end) = client.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&client.raw[..end]).into_owned();
+                client.raw.drain(..end + 4);
+                client.parse_head(&head);
+                return Some(client);
+            }
+            match client.fill(deadline) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(End::Timeout) => panic!("no response head within {:?}", common::WAIT),
+                Err(End::Closed) => return None,
+            }
+        }
+    }
+
+    fn parse_head(&mut self, head: &str) {
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        self.status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
+        self.headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        self.chunked = self.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    }
+
+    /// The value of the header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Reads more bytes: `Ok(false)` on EOF or reset.
+    fn fill(&mut self, deadline: Instant) -> Result<bool, End> {
+        let left = deadline.checked_duration_since(Instant::now()).ok_or(End::Timeout)?;
+        self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            return match self.stream.read(&mut buf) {
+                Ok(0) => Ok(false),
+                Ok(n) => {
+                    self.raw.extend_from_slice(&buf[..n]);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    Err(End::Timeout)
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(false),
+                Err(e) => panic!("read failed: {e}"),
+            };
+        }
+    }
+
+    /// Moves complete chunks from `raw` to `body`.
+    fn decode(&mut self) {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return;
+        }
+        while !self.body_ended {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
+            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_text:?}"));
+            let start = line_end + 2;
+            if self.raw.len() < start + size + 2 {
+                return;
+            }
+            assert_eq!(&self.raw[start + size..start + size + 2], b"\r\n", "chunk not ended by CRLF");
+            self.body.extend_from_slice(&self.raw[start..start + size]);
+            self.raw.drain(..start + size + 2);
+            if size == 0 {
+                self.body_ended = true;
+            }
+        }
+    }
+
+    /// Parses one item out of `body`, if a complete one is there.
+    fn parse(&mut self) -> Option<Item> {
+        while let Some(end) = self.body.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.body.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..end]).trim_end_matches('\r').to_owned();
+            if line.is_empty() {
+                if self.data.is_empty() {
+                    self.id = None;
+                    continue;
+                }
+                let data = std::mem::take(&mut self.data).join("\n");
+                return Some(Item::Event { id: self.id.take(), data });
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                return Some(Item::Comment(comment.to_owned()));
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+            match field {
+                "id" => self.id = Some(value),
+                "data" => self.data.push(value),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The next event or comment.
+    pub fn next_item(&mut self, timeout: Duration) -> Result<Item, End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.decode();
+            if let Some(item) = self.parse() {
+                return Ok(item);
+            }
+            if self.body_ended || !self.fill(deadline)? {
+                self.decode();
+                return self.parse().ok_or(End::Closed);
+            }
+        }
+    }
+
+    /// The next event, skipping comments: (id, data).
+    pub fn next_event(&mut self, timeout: Duration) -> Result<(Option<String>, String), End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Item::Event { id, data } = self.next_item(left)? {
+                return Ok((id, data));
+            }
+        }
+    }
+}
