@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The capacity benchmark: a release server with its defaults and hasses-bench on this host.
 #   benches/capacity.sh [N] [extra hasses-bench options...]
-# Figures go to stdout (a table) and to target/capacity.jsonl (one JSON line per scenario).
+#   TLS=1 benches/capacity.sh [N] ...   the same over TLS, with a fresh self-signed certificate
+# Figures go to stdout (a table) and to target/capacity.jsonl (one JSON line per scenario);
+# the server logs at its default level (a line per connection) to target/capacity-server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-18000}
@@ -9,11 +11,24 @@ shift || true
 cargo build --release --quiet --bin hasses --bin hasses-bench
 sse_port=${SSE_PORT:-18080}
 control_port=${CONTROL_PORT:-18085}
-./target/release/hasses --port "$sse_port" --control-port "$control_port" --log-level 0 &
+server_tls=()
+bench_tls=()
+if [[ ${TLS:-} == 1 ]]; then
+    # An ECDSA P-256 certificate for 127.0.0.1, CA:FALSE (rustls refuses a CA certificate as
+    # the server's own); hasses-bench trusts it with --ca.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -keyout target/capacity-key.pem -out target/capacity-cert.pem -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+    server_tls=(--tls-cert target/capacity-cert.pem --tls-key target/capacity-key.pem)
+    bench_tls=(--tls --ca target/capacity-cert.pem)
+fi
+./target/release/hasses --port "$sse_port" --control-port "$control_port" "${server_tls[@]}" \
+    >target/capacity-server.log 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 sleep 0.5
 rm -f target/capacity.jsonl
 ./target/release/hasses-bench all -n "$n" --src-addrs 127.0.0.1-127.0.0.8 \
     --sse "127.0.0.1:$sse_port" --control "127.0.0.1:$control_port" \
-    --server-pid "$server" --json-out target/capacity.jsonl -q "$@"
+    --server-pid "$server" --json-out target/capacity.jsonl -q "${bench_tls[@]}" "$@"

@@ -3,25 +3,39 @@
 //! Owns where log lines go (stdout, stderr or the log file), their prefix in the file
 //! (`YYYY-MM-DD HH:MM:SS hasses: `), the level that can change at run time, and reopening the
 //! file on SIGHUP. Lines are formatted on the calling thread and written by a background
-//! thread; when that thread falls behind, lines are dropped rather than stall a worker.
+//! thread; when that thread falls behind, lines are dropped (and the drop is logged) rather
+//! than stall a worker.
+//!
+//! At the default level every connection logs two lines, so the writer is on the accept path:
+//! while lines keep coming it takes them in batches every few milliseconds, one `write` per
+//! batch, and a worker queueing a line never has to wake it (a wake-up per line cost more CPU
+//! than accepting the connection). Only an idle writer blocks and is woken.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use tracing::field::{Field, Visit};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use crate::config::LogTarget;
 
 /// The target of lines an operator asked for (status, client list): written at every level.
 pub const REPORT: &str = "hasses::report";
+
+/// Lines waiting for the writer at most; more are dropped and counted.
+const QUEUED_LINES: usize = 64 * 1024;
+
+/// While lines keep coming, the writer takes them this often, in one batch.
+const BATCH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// 0 quiet, 1 normal, 2 debug: the level now in force.
 static LEVEL: AtomicU8 = AtomicU8::new(1);
@@ -85,15 +99,106 @@ impl Sink {
 
     /// Starts the writer thread and makes this sink the destination of every log line.
     /// Call after daemonizing: a fork keeps no threads. Lines are flushed when the guard drops.
-    pub fn install(&self, level: u8) -> WorkerGuard {
+    pub fn install(&self, level: u8) -> io::Result<WriterGuard> {
         set_level(level);
+        let (queue, guard) = spawn_writer(self.clone())?;
         let prefixed = matches!(self, Sink::File(_));
-        let (writer, guard) = NonBlockingBuilder::default().lossy(true).finish(self.clone());
-        let subscriber = tracing_subscriber::registry().with(Lines { writer, prefixed });
+        let subscriber = tracing_subscriber::registry().with(Lines { queue, prefixed });
         // Only fails when a subscriber is already set (a second install in tests): keep that one.
         let _ = tracing::subscriber::set_global_default(subscriber);
-        guard
+        Ok(guard)
     }
+}
+
+/// What the writer thread is sent.
+enum Message {
+    Line(String),
+    /// Write everything queued before this, then stop.
+    Stop,
+}
+
+/// The loggers' end of the writer's queue.
+struct Queue {
+    sender: Sender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Queue {
+    /// Queues a line without waiting; a full queue drops it and counts the drop.
+    fn push(&self, line: String) {
+        if let Err(TrySendError::Full(_)) = self.sender.try_send(Message::Line(line)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Stops the writer thread when dropped, after it has written every line queued before.
+pub struct WriterGuard {
+    sender: Sender<Message>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        // Blocks only while the queue is full, which the writer is emptying.
+        let _ = self.sender.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn_writer(sink: Sink) -> io::Result<(Queue, WriterGuard)> {
+    let (sender, receiver) = crossbeam_channel::bounded(QUEUED_LINES);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&dropped);
+    let thread = thread::Builder::new()
+        .name("hasses-log".into())
+        .spawn(move || write_lines(&receiver, BufWriter::with_capacity(64 * 1024, sink), &counter))?;
+    Ok((Queue { sender: sender.clone(), dropped }, WriterGuard { sender, thread: Some(thread) }))
+}
+
+/// The writer thread: blocks while idle; while lines keep coming, writes what a short pause
+/// collected in one go. Write errors are ignored: there is nowhere left to report them.
+fn write_lines(receiver: &Receiver<Message>, mut out: BufWriter<Sink>, dropped: &AtomicU64) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = Some(first);
+        while let Some(first) = batch.take() {
+            if write_batch(first, receiver, &mut out, dropped) {
+                return;
+            }
+            thread::sleep(BATCH_INTERVAL);
+            batch = receiver.try_recv().ok();
+        }
+    }
+}
+
+/// Writes `first` and every line queued behind it, then says how many were dropped; true when
+/// a `Stop` came among them.
+fn write_batch(
+    first: Message,
+    receiver: &Receiver<Message>,
+    out: &mut impl Write,
+    dropped: &AtomicU64,
+) -> bool {
+    let mut stop = false;
+    for message in std::iter::once(first).chain(receiver.try_iter()) {
+        match message {
+            Message::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+            }
+            Message::Stop => {
+                stop = true;
+                break;
+            }
+        }
+    }
+    let lost = dropped.swap(0, Ordering::Relaxed);
+    if lost > 0 {
+        let _ = writeln!(out, "{lost} log lines dropped: the log could not keep up");
+    }
+    let _ = out.flush();
+    stop
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {
@@ -124,7 +229,7 @@ impl Write for Sink {
 
 /// The layer that turns events into hasses' log lines.
 struct Lines {
-    writer: NonBlocking,
+    queue: Queue,
     prefixed: bool,
 }
 
@@ -158,8 +263,7 @@ impl<S: Subscriber> Layer<S> for Lines {
         }
         event.record(&mut LineText(&mut line));
         line.push('\n');
-        // Lossy and non-blocking: an error here means a line was dropped, which is the design.
-        let _ = self.writer.clone().write_all(line.as_bytes());
+        self.queue.push(line);
     }
 }
 
@@ -186,6 +290,33 @@ mod tests {
         assert_eq!(verbosity(&Level::WARN), 0);
         assert_eq!(verbosity(&Level::INFO), 1);
         assert_eq!(verbosity(&Level::DEBUG), 2);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let queue = Queue { sender, dropped: Arc::new(AtomicU64::new(0)) };
+        queue.push("kept\n".into());
+        queue.push("dropped\n".into());
+        queue.push("dropped too\n".into());
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 2);
+        assert!(matches!(receiver.try_recv(), Ok(Message::Line(line)) if line == "kept\n"));
+    }
+
+    #[test]
+    fn a_batch_is_every_queued_line_then_the_drop_count_and_stops_at_stop() {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        sender.send(Message::Line("b\n".into())).unwrap();
+        let dropped = AtomicU64::new(3);
+        let mut out = Vec::new();
+        assert!(!write_batch(Message::Line("a\n".into()), &receiver, &mut out, &dropped));
+        assert_eq!(out, b"a\nb\n3 log lines dropped: the log could not keep up\n");
+
+        sender.send(Message::Stop).unwrap();
+        sender.send(Message::Line("after the stop\n".into())).unwrap();
+        out.clear();
+        assert!(write_batch(Message::Line("c\n".into()), &receiver, &mut out, &dropped));
+        assert_eq!(out, b"c\n");
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     // Registered before any thread starts, so no thread is left with the default handlers.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    let log_guard = sink.install(config.log_level);
+    let log_guard = sink.install(config.log_level)?;
     let running = server::start(config, bound)?;
     server::notify_systemd("READY=1");
     for signal in signals.forever() {
