@@ -3,11 +3,12 @@
 
 mod common;
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Server, SseClient, WAIT};
+use common::{connect, Server, SseClient, WAIT};
 
 /// Sends a reinit request and returns the response head that follows in the stream.
 fn reinit(client: &mut SseClient, query: &str) -> common::Head {
@@ -155,6 +156,20 @@ fn a_reinit_restarts_the_age() {
         age >= Duration::from_millis(1900) && age < Duration::from_secs(4),
         "age from the reinit: {age:?}"
     );
+}
+
+#[test]
+fn timeouts_beyond_the_clock_mean_never_and_crash_nothing() {
+    // Deadlines this far off do not fit the clock: they must read as "never", not overflow.
+    let huge = "10000000000000000000";
+    let args = ["--max-age", huge, "--handshake-timeout", huge, "--heartbeat", huge, "--workers", "1"];
+    let server = Server::start(&args);
+    let mut half = connect(server.sse_port);
+    half.write_all(b"GET /sse?subscribe=a HTTP/1.1\r\n").unwrap();
+    let mut client = server.subscribe("subscribe=a");
+    server.publish("a=still here");
+    client.expect_data("still here");
+    assert_eq!(server.tcp_json("tcpstatus")["allconncli"], 2);
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// Unique within the shard for its whole run: tells this connection from a later one that
     /// reuses its slab key (timeouts hold a key and a serial).
-    pub serial: u64,
+    pub serial: u32,
     /// Where it is in its life.
     pub phase: Phase,
     /// The request bytes received so far: while handshaking, or a reinit request while
@@ -113,7 +113,7 @@ impl Connection {
         socket: TcpStream,
         tls: Option<Box<ServerConnection>>,
         peer: SocketAddr,
-        serial: u64,
+        serial: u32,
         now: u32,
     ) -> Self {
         Connection {

@@ -157,13 +157,16 @@ pub struct ShardHandle {
 }
 
 /// A connection that must be gone by a deadline unless it moved on since: the same key and
-/// serial (the same connection) with the same reinit count (no newer handshake).
+/// serial (the same connection, and no newer handshake: a reinit takes a new serial). There is
+/// one per connection in each queue, so it is kept to 16 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Deadline {
-    at: Instant,
-    key: usize,
-    serial: u64,
-    reinits: u32,
+    /// Milliseconds from the shard's start.
+    at: u64,
+    key: u32,
+    /// Serials wrap; a stale deadline would match only after 2^32 newer handshakes on this
+    /// shard while it waits, far beyond any --max-age.
+    serial: u32,
 }
 
 /// Counters only this shard writes.
@@ -194,7 +197,7 @@ pub struct Shard {
     age_deadlines: VecDeque<Deadline>,
     /// Connections given new bytes while draining commands, flushed once after the drain.
     dirty: Vec<usize>,
-    next_serial: u64,
+    next_serial: u32,
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
     stopping: bool,
@@ -239,7 +242,7 @@ impl Shard {
             read_buf: Box::new([0; READ_CHUNK]),
             stopping: false,
             started: Instant::now(),
-            next_heartbeat: shared.heartbeat.map(|every| Instant::now() + every),
+            next_heartbeat: shared.heartbeat.and_then(|every| Instant::now().checked_add(every)),
             accept_paused_until: None,
             accept_failures: 0,
             accept_report_due: None,
@@ -280,7 +283,9 @@ impl Shard {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let first = |q: &VecDeque<Deadline>| q.front().map(|d| d.at);
+        let first = |q: &VecDeque<Deadline>| {
+            q.front().and_then(|d| self.started.checked_add(Duration::from_millis(d.at)))
+        };
         let timers = [self.next_heartbeat, self.accept_paused_until];
         [first(&self.handshake_deadlines), first(&self.age_deadlines)]
             .into_iter()
@@ -355,16 +360,15 @@ impl Shard {
         };
         let key = self.connections.vacant_key();
         let now = Instant::now();
-        self.next_serial += 1;
-        let serial = self.next_serial;
+        let serial = self.new_serial();
         info!("Connection accepted: {peer} <{}> worker {}", socket.as_raw_fd(), self.number);
         self.connections.insert(Connection::accepted(socket, tls, peer, serial, seconds(self.started, now)));
         let conn = &mut self.connections[key];
         if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key), Interest::READABLE) {
             return self.close(key, &format!("cannot watch socket: {e}"));
         }
-        let at = now + self.shared.handshake_timeout;
-        self.handshake_deadlines.push_back(Deadline { at, key, serial, reinits: 0 });
+        let at = self.deadline(now, self.shared.handshake_timeout);
+        self.handshake_deadlines.push_back(Deadline { at, key: key as u32, serial });
         if self.shared.read_on_accept {
             // The request is there already: read it now rather than after another wait.
             self.read(key);
@@ -548,8 +552,10 @@ impl Shard {
         conn.handshaked_at = Some(seconds(self.started, now));
         conn.last_publish = self.shared.published.load(Ordering::Acquire);
         conn.outbox.push(self.shared.responses.handshake.clone());
-        let (at, serial, reinits) = (now + self.shared.max_age, conn.serial, conn.client.reinits);
-        self.age_deadlines.push_back(Deadline { at, key, serial, reinits });
+        let serial = if reinit { self.new_serial() } else { conn.serial };
+        self.connections[key].serial = serial;
+        let at = self.deadline(now, self.shared.max_age);
+        self.age_deadlines.push_back(Deadline { at, key: key as u32, serial });
         self.flush(key);
     }
 
@@ -606,18 +612,29 @@ impl Shard {
 
     /// Closes connections whose handshake or age deadline has passed.
     fn expire(&mut self, now: Instant) {
+        let now = millis(self.started, now);
         while let Some(d) = pop_due(&mut self.handshake_deadlines, now) {
             if self.holds(d, Phase::Handshaking) {
-                self.close(d.key, "handshake timeout");
+                self.close(d.key as usize, "handshake timeout");
             }
         }
         while let Some(d) = pop_due(&mut self.age_deadlines, now) {
-            // After a reinit, a later deadline stands for the connection; this one is stale.
-            let renewed = self.connections.get(d.key).is_some_and(|c| c.client.reinits != d.reinits);
-            if self.holds(d, Phase::Streaming) && !renewed {
-                self.close(d.key, "maximum connection age reached");
+            if self.holds(d, Phase::Streaming) {
+                self.close(d.key as usize, "maximum connection age reached");
             }
         }
+    }
+
+    /// `after` from `now`, in the deadline queues' milliseconds (saturating: a huge
+    /// --max-age means never).
+    fn deadline(&self, now: Instant, after: Duration) -> u64 {
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        millis(self.started, now).saturating_add(after)
+    }
+
+    fn new_serial(&mut self) -> u32 {
+        self.next_serial = self.next_serial.wrapping_add(1);
+        self.next_serial
     }
 
     /// Sends the heartbeat comment to every stream with nothing queued (one that has bytes
@@ -627,7 +644,7 @@ impl Shard {
         if due > now {
             return;
         }
-        self.next_heartbeat = Some(now + every);
+        self.next_heartbeat = now.checked_add(every);
         let idle: Vec<usize> = self
             .connections
             .iter()
@@ -643,7 +660,7 @@ impl Shard {
 
     /// True when the deadline's connection is still there, still the same one, in `phase`.
     fn holds(&self, d: Deadline, phase: Phase) -> bool {
-        self.connections.get(d.key).is_some_and(|c| c.serial == d.serial && c.phase == phase)
+        self.connections.get(d.key as usize).is_some_and(|c| c.serial == d.serial && c.phase == phase)
     }
 
     /// Acts on every waiting command, then writes to each client that got new events in one go,
@@ -814,7 +831,12 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
 }
 
-fn pop_due(queue: &mut VecDeque<Deadline>, now: Instant) -> Option<Deadline> {
+/// Milliseconds from `origin` to `now`.
+fn millis(origin: Instant, now: Instant) -> u64 {
+    u64::try_from(now.duration_since(origin).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn pop_due(queue: &mut VecDeque<Deadline>, now: u64) -> Option<Deadline> {
     queue.front().filter(|d| d.at <= now)?;
     queue.pop_front()
 }
