@@ -4,7 +4,7 @@
 //! and the list of `*` subscribers. A publish to one token costs what it delivers, not a scan of
 //! every connection. It knows nothing of sockets: keys are the shard's slab keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use crate::control::command::Target;
@@ -15,32 +15,43 @@ pub const EVERYTHING: &str = "*";
 /// Token → subscribed connection keys, plus the `*` subscribers.
 ///
 /// Keys are stored as `u32` (a shard never holds 4 billion connections) and a token with one
-/// subscriber, the common case of a per-user token, keeps it inline: no allocation.
+/// subscriber, the common case of a per-user token, keeps it inline: no allocation. A token
+/// with many (`*`, a room, `all`) keeps them in a B-tree: a connection joins and leaves it in
+/// O(log n), where a list made each close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     by_token: BTreeMap<Box<str>, Keys>,
-    everything: Vec<u32>,
+    everything: BTreeSet<u32>,
 }
 
 /// The connections subscribed to one token.
 #[derive(Debug)]
 enum Keys {
     One(u32),
-    Many(Vec<u32>),
+    Many(BTreeSet<u32>),
 }
 
 impl Keys {
-    fn as_slice(&self) -> &[u32] {
+    fn for_each(&self, visit: &mut impl FnMut(usize)) {
         match self {
-            Keys::One(key) => std::slice::from_ref(key),
-            Keys::Many(keys) => keys,
+            Keys::One(key) => visit(*key as usize),
+            Keys::Many(keys) => keys.iter().for_each(|&key| visit(key as usize)),
         }
     }
 
-    fn push(&mut self, key: u32) {
+    fn len(&self) -> usize {
         match self {
-            Keys::One(first) => *self = Keys::Many(vec![*first, key]),
-            Keys::Many(keys) => keys.push(key),
+            Keys::One(_) => 1,
+            Keys::Many(keys) => keys.len(),
+        }
+    }
+
+    fn insert(&mut self, key: u32) {
+        match self {
+            Keys::One(first) => *self = Keys::Many(BTreeSet::from([*first, key])),
+            Keys::Many(keys) => {
+                keys.insert(key);
+            }
         }
     }
 
@@ -49,7 +60,7 @@ impl Keys {
         match self {
             Keys::One(only) => *only == key,
             Keys::Many(keys) => {
-                remove_key(keys, key);
+                keys.remove(&key);
                 keys.is_empty()
             }
         }
@@ -62,9 +73,9 @@ impl Subscriptions {
         let key = compact(key);
         for token in tokens {
             if token == EVERYTHING {
-                self.everything.push(key);
+                self.everything.insert(key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
-                keys.push(key);
+                keys.insert(key);
             } else {
                 self.by_token.insert(token.into(), Keys::One(key));
             }
@@ -76,7 +87,7 @@ impl Subscriptions {
         let key = compact(key);
         for token in tokens {
             if token == EVERYTHING {
-                remove_key(&mut self.everything, key);
+                self.everything.remove(&key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
                 if keys.remove(key) {
                     self.by_token.remove(token);
@@ -91,13 +102,12 @@ impl Subscriptions {
     /// each delivery unique. `Target::All` is not answered here: every handshaked connection
     /// is a recipient, and the shard walks its own connections for that.
     pub fn for_each_match(&self, target: &Target, mut visit: impl FnMut(usize)) {
-        let mut visit_all = |keys: &[u32]| keys.iter().for_each(|&key| visit(key as usize));
-        visit_all(&self.everything);
+        self.everything.iter().for_each(|&key| visit(key as usize));
         match target {
             Target::All => {}
             Target::Token(token) => {
                 if let Some(keys) = self.by_token.get(token.as_str()) {
-                    visit_all(keys.as_slice());
+                    keys.for_each(&mut visit);
                 }
             }
             Target::Prefix(prefix) => {
@@ -106,7 +116,7 @@ impl Subscriptions {
                     if !token.starts_with(prefix.as_str()) {
                         break;
                     }
-                    visit_all(keys.as_slice());
+                    keys.for_each(&mut visit);
                 }
             }
         }
@@ -114,7 +124,7 @@ impl Subscriptions {
 
     /// How many connections listen to exactly `token` (`*` subscribers are not counted).
     pub fn count_exact(&self, token: &str) -> usize {
-        self.by_token.get(token).map_or(0, |keys| keys.as_slice().len())
+        self.by_token.get(token).map_or(0, Keys::len)
     }
 }
 
@@ -123,12 +133,6 @@ fn compact(key: usize) -> u32 {
     u32::try_from(key).expect("a shard holds fewer than 2^32 connections")
 }
 
-/// Removes one occurrence of `key`; order within a token does not matter.
-fn remove_key(keys: &mut Vec<u32>, key: u32) {
-    if let Some(at) = keys.iter().position(|k| *k == key) {
-        keys.swap_remove(at);
-    }
-}
 
 #[cfg(test)]
 mod tests {
