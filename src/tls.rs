@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::TlsFiles;
 
@@ -60,6 +60,9 @@ pub enum TlsError {
     },
 }
 
+/// Plaintext a session holds for sending at most: one full record.
+const TLS_SEND_BUFFER: usize = 16 * 1024;
+
 /// The TLS settings new connections use, swapped whole on reload.
 #[derive(Debug)]
 pub struct Tls {
@@ -76,6 +79,15 @@ impl Tls {
     /// The settings for a new connection (a read lock, on accept only).
     pub fn config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.config.read())
+    }
+
+    /// A session for a new connection. Its send buffer is capped at one full TLS record of
+    /// plaintext: frames wait in the connection's outbox, shared with every other recipient,
+    /// rather than as a private copy inside TLS (rustls' default would hold 64 KiB a client).
+    pub fn session(&self) -> Result<ServerConnection, rustls::Error> {
+        let mut session = ServerConnection::new(self.config())?;
+        session.set_buffer_limit(Some(TLS_SEND_BUFFER));
+        Ok(session)
     }
 
     /// Reads the files again for the connections to come; on failure the old ones stay.

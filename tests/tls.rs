@@ -420,6 +420,27 @@ fn rustls_and_curl_clients_receive_events_on_every_worker() {
 }
 
 #[test]
+fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &["--workers", "1"]);
+    let mut client = TlsClient::subscribe(server.sse_port, trusting(&identity), "subscribe=big");
+    // 12 messages of 60 KiB while the client does not read: far more than TLS may hold for it,
+    // so the frames wait in its outbox and go out record by record as it reads.
+    let messages: Vec<String> = (0..12)
+        .map(|i| format!("{i}:{}", char::from(b'a' + i as u8).to_string().repeat(60 * 1024)))
+        .collect();
+    for message in &messages {
+        server.publish(&format!("big={message}"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for message in &messages {
+        client.expect_data(message);
+    }
+    assert_eq!(server.tcp_json("tcpstatus")["droppedslowcli"], 0);
+}
+
+#[test]
 fn status_tcpstatus_and_client_list_show_tls() {
     let identity = Identity::new();
     let files = Files::new(&identity);

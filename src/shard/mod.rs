@@ -12,7 +12,6 @@ pub mod subscriptions;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 
-use rustls::ServerConnection;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -348,7 +347,7 @@ impl Shard {
             return self.refuse(socket, peer, "connection limit per IP");
         }
         self.shared.peak.fetch_max(open, Ordering::Relaxed);
-        let tls = match self.shared.tls.as_ref().map(|tls| ServerConnection::new(tls.config())).transpose() {
+        let tls = match self.shared.tls.as_ref().map(Tls::session).transpose() {
             Ok(tls) => tls.map(Box::new),
             Err(e) => {
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);

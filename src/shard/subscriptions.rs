@@ -133,7 +133,6 @@ fn compact(key: usize) -> u32 {
     u32::try_from(key).expect("a shard holds fewer than 2^32 connections")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
