@@ -267,8 +267,9 @@ impl Shard {
                     WAKER => self.drain_commands(),
                     Token(key) => {
                         // A hang-up or error shows up as a failed or empty read.
-                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                        self.handle_socket(key, readable, event.is_writable());
+                        let hung_up = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || hung_up;
+                        self.handle_socket(key, readable, event.is_writable(), hung_up);
                     }
                 }
             }
@@ -369,8 +370,9 @@ impl Shard {
         let at = self.deadline(now, self.shared.handshake_timeout);
         self.handshake_deadlines.push_back(Deadline { at, key: key as u32, serial });
         if self.shared.read_on_accept {
-            // The request is there already: read it now rather than after another wait.
-            self.read(key);
+            // The request is there already: read it now rather than after another wait. No
+            // event said whether the peer closed after sending it: read to the end.
+            self.read(key, true);
         }
     }
 
@@ -385,7 +387,7 @@ impl Shard {
         let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 
-    fn handle_socket(&mut self, key: usize, readable: bool, writable: bool) {
+    fn handle_socket(&mut self, key: usize, readable: bool, writable: bool, hung_up: bool) {
         if !self.connections.contains(key) {
             return;
         }
@@ -393,12 +395,15 @@ impl Shard {
             self.flush(key);
         }
         if readable && self.connections.contains(key) {
-            self.read(key);
+            self.read(key, hung_up);
         }
     }
 
-    /// Reads until the socket has nothing more, acting on what arrives.
-    fn read(&mut self, key: usize) {
+    /// Reads until the socket has nothing more, acting on what arrives. A read shorter than
+    /// the buffer emptied the socket: data arriving later raises a new edge, so the read that
+    /// would only say `WouldBlock` (one syscall per request) is skipped, unless the peer may
+    /// have closed (`hung_up`), which only a read of 0 bytes tells.
+    fn read(&mut self, key: usize, hung_up: bool) {
         if self.connections[key].tls.is_some() {
             return self.read_tls(key);
         }
@@ -408,7 +413,7 @@ impl Shard {
                 Ok(0) => return self.close(key, "closed by peer"),
                 Ok(n) => {
                     self.received(key, n);
-                    if !self.connections.contains(key) {
+                    if !self.connections.contains(key) || (n < self.read_buf.len() && !hung_up) {
                         return;
                     }
                 }
