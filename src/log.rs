@@ -110,6 +110,11 @@ impl Sink {
     }
 }
 
+/// What starts each line in the log file: `YYYY-MM-DD HH:MM:SS hasses: `, local time.
+fn file_prefix() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S hasses: ").to_string()
+}
+
 /// What the writer thread is sent.
 enum Message {
     Line(String),
@@ -161,10 +166,11 @@ fn spawn_writer(sink: Sink) -> io::Result<(Queue, WriterGuard)> {
 /// The writer thread: blocks while idle; while lines keep coming, writes what a short pause
 /// collected in one go. Write errors are ignored: there is nowhere left to report them.
 fn write_lines(receiver: &Receiver<Message>, mut out: BufWriter<Sink>, dropped: &AtomicU64) {
+    let prefixed = matches!(out.get_ref(), Sink::File(_));
     while let Ok(first) = receiver.recv() {
         let mut batch = Some(first);
         while let Some(first) = batch.take() {
-            if write_batch(first, receiver, &mut out, dropped) {
+            if write_batch(first, receiver, &mut out, dropped, prefixed) {
                 return;
             }
             thread::sleep(BATCH_INTERVAL);
@@ -180,6 +186,7 @@ fn write_batch(
     receiver: &Receiver<Message>,
     out: &mut impl Write,
     dropped: &AtomicU64,
+    prefixed: bool,
 ) -> bool {
     let mut stop = false;
     for message in std::iter::once(first).chain(receiver.try_iter()) {
@@ -195,7 +202,8 @@ fn write_batch(
     }
     let lost = dropped.swap(0, Ordering::Relaxed);
     if lost > 0 {
-        let _ = writeln!(out, "{lost} log lines dropped: the log could not keep up");
+        let prefix = if prefixed { file_prefix() } else { String::new() };
+        let _ = writeln!(out, "{prefix}{lost} log lines dropped: the log could not keep up");
     }
     let _ = out.flush();
     stop
@@ -259,7 +267,7 @@ impl<S: Subscriber> Layer<S> for Lines {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut line = String::with_capacity(128);
         if self.prefixed {
-            line.push_str(&chrono::Local::now().format("%Y-%m-%d %H:%M:%S hasses: ").to_string());
+            line.push_str(&file_prefix());
         }
         event.record(&mut LineText(&mut line));
         line.push('\n');
@@ -309,13 +317,13 @@ mod tests {
         sender.send(Message::Line("b\n".into())).unwrap();
         let dropped = AtomicU64::new(3);
         let mut out = Vec::new();
-        assert!(!write_batch(Message::Line("a\n".into()), &receiver, &mut out, &dropped));
+        assert!(!write_batch(Message::Line("a\n".into()), &receiver, &mut out, &dropped, false));
         assert_eq!(out, b"a\nb\n3 log lines dropped: the log could not keep up\n");
 
         sender.send(Message::Stop).unwrap();
         sender.send(Message::Line("after the stop\n".into())).unwrap();
         out.clear();
-        assert!(write_batch(Message::Line("c\n".into()), &receiver, &mut out, &dropped));
+        assert!(write_batch(Message::Line("c\n".into()), &receiver, &mut out, &dropped, false));
         assert_eq!(out, b"c\n");
     }
 
