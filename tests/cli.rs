@@ -3,52 +3,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use common::{free_port, Server, SseClient, Stream, TempFile, WAIT};
-
-/// Runs the binary with `args` to completion (it must exit within a few seconds).
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hasses");
-    let pipe = |mut from: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = from.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = pipe(Box::new(child.stdout.take().unwrap()));
-    let err = pipe(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hasses {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
-}
+use common::{free_port, run_to_exit, Server, SseClient, Stream, TempFile, WAIT};
 
 /// Asserts a refused command line: non-zero exit, one line on stderr that contains `needle`.
 fn assert_refused(args: &[&str], needle: &str) {
-    let (status, out, err) = run(args);
+    let (status, out, err) = run_to_exit(args);
     assert!(!status.success(), "{args:?} must fail; stdout {out:?} stderr {err:?}");
     assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err:?}");
     assert!(err.contains(needle), "{err:?} should name {needle:?} for {args:?}");
@@ -58,7 +25,7 @@ fn assert_refused(args: &[&str], needle: &str) {
 #[test]
 fn unknown_legacy_switch_is_refused() {
     assert_refused(&["-p=8080", "-murl=/sse", "-cp=8085", "-nodaemon", "-bogus"], "-bogus");
-    let (status, _, _) = run(&["-x"]);
+    let (status, _, _) = run_to_exit(&["-x"]);
     assert_eq!(status.code(), Some(1), "exit 1 as hasses does");
 }
 
@@ -137,14 +104,14 @@ fn legacy_and_modern_flags_mix() {
 #[test]
 fn help_and_version_exit_0() {
     for flag in ["-h", "-help", "--help"] {
-        let (status, out, _) = run(&[flag]);
+        let (status, out, _) = run_to_exit(&[flag]);
         assert!(status.success(), "{flag}");
         for documented in ["--port", "--max-backlog", "--handshake-timeout", "--workers", "--fifo"] {
             assert!(out.contains(documented), "{flag} documents {documented}");
         }
     }
     for flag in ["-v", "-V", "-version", "--version"] {
-        let (status, out, _) = run(&[flag]);
+        let (status, out, _) = run_to_exit(&[flag]);
         assert!(status.success(), "{flag}");
         assert!(out.contains(env!("CARGO_PKG_VERSION")), "{flag}: {out:?}");
     }
@@ -299,7 +266,7 @@ fn legacy_without_nodaemon_daemonizes_and_logs_to_the_file() {
         format!("-pidfile={}", pidfile.arg()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (status, out, err) = run(&args);
+    let (status, out, err) = run_to_exit(&args);
     let _daemon = Daemon(pidfile.path());
     assert!(status.success(), "the launching process exits 0: {err}");
     assert!(out.is_empty() && err.is_empty(), "nothing on the terminal: {out:?} {err:?}");

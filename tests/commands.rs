@@ -5,26 +5,7 @@ mod common;
 
 use std::net::TcpStream;
 
-use common::{my_uid, Server, SseClient, WAIT};
-
-const STATUS_FIRST: &str = "------- status of hasses -------";
-const STATUS_LAST: &str = "------------- end --------------";
-const LIST_FIRST: &str = "------- requested client list -------";
-const LIST_LAST: &str = "---------------- end ----------------";
-
-/// Runs `status` and returns its block from the log.
-fn status_block(server: &Server) -> Vec<String> {
-    let start = server.log.len();
-    server.publish("status");
-    server.log.wait_for_block(start, STATUS_FIRST, STATUS_LAST)
-}
-
-/// Runs `clientlist` and returns its block from the log.
-fn client_list(server: &Server) -> Vec<String> {
-    let start = server.log.len();
-    server.publish("clientlist");
-    server.log.wait_for_block(start, LIST_FIRST, LIST_LAST)
-}
+use common::{my_uid, Server, SseClient, LIST_LAST, STATUS_FIRST, STATUS_LAST, WAIT};
 
 /// `HH:MM:SS` under a minute: the running time of a test server.
 fn assert_short_running_time(value: &str) {
@@ -68,7 +49,7 @@ fn scene(extra: &[&str]) -> Scene {
 #[test]
 fn status_block_has_hasses_labels_and_true_values() {
     let scene = scene(&[]);
-    let block = status_block(&scene.server);
+    let block = scene.server.status_block();
     let expected_prefixes = [
         STATUS_FIRST.to_string(),
         format!("Version: {}", env!("CARGO_PKG_VERSION")),
@@ -111,7 +92,7 @@ fn status_block_has_hasses_labels_and_true_values() {
 #[test]
 fn status_reflects_settings() {
     let server = Server::start(&["--reinit", "--cors-base", "https://x.example", "--log-level", "2"]);
-    let block = status_block(&server);
+    let block = server.status_block();
     assert_eq!(block[7], "Loglevel: 2");
     assert_eq!(block[8], "Reinit allowed: yes");
     assert_eq!(block[9], "CORS-base url: https://x.example");
@@ -149,7 +130,7 @@ fn client_list_text_has_hasses_layout_and_values() {
     // A User-Agent for one of them, through a client of its own.
     let mut agent = SseClient::connect(scene.server.sse_port);
     agent.handshake(b"GET /sse?subscribe=x&id=ag HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (Test)\r\n\r\n");
-    let block = client_list(&scene.server);
+    let block = scene.server.client_list();
     assert_eq!(block[1], "List of clients:");
     assert_eq!(block.last().unwrap(), LIST_LAST);
     let rows = &block[2..block.len() - 1];
@@ -323,7 +304,7 @@ fn loglevel_commands_change_what_is_logged() {
     server.publish("a=debug");
     client.expect_data("debug");
     server.log.wait_for_line_from(start, |l| l.contains("dbgclient"), WAIT);
-    assert_eq!(status_block(&server)[7], "Loglevel: 2");
+    assert_eq!(server.status_block()[7], "Loglevel: 2");
 
     server.publish("loglevel_quiet");
     assert_eq!(server.tcp_json("tcpstatus")["loglevel"], 0);
@@ -335,7 +316,7 @@ fn loglevel_commands_change_what_is_logged() {
     let between = &server.log.lines_from(start + 1)[..end - start - 1];
     assert!(between.is_empty(), "nothing but reports at level 0: {between:#?}");
     // Reports are written at every level.
-    assert_eq!(status_block(&server)[7], "Loglevel: 0");
+    assert_eq!(server.status_block()[7], "Loglevel: 0");
 
     server.publish("loglevel_normal");
     assert_eq!(server.tcp_json("tcpstatus")["loglevel"], 1);
@@ -357,10 +338,10 @@ fn reinit_commands_switch_the_setting() {
     let server = Server::start(&[]);
     assert_eq!(server.tcp_json("tcpstatus")["reinit"], false);
     server.publish("reinit_enable");
-    assert_eq!(status_block(&server)[8], "Reinit allowed: yes");
+    assert_eq!(server.status_block()[8], "Reinit allowed: yes");
     assert_eq!(server.tcp_json("tcpstatus")["reinit"], true);
     server.publish("reinit_disable");
-    assert_eq!(status_block(&server)[8], "Reinit allowed: no");
+    assert_eq!(server.status_block()[8], "Reinit allowed: no");
     assert_eq!(server.tcp_json("tcpstatus")["reinit"], false);
 }
 
@@ -383,7 +364,7 @@ fn user_agent_is_kept_up_to_190_characters() {
     client.handshake(format!("GET /sse?subscribe=a HTTP/1.1\r\nUser-Agent: {agent}\r\n\r\n").as_bytes());
     let rows = server.tcp_json("tcpclientlist")["clients"].clone();
     assert_eq!(rows[0]["agent"], agent[..190], "{rows}");
-    let block = client_list(&server);
+    let block = server.client_list();
     assert_eq!(block[4], format!("  Agent: {}", &agent[..190]));
 }
 
@@ -400,7 +381,7 @@ fn ipv6_clients_are_served_and_listed() {
     client.handshake(common::get_request("subscribe=six").as_bytes());
     server.publish("six=over ipv6");
     client.expect_data("over ipv6");
-    let block = client_list(&server);
+    let block = server.client_list();
     assert!(block[2].contains(&format!(" info: {peer} S:SSE ")), "{block:#?}");
 }
 
@@ -415,7 +396,7 @@ fn user_flag_drops_privileges_after_binding() {
         return;
     };
     let server = Server::start(&["--user", "nobody"]);
-    let block = status_block(&server);
+    let block = server.status_block();
     assert_eq!(block[4], format!("Uid: {} (set to nobody)", nobody.uid.as_raw()));
     let mut client = server.subscribe("subscribe=a");
     server.publish("a=as nobody");

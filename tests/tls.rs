@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,7 @@ use nix::sys::signal::Signal;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
 
-use common::{connect, free_port, read_to_eof, Event, NoEvent, Server, TempFile, WAIT};
-
-const STATUS_FIRST: &str = "------- status of hasses -------";
-const STATUS_LAST: &str = "------------- end --------------";
-const LIST_FIRST: &str = "------- requested client list -------";
-const LIST_LAST: &str = "---------------- end ----------------";
+use common::{connect, free_port, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
 
 /// A self-signed certificate and its key, PEM, for `localhost` and `127.0.0.1`.
 struct Identity {
@@ -99,13 +94,18 @@ fn trusting(identity: &Identity) -> Arc<ClientConfig> {
     client_config(&[identity], rustls::DEFAULT_VERSIONS)
 }
 
-/// An SSE client over rustls that checks the chunk framing of every event.
-struct TlsClient {
-    stream: StreamOwned<ClientConnection, TcpStream>,
-    buf: Vec<u8>,
+/// A rustls client stream, read by the same checking SSE client as plain connections.
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+impl Transport for TlsStream {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
 }
 
-impl TlsClient {
+type TlsClient = SseClient<TlsStream>;
+
+impl SseClient<TlsStream> {
     /// Connects to 127.0.0.1:`port` and completes the TLS handshake (verifying the server as
     /// `127.0.0.1`); the error is what the handshake failed with.
     fn connect(port: u16, config: Arc<ClientConfig>) -> std::io::Result<TlsClient> {
@@ -115,118 +115,19 @@ impl TlsClient {
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
-        Ok(TlsClient { stream, buf: Vec::new() })
+        Ok(SseClient::over(stream))
     }
 
     /// Connects, sends `GET /sse?QUERY`, and asserts the `200` handshake.
     fn subscribe(port: u16, config: Arc<ClientConfig>, query: &str) -> TlsClient {
         let mut client = TlsClient::connect(port, config).expect("the TLS handshake");
-        client.stream.write_all(common::get_request(query).as_bytes()).expect("send the request");
-        client.stream.flush().unwrap();
-        let head = client.read_head().expect("a response head");
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "handshake refused: {head:?}");
+        client.handshake(common::get_request(query).as_bytes());
         client
     }
 
     /// The local address (the server names the client by it).
     fn local(&self) -> std::net::SocketAddr {
         self.stream.sock.local_addr().unwrap()
-    }
-
-    /// Reads more plaintext; `Ok(false)` on close (close_notify, EOF or reset).
-    fn fill(&mut self, deadline: Instant) -> Result<bool, NoEvent> {
-        let left = deadline.checked_duration_since(Instant::now()).ok_or(NoEvent::Timeout)?;
-        self.stream.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(true);
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(NoEvent::Timeout)
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof) => {
-                    return Ok(false)
-                }
-                Err(e) => panic!("TLS read failed: {e}"),
-            }
-        }
-    }
-
-    /// The response head, as text.
-    fn read_head(&mut self) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(self.buf[..end + 4].to_vec()).expect("a UTF-8 head");
-                self.buf.drain(..end + 4);
-                return Some(head);
-            }
-            if !self.fill(deadline).ok()? {
-                return None;
-            }
-        }
-    }
-
-    fn try_next_event(&mut self, timeout: Duration) -> Result<Event, NoEvent> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(event) = self.take_event() {
-                return Ok(event);
-            }
-            if !self.fill(deadline)? {
-                return Err(NoEvent::Closed);
-            }
-        }
-    }
-
-    /// Reads (and drops) what comes until the server closes; false if it does not within a few seconds.
-    fn wait_closed(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.buf.clear();
-            match self.fill(deadline) {
-                Ok(true) => {}
-                Ok(false) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Asserts the next event carries `data`.
-    fn expect_data(&mut self, data: &str) {
-        match self.try_next_event(WAIT) {
-            Ok(event) => assert_eq!(event.data, data, "unexpected event {event:?}"),
-            Err(why) => panic!("no event {data:?}: {why:?}"),
-        }
-    }
-
-    /// Takes one event out of the buffer, checking its chunk framing; skips comment chunks.
-    fn take_event(&mut self) -> Option<Event> {
-        loop {
-            let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
-            let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("a chunk size line");
-            let size = usize::from_str_radix(size_text, 16).expect("a hexadecimal chunk size");
-            let start = line_end + 2;
-            if self.buf.len() < start + size + 2 {
-                return None;
-            }
-            assert_eq!(&self.buf[start + size..start + size + 2], b"\r\n", "chunk not ended by CRLF");
-            let payload = String::from_utf8(self.buf[start..start + size].to_vec()).expect("UTF-8");
-            self.buf.drain(..start + size + 2);
-            let body = payload.strip_suffix("\n\n").expect("an event ends with a blank line");
-            if body.split('\n').all(|l| l.starts_with(':')) {
-                continue;
-            }
-            let mut lines = body.split('\n');
-            let id = lines.next().and_then(|l| l.strip_prefix("id: ")).and_then(|id| id.parse().ok());
-            let data: Vec<&str> = lines.map(|l| l.strip_prefix("data: ").expect("a data line")).collect();
-            return Some(Event { id: id.expect("a numeric id"), data: data.join("\n") });
-        }
     }
 }
 
@@ -281,20 +182,6 @@ impl Drop for Curl {
     }
 }
 
-/// Runs `status` and returns its block from the log.
-fn status_block(server: &Server) -> Vec<String> {
-    let start = server.log.len();
-    server.publish("status");
-    server.log.wait_for_block(start, STATUS_FIRST, STATUS_LAST)
-}
-
-/// Runs `clientlist` and returns its block from the log.
-fn client_list(server: &Server) -> Vec<String> {
-    let start = server.log.len();
-    server.publish("clientlist");
-    server.log.wait_for_block(start, LIST_FIRST, LIST_LAST)
-}
-
 /// Waits for the log line `TLS failed with PEER: …` and returns it.
 fn tls_failure_logged(server: &Server, peer: std::net::SocketAddr) -> String {
     let prefix = format!("TLS failed with {peer}: ");
@@ -347,42 +234,6 @@ fn real_client_hello(identity: &Identity) -> Vec<u8> {
         conn.write_tls(&mut bytes).unwrap();
     }
     bytes
-}
-
-/// Runs the binary to its exit (within a few seconds): status, stdout, stderr.
-fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hasses");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = out.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hasses {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
 }
 
 #[test]
@@ -445,7 +296,7 @@ fn status_tcpstatus_and_client_list_show_tls() {
     let identity = Identity::new();
     let files = Files::new(&identity);
     let server = tls_server(&files, &[]);
-    let status = status_block(&server);
+    let status = server.status_block();
     let mode = status.iter().position(|l| l == "Mode: SSL encrypted (https)").expect("the mode line");
     assert_eq!(status[mode + 1], format!("Certificate file: {}", files.cert.arg()));
     assert_eq!(status[mode + 2], format!("Private key file: {}", files.key.arg()));
@@ -461,7 +312,7 @@ fn status_tcpstatus_and_client_list_show_tls() {
     let stalled_peer = stalled.local_addr().unwrap();
     assert_eq!(server.wait_json("tcpstatus", "allconncli", 3)["allconncli"], 3);
 
-    let list = client_list(&server);
+    let list = server.client_list();
     let entry = |peer: std::net::SocketAddr| -> Vec<String> {
         let at = list
             .iter()
@@ -678,9 +529,9 @@ fn legacy_ssl_flags_serve_tls() {
     // Answers other than the stream come whole over TLS, and then the connection closes.
     let mut other = TlsClient::connect(sse, trusting(&identity)).unwrap();
     other.stream.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let head = other.read_head().expect("an answer");
-    assert!(head.starts_with("HTTP/1.1 404 "), "{head:?}");
-    assert!(other.wait_closed(), "closed after the answer");
+    let head = other.read_head(WAIT).expect("an answer");
+    assert!(head.status_line.starts_with("HTTP/1.1 404 "), "{head:?}");
+    assert!(other.wait_closed(WAIT), "closed after the answer");
     // Plain HTTP is not served on that port.
     let (answer, _) = send_and_wait_close(sse, common::get_request("subscribe=legacy").as_bytes());
     assert!(!answer.starts_with(b"HTTP"), "{answer:?}");

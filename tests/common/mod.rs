@@ -292,9 +292,23 @@ impl Server {
         }
     }
 
+    /// Runs `status` and returns its block from the log.
+    pub fn status_block(&self) -> Vec<String> {
+        let start = self.log.len();
+        self.publish("status");
+        self.log.wait_for_block(start, STATUS_FIRST, STATUS_LAST)
+    }
+
+    /// Runs `clientlist` and returns its block from the log.
+    pub fn client_list(&self) -> Vec<String> {
+        let start = self.log.len();
+        self.publish("clientlist");
+        self.log.wait_for_block(start, LIST_FIRST, LIST_LAST)
+    }
+
     /// A subscribed SSE client (`GET /sse?QUERY`, asserted `200`).
     pub fn subscribe(&self, query: &str) -> SseClient {
-        SseClient::subscribe(self.sse_port, query)
+        SseClient::<TcpStream>::subscribe(self.sse_port, query)
     }
 
     /// Sends `request` on a new connection and reads the whole answer (the server must close).
@@ -527,10 +541,62 @@ pub enum NoEvent {
     Closed,
 }
 
+/// The first and last lines of the `status` block in the log.
+pub const STATUS_FIRST: &str = "------- status of hasses -------";
+pub const STATUS_LAST: &str = "------------- end --------------";
+/// The first and last lines of the `clientlist` block in the log.
+pub const LIST_FIRST: &str = "------- requested client list -------";
+pub const LIST_LAST: &str = "---------------- end ----------------";
+
+/// Runs the binary with `args` to its exit (within a few seconds): status, stdout, stderr.
+pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hasses");
+    let pipe = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = from.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hasses {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// What an [`SseClient`] reads events from: a TCP stream, or TLS over one (tests/tls.rs).
+pub trait Transport: Read + Write {
+    /// The TCP socket underneath, for its timeouts.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
 /// An SSE client that checks the chunked framing of every event.
-pub struct SseClient {
+pub struct SseClient<S = TcpStream> {
     /// The connection.
-    pub stream: TcpStream,
+    pub stream: S,
     /// Bytes read but not consumed yet.
     buf: Vec<u8>,
     /// The handshake's response head.
@@ -542,21 +608,28 @@ pub struct SseClient {
 impl SseClient {
     /// A connection on which nothing has been sent yet.
     pub fn connect(port: u16) -> SseClient {
-        SseClient { stream: connect(port), buf: Vec::new(), head: None, comments: 0 }
+        SseClient::over(connect(port))
     }
 
     /// Wraps a connection made elsewhere (e.g. with socket options of its own).
     pub fn from_stream(stream: TcpStream) -> SseClient {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
-        SseClient { stream, buf: Vec::new(), head: None, comments: 0 }
+        SseClient::over(stream)
     }
 
     /// Connects, sends `GET /sse?QUERY`, and asserts the `200` handshake.
     pub fn subscribe(port: u16, query: &str) -> SseClient {
-        let mut client = SseClient::connect(port);
+        let mut client = Self::connect(port);
         client.handshake(get_request(query).as_bytes());
         client
+    }
+}
+
+impl<S: Transport> SseClient<S> {
+    /// A client on `stream`, on which nothing has been read yet.
+    pub fn over(stream: S) -> SseClient<S> {
+        SseClient { stream, buf: Vec::new(), head: None, comments: 0 }
     }
 
     /// Sends `request` and asserts the answer is the `200` handshake.
@@ -573,12 +646,13 @@ impl SseClient {
     /// Writes bytes to the server.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to the server");
+        self.stream.flush().expect("write to the server");
     }
 
     /// Reads more bytes; false on EOF or reset. Errors with `Timeout` after `deadline`.
     fn fill(&mut self, deadline: Instant) -> Result<bool, NoEvent> {
         let left = deadline.checked_duration_since(Instant::now()).ok_or(NoEvent::Timeout)?;
-        self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        self.stream.socket().set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
         let mut chunk = [0u8; 64 * 1024];
         loop {
             match self.stream.read(&mut chunk) {
@@ -591,7 +665,10 @@ impl SseClient {
                     return Err(NoEvent::Timeout)
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(false),
+                // TLS says UnexpectedEof for a close without close_notify.
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof) => {
+                    return Ok(false)
+                }
                 Err(e) => panic!("read failed: {e}"),
             }
         }

@@ -233,6 +233,17 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// Opens `GET /sse?QUERY` through `proxy`, listening on `port`, and asserts the
+    /// event-stream answer with hasses' CORS header passed through.
+    pub fn through(proxy: &Process, port: u16, query: &str, extra: &str) -> EventStream {
+        let stream = EventStream::open(port, &format!("/sse?{query}"), extra)
+            .unwrap_or_else(|| panic!("{} closed without answering\n{}", proxy.name, proxy.output()));
+        assert_eq!(stream.status, 200, "headers: {:?}", stream.headers);
+        assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+        assert_eq!(stream.header("access-control-allow-origin"), Some("*"), "the CORS header passes");
+        stream
+    }
+
     /// Sends `GET target` to 127.0.0.1:`port` as an EventSource does (plus `extra` header lines,
     /// each ending in `\r\n`) and reads the response head. `None` if the connection closed
     /// without a response head.

@@ -405,13 +405,7 @@ impl Thread {
         if let Some(tls) = &self.setup.tls {
             return self.start_tls(local, tls.clone());
         }
-        self.request.clear();
-        let _ = write!(
-            self.request,
-            "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
-             Connection: keep-alive\r\n\r\n",
-            self.setup.path, self.setup.host
-        );
+        subscription_request(&mut self.request, &self.setup, i);
         let res = stream.write(&self.request);
         let res = match res {
             Ok(n) if n == self.request.len() => {
@@ -487,14 +481,7 @@ impl Thread {
             Ok(session) => Box::new(session),
             Err(e) => return self.fail(local, "tls", &e, false),
         };
-        let i = self.conns[local].track.index;
-        self.request.clear();
-        let _ = write!(
-            self.request,
-            "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
-             Connection: keep-alive\r\n\r\n",
-            self.setup.path, self.setup.host
-        );
+        subscription_request(&mut self.request, &self.setup, self.conns[local].track.index);
         if let Err(e) = session.writer().write_all(&self.request) {
             return self.fail(local, "request", &e, false);
         }
@@ -596,6 +583,17 @@ impl Thread {
         }
         true
     }
+}
+
+/// Puts connection `i`'s subscription request (to `all` and its own `c<i>`) in `request`.
+fn subscription_request(request: &mut Vec<u8>, setup: &Setup, i: u64) {
+    request.clear();
+    let _ = write!(
+        request,
+        "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
+         Connection: keep-alive\r\n\r\n",
+        setup.path, setup.host
+    );
 }
 
 /// Counts one event on one connection.
