@@ -2,6 +2,8 @@
 # The capacity benchmark: a release server with its defaults and hasses-bench on this host.
 #   benches/capacity.sh [N] [extra hasses-bench options...]
 #   TLS=1 benches/capacity.sh [N] ...   the same over TLS, with a fresh self-signed certificate
+#   SERVER=floor benches/capacity.sh [N] ...   the same against `hasses-bench floor-server`, the
+#                                  least an epoll server does: what the kernel alone costs here
 # Figures go to stdout (a table) and to target/capacity.jsonl (one JSON line per scenario);
 # the server logs at its default level (a line per connection) to target/capacity-server.log.
 set -euo pipefail
@@ -23,8 +25,14 @@ if [[ ${TLS:-} == 1 ]]; then
     server_tls=(--tls-cert target/capacity-cert.pem --tls-key target/capacity-key.pem)
     bench_tls=(--tls --ca target/capacity-cert.pem)
 fi
-./target/release/hasses --port "$sse_port" --control-port "$control_port" "${server_tls[@]}" \
-    >target/capacity-server.log 2>&1 &
+if [[ ${SERVER:-hasses} == floor ]]; then
+    [[ ${TLS:-} == 1 ]] && { echo "capacity.sh: the floor server speaks no TLS" >&2; exit 2; }
+    ./target/release/hasses-bench floor-server --sse "[::]:$sse_port" \
+        --control "127.0.0.1:$control_port" >target/capacity-server.log 2>&1 &
+else
+    ./target/release/hasses --port "$sse_port" --control-port "$control_port" "${server_tls[@]}" \
+        >target/capacity-server.log 2>&1 &
+fi
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 sleep 0.5

@@ -25,15 +25,16 @@ fn port_of(addr: &str) -> Option<u16> {
     addr.rsplit_once(':')?.1.parse().ok()
 }
 
-/// Starts the server on free ports and reads them from its start-up lines.
-fn start_server() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
-        .args(["--port", "0", "--control-port", "0", "--log-level", "0"])
+/// Starts `program` with `args` (free ports) and reads the ports from its start-up lines: the
+/// SSE port from the line holding `sse_label`, the control port from the one with `control_label`.
+fn start(program: &str, args: &[&str], sse_label: &str, control_label: &str) -> Server {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start hasses");
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel();
     // Keeps draining stderr after the start-up lines, so the server never blocks on it.
@@ -48,23 +49,22 @@ fn start_server() -> Server {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("the server did not report its ports");
+                panic!("{program} did not report its ports");
             }
         };
-        if let Some(rest) = line.split("SSE listening on ").nth(1) {
+        if let Some(rest) = line.split(sse_label).nth(1) {
             sse_port = rest.split_whitespace().next().and_then(port_of);
         }
-        if let Some(rest) = line.split("Control listening on ").nth(1) {
+        if let Some(rest) = line.split(control_label).nth(1) {
             control_port = rest.split_whitespace().next().and_then(port_of);
         }
     }
     Server { child, sse_port: sse_port.unwrap(), control_port: control_port.unwrap() }
 }
 
-#[test]
-fn all_scenarios_at_small_n_lose_nothing() {
-    let server = start_server();
-    let json = std::env::temp_dir().join(format!("hasses-bench-test-{}.jsonl", std::process::id()));
+/// Runs every scenario at N = 50 against `server`; each must complete with nothing lost.
+fn all_scenarios_lose_nothing(server: &Server) {
+    let json = std::env::temp_dir().join(format!("hasses-bench-test-{}.jsonl", server.child.id()));
     let _ = std::fs::remove_file(&json);
     let out = Command::new(env!("CARGO_BIN_EXE_hasses-bench"))
         .args(["all", "-n", "50", "--quiet"])
@@ -93,9 +93,25 @@ fn all_scenarios_at_small_n_lose_nothing() {
         assert_eq!(line["ok"], true, "{line}\n{report}");
     }
     assert_eq!(lines[0]["handshaked"], 50, "{report}");
+    assert_eq!(lines[0]["server_clients"], 50, "{report}");
     assert_eq!(lines[2]["deliveries"], 50 * 5, "{report}");
     assert_eq!(lines[3]["deliveries"], 50 * 20, "{report}");
     assert_eq!(lines[4]["received"], 1000, "{report}");
+}
+
+#[test]
+fn all_scenarios_at_small_n_lose_nothing() {
+    let args = ["--port", "0", "--control-port", "0", "--log-level", "0"];
+    let server = start(env!("CARGO_BIN_EXE_hasses"), &args, "SSE listening on ", "Control listening on ");
+    all_scenarios_lose_nothing(&server);
+}
+
+/// The yardstick serves the same traffic just as faithfully, or its figures would mean nothing.
+#[test]
+fn the_floor_server_serves_every_scenario() {
+    let args = ["floor-server", "--sse", "127.0.0.1:0", "--control", "127.0.0.1:0"];
+    let server = start(env!("CARGO_BIN_EXE_hasses-bench"), &args, "SSE on ", "control on ");
+    all_scenarios_lose_nothing(&server);
 }
 
 #[test]
@@ -104,7 +120,7 @@ fn help_documents_every_scenario() {
         Command::new(env!("CARGO_BIN_EXE_hasses-bench")).arg("--help").output().expect("run hasses-bench");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all"] {
+    for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all", "floor-server"] {
         assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
     }
 }

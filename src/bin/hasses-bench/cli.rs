@@ -137,6 +137,11 @@ pub struct Options {
     #[arg(long, requires = "tls")]
     pub server_name: Option<String>,
 
+    /// floor-server: worker threads, each with its own listener and epoll (the server's default
+    /// is 2).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub floor_workers: u32,
+
     /// Append one JSON object per scenario to this file (one per line).
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -166,6 +171,10 @@ pub enum Scenario {
     Targeted,
     /// connect, idle, broadcast, burst, targeted in order over one set of connections.
     All,
+    /// No benchmark: serve as the floor, the least an epoll server does for this traffic, on
+    /// --sse and --control (addresses to listen on) until killed. Run the scenarios against it
+    /// to see what the kernel alone costs on this machine.
+    FloorServer,
 }
 
 /// A scenario's phases, in order.
@@ -206,6 +215,7 @@ impl Scenario {
             Scenario::Burst => &[Phase::Connect, Phase::Burst],
             Scenario::Targeted => &[Phase::Connect, Phase::Targeted],
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
+            Scenario::FloorServer => &[],
         }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`receiver`]: receiver threads: connecting, reading, counting.
 //! - [`parse`]: the response head, chunked coding and SSE events (pure).
 //! - [`control`]: the publisher and the payload format.
+//! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
 //! - [`stats`]: counters and the latency histogram.
 //! - [`report`]: the table and the JSON lines.
 //! - [`sys`]: clock, rusage, rlimit, socket option, `/proc/PID`.
@@ -26,6 +27,7 @@
 
 mod cli;
 mod control;
+mod floor;
 mod parse;
 mod receiver;
 mod report;
@@ -46,7 +48,16 @@ fn main() -> ExitCode {
         eprintln!("hasses-bench: {why}");
         return ExitCode::from(2);
     }
-    match sys::raise_nofile() {
+    let nofile = sys::raise_nofile();
+    if opts.scenario == cli::Scenario::FloorServer {
+        if let Err(e) = nofile.and_then(|_| {
+            floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers as usize, &opts.path)
+        }) {
+            eprintln!("hasses-bench: floor-server: {e}");
+        }
+        return ExitCode::from(2);
+    }
+    match nofile {
         Ok(limit) if limit < u64::from(opts.connections) + 16 => eprintln!(
             "hasses-bench: warning: the open-files limit ({limit}) is below {} connections",
             opts.connections

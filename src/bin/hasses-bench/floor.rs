@@ -1,0 +1,300 @@
+//! `floor-server`: the yardstick the server's figures are read against. It does the least an
+//! epoll server can do for this bench's traffic, so that a run against it shows what the kernel
+//! alone charges on this machine, in the same hour, with the same clients.
+//!
+//! Its shape is the server's: `--floor-workers` workers (2, the server's default), each with its
+//! own `SO_REUSEPORT` listener on the `--sse` address and its own epoll, and a control thread
+//! that frames each published message once, with the server's own parser and encoder, and hands
+//! it to every worker. Per connection a worker accepts, registers, reads the request, judges it
+//! with the server's own parser and writes its response head; per recipient it makes one
+//! `write`, one for a run of messages to the same target. It keeps nothing else: no log,
+//! timeouts, counters or queues, and a socket that does not take a write whole is closed. It
+//! answers `tcpnumberofclients` and ignores every other command. Not a server to deploy.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use hasses::control::command::{parse_command, Command, Target};
+use hasses::control::lines::LineBuffer;
+use hasses::http::{judge, Judgement, Responses, Route};
+use hasses::limits::Limits;
+use hasses::sse::{encode_event, EventIds, Frame};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+const READ_CHUNK: usize = 4096;
+
+/// One published message, framed once for every worker.
+struct Message {
+    target: Target,
+    frame: Frame,
+}
+
+/// How the control thread reaches a worker.
+struct WorkerHandle {
+    messages: Sender<Arc<Message>>,
+    waker: Waker,
+}
+
+/// Runs the floor server until the process is killed; returns only when it cannot start.
+pub fn serve(sse: SocketAddr, control: SocketAddr, workers: usize, path: &str) -> io::Result<()> {
+    let streaming = Arc::new(AtomicU64::new(0));
+    // Port 0 picks a free port for the first listener; the others share that one.
+    let first = listen(sse, true)?;
+    let sse = first.local_addr()?.as_socket().unwrap_or(sse);
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(listen(sse, true)?);
+    }
+    let mut handles = Vec::new();
+    for listener in listeners {
+        let (worker, handle) =
+            Worker::new(TcpListener::from_std(listener.into()), path, Arc::clone(&streaming))?;
+        std::thread::Builder::new().name("floor-worker".into()).spawn(move || worker.run())?;
+        handles.push(handle);
+    }
+    let control_listener: StdListener = listen(control, false)?.into();
+    let control = control_listener.local_addr()?;
+    eprintln!("floor-server: SSE on {sse} ({workers} workers), control on {control}");
+    let handles = Arc::new(handles);
+    let ids = Arc::new(Mutex::new(EventIds::starting_now()));
+    for stream in control_listener.incoming() {
+        let (stream, handles, ids, streaming) =
+            (stream?, Arc::clone(&handles), Arc::clone(&ids), Arc::clone(&streaming));
+        std::thread::spawn(move || control_connection(stream, &handles, &ids, &streaming));
+    }
+    Ok(())
+}
+
+/// A listening socket; `shared` ones take `SO_REUSEPORT` (one per worker) and do not block, as
+/// the server's do.
+fn listen(addr: SocketAddr, shared: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(shared)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(shared)?;
+    socket.set_nodelay(true)?;
+    Ok(socket)
+}
+
+/// Reads control lines until the publisher hangs up; wakes each worker once per read.
+fn control_connection(
+    mut stream: StdStream,
+    workers: &[WorkerHandle],
+    ids: &Mutex<EventIds>,
+    streaming: &AtomicU64,
+) {
+    let limits = Limits::default();
+    let mut lines = LineBuffer::default();
+    let mut chunk = vec![0; 64 * 1024];
+    let mut replies = Vec::new();
+    while let Ok(got @ 1..) = stream.read(&mut chunk) {
+        lines.push(&chunk[..got], limits.max_control_line(), |line| {
+            match line.map(|line| parse_command(line, &limits)) {
+                Ok(Ok(Command::Publish(publish))) => {
+                    let frame = encode_event(ids.lock().next_id(), &publish.message);
+                    let message = Arc::new(Message { target: publish.target, frame });
+                    for worker in workers {
+                        let _ = worker.messages.send(Arc::clone(&message));
+                    }
+                }
+                Ok(Ok(Command::TcpNumberOfClients)) => {
+                    let count = streaming.load(Ordering::Relaxed);
+                    let _ = writeln!(replies, "{{\"numberofclients\":{count}}}");
+                }
+                _ => {}
+            }
+        });
+        for worker in workers {
+            let _ = worker.waker.wake();
+        }
+        if !replies.is_empty() && stream.write_all(&std::mem::take(&mut replies)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection: its socket, and the request head until it is complete.
+struct Connection {
+    socket: TcpStream,
+    request: Vec<u8>,
+    streaming: bool,
+}
+
+/// A worker's connections, indexed by token. A key is never reused, so a stale entry in the
+/// subscriber lists finds `None`.
+struct Connections {
+    slots: Vec<Option<Connection>>,
+    /// Streaming connections over all workers, for `tcpnumberofclients`.
+    streaming: Arc<AtomicU64>,
+}
+
+impl Connections {
+    /// Writes `bytes` to a streaming connection; closes one that does not take them whole.
+    fn send(&mut self, key: usize, bytes: &[u8]) {
+        let Some(conn) = self.slots[key].as_mut().filter(|c| c.streaming) else { return };
+        if !matches!(conn.socket.write(bytes), Ok(n) if n == bytes.len()) {
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if self.slots[key].take().is_some_and(|c| c.streaming) {
+            self.streaming.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One worker's state, on its own thread.
+struct Worker {
+    poll: Poll,
+    listener: TcpListener,
+    messages: Receiver<Arc<Message>>,
+    connections: Connections,
+    subscribers: HashMap<String, Vec<usize>>,
+    responses: Responses,
+    route: Route,
+    read_buf: Box<[u8; READ_CHUNK]>,
+}
+
+impl Worker {
+    fn new(
+        mut listener: TcpListener,
+        path: &str,
+        streaming: Arc<AtomicU64>,
+    ) -> io::Result<(Worker, WorkerHandle)> {
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (sender, messages) = unbounded();
+        let worker = Worker {
+            poll,
+            listener,
+            messages,
+            connections: Connections { slots: Vec::new(), streaming },
+            subscribers: HashMap::new(),
+            responses: Responses::new("*"),
+            route: Route { path: path.to_string() },
+            read_buf: Box::new([0; READ_CHUNK]),
+        };
+        Ok((worker, WorkerHandle { messages: sender, waker }))
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return eprintln!("floor-server: epoll failed: {e}");
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.deliver_all(),
+                    Token(key) => self.read(key),
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut socket, _)) => {
+                    let slots = &mut self.connections.slots;
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut socket, Token(slots.len()), Interest::READABLE)
+                        .is_ok()
+                    {
+                        slots.push(Some(Connection { socket, request: Vec::new(), streaming: false }));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return eprintln!("floor-server: accept failed: {e}"),
+            }
+        }
+    }
+
+    /// Reads until a short read (the server's trick too); the request head gets the response
+    /// head, and anything after it is ignored.
+    fn read(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.connections.slots[key].as_mut() else { return };
+            let got = match conn.socket.read(&mut self.read_buf[..]) {
+                Ok(0) => return self.connections.close(key),
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.connections.close(key),
+            };
+            if !conn.streaming {
+                conn.request.extend_from_slice(&self.read_buf[..got]);
+                match judge(&conn.request, &self.route) {
+                    Judgement::Incomplete => {}
+                    Judgement::Subscribe(request) => self.stream(key, request.tokens),
+                    _ => return self.connections.close(key),
+                }
+            }
+            if got < READ_CHUNK {
+                return;
+            }
+        }
+    }
+
+    fn stream(&mut self, key: usize, tokens: Vec<String>) {
+        let Some(conn) = self.connections.slots[key].as_mut() else { return };
+        conn.streaming = true;
+        conn.request = Vec::new();
+        self.connections.streaming.fetch_add(1, Ordering::Relaxed);
+        for token in tokens {
+            self.subscribers.entry(token).or_default().push(key);
+        }
+        self.connections.send(key, &self.responses.handshake);
+    }
+
+    /// Sends every waiting message; consecutive messages to one target go out in one write.
+    fn deliver_all(&mut self) {
+        let messages: Vec<Arc<Message>> = self.messages.try_iter().collect();
+        for run in messages.chunk_by(|a, b| a.target == b.target) {
+            let bytes = match run {
+                [one] => one.frame.clone(),
+                _ => run
+                    .iter()
+                    .fold(BytesMut::new(), |mut all, m| {
+                        all.extend_from_slice(&m.frame);
+                        all
+                    })
+                    .freeze(),
+            };
+            match &run[0].target {
+                Target::All => {
+                    (0..self.connections.slots.len()).for_each(|key| self.connections.send(key, &bytes))
+                }
+                Target::Token(token) => {
+                    for &key in self.subscribers.get(token).into_iter().flatten() {
+                        self.connections.send(key, &bytes);
+                    }
+                }
+                Target::Prefix(_) => {}
+            }
+        }
+    }
+}
