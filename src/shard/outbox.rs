@@ -10,8 +10,9 @@ use std::io::{self, IoSlice, Write};
 use bytes::{Buf, Bytes};
 use rustls::ServerConnection;
 
-/// The most frames handed to one `writev` (the kernel's IOV_MAX is 1024; this is plenty).
-const MAX_IOVECS: usize = 64;
+/// The most frames handed to one `writev`: the kernel's IOV_MAX, so that a burst of events
+/// reaches a client in one call.
+const MAX_IOVECS: usize = 1024;
 
 /// Frames waiting to be written, oldest first; the first may be partly written already.
 #[derive(Debug, Default)]
@@ -48,11 +49,17 @@ impl Outbox {
 
     /// Writes as much as `sink` takes, a batch of frames per `writev`, until done or `WouldBlock`.
     pub fn flush(&mut self, sink: &mut impl Write) -> io::Result<Flushed> {
-        while !self.frames.is_empty() {
-            // On the stack: a flush per recipient must not allocate.
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = self.fill(&mut slices);
-            match sink.write_vectored(&slices[..count]) {
+        while let Some(first) = self.frames.front() {
+            // One frame (an event to an idle client, the common case) needs no slice array and
+            // allocates nothing; a batch builds one, once for all its frames.
+            let written = if self.frames.len() == 1 {
+                sink.write(first)
+            } else {
+                let slices: Vec<IoSlice<'_>> =
+                    self.frames.iter().take(MAX_IOVECS).map(|f| IoSlice::new(f)).collect();
+                sink.write_vectored(&slices)
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -74,16 +81,6 @@ impl Outbox {
             Flushed::All => send_tls(tls, socket),
             Flushed::Partly => Ok(Flushed::Partly),
         }
-    }
-
-    /// Points `slices` at the oldest frames; returns how many it filled.
-    fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
-        let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
-            *slot = IoSlice::new(frame);
-            count += 1;
-        }
-        count
     }
 
     /// Forgets the first `written` bytes.
@@ -120,17 +117,29 @@ struct TlsSink<'a, W> {
     socket: &'a mut W,
 }
 
-impl<W: Write> Write for TlsSink<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let taken = self.tls.writer().write(buf)?;
+impl<W: Write> TlsSink<'_, W> {
+    /// Hands plaintext to TLS with `write`; when its buffer is full, sends records to make room.
+    /// Says `WouldBlock` only when the socket is full too: only then will writability be
+    /// signalled.
+    fn take(&mut self, write: impl Fn(&mut ServerConnection) -> io::Result<usize>) -> io::Result<usize> {
+        let taken = write(self.tls)?;
         if taken > 0 {
             return Ok(taken);
         }
-        // Say WouldBlock only when the socket is full too: only then will writability be signalled.
         if send_tls(self.tls, self.socket)? == Flushed::Partly {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.tls.writer().write(buf)
+        write(self.tls)
+    }
+}
+
+impl<W: Write> Write for TlsSink<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.take(|tls| tls.writer().write(buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.take(|tls| tls.writer().write_vectored(bufs))
     }
 
     fn flush(&mut self) -> io::Result<()> {
