@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -713,6 +714,10 @@ impl Shard {
             counters: &mut self.counters,
             over_cap: Vec::new(),
             delivery,
+            // This shard's own copy: every recipient takes and drops a reference to the frame,
+            // and on the shared one every shard would fight over one reference count's cache
+            // line. One small copy per shard keeps those increments on this core.
+            frame: Bytes::copy_from_slice(&delivery.frame),
             max_backlog: self.shared.max_backlog,
         };
         let connections = &mut self.connections;
@@ -786,6 +791,7 @@ struct Recipients<'a> {
     counters: &'a mut Counters,
     over_cap: Vec<usize>,
     delivery: &'a Delivery,
+    frame: Frame,
     max_backlog: usize,
 }
 
@@ -800,7 +806,7 @@ impl Recipients<'_> {
         if self.delivery.except.as_deref().is_some_and(|id| conn.has_id(id)) {
             return;
         }
-        let frame = &self.delivery.frame;
+        let frame = &self.frame;
         // A client with nothing pending always takes one event, however large.
         if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > self.max_backlog {
             self.over_cap.push(key);
