@@ -36,6 +36,14 @@ Example (this host, 18,000 connections over 8 source addresses):
   hasses-bench all -n 18000 --src-addrs 127.0.0.1-127.0.0.8 --server-pid $(pidof hasses) \\
       --json-out bench.jsonl
 
+What the kernel alone costs: floor-server serves the same traffic with the least an epoll
+server can do (the server's shape and parsers; no log, timeouts or queues; one write per
+recipient). Run the same scenarios against it, on the same machine, and read the server's
+figures against its figures:
+  hasses-bench floor-server --sse '[::]:8090' --control 127.0.0.1:8095 &
+  hasses-bench all -n 18000 --src-addrs 127.0.0.1-127.0.0.8 --sse 127.0.0.1:8090 \\
+      --control 127.0.0.1:8095 --server-pid $!
+
 Over TLS, with a server started with --tls-cert cert.pem --tls-key key.pem. The certificate
 must name 127.0.0.1 (or, with --server-name localhost, localhost) and, being self-signed, must
 say CA:FALSE: rustls, unlike curl, refuses a CA certificate as the server's own.
