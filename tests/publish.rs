@@ -114,6 +114,31 @@ fn every_form_over_the_fifo() {
     every_form(&server, &|text| write_fifo(fifo.path(), text.as_bytes()));
 }
 
+/// A shard offers consecutive publishes to one audience as one run: every rule must hold per
+/// event all the same (exceptions, the wildcard, clients reached through several tokens).
+#[test]
+fn runs_of_publishes_to_one_audience_keep_every_rule() {
+    let server = Server::start(&[]);
+    let mut aud = Audience::join(&server);
+    let send = |text: &str| assert_eq!(server.control(text), "");
+    let line = "room1=1;room1=2;room2=3;room2=4;room1-ua=5;room1-ua=6;*=7;*=8;room1=9;room1=10";
+    let seen = aud.deliver(&send, line);
+    let want = |data: &[u32]| data.iter().map(u32::to_string).collect::<Vec<_>>();
+    let everything = want(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    for (name, got) in seen {
+        let expected = match name {
+            "A" => want(&[1, 2, 7, 8, 9, 10]),
+            "B" => want(&[3, 4, 7, 8]),
+            "C" => want(&[7, 8]),
+            _ => everything.clone(),
+        };
+        assert_eq!(got, expected, "client {name}");
+    }
+    let status = server.tcp_json("tcpstatus");
+    assert_eq!(status["msgproccnt"], 11, "{status}");
+    assert_eq!(status["msgsendcnt"], 6 + 4 + 2 + 10 + 10 + 5, "{status}");
+}
+
 #[test]
 fn several_messages_per_line_in_order() {
     let server = Server::start(&[]);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -132,6 +132,13 @@ pub struct Delivery {
     pub frame: Frame,
 }
 
+impl Delivery {
+    /// Whether `other` goes to exactly the clients this one goes to.
+    fn same_audience(&self, other: &Delivery) -> bool {
+        self.target == other.target && self.except == other.except
+    }
+}
+
 /// What the control thread asks of a shard.
 #[derive(Debug)]
 pub enum ShardCommand {
@@ -197,6 +204,9 @@ pub struct Shard {
     age_deadlines: VecDeque<Deadline>,
     /// Connections given new bytes while draining commands, flushed once after the drain.
     dirty: Vec<usize>,
+    /// Consecutive publishes to one audience, gathered while draining commands (kept to reuse
+    /// its allocation).
+    run: Vec<Arc<Delivery>>,
     next_serial: u32,
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
@@ -237,6 +247,7 @@ impl Shard {
             handshake_deadlines: VecDeque::new(),
             age_deadlines: VecDeque::new(),
             dirty: Vec::new(),
+            run: Vec::new(),
             next_serial: 0,
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
@@ -669,7 +680,8 @@ impl Shard {
     }
 
     /// Acts on every waiting command, then writes to each client that got new events in one go,
-    /// so a burst of publishes reaches a client in one `writev`.
+    /// so a burst of publishes reaches a client in one write. Consecutive publishes to the same
+    /// audience are offered as one run: one pass over the recipients, one queue entry each.
     fn drain_commands(&mut self) {
         loop {
             match self.commands.try_recv() {
@@ -681,6 +693,7 @@ impl Shard {
                 }
             }
         }
+        self.publish_run();
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
             if self.connections.contains(key) {
@@ -692,8 +705,17 @@ impl Shard {
     }
 
     fn execute(&mut self, command: ShardCommand) {
+        if !matches!(command, ShardCommand::Publish(_)) {
+            // Figures and lists must count the publishes sent before them.
+            self.publish_run();
+        }
         match command {
-            ShardCommand::Publish(delivery) => self.publish(&delivery),
+            ShardCommand::Publish(delivery) => {
+                if self.run.last().is_some_and(|last| !last.same_audience(&delivery)) {
+                    self.publish_run();
+                }
+                self.run.push(delivery);
+            }
             ShardCommand::Figures(reply) => {
                 let _ = reply.send(self.figures());
             }
@@ -707,21 +729,28 @@ impl Shard {
         }
     }
 
-    /// Queues the event for every matching client, once each; drops those over the cap.
-    fn publish(&mut self, delivery: &Delivery) {
+    /// Offers the publishes gathered so far, and starts a new run.
+    fn publish_run(&mut self) {
+        let mut run = std::mem::take(&mut self.run);
+        self.publish(&run);
+        run.clear();
+        self.run = run;
+    }
+
+    /// Queues a run of events (same audience, increasing ids) for every matching client, once
+    /// each; drops those over the cap.
+    fn publish(&mut self, run: &[Arc<Delivery>]) {
+        let Some(first) = run.first() else { return };
         let mut recipients = Recipients {
             dirty: &mut self.dirty,
             counters: &mut self.counters,
             over_cap: Vec::new(),
-            delivery,
-            // This shard's own copy: every recipient takes and drops a reference to the frame,
-            // and on the shared one every shard would fight over one reference count's cache
-            // line. One small copy per shard keeps those increments on this core.
-            frame: Bytes::copy_from_slice(&delivery.frame),
+            run: Run::new(run),
+            except: first.except.as_deref(),
             max_backlog: self.shared.max_backlog,
         };
         let connections = &mut self.connections;
-        match &delivery.target {
+        match &first.target {
             Target::All => connections.iter_mut().for_each(|(key, conn)| recipients.offer(key, conn)),
             target => {
                 self.subscriptions.for_each_match(target, |key| recipients.offer(key, &mut connections[key]))
@@ -785,40 +814,90 @@ impl Shard {
     }
 }
 
-/// The recipients of one publish, being offered the event one connection at a time.
+/// A run of events in this shard's own copy: one buffer holding them all, and each of them as
+/// a slice of it. Every recipient takes and drops references to these; on the frames the control
+/// thread built, every shard would fight over one reference count's cache line.
+struct Run {
+    /// The ids, increasing.
+    ids: Vec<u64>,
+    /// Each event, a slice of `all`.
+    frames: Vec<Frame>,
+    /// Every event, in order.
+    all: Frame,
+}
+
+impl Run {
+    fn new(run: &[Arc<Delivery>]) -> Run {
+        let mut all = BytesMut::with_capacity(run.iter().map(|d| d.frame.len()).sum());
+        let mut ends = Vec::with_capacity(run.len());
+        for delivery in run {
+            all.extend_from_slice(&delivery.frame);
+            ends.push(all.len());
+        }
+        let all = all.freeze();
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        let frames = starts.zip(&ends).map(|(start, &end)| all.slice(start..end)).collect();
+        Run { ids: run.iter().map(|d| d.id).collect(), frames, all }
+    }
+}
+
+/// The recipients of a run of events, being offered them one connection at a time.
 struct Recipients<'a> {
     dirty: &'a mut Vec<usize>,
     counters: &'a mut Counters,
     over_cap: Vec<usize>,
-    delivery: &'a Delivery,
-    frame: Frame,
+    run: Run,
+    except: Option<&'a str>,
     max_backlog: usize,
 }
 
 impl Recipients<'_> {
     fn offer(&mut self, key: usize, conn: &mut Connection) {
+        if conn.phase != Phase::Streaming {
+            return;
+        }
         // Ids only grow: an id at or below the stamp was delivered already (through another of
         // its tokens) or published before this client handshaked.
-        if conn.phase != Phase::Streaming || conn.last_publish >= self.delivery.id {
+        let Some(fresh) = self.run.ids.iter().position(|&id| id > conn.last_publish) else { return };
+        conn.last_publish = self.run.ids[self.run.ids.len() - 1];
+        if self.except.is_some_and(|id| conn.has_id(id)) {
             return;
         }
-        conn.last_publish = self.delivery.id;
-        if self.delivery.except.as_deref().is_some_and(|id| conn.has_id(id)) {
-            return;
-        }
-        let frame = &self.frame;
-        // A client with nothing pending always takes one event, however large.
-        if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > self.max_backlog {
-            self.over_cap.push(key);
-            return;
-        }
-        if conn.outbox.is_empty() {
+        let was_idle = conn.outbox.is_empty();
+        // The whole run as one entry when the cap allows it; a client with nothing pending
+        // always takes one event, however large.
+        let whole = fresh == 0
+            && (conn.outbox.len() + self.run.all.len() <= self.max_backlog
+                || (was_idle && self.run.ids.len() == 1));
+        let taken = if whole {
+            conn.outbox.push(self.run.all.clone());
+            self.run.frames.len()
+        } else {
+            self.offer_one_by_one(key, conn, fresh)
+        };
+        if was_idle && taken > 0 {
             self.dirty.push(key);
         }
-        conn.outbox.push(frame.clone());
-        conn.client.messages += 1;
-        self.counters.deliveries += 1;
-        debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
+        conn.client.messages += taken as u64;
+        self.counters.deliveries += taken as u64;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for _ in 0..taken {
+                debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
+            }
+        }
+    }
+
+    /// Queues the run's events from `fresh` on, each checked against the cap; returns how many
+    /// it took.
+    fn offer_one_by_one(&mut self, key: usize, conn: &mut Connection, fresh: usize) -> usize {
+        for (taken, frame) in self.run.frames[fresh..].iter().enumerate() {
+            if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > self.max_backlog {
+                self.over_cap.push(key);
+                return taken;
+            }
+            conn.outbox.push(frame.clone());
+        }
+        self.run.frames.len() - fresh
     }
 }
 
