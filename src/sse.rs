@@ -57,19 +57,8 @@ fn hex_digits(n: usize) -> usize {
     n.checked_ilog2().map_or(1, |log| log as usize / 4 + 1)
 }
 
-/// Writes `n` in decimal by hand: `write!` would do, but this keeps the one-allocation promise
-/// obvious.
 fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let start = out.len();
-    let mut rest = n;
-    loop {
-        out.push(b'0' + (rest % 10) as u8);
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out[start..].reverse();
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes `n` in lowercase hex, as the chunk-size line of HTTP/1.1 chunked encoding.

@@ -4,6 +4,7 @@
 //! facts the client list reports. The shard drives it; a connection never touches another
 //! connection, the subscription index, or anything shared between threads.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
@@ -43,7 +44,7 @@ pub struct Connection {
     /// Its TLS session on an HTTPS port; boxed, so a plain connection pays one pointer.
     pub tls: Option<Box<ServerConnection>>,
     /// The client's address.
-    pub peer: SocketAddr,
+    pub peer: Peer,
     /// Unique within the shard for its whole run: tells this connection from a later one that
     /// reuses its slab key (timeouts hold a key and a serial).
     pub serial: u32,
@@ -105,6 +106,56 @@ impl Client {
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
         self.names.split('\n').nth(2).unwrap_or("").split('-').filter(|t| !t.is_empty())
     }
+
+    /// Its tokens joined by `,`, as the handshake's log line lists them (without building the
+    /// string: the line is formatted once, straight into the log's buffer).
+    pub fn token_list(&self) -> TokenList<'_> {
+        TokenList(self)
+    }
+}
+
+/// A client's tokens, shown joined by `,`.
+pub struct TokenList<'a>(&'a Client);
+
+impl fmt::Display for TokenList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, token) in self.0.tokens().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(token)?;
+        }
+        Ok(())
+    }
+}
+
+/// A client's address, as the log shows it (`1.2.3.4:5678`). Its `Display` is `SocketAddr`'s
+/// without the formatter's padding machinery per number: the address is in three log lines per
+/// connection, and formatting it there was a seventh of the server's own instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SocketAddr::V4(v4) = self.0 else { return self.0.fmt(f) };
+        // Assembled on the stack and written once: `255.255.255.255:65535` at most.
+        let mut text = [0u8; 21];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            text[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        let mut digits = itoa::Buffer::new();
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                put(b".");
+            }
+            put(digits.format(octet).as_bytes());
+        }
+        put(b":");
+        put(digits.format(v4.port()).as_bytes());
+        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+    }
 }
 
 impl Connection {
@@ -112,7 +163,7 @@ impl Connection {
     pub fn accepted(
         socket: TcpStream,
         tls: Option<Box<ServerConnection>>,
-        peer: SocketAddr,
+        peer: Peer,
         serial: u32,
         now: u32,
     ) -> Self {
@@ -176,6 +227,19 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_peer_shows_as_its_socket_address(ip: u32, port: u16, v6: u128) {
+            for addr in [
+                SocketAddr::from((std::net::Ipv4Addr::from(ip), port)),
+                SocketAddr::from((std::net::Ipv6Addr::from(v6), port)),
+            ] {
+                prop_assert_eq!(Peer(addr).to_string(), addr.to_string());
+            }
+        }
+    }
 
     #[test]
     fn tokens_come_back_as_subscribed() {

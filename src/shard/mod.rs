@@ -31,7 +31,7 @@ use crate::http::{self, Judgement, Responses, Route};
 use crate::sse::{self, Frame};
 use crate::stats::{ClientRow, ShardFigures};
 use crate::tls::Tls;
-use connection::{Client, Connection, Phase};
+use connection::{Client, Connection, Peer, Phase};
 use outbox::Flushed;
 use subscriptions::{Subscriptions, EVERYTHING};
 
@@ -314,7 +314,7 @@ impl Shard {
             match self.listener.accept() {
                 // `[::]` listeners see IPv4 clients as `::ffff:a.b.c.d`; show them as hasses did.
                 Ok((socket, peer)) => {
-                    self.admit(socket, SocketAddr::new(peer.ip().to_canonical(), peer.port()))
+                    self.admit(socket, Peer(SocketAddr::new(peer.ip().to_canonical(), peer.port())))
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_out_of_descriptors(&e) => return self.pause_accepting(&e),
@@ -349,13 +349,13 @@ impl Shard {
         }
     }
 
-    fn admit(&mut self, socket: mio::net::TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, socket: mio::net::TcpStream, peer: Peer) {
         let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
         if self.shared.max_connections.is_some_and(|max| open > max) {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             return self.refuse(socket, peer, "connection limit");
         }
-        if self.shared.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.ip())) {
+        if self.shared.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.0.ip())) {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             return self.refuse(socket, peer, "connection limit per IP");
         }
@@ -365,7 +365,7 @@ impl Shard {
             Err(e) => {
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);
                 if let Some(limit) = &self.shared.per_ip {
-                    limit.close(peer.ip());
+                    limit.close(peer.0.ip());
                 }
                 return warn!("Cannot start TLS for {peer}: {e}");
             }
@@ -389,7 +389,7 @@ impl Shard {
     }
 
     /// Answers 503 to a connection over a limit, and closes it.
-    fn refuse(&mut self, mut socket: mio::net::TcpStream, peer: SocketAddr, limit: &str) {
+    fn refuse(&mut self, mut socket: mio::net::TcpStream, peer: Peer, limit: &str) {
         self.counters.refused += 1;
         info!("Connection refused: {peer} ({limit})");
         // Take what it sent first: closing with unread bytes would reset the connection, and
@@ -558,7 +558,7 @@ impl Shard {
             if reinit { "Reinit" } else { "Handshake" },
             conn.peer,
             conn.socket.as_raw_fd(),
-            client.tokens().collect::<Vec<_>>().join(","),
+            client.token_list(),
             client.id()
         );
         self.subscriptions.add(key, client.tokens());
@@ -614,7 +614,7 @@ impl Shard {
         let conn = self.connections.remove(key);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(limit) = &self.shared.per_ip {
-            limit.close(conn.peer.ip());
+            limit.close(conn.peer.0.ip());
         }
         info!("Connection closed: {} <{}> ({why})", conn.peer, conn.socket.as_raw_fd());
     }
@@ -799,7 +799,7 @@ impl Shard {
         tokens.sort_by_key(|t| t != EVERYTHING);
         ClientRow {
             fd: conn.socket.as_raw_fd(),
-            peer: conn.peer,
+            peer: conn.peer.0,
             state: conn.state_code(),
             tls: conn.tls_summary(),
             messages: client.messages,
