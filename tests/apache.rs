@@ -102,14 +102,13 @@ fn shipped_location(upstream_port: u16) -> String {
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{upstream_port}"))
 }
 
+/// The next event's data through `apache`, skipping heartbeats.
 fn expect_event(stream: &mut EventStream, apache: &Apache, server: &Server) -> String {
-    match stream.next_event(PROMPT) {
-        Ok((Some(_), data)) => data,
-        Ok((None, data)) => panic!("event without id: {data:?}"),
-        Err(why) => {
-            panic!("no event through apache2 ({why:?})\n{}\n{}", apache.process.output(), server.log.dump())
-        }
-    }
+    stream
+        .expect_event(PROMPT, || {
+            format!("apache2:\n{}\nhasses:\n{}", apache.process.output(), server.log.dump())
+        })
+        .1
 }
 
 #[test]

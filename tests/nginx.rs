@@ -112,20 +112,16 @@ fn shipped_location(upstream_port: u16) -> String {
         .join("\n")
 }
 
-/// The next event, skipping heartbeats; panics (with both logs) if none comes within `timeout`.
+/// The next event through `nginx`, skipping heartbeats: (id, data).
 fn expect_event(
     stream: &mut EventStream,
     timeout: Duration,
     nginx: &Nginx,
     server: &Server,
 ) -> (u64, String) {
-    match stream.next_event(timeout) {
-        Ok((Some(id), data)) => (id.parse().expect("a numeric id"), data),
-        Ok((None, data)) => panic!("event without id: {data:?}"),
-        Err(why) => {
-            panic!("no event through nginx ({why:?})\n{}\n{}", nginx.process.output(), server.log.dump())
-        }
-    }
+    stream.expect_event(timeout, || {
+        format!("nginx:\n{}\nhasses:\n{}", nginx.process.output(), server.log.dump())
+    })
 }
 
 #[test]

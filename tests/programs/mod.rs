@@ -392,6 +392,16 @@ impl EventStream {
         }
     }
 
+    /// The next event's numeric id and data, skipping comments. Panics if none comes within
+    /// `timeout`, or it has no id, with `context()` (the programs' output) in the message.
+    pub fn expect_event(&mut self, timeout: Duration, context: impl Fn() -> String) -> (u64, String) {
+        match self.next_event(timeout) {
+            Ok((Some(id), data)) => (id.parse().expect("a numeric id"), data),
+            Ok((None, data)) => panic!("event without id: {data:?}"),
+            Err(why) => panic!("no event ({why:?})\n{}", context()),
+        }
+    }
+
     /// The next event, skipping comments: (id, data).
     pub fn next_event(&mut self, timeout: Duration) -> Result<(Option<String>, String), End> {
         let deadline = Instant::now() + timeout;
