@@ -15,8 +15,9 @@
 //!                      bounded crossbeam channel + mio Waker per shard
 //!                                     ▲
 //!                  control thread: reads the TCP control port and the FIFO, parses each
-//!                  line ONCE into a Command, frames each event ONCE (shared bytes), sends
-//!                  it to every shard; asks the shards for figures and merges the answers
+//!                  line ONCE into a Command, frames each event ONCE, sends it to every
+//!                  shard (which copies it once and shares that copy among its clients);
+//!                  asks the shards for figures and merges the answers
 //! ```
 //!
 //! ## Layout

@@ -45,7 +45,8 @@ struct WorkerHandle {
     waker: Waker,
 }
 
-/// Runs the floor server until the process is killed; returns only when it cannot start.
+/// Runs the floor server until the process is killed; returns only on an error it cannot go on
+/// from (binding its ports, accepting a control connection).
 pub fn serve(sse: SocketAddr, control: SocketAddr, workers: usize, path: &str) -> io::Result<()> {
     let streaming = Arc::new(AtomicU64::new(0));
     // Port 0 picks a free port for the first listener; the others share that one.
