@@ -44,10 +44,7 @@ impl Apache {
             );
         }
         let user = if nix::unistd::geteuid().is_root() { "User nobody\nGroup nogroup\n" } else { "" };
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            let dir = TempDir::new("apache");
-            let port = common::free_port();
+        let (process, port, dir) = Process::start_listening("apache2", |dir, port| {
             let location = dir.write("hasses.conf", &shipped_location(upstream_port));
             let d = dir.path().display();
             let conf = format!(
@@ -68,21 +65,9 @@ impl Apache {
             let conf = dir.write("httpd.conf", &conf);
             let mut command = Command::new(&httpd);
             command.arg("-f").arg(&conf).arg("-DFOREGROUND");
-            let mut process = Process::spawn(command, "apache2", dir.join("stderr.log"));
-            match process.try_wait_listening(port) {
-                Ok(()) => return Apache { port, process, _dir: dir },
-                Err(why) => {
-                    let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                    last_error = format!("{why}\n{}\n--- error.log ---\n{errors}", process.output());
-                    if !errors.contains("Address already in use")
-                        && !last_error.contains("Address already in use")
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("apache2 did not start:\n{last_error}");
+            command
+        });
+        Apache { port, process, _dir: dir }
     }
 
     /// Opens `GET /sse?QUERY` through httpd and asserts the event-stream answer.

@@ -35,11 +35,7 @@ impl Nginx {
     /// `server { }` block (which listens on a free loopback port).
     fn start(http: &str, server: &str) -> Nginx {
         let nginx = find_program("nginx", "nginx");
-        let mut last_error = String::new();
-        // A free port can be taken by someone else before nginx binds it: try again then.
-        for _ in 0..3 {
-            let dir = TempDir::new("nginx");
-            let port = common::free_port();
+        let (process, port, dir) = Process::start_listening("nginx", |dir, port| {
             let d = dir.path().display();
             let conf = format!(
                 "worker_processes 1;\n\
@@ -64,19 +60,9 @@ impl Nginx {
             let mut command = Command::new(&nginx);
             command.arg("-p").arg(dir.path()).arg("-c").arg(&conf).arg("-e").arg(dir.join("error.log"));
             command.args(["-g", "daemon off;"]);
-            let mut process = Process::spawn(command, "nginx", dir.join("stderr.log"));
-            match process.try_wait_listening(port) {
-                Ok(()) => return Nginx { port, process, _dir: dir },
-                Err(why) => {
-                    let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                    last_error = format!("{why}\n{}\n--- error.log ---\n{errors}", process.output());
-                    if !errors.contains("Address already in use") {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("nginx did not start:\n{last_error}");
+            command
+        });
+        Nginx { port, process, _dir: dir }
     }
 
     /// nginx in front of the hasses on `upstream_port`, with the shipped location block.

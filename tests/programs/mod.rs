@@ -124,6 +124,33 @@ impl Process {
         Process { child, name: name.to_owned(), output, stopped: false }
     }
 
+    /// Starts a server program on a free loopback port: `command(dir, port)` writes its
+    /// configuration into a fresh `dir` and returns the command line, whose `error.log` in `dir`
+    /// is shown if it fails. A free port can be taken by someone else before the program binds
+    /// it: then it tries again, with another port.
+    pub fn start_listening(
+        name: &str,
+        mut command: impl FnMut(&TempDir, u16) -> Command,
+    ) -> (Process, u16, TempDir) {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let dir = TempDir::new(name);
+            let port = crate::common::free_port();
+            let mut process = Process::spawn(command(&dir, port), name, dir.join("stderr.log"));
+            match process.try_wait_listening(port) {
+                Ok(()) => return (process, port, dir),
+                Err(why) => {
+                    let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                    last_error = format!("{why}\n{}\n--- error.log ---\n{errors}", process.output());
+                    if !last_error.contains("Address already in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("{name} did not start:\n{last_error}");
+    }
+
     /// The process id (also the process group id).
     pub fn pid(&self) -> u32 {
         self.child.id()
