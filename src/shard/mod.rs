@@ -745,8 +745,8 @@ impl Shard {
             dirty: &mut self.dirty,
             counters: &mut self.counters,
             over_cap: Vec::new(),
-            run: Run::new(run),
-            except: first.except.as_deref(),
+            run,
+            copy: None,
             max_backlog: self.shared.max_backlog,
         };
         let connections = &mut self.connections;
@@ -818,8 +818,6 @@ impl Shard {
 /// a slice of it. Every recipient takes and drops references to these; on the frames the control
 /// thread built, every shard would fight over one reference count's cache line.
 struct Run {
-    /// The ids, increasing.
-    ids: Vec<u64>,
     /// Each event, a slice of `all`.
     frames: Vec<Frame>,
     /// Every event, in order.
@@ -837,7 +835,7 @@ impl Run {
         let all = all.freeze();
         let starts = std::iter::once(0).chain(ends.iter().copied());
         let frames = starts.zip(&ends).map(|(start, &end)| all.slice(start..end)).collect();
-        Run { ids: run.iter().map(|d| d.id).collect(), frames, all }
+        Run { frames, all }
     }
 }
 
@@ -846,8 +844,11 @@ struct Recipients<'a> {
     dirty: &'a mut Vec<usize>,
     counters: &'a mut Counters,
     over_cap: Vec<usize>,
-    run: Run,
-    except: Option<&'a str>,
+    /// The events: same audience, increasing ids.
+    run: &'a [Arc<Delivery>],
+    /// The shard's copy of them, made for the first recipient (a targeted message has none on
+    /// most shards).
+    copy: Option<Run>,
     max_backlog: usize,
 }
 
@@ -858,23 +859,27 @@ impl Recipients<'_> {
         }
         // Ids only grow: an id at or below the stamp was delivered already (through another of
         // its tokens) or published before this client handshaked.
-        let Some(fresh) = self.run.ids.iter().position(|&id| id > conn.last_publish) else { return };
-        conn.last_publish = self.run.ids[self.run.ids.len() - 1];
-        if self.except.is_some_and(|id| conn.has_id(id)) {
+        let Some(fresh) = self.run.iter().position(|d| d.id > conn.last_publish) else { return };
+        let last = &self.run[self.run.len() - 1];
+        conn.last_publish = last.id;
+        if last.except.as_deref().is_some_and(|id| conn.has_id(id)) {
             return;
         }
+        let run = self.copy.get_or_insert_with(|| Run::new(self.run));
         let was_idle = conn.outbox.is_empty();
         // The whole run as one entry when the cap allows it; a client with nothing pending
         // always takes one event, however large.
         let whole = fresh == 0
-            && (conn.outbox.len() + self.run.all.len() <= self.max_backlog
-                || (was_idle && self.run.ids.len() == 1));
+            && (conn.outbox.len() + run.all.len() <= self.max_backlog || (was_idle && run.frames.len() == 1));
         let taken = if whole {
-            conn.outbox.push(self.run.all.clone());
-            self.run.frames.len()
+            conn.outbox.push(run.all.clone());
+            run.frames.len()
         } else {
-            self.offer_one_by_one(key, conn, fresh)
+            offer_one_by_one(conn, &run.frames[fresh..], self.max_backlog)
         };
+        if taken < run.frames.len() - fresh {
+            self.over_cap.push(key);
+        }
         if was_idle && taken > 0 {
             self.dirty.push(key);
         }
@@ -886,19 +891,18 @@ impl Recipients<'_> {
             }
         }
     }
+}
 
-    /// Queues the run's events from `fresh` on, each checked against the cap; returns how many
-    /// it took.
-    fn offer_one_by_one(&mut self, key: usize, conn: &mut Connection, fresh: usize) -> usize {
-        for (taken, frame) in self.run.frames[fresh..].iter().enumerate() {
-            if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > self.max_backlog {
-                self.over_cap.push(key);
-                return taken;
-            }
-            conn.outbox.push(frame.clone());
+/// Queues `frames` one by one, each checked against the cap; returns how many it took (all of
+/// them, unless the client went over the cap).
+fn offer_one_by_one(conn: &mut Connection, frames: &[Frame], max_backlog: usize) -> usize {
+    for (taken, frame) in frames.iter().enumerate() {
+        if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > max_backlog {
+            return taken;
         }
-        self.run.frames.len() - fresh
+        conn.outbox.push(frame.clone());
     }
+    frames.len()
 }
 
 /// The first line of a request, for the debug log: printable, and short.
