@@ -24,8 +24,10 @@ use crate::log::REPORT;
 use crate::shard::{PerIpLimit, Shard, Shared};
 use crate::tls::Tls;
 
-/// Commands a shard may have queued before the control thread waits for room.
-const SHARD_QUEUE: usize = 4096;
+/// Commands a shard may have queued before the control thread waits for room. With a client over
+/// its cap a shard stops taking commands, so this bounds what a burst holds in memory: at most
+/// this many events (each at most `--max-message`, shared by every shard) wait on the channels.
+const SHARD_QUEUE: usize = 1024;
 /// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 

@@ -103,6 +103,11 @@ pub fn heartbeat() -> Frame {
     Bytes::from_static(b"3\r\n:\n\n\r\n")
 }
 
+/// The last chunk of a chunked response: the stream ends here, as HTTP says, before a close.
+pub fn last_chunk() -> Frame {
+    Bytes::from_static(b"0\r\n\r\n")
+}
+
 /// Hands out event ids: numeric, strictly increasing within a run and across restarts.
 ///
 /// Ids are the run's start time in microseconds since the Unix epoch plus a counter, so a later

@@ -7,6 +7,7 @@
 
 mod connection;
 mod outbox;
+mod stalls;
 pub mod subscriptions;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +34,7 @@ use crate::stats::{ClientRow, ShardFigures};
 use crate::tls::Tls;
 use connection::{Client, Connection, Peer, Phase};
 use outbox::Flushed;
+use stalls::Stalls;
 use subscriptions::{Subscriptions, EVERYTHING};
 
 /// The listener's token, at the top of the range where no slab key reaches.
@@ -47,6 +49,10 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const ACCEPT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How much one `read` takes from a socket.
 const READ_CHUNK: usize = 4096;
+/// A run of publishes is offered once it holds this many bytes: a burst of small events still
+/// goes as one queue entry per client, while the most a run can put over a client's cap before
+/// the shard tries to write stays small.
+const RUN_BYTES: usize = 64 * 1024;
 
 /// Settings and counters every shard and the control thread share.
 #[derive(Debug)]
@@ -207,6 +213,13 @@ pub struct Shard {
     /// Consecutive publishes to one audience, gathered while draining commands (kept to reuse
     /// its allocation).
     run: Vec<Arc<Delivery>>,
+    /// The bytes of the events in `run`.
+    run_bytes: usize,
+    /// Clients over the cap: while any is held, commands wait on the channel.
+    stalls: Stalls,
+    /// Commands were left on the channel for a held client: drain them once none is held (the
+    /// waker will not fire again for them).
+    commands_held: bool,
     next_serial: u32,
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
@@ -248,6 +261,9 @@ impl Shard {
             age_deadlines: VecDeque::new(),
             dirty: Vec::new(),
             run: Vec::new(),
+            run_bytes: 0,
+            stalls: Stalls::default(),
+            commands_held: false,
             next_serial: 0,
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
@@ -289,6 +305,9 @@ impl Shard {
             self.expire(now);
             self.beat(now);
             self.resume_accepting(now);
+            if self.commands_held && self.stalls.is_empty() {
+                self.drain_commands();
+            }
         }
         self.close_all();
         Ok(())
@@ -298,7 +317,9 @@ impl Shard {
         let first = |q: &VecDeque<Deadline>| {
             q.front().and_then(|d| self.started.checked_add(Duration::from_millis(d.at)))
         };
-        let timers = [self.next_heartbeat, self.accept_paused_until];
+        let stall =
+            self.stalls.next_deadline().and_then(|at| self.started.checked_add(Duration::from_millis(at)));
+        let timers = [self.next_heartbeat, self.accept_paused_until, stall];
         [first(&self.handshake_deadlines), first(&self.age_deadlines)]
             .into_iter()
             .chain(timers)
@@ -580,21 +601,38 @@ impl Shard {
         let conn = &self.connections[key];
         if conn.phase == Phase::Streaming {
             self.subscriptions.remove(key, conn.client.tokens());
+            self.stalls.release(key);
         }
     }
 
     /// Writes what the socket takes; closes the connection when it failed or is finished.
     fn flush(&mut self, key: usize) {
         let conn = &mut self.connections[key];
+        let queued = conn.outbox.len();
         let flushed = match conn.tls.as_deref_mut() {
             Some(tls) => conn.outbox.flush_tls(tls, &mut conn.socket),
             None => conn.outbox.flush(&mut conn.socket),
         };
         match flushed {
-            Ok(Flushed::All) if conn.is_finished() => self.close(key, "answered"),
-            Ok(_) => self.update_interest(key),
+            Ok(Flushed::All) if conn.is_finished() => self.close(key, "response complete"),
+            Ok(_) => {
+                self.pace(key, queued);
+                self.update_interest(key);
+            }
             Err(e) => self.close(key, &format!("write failed: {e}")),
         }
+    }
+
+    /// Holds or lets go a streaming client by what its queue holds after a write (`queued`
+    /// before it): see [`stalls`]. Costs nothing while no client is near its cap.
+    fn pace(&mut self, key: usize, queued: usize) {
+        let conn = &self.connections[key];
+        let cap = self.shared.max_backlog;
+        if conn.phase != Phase::Streaming || (conn.outbox.len() <= cap && self.stalls.is_empty()) {
+            return;
+        }
+        let now = millis(self.started, Instant::now());
+        self.stalls.after_write(key, queued, conn.outbox.len(), cap, now);
     }
 
     fn update_interest(&mut self, key: usize) {
@@ -610,6 +648,7 @@ impl Shard {
 
     fn close(&mut self, key: usize, why: &str) {
         self.stop_streaming(key);
+        self.stalls.release(key);
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
@@ -626,19 +665,51 @@ impl Shard {
         }
     }
 
-    /// Closes connections whose handshake or age deadline has passed.
-    fn expire(&mut self, now: Instant) {
-        let now = millis(self.started, now);
+    /// Closes connections whose handshake or age deadline has passed, and slow clients.
+    fn expire(&mut self, instant: Instant) {
+        let now = millis(self.started, instant);
         while let Some(d) = pop_due(&mut self.handshake_deadlines, now) {
             if self.holds(d, Phase::Handshaking) {
                 self.close(d.key as usize, "handshake timeout");
+            } else if self.holds(d, Phase::Closing) {
+                self.close(d.key as usize, "last answer not taken in time");
             }
         }
         while let Some(d) = pop_due(&mut self.age_deadlines, now) {
             if self.holds(d, Phase::Streaming) {
-                self.close(d.key as usize, "maximum connection age reached");
+                self.end_stream(d.key as usize, instant);
             }
         }
+        for key in self.stalls.expired(now) {
+            self.drop_slow(key);
+        }
+    }
+
+    /// Ends a stream as HTTP says, with the last chunk, and closes the connection once that is
+    /// out; a client that does not take it has until the handshake timeout.
+    fn end_stream(&mut self, key: usize, now: Instant) {
+        self.stop_streaming(key);
+        let conn = &mut self.connections[key];
+        conn.phase = Phase::Closing;
+        conn.outbox.push(sse::last_chunk());
+        let serial = conn.serial;
+        info!("Stream ended: {} <{}> (maximum connection age reached)", conn.peer, conn.socket.as_raw_fd());
+        let at = self.deadline(now, self.shared.handshake_timeout);
+        self.handshake_deadlines.push_back(Deadline { at, key: key as u32, serial });
+        self.flush(key);
+    }
+
+    /// Cuts a client whose socket took nothing for [`stalls::STALL_TIMEOUT`] while over the cap.
+    fn drop_slow(&mut self, key: usize) {
+        let conn = &self.connections[key];
+        warn!(
+            "Slow client dropped: {} id: {} ({} bytes unsent)",
+            conn.peer,
+            conn.client.id(),
+            conn.outbox.len()
+        );
+        self.counters.dropped_slow += 1;
+        self.close(key, "too slow");
     }
 
     /// `after` from `now`, in the deadline queues' milliseconds (saturating: a huge
@@ -682,8 +753,14 @@ impl Shard {
     /// Acts on every waiting command, then writes to each client that got new events in one go,
     /// so a burst of publishes reaches a client in one write. Consecutive publishes to the same
     /// audience are offered as one run: one pass over the recipients, one queue entry each.
+    /// Stops early while a client is over its cap (see [`stalls`]): the rest waits on the channel.
     fn drain_commands(&mut self) {
+        self.commands_held = false;
         loop {
+            if !self.stalls.is_empty() {
+                self.commands_held = true;
+                break;
+            }
             match self.commands.try_recv() {
                 Ok(command) => self.execute(command),
                 Err(TryRecvError::Empty) => break,
@@ -714,7 +791,11 @@ impl Shard {
                 if self.run.last().is_some_and(|last| !last.same_audience(&delivery)) {
                     self.publish_run();
                 }
+                self.run_bytes += delivery.frame.len();
                 self.run.push(delivery);
+                if self.run_bytes >= RUN_BYTES {
+                    self.publish_run();
+                }
             }
             ShardCommand::Figures(reply) => {
                 let _ = reply.send(self.figures());
@@ -735,10 +816,11 @@ impl Shard {
         self.publish(&run);
         run.clear();
         self.run = run;
+        self.run_bytes = 0;
     }
 
     /// Queues a run of events (same audience, increasing ids) for every matching client, once
-    /// each; drops those over the cap.
+    /// each; writes at once to those it put over the cap, and holds those still over it.
     fn publish(&mut self, run: &[Arc<Delivery>]) {
         let Some(first) = run.first() else { return };
         let mut recipients = Recipients {
@@ -757,15 +839,7 @@ impl Shard {
             }
         }
         for key in recipients.over_cap {
-            let conn = &self.connections[key];
-            warn!(
-                "Slow client dropped: {} id: {} ({} bytes unsent)",
-                conn.peer,
-                conn.client.id(),
-                conn.outbox.len()
-            );
-            self.counters.dropped_slow += 1;
-            self.close(key, "too slow");
+            self.flush(key);
         }
     }
 
@@ -814,28 +888,30 @@ impl Shard {
     }
 }
 
-/// A run of events in this shard's own copy: one buffer holding them all, and each of them as
-/// a slice of it. Every recipient takes and drops references to these; on the frames the control
-/// thread built, every shard would fight over one reference count's cache line.
+/// A run of events in this shard's own copy: one buffer holding them all. Every recipient takes
+/// and drops references to it; on the frames the control thread built, every shard would fight
+/// over one reference count's cache line.
 struct Run {
-    /// Each event, a slice of `all`.
-    frames: Vec<Frame>,
     /// Every event, in order.
     all: Frame,
+    /// Where each event starts in `all`.
+    starts: Vec<usize>,
 }
 
 impl Run {
     fn new(run: &[Arc<Delivery>]) -> Run {
         let mut all = BytesMut::with_capacity(run.iter().map(|d| d.frame.len()).sum());
-        let mut ends = Vec::with_capacity(run.len());
+        let mut starts = Vec::with_capacity(run.len());
         for delivery in run {
+            starts.push(all.len());
             all.extend_from_slice(&delivery.frame);
-            ends.push(all.len());
         }
-        let all = all.freeze();
-        let starts = std::iter::once(0).chain(ends.iter().copied());
-        let frames = starts.zip(&ends).map(|(start, &end)| all.slice(start..end)).collect();
-        Run { frames, all }
+        Run { all: all.freeze(), starts }
+    }
+
+    /// The events from the `first`-th on, as one frame.
+    fn from(&self, first: usize) -> Frame {
+        self.all.slice(self.starts[first]..)
     }
 }
 
@@ -867,20 +943,13 @@ impl Recipients<'_> {
         }
         let run = self.copy.get_or_insert_with(|| Run::new(self.run));
         let was_idle = conn.outbox.is_empty();
-        // The whole run as one entry when the cap allows it; a client with nothing pending
-        // always takes one event, however large.
-        let whole = fresh == 0
-            && (conn.outbox.len() + run.all.len() <= self.max_backlog || (was_idle && run.frames.len() == 1));
-        let taken = if whole {
-            conn.outbox.push(run.all.clone());
-            run.frames.len()
-        } else {
-            offer_one_by_one(conn, &run.frames[fresh..], self.max_backlog)
-        };
-        if taken < run.frames.len() - fresh {
+        conn.outbox.push(run.from(fresh));
+        let taken = run.starts.len() - fresh;
+        // Over the cap, the shard writes at once rather than after the drain; otherwise one
+        // write after the drain carries the whole burst.
+        if conn.outbox.len() > self.max_backlog {
             self.over_cap.push(key);
-        }
-        if was_idle && taken > 0 {
+        } else if was_idle {
             self.dirty.push(key);
         }
         conn.client.messages += taken as u64;
@@ -891,18 +960,6 @@ impl Recipients<'_> {
             }
         }
     }
-}
-
-/// Queues `frames` one by one, each checked against the cap; returns how many it took (all of
-/// them, unless the client went over the cap).
-fn offer_one_by_one(conn: &mut Connection, frames: &[Frame], max_backlog: usize) -> usize {
-    for (taken, frame) in frames.iter().enumerate() {
-        if !conn.outbox.is_empty() && conn.outbox.len() + frame.len() > max_backlog {
-            return taken;
-        }
-        conn.outbox.push(frame.clone());
-    }
-    frames.len()
 }
 
 /// The first line of a request, for the debug log: printable, and short.
