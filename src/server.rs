@@ -9,7 +9,6 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,9 +18,9 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::control::{Control, ControlSettings, ControlStop};
-use crate::http::{Responses, Route};
 use crate::log::REPORT;
-use crate::shard::{PerIpLimit, Shard, Shared};
+use crate::pipeline::SharedState;
+use crate::shard::{PerIpLimit, Settings, Shard};
 use crate::tls::Tls;
 
 /// Commands a shard may have queued before the control thread waits for room. With a client over
@@ -244,38 +243,30 @@ pub fn notify_systemd(state: &str) {
 pub struct Running {
     control: ControlStop,
     threads: Vec<JoinHandle<()>>,
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
 }
 
 /// Starts the workers and the control thread.
 pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let control_addr = bound.control_addr();
-    let shared = Arc::new(Shared {
-        route: Route { path: config.match_url.clone() },
-        responses: Responses::new(&config.cors_base),
-        max_backlog: config.max_backlog,
-        handshake_timeout: config.handshake_timeout,
-        max_age: config.max_age,
-        heartbeat: config.heartbeat,
-        read_on_accept: config.defer_accept.is_some(),
-        tls: bound.tls,
-        max_connections: config.max_connections.map(|max| max as u64),
-        per_ip: config
-            .max_connections_per_ip
-            .map(|max| PerIpLimit::new(u32::try_from(max).unwrap_or(u32::MAX))),
-        reinit: AtomicBool::new(config.reinit),
-        open: AtomicU64::new(0),
-        peak: AtomicU64::new(0),
-        published: AtomicU64::new(0),
-    });
+    let settings = Arc::new(Settings::new(config, bound.tls));
+    let state = Arc::new(SharedState::new(config.reinit));
+    let per_ip = PerIpLimit::from_config(config).map(Arc::new);
     let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let mut threads = Vec::new();
     let mut handles = Vec::new();
     for (number, listener) in bound.sse.into_iter().enumerate() {
         let listener = mio::net::TcpListener::from_std(listener);
-        let (shard, handle) =
-            Shard::new(number, listener, Arc::clone(&shared), SHARD_QUEUE).map_err(StartError::Thread)?;
+        let (shard, handle) = Shard::new(
+            number,
+            listener,
+            Arc::clone(&settings),
+            Arc::clone(&state),
+            per_ip.clone(),
+            SHARD_QUEUE,
+        )
+        .map_err(StartError::Thread)?;
         handles.push(handle);
         let core = (!cores.is_empty()).then(|| cores[number % cores.len()]);
         threads.push(spawn(format!("hasses-worker-{number}"), move || {
@@ -285,15 +276,16 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
             shard.run()
         })?);
     }
-    let settings = ControlSettings {
+    let control_settings = ControlSettings {
         separator: config.separator,
         limits: config.limits.clone(),
         cors_base: config.cors_base.clone(),
         user: config.user.clone(),
         started: Instant::now(),
         secret: config.control_secret.clone(),
+        tls: config.tls.clone(),
     };
-    let (control, stop) = Control::new(bound.control, bound.fifo, handles, Arc::clone(&shared), settings)
+    let (control, stop) = Control::new(bound.control, bound.fifo, handles, state, control_settings)
         .map_err(StartError::Thread)?;
     threads.push(spawn("hasses-control".into(), move || control.run())?);
     info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
@@ -305,7 +297,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     if let Some(fifo) = &config.fifo {
         info!(target: REPORT, "Control FIFO {}", fifo.display());
     }
-    Ok(Running { control: stop, threads, shared })
+    Ok(Running { control: stop, threads, settings })
 }
 
 fn spawn(
@@ -327,7 +319,7 @@ impl Running {
     /// Reads the TLS certificate and key again for new connections (SIGHUP); connections
     /// already open keep theirs. On failure the old ones stay and the reason is logged.
     pub fn reload_tls(&self) {
-        let Some(tls) = &self.shared.tls else { return };
+        let Some(tls) = &self.settings.tls else { return };
         match tls.reload() {
             Ok(()) => info!("TLS certificate and key reloaded"),
             Err(e) => error!("TLS reload failed, keeping the certificate in use: {e}"),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use tracing::warn;
 
-use crate::shard::{Delivery, ShardCommand, ShardHandle};
+use crate::pipeline::{Delivery, ShardCommand, ShardHandle};
 
 /// How long a shard may take to answer a figures or client-list request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,7 +42,7 @@ impl Fanout {
     pub fn publish(&mut self, delivery: Delivery) {
         let delivery = Arc::new(delivery);
         for shard in 0..self.shards.len() {
-            self.send(shard, ShardCommand::Publish(Arc::clone(&delivery)));
+            self.send(shard, ShardCommand::Deliver(Arc::clone(&delivery)));
         }
     }
 

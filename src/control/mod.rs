@@ -42,9 +42,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
+use crate::config::TlsFiles;
 use crate::limits::Limits;
 use crate::log::REPORT;
-use crate::shard::{Delivery, ShardCommand, ShardHandle, Shared};
+use crate::pipeline::{Delivery, ShardCommand, ShardHandle, SharedState};
 use crate::sse::{encode_event, EventIds};
 use crate::stats::{self, ShardFigures, Status};
 use command::{auth_secret, parse_command, split_parts, Command, Publish};
@@ -76,6 +77,8 @@ pub struct ControlSettings {
     pub started: Instant,
     /// What a TCP publisher must send first, as `auth SECRET`, if anything.
     pub secret: Option<String>,
+    /// The certificate and key served, for the status block.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A TCP control connection.
@@ -114,7 +117,7 @@ pub struct Control {
     fifo: Option<Fifo>,
     publishers: Slab<Publisher>,
     shards: Fanout,
-    shared: Arc<Shared>,
+    state: Arc<SharedState>,
     settings: ControlSettings,
     ids: EventIds,
     processed: u64,
@@ -144,7 +147,7 @@ impl Control {
         listener: Option<std::net::TcpListener>,
         fifo: Option<File>,
         shards: Vec<ShardHandle>,
-        shared: Arc<Shared>,
+        state: Arc<SharedState>,
         settings: ControlSettings,
     ) -> io::Result<(Control, ControlStop)> {
         let poll = Poll::new()?;
@@ -166,7 +169,7 @@ impl Control {
             fifo: fifo.map(|file| Fifo { file, lines: LineBuffer::default(), last_input: Instant::now() }),
             publishers: Slab::new(),
             shards: Fanout::new(shards),
-            shared,
+            state,
             settings,
             ids: EventIds::starting_now(),
             processed: 0,
@@ -464,7 +467,7 @@ impl Control {
                 return info!(target: REPORT, "Loglevel set to {level}");
             }
             Command::SetReinit(allowed) => {
-                self.shared.reinit.store(allowed, Ordering::Relaxed);
+                self.state.reinit.store(allowed, Ordering::Relaxed);
                 return info!("Reinit {}", if allowed { "enabled" } else { "disabled" });
             }
             Command::TcpStatus => self.status().json(),
@@ -496,7 +499,7 @@ impl Control {
         );
         let frame = encode_event(id, &publish.message);
         // Before any shard can see it: a handshake from now on is later than this publish.
-        self.shared.published.store(id, Ordering::Release);
+        self.state.published.store(id, Ordering::Release);
         self.shards.publish(Delivery { id, target: publish.target, except: publish.except, frame });
     }
 
@@ -528,14 +531,14 @@ impl Control {
             user: self.settings.user.clone(),
             running: self.settings.started.elapsed(),
             log_level: crate::log::level(),
-            reinit: self.shared.reinit.load(Ordering::Relaxed),
+            reinit: self.state.reinit.load(Ordering::Relaxed),
             cors_base: self.settings.cors_base.clone(),
-            peak_connections: self.shared.peak.load(Ordering::Relaxed),
+            peak_connections: self.state.peak.load(Ordering::Relaxed),
             processed: self.processed,
             refused: self.refused,
             workers: self.shards.len(),
             shards: self.figures(),
-            tls: self.shared.tls.as_ref().map(|tls| tls.files().clone()),
+            tls: self.settings.tls.clone(),
         }
     }
 }

@@ -1,0 +1,84 @@
+//! The types the control thread and the shards speak, in a module of neither.
+//!
+//! Owns the messages that cross from the control side to a shard ([`ShardCommand`], with the
+//! [`Delivery`] the sequencer built once for every shard), how a shard is reached
+//! ([`ShardHandle`]), and the few figures both sides read and write across threads
+//! ([`SharedState`]). It holds no logic: who sends what, and when, is the control side's
+//! business; what a shard does with it is the shard's.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use mio::Waker;
+
+use crate::control::command::Target;
+use crate::sse::Frame;
+use crate::stats::{ClientRow, ShardFigures};
+
+/// An event to deliver, numbered and framed once by the sequencer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Its event id: increasing, so it also orders publishes.
+    pub id: u64,
+    /// Who gets it.
+    pub target: Target,
+    /// The `id` of a client that must not get it.
+    pub except: Option<String>,
+    /// The encoded event, shared by every recipient.
+    pub frame: Frame,
+}
+
+impl Delivery {
+    /// Whether `other` goes to exactly the clients this one goes to.
+    pub fn same_audience(&self, other: &Delivery) -> bool {
+        self.target == other.target && self.except == other.except
+    }
+}
+
+/// What the control side asks of a shard, in order.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Queue this event for every matching client.
+    Deliver(Arc<Delivery>),
+    /// Answer with this shard's counters.
+    Figures(Sender<ShardFigures>),
+    /// Answer with a row per connection.
+    ClientList(Sender<Vec<ClientRow>>),
+    /// Answer with how many connections listen to exactly this token.
+    CountSubscribed(Arc<str>, Sender<u64>),
+    /// Close every connection and end the thread.
+    Shutdown,
+}
+
+/// How the control side reaches one shard.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    /// Commands, in order.
+    pub commands: Sender<ShardCommand>,
+    /// Wakes the shard's `epoll_wait` after commands were sent.
+    pub waker: Arc<Waker>,
+}
+
+/// What every thread reads and writes across threads: a few atomics, none of them touched per
+/// delivery.
+#[derive(Debug, Default)]
+pub struct SharedState {
+    /// Whether a handshaked connection may send a new `GET` to re-handshake (`reinit on|off`).
+    pub reinit: AtomicBool,
+    /// Open connections across all shards, to know the peak (touched on accept and close only).
+    pub open: AtomicU64,
+    /// The most connections that were ever open at once.
+    pub peak: AtomicU64,
+    /// The id of the last event the sequencer accepted, set before it is fanned out. A
+    /// handshake reads it, so that a client never gets an event published before it subscribed,
+    /// whichever shard it is on and however far behind that shard's queue is.
+    pub published: AtomicU64,
+}
+
+impl SharedState {
+    /// The state at start: reinit allowed or not, nothing open, nothing published.
+    pub fn new(reinit: bool) -> Self {
+        SharedState { reinit: AtomicBool::new(reinit), ..SharedState::default() }
+    }
+}

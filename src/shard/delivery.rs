@@ -1,0 +1,305 @@
+//! Delivering events: the hot path.
+//!
+//! Owns taking commands off the shard's channel and the delivery rules: a run of consecutive
+//! events to one audience is offered in one pass over the recipients; a client gets an event
+//! once (however many of its tokens match) and never one published before it subscribed;
+//! all-but-sender skips the client with the sender's id; a client's queue is written as soon
+//! as a run puts it over `--max-backlog`, and the shard takes no more commands while one stays
+//! over (`stalls`). It does not close clients or decide when a stalled one is slow (`timers`).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use crossbeam_channel::TryRecvError;
+use tracing::debug;
+
+use super::connection::{Connection, Phase};
+use super::{Counters, Shard};
+use crate::control::command::Target;
+use crate::pipeline::{Delivery, ShardCommand};
+use crate::sse::Frame;
+
+/// A run of publishes is offered once it holds this many bytes: a burst of small events still
+/// goes as one queue entry per client, while the most a run can put over a client's cap before
+/// the shard tries to write stays small.
+const RUN_BYTES: usize = 64 * 1024;
+
+/// A run of events in this shard's own copy: one buffer holding them all. Every recipient takes
+/// and drops references to it; on the frames the control thread built, every shard would fight
+/// over one reference count's cache line.
+struct Run {
+    /// Every event, in order.
+    all: Frame,
+    /// Where each event starts in `all`.
+    starts: Vec<usize>,
+}
+
+impl Run {
+    pub(super) fn new(run: &[Arc<Delivery>]) -> Run {
+        let mut all = BytesMut::with_capacity(run.iter().map(|d| d.frame.len()).sum());
+        let mut starts = Vec::with_capacity(run.len());
+        for delivery in run {
+            starts.push(all.len());
+            all.extend_from_slice(&delivery.frame);
+        }
+        Run { all: all.freeze(), starts }
+    }
+
+    /// The events from the `first`-th on, as one frame.
+    pub(super) fn from(&self, first: usize) -> Frame {
+        self.all.slice(self.starts[first]..)
+    }
+}
+
+/// The recipients of a run of events, being offered them one connection at a time.
+struct Recipients<'a> {
+    dirty: &'a mut Vec<usize>,
+    counters: &'a mut Counters,
+    over_cap: Vec<usize>,
+    /// The events: same audience, increasing ids.
+    run: &'a [Arc<Delivery>],
+    /// The shard's copy of them, made for the first recipient (a targeted message has none on
+    /// most shards).
+    copy: Option<Run>,
+    max_backlog: usize,
+}
+
+impl Recipients<'_> {
+    fn offer(&mut self, key: usize, conn: &mut Connection) {
+        if conn.phase != Phase::Streaming {
+            return;
+        }
+        // Ids only grow: an id at or below the stamp was delivered already (through another of
+        // its tokens) or published before this client handshaked.
+        let Some(fresh) = self.run.iter().position(|d| d.id > conn.last_publish) else { return };
+        let last = &self.run[self.run.len() - 1];
+        conn.last_publish = last.id;
+        if last.except.as_deref().is_some_and(|id| conn.has_id(id)) {
+            return;
+        }
+        let run = self.copy.get_or_insert_with(|| Run::new(self.run));
+        let was_idle = conn.outbox.is_empty();
+        conn.outbox.push(run.from(fresh));
+        let taken = run.starts.len() - fresh;
+        // Over the cap, the shard writes at once rather than after the drain; otherwise one
+        // write after the drain carries the whole burst.
+        if conn.outbox.len() > self.max_backlog {
+            self.over_cap.push(key);
+        } else if was_idle {
+            self.dirty.push(key);
+        }
+        conn.client.messages += taken as u64;
+        self.counters.deliveries += taken as u64;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for _ in 0..taken {
+                debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Acts on every waiting command, then writes to each client that got new events in one go,
+    /// so a burst of publishes reaches a client in one write. Consecutive publishes to the same
+    /// audience are offered as one run: one pass over the recipients, one queue entry each.
+    /// Stops early while a client is over its cap (see [`stalls`]): the rest waits on the channel.
+    pub(super) fn drain_commands(&mut self) {
+        self.commands_held = false;
+        loop {
+            if !self.stalls.is_empty() {
+                self.commands_held = true;
+                break;
+            }
+            match self.commands.try_recv() {
+                Ok(command) => self.execute(command),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.stopping = true;
+                    break;
+                }
+            }
+        }
+        self.publish_run();
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if self.connections.contains(key) {
+                self.flush(key);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn execute(&mut self, command: ShardCommand) {
+        if !matches!(command, ShardCommand::Deliver(_)) {
+            // Figures and lists must count the publishes sent before them.
+            self.publish_run();
+        }
+        match command {
+            ShardCommand::Deliver(delivery) => {
+                if self.run.last().is_some_and(|last| !last.same_audience(&delivery)) {
+                    self.publish_run();
+                }
+                self.run_bytes += delivery.frame.len();
+                self.run.push(delivery);
+                if self.run_bytes >= RUN_BYTES {
+                    self.publish_run();
+                }
+            }
+            ShardCommand::Figures(reply) => {
+                let _ = reply.send(self.figures());
+            }
+            ShardCommand::ClientList(reply) => {
+                let _ = reply.send(self.client_rows());
+            }
+            ShardCommand::CountSubscribed(token, reply) => {
+                let _ = reply.send(self.subscriptions.count_exact(&token) as u64);
+            }
+            ShardCommand::Shutdown => self.stopping = true,
+        }
+    }
+
+    /// Offers the publishes gathered so far, and starts a new run.
+    fn publish_run(&mut self) {
+        let mut run = std::mem::take(&mut self.run);
+        self.publish(&run);
+        run.clear();
+        self.run = run;
+        self.run_bytes = 0;
+    }
+
+    /// Queues a run of events (same audience, increasing ids) for every matching client, once
+    /// each; writes at once to those it put over the cap, and holds those still over it.
+    fn publish(&mut self, run: &[Arc<Delivery>]) {
+        let Some(first) = run.first() else { return };
+        let mut recipients = Recipients {
+            dirty: &mut self.dirty,
+            counters: &mut self.counters,
+            over_cap: Vec::new(),
+            run,
+            copy: None,
+            max_backlog: self.settings.max_backlog,
+        };
+        let connections = &mut self.connections;
+        match &first.target {
+            Target::All => connections.iter_mut().for_each(|(key, conn)| recipients.offer(key, conn)),
+            target => {
+                self.subscriptions.for_each_match(target, |key| recipients.offer(key, &mut connections[key]))
+            }
+        }
+        for key in recipients.over_cap {
+            self.flush(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::http::Subscribe;
+    use crate::shard::connection::{Client, Peer};
+    use crate::sse::encode_event;
+
+    /// A streaming client subscribed to `t` with this id, over a real loopback socket; the
+    /// other end is returned so the socket stays open.
+    fn client(id: &str) -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_end = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, addr) = listener.accept().unwrap();
+        let mut conn = Connection::accepted(mio::net::TcpStream::from_std(socket), None, Peer(addr), 1, 0);
+        conn.phase = Phase::Streaming;
+        let id = Some(id.to_string()).filter(|id| !id.is_empty());
+        conn.client =
+            Client::from_request(Subscribe { tokens: vec!["t".into()], id, user_agent: String::new() });
+        (conn, other_end)
+    }
+
+    fn event(id: u64, except: Option<&str>, size: usize) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            id,
+            target: Target::Token("t".into()),
+            except: except.map(str::to_string),
+            frame: encode_event(id, "x".repeat(size).as_bytes()),
+        })
+    }
+
+    /// Offers `run` to `conns` as the shard does; returns (dirty, over the cap, deliveries).
+    fn offer(
+        run: &[Arc<Delivery>],
+        conns: &mut [&mut Connection],
+        cap: usize,
+    ) -> (Vec<usize>, Vec<usize>, u64) {
+        let (mut dirty, mut counters) = (Vec::new(), Counters::default());
+        let mut recipients = Recipients {
+            dirty: &mut dirty,
+            counters: &mut counters,
+            over_cap: Vec::new(),
+            run,
+            copy: None,
+            max_backlog: cap,
+        };
+        for (key, conn) in conns.iter_mut().enumerate() {
+            recipients.offer(key, conn);
+        }
+        let over_cap = recipients.over_cap;
+        (dirty, over_cap, counters.deliveries)
+    }
+
+    fn frames_len(run: &[Arc<Delivery>]) -> usize {
+        run.iter().map(|d| d.frame.len()).sum()
+    }
+
+    #[test]
+    fn a_client_matched_twice_gets_an_event_once() {
+        let (mut conn, _end) = client("a");
+        let run = [event(1, None, 10)];
+        assert_eq!(offer(&run, &mut [&mut conn], 1 << 20).2, 1);
+        assert_eq!(offer(&run, &mut [&mut conn], 1 << 20).2, 0, "offered again through another token");
+        assert_eq!(conn.outbox.len(), frames_len(&run));
+        assert_eq!(conn.client.messages, 1);
+    }
+
+    #[test]
+    fn a_client_gets_only_what_was_published_after_it_subscribed() {
+        let (mut conn, _end) = client("a");
+        conn.last_publish = 2;
+        let run = [event(1, None, 10), event(2, None, 10), event(3, None, 10)];
+        assert_eq!(offer(&run, &mut [&mut conn], 1 << 20).2, 1);
+        assert_eq!(conn.outbox.len(), run[2].frame.len());
+    }
+
+    #[test]
+    fn all_but_sender_skips_the_sender_only() {
+        let (mut sender, _a) = client("me");
+        let (mut other, _b) = client("you");
+        let (mut anonymous, _c) = client("");
+        let run = [event(1, Some("me"), 10)];
+        let (dirty, _, deliveries) = offer(&run, &mut [&mut sender, &mut other, &mut anonymous], 1 << 20);
+        assert_eq!((dirty, deliveries), (vec![1, 2], 2));
+        assert!(sender.outbox.is_empty());
+        assert_eq!(sender.last_publish, 1, "and it is not offered the event again");
+    }
+
+    #[test]
+    fn a_run_goes_into_one_queue_entry_and_is_written_after_the_drain() {
+        let (mut conn, _end) = client("a");
+        let run: Vec<_> = (1..=100).map(|id| event(id, None, 50)).collect();
+        let (dirty, over_cap, deliveries) = offer(&run, &mut [&mut conn], 1 << 20);
+        assert_eq!((dirty, over_cap, deliveries), (vec![0], vec![], 100));
+        let copy = Run::new(&run);
+        let expected: Vec<u8> = run.iter().flat_map(|d| d.frame.to_vec()).collect();
+        assert_eq!(copy.from(0), expected);
+        assert_eq!(copy.from(99), run[99].frame);
+    }
+
+    #[test]
+    fn a_client_put_over_the_cap_is_written_at_once_never_refused() {
+        let (mut conn, _end) = client("a");
+        let run: Vec<_> = (1..=10).map(|id| event(id, None, 1000)).collect();
+        let (dirty, over_cap, deliveries) = offer(&run, &mut [&mut conn], 4000);
+        assert_eq!((dirty, over_cap, deliveries), (vec![], vec![0], 10));
+        assert_eq!(conn.outbox.len(), frames_len(&run), "every event queued, in order");
+    }
+}

@@ -1,0 +1,52 @@
+//! A shard's answers to the admin path: its figures and a row per connection.
+//!
+//! Read-only over the shard's state; formatting the rows is `stats`' business.
+
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::connection::{Connection, Phase};
+use super::subscriptions::EVERYTHING;
+use super::Shard;
+use crate::stats::{ClientRow, ShardFigures};
+
+impl Shard {
+    pub(super) fn figures(&self) -> ShardFigures {
+        let streaming = self.connections.iter().filter(|(_, c)| c.phase == Phase::Streaming).count();
+        ShardFigures {
+            connections: self.connections.len() as u64,
+            streaming: streaming as u64,
+            handshakes: self.counters.handshakes,
+            reinits: self.counters.reinits,
+            deliveries: self.counters.deliveries,
+            dropped_slow: self.counters.dropped_slow,
+            refused: self.counters.refused,
+        }
+    }
+
+    pub(super) fn client_rows(&self) -> Vec<ClientRow> {
+        let now = self.seconds(Instant::now());
+        self.connections.iter().map(|(_, conn)| self.row(conn, now)).collect()
+    }
+
+    fn row(&self, conn: &Connection, now: u32) -> ClientRow {
+        let client = &conn.client;
+        let mut tokens: Vec<String> = client.tokens().map(str::to_string).collect();
+        // hasses lists a wildcard subscriber's `*` first.
+        tokens.sort_by_key(|t| t != EVERYTHING);
+        ClientRow {
+            fd: conn.socket.as_raw_fd(),
+            peer: conn.peer.0,
+            state: conn.state_code(),
+            tls: conn.tls_summary(),
+            messages: client.messages,
+            reinits: client.reinits,
+            connected_secs: u64::from(now - conn.connected_at),
+            handshaked_secs: conn.handshaked_at.map(|at| u64::from(now - at)),
+            id: client.id().to_string(),
+            agent: client.user_agent().to_string(),
+            tokens,
+            worker: self.number,
+        }
+    }
+}

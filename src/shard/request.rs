@@ -1,0 +1,191 @@
+//! Reading a connection and acting on its request: the handshake, reinit, and the fixed answers.
+//!
+//! Owns what happens between bytes arriving and a client streaming: reading plain or TLS
+//! sockets, judging the request head (through the pure [`http::judge`]), answering refusals,
+//! HEAD and OPTIONS, and subscribing a client. It does not deliver events (`delivery`).
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use super::connection::{Client, Phase};
+use super::outbox;
+use super::timers::Deadline;
+use super::{seconds, Shard};
+use crate::http::{self, Judgement};
+
+impl Shard {
+    /// Reads until the socket has nothing more, acting on what arrives. A read shorter than
+    /// the buffer emptied the socket: data arriving later raises a new edge, so the read that
+    /// would only say `WouldBlock` (one syscall per request) is skipped, unless the peer may
+    /// have closed (`hung_up`), which only a read of 0 bytes tells.
+    pub(super) fn read(&mut self, key: usize, hung_up: bool) {
+        if self.connections[key].tls.is_some() {
+            return self.read_tls(key);
+        }
+        loop {
+            let conn = &mut self.connections[key];
+            match conn.socket.read(&mut self.read_buf[..]) {
+                Ok(0) => return self.close(key, "closed by peer"),
+                Ok(n) => {
+                    self.received(key, n);
+                    if !self.connections.contains(key) || (n < self.read_buf.len() && !hung_up) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(key, &e.to_string()),
+            }
+        }
+    }
+
+    /// Reads TLS records until the socket has nothing more, acting on the plaintext in them,
+    /// then sends what TLS wants to (handshake messages, alerts).
+    fn read_tls(&mut self, key: usize) {
+        loop {
+            let conn = &mut self.connections[key];
+            let Some(tls) = conn.tls.as_mut() else { return };
+            match tls.read_tls(&mut conn.socket) {
+                Ok(0) => return self.close(key, "closed by peer"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.close(key, &e.to_string()),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Tell the peer why (the alert rustls queued), then give up on it.
+                let _ = outbox::send_tls(tls, &mut conn.socket);
+                info!("TLS failed with {}: {e}", conn.peer);
+                return self.close(key, &format!("TLS error: {e}"));
+            }
+            if !self.take_plaintext(key) {
+                return;
+            }
+        }
+        self.flush(key);
+    }
+
+    /// Acts on all the plaintext TLS has decrypted, which epoll will not signal again; false
+    /// when the connection is gone.
+    fn take_plaintext(&mut self, key: usize) -> bool {
+        loop {
+            let Some(tls) = self.connections[key].tls.as_mut() else { return true };
+            match tls.reader().read(&mut self.read_buf[..]) {
+                Ok(0) => {
+                    self.close(key, "closed by peer");
+                    return false;
+                }
+                Ok(n) => {
+                    self.received(key, n);
+                    if !self.connections.contains(key) {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    self.close(key, &e.to_string());
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Acts on `n` bytes just read into `read_buf`.
+    fn received(&mut self, key: usize, n: usize) {
+        let takes_request = match self.connections[key].phase {
+            Phase::Handshaking => true,
+            Phase::Streaming => self.wants_reinit(key, n),
+            Phase::Closing => false,
+        };
+        let conn = &mut self.connections[key];
+        if !takes_request {
+            debug!("Data ignored from {} ({n} bytes)", conn.peer);
+            return;
+        }
+        conn.request.extend_from_slice(&self.read_buf[..n]);
+        let judgement = http::judge(&conn.request, &self.settings.route);
+        if judgement != Judgement::Incomplete && tracing::enabled!(tracing::Level::DEBUG) {
+            debug!("Request from {}: {}", conn.peer, request_line(&conn.request));
+        }
+        self.answer(key, judgement);
+    }
+
+    /// True when data from a streaming client is (the start of) a reinit request to act on.
+    fn wants_reinit(&self, key: usize, n: usize) -> bool {
+        let conn = &self.connections[key];
+        if !self.state.reinit.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A request in progress keeps accumulating; otherwise only a new `GET ` starts one.
+        let data = &self.read_buf[..n];
+        !conn.request.is_empty() || data.starts_with(b"GET ") || b"GET ".starts_with(data)
+    }
+
+    fn answer(&mut self, key: usize, judgement: Judgement) {
+        let conn = &mut self.connections[key];
+        let responses = &self.settings.responses;
+        let reply = match judgement {
+            Judgement::Incomplete => return,
+            Judgement::Subscribe(request) => return self.handshake(key, Client::from_request(request)),
+            Judgement::Head => responses.head.clone(),
+            Judgement::Options => responses.options.clone(),
+            Judgement::Reject(reject) => {
+                info!("Request refused from {}: {} {reject}", conn.peer, reject.status());
+                responses.error(&reject)
+            }
+        };
+        self.stop_streaming(key);
+        let conn = &mut self.connections[key];
+        conn.request = Vec::new();
+        conn.phase = Phase::Closing;
+        conn.outbox.push(reply);
+        self.flush(key);
+    }
+
+    /// A first handshake or a reinit: (re)subscribes the client and sends the response head.
+    fn handshake(&mut self, key: usize, mut client: Client) {
+        let now = Instant::now();
+        let reinit = self.connections[key].phase == Phase::Streaming;
+        if reinit {
+            let old = &self.connections[key].client;
+            client.reinits = old.reinits + 1;
+            client.messages = old.messages;
+            self.stop_streaming(key);
+            self.counters.reinits += 1;
+        } else {
+            self.counters.handshakes += 1;
+        }
+        let conn = &mut self.connections[key];
+        info!(
+            "{} {} <{}> subscribes: {} id: {}",
+            if reinit { "Reinit" } else { "Handshake" },
+            conn.peer,
+            conn.socket.as_raw_fd(),
+            client.token_list(),
+            client.id()
+        );
+        self.subscriptions.add(key, client.tokens());
+        conn.client = client;
+        conn.request = Vec::new();
+        conn.phase = Phase::Streaming;
+        conn.handshaked_at = Some(seconds(self.started, now));
+        conn.last_publish = self.state.published.load(Ordering::Acquire);
+        conn.outbox.push(self.settings.responses.handshake.clone());
+        let serial = if reinit { self.new_serial() } else { conn.serial };
+        self.connections[key].serial = serial;
+        let at = self.deadline(now, self.settings.max_age);
+        self.age_deadlines.push_back(Deadline { at, key: key as u32, serial });
+        self.flush(key);
+    }
+}
+
+/// The first line of a request, for the debug log: printable, and short.
+fn request_line(request: &[u8]) -> String {
+    let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8_lossy(&line[..line.len().min(256)]).escape_debug().to_string()
+}

@@ -1,0 +1,50 @@
+//! A shard's settings: what the command line decided, fixed for the server's run.
+//!
+//! Built from the [`Config`] in one place and shared read-only by every shard. Anything that
+//! changes at run time lives in [`crate::pipeline::SharedState`] instead.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::http::{Responses, Route};
+use crate::tls::Tls;
+
+/// What every shard reads and never changes.
+#[derive(Debug)]
+pub struct Settings {
+    /// The path SSE clients request.
+    pub route: Route,
+    /// The fixed responses.
+    pub responses: Responses,
+    /// A client whose unsent bytes stay above this after a write holds up its shard's intake.
+    pub max_backlog: usize,
+    /// A connection that has not handshaked after this long is closed.
+    pub handshake_timeout: Duration,
+    /// A handshaked connection's stream is ended this long after its last handshake.
+    pub max_age: Duration,
+    /// Every streaming client with nothing queued gets a comment this often.
+    pub heartbeat: Option<Duration>,
+    /// The kernel hands over connections with their request already there (`--defer-accept`).
+    pub read_on_accept: bool,
+    /// Serve HTTPS with these settings.
+    pub tls: Option<Tls>,
+    /// Connections beyond this many open at once are refused with 503.
+    pub max_connections: Option<u64>,
+}
+
+impl Settings {
+    /// The settings `config` asks for, serving HTTPS with `tls` when given.
+    pub fn new(config: &Config, tls: Option<Tls>) -> Self {
+        Settings {
+            route: Route { path: config.match_url.clone() },
+            responses: Responses::new(&config.cors_base),
+            max_backlog: config.max_backlog,
+            handshake_timeout: config.handshake_timeout,
+            max_age: config.max_age,
+            heartbeat: config.heartbeat,
+            read_on_accept: config.defer_accept.is_some(),
+            tls,
+            max_connections: config.max_connections.map(|max| max as u64),
+        }
+    }
+}
