@@ -60,12 +60,12 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     info!(target: REPORT, "Shutting down");
     server::notify_systemd("STOPPING=1");
-    running.shutdown();
+    let stopped = running.shutdown();
     if let Some(path) = &config.pidfile {
         if let Err(e) = std::fs::remove_file(path) {
             warn!("Cannot remove pid file {}: {e}", path.display());
         }
     }
     drop(log_guard);
-    Ok(())
+    Ok(stopped?)
 }

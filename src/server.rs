@@ -244,6 +244,46 @@ pub struct Running {
     control: ControlStop,
     threads: Vec<JoinHandle<()>>,
     settings: Arc<Settings>,
+    failures: Arc<Failures>,
+}
+
+/// A thread of the server ended by an error or a panic. The server does not run on without a
+/// share of its clients or its control input: it stops and exits non-zero, and its supervisor
+/// (systemd's `Restart=on-failure`) starts it again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("thread {thread} failed: {reason}")]
+pub struct ThreadFailed {
+    /// The thread's name (`hasses-worker-N`, `hasses-control`).
+    pub thread: String,
+    /// Its error, or its panic's message.
+    pub reason: String,
+}
+
+/// Where threads report how they ended: the first failure is kept.
+#[derive(Debug, Default)]
+struct Failures {
+    first: parking_lot::Mutex<Option<ThreadFailed>>,
+}
+
+impl Failures {
+    /// Runs a thread's body; a failure or a panic is logged and kept. True when it failed.
+    fn supervise(&self, thread: &str, body: impl FnOnce() -> io::Result<()>) -> bool {
+        let reason = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(Ok(())) => return false,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => panic_message(panic.as_ref()),
+        };
+        error!("Thread {thread} failed: {reason}; stopping the server");
+        self.first.lock().get_or_insert(ThreadFailed { thread: thread.to_string(), reason });
+        true
+    }
+}
+
+/// What a panic said, when it said it as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text =
+        panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    format!("panicked: {}", text.unwrap_or("(no message)"))
 }
 
 /// Starts the workers and the control thread.
@@ -253,6 +293,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let settings = Arc::new(Settings::new(config, bound.tls));
     let state = Arc::new(SharedState::new(config.reinit));
     let per_ip = PerIpLimit::from_config(config).map(Arc::new);
+    let failures = Arc::new(Failures::default());
     let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let mut threads = Vec::new();
     let mut handles = Vec::new();
@@ -269,7 +310,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         .map_err(StartError::Thread)?;
         handles.push(handle);
         let core = (!cores.is_empty()).then(|| cores[number % cores.len()]);
-        threads.push(spawn(format!("hasses-worker-{number}"), move || {
+        threads.push(spawn(format!("hasses-worker-{number}"), &failures, move || {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
@@ -287,7 +328,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     };
     let (control, stop) = Control::new(bound.control, bound.fifo, handles, state, control_settings)
         .map_err(StartError::Thread)?;
-    threads.push(spawn("hasses-control".into(), move || control.run())?);
+    threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
     let https = if config.tls.is_some() { " (https)" } else { "" };
     info!(target: REPORT, "SSE listening on {sse_addr} path {}{https}", config.match_url);
@@ -297,19 +338,23 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     if let Some(fifo) = &config.fifo {
         info!(target: REPORT, "Control FIFO {}", fifo.display());
     }
-    Ok(Running { control: stop, threads, settings })
+    Ok(Running { control: stop, threads, settings, failures })
 }
 
+/// Starts a thread of the server; if it fails, the main thread is woken (as by `SIGTERM`) to
+/// stop the others.
 fn spawn(
     name: String,
+    failures: &Arc<Failures>,
     body: impl FnOnce() -> io::Result<()> + Send + 'static,
 ) -> Result<JoinHandle<()>, StartError> {
+    let failures = Arc::clone(failures);
     let thread_name = name.clone();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            if let Err(e) = body() {
-                error!("Thread {thread_name} failed: {e}");
+            if failures.supervise(&thread_name, body) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
             }
         })
         .map_err(StartError::Thread)
@@ -326,11 +371,34 @@ impl Running {
         }
     }
 
-    /// Stops accepting, closes every connection, and waits for every thread.
-    pub fn shutdown(self) {
+    /// Stops accepting, closes every connection, and waits for every thread; says which thread
+    /// failed, if one did (the reason the server is stopping, or a failure while it stopped).
+    pub fn shutdown(self) -> Result<(), ThreadFailed> {
         self.control.stop();
         for thread in self.threads {
             let _ = thread.join();
         }
+        self.failures.first.lock().take().map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_or_panicking_thread_is_kept_as_the_reason_to_stop() {
+        let failures = Failures::default();
+        assert!(!failures.supervise("hasses-worker-0", || Ok(())));
+        assert!(failures.supervise("hasses-worker-1", || Err(io::Error::other("epoll gone"))));
+        assert!(failures.supervise("hasses-worker-2", || panic!("index out of bounds")));
+        let first = failures.first.lock().clone();
+        let expected = ThreadFailed { thread: "hasses-worker-1".into(), reason: "epoll gone".into() };
+        assert_eq!(first, Some(expected));
+
+        let failures = Failures::default();
+        failures.supervise("hasses-control", || panic!("{} is not a token", 42));
+        let reason = failures.first.lock().clone().map(|f| f.reason);
+        assert_eq!(reason.as_deref(), Some("panicked: 42 is not a token"));
     }
 }
