@@ -73,13 +73,14 @@ pub enum Reject {
     #[error("not an HTTP request ({0})")]
     Malformed(httparse::Error),
     /// A method other than `GET`, `HEAD`, `OPTIONS` (501); at most 128 bytes of it are kept.
-    #[error("method {0:?} not implemented")]
+    // httparse admits no control character in a method or target: quoted as they are.
+    #[error("method \"{0}\" not implemented")]
     Method(String),
     /// `HTTP/1.0` (501); the number is the minor version.
     #[error("HTTP/1.{0} not supported, only HTTP/1.1")]
     Version(u8),
     /// A target that is not the served path (404); at most 128 bytes of it are kept.
-    #[error("path {0:?} not served")]
+    #[error("path \"{0}\" not served")]
     Path(String),
     /// `Connection: close` on a `GET`, which asks for a stream that stays open (400).
     #[error("Connection: close on an event-stream request")]

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, SseClient, TempFile, WAIT};
 
 // ----- subscribing -----
 
@@ -25,4 +25,67 @@ fn an_escaped_dash_is_part_of_a_token_not_a_separator() {
     server.publish("x*=for x-y");
     client.expect_data("for x-y");
     assert!(client.still_open_after(Duration::from_millis(100)));
+}
+
+// ----- what monitoring scripts and log watchers compare -----
+
+#[test]
+fn tcpstatus_names_the_mode_in_hasses_words() {
+    let server = Server::start(&[]);
+    let status = server.tcp_json("tcpstatus");
+    assert_eq!(status["mode"], "unencrypted (http)", "{status}");
+    let block = server.status_block();
+    assert_eq!(block[6], "Mode: unencrypted (http)");
+    assert_eq!(block[4], format!("Uid: {} (not set)", common::my_uid()));
+}
+
+#[test]
+fn a_client_without_user_agent_has_no_agent_line() {
+    let server = Server::start(&[]);
+    let mut client = SseClient::connect(server.sse_port);
+    client.handshake(b"GET /sse?subscribe=quiet&id=u7 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let list = server.client_list();
+    let row = list.iter().position(|line| line.starts_with("#1 - <")).expect("a row");
+    assert!(
+        list[row + 1].starts_with("  Connection time: ") && list[row + 1].ends_with(" UniqId:u7"),
+        "{list:?}"
+    );
+    assert_eq!(list[row + 2], "  Subscribes: quiet", "no Agent line, as hasses: {list:?}");
+}
+
+#[test]
+fn operator_commands_are_confirmed_in_hasses_words_at_every_level() {
+    let server = Server::start(&["--log-level", "0"]);
+    let start = server.log.len();
+    server.publish("reinit_enable;reinit_disable;loglevel_normal;loglevel_debug;loglevel_quiet");
+    for expected in [
+        "Reinit enabled.",
+        "Reinit disabled.",
+        "Set loglevel to normal.",
+        "Set loglevel to the maximum.",
+        "Set loglevel to the minimum.",
+    ] {
+        server.log.wait_for_line_from(start, |line| line == expected, WAIT);
+    }
+}
+
+#[test]
+fn debug_lines_are_written_for_operators() {
+    let fifo = TempFile::new("dropin.fifo");
+    let server = Server::start(&["--log-level", "2", "--fifo", fifo.arg()]);
+    let start = server.log.len();
+    server.publish("room1-u1=hello");
+    let (_, line) = server.log.wait_for_line_from(start, |line| line.starts_with("Message "), WAIT);
+    let (id, rest) = line["Message ".len()..].split_once(' ').expect(&line);
+    assert!(id.parse::<u64>().is_ok(), "{line}");
+    assert_eq!(rest, "to subscribers of \"room1\" except \"u1\": 5 bytes");
+    common::write_fifo(fifo.path(), b"tcpsubscribedclients:room1\n");
+    server.log.wait_for_line_from(
+        start,
+        |line| line == "Command ignored on the FIFO (it can only be answered over TCP): tcpsubscribedclients:room1",
+        WAIT,
+    );
+    let debug_formatting =
+        |line: &str| line.contains("Token(") || line.contains("Some(\"") || line.contains("TcpSub");
+    assert!(!server.log.has_from(0, debug_formatting), "{}", server.log.dump());
 }
