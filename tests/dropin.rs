@@ -89,3 +89,45 @@ fn debug_lines_are_written_for_operators() {
         |line: &str| line.contains("Token(") || line.contains("Some(\"") || line.contains("TcpSub");
     assert!(!server.log.has_from(0, debug_formatting), "{}", server.log.dump());
 }
+
+// ----- an old install under the shipped unit -----
+
+/// The last value of `Key=` in a unit file (a later line overrides an earlier one).
+fn unit_setting(unit: &str, key: &str) -> Option<String> {
+    unit.lines()
+        .rev()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_unit_keeps_tmp_shared_so_an_old_fifo_path_reaches_publishers() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/hasses.service");
+    let unit = std::fs::read_to_string(path).expect("the shipped unit");
+    // A private /tmp would hide `-fifo=/tmp/…` from publishers, whose writes would create a
+    // plain file there and be lost without an error.
+    let private_tmp = unit_setting(&unit, "PrivateTmp").unwrap_or_default();
+    assert!(!["yes", "true", "on", "1"].contains(&private_tmp.as_str()), "PrivateTmp={private_tmp}");
+    // The host's /tmp is read-only to hasses: a missing FIFO there stops the start with a line
+    // rather than becoming a FIFO nobody else sees.
+    assert_eq!(unit_setting(&unit, "ProtectSystem").as_deref(), Some("strict"));
+}
+
+#[test]
+fn an_old_config_uses_the_fifo_already_at_its_path() {
+    let fifo = TempFile::new("old.fifo");
+    nix::unistd::mkfifo(fifo.path(), nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let conf = TempFile::new("hasses.conf");
+    let sse = common::free_port();
+    let text = format!("# hasses 1.30\n-p={sse}\n-murl=/sse\n-fifo={}\n-nodaemon\n", fifo.arg());
+    std::fs::write(conf.path(), text).unwrap();
+    let server = Server::start_with_ports(&["--config", conf.arg()], sse, None);
+    let mut client = server.subscribe("subscribe=old");
+    common::write_fifo(fifo.path(), b"old=through the old FIFO\n");
+    client.expect_data("through the old FIFO");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(fifo.path()).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o600, "the FIFO is kept as it was, not made anew");
+}
