@@ -476,9 +476,12 @@ fn translate(
     Ok(())
 }
 
-/// A word that is a flag rather than a value (a lone `-` is a value, e.g. a separator).
+/// A word that is a flag rather than a value. A lone `-` is a value (a separator), and so is
+/// a negative number (`--heartbeat -1`): no flag starts with a digit, and taking it as the
+/// value lets the error say what is wrong with it rather than that the value is missing.
 fn looks_like_flag(word: &str) -> bool {
-    word.len() > 1 && word.starts_with('-')
+    word.strip_prefix('-')
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// Splits `name=value`; an empty value counts as none.
@@ -1141,6 +1144,37 @@ mod tests {
         assert_eq!(error(&["-q=1"]), "-q: takes no value");
         assert_eq!(error(&["-ra="]), "-ra: takes no value");
         assert_eq!(error(&["--reinit=yes"]), "--reinit: takes no value");
+    }
+
+    #[test]
+    fn a_negative_number_is_a_wrong_value_not_a_missing_one() {
+        let cases: &[(&str, &str)] = &[
+            ("--heartbeat", "--heartbeat: must be a number of seconds, 0 for never: -1"),
+            ("--defer-accept", "--defer-accept: must be a number of seconds, 0 for never: -1"),
+            ("--handshake-timeout", "--handshake-timeout: must be a number of seconds above 0: -1"),
+            ("--max-age", "--max-age: must be a number of seconds above 0: -1"),
+            ("--port", "--port: not a port number (0-65535): -1"),
+            ("--control-port", "--control-port: not a port number (0-65535): -1"),
+            ("--workers", "--workers: must be a whole number from 1 to 1024: -1"),
+            ("--max-connections", "--max-connections: must be a whole number above 0: -1"),
+            ("--max-connections-per-ip", "--max-connections-per-ip: must be a whole number above 0: -1"),
+            ("--max-message", "--max-message: must be a whole number above 0: -1"),
+            ("--max-backlog", "--max-backlog: must be a whole number above 0: -1"),
+            ("--log-level", "--log-level: must be 0, 1 or 2: -1"),
+            ("--fifo-mode", "--fifo-mode: not an octal file mode (0-7777): -1"),
+        ];
+        for (flag, expected) in cases {
+            assert_eq!(error(&[flag, "-1"]), *expected);
+            assert_eq!(error(&[&format!("{flag}=-1")]), *expected);
+        }
+        assert_eq!(error(&["-p=-1", "-murl=/a", "-cp=2"]), "-p: not a port number (0-65535): -1");
+        assert_eq!(
+            error(&["--heartbeat", "-0.5"]),
+            "--heartbeat: must be a number of seconds, 0 for never: -0.5"
+        );
+        // A word that is a flag is still not taken as a value.
+        assert_eq!(error(&["--heartbeat", "-q"]), "--heartbeat: needs a value (--heartbeat VALUE)");
+        assert_eq!(error(&["--heartbeat", "--reinit"]), "--heartbeat: needs a value (--heartbeat VALUE)");
     }
 
     #[test]

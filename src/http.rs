@@ -73,13 +73,14 @@ pub enum Reject {
     #[error("not an HTTP request ({0})")]
     Malformed(httparse::Error),
     /// A method other than `GET`, `HEAD`, `OPTIONS` (501); at most 128 bytes of it are kept.
-    #[error("method {0:?} not implemented")]
+    // httparse admits no control character in a method or target: quoted as they are.
+    #[error("method \"{0}\" not implemented")]
     Method(String),
     /// `HTTP/1.0` (501); the number is the minor version.
     #[error("HTTP/1.{0} not supported, only HTTP/1.1")]
     Version(u8),
     /// A target that is not the served path (404); at most 128 bytes of it are kept.
-    #[error("path {0:?} not served")]
+    #[error("path \"{0}\" not served")]
     Path(String),
     /// `Connection: close` on a `GET`, which asks for a stream that stays open (400).
     #[error("Connection: close on an event-stream request")]
@@ -235,8 +236,8 @@ fn subscription(headers: &[httparse::Header], query: &str) -> Result<Subscribe, 
     }
     let query = Query::parse(query);
     Ok(Subscribe {
-        tokens: tokens(query.subscribe.as_deref())?,
-        id: client_id(query.id.as_deref())?,
+        tokens: tokens(query.subscribe)?,
+        id: client_id(query.id)?,
         user_agent: user_agent(headers),
     })
 }
@@ -257,39 +258,50 @@ fn asks_to_close(headers: &[httparse::Header]) -> bool {
     close && !keep_alive
 }
 
-/// The query parameters we use, decoded; the first of each name wins.
+/// The query parameters we use, as sent (still escaped); the first of each name wins.
+///
+/// The values stay escaped here because `subscribe` is split on `-` before its tokens are
+/// decoded: an escaped `%2D` is then part of a token rather than a separator.
 #[derive(Default)]
-struct Query {
-    subscribe: Option<String>,
-    id: Option<String>,
+struct Query<'q> {
+    subscribe: Option<&'q str>,
+    id: Option<&'q str>,
 }
 
-impl Query {
-    fn parse(query: &str) -> Self {
+impl<'q> Query<'q> {
+    fn parse(query: &'q str) -> Self {
         let mut found = Self::default();
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            let slot = match name.as_ref() {
+        for pair in query.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match decode(name).as_str() {
                 "subscribe" => &mut found.subscribe,
                 "id" => &mut found.id,
                 _ => continue,
             };
-            slot.get_or_insert_with(|| value.into_owned());
+            slot.get_or_insert(value);
         }
         found
     }
 }
 
-/// The tokens of a decoded `subscribe` value: non-empty, each once, in order.
+/// Decodes one query component (`%XX` and `+`); it holds no `&`, as the query was split on them.
+/// form_urlencoded decodes everything after a pair's first `=`, so the component is given to it
+/// as the value of a nameless pair: an `=` inside the component stays part of it.
+fn decode(component: &str) -> String {
+    let pair = format!("={component}");
+    form_urlencoded::parse(pair.as_bytes()).next().map(|(_, value)| value.into_owned()).unwrap_or_default()
+}
+
+/// The tokens of a `subscribe` value: split on `-`, then each decoded; non-empty, each once,
+/// in order.
 fn tokens(subscribe: Option<&str>) -> Result<Vec<String>, Reject> {
     let mut seen = HashSet::new();
     let mut tokens = Vec::new();
-    for token in subscribe.unwrap_or("").split('-') {
-        if token.is_empty() {
-            continue;
-        }
-        check_value(token, "subscribe", MAX_TOKEN_LEN)?;
-        if seen.insert(token) {
-            tokens.push(token.to_owned());
+    for escaped in subscribe.unwrap_or("").split('-').filter(|escaped| !escaped.is_empty()) {
+        let token = decode(escaped);
+        check_value(&token, "subscribe", MAX_TOKEN_LEN)?;
+        if seen.insert(token.clone()) {
+            tokens.push(token);
         }
     }
     if tokens.is_empty() {
@@ -300,9 +312,9 @@ fn tokens(subscribe: Option<&str>) -> Result<Vec<String>, Reject> {
 
 /// The decoded `id`, if one was given and is not empty.
 fn client_id(id: Option<&str>) -> Result<Option<String>, Reject> {
-    match id {
-        None | Some("") => Ok(None),
-        Some(id) => check_value(id, "id", MAX_ID_LEN).map(|()| Some(id.to_owned())),
+    match id.map(decode).filter(|id| !id.is_empty()) {
+        None => Ok(None),
+        Some(id) => check_value(&id, "id", MAX_ID_LEN).map(|()| Some(id)),
     }
 }
 
@@ -826,9 +838,12 @@ mod tests {
     // ----- the query -----
 
     #[test]
-    fn values_are_percent_decoded_before_the_split() {
+    fn values_are_split_on_dashes_then_percent_decoded() {
         assert_eq!(tokens_of("/sse?subscribe=a%20b+c-%2A"), strings(&["a b c", "*"]));
-        assert_eq!(tokens_of("/sse?subscribe=a%2Db"), strings(&["a", "b"]));
+        assert_eq!(tokens_of("/sse?subscribe=x%2Dy"), strings(&["x-y"]));
+        assert_eq!(tokens_of("/sse?subscribe=x%2dy-z"), strings(&["x-y", "z"]));
+        assert_eq!(tokens_of("/sse?subscribe=a=b-c%3Dd"), strings(&["a=b", "c=d"]));
+        assert_eq!(tokens_of("/sse?subscribe=a%26b&id=u"), strings(&["a&b"]));
         assert_eq!(tokens_of("/sse?sub%73cribe=x"), strings(&["x"]));
         assert_eq!(tokens_of("/sse?subscribe=%C3%A9t%C3%A9"), strings(&["été"]));
         let id = subscribed(get("/sse?subscribe=a&id=x%2Dy+z", &[])).id;

@@ -83,10 +83,7 @@ pub struct Status {
 impl Status {
     /// The status block, line by line, as hasses writes it, then our own lines.
     pub fn lines(&self) -> Vec<String> {
-        let uid_note = match &self.user {
-            Some(user) => format!("set to {user}"),
-            None => "not set".to_string(),
-        };
+        let uid_note = self.user.as_deref().unwrap_or("not set");
         let s = &self.shards;
         let mut lines = vec![
             "------- status of hasses -------".to_string(),
@@ -95,14 +92,13 @@ impl Status {
             format!("Pid: {}", self.pid),
             format!("Uid: {} ({uid_note})", self.uid),
             format!("Running time: {}", running_time(self.running)),
+            format!("Mode: {}", self.mode()),
         ];
-        match &self.tls {
-            None => lines.push("Mode: unencrypted (http)".to_string()),
-            Some(files) => lines.extend([
-                "Mode: SSL encrypted (https)".to_string(),
-                format!("Certificate file: {}", files.cert.display()),
-                format!("Private key file: {}", files.key.display()),
-            ]),
+        if let Some(files) = &self.tls {
+            lines.extend([
+                format!("SSL Cert key file: {}", files.cert.display()),
+                format!("SSL Prvt key file: {}", files.key.display()),
+            ]);
         }
         lines.extend([
             format!("Loglevel: {}", self.log_level),
@@ -124,13 +120,22 @@ impl Status {
         lines
     }
 
+    /// hasses' words for the mode, in the status block and `tcpstatus` alike: scripts compare them.
+    fn mode(&self) -> &'static str {
+        if self.tls.is_some() {
+            "SSL encrypted (https)"
+        } else {
+            "unencrypted (http)"
+        }
+    }
+
     /// The `tcpstatus` reply: hasses' keys first, then ours.
     pub fn json(&self) -> serde_json::Value {
         let s = &self.shards;
         json!({
             "version": self.version,
             "runningtime": running_time(self.running),
-            "mode": if self.tls.is_some() { "https" } else { "http" },
+            "mode": self.mode(),
             "loglevel": self.log_level,
             "allconncli": s.connections,
             "sseconncli": s.streaming,
@@ -195,10 +200,14 @@ pub fn client_list_lines(rows: &[ClientRow]) -> Vec<String> {
         lines.push(format!(
             "  Connection time: {}  Handshaked time: {} UniqId:{}",
             running_time(Duration::from_secs(row.connected_secs)),
-            running_time(Duration::from_secs(row.handshaked_secs.unwrap_or(0))),
+            // hasses counts this from the connection until the first handshake.
+            running_time(Duration::from_secs(row.handshaked_secs.unwrap_or(row.connected_secs))),
             row.id
         ));
-        lines.push(format!("  Agent: {}", row.agent));
+        // hasses leaves the line out for a client that sent no User-Agent.
+        if !row.agent.is_empty() {
+            lines.push(format!("  Agent: {}", row.agent));
+        }
         if let Some(tls) = &row.tls {
             lines.push(format!("  SSL: {tls}"));
         }
@@ -309,15 +318,37 @@ mod tests {
         assert_eq!(json["maxconncli"], 4);
         assert_eq!(json["msgproccnt"], 7);
         assert_eq!(json["msgsendcnt"], 9);
-        assert_eq!(json["mode"], "http");
+        assert_eq!(json["mode"], "unencrypted (http)");
+        let as_user = Status { user: Some("www-data".into()), uid: 33, ..status.clone() };
+        assert_eq!(as_user.lines()[4], "Uid: 33 (www-data)");
         let tls = TlsFiles { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() };
         let https = Status { tls: Some(tls), ..status };
         let lines = https.lines();
         assert_eq!(
             lines[6..9],
-            ["Mode: SSL encrypted (https)", "Certificate file: /etc/c.pem", "Private key file: /etc/k.pem"]
+            ["Mode: SSL encrypted (https)", "SSL Cert key file: /etc/c.pem", "SSL Prvt key file: /etc/k.pem"]
         );
         assert_eq!(lines[9], "Loglevel: 2");
-        assert_eq!(https.json()["mode"], "https");
+        assert_eq!(https.json()["mode"], "SSL encrypted (https)");
+    }
+
+    #[test]
+    fn a_client_without_agent_or_handshake_is_listed_as_hasses_does() {
+        let waiting = ClientRow {
+            state: "NEW",
+            agent: String::new(),
+            handshaked_secs: None,
+            connected_secs: 7,
+            ..row()
+        };
+        let lines = client_list_lines(&[waiting]);
+        assert_eq!(
+            lines[2..5],
+            [
+                "#1 - <6> info: 192.168.1.151:50190 S:NEW Err: 0 Messages: 3 Reinit: 0 SSL:No",
+                "  Connection time: 00:00:07  Handshaked time: 00:00:07 UniqId:",
+                "  Subscribes: room624",
+            ]
+        );
     }
 }

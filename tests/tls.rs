@@ -298,9 +298,9 @@ fn status_tcpstatus_and_client_list_show_tls() {
     let server = tls_server(&files, &[]);
     let status = server.status_block();
     let mode = status.iter().position(|l| l == "Mode: SSL encrypted (https)").expect("the mode line");
-    assert_eq!(status[mode + 1], format!("Certificate file: {}", files.cert.arg()));
-    assert_eq!(status[mode + 2], format!("Private key file: {}", files.key.arg()));
-    assert_eq!(server.tcp_json("tcpstatus")["mode"], "https");
+    assert_eq!(status[mode + 1], format!("SSL Cert key file: {}", files.cert.arg()));
+    assert_eq!(status[mode + 2], format!("SSL Prvt key file: {}", files.key.arg()));
+    assert_eq!(server.tcp_json("tcpstatus")["mode"], "SSL encrypted (https)");
 
     let mut tls13 = TlsClient::subscribe(server.sse_port, trusting(&identity), "subscribe=a&id=one");
     let tls12_config = client_config(&[&identity], &[&rustls::version::TLS12]);

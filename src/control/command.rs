@@ -3,6 +3,8 @@
 //! Owns the exact command words of hasses 1.30 and the `TOKEN[-UNIQ]=MESSAGE` publish syntax.
 //! Pure functions over bytes: it never touches a socket, a shard or a log.
 
+use std::fmt;
+
 use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
 
 /// What one part of a control line asks for.
@@ -32,7 +34,42 @@ pub enum Command {
     Publish(Publish),
 }
 
+/// The commands that are one fixed word, as hasses spells them.
+const WORDS: [Command; 11] = [
+    Command::Status,
+    Command::TcpStatus,
+    Command::ClientList,
+    Command::TcpClientList,
+    Command::NumberOfClients,
+    Command::TcpNumberOfClients,
+    Command::SetLogLevel(0),
+    Command::SetLogLevel(1),
+    Command::SetLogLevel(2),
+    Command::SetReinit(true),
+    Command::SetReinit(false),
+];
+
 impl Command {
+    /// The word of a one-word command; `None` for those that carry a token or a message.
+    fn word(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Status => "status",
+            Command::TcpStatus => "tcpstatus",
+            Command::ClientList => "clientlist",
+            Command::TcpClientList => "tcpclientlist",
+            Command::NumberOfClients => "numberofclients",
+            Command::TcpNumberOfClients => "tcpnumberofclients",
+            Command::SetLogLevel(0) => "loglevel_quiet",
+            Command::SetLogLevel(1) => "loglevel_normal",
+            Command::SetLogLevel(_) => "loglevel_debug",
+            Command::SetReinit(true) => "reinit_enable",
+            Command::SetReinit(false) => "reinit_disable",
+            Command::SubscribedClients(_) | Command::TcpSubscribedClients(_) | Command::Publish(_) => {
+                return None
+            }
+        })
+    }
+
     /// True for the `tcp…` commands, which need a TCP connection to answer on (the FIFO ignores them).
     pub fn replies_over_tcp(&self) -> bool {
         matches!(
@@ -66,6 +103,44 @@ pub struct Publish {
     pub message: Vec<u8>,
 }
 
+/// As a publisher writes it, for log lines; the message is shown by its size only.
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::SubscribedClients(token) => {
+                f.write_str("subscribedclients:")?;
+                write_escaped(f, token)
+            }
+            Command::TcpSubscribedClients(token) => {
+                f.write_str("tcpsubscribedclients:")?;
+                write_escaped(f, token)
+            }
+            Command::Publish(publish) => {
+                write!(f, "{}", publish.target)?;
+                if let Some(except) = &publish.except {
+                    f.write_str("-")?;
+                    write_escaped(f, except)?;
+                }
+                write!(f, "=({} bytes)", publish.message.len())
+            }
+            one_word => f.write_str(one_word.word().unwrap_or_default()),
+        }
+    }
+}
+
+/// `"room1"`, `"room1" except "abc"`: whom a publish is for, in the words of hasses' log line.
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.target)?;
+        if let Some(except) = &self.except {
+            f.write_str(" except \"")?;
+            write_escaped(f, except)?;
+            f.write_str("\"")?;
+        }
+        Ok(())
+    }
+}
+
 /// Which subscriptions a publish matches. A client subscribed to `*` matches every target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -75,6 +150,33 @@ pub enum Target {
     Token(String),
     /// `pre*`: clients subscribed to any token that starts with `pre` (never empty; `*` is `All`).
     Prefix(String),
+}
+
+/// `*`, `name` or `pre*`, as a publisher writes it.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::All => f.write_str("*"),
+            Target::Token(name) => write_escaped(f, name),
+            Target::Prefix(prefix) => {
+                write_escaped(f, prefix)?;
+                f.write_str("*")
+            }
+        }
+    }
+}
+
+/// Writes `text` with its control characters escaped: a publisher's token must not be able to
+/// break or forge a log line.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a part of a control line is not a command. The rest of the line still goes through.
@@ -162,21 +264,10 @@ pub fn parse_command(part: &[u8], limits: &Limits) -> Result<Command, CommandErr
 
 /// The command words; `None` when `word` is none of them (then it may be a publish).
 fn parse_word(word: &[u8]) -> Option<Result<Command, CommandError>> {
-    let command = match word {
-        b"status" => Command::Status,
-        b"tcpstatus" => Command::TcpStatus,
-        b"clientlist" => Command::ClientList,
-        b"tcpclientlist" => Command::TcpClientList,
-        b"numberofclients" => Command::NumberOfClients,
-        b"tcpnumberofclients" => Command::TcpNumberOfClients,
-        b"loglevel_quiet" => Command::SetLogLevel(0),
-        b"loglevel_normal" => Command::SetLogLevel(1),
-        b"loglevel_debug" => Command::SetLogLevel(2),
-        b"reinit_enable" => Command::SetReinit(true),
-        b"reinit_disable" => Command::SetReinit(false),
-        _ => return parse_count_query(word),
-    };
-    Some(Ok(command))
+    match WORDS.iter().find(|command| command.word().is_some_and(|w| w.as_bytes() == word)) {
+        Some(command) => Some(Ok(command.clone())),
+        None => parse_count_query(word),
+    }
 }
 
 /// `subscribedclients:TOKEN` and `tcpsubscribedclients:TOKEN`. The token is taken as is (even
@@ -306,6 +397,48 @@ mod tests {
 
     fn prefix(name: &str) -> Target {
         Target::Prefix(name.to_owned())
+    }
+
+    fn shown(part: &str) -> String {
+        parse(part.as_bytes()).unwrap().to_string()
+    }
+
+    #[test]
+    fn commands_show_as_a_publisher_writes_them() {
+        for word in [
+            "status",
+            "tcpstatus",
+            "clientlist",
+            "tcpclientlist",
+            "numberofclients",
+            "tcpnumberofclients",
+            "loglevel_quiet",
+            "loglevel_normal",
+            "loglevel_debug",
+            "reinit_enable",
+            "reinit_disable",
+            "subscribedclients:room1",
+            "tcpsubscribedclients:a=b",
+        ] {
+            assert_eq!(shown(word), word);
+        }
+        assert_eq!(shown("room1-abc=hello"), "room1-abc=(5 bytes)");
+        assert_eq!(shown("*=x"), "*=(1 bytes)");
+        assert_eq!(shown("news*-u1=x"), "news*-u1=(1 bytes)");
+        assert_eq!(shown("tcpsubscribedclients:a\x1bb"), "tcpsubscribedclients:a\\u{1b}b");
+    }
+
+    #[test]
+    fn a_publish_names_its_recipients_in_hasses_words() {
+        let recipients = |part: &str| match parse(part.as_bytes()) {
+            Ok(Command::Publish(publish)) => publish.to_string(),
+            other => panic!("{part}: {other:?}"),
+        };
+        assert_eq!(recipients("room1=x"), "\"room1\"");
+        assert_eq!(recipients("room1-abc=x"), "\"room1\" except \"abc\"");
+        assert_eq!(recipients("*=x"), "\"*\"");
+        assert_eq!(recipients("news*=x"), "\"news*\"");
+        assert_eq!(recipients("a\tb=x"), "\"a\\tb\"");
     }
 
     #[test]

@@ -446,7 +446,7 @@ impl Control {
         let publisher = match source {
             Source::Tcp(key) => Some(*key),
             Source::Fifo if command.replies_over_tcp() => {
-                info!("Command ignored on the FIFO (it can only be answered over TCP): {command:?}");
+                info!("Command ignored on the FIFO (it can only be answered over TCP): {command}");
                 return;
             }
             Source::Fifo => None,
@@ -464,11 +464,13 @@ impl Control {
             }
             Command::SetLogLevel(level) => {
                 crate::log::set_level(level);
-                return info!(target: REPORT, "Loglevel set to {level}");
+                // hasses' words, written whatever the level (as hasses does).
+                let words = ["the minimum", "normal", "the maximum"][usize::from(level.min(2))];
+                return info!(target: REPORT, "Set loglevel to {words}.");
             }
             Command::SetReinit(allowed) => {
                 self.state.reinit.store(allowed, Ordering::Relaxed);
-                return info!("Reinit {}", if allowed { "enabled" } else { "disabled" });
+                return info!(target: REPORT, "Reinit {}.", if allowed { "enabled" } else { "disabled" });
             }
             Command::TcpStatus => self.status().json(),
             Command::TcpClientList => stats::client_list_json(&self.client_rows()),
@@ -491,12 +493,7 @@ impl Control {
     fn publish(&mut self, publish: Publish) {
         self.processed += 1;
         let id = self.ids.next_id();
-        debug!(
-            "Message {id} for {:?} (except {:?}): {} bytes",
-            publish.target,
-            publish.except,
-            publish.message.len()
-        );
+        debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
         let frame = encode_event(id, &publish.message);
         // Before any shard can see it: a handshake from now on is later than this publish.
         self.state.published.store(id, Ordering::Release);

@@ -72,10 +72,10 @@ pub struct Connection {
 /// What a handshaked client told us about itself, and what it has received.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Its id, User-Agent and tokens in one allocation: `id \n agent \n token-token…`.
+    /// Its id, User-Agent and tokens in one allocation: `id \n agent \n token \n token…`.
     /// None of them contains a line break (the request reader refuses them in the id and
-    /// tokens, HTTP forbids them in a header value), and tokens never contain the `-` they
-    /// were split on. Read on the rare paths (index changes, client list, `-UNIQ` publishes).
+    /// tokens, HTTP forbids them in a header value); a token may contain a `-` (sent as `%2D`).
+    /// Read on the rare paths (index changes, client list, `-UNIQ` publishes).
     names: Box<str>,
     /// Events queued for it.
     pub messages: u64,
@@ -88,7 +88,7 @@ impl Client {
     pub fn from_request(request: Subscribe) -> Self {
         let id = request.id.unwrap_or_default();
         let agent = request.user_agent.replace('\n', " ");
-        let names = format!("{id}\n{agent}\n{}", request.tokens.join("-"));
+        let names = format!("{id}\n{agent}\n{}", request.tokens.join("\n"));
         Client { names: names.into_boxed_str(), messages: 0, reinits: 0 }
     }
 
@@ -104,7 +104,7 @@ impl Client {
 
     /// Its tokens, without duplicates; `*` means every message.
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
-        self.names.split('\n').nth(2).unwrap_or("").split('-').filter(|t| !t.is_empty())
+        self.names.split('\n').skip(2).filter(|t| !t.is_empty())
     }
 
     /// Its tokens joined by `,`, as the handshake's log line lists them (without building the
@@ -243,10 +243,13 @@ mod tests {
 
     #[test]
     fn tokens_come_back_as_subscribed() {
-        let request =
-            Subscribe { tokens: vec!["*".into(), "room1".into()], id: None, user_agent: String::new() };
+        let request = Subscribe {
+            tokens: vec!["*".into(), "room1".into(), "x-y".into()],
+            id: None,
+            user_agent: String::new(),
+        };
         let client = Client::from_request(request);
-        assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1"]);
+        assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1", "x-y"]);
         assert_eq!(Client::default().tokens().count(), 0);
     }
 }
