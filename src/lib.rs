@@ -39,6 +39,7 @@ pub mod control;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod nonblocking;
 pub mod pipeline;
 pub mod server;
 pub mod shard;

@@ -19,6 +19,7 @@ use super::connection::{Connection, Peer};
 use super::timers::Deadline;
 use super::{seconds, Shard};
 use crate::config::Config;
+use crate::nonblocking::attempt;
 use crate::tls::Tls;
 
 /// How long accepting pauses when the process is out of descriptors.
@@ -75,12 +76,12 @@ impl Shard {
             return;
         }
         loop {
-            match self.listener.accept() {
+            match attempt(|| self.listener.accept()) {
                 // `[::]` listeners see IPv4 clients as `::ffff:a.b.c.d`; show them as hasses did.
-                Ok((socket, peer)) => {
+                Ok(Some((socket, peer))) => {
                     self.admit(socket, Peer(SocketAddr::new(peer.ip().to_canonical(), peer.port())))
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(None) => return,
                 Err(e) if is_out_of_descriptors(&e) => return self.pause_accepting(&e),
                 // The client gave up before we took it (ECONNABORTED and the like): next one.
                 Err(e) => debug!("Accept failed on worker {}: {e}", self.number),

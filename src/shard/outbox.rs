@@ -10,6 +10,8 @@ use std::io::{self, Write};
 use bytes::{Buf, Bytes};
 use rustls::ServerConnection;
 
+use crate::nonblocking::attempt;
+
 /// The most bytes of queued frames copied into one write: a burst of a hundred events fits,
 /// and so does one TLS record's worth of plaintext.
 const BATCH_BYTES: usize = 16 * 1024;
@@ -54,13 +56,11 @@ impl Outbox {
             // allocates nothing. A batch is copied into one buffer: the kernel takes one long
             // buffer for less than the same bytes as many short slices of a `writev` (a burst
             // of 100 events: 14 against 20 µs per client here), and the copy costs under 1 µs.
-            let written = if self.frames.len() == 1 { sink.write(first) } else { sink.write(&self.batch()) };
-            match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => self.consume(written),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
-                Err(e) => return Err(e),
+            let batch = if self.frames.len() == 1 { None } else { Some(self.batch()) };
+            match attempt(|| sink.write(batch.as_deref().unwrap_or(first)))? {
+                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Some(written) => self.consume(written),
+                None => return Ok(Flushed::Partly),
             }
         }
         // An idle connection keeps no queue memory: drop what a burst made it allocate.
@@ -109,11 +109,8 @@ impl Outbox {
 /// Writes what TLS holds encrypted (handshake messages, records) to the socket.
 pub fn send_tls(tls: &mut ServerConnection, socket: &mut impl Write) -> io::Result<Flushed> {
     while tls.wants_write() {
-        match tls.write_tls(socket) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
-            Err(e) => return Err(e),
+        if attempt(|| tls.write_tls(socket))?.is_none() {
+            return Ok(Flushed::Partly);
         }
     }
     Ok(Flushed::All)
@@ -143,31 +140,35 @@ impl<W: Write> Write for TlsSink<'_, W> {
     }
 }
 
+/// A socket for tests: it takes at most `room` bytes, then says `WouldBlock`.
+#[cfg(test)]
+pub(super) struct Socket {
+    /// Everything it took, in order.
+    pub(super) taken: Vec<u8>,
+    /// How many more bytes it takes.
+    pub(super) room: usize,
+}
+
+#[cfg(test)]
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.room);
+        self.taken.extend_from_slice(&buf[..n]);
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sink that takes at most `room` bytes, then says `WouldBlock`.
-    struct Socket {
-        taken: Vec<u8>,
-        room: usize,
-    }
-
-    impl Write for Socket {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.room);
-            self.taken.extend_from_slice(&buf[..n]);
-            self.room -= n;
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn a_short_write_keeps_the_rest_in_order() {

@@ -4,7 +4,7 @@
 //! sockets, judging the request head (through the pure [`http::judge`]), answering refusals,
 //! HEAD and OPTIONS, and subscribing a client. It does not deliver events (`delivery`).
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -16,6 +16,7 @@ use super::outbox;
 use super::timers::Deadline;
 use super::{seconds, Shard};
 use crate::http::{self, Judgement};
+use crate::nonblocking::attempt;
 
 impl Shard {
     /// Reads until the socket has nothing more, acting on what arrives. A read shorter than
@@ -28,16 +29,15 @@ impl Shard {
         }
         loop {
             let conn = &mut self.connections[key];
-            match conn.socket.read(&mut self.read_buf[..]) {
-                Ok(0) => return self.close(key, "closed by peer"),
-                Ok(n) => {
+            match attempt(|| conn.socket.read(&mut self.read_buf[..])) {
+                Ok(Some(0)) => return self.close(key, "closed by peer"),
+                Ok(Some(n)) => {
                     self.received(key, n);
                     if !self.connections.contains(key) || (n < self.read_buf.len() && !hung_up) {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(None) => return,
                 Err(e) => return self.close(key, &e.to_string()),
             }
         }
@@ -49,11 +49,10 @@ impl Shard {
         loop {
             let conn = &mut self.connections[key];
             let Some(tls) = conn.tls.as_mut() else { return };
-            match tls.read_tls(&mut conn.socket) {
-                Ok(0) => return self.close(key, "closed by peer"),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            match attempt(|| tls.read_tls(&mut conn.socket)) {
+                Ok(Some(0)) => return self.close(key, "closed by peer"),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
                 Err(e) => return self.close(key, &e.to_string()),
             }
             if let Err(e) = tls.process_new_packets() {
@@ -74,18 +73,18 @@ impl Shard {
     fn take_plaintext(&mut self, key: usize) -> bool {
         loop {
             let Some(tls) = self.connections[key].tls.as_mut() else { return true };
-            match tls.reader().read(&mut self.read_buf[..]) {
-                Ok(0) => {
+            match attempt(|| tls.reader().read(&mut self.read_buf[..])) {
+                Ok(Some(0)) => {
                     self.close(key, "closed by peer");
                     return false;
                 }
-                Ok(n) => {
+                Ok(Some(n)) => {
                     self.received(key, n);
                     if !self.connections.contains(key) {
                         return false;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Ok(None) => return true,
                 Err(e) => {
                     self.close(key, &e.to_string());
                     return false;

@@ -67,13 +67,11 @@ impl Stalls {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{self, Write};
-
     use bytes::Bytes;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::shard::outbox::Outbox;
+    use crate::shard::outbox::{Outbox, Socket};
 
     const TIMEOUT: u64 = STALL_TIMEOUT.as_millis() as u64;
 
@@ -99,28 +97,6 @@ mod tests {
         stalls.after_write(2, 5000, 4000, 1000, 0);
         stalls.after_write(2, 4000, 900, 1000, 1);
         assert!(stalls.is_empty());
-    }
-
-    /// A socket that takes what its capacity for this step allows.
-    struct Socket {
-        taken: Vec<u8>,
-        room: usize,
-    }
-
-    impl Write for Socket {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.room);
-            self.taken.extend_from_slice(&buf[..n]);
-            self.room -= n;
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 
     #[derive(Debug, Clone)]
