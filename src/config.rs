@@ -19,6 +19,8 @@ use std::time::Duration;
 use clap::{ColorChoice, Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::limits::Limits;
+use crate::log::LogTarget;
+use crate::tls::TlsFiles;
 
 /// SSE port without legacy flags (that of the original's container image).
 const DEFAULT_PORT: u16 = 8080;
@@ -92,26 +94,6 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// The certificate chain and key to serve HTTPS with (absolute paths).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain, the server's certificate first.
-    pub cert: PathBuf,
-    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-    pub key: PathBuf,
-}
-
-/// Where log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// Standard output, no prefix (legacy `-nodaemon`).
-    Stdout,
-    /// Standard error, no prefix (modern flags, in the foreground).
-    Stderr,
-    /// This file, each line prefixed `YYYY-MM-DD HH:MM:SS hasses: `.
-    File(PathBuf),
-}
-
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Invocation {
@@ -169,7 +151,7 @@ pub enum ConfigError {
     /// The `--config` file cannot be read.
     #[error("config file {}: {source}", path.display())]
     ConfigFile {
-        /// The file.
+        /// The path given to `--config`.
         path: PathBuf,
         /// Why it cannot be read.
         source: std::io::Error,
@@ -177,7 +159,7 @@ pub enum ConfigError {
     /// A line of the `--config` file is wrong.
     #[error("{}:{line}: {source}", path.display())]
     ConfigLine {
-        /// The file.
+        /// The config file the line is in.
         path: PathBuf,
         /// The line number, from 1.
         line: usize,

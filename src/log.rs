@@ -26,7 +26,16 @@ use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-use crate::config::LogTarget;
+/// Where log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output, no prefix (legacy `-nodaemon`).
+    Stdout,
+    /// Standard error, no prefix (modern flags, in the foreground).
+    Stderr,
+    /// This file, each line prefixed `YYYY-MM-DD HH:MM:SS hasses: `.
+    File(PathBuf),
+}
 
 /// The target of lines an operator asked for (status, client list): written at every level.
 pub const REPORT: &str = "hasses::report";

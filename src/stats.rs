@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::TlsFiles;
+use crate::tls::TlsFiles;
 use serde_json::json;
 
 /// One shard's counters, as it answers a figures request; summed over shards for the server.

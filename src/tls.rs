@@ -13,7 +13,14 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::config::TlsFiles;
+/// The certificate chain and key to serve HTTPS with (absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
+}
 
 /// Why the certificate or key cannot be used. `Display` is one line naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +28,7 @@ pub enum TlsError {
     /// The file cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {
-        /// The file.
+        /// The certificate or key file, as configured.
         path: PathBuf,
         /// What the system said.
         source: io::Error,
@@ -35,7 +42,7 @@ pub enum TlsError {
     /// The file is not valid PEM.
     #[error("{path}: not valid PEM: {reason}")]
     BadPem {
-        /// The file.
+        /// The certificate or key file, as configured.
         path: PathBuf,
         /// What is wrong.
         reason: String,

@@ -42,12 +42,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::config::TlsFiles;
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::pipeline::{Delivery, ShardCommand, ShardHandle, SharedState};
 use crate::sse::{encode_event, EventIds};
 use crate::stats::{self, ShardFigures, Status};
+use crate::tls::TlsFiles;
 use command::{auth_secret, parse_command, split_parts, Command, Publish};
 pub use fanout::Fanout;
 use lines::{LineBuffer, LineTooLong};

@@ -39,7 +39,7 @@ impl Phase {
 /// A client connection owned by one shard.
 #[derive(Debug)]
 pub struct Connection {
-    /// The socket.
+    /// The client's socket, non-blocking, registered with the shard's poll under its slab key.
     pub socket: TcpStream,
     /// Its TLS session on an HTTPS port; boxed, so a plain connection pays one pointer.
     pub tls: Option<Box<ServerConnection>>,
