@@ -10,15 +10,16 @@ use libfuzzer_sys::fuzz_target;
 /// A small limit, so that over-long lines and messages are reached too.
 const LIMITS: Limits = Limits { max_message: 300 };
 
-/// Every line (`Ok`) or too-long report (`Err`), after feeding `pieces` then finishing.
+/// Every piece (`Ok`) or too-long report (`Err`), after feeding `pieces` then finishing, framed
+/// as the server frames: at line endings and at `;`.
 fn lines<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<Result<Vec<u8>, usize>> {
     let max_line = LIMITS.max_control_line();
-    let mut buffer = LineBuffer::default();
+    let mut buffer = LineBuffer::new(b';');
     let mut out = Vec::new();
     for piece in pieces {
-        buffer.push(piece, max_line, |line| out.push(line.map(<[u8]>::to_vec).map_err(|e| e.max)));
+        buffer.push(piece, max_line, |got| out.push(got.map(|p| p.bytes().to_vec()).map_err(|e| e.max)));
     }
-    buffer.finish(|line| out.push(Ok(line.to_vec())));
+    buffer.finish(|piece| out.push(Ok(piece.bytes().to_vec())));
     out
 }
 

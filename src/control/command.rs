@@ -357,13 +357,57 @@ fn excerpt(part: &[u8]) -> String {
     out
 }
 
+/// The word that starts an auth line.
+const AUTH: &[u8] = b"auth";
+
+/// What the start of a line says about it being an auth line, read a byte at a time.
+///
+/// Line framing needs this at every separator: an auth line is never split on the separator
+/// (its secret may hold one), so a separator ends a command only on a line that can no longer
+/// be an auth line. Reading stops as soon as the answer is known, so a line costs at most its
+/// leading whitespace and five bytes. It agrees with [`auth_secret`]: a line whose start reads
+/// [`Auth`](Self::Auth) is an auth line whatever follows, one whose start reads
+/// [`Other`](Self::Other) is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineStart {
+    /// Whitespace, then the first `n` bytes of `auth`: it may still be an auth line.
+    Open(usize),
+    /// `auth` and a whitespace byte: an auth line.
+    Auth,
+    /// Anything else: not an auth line.
+    Other,
+}
+
+impl Default for LineStart {
+    fn default() -> Self {
+        LineStart::Open(0)
+    }
+}
+
+impl LineStart {
+    /// The state after reading `bytes`, the next bytes of the line.
+    pub fn read(self, bytes: &[u8]) -> LineStart {
+        let mut state = self;
+        for &byte in bytes {
+            state = match state {
+                LineStart::Open(0) if byte.is_ascii_whitespace() => state,
+                LineStart::Open(n) if n == AUTH.len() && byte.is_ascii_whitespace() => LineStart::Auth,
+                LineStart::Open(n) if AUTH.get(n) == Some(&byte) => LineStart::Open(n + 1),
+                LineStart::Open(_) => LineStart::Other,
+                decided => return decided,
+            };
+        }
+        state
+    }
+}
+
 /// The secret given by an `auth SECRET` line, or `None` when `line` is not an auth line.
 ///
 /// An auth line is a whole line, never split on the separator: the word `auth`, then ASCII
 /// whitespace, then the secret (whitespace around the line and the secret ignored; a secret may
 /// hold the separator). `auth` alone gives an empty secret. `authx …` is not an auth line.
 pub fn auth_secret(line: &[u8]) -> Option<&[u8]> {
-    let rest = line.trim_ascii().strip_prefix(b"auth")?;
+    let rest = line.trim_ascii().strip_prefix(AUTH)?;
     match rest.first() {
         None => Some(rest),
         Some(b) if b.is_ascii_whitespace() => Some(rest.trim_ascii()),
@@ -592,7 +636,41 @@ mod tests {
         assert_eq!(auth_secret(b""), None);
     }
 
+    #[test]
+    fn line_starts() {
+        let read = |bytes: &[u8]| LineStart::default().read(bytes);
+        assert_eq!(read(b""), LineStart::Open(0));
+        assert_eq!(read(b" \t "), LineStart::Open(0));
+        assert_eq!(read(b" aut"), LineStart::Open(3));
+        assert_eq!(read(b"auth"), LineStart::Open(4));
+        assert_eq!(read(b"auth "), LineStart::Auth);
+        assert_eq!(read(b"  auth\ts;x"), LineStart::Auth);
+        assert_eq!(read(b"auth;"), LineStart::Other);
+        assert_eq!(read(b"authx"), LineStart::Other);
+        assert_eq!(read(b"au;th "), LineStart::Other);
+        assert_eq!(read(b"a=1"), LineStart::Other);
+        assert_eq!(read(b";"), LineStart::Other);
+        assert_eq!(LineStart::Other.read(b"auth "), LineStart::Other);
+        assert_eq!(LineStart::Auth.read(b"x"), LineStart::Auth);
+    }
+
     proptest! {
+        #[test]
+        fn a_line_start_agrees_with_auth_secret(
+            line in proptest::collection::vec(
+                prop_oneof![Just(b'a'), Just(b'u'), Just(b't'), Just(b'h'), Just(b' '), Just(b'\t'), Just(b';'), any::<u8>()],
+                0..12,
+            ),
+            cut in 0usize..12,
+        ) {
+            let head = &line[..cut.min(line.len())];
+            match LineStart::default().read(head) {
+                LineStart::Auth => prop_assert!(auth_secret(&line).is_some()),
+                LineStart::Other => prop_assert!(auth_secret(&line).is_none()),
+                LineStart::Open(_) => {}
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(part in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Err(err) = parse(&part) {

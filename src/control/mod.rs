@@ -4,6 +4,29 @@
 //! [`Command`], numbering and framing each event once, and answering the figures commands by
 //! asking every shard and merging the answers. It never touches a client connection: shards do.
 //!
+//! # When a command is complete
+//! hasses acts on every read as it comes, so its publishers may keep a connection open and write
+//! `a=x;`, or just `a=x`, with no newline, and expect it served at once. Acting on reads cuts a
+//! command that arrives in two reads in two, so instead ([`lines`]) a command is complete when
+//! - a newline ends its line, or the separator ends it (at once: `a=x;` waits for nothing);
+//! - text with neither ending has had nothing more from its writer for [`LINE_QUIET`], or its
+//!   TCP connection closed. A line that arrives in pieces a few milliseconds apart, or split by a
+//!   TCP retransmission, is still one line.
+//!
+//! The FIFO follows the same rules, quiet time included: the grammar is the same, and hasses
+//! serves `printf 'a=x' > fifo` too. Since the server holds the FIFO open for writing as well,
+//! it never sees a writer close; the quiet time is the only sign that a writer is done. A quiet
+//! partial FIFO line could instead be discarded as the leftover of a writer that died mid-line,
+//! but that would drop every command of a writer that writes `a=x` and nothing more; so it is
+//! delivered as it stands, as a TCP publisher's is when it dies mid-line (its close ends the
+//! line). Either way it is never glued to the front of the next writer's line. Writes to a pipe
+//! of at most `PIPE_BUF` (4096) bytes are atomic, so a writer that writes each command in one
+//! `write` never has it cut; a line that another writer completes within the quiet time cannot
+//! be told apart from a slow writer's, and goes through joined.
+//!
+//! One timer serves every input: the poll waits no longer than the nearest quiet deadline of a
+//! line in progress (TCP or FIFO), and without one it has no timeout at all.
+//!
 //! # Guarding the control channel
 //! - **Auth.** With a secret (`--control-secret`), a TCP connection's first line must be
 //!   `auth SECRET` (a line of its own, never split on the separator). A right secret is accepted
@@ -14,15 +37,10 @@
 //!   word `auth` never starts a publish. The FIFO needs no auth: its file mode guards it.
 //! - **Exposure.** A control port bound to anything but loopback without a secret is warned about
 //!   at start: whoever reaches it can publish, list clients and change the log level.
-//! - **Long lines.** A line over [`Limits::max_control_line`] is refused with a log line: on TCP
-//!   that connection is closed (others keep working); on the FIFO the line is skipped.
-//! - **Abandoned FIFO lines.** The FIFO is held open for writing too, so it never reports end of
-//!   input and a writer that dies mid-line cannot be seen directly. Writes to a pipe of at most
-//!   `PIPE_BUF` (4096) bytes are atomic, so a publisher that writes each line in one `write`
-//!   delivers it whole. A partial line after which nothing arrives on the FIFO for
-//!   [`FIFO_QUIET`] is taken as abandoned and discarded with a log line, so it cannot be glued
-//!   to the front of the next publisher's line. (A line that another writer completes within
-//!   that second cannot be told apart from a slow writer's, and goes through joined.)
+//! - **Long lines.** A command (or a line the separator does not cut, such as an auth line) over
+//!   [`Limits::max_control_line`] is refused with a log line: on TCP that connection is closed
+//!   (others keep working); on the FIFO the rest of the line is skipped. The limit is per
+//!   command, not per line: a publisher that never sends a newline must not run into it.
 
 pub mod command;
 mod fanout;
@@ -50,15 +68,17 @@ use crate::stats::{self, ShardFigures, Status};
 use crate::tls::TlsFiles;
 use command::{auth_secret, parse_command, split_parts, Command, Publish};
 pub use fanout::Fanout;
-use lines::{LineBuffer, LineTooLong};
+use lines::{LineBuffer, LineTooLong, Piece};
 
 const LISTENER: Token = Token(usize::MAX - 2);
 const FIFO: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const READ_CHUNK: usize = 16 * 1024;
-/// How long a partial FIFO line may wait, with nothing arriving on the FIFO, before it is taken
-/// as abandoned by a writer that died mid-line.
-pub const FIFO_QUIET: Duration = Duration::from_secs(1);
+/// How long a line with neither a newline nor the separator at its end waits, with nothing more
+/// arriving from its writer, before it is complete as it stands. Linux resends a lost TCP
+/// segment no sooner than about a round trip plus 200 ms, so a line cut by a loss on the way
+/// from any publisher with a round trip under about 300 ms is still joined.
+pub const LINE_QUIET: Duration = Duration::from_millis(500);
 /// The answer to any line but a right `auth` on a connection that must authenticate first.
 const UNAUTHORIZED: &[u8] = b"ERR unauthorized\n";
 
@@ -81,11 +101,33 @@ pub struct ControlSettings {
     pub tls: Option<TlsFiles>,
 }
 
+/// Control input being framed, and when bytes of it last arrived.
+struct Input {
+    lines: LineBuffer,
+    last_input: Instant,
+}
+
+impl Input {
+    fn new(separator: u8) -> Input {
+        Input { lines: LineBuffer::new(separator), last_input: Instant::now() }
+    }
+
+    /// How long until the line in progress is complete by [`LINE_QUIET`]; `None` when no line
+    /// is in progress.
+    fn quiet_left(&self) -> Option<Duration> {
+        self.lines.is_pending().then(|| LINE_QUIET.saturating_sub(self.last_input.elapsed()))
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.quiet_left() == Some(Duration::ZERO)
+    }
+}
+
 /// A TCP control connection.
 struct Publisher {
     stream: TcpStream,
     peer: SocketAddr,
-    lines: LineBuffer,
+    input: Input,
     /// Replies not yet written.
     out: Vec<u8>,
     /// No more input is taken (the peer finished sending, or it was refused): close once the
@@ -99,12 +141,11 @@ struct Publisher {
 /// The control FIFO and the line it is delivering.
 struct Fifo {
     file: File,
-    lines: LineBuffer,
-    /// When bytes last arrived: a partial line quiet for [`FIFO_QUIET`] is abandoned.
-    last_input: Instant,
+    input: Input,
 }
 
 /// Where a control line came from: the FIFO cannot be answered.
+#[derive(Debug, Clone, Copy)]
 enum Source {
     Fifo,
     Tcp(usize),
@@ -166,7 +207,7 @@ impl Control {
         let control = Control {
             poll,
             listener,
-            fifo: fifo.map(|file| Fifo { file, lines: LineBuffer::default(), last_input: Instant::now() }),
+            fifo: fifo.map(|file| Fifo { file, input: Input::new(settings.separator) }),
             publishers: Slab::new(),
             shards: Fanout::new(shards),
             state,
@@ -184,8 +225,8 @@ impl Control {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
-            // No timer at all unless a partial FIFO line is waiting for its end.
-            let timeout = self.fifo_quiet_left();
+            // No timer at all unless a line is waiting for its end.
+            let timeout = self.next_quiet_left();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -200,7 +241,7 @@ impl Control {
                     Token(key) => self.handle_publisher(key),
                 }
             }
-            self.expire_abandoned_fifo_line();
+            self.complete_quiet_lines();
             // One wake per shard for everything this round of events produced.
             self.shards.wake();
         }
@@ -224,7 +265,7 @@ impl Control {
                     entry.insert(Publisher {
                         stream,
                         peer,
-                        lines: LineBuffer::default(),
+                        input: Input::new(self.settings.separator),
                         out: Vec::new(),
                         done: false,
                         authorized: self.settings.secret.is_none(),
@@ -249,9 +290,9 @@ impl Control {
                 // Held open for writing too, so no end of input: 0 means nothing right now.
                 Ok(0) => break,
                 Ok(n) => {
-                    fifo.last_input = Instant::now();
+                    fifo.input.last_input = Instant::now();
                     let input = std::mem::take(&mut self.read_buf);
-                    fifo.lines.push(&input[..n], max_line, |line| self.on_line(line, &Source::Fifo));
+                    fifo.input.lines.push(&input[..n], max_line, |piece| self.on_piece(piece, Source::Fifo));
                     self.read_buf = input;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -265,36 +306,58 @@ impl Control {
         self.fifo = Some(fifo);
     }
 
-    /// How long the poll may wait before a partial FIFO line is due to be abandoned; `None`
-    /// (no timeout) when no line is in progress.
-    fn fifo_quiet_left(&self) -> Option<Duration> {
-        let fifo = self.fifo.as_ref().filter(|fifo| fifo.lines.is_pending())?;
-        Some(FIFO_QUIET.saturating_sub(fifo.last_input.elapsed()))
+    /// How long the poll may wait before a line in progress is complete by quiet; `None` (no
+    /// timeout) when no line is in progress.
+    fn next_quiet_left(&self) -> Option<Duration> {
+        let fifo = self.fifo.iter().map(|fifo| &fifo.input);
+        let tcp = self.publishers.iter().filter(|(_, p)| !p.done).map(|(_, p)| &p.input);
+        fifo.chain(tcp).filter_map(Input::quiet_left).min()
     }
 
-    /// Discards a partial FIFO line that has waited [`FIFO_QUIET`] for its end: its writer died
-    /// mid-line, and its bytes must not become the start of the next publisher's line.
-    fn expire_abandoned_fifo_line(&mut self) {
-        if self.fifo_quiet_left() != Some(Duration::ZERO) {
-            return;
+    /// Completes every line that has waited [`LINE_QUIET`] for its end with nothing arriving.
+    fn complete_quiet_lines(&mut self) {
+        if self.fifo.as_ref().is_some_and(|fifo| fifo.input.is_quiet()) {
+            self.complete_quiet_line(Source::Fifo);
         }
-        // Bytes may have arrived while this thread was busy elsewhere: they would end the line.
-        self.read_fifo();
-        if self.fifo_quiet_left() != Some(Duration::ZERO) {
-            return;
+        let quiet: Vec<usize> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| !p.done && p.input.is_quiet())
+            .map(|(key, _)| key)
+            .collect();
+        for key in quiet {
+            self.complete_quiet_line(Source::Tcp(key));
         }
-        let Some(fifo) = &mut self.fifo else { return };
-        let held = fifo.lines.abandon();
-        if held == 0 {
-            // The rest of an over-long line, refused and counted already, never came.
-            return debug!("Control FIFO: the end of an over-long line never came; taking new lines");
+    }
+
+    /// Takes what is held of the line in progress of `source` as its last piece: its writer has
+    /// sent nothing for [`LINE_QUIET`].
+    fn complete_quiet_line(&mut self, source: Source) {
+        // Bytes may have arrived while this thread was busy elsewhere: they belong to the line.
+        match source {
+            Source::Fifo => self.read_fifo(),
+            Source::Tcp(key) => self.read_publisher(key),
         }
-        self.refused += 1;
-        warn!(
-            "Control FIFO: incomplete line of {held} bytes discarded (no end of line within {}s; \
-             its writer died mid-line?)",
-            FIFO_QUIET.as_secs()
-        );
+        let Some(input) = self.input(source).filter(|input| input.is_quiet()) else { return };
+        // Taken out while its pieces are carried out, which needs all of `self`.
+        let mut lines = std::mem::take(&mut input.lines);
+        lines.finish(|piece| {
+            debug!("Control input: no line ending within {LINE_QUIET:?}; what came is complete");
+            self.on_piece(Ok(piece), source);
+        });
+        if let Some(input) = self.input(source) {
+            input.lines = lines;
+        }
+        if let Source::Tcp(key) = source {
+            self.write_publisher(key);
+        }
+    }
+
+    fn input(&mut self, source: Source) -> Option<&mut Input> {
+        match source {
+            Source::Fifo => self.fifo.as_mut().map(|fifo| &mut fifo.input),
+            Source::Tcp(key) => self.publishers.get_mut(key).map(|publisher| &mut publisher.input),
+        }
     }
 
     fn handle_publisher(&mut self, key: usize) {
@@ -309,17 +372,19 @@ impl Control {
 
     fn read_publisher(&mut self, key: usize) {
         let max_line = self.settings.limits.max_control_line();
-        let mut lines = std::mem::take(&mut self.publishers[key].lines);
+        let source = Source::Tcp(key);
+        let mut lines = std::mem::take(&mut self.publishers[key].input.lines);
         let mut input = std::mem::take(&mut self.read_buf);
         loop {
             match self.publishers[key].stream.read(&mut input) {
                 Ok(0) => {
-                    lines.finish(|line| self.on_line(Ok(line), &Source::Tcp(key)));
+                    lines.finish(|piece| self.on_piece(Ok(piece), source));
                     self.publishers[key].done = true;
                     break;
                 }
                 Ok(n) => {
-                    lines.push(&input[..n], max_line, |line| self.on_line(line, &Source::Tcp(key)));
+                    self.publishers[key].input.last_input = Instant::now();
+                    lines.push(&input[..n], max_line, |piece| self.on_piece(piece, source));
                     if self.publishers[key].done {
                         // Refused: nothing more is read; it is closed once the replies are out.
                         break;
@@ -336,7 +401,7 @@ impl Control {
             }
         }
         self.read_buf = input;
-        self.publishers[key].lines = lines;
+        self.publishers[key].input.lines = lines;
     }
 
     /// Writes pending replies; closes a finished connection once they are out.
@@ -372,25 +437,27 @@ impl Control {
         }
     }
 
-    fn on_line(&mut self, line: Result<&[u8], LineTooLong>, source: &Source) {
-        if let Source::Tcp(key) = *source {
+    /// Carries out a complete piece of input: a line, or commands the separator ended.
+    fn on_piece(&mut self, piece: Result<Piece<'_>, LineTooLong>, source: Source) {
+        if let Source::Tcp(key) = source {
             if self.publishers[key].done {
                 // The rest of the input of a refused connection is not looked at.
                 return;
             }
         }
-        let line = match line {
-            Ok(line) => line,
+        let piece = match piece {
+            Ok(piece) => piece,
             Err(e) => return self.refuse_long_line(&e, source),
         };
-        let admitted = match *source {
-            Source::Tcp(key) => self.admit(key, line),
-            Source::Fifo => auth_secret(line).is_none(),
+        let admitted = match source {
+            Source::Tcp(key) => self.admit(key, piece),
+            Source::Fifo => piece.line().and_then(auth_secret).is_none(),
         };
         if !admitted {
             return;
         }
-        for part in split_parts(line, self.settings.separator) {
+        // A piece the separator ended holds one command; a held line may hold several.
+        for part in split_parts(piece.bytes(), self.settings.separator) {
             match parse_command(part, &self.settings.limits) {
                 Ok(command) => self.execute(command, source),
                 Err(e) => {
@@ -403,9 +470,9 @@ impl Control {
 
     /// A line over the limit: the FIFO skips it; a TCP connection is closed (once its earlier
     /// replies are out), since what it sends after such a line cannot be trusted to be lines.
-    fn refuse_long_line(&mut self, e: &LineTooLong, source: &Source) {
+    fn refuse_long_line(&mut self, e: &LineTooLong, source: Source) {
         self.refused += 1;
-        match *source {
+        match source {
             Source::Fifo => warn!("Control FIFO: line skipped: {e}"),
             Source::Tcp(key) => {
                 let publisher = &mut self.publishers[key];
@@ -415,19 +482,19 @@ impl Control {
         }
     }
 
-    /// Whether a TCP connection's line goes on to the commands: only once it is authorized.
-    /// Before that, a right `auth` line authorizes it; any other line (but a blank one) is
+    /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
+    /// Before that, a right `auth` line authorizes it; anything else but a blank line is
     /// answered `ERR unauthorized` and the connection closed.
-    fn admit(&mut self, key: usize, line: &[u8]) -> bool {
+    fn admit(&mut self, key: usize, piece: Piece<'_>) -> bool {
         let publisher = &mut self.publishers[key];
-        let given = auth_secret(line);
+        let given = piece.line().and_then(auth_secret);
         let refusal = match (&self.settings.secret, given) {
             (_, Some(_)) if publisher.authorized => {
                 debug!("Control connection from {}: auth line ignored (already authorized)", publisher.peer);
                 return false;
             }
             (_, None) if publisher.authorized => return true,
-            (_, None) if line.trim_ascii().is_empty() => return false,
+            (_, None) if piece.line().is_some_and(|line| line.trim_ascii().is_empty()) => return false,
             (Some(secret), Some(given)) if same_secret(given, secret.as_bytes()) => {
                 publisher.authorized = true;
                 debug!("Control connection from {} authenticated", publisher.peer);
@@ -442,9 +509,9 @@ impl Control {
         false
     }
 
-    fn execute(&mut self, command: Command, source: &Source) {
+    fn execute(&mut self, command: Command, source: Source) {
         let publisher = match source {
-            Source::Tcp(key) => Some(*key),
+            Source::Tcp(key) => Some(key),
             Source::Fifo if command.replies_over_tcp() => {
                 info!("Command ignored on the FIFO (it can only be answered over TCP): {command}");
                 return;

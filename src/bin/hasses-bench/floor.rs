@@ -105,7 +105,7 @@ fn control_connection(
     let mut replies = Vec::new();
     while let Ok(got @ 1..) = stream.read(&mut chunk) {
         lines.push(&chunk[..got], limits.max_control_line(), |line| {
-            match line.map(|line| parse_command(line, &limits)) {
+            match line.map(|line| parse_command(line.bytes(), &limits)) {
                 Ok(Ok(Command::Publish(publish))) => {
                     let frame = encode_event(ids.lock().next_id(), &publish.message);
                     let message = Arc::new(Message { target: publish.target, frame });
