@@ -1,6 +1,6 @@
 //! Hardening of the control channel (issue 5): `--control-secret` and its `auth` line, the
 //! warning for a control port reachable from other hosts, over-long control lines, and FIFO
-//! lines abandoned by a writer that died mid-line.
+//! lines left unfinished by their writer.
 
 mod common;
 
@@ -143,20 +143,18 @@ fn an_over_long_fifo_line_is_skipped_and_the_next_goes_through() {
 }
 
 #[test]
-fn a_fifo_line_abandoned_mid_way_is_discarded_after_a_quiet_second() {
-    let fifo = TempFile::new("abandoned.fifo");
+fn a_fifo_line_left_unfinished_is_delivered_after_the_quiet_time_and_never_glued() {
+    let fifo = TempFile::new("unfinished.fifo");
     let server = Server::start(&["--fifo", fifo.arg()]);
     let mut a = server.subscribe("subscribe=room1");
-    let start = server.log.len();
-    let died_at = Instant::now();
-    // A writer that dies mid-line: its bytes arrive, the rest of its line never does.
+    let written_at = Instant::now();
+    // A writer that ends without a newline (`printf 'room1=hal' > fifo`): hasses serves it.
     write_fifo(fifo.path(), b"room1=hal");
-    let (_, line) = server.log.wait_for_line_from(start, |l| l.contains("incomplete line"), WAIT);
-    assert!(died_at.elapsed() >= Duration::from_millis(900), "discarded after {:?}", died_at.elapsed());
-    assert!(line.starts_with("Control FIFO: incomplete line of 9 bytes discarded"), "{line}");
+    assert_eq!(a.next_data(), "hal");
+    assert!(written_at.elapsed() >= Duration::from_millis(400), "complete after {:?}", written_at.elapsed());
     write_fifo(fifo.path(), b"room1=hello\n");
-    assert_eq!(a.next_data(), "hello", "the abandoned bytes were glued to the next line");
-    assert_eq!(server.tcp_json("tcpstatus")["msgrefusedcnt"], 1);
+    assert_eq!(a.next_data(), "hello", "the unfinished bytes were glued to the next line");
+    assert_eq!(server.tcp_json("tcpstatus")["msgrefusedcnt"], 0);
 }
 
 #[test]
@@ -175,14 +173,14 @@ fn an_over_long_fifo_line_whose_writer_died_is_refused_once() {
 }
 
 #[test]
-fn a_slow_fifo_writer_within_the_quiet_second_keeps_its_line() {
+fn a_slow_fifo_writer_within_the_quiet_time_keeps_its_line() {
     let fifo = TempFile::new("slow.fifo");
     let server = Server::start(&["--fifo", fifo.arg()]);
     let mut a = server.subscribe("subscribe=room1");
     let mut writer = std::fs::OpenOptions::new().write(true).open(fifo.path()).unwrap();
     for piece in [&b"room1=sl"[..], b"ow ", b"but ", b"whole\n"] {
         writer.write_all(piece).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(a.next_data(), "slow but whole");
     assert!(!server.log.has_from(0, |l| l.contains("incomplete line")), "{}", server.log.dump());
