@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
 
-use common::{connect, free_port, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
+use common::{connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
 
 /// A self-signed certificate and its key, PEM, for `localhost` and `127.0.0.1`.
 struct Identity {
@@ -457,10 +457,8 @@ fn bad_certificate_files_stop_the_start_with_one_line_naming_the_file() {
         assert!(out.is_empty(), "nothing on stdout: {out:?}");
     }
     // The legacy flags are refused alike (-nodaemon logs to stdout, the refusal still goes to stderr).
-    let port = free_port().to_string();
-    let (p, cp) = (format!("-p={port}"), format!("-cp={}", free_port()));
     let (c, k) = (format!("-cert-file={cert}"), format!("-privatekey-file={}", wrong_key.arg()));
-    let (status, _, err) = run_to_exit(&[&p, "-murl=/sse", &cp, "-nodaemon", "-ssl", &c, &k]);
+    let (status, _, err) = run_to_exit(&["-p=0", "-murl=/sse", "-cp=0", "-nodaemon", "-ssl", &c, &k]);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.starts_with(&format!("hasses: TLS: {}: ", wrong_key.arg())), "{err:?}");
 }
@@ -510,18 +508,18 @@ fn sighup_reloads_the_certificate_for_new_connections_only() {
 fn legacy_ssl_flags_serve_tls() {
     let identity = Identity::new();
     let files = Files::new(&identity);
-    let (sse, control) = (free_port(), free_port());
     let args = [
-        format!("-p={sse}"),
+        "-p=0".into(),
         "-murl=/sse".into(),
-        format!("-cp={control}"),
+        "-cp=0".into(),
         "-nodaemon".into(),
         "-ssl".into(),
         format!("-cert-file={}", files.cert.arg()),
         format!("-privatekey-file={}", files.key.arg()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_with_ports(&args, sse, Some(control));
+    let server = Server::start_exact(&args);
+    let sse = server.sse_port;
     server.log.wait_for_line(|l| l == format!("SSE listening on [::]:{sse} path /sse (https)"), WAIT);
     let mut client = TlsClient::subscribe(sse, trusting(&identity), "subscribe=legacy");
     server.publish("legacy=over -ssl");
