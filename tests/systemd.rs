@@ -54,6 +54,7 @@ fn run(command: &mut Command) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "needs systemd-analyze: run by the README's test command"]
 fn systemd_analyze_verify_accepts_the_unit_and_its_drop_in() {
     let analyze = find_program("systemd-analyze", "systemd");
     let dir = TempDir::new("unit");
@@ -87,6 +88,7 @@ fn the_unit_has_what_a_production_install_needs() {
 }
 
 #[test]
+#[ignore = "needs systemd-analyze: run by the README's test command"]
 fn systemd_analyze_rates_the_sandbox_as_safe() {
     let analyze = find_program("systemd-analyze", "systemd");
     let dir = TempDir::new("unit-security");
@@ -100,6 +102,7 @@ fn systemd_analyze_rates_the_sandbox_as_safe() {
 }
 
 #[test]
+#[ignore = "needs systemd-sysusers: run by the README's test command"]
 fn systemd_sysusers_creates_the_user() {
     let sysusers = find_program("systemd-sysusers", "systemd");
     let root = TempDir::new("sysusers");
@@ -250,6 +253,7 @@ fn workers(pid: u32) -> Vec<(usize, Vec<usize>)> {
 }
 
 #[test]
+#[ignore = "needs taskset: run by the README's test command"]
 fn pinned_workers_follow_the_cpu_affinity_of_the_drop_in() {
     // CPUAffinity= is the affinity the service starts with; taskset gives the same here.
     let taskset = find_program("taskset", "util-linux");

@@ -37,7 +37,7 @@ pub fn find_program(name: &str, package: &str) -> PathBuf {
     }
     panic!(
         "`{name}` is not installed: this test runs the real program. Install the Debian package \
-         `{package}` (apt-get install {package}); .ci/run installs it."
+         `{package}` (apt-get install {package}); .ci/test installs it."
     );
 }
 
