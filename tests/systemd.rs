@@ -180,8 +180,8 @@ fn the_unit_command_line_with_the_shipped_config_notifies_ready_and_stopping() {
     let notify = NotifySocket::at_path(&dir.join("notify"));
     let pidfile = dir.join("hasses.pid");
     // The ports and the pid file's directory differ from the shipped file's: a later flag wins.
-    let extra = ["--port", "0", "--control-port", "0", "--pidfile"].map(str::to_owned);
-    let extra = [extra.to_vec(), vec![pidfile.display().to_string()]].concat();
+    let extra = ["--port", "0", "--control-port", "0", "--pidfile", &pidfile.display().to_string()]
+        .map(str::to_owned);
     let mut command = unit_command("", &extra);
     command.env("NOTIFY_SOCKET", &notify.env);
     let mut server = Process::spawn(command, "hasses", dir.join("output.log"));
