@@ -204,6 +204,7 @@ fn count(reports: &[Value], kind: &str) -> usize {
 }
 
 #[test]
+#[ignore = "needs chromium: run by the README's test command"]
 fn eventsource_receives_events_and_reconnects_after_a_restart() {
     let server = Server::start(&[]);
     let sse_port = server.sse_port;

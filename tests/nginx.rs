@@ -111,6 +111,7 @@ fn expect_event(
 }
 
 #[test]
+#[ignore = "needs nginx: run by the README's test command"]
 fn events_pass_through_at_once() {
     let server = Server::start(&["--heartbeat", "0"]);
     let mut nginx = Nginx::shipped(server.sse_port, "");
@@ -135,6 +136,7 @@ fn events_pass_through_at_once() {
 }
 
 #[test]
+#[ignore = "needs nginx: run by the README's test command"]
 fn compression_elsewhere_on_the_site_does_not_hold_events_back() {
     // A site that compresses event streams would hold events until a compression block fills;
     // the shipped location turns compression off for the SSE path.
@@ -149,6 +151,7 @@ fn compression_elsewhere_on_the_site_does_not_hold_events_back() {
 }
 
 #[test]
+#[ignore = "needs nginx: run by the README's test command"]
 fn heartbeats_keep_an_idle_stream_open_past_the_read_timeout() {
     let server = Server::start(&["--heartbeat", "0.5"]);
     let mut nginx = Nginx::shipped(server.sse_port, "");
@@ -175,6 +178,7 @@ fn heartbeats_keep_an_idle_stream_open_past_the_read_timeout() {
 }
 
 #[test]
+#[ignore = "needs nginx: run by the README's test command"]
 fn without_heartbeats_nginx_closes_an_idle_stream() {
     // The other side of the test above: the shortened timeout is really in force.
     let server = Server::start(&["--heartbeat", "0"]);
@@ -188,6 +192,7 @@ fn without_heartbeats_nginx_closes_an_idle_stream() {
 }
 
 #[test]
+#[ignore = "needs nginx: run by the README's test command"]
 fn a_stopped_hasses_is_a_network_error_not_a_502() {
     // Nothing listens on the upstream port: nginx must close without a status line, which an
     // EventSource retries, instead of answering 502, after which it gives up.

@@ -150,35 +150,50 @@ impl Server {
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
         let mut args = vec!["--port", "0", "--control-port", "0", "--workers", "2", "--match-url", "/sse"];
         args.extend_from_slice(extra);
-        let mut server = Server::spawn_wrapped(wrapper, &args);
-        let (_, sse) =
-            server.log.find_from(0, |l| l.starts_with("SSE listening on "), WAIT).unwrap_or_else(|| {
-                panic!("the server did not report its SSE port; log:\n{}", server.stop_and_dump())
-            });
-        server.sse_port = port_after(&sse, "SSE listening on ").expect("an SSE port in the log line");
-        let (_, control) =
-            server.log.find_from(0, |l| l.starts_with("Control listening on "), WAIT).unwrap_or_else(|| {
-                panic!("the server did not report its control port; log:\n{}", server.stop_and_dump())
-            });
-        server.control_port = Some(port_after(&control, "Control listening on ").expect("a control port"));
+        Server::spawn_wrapped(wrapper, &args).listening(WAIT, true)
+    }
+
+    /// Starts the binary with exactly `args` (legacy flags, a config file) and takes its ports
+    /// from its log, as [`Server::start`] does; it must have a control port. Ask for port 0
+    /// (`-p=0 -cp=0`, also in a config file): the kernel picks a free port as the server binds
+    /// it, so nothing can take it in between, as can happen to a port picked ahead with
+    /// [`free_port`].
+    pub fn start_exact(args: &[&str]) -> Server {
+        Server::spawn(args).listening(WAIT, true)
+    }
+
+    /// Starts the binary with exactly `args`, whose ports the test picked itself, and checks it
+    /// listens on them. Another program can take a port picked ahead before the server binds it
+    /// ("Address already in use"): prefer [`Server::start_exact`] with port 0.
+    pub fn start_with_ports(args: &[&str], sse_port: u16, control_port: Option<u16>) -> Server {
+        let server = Server::spawn(args).listening(WAIT, control_port.is_some());
+        assert_eq!((server.sse_port, server.control_port), (sse_port, control_port), "the ports asked for");
         server
     }
 
-    /// Starts the binary with exactly `args` and waits until it says it listens. For command
-    /// lines whose ports the test chose itself (legacy flags).
-    pub fn start_with_ports(args: &[&str], sse_port: u16, control_port: Option<u16>) -> Server {
-        let mut server = Server::spawn(args);
-        if server.log.find_from(0, |l| l.contains("SSE listening on "), WAIT).is_none() {
-            panic!("the server did not start; log:\n{}", server.stop_and_dump());
+    /// Waits until the server says it listens and takes its ports from what it says: the SSE
+    /// port (within `timeout`), then the control port if `control`. Panics with the log if it
+    /// exits first (a bad flag, a port in use) or the time is up.
+    pub fn listening(mut self, timeout: Duration, control: bool) -> Server {
+        self.sse_port = self.reported_port("SSE listening on ", timeout);
+        if control {
+            self.control_port = Some(self.reported_port("Control listening on ", WAIT));
         }
-        if control_port.is_some()
-            && server.log.find_from(0, |l| l.contains("Control listening on "), WAIT).is_none()
-        {
-            panic!("the server did not open its control port; log:\n{}", server.stop_and_dump());
+        self
+    }
+
+    /// The port in the first log line that starts with `prefix` (`SSE listening on [::]:PORT …`).
+    fn reported_port(&mut self, prefix: &str, timeout: Duration) -> u16 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((_, line)) = self.log.find_from(0, |l| l.starts_with(prefix), Duration::ZERO) {
+                return port_after(&line, prefix).unwrap_or_else(|| panic!("no port in {line:?}"));
+            }
+            if self.wait_exit(Duration::ZERO).is_some() || Instant::now() >= deadline {
+                panic!("the server did not say `{prefix}PORT`; log:\n{}", self.stop_and_dump());
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        server.sse_port = sse_port;
-        server.control_port = control_port;
-        server
     }
 
     /// Starts the binary with exactly `args`, capturing stdout and stderr; waits for nothing.
@@ -197,13 +212,19 @@ impl Server {
             }
             None => Command::new(binary),
         };
+        command.args(args);
+        Server::spawn_command(command)
+    }
+
+    /// Runs `command`, which starts the server (e.g. `cargo run`), capturing stdout and stderr;
+    /// waits for nothing.
+    pub fn spawn_command(mut command: Command) -> Server {
         let mut child = command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start hasses");
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
         let log = Log::default();
         log.capture(child.stdout.take().expect("piped stdout"), Stream::Stdout);
         log.capture(child.stderr.take().expect("piped stderr"), Stream::Stderr);
@@ -335,7 +356,9 @@ pub fn port_after(line: &str, prefix: &str) -> Option<u16> {
     addr.rsplit_once(':')?.1.parse().ok()
 }
 
-/// A port that was free a moment ago (for legacy command lines, which cannot ask for port 0).
+/// A port that was free a moment ago, for programs that cannot be asked for port 0 (nginx,
+/// Apache). Another program can take it before the one it is meant for binds it: start such a
+/// program with `programs::Process::start_listening`, which tries again with another port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -37,7 +37,7 @@ pub fn find_program(name: &str, package: &str) -> PathBuf {
     }
     panic!(
         "`{name}` is not installed: this test runs the real program. Install the Debian package \
-         `{package}` (apt-get install {package}); .ci/run installs it."
+         `{package}` (apt-get install {package}); .ci/test installs it."
     );
 }
 
@@ -60,6 +60,30 @@ pub fn repo_path(relative: &str) -> PathBuf {
 /// The lines of a config file that are not comments (`#`) or blank, trimmed.
 pub fn settings(text: &str) -> impl Iterator<Item = &str> {
     text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// Waits until the file at `path` has a whole line containing `text` and returns the file;
+/// panics with `process`'s output after a few seconds.
+pub fn wait_for_file_line(path: &Path, text: &str, process: &Process) -> String {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        // A line still being written may be cut short: only lines that end count.
+        if content.split_inclusive('\n').any(|line| line.ends_with('\n') && line.contains(text)) {
+            return content;
+        }
+        if Instant::now() >= deadline {
+            panic!("no line with {text:?} in {}:\n{content}\n{}", path.display(), process.output());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port hasses, started as `process` on port 0, says it got: from the line of its log (or
+/// output) at `path` that holds `prefix` (`SSE listening on `, `Control listening on `).
+pub fn reported_port(path: &Path, prefix: &str, process: &Process) -> u16 {
+    let content = wait_for_file_line(path, prefix, process);
+    content.lines().find_map(|line| common::port_after(line, prefix)).expect("a port in the line")
 }
 
 /// A directory removed with everything in it when dropped.
@@ -135,7 +159,7 @@ impl Process {
         let mut last_error = String::new();
         for _ in 0..3 {
             let dir = TempDir::new(name);
-            let port = crate::common::free_port();
+            let port = common::free_port();
             let mut process = Process::spawn(command(&dir, port), name, dir.join("stderr.log"));
             match process.try_wait_listening(port) {
                 Ok(()) => return (process, port, dir),
