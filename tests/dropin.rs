@@ -120,10 +120,9 @@ fn an_old_config_uses_the_fifo_already_at_its_path() {
     let fifo = TempFile::new("old.fifo");
     nix::unistd::mkfifo(fifo.path(), nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let conf = TempFile::new("hasses.conf");
-    let sse = common::free_port();
-    let text = format!("# hasses 1.30\n-p={sse}\n-murl=/sse\n-fifo={}\n-nodaemon\n", fifo.arg());
+    let text = format!("# hasses 1.30\n-p=0\n-murl=/sse\n-fifo={}\n-nodaemon\n", fifo.arg());
     std::fs::write(conf.path(), text).unwrap();
-    let server = Server::start_with_ports(&["--config", conf.arg()], sse, None);
+    let server = Server::spawn(&["--config", conf.arg()]).listening(common::WAIT, false);
     let mut client = server.subscribe("subscribe=old");
     common::write_fifo(fifo.path(), b"old=through the old FIFO\n");
     client.expect_data("through the old FIFO");

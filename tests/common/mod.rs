@@ -162,15 +162,6 @@ impl Server {
         Server::spawn(args).listening(WAIT, true)
     }
 
-    /// Starts the binary with exactly `args`, whose ports the test picked itself, and checks it
-    /// listens on them. Another program can take a port picked ahead before the server binds it
-    /// ("Address already in use"): prefer [`Server::start_exact`] with port 0.
-    pub fn start_with_ports(args: &[&str], sse_port: u16, control_port: Option<u16>) -> Server {
-        let server = Server::spawn(args).listening(WAIT, control_port.is_some());
-        assert_eq!((server.sse_port, server.control_port), (sse_port, control_port), "the ports asked for");
-        server
-    }
-
     /// Waits until the server says it listens and takes its ports from what it says: the SSE
     /// port (within `timeout`), then the control port if `control`. Panics with the log if it
     /// exits first (a bad flag, a port in use) or the time is up.
