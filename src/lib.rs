@@ -13,27 +13,37 @@
 //!                   ▲              ▲                  ▲         and counters; optionally pinned
 //!                   └──────────────┴──── fan-out ─────┘
 //!                      bounded crossbeam channel + mio Waker per shard
-//!                                     ▲
-//!                  control thread: reads the TCP control port and the FIFO, parses each
-//!                  line ONCE into a Command, frames each event ONCE, sends it to every
-//!                  shard (which copies it once and shares that copy among its clients);
-//!                  asks the shards for figures and merges the answers
+//!                                     ▲           (full while a shard holds for a slow client:
+//!                                     │            the backpressure that reaches publishers)
+//!   control thread:  sources ──► parse once ──► Sequencer: id, frame once, fan out
+//!   (TCP port, FIFO)              (Command)        │  questions go out in the same order
+//!                                                  ▼
+//!   admin thread:    gathers the shards' answers (status, client list, counts) and writes
+//!                    the log lines, or sends JSON back to the control thread for the
+//!                    connection that asked: no question holds up a publish
 //! ```
 //!
 //! ## Layout
 //! - [`config`]: legacy `-name=value` flags, `--long` flags and the config file → [`config::Config`].
-//! - [`server`]: start-up order (bind, daemonize, pid file, privileges, threads) and shutdown.
-//! - [`shard`]: a worker thread: connections, their state machine, the subscription index,
-//!   outbound queues, timeouts. The hot path lives here.
-//! - [`control`]: the control thread: line framing, the command grammar, fan-out, figures.
+//! - [`server`]: start-up order (bind, daemonize, pid file, privileges, threads), supervision of
+//!   the threads, and shutdown.
+//! - [`pipeline`]: the types the control side and the shards speak ([`pipeline::ShardCommand`],
+//!   [`pipeline::Delivery`]) and the atomics they share.
+//! - [`control`]: the control thread: its sources (TCP, FIFO), line framing, the command grammar,
+//!   the sequencer (where a publish gets its id) and the fan-out.
+//! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
+//!   `shard/delivery.rs`), backpressure, timers.
+//! - [`admin`]: the admin path: where status, client lists and counts are answered.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`stats`]: the status block, client list and their JSON forms.
 //! - [`tls`]: the certificate and key as a rustls configuration, reloaded on SIGHUP.
 //! - [`log`]: hasses' log levels and line format, a non-blocking writer, reopen on SIGHUP.
+//! - [`nonblocking`]: one reading of a non-blocking call's outcome.
 //! - [`limits`]: size limits shared by the parsers.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod http;

@@ -41,14 +41,33 @@ impl Delivery {
 pub enum ShardCommand {
     /// Queue this event for every matching client.
     Deliver(Arc<Delivery>),
-    /// Answer with this shard's counters.
-    Figures(Sender<ShardFigures>),
-    /// Answer with a row per connection.
-    ClientList(Sender<Vec<ClientRow>>),
-    /// Answer with how many connections listen to exactly this token.
-    CountSubscribed(Arc<str>, Sender<u64>),
+    /// Answer this, on that channel (read by the admin path, never by the sequencer).
+    Ask(ShardQuery, Sender<ShardAnswer>),
     /// Close every connection and end the thread.
     Shutdown,
+}
+
+/// What the admin path asks every shard. A shard answers when it reaches the question in its
+/// queue, so the answer counts every event sent before it.
+#[derive(Debug, Clone)]
+pub enum ShardQuery {
+    /// This shard's counters.
+    Figures,
+    /// A row per connection.
+    ClientList,
+    /// How many connections listen to exactly this token.
+    CountSubscribed(Arc<str>),
+}
+
+/// A shard's answer to a [`ShardQuery`].
+#[derive(Debug)]
+pub enum ShardAnswer {
+    /// To [`ShardQuery::Figures`].
+    Figures(ShardFigures),
+    /// To [`ShardQuery::ClientList`].
+    ClientList(Vec<ClientRow>),
+    /// To [`ShardQuery::CountSubscribed`].
+    Count(u64),
 }
 
 /// How the control side reaches one shard.

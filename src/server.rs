@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info};
 
+use crate::admin::{Admin, ServerFacts};
 use crate::config::Config;
-use crate::control::{Control, ControlSettings, ControlStop};
+use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::log::REPORT;
 use crate::pipeline::SharedState;
 use crate::shard::{PerIpLimit, Settings, Shard};
@@ -27,6 +28,9 @@ use crate::tls::Tls;
 /// its cap a shard stops taking commands, so this bounds what a burst holds in memory: at most
 /// this many events (each at most `--max-message`, shared by every shard) wait on the channels.
 const SHARD_QUEUE: usize = 1024;
+/// Questions about the server that may wait for the admin thread before the control thread
+/// waits for room (only a flood of `tcpclientlist` would fill it).
+const ADMIN_QUEUE: usize = 1024;
 /// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -317,18 +321,28 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
             shard.run()
         })?);
     }
+    let facts = ServerFacts {
+        user: config.user.clone(),
+        started: Instant::now(),
+        cors_base: config.cors_base.clone(),
+        tls: config.tls.clone(),
+        workers: handles.len(),
+    };
     let control_settings = ControlSettings {
         separator: config.separator,
         limits: config.limits.clone(),
-        cors_base: config.cors_base.clone(),
-        user: config.user.clone(),
-        started: Instant::now(),
         secret: config.control_secret.clone(),
-        tls: config.tls.clone(),
     };
-    let (control, stop) = Control::new(bound.control, bound.fifo, handles, state, control_settings)
-        .map_err(StartError::Thread)?;
+    let (questions, asked) = crossbeam_channel::bounded(ADMIN_QUEUE);
+    let (replies, answered) = crossbeam_channel::unbounded();
+    let sequencer = Sequencer::new(handles, Arc::clone(&state));
+    let admin_link = AdminLink { questions, replies: answered };
+    let (control, stop) =
+        Control::new(bound.control, bound.fifo, sequencer, Arc::clone(&state), control_settings, admin_link)
+            .map_err(StartError::Thread)?;
+    let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
+    threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);
     info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
     let https = if config.tls.is_some() { " (https)" } else { "" };
     info!(target: REPORT, "SSE listening on {sse_addr} path {}{https}", config.match_url);

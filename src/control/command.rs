@@ -10,22 +10,9 @@ use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
 /// What one part of a control line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `status`: the status block, to the log.
-    Status,
-    /// `tcpstatus`: the status as JSON, to the asking TCP connection.
-    TcpStatus,
-    /// `clientlist`: the client list, to the log.
-    ClientList,
-    /// `tcpclientlist`: the client list as JSON (ours; hasses has no such command).
-    TcpClientList,
-    /// `numberofclients`: `Number of connected clients: N`, to the log.
-    NumberOfClients,
-    /// `tcpnumberofclients`: `{"numberofclients": N}`.
-    TcpNumberOfClients,
-    /// `subscribedclients:TOKEN`: `Client count subscribed for "TOKEN": N`, to the log.
-    SubscribedClients(String),
-    /// `tcpsubscribedclients:TOKEN`: `{"subscribedclients": N, "subscribedfor": "TOKEN"}`.
-    TcpSubscribedClients(String),
+    /// A question about the server, and where its answer goes: `status` and the other plain
+    /// words write hasses' lines to the log; their `tcp…` twins answer the asking connection.
+    Query(Query, Answer),
     /// `loglevel_quiet` / `loglevel_normal` / `loglevel_debug`: 0 / 1 / 2.
     SetLogLevel(u8),
     /// `reinit_enable` / `reinit_disable`.
@@ -34,14 +21,38 @@ pub enum Command {
     Publish(Publish),
 }
 
+/// A question about the server, answered off the publish path (by [`crate::admin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// `status`: the status block; `tcpstatus`: the same as JSON.
+    Status,
+    /// `clientlist`: a block per client; `tcpclientlist`: a JSON array (ours; hasses has none).
+    ClientList,
+    /// `numberofclients`: `Number of connected clients: N`; `tcpnumberofclients`:
+    /// `{"numberofclients": N}`.
+    NumberOfClients,
+    /// `subscribedclients:TOKEN`: `Client count subscribed for "TOKEN": N`;
+    /// `tcpsubscribedclients:TOKEN`: `{"subscribedclients": N, "subscribedfor": "TOKEN"}`.
+    SubscribedClients(String),
+}
+
+/// Where the answer to a [`Query`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// hasses' lines, to the log, whatever the log level.
+    Log,
+    /// JSON, to the TCP connection that asked (the FIFO cannot be answered).
+    Reply,
+}
+
 /// The commands that are one fixed word, as hasses spells them.
 const WORDS: [Command; 11] = [
-    Command::Status,
-    Command::TcpStatus,
-    Command::ClientList,
-    Command::TcpClientList,
-    Command::NumberOfClients,
-    Command::TcpNumberOfClients,
+    Command::Query(Query::Status, Answer::Log),
+    Command::Query(Query::Status, Answer::Reply),
+    Command::Query(Query::ClientList, Answer::Log),
+    Command::Query(Query::ClientList, Answer::Reply),
+    Command::Query(Query::NumberOfClients, Answer::Log),
+    Command::Query(Query::NumberOfClients, Answer::Reply),
     Command::SetLogLevel(0),
     Command::SetLogLevel(1),
     Command::SetLogLevel(2),
@@ -53,32 +64,19 @@ impl Command {
     /// The word of a one-word command; `None` for those that carry a token or a message.
     fn word(&self) -> Option<&'static str> {
         Some(match self {
-            Command::Status => "status",
-            Command::TcpStatus => "tcpstatus",
-            Command::ClientList => "clientlist",
-            Command::TcpClientList => "tcpclientlist",
-            Command::NumberOfClients => "numberofclients",
-            Command::TcpNumberOfClients => "tcpnumberofclients",
+            Command::Query(Query::Status, Answer::Log) => "status",
+            Command::Query(Query::Status, Answer::Reply) => "tcpstatus",
+            Command::Query(Query::ClientList, Answer::Log) => "clientlist",
+            Command::Query(Query::ClientList, Answer::Reply) => "tcpclientlist",
+            Command::Query(Query::NumberOfClients, Answer::Log) => "numberofclients",
+            Command::Query(Query::NumberOfClients, Answer::Reply) => "tcpnumberofclients",
             Command::SetLogLevel(0) => "loglevel_quiet",
             Command::SetLogLevel(1) => "loglevel_normal",
             Command::SetLogLevel(_) => "loglevel_debug",
             Command::SetReinit(true) => "reinit_enable",
             Command::SetReinit(false) => "reinit_disable",
-            Command::SubscribedClients(_) | Command::TcpSubscribedClients(_) | Command::Publish(_) => {
-                return None
-            }
+            Command::Query(Query::SubscribedClients(_), _) | Command::Publish(_) => return None,
         })
-    }
-
-    /// True for the `tcp…` commands, which need a TCP connection to answer on (the FIFO ignores them).
-    pub fn replies_over_tcp(&self) -> bool {
-        matches!(
-            self,
-            Command::TcpStatus
-                | Command::TcpClientList
-                | Command::TcpNumberOfClients
-                | Command::TcpSubscribedClients(_)
-        )
     }
 }
 
@@ -107,12 +105,11 @@ pub struct Publish {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::SubscribedClients(token) => {
+            Command::Query(Query::SubscribedClients(token), answer) => {
+                if *answer == Answer::Reply {
+                    f.write_str("tcp")?;
+                }
                 f.write_str("subscribedclients:")?;
-                write_escaped(f, token)
-            }
-            Command::TcpSubscribedClients(token) => {
-                f.write_str("tcpsubscribedclients:")?;
                 write_escaped(f, token)
             }
             Command::Publish(publish) => {
@@ -274,11 +271,11 @@ fn parse_word(word: &[u8]) -> Option<Result<Command, CommandError>> {
 /// empty, even holding `=`): command words come before the publish syntax, so
 /// `subscribedclients:a=b` asks about the token `a=b` rather than publishing.
 fn parse_count_query(word: &[u8]) -> Option<Result<Command, CommandError>> {
-    if let Some(token) = word.strip_prefix(b"subscribedclients:") {
-        return Some(utf8(token, word).map(|t| Command::SubscribedClients(t.to_owned())));
-    }
-    let token = word.strip_prefix(b"tcpsubscribedclients:")?;
-    Some(utf8(token, word).map(|t| Command::TcpSubscribedClients(t.to_owned())))
+    let (token, answer) = match word.strip_prefix(b"tcp") {
+        Some(rest) => (rest.strip_prefix(b"subscribedclients:")?, Answer::Reply),
+        None => (word.strip_prefix(b"subscribedclients:")?, Answer::Log),
+    };
+    Some(utf8(token, word).map(|t| Command::Query(Query::SubscribedClients(t.to_owned()), answer)))
 }
 
 /// `TOKEN[-UNIQ]=MESSAGE`: only the token is trimmed; the message is kept byte for byte.
@@ -488,12 +485,12 @@ mod tests {
     #[test]
     fn every_command_word() {
         let words: [(&[u8], Command); 11] = [
-            (b"status", Command::Status),
-            (b"tcpstatus", Command::TcpStatus),
-            (b"clientlist", Command::ClientList),
-            (b"tcpclientlist", Command::TcpClientList),
-            (b"numberofclients", Command::NumberOfClients),
-            (b"tcpnumberofclients", Command::TcpNumberOfClients),
+            (b"status", Command::Query(Query::Status, Answer::Log)),
+            (b"tcpstatus", Command::Query(Query::Status, Answer::Reply)),
+            (b"clientlist", Command::Query(Query::ClientList, Answer::Log)),
+            (b"tcpclientlist", Command::Query(Query::ClientList, Answer::Reply)),
+            (b"numberofclients", Command::Query(Query::NumberOfClients, Answer::Log)),
+            (b"tcpnumberofclients", Command::Query(Query::NumberOfClients, Answer::Reply)),
             (b"loglevel_quiet", Command::SetLogLevel(0)),
             (b"loglevel_normal", Command::SetLogLevel(1)),
             (b"loglevel_debug", Command::SetLogLevel(2)),
@@ -507,8 +504,8 @@ mod tests {
 
     #[test]
     fn count_queries_take_the_token_as_is() {
-        let count = |t: &str| Ok(Command::SubscribedClients(t.to_owned()));
-        let tcp_count = |t: &str| Ok(Command::TcpSubscribedClients(t.to_owned()));
+        let count = |t: &str| Ok(Command::Query(Query::SubscribedClients(t.to_owned()), Answer::Log));
+        let tcp_count = |t: &str| Ok(Command::Query(Query::SubscribedClients(t.to_owned()), Answer::Reply));
         assert_eq!(parse(b"subscribedclients:room1"), count("room1"));
         assert_eq!(parse(b"subscribedclients:"), count(""));
         assert_eq!(parse(b"subscribedclients:a:b=c"), count("a:b=c"));
@@ -518,8 +515,9 @@ mod tests {
 
     #[test]
     fn words_are_trimmed_and_case_sensitive() {
-        assert_eq!(parse(b" \tstatus \r"), Ok(Command::Status));
-        assert_eq!(parse(b" subscribedclients:x "), Ok(Command::SubscribedClients("x".into())));
+        assert_eq!(parse(b" \tstatus \r"), Ok(Command::Query(Query::Status, Answer::Log)));
+        let count = Command::Query(Query::SubscribedClients("x".into()), Answer::Log);
+        assert_eq!(parse(b" subscribedclients:x "), Ok(count));
         assert!(matches!(parse(b"Status"), Err(CommandError::NotACommand { .. })));
         assert!(matches!(parse(b"statusx"), Err(CommandError::NotACommand { .. })));
         assert!(matches!(parse(b"SubscribedClients:x"), Err(CommandError::NotACommand { .. })));
@@ -530,11 +528,11 @@ mod tests {
         let tcp =
             [b"tcpstatus".as_slice(), b"tcpclientlist", b"tcpnumberofclients", b"tcpsubscribedclients:x"];
         for word in tcp {
-            assert!(parse(word).unwrap().replies_over_tcp());
+            assert!(matches!(parse(word), Ok(Command::Query(_, Answer::Reply))), "{word:?}");
         }
         let local = [b"status".as_slice(), b"clientlist", b"numberofclients", b"subscribedclients:x"];
-        for word in local.into_iter().chain([b"loglevel_debug".as_slice(), b"reinit_enable", b"a=b"]) {
-            assert!(!parse(word).unwrap().replies_over_tcp());
+        for word in local {
+            assert!(matches!(parse(word), Ok(Command::Query(_, Answer::Log))), "{word:?}");
         }
     }
 

@@ -1,18 +1,16 @@
-//! Fan-out from the control thread to the shards, and the answers back.
+//! Fan-out from the sequencer to the shards.
 //!
 //! Owns the order of commands to each shard and when shards are woken: a batch of commands is
-//! sent, then each shard that got one is woken once. It does not parse or decide anything.
+//! sent, then each shard that got one is woken once. A shard whose queue is full (it is holding
+//! for a slow client) makes the sender wait: that is the backpressure that reaches publishers.
+//! It does not parse or decide anything, and it never waits for an answer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, TrySendError};
 use tracing::warn;
 
-use crate::pipeline::{Delivery, ShardCommand, ShardHandle};
-
-/// How long a shard may take to answer a figures or client-list request.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery};
 
 /// The control thread's side of every shard's channel.
 #[derive(Debug)]
@@ -65,28 +63,12 @@ impl Fanout {
         }
     }
 
-    /// Asks every shard, after everything sent before, and collects the answers that come
-    /// within the timeout (a shard that does not answer is left out and logged).
-    pub fn ask<T: Send>(&mut self, request: impl Fn(Sender<T>) -> ShardCommand) -> Vec<T> {
+    /// Asks every shard, after everything sent before; the answers arrive on the receiver,
+    /// which whoever wants them reads (the admin path), not the caller.
+    pub fn ask(&mut self, query: &ShardQuery) -> Receiver<ShardAnswer> {
         let (reply, answers) = bounded(self.shards.len());
-        self.broadcast(|| request(reply.clone()));
-        drop(reply);
-        let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
-        let mut collected = Vec::with_capacity(self.shards.len());
-        while collected.len() < self.shards.len() {
-            match answers.recv_deadline(deadline) {
-                Ok(answer) => collected.push(answer),
-                Err(_) => {
-                    warn!(
-                        "{} of {} workers did not answer",
-                        self.shards.len() - collected.len(),
-                        self.shards.len()
-                    );
-                    break;
-                }
-            }
-        }
-        collected
+        self.broadcast(|| ShardCommand::Ask(query.clone(), reply.clone()));
+        answers
     }
 
     /// Sends without ever sleeping on a shard that was not woken: when its queue is full, wake

@@ -1,8 +1,10 @@
 //! The control thread: the TCP control port and the FIFO, each line parsed once and carried out.
 //!
-//! Owns reading publishers' input (line framing, the separator), turning each part into a
-//! [`Command`], numbering and framing each event once, and answering the figures commands by
-//! asking every shard and merging the answers. It never touches a client connection: shards do.
+//! Owns its sources, the publishers' input (the TCP port and the FIFO: line framing, the
+//! separator, auth), turning each part into a [`Command`] once, and carrying it out: a publish
+//! goes to the [`Sequencer`] (which numbers, frames and fans it out), a question goes out to the
+//! shards through the sequencer and on to the admin path ([`crate::admin`]), which answers it.
+//! It never waits for an answer and never touches a client connection: shards do.
 //!
 //! # When a command is complete
 //! hasses acts on every read as it comes, so its publishers may keep a connection open and write
@@ -45,6 +47,7 @@
 pub mod command;
 mod fanout;
 pub mod lines;
+mod sequencer;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -60,15 +63,17 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use subtle::ConstantTimeEq;
+
+use crate::admin::{self, Asker, ControlFigures, Question, Reply};
 use crate::limits::Limits;
 use crate::log::REPORT;
-use crate::pipeline::{Delivery, ShardCommand, ShardHandle, SharedState};
-use crate::sse::{encode_event, EventIds};
-use crate::stats::{self, ShardFigures, Status};
-use crate::tls::TlsFiles;
-use command::{auth_secret, parse_command, split_parts, Command, Publish};
+use crate::pipeline::SharedState;
+use command::{auth_secret, parse_command, split_parts, Command, Query};
 pub use fanout::Fanout;
 use lines::{LineBuffer, LineTooLong, Piece};
+pub use sequencer::Sequencer;
 
 const LISTENER: Token = Token(usize::MAX - 2);
 const FIFO: Token = Token(usize::MAX - 1);
@@ -89,16 +94,17 @@ pub struct ControlSettings {
     pub separator: u8,
     /// Message size limit.
     pub limits: Limits,
-    /// The CORS base, for the status block.
-    pub cors_base: String,
-    /// The user privileges were dropped to, for the status block.
-    pub user: Option<String>,
-    /// When the server started.
-    pub started: Instant,
     /// What a TCP publisher must send first, as `auth SECRET`, if anything.
     pub secret: Option<String>,
-    /// The certificate and key served, for the status block.
-    pub tls: Option<TlsFiles>,
+}
+
+/// The control thread's side of the admin path: questions go out, JSON answers come back.
+#[derive(Debug)]
+pub struct AdminLink {
+    /// Questions, in the order they were asked.
+    pub questions: Sender<Question>,
+    /// Answers to connections that asked, in the same order.
+    pub replies: Receiver<Reply>,
 }
 
 /// Control input being framed, and when bytes of it last arrived.
@@ -127,6 +133,11 @@ impl Input {
 struct Publisher {
     stream: TcpStream,
     peer: SocketAddr,
+    /// Tells it from a later connection given the same slab key, for answers on their way.
+    serial: u64,
+    /// Answers it asked for that have not come back from the admin path yet: it is not closed
+    /// before they are written.
+    awaiting: u32,
     input: Input,
     /// Replies not yet written.
     out: Vec<u8>,
@@ -157,11 +168,11 @@ pub struct Control {
     listener: Option<TcpListener>,
     fifo: Option<Fifo>,
     publishers: Slab<Publisher>,
-    shards: Fanout,
+    next_serial: u64,
+    sequencer: Sequencer,
     state: Arc<SharedState>,
     settings: ControlSettings,
-    ids: EventIds,
-    processed: u64,
+    admin: AdminLink,
     refused: u64,
     stop: Arc<AtomicBool>,
     read_buf: Vec<u8>,
@@ -180,6 +191,11 @@ impl ControlStop {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.waker.wake();
     }
+
+    /// What wakes the control thread (for the admin path's replies).
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
 }
 
 impl Control {
@@ -187,9 +203,10 @@ impl Control {
     pub fn new(
         listener: Option<std::net::TcpListener>,
         fifo: Option<File>,
-        shards: Vec<ShardHandle>,
+        sequencer: Sequencer,
         state: Arc<SharedState>,
         settings: ControlSettings,
+        admin: AdminLink,
     ) -> io::Result<(Control, ControlStop)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -209,11 +226,11 @@ impl Control {
             listener,
             fifo: fifo.map(|file| Fifo { file, input: Input::new(settings.separator) }),
             publishers: Slab::new(),
-            shards: Fanout::new(shards),
+            next_serial: 0,
+            sequencer,
             state,
             settings,
-            ids: EventIds::starting_now(),
-            processed: 0,
+            admin,
             refused: 0,
             stop: Arc::clone(&stop),
             read_buf: vec![0; READ_CHUNK],
@@ -237,16 +254,33 @@ impl Control {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     FIFO => self.read_fifo(),
-                    WAKER => {}
+                    WAKER => self.take_replies(),
                     Token(key) => self.handle_publisher(key),
                 }
             }
             self.complete_quiet_lines();
             // One wake per shard for everything this round of events produced.
-            self.shards.wake();
+            self.sequencer.wake();
         }
-        self.shards.broadcast(|| ShardCommand::Shutdown);
+        self.sequencer.shut_down();
         Ok(())
+    }
+
+    /// Queues the admin path's answers on the connections that asked for them.
+    fn take_replies(&mut self) {
+        loop {
+            let reply = match self.admin.replies.try_recv() {
+                Ok(reply) => reply,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            };
+            let key = reply.to.key;
+            let Some(publisher) = self.publishers.get_mut(key).filter(|p| p.serial == reply.to.serial) else {
+                continue;
+            };
+            publisher.awaiting -= 1;
+            publisher.out.extend_from_slice(reply.text.as_bytes());
+            self.write_publisher(key);
+        }
     }
 
     fn accept_all(&mut self) {
@@ -262,9 +296,12 @@ impl Control {
                         continue;
                     }
                     debug!("Control connection from {peer}");
+                    self.next_serial += 1;
                     entry.insert(Publisher {
                         stream,
                         peer,
+                        serial: self.next_serial,
+                        awaiting: 0,
                         input: Input::new(self.settings.separator),
                         out: Vec::new(),
                         done: false,
@@ -420,7 +457,7 @@ impl Control {
                 }
             }
         }
-        if publisher.done && publisher.out.is_empty() {
+        if publisher.done && publisher.out.is_empty() && publisher.awaiting == 0 {
             debug!("Control connection from {} closed", publisher.peer);
             self.publishers.remove(key);
             return;
@@ -510,112 +547,55 @@ impl Control {
     }
 
     fn execute(&mut self, command: Command, source: Source) {
-        let publisher = match source {
-            Source::Tcp(key) => Some(key),
-            Source::Fifo if command.replies_over_tcp() => {
-                info!("Command ignored on the FIFO (it can only be answered over TCP): {command}");
-                return;
+        match command {
+            Command::Publish(publish) => {
+                self.sequencer.publish(publish);
             }
-            Source::Fifo => None,
-        };
-        let reply = match command {
-            Command::Publish(publish) => return self.publish(publish),
-            Command::Status => return report(self.status().lines()),
-            Command::ClientList => return report(stats::client_list_lines(&self.client_rows())),
-            Command::NumberOfClients => {
-                return report(vec![format!("Number of connected clients: {}", self.figures().connections)])
-            }
-            Command::SubscribedClients(token) => {
-                let count = self.count_subscribed(&token);
-                return report(vec![format!("Client count subscribed for \"{token}\": {count}")]);
+            Command::Query(query, answer) => {
+                let asker = match source {
+                    Source::Tcp(key) => Some(Asker { key, serial: self.publishers[key].serial }),
+                    Source::Fifo => None,
+                };
+                let Some(to) = admin::answer_to(answer, asker) else {
+                    let command = Command::Query(query, answer);
+                    return info!(
+                        "Command ignored on the FIFO (it can only be answered over TCP): {command}"
+                    );
+                };
+                self.ask(query, to);
             }
             Command::SetLogLevel(level) => {
                 crate::log::set_level(level);
                 // hasses' words, written whatever the level (as hasses does).
                 let words = ["the minimum", "normal", "the maximum"][usize::from(level.min(2))];
-                return info!(target: REPORT, "Set loglevel to {words}.");
+                info!(target: REPORT, "Set loglevel to {words}.");
             }
             Command::SetReinit(allowed) => {
                 self.state.reinit.store(allowed, Ordering::Relaxed);
-                return info!(target: REPORT, "Reinit {}.", if allowed { "enabled" } else { "disabled" });
+                info!(target: REPORT, "Reinit {}.", if allowed { "enabled" } else { "disabled" });
             }
-            Command::TcpStatus => self.status().json(),
-            Command::TcpClientList => stats::client_list_json(&self.client_rows()),
-            Command::TcpNumberOfClients => {
-                serde_json::json!({ "numberofclients": self.figures().connections })
-            }
-            Command::TcpSubscribedClients(token) => {
-                let count = self.count_subscribed(&token);
-                serde_json::json!({ "subscribedclients": count, "subscribedfor": token })
-            }
-        };
-        if let Some(key) = publisher {
-            let out = &mut self.publishers[key].out;
-            out.extend_from_slice(reply.to_string().as_bytes());
-            out.push(b'\n');
         }
     }
 
-    /// Numbers and frames the event once, and hands it to every shard.
-    fn publish(&mut self, publish: Publish) {
-        self.processed += 1;
-        let id = self.ids.next_id();
-        debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
-        let frame = encode_event(id, &publish.message);
-        // Before any shard can see it: a handshake from now on is later than this publish.
-        self.state.published.store(id, Ordering::Release);
-        self.shards.publish(Delivery { id, target: publish.target, except: publish.except, frame });
-    }
-
-    fn figures(&mut self) -> ShardFigures {
-        let mut total = ShardFigures::default();
-        for figures in self.shards.ask(ShardCommand::Figures) {
-            total += figures;
+    /// Sends the shards their part of `query` behind everything sequenced so far, and hands the
+    /// question to the admin path, which answers it: nothing here waits for the answer.
+    fn ask(&mut self, query: Query, to: admin::AnswerTo) {
+        let answers = self.sequencer.ask(&admin::shard_query(&query));
+        let control = ControlFigures { processed: self.sequencer.processed(), refused: self.refused };
+        let shards = self.sequencer.shard_count();
+        if let admin::AnswerTo::Connection(asker) = to {
+            self.publishers[asker.key].awaiting += 1;
         }
-        total
-    }
-
-    fn count_subscribed(&mut self, token: &str) -> u64 {
-        let token: Arc<str> = Arc::from(token);
-        self.shards.ask(|reply| ShardCommand::CountSubscribed(Arc::clone(&token), reply)).into_iter().sum()
-    }
-
-    fn client_rows(&mut self) -> Vec<stats::ClientRow> {
-        let mut rows: Vec<_> = self.shards.ask(ShardCommand::ClientList).into_iter().flatten().collect();
-        rows.sort_by_key(|row| row.fd);
-        rows
-    }
-
-    fn status(&mut self) -> Status {
-        Status {
-            version: env!("CARGO_PKG_VERSION"),
-            compiled: env!("HASSES_BUILD_DATE"),
-            pid: std::process::id(),
-            uid: nix::unistd::getuid().as_raw(),
-            user: self.settings.user.clone(),
-            running: self.settings.started.elapsed(),
-            log_level: crate::log::level(),
-            reinit: self.state.reinit.load(Ordering::Relaxed),
-            cors_base: self.settings.cors_base.clone(),
-            peak_connections: self.state.peak.load(Ordering::Relaxed),
-            processed: self.processed,
-            refused: self.refused,
-            workers: self.shards.len(),
-            shards: self.figures(),
-            tls: self.settings.tls.clone(),
+        if self.admin.questions.send(Question { query, control, to, answers, shards }).is_err() {
+            warn!("The admin path is gone: a question about the server goes unanswered");
         }
     }
 }
 
-/// Compares a given secret with the configured one in time that depends only on the given
-/// secret's length, not on where the first difference is.
+/// Compares a given secret with the configured one in time that does not depend on where the
+/// first difference is (only on the lengths).
 fn same_secret(given: &[u8], secret: &[u8]) -> bool {
-    let mut diff = u8::from(given.len() != secret.len());
-    for (i, byte) in given.iter().enumerate() {
-        let expected = secret.get(i).copied().unwrap_or(0);
-        diff |= std::hint::black_box(byte ^ expected);
-    }
-    diff == 0
+    given.ct_eq(secret).into()
 }
 
 /// Warns (whatever the log level) when the control port can be reached from other hosts and
@@ -626,13 +606,6 @@ fn warn_if_exposed(addr: SocketAddr, has_secret: bool) {
             "Control port {addr} is reachable from other hosts and has no --control-secret: anyone \
              who can connect can publish, list clients and change the log level"
         );
-    }
-}
-
-/// Writes an operator's report to the log, a line at a time, whatever the level.
-fn report(lines: Vec<String>) {
-    for line in lines {
-        info!(target: REPORT, "{line}");
     }
 }
 

@@ -146,14 +146,8 @@ impl Shard {
                     self.publish_run();
                 }
             }
-            ShardCommand::Figures(reply) => {
-                let _ = reply.send(self.figures());
-            }
-            ShardCommand::ClientList(reply) => {
-                let _ = reply.send(self.client_rows());
-            }
-            ShardCommand::CountSubscribed(token, reply) => {
-                let _ = reply.send(self.subscriptions.count_exact(&token) as u64);
+            ShardCommand::Ask(query, reply) => {
+                let _ = reply.send(self.answer_query(&query));
             }
             ShardCommand::Shutdown => self.stopping = true,
         }

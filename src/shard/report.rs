@@ -8,10 +8,22 @@ use std::time::Instant;
 use super::connection::{Connection, Phase};
 use super::subscriptions::EVERYTHING;
 use super::Shard;
+use crate::pipeline::{ShardAnswer, ShardQuery};
 use crate::stats::{ClientRow, ShardFigures};
 
 impl Shard {
-    pub(super) fn figures(&self) -> ShardFigures {
+    /// This shard's part of an answer to the admin path.
+    pub(super) fn answer_query(&self, query: &ShardQuery) -> ShardAnswer {
+        match query {
+            ShardQuery::Figures => ShardAnswer::Figures(self.figures()),
+            ShardQuery::ClientList => ShardAnswer::ClientList(self.client_rows()),
+            ShardQuery::CountSubscribed(token) => {
+                ShardAnswer::Count(self.subscriptions.count_exact(token) as u64)
+            }
+        }
+    }
+
+    fn figures(&self) -> ShardFigures {
         let streaming = self.connections.iter().filter(|(_, c)| c.phase == Phase::Streaming).count();
         ShardFigures {
             connections: self.connections.len() as u64,
@@ -24,7 +36,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn client_rows(&self) -> Vec<ClientRow> {
+    fn client_rows(&self) -> Vec<ClientRow> {
         let now = self.seconds(Instant::now());
         self.connections.iter().map(|(_, conn)| self.row(conn, now)).collect()
     }

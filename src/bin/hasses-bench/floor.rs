@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use hasses::control::command::{parse_command, Command, Target};
+use hasses::control::command::{parse_command, Answer, Command, Query, Target};
 use hasses::control::lines::LineBuffer;
 use hasses::http::{judge, Judgement, Responses, Route};
 use hasses::limits::Limits;
@@ -113,7 +113,7 @@ fn control_connection(
                         let _ = worker.messages.send(Arc::clone(&message));
                     }
                 }
-                Ok(Ok(Command::TcpNumberOfClients)) => {
+                Ok(Ok(Command::Query(Query::NumberOfClients, Answer::Reply))) => {
                     let count = streaming.load(Ordering::Relaxed);
                     let _ = writeln!(replies, "{{\"numberofclients\":{count}}}");
                 }

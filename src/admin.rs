@@ -1,0 +1,258 @@
+//! The admin path: answers to questions about the server, on a thread of its own.
+//!
+//! Owns gathering the shards' parts of an answer (status figures, client rows, subscriber
+//! counts) and turning them into hasses' log lines or JSON. The control thread sends the shards
+//! their question through the sequencer, in order behind the events before it, then hands the
+//! question here and goes on: it never waits for an answer, and neither does a shard, which
+//! answers when it reaches the question in its queue. So a client list of 100,000 rows, or a
+//! shard holding its intake for a slow client, holds up no publish. A JSON answer goes back to
+//! the control thread, which owns the connection that asked.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::Waker;
+use tracing::{info, warn};
+
+use crate::control::command::{Answer, Query};
+use crate::log::REPORT;
+use crate::pipeline::{ShardAnswer, ShardQuery, SharedState};
+use crate::stats::{self, ClientRow, ShardFigures, Status};
+use crate::tls::TlsFiles;
+
+/// How long the shards may take to answer one question; a shard that does not is left out of
+/// the answer, and logged.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TCP control connection, as the control thread knows it: its slab key, and a serial that
+/// tells it from a later connection given the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asker {
+    /// The connection's key in the control thread's slab.
+    pub key: usize,
+    /// Unique for the control thread's run.
+    pub serial: u64,
+}
+
+/// Where an answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerTo {
+    /// hasses' lines, to the log.
+    Log,
+    /// JSON, to the control connection that asked.
+    Connection(Asker),
+}
+
+/// A JSON answer on its way back to the control connection that asked.
+#[derive(Debug)]
+pub struct Reply {
+    /// Who asked.
+    pub to: Asker,
+    /// The answer, one line, its newline included.
+    pub text: String,
+}
+
+/// The control thread's own counters, as they were when it asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlFigures {
+    /// Events sequenced.
+    pub processed: u64,
+    /// Control commands refused as malformed or too long.
+    pub refused: u64,
+}
+
+/// What the status block says about the server's setup, fixed for its run.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    /// The user privileges were dropped to.
+    pub user: Option<String>,
+    /// When the server started.
+    pub started: Instant,
+    /// The CORS base.
+    pub cors_base: String,
+    /// The certificate and key served.
+    pub tls: Option<TlsFiles>,
+    /// How many workers serve clients.
+    pub workers: usize,
+}
+
+/// A question handed to the admin thread, its shards' answers on the way.
+#[derive(Debug)]
+pub struct Question {
+    /// What is asked.
+    pub query: Query,
+    /// The control thread's counters when it asked.
+    pub control: ControlFigures,
+    /// Where the answer goes.
+    pub to: AnswerTo,
+    /// The shards' answers, one per shard.
+    pub answers: Receiver<ShardAnswer>,
+    /// How many shards were asked.
+    pub shards: usize,
+}
+
+/// What each shard must be asked to answer `query`.
+pub fn shard_query(query: &Query) -> ShardQuery {
+    match query {
+        Query::Status | Query::NumberOfClients => ShardQuery::Figures,
+        Query::ClientList => ShardQuery::ClientList,
+        Query::SubscribedClients(token) => ShardQuery::CountSubscribed(Arc::from(token.as_str())),
+    }
+}
+
+/// Where a question's answer goes, as its command said: `Reply` is possible only from a
+/// connection.
+pub fn answer_to(answer: Answer, asker: Option<Asker>) -> Option<AnswerTo> {
+    match (answer, asker) {
+        (Answer::Log, _) => Some(AnswerTo::Log),
+        (Answer::Reply, Some(asker)) => Some(AnswerTo::Connection(asker)),
+        (Answer::Reply, None) => None,
+    }
+}
+
+/// The admin thread's state.
+#[derive(Debug)]
+pub struct Admin {
+    questions: Receiver<Question>,
+    replies: Sender<Reply>,
+    /// Wakes the control thread when a reply is waiting for it.
+    control: Arc<Waker>,
+    facts: ServerFacts,
+    state: Arc<SharedState>,
+}
+
+impl Admin {
+    /// Answers `questions`; JSON replies go to `replies`, and `control` is woken for each.
+    pub fn new(
+        questions: Receiver<Question>,
+        replies: Sender<Reply>,
+        control: Arc<Waker>,
+        facts: ServerFacts,
+        state: Arc<SharedState>,
+    ) -> Self {
+        Admin { questions, replies, control, facts, state }
+    }
+
+    /// Answers questions in the order they came, until the control thread is gone.
+    pub fn run(self) -> std::io::Result<()> {
+        for question in &self.questions {
+            let to = question.to;
+            let text = self.answer(question);
+            match to {
+                AnswerTo::Log => text.lines().for_each(|line| info!(target: REPORT, "{line}")),
+                AnswerTo::Connection(asker) => {
+                    if self.replies.send(Reply { to: asker, text: text + "\n" }).is_ok() {
+                        self.control.wake()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to `question`: log lines, or one line of JSON.
+    fn answer(&self, question: Question) -> String {
+        let parts = collect(&question.answers, question.shards);
+        let json = matches!(question.to, AnswerTo::Connection(_));
+        match question.query {
+            Query::Status => {
+                let status = self.status(question.control, figures(parts));
+                if json {
+                    status.json().to_string()
+                } else {
+                    status.lines().join("\n")
+                }
+            }
+            Query::ClientList => {
+                let rows = client_rows(parts);
+                if json {
+                    stats::client_list_json(&rows).to_string()
+                } else {
+                    stats::client_list_lines(&rows).join("\n")
+                }
+            }
+            Query::NumberOfClients => {
+                let connections = figures(parts).connections;
+                if json {
+                    serde_json::json!({ "numberofclients": connections }).to_string()
+                } else {
+                    format!("Number of connected clients: {connections}")
+                }
+            }
+            Query::SubscribedClients(token) => {
+                let count = count(parts);
+                if json {
+                    serde_json::json!({ "subscribedclients": count, "subscribedfor": token }).to_string()
+                } else {
+                    format!("Client count subscribed for \"{token}\": {count}")
+                }
+            }
+        }
+    }
+
+    /// The status block from the control thread's counters and the shards' figures.
+    fn status(&self, control: ControlFigures, shards: ShardFigures) -> Status {
+        let facts = &self.facts;
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            compiled: env!("HASSES_BUILD_DATE"),
+            pid: std::process::id(),
+            uid: nix::unistd::getuid().as_raw(),
+            user: facts.user.clone(),
+            running: facts.started.elapsed(),
+            log_level: crate::log::level(),
+            reinit: self.state.reinit.load(Ordering::Relaxed),
+            cors_base: facts.cors_base.clone(),
+            peak_connections: self.state.peak.load(Ordering::Relaxed),
+            processed: control.processed,
+            refused: control.refused,
+            workers: facts.workers,
+            shards,
+            tls: facts.tls.clone(),
+        }
+    }
+}
+
+/// The answers that come within [`ANSWER_TIMEOUT`] (a shard that does not answer is logged).
+fn collect(answers: &Receiver<ShardAnswer>, shards: usize) -> Vec<ShardAnswer> {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let mut collected = Vec::with_capacity(shards);
+    while collected.len() < shards {
+        match answers.recv_deadline(deadline) {
+            Ok(answer) => collected.push(answer),
+            Err(_) => {
+                warn!("{} of {shards} workers did not answer", shards - collected.len());
+                break;
+            }
+        }
+    }
+    collected
+}
+
+fn figures(parts: Vec<ShardAnswer>) -> ShardFigures {
+    let mut total = ShardFigures::default();
+    for part in parts {
+        if let ShardAnswer::Figures(figures) = part {
+            total += figures;
+        }
+    }
+    total
+}
+
+fn client_rows(parts: Vec<ShardAnswer>) -> Vec<ClientRow> {
+    let mut rows: Vec<ClientRow> = parts
+        .into_iter()
+        .flat_map(|part| match part {
+            ShardAnswer::ClientList(rows) => rows,
+            _ => Vec::new(),
+        })
+        .collect();
+    rows.sort_by_key(|row| row.fd);
+    rows
+}
+
+fn count(parts: Vec<ShardAnswer>) -> u64 {
+    parts.into_iter().map(|part| if let ShardAnswer::Count(n) = part { n } else { 0 }).sum()
+}
