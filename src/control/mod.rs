@@ -46,34 +46,34 @@
 
 pub mod command;
 mod fanout;
+mod fifo;
 pub mod lines;
 mod sequencer;
+mod tcp;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
-
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use subtle::ConstantTimeEq;
 
 use crate::admin::{self, Asker, ControlFigures, Question, Reply};
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::pipeline::SharedState;
 use command::{auth_secret, parse_command, split_parts, Command, Query};
-pub use fanout::Fanout;
+use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
 pub use sequencer::Sequencer;
+use tcp::{warn_if_exposed, Publisher};
 
 const LISTENER: Token = Token(usize::MAX - 2);
 const FIFO: Token = Token(usize::MAX - 1);
@@ -84,8 +84,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// segment no sooner than about a round trip plus 200 ms, so a line cut by a loss on the way
 /// from any publisher with a round trip under about 300 ms is still joined.
 pub const LINE_QUIET: Duration = Duration::from_millis(500);
-/// The answer to any line but a right `auth` on a connection that must authenticate first.
-const UNAUTHORIZED: &[u8] = b"ERR unauthorized\n";
 
 /// What the control thread needs to know beyond what the shards share.
 #[derive(Debug, Clone)]
@@ -127,32 +125,6 @@ impl Input {
     fn is_quiet(&self) -> bool {
         self.quiet_left() == Some(Duration::ZERO)
     }
-}
-
-/// A TCP control connection.
-struct Publisher {
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// Tells it from a later connection given the same slab key, for answers on their way.
-    serial: u64,
-    /// Answers it asked for that have not come back from the admin path yet: it is not closed
-    /// before they are written.
-    awaiting: u32,
-    input: Input,
-    /// Replies not yet written.
-    out: Vec<u8>,
-    /// No more input is taken (the peer finished sending, or it was refused): close once the
-    /// replies are out.
-    done: bool,
-    /// It may give commands: it sent the right `auth` line, or no secret is set.
-    authorized: bool,
-    registered: Interest,
-}
-
-/// The control FIFO and the line it is delivering.
-struct Fifo {
-    file: File,
-    input: Input,
 }
 
 /// Where a control line came from: the FIFO cannot be answered.
@@ -266,83 +238,6 @@ impl Control {
         Ok(())
     }
 
-    /// Queues the admin path's answers on the connections that asked for them.
-    fn take_replies(&mut self) {
-        loop {
-            let reply = match self.admin.replies.try_recv() {
-                Ok(reply) => reply,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
-            };
-            let key = reply.to.key;
-            let Some(publisher) = self.publishers.get_mut(key).filter(|p| p.serial == reply.to.serial) else {
-                continue;
-            };
-            publisher.awaiting -= 1;
-            publisher.out.extend_from_slice(reply.text.as_bytes());
-            self.write_publisher(key);
-        }
-    }
-
-    fn accept_all(&mut self) {
-        let Some(listener) = &self.listener else { return };
-        loop {
-            match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let entry = self.publishers.vacant_entry();
-                    let registered = Interest::READABLE;
-                    if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), registered)
-                    {
-                        warn!("Cannot watch control connection from {peer}: {e}");
-                        continue;
-                    }
-                    debug!("Control connection from {peer}");
-                    self.next_serial += 1;
-                    entry.insert(Publisher {
-                        stream,
-                        peer,
-                        serial: self.next_serial,
-                        awaiting: 0,
-                        input: Input::new(self.settings.separator),
-                        out: Vec::new(),
-                        done: false,
-                        authorized: self.settings.secret.is_none(),
-                        registered,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!("Control accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn read_fifo(&mut self) {
-        let Some(mut fifo) = self.fifo.take() else { return };
-        let max_line = self.settings.limits.max_control_line();
-        loop {
-            match fifo.file.read(&mut self.read_buf) {
-                // Held open for writing too, so no end of input: 0 means nothing right now.
-                Ok(0) => break,
-                Ok(n) => {
-                    fifo.input.last_input = Instant::now();
-                    let input = std::mem::take(&mut self.read_buf);
-                    fifo.input.lines.push(&input[..n], max_line, |piece| self.on_piece(piece, Source::Fifo));
-                    self.read_buf = input;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!("Reading the control FIFO failed: {e}");
-                    break;
-                }
-            }
-        }
-        self.fifo = Some(fifo);
-    }
-
     /// How long the poll may wait before a line in progress is complete by quiet; `None` (no
     /// timeout) when no line is in progress.
     fn next_quiet_left(&self) -> Option<Duration> {
@@ -397,83 +292,6 @@ impl Control {
         }
     }
 
-    fn handle_publisher(&mut self, key: usize) {
-        if !self.publishers.contains(key) {
-            return;
-        }
-        if !self.publishers[key].done {
-            self.read_publisher(key);
-        }
-        self.write_publisher(key);
-    }
-
-    fn read_publisher(&mut self, key: usize) {
-        let max_line = self.settings.limits.max_control_line();
-        let source = Source::Tcp(key);
-        let mut lines = std::mem::take(&mut self.publishers[key].input.lines);
-        let mut input = std::mem::take(&mut self.read_buf);
-        loop {
-            match self.publishers[key].stream.read(&mut input) {
-                Ok(0) => {
-                    lines.finish(|piece| self.on_piece(Ok(piece), source));
-                    self.publishers[key].done = true;
-                    break;
-                }
-                Ok(n) => {
-                    self.publishers[key].input.last_input = Instant::now();
-                    lines.push(&input[..n], max_line, |piece| self.on_piece(piece, source));
-                    if self.publishers[key].done {
-                        // Refused: nothing more is read; it is closed once the replies are out.
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("Control connection from {} failed: {e}", self.publishers[key].peer);
-                    self.publishers[key].done = true;
-                    self.publishers[key].out.clear();
-                    break;
-                }
-            }
-        }
-        self.read_buf = input;
-        self.publishers[key].input.lines = lines;
-    }
-
-    /// Writes pending replies; closes a finished connection once they are out.
-    fn write_publisher(&mut self, key: usize) {
-        let publisher = &mut self.publishers[key];
-        while !publisher.out.is_empty() {
-            match publisher.stream.write(&publisher.out) {
-                Ok(n) => {
-                    publisher.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    publisher.out.clear();
-                    publisher.done = true;
-                }
-            }
-        }
-        if publisher.done && publisher.out.is_empty() && publisher.awaiting == 0 {
-            debug!("Control connection from {} closed", publisher.peer);
-            self.publishers.remove(key);
-            return;
-        }
-        let wanted = if publisher.out.is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        if wanted != publisher.registered
-            && self.poll.registry().reregister(&mut publisher.stream, Token(key), wanted).is_ok()
-        {
-            publisher.registered = wanted;
-        }
-    }
-
     /// Carries out a complete piece of input: a line, or commands the separator ended.
     fn on_piece(&mut self, piece: Result<Piece<'_>, LineTooLong>, source: Source) {
         if let Source::Tcp(key) = source {
@@ -519,33 +337,6 @@ impl Control {
         }
     }
 
-    /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
-    /// Before that, a right `auth` line authorizes it; anything else but a blank line is
-    /// answered `ERR unauthorized` and the connection closed.
-    fn admit(&mut self, key: usize, piece: Piece<'_>) -> bool {
-        let publisher = &mut self.publishers[key];
-        let given = piece.line().and_then(auth_secret);
-        let refusal = match (&self.settings.secret, given) {
-            (_, Some(_)) if publisher.authorized => {
-                debug!("Control connection from {}: auth line ignored (already authorized)", publisher.peer);
-                return false;
-            }
-            (_, None) if publisher.authorized => return true,
-            (_, None) if piece.line().is_some_and(|line| line.trim_ascii().is_empty()) => return false,
-            (Some(secret), Some(given)) if same_secret(given, secret.as_bytes()) => {
-                publisher.authorized = true;
-                debug!("Control connection from {} authenticated", publisher.peer);
-                return false;
-            }
-            (_, Some(_)) => "wrong secret",
-            (_, None) => "a command before auth",
-        };
-        info!("Control connection from {} refused: {refusal}", publisher.peer);
-        publisher.out.extend_from_slice(UNAUTHORIZED);
-        publisher.done = true;
-        false
-    }
-
     fn execute(&mut self, command: Command, source: Source) {
         match command {
             Command::Publish(publish) => {
@@ -589,39 +380,5 @@ impl Control {
         if self.admin.questions.send(Question { query, control, to, answers, shards }).is_err() {
             warn!("The admin path is gone: a question about the server goes unanswered");
         }
-    }
-}
-
-/// Compares a given secret with the configured one in time that does not depend on where the
-/// first difference is (only on the lengths).
-fn same_secret(given: &[u8], secret: &[u8]) -> bool {
-    given.ct_eq(secret).into()
-}
-
-/// Warns (whatever the log level) when the control port can be reached from other hosts and
-/// asks for no secret.
-fn warn_if_exposed(addr: SocketAddr, has_secret: bool) {
-    if !has_secret && !addr.ip().to_canonical().is_loopback() {
-        warn!(
-            "Control port {addr} is reachable from other hosts and has no --control-secret: anyone \
-             who can connect can publish, list clients and change the log level"
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_match_only_when_equal() {
-        assert!(same_secret(b"s3cret", b"s3cret"));
-        assert!(!same_secret(b"s3cre", b"s3cret"));
-        assert!(!same_secret(b"s3crett", b"s3cret"));
-        assert!(!same_secret(b"s3crex", b"s3cret"));
-        assert!(!same_secret(b"", b"s3cret"));
-        assert!(!same_secret(b"s3cret\0", b"s3cret"));
-        assert!(!same_secret(b"x", b""));
-        assert!(same_secret(b"", b""));
     }
 }

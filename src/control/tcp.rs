@@ -1,0 +1,226 @@
+//! The TCP control port: publishers' connections, their auth, and the answers they get.
+//!
+//! Owns accepting control connections, reading them into the shared line framing, the `auth`
+//! gate (`--control-secret`, compared in constant time), and writing answers back: `ERR
+//! unauthorized`, and the admin path's JSON, which arrives on a channel since the admin thread
+//! answers questions. What a command means is the control thread's business, not this file's.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use subtle::ConstantTimeEq;
+use tracing::{debug, info, warn};
+
+use super::command::auth_secret;
+use super::lines::Piece;
+use super::{Control, Input, Source};
+use crate::nonblocking::attempt;
+
+/// The answer to any line but a right `auth` on a connection that must authenticate first.
+const UNAUTHORIZED: &[u8] = b"ERR unauthorized\n";
+
+/// A TCP control connection.
+pub(super) struct Publisher {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    /// Tells it from a later connection given the same slab key, for answers on their way.
+    pub(super) serial: u64,
+    /// Answers it asked for that have not come back from the admin path yet: it is not closed
+    /// before they are written.
+    pub(super) awaiting: u32,
+    pub(super) input: Input,
+    /// Replies not yet written.
+    pub(super) out: Vec<u8>,
+    /// No more input is taken (the peer finished sending, or it was refused): close once the
+    /// replies are out.
+    pub(super) done: bool,
+    /// It may give commands: it sent the right `auth` line, or no secret is set.
+    pub(super) authorized: bool,
+    pub(super) registered: Interest,
+}
+
+impl Control {
+    pub(super) fn accept_all(&mut self) {
+        let Some(listener) = &self.listener else { return };
+        loop {
+            match attempt(|| listener.accept()) {
+                Ok(Some((mut stream, peer))) => {
+                    let entry = self.publishers.vacant_entry();
+                    let registered = Interest::READABLE;
+                    if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), registered)
+                    {
+                        warn!("Cannot watch control connection from {peer}: {e}");
+                        continue;
+                    }
+                    debug!("Control connection from {peer}");
+                    self.next_serial += 1;
+                    entry.insert(Publisher {
+                        stream,
+                        peer,
+                        serial: self.next_serial,
+                        awaiting: 0,
+                        input: Input::new(self.settings.separator),
+                        out: Vec::new(),
+                        done: false,
+                        authorized: self.settings.secret.is_none(),
+                        registered,
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => return warn!("Control accept failed: {e}"),
+            }
+        }
+    }
+
+    /// Queues the admin path's answers on the connections that asked for them.
+    pub(super) fn take_replies(&mut self) {
+        while let Ok(reply) = self.admin.replies.try_recv() {
+            let key = reply.to.key;
+            let Some(publisher) = self.publishers.get_mut(key).filter(|p| p.serial == reply.to.serial) else {
+                continue;
+            };
+            publisher.awaiting -= 1;
+            publisher.out.extend_from_slice(reply.text.as_bytes());
+            self.write_publisher(key);
+        }
+    }
+
+    pub(super) fn handle_publisher(&mut self, key: usize) {
+        if !self.publishers.contains(key) {
+            return;
+        }
+        if !self.publishers[key].done {
+            self.read_publisher(key);
+        }
+        self.write_publisher(key);
+    }
+
+    pub(super) fn read_publisher(&mut self, key: usize) {
+        let max_line = self.settings.limits.max_control_line();
+        let source = Source::Tcp(key);
+        let mut lines = std::mem::take(&mut self.publishers[key].input.lines);
+        let mut input = std::mem::take(&mut self.read_buf);
+        loop {
+            match attempt(|| self.publishers[key].stream.read(&mut input)) {
+                Ok(Some(0)) => {
+                    lines.finish(|piece| self.on_piece(Ok(piece), source));
+                    self.publishers[key].done = true;
+                    break;
+                }
+                Ok(Some(n)) => {
+                    self.publishers[key].input.last_input = Instant::now();
+                    lines.push(&input[..n], max_line, |piece| self.on_piece(piece, source));
+                    if self.publishers[key].done {
+                        // Refused: nothing more is read; it is closed once the replies are out.
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!("Control connection from {} failed: {e}", self.publishers[key].peer);
+                    self.publishers[key].done = true;
+                    self.publishers[key].out.clear();
+                    break;
+                }
+            }
+        }
+        self.read_buf = input;
+        self.publishers[key].input.lines = lines;
+    }
+
+    /// Writes pending replies; closes a finished connection once they are out.
+    pub(super) fn write_publisher(&mut self, key: usize) {
+        let publisher = &mut self.publishers[key];
+        while !publisher.out.is_empty() {
+            match attempt(|| publisher.stream.write(&publisher.out)) {
+                Ok(Some(n)) => {
+                    publisher.out.drain(..n);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    publisher.out.clear();
+                    publisher.done = true;
+                }
+            }
+        }
+        if publisher.done && publisher.out.is_empty() && publisher.awaiting == 0 {
+            debug!("Control connection from {} closed", publisher.peer);
+            self.publishers.remove(key);
+            return;
+        }
+        let wanted = if publisher.out.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        if wanted != publisher.registered
+            && self.poll.registry().reregister(&mut publisher.stream, Token(key), wanted).is_ok()
+        {
+            publisher.registered = wanted;
+        }
+    }
+
+    /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
+    /// Before that, a right `auth` line authorizes it; anything else but a blank line is
+    /// answered `ERR unauthorized` and the connection closed.
+    pub(super) fn admit(&mut self, key: usize, piece: Piece<'_>) -> bool {
+        let publisher = &mut self.publishers[key];
+        let given = piece.line().and_then(auth_secret);
+        let refusal = match (&self.settings.secret, given) {
+            (_, Some(_)) if publisher.authorized => {
+                debug!("Control connection from {}: auth line ignored (already authorized)", publisher.peer);
+                return false;
+            }
+            (_, None) if publisher.authorized => return true,
+            (_, None) if piece.line().is_some_and(|line| line.trim_ascii().is_empty()) => return false,
+            (Some(secret), Some(given)) if same_secret(given, secret.as_bytes()) => {
+                publisher.authorized = true;
+                debug!("Control connection from {} authenticated", publisher.peer);
+                return false;
+            }
+            (_, Some(_)) => "wrong secret",
+            (_, None) => "a command before auth",
+        };
+        info!("Control connection from {} refused: {refusal}", publisher.peer);
+        publisher.out.extend_from_slice(UNAUTHORIZED);
+        publisher.done = true;
+        false
+    }
+}
+
+/// Compares a given secret with the configured one in time that does not depend on where the
+/// first difference is (only on the lengths).
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.ct_eq(secret).into()
+}
+
+/// Warns (whatever the log level) when the control port can be reached from other hosts and
+/// asks for no secret.
+pub(super) fn warn_if_exposed(addr: SocketAddr, has_secret: bool) {
+    if !has_secret && !addr.ip().to_canonical().is_loopback() {
+        warn!(
+            "Control port {addr} is reachable from other hosts and has no --control-secret: anyone \
+             who can connect can publish, list clients and change the log level"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3crett", b"s3cret"));
+        assert!(!same_secret(b"s3crex", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+        assert!(!same_secret(b"s3cret\0", b"s3cret"));
+        assert!(!same_secret(b"x", b""));
+        assert!(same_secret(b"", b""));
+    }
+}
