@@ -31,11 +31,6 @@ impl Fanout {
         self.shards.len()
     }
 
-    /// True when there is no shard.
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
     /// Queues the delivery on every shard; they are woken by [`Fanout::wake`].
     pub fn publish(&mut self, delivery: Delivery) {
         let delivery = Arc::new(delivery);
