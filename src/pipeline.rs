@@ -6,15 +6,101 @@
 //! ([`SharedState`]). It holds no logic: who sends what, and when, is the control side's
 //! business; what a shard does with it is the shard's.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use mio::Waker;
 
-use crate::control::command::Target;
 use crate::sse::Frame;
 use crate::stats::{ClientRow, ShardFigures};
+
+/// Which subscriptions a publish matches. A client subscribed to `*` matches every target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// `*`: every handshaked client.
+    All,
+    /// `name`: clients subscribed to exactly `name`.
+    Token(String),
+    /// `pre*`: clients subscribed to any token that starts with `pre` (never empty; `*` is `All`).
+    Prefix(String),
+}
+
+/// `*`, `name` or `pre*`, as a publisher writes it.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::All => f.write_str("*"),
+            Target::Token(name) => write_escaped(f, name),
+            Target::Prefix(prefix) => {
+                write_escaped(f, prefix)?;
+                f.write_str("*")
+            }
+        }
+    }
+}
+
+/// Who gets an event: every client one of `targets` matches, but the one whose id is `except`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Audience {
+    /// What it was published to: never empty; a client matching several gets one copy.
+    pub targets: Vec<Target>,
+    /// The `id` of a client that must not get it, whatever it subscribed to.
+    pub except: Option<String>,
+}
+
+impl Audience {
+    /// True when it goes to every client (one of its targets is `*`).
+    pub fn is_everyone(&self) -> bool {
+        self.targets.contains(&Target::All)
+    }
+
+    /// Whether a client with these tokens (`*` among them for every event) and this id gets it:
+    /// the rule live delivery follows, for replays.
+    pub fn reaches<'t>(&self, mut tokens: impl Iterator<Item = &'t str> + Clone, id: &str) -> bool {
+        if self.except.as_deref().is_some_and(|except| !id.is_empty() && except == id) {
+            return false;
+        }
+        self.is_everyone()
+            || tokens.clone().any(|token| token == "*")
+            || self.targets.iter().any(|target| match target {
+                Target::All => true,
+                Target::Token(name) => tokens.clone().any(|token| token == name),
+                Target::Prefix(prefix) => tokens.any(|token| token.starts_with(prefix.as_str())),
+            })
+    }
+}
+
+/// `room1`, `room1,user*`, `room1-abc`: as a publisher writes it (a list for several targets).
+impl fmt::Display for Audience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, target) in self.targets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{target}")?;
+        }
+        if let Some(except) = &self.except {
+            f.write_str("-")?;
+            write_escaped(f, except)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `text` with its control characters escaped: a publisher's token must not be able to
+/// break or forge a log line.
+pub(crate) fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
+}
 
 /// An event to deliver, numbered and framed once by the sequencer.
 #[derive(Debug)]
@@ -22,18 +108,9 @@ pub struct Delivery {
     /// Its event id: increasing, so it also orders publishes.
     pub id: u64,
     /// Who gets it.
-    pub target: Target,
-    /// The `id` of a client that must not get it.
-    pub except: Option<String>,
+    pub audience: Audience,
     /// The encoded event, shared by every recipient.
     pub frame: Frame,
-}
-
-impl Delivery {
-    /// Whether `other` goes to exactly the clients this one goes to.
-    pub fn same_audience(&self, other: &Delivery) -> bool {
-        self.target == other.target && self.except == other.except
-    }
 }
 
 /// What the control side asks of a shard, in order.
@@ -99,5 +176,32 @@ impl SharedState {
     /// The state at start: reinit allowed or not, nothing open, nothing published.
     pub fn new(reinit: bool) -> Self {
         SharedState { reinit: AtomicBool::new(reinit), ..SharedState::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audience(targets: &[Target], except: Option<&str>) -> Audience {
+        Audience { targets: targets.to_vec(), except: except.map(str::to_string) }
+    }
+
+    #[test]
+    fn an_audience_reaches_whom_live_delivery_reaches() {
+        let room1 = Target::Token("room1".into());
+        let users = Target::Prefix("user".into());
+        let reaches = |a: &Audience, tokens: &[&str], id: &str| a.reaches(tokens.iter().copied(), id);
+        let both = audience(&[room1.clone(), users], None);
+        assert!(reaches(&both, &["room1"], ""));
+        assert!(reaches(&both, &["x", "user42"], ""));
+        assert!(!reaches(&both, &["room2", "use"], ""));
+        assert!(reaches(&both, &["*"], ""), "a `*` subscriber gets everything");
+        assert!(reaches(&audience(&[Target::All], None), &["anything"], ""));
+        let but_me = audience(&[room1], Some("me"));
+        assert!(!reaches(&but_me, &["room1"], "me"));
+        assert!(!reaches(&but_me, &["*"], "me"));
+        assert!(reaches(&but_me, &["room1"], "you"));
+        assert!(reaches(&but_me, &["room1"], ""), "a client without an id is never the sender");
     }
 }

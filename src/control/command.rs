@@ -6,6 +6,8 @@
 use std::fmt;
 
 use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
+use crate::pipeline::write_escaped;
+pub use crate::pipeline::{Audience, Target};
 
 /// What one part of a control line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,12 +95,14 @@ impl Command {
 /// `=`, byte for byte (it may hold `=`, be empty, or be any bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    /// Which subscribers match.
-    pub target: Target,
-    /// The `id` of a client that must not get it (`-UNIQ`), whatever it subscribed to.
-    pub except: Option<String>,
-    /// Everything after the first `=`, as sent.
+    /// Who gets it: the subscribers its targets match, less the client `-UNIQ` names.
+    pub audience: Audience,
+    /// Everything after the first `=`, as sent: the event's data.
     pub message: Vec<u8>,
+    /// The event's type (`event:`), from a JSON command; none for hasses' form.
+    pub event: Option<String>,
+    /// The reconnection time to set (`retry:`, milliseconds), from a JSON command.
+    pub retry: Option<u32>,
 }
 
 /// As a publisher writes it, for log lines; the message is shown by its size only.
@@ -112,14 +116,7 @@ impl fmt::Display for Command {
                 f.write_str("subscribedclients:")?;
                 write_escaped(f, token)
             }
-            Command::Publish(publish) => {
-                write!(f, "{}", publish.target)?;
-                if let Some(except) = &publish.except {
-                    f.write_str("-")?;
-                    write_escaped(f, except)?;
-                }
-                write!(f, "=({} bytes)", publish.message.len())
-            }
+            Command::Publish(publish) => write!(f, "{}=({} bytes)", publish.audience, publish.message.len()),
             one_word => f.write_str(one_word.word().unwrap_or_default()),
         }
     }
@@ -128,52 +125,17 @@ impl fmt::Display for Command {
 /// `"room1"`, `"room1" except "abc"`: whom a publish is for, in the words of hasses' log line.
 impl fmt::Display for Publish {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{}\"", self.target)?;
-        if let Some(except) = &self.except {
+        for (i, target) in self.audience.targets.iter().enumerate() {
+            f.write_str(if i == 0 { "\"" } else { ", \"" })?;
+            write!(f, "{target}\"")?;
+        }
+        if let Some(except) = &self.audience.except {
             f.write_str(" except \"")?;
             write_escaped(f, except)?;
             f.write_str("\"")?;
         }
         Ok(())
     }
-}
-
-/// Which subscriptions a publish matches. A client subscribed to `*` matches every target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `*`: every handshaked client.
-    All,
-    /// `name`: clients subscribed to exactly `name`.
-    Token(String),
-    /// `pre*`: clients subscribed to any token that starts with `pre` (never empty; `*` is `All`).
-    Prefix(String),
-}
-
-/// `*`, `name` or `pre*`, as a publisher writes it.
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::All => f.write_str("*"),
-            Target::Token(name) => write_escaped(f, name),
-            Target::Prefix(prefix) => {
-                write_escaped(f, prefix)?;
-                f.write_str("*")
-            }
-        }
-    }
-}
-
-/// Writes `text` with its control characters escaped: a publisher's token must not be able to
-/// break or forge a log line.
-fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
-    for c in text.chars() {
-        if c.is_control() {
-            write!(f, "{}", c.escape_default())?;
-        } else {
-            fmt::Write::write_char(f, c)?;
-        }
-    }
-    Ok(())
 }
 
 /// Why a part of a control line is not a command. The rest of the line still goes through.
@@ -297,7 +259,8 @@ fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, CommandError> 
             part: excerpt(part),
         });
     }
-    Ok(Publish { target, except, message: message.to_vec() })
+    let audience = Audience { targets: vec![target], except };
+    Ok(Publish { audience, message: message.to_vec(), event: None, retry: None })
 }
 
 /// `*`, `pre*` (anything after the first `*` ignored, as hasses does) or a plain token.
@@ -428,8 +391,8 @@ mod tests {
     }
 
     fn publish(target: Target, except: Option<&str>, message: &[u8]) -> Result<Command, CommandError> {
-        let except = except.map(str::to_owned);
-        Ok(Command::Publish(Publish { target, except, message: message.to_vec() }))
+        let audience = Audience { targets: vec![target], except: except.map(str::to_owned) };
+        Ok(Command::Publish(Publish { audience, message: message.to_vec(), event: None, retry: None }))
     }
 
     fn token(name: &str) -> Target {

@@ -41,7 +41,7 @@ impl Sequencer {
         let frame = encode_event(id, &publish.message);
         // Before any shard can see it: a handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
-        self.shards.publish(Delivery { id, target: publish.target, except: publish.except, frame });
+        self.shards.publish(Delivery { id, audience: publish.audience, frame });
         id
     }
 

@@ -15,7 +15,6 @@ use tracing::debug;
 
 use super::connection::{Connection, Phase};
 use super::{Counters, Shard};
-use crate::control::command::Target;
 use crate::pipeline::{Delivery, ShardCommand};
 use crate::sse::Frame;
 
@@ -74,7 +73,7 @@ impl Recipients<'_> {
         let Some(fresh) = self.run.iter().position(|d| d.id > conn.last_publish) else { return };
         let last = &self.run[self.run.len() - 1];
         conn.last_publish = last.id;
-        if last.except.as_deref().is_some_and(|id| conn.has_id(id)) {
+        if last.audience.except.as_deref().is_some_and(|id| conn.has_id(id)) {
             return;
         }
         let run = self.copy.get_or_insert_with(|| Run::new(self.run));
@@ -137,7 +136,7 @@ impl Shard {
         }
         match command {
             ShardCommand::Deliver(delivery) => {
-                if self.run.last().is_some_and(|last| !last.same_audience(&delivery)) {
+                if self.run.last().is_some_and(|last| last.audience != delivery.audience) {
                     self.publish_run();
                 }
                 self.run_bytes += delivery.frame.len();
@@ -175,10 +174,12 @@ impl Shard {
             max_backlog: self.settings.max_backlog,
         };
         let connections = &mut self.connections;
-        match &first.target {
-            Target::All => connections.iter_mut().for_each(|(key, conn)| recipients.offer(key, conn)),
-            target => {
-                self.subscriptions.for_each_match(target, |key| recipients.offer(key, &mut connections[key]))
+        if first.audience.is_everyone() {
+            connections.iter_mut().for_each(|(key, conn)| recipients.offer(key, conn));
+        } else {
+            // A client several targets match is offered the run again, and takes nothing twice.
+            for target in &first.audience.targets {
+                self.subscriptions.for_each_match(target, |key| recipients.offer(key, &mut connections[key]));
             }
         }
         for key in recipients.over_cap {
@@ -193,6 +194,7 @@ mod tests {
 
     use super::*;
     use crate::http::Subscribe;
+    use crate::pipeline::{Audience, Target};
     use crate::shard::connection::{Client, Peer};
     use crate::sse::encode_event;
 
@@ -213,8 +215,10 @@ mod tests {
     fn event(id: u64, except: Option<&str>, size: usize) -> Arc<Delivery> {
         Arc::new(Delivery {
             id,
-            target: Target::Token("t".into()),
-            except: except.map(str::to_string),
+            audience: Audience {
+                targets: vec![Target::Token("t".into())],
+                except: except.map(str::to_string),
+            },
             frame: encode_event(id, "x".repeat(size).as_bytes()),
         })
     }

@@ -106,9 +106,11 @@ fn control_connection(
     while let Ok(got @ 1..) = stream.read(&mut chunk) {
         lines.push(&chunk[..got], limits.max_control_line(), |line| {
             match line.map(|line| parse_command(line.bytes(), &limits)) {
-                Ok(Ok(Command::Publish(publish))) => {
+                // hasses' form, the load tools' own: one target.
+                Ok(Ok(Command::Publish(publish))) if publish.audience.targets.len() == 1 => {
                     let frame = encode_event(ids.lock().next_id(), &publish.message);
-                    let message = Arc::new(Message { target: publish.target, frame });
+                    let target = publish.audience.targets.into_iter().next().unwrap_or(Target::All);
+                    let message = Arc::new(Message { target, frame });
                     for worker in workers {
                         let _ = worker.messages.send(Arc::clone(&message));
                     }
