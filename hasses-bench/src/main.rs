@@ -22,8 +22,9 @@
 //! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
 //! - [`stats`]: counters and the latency histogram.
 //! - [`report`]: the table and the JSON lines.
-//! - [`sys`]: clock, rusage, rlimit, socket option, `/proc/PID`.
+//! - [`sys`]: clock, rusage, rlimit, socket option (through nix), `/proc/PID`.
 //! - [`tls`]: the rustls client settings (`--tls`).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod control;
