@@ -21,13 +21,15 @@
 //! - [`control`]: the publisher and the payload format.
 //! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
 //! - [`stats`]: counters and the latency histogram.
-//! - [`report`]: the table and the JSON lines.
+//! - [`figures`]: what each phase measured, typed.
+//! - [`report`]: the table and the JSON lines, from the figures.
 //! - [`sys`]: clock, rusage, rlimit, socket option (through nix), `/proc/PID`.
 //! - [`tls`]: the rustls client settings (`--tls`).
 #![forbid(unsafe_code)]
 
 mod cli;
 mod control;
+mod figures;
 mod floor;
 mod parse;
 mod receiver;
