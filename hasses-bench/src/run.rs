@@ -97,8 +97,8 @@ impl Waiter {
         Waiter {
             label,
             quiet: opts.quiet,
-            deadline: now + opts.timeout(),
-            stall: opts.stall(),
+            deadline: now + opts.timeout,
+            stall: opts.stall,
             last_value: 0,
             last_change: now,
             all_sent_at: None,
@@ -283,8 +283,7 @@ impl Bench {
 
     fn control(&mut self) -> io::Result<&mut Control> {
         if self.control.is_none() {
-            let c =
-                Control::connect(self.opts.control.addr, self.opts.payload as usize, self.opts.timeout())?;
+            let c = Control::connect(self.opts.control.addr, self.opts.payload as usize, self.opts.timeout)?;
             self.control = Some(c);
         }
         Ok(self.control.as_mut().expect("just connected"))
@@ -353,7 +352,7 @@ impl Bench {
     fn idle(&mut self) -> PhaseResult {
         let w = self.begin(0);
         let start = Instant::now();
-        sleep(Duration::from_secs_f64(self.opts.idle_secs));
+        sleep(self.opts.idle);
         let usage = self.usage(&w);
         let time_s = start.elapsed().as_secs_f64();
         let rss = self.probe.as_ref().and_then(|p| p.rss().ok());
