@@ -23,11 +23,12 @@ use hasses::control::command::{parse_command, Command, Target};
 use hasses::control::lines::LineBuffer;
 use hasses::http::{judge, Judgement, Responses, Route};
 use hasses::limits::Limits;
+use hasses::server;
 use hasses::sse::{encode_event, EventIds, Frame};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::SockRef;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -51,19 +52,20 @@ pub fn serve(sse: SocketAddr, control: SocketAddr, workers: usize, path: &str) -
     let streaming = Arc::new(AtomicU64::new(0));
     // Port 0 picks a free port for the first listener; the others share that one.
     let first = listen(sse, true)?;
-    let sse = first.local_addr()?.as_socket().unwrap_or(sse);
+    let sse = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(listen(sse, true)?);
     }
     let mut handles = Vec::new();
     for listener in listeners {
-        let (worker, handle) =
-            Worker::new(TcpListener::from_std(listener.into()), path, Arc::clone(&streaming))?;
+        let (worker, handle) = Worker::new(TcpListener::from_std(listener), path, Arc::clone(&streaming))?;
         std::thread::Builder::new().name("floor-worker".into()).spawn(move || worker.run())?;
         handles.push(handle);
     }
-    let control_listener: StdListener = listen(control, false)?.into();
+    let control_listener = listen(control, false)?;
+    // One thread per publisher, each blocking on its own connection.
+    control_listener.set_nonblocking(false)?;
     let control = control_listener.local_addr()?;
     eprintln!("floor-server: SSE on {sse} ({workers} workers), control on {control}");
     let handles = Arc::new(handles);
@@ -76,20 +78,12 @@ pub fn serve(sse: SocketAddr, control: SocketAddr, workers: usize, path: &str) -
     Ok(())
 }
 
-/// A listening socket; `shared` ones take `SO_REUSEPORT` (one per worker) and do not block, as
-/// the server's do.
-fn listen(addr: SocketAddr, shared: bool) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(shared)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(shared)?;
-    socket.set_nodelay(true)?;
-    Ok(socket)
+/// A listener opened by the server's own [`server::listen`] (`shared` ones take `SO_REUSEPORT`,
+/// one per worker), whose accepted sockets inherit `TCP_NODELAY` as the server's SSE ones do.
+fn listen(addr: SocketAddr, shared: bool) -> io::Result<StdListener> {
+    let listener = server::listen(addr, shared).map_err(io::Error::other)?;
+    SockRef::from(&listener).set_nodelay(true)?;
+    Ok(listener)
 }
 
 /// Reads control lines until the publisher hangs up; wakes each worker once per read.
