@@ -148,10 +148,10 @@ pub struct Options {
     #[arg(long, requires = "tls")]
     pub server_name: Option<String>,
 
-    /// floor-server: worker threads, each with its own listener and epoll (the server's default
-    /// is 2).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub floor_workers: u32,
+    /// floor-server: worker threads, each with its own listener and epoll. Default: one per
+    /// core, as the server's --workers.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub floor_workers: Option<u32>,
 
     /// Append one JSON object per scenario to this file (one per line).
     #[arg(long)]
@@ -302,6 +302,12 @@ fn positive_seconds(s: &str) -> Result<Duration, String> {
 }
 
 impl Options {
+    /// The floor server's workers: `--floor-workers`, or one per core as the server's default.
+    pub fn floor_workers(&self) -> usize {
+        self.floor_workers
+            .map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), |n| n as usize)
+    }
+
     /// Checks what clap cannot; returns why the options cannot run.
     pub fn validate(&self) -> Result<(), String> {
         if !self.path.starts_with('/') {

@@ -2,10 +2,10 @@
 //! epoll server can do for this bench's traffic, so that a run against it shows what the kernel
 //! alone charges on this machine, in the same hour, with the same clients.
 //!
-//! Its shape is the server's: `--floor-workers` workers (2, the server's default), each with its
-//! own `SO_REUSEPORT` listener on the `--sse` address and its own epoll, and a control thread
-//! that frames each published message once, with the server's own parser and encoder, and hands
-//! it to every worker. Per connection a worker accepts, registers, reads the request, judges it
+//! Its shape is the server's: `--floor-workers` workers (one per core, as the server's default),
+//! each with its own `SO_REUSEPORT` listener on the `--sse` address and its own epoll, and a
+//! control thread that frames each published message once, with the server's own parser and
+//! encoder, and hands it to every worker. Per connection a worker accepts, registers, reads the request, judges it
 //! with the server's own parser and writes its response head; per recipient it makes one
 //! `write`, one for a run of messages to the same target. It keeps nothing else: no log,
 //! timeouts, counters or queues, and a socket that does not take a write whole is closed. It

@@ -53,9 +53,9 @@ fn main() -> ExitCode {
     }
     let nofile = sys::raise_nofile();
     if opts.scenario == cli::Scenario::FloorServer {
-        if let Err(e) = nofile.and_then(|_| {
-            floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers as usize, &opts.path)
-        }) {
+        if let Err(e) = nofile
+            .and_then(|_| floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers(), &opts.path))
+        {
             eprintln!("hasses-bench: floor-server: {e}");
         }
         return ExitCode::from(2);
