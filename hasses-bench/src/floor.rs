@@ -9,7 +9,8 @@
 //! with the server's own parser and writes its response head; per recipient it makes one
 //! `write`, one for a run of messages to the same target. It keeps nothing else: no log,
 //! timeouts, counters or queues, and a socket that does not take a write whole is closed. It
-//! answers `tcpnumberofclients` and ignores every other command. Not a server to deploy.
+//! answers `tcpnumberofclients` and ignores every other command; like the server it takes several
+//! commands on one line, `;` between them. Not a server to deploy.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use hasses::control::command::{parse_command, Command, Target};
+use hasses::control::command::{parse_command, split_parts, Command, Target};
 use hasses::control::lines::LineBuffer;
 use hasses::http::{judge, Judgement, Responses, Route};
 use hasses::limits::Limits;
@@ -86,6 +87,9 @@ fn listen(addr: SocketAddr, shared: bool) -> io::Result<StdListener> {
     Ok(listener)
 }
 
+/// The separator between commands on a control line: the server's default (`--separator`).
+const SEPARATOR: u8 = b';';
+
 /// Reads control lines until the publisher hangs up; wakes each worker once per read.
 fn control_connection(
     mut stream: StdStream,
@@ -93,32 +97,61 @@ fn control_connection(
     ids: &Mutex<EventIds>,
     streaming: &AtomicU64,
 ) {
-    let limits = Limits::default();
+    let mut publisher = Publisher { workers, ids, streaming, limits: Limits::default(), replies: Vec::new() };
     let mut lines = LineBuffer::default();
     let mut chunk = vec![0; 64 * 1024];
-    let mut replies = Vec::new();
     while let Ok(got @ 1..) = stream.read(&mut chunk) {
-        lines.push(&chunk[..got], limits.max_control_line(), |line| {
-            match line.map(|line| parse_command(line, &limits)) {
-                Ok(Ok(Command::Publish(publish))) => {
-                    let frame = encode_event(ids.lock().next_id(), &publish.message);
-                    let message = Arc::new(Message { target: publish.target, frame });
-                    for worker in workers {
-                        let _ = worker.messages.send(Arc::clone(&message));
-                    }
-                }
-                Ok(Ok(Command::TcpNumberOfClients)) => {
-                    let count = streaming.load(Ordering::Relaxed);
-                    let _ = writeln!(replies, "{{\"numberofclients\":{count}}}");
-                }
-                _ => {}
+        let max_line = publisher.limits.max_control_line();
+        lines.push(&chunk[..got], max_line, |line| {
+            // A line over the limit is skipped.
+            if let Ok(line) = line {
+                publisher.line(line);
             }
         });
         for worker in workers {
             let _ = worker.waker.wake();
         }
-        if !replies.is_empty() && stream.write_all(&std::mem::take(&mut replies)).is_err() {
+        let replies = std::mem::take(&mut publisher.replies);
+        if !replies.is_empty() && stream.write_all(&replies).is_err() {
             return;
+        }
+    }
+}
+
+/// The commands one control line holds, split as the server's control thread splits a line.
+/// Kept to itself so that it follows the server's framing of commands as that changes.
+fn commands(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    split_parts(line, SEPARATOR)
+}
+
+/// What a control connection's commands act on, and the replies it has not written yet.
+struct Publisher<'a> {
+    workers: &'a [WorkerHandle],
+    ids: &'a Mutex<EventIds>,
+    streaming: &'a AtomicU64,
+    limits: Limits,
+    replies: Vec<u8>,
+}
+
+impl Publisher<'_> {
+    /// Publishes every message of a line to every worker (without waking them) and queues the
+    /// replies; a command that does not parse is ignored, as is any other than those two.
+    fn line(&mut self, line: &[u8]) {
+        for part in commands(line) {
+            match parse_command(part, &self.limits) {
+                Ok(Command::Publish(publish)) => {
+                    let frame = encode_event(self.ids.lock().next_id(), &publish.message);
+                    let message = Arc::new(Message { target: publish.target, frame });
+                    for worker in self.workers {
+                        let _ = worker.messages.send(Arc::clone(&message));
+                    }
+                }
+                Ok(Command::TcpNumberOfClients) => {
+                    let count = self.streaming.load(Ordering::Relaxed);
+                    let _ = writeln!(self.replies, "{{\"numberofclients\":{count}}}");
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -291,5 +324,37 @@ impl Worker {
                 Target::Prefix(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's end of its channel, with the waker the publisher would wake.
+    fn worker() -> (WorkerHandle, Receiver<Arc<Message>>, Poll) {
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), WAKER).unwrap();
+        let (messages, inbox) = unbounded();
+        (WorkerHandle { messages, waker }, inbox, poll)
+    }
+
+    #[test]
+    fn a_line_holds_several_commands_as_the_servers_do() {
+        let (handle, inbox, _poll) = worker();
+        let workers = [handle];
+        let ids = Mutex::new(EventIds::starting_now());
+        let streaming = AtomicU64::new(7);
+        let mut publisher = Publisher {
+            workers: &workers,
+            ids: &ids,
+            streaming: &streaming,
+            limits: Limits::default(),
+            replies: Vec::new(),
+        };
+        publisher.line(b"a=1;b=2; ;tcpnumberofclients;nonsense");
+        let targets: Vec<Target> = inbox.try_iter().map(|m| m.target.clone()).collect();
+        assert_eq!(targets, [Target::Token("a".into()), Target::Token("b".into())]);
+        assert_eq!(publisher.replies, b"{\"numberofclients\":7}\n");
     }
 }
