@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-18000}
 shift || true
-cargo build --release --quiet --bin hasses --bin hasses-bench
+cargo build --release --quiet --package hasses --package hasses-bench
 sse_port=${SSE_PORT:-18080}
 control_port=${CONTROL_PORT:-18085}
 server_tls=()

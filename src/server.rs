@@ -155,7 +155,12 @@ fn defer_accept(socket: &Socket, wait: Duration) -> io::Result<()> {
     }
 }
 
-fn listen(addr: SocketAddr, shared_port: bool) -> Result<TcpListener, StartError> {
+/// A listening socket on `addr` as the server opens each of its own: `SO_REUSEADDR`, the accept
+/// backlog it asks for, non-blocking, and on an IPv6 address IPv4 clients served too. With
+/// `shared_port`, `SO_REUSEPORT`: several listeners (one per worker) share the port.
+///
+/// Public so that the capacity tool's floor server listens exactly as the server does.
+pub fn listen(addr: SocketAddr, shared_port: bool) -> Result<TcpListener, StartError> {
     let fail = |source| StartError::Listen { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;

@@ -1,7 +1,10 @@
 //! The capacity benchmark, `hasses-bench`, run against the real server at a small N: every
 //! scenario must complete with nothing lost, duplicated or misrouted.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -27,14 +30,14 @@ fn port_of(addr: &str) -> Option<u16> {
 
 /// Starts `program` with `args` (free ports) and reads the ports from its start-up lines: the
 /// SSE port from the line holding `sse_label`, the control port from the one with `control_label`.
-fn start(program: &str, args: &[&str], sse_label: &str, control_label: &str) -> Server {
+fn start(program: &Path, args: &[&str], sse_label: &str, control_label: &str) -> Server {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel();
     // Keeps draining stderr after the start-up lines, so the server never blocks on it.
@@ -49,7 +52,7 @@ fn start(program: &str, args: &[&str], sse_label: &str, control_label: &str) -> 
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("{program} did not report its ports");
+                panic!("{} did not report its ports", program.display());
             }
         };
         if let Some(rest) = line.split(sse_label).nth(1) {
@@ -66,7 +69,7 @@ fn start(program: &str, args: &[&str], sse_label: &str, control_label: &str) -> 
 fn all_scenarios_lose_nothing(server: &Server) {
     let json = std::env::temp_dir().join(format!("hasses-bench-test-{}.jsonl", server.child.id()));
     let _ = std::fs::remove_file(&json);
-    let out = Command::new(env!("CARGO_BIN_EXE_hasses-bench"))
+    let out = Command::new(common::bench_tool::path())
         .args(["all", "-n", "50", "--quiet"])
         .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
         .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
@@ -102,7 +105,8 @@ fn all_scenarios_lose_nothing(server: &Server) {
 #[test]
 fn all_scenarios_at_small_n_lose_nothing() {
     let args = ["--port", "0", "--control-port", "0", "--log-level", "0"];
-    let server = start(env!("CARGO_BIN_EXE_hasses"), &args, "SSE listening on ", "Control listening on ");
+    let server =
+        start(Path::new(env!("CARGO_BIN_EXE_hasses")), &args, "SSE listening on ", "Control listening on ");
     all_scenarios_lose_nothing(&server);
 }
 
@@ -110,14 +114,13 @@ fn all_scenarios_at_small_n_lose_nothing() {
 #[test]
 fn the_floor_server_serves_every_scenario() {
     let args = ["floor-server", "--sse", "127.0.0.1:0", "--control", "127.0.0.1:0"];
-    let server = start(env!("CARGO_BIN_EXE_hasses-bench"), &args, "SSE on ", "control on ");
+    let server = start(common::bench_tool::path(), &args, "SSE on ", "control on ");
     all_scenarios_lose_nothing(&server);
 }
 
 #[test]
 fn help_documents_every_scenario() {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_hasses-bench")).arg("--help").output().expect("run hasses-bench");
+    let out = Command::new(common::bench_tool::path()).arg("--help").output().expect("run hasses-bench");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all", "floor-server"] {

@@ -553,7 +553,7 @@ fn the_capacity_benchmark_runs_over_tls() {
     let files = Files::new(&identity);
     let server = tls_server(&files, &["--log-level", "0"]);
     let json = TempFile::new("bench.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_hasses-bench"))
+    let out = Command::new(common::bench_tool::path())
         .args(["all", "-n", "40", "--quiet", "--tls", "--ca", files.cert.arg()])
         .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
         .args(["--control", &format!("127.0.0.1:{}", server.cport())])

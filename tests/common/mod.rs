@@ -6,6 +6,8 @@
 //! tests run in parallel.
 #![allow(dead_code)]
 
+pub mod bench_tool;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -21,12 +21,15 @@
 //! - [`control`]: the publisher and the payload format.
 //! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
 //! - [`stats`]: counters and the latency histogram.
-//! - [`report`]: the table and the JSON lines.
-//! - [`sys`]: clock, rusage, rlimit, socket option, `/proc/PID`.
+//! - [`figures`]: what each phase measured, typed.
+//! - [`report`]: the table and the JSON lines, from the figures.
+//! - [`sys`]: clock, rusage, rlimit, socket option (through nix), `/proc/PID`.
 //! - [`tls`]: the rustls client settings (`--tls`).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod control;
+mod figures;
 mod floor;
 mod parse;
 mod receiver;
@@ -50,9 +53,9 @@ fn main() -> ExitCode {
     }
     let nofile = sys::raise_nofile();
     if opts.scenario == cli::Scenario::FloorServer {
-        if let Err(e) = nofile.and_then(|_| {
-            floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers as usize, &opts.path)
-        }) {
+        if let Err(e) = nofile
+            .and_then(|_| floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers(), &opts.path))
+        {
             eprintln!("hasses-bench: floor-server: {e}");
         }
         return ExitCode::from(2);

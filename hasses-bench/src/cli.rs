@@ -10,6 +10,9 @@ use clap::{Parser, ValueEnum};
 
 /// The most source addresses a range may expand to.
 const MAX_SRC_ADDRS: u32 = 65_536;
+/// The longest duration a flag takes: a year is more than any run needs, and far from the
+/// point where a deadline (now + the duration) would overflow.
+const MAX_SECS: u64 = 365 * 86_400;
 
 const AFTER_HELP: &str = "\
 Every scenario first opens the N connections (the connect scenario); `all` runs connect, idle,
@@ -91,7 +94,7 @@ pub struct Options {
     pub messages: u32,
 
     /// broadcast: milliseconds between two messages.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(..=MAX_SECS * 1000))]
     pub interval_ms: u64,
 
     /// burst: how many broadcasts to send back to back, in one write.
@@ -108,17 +111,17 @@ pub struct Options {
     pub payload: u32,
 
     /// idle: seconds to wait with every connection open before reading the server's RSS.
-    #[arg(long, default_value_t = 3.0)]
-    pub idle_secs: f64,
+    #[arg(long = "idle-secs", value_name = "SECS", default_value = "3", value_parser = seconds)]
+    pub idle: Duration,
 
     /// Each phase's deadline, in seconds.
-    #[arg(long, default_value_t = 120.0)]
-    pub timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = positive_seconds)]
+    pub timeout: Duration,
 
     /// A phase also ends (as timed out) when nothing arrives for this many seconds after its
     /// last message was sent.
-    #[arg(long, default_value_t = 10.0)]
-    pub stall_secs: f64,
+    #[arg(long = "stall-secs", value_name = "SECS", default_value = "10", value_parser = positive_seconds)]
+    pub stall: Duration,
 
     /// Receiver threads (each one epoll loop over its share of the connections).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -145,10 +148,10 @@ pub struct Options {
     #[arg(long, requires = "tls")]
     pub server_name: Option<String>,
 
-    /// floor-server: worker threads, each with its own listener and epoll (the server's default
-    /// is 2).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub floor_workers: u32,
+    /// floor-server: worker threads, each with its own listener and epoll. Default: one per
+    /// core, as the server's --workers.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub floor_workers: Option<u32>,
 
     /// Append one JSON object per scenario to this file (one per line).
     #[arg(long)]
@@ -277,7 +280,34 @@ fn parse_src_addrs(s: &str) -> Result<SrcAddrs, String> {
     Ok(SrcAddrs(out))
 }
 
+/// A duration in seconds (fractions allowed): finite, not negative, at most [`MAX_SECS`]. The
+/// message is shown after clap's own, which names the flag and the value.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| "not a number of seconds".to_string())?;
+    if !secs.is_finite() {
+        return Err("not a finite number of seconds".into());
+    }
+    if secs < 0.0 {
+        return Err("a negative number of seconds".into());
+    }
+    if secs > MAX_SECS as f64 {
+        return Err(format!("more than a year ({MAX_SECS} seconds)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration in seconds, as [`seconds`], above zero.
+fn positive_seconds(s: &str) -> Result<Duration, String> {
+    seconds(s).and_then(|d| if d.is_zero() { Err("must be above zero".into()) } else { Ok(d) })
+}
+
 impl Options {
+    /// The floor server's workers: `--floor-workers`, or one per core as the server's default.
+    pub fn floor_workers(&self) -> usize {
+        self.floor_workers
+            .map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), |n| n as usize)
+    }
+
     /// Checks what clap cannot; returns why the options cannot run.
     pub fn validate(&self) -> Result<(), String> {
         if !self.path.starts_with('/') {
@@ -285,9 +315,6 @@ impl Options {
         }
         if self.path.contains(['?', ' ', '\r', '\n']) {
             return Err(format!("--path must be a bare path: {}", self.path));
-        }
-        if !(self.timeout > 0.0 && self.stall_secs > 0.0 && self.idle_secs >= 0.0) {
-            return Err("--timeout and --stall-secs must be positive, --idle-secs not negative".into());
         }
         if let Some(src) = &self.src_addrs {
             if src.0.iter().any(|a| a.is_ipv4() != self.sse.addr.is_ipv4()) {
@@ -299,16 +326,6 @@ impl Options {
             return Err("the idle scenario needs --server-pid".into());
         }
         Ok(())
-    }
-
-    /// The phase deadline.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout)
-    }
-
-    /// The stall limit.
-    pub fn stall(&self) -> Duration {
-        Duration::from_secs_f64(self.stall_secs)
     }
 }
 
@@ -330,6 +347,39 @@ mod tests {
         assert_eq!(s.0, want);
         assert!(parse_src_addrs("127.0.0.8-127.0.0.1").is_err());
         assert!(parse_src_addrs("").is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from([&["hasses-bench", "connect"], args].concat())
+    }
+
+    #[test]
+    fn durations_must_be_finite_and_not_negative() {
+        for flag in ["--timeout", "--stall-secs", "--idle-secs"] {
+            // `=` joins a value that starts with `-` to its flag (else clap takes it for a flag).
+            for bad in ["inf", "-inf", "NaN", "-1", "-0.5", "1e300", "x", ""] {
+                let arg = format!("{flag}={bad}");
+                let err = parse(&[&arg]).expect_err(&arg);
+                assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{arg}: {err}");
+                assert!(err.to_string().contains(flag), "{err}");
+            }
+            assert!(parse(&[flag, "0.25"]).is_ok());
+        }
+        let o = parse(&["--timeout", "1.5", "--stall-secs", "2", "--idle-secs", "0"]).unwrap();
+        assert_eq!(
+            (o.timeout, o.stall, o.idle),
+            (Duration::from_millis(1500), Duration::from_secs(2), Duration::ZERO)
+        );
+        // A deadline or a stall limit of zero would end every phase at once.
+        assert!(parse(&["--timeout", "0"]).is_err());
+        assert!(parse(&["--stall-secs", "0"]).is_err());
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.timeout, o.stall, o.idle),
+            (Duration::from_secs(120), Duration::from_secs(10), Duration::from_secs(3))
+        );
+        assert!(parse(&["--interval-ms", "-1"]).is_err());
+        assert!(parse(&["--interval-ms", &u64::MAX.to_string()]).is_err());
     }
 
     #[test]

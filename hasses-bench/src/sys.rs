@@ -2,70 +2,48 @@
 //! its open-files limit, the source-address socket option, and the server's CPU and memory
 //! read from `/proc/PID`.
 //!
-//! Every `unsafe` block of the tool is here, each a plain libc call on local values.
+//! The system calls go through nix's safe wrappers: the tool has no `unsafe` of its own.
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+use std::time::Duration;
 
-use nix::libc;
+use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::{TimeVal, TimeValLike};
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::{sysconf, SysconfVar};
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: the clock every process of one host shares, so a
 /// timestamp written by the publisher can be compared with the receive time.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC exists on Linux");
+    Duration::from(now).as_nanos() as u64
 }
 
 /// This process's CPU time so far (user + system), in nanoseconds.
 pub fn own_cpu_ns() -> u64 {
-    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    // It fails only for a `who` the kernel does not know; RUSAGE_SELF is always known.
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage(RUSAGE_SELF)");
+    let ns = |t: TimeVal| u64::try_from(t.num_microseconds()).unwrap_or(0) * 1_000;
+    ns(usage.user_time()) + ns(usage.system_time())
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit whose soft value does not exceed the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(lim.rlim_cur)
+    Ok(hard)
 }
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`: a `bind` to an address with port 0 then picks no port
 /// until `connect`, which picks one unique for the whole 4-tuple, so the ephemeral range is
 /// not shared by every source address.
-pub fn set_bind_address_no_port(sock: &impl AsRawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd and a pointer to a c_int of the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub fn set_bind_address_no_port(sock: &impl AsFd) -> io::Result<()> {
+    Ok(setsockopt(sock, sockopt::IpBindAddressNoPort, &true)?)
 }
 
 /// Reads one server process's figures from `/proc/PID`.
@@ -103,9 +81,9 @@ impl CpuSample {
 impl ServerProbe {
     /// A probe of `pid`; fails when the process cannot be read.
     pub fn new(pid: u32) -> io::Result<Self> {
-        // SAFETY: sysconf has no memory effects.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let tick_ns = if ticks > 0 { 1_000_000_000 / ticks as u64 } else { 10_000_000 };
+        // Linux's clock tick is 100 Hz on every architecture; sysconf only confirms it.
+        let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten().and_then(|t| u64::try_from(t).ok());
+        let tick_ns = ticks.filter(|&t| t > 0).map_or(10_000_000, |t| 1_000_000_000 / t);
         let probe = ServerProbe { pid, tick_ns };
         probe.cpu()?;
         Ok(probe)
@@ -146,5 +124,41 @@ impl ServerProbe {
             total += text.split_whitespace().next()?.parse::<u64>().ok()?;
         }
         (total > 0).then_some(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::getsockopt;
+
+    #[test]
+    fn clocks_move_forward() {
+        let (t0, cpu0) = (mono_ns(), own_cpu_ns());
+        let mut x = 0u64;
+        while mono_ns() - t0 < 5_000_000 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(own_cpu_ns() > cpu0);
+    }
+
+    #[test]
+    fn the_open_files_limit_is_the_hard_one_after() {
+        let limit = raise_nofile().unwrap();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (limit, limit));
+    }
+
+    #[test]
+    fn bind_address_no_port_is_accepted() {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        set_bind_address_no_port(&sock).unwrap();
+        assert!(getsockopt(&sock, sockopt::IpBindAddressNoPort).unwrap());
+    }
+
+    #[test]
+    fn this_process_can_be_probed() {
+        let probe = ServerProbe::new(std::process::id()).unwrap();
+        assert!(probe.rss().unwrap() > 0);
+        assert!(probe.cpu().unwrap().stat_ns > 0 || probe.cpu().unwrap().sched_ns.is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The orchestrator: runs a scenario's phases in order over one set of connections, drives
 //! the publisher, watches the receivers' progress (a line on stderr once per second), and
-//! turns each phase's counters and the CPU and memory samples into a [`PhaseResult`].
+//! turns each phase's counters and the CPU and memory samples into a [`PhaseResult`] with its
+//! typed [`Figures`].
 //!
 //! It never touches a connection: receivers own them ([`crate::receiver`]).
 
@@ -8,10 +9,9 @@ use std::io;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
-
 use crate::cli::{Options, Phase};
 use crate::control::Control;
+use crate::figures::{self, Figures, Latency, TlsHandshakes, Usage};
 use crate::receiver::{Cmd, Receiver, Setup};
 use crate::stats::{Counters, Progress};
 use crate::sys::{self, CpuSample, ServerProbe};
@@ -29,27 +29,36 @@ const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// One phase's outcome.
 #[derive(Debug)]
 pub struct PhaseResult {
-    /// Which phase.
-    pub phase: Phase,
     /// Why the phase did not complete (deadline, stall, control failure), if it did not.
     pub incomplete: Option<String>,
     /// What the receivers counted.
     pub counters: Counters,
     /// Wall time of the phase's measured part, seconds.
     pub time_s: f64,
-    /// Server CPU seconds (schedstat, else stat), when `--server-pid` was given.
-    pub server_cpu_s: Option<f64>,
-    /// This tool's CPU seconds.
-    pub tool_cpu_s: f64,
-    /// The phase's figures (JSON keys → values), in the order written.
-    pub figures: Map<String, Value>,
-    /// Table cells: rate, latency, server CPU per unit, memory.
-    pub cells: [String; 4],
+    /// CPU used by the server and the tool.
+    pub usage: Usage,
+    /// The phase's own figures (which also say which phase it was).
+    pub figures: Figures,
     /// Oddities worth a look that do not fail the phase by themselves.
     pub notes: Vec<String>,
 }
 
 impl PhaseResult {
+    fn new(
+        incomplete: Option<String>,
+        counters: Counters,
+        time_s: f64,
+        usage: Usage,
+        figures: Figures,
+    ) -> Self {
+        PhaseResult { incomplete, counters, time_s, usage, figures, notes: Vec::new() }
+    }
+
+    /// Which phase.
+    pub fn phase(&self) -> Phase {
+        self.figures.phase()
+    }
+
     /// Whether the phase completed without a single error.
     pub fn ok(&self) -> bool {
         self.incomplete.is_none() && !self.counters.any_error()
@@ -61,13 +70,6 @@ struct Window {
     t0: u64,
     server: Option<CpuSample>,
     own: u64,
-}
-
-/// CPU use over a window.
-struct Usage {
-    server: Option<f64>,
-    server_stat: Option<f64>,
-    own: f64,
 }
 
 /// Decides when a phase is over, and prints its progress.
@@ -95,8 +97,8 @@ impl Waiter {
         Waiter {
             label,
             quiet: opts.quiet,
-            deadline: now + opts.timeout(),
-            stall: opts.stall(),
+            deadline: now + opts.timeout,
+            stall: opts.stall,
             last_value: 0,
             last_change: now,
             all_sent_at: None,
@@ -200,7 +202,7 @@ impl Bench {
                 Phase::Targeted => self.targeted(),
             };
             let c = &result.counters;
-            if result.server_cpu_s == Some(0.0) && c.handshaked + c.delivered_b + c.delivered_t > 0 {
+            if result.usage.server_cpu_s == Some(0.0) && c.handshaked + c.delivered_b + c.delivered_t > 0 {
                 result.notes.push("the server used no CPU for this work: is --server-pid the server?".into());
             }
             let stop = result.incomplete.is_some() || result.counters.failed_connections() > 0;
@@ -247,13 +249,15 @@ impl Bench {
     }
 
     fn usage(&self, w: &Window) -> Usage {
-        let own = sys::own_cpu_ns().saturating_sub(w.own) as f64 / 1e9;
+        let tool_cpu_s = sys::own_cpu_ns().saturating_sub(w.own) as f64 / 1e9;
         let now = self.probe.as_ref().and_then(|p| p.cpu().ok());
         match (now, w.server) {
-            (Some(a), Some(b)) => {
-                Usage { server: Some(a.since(&b)), server_stat: Some(a.stat_since(&b)), own }
-            }
-            _ => Usage { server: None, server_stat: None, own },
+            (Some(a), Some(b)) => Usage {
+                server_cpu_s: Some(a.since(&b)),
+                server_cpu_stat_s: Some(a.stat_since(&b)),
+                tool_cpu_s,
+            },
+            _ => Usage { server_cpu_s: None, server_cpu_stat_s: None, tool_cpu_s },
         }
     }
 
@@ -279,36 +283,10 @@ impl Bench {
 
     fn control(&mut self) -> io::Result<&mut Control> {
         if self.control.is_none() {
-            let c =
-                Control::connect(self.opts.control.addr, self.opts.payload as usize, self.opts.timeout())?;
+            let c = Control::connect(self.opts.control.addr, self.opts.payload as usize, self.opts.timeout)?;
             self.control = Some(c);
         }
         Ok(self.control.as_mut().expect("just connected"))
-    }
-
-    fn result(
-        phase: Phase,
-        incomplete: Option<String>,
-        counters: Counters,
-        time_s: f64,
-        usage: &Usage,
-        mut figures: Map<String, Value>,
-        cells: [String; 4],
-    ) -> PhaseResult {
-        figures.insert("server_cpu_s".into(), json!(usage.server));
-        figures.insert("server_cpu_stat_s".into(), json!(usage.server_stat));
-        figures.insert("tool_cpu_s".into(), json!(usage.own));
-        PhaseResult {
-            phase,
-            incomplete,
-            counters,
-            time_s,
-            server_cpu_s: usage.server,
-            tool_cpu_s: usage.own,
-            figures,
-            cells,
-            notes: Vec::new(),
-        }
     }
 
     fn connect(&mut self) -> PhaseResult {
@@ -335,35 +313,32 @@ impl Bench {
         let c = self.collect();
         let end = if c.last_handshake > w.t0 { c.last_handshake } else { sys::mono_ns() };
         let time_s = (end - w.t0) as f64 / 1e9;
-        let rate = c.handshaked as f64 / time_s.max(1e-9);
-        let per_conn = usage.server.map(|s| s * 1e6 / c.handshaked.max(1) as f64);
         let server_clients = self.control().and_then(|c| c.number_of_clients()).ok();
-        let rss = self.probe.as_ref().and_then(|p| p.rss().ok());
-        let mut f = Map::new();
-        f.insert("handshaked".into(), json!(c.handshaked));
-        f.insert("connections_per_s".into(), json!(rate));
-        f.insert("server_cpu_us_per_connection".into(), json!(per_conn));
-        f.insert("server_clients".into(), json!(server_clients));
-        f.insert("server_rss_before_bytes".into(), json!(self.rss_start));
-        f.insert("server_rss_after_bytes".into(), json!(rss));
-        let mut cells = [format!("{rate:.0} conn/s"), "-".into(), per_unit(per_conn, "conn"), rss_cell(rss)];
-        if self.opts.tls {
+        let tls = self.opts.tls.then(|| {
             // The TLS handshakes end a round trip before their connection's response head.
             let end = if c.last_tls_handshake > w.t0 { c.last_tls_handshake } else { sys::mono_ns() };
-            let tls_rate = c.tls_handshaked as f64 / ((end - w.t0) as f64 / 1e9).max(1e-9);
-            let per_handshake =
-                usage.server.filter(|_| c.tls_handshaked > 0).map(|s| s * 1e6 / c.tls_handshaked as f64);
-            f.insert("tls_handshakes".into(), json!(c.tls_handshaked));
-            f.insert("tls_handshakes_per_s".into(), json!(tls_rate));
-            f.insert("server_cpu_us_per_tls_handshake".into(), json!(per_handshake));
-            let tool_per_handshake =
-                (c.tls_handshaked > 0).then(|| usage.own * 1e6 / c.tls_handshaked as f64);
-            f.insert("tool_cpu_us_per_tls_handshake".into(), json!(tool_per_handshake));
-            cells[0] = format!("{rate:.0} conn/s, {tls_rate:.0} TLS hs/s");
-            cells[2] = per_unit(per_handshake, "TLS hs");
-        }
+            TlsHandshakes {
+                tls_handshakes: c.tls_handshaked,
+                tls_handshakes_per_s: c.tls_handshaked as f64 / ((end - w.t0) as f64 / 1e9).max(1e-9),
+                server_cpu_us_per_tls_handshake: usage
+                    .server_cpu_s
+                    .filter(|_| c.tls_handshaked > 0)
+                    .map(|s| s * 1e6 / c.tls_handshaked as f64),
+                tool_cpu_us_per_tls_handshake: (c.tls_handshaked > 0)
+                    .then(|| usage.tool_cpu_s * 1e6 / c.tls_handshaked as f64),
+            }
+        });
+        let figures = figures::Connect {
+            handshaked: c.handshaked,
+            connections_per_s: c.handshaked as f64 / time_s.max(1e-9),
+            server_cpu_us_per_connection: usage.server_cpu_s.map(|s| s * 1e6 / c.handshaked.max(1) as f64),
+            server_clients,
+            server_rss_before_bytes: self.rss_start,
+            server_rss_after_bytes: self.probe.as_ref().and_then(|p| p.rss().ok()),
+            tls,
+        };
         let live = c.live;
-        let mut result = Self::result(Phase::Connect, incomplete, c, time_s, &usage, f, cells);
+        let mut result = PhaseResult::new(incomplete, c, time_s, usage, Figures::Connect(figures));
         if let Some(seen) = server_clients.filter(|&seen| seen < live) {
             // The server does not know of connections that were answered: another process
             // (an old instance sharing the port through SO_REUSEPORT?) took some of them.
@@ -377,7 +352,7 @@ impl Bench {
     fn idle(&mut self) -> PhaseResult {
         let w = self.begin(0);
         let start = Instant::now();
-        sleep(Duration::from_secs_f64(self.opts.idle_secs));
+        sleep(self.opts.idle);
         let usage = self.usage(&w);
         let time_s = start.elapsed().as_secs_f64();
         let rss = self.probe.as_ref().and_then(|p| p.rss().ok());
@@ -386,20 +361,14 @@ impl Bench {
             (Some(after), Some(before)) if c.live > 0 => Some((after as f64 - before as f64) / c.live as f64),
             _ => None,
         };
-        let mut f = Map::new();
-        f.insert("idle_s".into(), json!(time_s));
-        f.insert("rss_before_bytes".into(), json!(self.rss_start));
-        f.insert("rss_after_bytes".into(), json!(rss));
-        f.insert("rss_bytes_per_connection".into(), json!(per_conn));
-        let unit = if self.opts.tls {
-            f.insert("rss_bytes_per_tls_connection".into(), json!(per_conn));
-            "TLS conn"
-        } else {
-            "conn"
+        let figures = figures::Idle {
+            idle_s: time_s,
+            rss_before_bytes: self.rss_start,
+            rss_after_bytes: rss,
+            rss_bytes_per_connection: per_conn,
+            rss_bytes_per_tls_connection: per_conn.filter(|_| self.opts.tls),
         };
-        let mem = per_conn.map_or("-".into(), |b| format!("{b:.0} B/{unit}"));
-        let cells = ["-".into(), "-".into(), "-".into(), mem];
-        Self::result(Phase::Idle, None, c, time_s, &usage, f, cells)
+        PhaseResult::new(None, c, time_s, usage, Figures::Idle(figures))
     }
 
     fn broadcast(&mut self) -> PhaseResult {
@@ -446,24 +415,18 @@ impl Bench {
         let mut last: Vec<u64> = c.last_receiver.iter().take(sent as usize).copied().collect();
         last.sort_unstable();
         let (p50, p99, max) = (pick(&last, 0.50), pick(&last, 0.99), last.last().copied().unwrap_or(0));
-        let per_delivery = usage.server.map(|s| s * 1e6 / deliveries.max(1) as f64);
-        let mut f = Map::new();
-        f.insert("messages".into(), json!(sent));
-        f.insert("interval_ms".into(), json!(self.opts.interval_ms));
-        f.insert("deliveries".into(), json!(deliveries));
-        f.insert("expected_deliveries".into(), json!(expected));
-        f.insert("last_receiver_ms_p50".into(), json!(ms(p50)));
-        f.insert("last_receiver_ms_p99".into(), json!(ms(p99)));
-        f.insert("last_receiver_ms_max".into(), json!(ms(max)));
-        latency_figures(&mut f, &c);
-        f.insert("server_cpu_us_per_delivery".into(), json!(per_delivery));
-        let cells = [
-            format!("{sent} msgs / {} ms", self.opts.interval_ms),
-            format!("last rcv {:.1}/{:.1}/{:.1} ms", ms(p50), ms(p99), ms(max)),
-            per_unit(per_delivery, "deliv"),
-            "-".into(),
-        ];
-        Self::result(Phase::Broadcast, incomplete, c, time_s, &usage, f, cells)
+        let figures = figures::Broadcast {
+            messages: sent,
+            interval_ms: self.opts.interval_ms,
+            deliveries,
+            expected_deliveries: expected,
+            last_receiver_ms_p50: ms(p50),
+            last_receiver_ms_p99: ms(p99),
+            last_receiver_ms_max: ms(max),
+            latency: latency(&c),
+            server_cpu_us_per_delivery: usage.server_cpu_s.map(|s| s * 1e6 / deliveries.max(1) as f64),
+        };
+        PhaseResult::new(incomplete, c, time_s, usage, Figures::Broadcast(figures))
     }
 
     fn burst(&mut self) -> PhaseResult {
@@ -492,23 +455,16 @@ impl Bench {
         let c = self.collect();
         let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
         let deliveries = c.delivered_b;
-        let rate = deliveries as f64 / time_s.max(1e-9);
-        let per_delivery = usage.server.map(|s| s * 1e6 / deliveries.max(1) as f64);
-        let mut f = Map::new();
-        f.insert("messages".into(), json!(count));
-        f.insert("deliveries".into(), json!(deliveries));
-        f.insert("expected_deliveries".into(), json!(expected));
-        f.insert("all_received_s".into(), json!(time_s));
-        f.insert("deliveries_per_s".into(), json!(rate));
-        latency_figures(&mut f, &c);
-        f.insert("server_cpu_us_per_delivery".into(), json!(per_delivery));
-        let cells = [
-            format!("{rate:.0} deliv/s"),
-            format!("all in {:.1} ms", time_s * 1e3),
-            per_unit(per_delivery, "deliv"),
-            "-".into(),
-        ];
-        Self::result(Phase::Burst, incomplete, c, time_s, &usage, f, cells)
+        let figures = figures::Burst {
+            messages: count,
+            deliveries,
+            expected_deliveries: expected,
+            all_received_s: time_s,
+            deliveries_per_s: deliveries as f64 / time_s.max(1e-9),
+            latency: latency(&c),
+            server_cpu_us_per_delivery: usage.server_cpu_s.map(|s| s * 1e6 / deliveries.max(1) as f64),
+        };
+        PhaseResult::new(incomplete, c, time_s, usage, Figures::Burst(figures))
     }
 
     fn targeted(&mut self) -> PhaseResult {
@@ -547,31 +503,25 @@ impl Bench {
         let c = self.collect();
         let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
         let received = c.delivered_t;
-        let rate = received as f64 / time_s.max(1e-9);
-        let per_message = usage.server.map(|s| s * 1e6 / received.max(1) as f64);
-        let mut f = Map::new();
-        f.insert("messages".into(), json!(k));
-        f.insert("received".into(), json!(received));
-        f.insert("all_received_s".into(), json!(time_s));
-        f.insert("messages_per_s".into(), json!(rate));
-        latency_figures(&mut f, &c);
-        f.insert("server_cpu_us_per_message".into(), json!(per_message));
-        let lat = &c.latency;
-        let cells = [
-            format!("{rate:.0} msg/s"),
-            format!("p50/p99 {:.1}/{:.1} ms", ms(lat.quantile(0.5)), ms(lat.quantile(0.99))),
-            per_unit(per_message, "msg"),
-            "-".into(),
-        ];
-        Self::result(Phase::Targeted, incomplete, c, time_s, &usage, f, cells)
+        let figures = figures::Targeted {
+            messages: k,
+            received,
+            all_received_s: time_s,
+            messages_per_s: received as f64 / time_s.max(1e-9),
+            latency: latency(&c),
+            server_cpu_us_per_message: usage.server_cpu_s.map(|s| s * 1e6 / received.max(1) as f64),
+        };
+        PhaseResult::new(incomplete, c, time_s, usage, Figures::Targeted(figures))
     }
 }
 
-fn latency_figures(f: &mut Map<String, Value>, c: &Counters) {
+fn latency(c: &Counters) -> Latency {
     let h = &c.latency;
-    f.insert("latency_ms_p50".into(), json!(ms(h.quantile(0.50))));
-    f.insert("latency_ms_p99".into(), json!(ms(h.quantile(0.99))));
-    f.insert("latency_ms_max".into(), json!(ms(h.max())));
+    Latency {
+        latency_ms_p50: ms(h.quantile(0.50)),
+        latency_ms_p99: ms(h.quantile(0.99)),
+        latency_ms_max: ms(h.max()),
+    }
 }
 
 /// The value at quantile `q` of sorted values (nearest rank).
@@ -585,14 +535,6 @@ fn pick(sorted: &[u64], q: f64) -> u64 {
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-fn per_unit(us: Option<f64>, unit: &str) -> String {
-    us.map_or("-".into(), |v| format!("{v:.2} µs/{unit}"))
-}
-
-fn rss_cell(rss: Option<u64>) -> String {
-    rss.map_or("-".into(), |b| format!("RSS {:.1} MiB", b as f64 / (1024.0 * 1024.0)))
 }
 
 #[cfg(test)]

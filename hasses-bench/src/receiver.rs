@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver as ChanRx, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use nix::libc;
+use nix::errno::Errno;
 use rustls::ClientConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -339,7 +339,7 @@ impl Thread {
         }
         match sock.connect(&sse.into()) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) if e.raw_os_error() == Some(Errno::EINPROGRESS as i32) => {}
             Err(e) => return Err(e),
         }
         let mut stream = TcpStream::from_std(sock.into());

@@ -2,14 +2,15 @@
 //! epoll server can do for this bench's traffic, so that a run against it shows what the kernel
 //! alone charges on this machine, in the same hour, with the same clients.
 //!
-//! Its shape is the server's: `--floor-workers` workers (2, the server's default), each with its
-//! own `SO_REUSEPORT` listener on the `--sse` address and its own epoll, and a control thread
-//! that frames each published message once, with the server's own parser and encoder, and hands
-//! it to every worker. Per connection a worker accepts, registers, reads the request, judges it
+//! Its shape is the server's: `--floor-workers` workers (one per core, as the server's default),
+//! each with its own `SO_REUSEPORT` listener on the `--sse` address and its own epoll, and a
+//! control thread that frames each published message once, with the server's own parser and
+//! encoder, and hands it to every worker. Per connection a worker accepts, registers, reads the request, judges it
 //! with the server's own parser and writes its response head; per recipient it makes one
 //! `write`, one for a run of messages to the same target. It keeps nothing else: no log,
 //! timeouts, counters or queues, and a socket that does not take a write whole is closed. It
-//! answers `tcpnumberofclients` and ignores every other command. Not a server to deploy.
+//! answers `tcpnumberofclients` and ignores every other command; like the server it takes several
+//! commands on one line, `;` between them. Not a server to deploy.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -19,15 +20,16 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use hasses::control::command::{parse_command, Answer, Command, Query, Target};
+use hasses::control::command::{parse_command, split_parts, Answer, Command, Query, Target};
 use hasses::control::lines::LineBuffer;
 use hasses::http::{judge, Judgement, Responses, Route};
 use hasses::limits::Limits;
+use hasses::server;
 use hasses::sse::{encode_event, EventIds, Frame};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::SockRef;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -51,19 +53,20 @@ pub fn serve(sse: SocketAddr, control: SocketAddr, workers: usize, path: &str) -
     let streaming = Arc::new(AtomicU64::new(0));
     // Port 0 picks a free port for the first listener; the others share that one.
     let first = listen(sse, true)?;
-    let sse = first.local_addr()?.as_socket().unwrap_or(sse);
+    let sse = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(listen(sse, true)?);
     }
     let mut handles = Vec::new();
     for listener in listeners {
-        let (worker, handle) =
-            Worker::new(TcpListener::from_std(listener.into()), path, Arc::clone(&streaming))?;
+        let (worker, handle) = Worker::new(TcpListener::from_std(listener), path, Arc::clone(&streaming))?;
         std::thread::Builder::new().name("floor-worker".into()).spawn(move || worker.run())?;
         handles.push(handle);
     }
-    let control_listener: StdListener = listen(control, false)?.into();
+    let control_listener = listen(control, false)?;
+    // One thread per publisher, each blocking on its own connection.
+    control_listener.set_nonblocking(false)?;
     let control = control_listener.local_addr()?;
     eprintln!("floor-server: SSE on {sse} ({workers} workers), control on {control}");
     let handles = Arc::new(handles);
@@ -76,21 +79,16 @@ pub fn serve(sse: SocketAddr, control: SocketAddr, workers: usize, path: &str) -
     Ok(())
 }
 
-/// A listening socket; `shared` ones take `SO_REUSEPORT` (one per worker) and do not block, as
-/// the server's do.
-fn listen(addr: SocketAddr, shared: bool) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(shared)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(shared)?;
-    socket.set_nodelay(true)?;
-    Ok(socket)
+/// A listener opened by the server's own [`server::listen`] (`shared` ones take `SO_REUSEPORT`,
+/// one per worker), whose accepted sockets inherit `TCP_NODELAY` as the server's SSE ones do.
+fn listen(addr: SocketAddr, shared: bool) -> io::Result<StdListener> {
+    let listener = server::listen(addr, shared).map_err(io::Error::other)?;
+    SockRef::from(&listener).set_nodelay(true)?;
+    Ok(listener)
 }
+
+/// The separator between commands on a control line: the server's default (`--separator`).
+const SEPARATOR: u8 = b';';
 
 /// Reads control lines until the publisher hangs up; wakes each worker once per read.
 fn control_connection(
@@ -99,34 +97,63 @@ fn control_connection(
     ids: &Mutex<EventIds>,
     streaming: &AtomicU64,
 ) {
-    let limits = Limits::default();
-    let mut lines = LineBuffer::default();
+    let mut publisher = Publisher { workers, ids, streaming, limits: Limits::default(), replies: Vec::new() };
+    let mut lines = LineBuffer::new(SEPARATOR);
     let mut chunk = vec![0; 64 * 1024];
-    let mut replies = Vec::new();
     while let Ok(got @ 1..) = stream.read(&mut chunk) {
-        lines.push(&chunk[..got], limits.max_control_line(), |line| {
-            match line.map(|line| parse_command(line.bytes(), &limits)) {
-                // hasses' form, the load tools' own: one target.
-                Ok(Ok(Command::Publish(publish))) if publish.audience.targets.len() == 1 => {
-                    let frame = encode_event(ids.lock().next_id(), &publish.message);
-                    let target = publish.audience.targets.into_iter().next().unwrap_or(Target::All);
-                    let message = Arc::new(Message { target, frame });
-                    for worker in workers {
-                        let _ = worker.messages.send(Arc::clone(&message));
-                    }
-                }
-                Ok(Ok(Command::Query(Query::NumberOfClients, Answer::Reply))) => {
-                    let count = streaming.load(Ordering::Relaxed);
-                    let _ = writeln!(replies, "{{\"numberofclients\":{count}}}");
-                }
-                _ => {}
+        let max_line = publisher.limits.max_control_line();
+        lines.push(&chunk[..got], max_line, |line| {
+            // A line over the limit is skipped.
+            if let Ok(piece) = line {
+                publisher.line(piece.bytes());
             }
         });
         for worker in workers {
             let _ = worker.waker.wake();
         }
-        if !replies.is_empty() && stream.write_all(&std::mem::take(&mut replies)).is_err() {
+        let replies = std::mem::take(&mut publisher.replies);
+        if !replies.is_empty() && stream.write_all(&replies).is_err() {
             return;
+        }
+    }
+}
+
+/// The commands one control line holds, split as the server's control thread splits a line.
+/// Kept to itself so that it follows the server's framing of commands as that changes.
+fn commands(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    split_parts(line, SEPARATOR)
+}
+
+/// What a control connection's commands act on, and the replies it has not written yet.
+struct Publisher<'a> {
+    workers: &'a [WorkerHandle],
+    ids: &'a Mutex<EventIds>,
+    streaming: &'a AtomicU64,
+    limits: Limits,
+    replies: Vec<u8>,
+}
+
+impl Publisher<'_> {
+    /// Publishes every message of a line to every worker (without waking them) and queues the
+    /// replies; a command that does not parse is ignored, as is any other than those two.
+    fn line(&mut self, line: &[u8]) {
+        for part in commands(line) {
+            match parse_command(part, &self.limits) {
+                // hasses' form, the load tools' own: one target.
+                Ok(Command::Publish(publish)) if publish.audience.targets.len() == 1 => {
+                    let frame = encode_event(self.ids.lock().next_id(), &publish.message);
+                    let target = publish.audience.targets.into_iter().next().unwrap_or(Target::All);
+                    let message = Arc::new(Message { target, frame });
+                    for worker in self.workers {
+                        let _ = worker.messages.send(Arc::clone(&message));
+                    }
+                }
+                Ok(Command::Query(Query::NumberOfClients, Answer::Reply)) => {
+                    let count = self.streaming.load(Ordering::Relaxed);
+                    let _ = writeln!(self.replies, "{{\"numberofclients\":{count}}}");
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -299,5 +326,37 @@ impl Worker {
                 Target::Prefix(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's end of its channel, with the waker the publisher would wake.
+    fn worker() -> (WorkerHandle, Receiver<Arc<Message>>, Poll) {
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), WAKER).unwrap();
+        let (messages, inbox) = unbounded();
+        (WorkerHandle { messages, waker }, inbox, poll)
+    }
+
+    #[test]
+    fn a_line_holds_several_commands_as_the_servers_do() {
+        let (handle, inbox, _poll) = worker();
+        let workers = [handle];
+        let ids = Mutex::new(EventIds::starting_now());
+        let streaming = AtomicU64::new(7);
+        let mut publisher = Publisher {
+            workers: &workers,
+            ids: &ids,
+            streaming: &streaming,
+            limits: Limits::default(),
+            replies: Vec::new(),
+        };
+        publisher.line(b"a=1;b=2; ;tcpnumberofclients;nonsense");
+        let targets: Vec<Target> = inbox.try_iter().map(|m| m.target.clone()).collect();
+        assert_eq!(targets, [Target::Token("a".into()), Target::Token("b".into())]);
+        assert_eq!(publisher.replies, b"{\"numberofclients\":7}\n");
     }
 }

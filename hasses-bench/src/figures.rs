@@ -1,0 +1,172 @@
+//! What each phase measured, typed: one struct per phase, plus the CPU used and the latency
+//! quantiles several of them share.
+//!
+//! Owns the names of the JSON line's fields (the serde names below); it computes nothing and
+//! formats nothing: [`crate::run`] fills these, [`crate::report`] shows them.
+
+use serde::Serialize;
+
+use crate::cli::Phase;
+
+/// A phase's own figures.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Figures {
+    /// Opening the connections.
+    Connect(Connect),
+    /// Waiting with every connection open.
+    Idle(Idle),
+    /// Messages to everyone at an interval.
+    Broadcast(Broadcast),
+    /// Messages to everyone back to back.
+    Burst(Burst),
+    /// Messages to one connection each.
+    Targeted(Targeted),
+}
+
+impl Figures {
+    /// The phase these figures are of.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Figures::Connect(_) => Phase::Connect,
+            Figures::Idle(_) => Phase::Idle,
+            Figures::Broadcast(_) => Phase::Broadcast,
+            Figures::Burst(_) => Phase::Burst,
+            Figures::Targeted(_) => Phase::Targeted,
+        }
+    }
+}
+
+/// CPU used over a phase's measured window.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    /// The server's CPU seconds (schedstat, else stat), when `--server-pid` was given.
+    pub server_cpu_s: Option<f64>,
+    /// The server's CPU seconds by `/proc/PID/stat` alone (clock-tick resolution).
+    pub server_cpu_stat_s: Option<f64>,
+    /// This tool's CPU seconds.
+    pub tool_cpu_s: f64,
+}
+
+/// Receive latency over every delivery of a phase (receive time minus the send time in the
+/// payload), in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// The median.
+    pub latency_ms_p50: f64,
+    /// The 99th percentile.
+    pub latency_ms_p99: f64,
+    /// The largest.
+    pub latency_ms_max: f64,
+}
+
+/// The connect phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connect {
+    /// Connections whose response head arrived.
+    pub handshaked: u64,
+    /// Handshaked connections per second of the phase.
+    pub connections_per_s: f64,
+    /// Server CPU per handshaked connection, µs.
+    pub server_cpu_us_per_connection: Option<f64>,
+    /// What the server answers to `tcpnumberofclients` after the phase.
+    pub server_clients: Option<u64>,
+    /// The server's RSS before the first connection, bytes.
+    pub server_rss_before_bytes: Option<u64>,
+    /// The server's RSS after the phase, bytes.
+    pub server_rss_after_bytes: Option<u64>,
+    /// With `--tls`: the handshakes' figures.
+    #[serde(flatten)]
+    pub tls: Option<TlsHandshakes>,
+}
+
+/// The TLS handshakes of the connect phase (`--tls`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsHandshakes {
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// Completed per second, until the last one.
+    pub tls_handshakes_per_s: f64,
+    /// Server CPU per handshake (and its connection's response head), µs.
+    pub server_cpu_us_per_tls_handshake: Option<f64>,
+    /// This tool's CPU per handshake, µs.
+    pub tool_cpu_us_per_tls_handshake: Option<f64>,
+}
+
+/// The idle phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    /// How long the connections were left idle, seconds.
+    pub idle_s: f64,
+    /// The server's RSS before the first connection, bytes.
+    pub rss_before_bytes: Option<u64>,
+    /// The server's RSS after the pause, bytes.
+    pub rss_after_bytes: Option<u64>,
+    /// RSS growth per open connection, bytes.
+    pub rss_bytes_per_connection: Option<f64>,
+    /// The same, under the name of a TLS run (`--tls` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes_per_tls_connection: Option<f64>,
+}
+
+/// The broadcast phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Broadcast {
+    /// Broadcasts sent.
+    pub messages: u64,
+    /// The interval between two, ms.
+    pub interval_ms: u64,
+    /// Broadcast events received, over all connections.
+    pub deliveries: u64,
+    /// Open connections × messages.
+    pub expected_deliveries: u64,
+    /// Per message, the time until its last receiver had it: median, ms.
+    pub last_receiver_ms_p50: f64,
+    /// The same, 99th percentile.
+    pub last_receiver_ms_p99: f64,
+    /// The same, largest.
+    pub last_receiver_ms_max: f64,
+    /// Every delivery's latency.
+    #[serde(flatten)]
+    pub latency: Latency,
+    /// Server CPU per delivery, µs.
+    pub server_cpu_us_per_delivery: Option<f64>,
+}
+
+/// The burst phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Burst {
+    /// Broadcasts sent back to back.
+    pub messages: u64,
+    /// Broadcast events received, over all connections.
+    pub deliveries: u64,
+    /// Open connections × messages.
+    pub expected_deliveries: u64,
+    /// From the first send until the last delivery, seconds.
+    pub all_received_s: f64,
+    /// Deliveries per second over that time.
+    pub deliveries_per_s: f64,
+    /// Every delivery's latency.
+    #[serde(flatten)]
+    pub latency: Latency,
+    /// Server CPU per delivery, µs.
+    pub server_cpu_us_per_delivery: Option<f64>,
+}
+
+/// The targeted phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Targeted {
+    /// Messages sent, each to one connection.
+    pub messages: u64,
+    /// Targeted events received.
+    pub received: u64,
+    /// From the first send until the last one was received, seconds.
+    pub all_received_s: f64,
+    /// Messages received per second over that time.
+    pub messages_per_s: f64,
+    /// Every message's latency.
+    #[serde(flatten)]
+    pub latency: Latency,
+    /// Server CPU per message, µs.
+    pub server_cpu_us_per_message: Option<f64>,
+}

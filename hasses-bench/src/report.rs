@@ -1,0 +1,340 @@
+//! The outputs: a table for people (stdout) and one JSON object per phase (`--json-out`), both
+//! from a phase's typed [`Figures`].
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::cli::Options;
+use crate::figures::{Figures, Usage};
+use crate::run::PhaseResult;
+
+/// One JSON line: the run's context (repeated, so that lines from several runs can be mixed),
+/// the receivers' counts, the phase's own figures and the CPU used.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    scenario: &'static str,
+    ok: bool,
+    incomplete: Option<&'a str>,
+    connections: u32,
+    live_connections: u64,
+    threads: u32,
+    payload: u32,
+    tls: bool,
+    time_s: f64,
+    lost: u64,
+    duplicated: u64,
+    misrouted: u64,
+    id_errors: u64,
+    foreign: u64,
+    connect_failed: u64,
+    closed: u64,
+    protocol_errors: u64,
+    #[serde(flatten)]
+    figures: &'a Figures,
+    #[serde(flatten)]
+    usage: &'a Usage,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    error_samples: &'a [String],
+}
+
+/// A phase as one line of JSON.
+pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
+    let c = &r.counters;
+    let line = JsonLine {
+        scenario: r.phase().name(),
+        ok: r.ok(),
+        incomplete: r.incomplete.as_deref(),
+        connections: opts.connections,
+        live_connections: c.live,
+        threads: opts.threads,
+        payload: opts.payload,
+        tls: opts.tls,
+        time_s: r.time_s,
+        lost: c.lost(),
+        duplicated: c.duplicated(),
+        misrouted: c.misrouted,
+        id_errors: c.id_errors,
+        foreign: c.foreign,
+        connect_failed: c.connect_failed,
+        closed: c.closed,
+        protocol_errors: c.proto_errors,
+        figures: &r.figures,
+        usage: &r.usage,
+        notes: &r.notes,
+        error_samples: &c.error_samples,
+    };
+    serde_json::to_string(&line).expect("plain numbers and strings serialize")
+}
+
+/// The table's columns, in order.
+const HEAD: [&str; 12] = [
+    "phase",
+    "time s",
+    "rate",
+    "latency",
+    "srv CPU s",
+    "srv CPU/unit",
+    "memory",
+    "tool CPU s",
+    "lost",
+    "dup",
+    "misr",
+    "status",
+];
+
+/// The columns whose content depends on the phase.
+struct PhaseCells {
+    rate: String,
+    latency: String,
+    per_unit: String,
+    memory: String,
+}
+
+impl PhaseCells {
+    fn of(figures: &Figures, tls: bool) -> PhaseCells {
+        let none = || "-".to_string();
+        match figures {
+            Figures::Connect(f) => {
+                let mut cells = PhaseCells {
+                    rate: format!("{:.0} conn/s", f.connections_per_s),
+                    latency: none(),
+                    per_unit: per_unit(f.server_cpu_us_per_connection, "conn"),
+                    memory: f.server_rss_after_bytes.map_or_else(none, |b| format!("RSS {:.1} MiB", mib(b))),
+                };
+                if let Some(t) = &f.tls {
+                    cells.rate = format!("{}, {:.0} TLS hs/s", cells.rate, t.tls_handshakes_per_s);
+                    cells.per_unit = per_unit(t.server_cpu_us_per_tls_handshake, "TLS hs");
+                }
+                cells
+            }
+            Figures::Idle(f) => PhaseCells {
+                rate: none(),
+                latency: none(),
+                per_unit: none(),
+                memory: f
+                    .rss_bytes_per_connection
+                    .map_or_else(none, |b| format!("{b:.0} B/{}", if tls { "TLS conn" } else { "conn" })),
+            },
+            Figures::Broadcast(f) => PhaseCells {
+                rate: format!("{} msgs / {} ms", f.messages, f.interval_ms),
+                latency: format!(
+                    "last rcv {:.1}/{:.1}/{:.1} ms",
+                    f.last_receiver_ms_p50, f.last_receiver_ms_p99, f.last_receiver_ms_max
+                ),
+                per_unit: per_unit(f.server_cpu_us_per_delivery, "deliv"),
+                memory: none(),
+            },
+            Figures::Burst(f) => PhaseCells {
+                rate: format!("{:.0} deliv/s", f.deliveries_per_s),
+                latency: format!("all in {:.1} ms", f.all_received_s * 1e3),
+                per_unit: per_unit(f.server_cpu_us_per_delivery, "deliv"),
+                memory: none(),
+            },
+            Figures::Targeted(f) => PhaseCells {
+                rate: format!("{:.0} msg/s", f.messages_per_s),
+                latency: format!(
+                    "p50/p99 {:.1}/{:.1} ms",
+                    f.latency.latency_ms_p50, f.latency.latency_ms_p99
+                ),
+                per_unit: per_unit(f.server_cpu_us_per_message, "msg"),
+                memory: none(),
+            },
+        }
+    }
+}
+
+/// A phase's row, column by column as in [`HEAD`].
+fn row(r: &PhaseResult, tls: bool) -> [String; HEAD.len()] {
+    let c = &r.counters;
+    let status = match (&r.incomplete, r.ok()) {
+        (Some(why), _) => format!("FAIL: {why}"),
+        (None, true) => "ok".into(),
+        (None, false) => "FAIL".into(),
+    };
+    let PhaseCells { rate, latency, per_unit, memory } = PhaseCells::of(&r.figures, tls);
+    [
+        r.phase().name().into(),
+        format!("{:.3}", r.time_s),
+        rate,
+        latency,
+        r.usage.server_cpu_s.map_or("-".into(), |s| format!("{s:.3}")),
+        per_unit,
+        memory,
+        format!("{:.3}", r.usage.tool_cpu_s),
+        c.lost().to_string(),
+        c.duplicated().to_string(),
+        c.misrouted.to_string(),
+        status,
+    ]
+}
+
+/// The table printed at the end, then each phase's errors and warnings.
+pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
+    let mut rows = vec![HEAD.map(String::from)];
+    rows.extend(results.iter().map(|r| row(r, opts.tls)));
+    let widths: Vec<usize> =
+        (0..HEAD.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = format!(
+        "hasses-bench: {} connections{}, {} receiver thread(s), payload {} B\n",
+        opts.connections,
+        if opts.tls { " over TLS" } else { "" },
+        opts.threads,
+        opts.payload
+    );
+    for row in &rows {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for r in results {
+        let c = &r.counters;
+        let name = r.phase().name();
+        let extra = c.id_errors + c.foreign + c.failed_connections();
+        if extra > 0 {
+            let _ = writeln!(
+                out,
+                "{name}: id errors {}, foreign events {}, connect failures {}, closed {}, protocol errors {}",
+                c.id_errors, c.foreign, c.connect_failed, c.closed, c.proto_errors
+            );
+        }
+        for e in &c.error_samples {
+            let _ = writeln!(out, "  e.g. {e}");
+        }
+        for n in &r.notes {
+            let _ = writeln!(out, "{name}: warning: {n}");
+        }
+    }
+    out
+}
+
+fn per_unit(us: Option<f64>, unit: &str) -> String {
+    us.map_or("-".into(), |v| format!("{v:.2} µs/{unit}"))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::figures::{Broadcast, Connect, Idle, Latency, TlsHandshakes};
+    use crate::stats::Counters;
+
+    fn options(args: &[&str]) -> Options {
+        Options::try_parse_from([&["hasses-bench", "all", "-n", "3"], args].concat()).unwrap()
+    }
+
+    fn result(figures: Figures) -> PhaseResult {
+        PhaseResult {
+            incomplete: None,
+            counters: Counters { handshaked: 3, live: 3, ..Counters::default() },
+            time_s: 0.5,
+            usage: Usage { server_cpu_s: Some(0.25), server_cpu_stat_s: Some(0.2), tool_cpu_s: 0.125 },
+            figures,
+            notes: Vec::new(),
+        }
+    }
+
+    fn connect(tls: Option<TlsHandshakes>) -> Figures {
+        Figures::Connect(Connect {
+            handshaked: 3,
+            connections_per_s: 6.0,
+            server_cpu_us_per_connection: Some(83.3),
+            server_clients: Some(3),
+            server_rss_before_bytes: None,
+            server_rss_after_bytes: Some(3 << 20),
+            tls,
+        })
+    }
+
+    fn json(opts: &Options, r: &PhaseResult) -> serde_json::Map<String, Value> {
+        match serde_json::from_str(&json_line(opts, r)).unwrap() {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_json_line_holds_the_context_the_counts_the_figures_and_the_cpu() {
+        let line = json(&options(&[]), &result(connect(None)));
+        assert_eq!(line["scenario"], "connect");
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["incomplete"], Value::Null);
+        assert_eq!(line["connections"], 3);
+        assert_eq!(line["lost"], 0);
+        assert_eq!(line["handshaked"], 3);
+        assert_eq!(line["server_clients"], 3);
+        // A figure that could not be taken is null, not missing.
+        assert_eq!(line["server_rss_before_bytes"], Value::Null);
+        assert_eq!(line["server_cpu_s"], 0.25);
+        assert_eq!(line["tool_cpu_s"], 0.125);
+        for absent in ["tls_handshakes", "notes", "error_samples"] {
+            assert!(!line.contains_key(absent), "{absent} in {line:?}");
+        }
+    }
+
+    #[test]
+    fn tls_figures_appear_with_tls_only() {
+        let opts = options(&["--tls", "--ca", "ca.pem"]);
+        let tls = TlsHandshakes {
+            tls_handshakes: 3,
+            tls_handshakes_per_s: 5.0,
+            server_cpu_us_per_tls_handshake: Some(250.0),
+            tool_cpu_us_per_tls_handshake: None,
+        };
+        let r = result(connect(Some(tls)));
+        let line = json(&opts, &r);
+        assert_eq!(line["tls"], true);
+        assert_eq!(line["tls_handshakes"], 3);
+        assert_eq!(line["tool_cpu_us_per_tls_handshake"], Value::Null);
+        let table = table(&opts, &[r]);
+        assert!(table.contains("6 conn/s, 5 TLS hs/s"), "{table}");
+        assert!(table.contains("250.00 µs/TLS hs"), "{table}");
+    }
+
+    #[test]
+    fn the_table_shows_each_phase_in_its_columns() {
+        let idle = Figures::Idle(Idle {
+            idle_s: 0.2,
+            rss_before_bytes: Some(1000),
+            rss_after_bytes: Some(2200),
+            rss_bytes_per_connection: Some(400.0),
+            rss_bytes_per_tls_connection: None,
+        });
+        let broadcast = Figures::Broadcast(Broadcast {
+            messages: 5,
+            interval_ms: 20,
+            deliveries: 15,
+            expected_deliveries: 15,
+            last_receiver_ms_p50: 1.5,
+            last_receiver_ms_p99: 2.0,
+            last_receiver_ms_max: 3.0,
+            latency: Latency::default(),
+            server_cpu_us_per_delivery: None,
+        });
+        let mut failed = result(broadcast);
+        failed.incomplete = Some("timeout".into());
+        let table = table(&options(&[]), &[result(connect(None)), result(idle), failed]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("phase") && lines[1].ends_with("status"), "{table}");
+        let cells = |line: &str| line.split("  ").map(str::trim).filter(|c| !c.is_empty()).count();
+        assert_eq!(cells(lines[1]), HEAD.len(), "{table}");
+        assert!(lines[2].starts_with("connect ") && lines[2].contains("RSS 3.0 MiB"), "{table}");
+        assert!(lines[3].starts_with("idle ") && lines[3].contains("400 B/conn"), "{table}");
+        assert!(
+            lines[4].contains("5 msgs / 20 ms") && lines[4].contains("last rcv 1.5/2.0/3.0 ms"),
+            "{table}"
+        );
+        assert!(lines[4].ends_with("FAIL: timeout"), "{table}");
+    }
+}
