@@ -46,6 +46,7 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod history;
 pub mod http;
 pub mod limits;
 pub mod log;

@@ -1,0 +1,487 @@
+//! The events kept for resume: written once by the sequencer, read when a client resumes.
+//!
+//! Owns which events are kept and for how long, and what a resuming client is owed. Events are
+//! kept per audience (what a publish was sent to: `room1`, `user*`, `*`, a list of them, less
+//! an `except` id), each audience a ring in id order bounded by `--history` events; all of them
+//! together are bounded by `--history-age` and `--history-memory`, the oldest going first.
+//!
+//! A resume from an id merges the rings that can reach the client (its tokens, prefixes that
+//! match them, `*`; never the rings that exclude its id: the live delivery rule,
+//! [`Audience::reaches`]) into id order. Finding where each ring's replay starts is a binary
+//! search. A gap is told, never guessed: [`Replay::gap`] is set when something this client
+//! would have received may be gone: evicted from a ring that reaches it, too old, or published
+//! before this server started. A ring that has lost events keeps the highest id it lost, even
+//! once empty, so that the answer stays exact; only past [`MAX_EMPTY_RINGS`] empty rings is the
+//! oldest of them forgotten, and then every resume from before its last loss is told of a gap.
+//!
+//! Pure bookkeeping: no I/O and no clock of its own (times are passed in).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::pipeline::{Audience, Target};
+use crate::sse::Frame;
+
+/// How many empty rings (audiences whose events all went, remembered for what they lost) are
+/// kept before the oldest is forgotten: enough for every user token of a large site.
+pub const MAX_EMPTY_RINGS: usize = 100_000;
+
+/// How much is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Events kept per audience (`--history`); 0 keeps none (history off).
+    pub per_audience: usize,
+    /// How long an event is kept (`--history-age`).
+    pub max_age: Duration,
+    /// The frames' bytes kept in all, the oldest going first (`--history-memory`).
+    pub max_bytes: usize,
+}
+
+/// Where a resuming client asks to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// `earliest`: everything still kept.
+    Earliest,
+    /// Everything after this event id (`Last-Event-ID`).
+    After(u64),
+}
+
+/// What a resuming client is owed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Something this client would have received may be gone: it must be told (`event: reset`).
+    pub gap: bool,
+    /// The kept events it would have received, in id order.
+    pub frames: Vec<Frame>,
+    /// The newest id sequenced: live delivery takes over after it.
+    pub newest: u64,
+}
+
+/// The history's figures, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryFigures {
+    /// Events kept.
+    pub events: u64,
+    /// Their frames' bytes.
+    pub bytes: u64,
+    /// The oldest kept event's id.
+    pub oldest: Option<u64>,
+}
+
+/// An event kept in a ring.
+#[derive(Debug)]
+struct Kept {
+    id: u64,
+    /// Seconds from the history's origin.
+    at: u32,
+    frame: Frame,
+}
+
+/// One audience's events, oldest first.
+#[derive(Debug)]
+struct Ring {
+    audience: Audience,
+    kept: VecDeque<Kept>,
+    /// The highest id this ring ever let go of (0: none).
+    lost_up_to: u64,
+}
+
+/// An event in the order of all rings together, for evicting the oldest first. Entries whose
+/// event already left its ring (by its ring's count) stay until they reach the front.
+#[derive(Debug, Clone, Copy)]
+struct Ordered {
+    id: u64,
+    ring: u32,
+    at: u32,
+}
+
+/// Every kept event.
+#[derive(Debug)]
+pub struct History {
+    limits: HistoryLimits,
+    origin: Instant,
+    /// The first id of this server's run: anything before it may have existed and is gone.
+    first_id: u64,
+    newest: u64,
+    rings: Slab<Ring>,
+    by_audience: HashMap<Audience, usize>,
+    /// The rings whose audience names each token.
+    by_token: HashMap<String, Vec<usize>>,
+    /// The rings whose audience has a prefix or `*`: they may reach any client.
+    broad: Vec<usize>,
+    order: VecDeque<Ordered>,
+    /// Entries of `order` whose event already left its ring.
+    stale: usize,
+    events: usize,
+    bytes: usize,
+    /// Rings in the order they became empty.
+    emptied: VecDeque<usize>,
+    /// The highest id lost by a ring that was forgotten.
+    forgotten_up_to: u64,
+}
+
+impl History {
+    /// An empty history for a server whose first event id is `first_id`.
+    pub fn new(limits: HistoryLimits, first_id: u64, origin: Instant) -> Self {
+        History {
+            limits,
+            origin,
+            first_id,
+            newest: first_id.saturating_sub(1),
+            rings: Slab::new(),
+            by_audience: HashMap::new(),
+            by_token: HashMap::new(),
+            broad: Vec::new(),
+            order: VecDeque::new(),
+            stale: 0,
+            events: 0,
+            bytes: 0,
+            emptied: VecDeque::new(),
+            forgotten_up_to: 0,
+        }
+    }
+
+    /// Keeps an event (ids only grow), then lets go of what is over the limits.
+    pub fn append(&mut self, id: u64, audience: &Audience, frame: &Frame, now: Instant) {
+        self.newest = id;
+        let at = self.seconds(now);
+        let ring = self.ring_for(audience);
+        self.rings[ring].kept.push_back(Kept { id, at, frame: frame.clone() });
+        self.order.push_back(Ordered { id, ring: ring as u32, at });
+        self.events += 1;
+        self.bytes += frame.len();
+        if self.rings[ring].kept.len() > self.limits.per_audience {
+            self.evict_front(ring);
+            self.stale += 1;
+        }
+        self.evict_oldest(at);
+        if self.stale > self.events + 1024 {
+            self.compact_order();
+        }
+    }
+
+    /// What a client with these tokens and this id, resuming from `from`, is owed.
+    pub fn replay<'t>(
+        &self,
+        from: ResumeFrom,
+        tokens: impl Iterator<Item = &'t str> + Clone,
+        id: &str,
+        now: Instant,
+    ) -> Replay {
+        let after = match from {
+            ResumeFrom::Earliest => 0,
+            ResumeFrom::After(after) => after,
+        };
+        let now = self.seconds(now);
+        let mut gap =
+            matches!(from, ResumeFrom::After(after) if after < self.first_id) || self.forgotten_up_to > after;
+        let mut kept: Vec<(u64, &Frame)> = Vec::new();
+        for ring in self.reaching(tokens, id) {
+            let ring = &self.rings[ring];
+            gap |= ring.lost_up_to > after;
+            let start = ring.kept.partition_point(|k| k.id <= after);
+            for k in ring.kept.range(start..) {
+                // Past its age but not evicted yet (nothing was published since): gone.
+                if self.is_too_old(k.at, now) {
+                    gap = true;
+                } else {
+                    kept.push((k.id, &k.frame));
+                }
+            }
+        }
+        kept.sort_unstable_by_key(|(id, _)| *id);
+        Replay {
+            gap,
+            frames: kept.into_iter().map(|(_, frame)| frame.clone()).collect(),
+            newest: self.newest,
+        }
+    }
+
+    /// Events and bytes kept, and the oldest id.
+    pub fn figures(&self) -> HistoryFigures {
+        // Entries before the first kept one are all stale: `is_kept` holds for each in turn.
+        let oldest = self.order.iter().find(|o| self.is_kept(o)).map(|o| o.id);
+        HistoryFigures { events: self.events as u64, bytes: self.bytes as u64, oldest }
+    }
+
+    fn seconds(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.origin).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether an event kept at `at` is past `--history-age` at `now` (both in seconds).
+    fn is_too_old(&self, at: u32, now: u32) -> bool {
+        u64::from(now.saturating_sub(at)) >= self.limits.max_age.as_secs()
+    }
+
+    /// The rings that can reach a client with these tokens and this id, each once.
+    fn reaching<'t>(&self, tokens: impl Iterator<Item = &'t str> + Clone, id: &str) -> Vec<usize> {
+        let mut rings: Vec<usize> = if tokens.clone().any(|t| t == "*") {
+            self.rings.iter().map(|(key, _)| key).collect()
+        } else {
+            let named = tokens.clone().filter_map(|t| self.by_token.get(t)).flatten();
+            named.chain(&self.broad).copied().collect()
+        };
+        rings.sort_unstable();
+        rings.dedup();
+        rings.retain(|&ring| self.rings[ring].audience.reaches(tokens.clone(), id));
+        rings
+    }
+
+    /// The ring of `audience`, made (and indexed) if it is new.
+    fn ring_for(&mut self, audience: &Audience) -> usize {
+        if let Some(&ring) = self.by_audience.get(audience) {
+            return ring;
+        }
+        let ring =
+            self.rings.insert(Ring { audience: audience.clone(), kept: VecDeque::new(), lost_up_to: 0 });
+        self.by_audience.insert(audience.clone(), ring);
+        for target in &audience.targets {
+            if let Target::Token(name) = target {
+                self.by_token.entry(name.clone()).or_default().push(ring);
+            }
+        }
+        if audience.targets.iter().any(|t| !matches!(t, Target::Token(_))) {
+            self.broad.push(ring);
+        }
+        ring
+    }
+
+    /// Lets go of the oldest event of `ring`.
+    fn evict_front(&mut self, ring: usize) {
+        let Some(k) = self.rings[ring].kept.pop_front() else { return };
+        self.events -= 1;
+        self.bytes -= k.frame.len();
+        let r = &mut self.rings[ring];
+        r.lost_up_to = r.lost_up_to.max(k.id);
+        if r.kept.is_empty() {
+            self.emptied.push_back(ring);
+            self.forget_empty_rings();
+        }
+    }
+
+    /// Lets go of the oldest events while they are too old or the bytes too many.
+    fn evict_oldest(&mut self, now: u32) {
+        while let Some(&front) = self.order.front() {
+            if !self.is_kept(&front) {
+                self.order.pop_front();
+                self.stale -= 1;
+                continue;
+            }
+            if !self.is_too_old(front.at, now) && self.bytes <= self.limits.max_bytes {
+                break;
+            }
+            self.order.pop_front();
+            self.evict_front(front.ring as usize);
+        }
+    }
+
+    /// True when the event of `entry`, which must come before every kept entry of `order`, is
+    /// still kept. Every older event of its ring is gone (its entry came earlier, and left only
+    /// with it), so it is kept exactly when it is its ring's oldest. Ids are unique: an entry of
+    /// a forgotten ring whose key another ring took never matches that ring's oldest.
+    fn is_kept(&self, entry: &Ordered) -> bool {
+        self.rings.get(entry.ring as usize).and_then(|r| r.kept.front()).is_some_and(|k| k.id == entry.id)
+    }
+
+    /// Rebuilds the order of all events from the rings, without the entries that left.
+    fn compact_order(&mut self) {
+        let mut order: Vec<Ordered> = self
+            .rings
+            .iter()
+            .flat_map(|(ring, r)| {
+                r.kept.iter().map(move |k| Ordered { id: k.id, ring: ring as u32, at: k.at })
+            })
+            .collect();
+        order.sort_unstable_by_key(|o| o.id);
+        self.order = order.into();
+        self.stale = 0;
+    }
+
+    /// Forgets the rings that emptied first while more than [`MAX_EMPTY_RINGS`] are empty.
+    fn forget_empty_rings(&mut self) {
+        while self.emptied.len() > MAX_EMPTY_RINGS {
+            let Some(ring) = self.emptied.pop_front() else { return };
+            if self.rings.get(ring).is_some_and(|r| r.kept.is_empty()) {
+                self.forget(ring);
+            }
+        }
+    }
+
+    fn forget(&mut self, ring: usize) {
+        let r = self.rings.remove(ring);
+        self.forgotten_up_to = self.forgotten_up_to.max(r.lost_up_to);
+        self.by_audience.remove(&r.audience);
+        for target in &r.audience.targets {
+            if let Target::Token(name) = target {
+                if let Some(rings) = self.by_token.get_mut(name) {
+                    rings.retain(|&other| other != ring);
+                    if rings.is_empty() {
+                        self.by_token.remove(name);
+                    }
+                }
+            }
+        }
+        self.broad.retain(|&other| other != ring);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sse::encode_event;
+
+    const FIRST: u64 = 1000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn limits(per_audience: usize, max_bytes: usize) -> HistoryLimits {
+        HistoryLimits { per_audience, max_age: HOUR, max_bytes }
+    }
+
+    fn to(targets: &[&str], except: Option<&str>) -> Audience {
+        let target = |t: &&str| match t.strip_suffix('*') {
+            Some("") => Target::All,
+            Some(prefix) => Target::Prefix(prefix.into()),
+            None => Target::Token(t.to_string()),
+        };
+        Audience { targets: targets.iter().map(target).collect(), except: except.map(str::to_string) }
+    }
+
+    /// Appends events `FIRST`, `FIRST + 1`, … to these audiences, all at `origin`.
+    fn history(limits: HistoryLimits, audiences: &[Audience], origin: Instant) -> History {
+        let mut history = History::new(limits, FIRST, origin);
+        for (i, audience) in audiences.iter().enumerate() {
+            let id = FIRST + i as u64;
+            history.append(id, audience, &encode_event(id, b"x"), origin);
+        }
+        history
+    }
+
+    fn ids(replay: &Replay) -> Vec<u64> {
+        replay
+            .frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).split("id: ").nth(1).unwrap()[..4].parse().unwrap())
+            .collect()
+    }
+
+    fn resume(h: &History, from: ResumeFrom, tokens: &[&str], id: &str, now: Instant) -> Replay {
+        h.replay(from, tokens.iter().copied(), id, now)
+    }
+
+    #[test]
+    fn a_resume_gets_what_it_would_have_received_live_in_order() {
+        let now = Instant::now();
+        let audiences = [
+            to(&["room1"], None),
+            to(&["room2"], None),
+            to(&["room*"], None),
+            to(&["*"], None),
+            to(&["room1"], Some("me")),
+            to(&["room2", "room1"], None),
+        ];
+        let h = history(limits(10, 1 << 20), &audiences, now);
+        let replay = resume(&h, ResumeFrom::After(FIRST), &["room1"], "me", now);
+        assert_eq!((ids(&replay), replay.gap, replay.newest), (vec![1002, 1003, 1005], false, 1005));
+        let replay = resume(&h, ResumeFrom::After(FIRST), &["room1"], "you", now);
+        assert_eq!(ids(&replay), vec![1002, 1003, 1004, 1005]);
+        let everything = resume(&h, ResumeFrom::Earliest, &["*"], "", now);
+        assert_eq!((ids(&everything).len(), everything.gap), (6, false));
+        assert_eq!(
+            resume(&h, ResumeFrom::After(1005), &["room1"], "", now),
+            Replay { gap: false, frames: vec![], newest: 1005 }
+        );
+    }
+
+    #[test]
+    fn an_event_lost_by_a_ring_that_reaches_the_client_is_a_gap_others_are_not() {
+        let now = Instant::now();
+        let h = history(
+            limits(2, 1 << 20),
+            &[to(&["a"], None), to(&["a"], None), to(&["a"], None), to(&["b"], None)],
+            now,
+        );
+        let replay = resume(&h, ResumeFrom::After(FIRST), &["a"], "", now);
+        assert_eq!(
+            (ids(&replay), replay.gap),
+            (vec![1001, 1002], false),
+            "1000 was lost, but it was not after the id asked for"
+        );
+        let replay = resume(&h, ResumeFrom::Earliest, &["a"], "", now);
+        assert!(replay.gap, "1000 is gone");
+        assert!(!resume(&h, ResumeFrom::Earliest, &["b"], "", now).gap);
+        assert_eq!(
+            h.figures(),
+            HistoryFigures {
+                events: 3,
+                bytes: 3 * encode_event(1000, b"x").len() as u64,
+                oldest: Some(1001)
+            }
+        );
+    }
+
+    #[test]
+    fn memory_lets_the_oldest_go_first_and_age_too() {
+        let now = Instant::now();
+        let frame = encode_event(FIRST, b"x").len();
+        let h = history(limits(10, 2 * frame), &[to(&["a"], None), to(&["b"], None), to(&["a"], None)], now);
+        assert_eq!(h.figures().oldest, Some(1001));
+        assert!(resume(&h, ResumeFrom::After(FIRST), &["b", "a"], "", now).frames.len() == 2);
+        assert!(resume(&h, ResumeFrom::Earliest, &["a"], "", now).gap);
+
+        let later = now + HOUR;
+        let replay = resume(&h, ResumeFrom::After(FIRST), &["a"], "", later);
+        assert_eq!((replay.frames.len(), replay.gap), (0, true), "kept past --history-age: gone");
+    }
+
+    #[test]
+    fn a_resume_from_before_this_server_started_is_told_of_a_gap() {
+        let now = Instant::now();
+        let h = history(limits(10, 1 << 20), &[to(&["a"], None)], now);
+        assert!(resume(&h, ResumeFrom::After(FIRST - 1), &["zzz"], "", now).gap);
+        assert!(!resume(&h, ResumeFrom::After(FIRST), &["zzz"], "", now).gap);
+        let off = history(limits(0, 1 << 20), &[to(&["a"], None)], now);
+        let replay = resume(&off, ResumeFrom::Earliest, &["a"], "", now);
+        assert_eq!((replay.frames.len(), replay.gap), (0, true), "history off: everything is gone");
+        assert!(!resume(&off, ResumeFrom::Earliest, &["b"], "", now).gap);
+    }
+
+    fn audience() -> impl Strategy<Value = Audience> {
+        let target = prop::sample::select(vec!["a", "b", "ab", "a*", "*", "c"]);
+        (prop::collection::vec(target, 1..3), prop::option::of(prop::sample::select(vec!["me", "you"])))
+            .prop_map(|(targets, except)| to(&targets, except))
+    }
+
+    proptest! {
+        /// A replay is exactly the kept events the client would have received live; it says
+        /// there is a gap exactly when one of those is missing (or it asks from before the start).
+        #[test]
+        fn a_replay_is_exact_and_a_gap_never_invented(
+            audiences in prop::collection::vec(audience(), 0..60),
+            per_audience in 0usize..6,
+            max_events in 1usize..40,
+            after in (FIRST - 2)..(FIRST + 62),
+            tokens in prop::sample::subsequence(vec!["a", "b", "ab", "c", "*"], 0..4),
+            id in prop::sample::select(vec!["", "me", "you"]),
+        ) {
+            let now = Instant::now();
+            let frame = encode_event(FIRST, b"x").len();
+            let h = history(limits(per_audience, max_events * frame), &audiences, now);
+            let replay = resume(&h, ResumeFrom::After(after), &tokens, id, now);
+            let owed: Vec<u64> = audiences
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (FIRST + i as u64, a))
+                .filter(|(event, a)| *event > after && a.reaches(tokens.iter().copied(), id))
+                .map(|(event, _)| event)
+                .collect();
+            let got = ids(&replay);
+            prop_assert!(got.iter().all(|e| owed.contains(e)), "replayed {:?}, owed {:?}", got, owed);
+            prop_assert!(got.windows(2).all(|w| w[0] < w[1]));
+            prop_assert_eq!(replay.gap, got != owed || after < FIRST, "replayed {:?}, owed {:?}", got, owed);
+        }
+    }
+}
