@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{ColorChoice, Command, CommandFactory, FromArgMatches, Parser};
 
+use crate::history::HistoryLimits;
 use crate::limits::Limits;
 use crate::log::LogTarget;
 use crate::tls::TlsFiles;
@@ -92,6 +93,11 @@ pub struct Config {
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
     pub limits: Limits,
+    /// What is kept for resume (`--history` 1000 per target, `--history-age` 3600 s,
+    /// `--history-memory` 64 MiB).
+    pub history: HistoryLimits,
+    /// Sent as `retry:` at the start of every stream (`--retry`, milliseconds).
+    pub retry: Option<u32>,
 }
 
 /// What the command line asks for.
@@ -276,6 +282,20 @@ struct Cli {
     /// Drop a client with more unsent bytes than this [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     max_backlog: Option<String>,
+    /// Keep the last N events of each target for clients that resume with Last-Event-ID;
+    /// 0: none [default: 1000]
+    #[arg(long, value_name = "N")]
+    history: Option<String>,
+    /// Keep an event for resume at most SECS [default: 3600]
+    #[arg(long, value_name = "SECS")]
+    history_age: Option<String>,
+    /// Keep at most BYTES of events for resume in all, the oldest going first [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    history_memory: Option<String>,
+    /// Start every stream with `retry: MS`: how long a browser waits before it reconnects
+    /// [default: none, the browser's own]
+    #[arg(long, value_name = "MS")]
+    retry: Option<String>,
     /// Read flags from FILE first (/etc/hasses.conf format: legacy flags, # comments);
     /// the command line overrides them
     #[arg(long, value_name = "FILE")]
@@ -618,6 +638,14 @@ impl Given {
                     .value("max-message", &cli.max_message, positive)?
                     .unwrap_or(Limits::default().max_message),
             },
+            history: HistoryLimits {
+                per_audience: self.value("history", &cli.history, whole)?.unwrap_or(1000),
+                max_age: self
+                    .value("history-age", &cli.history_age, seconds)?
+                    .unwrap_or(Duration::from_secs(3600)),
+                max_bytes: self.value("history-memory", &cli.history_memory, positive)?.unwrap_or(64 << 20),
+            },
+            retry: self.value("retry", &cli.retry, milliseconds)?,
         })
     }
 
@@ -792,6 +820,14 @@ fn positive(text: &str) -> Result<usize, &'static str> {
     text.parse().ok().filter(|n| *n > 0).ok_or("must be a whole number above 0")
 }
 
+fn whole(text: &str) -> Result<usize, &'static str> {
+    text.parse().map_err(|_| "must be a whole number, 0 or more")
+}
+
+fn milliseconds(text: &str) -> Result<u32, &'static str> {
+    text.parse().map_err(|_| "must be a whole number of milliseconds, 0 or more")
+}
+
 fn workers(text: &str) -> Result<usize, &'static str> {
     positive(text).ok().filter(|n| *n <= MAX_WORKERS).ok_or("must be a whole number from 1 to 1024")
 }
@@ -943,6 +979,9 @@ mod tests {
         assert_eq!((config.max_connections, config.max_connections_per_ip), (None, None));
         assert_eq!(config.control_secret, None);
         assert_eq!(config.max_backlog, 1 << 20);
+        let history =
+            HistoryLimits { per_audience: 1000, max_age: Duration::from_secs(3600), max_bytes: 64 << 20 };
+        assert_eq!((config.history, config.retry), (history, None));
         assert_eq!(config.limits, Limits { max_message: 65536 });
     }
 
@@ -953,7 +992,8 @@ mod tests {
                     --log-file /tmp/l --pidfile /tmp/p --cors-base https://a.example --reinit \
                     --user www --workers 3 --pin-cpus --handshake-timeout 0.5 --max-age 10 \
                     --max-message 100 --max-backlog 1000 --heartbeat 0 --defer-accept 5 \
-                    --max-connections 9 --max-connections-per-ip 3 --control-secret s3";
+                    --max-connections 9 --max-connections-per-ip 3 --control-secret s3 \
+                    --history 0 --history-age 60 --history-memory 4096 --retry 2500";
         let config = run(&line.split_whitespace().collect::<Vec<_>>());
         assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
         assert_eq!(config.match_url, "/events");
@@ -978,6 +1018,8 @@ mod tests {
         assert_eq!(config.control_secret.as_deref(), Some("s3"));
         assert_eq!(config.limits.max_message, 100);
         assert_eq!(config.max_backlog, 1000);
+        let history = HistoryLimits { per_audience: 0, max_age: Duration::from_secs(60), max_bytes: 4096 };
+        assert_eq!((config.history, config.retry), (history, Some(2500)));
     }
 
     #[test]
@@ -1143,6 +1185,10 @@ mod tests {
             ("--max-message", "--max-message: must be a whole number above 0: -1"),
             ("--max-backlog", "--max-backlog: must be a whole number above 0: -1"),
             ("--log-level", "--log-level: must be 0, 1 or 2: -1"),
+            ("--history", "--history: must be a whole number, 0 or more: -1"),
+            ("--history-age", "--history-age: must be a number of seconds above 0: -1"),
+            ("--history-memory", "--history-memory: must be a whole number above 0: -1"),
+            ("--retry", "--retry: must be a whole number of milliseconds, 0 or more: -1"),
             ("--fifo-mode", "--fifo-mode: not an octal file mode (0-7777): -1"),
         ];
         for (flag, expected) in cases {

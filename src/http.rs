@@ -29,6 +29,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 
+use crate::history::ResumeFrom;
 use crate::limits::{MAX_AGENT_LEN, MAX_ID_LEN, MAX_REQUEST_HEAD, MAX_TOKEN_LEN};
 
 /// The most header lines a request may have (else 431); browsers send about fifteen.
@@ -64,6 +65,9 @@ pub struct Subscribe {
     pub id: Option<String>,
     /// `User-Agent`, cut to [`crate::limits::MAX_AGENT_LEN`] bytes; empty when absent.
     pub user_agent: String,
+    /// Where it resumes: the `Last-Event-ID` header, else the `lastEventId` query parameter
+    /// (also spelled `last_event_id` or `lastEventID`); `None` for a fresh subscription.
+    pub resume: Option<ResumeFrom>,
 }
 
 /// Why a request is refused. `status()` says the HTTP status; `Display` says why, for the log.
@@ -104,6 +108,9 @@ pub enum Reject {
         /// `subscribe` or `id`.
         param: &'static str,
     },
+    /// A `Last-Event-ID` (or `lastEventId`) that is neither an event id nor `earliest` (400).
+    #[error("Last-Event-ID is not an event id or \"earliest\": \"{0}\"")]
+    BadLastEventId(String),
     /// More than [`MAX_HEADERS`] header lines (431).
     #[error("more than {} header lines", MAX_HEADERS)]
     TooManyHeaders,
@@ -125,7 +132,8 @@ impl Reject {
             Self::ConnectionClose
             | Self::NoSubscription
             | Self::TooLong { .. }
-            | Self::BadCharacter { .. } => Status::BadRequest,
+            | Self::BadCharacter { .. }
+            | Self::BadLastEventId(_) => Status::BadRequest,
             Self::TooManyHeaders | Self::HeadTooLarge => Status::HeaderTooLarge,
         }
     }
@@ -239,7 +247,26 @@ fn subscription(headers: &[httparse::Header], query: &str) -> Result<Subscribe, 
         tokens: tokens(query.subscribe)?,
         id: client_id(query.id)?,
         user_agent: user_agent(headers),
+        resume: resume_from(headers, query.last_event_id)?,
     })
+}
+
+/// Where a subscription resumes: the header wins over the query parameter, which polyfills
+/// send because they cannot set it. An empty value is none (a browser that saw no id yet).
+fn resume_from(headers: &[httparse::Header], query: Option<&str>) -> Result<Option<ResumeFrom>, Reject> {
+    let header = headers.iter().find(|header| header.name.eq_ignore_ascii_case("last-event-id"));
+    let text = match header {
+        Some(header) => String::from_utf8_lossy(header.value).trim().to_owned(),
+        None => query.map(decode).unwrap_or_default(),
+    };
+    match text.as_str() {
+        "" => Ok(None),
+        "earliest" => Ok(Some(ResumeFrom::Earliest)),
+        id => id
+            .parse()
+            .map(|id| Some(ResumeFrom::After(id)))
+            .map_err(|_| Reject::BadLastEventId(cut(&id.escape_debug().to_string(), MAX_LOGGED).to_owned())),
+    }
 }
 
 /// True when the `Connection` headers say `close` and not `keep-alive`. HTTP/1.1 is persistent
@@ -266,6 +293,7 @@ fn asks_to_close(headers: &[httparse::Header]) -> bool {
 struct Query<'q> {
     subscribe: Option<&'q str>,
     id: Option<&'q str>,
+    last_event_id: Option<&'q str>,
 }
 
 impl<'q> Query<'q> {
@@ -276,6 +304,7 @@ impl<'q> Query<'q> {
             let slot = match decode(name).as_str() {
                 "subscribe" => &mut found.subscribe,
                 "id" => &mut found.id,
+                "lastEventId" | "last_event_id" | "lastEventID" => &mut found.last_event_id,
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -631,14 +660,36 @@ mod tests {
             tokens: strings(&["room624", "lobby"]),
             id: Some("u1".to_owned()),
             user_agent: "Mozilla/5.0".to_owned(),
+            resume: None,
         };
         assert_eq!(judgement, Judgement::Subscribe(expected));
     }
 
     #[test]
+    fn a_resume_comes_from_the_header_or_the_query_and_the_header_wins() {
+        let resume = |target: &str, headers: &[&str]| subscribed(get(target, headers)).resume;
+        assert_eq!(resume("/sse?subscribe=a", &[]), None);
+        assert_eq!(resume("/sse?subscribe=a", &["Last-Event-ID: 42"]), Some(ResumeFrom::After(42)));
+        assert_eq!(resume("/sse?subscribe=a", &["last-event-id:  7 "]), Some(ResumeFrom::After(7)));
+        for name in ["lastEventId", "last_event_id", "lastEventID"] {
+            assert_eq!(resume(&format!("/sse?subscribe=a&{name}=9"), &[]), Some(ResumeFrom::After(9)));
+        }
+        assert_eq!(
+            resume("/sse?subscribe=a&lastEventId=9", &["Last-Event-ID: 8"]),
+            Some(ResumeFrom::After(8))
+        );
+        assert_eq!(resume("/sse?subscribe=a&lastEventId=earliest", &[]), Some(ResumeFrom::Earliest));
+        assert_eq!(resume("/sse?subscribe=a", &["Last-Event-ID:"]), None, "no id seen yet");
+        let refused = get("/sse?subscribe=a", &["Last-Event-ID: abc"]);
+        assert_eq!(refused, Judgement::Reject(Reject::BadLastEventId("abc".into())));
+        assert_eq!(Reject::BadLastEventId(String::new()).status(), 400);
+    }
+
+    #[test]
     fn bare_newlines_end_lines_too() {
         let text = "GET /sse?subscribe=a HTTP/1.1\nHost: x\nUser-Agent: curl\n\n";
-        let expected = Subscribe { tokens: strings(&["a"]), id: None, user_agent: "curl".to_owned() };
+        let expected =
+            Subscribe { tokens: strings(&["a"]), id: None, user_agent: "curl".to_owned(), resume: None };
         assert_eq!(judge_str(text), Judgement::Subscribe(expected));
     }
 

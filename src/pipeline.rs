@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use mio::Waker;
+use parking_lot::RwLock;
 
+use crate::history::History;
 use crate::sse::Frame;
 use crate::stats::{ClientRow, ShardFigures};
 
@@ -157,8 +159,8 @@ pub struct ShardHandle {
 }
 
 /// What every thread reads and writes across threads: a few atomics, none of them touched per
-/// delivery.
-#[derive(Debug, Default)]
+/// delivery, and the history: written by the sequencer, read on resume.
+#[derive(Debug)]
 pub struct SharedState {
     /// Whether a handshaked connection may send a new `GET` to re-handshake (`reinit on|off`).
     pub reinit: AtomicBool,
@@ -170,12 +172,20 @@ pub struct SharedState {
     /// handshake reads it, so that a client never gets an event published before it subscribed,
     /// whichever shard it is on and however far behind that shard's queue is.
     pub published: AtomicU64,
+    /// The events kept for resume.
+    pub history: RwLock<History>,
 }
 
 impl SharedState {
     /// The state at start: reinit allowed or not, nothing open, nothing published.
-    pub fn new(reinit: bool) -> Self {
-        SharedState { reinit: AtomicBool::new(reinit), ..SharedState::default() }
+    pub fn new(reinit: bool, history: History) -> Self {
+        SharedState {
+            reinit: AtomicBool::new(reinit),
+            open: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            history: RwLock::new(history),
+        }
     }
 }
 

@@ -19,9 +19,11 @@ use tracing::{error, info};
 use crate::admin::{Admin, ServerFacts};
 use crate::config::Config;
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
+use crate::history::History;
 use crate::log::REPORT;
 use crate::pipeline::SharedState;
 use crate::shard::{PerIpLimit, Settings, Shard};
+use crate::sse::EventIds;
 use crate::tls::Tls;
 
 /// Commands a shard may have queued before the control thread waits for room. With a client over
@@ -300,7 +302,9 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let control_addr = bound.control_addr();
     let settings = Arc::new(Settings::new(config, bound.tls));
-    let state = Arc::new(SharedState::new(config.reinit));
+    let ids = EventIds::starting_now();
+    let history = History::new(config.history, ids.peek(), Instant::now());
+    let state = Arc::new(SharedState::new(config.reinit, history));
     let per_ip = PerIpLimit::from_config(config).map(Arc::new);
     let failures = Arc::new(Failures::default());
     let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
@@ -340,7 +344,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     };
     let (questions, asked) = crossbeam_channel::bounded(ADMIN_QUEUE);
     let (replies, answered) = crossbeam_channel::unbounded();
-    let sequencer = Sequencer::new(handles, Arc::clone(&state));
+    let sequencer = Sequencer::new(handles, Arc::clone(&state), ids);
     let admin_link = AdminLink { questions, replies: answered };
     let (control, stop) =
         Control::new(bound.control, bound.fifo, sequencer, Arc::clone(&state), control_settings, admin_link)

@@ -97,6 +97,30 @@ impl<'a> Iterator for DataLines<'a> {
     }
 }
 
+/// The chunk that sets how long a browser waits before it reconnects (`--retry`), sent at the
+/// start of every stream.
+pub fn retry_chunk(ms: u32) -> Frame {
+    chunk(format!("retry: {ms}\n\n").as_bytes())
+}
+
+/// The event that tells a resuming client that something it would have received is gone:
+/// `event: reset` (a named event, so hasses-era pages' `onmessage` never sees it) with the id
+/// it asked for as JSON, and no `id:` line, so the browser's last id stays as it was.
+pub fn reset_event(asked: &str) -> Frame {
+    let data = serde_json::json!({ "lastEventId": asked });
+    chunk(format!("event: reset\ndata: {data}\n\n").as_bytes())
+}
+
+/// `payload` as one HTTP chunk.
+fn chunk(payload: &[u8]) -> Frame {
+    let mut out = Vec::with_capacity(hex_digits(payload.len()) + payload.len() + 2 * CRLF.len());
+    push_hex(&mut out, payload.len());
+    out.extend_from_slice(CRLF);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(CRLF);
+    Bytes::from(out)
+}
+
 /// The chunk of an SSE comment (`:` and a blank line): EventSource ignores it, while proxies
 /// and load balancers see traffic on an idle stream and a dead peer shows up as a failed write.
 pub fn heartbeat() -> Frame {
@@ -131,6 +155,11 @@ impl EventIds {
     /// Starts the sequence at `first` (for tests).
     pub fn starting_at(first: u64) -> Self {
         Self { next: first }
+    }
+
+    /// The id the next call to [`EventIds::next_id`] returns.
+    pub fn peek(&self) -> u64 {
+        self.next
     }
 
     /// The next id; every call returns a larger one than the call before.

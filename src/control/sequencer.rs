@@ -8,6 +8,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use tracing::debug;
@@ -28,9 +29,9 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    /// A sequencer for these shards, its ids starting at the current time.
-    pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>) -> Self {
-        Sequencer { ids: EventIds::starting_now(), shards: Fanout::new(shards), state, processed: 0 }
+    /// A sequencer for these shards, handing out `ids`.
+    pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>, ids: EventIds) -> Self {
+        Sequencer { ids, shards: Fanout::new(shards), state, processed: 0 }
     }
 
     /// Numbers and frames the event once, and hands it to every shard; returns its id.
@@ -39,7 +40,10 @@ impl Sequencer {
         let id = self.ids.next_id();
         debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
         let frame = encode_event(id, &publish.message);
-        // Before any shard can see it: a handshake from now on is later than this event.
+        // Kept before any shard can see it: a resume that reads the history then finds every
+        // event its shard may already have delivered to others (see `shard::delivery`).
+        self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
+        // Likewise: a fresh handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
         self.shards.publish(Delivery { id, audience: publish.audience, frame });
         id

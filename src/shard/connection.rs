@@ -103,7 +103,7 @@ impl Client {
     }
 
     /// Its tokens, without duplicates; `*` means every message.
-    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+    pub fn tokens(&self) -> impl Iterator<Item = &str> + Clone {
         self.names.split('\n').skip(2).filter(|t| !t.is_empty())
     }
 
@@ -247,6 +247,7 @@ mod tests {
             tokens: vec!["*".into(), "room1".into(), "x-y".into()],
             id: None,
             user_agent: String::new(),
+            resume: None,
         };
         let client = Client::from_request(request);
         assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1", "x-y"]);

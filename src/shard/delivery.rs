@@ -15,7 +15,9 @@ use tracing::debug;
 
 use super::connection::{Connection, Phase};
 use super::{Counters, Shard};
+use crate::history::{Replay, ResumeFrom};
 use crate::pipeline::{Delivery, ShardCommand};
+use crate::sse;
 use crate::sse::Frame;
 
 /// A run of publishes is offered once it holds this many bytes: a burst of small events still
@@ -95,6 +97,41 @@ impl Recipients<'_> {
             }
         }
     }
+}
+
+/// Queues a resuming client's replay behind its response head, as one burst: `event: reset`
+/// first when something it would have received is gone, then the kept events it would have
+/// received, in id order. Returns the id after which live delivery takes over: every event up
+/// to it is in the replay or was not for this client, and every later one reaches this shard
+/// after the handshake, so there is no gap and no duplicate at the seam.
+pub(super) fn queue_replay(
+    conn: &mut Connection,
+    from: ResumeFrom,
+    replay: Replay,
+    counters: &mut Counters,
+) -> u64 {
+    if replay.gap {
+        let asked = match from {
+            ResumeFrom::Earliest => "earliest".to_string(),
+            ResumeFrom::After(id) => id.to_string(),
+        };
+        conn.outbox.push(sse::reset_event(&asked));
+        counters.resumes_with_gap += 1;
+    } else {
+        counters.resumes_complete += 1;
+    }
+    let replayed = replay.frames.len() as u64;
+    debug!(
+        "Resume of {} from {from:?}: {replayed} events{}",
+        conn.peer,
+        if replay.gap { " after a reset" } else { "" }
+    );
+    for frame in replay.frames {
+        conn.outbox.push(frame);
+    }
+    conn.client.messages += replayed;
+    counters.deliveries += replayed;
+    replay.newest
 }
 
 impl Shard {
@@ -207,8 +244,12 @@ mod tests {
         let mut conn = Connection::accepted(mio::net::TcpStream::from_std(socket), None, Peer(addr), 1, 0);
         conn.phase = Phase::Streaming;
         let id = Some(id.to_string()).filter(|id| !id.is_empty());
-        conn.client =
-            Client::from_request(Subscribe { tokens: vec!["t".into()], id, user_agent: String::new() });
+        conn.client = Client::from_request(Subscribe {
+            tokens: vec!["t".into()],
+            id,
+            user_agent: String::new(),
+            resume: None,
+        });
         (conn, other_end)
     }
 

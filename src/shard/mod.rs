@@ -64,6 +64,10 @@ struct Counters {
     deliveries: u64,
     dropped_slow: u64,
     refused: u64,
+    /// Resumes that got everything they asked for.
+    resumes_complete: u64,
+    /// Resumes told of a gap (`event: reset`).
+    resumes_with_gap: u64,
 }
 
 /// One worker's state. Built on its own thread and never leaves it.

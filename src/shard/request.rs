@@ -12,9 +12,11 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::connection::{Client, Phase};
+use super::delivery::queue_replay;
 use super::outbox;
 use super::timers::Deadline;
 use super::{seconds, Shard};
+use crate::history::ResumeFrom;
 use crate::http::{self, Judgement};
 use crate::nonblocking::attempt;
 
@@ -129,7 +131,10 @@ impl Shard {
         let responses = &self.settings.responses;
         let reply = match judgement {
             Judgement::Incomplete => return,
-            Judgement::Subscribe(request) => return self.handshake(key, Client::from_request(request)),
+            Judgement::Subscribe(request) => {
+                let resume = request.resume;
+                return self.handshake(key, Client::from_request(request), resume);
+            }
             Judgement::Head => responses.head.clone(),
             Judgement::Options => responses.options.clone(),
             Judgement::Reject(reject) => {
@@ -146,7 +151,7 @@ impl Shard {
     }
 
     /// A first handshake or a reinit: (re)subscribes the client and sends the response head.
-    fn handshake(&mut self, key: usize, mut client: Client) {
+    fn handshake(&mut self, key: usize, mut client: Client, resume: Option<ResumeFrom>) {
         let now = Instant::now();
         let reinit = self.connections[key].phase == Phase::Streaming;
         if reinit {
@@ -168,12 +173,20 @@ impl Shard {
             client.id()
         );
         self.subscriptions.add(key, client.tokens());
+        let replay = resume
+            .map(|from| (from, self.state.history.read().replay(from, client.tokens(), client.id(), now)));
         conn.client = client;
         conn.request = Vec::new();
         conn.phase = Phase::Streaming;
         conn.handshaked_at = Some(seconds(self.started, now));
-        conn.last_publish = self.state.published.load(Ordering::Acquire);
         conn.outbox.push(self.settings.responses.handshake.clone());
+        if let Some(retry) = &self.settings.retry {
+            conn.outbox.push(retry.clone());
+        }
+        conn.last_publish = match replay {
+            Some((from, replay)) => queue_replay(conn, from, replay, &mut self.counters),
+            None => self.state.published.load(Ordering::Acquire),
+        };
         let serial = if reinit { self.new_serial() } else { conn.serial };
         self.connections[key].serial = serial;
         let at = self.deadline(now, self.settings.max_age);

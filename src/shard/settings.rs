@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::http::{Responses, Route};
+use crate::sse::{self, Frame};
 use crate::tls::Tls;
 
 /// What every shard reads and never changes.
@@ -30,6 +31,8 @@ pub struct Settings {
     pub tls: Option<Tls>,
     /// Connections beyond this many open at once are refused with 503.
     pub max_connections: Option<u64>,
+    /// The `retry:` chunk every stream starts with (`--retry`).
+    pub retry: Option<Frame>,
 }
 
 impl Settings {
@@ -45,6 +48,7 @@ impl Settings {
             read_on_accept: config.defer_accept.is_some(),
             tls,
             max_connections: config.max_connections.map(|max| max as u64),
+            retry: config.retry.map(sse::retry_chunk),
         }
     }
 }
