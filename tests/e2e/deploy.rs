@@ -4,13 +4,10 @@
 //! container's command line and health check, taken from the Dockerfile, run the server as the
 //! original image does (no container engine runs here, so the image itself is not built).
 
-mod common;
-mod programs;
-
 use std::process::Command;
 
-use common::SseClient;
-use programs::{find_program, repo_file, reported_port, wait_for_file_line, Process, TempDir};
+use crate::common::{self, SseClient};
+use crate::programs::{find_program, repo_file, reported_port, wait_for_file_line, Process, TempDir};
 
 #[test]
 #[ignore = "needs logrotate: run by the README's test command"]

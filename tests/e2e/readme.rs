@@ -1,14 +1,11 @@
 //! The README's first command, as a new user types it on a fresh clone: it builds the release
 //! profile and starts the server, which serves an SSE handshake and an event.
 
-mod common;
-mod programs;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::Server;
-use programs::repo_file;
+use crate::common::{self, Server};
+use crate::programs::repo_file;
 
 /// How long the release build (from nothing, on a small machine) and the start may take.
 const BUILD: Duration = Duration::from_secs(20 * 60);

@@ -2,13 +2,11 @@
 //! headers, path matching, methods and versions, the `Connection` and `subscribe` checks, the
 //! size cap, HEAD and OPTIONS, and requests that arrive in pieces.
 
-mod common;
-
 use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::{get_request, read_to_eof, Response, Server, SseClient, WAIT};
+use crate::common::{self, get_request, read_to_eof, Response, Server, SseClient, WAIT};
 
 /// The handshake headers hasses sends, in its order, for CORS base `*`, then ours.
 const HANDSHAKE_HEADERS: [(&str, &str); 9] = [

@@ -6,8 +6,6 @@
 //!
 //! Certificates are made here with rcgen (ECDSA P-256, for `localhost` and `127.0.0.1`).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -19,7 +17,7 @@ use nix::sys::signal::Signal;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
 
-use common::{connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
+use crate::common::{self, connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
 
 /// A self-signed certificate and its key, PEM, for `localhost` and `127.0.0.1`.
 struct Identity {

@@ -1,14 +1,12 @@
 //! A connection's life after the handshake (spec §4): reinit on and off, the handshake timeout,
 //! the maximum age, slow clients dropped at the backlog cap, and closing.
 
-mod common;
-
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, Server, SseClient, WAIT};
+use crate::common::{self, connect, Server, SseClient, WAIT};
 
 /// Sends a reinit request and returns the response head that follows in the stream.
 fn reinit(client: &mut SseClient, query: &str) -> common::Head {

@@ -7,17 +7,14 @@
 //! No service manager runs here: the unit's command line is run by the test, which plays
 //! systemd's part (the notification socket, the CPU affinity).
 
-mod common;
-mod programs;
-
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::SseClient;
-use programs::{find_program, repo_file, repo_path, reported_port, settings, Process, TempDir};
+use crate::common::{self, SseClient};
+use crate::programs::{find_program, repo_file, repo_path, reported_port, settings, Process, TempDir};
 
 const UNIT: &str = "deploy/systemd/hasses.service";
 const DROP_IN: &str = "deploy/systemd/pinning.conf";

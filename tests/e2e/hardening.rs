@@ -1,13 +1,11 @@
 //! Hostile load on the SSE port (issue 5): out of descriptors, connection limits, slowloris,
 //! shutdown under load, and a soak of subscribe/close cycles. Each keeps serving everyone else.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{connect, get_request, Server, SseClient, TempFile, WAIT};
+use crate::common::{connect, get_request, Server, SseClient, TempFile, WAIT};
 
 /// Seconds of CPU the process has used (utime + stime from /proc).
 fn cpu_seconds(pid: u32) -> f64 {

@@ -2,13 +2,11 @@
 //! warning for a control port reachable from other hosts, over-long control lines, and FIFO
 //! lines left unfinished by their writer.
 
-mod common;
-
 use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::{connect, control_bytes, read_to_eof, write_fifo, Server, TempFile, WAIT};
+use crate::common::{connect, control_bytes, read_to_eof, write_fifo, Server, TempFile, WAIT};
 
 const SECRET: &str = "s3cr;et";
 const UNAUTHORIZED: &str = "ERR unauthorized\n";

@@ -3,11 +3,9 @@
 //! client list and log lines, its `tcpstatus` words), except where README's "What differs"
 //! table says why not.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, SseClient, TempFile, WAIT};
+use crate::common::{self, Server, SseClient, TempFile, WAIT};
 
 // ----- subscribing -----
 

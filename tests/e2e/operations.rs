@@ -1,13 +1,11 @@
 //! What operations rely on: heartbeats on idle streams, and readiness told to systemd.
 
-mod common;
-
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, get_request, temp_path, Server};
+use crate::common::{self, connect, get_request, temp_path, Server};
 
 const HEARTBEAT: &[u8] = b"3\r\n:\n\n\r\n";
 

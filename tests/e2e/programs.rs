@@ -4,7 +4,6 @@
 //! a temporary directory, and an SSE client that reads a stream a proxy has re-chunked.
 //!
 //! Every wait has a deadline. Only loopback addresses are used.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -192,15 +191,8 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits until something accepts connections on 127.0.0.1:`port`; panics with the program's
-    /// output if it exits or the deadline passes.
-    pub fn wait_listening(&mut self, port: u16) {
-        if let Err(why) = self.try_wait_listening(port) {
-            panic!("{why}\n{}", self.output());
-        }
-    }
-
-    /// Like [`Process::wait_listening`], but says why instead of panicking.
+    /// Waits until something accepts connections on 127.0.0.1:`port`; says why not if the
+    /// program exits or the deadline passes.
     pub fn try_wait_listening(&mut self, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + START;
         loop {

@@ -1,8 +1,6 @@
 //! The process (spec §1, §2, §6): the legacy command line, the config file, daemon mode and its
 //! log file, signals and the pid file, and command lines that must be refused.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use common::{port_after, run_to_exit, Server, SseClient, Stream, TempFile, WAIT};
+use crate::common::{self, port_after, run_to_exit, Server, SseClient, Stream, TempFile, WAIT};
 
 /// Asserts a refused command line: non-zero exit, one line on stderr that contains `needle`.
 fn assert_refused(args: &[&str], needle: &str) {

@@ -4,7 +4,6 @@
 //! Every wait has a deadline (a few seconds) and every loop a bound, so a broken server fails a
 //! test instead of hanging it. All traffic stays on loopback. Each test starts its own server, so
 //! tests run in parallel.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -502,13 +501,6 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-impl Response {
-    /// The status code.
-    pub fn status(&self) -> u16 {
-        self.head.status
-    }
-}
-
 /// Splits `bytes` at the end of the first head (`\r\n\r\n`).
 fn split_head(bytes: &[u8]) -> Option<(Head, Vec<u8>)> {
     let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -595,7 +587,7 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
     (status, out.join().unwrap(), err.join().unwrap())
 }
 
-/// What an [`SseClient`] reads events from: a TCP stream, or TLS over one (tests/tls.rs).
+/// What an [`SseClient`] reads events from: a TCP stream, or TLS over one (the `tls` tests).
 pub trait Transport: Read + Write {
     /// The TCP socket underneath, for its timeouts.
     fn socket(&self) -> &TcpStream;
