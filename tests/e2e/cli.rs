@@ -137,7 +137,9 @@ fn sigterm_exits_0_closes_clients_and_removes_the_pid_file() {
 fn legacy_command_line_serves_a_curl_like_client_and_a_publish() {
     let server = Server::start_exact(&["-p=0", "-murl=/sse", "-cp=0", "-nodaemon"]);
     let (sse, control) = (server.sse_port, server.cport());
-    // -nodaemon logs to stdout, without a prefix.
+    // -nodaemon logs to stdout, without a prefix. The start-up lines may still be on their way
+    // when the server is ready: wait for the last.
+    server.log.wait_for_line(|l| l.starts_with("Control listening on "), WAIT);
     let lines = server.log.lines_with_stream();
     let listening =
         lines.iter().find(|(_, l)| l.starts_with("SSE listening on ")).expect("the start-up line");

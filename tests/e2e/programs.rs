@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::common;
+use crate::common::{self, NotifySocket, Ready};
 
 /// How long a started program gets to listen, or to exit after SIGTERM.
 pub const START: Duration = Duration::from_secs(10);
@@ -76,13 +76,6 @@ pub fn wait_for_file_line(path: &Path, text: &str, process: &Process) -> String 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The port hasses, started as `process` on port 0, says it got: from the line of its log (or
-/// output) at `path` that holds `prefix` (`SSE listening on `, `Control listening on `).
-pub fn reported_port(path: &Path, prefix: &str, process: &Process) -> u16 {
-    let content = wait_for_file_line(path, prefix, process);
-    content.lines().find_map(|line| common::port_after(line, prefix)).expect("a port in the line")
 }
 
 /// A directory removed with everything in it when dropped.
@@ -145,6 +138,17 @@ impl Process {
             .process_group(0);
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Process { child, name: name.to_owned(), output, stopped: false }
+    }
+
+    /// Starts hasses with `command` as [`Process::spawn`] does, telling it `notify` as systemd
+    /// would, and waits until it says it is ready: what it said names its ports.
+    pub fn start_hasses(mut command: Command, notify: &NotifySocket, output: PathBuf) -> (Process, Ready) {
+        command.env("NOTIFY_SOCKET", &notify.env);
+        let mut process = Process::spawn(command, "hasses", output);
+        match notify.wait_ready(common::WAIT, || process.running()) {
+            Some(ready) => (process, ready),
+            None => panic!("hasses did not notify READY=1\n{}", process.output()),
+        }
     }
 
     /// Starts a server program on a free loopback port: `command(dir, port)` writes its

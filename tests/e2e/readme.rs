@@ -30,7 +30,7 @@ fn the_first_command_starts_the_server_with_the_defaults() {
     let mut command = Command::new(env!("CARGO"));
     command.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
     command.args(["--", "--port", "0", "--control-port", "0"]);
-    let mut server = Server::spawn_command(command).listening(BUILD, true);
+    let mut server = Server::spawn_command(command).listening(BUILD);
 
     // The defaults the README names: SSE on every address at /sse, control on loopback.
     let sse = format!("SSE listening on [::]:{} path /sse", server.sse_port);
