@@ -422,10 +422,12 @@ fn a_stalled_handshake_is_closed_at_the_handshake_timeout() {
     let peer = stalled.local_addr().unwrap();
     let started = Instant::now();
     stalled.write_all(&hello[..hello.len() / 2]).unwrap();
-    read_to_eof(&mut stalled, Vec::new(), WAIT).expect("closed at the handshake timeout");
+    // Within the timeout and a few seconds more a loaded machine may take; a deadline that only
+    // fires at the shard's next event (the default heartbeat is 30 s away) would let it pass.
+    read_to_eof(&mut stalled, Vec::new(), Duration::from_secs(1) + WAIT)
+        .expect("closed at the handshake timeout");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(900), "not before the timeout: {waited:?}");
-    assert!(waited < Duration::from_secs(3), "soon after the timeout: {waited:?}");
     server.log.wait_for_line(
         |l| l.starts_with(&format!("Connection closed: {peer} ")) && l.ends_with("(handshake timeout)"),
         WAIT,
