@@ -47,7 +47,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let log_guard = sink.install(config.log_level)?;
     let running = server::start(config, bound)?;
-    server::notify_systemd("READY=1");
+    running.notify_ready();
     for signal in signals.forever() {
         if signal != SIGHUP {
             break;

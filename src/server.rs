@@ -256,6 +256,23 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     settings: Arc<Settings>,
     failures: Arc<Failures>,
+    /// What [`Running::notify_ready`] sends.
+    ready: String,
+}
+
+/// The sd-notify message of a started server: `READY=1`; a `STATUS=` line naming what it listens
+/// on, which `systemctl status` shows; and the same addresses as `X_HASSES_SSE=` and
+/// `X_HASSES_CONTROL=` lines, for programs (asked for port 0, the port the kernel picked is
+/// there, so no one has to parse the log).
+fn ready_message(sse: SocketAddr, path: &str, https: bool, control: Option<SocketAddr>) -> String {
+    let https = if https { " (https)" } else { "" };
+    let mut status = format!("SSE on {sse} path {path}{https}");
+    let mut addresses = format!("X_HASSES_SSE={sse}\n");
+    if let Some(control) = control {
+        status.push_str(&format!(", control on {control}"));
+        addresses.push_str(&format!("X_HASSES_CONTROL={control}\n"));
+    }
+    format!("READY=1\nSTATUS={status}\n{addresses}")
 }
 
 /// A thread of the server ended by an error or a panic. The server does not run on without a
@@ -361,7 +378,8 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     if let Some(fifo) = &config.fifo {
         info!(target: REPORT, "Control FIFO {}", fifo.display());
     }
-    Ok(Running { control: stop, threads, settings, failures })
+    let ready = ready_message(sse_addr, &config.match_url, config.tls.is_some(), control_addr);
+    Ok(Running { control: stop, threads, settings, failures, ready })
 }
 
 /// Starts a thread of the server; if it fails, the main thread is woken (as by `SIGTERM`) to
@@ -384,6 +402,11 @@ fn spawn(
 }
 
 impl Running {
+    /// Tells systemd the server is ready and where it listens (see [`ready_message`]).
+    pub fn notify_ready(&self) {
+        notify_systemd(&self.ready);
+    }
+
     /// Reads the TLS certificate and key again for new connections (SIGHUP); connections
     /// already open keep theirs. On failure the old ones stay and the reason is logged.
     pub fn reload_tls(&self) {
@@ -408,6 +431,22 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ready_message_names_the_addresses_for_people_and_programs() {
+        let sse = "[::]:8080".parse().unwrap();
+        let control = "127.0.0.1:8085".parse().ok();
+        assert_eq!(
+            ready_message(sse, "/sse", false, control),
+            "READY=1\nSTATUS=SSE on [::]:8080 path /sse, control on 127.0.0.1:8085\n\
+             X_HASSES_SSE=[::]:8080\nX_HASSES_CONTROL=127.0.0.1:8085\n"
+        );
+        // A FIFO-only server has no control address to name.
+        assert_eq!(
+            ready_message(sse, "/events", true, None),
+            "READY=1\nSTATUS=SSE on [::]:8080 path /events (https)\nX_HASSES_SSE=[::]:8080\n"
+        );
+    }
 
     #[test]
     fn a_failed_or_panicking_thread_is_kept_as_the_reason_to_stop() {

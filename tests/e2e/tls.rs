@@ -6,8 +6,6 @@
 //!
 //! Certificates are made here with rcgen (ECDSA P-256, for `localhost` and `127.0.0.1`).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -19,7 +17,7 @@ use nix::sys::signal::Signal;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
 
-use common::{connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
+use crate::common::{self, connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
 
 /// A self-signed certificate and its key, PEM, for `localhost` and `127.0.0.1`.
 struct Identity {
@@ -424,10 +422,12 @@ fn a_stalled_handshake_is_closed_at_the_handshake_timeout() {
     let peer = stalled.local_addr().unwrap();
     let started = Instant::now();
     stalled.write_all(&hello[..hello.len() / 2]).unwrap();
-    read_to_eof(&mut stalled, Vec::new(), WAIT).expect("closed at the handshake timeout");
+    // Within the timeout and a few seconds more a loaded machine may take; a deadline that only
+    // fires at the shard's next event (the default heartbeat is 30 s away) would let it pass.
+    read_to_eof(&mut stalled, Vec::new(), Duration::from_secs(1) + WAIT)
+        .expect("closed at the handshake timeout");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(900), "not before the timeout: {waited:?}");
-    assert!(waited < Duration::from_secs(3), "soon after the timeout: {waited:?}");
     server.log.wait_for_line(
         |l| l.starts_with(&format!("Connection closed: {peer} ")) && l.ends_with("(handshake timeout)"),
         WAIT,

@@ -3,11 +3,9 @@
 //! client list and log lines, its `tcpstatus` words), except where README's "What differs"
 //! table says why not.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, SseClient, TempFile, WAIT};
+use crate::common::{self, Server, SseClient, TempFile, WAIT};
 
 // ----- subscribing -----
 
@@ -122,7 +120,7 @@ fn an_old_config_uses_the_fifo_already_at_its_path() {
     let conf = TempFile::new("hasses.conf");
     let text = format!("# hasses 1.30\n-p=0\n-murl=/sse\n-fifo={}\n-nodaemon\n", fifo.arg());
     std::fs::write(conf.path(), text).unwrap();
-    let server = Server::spawn(&["--config", conf.arg()]).listening(common::WAIT, false);
+    let server = Server::spawn(&["--config", conf.arg()]).listening(common::WAIT);
     let mut client = server.subscribe("subscribe=old");
     common::write_fifo(fifo.path(), b"old=through the old FIFO\n");
     client.expect_data("through the old FIFO");

@@ -7,14 +7,11 @@
 //! temporary directory; the shipped location block is included as it is, but for the upstream
 //! port and a `proxy_read_timeout` of 2 s, so that timing out takes seconds, not minutes.
 
-mod common;
-mod programs;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Server;
-use programs::{find_program, repo_file, settings, End, EventStream, Item, Process, TempDir};
+use crate::common::{self, Server};
+use crate::programs::{find_program, repo_file, settings, End, EventStream, Item, Process, TempDir};
 
 /// The shipped configuration's file.
 const SHIPPED: &str = "deploy/nginx/hasses.conf";

@@ -1,13 +1,11 @@
 //! Hostile load on the SSE port (issue 5): out of descriptors, connection limits, slowloris,
 //! shutdown under load, and a soak of subscribe/close cycles. Each keeps serving everyone else.
 
-mod common;
-
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{connect, get_request, Server, SseClient, TempFile, WAIT};
+use crate::common::{connect, get_request, read_to_eof, Server, SseClient, TempFile, WAIT};
 
 /// Seconds of CPU the process has used (utime + stime from /proc).
 fn cpu_seconds(pid: u32) -> f64 {
@@ -50,12 +48,17 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_serves_again() {
     let server = Server::start_wrapped(&["prlimit", "--nofile=64", "--"], &["--workers", "1"]);
     let hogs: Vec<TcpStream> = (0..120).map(|_| connect(server.sse_port)).collect();
     server.log.wait_for_line(|l| l.contains("Accepting paused"), WAIT);
-    let before = cpu_seconds(server.pid());
-    std::thread::sleep(Duration::from_secs(1));
-    let spent = cpu_seconds(server.pid()) - before;
-    assert!(spent < 0.3, "the server burned {spent:.2} s of CPU in 1 s while out of descriptors");
+    let (cpu, wall) = (cpu_seconds(server.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let share = (cpu_seconds(server.pid()) - cpu) / wall.elapsed().as_secs_f64();
+    // A worker spinning on a listener that stays readable burns a whole CPU; a paused one next
+    // to nothing. Half a CPU tells them apart on a machine busy with other work too.
+    assert!(
+        share < 0.5,
+        "out of descriptors, the server burned {share:.2} s of CPU a second: it spins on accept"
+    );
     let reports = server.log.lines().iter().filter(|l| l.contains("Accepting paused")).count();
-    assert!(reports <= 2, "{reports} reports in about a second: one per interval expected");
+    assert!(reports <= 2, "{reports} reports in a few seconds: one per 5 s interval expected");
     drop(hogs);
     let mut client = None;
     assert!(eventually(WAIT, || {
@@ -106,19 +109,24 @@ fn max_connections_per_ip_refuses_only_that_ip() {
 
 #[test]
 fn slowloris_connections_are_closed_and_never_delay_a_real_client() {
-    let server = Server::start(&["--handshake-timeout", "1"]);
+    let server = Server::start(&["--handshake-timeout", "4"]);
     let mut loris: Vec<TcpStream> = (0..300).map(|_| connect(server.sse_port)).collect();
     for stream in &mut loris {
         stream.write_all(b"GET /sse?subscribe=a HTTP/1.1\r\nHost: x\r\n").unwrap();
     }
     let started = Instant::now();
     let mut client = server.subscribe("subscribe=a");
-    assert!(started.elapsed() < Duration::from_millis(500), "handshake took {:?}", started.elapsed());
+    // A server that waits on the slowloris connections serves the client once they time out,
+    // after 4 s; half that leaves a loaded machine room.
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "the handshake waited {waited:?} for the slowloris ones");
     server.publish("a=through");
     client.expect_data("through");
-    assert!(eventually(WAIT, || numberofclients(&server) == 1), "half-open connections linger");
-    let mut buf = [0u8; 16];
-    assert_eq!(loris[0].read(&mut buf).unwrap_or(0), 0, "a slowloris connection is closed");
+    let timed_out = Duration::from_secs(4) + WAIT;
+    assert!(eventually(timed_out, || numberofclients(&server) == 1), "half-open connections linger");
+    // Closed at its timeout (a timed-out read is not a close).
+    let closed = read_to_eof(&mut loris[0], Vec::new(), timed_out);
+    assert_eq!(closed, Some(Vec::new()), "a slowloris connection is closed, unanswered");
 }
 
 #[test]
@@ -128,7 +136,8 @@ fn sigterm_with_a_thousand_clients_exits_quickly_and_cleanly() {
     let clients: Vec<SseClient> = (0..1000).map(|_| server.subscribe("subscribe=a")).collect();
     assert_eq!(numberofclients(&server), 1000);
     server.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(5)).expect("exit within 5 s");
+    // What is guarded is a shutdown that hangs on its clients; a slow machine may take seconds.
+    let status = server.wait_exit(2 * WAIT).expect("exit after SIGTERM");
     assert!(status.success(), "{status:?}");
     assert!(!pidfile.path().exists(), "pid file removed");
     drop(clients);

@@ -2,22 +2,17 @@
 //! package `systemd`) accepts the unit and its pinning drop-in and rates its sandbox as safe,
 //! `systemd-sysusers` creates its user, and the unit's command line, with the shipped
 //! `/etc/hasses.conf`, starts a server that speaks the sd-notify protocol (`READY=1` once every
-//! listener is up, `STOPPING=1` at shutdown) and pins its workers within the `CPUAffinity=` set.
+//! listener is up, with a status naming their addresses; `STOPPING=1` at shutdown) and pins its workers within the `CPUAffinity=` set.
 //!
 //! No service manager runs here: the unit's command line is run by the test, which plays
 //! systemd's part (the notification socket, the CPU affinity).
 
-mod common;
-mod programs;
-
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::SseClient;
-use programs::{find_program, repo_file, repo_path, reported_port, settings, Process, TempDir};
+use crate::common::{self, NotifySocket, SseClient};
+use crate::programs::{find_program, repo_file, repo_path, settings, Process, TempDir};
 
 const UNIT: &str = "deploy/systemd/hasses.service";
 const DROP_IN: &str = "deploy/systemd/pinning.conf";
@@ -145,52 +140,21 @@ fn unit_command(opts: &str, extra: &[String]) -> Command {
     command
 }
 
-/// A notification socket as systemd's (`NOTIFY_SOCKET`), in the file system or abstract.
-struct NotifySocket {
-    socket: UnixDatagram,
-    env: String,
-}
-
-impl NotifySocket {
-    fn at_path(path: &Path) -> NotifySocket {
-        let socket = UnixDatagram::bind(path).expect("bind the notification socket");
-        NotifySocket { socket, env: path.display().to_string() }
-    }
-
-    fn abstract_named(name: &str) -> NotifySocket {
-        let addr = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let socket = UnixDatagram::bind_addr(&addr).expect("bind the abstract notification socket");
-        NotifySocket { socket, env: format!("@{name}") }
-    }
-
-    /// The next notification; panics (with the server's output) after `timeout`.
-    fn receive(&self, timeout: Duration, server: &Process) -> String {
-        self.socket.set_read_timeout(Some(timeout)).unwrap();
-        let mut buf = [0u8; 4096];
-        match self.socket.recv(&mut buf) {
-            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
-            Err(e) => panic!("no notification within {timeout:?} ({e})\n{}", server.output()),
-        }
-    }
-}
-
 #[test]
 fn the_unit_command_line_with_the_shipped_config_notifies_ready_and_stopping() {
     let dir = TempDir::new("notify");
-    let notify = NotifySocket::at_path(&dir.join("notify"));
+    let notify = NotifySocket::new();
     let pidfile = dir.join("hasses.pid");
     // The ports and the pid file's directory differ from the shipped file's: a later flag wins.
     let extra = ["--port", "0", "--control-port", "0", "--pidfile", &pidfile.display().to_string()]
         .map(str::to_owned);
-    let mut command = unit_command("", &extra);
-    command.env("NOTIFY_SOCKET", &notify.env);
-    let mut server = Process::spawn(command, "hasses", dir.join("output.log"));
-
-    assert_eq!(notify.receive(common::WAIT, &server), "READY=1");
-    // Ready means every listener is up: connecting must work at once, with no retry (the log
-    // that says which ports they got may come a little later).
-    let sse_port = reported_port(&dir.join("output.log"), "SSE listening on ", &server);
-    let control_port = reported_port(&dir.join("output.log"), "Control listening on ", &server);
+    let (mut server, ready) =
+        Process::start_hasses(unit_command("", &extra), &notify, dir.join("output.log"));
+    // The shipped config's addresses, with the ports the kernel picked, for `systemctl status`.
+    let (sse_port, control_port) = (ready.sse_port(), ready.control_port().expect("a control port"));
+    let status = format!("SSE on [::]:{sse_port} path /sse, control on 127.0.0.1:{control_port}");
+    assert_eq!(ready.value("STATUS"), Some(status.as_str()), "{ready:?}");
+    // Ready means every listener is up: connecting must work at once, with no retry.
     let mut client = SseClient::subscribe(sse_port, "subscribe=room1");
     assert_eq!(common::control(control_port, "room1=ready\n"), "");
     client.expect_data("ready");
@@ -203,7 +167,7 @@ fn the_unit_command_line_with_the_shipped_config_notifies_ready_and_stopping() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(notify.receive(common::WAIT, &server), "STOPPING=1");
+    assert_eq!(notify.receive(common::WAIT).as_deref(), Some("STOPPING=1"), "{}", server.output());
     while server.running() && started.elapsed() < common::WAIT {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -217,9 +181,9 @@ fn notifies_an_abstract_socket_too() {
     let name = format!("hasses-test-{}-{}", std::process::id(), common::free_port());
     let notify = NotifySocket::abstract_named(&name);
     let mut command = Command::new(env!("CARGO_BIN_EXE_hasses"));
-    command.args(["--port", "0", "--control-port", "0", "--workers", "1"]).env("NOTIFY_SOCKET", &notify.env);
-    let server = Process::spawn(command, "hasses", dir.join("output.log"));
-    assert_eq!(notify.receive(common::WAIT, &server), "READY=1");
+    command.args(["--port", "0", "--control-port", "0", "--workers", "1"]);
+    let (_server, ready) = Process::start_hasses(command, &notify, dir.join("output.log"));
+    SseClient::subscribe(ready.sse_port(), "subscribe=abstract");
 }
 
 /// The CPUs this test may run on (`Cpus_allowed_list` of /proc/self/status, e.g. `0-3,8`).

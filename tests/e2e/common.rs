@@ -1,15 +1,19 @@
 //! What every end-to-end test needs: the real `hasses` binary started on free ports with its log
 //! captured, an SSE client that speaks just enough HTTP to check every byte, and the control port.
 //!
+//! A server is asked for port 0 and says which ports it got as systemd's units do: in the
+//! message that tells its readiness on `NOTIFY_SOCKET` (see [`NotifySocket`]), sent once every
+//! listener is up, so a test neither parses log lines nor races the start.
+//!
 //! Every wait has a deadline (a few seconds) and every loop a bound, so a broken server fails a
 //! test instead of hanging it. All traffic stays on loopback. Each test starts its own server, so
 //! tests run in parallel.
-#![allow(dead_code)]
 
 pub mod bench_tool;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,6 +141,10 @@ pub struct Server {
     pub sse_port: u16,
     /// The control port, if it has one.
     pub control_port: Option<u16>,
+    /// Where it tells systemd its state (`NOTIFY_SOCKET`).
+    pub notify: NotifySocket,
+    /// What it said when it became ready (empty until [`Server::listening`]).
+    pub ready: Ready,
     exited: Option<ExitStatus>,
 }
 
@@ -152,41 +160,29 @@ impl Server {
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
         let mut args = vec!["--port", "0", "--control-port", "0", "--workers", "2", "--match-url", "/sse"];
         args.extend_from_slice(extra);
-        Server::spawn_wrapped(wrapper, &args).listening(WAIT, true)
+        Server::spawn_wrapped(wrapper, &args).listening(WAIT)
     }
 
     /// Starts the binary with exactly `args` (legacy flags, a config file) and takes its ports
-    /// from its log, as [`Server::start`] does; it must have a control port. Ask for port 0
-    /// (`-p=0 -cp=0`, also in a config file): the kernel picks a free port as the server binds
-    /// it, so nothing can take it in between, as can happen to a port picked ahead with
-    /// [`free_port`].
+    /// from its readiness message, as [`Server::start`] does. Ask for port 0 (`-p=0 -cp=0`, also
+    /// in a config file): the kernel picks a free port as the server binds it, so nothing can
+    /// take it in between, as can happen to a port picked ahead with [`free_port`].
     pub fn start_exact(args: &[&str]) -> Server {
-        Server::spawn(args).listening(WAIT, true)
+        Server::spawn(args).listening(WAIT)
     }
 
-    /// Waits until the server says it listens and takes its ports from what it says: the SSE
-    /// port (within `timeout`), then the control port if `control`. Panics with the log if it
-    /// exits first (a bad flag, a port in use) or the time is up.
-    pub fn listening(mut self, timeout: Duration, control: bool) -> Server {
-        self.sse_port = self.reported_port("SSE listening on ", timeout);
-        if control {
-            self.control_port = Some(self.reported_port("Control listening on ", WAIT));
-        }
+    /// Waits up to `timeout` until the server says it is ready, and takes its ports from what
+    /// it says. Panics with the log if it exits first (a bad flag, a port in use) or the time is
+    /// up.
+    pub fn listening(mut self, timeout: Duration) -> Server {
+        let ready = self.notify.wait_ready(timeout, || self.child.try_wait().ok().flatten().is_none());
+        let Some(ready) = ready else {
+            panic!("the server did not notify READY=1; log:\n{}", self.stop_and_dump());
+        };
+        self.sse_port = ready.sse_port();
+        self.control_port = ready.control_port();
+        self.ready = ready;
         self
-    }
-
-    /// The port in the first log line that starts with `prefix` (`SSE listening on [::]:PORT …`).
-    fn reported_port(&mut self, prefix: &str, timeout: Duration) -> u16 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((_, line)) = self.log.find_from(0, |l| l.starts_with(prefix), Duration::ZERO) {
-                return port_after(&line, prefix).unwrap_or_else(|| panic!("no port in {line:?}"));
-            }
-            if self.wait_exit(Duration::ZERO).is_some() || Instant::now() >= deadline {
-                panic!("the server did not say `{prefix}PORT`; log:\n{}", self.stop_and_dump());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// Starts the binary with exactly `args`, capturing stdout and stderr; waits for nothing.
@@ -209,10 +205,12 @@ impl Server {
         Server::spawn_command(command)
     }
 
-    /// Runs `command`, which starts the server (e.g. `cargo run`), capturing stdout and stderr;
-    /// waits for nothing.
+    /// Runs `command`, which starts the server (e.g. `cargo run`), capturing stdout and stderr,
+    /// with a [`NotifySocket`] of its own; waits for nothing.
     pub fn spawn_command(mut command: Command) -> Server {
+        let notify = NotifySocket::new();
         let mut child = command
+            .env("NOTIFY_SOCKET", &notify.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -221,7 +219,7 @@ impl Server {
         let log = Log::default();
         log.capture(child.stdout.take().expect("piped stdout"), Stream::Stdout);
         log.capture(child.stderr.take().expect("piped stderr"), Stream::Stderr);
-        Server { child, log, sse_port: 0, control_port: None, exited: None }
+        Server { child, log, sse_port: 0, control_port: None, notify, ready: Ready::default(), exited: None }
     }
 
     /// The control port (the server must have one).
@@ -339,6 +337,94 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A unix datagram socket a server tells its state on, as systemd gives one to a `Type=notify`
+/// unit in `NOTIFY_SOCKET`: a file in the temp directory, or a name in the abstract namespace.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    /// The value for `NOTIFY_SOCKET`.
+    pub env: String,
+    /// The socket's file, removed when dropped.
+    _file: Option<TempFile>,
+}
+
+impl NotifySocket {
+    /// A socket at a fresh path in the temp directory, writable by every user: a server started
+    /// with `--user` has dropped root by the time it is ready.
+    pub fn new() -> NotifySocket {
+        use std::os::unix::fs::PermissionsExt;
+        let file = TempFile::new("notify.sock");
+        let socket = UnixDatagram::bind(file.path()).expect("bind the notification socket");
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o666))
+            .expect("chmod the notification socket");
+        NotifySocket { socket, env: file.arg().to_owned(), _file: Some(file) }
+    }
+
+    /// A socket named `name` in the abstract namespace (`NOTIFY_SOCKET=@name`).
+    pub fn abstract_named(name: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&addr).expect("bind the abstract notification socket");
+        NotifySocket { socket, env: format!("@{name}"), _file: None }
+    }
+
+    /// The next message; `None` if none came within `timeout`.
+    pub fn receive(&self, timeout: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("cannot read the notification socket: {e}"),
+        }
+    }
+
+    /// The first message with `READY=1`, waiting up to `timeout` while `running()` says the
+    /// server has not exited; `None` if it exited or the time is up.
+    pub fn wait_ready(&self, timeout: Duration, mut running: impl FnMut() -> bool) -> Option<Ready> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            // Short waits, so a server that exited fails the test at once.
+            if let Some(message) = self.receive(left.min(Duration::from_millis(50))) {
+                if message.lines().any(|line| line == "READY=1") {
+                    return Some(Ready(message));
+                }
+            }
+            if !running() {
+                return None;
+            }
+        }
+    }
+}
+
+/// A server's readiness message: `READY=1`, then `STATUS=…` (what `systemctl status` shows),
+/// `X_HASSES_SSE=ADDRESS` and `X_HASSES_CONTROL=ADDRESS` if it has a control port, a line each.
+#[derive(Debug, Clone, Default)]
+pub struct Ready(pub String);
+
+impl Ready {
+    /// The value assigned to `name`, if a line assigns it.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// The address assigned to `name`, if a line assigns it.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        let value = self.value(name)?;
+        Some(value.parse().unwrap_or_else(|e| panic!("{name}={value} is not an address ({e}): {:?}", self.0)))
+    }
+
+    /// The SSE port.
+    pub fn sse_port(&self) -> u16 {
+        self.address("X_HASSES_SSE").unwrap_or_else(|| panic!("no X_HASSES_SSE in {:?}", self.0)).port()
+    }
+
+    /// The control port, if the server has one.
+    pub fn control_port(&self) -> Option<u16> {
+        self.address("X_HASSES_CONTROL").map(|addr| addr.port())
     }
 }
 
@@ -504,13 +590,6 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-impl Response {
-    /// The status code.
-    pub fn status(&self) -> u16 {
-        self.head.status
-    }
-}
-
 /// Splits `bytes` at the end of the first head (`\r\n\r\n`).
 fn split_head(bytes: &[u8]) -> Option<(Head, Vec<u8>)> {
     let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -597,7 +676,7 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
     (status, out.join().unwrap(), err.join().unwrap())
 }
 
-/// What an [`SseClient`] reads events from: a TCP stream, or TLS over one (tests/tls.rs).
+/// What an [`SseClient`] reads events from: a TCP stream, or TLS over one (the `tls` tests).
 pub trait Transport: Read + Write {
     /// The TCP socket underneath, for its timeouts.
     fn socket(&self) -> &TcpStream;

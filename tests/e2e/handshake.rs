@@ -2,13 +2,11 @@
 //! headers, path matching, methods and versions, the `Connection` and `subscribe` checks, the
 //! size cap, HEAD and OPTIONS, and requests that arrive in pieces.
 
-mod common;
-
 use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::{get_request, read_to_eof, Response, Server, SseClient, WAIT};
+use crate::common::{self, get_request, read_to_eof, Response, Server, SseClient, WAIT};
 
 /// The handshake headers hasses sends, in its order, for CORS base `*`, then ours.
 const HANDSHAKE_HEADERS: [(&str, &str); 9] = [
@@ -201,7 +199,8 @@ fn unsupported_methods_and_versions_are_501_with_allow_and_cors() {
 
 #[test]
 fn garbage_and_a_leading_nul_get_501_and_are_closed_at_once() {
-    // The default 20 s handshake timeout: an answer within the read deadline can only be the 501.
+    // The default 20 s handshake timeout: an answer within `request`'s read deadline (a few
+    // seconds) can only be the 501, however loaded the machine.
     let server = Server::start(&[]);
     let garbage: [&[u8]; 4] = [
         b"\0GET /sse?subscribe=a HTTP/1.1\r\n",
@@ -210,10 +209,8 @@ fn garbage_and_a_leading_nul_get_501_and_are_closed_at_once() {
         b"\0",
     ];
     for bytes in garbage {
-        let started = Instant::now();
         let response = server.request(bytes);
         assert_error(&response, "HTTP/1.1 501 Not Implemented");
-        assert!(started.elapsed() < Duration::from_secs(3), "answered at once, not after a timeout");
     }
 }
 

@@ -1,14 +1,12 @@
 //! Bursts: a client whose socket keeps taking bytes is never dropped, however large the burst;
 //! a client that reads nothing is cut at the cap; memory stays bounded meanwhile.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Long enough for megabytes through a debug build on a loaded two-core machine.
 const BURST_WAIT: Duration = Duration::from_secs(60);

@@ -4,7 +4,6 @@
 //! a temporary directory, and an SSE client that reads a stream a proxy has re-chunked.
 //!
 //! Every wait has a deadline. Only loopback addresses are used.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::common;
+use crate::common::{self, NotifySocket, Ready};
 
 /// How long a started program gets to listen, or to exit after SIGTERM.
 pub const START: Duration = Duration::from_secs(10);
@@ -77,13 +76,6 @@ pub fn wait_for_file_line(path: &Path, text: &str, process: &Process) -> String 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The port hasses, started as `process` on port 0, says it got: from the line of its log (or
-/// output) at `path` that holds `prefix` (`SSE listening on `, `Control listening on `).
-pub fn reported_port(path: &Path, prefix: &str, process: &Process) -> u16 {
-    let content = wait_for_file_line(path, prefix, process);
-    content.lines().find_map(|line| common::port_after(line, prefix)).expect("a port in the line")
 }
 
 /// A directory removed with everything in it when dropped.
@@ -148,6 +140,17 @@ impl Process {
         Process { child, name: name.to_owned(), output, stopped: false }
     }
 
+    /// Starts hasses with `command` as [`Process::spawn`] does, telling it `notify` as systemd
+    /// would, and waits until it says it is ready: what it said names its ports.
+    pub fn start_hasses(mut command: Command, notify: &NotifySocket, output: PathBuf) -> (Process, Ready) {
+        command.env("NOTIFY_SOCKET", &notify.env);
+        let mut process = Process::spawn(command, "hasses", output);
+        match notify.wait_ready(common::WAIT, || process.running()) {
+            Some(ready) => (process, ready),
+            None => panic!("hasses did not notify READY=1\n{}", process.output()),
+        }
+    }
+
     /// Starts a server program on a free loopback port: `command(dir, port)` writes its
     /// configuration into a fresh `dir` and returns the command line, whose `error.log` in `dir`
     /// is shown if it fails. A free port can be taken by someone else before the program binds
@@ -192,15 +195,8 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits until something accepts connections on 127.0.0.1:`port`; panics with the program's
-    /// output if it exits or the deadline passes.
-    pub fn wait_listening(&mut self, port: u16) {
-        if let Err(why) = self.try_wait_listening(port) {
-            panic!("{why}\n{}", self.output());
-        }
-    }
-
-    /// Like [`Process::wait_listening`], but says why instead of panicking.
+    /// Waits until something accepts connections on 127.0.0.1:`port`; says why not if the
+    /// program exits or the deadline passes.
     pub fn try_wait_listening(&mut self, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + START;
         loop {

@@ -1,13 +1,9 @@
 //! What operations rely on: heartbeats on idle streams, and readiness told to systemd.
 
-mod common;
-
 use std::io::Read;
-use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, get_request, temp_path, Server};
+use crate::common::{self, connect, get_request, Server};
 
 const HEARTBEAT: &[u8] = b"3\r\n:\n\n\r\n";
 
@@ -53,25 +49,17 @@ fn heartbeat_zero_sends_none() {
 
 #[test]
 fn readiness_and_stopping_are_told_to_systemd() {
-    let socket_path = temp_path("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(common::WAIT)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
-        .args(["--port", "0", "--control-port", "0", "--log-level", "0"])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let ready = socket.recv(&mut buf).map(|n| buf[..n].to_vec());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
-    let stopping = socket.recv(&mut buf).map(|n| buf[..n].to_vec());
-    let status = child.wait().unwrap();
-    std::fs::remove_file(&socket_path).unwrap();
-    assert_eq!(ready.unwrap(), b"READY=1");
-    assert_eq!(stopping.unwrap(), b"STOPPING=1");
-    assert!(status.success());
+    // Server::start has waited for READY=1 and taken the ports from its message.
+    let mut server = Server::start(&["--log-level", "0", "--bind", "127.0.0.1"]);
+    let (sse, control) = (server.sse_port, server.cport());
+    let ready = &server.ready;
+    let expected = format!("SSE on 127.0.0.1:{sse} path /sse, control on 127.0.0.1:{control}");
+    assert_eq!(ready.value("STATUS"), Some(expected.as_str()), "what `systemctl status` shows");
+    assert_eq!(ready.value("X_HASSES_SSE"), Some(format!("127.0.0.1:{sse}").as_str()));
+    assert_eq!(ready.value("X_HASSES_CONTROL"), Some(format!("127.0.0.1:{control}").as_str()));
+    server.signal(nix::sys::signal::SIGTERM);
+    assert_eq!(server.notify.receive(common::WAIT).as_deref(), Some("STOPPING=1"));
+    assert!(server.wait_exit(common::WAIT).is_some_and(|status| status.success()));
 }
 
 #[test]

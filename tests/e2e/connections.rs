@@ -1,14 +1,12 @@
 //! A connection's life after the handshake (spec §4): reinit on and off, the handshake timeout,
 //! the maximum age, slow clients dropped at the backlog cap, and closing.
 
-mod common;
-
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, Server, SseClient, WAIT};
+use crate::common::{self, connect, Server, SseClient, WAIT};
 
 /// Sends a reinit request and returns the response head that follows in the stream.
 fn reinit(client: &mut SseClient, query: &str) -> common::Head {
@@ -100,6 +98,13 @@ fn closed_after(client: &mut SseClient, limit: Duration) -> Option<Duration> {
     client.wait_closed(limit).then(|| started.elapsed())
 }
 
+/// How long a connection may stay open past a timeout of `seconds`. A deadline that only fires
+/// at the shard's next event (the default heartbeat is 30 s away) or never shows as the limit
+/// passing; a loaded machine may be a few seconds late, which is no bug.
+fn past(seconds: u64) -> Duration {
+    Duration::from_secs(seconds) + WAIT
+}
+
 #[test]
 fn a_connection_that_does_not_handshake_is_closed_after_the_timeout() {
     let server = Server::start(&["--handshake-timeout", "1"]);
@@ -108,14 +113,10 @@ fn a_connection_that_does_not_handshake_is_closed_after_the_timeout() {
     let mut partial = SseClient::connect(server.sse_port);
     partial.send(b"GET /sse?subscribe=a HTTP/1.1\r\nHost: x\r\n");
     let mut streaming = server.subscribe("subscribe=a");
-    assert!(closed_after(&mut silent, Duration::from_secs(4)).is_some(), "the silent connection was closed");
-    assert!(
-        closed_after(&mut partial, Duration::from_secs(4)).is_some(),
-        "the unfinished request was closed"
-    );
+    assert!(closed_after(&mut silent, past(1)).is_some(), "the silent connection was closed");
+    assert!(closed_after(&mut partial, past(1)).is_some(), "the unfinished request was closed");
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(900), "not before the timeout: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "soon after the timeout: {elapsed:?}");
     // A handshaked client is not subject to it.
     std::thread::sleep(Duration::from_millis(500));
     server.publish("a=alive");
@@ -131,31 +132,30 @@ fn a_handshaked_connection_is_closed_at_its_maximum_age() {
     let started = Instant::now();
     server.publish("a=before");
     client.expect_data("before");
-    let closed = closed_after(&mut client, Duration::from_secs(4)).expect("closed at its maximum age");
+    let closed = closed_after(&mut client, past(1)).expect("closed at its maximum age");
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(900), "not before its age: {elapsed:?} ({closed:?})");
-    assert!(elapsed < Duration::from_secs(3), "soon after its age: {elapsed:?}");
     assert_eq!(server.wait_json("tcpstatus", "sseconncli", 0)["sseconncli"], 0);
 }
 
 #[test]
 fn a_reinit_restarts_the_age() {
-    let server = Server::start(&["--max-age", "2", "--reinit"]);
+    // The reinit comes halfway through the first age, and the check that the connection
+    // outlived that age comes 0.3 s after it, 1.2 s before the reinit's: room for a slow machine
+    // on either side.
+    let server = Server::start(&["--max-age", "3", "--reinit"]);
     let mut client = server.subscribe("subscribe=a");
     let started = Instant::now();
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1500));
     let reinit_at = Instant::now();
     assert_eq!(reinit(&mut client, "subscribe=b").status, 200);
     // Past the first handshake's age, still open.
-    std::thread::sleep(Duration::from_millis(2500).saturating_sub(started.elapsed()));
+    std::thread::sleep(Duration::from_millis(3300).saturating_sub(started.elapsed()));
     server.publish("b=alive");
     client.expect_data("alive");
-    closed_after(&mut client, Duration::from_secs(4)).expect("closed at the reinit's age");
+    closed_after(&mut client, past(3)).expect("closed at the reinit's age");
     let age = reinit_at.elapsed();
-    assert!(
-        age >= Duration::from_millis(1900) && age < Duration::from_secs(4),
-        "age from the reinit: {age:?}"
-    );
+    assert!(age >= Duration::from_millis(2900), "closed before its age from the reinit: {age:?}");
 }
 
 #[test]

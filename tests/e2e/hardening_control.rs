@@ -2,13 +2,11 @@
 //! warning for a control port reachable from other hosts, over-long control lines, and FIFO
 //! lines left unfinished by their writer.
 
-mod common;
-
 use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::{connect, control_bytes, read_to_eof, write_fifo, Server, TempFile, WAIT};
+use crate::common::{connect, control_bytes, read_to_eof, write_fifo, Server, TempFile, WAIT};
 
 const SECRET: &str = "s3cr;et";
 const UNAUTHORIZED: &str = "ERR unauthorized\n";
@@ -189,8 +187,14 @@ fn a_slow_fifo_writer_within_the_quiet_time_keeps_its_line() {
 /// The warning's start, before the address.
 const EXPOSED: &str = "Control port ";
 
+/// The warning, if the server gave it. It comes before `Control listening on`, the last start-up
+/// line: this waits for that line, as the log may still be on its way when the server is ready.
 fn exposed_warning(server: &Server) -> Option<String> {
-    server.log.lines().into_iter().find(|l| l.starts_with(EXPOSED) && l.contains("--control-secret"))
+    let (end, _) = server.log.wait_for_line_from(0, |l| l.starts_with("Control listening on "), WAIT);
+    server.log.lines()[..end]
+        .iter()
+        .find(|l| l.starts_with(EXPOSED) && l.contains("--control-secret"))
+        .cloned()
 }
 
 #[test]
@@ -213,7 +217,6 @@ fn no_warning_on_loopback_or_with_a_secret() {
     let loopback = Server::start(&[]);
     let guarded = Server::start(&["--control-bind", "0.0.0.0", "--control-secret", SECRET]);
     for server in [&loopback, &guarded] {
-        // The warning comes before `Control listening on`, which start() waited for.
         assert_eq!(exposed_warning(server), None, "{}", server.log.dump());
     }
     let reply = guarded.control(&format!("auth {SECRET}\ntcpnumberofclients\n"));

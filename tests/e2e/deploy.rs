@@ -4,13 +4,10 @@
 //! container's command line and health check, taken from the Dockerfile, run the server as the
 //! original image does (no container engine runs here, so the image itself is not built).
 
-mod common;
-mod programs;
-
 use std::process::Command;
 
-use common::SseClient;
-use programs::{find_program, repo_file, reported_port, wait_for_file_line, Process, TempDir};
+use crate::common::{self, NotifySocket, SseClient};
+use crate::programs::{find_program, repo_file, wait_for_file_line, Process, TempDir};
 
 #[test]
 #[ignore = "needs logrotate: run by the README's test command"]
@@ -35,8 +32,10 @@ fn logrotate_rotates_the_log_and_hasses_reopens_it() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hasses"));
     command.args(["--port", "0", "--control-port", "0", "--workers", "1", "--log-level", "1"]);
     command.arg("--log-file").arg(&log).arg("--pidfile").arg(&pidfile);
-    let server = Process::spawn(command, "hasses", dir.join("output.log"));
-    let sse_port = reported_port(&log, "SSE listening on ", &server);
+    let notify = NotifySocket::new();
+    let (server, ready) = Process::start_hasses(command, &notify, dir.join("output.log"));
+    let sse_port = ready.sse_port();
+    // The start-up lines are what logrotate moves to hasses.log.1.
     wait_for_file_line(&log, "Control listening on", &server);
     wait_for_file_line(&pidfile, &server.pid().to_string(), &server);
 
@@ -139,14 +138,16 @@ fn the_container_command_line_runs_hasses_as_the_original_image() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hasses"));
     command.args(&entrypoint[1..]);
     command.args(["--port", "0", "--control-port", "0"]);
-    let server = Process::spawn(command, "hasses", dir.join("output.log"));
-    let sse_port = reported_port(&dir.join("output.log"), "SSE listening on ", &server);
-    let control_port = reported_port(&dir.join("output.log"), "Control listening on ", &server);
-    let log = wait_for_file_line(&dir.join("output.log"), "Control listening on", &server);
-    assert!(
-        log.contains(&format!("Control listening on 0.0.0.0:{control_port}")),
-        "the control port listens on the container's addresses, for `-p`:\n{log}"
+    let notify = NotifySocket::new();
+    let (server, ready) = Process::start_hasses(command, &notify, dir.join("output.log"));
+    let sse_port = ready.sse_port();
+    let control = ready.address("X_HASSES_CONTROL").expect("a control port");
+    assert_eq!(
+        control.ip().to_string(),
+        "0.0.0.0",
+        "the control port listens on the container's addresses, for `-p`"
     );
+    let control_port = control.port();
 
     let mut client = SseClient::subscribe(sse_port, "subscribe=room1");
     let head = client.head.clone().unwrap();

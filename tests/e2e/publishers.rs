@@ -6,12 +6,10 @@
 //! that a command went out without waiting for the quiet time, the publisher keeps a line in
 //! progress (a byte every 100 ms) while the test waits, so the quiet time never comes.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{connect, NoEvent, Server, SseClient, TempFile, WAIT};
+use crate::common::{self, connect, NoEvent, Server, SseClient, TempFile, WAIT};
 use hasses::control::LINE_QUIET;
 
 /// Bytes that keep a line in progress without ever completing a command anyone receives.

@@ -1,8 +1,6 @@
 //! The capacity benchmark, `hasses-bench`, run against the real server at a small N: every
 //! scenario must complete with nothing lost, duplicated or misrouted.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -69,7 +67,7 @@ fn start(program: &Path, args: &[&str], sse_label: &str, control_label: &str) ->
 fn all_scenarios_lose_nothing(server: &Server) {
     let json = std::env::temp_dir().join(format!("hasses-bench-test-{}.jsonl", server.child.id()));
     let _ = std::fs::remove_file(&json);
-    let out = Command::new(common::bench_tool::path())
+    let out = Command::new(crate::common::bench_tool::path())
         .args(["all", "-n", "50", "--quiet"])
         .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
         .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
@@ -114,13 +112,14 @@ fn all_scenarios_at_small_n_lose_nothing() {
 #[test]
 fn the_floor_server_serves_every_scenario() {
     let args = ["floor-server", "--sse", "127.0.0.1:0", "--control", "127.0.0.1:0"];
-    let server = start(common::bench_tool::path(), &args, "SSE on ", "control on ");
+    let server = start(crate::common::bench_tool::path(), &args, "SSE on ", "control on ");
     all_scenarios_lose_nothing(&server);
 }
 
 #[test]
 fn help_documents_every_scenario() {
-    let out = Command::new(common::bench_tool::path()).arg("--help").output().expect("run hasses-bench");
+    let out =
+        Command::new(crate::common::bench_tool::path()).arg("--help").output().expect("run hasses-bench");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all", "floor-server"] {

@@ -2,14 +2,12 @@
 //! several messages per line, the separator, malformed parts, line framing, message sizes,
 //! event ids, and order across shards.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use common::{control_bytes, write_fifo, Server, SseClient, TempFile, WAIT};
+use crate::common::{self, control_bytes, write_fifo, Server, SseClient, TempFile, WAIT};
 
 /// Clients with distinct subscriptions and ids, by name.
 struct Audience {

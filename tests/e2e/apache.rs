@@ -6,15 +6,12 @@
 //! free loopback port, with every file in a temporary directory; the shipped `<Location>` is
 //! included as it is, but for the upstream port and a `timeout=` of 2 s.
 
-mod common;
-mod programs;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Server;
-use programs::{find_program, repo_file, settings, End, EventStream, Item, Process, TempDir};
+use crate::common::Server;
+use crate::programs::{find_program, repo_file, settings, End, EventStream, Item, Process, TempDir};
 
 /// The shipped configuration's file.
 const SHIPPED: &str = "deploy/apache/hasses.conf";

@@ -1,11 +1,9 @@
 //! The control commands (spec §5.2, §5.4, §5.5): each report's exact text in the log, each
 //! `tcp…` reply's JSON, with values checked against what the test did.
 
-mod common;
-
 use std::net::TcpStream;
 
-use common::{my_uid, Server, SseClient, LIST_LAST, STATUS_FIRST, STATUS_LAST, WAIT};
+use crate::common::{self, my_uid, Server, SseClient, LIST_LAST, STATUS_FIRST, STATUS_LAST, WAIT};
 
 /// `HH:MM:SS` under a minute: the running time of a test server.
 fn assert_short_running_time(value: &str) {

@@ -1,14 +1,11 @@
 //! The README's first command, as a new user types it on a fresh clone: it builds the release
 //! profile and starts the server, which serves an SSE handshake and an event.
 
-mod common;
-mod programs;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::Server;
-use programs::repo_file;
+use crate::common::{self, Server};
+use crate::programs::repo_file;
 
 /// How long the release build (from nothing, on a small machine) and the start may take.
 const BUILD: Duration = Duration::from_secs(20 * 60);
@@ -33,7 +30,7 @@ fn the_first_command_starts_the_server_with_the_defaults() {
     let mut command = Command::new(env!("CARGO"));
     command.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
     command.args(["--", "--port", "0", "--control-port", "0"]);
-    let mut server = Server::spawn_command(command).listening(BUILD, true);
+    let mut server = Server::spawn_command(command).listening(BUILD);
 
     // The defaults the README names: SSE on every address at /sse, control on loopback.
     let sse = format!("SSE listening on [::]:{} path /sse", server.sse_port);

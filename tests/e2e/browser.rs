@@ -8,9 +8,6 @@
 //! server; the test reads the reports. Chromium runs with a fresh profile and without any of its
 //! background network traffic, in a process group the test stops.
 
-mod common;
-mod programs;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -21,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::Server;
-use programs::{find_program, Process, TempDir};
+use crate::common::Server;
+use crate::programs::{find_program, Process, TempDir};
 
 /// The page under test.
-const PAGE: &str = include_str!("fixtures/eventsource.html");
+const PAGE: &str = include_str!("../fixtures/eventsource.html");
 /// How long Chromium may take to start and open the stream (a cold start on a busy CI machine).
 const BROWSER_START: Duration = Duration::from_secs(20);
 /// How long an event may take to reach the page and be reported.

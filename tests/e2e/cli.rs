@@ -1,8 +1,6 @@
 //! The process (spec §1, §2, §6): the legacy command line, the config file, daemon mode and its
 //! log file, signals and the pid file, and command lines that must be refused.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use common::{port_after, run_to_exit, Server, SseClient, Stream, TempFile, WAIT};
+use crate::common::{self, port_after, run_to_exit, Server, SseClient, Stream, TempFile, WAIT};
 
 /// Asserts a refused command line: non-zero exit, one line on stderr that contains `needle`.
 fn assert_refused(args: &[&str], needle: &str) {
@@ -139,7 +137,9 @@ fn sigterm_exits_0_closes_clients_and_removes_the_pid_file() {
 fn legacy_command_line_serves_a_curl_like_client_and_a_publish() {
     let server = Server::start_exact(&["-p=0", "-murl=/sse", "-cp=0", "-nodaemon"]);
     let (sse, control) = (server.sse_port, server.cport());
-    // -nodaemon logs to stdout, without a prefix.
+    // -nodaemon logs to stdout, without a prefix. The start-up lines may still be on their way
+    // when the server is ready: wait for the last.
+    server.log.wait_for_line(|l| l.starts_with("Control listening on "), WAIT);
     let lines = server.log.lines_with_stream();
     let listening =
         lines.iter().find(|(_, l)| l.starts_with("SSE listening on ")).expect("the start-up line");
