@@ -621,8 +621,10 @@ pub fn get_request(query: &str) -> String {
 /// One event as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Its `id:`.
+    /// Its `id:`; 0 for an event without one (such as `event: reset`: real ids are never 0).
     pub id: u64,
+    /// Its `event:` type, if it is a named event.
+    pub event: Option<String>,
     /// Its `data:` lines joined with `\n`.
     pub data: String,
 }
@@ -698,6 +700,8 @@ pub struct SseClient<S = TcpStream> {
     pub head: Option<Head>,
     /// Comment chunks (heartbeats) skipped so far.
     pub comments: usize,
+    /// The last `retry:` seen.
+    pub retry: Option<u32>,
 }
 
 impl SseClient {
@@ -724,7 +728,7 @@ impl SseClient {
 impl<S: Transport> SseClient<S> {
     /// A client on `stream`, on which nothing has been read yet.
     pub fn over(stream: S) -> SseClient<S> {
-        SseClient { stream, buf: Vec::new(), head: None, comments: 0 }
+        SseClient { stream, buf: Vec::new(), head: None, comments: 0, retry: None }
     }
 
     /// Sends `request` and asserts the answer is the `200` handshake.
@@ -864,7 +868,12 @@ impl<S: Transport> SseClient<S> {
                 self.comments += 1;
                 continue;
             }
-            return Some(parse_event(&payload));
+            let (event, retry) = parse_event(&payload);
+            self.retry = retry.or(self.retry);
+            match event {
+                Some(event) => return Some(event),
+                None => continue,
+            }
         }
     }
 }
@@ -875,21 +884,29 @@ fn is_comment(payload: &str) -> bool {
 }
 
 /// `id: N\ndata: …\n(data: …\n)*\n` → the event.
-fn parse_event(payload: &str) -> Event {
+fn parse_event(payload: &str) -> (Option<Event>, Option<u32>) {
     let body = payload
         .strip_suffix("\n\n")
         .unwrap_or_else(|| panic!("event not ended by a blank line: {payload:?}"));
-    let mut lines = body.split('\n');
-    let id_line = lines.next().unwrap();
-    let id = id_line
-        .strip_prefix("id: ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("event does not start with a numeric id: {payload:?}"));
-    let data: Vec<&str> = lines
-        .map(|l| l.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data line {l:?} in {payload:?}")))
-        .collect();
-    assert!(!data.is_empty(), "event without data: {payload:?}");
-    Event { id, data: data.join("\n") }
+    let (mut id, mut event, mut retry, mut data) = (None, None, None, Vec::new());
+    for line in body.split('\n') {
+        let (field, value) =
+            line.split_once(": ").unwrap_or_else(|| panic!("not a field {line:?} in {payload:?}"));
+        match field {
+            "id" => id = Some(value.parse().unwrap_or_else(|_| panic!("not a numeric id: {payload:?}"))),
+            "event" => event = Some(value.to_owned()),
+            "retry" => retry = Some(value.parse().unwrap_or_else(|_| panic!("not a retry: {payload:?}"))),
+            "data" => data.push(value),
+            _ => panic!("unknown field {line:?} in {payload:?}"),
+        }
+        assert!(data.is_empty() || field == "data", "a field after the data lines: {payload:?}");
+    }
+    if data.is_empty() {
+        assert!(id.is_none() && event.is_none(), "event without data: {payload:?}");
+        return (None, retry);
+    }
+    assert!(id.is_some() || event.is_some(), "an unnamed event without an id: {payload:?}");
+    (Some(Event { id: id.unwrap_or(0), event, data: data.join("\n") }), retry)
 }
 
 /// The uid this test runs as (the server reports its own, the same).

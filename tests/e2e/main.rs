@@ -28,5 +28,6 @@ mod operations;
 mod publish;
 mod publishers;
 mod readme;
+mod resume;
 mod systemd;
 mod tls;
