@@ -211,6 +211,7 @@ impl Admin {
             workers: facts.workers,
             shards,
             tls: facts.tls.clone(),
+            history: self.state.history.read().figures(),
         }
     }
 }

@@ -10,9 +10,10 @@ use std::ops::AddAssign;
 use std::time::Duration;
 
 use serde::Serialize;
-
-use crate::tls::TlsFiles;
 use serde_json::json;
+
+use crate::history::HistoryFigures;
+use crate::tls::TlsFiles;
 
 /// One shard's counters, as it answers a figures request; summed over shards for the server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,6 +32,10 @@ pub struct ShardFigures {
     pub dropped_slow: u64,
     /// Connections refused with 503 for a connection limit.
     pub refused: u64,
+    /// Resumes that got everything they asked for.
+    pub resumes_complete: u64,
+    /// Resumes told of a gap (`event: reset`).
+    pub resumes_with_gap: u64,
 }
 
 impl AddAssign for ShardFigures {
@@ -42,6 +47,8 @@ impl AddAssign for ShardFigures {
         self.deliveries += other.deliveries;
         self.dropped_slow += other.dropped_slow;
         self.refused += other.refused;
+        self.resumes_complete += other.resumes_complete;
+        self.resumes_with_gap += other.resumes_with_gap;
     }
 }
 
@@ -78,6 +85,8 @@ pub struct Status {
     pub shards: ShardFigures,
     /// The certificate and key files, when serving HTTPS.
     pub tls: Option<TlsFiles>,
+    /// What is kept for resume.
+    pub history: HistoryFigures,
 }
 
 impl Status {
@@ -115,6 +124,17 @@ impl Status {
             format!("Dropped slow clients: {}", s.dropped_slow),
             format!("Refused connections: {}", s.refused),
             format!("Worker threads: {}", self.workers),
+            format!(
+                "Resumed clients: {} (told of a gap: {})",
+                s.resumes_complete + s.resumes_with_gap,
+                s.resumes_with_gap
+            ),
+            format!(
+                "History: {} events, {} bytes, oldest id {}",
+                self.history.events,
+                self.history.bytes,
+                self.history.oldest.map_or_else(|| "-".to_string(), |id| id.to_string())
+            ),
             "------------- end --------------".to_string(),
         ]);
         lines
@@ -149,6 +169,11 @@ impl Status {
             "refusedconncli": s.refused,
             "workers": self.workers,
             "reinit": self.reinit,
+            "resumecnt": s.resumes_complete + s.resumes_with_gap,
+            "resumegapcnt": s.resumes_with_gap,
+            "historyevents": self.history.events,
+            "historybytes": self.history.bytes,
+            "historyoldest": self.history.oldest.map(|id| id.to_string()),
         })
     }
 }
@@ -180,6 +205,11 @@ pub struct ClientRow {
     pub worker: usize,
     /// Under TLS: its protocol version and cipher suite (`-` until agreed).
     pub tls: Option<String>,
+    /// The id of the last event queued for it (or, before any, of the last one published before
+    /// it subscribed): where it would resume. In the JSON list only: hasses' text layout is
+    /// parsed by scripts, and stays as it is.
+    #[serde(rename = "lasteventid")]
+    pub last_event_id: u64,
 }
 
 /// The client list block, line by line, as hasses writes it.
@@ -259,6 +289,7 @@ mod tests {
             tokens: vec!["room624".into()],
             worker: 0,
             tls: None,
+            last_event_id: 7,
         }
     }
 
@@ -303,8 +334,11 @@ mod tests {
                 deliveries: 9,
                 dropped_slow: 0,
                 refused: 0,
+                resumes_complete: 2,
+                resumes_with_gap: 1,
             },
             tls: None,
+            history: HistoryFigures { events: 5, bytes: 320, oldest: Some(1001) },
         };
         let lines = status.lines();
         assert_eq!(lines[0], "------- status of hasses -------");
@@ -319,6 +353,12 @@ mod tests {
         assert_eq!(json["msgproccnt"], 7);
         assert_eq!(json["msgsendcnt"], 9);
         assert_eq!(json["mode"], "unencrypted (http)");
+        let ours = &lines[lines.len() - 3..lines.len() - 1];
+        assert_eq!(
+            ours,
+            ["Resumed clients: 3 (told of a gap: 1)", "History: 5 events, 320 bytes, oldest id 1001"]
+        );
+        assert_eq!((json["resumecnt"].clone(), json["historyoldest"].clone()), (3.into(), "1001".into()));
         let as_user = Status { user: Some("www-data".into()), uid: 33, ..status.clone() };
         assert_eq!(as_user.lines()[4], "Uid: 33 (www-data)");
         let tls = TlsFiles { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() };

@@ -33,6 +33,8 @@ impl Shard {
             deliveries: self.counters.deliveries,
             dropped_slow: self.counters.dropped_slow,
             refused: self.counters.refused,
+            resumes_complete: self.counters.resumes_complete,
+            resumes_with_gap: self.counters.resumes_with_gap,
         }
     }
 
@@ -59,6 +61,7 @@ impl Shard {
             agent: client.user_agent().to_string(),
             tokens,
             worker: self.number,
+            last_event_id: conn.last_publish,
         }
     }
 }

@@ -181,3 +181,20 @@ fn curl_resumes_with_the_header_and_the_query_parameter() {
         assert_eq!(data, ["1", "2"], "{body}");
     }
 }
+
+#[test]
+fn status_and_the_client_list_report_the_history_and_resumes() {
+    let server = Server::start(&["--history", "1"]);
+    let ids = publish_numbered(&server, "t", 3);
+    let mut back = subscribe_with(&server, "subscribe=t&id=back", &[&format!("Last-Event-ID: {}", ids[0])]);
+    assert_eq!(back.next_event().event.as_deref(), Some("reset"));
+    let status = server.wait_json("tcpstatus", "resumecnt", 1);
+    let counts = (status["resumegapcnt"].as_u64(), status["historyevents"].as_u64());
+    assert_eq!(counts, (Some(1), Some(1)), "{status}");
+    assert_eq!(status["historyoldest"], ids[2].to_string(), "{status}");
+    let list = server.tcp_json("tcpclientlist");
+    let row = list["clients"].as_array().unwrap().iter().find(|r| r["id"] == "back").cloned().unwrap();
+    assert_eq!(row["lasteventid"], ids[2], "{list}");
+    let block = server.status_block();
+    assert!(block.iter().any(|l| l == "Resumed clients: 1 (told of a gap: 1)"), "{block:#?}");
+}
