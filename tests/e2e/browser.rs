@@ -1,7 +1,7 @@
 //! A real browser: headless Chromium (Debian package `chromium`) loads a page whose
 //! `EventSource` subscribes to hasses on another origin (so CORS is exercised too), receives the
 //! events published, each with its own id, and reconnects by itself when hasses restarts on the
-//! same port.
+//! same port, and resumes with every event once after `--max-age` closes its stream.
 //!
 //! The page (`tests/fixtures/eventsource.html`) is served by a small HTTP server inside the test,
 //! on loopback, and reports everything its EventSource does with `fetch('/report')` to that same
@@ -249,4 +249,35 @@ fn eventsource_receives_events_and_reconnects_after_a_restart() {
         reports.iter().all(|r| r["kind"] != "error" || r["state"] != 2),
         "the EventSource never gave up (readyState CLOSED): {reports:#?}"
     );
+}
+
+/// The page's EventSource loses its stream every 2 s (`--max-age`) while events go on being
+/// published; it reconnects by itself with its last id, and ends up with every event once, in
+/// order: resume, as a browser does it.
+#[test]
+#[ignore = "needs chromium: run by the README's test command"]
+fn eventsource_resumes_after_losing_its_stream_with_every_event_once() {
+    const EVENTS: usize = 60;
+    let server = Server::start(&["--max-age", "2", "--retry", "100"]);
+    let pages = PageServer::start();
+    let profile = TempDir::new("chromium-resume");
+    let sse = format!("http://127.0.0.1:{}/sse?subscribe=t", server.sse_port);
+    let url = format!(
+        "http://127.0.0.1:{}/?sse={}",
+        pages.port,
+        form_urlencoded::byte_serialize(sse.as_bytes()).collect::<String>()
+    );
+    let browser = start_chromium(&url, &profile);
+    pages.wait_for("the EventSource opens", BROWSER_START, &browser, |r| count(r, "open") == 1);
+    for n in 0..EVENTS {
+        server.publish(&format!("t={n}"));
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    let reports = pages.wait_for("every event arrives", RECONNECT, &browser, |r| messages(r).len() >= EVENTS);
+    let received = messages(&reports);
+    let data: Vec<String> = received.iter().map(|(_, d)| d.clone()).collect();
+    let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
+    assert_eq!(data, expected, "every event once, in order");
+    assert!(received.windows(2).all(|w| w[0].0 < w[1].0), "increasing ids");
+    assert!(count(&reports, "open") >= 2, "the stream was lost and resumed: {reports:#?}");
 }
