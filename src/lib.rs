@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod history;
