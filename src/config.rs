@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{ColorChoice, Command, CommandFactory, FromArgMatches, Parser};
 
+use crate::auth::{AuthKey, AuthSettings};
 use crate::history::HistoryLimits;
 use crate::limits::Limits;
 use crate::log::LogTarget;
@@ -98,6 +99,8 @@ pub struct Config {
     pub history: HistoryLimits,
     /// Sent as `retry:` at the start of every stream (`--retry`, milliseconds).
     pub retry: Option<u32>,
+    /// Subscriptions need a signed token (`--jwt-secret`, `--jwt-secret-file` or `--jwt-key`).
+    pub auth: Option<AuthSettings>,
 }
 
 /// What the command line asks for.
@@ -171,6 +174,17 @@ pub enum ConfigError {
         line: usize,
         /// What is wrong on that line.
         source: Box<ConfigError>,
+    },
+    /// Two keys for tokens, or a claim to check without a key.
+    #[error("{0}")]
+    JwtKey(&'static str),
+    /// The `--jwt-secret-file` cannot be read.
+    #[error("--jwt-secret-file {}: {source}", path.display())]
+    JwtSecretFile {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
     },
     /// `--config` inside a config file (files do not include files).
     #[error("--config cannot be used inside a config file")]
@@ -292,6 +306,22 @@ struct Cli {
     /// Keep at most BYTES of events for resume in all, the oldest going first [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     history_memory: Option<String>,
+    /// Subscriptions need a JWT signed with this HMAC secret (HS256/384/512) [default: none, open]
+    #[arg(long, value_name = "SECRET")]
+    jwt_secret: Option<String>,
+    /// The same, the secret read from FILE (its trailing newline dropped)
+    #[arg(long, value_name = "FILE")]
+    jwt_secret_file: Option<String>,
+    /// Subscriptions need a JWT signed with the private key of this PEM public key: RSA (RS*,
+    /// PS*), EC (ES256, ES384) or Ed25519 (EdDSA)
+    #[arg(long, value_name = "PEM")]
+    jwt_key: Option<String>,
+    /// A token must carry this `iss`
+    #[arg(long, value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// A token must carry this `aud`
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
     /// Start every stream with `retry: MS`: how long a browser waits before it reconnects
     /// [default: none, the browser's own]
     #[arg(long, value_name = "MS")]
@@ -646,6 +676,7 @@ impl Given {
                 max_bytes: self.value("history-memory", &cli.history_memory, positive)?.unwrap_or(64 << 20),
             },
             retry: self.value("retry", &cli.retry, milliseconds)?,
+            auth: self.auth()?,
         })
     }
 
@@ -706,6 +737,31 @@ impl Given {
             (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
             _ => Err(ConfigError::TlsIncomplete(self.label(asked))),
         }
+    }
+
+    /// How subscribers' tokens are checked, if they are: one key, and the claims to check.
+    fn auth(&self) -> Result<Option<AuthSettings>, ConfigError> {
+        let cli = &self.cli;
+        let secret = self.value("jwt-secret", &cli.jwt_secret, secret)?;
+        let secret_file = self.value("jwt-secret-file", &cli.jwt_secret_file, any_path)?;
+        let public_key = self.value("jwt-key", &cli.jwt_key, any_path)?;
+        let key = match (secret, secret_file, public_key) {
+            (None, None, None) if cli.jwt_issuer.is_some() || cli.jwt_audience.is_some() => {
+                return Err(ConfigError::JwtKey(
+                    "--jwt-issuer and --jwt-audience need --jwt-secret or --jwt-key",
+                ))
+            }
+            (None, None, None) => return Ok(None),
+            (Some(secret), None, None) => AuthKey::Secret(secret.into_bytes()),
+            (None, Some(path), None) => AuthKey::Secret(read_secret(path)?),
+            (None, None, Some(path)) => AuthKey::PublicKey(path),
+            _ => {
+                return Err(ConfigError::JwtKey("give one of --jwt-secret, --jwt-secret-file and --jwt-key"))
+            }
+        };
+        let issuer = self.value("jwt-issuer", &cli.jwt_issuer, header_text)?;
+        let audience = self.value("jwt-audience", &cli.jwt_audience, header_text)?;
+        Ok(Some(AuthSettings { key, issuer, audience }))
     }
 
     fn sse_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -818,6 +874,20 @@ fn secret(text: &str) -> Result<String, &'static str> {
 
 fn positive(text: &str) -> Result<usize, &'static str> {
     text.parse().ok().filter(|n| *n > 0).ok_or("must be a whole number above 0")
+}
+
+/// A secret file's bytes, without the newline an editor or `echo` leaves at its end.
+fn read_secret(path: PathBuf) -> Result<Vec<u8>, ConfigError> {
+    let mut bytes =
+        std::fs::read(&path).map_err(|source| ConfigError::JwtSecretFile { path: path.clone(), source })?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty");
+        return Err(ConfigError::JwtSecretFile { path, source });
+    }
+    Ok(bytes)
 }
 
 fn whole(text: &str) -> Result<usize, &'static str> {
@@ -1168,6 +1238,32 @@ mod tests {
         assert_eq!(error(&["-q=1"]), "-q: takes no value");
         assert_eq!(error(&["-ra="]), "-ra: takes no value");
         assert_eq!(error(&["--reinit=yes"]), "--reinit: takes no value");
+    }
+
+    #[test]
+    fn one_jwt_key_and_the_claims_to_check() {
+        assert_eq!(run(&[]).auth, None);
+        let hmac = run(&["--jwt-secret", "s3", "--jwt-issuer", "backend"]).auth.unwrap();
+        assert_eq!(
+            (hmac.key, hmac.issuer.as_deref(), hmac.audience),
+            (AuthKey::Secret(b"s3".to_vec()), Some("backend"), None)
+        );
+        let key = run(&["--jwt-key", "/etc/hasses/jwt.pem", "--jwt-audience", "hasses"]).auth.unwrap();
+        assert_eq!(key.key, AuthKey::PublicKey("/etc/hasses/jwt.pem".into()));
+        let file = std::env::temp_dir().join(format!("hasses-jwt-secret-{}", std::process::id()));
+        std::fs::write(&file, "from a file\n").unwrap();
+        let from_file = run(&["--jwt-secret-file", file.to_str().unwrap()]).auth.unwrap();
+        assert_eq!(from_file.key, AuthKey::Secret(b"from a file".to_vec()));
+        std::fs::remove_file(&file).unwrap();
+        assert!(error(&["--jwt-secret-file", file.to_str().unwrap()]).starts_with("--jwt-secret-file /"));
+        assert_eq!(
+            error(&["--jwt-secret", "a", "--jwt-key", "/k.pem"]),
+            "give one of --jwt-secret, --jwt-secret-file and --jwt-key"
+        );
+        assert_eq!(
+            error(&["--jwt-issuer", "x"]),
+            "--jwt-issuer and --jwt-audience need --jwt-secret or --jwt-key"
+        );
     }
 
     #[test]

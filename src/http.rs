@@ -68,6 +68,9 @@ pub struct Subscribe {
     /// Where it resumes: the `Last-Event-ID` header, else the `lastEventId` query parameter
     /// (also spelled `last_event_id` or `lastEventID`); `None` for a fresh subscription.
     pub resume: Option<ResumeFrom>,
+    /// Its authorization token: `Authorization: Bearer …`, else the `access_token` query
+    /// parameter (EventSource cannot set headers), else the `hasses_token` cookie.
+    pub token: Option<String>,
 }
 
 /// Why a request is refused. `status()` says the HTTP status; `Display` says why, for the log.
@@ -143,6 +146,8 @@ impl Reject {
 #[derive(Debug, Clone, Copy)]
 enum Status {
     BadRequest = 400,
+    Unauthorized = 401,
+    Forbidden = 403,
     NotFound = 404,
     HeaderTooLarge = 431,
     NotImplemented = 501,
@@ -153,6 +158,8 @@ impl Status {
     fn line(self) -> &'static str {
         match self {
             Self::BadRequest => "400 Bad Request",
+            Self::Unauthorized => "401 Unauthorized",
+            Self::Forbidden => "403 Forbidden",
             Self::NotFound => "404 Not Found",
             Self::HeaderTooLarge => "431 Request Header Fields Too Large",
             Self::NotImplemented => "501 Not Implemented",
@@ -248,7 +255,33 @@ fn subscription(headers: &[httparse::Header], query: &str) -> Result<Subscribe, 
         id: client_id(query.id)?,
         user_agent: user_agent(headers),
         resume: resume_from(headers, query.last_event_id)?,
+        token: bearer(headers)
+            .or_else(|| query.access_token.map(decode))
+            .or_else(|| cookie(headers, TOKEN_COOKIE)),
     })
+}
+
+/// The cookie a same-site page's EventSource (`withCredentials`) carries its token in.
+const TOKEN_COOKIE: &str = "hasses_token";
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &[httparse::Header]) -> Option<String> {
+    let header = headers.iter().find(|header| header.name.eq_ignore_ascii_case("authorization"))?;
+    let value = std::str::from_utf8(header.value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// The value of cookie `name`, from any `Cookie` header.
+fn cookie(headers: &[httparse::Header], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("cookie"))
+        .filter_map(|header| std::str::from_utf8(header.value).ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
 }
 
 /// Where a subscription resumes: the header wins over the query parameter, which polyfills
@@ -294,6 +327,7 @@ struct Query<'q> {
     subscribe: Option<&'q str>,
     id: Option<&'q str>,
     last_event_id: Option<&'q str>,
+    access_token: Option<&'q str>,
 }
 
 impl<'q> Query<'q> {
@@ -305,6 +339,7 @@ impl<'q> Query<'q> {
                 "subscribe" => &mut found.subscribe,
                 "id" => &mut found.id,
                 "lastEventId" | "last_event_id" | "lastEventID" => &mut found.last_event_id,
+                "access_token" => &mut found.access_token,
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -389,6 +424,12 @@ pub struct Responses {
     pub options: Bytes,
     /// `503` with `Retry-After`, for a connection over a connection limit.
     pub unavailable: Bytes,
+    /// `401` with a bare `Bearer` challenge: a subscription without a token.
+    pub no_token: Bytes,
+    /// `401` with `error="invalid_token"`: a malformed, badly signed or expired token.
+    pub invalid_token: Bytes,
+    /// `403` with `error="insufficient_scope"`: a token that does not grant what is asked.
+    pub insufficient_scope: Bytes,
     bad_request: Bytes,
     not_found: Bytes,
     header_too_large: Bytes,
@@ -400,11 +441,17 @@ impl Responses {
     ///
     /// Each response is one buffer, head and body, so that it goes out in a single write.
     pub fn new(cors_base: &str) -> Self {
+        // A named origin may send its cookies (a token in `hasses_token`, `withCredentials`);
+        // browsers refuse credentials with the origin `*`.
+        let credentials = if cors_base == "*" { "" } else { "Access-Control-Allow-Credentials: true\r\n" };
         let cors = format!(
             "Access-Control-Allow-Origin: {cors_base}\r\n\
              Access-Control-Allow-Methods: GET\r\n\
-             Access-Control-Allow-Headers: {ALLOWED_HEADERS}\r\n"
+             Access-Control-Allow-Headers: {ALLOWED_HEADERS}\r\n\
+             {credentials}"
         );
+        // RFC 6750: the challenge names the realm, and the error once a token was given.
+        let challenge = |error: &str| format!("WWW-Authenticate: Bearer realm=\"hasses\"{error}\r\n{cors}");
         // HEAD gets the same head as GET, so that a client can see what it would get.
         // `X-Accel-Buffering: no` (ours) stops nginx from holding events back in its buffers.
         let stream = Bytes::from(format!(
@@ -431,6 +478,9 @@ impl Responses {
             head: stream,
             options,
             unavailable: error_response(Status::Unavailable, &format!("Retry-After: {RETRY_AFTER_SECS}\r\n")),
+            no_token: error_response(Status::Unauthorized, &challenge("")),
+            invalid_token: error_response(Status::Unauthorized, &challenge(", error=\"invalid_token\"")),
+            insufficient_scope: error_response(Status::Forbidden, &challenge(", error=\"insufficient_scope\"")),
             bad_request: error_response(Status::BadRequest, ""),
             not_found: error_response(Status::NotFound, ""),
             header_too_large: error_response(Status::HeaderTooLarge, ""),
@@ -446,6 +496,8 @@ impl Responses {
             Status::HeaderTooLarge => &self.header_too_large,
             Status::NotImplemented => &self.not_implemented,
             Status::Unavailable => &self.unavailable,
+            Status::Unauthorized => &self.no_token,
+            Status::Forbidden => &self.insufficient_scope,
         }
         .clone()
     }
@@ -661,6 +713,7 @@ mod tests {
             id: Some("u1".to_owned()),
             user_agent: "Mozilla/5.0".to_owned(),
             resume: None,
+            token: None,
         };
         assert_eq!(judgement, Judgement::Subscribe(expected));
     }
@@ -686,10 +739,32 @@ mod tests {
     }
 
     #[test]
+    fn the_token_comes_from_the_header_the_query_or_the_cookie() {
+        let token = |target: &str, headers: &[&str]| subscribed(get(target, headers)).token;
+        assert_eq!(token("/sse?subscribe=a", &[]), None);
+        assert_eq!(token("/sse?subscribe=a", &["Authorization: Bearer h.e.ader"]), Some("h.e.ader".into()));
+        assert_eq!(token("/sse?subscribe=a", &["authorization: bearer  x "]), Some("x".into()));
+        assert_eq!(token("/sse?subscribe=a", &["Authorization: Basic dXNlcjpwdw=="]), None);
+        assert_eq!(token("/sse?subscribe=a&access_token=q.u%2Dery", &[]), Some("q.u-ery".into()));
+        assert_eq!(
+            token("/sse?subscribe=a", &["Cookie: theme=dark; hasses_token=c.oo.kie"]),
+            Some("c.oo.kie".into())
+        );
+        let all = ["Authorization: Bearer header", "Cookie: hasses_token=cookie"];
+        assert_eq!(token("/sse?subscribe=a&access_token=query", &all), Some("header".into()));
+        assert_eq!(token("/sse?subscribe=a&access_token=query", &all[1..]), Some("query".into()));
+    }
+
+    #[test]
     fn bare_newlines_end_lines_too() {
         let text = "GET /sse?subscribe=a HTTP/1.1\nHost: x\nUser-Agent: curl\n\n";
-        let expected =
-            Subscribe { tokens: strings(&["a"]), id: None, user_agent: "curl".to_owned(), resume: None };
+        let expected = Subscribe {
+            tokens: strings(&["a"]),
+            id: None,
+            user_agent: "curl".to_owned(),
+            resume: None,
+            token: None,
+        };
         assert_eq!(judge_str(text), Judgement::Subscribe(expected));
     }
 

@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info};
 
 use crate::admin::{Admin, ServerFacts};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::history::History;
@@ -77,6 +78,9 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The key subscribers' tokens are checked with cannot be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// A thread or its poller could not be made.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
@@ -89,6 +93,7 @@ pub struct Bound {
     control: Option<TcpListener>,
     fifo: Option<File>,
     tls: Option<Tls>,
+    auth: Option<Auth>,
 }
 
 impl Bound {
@@ -117,8 +122,10 @@ pub fn bind(config: &Config) -> Result<Bound, StartError> {
     }
     let control = config.control_addr.map(|addr| listen(addr, false)).transpose()?;
     let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
+    // Keys are read while we still have our privileges, as the TLS files are.
     let tls = config.tls.as_ref().map(Tls::load).transpose()?;
-    Ok(Bound { sse, control, fifo, tls })
+    let auth = config.auth.as_ref().map(Auth::new).transpose()?;
+    Ok(Bound { sse, control, fifo, tls, auth })
 }
 
 /// A worker's SSE listener: a share of the port, with what every accepted socket inherits.
@@ -318,7 +325,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let control_addr = bound.control_addr();
-    let settings = Arc::new(Settings::new(config, bound.tls));
+    let settings = Arc::new(Settings::new(config, bound.tls, bound.auth));
     let ids = EventIds::starting_now();
     let history = History::new(config.history, ids.peek(), Instant::now());
     let state = Arc::new(SharedState::new(config.reinit, history));

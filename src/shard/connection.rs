@@ -248,6 +248,7 @@ mod tests {
             id: None,
             user_agent: String::new(),
             resume: None,
+            token: None,
         };
         let client = Client::from_request(request);
         assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1", "x-y"]);

@@ -249,6 +249,7 @@ mod tests {
             id,
             user_agent: String::new(),
             resume: None,
+            token: None,
         });
         (conn, other_end)
     }

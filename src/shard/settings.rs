@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{Responses, Route};
 use crate::sse::{self, Frame};
@@ -33,11 +34,14 @@ pub struct Settings {
     pub max_connections: Option<u64>,
     /// The `retry:` chunk every stream starts with (`--retry`).
     pub retry: Option<Frame>,
+    /// Subscriptions need a token this checks (`--jwt-secret`, `--jwt-key`).
+    pub auth: Option<Auth>,
 }
 
 impl Settings {
-    /// The settings `config` asks for, serving HTTPS with `tls` when given.
-    pub fn new(config: &Config, tls: Option<Tls>) -> Self {
+    /// The settings `config` asks for, serving HTTPS with `tls` and checking tokens with `auth`
+    /// when given (both loaded by the server at start, where a bad file stops it).
+    pub fn new(config: &Config, tls: Option<Tls>, auth: Option<Auth>) -> Self {
         Settings {
             route: Route { path: config.match_url.clone() },
             responses: Responses::new(&config.cors_base),
@@ -49,6 +53,7 @@ impl Settings {
             tls,
             max_connections: config.max_connections.map(|max| max as u64),
             retry: config.retry.map(sse::retry_chunk),
+            auth,
         }
     }
 }
