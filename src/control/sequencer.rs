@@ -15,7 +15,7 @@ use tracing::debug;
 use super::command::Publish;
 use super::fanout::Fanout;
 use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
-use crate::sse::{encode_event, EventIds};
+use crate::sse::{encode, EventFields, EventIds};
 
 /// Numbers, frames and fans out every event.
 #[derive(Debug)]
@@ -38,7 +38,12 @@ impl Sequencer {
         self.processed += 1;
         let id = self.ids.next_id();
         debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
-        let frame = encode_event(id, &publish.message);
+        let frame = encode(&EventFields {
+            id: Some(id),
+            event: publish.event.as_deref(),
+            retry: publish.retry,
+            data: Some(&publish.message),
+        });
         // Before any shard can see it: a handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
         self.shards.publish(Delivery { id, audience: publish.audience, frame });
