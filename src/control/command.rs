@@ -384,11 +384,9 @@ fn json_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
         None
     };
     match fault {
-        Some(fault) => Err(CommandError::BadTarget {
-            target: target.escape_debug().to_string(),
-            fault,
-            part: excerpt(part),
-        }),
+        Some(fault) => {
+            Err(CommandError::BadTarget { target: excerpt(target.as_bytes()), fault, part: excerpt(part) })
+        }
         None => parse_target(target, part),
     }
 }
@@ -406,6 +404,9 @@ fn check_event(event: &str, part: &[u8]) -> Result<(), CommandError> {
 /// How many bytes of an offending part an error keeps: enough to recognise it in a log line,
 /// not a whole 64 KiB message.
 const EXCERPT_LEN: usize = 80;
+/// How many bytes of the JSON parser's complaint an error keeps: the longest it writes about a
+/// sensible field fits.
+const JSON_ERROR_LEN: usize = 160;
 
 /// Parses one part (a line already split on the separator, not empty) into a command.
 ///
@@ -420,10 +421,10 @@ pub fn parse_command(part: &[u8], limits: &Limits) -> Result<Command, CommandErr
         Ok(json) => json.check(part, limits).map(Command::Publish),
         // serde stops at the first bad field, before it knows whether the rest is JSON.
         Err(e) if is_json_object(part) => {
-            Err(CommandError::BadJson { error: e.to_string(), part: excerpt(part) })
+            Err(CommandError::BadJson { error: json_error(&e), part: excerpt(part) })
         }
         Err(e) => parse_hasses(part, limits).map_err(|err| match err {
-            CommandError::NotACommand { part } => CommandError::NotJson { error: e.to_string(), part },
+            CommandError::NotACommand { part } => CommandError::NotJson { error: json_error(&e), part },
             other => other,
         }),
     }
@@ -538,7 +539,18 @@ fn utf8<'a>(bytes: &'a [u8], part: &[u8]) -> Result<&'a str, CommandError> {
 
 /// The start of `part`, safe to put in a log line: a control byte can't break or forge a line.
 fn excerpt(part: &[u8]) -> String {
-    let shown = &part[..part.len().min(EXCERPT_LEN)];
+    shortened(part, EXCERPT_LEN)
+}
+
+/// What the JSON parser says is wrong, safe to put in a log line: it quotes the publisher's own
+/// text (an unknown field's name), which may be long or hold a line break.
+fn json_error(e: &serde_json::Error) -> String {
+    shortened(e.to_string().as_bytes(), JSON_ERROR_LEN)
+}
+
+/// The first `max` bytes of `text`, escaped, with its size when it was longer.
+fn shortened(text: &[u8], max: usize) -> String {
+    let shown = &text[..text.len().min(max)];
     let mut out = String::new();
     for chunk in shown.utf8_chunks() {
         out.extend(chunk.valid().escape_debug());
@@ -546,8 +558,8 @@ fn excerpt(part: &[u8]) -> String {
             out.push_str(&format!("\\x{byte:02x}"));
         }
     }
-    if shown.len() < part.len() {
-        out.push_str(&format!("... ({} bytes)", part.len()));
+    if shown.len() < text.len() {
+        out.push_str(&format!("... ({} bytes)", text.len()));
     }
     out
 }
@@ -912,6 +924,18 @@ mod tests {
         // serde stops at the first bad field; the rest must still be JSON for this to be JSON.
         refused(r#"{"date":1, "to":"a","data":"x"}"#, "unknown field `date`");
         assert!(matches!(json(r#"{"date":1, x=1"#), Ok(Command::Publish(_))));
+    }
+
+    #[test]
+    fn what_the_json_parser_quotes_is_short_and_escaped() {
+        let field = format!("a\\nb{}", "x".repeat(100_000));
+        let text = json(&format!(r#"{{"{field}":1,"to":"a","data":"x"}}"#)).unwrap_err().to_string();
+        assert!(text.starts_with(r"JSON command refused: unknown field `a\nbxxx"), "{text}");
+        assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
+        let target = format!("a-\\r{}", "x".repeat(100_000));
+        let text = json(&format!(r#"{{"to":"{target}","data":"x"}}"#)).unwrap_err().to_string();
+        assert!(text.starts_with(r#"JSON target "a-\rxxx"#), "{text}");
+        assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
     }
 
     #[test]
