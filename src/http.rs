@@ -480,7 +480,10 @@ impl Responses {
             unavailable: error_response(Status::Unavailable, &format!("Retry-After: {RETRY_AFTER_SECS}\r\n")),
             no_token: error_response(Status::Unauthorized, &challenge("")),
             invalid_token: error_response(Status::Unauthorized, &challenge(", error=\"invalid_token\"")),
-            insufficient_scope: error_response(Status::Forbidden, &challenge(", error=\"insufficient_scope\"")),
+            insufficient_scope: error_response(
+                Status::Forbidden,
+                &challenge(", error=\"insufficient_scope\""),
+            ),
             bad_request: error_response(Status::BadRequest, ""),
             not_found: error_response(Status::NotFound, ""),
             header_too_large: error_response(Status::HeaderTooLarge, ""),

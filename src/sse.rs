@@ -1,7 +1,8 @@
-//! SSE event framing: turns one message into the bytes of one HTTP chunk.
+//! SSE event framing: turns one event into the bytes of one HTTP chunk.
 //!
-//! Owns the wire format of an event (`<hex len>\r\n` `id: N\ndata: …\n\n` `\r\n`) and the event-id
-//! scheme. Pure functions over bytes: no I/O, no knowledge of connections or subscriptions.
+//! Owns the wire format of an event (`<hex len>\r\n` `id: N\n` `event: TYPE\n` `retry: MS\n`
+//! `data: …\n` `\n` `\r\n`, every field but the blank line optional) and the event-id scheme.
+//! Pure functions over bytes: no I/O, no knowledge of connections or subscriptions.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,30 +13,59 @@ use bytes::Bytes;
 pub type Frame = Bytes;
 
 const ID_PREFIX: &[u8] = b"id: ";
+const EVENT_PREFIX: &[u8] = b"event: ";
+const RETRY_PREFIX: &[u8] = b"retry: ";
 /// hasses writes `data: <MESSAGE>`, with the space; EventSource drops exactly one such space.
 const DATA_PREFIX: &[u8] = b"data: ";
 const CRLF: &[u8] = b"\r\n";
 
-/// Encodes `message` as one chunk of a chunked `text/event-stream` response.
+/// The fields of one event, written in this order; a field that is `None` is left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// `id:`. Without it the browser keeps the id it had, and sends that on reconnection.
+    pub id: Option<u64>,
+    /// `event:`, the event type (the browser's default is `message`). Only its first line is
+    /// written: a line break would end the field and start another, so a type could forge an
+    /// `id:` or `data:` line. Commands refuse such types before they get here.
+    pub event: Option<&'a str>,
+    /// `retry:`, the reconnection time in milliseconds the browser keeps from then on.
+    pub retry: Option<u32>,
+    /// The `data:` lines, split on line endings as [`encode_event`] says; `None` writes none,
+    /// and then the browser dispatches no event (the block only sets fields).
+    pub data: Option<&'a [u8]>,
+}
+
+/// Encodes `message` as event `id`: `id: N` and its `data:` lines, the form of every hasses
+/// publish. See [`encode`].
 ///
 /// A message never puts a line break inside a `data:` value: every `\n`, `\r\n` or lone `\r` in
 /// it starts a new `data:` line, which an EventSource joins back with `\n`. An empty message gives
 /// one empty `data: ` line, so the browser still sees an event.
+pub fn encode_event(id: u64, message: &[u8]) -> Frame {
+    encode(&EventFields { id: Some(id), data: Some(message), ..EventFields::default() })
+}
+
+/// Encodes an event as one chunk of a chunked `text/event-stream` response.
 ///
 /// The frame is built in one allocation of its exact size: it is encoded once per publish and
 /// then shared by every recipient.
-pub fn encode_event(id: u64, message: &[u8]) -> Frame {
-    let payload = payload_len(id, message);
+pub fn encode(fields: &EventFields<'_>) -> Frame {
+    let event = fields.event.map(first_line);
+    let payload = payload_len(fields.id, event, fields.retry, fields.data);
     let mut out = Vec::with_capacity(hex_digits(payload) + CRLF.len() + payload + CRLF.len());
     push_hex(&mut out, payload);
     out.extend_from_slice(CRLF);
-    out.extend_from_slice(ID_PREFIX);
-    push_decimal(&mut out, id);
-    out.push(b'\n');
-    for line in DataLines::new(message) {
-        out.extend_from_slice(DATA_PREFIX);
-        out.extend_from_slice(line);
-        out.push(b'\n');
+    if let Some(id) = fields.id {
+        push_field(&mut out, ID_PREFIX, itoa::Buffer::new().format(id).as_bytes());
+    }
+    if let Some(event) = event {
+        push_field(&mut out, EVENT_PREFIX, event);
+    }
+    if let Some(retry) = fields.retry {
+        push_field(&mut out, RETRY_PREFIX, itoa::Buffer::new().format(retry).as_bytes());
+    }
+    for line in fields.data.into_iter().flat_map(DataLines::new) {
+        push_field(&mut out, DATA_PREFIX, line);
     }
     out.push(b'\n');
     out.extend_from_slice(CRLF);
@@ -43,10 +73,44 @@ pub fn encode_event(id: u64, message: &[u8]) -> Frame {
     Bytes::from(out)
 }
 
-/// The length of `id: N\n` + the `data:` lines + the blank line: the chunk's declared size.
-fn payload_len(id: u64, message: &[u8]) -> usize {
-    let data: usize = DataLines::new(message).map(|line| DATA_PREFIX.len() + line.len() + 1).sum();
-    ID_PREFIX.len() + decimal_digits(id) + 1 + data + 1
+/// A chunk that only sets the browser's reconnection time (`retry: MS` and a blank line): it
+/// dispatches no event, so it may start any stream.
+pub fn retry_chunk(ms: u32) -> Frame {
+    encode(&EventFields { retry: Some(ms), ..EventFields::default() })
+}
+
+/// The `reset` event, telling a client that the `Last-Event-ID` it `asked` to resume from is
+/// gone from history: `event: reset` and `data: {"lastEventId":"…"}`. It has no `id:`, so the
+/// browser keeps the id it had.
+pub fn reset_event(asked: &str) -> Frame {
+    let data = serde_json::json!({ "lastEventId": asked }).to_string();
+    encode(&EventFields { event: Some("reset"), data: Some(data.as_bytes()), ..EventFields::default() })
+}
+
+fn push_field(out: &mut Vec<u8>, prefix: &[u8], value: &[u8]) {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// A field's length on the wire: its prefix, its value and its `\n`.
+fn field_len(prefix: &[u8], value_len: usize) -> usize {
+    prefix.len() + value_len + 1
+}
+
+/// The fields and the blank line: the chunk's declared size.
+fn payload_len(id: Option<u64>, event: Option<&[u8]>, retry: Option<u32>, data: Option<&[u8]>) -> usize {
+    let id = id.map_or(0, |id| field_len(ID_PREFIX, decimal_digits(id)));
+    let event = event.map_or(0, |event| field_len(EVENT_PREFIX, event.len()));
+    let retry = retry.map_or(0, |ms| field_len(RETRY_PREFIX, decimal_digits(u64::from(ms))));
+    let data: usize =
+        data.into_iter().flat_map(DataLines::new).map(|line| field_len(DATA_PREFIX, line.len())).sum();
+    id + event + retry + data + 1
+}
+
+/// `text` up to its first line break: what a one-line field may hold.
+fn first_line(text: &str) -> &[u8] {
+    DataLines::new(text.as_bytes()).next().unwrap_or_default()
 }
 
 fn decimal_digits(n: u64) -> usize {
@@ -55,10 +119,6 @@ fn decimal_digits(n: u64) -> usize {
 
 fn hex_digits(n: usize) -> usize {
     n.checked_ilog2().map_or(1, |log| log as usize / 4 + 1)
-}
-
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes `n` in lowercase hex, as the chunk-size line of HTTP/1.1 chunked encoding.
@@ -95,30 +155,6 @@ impl<'a> Iterator for DataLines<'a> {
         self.rest = Some(&rest[end + ending..]);
         Some(&rest[..end])
     }
-}
-
-/// The chunk that sets how long a browser waits before it reconnects (`--retry`), sent at the
-/// start of every stream.
-pub fn retry_chunk(ms: u32) -> Frame {
-    chunk(format!("retry: {ms}\n\n").as_bytes())
-}
-
-/// The event that tells a resuming client that something it would have received is gone:
-/// `event: reset` (a named event, so hasses-era pages' `onmessage` never sees it) with the id
-/// it asked for as JSON, and no `id:` line, so the browser's last id stays as it was.
-pub fn reset_event(asked: &str) -> Frame {
-    let data = serde_json::json!({ "lastEventId": asked });
-    chunk(format!("event: reset\ndata: {data}\n\n").as_bytes())
-}
-
-/// `payload` as one HTTP chunk.
-fn chunk(payload: &[u8]) -> Frame {
-    let mut out = Vec::with_capacity(hex_digits(payload.len()) + payload.len() + 2 * CRLF.len());
-    push_hex(&mut out, payload.len());
-    out.extend_from_slice(CRLF);
-    out.extend_from_slice(payload);
-    out.extend_from_slice(CRLF);
-    Bytes::from(out)
 }
 
 /// The chunk of an SSE comment (`:` and a blank line): EventSource ignores it, while proxies
@@ -240,11 +276,55 @@ mod tests {
         assert_eq!(ids.next_id(), first + 1);
     }
 
+    #[test]
+    fn every_field_in_order_exact_bytes() {
+        let fields = EventFields { id: Some(5), event: Some("chat"), retry: Some(3000), data: Some(b"a\nb") };
+        let frame = encode(&fields);
+        let (declared, payload) = unchunk(&frame);
+        assert_eq!(payload, b"id: 5\nevent: chat\nretry: 3000\ndata: a\ndata: b\n\n");
+        assert_eq!(declared, payload.len());
+    }
+
+    #[test]
+    fn a_hasses_message_is_the_same_frame_either_way() {
+        let fields = EventFields { id: Some(42), data: Some(b"hello"), ..EventFields::default() };
+        assert_eq!(encode(&fields), encode_event(42, b"hello"));
+    }
+
+    #[test]
+    fn an_event_type_keeps_only_its_first_line() {
+        let fields = EventFields { event: Some("chat\r\ndata: forged\nid: 1"), ..EventFields::default() };
+        assert_eq!(&encode(&fields)[..], b"d\r\nevent: chat\n\n\r\n");
+    }
+
+    #[test]
+    fn retry_chunk_only_sets_the_reconnection_time() {
+        assert_eq!(&retry_chunk(3000)[..], b"d\r\nretry: 3000\n\n\r\n");
+        let frame = retry_chunk(u32::MAX);
+        let (declared, payload) = unchunk(&frame);
+        assert_eq!((declared, payload), (payload.len(), &b"retry: 4294967295\n\n"[..]));
+    }
+
+    #[test]
+    fn reset_event_has_no_id_and_escapes_what_was_asked() {
+        let frame = reset_event("12\"\n\\x");
+        let (declared, payload) = unchunk(&frame);
+        assert_eq!(payload, b"event: reset\ndata: {\"lastEventId\":\"12\\\"\\n\\\\x\"}\n\n");
+        assert_eq!(declared, payload.len());
+        let data = std::str::from_utf8(&payload[19..payload.len() - 2]).unwrap();
+        let json: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(json["lastEventId"], "12\"\n\\x");
+    }
+
+    fn line_breaks() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), any::<u8>()], 0..512)
+    }
+
     proptest! {
         #[test]
         fn chunk_length_matches_and_data_values_are_single_lines(
             id in any::<u64>(),
-            message in proptest::collection::vec(any::<u8>(), 0..512),
+            message in line_breaks(),
         ) {
             let frame = encode_event(id, &message);
             let (declared, payload) = unchunk(&frame);
@@ -260,6 +340,37 @@ mod tests {
             let lines_in = message.iter().filter(|b| **b == b'\n' || **b == b'\r').count()
                 - message.windows(2).filter(|w| *w == CRLF).count() + 1;
             prop_assert_eq!(body.iter().filter(|b| **b == b'\n').count(), lines_in);
+        }
+
+        /// Whatever the fields hold, the chunk's size is exact and every line of it is one
+        /// whole field, in order: no value ever holds a CR or LF.
+        #[test]
+        fn any_fields_give_an_exact_chunk_of_one_line_fields(
+            id in proptest::option::of(any::<u64>()),
+            event in proptest::option::of("[a\r\n\u{0}-\u{10FFFF}]{0,20}"),
+            retry in proptest::option::of(any::<u32>()),
+            data in proptest::option::of(line_breaks()),
+        ) {
+            let fields = EventFields { id, event: event.as_deref(), retry, data: data.as_deref() };
+            let frame = encode(&fields);
+            let (declared, payload) = unchunk(&frame);
+            prop_assert_eq!(declared, payload.len());
+            prop_assert!(payload.ends_with(b"\n\n") || payload == b"\n");
+            let body = &payload[..payload.len() - 1];
+            prop_assert!(!body.contains(&b'\r'));
+            let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+            let prefixes = [ID_PREFIX, EVENT_PREFIX, RETRY_PREFIX, DATA_PREFIX];
+            let mut last = 0;
+            for line in &lines {
+                let field = prefixes.iter().position(|p| line.starts_with(p));
+                prop_assert!(field.is_some_and(|f| f >= last), "{:?}", line.escape_ascii().to_string());
+                last = field.unwrap_or(last);
+            }
+            let count = |prefix: &[u8]| lines.iter().filter(|l| l.starts_with(prefix)).count();
+            prop_assert_eq!(count(ID_PREFIX), usize::from(id.is_some()));
+            prop_assert_eq!(count(EVENT_PREFIX), usize::from(event.is_some()));
+            prop_assert_eq!(count(RETRY_PREFIX), usize::from(retry.is_some()));
+            prop_assert_eq!(count(DATA_PREFIX), data.as_deref().map_or(0, |d| DataLines::new(d).count()));
         }
     }
 }

@@ -1,9 +1,22 @@
 //! The control command grammar: one part of a control line becomes one typed [`Command`].
 //!
-//! Owns the exact command words of hasses 1.30 and the `TOKEN[-UNIQ]=MESSAGE` publish syntax.
+//! Owns the exact command words of hasses 1.30, the `TOKEN[-UNIQ]=MESSAGE` publish syntax, and
+//! ours beside it: a publish written as a JSON object ([`JsonPublish`]), which can say what
+//! hasses' cannot (several targets, an event type, a reconnection time, line breaks in the data).
 //! Pure functions over bytes: it never touches a socket, a shard or a log.
+//!
+//! # JSON or hasses
+//! A part is a JSON command when its first non-blank byte is `{` **and** it parses as a JSON
+//! object. Anything else means what it meant to hasses: `{x=1` does not parse, so it publishes
+//! `1` to the token `{x`, as it always did. A line that starts with `{` is never cut at the
+//! separator ([`LineStart::Json`], [`split_parts`]): a JSON line is one command, and a `;` in
+//! its strings is data. A JSON object that turns out not to be a good publish (a field of the
+//! wrong type, an unknown field, a bad target) is refused whole, like any malformed part.
 
 use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny};
+use serde::Deserialize;
 
 use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
 use crate::pipeline::write_escaped;
@@ -19,7 +32,7 @@ pub enum Command {
     SetLogLevel(u8),
     /// `reinit_enable` / `reinit_disable`.
     SetReinit(bool),
-    /// `TOKEN[-UNIQ]=MESSAGE`.
+    /// `TOKEN[-UNIQ]=MESSAGE`, or a JSON object ([`JsonPublish`]).
     Publish(Publish),
 }
 
@@ -92,7 +105,8 @@ impl Command {
 /// ```
 ///
 /// ASCII whitespace around `TOKEN[-UNIQ]` is ignored; the message is everything after the first
-/// `=`, byte for byte (it may hold `=`, be empty, or be any bytes).
+/// `=`, byte for byte (it may hold `=`, be empty, or be any bytes). The JSON form
+/// ([`JsonPublish`]) gives the same, and may add an event type and a reconnection time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     /// Who gets it: the subscribers its targets match, less the client `-UNIQ` names.
@@ -156,8 +170,8 @@ pub enum CommandError {
         /// The part, shortened and escaped.
         part: String,
     },
-    /// A `-` with no client id after it (`a-=x`).
-    #[error("empty client id after '-': \"{part}\"")]
+    /// A `-` with no client id after it (`a-=x`), or an empty `"except"`.
+    #[error("empty client id to except: \"{part}\"")]
     EmptyExcept {
         /// The part, shortened and escaped.
         part: String,
@@ -204,17 +218,232 @@ pub enum CommandError {
         /// The part, shortened and escaped.
         part: String,
     },
+    /// Starts with `{` but is not JSON, and not `TOKEN=MESSAGE` either: most likely a JSON
+    /// command with a typo, so the JSON parser's complaint says where.
+    #[error("not JSON ({error}) and not TOKEN=MESSAGE (no '='): \"{part}\"")]
+    NotJson {
+        /// What the JSON parser found wrong, and where (line and column).
+        error: String,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A JSON object whose fields are not a publish: an unknown field (a typo such as
+    /// `"date"`), a missing `to` or `data`, a field of the wrong type, a `retry` that is not a
+    /// whole number of milliseconds from 0 to 2^32-1.
+    #[error("JSON command refused: {error}: \"{part}\"")]
+    BadJson {
+        /// What serde found wrong, naming the field, and where (line and column).
+        error: String,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A JSON `"to"` that is an empty array: nobody to send to.
+    #[error("JSON \"to\" names no target: \"{part}\"")]
+    NoTarget {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A JSON target that is not `TOKEN`, `pre*` or `*`.
+    #[error("JSON target \"{target}\" {fault}: \"{part}\"")]
+    BadTarget {
+        /// The target, escaped.
+        target: String,
+        /// What is wrong with it.
+        fault: TargetFault,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A JSON `"event"` with a line break, which would end the `event:` field on the wire.
+    #[error("JSON \"event\" holds a line break: \"{part}\"")]
+    EventLineBreak {
+        /// The part, shortened and escaped.
+        part: String,
+    },
+    /// A JSON `"event"` longer than any sensible event type.
+    #[error("JSON \"event\" is {len} bytes, over the {max}-byte limit: \"{part}\"")]
+    EventTooLong {
+        /// The event type's length in bytes.
+        len: usize,
+        /// The limit ([`MAX_EVENT_LEN`]).
+        max: usize,
+        /// The part, shortened and escaped.
+        part: String,
+    },
+}
+
+/// Why a JSON target is not `TOKEN`, `pre*` or `*`. hasses' grammar reads these leniently
+/// (`a-b` excepts `b`, `a*b` is `a*`); a JSON target has no such second meaning to fall back
+/// on, so it is refused rather than guessed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetFault {
+    /// A `-`: in hasses' grammar it starts the client id to except, which JSON says in `"except"`.
+    Dash,
+    /// A `*` that does not end it: only `pre*` and `*` are wildcards.
+    InnerStar,
+    /// A control character: no client may subscribe to such a token.
+    ControlChar,
+}
+
+impl fmt::Display for TargetFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetFault::Dash => "holds a '-' (a client id to leave out goes in \"except\")",
+            TargetFault::InnerStar => "has a '*' before its end (only TOKEN, pre* or *)",
+            TargetFault::ControlChar => "holds a control character",
+        })
+    }
+}
+
+/// The longest JSON `"event"` type, in bytes: types are short words such as `chat`; a long one
+/// is a mistake, and it would be repeated in every frame.
+pub const MAX_EVENT_LEN: usize = 128;
+
+/// A publish written as one JSON object, on a line of its own:
+///
+/// ```text
+/// {"to":["room1","user*"],"event":"chat","data":"line 1\nline 2"}
+/// ```
+///
+/// - `to` (required): a target as hasses writes it, `TOKEN`, `pre*` or `*`, or an array of
+///   them; a client that several match gets one copy.
+/// - `data` (required): the message, a string; its line breaks (`\n`, `\r\n`, `\r`) start new
+///   `data:` lines, which the browser joins back with `\n`.
+/// - `except`: the id of a client that must not get it.
+/// - `event`: the SSE event type (`event:`), one line, at most [`MAX_EVENT_LEN`] bytes.
+/// - `retry`: the reconnection time to set in the browser (`retry:`), in milliseconds.
+///
+/// Unknown fields are refused, not ignored: a typo such as `"date"` must not publish nothing
+/// without a word.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonPublish {
+    to: Targets,
+    data: String,
+    except: Option<String>,
+    event: Option<String>,
+    retry: Option<u32>,
+}
+
+/// `"to"`: one target or an array of them, as written.
+#[derive(Debug)]
+struct Targets(Vec<String>);
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Targets, D::Error> {
+        // By hand rather than an untagged enum, whose error would not say what was expected.
+        struct OneOrMany;
+        impl<'de> de::Visitor<'de> for OneOrMany {
+            type Value = Targets;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a target or an array of targets")
+            }
+
+            fn visit_str<E: de::Error>(self, target: &str) -> Result<Targets, E> {
+                Ok(Targets(vec![target.to_owned()]))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Targets, A::Error> {
+                let mut targets = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(target) = seq.next_element()? {
+                    targets.push(target);
+                }
+                Ok(Targets(targets))
+            }
+        }
+        deserializer.deserialize_any(OneOrMany)
+    }
+}
+
+impl JsonPublish {
+    /// Checks every field as hasses' grammar checks its own, into the publish it asks for.
+    fn check(self, part: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
+        if self.to.0.is_empty() {
+            return Err(CommandError::NoTarget { part: excerpt(part) });
+        }
+        let targets = self.to.0.iter().map(|target| json_target(target, part)).collect::<Result<_, _>>()?;
+        let except = self.except.map(|id| check_id(id, part)).transpose()?;
+        check_message_len(self.data.len(), limits, part)?;
+        if let Some(event) = &self.event {
+            check_event(event, part)?;
+        }
+        let audience = Audience { targets, except };
+        Ok(Publish { audience, message: self.data.into_bytes(), event: self.event, retry: self.retry })
+    }
+}
+
+/// `TOKEN`, `pre*` or `*`, strictly: see [`TargetFault`].
+fn json_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
+    let fault = if target.contains('-') {
+        Some(TargetFault::Dash)
+    } else if target.find('*').is_some_and(|star| star + 1 < target.len()) {
+        Some(TargetFault::InnerStar)
+    } else if target.contains(char::is_control) {
+        Some(TargetFault::ControlChar)
+    } else {
+        None
+    };
+    match fault {
+        Some(fault) => {
+            Err(CommandError::BadTarget { target: excerpt(target.as_bytes()), fault, part: excerpt(part) })
+        }
+        None => parse_target(target, part),
+    }
+}
+
+fn check_event(event: &str, part: &[u8]) -> Result<(), CommandError> {
+    if event.contains(['\r', '\n']) {
+        Err(CommandError::EventLineBreak { part: excerpt(part) })
+    } else if event.len() > MAX_EVENT_LEN {
+        Err(CommandError::EventTooLong { len: event.len(), max: MAX_EVENT_LEN, part: excerpt(part) })
+    } else {
+        Ok(())
+    }
 }
 
 /// How many bytes of an offending part an error keeps: enough to recognise it in a log line,
 /// not a whole 64 KiB message.
 const EXCERPT_LEN: usize = 80;
+/// How many bytes of the JSON parser's complaint an error keeps: the longest it writes about a
+/// sensible field fits.
+const JSON_ERROR_LEN: usize = 160;
 
 /// Parses one part (a line already split on the separator, not empty) into a command.
 ///
-/// Command words are matched exactly (case-sensitive) after trimming ASCII whitespace at both
-/// ends; anything else must be `TOKEN[-UNIQ]=MESSAGE`, see [`Publish`].
+/// A JSON object is a [`JsonPublish`] (see the module doc for what is JSON). Otherwise command
+/// words are matched exactly (case-sensitive) after trimming ASCII whitespace at both ends;
+/// anything else must be `TOKEN[-UNIQ]=MESSAGE`, see [`Publish`].
 pub fn parse_command(part: &[u8], limits: &Limits) -> Result<Command, CommandError> {
+    if !opens_json(part) {
+        return parse_hasses(part, limits);
+    }
+    match serde_json::from_slice::<JsonPublish>(part) {
+        Ok(json) => json.check(part, limits).map(Command::Publish),
+        // serde stops at the first bad field, before it knows whether the rest is JSON.
+        Err(e) if is_json_object(part) => {
+            Err(CommandError::BadJson { error: json_error(&e), part: excerpt(part) })
+        }
+        Err(e) => parse_hasses(part, limits).map_err(|err| match err {
+            CommandError::NotACommand { part } => CommandError::NotJson { error: json_error(&e), part },
+            other => other,
+        }),
+    }
+}
+
+/// Whether `line` is a JSON object: its first non-blank byte is `{` and it parses as JSON (a
+/// value that opens with `{` is an object). Such a line is one command, separators and all.
+pub fn is_json_object(line: &[u8]) -> bool {
+    opens_json(line) && serde_json::from_slice::<IgnoredAny>(line).is_ok()
+}
+
+/// Whether the first non-blank byte of `part` is `{`: it may be JSON. [`LineStart`] reads the
+/// same from a line's first bytes.
+fn opens_json(part: &[u8]) -> bool {
+    part.trim_ascii_start().first() == Some(&JSON_OPEN)
+}
+
+/// hasses' grammar: a command word, or `TOKEN[-UNIQ]=MESSAGE`.
+fn parse_hasses(part: &[u8], limits: &Limits) -> Result<Command, CommandError> {
     match parse_word(part.trim_ascii()) {
         Some(command) => command,
         None => parse_publish(part, limits).map(Command::Publish),
@@ -252,13 +481,7 @@ fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, CommandError> 
     };
     let target = parse_target(target, part)?;
     let except = except.map(|id| parse_except(id, part)).transpose()?;
-    if message.len() > limits.max_message {
-        return Err(CommandError::MessageTooLong {
-            len: message.len(),
-            max: limits.max_message,
-            part: excerpt(part),
-        });
-    }
+    check_message_len(message.len(), limits, part)?;
     let audience = Audience { targets: vec![target], except };
     Ok(Publish { audience, message: message.to_vec(), event: None, retry: None })
 }
@@ -283,17 +506,30 @@ fn parse_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
 
 /// The client id after the first `-`. Later `-`s belong to the id.
 fn parse_except(id: &str, part: &[u8]) -> Result<String, CommandError> {
-    let part = || excerpt(part);
-    if id.is_empty() {
-        Err(CommandError::EmptyExcept { part: part() })
-    } else if id.contains('*') {
-        Err(CommandError::StarAfterDash { part: part() })
-    } else if id.len() > MAX_ID_LEN {
-        let (len, max) = (id.len(), MAX_ID_LEN);
-        Err(CommandError::IdTooLong { len, max, part: part() })
-    } else {
-        Ok(id.to_owned())
+    // A `*` here is the wildcard of a target misplaced after the `-` (`a-b*=x`).
+    if id.contains('*') {
+        return Err(CommandError::StarAfterDash { part: excerpt(part) });
     }
+    check_id(id.to_owned(), part)
+}
+
+/// A client id to except: not empty, not longer than any client's id may be.
+fn check_id(id: String, part: &[u8]) -> Result<String, CommandError> {
+    if id.is_empty() {
+        Err(CommandError::EmptyExcept { part: excerpt(part) })
+    } else if id.len() > MAX_ID_LEN {
+        Err(CommandError::IdTooLong { len: id.len(), max: MAX_ID_LEN, part: excerpt(part) })
+    } else {
+        Ok(id)
+    }
+}
+
+/// hasses would have cut a longer message and corrupted the stream; we refuse it.
+fn check_message_len(len: usize, limits: &Limits, part: &[u8]) -> Result<(), CommandError> {
+    if len > limits.max_message {
+        return Err(CommandError::MessageTooLong { len, max: limits.max_message, part: excerpt(part) });
+    }
+    Ok(())
 }
 
 /// Tokens and ids are compared with what clients sent in their (UTF-8) query string.
@@ -303,7 +539,18 @@ fn utf8<'a>(bytes: &'a [u8], part: &[u8]) -> Result<&'a str, CommandError> {
 
 /// The start of `part`, safe to put in a log line: a control byte can't break or forge a line.
 fn excerpt(part: &[u8]) -> String {
-    let shown = &part[..part.len().min(EXCERPT_LEN)];
+    shortened(part, EXCERPT_LEN)
+}
+
+/// What the JSON parser says is wrong, safe to put in a log line: it quotes the publisher's own
+/// text (an unknown field's name), which may be long or hold a line break.
+fn json_error(e: &serde_json::Error) -> String {
+    shortened(e.to_string().as_bytes(), JSON_ERROR_LEN)
+}
+
+/// The first `max` bytes of `text`, escaped, with its size when it was longer.
+fn shortened(text: &[u8], max: usize) -> String {
+    let shown = &text[..text.len().min(max)];
     let mut out = String::new();
     for chunk in shown.utf8_chunks() {
         out.extend(chunk.valid().escape_debug());
@@ -311,30 +558,35 @@ fn excerpt(part: &[u8]) -> String {
             out.push_str(&format!("\\x{byte:02x}"));
         }
     }
-    if shown.len() < part.len() {
-        out.push_str(&format!("... ({} bytes)", part.len()));
+    if shown.len() < text.len() {
+        out.push_str(&format!("... ({} bytes)", text.len()));
     }
     out
 }
 
 /// The word that starts an auth line.
 const AUTH: &[u8] = b"auth";
+/// The byte that opens a JSON object, and so may start a JSON command.
+const JSON_OPEN: u8 = b'{';
 
-/// What the start of a line says about it being an auth line, read a byte at a time.
+/// What the start of a line says about it being one command, read a byte at a time.
 ///
-/// Line framing needs this at every separator: an auth line is never split on the separator
-/// (its secret may hold one), so a separator ends a command only on a line that can no longer
-/// be an auth line. Reading stops as soon as the answer is known, so a line costs at most its
-/// leading whitespace and five bytes. It agrees with [`auth_secret`]: a line whose start reads
-/// [`Auth`](Self::Auth) is an auth line whatever follows, one whose start reads
-/// [`Other`](Self::Other) is not.
+/// Line framing needs this at every separator: an auth line and a line that may be a JSON
+/// command are never split on the separator (a secret or a JSON string may hold one), so a
+/// separator ends a command only on a line that can be neither. Reading stops as soon as the
+/// answer is known, so a line costs at most its leading whitespace and five bytes. It agrees
+/// with [`auth_secret`]: a line whose start reads [`Auth`](Self::Auth) is an auth line whatever
+/// follows, one whose start reads anything else is not; and with [`split_parts`], which cuts a
+/// line that reads [`Json`](Self::Json) only if it is not a JSON object after all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineStart {
     /// Whitespace, then the first `n` bytes of `auth`: it may still be an auth line.
     Open(usize),
     /// `auth` and a whitespace byte: an auth line.
     Auth,
-    /// Anything else: not an auth line.
+    /// Whitespace, then `{`: it may be a JSON command, known only once the line is complete.
+    Json,
+    /// Anything else: a line the separator cuts.
     Other,
 }
 
@@ -351,6 +603,7 @@ impl LineStart {
         for &byte in bytes {
             state = match state {
                 LineStart::Open(0) if byte.is_ascii_whitespace() => state,
+                LineStart::Open(0) if byte == JSON_OPEN => LineStart::Json,
                 LineStart::Open(n) if n == AUTH.len() && byte.is_ascii_whitespace() => LineStart::Auth,
                 LineStart::Open(n) if AUTH.get(n) == Some(&byte) => LineStart::Open(n + 1),
                 LineStart::Open(_) => LineStart::Other,
@@ -375,10 +628,12 @@ pub fn auth_secret(line: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Splits a line on `separator`, dropping empty and blank parts.
+/// Splits a line on `separator`, dropping empty and blank parts. A JSON object is one part,
+/// whatever its strings hold.
 pub fn split_parts(line: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
+    let whole = is_json_object(line);
     // `status; ` leaves a blank part behind: nothing was asked there, so nothing to log.
-    line.split(move |b| *b == separator).filter(|p| !p.trim_ascii().is_empty())
+    line.split(move |b| *b == separator && !whole).filter(|p| !p.trim_ascii().is_empty())
 }
 
 #[cfg(test)]
@@ -584,6 +839,153 @@ mod tests {
         assert!(!text.contains(['\r', '\n']));
     }
 
+    fn json(line: &str) -> Result<Command, CommandError> {
+        parse(line.as_bytes())
+    }
+
+    /// The publish a JSON line gives.
+    fn json_publish(line: &str) -> Publish {
+        match json(line) {
+            Ok(Command::Publish(publish)) => publish,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_json_publish_from_the_readme() {
+        let publish = json_publish(r#"{"to":["room1","user*"],"event":"chat","data":"line 1\nline 2"}"#);
+        let audience = Audience { targets: vec![token("room1"), prefix("user")], except: None };
+        let expected = Publish {
+            audience,
+            message: b"line 1\nline 2".to_vec(),
+            event: Some("chat".into()),
+            retry: None,
+        };
+        assert_eq!(publish, expected);
+        assert_eq!(
+            json(r#"{"to":["room1","user*"],"data":"x"}"#).unwrap().to_string(),
+            "room1,user*=(1 bytes)"
+        );
+    }
+
+    #[test]
+    fn every_json_field() {
+        let line = r#" {"retry":3000,"except":"u-1*","data":"a;b=c","event":"e","to":"*"} "#;
+        let audience = Audience { targets: vec![Target::All], except: Some("u-1*".into()) };
+        let expected =
+            Publish { audience, message: b"a;b=c".to_vec(), event: Some("e".into()), retry: Some(3000) };
+        assert_eq!(json_publish(line), expected);
+        let nulls = json_publish(r#"{"to":"a","data":"","except":null,"event":null,"retry":null}"#);
+        assert_eq!(Ok(Command::Publish(nulls)), publish(token("a"), None, b""));
+        assert_eq!(json_publish(r#"{"to":"a","data":"x","retry":4294967295}"#).retry, Some(u32::MAX));
+    }
+
+    #[test]
+    fn a_line_that_is_not_a_json_object_means_what_it_meant_to_hasses() {
+        assert_eq!(parse(b"{x=1"), publish(token("{x"), None, b"1"));
+        assert_eq!(parse(b"{x=1}"), publish(token("{x"), None, b"1}"));
+        assert_eq!(parse(b" {a}-b=x"), publish(token("{a}"), Some("b"), b"x"));
+        assert_eq!(parse(br#"{"to":"a"} x=1"#), publish(token(r#"{"to":"a"} x"#), None, b"1"));
+    }
+
+    #[test]
+    fn broken_json_says_where_the_json_parser_stopped() {
+        let err = json(r#"{"to":"a","data":"x""#).unwrap_err();
+        assert!(matches!(err, CommandError::NotJson { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("not JSON (EOF while parsing an object at line 1 column 20)"),
+            "{err}"
+        );
+        assert!(matches!(json("{"), Err(CommandError::NotJson { .. })));
+        assert!(matches!(json("{\"to\":\"a\"}\u{ff}"), Err(CommandError::NotJson { .. })));
+        assert!(matches!(json("{-=x"), Err(CommandError::EmptyExcept { .. })));
+    }
+
+    #[test]
+    fn every_bad_json_field_is_named() {
+        let refused = |line: &str, says: &str| {
+            let err = json(line).unwrap_err();
+            assert!(matches!(err, CommandError::BadJson { .. }), "{line}: {err:?}");
+            assert!(err.to_string().contains(says), "{line}: {err}");
+        };
+        refused(r#"{"to":"a","date":"x"}"#, "unknown field `date`");
+        refused(r#"{"to":"a"}"#, "missing field `data`");
+        refused(r#"{"data":"x"}"#, "missing field `to`");
+        refused(r#"{"to":"a","data":"x","to":"b"}"#, "duplicate field `to`");
+        refused(r#"{"to":5,"data":"x"}"#, "expected a target or an array of targets");
+        refused(r#"{"to":["a",5],"data":"x"}"#, "invalid type: integer `5`, expected a string");
+        refused(r#"{"to":"a","data":["x"]}"#, "invalid type: sequence");
+        refused(r#"{"to":"a","data":"x","event":1}"#, "invalid type: integer `1`");
+        refused(r#"{"to":"a","data":"x","except":true}"#, "invalid type: boolean `true`");
+        refused(r#"{"to":"a","data":"x","retry":-1}"#, "invalid value: integer `-1`, expected u32");
+        refused(r#"{"to":"a","data":"x","retry":1.5}"#, "invalid type: floating point `1.5`, expected u32");
+        refused(r#"{"to":"a","data":"x","retry":"3000"}"#, "expected u32");
+        refused(r#"{"to":"a","data":"x","retry":4294967296}"#, "expected u32");
+        // serde stops at the first bad field; the rest must still be JSON for this to be JSON.
+        refused(r#"{"date":1, "to":"a","data":"x"}"#, "unknown field `date`");
+        assert!(matches!(json(r#"{"date":1, x=1"#), Ok(Command::Publish(_))));
+    }
+
+    #[test]
+    fn what_the_json_parser_quotes_is_short_and_escaped() {
+        let field = format!("a\\nb{}", "x".repeat(100_000));
+        let text = json(&format!(r#"{{"{field}":1,"to":"a","data":"x"}}"#)).unwrap_err().to_string();
+        assert!(text.starts_with(r"JSON command refused: unknown field `a\nbxxx"), "{text}");
+        assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
+        let target = format!("a-\\r{}", "x".repeat(100_000));
+        let text = json(&format!(r#"{{"to":"{target}","data":"x"}}"#)).unwrap_err().to_string();
+        assert!(text.starts_with(r#"JSON target "a-\rxxx"#), "{text}");
+        assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
+    }
+
+    #[test]
+    fn every_bad_json_target_and_value_is_refused() {
+        let refused = |line: &str| json(line).unwrap_err();
+        assert!(matches!(refused(r#"{"to":[],"data":"x"}"#), CommandError::NoTarget { .. }));
+        assert!(matches!(refused(r#"{"to":"","data":"x"}"#), CommandError::EmptyTarget { .. }));
+        assert!(matches!(refused(r#"{"to":["a",""],"data":"x"}"#), CommandError::EmptyTarget { .. }));
+        let fault = |line: &str| match refused(line) {
+            CommandError::BadTarget { fault, .. } => fault,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(fault(r#"{"to":"room1-abc","data":"x"}"#), TargetFault::Dash);
+        assert_eq!(fault(r#"{"to":["a","*-abc"],"data":"x"}"#), TargetFault::Dash);
+        assert_eq!(fault(r#"{"to":"a*b","data":"x"}"#), TargetFault::InnerStar);
+        assert_eq!(fault(r#"{"to":"**","data":"x"}"#), TargetFault::InnerStar);
+        assert_eq!(fault(r#"{"to":"a\nb","data":"x"}"#), TargetFault::ControlChar);
+        let long = format!(r#"{{"to":"{}*","data":"x"}}"#, "t".repeat(MAX_TOKEN_LEN + 1));
+        assert!(matches!(refused(&long), CommandError::TokenTooLong { len: 129, max: 128, .. }));
+        assert!(matches!(refused(r#"{"to":"a","data":"x","except":""}"#), CommandError::EmptyExcept { .. }));
+        let long = format!(r#"{{"to":"a","data":"x","except":"{}"}}"#, "u".repeat(MAX_ID_LEN + 1));
+        assert!(matches!(refused(&long), CommandError::IdTooLong { len: 65, max: 64, .. }));
+        let err = refused(r#"{"to":"a","data":"x","event":"a\r\nid: 1"}"#);
+        assert!(matches!(err, CommandError::EventLineBreak { .. }), "{err}");
+        let long = format!(r#"{{"to":"a","data":"x","event":"{}"}}"#, "e".repeat(MAX_EVENT_LEN + 1));
+        assert!(matches!(refused(&long), CommandError::EventTooLong { len: 129, max: 128, .. }));
+        let at_limit = format!(r#"{{"to":"a","data":"x","event":"{}"}}"#, "e".repeat(MAX_EVENT_LEN));
+        assert!(json(&at_limit).is_ok());
+    }
+
+    #[test]
+    fn json_data_over_the_limit_is_refused_by_its_decoded_size() {
+        let limits = Limits { max_message: 5 };
+        let line = |data: &str| format!(r#"{{"to":"a","data":"{data}"}}"#);
+        assert!(parse_command(line(r"\n\n\n\n\n").as_bytes(), &limits).is_ok());
+        let err = parse_command(line("123456").as_bytes(), &limits).unwrap_err();
+        assert!(matches!(err, CommandError::MessageTooLong { len: 6, max: 5, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_json_line_is_one_part_whatever_its_strings_hold() {
+        let parts = |line: &str| split_parts(line.as_bytes(), b';').map(<[u8]>::to_vec).collect::<Vec<_>>();
+        let line = r#"{"to":"a","data":"x;y=z;"}"#;
+        assert_eq!(parts(line), [line.as_bytes()]);
+        assert_eq!(parts(" {x=1;;y=2; "), [b" {x=1".to_vec(), b"y=2".to_vec()]);
+        assert_eq!(parts(r#"{"to":"a"};b=1"#), [br#"{"to":"a"}"#.to_vec(), b"b=1".to_vec()]);
+        let blank_separated = split_parts(br#"{"to": "a", "data": "x y"}"#, b' ').count();
+        assert_eq!(blank_separated, 1);
+    }
+
     #[test]
     fn auth_lines() {
         assert_eq!(auth_secret(b"auth s3cret"), Some(&b"s3cret"[..]));
@@ -613,13 +1015,18 @@ mod tests {
         assert_eq!(read(b";"), LineStart::Other);
         assert_eq!(LineStart::Other.read(b"auth "), LineStart::Other);
         assert_eq!(LineStart::Auth.read(b"x"), LineStart::Auth);
+        assert_eq!(read(b"{"), LineStart::Json);
+        assert_eq!(read(b" \t{x;"), LineStart::Json);
+        assert_eq!(read(b"a{"), LineStart::Other);
+        assert_eq!(read(b"au{"), LineStart::Other);
+        assert_eq!(LineStart::Json.read(b"auth "), LineStart::Json);
     }
 
     proptest! {
         #[test]
-        fn a_line_start_agrees_with_auth_secret(
+        fn a_line_start_agrees_with_auth_secret_and_json(
             line in proptest::collection::vec(
-                prop_oneof![Just(b'a'), Just(b'u'), Just(b't'), Just(b'h'), Just(b' '), Just(b'\t'), Just(b';'), any::<u8>()],
+                prop_oneof![Just(b'a'), Just(b'u'), Just(b't'), Just(b'h'), Just(b' '), Just(b'\t'), Just(b';'), Just(b'{'), any::<u8>()],
                 0..12,
             ),
             cut in 0usize..12,
@@ -627,9 +1034,24 @@ mod tests {
             let head = &line[..cut.min(line.len())];
             match LineStart::default().read(head) {
                 LineStart::Auth => prop_assert!(auth_secret(&line).is_some()),
-                LineStart::Other => prop_assert!(auth_secret(&line).is_none()),
+                LineStart::Json => prop_assert!(auth_secret(&line).is_none() && opens_json(&line)),
+                LineStart::Other => prop_assert!(auth_secret(&line).is_none() && !is_json_object(&line)),
                 LineStart::Open(_) => {}
             }
+        }
+
+        #[test]
+        fn json_data_arrives_as_sent(
+            data in "\\PC*",
+            event in proptest::option::of("[a-z.]{1,20}"),
+            retry in proptest::option::of(any::<u32>()),
+        ) {
+            let line = serde_json::json!({ "to": ["a", "b*"], "data": data, "event": event, "retry": retry }).to_string();
+            let publish = json_publish(&line);
+            prop_assert_eq!(publish.message, data.as_bytes());
+            prop_assert_eq!(publish.event, event);
+            prop_assert_eq!(publish.retry, retry);
+            prop_assert_eq!(split_parts(line.as_bytes(), b';').count(), 1);
         }
 
         #[test]

@@ -5,7 +5,10 @@
 //! connection open, so it must be served without any newline. A piece is complete when:
 //! - a `\n` ends its line (an optional `\r` before it is dropped);
 //! - the separator (`;`, or `--separator`) ends it, on a line that can no longer be an `auth`
-//!   line: an auth line is taken whole, separators and all ([`LineStart`]);
+//!   line or a JSON command: those are taken whole, separators and all ([`LineStart`]). A line
+//!   whose first non-blank byte is `{` may be JSON, which only its end can tell, so it waits for
+//!   its end: `{x=1;` (hasses' publish to `{x`) is served at its newline or after the quiet
+//!   time rather than at the `;`, and means what it meant;
 //! - or its owner calls [`finish`](LineBuffer::finish), knowing that no more bytes will come
 //!   for the line: its writer closed, or went quiet. How long is quiet is the owner's business:
 //!   this module has no clock and does no I/O.
@@ -37,7 +40,7 @@ pub struct LineBuffer {
     partial: Vec<u8>,
     /// The current line was already reported too long: drop its bytes up to its `\n`.
     discarding: bool,
-    /// How the current line starts, as far as read: until it reads [`LineStart::Other`], a
+    /// How the current line starts, as far as read: unless it reads [`LineStart::Other`], a
     /// separator is one of its bytes rather than the end of a piece.
     start: LineStart,
     /// A piece of the current line was handed over already, ended by the separator.
@@ -141,7 +144,8 @@ impl LineBuffer {
         self.new_line();
     }
 
-    /// The separator arrived, after `head`: it ends a command unless the line may be an auth line.
+    /// The separator arrived, after `head`: it ends a command unless the line may be an auth
+    /// line or a JSON command.
     fn at_separator(
         &mut self,
         head: &[u8],
@@ -362,6 +366,17 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_may_be_json_keeps_its_separators() {
+        let input: &[u8] = b"{\"to\":\"a\",\"data\":\"x;y\"}\r\n\t{x=1;y=2\n a=1;{\"b\":1}\n";
+        let expected =
+            [line(br#"{"to":"a","data":"x;y"}"#), line(b"\t{x=1;y=2"), part(b" a=1"), part(br#"{"b":1}"#)];
+        assert_eq!(run_sep([input], 100), expected);
+        assert_eq!(run_sep(input.chunks(1), 100), expected);
+        // Ended by the quiet time or a close rather than a newline, it is whole all the same.
+        assert_eq!(run_sep([&br#"{"data":"a;"#[..], br#"b;"}"#], 100), [line(br#"{"data":"a;b;"}"#)]);
+    }
+
+    #[test]
     fn a_blank_separator_holds_a_line_while_it_may_be_an_auth_line() {
         let out = feed(LineBuffer::new(b' '), [&b"  auth s e\n  \n a=1 b=2\n"[..]], 100);
         let expected = [line(b"  auth s e"), line(b"  "), part(b" a=1"), part(b"b=2")];
@@ -449,6 +464,7 @@ mod tests {
                 Just(b't'),
                 Just(b'h'),
                 Just(b'='),
+                Just(b'{'),
                 any::<u8>()
             ],
             0..200,
@@ -514,7 +530,8 @@ mod tests {
         }
 
         /// With room enough, the pieces of a line joined with the separator are the line that
-        /// framing on `\n` alone gives; a line cut in pieces is never an auth line.
+        /// framing on `\n` alone gives; a line cut in pieces is never an auth line, nor a line
+        /// that starts with `{`.
         #[test]
         fn each_line_is_its_pieces_joined_and_an_auth_line_is_never_cut(
             input in control_bytes(),
@@ -532,6 +549,8 @@ mod tests {
                 let whole = pieces.len() == 1;
                 prop_assert!(pieces.iter().all(|(_, w)| *w == whole));
                 prop_assert!(whole || auth_secret(line).is_none());
+                let opens_json = line.trim_ascii_start().first() == Some(&b'{');
+                prop_assert!(whole || !opens_json, "a line that may be JSON was cut");
             }
         }
     }

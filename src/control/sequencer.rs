@@ -16,7 +16,7 @@ use tracing::debug;
 use super::command::Publish;
 use super::fanout::Fanout;
 use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
-use crate::sse::{encode_event, EventIds};
+use crate::sse::{encode, EventFields, EventIds};
 
 /// Numbers, frames and fans out every event.
 #[derive(Debug)]
@@ -39,7 +39,12 @@ impl Sequencer {
         self.processed += 1;
         let id = self.ids.next_id();
         debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
-        let frame = encode_event(id, &publish.message);
+        let frame = encode(&EventFields {
+            id: Some(id),
+            event: publish.event.as_deref(),
+            retry: publish.retry,
+            data: Some(&publish.message),
+        });
         // Kept before any shard can see it: a resume that reads the history then finds every
         // event its shard may already have delivered to others (see `shard::delivery`).
         self.state.history.write().append(id, &publish.audience, &frame, Instant::now());

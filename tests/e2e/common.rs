@@ -844,9 +844,37 @@ impl<S: Transport> SseClient<S> {
         String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)]).into_owned()
     }
 
-    /// Takes one complete event out of the buffer, checking every byte of its chunk framing.
-    /// Comment-only chunks (heartbeats, `:\n\n`) are counted and skipped.
+    /// The lines of the next chunk that is not a comment, as sent (without the blank line that
+    /// ends it); panics if none comes within a few seconds.
+    pub fn next_lines(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(payload) = self.take_chunk() {
+                let body =
+                    payload.strip_suffix("\n\n").unwrap_or_else(|| panic!("no blank line: {payload:?}"));
+                assert!(!body.contains('\r'), "{payload:?}");
+                return body.split('\n').map(str::to_owned).collect();
+            }
+            assert!(self.fill(deadline).expect("a chunk in time"), "the server closed the stream");
+        }
+    }
+
+    /// Takes one complete event out of the buffer. Comment-only chunks (heartbeats, `:\n\n`)
+    /// and chunks that only set `retry:` are skipped.
     fn take_event(&mut self) -> Option<Event> {
+        loop {
+            let payload = self.take_chunk()?;
+            let (event, retry) = parse_event(&payload);
+            self.retry = retry.or(self.retry);
+            if let Some(event) = event {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Takes one complete chunk that is not a comment out of the buffer, checking every byte of
+    /// its framing; comment chunks (heartbeats) are counted and skipped.
+    fn take_chunk(&mut self) -> Option<String> {
         loop {
             let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
             let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("a chunk size line");
@@ -868,12 +896,7 @@ impl<S: Transport> SseClient<S> {
                 self.comments += 1;
                 continue;
             }
-            let (event, retry) = parse_event(&payload);
-            self.retry = retry.or(self.retry);
-            match event {
-                Some(event) => return Some(event),
-                None => continue,
-            }
+            return Some(payload);
         }
     }
 }

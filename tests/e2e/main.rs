@@ -20,6 +20,7 @@ mod commands;
 mod connections;
 mod deploy;
 mod dropin;
+mod events;
 mod handshake;
 mod hardening;
 mod hardening_control;
