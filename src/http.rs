@@ -437,13 +437,15 @@ pub struct Responses {
 }
 
 impl Responses {
-    /// Builds every fixed response for this CORS base, which must hold no CR or LF.
+    /// Builds every fixed response for this CORS base, which must hold no CR or LF; with
+    /// `tokens` (subscriptions need one), a named origin is told it may send its cookies.
     ///
     /// Each response is one buffer, head and body, so that it goes out in a single write.
-    pub fn new(cors_base: &str) -> Self {
-        // A named origin may send its cookies (a token in `hasses_token`, `withCredentials`);
-        // browsers refuse credentials with the origin `*`.
-        let credentials = if cors_base == "*" { "" } else { "Access-Control-Allow-Credentials: true\r\n" };
+    pub fn new(cors_base: &str, tokens: bool) -> Self {
+        // A page's token may be in its `hasses_token` cookie (EventSource `withCredentials`);
+        // browsers never send credentials to the origin `*`, so only a named one is told.
+        let credentials =
+            if tokens && cors_base != "*" { "Access-Control-Allow-Credentials: true\r\n" } else { "" };
         let cors = format!(
             "Access-Control-Allow-Origin: {cors_base}\r\n\
              Access-Control-Allow-Methods: GET\r\n\
@@ -595,7 +597,7 @@ mod tests {
 
     #[test]
     fn handshake_and_head_are_the_exact_event_stream_head() {
-        let responses = Responses::new("https://example.org");
+        let responses = Responses::new("https://example.org", false);
         assert_eq!(responses.handshake, HANDSHAKE.as_bytes());
         assert_eq!(responses.head, HANDSHAKE.as_bytes());
     }
@@ -611,7 +613,7 @@ mod tests {
             Content-Length: 0\r\n\
             Connection: close\r\n\
             \r\n";
-        assert_eq!(Responses::new("*").options, expected.as_bytes());
+        assert_eq!(Responses::new("*", false).options, expected.as_bytes());
     }
 
     #[test]
@@ -627,7 +629,7 @@ mod tests {
         );
         assert_eq!(body.len(), 48);
         let reject = Reject::Path("/x".to_owned());
-        assert_eq!(Responses::new("*").error(&reject), expected.as_bytes());
+        assert_eq!(Responses::new("*", false).error(&reject), expected.as_bytes());
     }
 
     #[test]
@@ -647,12 +649,12 @@ mod tests {
             body.len()
         );
         let reject = Reject::Method("POST".to_owned());
-        assert_eq!(Responses::new("*").error(&reject), expected.as_bytes());
+        assert_eq!(Responses::new("*", false).error(&reject), expected.as_bytes());
     }
 
     #[test]
     fn every_error_answer_has_its_status_line_and_exact_length() {
-        let responses = Responses::new("*");
+        let responses = Responses::new("*", false);
         let cases = [
             (Reject::NoSubscription, "400 Bad Request"),
             (Reject::Path("/".to_owned()), "404 Not Found"),
@@ -756,6 +758,22 @@ mod tests {
         let all = ["Authorization: Bearer header", "Cookie: hasses_token=cookie"];
         assert_eq!(token("/sse?subscribe=a&access_token=query", &all), Some("header".into()));
         assert_eq!(token("/sse?subscribe=a&access_token=query", &all[1..]), Some("query".into()));
+    }
+
+    #[test]
+    fn with_tokens_a_named_origin_may_send_credentials_and_refusals_carry_a_challenge() {
+        let credentials = "Access-Control-Allow-Credentials: true\r\n";
+        let named = Responses::new("https://example.org", true);
+        assert!(String::from_utf8_lossy(&named.handshake).contains(credentials));
+        assert!(!String::from_utf8_lossy(&Responses::new("*", true).handshake).contains(credentials));
+        assert!(!String::from_utf8_lossy(&Responses::new("https://example.org", false).options)
+            .contains(credentials));
+        let text = |bytes: &Bytes| String::from_utf8_lossy(bytes).into_owned();
+        assert!(text(&named.no_token).starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(text(&named.no_token).contains("WWW-Authenticate: Bearer realm=\"hasses\"\r\n"));
+        assert!(text(&named.invalid_token).contains("Bearer realm=\"hasses\", error=\"invalid_token\"\r\n"));
+        assert!(text(&named.insufficient_scope).starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        assert!(text(&named.insufficient_scope).contains("error=\"insufficient_scope\""));
     }
 
     #[test]

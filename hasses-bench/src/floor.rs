@@ -217,7 +217,7 @@ impl Worker {
             messages,
             connections: Connections { slots: Vec::new(), streaming },
             subscribers: HashMap::new(),
-            responses: Responses::new("*"),
+            responses: Responses::new("*", false),
             route: Route { path: path.to_string() },
             read_buf: Box::new([0; READ_CHUNK]),
         };

@@ -44,7 +44,7 @@ impl Settings {
     pub fn new(config: &Config, tls: Option<Tls>, auth: Option<Auth>) -> Self {
         Settings {
             route: Route { path: config.match_url.clone() },
-            responses: Responses::new(&config.cors_base),
+            responses: Responses::new(&config.cors_base, auth.is_some()),
             max_backlog: config.max_backlog,
             handshake_timeout: config.handshake_timeout,
             max_age: config.max_age,
