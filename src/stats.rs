@@ -36,6 +36,19 @@ pub struct ShardFigures {
     pub resumes_complete: u64,
     /// Resumes told of a gap (`event: reset`).
     pub resumes_with_gap: u64,
+    /// Subscriptions refused without a token.
+    pub auth_refused_missing: u64,
+    /// Subscriptions refused for a malformed, badly signed or expired token.
+    pub auth_refused_invalid: u64,
+    /// Subscriptions refused for a token that does not grant what they asked.
+    pub auth_refused_forbidden: u64,
+}
+
+impl ShardFigures {
+    /// Subscriptions refused by token checks, for whatever reason.
+    pub fn auth_refused(&self) -> u64 {
+        self.auth_refused_missing + self.auth_refused_invalid + self.auth_refused_forbidden
+    }
 }
 
 impl AddAssign for ShardFigures {
@@ -49,6 +62,9 @@ impl AddAssign for ShardFigures {
         self.refused += other.refused;
         self.resumes_complete += other.resumes_complete;
         self.resumes_with_gap += other.resumes_with_gap;
+        self.auth_refused_missing += other.auth_refused_missing;
+        self.auth_refused_invalid += other.auth_refused_invalid;
+        self.auth_refused_forbidden += other.auth_refused_forbidden;
     }
 }
 
@@ -129,6 +145,7 @@ impl Status {
                 s.resumes_complete + s.resumes_with_gap,
                 s.resumes_with_gap
             ),
+            format!("Refused subscriptions (token): {}", s.auth_refused()),
             format!(
                 "History: {} events, {} bytes, oldest id {}",
                 self.history.events,
@@ -171,6 +188,7 @@ impl Status {
             "reinit": self.reinit,
             "resumecnt": s.resumes_complete + s.resumes_with_gap,
             "resumegapcnt": s.resumes_with_gap,
+            "authrefusedcnt": s.auth_refused(),
             "historyevents": self.history.events,
             "historybytes": self.history.bytes,
             "historyoldest": self.history.oldest.map(|id| id.to_string()),
@@ -210,6 +228,9 @@ pub struct ClientRow {
     /// parsed by scripts, and stays as it is.
     #[serde(rename = "lasteventid")]
     pub last_event_id: u64,
+    /// Its token's `sub`, when subscriptions need a token and its token has one (then it is
+    /// also its id).
+    pub sub: Option<String>,
 }
 
 /// The client list block, line by line, as hasses writes it.
@@ -290,6 +311,7 @@ mod tests {
             worker: 0,
             tls: None,
             last_event_id: 7,
+            sub: None,
         }
     }
 
@@ -336,6 +358,7 @@ mod tests {
                 refused: 0,
                 resumes_complete: 2,
                 resumes_with_gap: 1,
+                ..ShardFigures::default()
             },
             tls: None,
             history: HistoryFigures { events: 5, bytes: 320, oldest: Some(1001) },
@@ -353,7 +376,7 @@ mod tests {
         assert_eq!(json["msgproccnt"], 7);
         assert_eq!(json["msgsendcnt"], 9);
         assert_eq!(json["mode"], "unencrypted (http)");
-        let ours = &lines[lines.len() - 3..lines.len() - 1];
+        let ours = [lines[lines.len() - 4].as_str(), lines[lines.len() - 2].as_str()];
         assert_eq!(
             ours,
             ["Resumed clients: 3 (told of a gap: 1)", "History: 5 events, 320 bytes, oldest id 1001"]

@@ -81,6 +81,8 @@ pub struct Client {
     pub messages: u64,
     /// How many times it re-handshaked.
     pub reinits: u32,
+    /// Its id is its token's `sub`.
+    pub sub: bool,
 }
 
 impl Client {
@@ -89,7 +91,7 @@ impl Client {
         let id = request.id.unwrap_or_default();
         let agent = request.user_agent.replace('\n', " ");
         let names = format!("{id}\n{agent}\n{}", request.tokens.join("\n"));
-        Client { names: names.into_boxed_str(), messages: 0, reinits: 0 }
+        Client { names: names.into_boxed_str(), messages: 0, reinits: 0, sub: false }
     }
 
     /// Its unique id (`id=`); empty when it gave none.

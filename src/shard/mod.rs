@@ -25,7 +25,8 @@ mod stalls;
 pub mod subscriptions;
 mod timers;
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::info;
 
+use crate::auth::Refusal;
 use crate::pipeline::{Delivery, ShardCommand, ShardHandle, SharedState};
 pub use accept::PerIpLimit;
 use connection::{Connection, Phase};
@@ -68,6 +70,20 @@ struct Counters {
     resumes_complete: u64,
     /// Resumes told of a gap (`event: reset`).
     resumes_with_gap: u64,
+    /// Subscriptions refused for want of a token, a bad token, or one that grants too little.
+    auth_refused_missing: u64,
+    auth_refused_invalid: u64,
+    auth_refused_forbidden: u64,
+}
+
+impl Counters {
+    fn auth_refused(&mut self, refusal: &Refusal) {
+        *match refusal {
+            Refusal::NoToken => &mut self.auth_refused_missing,
+            Refusal::Invalid(_) => &mut self.auth_refused_invalid,
+            Refusal::Forbidden(_) => &mut self.auth_refused_forbidden,
+        } += 1;
+    }
 }
 
 /// One worker's state. Built on its own thread and never leaves it.
@@ -88,6 +104,8 @@ pub struct Shard {
     handshake_deadlines: VecDeque<Deadline>,
     /// Max-age deadlines in handshake order, likewise sorted.
     age_deadlines: VecDeque<Deadline>,
+    /// When streams end because their token expires: each token its own time, so a heap.
+    expiry_deadlines: BinaryHeap<Reverse<Deadline>>,
     /// Connections given new bytes while draining commands, flushed once after the drain.
     dirty: Vec<usize>,
     /// Consecutive publishes to one audience, gathered while draining commands (kept to reuse
@@ -141,6 +159,7 @@ impl Shard {
             subscriptions: Subscriptions::default(),
             handshake_deadlines: VecDeque::new(),
             age_deadlines: VecDeque::new(),
+            expiry_deadlines: BinaryHeap::new(),
             dirty: Vec::new(),
             run: Vec::new(),
             run_bytes: 0,

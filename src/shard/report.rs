@@ -35,6 +35,9 @@ impl Shard {
             refused: self.counters.refused,
             resumes_complete: self.counters.resumes_complete,
             resumes_with_gap: self.counters.resumes_with_gap,
+            auth_refused_missing: self.counters.auth_refused_missing,
+            auth_refused_invalid: self.counters.auth_refused_invalid,
+            auth_refused_forbidden: self.counters.auth_refused_forbidden,
         }
     }
 
@@ -62,6 +65,7 @@ impl Shard {
             tokens,
             worker: self.number,
             last_event_id: conn.last_publish,
+            sub: client.sub.then(|| client.id().to_string()),
         }
     }
 }

@@ -4,10 +4,13 @@
 //! sockets, judging the request head (through the pure [`http::judge`]), answering refusals,
 //! HEAD and OPTIONS, and subscribing a client. It does not deliver events (`delivery`).
 
+use std::cmp::Reverse;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use tracing::{debug, info};
 
@@ -16,6 +19,7 @@ use super::delivery::queue_replay;
 use super::outbox;
 use super::timers::Deadline;
 use super::{seconds, Shard};
+use crate::auth::Refusal;
 use crate::history::ResumeFrom;
 use crate::http::{self, Judgement};
 use crate::nonblocking::attempt;
@@ -131,9 +135,31 @@ impl Shard {
         let responses = &self.settings.responses;
         let reply = match judgement {
             Judgement::Incomplete => return,
-            Judgement::Subscribe(request) => {
+            Judgement::Subscribe(mut request) => {
+                let expires =
+                    match self.settings.auth.as_ref().map(|auth| {
+                        auth.check(request.token.as_deref(), &request.tokens, request.id.as_deref())
+                    }) {
+                        None => None,
+                        Some(Ok(granted)) => {
+                            request.id = request.id.or(granted.sub.clone());
+                            Some(granted)
+                        }
+                        Some(Err(refusal)) => {
+                            info!("Subscription refused from {}: {refusal}", conn.peer);
+                            self.counters.auth_refused(&refusal);
+                            let reply = match refusal {
+                                Refusal::NoToken => &responses.no_token,
+                                Refusal::Invalid(_) => &responses.invalid_token,
+                                Refusal::Forbidden(_) => &responses.insufficient_scope,
+                            };
+                            return self.answer_last(key, reply.clone());
+                        }
+                    };
                 let resume = request.resume;
-                return self.handshake(key, Client::from_request(request), resume);
+                let mut client = Client::from_request(request);
+                client.sub = expires.as_ref().is_some_and(|granted| granted.sub.is_some());
+                return self.handshake(key, client, resume, expires.map(|granted| granted.expires));
             }
             Judgement::Head => responses.head.clone(),
             Judgement::Options => responses.options.clone(),
@@ -142,6 +168,12 @@ impl Shard {
                 responses.error(&reject)
             }
         };
+        self.answer_last(key, reply);
+    }
+
+    /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); the connection closes once the
+    /// answer is out.
+    fn answer_last(&mut self, key: usize, reply: Bytes) {
         self.stop_streaming(key);
         let conn = &mut self.connections[key];
         conn.request = Vec::new();
@@ -150,8 +182,15 @@ impl Shard {
         self.flush(key);
     }
 
-    /// A first handshake or a reinit: (re)subscribes the client and sends the response head.
-    fn handshake(&mut self, key: usize, mut client: Client, resume: Option<ResumeFrom>) {
+    /// A first handshake or a reinit: (re)subscribes the client and sends the response head;
+    /// a stream whose token `expires` (Unix seconds) ends then.
+    fn handshake(
+        &mut self,
+        key: usize,
+        mut client: Client,
+        resume: Option<ResumeFrom>,
+        expires: Option<u64>,
+    ) {
         let now = Instant::now();
         let reinit = self.connections[key].phase == Phase::Streaming;
         if reinit {
@@ -191,8 +230,18 @@ impl Shard {
         self.connections[key].serial = serial;
         let at = self.deadline(now, self.settings.max_age);
         self.age_deadlines.push_back(Deadline { at, key: key as u32, serial });
+        if let Some(expires) = expires {
+            let at = self.deadline(now, until_unix(expires));
+            self.expiry_deadlines.push(Reverse(Deadline { at, key: key as u32, serial }));
+        }
         self.flush(key);
     }
+}
+
+/// How long from now until `unix_secs` (zero if it has passed).
+fn until_unix(unix_secs: u64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Duration::from_secs(unix_secs).saturating_sub(now)
 }
 
 /// The first line of a request, for the debug log: printable, and short.

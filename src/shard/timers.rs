@@ -3,6 +3,7 @@
 //! Owns the deadline queues (kept sorted by construction: one timeout for all entries of a
 //! queue) and when the event loop must wake next. Closing and writing are the shard's own.
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use crate::sse;
 /// A connection that must be gone by a deadline unless it moved on since: the same key and
 /// serial (the same connection, and no newer handshake: a reinit takes a new serial). There is
 /// one per connection in each queue, so it is kept to 16 bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Deadline {
     /// Milliseconds from the shard's start.
     pub(super) at: u64,
@@ -33,7 +34,11 @@ impl Shard {
         };
         let stall =
             self.stalls.next_deadline().and_then(|at| self.started.checked_add(Duration::from_millis(at)));
-        let timers = [self.next_heartbeat, self.accept_paused_until, stall];
+        let expiry = self
+            .expiry_deadlines
+            .peek()
+            .and_then(|Reverse(d)| self.started.checked_add(Duration::from_millis(d.at)));
+        let timers = [self.next_heartbeat, self.accept_paused_until, stall, expiry];
         [first(&self.handshake_deadlines), first(&self.age_deadlines)]
             .into_iter()
             .chain(timers)
@@ -53,7 +58,13 @@ impl Shard {
         }
         while let Some(d) = pop_due(&mut self.age_deadlines, now) {
             if self.holds(d, Phase::Streaming) {
-                self.end_stream(d.key as usize, instant);
+                self.end_stream(d.key as usize, instant, "maximum connection age reached");
+            }
+        }
+        while let Some(&Reverse(d)) = self.expiry_deadlines.peek().filter(|Reverse(d)| d.at <= now) {
+            self.expiry_deadlines.pop();
+            if self.holds(d, Phase::Streaming) {
+                self.end_stream(d.key as usize, instant, "its token expired");
             }
         }
         for key in self.stalls.expired(now) {
@@ -63,13 +74,13 @@ impl Shard {
 
     /// Ends a stream as HTTP says, with the last chunk, and closes the connection once that is
     /// out; a client that does not take it has until the handshake timeout.
-    fn end_stream(&mut self, key: usize, now: Instant) {
+    fn end_stream(&mut self, key: usize, now: Instant, why: &str) {
         self.stop_streaming(key);
         let conn = &mut self.connections[key];
         conn.phase = Phase::Closing;
         conn.outbox.push(sse::last_chunk());
         let serial = conn.serial;
-        info!("Stream ended: {} <{}> (maximum connection age reached)", conn.peer, conn.socket.as_raw_fd());
+        info!("Stream ended: {} <{}> ({why})", conn.peer, conn.socket.as_raw_fd());
         let at = self.deadline(now, self.settings.handshake_timeout);
         self.handshake_deadlines.push_back(Deadline { at, key: key as u32, serial });
         self.flush(key);
