@@ -281,3 +281,44 @@ fn eventsource_resumes_after_losing_its_stream_with_every_event_once() {
     assert!(received.windows(2).all(|w| w[0].0 < w[1].0), "increasing ids");
     assert!(count(&reports, "open") >= 2, "the stream was lost and resumed: {reports:#?}");
 }
+
+/// A page whose EventSource carries its token in the query (it cannot set headers): with a
+/// token for its room it receives events; with a token for another room its `onerror` fires and
+/// no event arrives.
+#[test]
+#[ignore = "needs chromium: run by the README's test command"]
+fn eventsource_subscribes_with_an_access_token_and_is_refused_without_a_grant() {
+    let secret = "browser-secret";
+    let server = Server::start(&["--jwt-secret", secret]);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let token = |room: &str| {
+        let claims = serde_json::json!({ "exp": exp, "subscribe": [room] });
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    for (room, granted) in [("room1", true), ("room2", false)] {
+        let pages = PageServer::start();
+        let profile = TempDir::new("chromium-token");
+        let sse =
+            format!("http://127.0.0.1:{}/sse?subscribe=room1&access_token={}", server.sse_port, token(room));
+        let url = format!(
+            "http://127.0.0.1:{}/?sse={}",
+            pages.port,
+            form_urlencoded::byte_serialize(sse.as_bytes()).collect::<String>()
+        );
+        let browser = start_chromium(&url, &profile);
+        if granted {
+            pages.wait_for("the EventSource opens", BROWSER_START, &browser, |r| count(r, "open") == 1);
+            server.publish("room1=granted");
+            let reports =
+                pages.wait_for("the event arrives", DELIVERY, &browser, |r| !messages(r).is_empty());
+            assert_eq!(messages(&reports)[0].1, "granted");
+        } else {
+            let reports =
+                pages.wait_for("onerror fires", BROWSER_START, &browser, |r| count(r, "error") >= 1);
+            server.publish("room1=not for a room2 token");
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!((count(&reports, "open"), messages(&pages.reports()).len()), (0, 0), "{reports:#?}");
+        }
+    }
+}
