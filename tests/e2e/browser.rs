@@ -158,6 +158,12 @@ fn serve(mut stream: TcpStream, reports: &Mutex<Vec<Value>>) {
     let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(content));
 }
 
+/// Chromium on the test page, whose EventSource subscribes to `sse`.
+fn open_page(pages: &PageServer, sse: &str, profile: &TempDir) -> Process {
+    let sse = form_urlencoded::byte_serialize(sse.as_bytes()).collect::<String>();
+    start_chromium(&format!("http://127.0.0.1:{}/?sse={sse}", pages.port), profile)
+}
+
 /// Headless Chromium on `url`, with a fresh profile in `profile` and no background traffic.
 fn start_chromium(url: &str, profile: &TempDir) -> Process {
     let chromium = find_program("chromium", "chromium");
@@ -208,12 +214,7 @@ fn eventsource_receives_events_and_reconnects_after_a_restart() {
     let pages = PageServer::start();
     let profile = TempDir::new("chromium");
     let sse = format!("http://127.0.0.1:{sse_port}/sse?subscribe=room1-user42&id=tab1");
-    let url = format!(
-        "http://127.0.0.1:{}/?sse={}",
-        pages.port,
-        form_urlencoded::byte_serialize(sse.as_bytes()).collect::<String>()
-    );
-    let browser = start_chromium(&url, &profile);
+    let browser = open_page(&pages, &sse, &profile);
 
     pages.wait_for("the EventSource opens", BROWSER_START, &browser, |r| count(r, "open") == 1);
     server.wait_json("tcpstatus", "sseconncli", 1);
@@ -262,12 +263,7 @@ fn eventsource_resumes_after_losing_its_stream_with_every_event_once() {
     let pages = PageServer::start();
     let profile = TempDir::new("chromium-resume");
     let sse = format!("http://127.0.0.1:{}/sse?subscribe=t", server.sse_port);
-    let url = format!(
-        "http://127.0.0.1:{}/?sse={}",
-        pages.port,
-        form_urlencoded::byte_serialize(sse.as_bytes()).collect::<String>()
-    );
-    let browser = start_chromium(&url, &profile);
+    let browser = open_page(&pages, &sse, &profile);
     pages.wait_for("the EventSource opens", BROWSER_START, &browser, |r| count(r, "open") == 1);
     for n in 0..EVENTS {
         server.publish(&format!("t={n}"));
@@ -301,12 +297,7 @@ fn eventsource_subscribes_with_an_access_token_and_is_refused_without_a_grant() 
         let profile = TempDir::new("chromium-token");
         let sse =
             format!("http://127.0.0.1:{}/sse?subscribe=room1&access_token={}", server.sse_port, token(room));
-        let url = format!(
-            "http://127.0.0.1:{}/?sse={}",
-            pages.port,
-            form_urlencoded::byte_serialize(sse.as_bytes()).collect::<String>()
-        );
-        let browser = start_chromium(&url, &profile);
+        let browser = open_page(&pages, &sse, &profile);
         if granted {
             pages.wait_for("the EventSource opens", BROWSER_START, &browser, |r| count(r, "open") == 1);
             server.publish("room1=granted");
