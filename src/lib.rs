@@ -15,8 +15,9 @@
 //!                      bounded crossbeam channel + mio Waker per shard
 //!                                     ▲           (full while a shard holds for a slow client:
 //!                                     │            the backpressure that reaches publishers)
-//!   control thread:  sources ──► parse once ──► Sequencer: id, frame once, fan out
-//!   (TCP port, FIFO)              (Command)        │  questions go out in the same order
+//!   control thread:  sources ──► parse once ──► Sequencer: id, keep in the history,
+//!   (TCP port, FIFO)              (Command)        │  frame once, fan out; questions go
+//!                                                  │  out in the same order
 //!                                                  ▼
 //!   admin thread:    gathers the shards' answers (status, client list, counts) and writes
 //!                    the log lines, or sends JSON back to the control thread for the
@@ -34,6 +35,8 @@
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
 //!   `shard/delivery.rs`), backpressure, timers.
 //! - [`admin`]: the admin path: where status, client lists and counts are answered.
+//! - [`history`]: the events kept for resume, and what a resuming client is owed.
+//! - [`auth`]: subscribers' signed grants (JWT): who may listen to what.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`stats`]: the status block, client list and their JSON forms.
