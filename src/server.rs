@@ -409,7 +409,7 @@ fn spawn(
 }
 
 impl Running {
-    /// Tells systemd the server is ready and where it listens (see [`ready_message`]).
+    /// Tells systemd the server is ready and where it listens (`STATUS=` for people, `X_HASSES_*` for programs).
     pub fn notify_ready(&self) {
         notify_systemd(&self.ready);
     }
