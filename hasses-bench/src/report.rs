@@ -27,6 +27,7 @@ struct JsonLine<'a> {
     misrouted: u64,
     id_errors: u64,
     foreign: u64,
+    resets: u64,
     connect_failed: u64,
     closed: u64,
     protocol_errors: u64,
@@ -58,6 +59,7 @@ pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
         misrouted: c.misrouted,
         id_errors: c.id_errors,
         foreign: c.foreign,
+        resets: c.resets,
         connect_failed: c.connect_failed,
         closed: c.closed,
         protocol_errors: c.proto_errors,
@@ -142,6 +144,17 @@ impl PhaseCells {
                 per_unit: per_unit(f.server_cpu_us_per_message, "msg"),
                 memory: none(),
             },
+            Figures::Resume(f) => PhaseCells {
+                rate: format!("{} resumed, {} missed each", f.resumed, f.missed_per_connection),
+                latency: format!("all replayed in {:.1} ms", f.all_replayed_s * 1e3),
+                per_unit: match f.budget_us_per_resume {
+                    Some(budget) => {
+                        format!("{} (budget {budget:.2})", per_unit(f.server_cpu_us_per_resume, "resume"))
+                    }
+                    None => per_unit(f.server_cpu_us_per_resume, "resume"),
+                },
+                memory: none(),
+            },
         }
     }
 }
@@ -195,12 +208,13 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
     for r in results {
         let c = &r.counters;
         let name = r.phase().name();
-        let extra = c.id_errors + c.foreign + c.failed_connections();
+        let extra = c.id_errors + c.foreign + c.resets + c.failed_connections();
         if extra > 0 {
             let _ = writeln!(
                 out,
-                "{name}: id errors {}, foreign events {}, connect failures {}, closed {}, protocol errors {}",
-                c.id_errors, c.foreign, c.connect_failed, c.closed, c.proto_errors
+                "{name}: id errors {}, foreign events {}, resets {}, connect failures {}, closed {}, \
+                 protocol errors {}",
+                c.id_errors, c.foreign, c.resets, c.connect_failed, c.closed, c.proto_errors
             );
         }
         for e in &c.error_samples {
