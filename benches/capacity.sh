@@ -6,6 +6,9 @@
 #                                  least an epoll server does: what the kernel alone costs here
 #   SERVER_FLAGS="--history 0" benches/capacity.sh [N] ...   the server with these flags added
 #                                  to its defaults (split on spaces), e.g. to compare history off
+# Against hasses, `hasses-bench resume` follows `all` (not with --history 0: nothing to resume
+# from; the floor server keeps no history). The server's --history-memory is sized to hold that
+# scenario's N x 101 events (about 100 B each), the only flag it gets beyond its defaults.
 # Figures go to stdout (a table) and to target/capacity.jsonl (one JSON line per scenario);
 # the server logs at its default level (a line per connection) to target/capacity-server.log.
 set -euo pipefail
@@ -34,13 +37,18 @@ if [[ ${SERVER:-hasses} == floor ]]; then
     ./target/release/hasses-bench floor-server --sse "[::]:$sse_port" \
         --control "127.0.0.1:$control_port" >target/capacity-server.log 2>&1 &
 else
+    history_memory=$((n * 101 * 128 > 64 << 20 ? n * 101 * 128 : 64 << 20))
     ./target/release/hasses --port "$sse_port" --control-port "$control_port" "${server_tls[@]}" \
-        "${server_flags[@]}" >target/capacity-server.log 2>&1 &
+        --history-memory "$history_memory" "${server_flags[@]}" >target/capacity-server.log 2>&1 &
 fi
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 sleep 0.5
 rm -f target/capacity.jsonl
-./target/release/hasses-bench all -n "$n" --src-addrs 127.0.0.1-127.0.0.8 \
-    --sse "127.0.0.1:$sse_port" --control "127.0.0.1:$control_port" \
-    --server-pid "$server" --json-out target/capacity.jsonl -q "${bench_tls[@]}" "$@"
+bench=(-n "$n" --src-addrs 127.0.0.1-127.0.0.8 --sse "127.0.0.1:$sse_port"
+    --control "127.0.0.1:$control_port" --server-pid "$server" --json-out target/capacity.jsonl -q
+    "${bench_tls[@]}" "$@")
+./target/release/hasses-bench all "${bench[@]}"
+if [[ ${SERVER:-hasses} != floor && " ${SERVER_FLAGS:-} " != *" --history 0 "* ]]; then
+    ./target/release/hasses-bench resume "${bench[@]}"
+fi
