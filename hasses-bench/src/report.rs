@@ -241,7 +241,8 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::figures::{Broadcast, Connect, Idle, Latency, TlsHandshakes};
+    use crate::figures::{Broadcast, Burst, Connect, Idle, Latency, Resume, TlsHandshakes};
+    use crate::run::resume_budget;
     use crate::stats::Counters;
 
     fn options(args: &[&str]) -> Options {
@@ -350,5 +351,42 @@ mod tests {
             "{table}"
         );
         assert!(lines[4].ends_with("FAIL: timeout"), "{table}");
+    }
+
+    #[test]
+    fn the_resume_row_shows_its_cpu_against_a_budget_from_connect_and_burst() {
+        let burst = Figures::Burst(Burst {
+            messages: 100,
+            deliveries: 300,
+            expected_deliveries: 300,
+            all_received_s: 0.1,
+            deliveries_per_s: 3000.0,
+            latency: Latency::default(),
+            server_cpu_us_per_delivery: Some(0.2),
+        });
+        let earlier = [result(connect(None)), result(burst)];
+        // 1.5 × (83.3 + 100 × 0.2)
+        let budget = resume_budget(&earlier, 100).unwrap();
+        assert!((budget - 154.95).abs() < 1e-9, "{budget}");
+        assert_eq!(resume_budget(&earlier[..1], 100), None, "no burst, no budget");
+        let resume = Figures::Resume(Resume {
+            resumed: 3,
+            missed_per_connection: 100,
+            replayed: 300,
+            expected_replayed: 300,
+            all_replayed_s: 0.25,
+            live_after_replay: 3,
+            server_cpu_us_per_resume: Some(60.0),
+            budget_us_per_resume: Some(budget),
+        });
+        let mut r = result(resume);
+        r.counters.resets = 1;
+        let line = json(&options(&[]), &r);
+        assert_eq!((line["resets"].as_u64(), line["replayed"].as_u64()), (Some(1), Some(300)));
+        let table = table(&options(&[]), &[r]);
+        assert!(table.contains("3 resumed, 100 missed each"), "{table}");
+        assert!(table.contains("all replayed in 250.0 ms"), "{table}");
+        assert!(table.contains("60.00 µs/resume (budget 154.95)"), "{table}");
+        assert!(table.contains("resets 1"), "{table}");
     }
 }

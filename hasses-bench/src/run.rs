@@ -621,7 +621,7 @@ impl Bench {
 }
 
 /// 1.5 × (server CPU per connection + `missed` × server CPU per burst delivery), from `earlier`.
-fn resume_budget(earlier: &[PhaseResult], missed: u64) -> Option<f64> {
+pub fn resume_budget(earlier: &[PhaseResult], missed: u64) -> Option<f64> {
     let connect = earlier.iter().find_map(|r| match &r.figures {
         Figures::Connect(f) => f.server_cpu_us_per_connection,
         _ => None,
