@@ -3,8 +3,8 @@
 //! Opens N SSE connections, publishes through the control port, and measures what the
 //! server does with them: connect rate, idle memory, broadcast latency, burst and targeted
 //! throughput, resumes after missed events, the server's CPU per unit of work and the tool's own
-//! CPU beside it. Every
-//! receiver counts lost, duplicated and misrouted messages; any of them fails the run.
+//! CPU beside it. Every receiver counts lost, duplicated and misrouted messages; any of them
+//! fails the run.
 //!
 //! ```text
 //!   orchestrator (main thread) ── Control: one TCP connection, line protocol ──► server
