@@ -3,6 +3,7 @@
 //! - `command`: parsing one part of a control line, and splitting + parsing a 10-part line.
 //! - `frame`: encoding one event as an HTTP chunk, for 64 B, 1 KiB and 64 KiB messages.
 //! - `subscriptions`: the shard's index at 1k and 100k connections (each on `all` and `c<i>`).
+//! - `history/*` and `history_memory`: the events kept for resume (see [`history`]).
 //! - `fanout`: the real server end to end. It runs as a child process (one process cannot hold
 //!   10k client sockets and 10k server sockets under a 20,000 open-files limit) and this process
 //!   holds 10k SSE clients in one mio loop. One iteration publishes `all=<seq>` on a control
@@ -29,6 +30,10 @@ use hasses::sse::encode_event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use nix::libc;
+
+// Beside this file in a folder of its own: a file directly in `benches/` would be a target.
+#[path = "micro/history.rs"]
+mod history;
 
 /// An event id as the server hands them out: microseconds since the epoch, in 2025.
 const TYPICAL_ID: u64 = 1_760_000_000_000_000;
@@ -507,6 +512,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(1));
-    targets = command, frame, subscriptions, fanout
+    targets = command, frame, subscriptions, history::replay_near_end, history::append,
+        history::memory, fanout
 }
 criterion_main!(micro);

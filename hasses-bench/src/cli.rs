@@ -18,6 +18,20 @@ const AFTER_HELP: &str = "\
 Every scenario first opens the N connections (the connect scenario); `all` runs connect, idle,
 broadcast, burst and targeted in that order over the same connections.
 
+resume runs connect, burst, then the resume phase: each connection gets one event of its own,
+then all close; --missed M events are published to each connection's own token while they
+are away (pipelined, as targeted); then all reconnect at once, each with `Last-Event-ID: <the
+id of the last event it received>`. Each must receive exactly its M missed events, in order,
+with no `event: reset` and no duplicate, and then one more event published live (the seam
+between replay and live delivery). Figures: server CPU per resumed connection, from the
+reconnects until the last replay is received (its wall time is `all replayed in`). The budget
+printed beside it is the issue's target, from the same run: 1.5 × (connect's server CPU per
+connection + M × burst's server CPU per delivery), that is, a resume may cost half again as
+much as a plain handshake plus M deliveries in a burst. The server must keep N × (M + 1)
+events: about N × (M + 1) × 100 bytes of --history-memory (hasses' default, 64 MiB, holds
+them for N up to about 6,000). The floor server keeps no history: run resume against hasses
+only.
+
 Connection i sends `GET <path>?subscribe=all-c<i>&id=c<i> HTTP/1.1` and reads the chunked
 event stream. Messages go through one persistent control connection with the line protocol:
 `all=b<seq>:<ts>:<pad>` to everyone and `c<i>=t<seq>:<ts>:<i>:<pad>` to connection i alone,
@@ -25,8 +39,9 @@ where ts is the send time on CLOCK_MONOTONIC. Latencies therefore need the bench
 server on the same host; loss, duplicate and misroute counts work anywhere.
 
 Every receiver counts lost messages (a gap in its sequence, or a message never received),
-duplicates (a sequence number again or backwards), misrouted ones (a targeted message on
-another connection) and event ids that do not increase. The exit status is 1 when any of
+duplicates (a sequence number again or backwards, so also one out of order), misrouted ones (a
+targeted message on another connection), event ids that do not increase, and resets (`event:
+reset`, a resume told of a gap). The exit status is 1 when any of
 these is non-zero, a connection failed or closed, or a phase timed out; 2 on a usage or
 start-up error.
 
@@ -105,6 +120,10 @@ pub struct Options {
     #[arg(long, default_value_t = 100_000)]
     pub targeted: u32,
 
+    /// resume: events published to each connection while it is away.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub missed: u32,
+
     /// Bytes of data per message (the payload is padded up to this; its header, up to ~45
     /// bytes, is never cut).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(..=60_000))]
@@ -182,6 +201,11 @@ pub enum Scenario {
     Targeted,
     /// connect, idle, broadcast, burst, targeted in order over one set of connections.
     All,
+    /// connect, burst, then every connection closes, misses --missed events of its own and
+    /// resumes with Last-Event-ID: server CPU per resume against its budget from connect and
+    /// burst, time until the last replay is received. Needs a server that keeps history (not
+    /// the floor server).
+    Resume,
     /// No benchmark: serve as the floor, the least an epoll server does for this traffic, on
     /// --sse and --control (addresses to listen on) until killed. Run the scenarios against it
     /// to see what the kernel alone costs on this machine.
@@ -201,6 +225,8 @@ pub enum Phase {
     Burst,
     /// Messages to one connection each.
     Targeted,
+    /// Closing, missing events, and resuming.
+    Resume,
 }
 
 impl Phase {
@@ -212,6 +238,7 @@ impl Phase {
             Phase::Broadcast => "broadcast",
             Phase::Burst => "burst",
             Phase::Targeted => "targeted",
+            Phase::Resume => "resume",
         }
     }
 }
@@ -226,6 +253,8 @@ impl Scenario {
             Scenario::Burst => &[Phase::Connect, Phase::Burst],
             Scenario::Targeted => &[Phase::Connect, Phase::Targeted],
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
+            // Connect and burst give the resume's budget.
+            Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
             Scenario::FloorServer => &[],
         }
     }

@@ -22,6 +22,8 @@ pub enum Figures {
     Burst(Burst),
     /// Messages to one connection each.
     Targeted(Targeted),
+    /// Closing, missing events, and resuming.
+    Resume(Resume),
 }
 
 impl Figures {
@@ -33,6 +35,7 @@ impl Figures {
             Figures::Broadcast(_) => Phase::Broadcast,
             Figures::Burst(_) => Phase::Burst,
             Figures::Targeted(_) => Phase::Targeted,
+            Figures::Resume(_) => Phase::Resume,
         }
     }
 }
@@ -169,4 +172,26 @@ pub struct Targeted {
     pub latency: Latency,
     /// Server CPU per message, µs.
     pub server_cpu_us_per_message: Option<f64>,
+}
+
+/// The resume phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resume {
+    /// Connections that reconnected with `Last-Event-ID` and were answered.
+    pub resumed: u64,
+    /// Events published to each connection while it was away.
+    pub missed_per_connection: u64,
+    /// Missed events received in the replays, over all connections.
+    pub replayed: u64,
+    /// Connections × missed events.
+    pub expected_replayed: u64,
+    /// From the first reconnect until the last replayed event was received, seconds.
+    pub all_replayed_s: f64,
+    /// Events published after the replays, one per connection, received (the seam).
+    pub live_after_replay: u64,
+    /// Server CPU per resumed connection (handshake and replay), µs.
+    pub server_cpu_us_per_resume: Option<f64>,
+    /// The target for it from this run's connect and burst: 1.5 × (server CPU per connection
+    /// + missed × server CPU per burst delivery), µs.
+    pub budget_us_per_resume: Option<f64>,
 }

@@ -2,8 +2,9 @@
 //!
 //! Opens N SSE connections, publishes through the control port, and measures what the
 //! server does with them: connect rate, idle memory, broadcast latency, burst and targeted
-//! throughput, the server's CPU per unit of work and the tool's own CPU beside it. Every
-//! receiver counts lost, duplicated and misrouted messages; any of them fails the run.
+//! throughput, resumes after missed events, the server's CPU per unit of work and the tool's own
+//! CPU beside it. Every receiver counts lost, duplicated and misrouted messages; any of them
+//! fails the run.
 //!
 //! ```text
 //!   orchestrator (main thread) ── Control: one TCP connection, line protocol ──► server

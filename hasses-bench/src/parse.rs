@@ -22,6 +22,9 @@ pub const NUMS: usize = 3;
 pub struct Event {
     /// The `id:` field, when present and all digits.
     pub id: Option<u64>,
+    /// It had an `event:` field: the server's own (the bench publishes none), in practice the
+    /// `event: reset` that tells a resuming client of a gap.
+    pub named: bool,
     /// The first byte of the data (`b` broadcast, `t` targeted), 0 when there was no data.
     pub kind: u8,
     /// The `:`-terminated decimal numbers after `kind`.
@@ -84,6 +87,7 @@ enum Line {
 enum Field {
     Id,
     Data,
+    Event,
     Other,
 }
 
@@ -94,7 +98,7 @@ pub struct StreamParser {
     chunk_left: u64,
     line: Line,
     field: Field,
-    name: [u8; 4],
+    name: [u8; 5],
     name_len: u8,
     event: Event,
     id_ok: bool,
@@ -115,7 +119,7 @@ impl StreamParser {
             chunk_left: 0,
             line: Line::Start,
             field: Field::Other,
-            name: [0; 4],
+            name: [0; 5],
             name_len: 0,
             event: Event::default(),
             id_ok: true,
@@ -251,9 +255,10 @@ impl StreamParser {
                 },
                 Line::Name => match b {
                     b':' => {
-                        self.field = match &self.name[..usize::from(self.name_len.min(4))] {
+                        self.field = match &self.name[..usize::from(self.name_len.min(5))] {
                             b"id" if self.name_len == 2 => Field::Id,
                             b"data" if self.name_len == 4 => Field::Data,
+                            b"event" if self.name_len == 5 => Field::Event,
                             _ => Field::Other,
                         };
                         self.line = Line::ValueStart;
@@ -329,6 +334,10 @@ impl StreamParser {
                 self.event.count = 0;
                 Line::DataKind
             }
+            Field::Event => {
+                self.event.named = true;
+                Line::Skip
+            }
             Field::Other => Line::Skip,
         };
     }
@@ -366,15 +375,17 @@ mod tests {
         all.extend(chunk("id: 18\ndata: t9:777:42:pad\n\n"));
         all.extend(chunk(": comment\nevent: x\nid: 19\ndata: hello\n\n"));
         all.extend(chunk("id:20\ndata:b6:1:\n\n"));
+        all.extend(chunk("event: reset\ndata: {\"lastEventId\":\"7\"}\n\n"));
         all
     }
 
     fn expected() -> Vec<Event> {
         vec![
-            Event { id: Some(17), kind: b'b', nums: [5, 123456, 0], count: 2 },
-            Event { id: Some(18), kind: b't', nums: [9, 777, 42], count: 3 },
-            Event { id: Some(19), kind: b'h', nums: [0, 0, 0], count: 0 },
-            Event { id: Some(20), kind: b'b', nums: [6, 1, 0], count: 2 },
+            Event { id: Some(17), kind: b'b', nums: [5, 123456, 0], count: 2, named: false },
+            Event { id: Some(18), kind: b't', nums: [9, 777, 42], count: 3, named: false },
+            Event { id: Some(19), kind: b'h', nums: [0, 0, 0], count: 0, named: true },
+            Event { id: Some(20), kind: b'b', nums: [6, 1, 0], count: 2, named: false },
+            Event { named: true, kind: b'{', ..Event::default() },
         ]
     }
 
@@ -426,7 +437,7 @@ mod tests {
         all.extend(chunk("ta: b3:4:\n\n"));
         let (got, res, _) = run(&[&all]);
         assert_eq!(res, Ok(()));
-        assert_eq!(got, vec![Event { id: Some(1), kind: b'b', nums: [3, 4, 0], count: 2 }]);
+        assert_eq!(got, vec![Event { id: Some(1), kind: b'b', nums: [3, 4, 0], count: 2, named: false }]);
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! orchestrator talks to a thread only through [`Cmd`]s (a channel plus a `Waker`) and reads
 //! its [`Progress`] atomics, which the thread refreshes once per poll round.
 //!
+//! A connection that is closed ([`Cmd::Disconnect`]) and opened again ([`Cmd::Connect`]) asks
+//! to resume after the last event it received (`Last-Event-ID`), and goes on counting where it
+//! left off: what it missed must come in its replay, in order, once.
+//!
 //! With `--tls` each connection carries a rustls `ClientConnection`, driven non-blocking in
 //! the same loop: ciphertext is read into a second big buffer, handed to rustls, and the
 //! plaintext it yields goes to the same parser.
@@ -39,8 +43,11 @@ const ERROR_SAMPLES: usize = 5;
 
 /// What the orchestrator asks of a receiver thread.
 pub enum Cmd {
-    /// Open this thread's connections (keeping at most its window in progress).
+    /// Open this thread's connections that are not open, keeping at most its window in
+    /// progress; one that received events before resumes after the last of them.
     Connect,
+    /// Close every handshaked connection (counted as neither failed nor closed by the server).
+    Disconnect,
     /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, will be sent.
     Begin {
         /// The first broadcast sequence number of the phase.
@@ -126,7 +133,7 @@ impl Receiver {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Not opened yet.
+    /// Not open: not opened yet, or closed by [`Cmd::Disconnect`].
     Idle,
     /// Non-blocking connect in progress.
     Connecting,
@@ -262,7 +269,11 @@ impl Thread {
     fn commands(&mut self) -> bool {
         while let Ok(cmd) = self.inbox.try_recv() {
             match cmd {
-                Cmd::Connect => self.connecting = true,
+                Cmd::Connect => {
+                    self.connecting = true;
+                    self.opened = 0;
+                }
+                Cmd::Disconnect => self.disconnect(),
                 Cmd::Begin { bcast_base, bcast_count } => {
                     self.bcast_base = bcast_base;
                     self.counters.last_receiver = vec![0; bcast_count];
@@ -318,6 +329,10 @@ impl Thread {
         while self.in_flight < self.setup.window && self.opened < self.conns.len() {
             let local = self.opened;
             self.opened += 1;
+            // Failed ones stay failed: they were counted, and a phase that had any stops the run.
+            if self.conns[local].state != State::Idle {
+                continue;
+            }
             match self.open(local) {
                 Ok(()) => self.in_flight += 1,
                 Err(e) => self.fail(local, "connect", &e, false),
@@ -346,7 +361,19 @@ impl Thread {
         self.poll.registry().register(&mut stream, Token(local), Interest::READABLE | Interest::WRITABLE)?;
         conn.stream = Some(stream);
         conn.state = State::Connecting;
+        conn.parser = StreamParser::new();
         Ok(())
+    }
+
+    /// Closes every handshaked connection; each keeps what it expects next, to resume.
+    fn disconnect(&mut self) {
+        for conn in self.conns.iter_mut().filter(|c| c.state == State::Streaming) {
+            if let Some(mut stream) = conn.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            conn.tls = None;
+            conn.state = State::Idle;
+        }
     }
 
     /// Marks a connection dead and counts why.
@@ -401,11 +428,10 @@ impl Thread {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(e) => return self.fail(local, "connect", &e, false),
         }
-        let i = conn.track.index;
         if let Some(tls) = &self.setup.tls {
             return self.start_tls(local, tls.clone());
         }
-        subscription_request(&mut self.request, &self.setup, i);
+        subscription_request(&mut self.request, &self.setup, &conn.track);
         let res = stream.write(&self.request);
         let res = match res {
             Ok(n) if n == self.request.len() => {
@@ -481,7 +507,7 @@ impl Thread {
             Ok(session) => Box::new(session),
             Err(e) => return self.fail(local, "tls", &e, false),
         };
-        subscription_request(&mut self.request, &self.setup, self.conns[local].track.index);
+        subscription_request(&mut self.request, &self.setup, &self.conns[local].track);
         if let Err(e) = session.writer().write_all(&self.request) {
             return self.fail(local, "request", &e, false);
         }
@@ -585,21 +611,31 @@ impl Thread {
     }
 }
 
-/// Puts connection `i`'s subscription request (to `all` and its own `c<i>`) in `request`.
-fn subscription_request(request: &mut Vec<u8>, setup: &Setup, i: u64) {
+/// Puts connection `i`'s subscription request (to `all` and its own `c<i>`) in `request`,
+/// resuming after the last event it received, if any.
+fn subscription_request(request: &mut Vec<u8>, setup: &Setup, track: &Track) {
     request.clear();
+    let i = track.index;
     let _ = write!(
         request,
         "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
-         Connection: keep-alive\r\n\r\n",
+         Connection: keep-alive\r\n",
         setup.path, setup.host
     );
+    if let Some(id) = track.last_id {
+        let _ = write!(request, "Last-Event-ID: {id}\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
 }
 
 /// Counts one event on one connection.
 #[inline]
 fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
     let c = &mut *cx.counters;
+    if ev.named {
+        c.resets += 1;
+        return;
+    }
     match (ev.id, t.last_id) {
         (Some(id), Some(last)) if id <= last => c.id_errors += 1,
         (Some(id), _) => t.last_id = Some(id),

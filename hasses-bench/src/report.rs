@@ -27,6 +27,7 @@ struct JsonLine<'a> {
     misrouted: u64,
     id_errors: u64,
     foreign: u64,
+    resets: u64,
     connect_failed: u64,
     closed: u64,
     protocol_errors: u64,
@@ -58,6 +59,7 @@ pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
         misrouted: c.misrouted,
         id_errors: c.id_errors,
         foreign: c.foreign,
+        resets: c.resets,
         connect_failed: c.connect_failed,
         closed: c.closed,
         protocol_errors: c.proto_errors,
@@ -142,6 +144,17 @@ impl PhaseCells {
                 per_unit: per_unit(f.server_cpu_us_per_message, "msg"),
                 memory: none(),
             },
+            Figures::Resume(f) => PhaseCells {
+                rate: format!("{} resumed, {} missed each", f.resumed, f.missed_per_connection),
+                latency: format!("all replayed in {:.1} ms", f.all_replayed_s * 1e3),
+                per_unit: match f.budget_us_per_resume {
+                    Some(budget) => {
+                        format!("{} (budget {budget:.2})", per_unit(f.server_cpu_us_per_resume, "resume"))
+                    }
+                    None => per_unit(f.server_cpu_us_per_resume, "resume"),
+                },
+                memory: none(),
+            },
         }
     }
 }
@@ -195,12 +208,13 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
     for r in results {
         let c = &r.counters;
         let name = r.phase().name();
-        let extra = c.id_errors + c.foreign + c.failed_connections();
+        let extra = c.id_errors + c.foreign + c.resets + c.failed_connections();
         if extra > 0 {
             let _ = writeln!(
                 out,
-                "{name}: id errors {}, foreign events {}, connect failures {}, closed {}, protocol errors {}",
-                c.id_errors, c.foreign, c.connect_failed, c.closed, c.proto_errors
+                "{name}: id errors {}, foreign events {}, resets {}, connect failures {}, closed {}, \
+                 protocol errors {}",
+                c.id_errors, c.foreign, c.resets, c.connect_failed, c.closed, c.proto_errors
             );
         }
         for e in &c.error_samples {
@@ -227,7 +241,8 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::figures::{Broadcast, Connect, Idle, Latency, TlsHandshakes};
+    use crate::figures::{Broadcast, Burst, Connect, Idle, Latency, Resume, TlsHandshakes};
+    use crate::run::resume_budget;
     use crate::stats::Counters;
 
     fn options(args: &[&str]) -> Options {
@@ -336,5 +351,42 @@ mod tests {
             "{table}"
         );
         assert!(lines[4].ends_with("FAIL: timeout"), "{table}");
+    }
+
+    #[test]
+    fn the_resume_row_shows_its_cpu_against_a_budget_from_connect_and_burst() {
+        let burst = Figures::Burst(Burst {
+            messages: 100,
+            deliveries: 300,
+            expected_deliveries: 300,
+            all_received_s: 0.1,
+            deliveries_per_s: 3000.0,
+            latency: Latency::default(),
+            server_cpu_us_per_delivery: Some(0.2),
+        });
+        let earlier = [result(connect(None)), result(burst)];
+        // 1.5 × (83.3 + 100 × 0.2)
+        let budget = resume_budget(&earlier, 100).unwrap();
+        assert!((budget - 154.95).abs() < 1e-9, "{budget}");
+        assert_eq!(resume_budget(&earlier[..1], 100), None, "no burst, no budget");
+        let resume = Figures::Resume(Resume {
+            resumed: 3,
+            missed_per_connection: 100,
+            replayed: 300,
+            expected_replayed: 300,
+            all_replayed_s: 0.25,
+            live_after_replay: 3,
+            server_cpu_us_per_resume: Some(60.0),
+            budget_us_per_resume: Some(budget),
+        });
+        let mut r = result(resume);
+        r.counters.resets = 1;
+        let line = json(&options(&[]), &r);
+        assert_eq!((line["resets"].as_u64(), line["replayed"].as_u64()), (Some(1), Some(300)));
+        let table = table(&options(&[]), &[r]);
+        assert!(table.contains("3 resumed, 100 missed each"), "{table}");
+        assert!(table.contains("all replayed in 250.0 ms"), "{table}");
+        assert!(table.contains("60.00 µs/resume (budget 154.95)"), "{table}");
+        assert!(table.contains("resets 1"), "{table}");
     }
 }

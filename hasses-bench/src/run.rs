@@ -25,6 +25,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const TARGETED_BATCH: usize = 64 * 1024;
 /// How long receivers may take to hand over their counters.
 const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A resume may cost this many times a plain handshake plus its missed events in a burst.
+const RESUME_BUDGET_FACTOR: f64 = 1.5;
 
 /// One phase's outcome.
 #[derive(Debug)]
@@ -200,6 +202,7 @@ impl Bench {
                 Phase::Broadcast => self.broadcast(),
                 Phase::Burst => self.burst(),
                 Phase::Targeted => self.targeted(),
+                Phase::Resume => self.resume(&results),
             };
             let c = &result.counters;
             if result.usage.server_cpu_s == Some(0.0) && c.handshaked + c.delivered_b + c.delivered_t > 0 {
@@ -467,35 +470,41 @@ impl Bench {
         PhaseResult::new(incomplete, c, time_s, usage, Figures::Burst(figures))
     }
 
+    /// Publishes `count` targeted messages, message k to connection k mod N, pipelined in
+    /// batches; between batches, gives up past the phase's deadline (`waiter`, watching
+    /// `expected` deliveries after `d0`). Why it stopped early, if it did.
+    fn send_targeted(&mut self, count: u64, waiter: &mut Waiter, d0: u64, expected: u64) -> Option<String> {
+        let n = u64::from(self.opts.connections);
+        let end = self.targeted_sent + count;
+        while self.targeted_sent < end {
+            let mut seq = self.targeted_sent;
+            let res = self.control().and_then(|c| {
+                let ts = sys::mono_ns();
+                while seq < end && c.pending() < TARGETED_BATCH {
+                    c.targeted(seq, seq % n, ts);
+                    seq += 1;
+                }
+                c.flush()
+            });
+            self.targeted_sent = seq;
+            if let Err(e) = res {
+                return Some(format!("control: {e}"));
+            }
+            if let Wait::Over(why) = waiter.check(self.delivered() - d0, expected, false, "messages received")
+            {
+                return Some(why);
+            }
+        }
+        None
+    }
+
     fn targeted(&mut self) -> PhaseResult {
         let count = u64::from(self.opts.targeted);
-        let n = u64::from(self.opts.connections);
         let w = self.begin(0);
         let d0 = self.delivered();
         let base = self.targeted_sent;
         let mut waiter = Waiter::new("targeted", &self.opts);
-        let mut incomplete = None;
-        let mut k = 0;
-        while k < count {
-            let res = self.control().and_then(|c| {
-                let ts = sys::mono_ns();
-                while k < count && c.pending() < TARGETED_BATCH {
-                    let seq = base + k;
-                    c.targeted(seq, seq % n, ts);
-                    k += 1;
-                }
-                c.flush()
-            });
-            self.targeted_sent = base + k;
-            if let Err(e) = res {
-                incomplete = Some(format!("control: {e}"));
-                break;
-            }
-            if let Wait::Over(why) = waiter.check(self.delivered() - d0, count, false, "messages received") {
-                incomplete = Some(why);
-                break;
-            }
-        }
+        let mut incomplete = self.send_targeted(count, &mut waiter, d0, count);
         if incomplete.is_none() {
             incomplete = self.wait_delivered(&mut waiter, d0, count, "messages received");
         }
@@ -504,7 +513,7 @@ impl Bench {
         let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
         let received = c.delivered_t;
         let figures = figures::Targeted {
-            messages: k,
+            messages: self.targeted_sent - base,
             received,
             all_received_s: time_s,
             messages_per_s: received as f64 / time_s.max(1e-9),
@@ -513,6 +522,115 @@ impl Bench {
         };
         PhaseResult::new(incomplete, c, time_s, usage, Figures::Targeted(figures))
     }
+
+    /// One event each; all close; `--missed` each while away; all resume at once (measured
+    /// until the last replay is in); one live event each. `earlier`: this run's phases so far,
+    /// for the budget. Each step has its own deadline and stall limit.
+    fn resume(&mut self, earlier: &[PhaseResult]) -> PhaseResult {
+        let n = self.live;
+        let missed = u64::from(self.opts.missed);
+        let away = self.leave_after_one_event_each();
+        let mut waiter = Waiter::new("resume", &self.opts);
+        // The replays' window: from the reconnects until the last replayed event is in.
+        let w = self.begin(0);
+        let d0 = self.delivered();
+        let mut incomplete = away.or_else(|| {
+            for r in &self.receivers {
+                r.send(Cmd::Connect);
+            }
+            self.wait_delivered(&mut waiter, d0, n * missed, "replayed events received")
+        });
+        let usage = self.usage(&w);
+        let replayed = self.delivered() - d0;
+        let mut c = self.collect();
+        let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
+        let resumed = c.handshaked;
+        let d1 = self.delivered();
+        if incomplete.is_none() {
+            // The seam: live delivery takes over after the replay, with nothing lost or twice.
+            let mut waiter = Waiter::new("resume: live", &self.opts);
+            incomplete = self
+                .send_targeted(n, &mut waiter, d1, n)
+                .or_else(|| self.wait_delivered(&mut waiter, d1, n, "live events after the replay"));
+        }
+        let live_after_replay = self.delivered() - d1;
+        let seam = self.collect();
+        c.merge(&seam);
+        // Open connections are a state, not a count to add up.
+        c.live = seam.live;
+        let figures = figures::Resume {
+            resumed,
+            missed_per_connection: missed,
+            replayed,
+            expected_replayed: n * missed,
+            all_replayed_s: time_s,
+            live_after_replay,
+            server_cpu_us_per_resume: usage.server_cpu_s.map(|s| s * 1e6 / resumed.max(1) as f64),
+            budget_us_per_resume: resume_budget(earlier, missed),
+        };
+        let short = replayed < n * missed;
+        let resets = c.resets;
+        let mut result = PhaseResult::new(incomplete, c, time_s, usage, Figures::Resume(figures));
+        if short || resets > 0 {
+            result.notes.push(format!(
+                "{resets} resumes were told of a gap (event: reset), {replayed} of {} missed events \
+                 replayed: does the server keep history (the floor server keeps none), and room for \
+                 {} events (--history-memory)?",
+                n * missed,
+                n * (missed + 1)
+            ));
+        }
+        result
+    }
+
+    /// Sends every connection one event of its own and waits for them; closes every connection
+    /// and waits until the server has let go of them all; then publishes `--missed` events to
+    /// each and waits until the server has sequenced them (a question on the control
+    /// connection is answered after the publishes before it). Why not, if it could not.
+    fn leave_after_one_event_each(&mut self) -> Option<String> {
+        let n = self.live;
+        let d0 = self.delivered();
+        let mut waiter = Waiter::new("resume: first", &self.opts);
+        if let Some(why) = self
+            .send_targeted(n, &mut waiter, d0, n)
+            .or_else(|| self.wait_delivered(&mut waiter, d0, n, "first events"))
+        {
+            return Some(why);
+        }
+        for r in &self.receivers {
+            r.send(Cmd::Disconnect);
+        }
+        let mut waiter = Waiter::new("resume: close", &self.opts);
+        loop {
+            match self.control().and_then(|c| c.number_of_clients()) {
+                Ok(0) => break,
+                Ok(clients) => match waiter.check(n - clients.min(n), n, true, "connections closed") {
+                    Wait::Over(why) => return Some(why),
+                    Wait::Done | Wait::Pending => sleep(TICK),
+                },
+                Err(e) => return Some(format!("control: {e}")),
+            }
+        }
+        let missed = u64::from(self.opts.missed);
+        let d1 = self.delivered();
+        let mut waiter = Waiter::new("resume: away", &self.opts);
+        self.send_targeted(n * missed, &mut waiter, d1, 0).or_else(|| {
+            self.control().and_then(|c| c.number_of_clients()).err().map(|e| format!("control: {e}"))
+        })
+    }
+}
+
+/// 1.5 × (server CPU per connection + `missed` × server CPU per burst delivery), from `earlier`.
+pub fn resume_budget(earlier: &[PhaseResult], missed: u64) -> Option<f64> {
+    let connect = earlier.iter().find_map(|r| match &r.figures {
+        Figures::Connect(f) => f.server_cpu_us_per_connection,
+        _ => None,
+    })?;
+    let burst = earlier.iter().find_map(|r| match &r.figures {
+        Figures::Burst(f) => f.server_cpu_us_per_delivery,
+        _ => None,
+    })?;
+    Some(RESUME_BUDGET_FACTOR * (connect + missed as f64 * burst))
 }
 
 fn latency(c: &Counters) -> Latency {

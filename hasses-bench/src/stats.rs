@@ -140,6 +140,8 @@ pub struct Counters {
     pub id_errors: u64,
     /// Events whose data the bench did not send.
     pub foreign: u64,
+    /// Resumes the server told of a gap (`event: reset`): something it kept is gone.
+    pub resets: u64,
     /// Earliest receive time of an event (mono ns; 0 = none).
     pub first_recv: u64,
     /// Latest receive time of an event (mono ns).
@@ -177,6 +179,7 @@ impl Counters {
         self.misrouted += o.misrouted;
         self.id_errors += o.id_errors;
         self.foreign += o.foreign;
+        self.resets += o.resets;
         self.live += o.live;
         if o.first_recv != 0 && (self.first_recv == 0 || o.first_recv < self.first_recv) {
             self.first_recv = o.first_recv;
@@ -218,6 +221,7 @@ impl Counters {
             + self.misrouted
             + self.id_errors
             + self.foreign
+            + self.resets
             + self.failed_connections()
             > 0
     }

@@ -116,13 +116,47 @@ fn the_floor_server_serves_every_scenario() {
     all_scenarios_lose_nothing(&server);
 }
 
+/// 200 clients close, miss 100 events each, and resume with `Last-Event-ID`: every one gets
+/// exactly its missed events, in order, without a reset, then a live event.
+#[test]
+fn resume_at_small_n_replays_every_missed_event_once() {
+    let args = ["--port", "0", "--control-port", "0", "--log-level", "0"];
+    let server =
+        start(Path::new(env!("CARGO_BIN_EXE_hasses")), &args, "SSE listening on ", "Control listening on ");
+    let json = std::env::temp_dir().join(format!("hasses-bench-resume-{}.jsonl", server.child.id()));
+    let _ = std::fs::remove_file(&json);
+    let out = Command::new(crate::common::bench_tool::path())
+        .args(["resume", "-n", "200", "--quiet", "--burst", "20", "--timeout", "30", "--stall-secs", "5"])
+        .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
+        .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
+        .args(["--server-pid", &server.child.id().to_string()])
+        .arg("--json-out")
+        .arg(&json)
+        .output()
+        .expect("run hasses-bench");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hasses-bench failed:\n{report}");
+    let text = std::fs::read_to_string(&json).expect("the JSON lines");
+    let _ = std::fs::remove_file(&json);
+    let resume: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line per phase")).expect("a JSON object");
+    assert_eq!(resume["scenario"], "resume", "{report}");
+    for key in ["lost", "duplicated", "misrouted", "id_errors", "resets", "foreign", "closed"] {
+        assert_eq!(resume[key], 0, "{key} in {resume}\n{report}");
+    }
+    assert_eq!(resume["resumed"], 200, "{report}");
+    assert_eq!(resume["replayed"], 200 * 100, "{report}");
+    assert_eq!(resume["live_after_replay"], 200, "{report}");
+    assert!(resume["budget_us_per_resume"].as_f64().is_some_and(|b| b > 0.0), "{report}");
+}
+
 #[test]
 fn help_documents_every_scenario() {
     let out =
         Command::new(crate::common::bench_tool::path()).arg("--help").output().expect("run hasses-bench");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all", "floor-server"] {
+    for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all", "resume", "floor-server"] {
         assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
     }
 }
