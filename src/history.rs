@@ -86,15 +86,24 @@ struct Ring {
     kept: VecDeque<Kept>,
     /// The highest id this ring ever let go of (0: none).
     lost_up_to: u64,
+    /// How many events it let go of (wrapping): its oldest kept event's number in the ring.
+    evicted: u32,
 }
 
-/// An event in the order of all rings together, for evicting the oldest first. Entries whose
-/// event already left its ring (by its ring's count) stay until they reach the front.
+impl Ring {
+    /// The number in this ring of the event it keeps next (wrapping).
+    fn next_number(&self) -> u32 {
+        self.evicted.wrapping_add(self.kept.len() as u32)
+    }
+}
+
+/// An event in the order of all rings together, for evicting the oldest first: its ring, and
+/// its number there. 8 bytes, since there is one per kept event. Entries whose event already
+/// left its ring (by its ring's count) stay until they reach the front.
 #[derive(Debug, Clone, Copy)]
 struct Ordered {
-    id: u64,
     ring: u32,
-    at: u32,
+    number: u32,
 }
 
 /// Every kept event.
@@ -148,8 +157,9 @@ impl History {
         self.newest = id;
         let at = self.seconds(now);
         let ring = self.ring_for(audience);
-        self.rings[ring].kept.push_back(Kept { id, at, frame: frame.clone() });
-        self.order.push_back(Ordered { id, ring: ring as u32, at });
+        let number = self.rings[ring].next_number();
+        push_back_snug(&mut self.rings[ring].kept, Kept { id, at, frame: frame.clone() });
+        push_back_snug(&mut self.order, Ordered { ring: ring as u32, number });
         self.events += 1;
         self.bytes += frame.len();
         if self.rings[ring].kept.len() > self.limits.per_audience {
@@ -201,8 +211,8 @@ impl History {
 
     /// Events and bytes kept, and the oldest id.
     pub fn figures(&self) -> HistoryFigures {
-        // Entries before the first kept one are all stale: `is_kept` holds for each in turn.
-        let oldest = self.order.iter().find(|o| self.is_kept(o)).map(|o| o.id);
+        // Entries before the first kept one are all stale: `kept_front` holds for each in turn.
+        let oldest = self.order.iter().find_map(|o| self.kept_front(o)).map(|k| k.id);
         HistoryFigures { events: self.events as u64, bytes: self.bytes as u64, oldest }
     }
 
@@ -234,8 +244,12 @@ impl History {
         if let Some(&ring) = self.by_audience.get(audience) {
             return ring;
         }
-        let ring =
-            self.rings.insert(Ring { audience: audience.clone(), kept: VecDeque::new(), lost_up_to: 0 });
+        let ring = self.rings.insert(Ring {
+            audience: audience.clone(),
+            kept: VecDeque::new(),
+            lost_up_to: 0,
+            evicted: 0,
+        });
         self.by_audience.insert(audience.clone(), ring);
         for target in &audience.targets {
             if let Target::Token(name) = target {
@@ -255,6 +269,7 @@ impl History {
         self.bytes -= k.frame.len();
         let r = &mut self.rings[ring];
         r.lost_up_to = r.lost_up_to.max(k.id);
+        r.evicted = r.evicted.wrapping_add(1);
         if r.kept.is_empty() {
             self.emptied.push_back(ring);
             self.forget_empty_rings();
@@ -264,12 +279,12 @@ impl History {
     /// Lets go of the oldest events while they are too old or the bytes too many.
     fn evict_oldest(&mut self, now: u32) {
         while let Some(&front) = self.order.front() {
-            if !self.is_kept(&front) {
+            let Some(kept) = self.kept_front(&front) else {
                 self.order.pop_front();
                 self.stale -= 1;
                 continue;
-            }
-            if !self.is_too_old(front.at, now) && self.bytes <= self.limits.max_bytes {
+            };
+            if !self.is_too_old(kept.at, now) && self.bytes <= self.limits.max_bytes {
                 break;
             }
             self.order.pop_front();
@@ -277,25 +292,28 @@ impl History {
         }
     }
 
-    /// True when the event of `entry`, which must come before every kept entry of `order`, is
-    /// still kept. Every older event of its ring is gone (its entry came earlier, and left only
-    /// with it), so it is kept exactly when it is its ring's oldest. Ids are unique: an entry of
-    /// a forgotten ring whose key another ring took never matches that ring's oldest.
-    fn is_kept(&self, entry: &Ordered) -> bool {
-        self.rings.get(entry.ring as usize).and_then(|r| r.kept.front()).is_some_and(|k| k.id == entry.id)
+    /// The event of `entry`, which must come before every kept entry of `order`, if it is still
+    /// kept. Every older event of its ring is gone (its entry came earlier, and left only with
+    /// it), so it is kept exactly when it is its ring's oldest.
+    fn kept_front(&self, entry: &Ordered) -> Option<&Kept> {
+        let ring = self.rings.get(entry.ring as usize)?;
+        ring.kept.front().filter(|_| ring.evicted == entry.number)
     }
 
     /// Rebuilds the order of all events from the rings, without the entries that left.
     fn compact_order(&mut self) {
-        let mut order: Vec<Ordered> = self
+        let mut order: Vec<(u64, Ordered)> = self
             .rings
             .iter()
             .flat_map(|(ring, r)| {
-                r.kept.iter().map(move |k| Ordered { id: k.id, ring: ring as u32, at: k.at })
+                let numbered = r.kept.iter().zip(0u32..);
+                numbered.map(move |(k, i)| {
+                    (k.id, Ordered { ring: ring as u32, number: r.evicted.wrapping_add(i) })
+                })
             })
             .collect();
-        order.sort_unstable_by_key(|o| o.id);
-        self.order = order.into();
+        order.sort_unstable_by_key(|(id, _)| *id);
+        self.order = order.into_iter().map(|(_, o)| o).collect();
         self.stale = 0;
     }
 
@@ -324,7 +342,18 @@ impl History {
             }
         }
         self.broad.retain(|&other| other != ring);
+        // A stale entry of `order` names this key, which another ring may take, numbering from 0.
+        self.compact_order();
     }
+}
+
+/// Pushes onto `queue`, growing it by a quarter rather than doubling it when full: a kept
+/// event's share of the queues is part of its memory budget, and a doubled queue is half empty.
+fn push_back_snug<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() == queue.capacity() {
+        queue.reserve_exact(queue.len() / 4 + 4);
+    }
+    queue.push_back(item);
 }
 
 #[cfg(test)]
