@@ -32,6 +32,8 @@ use mio::{Events, Interest, Poll, Token};
 use nix::libc;
 
 // Beside this file in a folder of its own: a file directly in `benches/` would be a target.
+#[path = "micro/auth.rs"]
+mod auth;
 #[path = "micro/history.rs"]
 mod history;
 
@@ -512,7 +514,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(1));
-    targets = command, frame, subscriptions, history::replay_near_end, history::append,
+    targets = command, frame, subscriptions, history::replay_near_end, history::append, auth::check,
         history::memory, fanout
 }
 criterion_main!(micro);
