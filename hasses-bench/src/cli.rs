@@ -90,6 +90,11 @@ pub struct Options {
     #[arg(long, default_value = "/sse")]
     pub path: String,
 
+    /// Subscribe with `Authorization: Bearer TOKEN` (a server with --jwt-secret or --jwt-key):
+    /// one token for every connection, granting `all` and `c*`.
+    #[arg(long, value_name = "TOKEN")]
+    pub bearer: Option<String>,
+
     /// Connections to open.
     #[arg(short = 'n', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,

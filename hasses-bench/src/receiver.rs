@@ -89,6 +89,8 @@ pub struct Setup {
     pub window: u32,
     /// Open the connections over TLS with these settings.
     pub tls: Option<TlsSetup>,
+    /// Subscribe with this bearer token.
+    pub bearer: Option<String>,
 }
 
 /// The orchestrator's handle on a receiver thread.
@@ -624,6 +626,9 @@ fn subscription_request(request: &mut Vec<u8>, setup: &Setup, track: &Track) {
     );
     if let Some(id) = track.last_id {
         let _ = write!(request, "Last-Event-ID: {id}\r\n");
+    }
+    if let Some(token) = &setup.bearer {
+        let _ = write!(request, "Authorization: Bearer {token}\r\n");
     }
     request.extend_from_slice(b"\r\n");
 }

@@ -177,6 +177,7 @@ impl Bench {
                     src: src.clone(),
                     window,
                     tls: tls.clone(),
+                    bearer: opts.bearer.clone(),
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
