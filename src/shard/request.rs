@@ -21,7 +21,7 @@ use super::timers::Deadline;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
 use crate::history::ResumeFrom;
-use crate::http::{self, Judgement};
+use crate::http::{self, Judgement, Subscribe};
 use crate::nonblocking::attempt;
 
 impl Shard {
@@ -135,32 +135,7 @@ impl Shard {
         let responses = &self.settings.responses;
         let reply = match judgement {
             Judgement::Incomplete => return,
-            Judgement::Subscribe(mut request) => {
-                let expires =
-                    match self.settings.auth.as_ref().map(|auth| {
-                        auth.check(request.token.as_deref(), &request.tokens, request.id.as_deref())
-                    }) {
-                        None => None,
-                        Some(Ok(granted)) => {
-                            request.id = request.id.or(granted.sub.clone());
-                            Some(granted)
-                        }
-                        Some(Err(refusal)) => {
-                            info!("Subscription refused from {}: {refusal}", conn.peer);
-                            self.counters.auth_refused(&refusal);
-                            let reply = match refusal {
-                                Refusal::NoToken => &responses.no_token,
-                                Refusal::Invalid(_) => &responses.invalid_token,
-                                Refusal::Forbidden(_) => &responses.insufficient_scope,
-                            };
-                            return self.answer_last(key, reply.clone());
-                        }
-                    };
-                let resume = request.resume;
-                let mut client = Client::from_request(request);
-                client.sub = expires.as_ref().is_some_and(|granted| granted.sub.is_some());
-                return self.handshake(key, client, resume, expires.map(|granted| granted.expires));
-            }
+            Judgement::Subscribe(request) => return self.subscribe(key, request),
             Judgement::Head => responses.head.clone(),
             Judgement::Options => responses.options.clone(),
             Judgement::Reject(reject) => {
@@ -169,6 +144,40 @@ impl Shard {
             }
         };
         self.answer_last(key, reply);
+    }
+
+    /// A subscription request: checked against its token when subscriptions need one, then
+    /// the handshake.
+    fn subscribe(&mut self, key: usize, mut request: Subscribe) {
+        let granted = match self
+            .settings
+            .auth
+            .as_ref()
+            .map(|auth| auth.check(request.token.as_deref(), &request.tokens, request.id.as_deref()))
+        {
+            None => None,
+            Some(Ok(granted)) => Some(granted),
+            Some(Err(refusal)) => return self.refuse_subscription(key, &refusal),
+        };
+        let sub = granted.as_ref().and_then(|granted| granted.sub.clone());
+        request.id = request.id.or(sub.clone());
+        let resume = request.resume;
+        let mut client = Client::from_request(request);
+        client.sub = sub.is_some();
+        self.handshake(key, client, resume, granted.map(|granted| granted.expires));
+    }
+
+    /// Answers a subscription its token does not allow as RFC 6750 says, and counts it.
+    fn refuse_subscription(&mut self, key: usize, refusal: &Refusal) {
+        info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
+        self.counters.auth_refused(refusal);
+        let responses = &self.settings.responses;
+        let reply = match refusal {
+            Refusal::NoToken => &responses.no_token,
+            Refusal::Invalid(_) => &responses.invalid_token,
+            Refusal::Forbidden(_) => &responses.insufficient_scope,
+        };
+        self.answer_last(key, reply.clone());
     }
 
     /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); the connection closes once the
