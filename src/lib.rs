@@ -34,6 +34,8 @@
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
 //!   `shard/delivery.rs`), backpressure, timers.
 //! - [`admin`]: the admin path: where status, client lists and counts are answered.
+//! - [`api`]: the HTTP API's requests, routes and responses, and the metrics text (pure); its
+//!   connections are the control thread's (`control/api.rs`).
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`stats`]: the status block, client list and their JSON forms.
@@ -44,6 +46,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod control;

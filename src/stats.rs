@@ -36,6 +36,14 @@ pub struct ShardFigures {
     pub resumes_complete: u64,
     /// Resumes told of a gap (`event: reset`).
     pub resumes_with_gap: u64,
+    /// Connections accepted since start (refused ones not included).
+    pub accepted: u64,
+    /// Subscriptions refused for want of a token.
+    pub auth_refused_missing: u64,
+    /// Subscriptions refused for a token that does not check out.
+    pub auth_refused_invalid: u64,
+    /// Subscriptions refused for a token that does not grant what was asked.
+    pub auth_refused_forbidden: u64,
 }
 
 impl AddAssign for ShardFigures {
@@ -49,6 +57,10 @@ impl AddAssign for ShardFigures {
         self.refused += other.refused;
         self.resumes_complete += other.resumes_complete;
         self.resumes_with_gap += other.resumes_with_gap;
+        self.accepted += other.accepted;
+        self.auth_refused_missing += other.auth_refused_missing;
+        self.auth_refused_invalid += other.auth_refused_invalid;
+        self.auth_refused_forbidden += other.auth_refused_forbidden;
     }
 }
 
@@ -336,6 +348,7 @@ mod tests {
                 refused: 0,
                 resumes_complete: 2,
                 resumes_with_gap: 1,
+                ..ShardFigures::default()
             },
             tls: None,
             history: HistoryFigures { events: 5, bytes: 320, oldest: Some(1001) },

@@ -68,6 +68,8 @@ struct Counters {
     resumes_complete: u64,
     /// Resumes told of a gap (`event: reset`).
     resumes_with_gap: u64,
+    /// Connections taken in (not refused).
+    accepted: u64,
 }
 
 /// One worker's state. Built on its own thread and never leaves it.

@@ -35,6 +35,9 @@ impl Shard {
             refused: self.counters.refused,
             resumes_complete: self.counters.resumes_complete,
             resumes_with_gap: self.counters.resumes_with_gap,
+            accepted: self.counters.accepted,
+            // Auth refusals are not counted by the shard yet: they stay zero.
+            ..ShardFigures::default()
         }
     }
 
