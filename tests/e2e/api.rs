@@ -414,3 +414,31 @@ fn promtool_accepts_the_metrics() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && said.is_empty(), "promtool: {said}");
 }
+
+/// The status page in a real browser: its scripts poll the API it came from and show the
+/// connections per worker, a chart of publishes per second and the client list.
+#[test]
+#[ignore = "needs chromium: run by the README's test command"]
+fn the_status_page_shows_the_figures_in_a_browser() {
+    let server = Server::start(&[]);
+    let _client = server.subscribe("subscribe=room1&id=watched");
+    server.publish("room1=x");
+    let chromium = crate::programs::find_program("chromium", "chromium");
+    let profile = crate::programs::TempDir::new("chromium-status-page");
+    // Virtual time runs the page's timers (two polls and more) without waiting for them; the
+    // DOM is dumped once it is used up.
+    let output = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
+        .args(["--disable-background-networking", "--no-proxy-server", "--virtual-time-budget=4000"])
+        .arg(format!("--user-data-dir={}", profile.join("profile").display()))
+        .arg("--dump-dom")
+        .arg(format!("http://127.0.0.1:{}/", server.api_port()))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(dom.contains(r#"<b id="connections">1</b>"#), "{dom}");
+    assert!(dom.contains(r#"<b id="workers">"#) && !dom.contains(r#"<b id="workers">–</b>"#), "{dom}");
+    assert!(dom.contains("<polyline points="), "the charts are drawn: {dom}");
+    assert!(dom.contains("<td>watched</td><td>room1</td>"), "the client list: {dom}");
+    assert!(dom.contains(r#"<p id="error"></p>"#), "no request failed: {dom}");
+}
