@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use tracing::{info, warn};
 
+use crate::api::{metrics, ApiQuery, Response};
 use crate::control::command::{Answer, Query};
 use crate::log::REPORT;
 use crate::pipeline::{ShardAnswer, ShardQuery, SharedState};
@@ -25,6 +26,9 @@ use crate::tls::TlsFiles;
 /// How long the shards may take to answer one question; a shard that does not is left out of
 /// the answer, and logged.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long every worker has to answer `/healthz` for the server to be healthy: a worker that
+/// takes longer is stuck or far behind its queue.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A TCP control connection, as the control thread knows it: its slab key, and a serial that
 /// tells it from a later connection given the same key.
@@ -43,15 +47,17 @@ pub enum AnswerTo {
     Log,
     /// JSON, to the control connection that asked.
     Connection(Asker),
+    /// An HTTP response, to the API connection that asked.
+    Api(Asker, ApiQuery),
 }
 
-/// A JSON answer on its way back to the control connection that asked.
+/// An answer on its way back to the connection that asked.
 #[derive(Debug)]
-pub struct Reply {
-    /// Who asked.
-    pub to: Asker,
-    /// The answer, one line, its newline included.
-    pub text: String,
+pub enum Reply {
+    /// To a control connection: one line of JSON, its newline included.
+    Line(Asker, String),
+    /// To an API connection.
+    Http(Asker, Response),
 }
 
 /// The control thread's own counters, as they were when it asked.
@@ -61,6 +67,19 @@ pub struct ControlFigures {
     pub processed: u64,
     /// Control commands refused as malformed or too long.
     pub refused: u64,
+    /// Events published, by source.
+    pub published: Published,
+}
+
+/// Events published, by where they came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// On the TCP control port.
+    pub tcp: u64,
+    /// On the control FIFO.
+    pub fifo: u64,
+    /// Through the HTTP API.
+    pub http: u64,
 }
 
 /// What the status block says about the server's setup, fixed for its run.
@@ -87,10 +106,8 @@ pub struct Question {
     pub control: ControlFigures,
     /// Where the answer goes.
     pub to: AnswerTo,
-    /// The shards' answers, one per shard.
-    pub answers: Receiver<ShardAnswer>,
-    /// How many shards were asked.
-    pub shards: usize,
+    /// Each shard's answer, by shard number.
+    pub answers: Vec<Receiver<ShardAnswer>>,
 }
 
 /// What each shard must be asked to answer `query`.
@@ -138,15 +155,17 @@ impl Admin {
     /// Answers questions in the order they came, until the control thread is gone.
     pub fn run(self) -> std::io::Result<()> {
         for question in &self.questions {
-            let to = question.to;
-            let text = self.answer(question);
-            match to {
-                AnswerTo::Log => text.lines().for_each(|line| info!(target: REPORT, "{line}")),
-                AnswerTo::Connection(asker) => {
-                    if self.replies.send(Reply { to: asker, text: text + "\n" }).is_ok() {
-                        self.control.wake()?;
-                    }
+            let reply = match question.to {
+                AnswerTo::Log => {
+                    let text = self.answer(question);
+                    text.lines().for_each(|line| info!(target: REPORT, "{line}"));
+                    continue;
                 }
+                AnswerTo::Connection(asker) => Reply::Line(asker, self.answer(question) + "\n"),
+                AnswerTo::Api(asker, query) => Reply::Http(asker, self.api_answer(query, question)),
+            };
+            if self.replies.send(reply).is_ok() {
+                self.control.wake()?;
             }
         }
         Ok(())
@@ -154,8 +173,8 @@ impl Admin {
 
     /// The answer to `question`: log lines, or one line of JSON.
     fn answer(&self, question: Question) -> String {
-        let parts = collect(&question.answers, question.shards);
-        let json = matches!(question.to, AnswerTo::Connection(_));
+        let parts = collect(&question.answers, ANSWER_TIMEOUT).into_iter().flatten().collect();
+        let json = !matches!(question.to, AnswerTo::Log);
         match question.query {
             Query::Status => {
                 let status = self.status(question.control, figures(parts));
@@ -192,6 +211,29 @@ impl Admin {
         }
     }
 
+    /// The HTTP response to an API question.
+    fn api_answer(&self, query: ApiQuery, question: Question) -> Response {
+        match query {
+            ApiQuery::Status | ApiQuery::Clients => Response::json(self.answer(question)),
+            ApiQuery::Metrics => {
+                let parts = collect(&question.answers, ANSWER_TIMEOUT);
+                let workers = parts.into_iter().map(|part| part.map(|p| figures(vec![p]))).collect();
+                let history = self.state.history.read().figures();
+                let snapshot = metrics::Snapshot { workers, control: question.control, history };
+                Response::ok(metrics::CONTENT_TYPE, metrics::render(&snapshot))
+            }
+            ApiQuery::Health => {
+                let late = collect(&question.answers, HEALTH_TIMEOUT).iter().filter(|p| p.is_none()).count();
+                if late == 0 {
+                    Response::ok("text/plain; charset=utf-8", "ok\n")
+                } else {
+                    let shards = question.answers.len();
+                    Response::error(503, &format!("{late} of {shards} workers did not answer within 1 s"))
+                }
+            }
+        }
+    }
+
     /// The status block from the control thread's counters and the shards' figures.
     fn status(&self, control: ControlFigures, shards: ShardFigures) -> Status {
         let facts = &self.facts;
@@ -216,18 +258,13 @@ impl Admin {
     }
 }
 
-/// The answers that come within [`ANSWER_TIMEOUT`] (a shard that does not answer is logged).
-fn collect(answers: &Receiver<ShardAnswer>, shards: usize) -> Vec<ShardAnswer> {
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
-    let mut collected = Vec::with_capacity(shards);
-    while collected.len() < shards {
-        match answers.recv_deadline(deadline) {
-            Ok(answer) => collected.push(answer),
-            Err(_) => {
-                warn!("{} of {shards} workers did not answer", shards - collected.len());
-                break;
-            }
-        }
+/// Each shard's answer, if it comes within `timeout` (a shard that does not answer is logged).
+fn collect(answers: &[Receiver<ShardAnswer>], timeout: Duration) -> Vec<Option<ShardAnswer>> {
+    let deadline = Instant::now() + timeout;
+    let collected: Vec<_> = answers.iter().map(|answer| answer.recv_deadline(deadline).ok()).collect();
+    let late = collected.iter().filter(|answer| answer.is_none()).count();
+    if late > 0 {
+        warn!("{late} of {} workers did not answer within {timeout:?}", answers.len());
     }
     collected
 }

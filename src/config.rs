@@ -30,6 +30,8 @@ const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_MATCH_URL: &str = "/sse";
 /// Control port without legacy flags.
 const DEFAULT_CONTROL_PORT: u16 = 8085;
+/// The HTTP API's address without legacy flags: loopback, beside the control port.
+const DEFAULT_API_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8086);
 /// The log file when daemonized and none is given (as hasses).
 const DEFAULT_LOG_FILE: &str = "/var/log/hasses.log";
 /// Mode of a FIFO we create, before the umask (as hasses).
@@ -101,6 +103,22 @@ pub struct Config {
     pub retry: Option<u32>,
     /// Subscriptions need a signed token (`--jwt-secret`, `--jwt-secret-file` or `--jwt-key`).
     pub auth: Option<AuthSettings>,
+    /// The HTTP API's listener (`--api-bind`, `--no-api`).
+    pub api: ApiBind,
+    /// Every API request but `/healthz` must carry this key (`--api-key`, `--api-key-file`).
+    pub api_key: Option<Vec<u8>>,
+}
+
+/// Where the HTTP API listens, and how hard to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiBind {
+    /// No API: `--no-api`, or legacy flags without `--api-bind` (hasses had none).
+    Off,
+    /// The default address: if it is taken, the server starts without an API and says so, since
+    /// nobody asked for that port.
+    Default(SocketAddr),
+    /// `--api-bind`: not being able to listen there stops the start.
+    Asked(SocketAddr),
 }
 
 /// What the command line asks for.
@@ -186,6 +204,17 @@ pub enum ConfigError {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The `--api-key-file` cannot be read.
+    #[error("--api-key-file {}: {source}", path.display())]
+    ApiKeyFile {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// Both `--api-key` and `--api-key-file`.
+    #[error("give one of --api-key and --api-key-file")]
+    ApiKeyTwice,
     /// `--config` inside a config file (files do not include files).
     #[error("--config cannot be used inside a config file")]
     NestedConfig,
@@ -326,6 +355,20 @@ struct Cli {
     /// [default: none, the browser's own]
     #[arg(long, value_name = "MS")]
     retry: Option<String>,
+    /// Serve the HTTP API (publish, status, clients, metrics, health, a status page) on ADDR:PORT
+    /// [default: 127.0.0.1:8086; off with legacy flags]
+    #[arg(long, value_name = "ADDR:PORT", overrides_with = "no_api")]
+    api_bind: Option<String>,
+    /// No HTTP API
+    #[arg(long, overrides_with = "api_bind")]
+    no_api: bool,
+    /// Every API request but /healthz needs `Authorization: Bearer KEY` or `X-API-Key: KEY`
+    /// [default: none, open]
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// The same, the key read from FILE (its trailing newline dropped)
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<String>,
     /// Read flags from FILE first (/etc/hasses.conf format: legacy flags, # comments);
     /// the command line overrides them
     #[arg(long, value_name = "FILE")]
@@ -677,7 +720,34 @@ impl Given {
             },
             retry: self.value("retry", &cli.retry, milliseconds)?,
             auth: self.auth()?,
+            api: self.api_bind()?,
+            api_key: self.api_key()?,
         })
+    }
+
+    /// The API is on by default with modern flags; hasses had none, so legacy flags leave it off
+    /// unless it is asked for.
+    fn api_bind(&self) -> Result<ApiBind, ConfigError> {
+        let asked = self.value("api-bind", &self.cli.api_bind, socket_addr)?;
+        Ok(match asked {
+            _ if self.cli.no_api => ApiBind::Off,
+            Some(addr) => ApiBind::Asked(addr),
+            None if self.legacy => ApiBind::Off,
+            None => ApiBind::Default(DEFAULT_API_ADDR),
+        })
+    }
+
+    fn api_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let key = self.value("api-key", &self.cli.api_key, secret)?;
+        let file = self.value("api-key-file", &self.cli.api_key_file, any_path)?;
+        match (key, file) {
+            (Some(_), Some(_)) => Err(ConfigError::ApiKeyTwice),
+            (Some(key), None) => Ok(Some(key.into_bytes())),
+            (None, Some(path)) => {
+                read_secret(&path).map(Some).map_err(|source| ConfigError::ApiKeyFile { path, source })
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     /// The flag as the operator wrote it.
@@ -753,7 +823,9 @@ impl Given {
             }
             (None, None, None) => return Ok(None),
             (Some(secret), None, None) => AuthKey::Secret(secret.into_bytes()),
-            (None, Some(path), None) => AuthKey::Secret(read_secret(path)?),
+            (None, Some(path), None) => AuthKey::Secret(
+                read_secret(&path).map_err(|source| ConfigError::JwtSecretFile { path, source })?,
+            ),
             (None, None, Some(path)) => AuthKey::PublicKey(path),
             _ => {
                 return Err(ConfigError::JwtKey("give one of --jwt-secret, --jwt-secret-file and --jwt-key"))
@@ -877,17 +949,19 @@ fn positive(text: &str) -> Result<usize, &'static str> {
 }
 
 /// A secret file's bytes, without the newline an editor or `echo` leaves at its end.
-fn read_secret(path: PathBuf) -> Result<Vec<u8>, ConfigError> {
-    let mut bytes =
-        std::fs::read(&path).map_err(|source| ConfigError::JwtSecretFile { path: path.clone(), source })?;
+fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
     if bytes.is_empty() {
-        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty");
-        return Err(ConfigError::JwtSecretFile { path, source });
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"));
     }
     Ok(bytes)
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, &'static str> {
+    text.parse().map_err(|_| "not ADDR:PORT (127.0.0.1:8086, [::1]:8086)")
 }
 
 fn whole(text: &str) -> Result<usize, &'static str> {

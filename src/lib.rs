@@ -35,6 +35,8 @@
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
 //!   `shard/delivery.rs`), backpressure, timers.
 //! - [`admin`]: the admin path: where status, client lists and counts are answered.
+//! - [`api`]: the HTTP API's requests, routes and responses, and the metrics text (pure); its
+//!   connections are the control thread's (`control/api.rs`).
 //! - [`history`]: the events kept for resume, and what a resuming client is owed.
 //! - [`auth`]: subscribers' signed grants (JWT): who may listen to what.
 //! - [`http`]: judging a request head and the fixed responses (pure).
@@ -47,6 +49,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod control;

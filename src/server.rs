@@ -14,11 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::{Admin, ServerFacts};
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{ApiBind, Config};
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::history::History;
 use crate::log::REPORT;
@@ -91,6 +91,9 @@ pub enum StartError {
 pub struct Bound {
     sse: Vec<TcpListener>,
     control: Option<TcpListener>,
+    api: Option<TcpListener>,
+    /// Why the API is not served on its default address (said once the log is set up).
+    api_unavailable: Option<StartError>,
     fifo: Option<File>,
     tls: Option<Tls>,
     auth: Option<Auth>,
@@ -105,6 +108,11 @@ impl Bound {
     /// Where publishers connect, if there is a control port.
     pub fn control_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the HTTP API listens, if it does.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -121,11 +129,20 @@ pub fn bind(config: &Config) -> Result<Bound, StartError> {
         sse.push(listen_sse(addr, config.defer_accept)?);
     }
     let control = config.control_addr.map(|addr| listen(addr, false)).transpose()?;
+    // A default port someone else holds costs the API, not the start: nobody asked for it.
+    let (api, api_unavailable) = match config.api {
+        ApiBind::Off => (None, None),
+        ApiBind::Asked(addr) => (Some(listen(addr, false)?), None),
+        ApiBind::Default(addr) => match listen(addr, false) {
+            Ok(listener) => (Some(listener), None),
+            Err(e) => (None, Some(e)),
+        },
+    };
     let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
     // Keys are read while we still have our privileges, as the TLS files are.
     let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     let auth = config.auth.as_ref().map(Auth::new).transpose()?;
-    Ok(Bound { sse, control, fifo, tls, auth })
+    Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth })
 }
 
 /// A worker's SSE listener: a share of the port, with what every accepted socket inherits.
@@ -269,15 +286,25 @@ pub struct Running {
 
 /// The sd-notify message of a started server: `READY=1`; a `STATUS=` line naming what it listens
 /// on, which `systemctl status` shows; and the same addresses as `X_HASSES_SSE=` and
-/// `X_HASSES_CONTROL=` lines, for programs (asked for port 0, the port the kernel picked is
+/// `X_HASSES_CONTROL=` (and `X_HASSES_API=`) lines, for programs (asked for port 0, the port the kernel picked is
 /// there, so no one has to parse the log).
-fn ready_message(sse: SocketAddr, path: &str, https: bool, control: Option<SocketAddr>) -> String {
+fn ready_message(
+    sse: SocketAddr,
+    path: &str,
+    https: bool,
+    control: Option<SocketAddr>,
+    api: Option<SocketAddr>,
+) -> String {
     let https = if https { " (https)" } else { "" };
     let mut status = format!("SSE on {sse} path {path}{https}");
     let mut addresses = format!("X_HASSES_SSE={sse}\n");
     if let Some(control) = control {
         status.push_str(&format!(", control on {control}"));
         addresses.push_str(&format!("X_HASSES_CONTROL={control}\n"));
+    }
+    if let Some(api) = api {
+        status.push_str(&format!(", API on {api}"));
+        addresses.push_str(&format!("X_HASSES_API={api}\n"));
     }
     format!("READY=1\nSTATUS={status}\n{addresses}")
 }
@@ -325,6 +352,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let control_addr = bound.control_addr();
+    let api_addr = bound.api_addr();
     let settings = Arc::new(Settings::new(config, bound.tls, bound.auth));
     let ids = EventIds::starting_now();
     let history = History::new(config.history, ids.peek(), Instant::now());
@@ -365,14 +393,22 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         separator: config.separator,
         limits: config.limits.clone(),
         secret: config.control_secret.clone(),
+        api_key: config.api_key.clone(),
     };
     let (questions, asked) = crossbeam_channel::bounded(ADMIN_QUEUE);
     let (replies, answered) = crossbeam_channel::unbounded();
     let sequencer = Sequencer::new(handles, Arc::clone(&state), ids);
     let admin_link = AdminLink { questions, replies: answered };
-    let (control, stop) =
-        Control::new(bound.control, bound.fifo, sequencer, Arc::clone(&state), control_settings, admin_link)
-            .map_err(StartError::Thread)?;
+    let (control, stop) = Control::new(
+        bound.control,
+        bound.api,
+        bound.fifo,
+        sequencer,
+        Arc::clone(&state),
+        control_settings,
+        admin_link,
+    )
+    .map_err(StartError::Thread)?;
     let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);
@@ -385,7 +421,13 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     if let Some(fifo) = &config.fifo {
         info!(target: REPORT, "Control FIFO {}", fifo.display());
     }
-    let ready = ready_message(sse_addr, &config.match_url, config.tls.is_some(), control_addr);
+    if let Some(addr) = api_addr {
+        info!(target: REPORT, "HTTP API listening on {addr}");
+    }
+    if let Some(e) = &bound.api_unavailable {
+        warn!("No HTTP API: {e} (choose an address with --api-bind, or turn it off with --no-api)");
+    }
+    let ready = ready_message(sse_addr, &config.match_url, config.tls.is_some(), control_addr, api_addr);
     Ok(Running { control: stop, threads, settings, failures, ready })
 }
 
@@ -444,13 +486,18 @@ mod tests {
         let sse = "[::]:8080".parse().unwrap();
         let control = "127.0.0.1:8085".parse().ok();
         assert_eq!(
-            ready_message(sse, "/sse", false, control),
+            ready_message(sse, "/sse", false, control, None),
             "READY=1\nSTATUS=SSE on [::]:8080 path /sse, control on 127.0.0.1:8085\n\
              X_HASSES_SSE=[::]:8080\nX_HASSES_CONTROL=127.0.0.1:8085\n"
         );
+        assert_eq!(
+            ready_message(sse, "/sse", false, control, "127.0.0.1:8086".parse().ok()),
+            "READY=1\nSTATUS=SSE on [::]:8080 path /sse, control on 127.0.0.1:8085, API on 127.0.0.1:8086\n\
+             X_HASSES_SSE=[::]:8080\nX_HASSES_CONTROL=127.0.0.1:8085\nX_HASSES_API=127.0.0.1:8086\n"
+        );
         // A FIFO-only server has no control address to name.
         assert_eq!(
-            ready_message(sse, "/events", true, None),
+            ready_message(sse, "/events", true, None, None),
             "READY=1\nSTATUS=SSE on [::]:8080 path /events (https)\nX_HASSES_SSE=[::]:8080\n"
         );
     }

@@ -36,6 +36,8 @@ pub struct ShardFigures {
     pub resumes_complete: u64,
     /// Resumes told of a gap (`event: reset`).
     pub resumes_with_gap: u64,
+    /// Connections accepted since start (refused ones not included).
+    pub accepted: u64,
     /// Subscriptions refused without a token.
     pub auth_refused_missing: u64,
     /// Subscriptions refused for a malformed, badly signed or expired token.
@@ -62,6 +64,7 @@ impl AddAssign for ShardFigures {
         self.refused += other.refused;
         self.resumes_complete += other.resumes_complete;
         self.resumes_with_gap += other.resumes_with_gap;
+        self.accepted += other.accepted;
         self.auth_refused_missing += other.auth_refused_missing;
         self.auth_refused_invalid += other.auth_refused_invalid;
         self.auth_refused_forbidden += other.auth_refused_forbidden;

@@ -417,16 +417,23 @@ pub fn parse_command(part: &[u8], limits: &Limits) -> Result<Command, CommandErr
     if !opens_json(part) {
         return parse_hasses(part, limits);
     }
-    match serde_json::from_slice::<JsonPublish>(part) {
-        Ok(json) => json.check(part, limits).map(Command::Publish),
+    match parse_json_publish(part, limits) {
         // serde stops at the first bad field, before it knows whether the rest is JSON.
-        Err(e) if is_json_object(part) => {
-            Err(CommandError::BadJson { error: json_error(&e), part: excerpt(part) })
-        }
-        Err(e) => parse_hasses(part, limits).map_err(|err| match err {
-            CommandError::NotACommand { part } => CommandError::NotJson { error: json_error(&e), part },
-            other => other,
-        }),
+        Err(CommandError::BadJson { error, .. }) if !is_json_object(part) => parse_hasses(part, limits)
+            .map_err(|err| match err {
+                CommandError::NotACommand { part } => CommandError::NotJson { error, part },
+                other => other,
+            }),
+        result => result.map(Command::Publish),
+    }
+}
+
+/// Reads `json`, which must be a JSON object, as a publish ([`JsonPublish`]): what a JSON
+/// control line and the HTTP API's publish both say.
+pub fn parse_json_publish(json: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
+    match serde_json::from_slice::<JsonPublish>(json) {
+        Ok(publish) => publish.check(json, limits),
+        Err(e) => Err(CommandError::BadJson { error: json_error(&e), part: excerpt(json) }),
     }
 }
 

@@ -58,11 +58,17 @@ impl Fanout {
         }
     }
 
-    /// Asks every shard, after everything sent before; the answers arrive on the receiver,
-    /// which whoever wants them reads (the admin path), not the caller.
-    pub fn ask(&mut self, query: &ShardQuery) -> Receiver<ShardAnswer> {
-        let (reply, answers) = bounded(self.shards.len());
-        self.broadcast(|| ShardCommand::Ask(query.clone(), reply.clone()));
+    /// Asks every shard, after everything sent before; each shard's answer arrives on its own
+    /// receiver (so that who answered what is known), which whoever wants the answers reads (the
+    /// admin path), not the caller.
+    pub fn ask(&mut self, query: &ShardQuery) -> Vec<Receiver<ShardAnswer>> {
+        let mut answers = Vec::with_capacity(self.shards.len());
+        for shard in 0..self.shards.len() {
+            let (reply, answer) = bounded(1);
+            self.send(shard, ShardCommand::Ask(query.clone(), reply));
+            answers.push(answer);
+        }
+        self.wake();
         answers
     }
 

@@ -44,6 +44,7 @@
 //!   (others keep working); on the FIFO the rest of the line is skipped. The limit is per
 //!   command, not per line: a publisher that never sends a newline must not run into it.
 
+mod api;
 pub mod command;
 mod fanout;
 mod fifo;
@@ -65,7 +66,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::admin::{self, Asker, ControlFigures, Question, Reply};
+use crate::admin::{self, Asker, ControlFigures, Published, Question, Reply};
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::pipeline::SharedState;
@@ -75,6 +76,9 @@ use lines::{LineBuffer, LineTooLong, Piece};
 pub use sequencer::Sequencer;
 use tcp::{warn_if_exposed, Publisher};
 
+/// API connections' tokens are their slab keys from here on; below are the TCP publishers'.
+const API_FIRST: usize = usize::MAX / 2;
+const API_LISTENER: Token = Token(usize::MAX - 3);
 const LISTENER: Token = Token(usize::MAX - 2);
 const FIFO: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -94,6 +98,8 @@ pub struct ControlSettings {
     pub limits: Limits,
     /// What a TCP publisher must send first, as `auth SECRET`, if anything.
     pub secret: Option<String>,
+    /// What every API request but `/healthz` must carry, if anything.
+    pub api_key: Option<Vec<u8>>,
 }
 
 /// The control thread's side of the admin path: questions go out, JSON answers come back.
@@ -140,12 +146,17 @@ pub struct Control {
     listener: Option<TcpListener>,
     fifo: Option<Fifo>,
     publishers: Slab<Publisher>,
+    api_listener: Option<TcpListener>,
+    apis: Slab<api::ApiConnection>,
+    /// When API connections are next checked against their deadlines.
+    next_sweep: Instant,
     next_serial: u64,
     sequencer: Sequencer,
     state: Arc<SharedState>,
     settings: ControlSettings,
     admin: AdminLink,
     refused: u64,
+    published: Published,
     stop: Arc<AtomicBool>,
     read_buf: Vec<u8>,
 }
@@ -171,9 +182,10 @@ impl ControlStop {
 }
 
 impl Control {
-    /// Builds the control thread's state around its listener and FIFO.
+    /// Builds the control thread's state around its listeners and FIFO.
     pub fn new(
         listener: Option<std::net::TcpListener>,
+        api_listener: Option<std::net::TcpListener>,
         fifo: Option<File>,
         sequencer: Sequencer,
         state: Arc<SharedState>,
@@ -189,6 +201,13 @@ impl Control {
         if let Some(listener) = &mut listener {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
         }
+        if let Some(listener) = &api_listener {
+            tcp::warn_if_api_exposed(listener.local_addr()?, settings.api_key.is_some());
+        }
+        let mut api_listener = api_listener.map(TcpListener::from_std);
+        if let Some(listener) = &mut api_listener {
+            poll.registry().register(listener, API_LISTENER, Interest::READABLE)?;
+        }
         if let Some(fifo) = &fifo {
             poll.registry().register(&mut SourceFd(&fifo.as_raw_fd()), FIFO, Interest::READABLE)?;
         }
@@ -198,12 +217,16 @@ impl Control {
             listener,
             fifo: fifo.map(|file| Fifo { file, input: Input::new(settings.separator) }),
             publishers: Slab::new(),
+            api_listener,
+            apis: Slab::new(),
+            next_sweep: Instant::now(),
             next_serial: 0,
             sequencer,
             state,
             settings,
             admin,
             refused: 0,
+            published: Published::default(),
             stop: Arc::clone(&stop),
             read_buf: vec![0; READ_CHUNK],
         };
@@ -214,8 +237,8 @@ impl Control {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
-            // No timer at all unless a line is waiting for its end.
-            let timeout = self.next_quiet_left();
+            // No timer at all unless a line is waiting for its end or API connections are open.
+            let timeout = self.next_quiet_left().into_iter().chain(self.next_sweep_left()).min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -225,12 +248,15 @@ impl Control {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
+                    API_LISTENER => self.accept_api(),
                     FIFO => self.read_fifo(),
                     WAKER => self.take_replies(),
+                    Token(key) if key >= API_FIRST => self.serve_api(key - API_FIRST),
                     Token(key) => self.handle_publisher(key),
                 }
             }
             self.complete_quiet_lines();
+            self.sweep_api_when_due();
             // One wake per shard for everything this round of events produced.
             self.sequencer.wake();
         }
@@ -244,6 +270,19 @@ impl Control {
         let fifo = self.fifo.iter().map(|fifo| &fifo.input);
         let tcp = self.publishers.iter().filter(|(_, p)| !p.done).map(|(_, p)| &p.input);
         fifo.chain(tcp).filter_map(Input::quiet_left).min()
+    }
+
+    /// How long until API connections are due to be checked; `None` without any.
+    fn next_sweep_left(&self) -> Option<Duration> {
+        (!self.apis.is_empty()).then(|| self.next_sweep.saturating_duration_since(Instant::now()))
+    }
+
+    fn sweep_api_when_due(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.sweep_api(now);
+            self.next_sweep = now + api::SWEEP_EVERY;
+        }
     }
 
     /// Completes every line that has waited [`LINE_QUIET`] for its end with nothing arriving.
@@ -340,6 +379,10 @@ impl Control {
     fn execute(&mut self, command: Command, source: Source) {
         match command {
             Command::Publish(publish) => {
+                match source {
+                    Source::Tcp(_) => self.published.tcp += 1,
+                    Source::Fifo => self.published.fifo += 1,
+                }
                 self.sequencer.publish(publish);
             }
             Command::Query(query, answer) => {
@@ -372,12 +415,15 @@ impl Control {
     /// question to the admin path, which answers it: nothing here waits for the answer.
     fn ask(&mut self, query: Query, to: admin::AnswerTo) {
         let answers = self.sequencer.ask(&admin::shard_query(&query));
-        let control = ControlFigures { processed: self.sequencer.processed(), refused: self.refused };
-        let shards = self.sequencer.shard_count();
+        let control = ControlFigures {
+            processed: self.sequencer.processed(),
+            refused: self.refused,
+            published: self.published,
+        };
         if let admin::AnswerTo::Connection(asker) = to {
             self.publishers[asker.key].awaiting += 1;
         }
-        if self.admin.questions.send(Question { query, control, to, answers, shards }).is_err() {
+        if self.admin.questions.send(Question { query, control, to, answers }).is_err() {
             warn!("The admin path is gone: a question about the server goes unanswered");
         }
     }

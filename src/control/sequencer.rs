@@ -54,8 +54,9 @@ impl Sequencer {
         id
     }
 
-    /// Asks every shard, behind every event sequenced so far; the answers come on the receiver.
-    pub fn ask(&mut self, query: &ShardQuery) -> Receiver<ShardAnswer> {
+    /// Asks every shard, behind every event sequenced so far; each shard's answer comes on its
+    /// receiver.
+    pub fn ask(&mut self, query: &ShardQuery) -> Vec<Receiver<ShardAnswer>> {
         self.shards.ask(query)
     }
 

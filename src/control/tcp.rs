@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::command::auth_secret;
 use super::lines::Piece;
 use super::{Control, Input, Source};
+use crate::admin::Reply;
 use crate::nonblocking::attempt;
 
 /// The answer to any line but a right `auth` on a connection that must authenticate first.
@@ -78,13 +79,19 @@ impl Control {
     /// Queues the admin path's answers on the connections that asked for them.
     pub(super) fn take_replies(&mut self) {
         while let Ok(reply) = self.admin.replies.try_recv() {
-            let key = reply.to.key;
-            let Some(publisher) = self.publishers.get_mut(key).filter(|p| p.serial == reply.to.serial) else {
+            let (to, text) = match reply {
+                Reply::Line(to, text) => (to, text),
+                Reply::Http(to, response) => {
+                    self.api_reply(to, response);
+                    continue;
+                }
+            };
+            let Some(publisher) = self.publishers.get_mut(to.key).filter(|p| p.serial == to.serial) else {
                 continue;
             };
             publisher.awaiting -= 1;
-            publisher.out.extend_from_slice(reply.text.as_bytes());
-            self.write_publisher(key);
+            publisher.out.extend_from_slice(text.as_bytes());
+            self.write_publisher(to.key);
         }
     }
 
@@ -200,12 +207,28 @@ fn same_secret(given: &[u8], secret: &[u8]) -> bool {
 /// Warns (whatever the log level) when the control port can be reached from other hosts and
 /// asks for no secret.
 pub(super) fn warn_if_exposed(addr: SocketAddr, has_secret: bool) {
-    if !has_secret && !addr.ip().to_canonical().is_loopback() {
+    if reachable_unguarded(addr, has_secret) {
         warn!(
             "Control port {addr} is reachable from other hosts and has no --control-secret: anyone \
              who can connect can publish, list clients and change the log level"
         );
     }
+}
+
+/// Warns (whatever the log level) when the HTTP API can be reached from other hosts and asks
+/// for no key.
+pub(super) fn warn_if_api_exposed(addr: SocketAddr, has_key: bool) {
+    if reachable_unguarded(addr, has_key) {
+        warn!(
+            "HTTP API {addr} is reachable from other hosts and has no --api-key: anyone who can \
+             connect can publish and list clients"
+        );
+    }
+}
+
+/// Whether a listener on `addr` can be reached from other hosts and asks for nothing.
+fn reachable_unguarded(addr: SocketAddr, guarded: bool) -> bool {
+    !guarded && !addr.ip().to_canonical().is_loopback()
 }
 
 #[cfg(test)]

@@ -125,6 +125,7 @@ impl Shard {
             return self.refuse(socket, peer, "connection limit per IP");
         }
         self.state.peak.fetch_max(open, Ordering::Relaxed);
+        self.counters.accepted += 1;
         let tls = match self.settings.tls.as_ref().map(Tls::session).transpose() {
             Ok(tls) => tls.map(Box::new),
             Err(e) => {

@@ -70,6 +70,8 @@ struct Counters {
     resumes_complete: u64,
     /// Resumes told of a gap (`event: reset`).
     resumes_with_gap: u64,
+    /// Connections taken in (not refused).
+    accepted: u64,
     /// Subscriptions refused for want of a token, a bad token, or one that grants too little.
     auth_refused_missing: u64,
     auth_refused_invalid: u64,

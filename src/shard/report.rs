@@ -35,6 +35,7 @@ impl Shard {
             refused: self.counters.refused,
             resumes_complete: self.counters.resumes_complete,
             resumes_with_gap: self.counters.resumes_with_gap,
+            accepted: self.counters.accepted,
             auth_refused_missing: self.counters.auth_refused_missing,
             auth_refused_invalid: self.counters.auth_refused_invalid,
             auth_refused_forbidden: self.counters.auth_refused_forbidden,

@@ -149,8 +149,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server with modern flags on free ports: `--port 0 --control-port 0 --workers 2
-    /// --match-url /sse`, then `extra` (a later flag wins over an earlier one).
+    /// Starts the server with modern flags on free ports: `--port 0 --control-port 0 --api-bind
+    /// 127.0.0.1:0 --workers 2 --match-url /sse`, then `extra` (a later flag wins over an earlier
+    /// one). The API's default port is not used: tests run in parallel.
     pub fn start(extra: &[&str]) -> Server {
         Server::start_wrapped(&[], extra)
     }
@@ -158,7 +159,18 @@ impl Server {
     /// Starts the server as [`Server::start`] does, through `wrapper` (a command that runs the
     /// rest of its command line, e.g. `prlimit --nofile=64 --`).
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
-        let mut args = vec!["--port", "0", "--control-port", "0", "--workers", "2", "--match-url", "/sse"];
+        let mut args = vec![
+            "--port",
+            "0",
+            "--control-port",
+            "0",
+            "--api-bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--match-url",
+            "/sse",
+        ];
         args.extend_from_slice(extra);
         Server::spawn_wrapped(wrapper, &args).listening(WAIT)
     }
@@ -220,6 +232,11 @@ impl Server {
         log.capture(child.stdout.take().expect("piped stdout"), Stream::Stdout);
         log.capture(child.stderr.take().expect("piped stderr"), Stream::Stderr);
         Server { child, log, sse_port: 0, control_port: None, notify, ready: Ready::default(), exited: None }
+    }
+
+    /// The HTTP API's port (the server must have the API).
+    pub fn api_port(&self) -> u16 {
+        self.ready.api_port().expect("this server has the HTTP API")
     }
 
     /// The control port (the server must have one).
@@ -401,7 +418,8 @@ impl NotifySocket {
 }
 
 /// A server's readiness message: `READY=1`, then `STATUS=…` (what `systemctl status` shows),
-/// `X_HASSES_SSE=ADDRESS` and `X_HASSES_CONTROL=ADDRESS` if it has a control port, a line each.
+/// `X_HASSES_SSE=ADDRESS`, `X_HASSES_CONTROL=ADDRESS` if it has a control port and
+/// `X_HASSES_API=ADDRESS` if it has the HTTP API, a line each.
 #[derive(Debug, Clone, Default)]
 pub struct Ready(pub String);
 
@@ -425,6 +443,11 @@ impl Ready {
     /// The control port, if the server has one.
     pub fn control_port(&self) -> Option<u16> {
         self.address("X_HASSES_CONTROL").map(|addr| addr.port())
+    }
+
+    /// The HTTP API's port, if the server has one.
+    pub fn api_port(&self) -> Option<u16> {
+        self.address("X_HASSES_API").map(|addr| addr.port())
     }
 }
 

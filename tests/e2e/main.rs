@@ -12,6 +12,7 @@ mod common;
 mod programs;
 
 mod apache;
+mod api;
 mod auth;
 mod bench_tool;
 mod browser;

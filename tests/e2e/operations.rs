@@ -51,12 +51,14 @@ fn heartbeat_zero_sends_none() {
 fn readiness_and_stopping_are_told_to_systemd() {
     // Server::start has waited for READY=1 and taken the ports from its message.
     let mut server = Server::start(&["--log-level", "0", "--bind", "127.0.0.1"]);
-    let (sse, control) = (server.sse_port, server.cport());
+    let (sse, control, api) = (server.sse_port, server.cport(), server.api_port());
     let ready = &server.ready;
-    let expected = format!("SSE on 127.0.0.1:{sse} path /sse, control on 127.0.0.1:{control}");
+    let expected =
+        format!("SSE on 127.0.0.1:{sse} path /sse, control on 127.0.0.1:{control}, API on 127.0.0.1:{api}");
     assert_eq!(ready.value("STATUS"), Some(expected.as_str()), "what `systemctl status` shows");
     assert_eq!(ready.value("X_HASSES_SSE"), Some(format!("127.0.0.1:{sse}").as_str()));
     assert_eq!(ready.value("X_HASSES_CONTROL"), Some(format!("127.0.0.1:{control}").as_str()));
+    assert_eq!(ready.value("X_HASSES_API"), Some(format!("127.0.0.1:{api}").as_str()));
     server.signal(nix::sys::signal::SIGTERM);
     assert_eq!(server.notify.receive(common::WAIT).as_deref(), Some("STOPPING=1"));
     assert!(server.wait_exit(common::WAIT).is_some_and(|status| status.success()));

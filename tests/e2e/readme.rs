@@ -24,12 +24,12 @@ fn the_first_command_starts_the_server_with_the_defaults() {
     let words = first_command(&repo_file("README.md"));
     let (program, args) = words.split_first().expect("a command");
     assert_eq!(program, "cargo", "the README's first command is a cargo command: {words:?}");
-    // The command as written, then free ports instead of 8080 and 8085, which another program
+    // The command as written, then free ports instead of 8080, 8085 and 8086, which another program
     // (another test run) may hold: they go after `--`, so the command must pass nothing there.
     assert!(!args.iter().any(|a| a == "--"), "the README's first command takes no flags: {words:?}");
     let mut command = Command::new(env!("CARGO"));
     command.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
-    command.args(["--", "--port", "0", "--control-port", "0"]);
+    command.args(["--", "--port", "0", "--control-port", "0", "--api-bind", "127.0.0.1:0"]);
     let mut server = Server::spawn_command(command).listening(BUILD);
 
     // The defaults the README names: SSE on every address at /sse, control on loopback.

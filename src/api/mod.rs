@@ -1,0 +1,310 @@
+//! The HTTP API's protocol: requests to routes, publishes out of bodies, and responses as bytes.
+//!
+//! Pure: it reads bytes and builds bytes, and never touches a socket, a shard or the sequencer.
+//! The control thread owns the API's connections (`control/api.rs`) and carries out what a
+//! request asks; the admin thread formats the answers to questions ([`ApiQuery`]).
+//!
+//! ```text
+//! POST /publish   form (to, except, data, event, retry) or the JSON of a control line → {"id":"…"}
+//! GET  /status    the tcpstatus JSON        GET /clients   the tcpclientlist JSON
+//! GET  /metrics   Prometheus text           GET /healthz   ok (no key needed), or 503
+//! GET  /          a live status page for a person
+//! ```
+//!
+//! Errors are JSON, `{"error":"…"}`, with their status code.
+
+pub mod metrics;
+pub mod request;
+
+use subtle::ConstantTimeEq;
+
+use crate::control::command::{parse_json_publish, CommandError, Publish, Query};
+use crate::limits::Limits;
+use request::{Method, Request};
+
+/// The status page: one file, no outside assets.
+const PAGE: &str = include_str!("page.html");
+
+/// Bytes a publish's body may have beyond `--max-message`: room for the JSON or form around the
+/// message, so that an oversized message gets the grammar's precise 413, not a cruder one.
+pub const BODY_SLACK: usize = 4 * 1024;
+
+/// A question the API asks the admin path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiQuery {
+    /// `GET /status`.
+    Status,
+    /// `GET /clients`.
+    Clients,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /healthz`.
+    Health,
+}
+
+impl ApiQuery {
+    /// What the shards are asked for it: their figures, or their client rows.
+    pub fn query(self) -> Query {
+        match self {
+            ApiQuery::Clients => Query::ClientList,
+            ApiQuery::Status | ApiQuery::Metrics | ApiQuery::Health => Query::Status,
+        }
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /publish`.
+    Publish,
+    /// A question, answered by the admin path.
+    Ask(ApiQuery),
+    /// `GET /`.
+    Page,
+}
+
+/// An answer, before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Its status code.
+    pub status: u16,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Header lines beyond the usual, each ending in CRLF.
+    pub extra: &'static str,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+const JSON: &str = "application/json";
+
+impl Response {
+    /// `200` with this body.
+    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response { status: 200, content_type, extra: "", body: body.into() }
+    }
+
+    /// `200` with a JSON body.
+    pub fn json(body: String) -> Response {
+        Response::ok(JSON, body)
+    }
+
+    /// `status` with `{"error": reason}`.
+    pub fn error(status: u16, reason: &str) -> Response {
+        let body = serde_json::json!({ "error": reason }).to_string().into_bytes();
+        Response { status, content_type: JSON, extra: "", body }
+    }
+
+    /// `200` with `{"id":"…"}`: a publish's event id (a string, as SSE ids are).
+    pub fn published(id: u64) -> Response {
+        Response::json(serde_json::json!({ "id": id.to_string() }).to_string())
+    }
+
+    /// The whole response, head and body; `keep_alive` says whether the connection stays open.
+    pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
+             Connection: {connection}\r\n{}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len(),
+            self.extra,
+        );
+        [head.as_bytes(), &self.body].concat()
+    }
+}
+
+/// The reason phrase of the status codes the API answers with.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        _ => "Service Unavailable",
+    }
+}
+
+/// The status page.
+pub fn page() -> Response {
+    Response::ok("text/html; charset=utf-8", PAGE)
+}
+
+/// What `request` asks for, or the answer that refuses it: a bad key before anything else (a
+/// caller without the key learns nothing, not even which paths exist), then the path, then the
+/// method.
+pub fn route(request: &Request, key: Option<&[u8]>) -> Result<Route, Response> {
+    let (route, method) = match request.path.as_str() {
+        "/healthz" => (Route::Ask(ApiQuery::Health), Method::Get),
+        _ if !authorized(request, key) => {
+            let mut refusal = Response::error(401, "a valid API key is needed");
+            refusal.extra = "WWW-Authenticate: Bearer\r\n";
+            return Err(refusal);
+        }
+        "/publish" => (Route::Publish, Method::Post),
+        "/status" => (Route::Ask(ApiQuery::Status), Method::Get),
+        "/clients" => (Route::Ask(ApiQuery::Clients), Method::Get),
+        "/metrics" => (Route::Ask(ApiQuery::Metrics), Method::Get),
+        "/" => (Route::Page, Method::Get),
+        _ => return Err(Response::error(404, "no such endpoint")),
+    };
+    if request.method != method {
+        let mut refusal = Response::error(405, "method not allowed");
+        refusal.extra = if method == Method::Post { "Allow: POST\r\n" } else { "Allow: GET\r\n" };
+        return Err(refusal);
+    }
+    Ok(route)
+}
+
+/// Whether the request carries the key, when there is one; compared in time that does not
+/// depend on where the first difference is.
+fn authorized(request: &Request, key: Option<&[u8]>) -> bool {
+    match (key, &request.key) {
+        (None, _) => true,
+        (Some(key), Some(given)) => bool::from(given.as_slice().ct_eq(key)),
+        (Some(_), None) => false,
+    }
+}
+
+/// The publish a `POST /publish` body asks for: JSON as on a control line, or a form with the
+/// same fields, which is turned into that JSON so that one grammar checks both.
+pub fn publish_from(request: &Request, body: &[u8], limits: &Limits) -> Result<Publish, Response> {
+    let form;
+    let json = match request.content_type.as_deref() {
+        Some("application/json") => body,
+        Some("application/x-www-form-urlencoded") => {
+            form = form_json(body)?;
+            form.as_bytes()
+        }
+        _ => return Err(Response::error(415, "send application/json or application/x-www-form-urlencoded")),
+    };
+    parse_json_publish(json, limits).map_err(|e| match e {
+        CommandError::MessageTooLong { .. } => Response::error(413, &e.to_string()),
+        _ => Response::error(400, &e.to_string()),
+    })
+}
+
+/// A form's fields as the JSON publish object: `to` may repeat (several targets); `retry` is a
+/// number when it reads as one (else the grammar refuses the text); any other field given twice
+/// is refused, as it would be ambiguous.
+fn form_json(body: &[u8]) -> Result<String, Response> {
+    use serde_json::{Map, Value};
+    let mut object = Map::new();
+    let mut targets = Vec::new();
+    for (name, value) in form_urlencoded::parse(body) {
+        let value = match name.as_ref() {
+            "to" => {
+                targets.push(Value::String(value.into_owned()));
+                continue;
+            }
+            "retry" => value.parse::<u64>().map_or_else(|_| Value::String(value.to_string()), Value::from),
+            _ => Value::String(value.into_owned()),
+        };
+        if object.insert(name.to_string(), value).is_some() {
+            return Err(Response::error(400, &format!("field `{name}` given twice")));
+        }
+    }
+    if !targets.is_empty() {
+        object.insert("to".into(), Value::Array(targets));
+    }
+    Ok(Value::Object(object).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request::{parse, Parsed};
+    use super::*;
+    use crate::pipeline::Target;
+
+    fn request(bytes: &[u8]) -> (Request, Vec<u8>) {
+        match parse(bytes, 1 << 20) {
+            Ok(Parsed::Complete { request, .. }) => {
+                let body = bytes[request.body.clone()].to_vec();
+                (request, body)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn post(content_type: &str, body: &str) -> Result<Publish, Response> {
+        let bytes = format!(
+            "POST /publish HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (request, body) = request(bytes.as_bytes());
+        publish_from(&request, &body, &Limits { max_message: 10 })
+    }
+
+    #[test]
+    fn a_form_and_json_publish_the_same() {
+        let form =
+            post("application/x-www-form-urlencoded", "to=room1&to=user*&data=hi+there&event=chat&retry=5")
+                .unwrap();
+        let json = post(
+            "application/json",
+            r#"{"to":["room1","user*"],"data":"hi there","event":"chat","retry":5}"#,
+        )
+        .unwrap();
+        assert_eq!(form, json);
+        assert_eq!(form.audience.targets, vec![Target::Token("room1".into()), Target::Prefix("user".into())]);
+        assert_eq!(form.retry, Some(5));
+    }
+
+    #[test]
+    fn bad_publishes_get_their_status_and_reason() {
+        let status = |ct: &str, body: &str| post(ct, body).unwrap_err().status;
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(status(form, "data=x"), 400, "to is required");
+        assert_eq!(status(form, "to=a&data=x&data=y"), 400);
+        assert_eq!(status(form, "to=a&data=x&retry=soon"), 400);
+        assert_eq!(status(form, "to=a-b&data=x"), 400);
+        assert_eq!(status(form, "to=a&data=12345678901"), 413);
+        assert_eq!(status("application/json", "[1]"), 400);
+        assert_eq!(status("text/plain", "a=b"), 415);
+        let reason = post(form, "data=x").unwrap_err().body;
+        assert!(String::from_utf8(reason).unwrap().contains("missing field `to`"));
+    }
+
+    #[test]
+    fn routes_need_the_key_but_health() {
+        let key = Some(&b"k"[..]);
+        let route_of = |bytes: &[u8], key| route(&request(bytes).0, key).map_err(|r| r.status);
+        assert_eq!(route_of(b"GET /healthz HTTP/1.1\r\n\r\n", key), Ok(Route::Ask(ApiQuery::Health)));
+        assert_eq!(route_of(b"GET /status HTTP/1.1\r\n\r\n", key), Err(401));
+        assert_eq!(route_of(b"GET /status HTTP/1.1\r\nX-API-Key: j\r\n\r\n", key), Err(401));
+        assert_eq!(
+            route_of(b"GET /status HTTP/1.1\r\nX-API-Key: k\r\n\r\n", key),
+            Ok(Route::Ask(ApiQuery::Status))
+        );
+        assert_eq!(
+            route_of(b"GET /status HTTP/1.1\r\nAuthorization: Bearer k\r\n\r\n", key),
+            Ok(Route::Ask(ApiQuery::Status))
+        );
+        assert_eq!(route_of(b"GET /publish HTTP/1.1\r\n\r\n", None), Err(405));
+        assert_eq!(route_of(b"POST /metrics HTTP/1.1\r\n\r\n", None), Err(405));
+        assert_eq!(route_of(b"GET /nope HTTP/1.1\r\n\r\n", None), Err(404));
+        assert_eq!(route_of(b"GET /?x HTTP/1.1\r\n\r\n", None), Ok(Route::Page));
+    }
+
+    #[test]
+    fn a_response_says_its_length_and_whether_the_connection_stays() {
+        let mut refusal = Response::error(401, "no");
+        refusal.extra = "WWW-Authenticate: Bearer\r\n";
+        let text = String::from_utf8(refusal.encode(false)).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\nWWW-Authenticate: Bearer\r\n\r\n{\"error\":\"no\"}"
+        );
+        assert_eq!(Response::published(42).body, br#"{"id":"42"}"#);
+    }
+}

@@ -1,0 +1,326 @@
+//! Reading one HTTP/1.1 request to the API from the bytes received so far: pure, no I/O.
+//!
+//! A request is a head (at most [`MAX_HEAD`] bytes) and a body whose length `Content-Length`
+//! gives (at most the caller's limit). [`parse`] says whether the bytes hold a whole request
+//! yet, and how many bytes it took, so that the rest (a pipelined next request) stays. Too big
+//! is known as soon as the head says so, before the body is waited for. Chunked bodies are
+//! refused: every client that publishes knows its body's length.
+
+use std::ops::Range;
+
+/// The longest request head: far beyond any API request, small enough to hold for every
+/// connection.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Headers read from one request; more is refused.
+const MAX_HEADERS: usize = 32;
+
+/// The methods the API answers; anything else is [`Method::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+    /// Any other method: answered 405.
+    Other,
+}
+
+/// One request, read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Its method.
+    pub method: Method,
+    /// Its path, without the query.
+    pub path: String,
+    /// The media type of its body (`Content-Type` before any `;`), lowercase.
+    pub content_type: Option<String>,
+    /// The key it carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    pub key: Option<Vec<u8>>,
+    /// Whether the connection stays open after the answer: HTTP/1.1 unless `Connection: close`,
+    /// HTTP/1.0 only with `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// Where its body is in the bytes given to [`parse`].
+    pub body: Range<usize>,
+}
+
+/// What the bytes received so far hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole request yet: wait for more.
+    Incomplete,
+    /// A whole request, the first `consumed` bytes.
+    Complete {
+        /// The request.
+        request: Request,
+        /// How many bytes it took.
+        consumed: usize,
+    },
+}
+
+/// Why the bytes are not a request the API can read. After any of these the connection is
+/// answered and closed: where the next request would start is not known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not HTTP/1.x as httparse reads it.
+    #[error("malformed request: {0}")]
+    Malformed(httparse::Error),
+    /// The head is over [`MAX_HEAD`] bytes, or has over 32 headers.
+    #[error("request head over {MAX_HEAD} bytes or 32 headers")]
+    HeadTooLarge,
+    /// `Content-Length` says more than the limit.
+    #[error("request body of {len} bytes is over the {max}-byte limit")]
+    BodyTooLarge {
+        /// What `Content-Length` says.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A `Content-Length` that is not a number, or two that differ.
+    #[error("bad Content-Length")]
+    BadLength,
+    /// `Transfer-Encoding` (chunked): the length must be given.
+    #[error("Transfer-Encoding is not supported: send Content-Length")]
+    LengthRequired,
+}
+
+impl RequestError {
+    /// The status code it is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::Malformed(_) | RequestError::BadLength => 400,
+            RequestError::HeadTooLarge => 431,
+            RequestError::BodyTooLarge { .. } => 413,
+            RequestError::LengthRequired => 411,
+        }
+    }
+}
+
+/// Reads the request at the start of `received`, if it is all there; a body over `max_body`
+/// bytes is refused.
+pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let head_len = match head.parse(received) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(RequestError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) if received.len() > MAX_HEAD => return Err(RequestError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete),
+        Err(e) => return Err(RequestError::Malformed(e)),
+    };
+    let fields = Fields::read(head.headers)?;
+    if fields.length > max_body {
+        return Err(RequestError::BodyTooLarge { len: fields.length, max: max_body });
+    }
+    let consumed = head_len + fields.length;
+    if received.len() < consumed {
+        return Ok(Parsed::Incomplete);
+    }
+    let method = match head.method {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        _ => Method::Other,
+    };
+    let target = head.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(path, _)| path).to_owned();
+    let keep_alive = match (head.version, fields.connection) {
+        (_, Some(Connection::Close)) => false,
+        (_, Some(Connection::KeepAlive)) => true,
+        (version, None) => version == Some(1),
+    };
+    let request = Request {
+        method,
+        path,
+        content_type: fields.content_type,
+        key: fields.key,
+        keep_alive,
+        body: head_len..consumed,
+    };
+    Ok(Parsed::Complete { request, consumed })
+}
+
+/// What a `Connection` header asks.
+#[derive(Debug, Clone, Copy)]
+enum Connection {
+    Close,
+    KeepAlive,
+}
+
+/// The headers the API looks at.
+#[derive(Debug, Default)]
+struct Fields {
+    length: usize,
+    content_type: Option<String>,
+    key: Option<Vec<u8>>,
+    connection: Option<Connection>,
+}
+
+impl Fields {
+    fn read(headers: &[httparse::Header<'_>]) -> Result<Fields, RequestError> {
+        let mut fields = Fields::default();
+        let mut length = None;
+        for header in headers {
+            let name = header.name;
+            let value = header.value;
+            if name.eq_ignore_ascii_case("content-length") {
+                let len = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|text| text.parse::<usize>().ok())
+                    .ok_or(RequestError::BadLength)?;
+                // Two lengths that differ are how requests get smuggled: refused.
+                if length.is_some_and(|earlier| earlier != len) {
+                    return Err(RequestError::BadLength);
+                }
+                length = Some(len);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(RequestError::LengthRequired);
+            } else if name.eq_ignore_ascii_case("content-type") {
+                let media = value.split(|b| *b == b';').next().unwrap_or_default();
+                fields.content_type = Some(String::from_utf8_lossy(media.trim_ascii()).to_ascii_lowercase());
+            } else if name.eq_ignore_ascii_case("authorization") {
+                if let Some(key) = bearer(value) {
+                    fields.key = Some(key.to_vec());
+                }
+            } else if name.eq_ignore_ascii_case("x-api-key") {
+                fields.key = Some(value.trim_ascii().to_vec());
+            } else if name.eq_ignore_ascii_case("connection") {
+                fields.connection = connection(value).or(fields.connection);
+            }
+        }
+        fields.length = length.unwrap_or(0);
+        Ok(fields)
+    }
+}
+
+/// The token of `Bearer TOKEN` (the scheme is case-insensitive).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
+}
+
+/// `close` or `keep-alive` among a `Connection` header's options.
+fn connection(value: &[u8]) -> Option<Connection> {
+    let options = value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+    let mut found = None;
+    for option in options {
+        if option.eq_ignore_ascii_case(b"close") {
+            return Some(Connection::Close);
+        }
+        if option.eq_ignore_ascii_case(b"keep-alive") {
+            found = Some(Connection::KeepAlive);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 100;
+
+    /// Parses `bytes` whole, and checks that every shorter prefix is incomplete or already the
+    /// same error: fed byte by byte, the answer is the same.
+    fn parse_both_ways(bytes: &[u8]) -> Result<Parsed, RequestError> {
+        let whole = parse(bytes, LIMIT);
+        let mut early_error = None;
+        for end in 0..bytes.len() {
+            match parse(&bytes[..end], LIMIT) {
+                Ok(Parsed::Incomplete) => {}
+                Ok(complete) => panic!("complete after {end} of {} bytes: {complete:?}", bytes.len()),
+                Err(e) => {
+                    early_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = early_error {
+            assert_eq!(whole, Err(e.clone()), "an error seen early stays the error");
+        }
+        whole
+    }
+
+    fn complete(bytes: &[u8]) -> (Request, usize) {
+        match parse_both_ways(bytes) {
+            Ok(Parsed::Complete { request, consumed }) => (request, consumed),
+            other => panic!("not complete: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_post_with_its_body_and_key() {
+        let bytes =
+            b"POST /publish?x=1 HTTP/1.1\r\nHost: h\r\nContent-Type: Application/JSON; charset=utf-8\r\n\
+                      Authorization: bearer s3cret\r\nContent-Length: 5\r\n\r\nhello";
+        let (request, consumed) = complete(bytes);
+        assert_eq!(consumed, bytes.len());
+        assert_eq!(request.method, Method::Post);
+        assert_eq!(request.path, "/publish");
+        assert_eq!(request.content_type.as_deref(), Some("application/json"));
+        assert_eq!(request.key.as_deref(), Some(&b"s3cret"[..]));
+        assert!(request.keep_alive);
+        assert_eq!(&bytes[request.body], b"hello");
+    }
+
+    #[test]
+    fn a_pipelined_request_is_left_for_later() {
+        let first = b"GET /status HTTP/1.1\r\nX-API-Key:  k \r\n\r\n";
+        let bytes = [&first[..], b"GET /clients HTTP/1.1\r\n\r\n"].concat();
+        let Ok(Parsed::Complete { request, consumed }) = parse(&bytes, LIMIT) else { panic!() };
+        assert_eq!(consumed, first.len());
+        assert_eq!(request.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(request.body, consumed..consumed);
+        let (second, _) = complete(&bytes[consumed..]);
+        assert_eq!(second.path, "/clients");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        let keep = |bytes: &[u8]| complete(bytes).0.keep_alive;
+        assert!(keep(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n"));
+    }
+
+    #[test]
+    fn other_methods_and_other_schemes() {
+        let (request, _) = complete(b"DELETE /publish HTTP/1.1\r\nAuthorization: Basic abc\r\n\r\n");
+        assert_eq!(request.method, Method::Other);
+        assert_eq!(request.key, None);
+    }
+
+    #[test]
+    fn too_big_is_known_before_the_body_comes() {
+        let head = b"POST /publish HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
+        assert_eq!(parse_both_ways(head), Err(RequestError::BodyTooLarge { len: 101, max: LIMIT }));
+        assert_eq!(RequestError::BodyTooLarge { len: 101, max: LIMIT }.status(), 413);
+        let mut long = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        long.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(parse(&long, LIMIT), Err(RequestError::HeadTooLarge));
+        assert_eq!(RequestError::HeadTooLarge.status(), 431);
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let request = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse(request.as_bytes(), LIMIT), Err(RequestError::HeadTooLarge));
+    }
+
+    #[test]
+    fn lengths_that_cannot_be_trusted_are_refused() {
+        let refused = |bytes: &[u8]| parse_both_ways(bytes).unwrap_err().status();
+        assert_eq!(refused(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+        assert_eq!(refused(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), 400);
+        assert_eq!(refused(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
+        assert_eq!(refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), 400);
+        assert_eq!(refused(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse(&bytes, LIMIT);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The HTTP API's connections: a source of the control thread, beside the TCP port and the FIFO.
+//!
+//! Owns accepting API connections, reading their requests (parsed by [`crate::api`]), carrying
+//! them out and writing the answers. A publish goes to the sequencer like a control line's and
+//! is answered at once with its id; a question goes to the admin path, whose answer comes back
+//! as a [`Reply::Http`](crate::admin::Reply) and is written here: nothing waits for it. A
+//! connection answers its requests in order, so while an answer is out with the admin path it
+//! reads no further request.
+//!
+//! Bounded everywhere: a request's head and body ([`crate::api::request`]), the connections
+//! ([`MAX_API_CONNECTIONS`]), a request that does not arrive whole within [`REQUEST_TIMEOUT`],
+//! a connection that says nothing for [`IDLE_TIMEOUT`]. Whatever a peer sends costs it its
+//! connection at worst, never the server's.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use tracing::{debug, info, warn};
+
+use super::{Control, API_FIRST};
+use crate::admin::{AnswerTo, Asker};
+use crate::api::request::{parse, Parsed, Request, RequestError};
+use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
+use crate::nonblocking::attempt;
+
+/// API connections open at once; beyond, a new one is answered 503 and closed.
+pub const MAX_API_CONNECTIONS: usize = 4096;
+/// A request must arrive whole this long after its first byte.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in progress is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often connections are checked against their deadlines: a timeout is that much late at
+/// most, and the control thread is not woken per connection.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Unsent answers a connection may have before it is read no further: a client that pipelines
+/// requests and reads no answers stops being read, and TCP tells it to slow down.
+const MAX_UNSENT: usize = 256 * 1024;
+
+/// An API connection.
+pub(super) struct ApiConnection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Tells it from a later connection given the same slab key, for answers on their way.
+    serial: u64,
+    /// Bytes received and not yet taken by a request.
+    input: Vec<u8>,
+    /// Answers not yet written.
+    out: Vec<u8>,
+    /// An answer is out with the admin path: the next request waits for it.
+    awaiting: bool,
+    /// Whether the connection stays open after the request being answered.
+    keep_alive: bool,
+    /// No more requests are taken: close once the answers are out.
+    done: bool,
+    /// When it is closed unless a request completes (or an answer is awaited).
+    deadline: Instant,
+    registered: Interest,
+}
+
+impl Control {
+    pub(super) fn accept_api(&mut self) {
+        let Some(listener) = &self.api_listener else { return };
+        loop {
+            let (mut stream, peer) = match attempt(|| listener.accept()) {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
+                Err(e) => return warn!("API accept failed: {e}"),
+            };
+            if self.apis.len() >= MAX_API_CONNECTIONS {
+                info!("API connection from {peer} refused: {MAX_API_CONNECTIONS} are open");
+                let refusal = Response::error(503, "too many API connections").encode(false);
+                let _ = stream.write(&refusal);
+                continue;
+            }
+            let entry = self.apis.vacant_entry();
+            let token = Token(API_FIRST + entry.key());
+            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+                warn!("Cannot watch API connection from {peer}: {e}");
+                continue;
+            }
+            debug!("API connection from {peer}");
+            self.next_serial += 1;
+            entry.insert(ApiConnection {
+                stream,
+                peer,
+                serial: self.next_serial,
+                input: Vec::new(),
+                out: Vec::new(),
+                awaiting: false,
+                keep_alive: true,
+                done: false,
+                deadline: Instant::now() + IDLE_TIMEOUT,
+                registered: Interest::READABLE,
+            });
+        }
+    }
+
+    /// Reads, answers what can be answered, writes; closes the connection when it is done.
+    pub(super) fn serve_api(&mut self, key: usize) {
+        if !self.apis.contains(key) {
+            return;
+        }
+        loop {
+            let read_more = self.read_api(key);
+            self.take_requests(key);
+            if !read_more || !self.apis[key].can_take_request() {
+                break;
+            }
+        }
+        self.write_api(key);
+    }
+
+    /// Writes the admin path's answer to the connection that asked, and goes on with its
+    /// next request.
+    pub(super) fn api_reply(&mut self, to: Asker, response: Response) {
+        let Some(conn) = self.apis.get_mut(to.key).filter(|c| c.serial == to.serial) else { return };
+        conn.awaiting = false;
+        conn.answer(&response);
+        self.serve_api(to.key);
+    }
+
+    /// Closes the connections whose deadline has passed: a request that did not come whole in
+    /// time, or an idle connection.
+    pub(super) fn sweep_api(&mut self, now: Instant) {
+        let late: Vec<usize> =
+            self.apis.iter().filter(|(_, c)| !c.awaiting && c.deadline <= now).map(|(key, _)| key).collect();
+        for key in late {
+            let conn = &mut self.apis[key];
+            if conn.input.is_empty() {
+                debug!("API connection from {} closed: idle", conn.peer);
+            } else {
+                // It gets a word, though it is likely not listening.
+                info!("API connection from {} closed: the request did not arrive whole in time", conn.peer);
+                conn.answer(&Response::error(408, "the request did not arrive whole in time"));
+                let _ = conn.stream.write(&conn.out);
+            }
+            let mut conn = self.apis.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// Reads what has arrived, up to what one request may hold; whether there may be more.
+    fn read_api(&mut self, key: usize) -> bool {
+        let max_input = api::request::MAX_HEAD + self.max_api_body();
+        let conn = &mut self.apis[key];
+        while !conn.done && conn.input.len() < max_input {
+            match attempt(|| conn.stream.read(&mut self.read_buf)) {
+                Ok(Some(0)) => {
+                    // The peer sent all it will: answer what it asked, then close.
+                    conn.done = true;
+                }
+                Ok(Some(n)) => {
+                    if conn.input.is_empty() {
+                        conn.deadline = Instant::now() + REQUEST_TIMEOUT;
+                    }
+                    conn.input.extend_from_slice(&self.read_buf[..n]);
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    debug!("API connection from {} failed: {e}", conn.peer);
+                    conn.done = true;
+                    conn.input.clear();
+                    conn.out.clear();
+                    conn.keep_alive = false;
+                }
+            }
+        }
+        !conn.done
+    }
+
+    fn max_api_body(&self) -> usize {
+        self.settings.limits.max_message + BODY_SLACK
+    }
+
+    /// Carries out the whole requests received, in order, while answers may be given.
+    fn take_requests(&mut self, key: usize) {
+        let max_body = self.max_api_body();
+        while self.apis[key].can_take_request() {
+            let conn = &mut self.apis[key];
+            match parse(&conn.input, max_body) {
+                Ok(Parsed::Incomplete) => {
+                    if conn.done && !conn.input.is_empty() {
+                        debug!("API connection from {} closed in the middle of a request", conn.peer);
+                        conn.input.clear();
+                    }
+                    return;
+                }
+                Ok(Parsed::Complete { request, consumed }) => {
+                    let body = conn.input[request.body.clone()].to_vec();
+                    conn.input.drain(..consumed);
+                    conn.keep_alive &= request.keep_alive;
+                    conn.deadline =
+                        Instant::now() + if conn.input.is_empty() { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
+                    self.carry_out(key, &request, &body);
+                }
+                Err(e) => return self.refuse_request(key, &e),
+            }
+        }
+    }
+
+    /// Answers a request that cannot be read, and closes the connection: where its next request
+    /// would start is not known.
+    fn refuse_request(&mut self, key: usize, e: &RequestError) {
+        let conn = &mut self.apis[key];
+        info!("API request from {} refused: {e}", conn.peer);
+        conn.keep_alive = false;
+        conn.input.clear();
+        conn.answer(&Response::error(e.status(), &e.to_string()));
+    }
+
+    fn carry_out(&mut self, key: usize, request: &Request, body: &[u8]) {
+        let answer = match route(request, self.settings.api_key.as_deref()) {
+            Ok(Route::Publish) => match publish_from(request, body, &self.settings.limits) {
+                Ok(publish) => {
+                    self.published.http += 1;
+                    Response::published(self.sequencer.publish(publish))
+                }
+                Err(refusal) => refusal,
+            },
+            Ok(Route::Page) => api::page(),
+            Ok(Route::Ask(query)) => {
+                let conn = &mut self.apis[key];
+                conn.awaiting = true;
+                let asker = Asker { key, serial: conn.serial };
+                return self.ask(query.query(), AnswerTo::Api(asker, query));
+            }
+            Err(refusal) => refusal,
+        };
+        self.apis[key].answer(&answer);
+    }
+
+    /// Writes pending answers; closes a finished connection once they are out.
+    fn write_api(&mut self, key: usize) {
+        let conn = &mut self.apis[key];
+        while !conn.out.is_empty() {
+            match attempt(|| conn.stream.write(&conn.out)) {
+                Ok(Some(n)) => {
+                    conn.out.drain(..n);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    conn.out.clear();
+                    conn.done = true;
+                    conn.keep_alive = false;
+                }
+            }
+        }
+        let finished = conn.done || !conn.keep_alive;
+        if finished && conn.out.is_empty() && !conn.awaiting {
+            debug!("API connection from {} closed", conn.peer);
+            let mut conn = self.apis.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            return;
+        }
+        let wanted =
+            if conn.out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        if wanted != conn.registered
+            && self.poll.registry().reregister(&mut conn.stream, Token(API_FIRST + key), wanted).is_ok()
+        {
+            conn.registered = wanted;
+        }
+    }
+}
+
+impl ApiConnection {
+    /// Whether its next request may be carried out now: answers go out in order, and one that
+    /// stops being read gets no more.
+    fn can_take_request(&self) -> bool {
+        !self.awaiting && self.keep_alive && self.out.len() < MAX_UNSENT
+    }
+
+    fn answer(&mut self, response: &Response) {
+        self.out.extend_from_slice(&response.encode(self.keep_alive));
+    }
+}
