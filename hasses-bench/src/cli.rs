@@ -109,6 +109,14 @@ pub struct Options {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// publish-http: the server's HTTP API address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8086", value_parser = parse_target)]
+    pub api: Target,
+
+    /// publish-http: how many publishes each way.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishes: u32,
+
     /// broadcast: how many messages to everyone.
     #[arg(long, default_value_t = 50)]
     pub messages: u32,
@@ -211,6 +219,10 @@ pub enum Scenario {
     /// burst, time until the last replay is received. Needs a server that keeps history (not
     /// the floor server).
     Resume,
+    /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
+    /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
+    /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
+    PublishHttp,
     /// No benchmark: serve as the floor, the least an epoll server does for this traffic, on
     /// --sse and --control (addresses to listen on) until killed. Run the scenarios against it
     /// to see what the kernel alone costs on this machine.
@@ -260,7 +272,7 @@ impl Scenario {
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
             // Connect and burst give the resume's budget.
             Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
-            Scenario::FloorServer => &[],
+            Scenario::FloorServer | Scenario::PublishHttp => &[],
         }
     }
 }
@@ -355,9 +367,12 @@ impl Options {
                 return Err("--src-addrs must be of the same family as --sse".into());
             }
         }
-        let needs_pid = self.scenario == Scenario::Idle;
+        let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
         if needs_pid && self.server_pid.is_none() {
-            return Err("the idle scenario needs --server-pid".into());
+            return Err(format!(
+                "the {} scenario needs --server-pid",
+                self.scenario.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
+            ));
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ mod control;
 mod figures;
 mod floor;
 mod parse;
+mod publish;
 mod receiver;
 mod report;
 mod run;
@@ -53,6 +54,19 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let nofile = sys::raise_nofile();
+    if opts.scenario == cli::Scenario::PublishHttp {
+        let pid = opts.server_pid.unwrap_or_default();
+        return match publish::run(opts.publishes as usize, pid, opts.control.addr, opts.api.addr) {
+            Ok((by_line, by_http)) => {
+                print!("{}", publish::table(&by_line, &by_http));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hasses-bench: publish-http: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if opts.scenario == cli::Scenario::FloorServer {
         if let Err(e) = nofile
             .and_then(|_| floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers(), &opts.path))

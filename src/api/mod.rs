@@ -18,7 +18,7 @@ pub mod request;
 
 use subtle::ConstantTimeEq;
 
-use crate::control::command::{parse_json_publish, CommandError, Publish, Query};
+use crate::control::command::{parse_json_publish, CommandError, JsonPublish, Publish, Query};
 use crate::limits::Limits;
 use request::{Method, Request};
 
@@ -95,24 +95,42 @@ impl Response {
         Response { status, content_type: JSON, extra: "", body }
     }
 
-    /// `200` with `{"id":"…"}`: a publish's event id (a string, as SSE ids are).
+    /// `200` with `{"id":"…"}`: a publish's event id (a string, as SSE ids are). Built by
+    /// hand: it is the answer to every publish, and a digit string needs no escaping.
     pub fn published(id: u64) -> Response {
-        Response::json(serde_json::json!({ "id": id.to_string() }).to_string())
+        let body = [&br#"{"id":""#[..], itoa::Buffer::new().format(id).as_bytes(), br#""}"#].concat();
+        Response::ok(JSON, body)
     }
 
-    /// The whole response, head and body; `keep_alive` says whether the connection stays open.
+    /// Appends the whole response, head and body, to `out`; `keep_alive` says whether the
+    /// connection stays open. Written piece by piece into the connection's buffer: a pipelined
+    /// batch of publishes gets its answers without an allocation each.
+    pub fn encode_into(&self, keep_alive: bool, out: &mut Vec<u8>) {
+        let (mut status, mut length) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let pieces: [&[u8]; 13] = [
+            b"HTTP/1.1 ",
+            status.format(self.status).as_bytes(),
+            b" ",
+            reason(self.status).as_bytes(),
+            b"\r\nContent-Type: ",
+            self.content_type.as_bytes(),
+            b"\r\nContent-Length: ",
+            length.format(self.body.len()).as_bytes(),
+            b"\r\nCache-Control: no-store\r\nConnection: ",
+            if keep_alive { b"keep-alive" } else { b"close" },
+            b"\r\n",
+            self.extra.as_bytes(),
+            b"\r\n",
+        ];
+        pieces.iter().for_each(|piece| out.extend_from_slice(piece));
+        out.extend_from_slice(&self.body);
+    }
+
+    /// The whole response in a buffer of its own.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
-        let connection = if keep_alive { "keep-alive" } else { "close" };
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-             Connection: {connection}\r\n{}\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len(),
-            self.extra,
-        );
-        [head.as_bytes(), &self.body].concat()
+        let mut out = Vec::with_capacity(160 + self.body.len());
+        self.encode_into(keep_alive, &mut out);
+        out
     }
 }
 
@@ -178,45 +196,48 @@ fn authorized(request: &Request, key: Option<&[u8]>) -> bool {
 /// The publish a `POST /publish` body asks for: JSON as on a control line, or a form with the
 /// same fields, which is turned into that JSON so that one grammar checks both.
 pub fn publish_from(request: &Request, body: &[u8], limits: &Limits) -> Result<Publish, Response> {
-    let form;
-    let json = match request.content_type.as_deref() {
-        Some("application/json") => body,
-        Some("application/x-www-form-urlencoded") => {
-            form = form_json(body)?;
-            form.as_bytes()
-        }
+    let checked = match request.content_type.as_deref() {
+        Some("application/json") => parse_json_publish(body, limits),
+        Some("application/x-www-form-urlencoded") => form_publish(body)?.check(body, limits),
         _ => return Err(Response::error(415, "send application/json or application/x-www-form-urlencoded")),
     };
-    parse_json_publish(json, limits).map_err(|e| match e {
+    checked.map_err(|e| match e {
         CommandError::MessageTooLong { .. } => Response::error(413, &e.to_string()),
         _ => Response::error(400, &e.to_string()),
     })
 }
 
-/// A form's fields as the JSON publish object: `to` may repeat (several targets); `retry` is a
-/// number when it reads as one (else the grammar refuses the text); any other field given twice
-/// is refused, as it would be ambiguous.
-fn form_json(body: &[u8]) -> Result<String, Response> {
-    use serde_json::{Map, Value};
-    let mut object = Map::new();
-    let mut targets = Vec::new();
+/// A form's fields as the JSON publish they stand for: `to` may repeat (several targets); any
+/// other field given twice is refused, as it would be ambiguous; an unknown one too, as in JSON.
+fn form_publish(body: &[u8]) -> Result<JsonPublish, Response> {
+    let (mut to, mut data, mut except, mut event, mut retry) = (Vec::new(), None, None, None, None);
     for (name, value) in form_urlencoded::parse(body) {
-        let value = match name.as_ref() {
+        let slot = match name.as_ref() {
             "to" => {
-                targets.push(Value::String(value.into_owned()));
+                to.push(value.into_owned());
                 continue;
             }
-            "retry" => value.parse::<u64>().map_or_else(|_| Value::String(value.to_string()), Value::from),
-            _ => Value::String(value.into_owned()),
+            "data" => &mut data,
+            "except" => &mut except,
+            "event" => &mut event,
+            "retry" => &mut retry,
+            other => return Err(Response::error(400, &format!("unknown field `{other}`"))),
         };
-        if object.insert(name.to_string(), value).is_some() {
+        if slot.replace(value.into_owned()).is_some() {
             return Err(Response::error(400, &format!("field `{name}` given twice")));
         }
     }
-    if !targets.is_empty() {
-        object.insert("to".into(), Value::Array(targets));
+    if to.is_empty() {
+        return Err(Response::error(400, "missing field `to`"));
     }
-    Ok(Value::Object(object).to_string())
+    let data = data.ok_or_else(|| Response::error(400, "missing field `data`"))?;
+    let retry = retry
+        .map(|ms| {
+            ms.parse::<u32>()
+                .map_err(|_| Response::error(400, &format!("retry is not a number of milliseconds: {ms}")))
+        })
+        .transpose()?;
+    Ok(JsonPublish::from_form(to, data, except, event, retry))
 }
 
 #[cfg(test)]

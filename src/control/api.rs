@@ -100,17 +100,17 @@ impl Control {
 
     /// Reads, answers what can be answered, writes; closes the connection when it is done.
     pub(super) fn serve_api(&mut self, key: usize) {
-        if !self.apis.contains(key) {
-            return;
-        }
-        loop {
+        while self.apis.contains(key) {
             let read_more = self.read_api(key);
             self.take_requests(key);
-            if !read_more || !self.apis[key].can_take_request() {
-                break;
+            self.write_api(key);
+            // A read that stopped at a full buffer rather than at WouldBlock leaves bytes epoll
+            // will not announce again: go on while they can be taken. Answers backed up wait
+            // for writability instead, which brings the connection back here.
+            if !read_more || !self.apis.get(key).is_some_and(ApiConnection::can_take_request) {
+                return;
             }
         }
-        self.write_api(key);
     }
 
     /// Writes the admin path's answer to the connection that asked, and goes on with its
@@ -175,30 +175,37 @@ impl Control {
         self.settings.limits.max_message + BODY_SLACK
     }
 
-    /// Carries out the whole requests received, in order, while answers may be given.
+    /// Carries out the whole requests received, in order, while answers may be given. The
+    /// requests taken leave the buffer in one go at the end: a pipelined batch is not moved
+    /// down the buffer once per request.
     fn take_requests(&mut self, key: usize) {
         let max_body = self.max_api_body();
+        let mut taken = 0;
         while self.apis[key].can_take_request() {
             let conn = &mut self.apis[key];
-            match parse(&conn.input, max_body) {
+            match parse(&conn.input[taken..], max_body) {
                 Ok(Parsed::Incomplete) => {
-                    if conn.done && !conn.input.is_empty() {
+                    if conn.done && taken < conn.input.len() {
                         debug!("API connection from {} closed in the middle of a request", conn.peer);
-                        conn.input.clear();
+                        taken = conn.input.len();
                     }
-                    return;
+                    break;
                 }
                 Ok(Parsed::Complete { request, consumed }) => {
-                    let body = conn.input[request.body.clone()].to_vec();
-                    conn.input.drain(..consumed);
+                    let body = conn.input[taken..][request.body.clone()].to_vec();
+                    taken += consumed;
                     conn.keep_alive &= request.keep_alive;
-                    conn.deadline =
-                        Instant::now() + if conn.input.is_empty() { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
+                    let more = taken < conn.input.len();
+                    conn.deadline = Instant::now() + if more { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
                     self.carry_out(key, &request, &body);
                 }
-                Err(e) => return self.refuse_request(key, &e),
+                Err(e) => {
+                    self.apis[key].input.clear();
+                    return self.refuse_request(key, &e);
+                }
             }
         }
+        self.apis[key].input.drain(..taken);
     }
 
     /// Answers a request that cannot be read, and closes the connection: where its next request
@@ -273,6 +280,6 @@ impl ApiConnection {
     }
 
     fn answer(&mut self, response: &Response) {
-        self.out.extend_from_slice(&response.encode(self.keep_alive));
+        response.encode_into(self.keep_alive, &mut self.out);
     }
 }

@@ -356,8 +356,21 @@ impl<'de> Deserialize<'de> for Targets {
 }
 
 impl JsonPublish {
-    /// Checks every field as hasses' grammar checks its own, into the publish it asks for.
-    fn check(self, part: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
+    /// The publish an HTML form's fields ask for (the HTTP API's other body): the same fields,
+    /// checked the same way by [`JsonPublish::check`].
+    pub fn from_form(
+        to: Vec<String>,
+        data: String,
+        except: Option<String>,
+        event: Option<String>,
+        retry: Option<u32>,
+    ) -> JsonPublish {
+        JsonPublish { to: Targets(to), data, except, event, retry }
+    }
+
+    /// Checks every field as hasses' grammar checks its own, into the publish it asks for;
+    /// `part` is what the fields came from, for the error's excerpt.
+    pub fn check(self, part: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
         if self.to.0.is_empty() {
             return Err(CommandError::NoTarget { part: excerpt(part) });
         }

@@ -259,6 +259,37 @@ fn a_keep_alive_connection_takes_many_requests_and_pipelined_ones_in_order() {
     assert!(api.closed_within(WAIT));
 }
 
+/// A long pipelined burst of publishes on one connection, written while its answers are read:
+/// the server's buffers fill both ways (it stops reading while its answers back up, and the
+/// bytes it left in the socket are announced by no new event), yet every publish is answered.
+#[test]
+fn a_long_pipelined_burst_is_answered_whole() {
+    const PUBLISHES: usize = 20_000;
+    let server = Server::start(&[]);
+    let api = Api::connect(&server);
+    let mut reader = api.stream.try_clone().unwrap();
+    let counting = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let answers = |seen: &[u8]| seen.windows(17).filter(|w| w == b"HTTP/1.1 200 OK\r\n").count();
+        while answers(&seen) < PUBLISHES && Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        answers(&seen)
+    });
+    let request =
+        format!("POST /publish HTTP/1.1\r\nContent-Type: {FORM}\r\nContent-Length: 12\r\n\r\nto=nb&data=x");
+    let mut writer = api.stream;
+    for _ in 0..PUBLISHES / 100 {
+        writer.write_all(request.repeat(100).as_bytes()).unwrap();
+    }
+    assert_eq!(counting.join().unwrap(), PUBLISHES);
+}
+
 #[test]
 fn the_key_guards_everything_but_health() {
     let key_file = TempFile::new("api-key");
