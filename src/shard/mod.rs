@@ -36,6 +36,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::HandshakeKind;
 use slab::Slab;
 use tracing::info;
 
@@ -74,6 +75,9 @@ struct Counters {
     auth_refused_missing: u64,
     auth_refused_invalid: u64,
     auth_refused_forbidden: u64,
+    /// TLS handshakes completed in full (certificate, key exchange) and by resuming a session.
+    tls_full_handshakes: u64,
+    tls_resumed_handshakes: u64,
 }
 
 impl Counters {
@@ -82,6 +86,16 @@ impl Counters {
             Refusal::NoToken => &mut self.auth_refused_missing,
             Refusal::Invalid(_) => &mut self.auth_refused_invalid,
             Refusal::Forbidden(_) => &mut self.auth_refused_forbidden,
+        } += 1;
+    }
+
+    /// Counts a TLS handshake just completed, by how it went.
+    fn tls_handshake(&mut self, kind: Option<HandshakeKind>) {
+        *match kind {
+            Some(HandshakeKind::Resumed) => &mut self.tls_resumed_handshakes,
+            Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest) | None => {
+                &mut self.tls_full_handshakes
+            }
         } += 1;
     }
 }

@@ -61,11 +61,16 @@ impl Shard {
                 Ok(None) => break,
                 Err(e) => return self.close(key, &e.to_string()),
             }
+            let was_handshaking = tls.is_handshaking();
             if let Err(e) = tls.process_new_packets() {
                 // Tell the peer why (the alert rustls queued), then give up on it.
                 let _ = outbox::send_tls(tls, &mut conn.socket);
                 info!("TLS failed with {}: {e}", conn.peer);
                 return self.close(key, &format!("TLS error: {e}"));
+            }
+            // A session's handshake ends once: counted when it does, full or resumed.
+            if was_handshaking && !tls.is_handshaking() {
+                self.counters.tls_handshake(tls.handshake_kind());
             }
             if !self.take_plaintext(key) {
                 return;
