@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver as ChanRx, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
-use rustls::ClientConnection;
+use rustls::{ClientConnection, HandshakeKind};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::parse::{Event, StreamParser};
@@ -57,6 +57,8 @@ pub enum Cmd {
         /// Where to send the counters.
         reply: Sender<Counters>,
     },
+    /// Close every connection, to open them again with the next `Connect`; reply when done.
+    Disconnect(Sender<()>),
     /// Close everything and end the thread.
     Stop,
 }
@@ -278,6 +280,10 @@ impl Thread {
                     self.done_delivered += c.delivered_b + c.delivered_t;
                     let _ = reply.send(c);
                 }
+                Cmd::Disconnect(reply) => {
+                    self.disconnect();
+                    let _ = reply.send(());
+                }
                 Cmd::Stop => return false,
             }
         }
@@ -312,6 +318,20 @@ impl Thread {
                 t.next_t = end;
             }
         }
+    }
+
+    /// Closes every connection (as a client that goes away, without a TLS close_notify) and
+    /// forgets it was opened; TLS sessions to resume stay in the client's session store.
+    fn disconnect(&mut self) {
+        for conn in &mut self.conns {
+            conn.stream = None;
+            conn.tls = None;
+            conn.state = State::Idle;
+            conn.parser = StreamParser::new();
+        }
+        self.opened = 0;
+        self.in_flight = 0;
+        self.connecting = false;
     }
 
     fn open_more(&mut self) {
@@ -526,6 +546,8 @@ impl Thread {
                 }
                 if was_handshaking && !tls.is_handshaking() {
                     self.counters.tls_handshaked += 1;
+                    self.counters.tls_resumed +=
+                        u64::from(tls.handshake_kind() == Some(HandshakeKind::Resumed));
                     self.counters.last_tls_handshake = now;
                 }
                 if !self.tls_plaintext(local, now) {

@@ -1,15 +1,20 @@
 //! `--tls`: the rustls client settings every connection shares (the certificate to trust,
-//! TLS 1.3 and 1.2, ALPN `http/1.1`) and the name to verify the server by.
+//! TLS 1.3 and 1.2, ALPN `http/1.1`), the name to verify the server by, and with
+//! `--tls-resume` the store of sessions to resume.
 //!
-//! Owns turning `--ca` and `--server-name` into a `ClientConfig`; the receivers drive the
-//! sessions themselves, non-blocking, in their own poll loops.
+//! Owns turning `--ca`, `--server-name` and `--tls-resume` into a `ClientConfig`; the receivers
+//! drive the sessions themselves, non-blocking, in their own poll loops.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::{ClientConfig, ClientConnection, NamedGroup, RootCertStore};
 
 use crate::cli::Options;
 
@@ -45,8 +50,14 @@ impl TlsSetup {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // Every connection is a full handshake, as every new client's would be.
-        config.resumption = rustls::client::Resumption::disabled();
+        config.resumption = if opts.tls_resume {
+            // A ticket for each connection: the server sends two per handshake.
+            let tickets = 2 * opts.connections as usize;
+            rustls::client::Resumption::store(Arc::new(TicketPool::new(tickets)))
+        } else {
+            // Every connection is a full handshake, as every new client's would be.
+            rustls::client::Resumption::disabled()
+        };
         let name = match &opts.server_name {
             Some(name) => name.clone(),
             None => opts.sse.addr.ip().to_string(),
@@ -57,8 +68,67 @@ impl TlsSetup {
         Ok(Some(TlsSetup { config: Arc::new(config), name }))
     }
 
-    /// A new client session (it sends its ClientHello at the first write).
+    /// A new client session (it sends its ClientHello at the first write); with
+    /// `--tls-resume`, it resumes a session from the pool when there is one.
     pub fn session(&self) -> Result<ClientConnection, rustls::Error> {
         ClientConnection::new(Arc::clone(&self.config), self.name.clone())
+    }
+}
+
+/// TLS 1.3 tickets for many connections to one server. rustls' own store keeps 8 tickets a
+/// server name, and a TLS 1.3 ticket is used once: of thousands of connections reconnecting to
+/// one server, all but 8 would pay a full handshake. Each connection here stands for a client
+/// of its own, so every ticket goes to a shared pool, and any connection takes one.
+#[derive(Debug)]
+struct TicketPool {
+    tickets: Mutex<VecDeque<Tls13ClientSessionValue>>,
+    limit: usize,
+    /// TLS 1.2 sessions and key exchange hints: one per server serves every connection.
+    others: ClientSessionMemoryCache,
+}
+
+impl TicketPool {
+    /// Keeps at most `limit` tickets, the newest.
+    fn new(limit: usize) -> TicketPool {
+        TicketPool { tickets: Mutex::new(VecDeque::new()), limit, others: ClientSessionMemoryCache::new(16) }
+    }
+
+    fn tickets(&self) -> std::sync::MutexGuard<'_, VecDeque<Tls13ClientSessionValue>> {
+        // A panic elsewhere leaves the pool as good as it was: tickets are whole values.
+        self.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ClientSessionStore for TicketPool {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.others.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.others.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.others.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.others.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.others.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(&self, _server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        let mut tickets = self.tickets();
+        if tickets.len() == self.limit {
+            tickets.pop_front();
+        }
+        tickets.push_back(value);
+    }
+
+    fn take_tls13_ticket(&self, _server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.tickets().pop_front()
     }
 }

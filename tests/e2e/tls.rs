@@ -635,7 +635,7 @@ fn the_capacity_benchmark_runs_over_tls() {
     let server = tls_server(&files, &["--log-level", "0"]);
     let json = TempFile::new("bench.jsonl");
     let out = Command::new(common::bench_tool::path())
-        .args(["all", "-n", "40", "--quiet", "--tls", "--ca", files.cert.arg()])
+        .args(["all", "-n", "40", "--quiet", "--tls", "--tls-resume", "--ca", files.cert.arg()])
         .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
         .args(["--control", &format!("127.0.0.1:{}", server.cport())])
         .args(["--server-pid", &server.pid().to_string()])
@@ -651,13 +651,22 @@ fn the_capacity_benchmark_runs_over_tls() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5, "{report}");
-    let connect = &lines[0];
+    assert_eq!(lines.len(), 6, "{report}");
+    let (connect, reconnect) = (&lines[0], &lines[1]);
     assert_eq!(connect["tls"], true, "{connect}");
     assert_eq!(connect["tls_handshakes"], 40, "{connect}");
+    assert_eq!(connect["tls_resumed_handshakes"], 0, "{connect}");
     assert!(connect["tls_handshakes_per_s"].as_f64().unwrap() > 0.0, "{connect}");
     assert!(connect["server_cpu_us_per_tls_handshake"].as_f64().unwrap() > 0.0, "{connect}");
-    assert!(lines[1]["rss_bytes_per_tls_connection"].is_number(), "{}", lines[1]);
+    // --tls-resume: every connection closed and opened again, resuming its session.
+    assert_eq!(reconnect["scenario"], "reconnect", "{reconnect}");
+    assert_eq!(reconnect["tls_resumed_handshakes"], 40, "{reconnect}");
+    let status = server.tcp_json("tcpstatus");
+    assert_eq!(
+        (status["tlsfullhandshakes"].clone(), status["tlsresumedhandshakes"].clone()),
+        (40.into(), 40.into())
+    );
+    assert!(lines[2]["rss_bytes_per_tls_connection"].is_number(), "{}", lines[2]);
     for line in &lines {
         assert_eq!(line["ok"], true, "{line}");
         assert_eq!(line["lost"], 0, "{line}");
