@@ -148,6 +148,8 @@ pub struct Bench {
     control: Option<Control>,
     probe: Option<ServerProbe>,
     rss_start: Option<u64>,
+    /// The receivers' TLS settings (`--tls`).
+    tls: Option<TlsSetup>,
     /// Handshaked connections still open, as of the last phase's end.
     live: u64,
     bcast_sent: u64,
@@ -184,6 +186,7 @@ impl Bench {
             control: None,
             probe,
             rss_start,
+            tls,
             live: 0,
             bcast_sent: 0,
             targeted_sent: 0,
@@ -305,6 +308,9 @@ impl Bench {
         while left.as_ref().is_ok_and(|&n| n > 0) && Instant::now() < deadline {
             sleep(TICK);
             left = self.control().and_then(|c| c.number_of_clients());
+        }
+        if let Some(tls) = &self.tls {
+            tls.resume_from_now();
         }
         let mut result = self.connect(Phase::Reconnect);
         match left {

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::{
@@ -23,6 +24,8 @@ use crate::cli::Options;
 pub struct TlsSetup {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
+    /// The tickets to resume with (`--tls-resume`).
+    tickets: Option<Arc<TicketPool>>,
 }
 
 impl TlsSetup {
@@ -50,13 +53,12 @@ impl TlsSetup {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.resumption = if opts.tls_resume {
-            // A ticket for each connection: the server sends two per handshake.
-            let tickets = 2 * opts.connections as usize;
-            rustls::client::Resumption::store(Arc::new(TicketPool::new(tickets)))
-        } else {
+        // A ticket for each connection: the server sends two per handshake.
+        let tickets = opts.tls_resume.then(|| Arc::new(TicketPool::new(2 * opts.connections as usize)));
+        config.resumption = match &tickets {
+            Some(pool) => rustls::client::Resumption::store(Arc::clone(pool) as Arc<dyn ClientSessionStore>),
             // Every connection is a full handshake, as every new client's would be.
-            rustls::client::Resumption::disabled()
+            None => rustls::client::Resumption::disabled(),
         };
         let name = match &opts.server_name {
             Some(name) => name.clone(),
@@ -65,11 +67,19 @@ impl TlsSetup {
         let name = ServerName::try_from(name.as_str())
             .map_err(|e| invalid(format!("--server-name {name}: {e}")))?
             .to_owned();
-        Ok(Some(TlsSetup { config: Arc::new(config), name }))
+        Ok(Some(TlsSetup { config: Arc::new(config), name, tickets }))
     }
 
-    /// A new client session (it sends its ClientHello at the first write); with
-    /// `--tls-resume`, it resumes a session from the pool when there is one.
+    /// From now on new sessions resume with the tickets collected so far (`--tls-resume`);
+    /// until then every connection is new, and its handshake full.
+    pub fn resume_from_now(&self) {
+        if let Some(pool) = &self.tickets {
+            pool.resuming.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A new client session (it sends its ClientHello at the first write); once resuming, it
+    /// resumes a session from the pool when there is one.
     pub fn session(&self) -> Result<ClientConnection, rustls::Error> {
         ClientConnection::new(Arc::clone(&self.config), self.name.clone())
     }
@@ -83,6 +93,9 @@ impl TlsSetup {
 struct TicketPool {
     tickets: Mutex<VecDeque<Tls13ClientSessionValue>>,
     limit: usize,
+    /// Tickets are handed out: set for the reconnect phase. Before, each connection is a
+    /// client's first, whose handshake is full.
+    resuming: AtomicBool,
     /// TLS 1.2 sessions and key exchange hints: one per server serves every connection.
     others: ClientSessionMemoryCache,
 }
@@ -90,7 +103,12 @@ struct TicketPool {
 impl TicketPool {
     /// Keeps at most `limit` tickets, the newest.
     fn new(limit: usize) -> TicketPool {
-        TicketPool { tickets: Mutex::new(VecDeque::new()), limit, others: ClientSessionMemoryCache::new(16) }
+        TicketPool {
+            tickets: Mutex::new(VecDeque::new()),
+            limit,
+            resuming: AtomicBool::new(false),
+            others: ClientSessionMemoryCache::new(16),
+        }
     }
 
     fn tickets(&self) -> std::sync::MutexGuard<'_, VecDeque<Tls13ClientSessionValue>> {
@@ -113,7 +131,7 @@ impl ClientSessionStore for TicketPool {
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.others.tls12_session(server_name)
+        self.resuming.load(Ordering::Relaxed).then(|| self.others.tls12_session(server_name)).flatten()
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
@@ -129,6 +147,6 @@ impl ClientSessionStore for TicketPool {
     }
 
     fn take_tls13_ticket(&self, _server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.tickets().pop_front()
+        self.resuming.load(Ordering::Relaxed).then(|| self.tickets().pop_front()).flatten()
     }
 }
