@@ -15,7 +15,7 @@ use rustls::crypto::GetRandomFailed;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
-use rustls::{ServerConfig, ServerConnection, TicketRotator};
+use rustls::{ServerConfig, TicketRotator};
 
 /// The certificate chain and key to serve HTTPS with (absolute paths).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +83,6 @@ pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 /// (a 32-byte id, a 48-byte master secret, ALPN and the map's own overhead) 6 MB at most.
 /// rustls' default of 256 made nearly every reconnecting client pay a full handshake.
 const TLS12_SESSIONS: usize = 20_000;
-
-/// Plaintext a session holds for sending at most: one full record.
-const TLS_SEND_BUFFER: usize = 16 * 1024;
 
 /// The TLS settings new connections use, swapped whole on reload.
 #[derive(Debug)]
@@ -161,15 +158,6 @@ impl Tls {
     /// The settings for a new connection (a read lock, on accept only).
     pub fn config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.config.read())
-    }
-
-    /// A session for a new connection. Its send buffer is capped at one full TLS record of
-    /// plaintext: frames wait in the connection's outbox, shared with every other recipient,
-    /// rather than as a private copy inside TLS (rustls' default would hold 64 KiB a client).
-    pub fn session(&self) -> Result<ServerConnection, rustls::Error> {
-        let mut session = ServerConnection::new(self.config())?;
-        session.set_buffer_limit(Some(TLS_SEND_BUFFER));
-        Ok(session)
     }
 
     /// Reads the files again for the connections to come; on failure the old ones stay.

@@ -24,6 +24,7 @@ mod settings;
 mod stalls;
 pub mod subscriptions;
 mod timers;
+mod tls_session;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -49,6 +50,7 @@ pub use settings::Settings;
 use stalls::Stalls;
 use subscriptions::Subscriptions;
 use timers::Deadline;
+use tls_session::TlsBuffers;
 
 /// The listener's token, at the top of the range where no slab key reaches.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -135,6 +137,8 @@ pub struct Shard {
     next_serial: u32,
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
+    /// What TLS sessions read into and encrypt into (empty without TLS).
+    tls_buffers: TlsBuffers,
     stopping: bool,
     /// The origin of the shard's seconds clock, which connections keep their times on.
     started: Instant,
@@ -182,6 +186,7 @@ impl Shard {
             next_serial: 0,
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
+            tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,
             started: Instant::now(),
             next_heartbeat: settings.heartbeat.and_then(|every| Instant::now().checked_add(every)),
@@ -256,7 +261,7 @@ impl Shard {
         let conn = &mut self.connections[key];
         let queued = conn.outbox.len();
         let flushed = match conn.tls.as_deref_mut() {
-            Some(tls) => conn.outbox.flush_tls(tls, &mut conn.socket),
+            Some(tls) => conn.outbox.flush_tls(tls, &mut self.tls_buffers.output, &mut conn.socket),
             None => conn.outbox.flush(&mut conn.socket),
         };
         match flushed {
