@@ -3,7 +3,7 @@
 //! Owns turning the operator's PEM files into a rustls `ServerConfig` (TLS 1.2 and 1.3, ALPN
 //! `http/1.1`) and saying exactly what is wrong with them, and the session resumption state that
 //! outlives a reload: the ticket keys and the TLS 1.2 session cache. It does no I/O on
-//! connections: each shard drives its own `ServerConnection`s in its own loop.
+//! connections: each shard drives its own sessions in its own loop (`shard::tls_session`).
 
 use std::io;
 use std::path::{Path, PathBuf};

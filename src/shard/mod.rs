@@ -12,7 +12,8 @@
 //! - `request`: reading (plain and TLS), judging a request, answering it, the handshake;
 //! - `delivery`: taking commands, and delivering events (the hot path);
 //! - `timers`: handshake and age deadlines, heartbeats, cutting stalled clients;
-//! - `report`: this shard's figures and client rows.
+//! - `report`: this shard's figures and client rows;
+//! - `tls_session`: a connection's TLS session, over the shard's own TLS buffers.
 
 mod accept;
 mod connection;
