@@ -53,7 +53,10 @@ say CA:FALSE: rustls, unlike curl, refuses a CA certificate as the server's own.
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \\
       -keyout key.pem -out cert.pem -subj /CN=localhost \\
       -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE
-  hasses-bench all -n 5000 --tls --ca cert.pem --server-pid $(pidof hasses)";
+  hasses-bench all -n 5000 --tls --ca cert.pem --server-pid $(pidof hasses)
+With --tls-resume, every connection is then closed and opened again, resuming its session: the
+reconnect phase's server CPU per TLS handshake is a resumed handshake's, the connect phase's a
+full one's.";
 
 /// Capacity benchmark for hasses: N SSE connections, published messages, and the figures.
 #[derive(Debug, Clone, Parser)]
