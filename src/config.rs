@@ -92,6 +92,9 @@ pub struct Config {
     pub control_secret: Option<String>,
     /// Serve HTTPS with these files (`-ssl -cert-file= -privatekey-file=`, `--tls-cert --tls-key`).
     pub tls: Option<TlsFiles>,
+    /// How long a TLS session ticket resumes a session, at most (`--tls-ticket-lifetime`, 6 hours;
+    /// see [`crate::tls::Tls::load`]).
+    pub tls_ticket_lifetime: Duration,
     /// Drop a client whose unsent bytes exceed this (`--max-backlog`, 1 MiB).
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
@@ -382,6 +385,11 @@ struct Cli {
     /// The certificate's private key, PEM: PKCS#8, PKCS#1 or SEC1 [-privatekey-file=PEM]
     #[arg(long, value_name = "PEM")]
     tls_key: Option<String>,
+    /// The lifetime of TLS session tickets, in seconds (at most 43200): a reconnecting client
+    /// resumes with one for between half of it and all of it after it was issued; the keys
+    /// that encrypt tickets rotate every half lifetime [default: 21600]
+    #[arg(long, value_name = "SECS")]
+    tls_ticket_lifetime: Option<String>,
 }
 
 /// Parses argv (without the program name).
@@ -705,6 +713,9 @@ impl Given {
             )?,
             control_secret: self.value("control-secret", &cli.control_secret, secret)?,
             tls,
+            tls_ticket_lifetime: self
+                .value("tls-ticket-lifetime", &cli.tls_ticket_lifetime, ticket_lifetime)?
+                .unwrap_or(Duration::from_secs(6 * 60 * 60)),
             max_backlog: self.value("max-backlog", &cli.max_backlog, positive)?.unwrap_or(1 << 20),
             limits: Limits {
                 max_message: self
@@ -982,6 +993,16 @@ fn seconds(text: &str) -> Result<Duration, &'static str> {
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .filter(|duration| !duration.is_zero())
         .ok_or("must be a number of seconds above 0")
+}
+
+/// Whole seconds, from 2 (a rotation every second) up to what rustls' ticket keys allow.
+fn ticket_lifetime(text: &str) -> Result<Duration, &'static str> {
+    let max = crate::tls::MAX_TICKET_LIFETIME.as_secs();
+    text.parse()
+        .ok()
+        .filter(|secs| (2..=max).contains(secs))
+        .map(Duration::from_secs)
+        .ok_or("must be whole seconds from 2 to 43200 (12 hours)")
 }
 
 /// A path, relative ones taken from the current directory.
@@ -1433,6 +1454,19 @@ mod tests {
         assert_eq!(error(&["--tls-key=/k.pem"]), format!("--tls-key: {needs_both}"));
         // hasses ignores the file flags without -ssl.
         assert_eq!(run(&[&base[..], &["-cert-file=c.pem", "-privatekey-file=k.pem"]].concat()).tls, None);
+    }
+
+    #[test]
+    fn ticket_lifetime_is_whole_seconds_up_to_what_rustls_keys_allow() {
+        assert_eq!(run(&[]).tls_ticket_lifetime, Duration::from_secs(21600));
+        assert_eq!(run(&["--tls-ticket-lifetime=600"]).tls_ticket_lifetime, Duration::from_secs(600));
+        let reason = "must be whole seconds from 2 to 43200 (12 hours)";
+        for bad in ["1", "43201", "1.5", "x"] {
+            assert_eq!(
+                error(&[&format!("--tls-ticket-lifetime={bad}")]),
+                format!("--tls-ticket-lifetime: {reason}: {bad}")
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,8 @@
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`stats`]: the status block, client list and their JSON forms.
-//! - [`tls`]: the certificate and key as a rustls configuration, reloaded on SIGHUP.
+//! - [`tls`]: the certificate and key as a rustls configuration, reloaded on SIGHUP, and the
+//!   session ticket keys and TLS 1.2 session cache that outlive a reload.
 //! - [`log`]: hasses' log levels and line format, a non-blocking writer, reopen on SIGHUP.
 //! - [`nonblocking`]: one reading of a non-blocking call's outcome.
 //! - [`limits`]: size limits shared by the parsers.

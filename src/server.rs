@@ -140,7 +140,7 @@ pub fn bind(config: &Config) -> Result<Bound, StartError> {
     };
     let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
     // Keys are read while we still have our privileges, as the TLS files are.
-    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+    let tls = config.tls.as_ref().map(|files| Tls::load(files, config.tls_ticket_lifetime)).transpose()?;
     let auth = config.auth.as_ref().map(Auth::new).transpose()?;
     Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth })
 }

@@ -44,6 +44,10 @@ pub struct ShardFigures {
     pub auth_refused_invalid: u64,
     /// Subscriptions refused for a token that does not grant what they asked.
     pub auth_refused_forbidden: u64,
+    /// TLS handshakes completed in full: certificate and key exchange.
+    pub tls_full_handshakes: u64,
+    /// TLS handshakes that resumed a session (a ticket or a cached TLS 1.2 session).
+    pub tls_resumed_handshakes: u64,
 }
 
 impl ShardFigures {
@@ -68,6 +72,8 @@ impl AddAssign for ShardFigures {
         self.auth_refused_missing += other.auth_refused_missing;
         self.auth_refused_invalid += other.auth_refused_invalid;
         self.auth_refused_forbidden += other.auth_refused_forbidden;
+        self.tls_full_handshakes += other.tls_full_handshakes;
+        self.tls_resumed_handshakes += other.tls_resumed_handshakes;
     }
 }
 
@@ -149,6 +155,14 @@ impl Status {
                 s.resumes_with_gap
             ),
             format!("Refused subscriptions (token): {}", s.auth_refused()),
+        ]);
+        if self.tls.is_some() {
+            lines.push(format!(
+                "TLS handshakes: {} full, {} resumed",
+                s.tls_full_handshakes, s.tls_resumed_handshakes
+            ));
+        }
+        lines.extend([
             format!(
                 "History: {} events, {} bytes, oldest id {}",
                 self.history.events,
@@ -192,6 +206,8 @@ impl Status {
             "resumecnt": s.resumes_complete + s.resumes_with_gap,
             "resumegapcnt": s.resumes_with_gap,
             "authrefusedcnt": s.auth_refused(),
+            "tlsfullhandshakes": s.tls_full_handshakes,
+            "tlsresumedhandshakes": s.tls_resumed_handshakes,
             "historyevents": self.history.events,
             "historybytes": self.history.bytes,
             "historyoldest": self.history.oldest.map(|id| id.to_string()),
@@ -388,14 +404,20 @@ mod tests {
         let as_user = Status { user: Some("www-data".into()), uid: 33, ..status.clone() };
         assert_eq!(as_user.lines()[4], "Uid: 33 (www-data)");
         let tls = TlsFiles { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() };
-        let https = Status { tls: Some(tls), ..status };
+        let shards = ShardFigures { tls_full_handshakes: 4, tls_resumed_handshakes: 6, ..status.shards };
+        let https = Status { tls: Some(tls), shards, ..status };
         let lines = https.lines();
         assert_eq!(
             lines[6..9],
             ["Mode: SSL encrypted (https)", "SSL Cert key file: /etc/c.pem", "SSL Prvt key file: /etc/k.pem"]
         );
         assert_eq!(lines[9], "Loglevel: 2");
+        assert_eq!(lines[lines.len() - 3], "TLS handshakes: 4 full, 6 resumed");
         assert_eq!(https.json()["mode"], "SSL encrypted (https)");
+        assert_eq!(
+            (https.json()["tlsfullhandshakes"].clone(), https.json()["tlsresumedhandshakes"].clone()),
+            (4.into(), 6.into())
+        );
     }
 
     #[test]

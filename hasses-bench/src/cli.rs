@@ -68,7 +68,10 @@ say CA:FALSE: rustls, unlike curl, refuses a CA certificate as the server's own.
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \\
       -keyout key.pem -out cert.pem -subj /CN=localhost \\
       -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE
-  hasses-bench all -n 5000 --tls --ca cert.pem --server-pid $(pidof hasses)";
+  hasses-bench all -n 5000 --tls --ca cert.pem --server-pid $(pidof hasses)
+With --tls-resume, every connection is then closed and opened again, resuming its session: the
+reconnect phase's server CPU per TLS handshake is a resumed handshake's, the connect phase's a
+full one's.";
 
 /// Capacity benchmark for hasses: N SSE connections, published messages, and the figures.
 #[derive(Debug, Clone, Parser)]
@@ -164,8 +167,8 @@ pub struct Options {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub window: u32,
 
-    /// Open the connections over TLS (rustls, TLS 1.3 or 1.2, no session resumption: every
-    /// connection is a full handshake); needs --ca. The connect phase then also reports TLS
+    /// Open the connections over TLS (rustls, TLS 1.3 or 1.2, no session resumption unless
+    /// --tls-resume: every connection is a full handshake); needs --ca. The connect phase then also reports TLS
     /// handshakes per second and server CPU per handshake, idle the RSS per TLS connection.
     #[arg(long, requires = "ca")]
     pub tls: bool,
@@ -179,6 +182,12 @@ pub struct Options {
     /// is a DNS name (e.g. localhost). Default: the IP address of --sse.
     #[arg(long, requires = "tls")]
     pub server_name: Option<String>,
+
+    /// With --tls: after the connect phase, close every connection and open them all again
+    /// (the reconnect phase), resuming the sessions the first ones got: full handshakes, then
+    /// resumed ones, in one run. The connections share one store of session tickets.
+    #[arg(long, requires = "tls")]
+    pub tls_resume: bool,
 
     /// floor-server: worker threads, each with its own listener and epoll. Default: one per
     /// core, as the server's --workers.
@@ -234,6 +243,8 @@ pub enum Scenario {
 pub enum Phase {
     /// Opening the connections.
     Connect,
+    /// Closing them all and opening them again, resuming their TLS sessions (`--tls-resume`).
+    Reconnect,
     /// Waiting with every connection open.
     Idle,
     /// Messages to everyone at an interval.
@@ -251,6 +262,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Connect => "connect",
+            Phase::Reconnect => "reconnect",
             Phase::Idle => "idle",
             Phase::Broadcast => "broadcast",
             Phase::Burst => "burst",
@@ -354,6 +366,15 @@ impl Options {
             .map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), |n| n as usize)
     }
 
+    /// The phases to run: the scenario's, with reconnect after connect under `--tls-resume`.
+    pub fn phases(&self) -> Vec<Phase> {
+        let resume = self.tls_resume.then_some(Phase::Reconnect);
+        let phases = self.scenario.phases().iter().copied();
+        phases
+            .flat_map(|phase| std::iter::once(phase).chain(resume.filter(|_| phase == Phase::Connect)))
+            .collect()
+    }
+
     /// Checks what clap cannot; returns why the options cannot run.
     pub fn validate(&self) -> Result<(), String> {
         if !self.path.starts_with('/') {
@@ -436,5 +457,17 @@ mod tests {
         let phases = Scenario::All.phases();
         assert_eq!(phases[0], Phase::Connect);
         assert_eq!(phases.len(), 5);
+    }
+
+    #[test]
+    fn tls_resume_reconnects_right_after_connect() {
+        let o = parse(&["--tls", "--ca", "ca.pem", "--tls-resume"]).unwrap();
+        let names: Vec<&str> = o.phases().into_iter().map(Phase::name).collect();
+        assert_eq!(names, ["connect", "reconnect"]);
+        let o = Options::try_parse_from(["hasses-bench", "all", "--tls", "--ca", "ca.pem", "--tls-resume"])
+            .unwrap();
+        let names: Vec<&str> = o.phases().into_iter().map(Phase::name).collect();
+        assert_eq!(names, ["connect", "reconnect", "idle", "broadcast", "burst", "targeted"]);
+        assert!(parse(&["--tls-resume"]).is_err(), "needs --tls");
     }
 }

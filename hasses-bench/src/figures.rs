@@ -14,6 +14,8 @@ use crate::cli::Phase;
 pub enum Figures {
     /// Opening the connections.
     Connect(Connect),
+    /// Opening them again, resuming their TLS sessions (`--tls-resume`).
+    Reconnect(Connect),
     /// Waiting with every connection open.
     Idle(Idle),
     /// Messages to everyone at an interval.
@@ -31,6 +33,7 @@ impl Figures {
     pub fn phase(&self) -> Phase {
         match self {
             Figures::Connect(_) => Phase::Connect,
+            Figures::Reconnect(_) => Phase::Reconnect,
             Figures::Idle(_) => Phase::Idle,
             Figures::Broadcast(_) => Phase::Broadcast,
             Figures::Burst(_) => Phase::Burst,
@@ -83,11 +86,13 @@ pub struct Connect {
     pub tls: Option<TlsHandshakes>,
 }
 
-/// The TLS handshakes of the connect phase (`--tls`).
+/// The TLS handshakes of the connect and reconnect phases (`--tls`).
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsHandshakes {
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
+    /// Of those, the ones that resumed a session (none without `--tls-resume`).
+    pub tls_resumed_handshakes: u64,
     /// Completed per second, until the last one.
     pub tls_handshakes_per_s: f64,
     /// Server CPU per handshake (and its connection's response head), µs.

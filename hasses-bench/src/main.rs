@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let complete = results.len() == opts.scenario.phases().len();
+    let complete = results.len() == opts.phases().len();
     if complete && results.iter().all(run::PhaseResult::ok) {
         ExitCode::SUCCESS
     } else {

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver as ChanRx, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
-use rustls::ClientConnection;
+use rustls::{ClientConnection, HandshakeKind};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::parse::{Event, StreamParser};
@@ -46,8 +46,6 @@ pub enum Cmd {
     /// Open this thread's connections that are not open, keeping at most its window in
     /// progress; one that received events before resumes after the last of them.
     Connect,
-    /// Close every handshaked connection (counted as neither failed nor closed by the server).
-    Disconnect,
     /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, will be sent.
     Begin {
         /// The first broadcast sequence number of the phase.
@@ -64,6 +62,9 @@ pub enum Cmd {
         /// Where to send the counters.
         reply: Sender<Counters>,
     },
+    /// Close every handshaked connection (counted as neither failed nor closed by the server),
+    /// to open them again with the next `Connect`; reply when done.
+    Disconnect(Sender<()>),
     /// Close everything and end the thread.
     Stop,
 }
@@ -275,7 +276,6 @@ impl Thread {
                     self.connecting = true;
                     self.opened = 0;
                 }
-                Cmd::Disconnect => self.disconnect(),
                 Cmd::Begin { bcast_base, bcast_count } => {
                     self.bcast_base = bcast_base;
                     self.counters.last_receiver = vec![0; bcast_count];
@@ -290,6 +290,10 @@ impl Thread {
                     self.done_failed += c.failed_connections();
                     self.done_delivered += c.delivered_b + c.delivered_t;
                     let _ = reply.send(c);
+                }
+                Cmd::Disconnect(reply) => {
+                    self.disconnect();
+                    let _ = reply.send(());
                 }
                 Cmd::Stop => return false,
             }
@@ -367,7 +371,9 @@ impl Thread {
         Ok(())
     }
 
-    /// Closes every handshaked connection; each keeps what it expects next, to resume.
+    /// Closes every handshaked connection (as a client that goes away, without a TLS
+    /// close_notify); each keeps what it expects next, to resume, and TLS sessions to resume
+    /// stay in the client's session store.
     fn disconnect(&mut self) {
         for conn in self.conns.iter_mut().filter(|c| c.state == State::Streaming) {
             if let Some(mut stream) = conn.stream.take() {
@@ -554,6 +560,8 @@ impl Thread {
                 }
                 if was_handshaking && !tls.is_handshaking() {
                     self.counters.tls_handshaked += 1;
+                    self.counters.tls_resumed +=
+                        u64::from(tls.handshake_kind() == Some(HandshakeKind::Resumed));
                     self.counters.last_tls_handshake = now;
                 }
                 if !self.tls_plaintext(local, now) {

@@ -99,7 +99,7 @@ impl PhaseCells {
     fn of(figures: &Figures, tls: bool) -> PhaseCells {
         let none = || "-".to_string();
         match figures {
-            Figures::Connect(f) => {
+            Figures::Connect(f) | Figures::Reconnect(f) => {
                 let mut cells = PhaseCells {
                     rate: format!("{:.0} conn/s", f.connections_per_s),
                     latency: none(),
@@ -108,6 +108,9 @@ impl PhaseCells {
                 };
                 if let Some(t) = &f.tls {
                     cells.rate = format!("{}, {:.0} TLS hs/s", cells.rate, t.tls_handshakes_per_s);
+                    if t.tls_resumed_handshakes > 0 {
+                        cells.rate = format!("{} ({} resumed)", cells.rate, t.tls_resumed_handshakes);
+                    }
                     cells.per_unit = per_unit(t.server_cpu_us_per_tls_handshake, "TLS hs");
                 }
                 cells
@@ -303,6 +306,7 @@ mod tests {
         let opts = options(&["--tls", "--ca", "ca.pem"]);
         let tls = TlsHandshakes {
             tls_handshakes: 3,
+            tls_resumed_handshakes: 0,
             tls_handshakes_per_s: 5.0,
             server_cpu_us_per_tls_handshake: Some(250.0),
             tool_cpu_us_per_tls_handshake: None,

@@ -150,6 +150,8 @@ pub struct Bench {
     control: Option<Control>,
     probe: Option<ServerProbe>,
     rss_start: Option<u64>,
+    /// The receivers' TLS settings (`--tls`).
+    tls: Option<TlsSetup>,
     /// Handshaked connections still open, as of the last phase's end.
     live: u64,
     bcast_sent: u64,
@@ -187,6 +189,7 @@ impl Bench {
             control: None,
             probe,
             rss_start,
+            tls,
             live: 0,
             bcast_sent: 0,
             targeted_sent: 0,
@@ -196,9 +199,10 @@ impl Bench {
     /// Runs the scenario's phases; stops after a phase that failed to complete.
     pub fn run(&mut self) -> Vec<PhaseResult> {
         let mut results = Vec::new();
-        for &phase in self.opts.scenario.phases() {
+        for phase in self.opts.phases() {
             let mut result = match phase {
-                Phase::Connect => self.connect(),
+                Phase::Connect => self.connect(Phase::Connect),
+                Phase::Reconnect => self.reconnect(),
                 Phase::Idle => self.idle(),
                 Phase::Broadcast => self.broadcast(),
                 Phase::Burst => self.burst(),
@@ -293,14 +297,50 @@ impl Bench {
         Ok(self.control.as_mut().expect("just connected"))
     }
 
-    fn connect(&mut self) -> PhaseResult {
+    /// Every receiver closes its handshaked connections; returns once they all have.
+    fn disconnect_all(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(self.receivers.len());
+        for r in &self.receivers {
+            r.send(Cmd::Disconnect(tx.clone()));
+        }
+        for _ in &self.receivers {
+            let _ = rx.recv_timeout(COLLECT_TIMEOUT);
+        }
+    }
+
+    /// Closes every connection, waits until the server has closed them too, then opens them
+    /// again: the measured window holds the new connections only, not the closing.
+    fn reconnect(&mut self) -> PhaseResult {
+        self.disconnect_all();
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut left = self.control().and_then(|c| c.number_of_clients());
+        while left.as_ref().is_ok_and(|&n| n > 0) && Instant::now() < deadline {
+            sleep(TICK);
+            left = self.control().and_then(|c| c.number_of_clients());
+        }
+        if let Some(tls) = &self.tls {
+            tls.resume_from_now();
+        }
+        let mut result = self.connect(Phase::Reconnect);
+        match left {
+            Ok(0) => {}
+            Ok(n) => result.notes.push(format!("the server still had {n} clients when the reconnect began")),
+            Err(e) => {
+                result.notes.push(format!("cannot tell whether the server closed the old connections: {e}"))
+            }
+        }
+        result
+    }
+
+    /// Opens every connection: `Connect` the first time, `Reconnect` after a disconnect.
+    fn connect(&mut self, phase: Phase) -> PhaseResult {
         let n = u64::from(self.opts.connections);
         let w = self.begin(0);
         let base = self.total(|p| Progress::get(&p.handshaked) + Progress::get(&p.failed));
         for r in &self.receivers {
             r.send(Cmd::Connect);
         }
-        let mut waiter = Waiter::new("connect", &self.opts);
+        let mut waiter = Waiter::new(phase.name(), &self.opts);
         let mut incomplete = None;
         loop {
             let done = self.total(|p| Progress::get(&p.handshaked) + Progress::get(&p.failed)) - base;
@@ -323,6 +363,7 @@ impl Bench {
             let end = if c.last_tls_handshake > w.t0 { c.last_tls_handshake } else { sys::mono_ns() };
             TlsHandshakes {
                 tls_handshakes: c.tls_handshaked,
+                tls_resumed_handshakes: c.tls_resumed,
                 tls_handshakes_per_s: c.tls_handshaked as f64 / ((end - w.t0) as f64 / 1e9).max(1e-9),
                 server_cpu_us_per_tls_handshake: usage
                     .server_cpu_s
@@ -342,7 +383,9 @@ impl Bench {
             tls,
         };
         let live = c.live;
-        let mut result = PhaseResult::new(incomplete, c, time_s, usage, Figures::Connect(figures));
+        let figures =
+            if phase == Phase::Reconnect { Figures::Reconnect(figures) } else { Figures::Connect(figures) };
+        let mut result = PhaseResult::new(incomplete, c, time_s, usage, figures);
         if let Some(seen) = server_clients.filter(|&seen| seen < live) {
             // The server does not know of connections that were answered: another process
             // (an old instance sharing the port through SO_REUSEPORT?) took some of them.
@@ -598,9 +641,7 @@ impl Bench {
         {
             return Some(why);
         }
-        for r in &self.receivers {
-            r.send(Cmd::Disconnect);
-        }
+        self.disconnect_all();
         let mut waiter = Waiter::new("resume: close", &self.opts);
         loop {
             match self.control().and_then(|c| c.number_of_clients()) {

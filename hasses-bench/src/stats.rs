@@ -150,6 +150,8 @@ pub struct Counters {
     pub last_handshake: u64,
     /// TLS handshakes completed (`--tls`).
     pub tls_handshaked: u64,
+    /// Of those, the ones that resumed a session (`--tls-resume`).
+    pub tls_resumed: u64,
     /// Latest TLS handshake completion time (mono ns).
     pub last_tls_handshake: u64,
     /// Receive latency of every delivery (receive time minus the payload's send time).
@@ -187,6 +189,7 @@ impl Counters {
         self.last_recv = self.last_recv.max(o.last_recv);
         self.last_handshake = self.last_handshake.max(o.last_handshake);
         self.tls_handshaked += o.tls_handshaked;
+        self.tls_resumed += o.tls_resumed;
         self.last_tls_handshake = self.last_tls_handshake.max(o.last_tls_handshake);
         self.latency.merge(&o.latency);
         if self.last_receiver.len() < o.last_receiver.len() {

@@ -1,15 +1,21 @@
 //! `--tls`: the rustls client settings every connection shares (the certificate to trust,
-//! TLS 1.3 and 1.2, ALPN `http/1.1`) and the name to verify the server by.
+//! TLS 1.3 and 1.2, ALPN `http/1.1`), the name to verify the server by, and with
+//! `--tls-resume` the store of sessions to resume.
 //!
-//! Owns turning `--ca` and `--server-name` into a `ClientConfig`; the receivers drive the
-//! sessions themselves, non-blocking, in their own poll loops.
+//! Owns turning `--ca`, `--server-name` and `--tls-resume` into a `ClientConfig`; the receivers
+//! drive the sessions themselves, non-blocking, in their own poll loops.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::{ClientConfig, ClientConnection, NamedGroup, RootCertStore};
 
 use crate::cli::Options;
 
@@ -18,6 +24,8 @@ use crate::cli::Options;
 pub struct TlsSetup {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
+    /// The tickets to resume with (`--tls-resume`).
+    tickets: Option<Arc<TicketPool>>,
 }
 
 impl TlsSetup {
@@ -45,8 +53,13 @@ impl TlsSetup {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // Every connection is a full handshake, as every new client's would be.
-        config.resumption = rustls::client::Resumption::disabled();
+        // A ticket for each connection: the server sends two per handshake.
+        let tickets = opts.tls_resume.then(|| Arc::new(TicketPool::new(2 * opts.connections as usize)));
+        config.resumption = match &tickets {
+            Some(pool) => rustls::client::Resumption::store(Arc::clone(pool) as Arc<dyn ClientSessionStore>),
+            // Every connection is a full handshake, as every new client's would be.
+            None => rustls::client::Resumption::disabled(),
+        };
         let name = match &opts.server_name {
             Some(name) => name.clone(),
             None => opts.sse.addr.ip().to_string(),
@@ -54,11 +67,86 @@ impl TlsSetup {
         let name = ServerName::try_from(name.as_str())
             .map_err(|e| invalid(format!("--server-name {name}: {e}")))?
             .to_owned();
-        Ok(Some(TlsSetup { config: Arc::new(config), name }))
+        Ok(Some(TlsSetup { config: Arc::new(config), name, tickets }))
     }
 
-    /// A new client session (it sends its ClientHello at the first write).
+    /// From now on new sessions resume with the tickets collected so far (`--tls-resume`);
+    /// until then every connection is new, and its handshake full.
+    pub fn resume_from_now(&self) {
+        if let Some(pool) = &self.tickets {
+            pool.resuming.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A new client session (it sends its ClientHello at the first write); once resuming, it
+    /// resumes a session from the pool when there is one.
     pub fn session(&self) -> Result<ClientConnection, rustls::Error> {
         ClientConnection::new(Arc::clone(&self.config), self.name.clone())
+    }
+}
+
+/// TLS 1.3 tickets for many connections to one server. rustls' own store keeps 8 tickets a
+/// server name, and a TLS 1.3 ticket is used once: of thousands of connections reconnecting to
+/// one server, all but 8 would pay a full handshake. Each connection here stands for a client
+/// of its own, so every ticket goes to a shared pool, and any connection takes one.
+#[derive(Debug)]
+struct TicketPool {
+    tickets: Mutex<VecDeque<Tls13ClientSessionValue>>,
+    limit: usize,
+    /// Tickets are handed out: set for the reconnect phase. Before, each connection is a
+    /// client's first, whose handshake is full.
+    resuming: AtomicBool,
+    /// TLS 1.2 sessions and key exchange hints: one per server serves every connection.
+    others: ClientSessionMemoryCache,
+}
+
+impl TicketPool {
+    /// Keeps at most `limit` tickets, the newest.
+    fn new(limit: usize) -> TicketPool {
+        TicketPool {
+            tickets: Mutex::new(VecDeque::new()),
+            limit,
+            resuming: AtomicBool::new(false),
+            others: ClientSessionMemoryCache::new(16),
+        }
+    }
+
+    fn tickets(&self) -> std::sync::MutexGuard<'_, VecDeque<Tls13ClientSessionValue>> {
+        // A panic elsewhere leaves the pool as good as it was: tickets are whole values.
+        self.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ClientSessionStore for TicketPool {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.others.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.others.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.others.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.resuming.load(Ordering::Relaxed).then(|| self.others.tls12_session(server_name)).flatten()
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.others.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(&self, _server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        let mut tickets = self.tickets();
+        if tickets.len() == self.limit {
+            tickets.pop_front();
+        }
+        tickets.push_back(value);
+    }
+
+    fn take_tls13_ticket(&self, _server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.resuming.load(Ordering::Relaxed).then(|| self.tickets().pop_front()).flatten()
     }
 }

@@ -17,10 +17,10 @@ use tracing::{debug, info, warn};
 
 use super::connection::{Connection, Peer};
 use super::timers::Deadline;
+use super::tls_session::TlsSession;
 use super::{seconds, Shard};
 use crate::config::Config;
 use crate::nonblocking::attempt;
-use crate::tls::Tls;
 
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -126,7 +126,7 @@ impl Shard {
         }
         self.state.peak.fetch_max(open, Ordering::Relaxed);
         self.counters.accepted += 1;
-        let tls = match self.settings.tls.as_ref().map(Tls::session).transpose() {
+        let tls = match self.settings.tls.as_ref().map(|tls| TlsSession::new(tls.config())).transpose() {
             Ok(tls) => tls.map(Box::new),
             Err(e) => {
                 self.state.open.fetch_sub(1, Ordering::Relaxed);

@@ -7,12 +7,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use super::outbox::Outbox;
+use super::tls_session::TlsSession;
+use crate::http::Subscribe;
 use mio::net::TcpStream;
 use mio::Interest;
-use rustls::ServerConnection;
-
-use super::outbox::Outbox;
-use crate::http::Subscribe;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +41,7 @@ pub struct Connection {
     /// The client's socket, non-blocking, registered with the shard's poll under its slab key.
     pub socket: TcpStream,
     /// Its TLS session on an HTTPS port; boxed, so a plain connection pays one pointer.
-    pub tls: Option<Box<ServerConnection>>,
+    pub tls: Option<Box<TlsSession>>,
     /// The client's address.
     pub peer: Peer,
     /// Unique within the shard for its whole run: tells this connection from a later one that
@@ -164,7 +163,7 @@ impl Connection {
     /// A connection that has just been accepted.
     pub fn accepted(
         socket: TcpStream,
-        tls: Option<Box<ServerConnection>>,
+        tls: Option<Box<TlsSession>>,
         peer: Peer,
         serial: u32,
         now: u32,

@@ -12,7 +12,8 @@
 //! - `request`: reading (plain and TLS), judging a request, answering it, the handshake;
 //! - `delivery`: taking commands, and delivering events (the hot path);
 //! - `timers`: handshake and age deadlines, heartbeats, cutting stalled clients;
-//! - `report`: this shard's figures and client rows.
+//! - `report`: this shard's figures and client rows;
+//! - `tls_session`: a connection's TLS session, over the shard's own TLS buffers.
 
 mod accept;
 mod connection;
@@ -24,6 +25,7 @@ mod settings;
 mod stalls;
 pub mod subscriptions;
 mod timers;
+mod tls_session;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -36,6 +38,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::HandshakeKind;
 use slab::Slab;
 use tracing::info;
 
@@ -48,6 +51,7 @@ pub use settings::Settings;
 use stalls::Stalls;
 use subscriptions::Subscriptions;
 use timers::Deadline;
+use tls_session::TlsBuffers;
 
 /// The listener's token, at the top of the range where no slab key reaches.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -76,6 +80,9 @@ struct Counters {
     auth_refused_missing: u64,
     auth_refused_invalid: u64,
     auth_refused_forbidden: u64,
+    /// TLS handshakes completed in full (certificate, key exchange) and by resuming a session.
+    tls_full_handshakes: u64,
+    tls_resumed_handshakes: u64,
 }
 
 impl Counters {
@@ -84,6 +91,16 @@ impl Counters {
             Refusal::NoToken => &mut self.auth_refused_missing,
             Refusal::Invalid(_) => &mut self.auth_refused_invalid,
             Refusal::Forbidden(_) => &mut self.auth_refused_forbidden,
+        } += 1;
+    }
+
+    /// Counts a TLS handshake just completed, by how it went.
+    fn tls_handshake(&mut self, kind: Option<HandshakeKind>) {
+        *match kind {
+            Some(HandshakeKind::Resumed) => &mut self.tls_resumed_handshakes,
+            Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest) | None => {
+                &mut self.tls_full_handshakes
+            }
         } += 1;
     }
 }
@@ -123,6 +140,8 @@ pub struct Shard {
     next_serial: u32,
     counters: Counters,
     read_buf: Box<[u8; READ_CHUNK]>,
+    /// What TLS sessions read into and encrypt into (empty without TLS).
+    tls_buffers: TlsBuffers,
     stopping: bool,
     /// The origin of the shard's seconds clock, which connections keep their times on.
     started: Instant,
@@ -170,6 +189,7 @@ impl Shard {
             next_serial: 0,
             counters: Counters::default(),
             read_buf: Box::new([0; READ_CHUNK]),
+            tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,
             started: Instant::now(),
             next_heartbeat: settings.heartbeat.and_then(|every| Instant::now().checked_add(every)),
@@ -244,7 +264,7 @@ impl Shard {
         let conn = &mut self.connections[key];
         let queued = conn.outbox.len();
         let flushed = match conn.tls.as_deref_mut() {
-            Some(tls) => conn.outbox.flush_tls(tls, &mut conn.socket),
+            Some(tls) => conn.outbox.flush_tls(tls, &mut self.tls_buffers.output, &mut conn.socket),
             None => conn.outbox.flush(&mut conn.socket),
         };
         match flushed {

@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 
 use bytes::{Buf, Bytes};
-use rustls::ServerConnection;
 
+use super::tls_session::TlsSession;
 use crate::nonblocking::attempt;
 
 /// The most bytes of queued frames copied into one write: a burst of a hundred events fits,
@@ -68,13 +68,19 @@ impl Outbox {
         Ok(Flushed::All)
     }
 
-    /// Encrypts queued frames into `tls` and sends what TLS holds, as far as the socket takes.
-    pub fn flush_tls(&mut self, tls: &mut ServerConnection, socket: &mut impl Write) -> io::Result<Flushed> {
-        if send_tls(tls, socket)? == Flushed::Partly {
+    /// Sends what `tls` holds, then encrypts queued frames (a batch per record, in the shard's
+    /// `output` buffer) and sends them, as far as the socket takes.
+    pub fn flush_tls(
+        &mut self,
+        tls: &mut TlsSession,
+        output: &mut Vec<u8>,
+        socket: &mut impl Write,
+    ) -> io::Result<Flushed> {
+        if tls.send(socket)? == Flushed::Partly {
             return Ok(Flushed::Partly);
         }
-        match self.flush(&mut TlsSink { tls, socket })? {
-            Flushed::All => send_tls(tls, socket),
+        match self.flush(&mut TlsSink { tls, output, socket })? {
+            Flushed::All => tls.send(socket),
             Flushed::Partly => Ok(Flushed::Partly),
         }
     }
@@ -106,33 +112,16 @@ impl Outbox {
     }
 }
 
-/// Writes what TLS holds encrypted (handshake messages, records) to the socket.
-pub fn send_tls(tls: &mut ServerConnection, socket: &mut impl Write) -> io::Result<Flushed> {
-    while tls.wants_write() {
-        if attempt(|| tls.write_tls(socket))?.is_none() {
-            return Ok(Flushed::Partly);
-        }
-    }
-    Ok(Flushed::All)
-}
-
-/// Frames go into TLS as plaintext; when its buffer is full, records go out to make room.
+/// Frames go into TLS as plaintext, a write's worth per record, and out as ciphertext.
 struct TlsSink<'a, W> {
-    tls: &'a mut ServerConnection,
+    tls: &'a mut TlsSession,
+    output: &'a mut Vec<u8>,
     socket: &'a mut W,
 }
 
 impl<W: Write> Write for TlsSink<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let taken = self.tls.writer().write(buf)?;
-        if taken > 0 {
-            return Ok(taken);
-        }
-        // Say WouldBlock only when the socket is full too: only then will writability be signalled.
-        if send_tls(self.tls, self.socket)? == Flushed::Partly {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.tls.writer().write(buf)
+        self.tls.write(buf, self.output, self.socket)
     }
 
     fn flush(&mut self) -> io::Result<()> {

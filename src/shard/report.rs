@@ -39,6 +39,8 @@ impl Shard {
             auth_refused_missing: self.counters.auth_refused_missing,
             auth_refused_invalid: self.counters.auth_refused_invalid,
             auth_refused_forbidden: self.counters.auth_refused_forbidden,
+            tls_full_handshakes: self.counters.tls_full_handshakes,
+            tls_resumed_handshakes: self.counters.tls_resumed_handshakes,
         }
     }
 

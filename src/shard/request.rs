@@ -16,8 +16,8 @@ use tracing::{debug, info};
 
 use super::connection::{Client, Phase};
 use super::delivery::queue_replay;
-use super::outbox;
 use super::timers::Deadline;
+use super::tls_session::Received;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
 use crate::history::ResumeFrom;
@@ -50,53 +50,66 @@ impl Shard {
     }
 
     /// Reads TLS records until the socket has nothing more, acting on the plaintext in them,
-    /// then sends what TLS wants to (handshake messages, alerts).
+    /// then sends what TLS wants to (handshake messages, alerts). The shard's buffers take the
+    /// ciphertext and the plaintext; the session keeps only an incomplete record.
     fn read_tls(&mut self, key: usize) {
         loop {
             let conn = &mut self.connections[key];
             let Some(tls) = conn.tls.as_mut() else { return };
-            match attempt(|| tls.read_tls(&mut conn.socket)) {
+            let buffers = &mut self.tls_buffers;
+            let Some(kept) = tls.restore_incoming(&mut buffers.input) else {
+                return self.close(key, "TLS message too long");
+            };
+            let n = match attempt(|| conn.socket.read(&mut buffers.input[kept..])) {
                 Ok(Some(0)) => return self.close(key, "closed by peer"),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    // Nothing more: keep the incomplete record for the next read.
+                    tls.keep_incoming(&buffers.input[..kept]);
+                    break;
+                }
                 Err(e) => return self.close(key, &e.to_string()),
-            }
-            if let Err(e) = tls.process_new_packets() {
-                // Tell the peer why (the alert rustls queued), then give up on it.
-                let _ = outbox::send_tls(tls, &mut conn.socket);
-                info!("TLS failed with {}: {e}", conn.peer);
-                return self.close(key, &format!("TLS error: {e}"));
+            };
+            let was_handshaking = tls.is_handshaking();
+            buffers.plain.clear();
+            let received = match tls.receive(&mut buffers.input[..kept + n], &mut buffers.plain) {
+                Ok(received) => received,
+                Err(e) => {
+                    // Tell the peer why (the alert rustls prepared), then give up on it.
+                    tls.queue_alert();
+                    let _ = tls.send(&mut conn.socket);
+                    info!("TLS failed with {}: {e}", conn.peer);
+                    return self.close(key, &format!("TLS error: {e}"));
+                }
+            };
+            // A session's handshake ends once: counted when it does, full or resumed.
+            if was_handshaking && !tls.is_handshaking() {
+                self.counters.tls_handshake(tls.handshake_kind());
             }
             if !self.take_plaintext(key) {
                 return;
+            }
+            if received == Received::Closed {
+                return self.close(key, "closed by peer");
             }
         }
         self.flush(key);
     }
 
-    /// Acts on all the plaintext TLS has decrypted, which epoll will not signal again; false
-    /// when the connection is gone.
+    /// Acts on the plaintext just decrypted, a `read_buf` at a time; false when the connection
+    /// is gone.
     fn take_plaintext(&mut self, key: usize) -> bool {
-        loop {
-            let Some(tls) = self.connections[key].tls.as_mut() else { return true };
-            match attempt(|| tls.reader().read(&mut self.read_buf[..])) {
-                Ok(Some(0)) => {
-                    self.close(key, "closed by peer");
-                    return false;
-                }
-                Ok(Some(n)) => {
-                    self.received(key, n);
-                    if !self.connections.contains(key) {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(e) => {
-                    self.close(key, &e.to_string());
-                    return false;
-                }
+        let plain = std::mem::take(&mut self.tls_buffers.plain);
+        for chunk in plain.chunks(self.read_buf.len()) {
+            self.read_buf[..chunk.len()].copy_from_slice(chunk);
+            self.received(key, chunk.len());
+            if !self.connections.contains(key) {
+                break;
             }
         }
+        // Given back, to keep its allocation for the next read.
+        self.tls_buffers.plain = plain;
+        self.connections.contains(key)
     }
 
     /// Acts on `n` bytes just read into `read_buf`.

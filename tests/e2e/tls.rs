@@ -2,7 +2,9 @@
 //! tcpstatus and client list say so; bad clients (plain HTTP, garbage, a stalled handshake,
 //! TLS 1.1) are closed and logged while the others stream on; bad certificate files stop the
 //! start with one line naming the file; SIGHUP reloads the certificate for new connections; the
-//! legacy `-ssl` flags serve TLS; the capacity benchmark runs over TLS.
+//! legacy `-ssl` flags serve TLS; the capacity benchmark runs over TLS; reconnecting clients
+//! resume their session (tickets, and the TLS 1.2 cache), across a reload too, and the
+//! handshake counters say how each went.
 //!
 //! Certificates are made here with rcgen (ECDSA P-256, for `localhost` and `127.0.0.1`).
 
@@ -14,8 +16,11 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use rustls::client::{ClientSessionMemoryCache, Resumption, Tls12Resumption};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, ClientConnection, HandshakeKind, RootCertStore, StreamOwned, SupportedProtocolVersion,
+};
 
 use crate::common::{self, connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
 
@@ -411,6 +416,82 @@ fn openssls_tls11_client_is_refused_while_others_stream() {
     good.expect_data("still here");
 }
 
+/// `config` with its own session store, resuming TLS 1.2 sessions as `tls12` says.
+fn resuming(config: Arc<ClientConfig>, tls12: Tls12Resumption) -> Arc<ClientConfig> {
+    let mut config = (*config).clone();
+    config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(8))).tls12_resumption(tls12);
+    Arc::new(config)
+}
+
+/// Subscribes (by then the session's tickets have arrived: they come before the response) and
+/// says how its handshake went.
+fn handshake_kind(port: u16, config: &Arc<ClientConfig>) -> HandshakeKind {
+    let client = TlsClient::subscribe(port, Arc::clone(config), "subscribe=a");
+    client.stream.conn.handshake_kind().expect("a finished handshake")
+}
+
+#[test]
+fn rustls_clients_resume_with_tickets_and_the_tls12_cache_across_a_reload() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &[]);
+    let port = server.sse_port;
+    let tls13 = resuming(trusting(&identity), Tls12Resumption::SessionIdOrTickets);
+    let tls12_ticket = client_config(&[&identity], &[&rustls::version::TLS12]);
+    let tls12_ticket = resuming(tls12_ticket, Tls12Resumption::SessionIdOrTickets);
+    let tls12_id = client_config(&[&identity], &[&rustls::version::TLS12]);
+    let tls12_id = resuming(tls12_id, Tls12Resumption::SessionIdOnly);
+    for config in [&tls13, &tls12_ticket, &tls12_id] {
+        assert_eq!(handshake_kind(port, config), HandshakeKind::Full);
+        assert_eq!(handshake_kind(port, config), HandshakeKind::Resumed);
+    }
+    // The same certificate read again: tickets and cached sessions issued before still resume.
+    let start = server.log.len();
+    server.signal(Signal::SIGHUP);
+    server.log.wait_for_line_from(start, |l| l == "TLS certificate and key reloaded", WAIT);
+    for config in [&tls13, &tls12_ticket, &tls12_id] {
+        assert_eq!(handshake_kind(port, config), HandshakeKind::Resumed);
+    }
+    let status = server.wait_json("tcpstatus", "tlsresumedhandshakes", 6);
+    assert_eq!(status["tlsfullhandshakes"], 3, "{status}");
+    assert!(server.status_block().contains(&"TLS handshakes: 3 full, 6 resumed".to_string()));
+}
+
+/// `openssl s_client` asking `HEAD /sse` (answered, then closed: by then it has the session's
+/// tickets), saving its session to `session` or resuming the one saved there; its output.
+fn openssl_session(port: u16, version: &str, session: &TempFile, save: bool) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", version, "-ign_eof", "-connect", &format!("127.0.0.1:{port}")])
+        .args([if save { "-sess_out" } else { "-sess_in" }, session.arg()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): this test needs Debian's openssl package (apt-get install openssl)")
+        });
+    child.stdin.take().unwrap().write_all(b"HEAD /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs openssl: run by the README's test command"]
+fn openssl_resumes_its_session_over_tls13_and_tls12() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &[]);
+    for (version, reused) in [("-tls1_3", "Reused, TLSv1.3"), ("-tls1_2", "Reused, TLSv1.2")] {
+        let session = TempFile::new("session.pem");
+        let first = openssl_session(server.sse_port, version, &session, true);
+        assert!(first.contains("New, TLSv1.") && first.contains("HTTP/1.1 200 "), "{first}");
+        let again = openssl_session(server.sse_port, version, &session, false);
+        assert!(again.contains(reused), "{version}: {again}");
+    }
+    let status = server.wait_json("tcpstatus", "tlsresumedhandshakes", 2);
+    assert_eq!(status["tlsfullhandshakes"], 2, "{status}");
+}
+
 #[test]
 fn a_stalled_handshake_is_closed_at_the_handshake_timeout() {
     let identity = Identity::new();
@@ -554,7 +635,7 @@ fn the_capacity_benchmark_runs_over_tls() {
     let server = tls_server(&files, &["--log-level", "0"]);
     let json = TempFile::new("bench.jsonl");
     let out = Command::new(common::bench_tool::path())
-        .args(["all", "-n", "40", "--quiet", "--tls", "--ca", files.cert.arg()])
+        .args(["all", "-n", "40", "--quiet", "--tls", "--tls-resume", "--ca", files.cert.arg()])
         .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
         .args(["--control", &format!("127.0.0.1:{}", server.cport())])
         .args(["--server-pid", &server.pid().to_string()])
@@ -570,13 +651,22 @@ fn the_capacity_benchmark_runs_over_tls() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5, "{report}");
-    let connect = &lines[0];
+    assert_eq!(lines.len(), 6, "{report}");
+    let (connect, reconnect) = (&lines[0], &lines[1]);
     assert_eq!(connect["tls"], true, "{connect}");
     assert_eq!(connect["tls_handshakes"], 40, "{connect}");
+    assert_eq!(connect["tls_resumed_handshakes"], 0, "{connect}");
     assert!(connect["tls_handshakes_per_s"].as_f64().unwrap() > 0.0, "{connect}");
     assert!(connect["server_cpu_us_per_tls_handshake"].as_f64().unwrap() > 0.0, "{connect}");
-    assert!(lines[1]["rss_bytes_per_tls_connection"].is_number(), "{}", lines[1]);
+    // --tls-resume: every connection closed and opened again, resuming its session.
+    assert_eq!(reconnect["scenario"], "reconnect", "{reconnect}");
+    assert_eq!(reconnect["tls_resumed_handshakes"], 40, "{reconnect}");
+    let status = server.tcp_json("tcpstatus");
+    assert_eq!(
+        (status["tlsfullhandshakes"].clone(), status["tlsresumedhandshakes"].clone()),
+        (40.into(), 40.into())
+    );
+    assert!(lines[2]["rss_bytes_per_tls_connection"].is_number(), "{}", lines[2]);
     for line in &lines {
         assert_eq!(line["ok"], true, "{line}");
         assert_eq!(line["lost"], 0, "{line}");

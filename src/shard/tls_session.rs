@@ -1,0 +1,351 @@
+//! A connection's TLS session over rustls' unbuffered API: the session's state, and only the
+//! bytes that cannot go anywhere else.
+//!
+//! rustls' buffered `ServerConnection` keeps a receive buffer of at least 4 KiB per session for
+//! as long as it lives, half of what an idle TLS connection cost. Here the shard reads and
+//! encrypts in buffers of its own ([`TlsBuffers`], one per shard), and a session keeps bytes
+//! only while they are in flight: part of a record not yet complete, or ciphertext the socket
+//! has not taken. An idle session holds neither. It does no socket reads: the shard reads, this
+//! decrypts; it writes only what it encrypted.
+
+use std::io::{self, Write};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{CommonState, ServerConfig};
+
+use super::outbox::Flushed;
+use crate::nonblocking::attempt;
+
+/// Ciphertext read at once: a whole record of the largest size TLS allows (16 KiB of payload
+/// and its overhead), and a client's first flight whole.
+const INPUT: usize = 32 * 1024;
+
+/// A shard's buffers for all its TLS sessions: ciphertext read, plaintext decrypted,
+/// ciphertext encrypted. Allocated once, and only when the shard serves TLS.
+#[derive(Debug, Default)]
+pub struct TlsBuffers {
+    /// Ciphertext from a socket, behind what a session kept of an incomplete record.
+    pub input: Vec<u8>,
+    /// Plaintext decrypted from it.
+    pub plain: Vec<u8>,
+    /// Ciphertext of a batch of frames, on its way to a socket.
+    pub output: Vec<u8>,
+}
+
+impl TlsBuffers {
+    /// The buffers a TLS shard needs.
+    pub fn new() -> Self {
+        TlsBuffers { input: vec![0; INPUT], plain: Vec::new(), output: Vec::new() }
+    }
+}
+
+/// What decrypting a read's worth of records found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// More may come.
+    Open,
+    /// The peer said close_notify: nothing more will come.
+    Closed,
+}
+
+/// One connection's TLS session.
+pub struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// The start of a record (or of a handshake message) not complete yet, between two reads.
+    incoming: Vec<u8>,
+    /// Ciphertext the socket has not taken yet, from `sent` on.
+    outgoing: Vec<u8>,
+    sent: usize,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("handshaking", &self.is_handshaking())
+            .field("incoming", &self.incoming.len())
+            .field("outgoing", &(self.outgoing.len() - self.sent))
+            .finish()
+    }
+}
+
+impl Deref for TlsSession {
+    type Target = CommonState;
+
+    fn deref(&self) -> &CommonState {
+        &self.conn
+    }
+}
+
+impl TlsSession {
+    /// A session for a new connection.
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedServerConnection::new(config)?,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            sent: 0,
+        })
+    }
+
+    /// True while ciphertext waits for the socket.
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.outgoing.len()
+    }
+
+    /// Moves what was kept of an incomplete record to the front of `input`, and says how long
+    /// it is: the socket's bytes go after it. `None` when it fills `input`: a record or a
+    /// handshake message no client of ours sends.
+    pub fn restore_incoming(&mut self, input: &mut [u8]) -> Option<usize> {
+        let kept = self.incoming.len();
+        if kept >= input.len() {
+            return None;
+        }
+        input[..kept].copy_from_slice(&self.incoming);
+        self.incoming = Vec::new();
+        Some(kept)
+    }
+
+    /// Keeps `bytes` (what [`TlsSession::restore_incoming`] gave back) for the next read.
+    pub fn keep_incoming(&mut self, bytes: &[u8]) {
+        self.incoming = bytes.to_vec();
+    }
+
+    /// Processes the records in `input` (whole ones; the rest is kept for the next read),
+    /// appending application data to `plain` and handshake messages to the outgoing bytes.
+    pub fn receive(&mut self, input: &mut [u8], plain: &mut Vec<u8>) -> Result<Received, rustls::Error> {
+        let mut done = 0;
+        let mut closed = false;
+        loop {
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut input[done..]);
+            let stop = match state? {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        plain.extend_from_slice(record?.payload);
+                    }
+                    false
+                }
+                // Early data is not accepted (rustls' default): none can arrive.
+                ConnectionState::ReadEarlyData(mut records) => {
+                    while records.next_record().is_some() {}
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut self.outgoing, |out| encode.encode(out))?;
+                    false
+                }
+                // The bytes are in `outgoing`, which the shard writes next.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    false
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    closed = true;
+                    true
+                }
+                // Waiting for more of the handshake, or ready for traffic: every whole record
+                // has been processed (and so for states rustls may add).
+                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => true,
+                _ => true,
+            };
+            done += discard;
+            if stop {
+                break;
+            }
+        }
+        if done < input.len() {
+            self.incoming = input[done..].to_vec();
+        }
+        Ok(if closed { Received::Closed } else { Received::Open })
+    }
+
+    /// After an error: queues the alert rustls prepared for the peer, to say why.
+    pub fn queue_alert(&mut self) {
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = encode_into(&mut self.outgoing, |out| encode.encode(out));
+        }
+    }
+
+    /// Encrypts `plain` into `output` (its whole length), once the handshake is done.
+    fn encrypt(&mut self, plain: &[u8], output: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state.map_err(io::Error::other)? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    output.resize(output.capacity().max(plain.len() + RECORD_OVERHEAD), 0);
+                    match traffic.encrypt(plain, output) {
+                        Ok(n) => {
+                            output.truncate(n);
+                            return Ok(());
+                        }
+                        Err(EncryptError::InsufficientSize(e)) => output.resize(e.required_size, 0),
+                        Err(e) => return Err(io::Error::other(e)),
+                    }
+                }
+                // A handshake message of its own to send first (a key update's answer).
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut self.outgoing, |out| encode.encode(out)).map_err(io::Error::other)?
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                other => return Err(io::Error::other(format!("TLS cannot send now ({other:?})"))),
+            }
+        }
+    }
+
+    /// Writes the ciphertext waiting for the socket, as far as it takes it.
+    pub fn send(&mut self, socket: &mut impl Write) -> io::Result<Flushed> {
+        while self.wants_write() {
+            match attempt(|| socket.write(&self.outgoing[self.sent..]))? {
+                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Some(n) => self.sent += n,
+                None => return Ok(Flushed::Partly),
+            }
+        }
+        // An idle session keeps no buffer.
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Ok(Flushed::All)
+    }
+
+    /// Encrypts `plain` whole and writes it; what the socket does not take is kept, and the
+    /// next call writes it first. `WouldBlock` (taking nothing) only when the socket is full.
+    pub fn write(
+        &mut self,
+        plain: &[u8],
+        output: &mut Vec<u8>,
+        socket: &mut impl Write,
+    ) -> io::Result<usize> {
+        if self.send(socket)? == Flushed::Partly {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.encrypt(plain, output)?;
+        // A handshake message queued by `encrypt` goes before the record.
+        if self.send(socket)? == Flushed::Partly {
+            self.outgoing.extend_from_slice(output);
+            return Ok(plain.len());
+        }
+        let written = attempt(|| socket.write(output))?.unwrap_or(0);
+        if written < output.len() {
+            self.outgoing.extend_from_slice(&output[written..]);
+        }
+        Ok(plain.len())
+    }
+}
+
+/// What TLS adds to a record at most beyond its payload (header, content type, AEAD tag).
+const RECORD_OVERHEAD: usize = 5 + 1 + 16;
+
+/// Appends what `encode` writes to `out`, growing `out` as far as it needs.
+fn encode_into(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = 512;
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(e.to_string()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    use super::*;
+    use crate::shard::outbox::Socket;
+
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Runs a handshake and a request, handing the server the client's bytes `step` at a time
+    /// (as reads that return that much); the plaintext the server got, and the session.
+    fn request(step: usize) -> (Vec<u8>, TlsSession, ClientConnection) {
+        let (server, client) = configs();
+        let mut session = TlsSession::new(server).unwrap();
+        let mut client = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+        client.writer().write_all(b"GET /sse HTTP/1.1\r\n\r\n").unwrap();
+        let mut input = vec![0; INPUT];
+        let mut plain = Vec::new();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            for piece in wire.chunks(step) {
+                let kept = session.restore_incoming(&mut input).unwrap();
+                input[kept..kept + piece.len()].copy_from_slice(piece);
+                session.receive(&mut input[..kept + piece.len()], &mut plain).unwrap();
+            }
+            let mut socket = Socket { taken: Vec::new(), room: usize::MAX };
+            session.send(&mut socket).unwrap();
+            client.read_tls(&mut &socket.taken[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        (plain, session, client)
+    }
+
+    #[test]
+    fn records_fed_whole_or_byte_by_byte_give_the_same_plaintext() {
+        let (whole, session, _) = request(usize::MAX);
+        assert_eq!(whole, b"GET /sse HTTP/1.1\r\n\r\n");
+        assert!(!session.is_handshaking());
+        let (bytewise, _, _) = request(1);
+        assert_eq!(bytewise, whole);
+    }
+
+    #[test]
+    fn an_idle_session_keeps_no_buffer_and_a_full_socket_keeps_the_rest_in_order() {
+        let (_, mut session, mut client) = request(usize::MAX);
+        assert_eq!((session.incoming.capacity(), session.outgoing.capacity()), (0, 0));
+        let mut output = Vec::new();
+        let mut socket = Socket { taken: Vec::new(), room: 10 };
+        assert_eq!(session.write(b"data: one\n\n", &mut output, &mut socket).unwrap(), 11);
+        assert!(session.wants_write());
+        let blocked = session.write(b"data: two\n\n", &mut output, &mut socket).unwrap_err();
+        assert_eq!(blocked.kind(), io::ErrorKind::WouldBlock);
+        socket.room = usize::MAX;
+        assert_eq!(session.write(b"data: two\n\n", &mut output, &mut socket).unwrap(), 11);
+        assert_eq!(session.send(&mut socket).unwrap(), Flushed::All);
+        assert_eq!(session.outgoing.capacity(), 0);
+        client.read_tls(&mut &socket.taken[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut got = String::new();
+        // The stream stays open: reading ends in WouldBlock, after the data.
+        client.reader().read_to_string(&mut got).unwrap_err();
+        assert_eq!(got, "data: one\n\ndata: two\n\n");
+    }
+}
