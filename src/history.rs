@@ -199,6 +199,11 @@ impl History {
         }
     }
 
+    /// The newest id kept or sequenced.
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
     /// Events and bytes kept, and the oldest id.
     pub fn figures(&self) -> HistoryFigures {
         // Entries before the first kept one are all stale: `is_kept` holds for each in turn.

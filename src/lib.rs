@@ -29,6 +29,7 @@
 //!   the threads, and shutdown.
 //! - [`pipeline`]: the types the control side and the shards speak ([`pipeline::ShardCommand`],
 //!   [`pipeline::Delivery`]) and the atomics they share.
+//! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
 //! - [`control`]: the control thread: its sources (TCP, FIFO), line framing, the command grammar,
 //!   the sequencer (where a publish gets its id) and the fan-out.
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
@@ -45,6 +46,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod history;

@@ -72,7 +72,7 @@ use crate::pipeline::SharedState;
 use command::{auth_secret, parse_command, split_parts, Command, Query};
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
-pub use sequencer::Sequencer;
+pub use sequencer::{frame, Accepted, Sequencer};
 use tcp::{warn_if_exposed, Publisher};
 
 const LISTENER: Token = Token(usize::MAX - 2);
@@ -226,7 +226,10 @@ impl Control {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     FIFO => self.read_fifo(),
-                    WAKER => self.take_replies(),
+                    WAKER => {
+                        self.take_replies();
+                        self.sequencer.take_tailed();
+                    }
                     Token(key) => self.handle_publisher(key),
                 }
             }
@@ -340,7 +343,10 @@ impl Control {
     fn execute(&mut self, command: Command, source: Source) {
         match command {
             Command::Publish(publish) => {
-                self.sequencer.publish(publish);
+                if let Err(full) = self.sequencer.publish(publish) {
+                    self.refused += 1;
+                    warn!("Publish refused: {full}");
+                }
             }
             Command::Query(query, answer) => {
                 let asker = match source {
