@@ -47,6 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Entries read per `XRANGE` while backfilling.
 const PAGE: usize = 1000;
+/// How far (in event ids: a minute of the stream) a resume may be ahead of this node's tail
+/// and be taken as lag (see [`History::with_lag_window`]).
+const LAG_WINDOW: u64 = 60_000 * 1_000_000;
 /// Tailed events that may wait for the control thread before the tail waits for room.
 const TAILED_QUEUE: usize = 4096;
 
@@ -349,7 +352,7 @@ fn backfill(
     let history = history.unwrap_or_else(|| {
         History::new(limits, StreamId { ms: redis_now, seq: 0 }.event_id().unwrap_or(0), origin)
     });
-    Ok((history, newest))
+    Ok((history.with_lag_window(LAG_WINDOW), newest))
 }
 
 /// This host's name, to tell nodes apart in Redis.
