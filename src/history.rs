@@ -212,6 +212,12 @@ impl History {
         }
     }
 
+    /// Events before now may be gone (the cluster's stream was lost): a resume from before
+    /// now is told of a gap, and gets what is kept.
+    pub fn new_epoch(&mut self) {
+        self.first_id = self.newest + 1;
+    }
+
     /// The newest id kept or sequenced.
     pub fn newest(&self) -> u64 {
         self.newest

@@ -157,13 +157,20 @@ impl ClusterShared {
     }
 }
 
-/// An event read from the stream, for the sequencer.
+/// What the tail hands the sequencer.
 #[derive(Debug)]
-pub struct Tailed {
-    /// Its event id (see [`entry`]).
-    pub id: u64,
-    /// What to deliver.
-    pub publish: Publish,
+pub enum Tailed {
+    /// An event read from the stream.
+    Event {
+        /// Its event id (see [`entry`]).
+        id: u64,
+        /// What to deliver.
+        publish: Publish,
+    },
+    /// The stream no longer holds the last entry read: Redis lost it (restarted without its
+    /// data, or the stream was deleted). Whatever came before may be gone: a resume from
+    /// before now is told of a gap.
+    NewEpoch,
 }
 
 /// The publish would go over `--cluster-buffer`: Redis has been unreachable too long.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 use mio::Waker;
-use redis::streams::StreamReadReply;
+use redis::streams::{StreamRangeReply, StreamReadReply};
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
@@ -96,8 +96,8 @@ impl Tail {
         };
         self.after = stream_id;
         let decoded = entry::decode(id, map)
-            .and_then(|entry| Ok(Tailed { id: entry.id.event_id()?, publish: entry.publish }));
-        let mut tailed = match decoded {
+            .and_then(|entry| Ok(Tailed::Event { id: entry.id.event_id()?, publish: entry.publish }));
+        let tailed = match decoded {
             Ok(tailed) => tailed,
             Err(e) => {
                 warn!("Cluster: {e}; skipped");
@@ -105,6 +105,11 @@ impl Tail {
             }
         };
         self.shared.lag_ms.store(now_ms().saturating_sub(stream_id.ms), Ordering::Relaxed);
+        self.send(tailed)
+    }
+
+    /// Sends to the sequencer, waiting while it is behind; false when the node is stopping.
+    fn send(&mut self, mut tailed: Tailed) -> bool {
         loop {
             match self.out.send_timeout(tailed, BLOCK) {
                 Ok(()) => return true,
@@ -120,14 +125,33 @@ impl Tail {
         }
     }
 
+    /// Whether the stream still holds the last entry read (or nothing was read yet).
+    fn kept_last_read(&self, con: &mut redis::Connection) -> redis::RedisResult<bool> {
+        if self.after == StreamId::ZERO {
+            return Ok(true);
+        }
+        let id = self.after.to_string();
+        let found: StreamRangeReply = redis::cmd("XRANGE").arg(&self.stream).arg(&id).arg(&id).query(con)?;
+        Ok(!found.ids.is_empty())
+    }
+
     fn reconnect(&mut self) {
         std::thread::sleep(self.backoff.left().min(BLOCK));
         if !self.backoff.left().is_zero() {
             return;
         }
-        match connect(&self.client) {
-            Ok(con) => {
-                info!("Cluster: tailing the stream again after {}", self.after);
+        match connect(&self.client).and_then(|mut con| self.kept_last_read(&mut con).map(|kept| (con, kept)))
+        {
+            Ok((con, kept)) => {
+                info!("Cluster: tailing the stream after {}", self.after);
+                if !kept {
+                    warn!(
+                        "Cluster: the stream lost entry {} (Redis lost its data?): a new epoch",
+                        self.after
+                    );
+                    self.send(Tailed::NewEpoch);
+                    let _ = self.control.wake();
+                }
                 self.con = Some(con);
                 self.backoff.succeeded();
                 self.shared.tail_connected.store(true, Ordering::Relaxed);

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use super::command::Publish;
 use super::fanout::Fanout;
-use crate::cluster::{BufferFull, ClusterLink};
+use crate::cluster::{BufferFull, ClusterLink, Tailed};
 use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
 use crate::sse::{encode, EventFields, EventIds, Frame};
 
@@ -75,9 +75,13 @@ impl Sequencer {
     /// Delivers the events the stream's tail read (cluster mode), each once, in stream order.
     pub fn take_tailed(&mut self) {
         while let Some(tailed) = self.cluster.as_ref().and_then(ClusterLink::next_tailed) {
-            // Ids only grow: an entry at or below the last delivered one was already delivered.
-            if tailed.id > self.state.published.load(Ordering::Relaxed) {
-                self.deliver(tailed.id, tailed.publish);
+            match tailed {
+                // Ids only grow: an entry at or below the last delivered one was delivered.
+                Tailed::Event { id, publish } if id > self.state.published.load(Ordering::Relaxed) => {
+                    self.deliver(id, publish);
+                }
+                Tailed::Event { .. } => {}
+                Tailed::NewEpoch => self.state.history.write().new_epoch(),
             }
         }
     }

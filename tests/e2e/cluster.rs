@@ -200,14 +200,18 @@ fn assert_all_once(clients: &mut [SseClient], expected: &HashSet<String>) {
 #[ignore = "needs redis-server: run by the README's test command"]
 fn redis_frozen_then_thawed_loses_nothing_and_sends_nothing_twice() {
     let redis = Redis::start(false, &[]);
-    let nodes = [node(&redis, &[]), node(&redis, &[])];
+    let nodes = [node(&redis, &["--cluster-buffer", "3"]), node(&redis, &[])];
     let mut clients: Vec<SseClient> = nodes.iter().map(|n| n.subscribe("subscribe=t")).collect();
     redis.signal(Signal::SIGSTOP);
     publish_tagged(&nodes[0], "a", 3);
     publish_tagged(&nodes[1], "b", 2);
+    let start = nodes[0].log.len();
+    nodes[0].publish("t=over the buffer");
+    nodes[0].log.wait_for_line_from(start, |l| l.contains("Publish refused: cluster buffer full"), WAIT);
     thread::sleep(Duration::from_secs(3));
     let status = nodes[0].tcp_json("tcpstatus");
     assert_eq!(status["cluster"]["buffered"], 3, "held while Redis is frozen: {status}");
+    assert_eq!(status["msgrefusedcnt"], 1);
     redis.signal(Signal::SIGCONT);
     let expected = ["a0", "a1", "a2", "b0", "b1"].map(String::from).into();
     assert_all_once(&mut clients, &expected);
@@ -258,4 +262,27 @@ fn a_bad_url_refused_credentials_or_no_redis_stop_the_start_with_one_line() {
     let right = format!("redis://:right@127.0.0.1:{}", redis.port);
     let node = Server::start(&["--cluster", &right]);
     assert_eq!(node.tcp_json("tcpstatus")["cluster"]["connected"], true);
+}
+
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn redis_restarted_without_its_data_is_a_new_epoch_told_to_resuming_clients() {
+    let mut redis = Redis::start(false, &[]);
+    let nodes = [node(&redis, &[]), node(&redis, &[])];
+    let mut client = nodes[1].subscribe("subscribe=t");
+    publish_tagged(&nodes[0], "old", 2);
+    let old = events(&mut client, 2);
+    let start = nodes[1].log.len();
+    redis.stop();
+    redis.restart();
+    nodes[1].log.wait_for_line_from(start, |l| l.contains("a new epoch"), Duration::from_secs(10));
+    publish_tagged(&nodes[0], "new", 1);
+    let new = events(&mut client, 1);
+    assert_eq!(new[0].1, "new0");
+    assert!(new[0].0 > old[1].0, "ids still increase");
+    let mut back = resume(&nodes[1], "subscribe=t", old[0].0);
+    assert_eq!(back.next_event().event.as_deref(), Some("reset"), "what was lost is told");
+    let mut now = resume(&nodes[1], "subscribe=t", new[0].0);
+    publish_tagged(&nodes[0], "live", 1);
+    assert_eq!(now.next_data(), "live0", "a resume from the new epoch is whole");
 }
