@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,16 +36,32 @@ impl Drop for TempDir {
 impl Redis {
     /// Starts one, with an append-only file or none, and these extra arguments.
     fn start(append_only: bool, extra: &[&str]) -> Redis {
-        let dir = TempDir(temp_path("redis"));
-        std::fs::create_dir_all(&dir.0).unwrap();
         let port = free_port();
-        let mut args: Vec<String> = ["--port", &port.to_string(), "--save", "", "--bind", "127.0.0.1"]
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        args.extend(["--appendonly".into(), if append_only { "yes" } else { "no" }.into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Redis::launch(port, args)
+    }
+
+    /// Starts one that speaks TLS only, with this certificate and key.
+    fn start_tls(cert: &Path, key: &Path) -> Redis {
+        let port = free_port();
+        let args = ["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"]
             .iter()
             .map(|s| s.to_string())
+            .chain(["--tls-cert-file".into(), cert.display().to_string()])
+            .chain(["--tls-key-file".into(), key.display().to_string()])
             .collect();
-        args.extend(["--appendonly".into(), if append_only { "yes" } else { "no" }.into()]);
+        Redis::launch(port, args)
+    }
+
+    /// Runs `redis-server` with these arguments, listening on `port` (loopback, no snapshots,
+    /// in a directory of its own).
+    fn launch(port: u16, mut args: Vec<String>) -> Redis {
+        let dir = TempDir(temp_path("redis"));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        args.extend(["--save", "", "--bind", "127.0.0.1"].map(String::from));
         args.extend(["--dir".into(), dir.0.display().to_string()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
         let child = Redis::spawn(&args, port);
         Redis { child, port, _dir: dir, args }
     }
@@ -285,4 +302,32 @@ fn redis_restarted_without_its_data_is_a_new_epoch_told_to_resuming_clients() {
     let mut now = resume(&nodes[1], "subscribe=t", new[0].0);
     publish_tagged(&nodes[0], "live", 1);
     assert_eq!(now.next_data(), "live0", "a resume from the new epoch is whole");
+}
+
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn rediss_reaches_redis_over_tls() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("generate a certificate");
+    let (cert, key) = (TempFile::new("redis-cert.pem"), TempFile::new("redis-key.pem"));
+    std::fs::write(cert.path(), made.cert.pem()).unwrap();
+    std::fs::write(key.path(), made.key_pair.serialize_pem()).unwrap();
+    let redis = Redis::start_tls(cert.path(), key.path());
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let node = |trusted: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hasses"));
+        command.args(["--port", "0", "--control-port", "0", "--workers", "2", "--cluster", &url]);
+        if trusted {
+            // The system's trusted certificates, as rustls-native-certs reads them.
+            command.env("SSL_CERT_FILE", cert.path());
+        }
+        command
+    };
+    let server = Server::spawn_command(node(true)).listening(WAIT);
+    let mut client = server.subscribe("subscribe=t");
+    server.publish("t=over TLS");
+    assert_eq!(client.next_data(), "over TLS");
+    let mut untrusted = Server::spawn_command(node(false));
+    let status = untrusted.wait_exit(WAIT).expect("an untrusted certificate stops the start");
+    assert!(!status.success());
 }
