@@ -72,10 +72,10 @@ impl ClusterSettings {
         let Some((scheme, rest)) = self.url.split_once("://") else { return self.url.clone() };
         let host_start = rest.find('/').unwrap_or(rest.len());
         match rest[..host_start].rsplit_once('@') {
-            Some((user, host)) => {
-                let user = user.split_once(':').map_or(user, |(user, _)| user);
-                format!("{scheme}://{user}:***@{host}{}", &rest[host_start..])
-            }
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}{}", &rest[host_start..]),
+                None => self.url.clone(),
+            },
             None => self.url.clone(),
         }
     }
@@ -244,7 +244,7 @@ impl Cluster {
         let url = settings.shown_url();
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| ClusterError::Url { url: url.clone(), reason: e.to_string() })?;
-        let failed = |e: redis::RedisError| ClusterError::Redis { url: url.clone(), reason: e.to_string() };
+        let failed = |e: redis::RedisError| ClusterError::Redis { url: url.clone(), reason: why(&e) };
         let mut con = connect(&client).map_err(failed)?;
         let (history, newest) = backfill(&mut con, &settings.stream(), limits).map_err(failed)?;
         let (outbox_in, outbox) = crossbeam_channel::unbounded();
@@ -306,6 +306,16 @@ impl Cluster {
         );
         let tail = Tail::new(self.client, stream, self.newest, self.tailed, control, self.shared);
         (outbox, tail)
+    }
+}
+
+/// What went wrong with Redis, in an operator's words: a timeout is a Redis that does not
+/// answer (frozen, or the network), which the client's own words hide.
+fn why(e: &redis::RedisError) -> String {
+    if e.is_timeout() {
+        format!("no reply within {} s", REPLY_TIMEOUT.as_secs())
+    } else {
+        e.to_string()
     }
 }
 
@@ -420,6 +430,7 @@ mod tests {
         assert_eq!(settings("redis://u:secret@h:6379/2").shown_url(), "redis://u:***@h:6379/2");
         assert_eq!(settings("rediss://:secret@h").shown_url(), "rediss://:***@h");
         assert_eq!(settings("redis://h:6379").shown_url(), "redis://h:6379");
+        assert_eq!(settings("redis://user@h:6379").shown_url(), "redis://user@h:6379");
     }
 
     #[test]

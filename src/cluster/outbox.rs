@@ -31,7 +31,7 @@ use redis::streams::StreamRangeReply;
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, Backoff, ClusterSettings, ClusterShared};
+use super::{connect, now_ms, why, Backoff, ClusterSettings, ClusterShared};
 use crate::control::command::Publish;
 
 /// How often the node says it is alive.
@@ -131,7 +131,7 @@ impl Outbox {
             self.hold(publish);
         }
         if let Err(e) = self.flush() {
-            warn!("Cluster: {} publishes not appended at stop: {e}", self.held.len());
+            warn!("Cluster: {} publishes not appended at stop: {}", self.held.len(), why(&e));
         }
         Ok(())
     }
@@ -162,7 +162,7 @@ impl Outbox {
             }
             Err(e) => {
                 self.backoff.failed();
-                warn!("Cluster: cannot reach Redis at {} to publish: {e}", self.url);
+                warn!("Cluster: cannot reach Redis at {} to publish: {}", self.url, why(&e));
             }
         }
     }
@@ -170,8 +170,9 @@ impl Outbox {
     /// The connection failed: publishes are held until it is back.
     fn lost(&mut self, e: &redis::RedisError) {
         warn!(
-            "Cluster: Redis at {} unreachable ({e}); holding publishes ({} now), reconnecting",
+            "Cluster: Redis at {} unreachable ({}); holding publishes ({} now), reconnecting",
             self.url,
+            why(e),
             self.held.len()
         );
         self.con = None;

@@ -15,7 +15,7 @@ use redis::streams::{StreamRangeReply, StreamReadReply};
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, Backoff, ClusterShared, Tailed};
+use super::{connect, now_ms, why, Backoff, ClusterShared, Tailed};
 
 /// How long one `XREAD` waits for an entry (below the reply timeout).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -76,7 +76,8 @@ impl Tail {
                 }
                 Err(e) => {
                     warn!(
-                        "Cluster: lost the stream's tail ({e}); reconnecting, then reading on after {}",
+                        "Cluster: lost the stream's tail ({}); reconnecting, then reading on after {}",
+                        why(&e),
                         self.after
                     );
                     self.con = None;
@@ -158,7 +159,7 @@ impl Tail {
             }
             Err(e) => {
                 self.backoff.failed();
-                warn!("Cluster: cannot reach Redis to tail the stream: {e}");
+                warn!("Cluster: cannot reach Redis to tail the stream: {}", why(&e));
             }
         }
     }
