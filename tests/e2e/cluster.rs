@@ -15,6 +15,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::common::*;
+use crate::nginx::Nginx;
+use crate::programs::{repo_file, EventStream};
 
 /// A `redis-server` of the test's own, stopped when dropped.
 struct Redis {
@@ -330,4 +332,34 @@ fn rediss_reaches_redis_over_tls() {
     let mut untrusted = Server::spawn_command(node(false));
     let status = untrusted.wait_exit(WAIT).expect("an untrusted certificate stops the start");
     assert!(!status.success());
+}
+
+#[test]
+#[ignore = "needs redis-server and nginx: run by the README's test command"]
+fn three_nodes_behind_the_shipped_nginx_serve_as_one() {
+    let redis = Redis::start(false, &[]);
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    let shipped = repo_file("deploy/cluster/nginx.conf");
+    let at = shipped.find("location = /sse").expect("deploy/cluster/nginx.conf has the SSE location");
+    let (mut upstream, location) = (shipped[..at].to_string(), &shipped[at..]);
+    for (i, node) in nodes.iter().enumerate() {
+        upstream =
+            upstream.replace(&format!("10.0.0.1{}:8080", i + 1), &format!("127.0.0.1:{}", node.sse_port));
+    }
+    assert!(!upstream.contains("10.0.0."), "three nodes in the shipped upstream");
+    let mut nginx = Nginx::start(&upstream, location);
+    let mut streams: Vec<EventStream> =
+        (0..3).map(|i| nginx.subscribe(&format!("subscribe=t&id=b{i}"), "")).collect();
+    for node in &nodes {
+        assert_eq!(
+            node.wait_json("tcpstatus", "sseconncli", 1)["sseconncli"],
+            1,
+            "least_conn: one stream per node"
+        );
+    }
+    nodes[2].publish("t=through any node");
+    let got: Vec<(u64, String)> =
+        streams.iter_mut().map(|s| s.expect_event(WAIT, || nginx.process.output())).collect();
+    assert_eq!(got[0].1, "through any node");
+    assert!(got.iter().all(|g| g == &got[0]), "the same event, the same id, on every node: {got:?}");
 }
