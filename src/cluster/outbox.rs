@@ -114,7 +114,8 @@ impl Outbox {
             match self.publishes.recv_timeout(wait.min(BEAT)) {
                 Ok(publish) => self.hold(publish),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                // The sequencer is gone: the node is stopping.
+                Err(RecvTimeoutError::Disconnected) => break,
             }
             while let Ok(publish) = self.publishes.try_recv() {
                 self.hold(publish);
@@ -130,8 +131,10 @@ impl Outbox {
         while let Ok(publish) = self.publishes.try_recv() {
             self.hold(publish);
         }
-        if let Err(e) = self.flush() {
-            warn!("Cluster: {} publishes not appended at stop: {}", self.held.len(), why(&e));
+        let flushed = self.flush();
+        if !self.held.is_empty() {
+            let reason = flushed.err().map_or_else(|| "Redis unreachable".to_string(), |e| why(&e));
+            warn!("Cluster: {} publishes not appended at stop: {reason}", self.held.len());
         }
         Ok(())
     }
