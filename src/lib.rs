@@ -18,6 +18,8 @@
 //!   control thread:  sources ──► parse once ──► Sequencer: id, frame once, fan out
 //!   (TCP port, FIFO)              (Command)        │  questions go out in the same order
 //!                                                  ▼
+//!   cluster threads: (with --cluster) the outbox appends publishes to a Redis stream; the
+//!                    tail reads it and hands every node's events to the Sequencer (waker)
 //!   admin thread:    gathers the shards' answers (status, client list, counts) and writes
 //!                    the log lines, or sends JSON back to the control thread for the
 //!                    connection that asked: no question holds up a publish
