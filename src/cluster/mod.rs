@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
+use parking_lot::{Condvar, Mutex};
 use redis::streams::StreamRangeReply;
 use tracing::warn;
 
@@ -50,6 +51,9 @@ const PAGE: usize = 1000;
 /// How far (in event ids: a minute of the stream) a resume may be ahead of this node's tail
 /// and be taken as lag (see [`History::with_lag_window`]).
 const LAG_WINDOW: u64 = 60_000 * 1_000_000;
+/// How long a sequencer waiting for room sleeps before it looks again (a wake-up may come
+/// between its look and its wait).
+const ROOM_RECHECK: Duration = Duration::from_millis(50);
 /// Tailed events that may wait for the control thread before the tail waits for room.
 const TAILED_QUEUE: usize = 4096;
 
@@ -124,6 +128,9 @@ pub struct ClusterShared {
     nodes: AtomicU64,
     /// The node is stopping: the threads end.
     stopping: AtomicBool,
+    /// Signalled when the buffer has room again, or the outbox lost Redis.
+    room: Condvar,
+    room_lock: Mutex<()>,
 }
 
 /// The cluster as status shows it.
@@ -154,6 +161,13 @@ impl ClusterShared {
     fn unbuffer(&self, bytes: usize) {
         self.buffered_events.fetch_sub(1, Ordering::Relaxed);
         self.buffered_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Wakes a sequencer waiting for room (after [`ClusterShared::unbuffer`], or when the
+    /// outbox lost Redis and the wait must end in a refusal).
+    fn wake_waiting(&self) {
+        let _held = self.room_lock.lock();
+        self.room.notify_all();
     }
 }
 
@@ -193,15 +207,25 @@ pub struct ClusterLink {
 }
 
 impl ClusterLink {
-    /// Hands a publish to the outbox, unless the buffer is full.
+    /// Hands a publish to the outbox. With the buffer full, it waits for room while Redis is
+    /// connected (backpressure: Redis is only slower than the publishers, and TCP flow
+    /// control slows them down), and refuses it while Redis is unreachable.
     pub fn send(&self, publish: Publish) -> Result<(), BufferFull> {
         let shared = &self.shared;
-        let events = shared.buffered_events.load(Ordering::Relaxed);
-        let bytes = shared.buffered_bytes.load(Ordering::Relaxed);
         let size = publish.message.len() as u64;
-        if events >= self.limits.0 || bytes + size > self.limits.1 {
-            return Err(BufferFull { events, bytes });
+        let mut held = shared.room_lock.lock();
+        loop {
+            let events = shared.buffered_events.load(Ordering::Relaxed);
+            let bytes = shared.buffered_bytes.load(Ordering::Relaxed);
+            if events < self.limits.0 && bytes + size <= self.limits.1 {
+                break;
+            }
+            if !shared.outbox_connected.load(Ordering::Relaxed) || shared.stopping.load(Ordering::Relaxed) {
+                return Err(BufferFull { events, bytes });
+            }
+            shared.room.wait_for(&mut held, ROOM_RECHECK);
         }
+        drop(held);
         shared.buffered_events.fetch_add(1, Ordering::Relaxed);
         shared.buffered_bytes.fetch_add(size, Ordering::Relaxed);
         // The outbox ends only after the sequencer: a failed send cannot happen before.

@@ -161,10 +161,11 @@ impl Outbox {
                 );
                 self.con = Some(con);
                 self.backoff.succeeded();
-                self.shared.outbox_connected.store(true, Ordering::Relaxed);
+                self.set_connected(true);
             }
             Err(e) => {
                 self.backoff.failed();
+                self.set_connected(false);
                 warn!("Cluster: cannot reach Redis at {} to publish: {}", self.url, why(&e));
             }
         }
@@ -180,7 +181,15 @@ impl Outbox {
         );
         self.con = None;
         self.backoff.failed();
-        self.shared.outbox_connected.store(false, Ordering::Relaxed);
+        self.set_connected(false);
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.shared.outbox_connected.store(connected, Ordering::Relaxed);
+        if !connected {
+            // A sequencer waiting for room now refuses instead.
+            self.shared.wake_waiting();
+        }
     }
 
     /// Appends everything held, a batch at a time.
@@ -206,6 +215,7 @@ impl Outbox {
             for held in self.held.drain(..batch) {
                 self.shared.unbuffer(held.publish.message.len());
             }
+            self.shared.wake_waiting();
         }
         Ok(())
     }
@@ -241,6 +251,7 @@ impl Outbox {
                 dropped += 1;
             }
         }
+        self.shared.wake_waiting();
         if dropped > 0 {
             info!(
                 "Cluster: {dropped} publishes were appended before the connection was lost; not sent again"
