@@ -207,14 +207,20 @@ impl Outbox {
                 }
             }
             self.unsure = true;
-            let ids: Vec<String> = pipe.query(con)?;
+            con.send_packed_command(&pipe.get_packed_pipeline())?;
+            // Replies are taken one by one, each confirming its publish, and the first that
+            // fails ends the batch: the client's own pipeline reader would wait out the
+            // timeout once per command left before it gives up on a frozen Redis.
+            for _ in 0..batch {
+                let id: String = redis::from_redis_value(con.recv_response()?)?;
+                if let Ok(id) = StreamId::parse(&id) {
+                    self.floor = id;
+                }
+                if let Some(held) = self.held.pop_front() {
+                    self.shared.unbuffer(held.publish.message.len());
+                }
+            }
             self.unsure = false;
-            if let Some(last) = ids.last().and_then(|id| StreamId::parse(id).ok()) {
-                self.floor = last;
-            }
-            for held in self.held.drain(..batch) {
-                self.shared.unbuffer(held.publish.message.len());
-            }
             self.shared.wake_waiting();
         }
         Ok(())
