@@ -17,6 +17,7 @@ use mio::Waker;
 use tracing::{info, warn};
 
 use crate::api::{metrics, ApiQuery, Response};
+use crate::cluster::ClusterShared;
 use crate::control::command::{Answer, Query};
 use crate::log::REPORT;
 use crate::pipeline::{ShardAnswer, ShardQuery, SharedState};
@@ -95,6 +96,8 @@ pub struct ServerFacts {
     pub tls: Option<TlsFiles>,
     /// How many workers serve clients.
     pub workers: usize,
+    /// The cluster's figures, in cluster mode.
+    pub cluster: Option<Arc<ClusterShared>>,
 }
 
 /// A question handed to the admin thread, its shards' answers on the way.
@@ -254,6 +257,7 @@ impl Admin {
             shards,
             tls: facts.tls.clone(),
             history: self.state.history.read().figures(),
+            cluster: facts.cluster.as_deref().map(ClusterShared::figures),
         }
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{ColorChoice, Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::auth::{AuthKey, AuthSettings};
+use crate::cluster::ClusterSettings;
 use crate::history::HistoryLimits;
 use crate::limits::Limits;
 use crate::log::LogTarget;
@@ -110,6 +111,8 @@ pub struct Config {
     pub api: ApiBind,
     /// Every API request but `/healthz` must carry this key (`--api-key`, `--api-key-file`).
     pub api_key: Option<Vec<u8>>,
+    /// Act as one with other nodes through a Redis stream (`--cluster URL`).
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Where the HTTP API listens, and how hard to try.
@@ -372,6 +375,19 @@ struct Cli {
     /// The same, the key read from FILE (its trailing newline dropped)
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<String>,
+    /// Act as one with other nodes through a Redis (or Valkey) stream:
+    /// redis://[user:password@]host:port[/db], or rediss:// for TLS [default: none, alone]
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// The prefix of the cluster's Redis keys (PREFIX:events, PREFIX:node:*) [default: hasses]
+    #[arg(long, value_name = "PREFIX")]
+    cluster_key: Option<String>,
+    /// Publishes held while Redis is unreachable; more are refused [default: 10000]
+    #[arg(long, value_name = "N")]
+    cluster_buffer: Option<String>,
+    /// The same, in bytes of data [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    cluster_buffer_memory: Option<String>,
     /// Read flags from FILE first (/etc/hasses.conf format: legacy flags, # comments);
     /// the command line overrides them
     #[arg(long, value_name = "FILE")]
@@ -733,6 +749,7 @@ impl Given {
             auth: self.auth()?,
             api: self.api_bind()?,
             api_key: self.api_key()?,
+            cluster: self.cluster()?,
         })
     }
 
@@ -759,6 +776,21 @@ impl Given {
             }
             (None, None) => Ok(None),
         }
+    }
+
+    /// The cluster's settings, if `--cluster` is given.
+    fn cluster(&self) -> Result<Option<ClusterSettings>, ConfigError> {
+        let cli = &self.cli;
+        let Some(url) = self.value("cluster", &cli.cluster, cluster_url)? else { return Ok(None) };
+        Ok(Some(ClusterSettings {
+            url,
+            key: self.value("cluster-key", &cli.cluster_key, header_text)?.unwrap_or_else(|| "hasses".into()),
+            buffer_events: self.value("cluster-buffer", &cli.cluster_buffer, positive)?.unwrap_or(10_000)
+                as u64,
+            buffer_bytes: self
+                .value("cluster-buffer-memory", &cli.cluster_buffer_memory, positive)?
+                .unwrap_or(64 << 20) as u64,
+        }))
     }
 
     /// The flag as the operator wrote it.
@@ -953,6 +985,15 @@ fn secret(text: &str) -> Result<String, &'static str> {
         return Err("must not be empty or start or end with white space");
     }
     header_text(text)
+}
+
+/// A Redis URL: its scheme is checked here, the rest by the Redis client at start.
+fn cluster_url(text: &str) -> Result<String, &'static str> {
+    if text.starts_with("redis://") || text.starts_with("rediss://") {
+        header_text(text)
+    } else {
+        Err("must be redis://[user:password@]host:port[/db] or rediss://… (TLS)")
+    }
 }
 
 fn positive(text: &str) -> Result<usize, &'static str> {

@@ -129,6 +129,9 @@ pub struct History {
     emptied: VecDeque<usize>,
     /// The highest id lost by a ring that was forgotten.
     forgotten_up_to: u64,
+    /// How far past the newest id a resume may ask and still be taken at its word (see
+    /// [`History::with_lag_window`]); 0 alone.
+    lag_window: u64,
 }
 
 impl History {
@@ -149,7 +152,16 @@ impl History {
             bytes: 0,
             emptied: VecDeque::new(),
             forgotten_up_to: 0,
+            lag_window: 0,
         }
+    }
+
+    /// In a cluster, a client may resume on a node that has not read as far in the stream as
+    /// the node it came from: an id up to `window` past the newest is then one this node has
+    /// yet to read, and live delivery takes over after it, not before (which would send the
+    /// client again what it had). An id further ahead is not believed.
+    pub fn with_lag_window(self, window: u64) -> Self {
+        History { lag_window: window, ..self }
     }
 
     /// Keeps an event (ids only grow), then lets go of what is over the limits.
@@ -202,11 +214,23 @@ impl History {
             }
         }
         kept.sort_unstable_by_key(|(id, _)| *id);
+        let ahead = after > self.newest && after - self.newest <= self.lag_window;
         Replay {
             gap,
             frames: kept.into_iter().map(|(_, frame)| frame.clone()).collect(),
-            newest: self.newest,
+            newest: if ahead { after } else { self.newest },
         }
+    }
+
+    /// Events before now may be gone (the cluster's stream was lost): a resume from before
+    /// now is told of a gap, and gets what is kept.
+    pub fn new_epoch(&mut self) {
+        self.first_id = self.newest + 1;
+    }
+
+    /// The newest id kept or sequenced.
+    pub fn newest(&self) -> u64 {
+        self.newest
     }
 
     /// Events and bytes kept, and the oldest id.
@@ -464,6 +488,16 @@ mod tests {
         let later = now + HOUR;
         let replay = resume(&h, ResumeFrom::After(FIRST), &["a"], "", later);
         assert_eq!((replay.frames.len(), replay.gap), (0, true), "kept past --history-age: gone");
+    }
+
+    #[test]
+    fn a_resume_a_little_ahead_of_this_node_goes_on_after_the_id_asked_for() {
+        let now = Instant::now();
+        let h = history(limits(10, 1 << 20), &[to(&["a"], None)], now).with_lag_window(10);
+        assert_eq!(resume(&h, ResumeFrom::After(FIRST + 10), &["a"], "", now).newest, FIRST + 10);
+        assert_eq!(resume(&h, ResumeFrom::After(FIRST + 11), &["a"], "", now).newest, FIRST, "not believed");
+        let alone = history(limits(10, 1 << 20), &[to(&["a"], None)], now);
+        assert_eq!(resume(&alone, ResumeFrom::After(FIRST + 1), &["a"], "", now).newest, FIRST);
     }
 
     #[test]

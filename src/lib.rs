@@ -19,6 +19,8 @@
 //!   (TCP port, FIFO)              (Command)        │  frame once, fan out; questions go
 //!                                                  │  out in the same order
 //!                                                  ▼
+//!   cluster threads: (with --cluster) the outbox appends publishes to a Redis stream; the
+//!                    tail reads it and hands every node's events to the Sequencer (waker)
 //!   admin thread:    gathers the shards' answers (status, client list, counts) and writes
 //!                    the log lines, or sends JSON back to the control thread for the
 //!                    connection that asked: no question holds up a publish
@@ -30,6 +32,7 @@
 //!   the threads, and shutdown.
 //! - [`pipeline`]: the types the control side and the shards speak ([`pipeline::ShardCommand`],
 //!   [`pipeline::Delivery`]) and the atomics they share.
+//! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
 //! - [`control`]: the control thread: its sources (TCP, FIFO), line framing, the command grammar,
 //!   the sequencer (where a publish gets its id) and the fan-out.
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
@@ -52,6 +55,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod history;

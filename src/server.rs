@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{Admin, ServerFacts};
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::history::History;
@@ -81,6 +82,9 @@ pub enum StartError {
     /// The key subscribers' tokens are checked with cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// The node cannot join its cluster (bad URL, Redis unreachable, credentials refused).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A thread or its poller could not be made.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
@@ -355,8 +359,20 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let api_addr = bound.api_addr();
     let settings = Arc::new(Settings::new(config, bound.tls, bound.auth));
     let ids = EventIds::starting_now();
-    let history = History::new(config.history, ids.peek(), Instant::now());
+    // In a cluster, the history is the stream's, read before any client is served.
+    let (mut cluster, history) = match &config.cluster {
+        Some(settings) => {
+            let (cluster, history) = Cluster::open(settings, config.history)?;
+            (Some(cluster), history)
+        }
+        None => (None, History::new(config.history, ids.peek(), Instant::now())),
+    };
+    let newest = history.newest();
     let state = Arc::new(SharedState::new(config.reinit, history));
+    if cluster.is_some() {
+        // What was read from the stream is delivered: the tail goes on after it.
+        state.published.store(newest, std::sync::atomic::Ordering::Relaxed);
+    }
     let per_ip = PerIpLimit::from_config(config).map(Arc::new);
     let failures = Arc::new(Failures::default());
     let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
@@ -388,6 +404,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         cors_base: config.cors_base.clone(),
         tls: config.tls.clone(),
         workers: handles.len(),
+        cluster: cluster.as_ref().map(Cluster::shared),
     };
     let control_settings = ControlSettings {
         separator: config.separator,
@@ -397,7 +414,10 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     };
     let (questions, asked) = crossbeam_channel::bounded(ADMIN_QUEUE);
     let (replies, answered) = crossbeam_channel::unbounded();
-    let sequencer = Sequencer::new(handles, Arc::clone(&state), ids);
+    let mut sequencer = Sequencer::new(handles, Arc::clone(&state), ids);
+    if let Some(link) = cluster.as_mut().and_then(Cluster::link) {
+        sequencer = sequencer.with_cluster(link);
+    }
     let admin_link = AdminLink { questions, replies: answered };
     let (control, stop) = Control::new(
         bound.control,
@@ -412,6 +432,12 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);
+    if let Some(cluster) = cluster {
+        info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
+        let (outbox, tail) = cluster.threads(stop.waker(), config.history);
+        threads.push(spawn("hasses-cluster-out".into(), &failures, move || outbox.run())?);
+        threads.push(spawn("hasses-cluster-tail".into(), &failures, move || tail.run())?);
+    }
     info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
     let https = if config.tls.is_some() { " (https)" } else { "" };
     info!(target: REPORT, "SSE listening on {sse_addr} path {}{https}", config.match_url);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::cluster::ClusterFigures;
 use crate::history::HistoryFigures;
 use crate::tls::TlsFiles;
 
@@ -112,6 +113,8 @@ pub struct Status {
     pub tls: Option<TlsFiles>,
     /// What is kept for resume.
     pub history: HistoryFigures,
+    /// The cluster, in cluster mode.
+    pub cluster: Option<ClusterFigures>,
 }
 
 impl Status {
@@ -162,15 +165,22 @@ impl Status {
                 s.tls_full_handshakes, s.tls_resumed_handshakes
             ));
         }
-        lines.extend([
-            format!(
-                "History: {} events, {} bytes, oldest id {}",
-                self.history.events,
-                self.history.bytes,
-                self.history.oldest.map_or_else(|| "-".to_string(), |id| id.to_string())
-            ),
-            "------------- end --------------".to_string(),
-        ]);
+        lines.extend([format!(
+            "History: {} events, {} bytes, oldest id {}",
+            self.history.events,
+            self.history.bytes,
+            self.history.oldest.map_or_else(|| "-".to_string(), |id| id.to_string())
+        )]);
+        if let Some(c) = &self.cluster {
+            lines.push(format!(
+                "Cluster: {}, {} nodes, tail lag {} ms, {} publishes buffered",
+                if c.connected { "connected" } else { "disconnected" },
+                c.nodes,
+                c.lag_ms,
+                c.buffered
+            ));
+        }
+        lines.push("------------- end --------------".to_string());
         lines
     }
 
@@ -186,7 +196,7 @@ impl Status {
     /// The `tcpstatus` reply: hasses' keys first, then ours.
     pub fn json(&self) -> serde_json::Value {
         let s = &self.shards;
-        json!({
+        let mut json = json!({
             "version": self.version,
             "runningtime": running_time(self.running),
             "mode": self.mode(),
@@ -211,7 +221,16 @@ impl Status {
             "historyevents": self.history.events,
             "historybytes": self.history.bytes,
             "historyoldest": self.history.oldest.map(|id| id.to_string()),
-        })
+        });
+        if let Some(c) = &self.cluster {
+            json["cluster"] = json!({
+                "connected": c.connected,
+                "nodes": c.nodes,
+                "lagms": c.lag_ms,
+                "buffered": c.buffered,
+            });
+        }
+        json
     }
 }
 
@@ -381,6 +400,7 @@ mod tests {
             },
             tls: None,
             history: HistoryFigures { events: 5, bytes: 320, oldest: Some(1001) },
+            cluster: None,
         };
         let lines = status.lines();
         assert_eq!(lines[0], "------- status of hasses -------");
@@ -417,6 +437,19 @@ mod tests {
         assert_eq!(
             (https.json()["tlsfullhandshakes"].clone(), https.json()["tlsresumedhandshakes"].clone()),
             (4.into(), 6.into())
+        );
+        assert!(https.json().get("cluster").is_none(), "alone, status says nothing of a cluster");
+        let cluster = ClusterFigures { connected: false, lag_ms: 12, buffered: 40, nodes: 2 };
+        let clustered = Status { cluster: Some(cluster), ..https };
+        let lines = clustered.lines();
+        assert_eq!(
+            lines[lines.len() - 2],
+            "Cluster: disconnected, 2 nodes, tail lag 12 ms, 40 publishes buffered"
+        );
+        let json = clustered.json();
+        assert_eq!(
+            json["cluster"],
+            serde_json::json!({"connected": false, "nodes": 2, "lagms": 12, "buffered": 40})
         );
     }
 

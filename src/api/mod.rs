@@ -102,6 +102,11 @@ impl Response {
         Response::ok(JSON, body)
     }
 
+    /// `202` with `{"queued":true}`: a publish handed to the cluster, whose id Redis gives.
+    pub fn queued() -> Response {
+        Response { status: 202, content_type: JSON, extra: "", body: br#"{"queued":true}"#.to_vec() }
+    }
+
     /// Appends the whole response, head and body, to `out`; `keep_alive` says whether the
     /// connection stays open. Written piece by piece into the connection's buffer: a pipelined
     /// batch of publishes gets its answers without an allocation each.
@@ -138,6 +143,7 @@ impl Response {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",

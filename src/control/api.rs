@@ -20,7 +20,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use tracing::{debug, info, warn};
 
-use super::{Control, API_FIRST};
+use super::{Accepted, Control, API_FIRST};
 use crate::admin::{AnswerTo, Asker};
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
@@ -223,7 +223,15 @@ impl Control {
             Ok(Route::Publish) => match publish_from(request, body, &self.settings.limits) {
                 Ok(publish) => {
                     self.published.http += 1;
-                    Response::published(self.sequencer.publish(publish))
+                    match self.sequencer.publish(publish) {
+                        Ok(Accepted::Sequenced(id)) => Response::published(id),
+                        // In a cluster the id comes from Redis when the stream gives it back.
+                        Ok(Accepted::Queued) => Response::queued(),
+                        Err(full) => {
+                            self.refused += 1;
+                            Response::error(503, &full.to_string())
+                        }
+                    }
                 }
                 Err(refusal) => refusal,
             },

@@ -73,7 +73,7 @@ use crate::pipeline::SharedState;
 use command::{auth_secret, parse_command, split_parts, Command, Query};
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
-pub use sequencer::Sequencer;
+pub use sequencer::{frame, Accepted, Sequencer};
 use tcp::{warn_if_exposed, Publisher};
 
 /// API connections' tokens are their slab keys from here on; below are the TCP publishers'.
@@ -250,7 +250,10 @@ impl Control {
                     LISTENER => self.accept_all(),
                     API_LISTENER => self.accept_api(),
                     FIFO => self.read_fifo(),
-                    WAKER => self.take_replies(),
+                    WAKER => {
+                        self.take_replies();
+                        self.sequencer.take_tailed();
+                    }
                     Token(key) if key >= API_FIRST => self.serve_api(key - API_FIRST),
                     Token(key) => self.handle_publisher(key),
                 }
@@ -383,7 +386,10 @@ impl Control {
                     Source::Tcp(_) => self.published.tcp += 1,
                     Source::Fifo => self.published.fifo += 1,
                 }
-                self.sequencer.publish(publish);
+                if let Err(full) = self.sequencer.publish(publish) {
+                    self.refused += 1;
+                    warn!("Publish refused: {full}");
+                }
             }
             Command::Query(query, answer) => {
                 let asker = match source {

@@ -5,6 +5,11 @@
 //! (the admin path's) go out through it as well, in order behind the events sent before them, so
 //! that their answers count those events; it never waits for an answer. Sources (the TCP port,
 //! the FIFO) only parse; they decide nothing about order.
+//!
+//! In cluster mode ([`crate::cluster`]) Redis decides order and ids: a publish is handed to the
+//! outbox and is *queued* ([`Accepted::Queued`]); it is delivered, as every node's publishes
+//! are, when the stream's tail reads it back ([`Sequencer::take_tailed`]). Alone, a publish is
+//! *sequenced* here at once ([`Accepted::Sequenced`]), at no cost beyond one branch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +20,19 @@ use tracing::debug;
 
 use super::command::Publish;
 use super::fanout::Fanout;
+use crate::cluster::{BufferFull, ClusterLink, Tailed};
 use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
-use crate::sse::{encode, EventFields, EventIds};
+use crate::sse::{encode, EventFields, EventIds, Frame};
+
+/// What became of a publish the sequencer took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Delivered with this id.
+    Sequenced(u64),
+    /// Handed to the cluster: delivered, with an id Redis gives it, when the stream's tail
+    /// reads it back.
+    Queued,
+}
 
 /// Numbers, frames and fans out every event.
 #[derive(Debug)]
@@ -24,34 +40,62 @@ pub struct Sequencer {
     ids: EventIds,
     shards: Fanout,
     state: Arc<SharedState>,
-    /// Events sequenced since the start.
+    /// Events taken since the start.
     processed: u64,
+    /// In cluster mode: where publishes go, and where the events to deliver come from.
+    cluster: Option<ClusterLink>,
 }
 
 impl Sequencer {
     /// A sequencer for these shards, handing out `ids`.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>, ids: EventIds) -> Self {
-        Sequencer { ids, shards: Fanout::new(shards), state, processed: 0 }
+        Sequencer { ids, shards: Fanout::new(shards), state, processed: 0, cluster: None }
     }
 
-    /// Numbers and frames the event once, and hands it to every shard; returns its id.
-    pub fn publish(&mut self, publish: Publish) -> u64 {
+    /// The same in cluster mode: publishes go to the stream, events come from its tail.
+    pub fn with_cluster(self, link: ClusterLink) -> Self {
+        Sequencer { cluster: Some(link), ..self }
+    }
+
+    /// Takes a publish: numbers, frames and delivers it at once, or in cluster mode hands it
+    /// to the stream. Refused only in cluster mode, when Redis has been unreachable for longer
+    /// than `--cluster-buffer` holds.
+    pub fn publish(&mut self, publish: Publish) -> Result<Accepted, BufferFull> {
+        if let Some(cluster) = &self.cluster {
+            cluster.send(publish)?;
+            self.processed += 1;
+            return Ok(Accepted::Queued);
+        }
         self.processed += 1;
         let id = self.ids.next_id();
+        self.deliver(id, publish);
+        Ok(Accepted::Sequenced(id))
+    }
+
+    /// Delivers the events the stream's tail read (cluster mode), each once, in stream order.
+    pub fn take_tailed(&mut self) {
+        while let Some(tailed) = self.cluster.as_ref().and_then(ClusterLink::next_tailed) {
+            match tailed {
+                // Ids only grow: an entry at or below the last delivered one was delivered.
+                Tailed::Event { id, publish } if id > self.state.published.load(Ordering::Relaxed) => {
+                    self.deliver(id, publish);
+                }
+                Tailed::Event { .. } => {}
+                Tailed::NewEpoch => self.state.history.write().new_epoch(),
+            }
+        }
+    }
+
+    /// Frames the event once, keeps it, and hands it to every shard.
+    fn deliver(&mut self, id: u64, publish: Publish) {
         debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
-        let frame = encode(&EventFields {
-            id: Some(id),
-            event: publish.event.as_deref(),
-            retry: publish.retry,
-            data: Some(&publish.message),
-        });
+        let frame = frame(id, &publish);
         // Kept before any shard can see it: a resume that reads the history then finds every
         // event its shard may already have delivered to others (see `shard::delivery`).
         self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
         // Likewise: a fresh handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
         self.shards.publish(Delivery { id, audience: publish.audience, frame });
-        id
     }
 
     /// Asks every shard, behind every event sequenced so far; each shard's answer comes on its
@@ -76,8 +120,21 @@ impl Sequencer {
         self.shards.wake();
     }
 
-    /// Tells every shard to close its connections and end.
+    /// Tells every shard (and the cluster's threads) to close its connections and end.
     pub fn shut_down(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+        }
         self.shards.broadcast(|| ShardCommand::Shutdown);
     }
+}
+
+/// The event's frame: what every client it reaches is sent, and what history keeps.
+pub fn frame(id: u64, publish: &Publish) -> Frame {
+    encode(&EventFields {
+        id: Some(id),
+        event: publish.event.as_deref(),
+        retry: publish.retry,
+        data: Some(&publish.message),
+    })
 }

@@ -18,6 +18,7 @@ mod bench_tool;
 mod browser;
 mod burst;
 mod cli;
+mod cluster;
 mod commands;
 mod connections;
 mod deploy;

@@ -21,16 +21,16 @@ const READ_TIMEOUT_SECS: u64 = 2;
 const PROMPT: Duration = Duration::from_millis(1000);
 
 /// A running nginx and the directory that holds its files.
-struct Nginx {
+pub(crate) struct Nginx {
     port: u16,
-    process: Process,
+    pub(crate) process: Process,
     _dir: TempDir,
 }
 
 impl Nginx {
     /// Starts nginx with `http` added to its `http { }` block and `server` inside its one
     /// `server { }` block (which listens on a free loopback port).
-    fn start(http: &str, server: &str) -> Nginx {
+    pub(crate) fn start(http: &str, server: &str) -> Nginx {
         let nginx = find_program("nginx", "nginx");
         let (process, port, dir) = Process::start_listening("nginx", |dir, port| {
             let d = dir.path().display();
@@ -72,7 +72,7 @@ impl Nginx {
     }
 
     /// Opens `GET /sse?QUERY` through nginx and asserts the event-stream answer.
-    fn subscribe(&mut self, query: &str, extra_headers: &str) -> EventStream {
+    pub(crate) fn subscribe(&mut self, query: &str, extra_headers: &str) -> EventStream {
         EventStream::through(&self.process, self.port, query, extra_headers)
     }
 }

@@ -1,0 +1,297 @@
+//! The outbox thread: appends this node's publishes to the stream, in order, once each.
+//!
+//! Owns the publishes the sequencer accepted and Redis has not confirmed, and this node's
+//! liveness key. It never delivers: delivery is the tail's.
+//!
+//! # Nothing lost, nothing twice
+//! Publishes are held in order until Redis confirms them, and sent in pipelined batches of
+//! `XADD`s. When a reply does not come (Redis went away or froze), some of the batch may have
+//! been applied and some not; Redis applies a connection's commands in order, so what was
+//! applied is a first part of the batch. Every entry carries this node's name and its publish
+//! number, so on reconnecting the outbox reads the stream back from the newest entry down to
+//! the last one Redis confirmed to it (`XREVRANGE`), finds its own highest number there, and
+//! drops what is held up to it before sending the rest. A number per node, rather than an id
+//! chosen by the node for `XADD`, keeps Redis the one that orders the cluster: ids chosen by
+//! nodes would need their clocks in step.
+//!
+//! What is held lives in memory: a node killed while Redis is unreachable loses it (its
+//! publishers were answered, not told it reached every node).
+//!
+//! # Liveness
+//! Every [`BEAT`] it sets `PREFIX:node:ID` with a TTL of [`NODE_TTL`] and counts the keys of
+//! every node (`SCAN`), for status.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::streams::StreamRangeReply;
+use tracing::{info, warn};
+
+use super::entry::{self, StreamId};
+use super::{connect, now_ms, why, Backoff, ClusterSettings, ClusterShared};
+use crate::control::command::Publish;
+
+/// How often the node says it is alive.
+const BEAT: Duration = Duration::from_secs(3);
+/// How long a node's key outlives its last beat.
+const NODE_TTL: u64 = 10;
+/// `XADD`s per pipelined batch.
+const BATCH: usize = 256;
+/// Entries read per `XREVRANGE` when looking for what a lost reply applied.
+const SCAN_PAGE: usize = 1000;
+
+/// A publish held until Redis confirms it.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    publish: Publish,
+}
+
+/// The outbox thread's state.
+pub struct Outbox {
+    client: redis::Client,
+    url: String,
+    stream: String,
+    node: String,
+    node_key: String,
+    nodes_pattern: String,
+    max_age: Duration,
+    publishes: Receiver<Publish>,
+    shared: Arc<ClusterShared>,
+    con: Option<redis::Connection>,
+    held: VecDeque<Held>,
+    next_seq: u64,
+    /// An entry older than any of ours Redis may hold unconfirmed: the last one it confirmed,
+    /// or the newest at start.
+    floor: StreamId,
+    /// A batch was sent and its reply did not come.
+    unsure: bool,
+    backoff: Backoff,
+    next_beat: Instant,
+}
+
+impl Outbox {
+    pub(super) fn new(
+        client: redis::Client,
+        settings: &ClusterSettings,
+        node: String,
+        max_age: Duration,
+        floor: StreamId,
+        publishes: Receiver<Publish>,
+        shared: Arc<ClusterShared>,
+    ) -> Outbox {
+        Outbox {
+            client,
+            url: settings.shown_url(),
+            stream: settings.stream(),
+            node_key: format!("{}:node:{node}", settings.key),
+            nodes_pattern: format!("{}:node:*", settings.key),
+            node,
+            max_age,
+            publishes,
+            shared,
+            con: None,
+            held: VecDeque::new(),
+            next_seq: 1,
+            floor,
+            unsure: false,
+            backoff: Backoff::new(),
+            next_beat: Instant::now(),
+        }
+    }
+
+    /// Runs until the node stops.
+    pub fn run(mut self) -> std::io::Result<()> {
+        while !self.shared.stopping.load(Ordering::Relaxed) {
+            let wait = match &self.con {
+                None => self.backoff.left(),
+                Some(_) if self.held.is_empty() => self.next_beat.saturating_duration_since(Instant::now()),
+                Some(_) => Duration::ZERO,
+            };
+            match self.publishes.recv_timeout(wait.min(BEAT)) {
+                Ok(publish) => self.hold(publish),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The sequencer is gone: the node is stopping.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(publish) = self.publishes.try_recv() {
+                self.hold(publish);
+            }
+            if self.con.is_none() && self.backoff.left().is_zero() {
+                self.reconnect();
+            }
+            if let Err(e) = self.flush().and_then(|()| self.beat()) {
+                self.lost(&e);
+            }
+        }
+        // A node that stops appends what it accepted, if Redis is there to take it.
+        while let Ok(publish) = self.publishes.try_recv() {
+            self.hold(publish);
+        }
+        let flushed = self.flush();
+        if !self.held.is_empty() {
+            let reason = flushed.err().map_or_else(|| "Redis unreachable".to_string(), |e| why(&e));
+            warn!("Cluster: {} publishes not appended at stop: {reason}", self.held.len());
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, publish: Publish) {
+        self.held.push_back(Held { seq: self.next_seq, publish });
+        self.next_seq += 1;
+    }
+
+    /// Connects, and settles what a lost reply may have applied.
+    fn reconnect(&mut self) {
+        let settled = connect(&self.client).and_then(|mut con| {
+            if self.unsure {
+                self.drop_applied(&mut con)?;
+            }
+            Ok(con)
+        });
+        match settled {
+            Ok(con) => {
+                info!(
+                    "Cluster: connected to Redis at {}; {} held publishes to append",
+                    self.url,
+                    self.held.len()
+                );
+                self.con = Some(con);
+                self.backoff.succeeded();
+                self.set_connected(true);
+            }
+            Err(e) => {
+                self.backoff.failed();
+                self.set_connected(false);
+                warn!("Cluster: cannot reach Redis at {} to publish: {}", self.url, why(&e));
+            }
+        }
+    }
+
+    /// The connection failed: publishes are held until it is back.
+    fn lost(&mut self, e: &redis::RedisError) {
+        warn!(
+            "Cluster: Redis at {} unreachable ({}); holding publishes ({} now), reconnecting",
+            self.url,
+            why(e),
+            self.held.len()
+        );
+        self.con = None;
+        self.backoff.failed();
+        self.set_connected(false);
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.shared.outbox_connected.store(connected, Ordering::Relaxed);
+        if !connected {
+            // A sequencer waiting for room now refuses instead.
+            self.shared.wake_waiting();
+        }
+    }
+
+    /// Appends everything held, a batch at a time.
+    fn flush(&mut self) -> redis::RedisResult<()> {
+        let Some(con) = &mut self.con else { return Ok(()) };
+        // Entries older than `--history-age` go as new ones come (`MINID ~`: whole nodes only).
+        let min_id = now_ms().saturating_sub(self.max_age.as_millis() as u64);
+        while !self.held.is_empty() {
+            let batch = self.held.len().min(BATCH);
+            let mut pipe = redis::pipe();
+            for held in self.held.range(..batch) {
+                let cmd = pipe.cmd("XADD").arg(&self.stream).arg("MINID").arg("~").arg(min_id).arg("*");
+                for (name, value) in entry::fields(&held.publish, &self.node, held.seq) {
+                    cmd.arg(name).arg(value);
+                }
+            }
+            self.unsure = true;
+            con.send_packed_command(&pipe.get_packed_pipeline())?;
+            // Replies are taken one by one, each confirming its publish, and the first that
+            // fails ends the batch: the client's own pipeline reader would wait out the
+            // timeout once per command left before it gives up on a frozen Redis.
+            for _ in 0..batch {
+                let id: String = redis::from_redis_value(con.recv_response()?)?;
+                if let Ok(id) = StreamId::parse(&id) {
+                    self.floor = id;
+                }
+                if let Some(held) = self.held.pop_front() {
+                    self.shared.unbuffer(held.publish.message.len());
+                }
+            }
+            self.unsure = false;
+            self.shared.wake_waiting();
+        }
+        Ok(())
+    }
+
+    /// Drops the held publishes Redis already has: those up to this node's highest number in
+    /// the entries after [`Outbox::floor`].
+    fn drop_applied(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        let mut end = "+".to_string();
+        let start = if self.floor == StreamId::ZERO { "-".to_string() } else { format!("({}", self.floor) };
+        let applied = loop {
+            let page: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&self.stream)
+                .arg(&end)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query(con)?;
+            let ours = page
+                .ids
+                .iter()
+                .filter_map(|raw| entry::decode(&raw.id, &raw.map).ok())
+                .find(|entry| entry.node == self.node);
+            match (ours, page.ids.last()) {
+                (Some(entry), _) => break Some(entry.seq),
+                (None, Some(last)) if page.ids.len() == SCAN_PAGE => end = format!("({}", last.id),
+                (None, _) => break None,
+            }
+        };
+        let mut dropped = 0;
+        while self.held.front().is_some_and(|held| Some(held.seq) <= applied) {
+            if let Some(held) = self.held.pop_front() {
+                self.shared.unbuffer(held.publish.message.len());
+                dropped += 1;
+            }
+        }
+        self.shared.wake_waiting();
+        if dropped > 0 {
+            info!(
+                "Cluster: {dropped} publishes were appended before the connection was lost; not sent again"
+            );
+        }
+        self.unsure = false;
+        Ok(())
+    }
+
+    /// Says this node is alive, and counts the nodes that are, every [`BEAT`].
+    fn beat(&mut self) -> redis::RedisResult<()> {
+        let Some(con) = &mut self.con else { return Ok(()) };
+        if Instant::now() < self.next_beat {
+            return Ok(());
+        }
+        self.next_beat = Instant::now() + BEAT;
+        redis::cmd("SET").arg(&self.node_key).arg(now_ms()).arg("EX").arg(NODE_TTL).query::<()>(con)?;
+        let mut cursor = 0u64;
+        let mut nodes = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&self.nodes_pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(con)?;
+            nodes += keys.len() as u64;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        self.shared.nodes.store(nodes, Ordering::Relaxed);
+        Ok(())
+    }
+}
