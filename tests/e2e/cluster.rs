@@ -379,3 +379,25 @@ fn three_nodes_behind_the_shipped_nginx_serve_as_one() {
     assert_eq!(got[0].1, "through any node");
     assert!(got.iter().all(|g| g == &got[0]), "the same event, the same id, on every node: {got:?}");
 }
+
+/// A publish over the HTTP API takes the stream's path too: answered `202 {"queued":true}`, since
+/// its id is the one Redis gives it, and delivered on every node.
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn an_http_publish_is_queued_for_the_stream_and_reaches_every_node() {
+    let redis = Redis::start(false, &[]);
+    let nodes: Vec<Server> = (0..2).map(|_| node(&redis, &[])).collect();
+    let mut clients: Vec<SseClient> = nodes.iter().map(|n| n.subscribe("subscribe=t")).collect();
+    let body = "to=t&data=over+http";
+    let request = format!(
+        "POST /publish HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = crate::common::request(nodes[0].api_port(), request.as_bytes());
+    assert_eq!(reply.head.status, 202);
+    assert_eq!(reply.body, br#"{"queued":true}"#);
+    let seen: Vec<_> = clients.iter_mut().map(|c| events(c, 1)).collect();
+    assert_eq!(seen[0][0].1, "over http");
+    assert_eq!(seen[0], seen[1], "the same id on both nodes");
+}
