@@ -454,15 +454,11 @@ fn the_status_page_shows_the_figures_in_a_browser() {
     let server = Server::start(&[]);
     let _client = server.subscribe("subscribe=room1&id=watched");
     server.publish("room1=x");
-    let chromium = crate::programs::find_program("chromium", "chromium");
     let profile = crate::programs::TempDir::new("chromium-status-page");
     // Virtual time runs the page's timers (two polls and more) without waiting for them; the
     // DOM is dumped once it is used up.
-    let output = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
-        .args(["--disable-background-networking", "--no-proxy-server", "--virtual-time-budget=4000"])
-        .arg(format!("--user-data-dir={}", profile.join("profile").display()))
-        .arg("--dump-dom")
+    let output = crate::programs::chromium_command(&profile)
+        .args(["--virtual-time-budget=4000", "--dump-dom"])
         .arg(format!("http://127.0.0.1:{}/", server.api_port()))
         .output()
         .expect("run chromium");
@@ -472,4 +468,36 @@ fn the_status_page_shows_the_figures_in_a_browser() {
     assert!(dom.contains("<polyline points="), "the charts are drawn: {dom}");
     assert!(dom.contains("<td>watched</td><td>room1</td>"), "the client list: {dom}");
     assert!(dom.contains(r#"<p id="error"></p>"#), "no request failed: {dom}");
+}
+
+/// The status page in a real browser, driven through the DevTools protocol: it shows the
+/// figures, and its form publishes a test event that reaches a subscriber.
+#[test]
+#[ignore = "needs chromium: run by the README's test command"]
+fn the_status_pages_form_publishes_an_event_a_subscriber_receives() {
+    let server = Server::start(&[]);
+    let mut client = server.subscribe("subscribe=room1&id=watched");
+    let profile = crate::programs::TempDir::new("chromium-status-form");
+    let url = format!("http://127.0.0.1:{}/", server.api_port());
+    let mut page = crate::programs::Devtools::launch(&url, &profile);
+    page.wait_until(r#"document.getElementById("connections").textContent === "1""#);
+    page.wait_until(r#"!["", "–"].includes(document.getElementById("workers").textContent)"#);
+    page.wait_until(r#"document.getElementById("clients").textContent.includes("watched")"#);
+    assert_eq!(page.evaluate(r#"document.getElementById("error").textContent"#), "", "no request failed");
+
+    let submitted = page.evaluate(
+        r#"(() => {
+            const form = document.getElementById("publish");
+            form.elements.to.value = "room1";
+            form.elements.data.value = "sent from the page";
+            form.requestSubmit();
+            return true;
+        })()"#,
+    );
+    assert_eq!(submitted, true);
+    match client.try_next_event(WAIT) {
+        Ok(event) => assert_eq!(event.data, "sent from the page", "{event:?}"),
+        Err(why) => panic!("the page's publish did not reach the subscriber ({why:?})\n{}", page.output()),
+    }
+    page.wait_until(r#"document.getElementById("published").textContent.startsWith("published, id ")"#);
 }

@@ -10,7 +10,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::Server;
-use crate::programs::{find_program, Process, TempDir};
+use crate::programs::{chromium_command, Process, TempDir};
 
 /// The page under test.
 const PAGE: &str = include_str!("../fixtures/eventsource.html");
@@ -166,27 +165,8 @@ fn open_page(pages: &PageServer, sse: &str, profile: &TempDir) -> Process {
 
 /// Headless Chromium on `url`, with a fresh profile in `profile` and no background traffic.
 fn start_chromium(url: &str, profile: &TempDir) -> Process {
-    let chromium = find_program("chromium", "chromium");
-    let mut command = Command::new(chromium);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--disable-default-apps",
-            "--disable-dev-shm-usage",
-            "--no-proxy-server",
-            "--mute-audio",
-        ])
-        .arg(format!("--user-data-dir={}", profile.join("profile").display()))
-        .arg(url);
+    let mut command = chromium_command(profile);
+    command.arg(url);
     Process::spawn(command, "chromium", profile.join("chromium.log"))
 }
 

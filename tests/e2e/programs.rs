@@ -1,20 +1,25 @@
 //! What the deploy tests need around the real programs they run (nginx, Apache, Chromium,
 //! systemd-analyze, logrotate, all from Debian's packages): finding a program or failing with
 //! the package to install, running it in a process group of its own that is always stopped,
-//! a temporary directory, and an SSE client that reads a stream a proxy has re-chunked.
+//! a temporary directory, an SSE client that reads a stream a proxy has re-chunked, and
+//! headless Chromium driven through the DevTools protocol over a pipe.
 //!
 //! Every wait has a deadline. Only loopback addresses are used.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{dup2, pipe2, Pid};
+use serde_json::{json, Value};
 
 use crate::common::{self, NotifySocket, Ready};
 
@@ -458,5 +463,189 @@ impl EventStream {
                 return Ok((id, data));
             }
         }
+    }
+}
+
+/// Headless Chromium with a fresh profile in `profile`, none of its background traffic and no
+/// sandbox (the tests may run as root); the caller adds the URL or `--remote-debugging-pipe`.
+pub fn chromium_command(profile: &TempDir) -> Command {
+    let mut command = Command::new(find_program("chromium", "chromium"));
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--disable-default-apps",
+            "--disable-dev-shm-usage",
+            "--no-proxy-server",
+            "--mute-audio",
+        ])
+        .arg(format!("--user-data-dir={}", profile.join("profile").display()));
+    command
+}
+
+/// How long Chromium may take to start and answer (a cold start on a busy CI machine).
+const DEVTOOLS_WAIT: Duration = Duration::from_secs(20);
+
+/// Headless Chromium driven through the DevTools protocol over `--remote-debugging-pipe`: it
+/// reads JSON messages, each ended by a NUL byte, from its fd 3 and writes its own to fd 4. One
+/// page, attached to with a flat session, on which scripts are evaluated.
+pub struct Devtools {
+    process: Process,
+    to_browser: File,
+    /// The messages Chromium wrote, read by a thread so every wait can have a deadline.
+    from_browser: Receiver<Value>,
+    next_id: u64,
+    session: String,
+}
+
+impl Devtools {
+    /// Chromium on `url`, attached to its page.
+    pub fn launch(url: &str, profile: &TempDir) -> Devtools {
+        let (browser_reads, test_writes) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let (test_reads, browser_writes) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let (reads, writes) = (browser_reads.as_raw_fd(), browser_writes.as_raw_fd());
+        let mut command = chromium_command(profile);
+        command.arg("--remote-debugging-pipe").arg(url);
+        // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). The ends
+        // are first moved above 4, so placing one on 3 cannot close the other; dup2 clears
+        // close-on-exec on 3 and 4.
+        unsafe {
+            command.pre_exec(move || {
+                let reads = fcntl(reads, FcntlArg::F_DUPFD(10))?;
+                let writes = fcntl(writes, FcntlArg::F_DUPFD(10))?;
+                dup2(reads, 3)?;
+                dup2(writes, 4)?;
+                Ok(())
+            });
+        }
+        let process = Process::spawn(command, "chromium", profile.join("chromium.log"));
+        // Only Chromium holds its ends now: its exit is the reader's end of file.
+        drop((browser_reads, browser_writes));
+        let (sender, from_browser) = mpsc::channel();
+        let mut reader = File::from(test_reads);
+        std::thread::spawn(move || {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 64 * 1024];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.iter().position(|&b| b == 0) {
+                    let message: Vec<u8> = pending.drain(..=end).collect();
+                    let value = serde_json::from_slice(&message[..end]).expect("a JSON message");
+                    if sender.send(value).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut devtools = Devtools {
+            process,
+            to_browser: File::from(test_writes),
+            from_browser,
+            next_id: 0,
+            session: String::new(),
+        };
+        let targets = devtools.call(None, "Target.getTargets", json!({}));
+        let page = targets["targetInfos"]
+            .as_array()
+            .and_then(|infos| infos.iter().find(|info| info["type"] == "page"))
+            .unwrap_or_else(|| panic!("no page among {targets}\n{}", devtools.process.output()))
+            .clone();
+        let attached = devtools.call(
+            None,
+            "Target.attachToTarget",
+            json!({ "targetId": page["targetId"], "flatten": true }),
+        );
+        devtools.session = attached["sessionId"].as_str().expect("a sessionId").to_owned();
+        devtools
+    }
+
+    /// Sends `method` (to the page's session, or to the browser) and waits for its answer:
+    /// its `result`, or a panic with the error and Chromium's output.
+    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .unwrap_or_else(|error| panic!("{method}: {error}\n{}", self.process.output()))
+    }
+
+    fn try_call(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        if let Err(e) = self.to_browser.write_all(&bytes) {
+            panic!("cannot send {method} to chromium: {e}\n{}", self.process.output());
+        }
+        let deadline = Instant::now() + DEVTOOLS_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.from_browser.recv_timeout(left) {
+                // Events (no id) are not needed.
+                Ok(answer) if answer["id"] == id => {
+                    return match answer.get("error") {
+                        Some(error) => Err(error.clone()),
+                        None => Ok(answer["result"].clone()),
+                    };
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "chromium did not answer {method} within {DEVTOOLS_WAIT:?}\n{}",
+                        self.process.output()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("chromium closed its pipe before answering {method}\n{}", self.process.output())
+                }
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page (awaiting a promise) and returns its value; panics on
+    /// an exception.
+    pub fn evaluate(&mut self, expression: &str) -> Value {
+        self.try_evaluate(expression)
+            .unwrap_or_else(|why| panic!("{expression}: {why}\n{}", self.process.output()))
+    }
+
+    fn try_evaluate(&mut self, expression: &str) -> Result<Value, String> {
+        let session = self.session.clone();
+        let params = json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        let answer = self.try_call(Some(&session), "Runtime.evaluate", params).map_err(|e| e.to_string())?;
+        match answer.get("exceptionDetails") {
+            Some(details) => Err(format!("exception {details}")),
+            None => Ok(answer["result"]["value"].clone()),
+        }
+    }
+
+    /// Evaluates `expression` until it is `true` (errors while the page loads count as not yet);
+    /// panics with its last value and Chromium's output after a while.
+    pub fn wait_until(&mut self, expression: &str) {
+        let deadline = Instant::now() + DEVTOOLS_WAIT;
+        loop {
+            let last = self.try_evaluate(expression);
+            if last == Ok(Value::Bool(true)) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("{expression} not true within {DEVTOOLS_WAIT:?}: {last:?}\n{}", self.process.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Chromium's last lines of output, for failure messages.
+    pub fn output(&self) -> String {
+        self.process.output()
     }
 }
