@@ -16,8 +16,8 @@
 //!                                     ▲           (full while a shard holds for a slow client:
 //!                                     │            the backpressure that reaches publishers)
 //!   control thread:  sources ──► parse once ──► Sequencer: id, keep in the history,
-//!   (TCP port, FIFO)              (Command)        │  frame once, fan out; questions go
-//!                                                  │  out in the same order
+//!   (TCP port, FIFO,              (Command)        │  frame once, fan out; questions go
+//!    HTTP API)                                     │  out in the same order
 //!                                                  ▼
 //!   cluster threads: (with --cluster) the outbox appends publishes to a Redis stream; the
 //!                    tail reads it and hands every node's events to the Sequencer (waker)
@@ -33,8 +33,8 @@
 //! - [`pipeline`]: the types the control side and the shards speak ([`pipeline::ShardCommand`],
 //!   [`pipeline::Delivery`]) and the atomics they share.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
-//! - [`control`]: the control thread: its sources (TCP, FIFO), line framing, the command grammar,
-//!   the sequencer (where a publish gets its id) and the fan-out.
+//! - [`control`]: the control thread: its sources (TCP, FIFO, the HTTP API's connections), line
+//!   framing, the command grammar, the sequencer (where a publish gets its id) and the fan-out.
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
 //!   `shard/delivery.rs`), backpressure, timers.
 //! - [`admin`]: the admin path: where status, client lists and counts are answered.

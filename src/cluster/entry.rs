@@ -16,7 +16,7 @@
 //!
 //! # Fields
 //! `n` the publishing node, `s` its publish sequence number (to find, after a lost reply, which
-//! of its entries Redis has: see [`super::outbox`]), `t` the targets, `x` the client id
+//! of its entries Redis has: see `cluster::outbox`), `t` the targets, `x` the client id
 //! excepted, `e` the event type, `r` the reconnection time, `d` the data. `t` is each target
 //! as a kind (`*` every client, `=` a token, `^` a prefix), the name's length in bytes, `:`,
 //! and the name: `*0:=5:room1^4:user`. Names are taken byte for byte, whatever they hold.

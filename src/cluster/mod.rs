@@ -1,7 +1,7 @@
 //! Cluster mode: several nodes act as one through a Redis (or Valkey) stream.
 //!
 //! Owns the node's side of the stream: every publish this node accepts is appended to it
-//! ([`outbox`], its own thread), and every node tails it ([`tail`], its own thread) and
+//! (`outbox`, its own thread), and every node tails it (`tail`, its own thread) and
 //! delivers what it reads, so every node delivers the same events in the same order with the
 //! same ids ([`entry`]). A node's own publishes take the same path: a publish is delivered when
 //! the tail reads it back. It never touches a client or a shard: what it reads goes to the
