@@ -222,7 +222,8 @@ impl Admin {
                 let parts = collect(&question.answers, ANSWER_TIMEOUT);
                 let workers = parts.into_iter().map(|part| part.map(|p| figures(vec![p]))).collect();
                 let history = self.state.history.read().figures();
-                let snapshot = metrics::Snapshot { workers, control: question.control, history };
+                let cluster = self.facts.cluster.as_deref().map(ClusterShared::figures);
+                let snapshot = metrics::Snapshot { workers, control: question.control, history, cluster };
                 Response::ok(metrics::CONTENT_TYPE, metrics::render(&snapshot))
             }
             ApiQuery::Health => {

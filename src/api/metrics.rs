@@ -10,6 +10,7 @@ use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::admin::ControlFigures;
+use crate::cluster::ClusterFigures;
 use crate::history::HistoryFigures;
 use crate::stats::ShardFigures;
 
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub control: ControlFigures,
     /// What the history holds.
     pub history: HistoryFigures,
+    /// The cluster's state, in cluster mode.
+    pub cluster: Option<ClusterFigures>,
 }
 
 /// Metric families of one scrape. Names and label names are ours and fixed, so the crate's
@@ -122,6 +125,20 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     scrape.gauge("hasses_history_events", "Events kept for resume", snapshot.history.events);
     scrape.gauge("hasses_history_bytes", "Bytes of events kept for resume", snapshot.history.bytes);
+    if let Some(cluster) = snapshot.cluster {
+        scrape.gauge(
+            "hasses_cluster_connected",
+            "1 while this node reaches Redis both ways",
+            u64::from(cluster.connected),
+        );
+        scrape.gauge("hasses_cluster_nodes", "Live nodes of the cluster", cluster.nodes);
+        scrape.gauge(
+            "hasses_cluster_lag_ms",
+            "How far this node's tail of the stream is behind",
+            cluster.lag_ms,
+        );
+        scrape.gauge("hasses_cluster_buffered", "Publishes held for the stream", cluster.buffered);
+    }
     scrape.labelled_gauge(
         "hasses_build_info",
         "The running version",
@@ -152,6 +169,7 @@ mod tests {
                 ..Default::default()
             },
             history: HistoryFigures { events: 4, bytes: 400, oldest: None },
+            cluster: None,
         };
         let text = render(&snapshot);
         for line in [
@@ -173,5 +191,11 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
         }
         assert!(!text.contains("worker=\"1\""), "a worker that did not answer is left out");
+        assert!(!text.contains("hasses_cluster"), "alone, nothing of a cluster");
+        let cluster = ClusterFigures { connected: true, lag_ms: 3, buffered: 0, nodes: 3 };
+        let text = render(&Snapshot { cluster: Some(cluster), ..snapshot });
+        for line in ["hasses_cluster_connected 1", "hasses_cluster_nodes 3", "hasses_cluster_lag_ms 3"] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
     }
 }
