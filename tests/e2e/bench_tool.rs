@@ -63,28 +63,35 @@ fn start(program: &Path, args: &[&str], sse_label: &str, control_label: &str) ->
     Server { child, sse_port: sse_port.unwrap(), control_port: control_port.unwrap() }
 }
 
-/// Runs every scenario at N = 50 against `server`; each must complete with nothing lost.
-fn all_scenarios_lose_nothing(server: &Server) {
-    let json = std::env::temp_dir().join(format!("hasses-bench-test-{}.jsonl", server.child.id()));
+/// Runs hasses-bench with `args` (split on white space) against `server`, its figures written as
+/// JSON lines; asserts it succeeded, and returns its report and its lines.
+fn run_bench(server: &Server, args: &str) -> (String, Vec<serde_json::Value>) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let json =
+        std::env::temp_dir().join(format!("hasses-bench-test-{}-{}.jsonl", server.child.id(), args[0]));
     let _ = std::fs::remove_file(&json);
     let out = Command::new(crate::common::bench_tool::path())
-        .args(["all", "-n", "50", "--quiet"])
+        .args(&args)
         .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
         .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
         .args(["--server-pid", &server.child.id().to_string()])
-        .args(["--messages", "5", "--interval-ms", "20", "--burst", "20", "--targeted", "1000"])
-        .args(["--idle-secs", "0.2", "--timeout", "30", "--stall-secs", "5"])
         .arg("--json-out")
         .arg(&json)
         .output()
         .expect("run hasses-bench");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "hasses-bench failed:\n{report}");
-
     let text = std::fs::read_to_string(&json).expect("the JSON lines");
     let _ = std::fs::remove_file(&json);
-    let lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let lines = text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    (report, lines)
+}
+
+/// Runs every scenario at N = 50 against `server`; each must complete with nothing lost.
+fn all_scenarios_lose_nothing(server: &Server) {
+    let scenarios = "all -n 50 --quiet --messages 5 --interval-ms 20 --burst 20 --targeted 1000 \
+                     --idle-secs 0.2 --timeout 30 --stall-secs 5";
+    let (report, lines) = run_bench(server, scenarios);
     let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
     assert_eq!(names, ["connect", "idle", "broadcast", "burst", "targeted"], "{report}");
     for line in &lines {
@@ -123,23 +130,8 @@ fn resume_at_small_n_replays_every_missed_event_once() {
     let args = ["--port", "0", "--control-port", "0", "--log-level", "0"];
     let server =
         start(Path::new(env!("CARGO_BIN_EXE_hasses")), &args, "SSE listening on ", "Control listening on ");
-    let json = std::env::temp_dir().join(format!("hasses-bench-resume-{}.jsonl", server.child.id()));
-    let _ = std::fs::remove_file(&json);
-    let out = Command::new(crate::common::bench_tool::path())
-        .args(["resume", "-n", "200", "--quiet", "--burst", "20", "--timeout", "30", "--stall-secs", "5"])
-        .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
-        .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
-        .args(["--server-pid", &server.child.id().to_string()])
-        .arg("--json-out")
-        .arg(&json)
-        .output()
-        .expect("run hasses-bench");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "hasses-bench failed:\n{report}");
-    let text = std::fs::read_to_string(&json).expect("the JSON lines");
-    let _ = std::fs::remove_file(&json);
-    let resume: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("a line per phase")).expect("a JSON object");
+    let (report, lines) = run_bench(&server, "resume -n 200 --quiet --burst 20 --timeout 30 --stall-secs 5");
+    let resume = lines.last().expect("a line per phase");
     assert_eq!(resume["scenario"], "resume", "{report}");
     for key in ["lost", "duplicated", "misrouted", "id_errors", "resets", "foreign", "closed"] {
         assert_eq!(resume[key], 0, "{key} in {resume}\n{report}");
@@ -156,7 +148,9 @@ fn help_documents_every_scenario() {
         Command::new(crate::common::bench_tool::path()).arg("--help").output().expect("run hasses-bench");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for scenario in ["connect", "idle", "broadcast", "burst", "targeted", "all", "resume", "floor-server"] {
+    for scenario in
+        ["connect", "idle", "broadcast", "burst", "targeted", "all", "resume", "publish-http", "floor-server"]
+    {
         assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
     }
 }
