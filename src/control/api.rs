@@ -20,7 +20,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use tracing::{debug, info, warn};
 
-use super::{Accepted, Control, API_FIRST};
+use super::{watch, write_out, Accepted, Control, API_FIRST};
 use crate::admin::{AnswerTo, Asker};
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
@@ -250,18 +250,9 @@ impl Control {
     /// Writes pending answers; closes a finished connection once they are out.
     fn write_api(&mut self, key: usize) {
         let conn = &mut self.apis[key];
-        while !conn.out.is_empty() {
-            match attempt(|| conn.stream.write(&conn.out)) {
-                Ok(Some(n)) => {
-                    conn.out.drain(..n);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    conn.out.clear();
-                    conn.done = true;
-                    conn.keep_alive = false;
-                }
-            }
+        if !write_out(&mut conn.stream, &mut conn.out) {
+            conn.done = true;
+            conn.keep_alive = false;
         }
         let finished = conn.done || !conn.keep_alive;
         if finished && conn.out.is_empty() && !conn.awaiting {
@@ -270,13 +261,8 @@ impl Control {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             return;
         }
-        let wanted =
-            if conn.out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-        if wanted != conn.registered
-            && self.poll.registry().reregister(&mut conn.stream, Token(API_FIRST + key), wanted).is_ok()
-        {
-            conn.registered = wanted;
-        }
+        let token = Token(API_FIRST + key);
+        watch(self.poll.registry(), &mut conn.stream, token, &mut conn.registered, &conn.out);
     }
 }
 

@@ -69,6 +69,7 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, Asker, ControlFigures, Published, Question, Reply};
 use crate::limits::Limits;
 use crate::log::REPORT;
+use crate::nonblocking::attempt;
 use crate::pipeline::SharedState;
 use command::{auth_secret, parse_command, split_parts, Command, Query};
 use fifo::Fifo;
@@ -432,5 +433,38 @@ impl Control {
         if self.admin.questions.send(Question { query, control, to, answers }).is_err() {
             warn!("The admin path is gone: a question about the server goes unanswered");
         }
+    }
+}
+
+/// Writes as much of `out` as the socket takes, and drops what it took; false when the socket
+/// failed (what was left is dropped too: nobody will read it).
+fn write_out(stream: &mut mio::net::TcpStream, out: &mut Vec<u8>) -> bool {
+    while !out.is_empty() {
+        match attempt(|| io::Write::write(stream, out)) {
+            Ok(Some(n)) => {
+                out.drain(..n);
+            }
+            Ok(None) => return true,
+            Err(_) => {
+                out.clear();
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Watches a connection for reading, and for writing while `out` holds bytes; re-registers
+/// only when that changes.
+fn watch(
+    registry: &mio::Registry,
+    stream: &mut mio::net::TcpStream,
+    token: Token,
+    registered: &mut Interest,
+    out: &[u8],
+) {
+    let wanted = if out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+    if wanted != *registered && registry.reregister(stream, token, wanted).is_ok() {
+        *registered = wanted;
     }
 }

@@ -5,7 +5,7 @@
 //! unauthorized`, and the admin path's JSON, which arrives on a channel since the admin thread
 //! answers questions. What a command means is the control thread's business, not this file's.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::command::auth_secret;
 use super::lines::Piece;
-use super::{Control, Input, Source};
+use super::{watch, write_out, Control, Input, Source};
 use crate::admin::Reply;
 use crate::nonblocking::attempt;
 
@@ -141,33 +141,16 @@ impl Control {
     /// Writes pending replies; closes a finished connection once they are out.
     pub(super) fn write_publisher(&mut self, key: usize) {
         let publisher = &mut self.publishers[key];
-        while !publisher.out.is_empty() {
-            match attempt(|| publisher.stream.write(&publisher.out)) {
-                Ok(Some(n)) => {
-                    publisher.out.drain(..n);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    publisher.out.clear();
-                    publisher.done = true;
-                }
-            }
+        if !write_out(&mut publisher.stream, &mut publisher.out) {
+            publisher.done = true;
         }
         if publisher.done && publisher.out.is_empty() && publisher.awaiting == 0 {
             debug!("Control connection from {} closed", publisher.peer);
             self.publishers.remove(key);
             return;
         }
-        let wanted = if publisher.out.is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        if wanted != publisher.registered
-            && self.poll.registry().reregister(&mut publisher.stream, Token(key), wanted).is_ok()
-        {
-            publisher.registered = wanted;
-        }
+        let token = Token(key);
+        watch(self.poll.registry(), &mut publisher.stream, token, &mut publisher.registered, &publisher.out);
     }
 
     /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
