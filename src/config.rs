@@ -379,7 +379,7 @@ struct Cli {
     /// redis://[user:password@]host:port[/db], or rediss:// for TLS [default: none, alone]
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
-    /// The prefix of the cluster's Redis keys (PREFIX:events, PREFIX:node:*) [default: hasses]
+    /// The prefix of the cluster's Redis keys (PREFIX:events, PREFIX:node:*, PREFIX:read:*) [default: hasses]
     #[arg(long, value_name = "PREFIX")]
     cluster_key: Option<String>,
     /// Publishes held while Redis is unreachable; more are refused [default: 10000]

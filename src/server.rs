@@ -429,12 +429,14 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         admin_link,
     )
     .map_err(StartError::Thread)?;
+    let cluster_threads = cluster.map(|cluster| {
+        info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
+        cluster.threads(stop.waker(), Arc::clone(&state), config.history)
+    });
     let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);
-    if let Some(cluster) = cluster {
-        info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
-        let (outbox, tail) = cluster.threads(stop.waker(), config.history);
+    if let Some((outbox, tail)) = cluster_threads {
         threads.push(spawn("hasses-cluster-out".into(), &failures, move || outbox.run())?);
         threads.push(spawn("hasses-cluster-tail".into(), &failures, move || tail.run())?);
     }

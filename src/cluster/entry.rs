@@ -32,7 +32,7 @@ use crate::pipeline::{Audience, Target};
 const PER_MS: u64 = 1_000_000;
 
 /// A stream entry id, `ms-seq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamId {
     /// Redis' clock when the entry was added, in milliseconds since 1970.
     pub ms: u64,
@@ -106,6 +106,15 @@ pub fn fields(publish: &Publish, node: &str, seq: u64) -> Vec<(&'static str, Vec
     }
     fields.push(("d", publish.message.clone()));
     fields
+}
+
+/// An entry's size as the trim counts it: its fields' names and values, in bytes.
+pub fn size(map: &HashMap<String, Value>) -> u64 {
+    let value_len = |value: &Value| match value {
+        Value::BulkString(bytes) => bytes.len(),
+        _ => 0,
+    };
+    map.iter().map(|(name, value)| (name.len() + value_len(value)) as u64).sum()
 }
 
 /// An entry read back from the stream.

@@ -14,6 +14,9 @@
 //!   shards ◄── fan-out ◄── Sequencer: the entry's id, history, frame once ◄─ channel + waker
 //! ```
 //!
+//! The stream is the cluster's history: the outbox cuts it to what the nodes' rings may keep,
+//! never past an entry a node has still to read ([`trim`]).
+//!
 //! At start ([`Cluster::open`]) the node reads the stream whole into its history before it
 //! serves anyone, so a resume on a node that just (re)started is served like on any other, and
 //! a resume from before the stream's oldest entry is told of a gap.
@@ -24,6 +27,7 @@
 pub mod entry;
 mod outbox;
 mod tail;
+mod trim;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use tracing::warn;
 
 use crate::control::command::Publish;
 use crate::history::{History, HistoryLimits};
+use crate::pipeline::SharedState;
 use entry::StreamId;
 pub use outbox::Outbox;
 pub use tail::Tail;
@@ -62,7 +67,8 @@ const TAILED_QUEUE: usize = 4096;
 pub struct ClusterSettings {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
     pub url: String,
-    /// The prefix of every key: the stream is `PREFIX:events`, nodes `PREFIX:node:ID`.
+    /// The prefix of every key: the stream is `PREFIX:events`, nodes `PREFIX:node:ID`, where
+    /// each has read `PREFIX:read:ID`.
     pub key: String,
     /// Publishes held while Redis is unreachable before more are refused.
     pub buffer_events: u64,
@@ -86,6 +92,11 @@ impl ClusterSettings {
 
     fn stream(&self) -> String {
         format!("{}:events", self.key)
+    }
+
+    /// The key that says where `node`'s tail is, for the trim.
+    fn read_key(&self, node: &str) -> String {
+        format!("{}:read:{node}", self.key)
     }
 }
 
@@ -126,11 +137,22 @@ pub struct ClusterShared {
     buffered_bytes: AtomicU64,
     /// Nodes whose liveness key is there (counted every few seconds).
     nodes: AtomicU64,
+    /// Where the tail is, for the trim.
+    tail: Mutex<TailPosition>,
     /// The node is stopping: the threads end.
     stopping: AtomicBool,
     /// Signalled when the buffer has room again, or the outbox lost Redis.
     room: Condvar,
     room_lock: Mutex<()>,
+}
+
+/// Where the tail is: what the outbox needs to trim the stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct TailPosition {
+    /// The last entry read.
+    read: StreamId,
+    /// Where the newest `--history-memory` of entries read begin.
+    memory_cut: StreamId,
 }
 
 /// The cluster as status shows it.
@@ -156,6 +178,14 @@ impl ClusterShared {
             buffered: self.buffered_events.load(Ordering::Relaxed),
             nodes: self.nodes.load(Ordering::Relaxed),
         }
+    }
+
+    fn read_up_to(&self) -> StreamId {
+        self.tail.lock().read
+    }
+
+    fn memory_cut(&self) -> StreamId {
+        self.tail.lock().memory_cut
     }
 
     fn unbuffer(&self, bytes: usize) {
@@ -270,10 +300,21 @@ impl Cluster {
             .map_err(|e| ClusterError::Url { url: url.clone(), reason: e.to_string() })?;
         let failed = |e: redis::RedisError| ClusterError::Redis { url: url.clone(), reason: why(&e) };
         let mut con = connect(&client).map_err(failed)?;
+        let node = format!("{}-{}-{}", hostname(), std::process::id(), now_ms());
+        // The trim must not pass an entry before this node has read it: its position is the
+        // stream's start until its outbox says where its tail is.
+        redis::cmd("SET")
+            .arg(settings.read_key(&node))
+            .arg(StreamId::ZERO.to_string())
+            .arg("EX")
+            .arg(limits.max_age.as_secs().max(1))
+            .query::<()>(&mut con)
+            .map_err(failed)?;
         let (history, newest) = backfill(&mut con, &settings.stream(), limits).map_err(failed)?;
         let (outbox_in, outbox) = crossbeam_channel::unbounded();
         let (tailed, tailed_out) = crossbeam_channel::bounded(TAILED_QUEUE);
         let shared = Arc::new(ClusterShared::default());
+        shared.tail.lock().read = newest;
         shared.outbox_connected.store(true, Ordering::Relaxed);
         shared.tail_connected.store(true, Ordering::Relaxed);
         let link = ClusterLink {
@@ -282,7 +323,6 @@ impl Cluster {
             shared: Arc::clone(&shared),
             limits: (settings.buffer_events, settings.buffer_bytes),
         };
-        let node = format!("{}-{}-{}", hostname(), std::process::id(), now_ms());
         let cluster = Cluster {
             settings: settings.clone(),
             client,
@@ -316,19 +356,26 @@ impl Cluster {
         Arc::clone(&self.shared)
     }
 
-    /// The two threads' bodies: the outbox, and the tail, which wakes `control` for what it reads.
-    pub fn threads(self, control: Arc<Waker>, limits: HistoryLimits) -> (Outbox, Tail) {
+    /// The two threads' bodies: the outbox, which trims the stream to what `state`'s history
+    /// may keep, and the tail, which wakes `control` for what it reads.
+    pub fn threads(
+        self,
+        control: Arc<Waker>,
+        state: Arc<SharedState>,
+        limits: HistoryLimits,
+    ) -> (Outbox, Tail) {
         let stream = self.settings.stream();
         let outbox = Outbox::new(
             self.client.clone(),
             &self.settings,
             self.node,
             limits.max_age,
-            self.newest,
             self.outbox,
             Arc::clone(&self.shared),
+            state,
         );
-        let tail = Tail::new(self.client, stream, self.newest, self.tailed, control, self.shared);
+        let bytes = trim::StreamBytes::new(limits.max_bytes as u64);
+        let tail = Tail::new(self.client, stream, self.newest, bytes, self.tailed, control, self.shared);
         (outbox, tail)
     }
 }

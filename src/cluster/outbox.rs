@@ -17,9 +17,11 @@
 //! What is held lives in memory: a node killed while Redis is unreachable loses it (its
 //! publishers were answered, not told it reached every node).
 //!
-//! # Liveness
+//! # Liveness, and trimming
 //! Every [`BEAT`] it sets `PREFIX:node:ID` with a TTL of [`NODE_TTL`] and counts the keys of
-//! every node (`SCAN`), for status.
+//! every node (`SCAN`), for status. It also sets `PREFIX:read:ID`, the last entry its tail
+//! read, for `--history-age`, reads every node's, and cuts the stream where [`trim::cut`]
+//! says (`XTRIM MINID`). A node that stops deletes both keys.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -31,8 +33,9 @@ use redis::streams::StreamRangeReply;
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, why, Backoff, ClusterSettings, ClusterShared};
+use super::{connect, now_ms, trim, why, Backoff, ClusterSettings, ClusterShared};
 use crate::control::command::Publish;
+use crate::pipeline::SharedState;
 
 /// How often the node says it is alive.
 const BEAT: Duration = Duration::from_secs(3);
@@ -58,9 +61,13 @@ pub struct Outbox {
     node: String,
     node_key: String,
     nodes_pattern: String,
+    read_key: String,
+    reads_pattern: String,
     max_age: Duration,
     publishes: Receiver<Publish>,
     shared: Arc<ClusterShared>,
+    /// The history, for the oldest event its rings keep.
+    state: Arc<SharedState>,
     con: Option<redis::Connection>,
     held: VecDeque<Held>,
     next_seq: u64,
@@ -79,20 +86,25 @@ impl Outbox {
         settings: &ClusterSettings,
         node: String,
         max_age: Duration,
-        floor: StreamId,
         publishes: Receiver<Publish>,
         shared: Arc<ClusterShared>,
+        state: Arc<SharedState>,
     ) -> Outbox {
+        // Nothing of ours is in the stream yet: what the tail starts after is older than all.
+        let floor = shared.read_up_to();
         Outbox {
             client,
             url: settings.shown_url(),
             stream: settings.stream(),
             node_key: format!("{}:node:{node}", settings.key),
             nodes_pattern: format!("{}:node:*", settings.key),
+            read_key: settings.read_key(&node),
+            reads_pattern: format!("{}:read:*", settings.key),
             node,
             max_age,
             publishes,
             shared,
+            state,
             con: None,
             held: VecDeque::new(),
             next_seq: 1,
@@ -136,7 +148,16 @@ impl Outbox {
             let reason = flushed.err().map_or_else(|| "Redis unreachable".to_string(), |e| why(&e));
             warn!("Cluster: {} publishes not appended at stop: {reason}", self.held.len());
         }
+        self.leave();
         Ok(())
+    }
+
+    /// Deletes this node's keys: it no longer counts, nor holds back the trim.
+    fn leave(&mut self) {
+        let Some(con) = &mut self.con else { return };
+        if let Err(e) = redis::cmd("DEL").arg(&self.node_key).arg(&self.read_key).query::<()>(con) {
+            warn!("Cluster: could not delete this node's keys at stop: {}", why(&e));
+        }
     }
 
     fn hold(&mut self, publish: Publish) {
@@ -195,13 +216,11 @@ impl Outbox {
     /// Appends everything held, a batch at a time.
     fn flush(&mut self) -> redis::RedisResult<()> {
         let Some(con) = &mut self.con else { return Ok(()) };
-        // Entries older than `--history-age` go as new ones come (`MINID ~`: whole nodes only).
-        let min_id = now_ms().saturating_sub(self.max_age.as_millis() as u64);
         while !self.held.is_empty() {
             let batch = self.held.len().min(BATCH);
             let mut pipe = redis::pipe();
             for held in self.held.range(..batch) {
-                let cmd = pipe.cmd("XADD").arg(&self.stream).arg("MINID").arg("~").arg(min_id).arg("*");
+                let cmd = pipe.cmd("XADD").arg(&self.stream).arg("*");
                 for (name, value) in entry::fields(&held.publish, &self.node, held.seq) {
                     cmd.arg(name).arg(value);
                 }
@@ -267,31 +286,61 @@ impl Outbox {
         Ok(())
     }
 
-    /// Says this node is alive, and counts the nodes that are, every [`BEAT`].
+    /// Says this node is alive and where its tail is, counts the nodes that are, and trims
+    /// the stream, every [`BEAT`].
     fn beat(&mut self) -> redis::RedisResult<()> {
         let Some(con) = &mut self.con else { return Ok(()) };
         if Instant::now() < self.next_beat {
             return Ok(());
         }
         self.next_beat = Instant::now() + BEAT;
-        redis::cmd("SET").arg(&self.node_key).arg(now_ms()).arg("EX").arg(NODE_TTL).query::<()>(con)?;
-        let mut cursor = 0u64;
-        let mut nodes = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&self.nodes_pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(con)?;
-            nodes += keys.len() as u64;
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+        let read = self.shared.read_up_to();
+        redis::pipe()
+            .cmd("SET")
+            .arg(&self.node_key)
+            .arg(now_ms())
+            .arg("EX")
+            .arg(NODE_TTL)
+            .ignore()
+            .cmd("SET")
+            .arg(&self.read_key)
+            .arg(read.to_string())
+            .arg("EX")
+            .arg(self.max_age.as_secs().max(1))
+            .ignore()
+            .query::<()>(con)?;
+        let nodes = scan(con, &self.nodes_pattern)?;
+        self.shared.nodes.store(nodes.len() as u64, Ordering::Relaxed);
+        let reads = scan(con, &self.reads_pattern)?;
+        let positions: Vec<Option<String>> =
+            if reads.is_empty() { Vec::new() } else { redis::cmd("MGET").arg(&reads).query(con)? };
+        // A key that went between the scan and the read holds nothing back; this node's own
+        // position counts whatever Redis says.
+        let positions = positions.iter().flatten().filter_map(|p| StreamId::parse(p).ok());
+        let oldest_kept = self.state.history.read().figures().oldest.map(StreamId::of_event);
+        let wanted = [
+            StreamId { ms: now_ms().saturating_sub(self.max_age.as_millis() as u64), seq: 0 },
+            oldest_kept.unwrap_or(read),
+            self.shared.memory_cut(),
+        ];
+        if let Some(cut) = trim::cut(&wanted, positions.chain([read])) {
+            redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(cut.to_string()).query::<()>(con)?;
         }
-        self.shared.nodes.store(nodes, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The keys matching `pattern` (`SCAN`, a page at a time).
+fn scan(con: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut cursor = 0u64;
+    let mut found = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query(con)?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
     }
 }

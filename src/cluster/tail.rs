@@ -15,7 +15,8 @@ use redis::streams::{StreamRangeReply, StreamReadReply};
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, why, Backoff, ClusterShared, Tailed};
+use super::trim::StreamBytes;
+use super::{connect, now_ms, why, Backoff, ClusterShared, TailPosition, Tailed};
 
 /// How long one `XREAD` waits for an entry (below the reply timeout).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -28,6 +29,8 @@ pub struct Tail {
     stream: String,
     /// The last entry read.
     after: StreamId,
+    /// The bytes read, for the trim by `--history-memory`.
+    bytes: StreamBytes,
     out: Sender<Tailed>,
     control: Arc<Waker>,
     shared: Arc<ClusterShared>,
@@ -40,11 +43,12 @@ impl Tail {
         client: redis::Client,
         stream: String,
         after: StreamId,
+        bytes: StreamBytes,
         out: Sender<Tailed>,
         control: Arc<Waker>,
         shared: Arc<ClusterShared>,
     ) -> Tail {
-        Tail { client, stream, after, out, control, shared, con: None, backoff: Backoff::new() }
+        Tail { client, stream, after, bytes, out, control, shared, con: None, backoff: Backoff::new() }
     }
 
     /// Runs until the node stops.
@@ -73,6 +77,8 @@ impl Tail {
                         }
                     }
                     self.control.wake()?;
+                    *self.shared.tail.lock() =
+                        TailPosition { read: self.after, memory_cut: self.bytes.cut() };
                 }
                 Err(e) => {
                     warn!(
@@ -96,6 +102,7 @@ impl Tail {
             return true;
         };
         self.after = stream_id;
+        self.bytes.read(stream_id, entry::size(map));
         let decoded = entry::decode(id, map)
             .and_then(|entry| Ok(Tailed::Event { id: entry.id.event_id()?, publish: entry.publish }));
         let tailed = match decoded {

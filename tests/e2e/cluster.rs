@@ -5,7 +5,7 @@
 //! Each test starts its own `redis-server` on a free port, in a directory of its own.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -87,6 +87,33 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The stream's length (`XLEN`, as an inline command: no client needed).
+    fn stream_len(&self) -> u64 {
+        let mut con = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        con.write_all(b"XLEN hasses:events\r\n").unwrap();
+        let mut reply = String::new();
+        BufReader::new(con).read_line(&mut reply).unwrap();
+        reply
+            .trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("XLEN: {reply:?}"))
+    }
+
+    /// Waits (up to 15 s: a few of the nodes' 3 s beats) for the stream to hold at most `most`
+    /// entries, and returns how many it holds.
+    fn wait_trimmed_to(&self, most: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let len = self.stream_len();
+            if len <= most {
+                return len;
+            }
+            assert!(Instant::now() < deadline, "the stream still holds {len} entries, not {most} or fewer");
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn signal(&self, signal: Signal) {
@@ -190,6 +217,54 @@ fn a_client_resumes_on_another_node_and_on_one_killed_and_restarted() {
     // From before the stream's oldest entry: something may be gone, and the client is told.
     let mut before = resume(&c, "subscribe=t", ids[0] - 1);
     assert_eq!(before.next_event().event.as_deref(), Some("reset"));
+}
+
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn the_stream_keeps_what_the_histories_keep_and_no_more() {
+    let redis = Redis::start(false, &[]);
+    let a = node(&redis, &["--history", "5"]);
+    let _b = node(&redis, &["--history", "5"]);
+    let mut witness = a.subscribe("subscribe=t");
+    publish_tagged(&a, "", 100);
+    let ids: Vec<u64> = events(&mut witness, 100).into_iter().map(|(id, _)| id).collect();
+    // The rings keep 5 of `t`: the stream keeps them, and what came before goes.
+    assert_eq!(redis.wait_trimmed_to(5), 5);
+    // A node started now reads them back: a resume within them is whole, one from before is
+    // told of the gap.
+    let c = node(&redis, &["--history", "5"]);
+    let mut back = resume(&c, "subscribe=t", ids[96]);
+    assert_eq!(events(&mut back, 3), events_of(&ids[97..], 97));
+    let mut before = resume(&c, "subscribe=t", ids[50]);
+    assert_eq!(before.next_event().event.as_deref(), Some("reset"));
+
+    // By --history-memory: 100 events of 1,000 bytes, each to an audience of its own, in a
+    // node keeping 8,000 bytes: the stream keeps the newest few, not the 100 each ring would.
+    let redis = Redis::start(false, &[]);
+    let small = node(&redis, &["--history-memory", "8000"]);
+    let pad = "x".repeat(1000);
+    let lines: String = (0..100).map(|n| format!("u{n}={pad}\n")).collect();
+    assert_eq!(small.control(&lines), "");
+    let kept = redis.wait_trimmed_to(8);
+    assert!(kept >= 6, "most of --history-memory's worth is kept: {kept}");
+}
+
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn a_node_that_stopped_reading_holds_the_trim_back_and_misses_nothing() {
+    let redis = Redis::start(false, &[]);
+    let a = node(&redis, &["--history", "5"]);
+    let b = node(&redis, &["--history", "5"]);
+    let mut client = b.subscribe("subscribe=t");
+    b.signal(Signal::SIGSTOP);
+    publish_tagged(&a, "", 100);
+    // A beat of `a` (every 3 s) has passed: it would cut to 5 but for `b`'s position.
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(redis.stream_len(), 100, "nothing `b` has still to read goes");
+    b.signal(Signal::SIGCONT);
+    let datas: Vec<String> = events(&mut client, 100).into_iter().map(|(_, d)| d).collect();
+    assert_eq!(datas, (0..100).map(|n| n.to_string()).collect::<Vec<_>>(), "whole and in order");
+    redis.wait_trimmed_to(5);
 }
 
 /// (id, "N") for these ids, numbered from `first`.
