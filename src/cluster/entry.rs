@@ -21,7 +21,7 @@
 //! as a kind (`*` every client, `=` a token, `^` a prefix), the name's length in bytes, `:`,
 //! and the name: `*0:=5:room1^4:user`. Names are taken byte for byte, whatever they hold.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use redis::Value;
 
@@ -78,6 +78,9 @@ pub enum EntryError {
     /// Its id is not `ms-seq`, or does not fit an event id.
     #[error("stream entry id {0:?} is not usable as an event id")]
     BadId(String),
+    /// Redis' reply is not the shape a stream's reply has.
+    #[error("stream reply not understood: {0}")]
+    BadReply(String),
     /// A field it needs is missing or malformed.
     #[error("stream entry {id}: field {field:?} missing or malformed")]
     BadField {
@@ -89,32 +92,90 @@ pub enum EntryError {
 }
 
 /// The fields of the entry of `publish`, sent by `node` as its `seq`th publish.
-pub fn fields(publish: &Publish, node: &str, seq: u64) -> Vec<(&'static str, Vec<u8>)> {
+pub fn fields<'a>(publish: &'a Publish, node: &'a str, seq: u64) -> Vec<(&'static str, Cow<'a, [u8]>)> {
     let mut fields = vec![
-        ("n", node.as_bytes().to_vec()),
-        ("s", seq.to_string().into_bytes()),
-        ("t", encode_targets(&publish.audience.targets)),
+        ("n", Cow::Borrowed(node.as_bytes())),
+        ("s", Cow::Owned(seq.to_string().into_bytes())),
+        ("t", Cow::Owned(encode_targets(&publish.audience.targets))),
     ];
     if let Some(except) = &publish.audience.except {
-        fields.push(("x", except.clone().into_bytes()));
+        fields.push(("x", Cow::Borrowed(except.as_bytes())));
     }
     if let Some(event) = &publish.event {
-        fields.push(("e", event.clone().into_bytes()));
+        fields.push(("e", Cow::Borrowed(event.as_bytes())));
     }
     if let Some(retry) = publish.retry {
-        fields.push(("r", retry.to_string().into_bytes()));
+        fields.push(("r", Cow::Owned(retry.to_string().into_bytes())));
     }
-    fields.push(("d", publish.message.clone()));
+    fields.push(("d", Cow::Borrowed(&publish.message)));
     fields
 }
 
-/// An entry's size as the trim counts it: its fields' names and values, in bytes.
-pub fn size(map: &HashMap<String, Value>) -> u64 {
-    let value_len = |value: &Value| match value {
-        Value::BulkString(bytes) => bytes.len(),
-        _ => 0,
+/// One entry of a stream reply, its fields not read yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEntry {
+    /// Its stream id, as Redis wrote it.
+    pub id: String,
+    /// Name, value, name, value, …
+    pub fields: Vec<Value>,
+}
+
+impl RawEntry {
+    /// Its size as the trim counts it: its fields' names and values, in bytes.
+    pub fn size(&self) -> u64 {
+        let len = |value: &Value| match value {
+            Value::BulkString(bytes) => bytes.len() as u64,
+            _ => 0,
+        };
+        self.fields.iter().map(len).sum()
+    }
+}
+
+/// The entries of an `XRANGE` or `XREVRANGE` reply, in its order.
+///
+/// Replies are walked as the client's plain values rather than through its typed stream
+/// replies, which copy every field into a map of its own: the tail reads every event of the
+/// cluster, so this is its hot path.
+pub fn range_reply(reply: Value) -> Result<Vec<RawEntry>, EntryError> {
+    match reply {
+        Value::Array(items) => items.into_iter().map(raw_entry).collect(),
+        other => Err(EntryError::BadReply(format!("{other:?}"))),
+    }
+}
+
+/// The entries of an `XREAD` reply (of one stream; none when it timed out).
+pub fn read_reply(reply: Value) -> Result<Vec<RawEntry>, EntryError> {
+    let ranges: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        // RESP2: [[stream, entries]]; RESP3: {stream: entries}.
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => Ok(pair.into_iter().nth(1).unwrap_or(Value::Nil)),
+                other => Err(EntryError::BadReply(format!("{other:?}"))),
+            })
+            .collect::<Result<_, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, range)| range).collect(),
+        other => return Err(EntryError::BadReply(format!("{other:?}"))),
     };
-    map.iter().map(|(name, value)| (name.len() + value_len(value)) as u64).sum()
+    let mut entries = Vec::new();
+    for range in ranges {
+        entries.extend(range_reply(range)?);
+    }
+    Ok(entries)
+}
+
+fn raw_entry(item: Value) -> Result<RawEntry, EntryError> {
+    let bad = |what: &dyn std::fmt::Debug| EntryError::BadReply(format!("{what:?}"));
+    let Value::Array(pair) = item else { return Err(bad(&item)) };
+    let mut pair = pair.into_iter();
+    match (pair.next(), pair.next(), pair.next()) {
+        (Some(Value::BulkString(id)), Some(Value::Array(fields)), None) => {
+            let id = String::from_utf8(id).map_err(|e| bad(&e))?;
+            Ok(RawEntry { id, fields })
+        }
+        (id, fields, _) => Err(bad(&(id, fields))),
+    }
 }
 
 /// An entry read back from the stream.
@@ -130,30 +191,40 @@ pub struct Entry {
     pub publish: Publish,
 }
 
-/// Reads an entry's fields back (as the `redis` crate gives them).
-pub fn decode(id: &str, map: &HashMap<String, Value>) -> Result<Entry, EntryError> {
-    let stream_id = StreamId::parse(id)?;
-    let bad = |field| EntryError::BadField { id: id.to_string(), field };
-    let bytes = |field: &'static str| match map.get(field) {
-        Some(Value::BulkString(bytes)) => Ok(Some(bytes.as_slice())),
-        None => Ok(None),
-        Some(_) => Err(bad(field)),
+/// The names of the fields an entry may have, in the order [`decode`] keeps them.
+const NAMES: [&str; 7] = ["n", "s", "t", "x", "e", "r", "d"];
+
+/// Reads an entry's fields back. Fields of other names are let be (a later version's).
+pub fn decode(raw: RawEntry) -> Result<Entry, EntryError> {
+    let RawEntry { id, fields } = raw;
+    let stream_id = StreamId::parse(&id)?;
+    let bad = |field| EntryError::BadField { id: id.clone(), field };
+    let mut found: [Option<Vec<u8>>; NAMES.len()] = Default::default();
+    let mut values = fields.into_iter();
+    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+        let Value::BulkString(name) = name else { continue };
+        let Some(slot) = NAMES.iter().position(|n| n.as_bytes() == name.as_slice()) else { continue };
+        let Value::BulkString(bytes) = value else { return Err(bad(NAMES[slot])) };
+        found[slot] = Some(bytes);
+    }
+    let mut take = |field: &'static str| NAMES.iter().position(|&n| n == field).and_then(|i| found[i].take());
+    let text = |bytes: Option<Vec<u8>>, field| {
+        bytes.map(|b| String::from_utf8(b).map_err(|_| bad(field))).transpose()
     };
-    let text = |field: &'static str| {
-        bytes(field)?.map(|b| String::from_utf8(b.to_vec()).map_err(|_| bad(field))).transpose()
+    let number = |bytes: Option<Vec<u8>>, field| {
+        text(bytes, field)?.map(|t| t.parse::<u64>().map_err(|_| bad(field))).transpose()
     };
-    let number =
-        |field: &'static str| text(field)?.map(|t| t.parse::<u64>().map_err(|_| bad(field))).transpose();
-    let targets = bytes("t")?.and_then(decode_targets).filter(|t| !t.is_empty()).ok_or_else(|| bad("t"))?;
-    let retry = number("r")?.map(|r| u32::try_from(r).map_err(|_| bad("r"))).transpose()?;
+    let targets =
+        take("t").as_deref().and_then(decode_targets).filter(|t| !t.is_empty()).ok_or_else(|| bad("t"))?;
+    let retry = number(take("r"), "r")?.map(|r| u32::try_from(r).map_err(|_| bad("r"))).transpose()?;
     Ok(Entry {
         id: stream_id,
-        node: text("n")?.ok_or_else(|| bad("n"))?,
-        seq: number("s")?.ok_or_else(|| bad("s"))?,
+        node: text(take("n"), "n")?.ok_or_else(|| bad("n"))?,
+        seq: number(take("s"), "s")?.ok_or_else(|| bad("s"))?,
         publish: Publish {
-            audience: Audience { targets, except: text("x")? },
-            message: bytes("d")?.ok_or_else(|| bad("d"))?.to_vec(),
-            event: text("e")?,
+            audience: Audience { targets, except: text(take("x"), "x")? },
+            message: take("d").ok_or_else(|| bad("d"))?,
+            event: text(take("e"), "e")?,
             retry,
         },
     })
@@ -199,8 +270,14 @@ mod tests {
 
     use super::*;
 
-    fn as_map(fields: Vec<(&'static str, Vec<u8>)>) -> HashMap<String, Value> {
-        fields.into_iter().map(|(k, v)| (k.to_string(), Value::BulkString(v))).collect()
+    /// The entry as Redis would give it back.
+    fn as_raw(id: &str, fields: Vec<(&'static str, Cow<'_, [u8]>)>) -> RawEntry {
+        let fields = fields
+            .into_iter()
+            .flat_map(|(name, value)| [name.as_bytes().to_vec(), value.into_owned()])
+            .map(Value::BulkString)
+            .collect();
+        RawEntry { id: id.into(), fields }
     }
 
     #[test]
@@ -228,11 +305,42 @@ mod tests {
             event: None,
             retry: None,
         };
-        let mut map = as_map(fields(&publish, "n1", 1));
-        map.insert("t".into(), Value::BulkString(b"=9:ab".to_vec()));
-        assert_eq!(decode("1-0", &map), Err(EntryError::BadField { id: "1-0".into(), field: "t" }));
-        map.remove("t");
-        assert!(decode("1-0", &map).is_err());
+        let good = as_raw("1-0", fields(&publish, "n1", 1));
+        let with_t = |t: Value| {
+            let mut raw = good.clone();
+            let at = raw.fields.iter().position(|f| f == &Value::BulkString(b"t".to_vec())).unwrap();
+            raw.fields[at + 1] = t;
+            raw
+        };
+        let bad_t = Err(EntryError::BadField { id: "1-0".into(), field: "t" });
+        assert_eq!(decode(with_t(Value::BulkString(b"=9:ab".to_vec()))), bad_t);
+        assert_eq!(decode(with_t(Value::Int(3))), bad_t);
+        let mut without_d = good.clone();
+        without_d.fields.truncate(without_d.fields.len() - 2);
+        assert_eq!(decode(without_d), Err(EntryError::BadField { id: "1-0".into(), field: "d" }));
+        // A field a later version adds is let be.
+        let mut later = good.clone();
+        later.fields.extend([Value::BulkString(b"z".to_vec()), Value::BulkString(b"?".to_vec())]);
+        assert_eq!(decode(later).map(|e| e.publish), Ok(publish));
+    }
+
+    #[test]
+    fn replies_are_walked_in_their_order_and_a_strange_one_is_refused() {
+        let entry = |id: &str| {
+            let fields = vec![Value::BulkString(b"d".to_vec()), Value::BulkString(id.as_bytes().to_vec())];
+            Value::Array(vec![Value::BulkString(id.as_bytes().to_vec()), Value::Array(fields)])
+        };
+        let range = Value::Array(vec![entry("1-0"), entry("1-1")]);
+        let ids = |entries: Vec<RawEntry>| entries.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(range_reply(range.clone()).unwrap()), ["1-0", "1-1"]);
+        let key = Value::BulkString(b"hasses:events".to_vec());
+        let resp2 = Value::Array(vec![Value::Array(vec![key.clone(), range.clone()])]);
+        assert_eq!(ids(read_reply(resp2).unwrap()), ["1-0", "1-1"]);
+        assert_eq!(ids(read_reply(Value::Map(vec![(key, range)])).unwrap()), ["1-0", "1-1"]);
+        assert_eq!(read_reply(Value::Nil), Ok(Vec::new()));
+        assert!(range_reply(Value::Int(1)).is_err());
+        assert!(range_reply(Value::Array(vec![Value::Array(vec![Value::Int(1)])])).is_err());
+        assert_eq!(range_reply(Value::Array(vec![entry("2-0")])).unwrap()[0].size(), 4);
     }
 
     fn target() -> impl Strategy<Value = Target> {
@@ -251,7 +359,7 @@ mod tests {
             seq in any::<u64>(),
         ) {
             let publish = Publish { audience: Audience { targets, except }, message, event, retry };
-            let entry = decode("5-3", &as_map(fields(&publish, "node-a", seq))).unwrap();
+            let entry = decode(as_raw("5-3", fields(&publish, "node-a", seq))).unwrap();
             prop_assert_eq!(entry, Entry {
                 id: StreamId { ms: 5, seq: 3 },
                 node: "node-a".into(),

@@ -36,7 +36,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use parking_lot::{Condvar, Mutex};
-use redis::streams::StreamRangeReply;
 use tracing::warn;
 
 use crate::control::command::Publish;
@@ -390,6 +389,16 @@ fn why(e: &redis::RedisError) -> String {
     }
 }
 
+/// Runs an `XRANGE` or `XREVRANGE` and walks its reply.
+fn query_range(cmd: &redis::Cmd, con: &mut redis::Connection) -> redis::RedisResult<Vec<entry::RawEntry>> {
+    entry::range_reply(cmd.query(con)?).map_err(unreadable)
+}
+
+/// A stream reply not understood, as the client's error: the connection is not to be trusted.
+fn unreadable(e: entry::EntryError) -> redis::RedisError {
+    (redis::ErrorKind::UnexpectedReturnType, "stream reply", e.to_string()).into()
+}
+
 /// A connection with the timeouts every command of ours runs under.
 fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
@@ -415,10 +424,12 @@ fn backfill(
     let mut newest = StreamId::ZERO;
     let mut start = "-".to_string();
     loop {
-        let page: StreamRangeReply =
-            redis::cmd("XRANGE").arg(stream).arg(&start).arg("+").arg("COUNT").arg(PAGE).query(con)?;
-        for raw in &page.ids {
-            let entry = match entry::decode(&raw.id, &raw.map) {
+        let page =
+            query_range(redis::cmd("XRANGE").arg(stream).arg(&start).arg("+").arg("COUNT").arg(PAGE), con)?;
+        let full_page = page.len() == PAGE;
+        let last_id = page.last().map(|raw| raw.id.clone());
+        for raw in page {
+            let entry = match entry::decode(raw) {
                 Ok(entry) => entry,
                 Err(e) => {
                     warn!("Cluster: {e}; skipped");
@@ -432,8 +443,8 @@ fn backfill(
             history.append(id, &entry.publish.audience, &frame, now.checked_sub(age).unwrap_or(origin));
             newest = entry.id;
         }
-        match page.ids.last() {
-            Some(last) if page.ids.len() == PAGE => start = format!("({}", last.id),
+        match last_id {
+            Some(last) if full_page => start = format!("({last}"),
             _ => break,
         }
     }

@@ -29,11 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::streams::StreamRangeReply;
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, trim, why, Backoff, ClusterSettings, ClusterShared};
+use super::{connect, now_ms, query_range, trim, why, Backoff, ClusterSettings, ClusterShared};
 use crate::control::command::Publish;
 use crate::pipeline::SharedState;
 
@@ -222,7 +221,7 @@ impl Outbox {
             for held in self.held.range(..batch) {
                 let cmd = pipe.cmd("XADD").arg(&self.stream).arg("*");
                 for (name, value) in entry::fields(&held.publish, &self.node, held.seq) {
-                    cmd.arg(name).arg(value);
+                    cmd.arg(name).arg(value.as_ref());
                 }
             }
             self.unsure = true;
@@ -251,21 +250,19 @@ impl Outbox {
         let mut end = "+".to_string();
         let start = if self.floor == StreamId::ZERO { "-".to_string() } else { format!("({}", self.floor) };
         let applied = loop {
-            let page: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&self.stream)
-                .arg(&end)
-                .arg(&start)
-                .arg("COUNT")
-                .arg(SCAN_PAGE)
-                .query(con)?;
+            let page = query_range(
+                redis::cmd("XREVRANGE").arg(&self.stream).arg(&end).arg(&start).arg("COUNT").arg(SCAN_PAGE),
+                con,
+            )?;
+            let full_page = page.len() == SCAN_PAGE;
+            let last_id = page.last().map(|raw| raw.id.clone());
             let ours = page
-                .ids
-                .iter()
-                .filter_map(|raw| entry::decode(&raw.id, &raw.map).ok())
+                .into_iter()
+                .filter_map(|raw| entry::decode(raw).ok())
                 .find(|entry| entry.node == self.node);
-            match (ours, page.ids.last()) {
+            match (ours, last_id) {
                 (Some(entry), _) => break Some(entry.seq),
-                (None, Some(last)) if page.ids.len() == SCAN_PAGE => end = format!("({}", last.id),
+                (None, Some(last)) if full_page => end = format!("({last}"),
                 (None, _) => break None,
             }
         };

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 use mio::Waker;
-use redis::streams::{StreamRangeReply, StreamReadReply};
 use tracing::{info, warn};
 
-use super::entry::{self, StreamId};
+use super::entry::{self, RawEntry, StreamId};
 use super::trim::StreamBytes;
-use super::{connect, now_ms, why, Backoff, ClusterShared, TailPosition, Tailed};
+use super::{connect, now_ms, query_range, unreadable, why, Backoff, ClusterShared, TailPosition, Tailed};
 
 /// How long one `XREAD` waits for an entry (below the reply timeout).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -58,7 +57,7 @@ impl Tail {
                 self.reconnect();
                 continue;
             };
-            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
+            let read = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(COUNT)
                 .arg("BLOCK")
@@ -66,13 +65,13 @@ impl Tail {
                 .arg("STREAMS")
                 .arg(&self.stream)
                 .arg(self.after.to_string())
-                .query(con);
+                .query(con)
+                .and_then(|reply| entry::read_reply(reply).map_err(unreadable));
             match read {
-                Ok(None) => self.shared.lag_ms.store(0, Ordering::Relaxed),
-                Ok(Some(reply)) => {
-                    let entries = reply.keys.into_iter().flat_map(|key| key.ids);
+                Ok(entries) if entries.is_empty() => self.shared.lag_ms.store(0, Ordering::Relaxed),
+                Ok(entries) => {
                     for raw in entries {
-                        if !self.hand_over(&raw.id, &raw.map) {
+                        if !self.hand_over(raw) {
                             return Ok(());
                         }
                     }
@@ -96,14 +95,14 @@ impl Tail {
     }
 
     /// Hands one entry to the sequencer; false when the node is stopping.
-    fn hand_over(&mut self, id: &str, map: &std::collections::HashMap<String, redis::Value>) -> bool {
-        let Ok(stream_id) = StreamId::parse(id) else {
-            warn!("Cluster: stream entry id {id:?} not understood; skipped");
+    fn hand_over(&mut self, raw: RawEntry) -> bool {
+        let Ok(stream_id) = StreamId::parse(&raw.id) else {
+            warn!("Cluster: stream entry id {:?} not understood; skipped", raw.id);
             return true;
         };
         self.after = stream_id;
-        self.bytes.read(stream_id, entry::size(map));
-        let decoded = entry::decode(id, map)
+        self.bytes.read(stream_id, raw.size());
+        let decoded = entry::decode(raw)
             .and_then(|entry| Ok(Tailed::Event { id: entry.id.event_id()?, publish: entry.publish }));
         let tailed = match decoded {
             Ok(tailed) => tailed,
@@ -139,8 +138,8 @@ impl Tail {
             return Ok(true);
         }
         let id = self.after.to_string();
-        let found: StreamRangeReply = redis::cmd("XRANGE").arg(&self.stream).arg(&id).arg(&id).query(con)?;
-        Ok(!found.ids.is_empty())
+        let found = query_range(redis::cmd("XRANGE").arg(&self.stream).arg(&id).arg(&id), con)?;
+        Ok(!found.is_empty())
     }
 
     fn reconnect(&mut self) {
