@@ -45,6 +45,15 @@ reset`, a resume told of a gap). The exit status is 1 when any of
 these is non-zero, a connection failed or closed, or a phase timed out; 2 on a usage or
 start-up error.
 
+A cluster (several hasses nodes over one Redis, each started with --cluster redis://...): give
+--sse the nodes' addresses, comma-separated. Connection i goes to the (i mod k)th of the k
+addresses, with that address in its Host header and, over TLS, its IP as the name to verify
+(unless --server-name). Messages still go through the one --control address: a publish on one
+node must reach the subscribers of all, which is what the loss counts check. With several
+distinct addresses, the connect phase's server_clients is the control node's own count, and
+the reconnect (--tls-resume) and resume phases wait only for the control node's clients to
+close.
+
 Server figures (CPU seconds, CPU per unit, RSS) need --server-pid: CPU is read from
 /proc/PID/task/*/schedstat (ns resolution) or else /proc/PID/stat utime+stime (clock
 ticks); RSS from /proc/PID/status VmRSS. For idle memory per connection, start a fresh
@@ -81,9 +90,11 @@ pub struct Options {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The server's SSE address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_target)]
-    pub sse: Target,
+    /// The server's SSE address (host:port), or a comma-separated list of several (the nodes
+    /// of a cluster): connection i goes to the (i mod k)th of the k addresses. floor-server: the
+    /// one address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_targets, value_name = "ADDR[,ADDR...]")]
+    pub sse: Targets,
 
     /// The server's control TCP address (host:port).
     #[arg(long, default_value = "127.0.0.1:8085", value_parser = parse_target)]
@@ -298,6 +309,43 @@ pub struct Target {
     pub text: String,
 }
 
+/// One or more SSE addresses (`--sse`), in the order given; never empty.
+#[derive(Debug, Clone)]
+pub struct Targets(Vec<Target>);
+
+impl Targets {
+    /// The addresses, in the order given.
+    pub fn all(&self) -> &[Target] {
+        &self.0
+    }
+
+    /// The first address (the only one, but for a list).
+    pub fn first(&self) -> &Target {
+        &self.0[0]
+    }
+
+    /// Whether they are several different addresses (the same one twice is one server).
+    pub fn several_servers(&self) -> bool {
+        self.0.iter().any(|t| t.addr != self.first().addr)
+    }
+}
+
+/// A comma-separated list of addresses; an empty item or a bad address is an error.
+fn parse_targets(s: &str) -> Result<Targets, String> {
+    let targets = s
+        .split(',')
+        .map(str::trim)
+        .map(|item| {
+            if item.is_empty() {
+                Err("an empty address (two commas in a row, or one at an end)".to_string())
+            } else {
+                parse_target(item)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Targets(targets))
+}
+
 fn parse_target(s: &str) -> Result<Target, String> {
     let addr = match s.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -384,9 +432,13 @@ impl Options {
             return Err(format!("--path must be a bare path: {}", self.path));
         }
         if let Some(src) = &self.src_addrs {
-            if src.0.iter().any(|a| a.is_ipv4() != self.sse.addr.is_ipv4()) {
+            let sse = self.sse.all();
+            if src.0.iter().any(|a| sse.iter().any(|t| a.is_ipv4() != t.addr.is_ipv4())) {
                 return Err("--src-addrs must be of the same family as --sse".into());
             }
+        }
+        if self.scenario == Scenario::FloorServer && self.sse.all().len() > 1 {
+            return Err("floor-server listens on one --sse address".into());
         }
         let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
         if needs_pid && self.server_pid.is_none() {
@@ -417,6 +469,44 @@ mod tests {
         assert_eq!(s.0, want);
         assert!(parse_src_addrs("127.0.0.8-127.0.0.1").is_err());
         assert!(parse_src_addrs("").is_err());
+    }
+
+    #[test]
+    fn sse_takes_a_list_of_addresses_in_order() {
+        let o = parse(&["--sse", "127.0.0.1:8081, 127.0.0.1:8082,127.0.0.1:8083"]).unwrap();
+        let addrs: Vec<String> = o.sse.all().iter().map(|t| t.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]);
+        // The Host header is each address as written.
+        assert_eq!(o.sse.all()[1].text, "127.0.0.1:8082");
+        assert!(o.sse.several_servers());
+        let o = parse(&["--sse", "[::1]:8080"]).unwrap();
+        assert_eq!((o.sse.all().len(), o.sse.first().text.as_str()), (1, "[::1]:8080"));
+        assert!(!o.sse.several_servers());
+        assert!(!parse(&["--sse", "127.0.0.1:8080,127.0.0.1:8080"]).unwrap().sse.several_servers());
+        assert_eq!(parse(&[]).unwrap().sse.first().addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn sse_lists_with_an_empty_item_or_a_bad_address_are_refused() {
+        for bad in ["127.0.0.1:8081,", ",127.0.0.1:8081", "127.0.0.1:8081,,127.0.0.1:8082", " , "] {
+            let err = parse(&["--sse", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {err}");
+            assert!(err.to_string().contains("an empty address"), "{err}");
+        }
+        let err = parse(&["--sse", "127.0.0.1:8081,127.0.0.1"]).expect_err("no port");
+        assert!(err.to_string().contains("127.0.0.1: invalid socket address"), "{err}");
+        assert!(parse(&["--sse", "127.0.0.1:8081,127.0.0.1:99999"]).is_err());
+    }
+
+    #[test]
+    fn every_sse_address_must_match_the_source_family() {
+        let o = parse(&["--sse", "127.0.0.1:8081,[::1]:8082", "--src-addrs", "127.0.0.1"]).unwrap();
+        assert!(o.validate().unwrap_err().contains("same family"));
+        let o = parse(&["--sse", "127.0.0.1:8081,127.0.0.2:8082", "--src-addrs", "127.0.0.1"]).unwrap();
+        assert!(o.validate().is_ok());
+        let o = Options::try_parse_from(["hasses-bench", "floor-server", "--sse", "127.0.0.1:1,127.0.0.1:2"])
+            .unwrap();
+        assert!(o.validate().unwrap_err().contains("one --sse address"));
     }
 
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {

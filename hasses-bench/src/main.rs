@@ -68,9 +68,9 @@ fn main() -> ExitCode {
         };
     }
     if opts.scenario == cli::Scenario::FloorServer {
-        if let Err(e) = nofile
-            .and_then(|_| floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers(), &opts.path))
-        {
+        if let Err(e) = nofile.and_then(|_| {
+            floor::serve(opts.sse.first().addr, opts.control.addr, opts.floor_workers(), &opts.path)
+        }) {
             eprintln!("hasses-bench: floor-server: {e}");
         }
         return ExitCode::from(2);

@@ -27,6 +27,7 @@ use nix::errno::Errno;
 use rustls::{ClientConnection, HandshakeKind};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cli::Target;
 use crate::parse::{Event, StreamParser};
 use crate::stats::{Counters, Progress};
 use crate::sys;
@@ -78,10 +79,9 @@ pub struct Setup {
     pub threads: u32,
     /// Connections over all threads.
     pub n: u32,
-    /// The server's SSE address.
-    pub sse: SocketAddr,
-    /// The `Host` header's value.
-    pub host: String,
+    /// The SSE addresses: connection i goes to the (i mod k)th of the k, and names it as written
+    /// in its `Host` header.
+    pub sse: Vec<Target>,
     /// The request path.
     pub path: String,
     /// Source addresses (round-robin by global index); empty = the kernel's choice.
@@ -92,6 +92,18 @@ pub struct Setup {
     pub tls: Option<TlsSetup>,
     /// Subscribe with this bearer token.
     pub bearer: Option<String>,
+}
+
+impl Setup {
+    /// Which of the SSE addresses connection `index` goes to: `index` mod their number.
+    pub fn target_number(&self, index: u64) -> usize {
+        (index % self.sse.len() as u64) as usize
+    }
+
+    /// The SSE address connection `index` goes to.
+    fn target(&self, index: u64) -> &Target {
+        &self.sse[self.target_number(index)]
+    }
 }
 
 /// The orchestrator's handle on a receiver thread.
@@ -351,7 +363,7 @@ impl Thread {
 
     fn open(&mut self, local: usize) -> io::Result<()> {
         let conn = &mut self.conns[local];
-        let sse = self.setup.sse;
+        let sse = self.setup.target(conn.track.index).addr;
         let sock = Socket::new(Domain::for_address(sse), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
         if !self.setup.src.is_empty() {
             let src = self.setup.src[conn.track.index as usize % self.setup.src.len()];
@@ -511,7 +523,8 @@ impl Thread {
     /// (rustls sends it once the handshake is over) and sends the ClientHello. The socket stays
     /// registered for writability as well: a TLS flight may not fit the socket at once.
     fn start_tls(&mut self, local: usize, setup: TlsSetup) {
-        let mut session = match setup.session() {
+        let index = self.conns[local].track.index;
+        let mut session = match setup.session(self.setup.target_number(index)) {
             Ok(session) => Box::new(session),
             Err(e) => return self.fail(local, "tls", &e, false),
         };
@@ -630,7 +643,8 @@ fn subscription_request(request: &mut Vec<u8>, setup: &Setup, track: &Track) {
         request,
         "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
          Connection: keep-alive\r\n",
-        setup.path, setup.host
+        setup.path,
+        setup.target(i).text
     );
     if let Some(id) = track.last_id {
         let _ = write!(request, "Last-Event-ID: {id}\r\n");

@@ -17,6 +17,9 @@ struct JsonLine<'a> {
     ok: bool,
     incomplete: Option<&'a str>,
     connections: u32,
+    /// How many `--sse` addresses the connections were spread over, when several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sse_addresses: Option<usize>,
     live_connections: u64,
     threads: u32,
     payload: u32,
@@ -49,6 +52,7 @@ pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
         ok: r.ok(),
         incomplete: r.incomplete.as_deref(),
         connections: opts.connections,
+        sse_addresses: Some(opts.sse.all().len()).filter(|&k| k > 1),
         live_connections: c.live,
         threads: opts.threads,
         payload: opts.payload,
@@ -193,8 +197,12 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
     rows.extend(results.iter().map(|r| row(r, opts.tls)));
     let widths: Vec<usize> =
         (0..HEAD.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let spread = match opts.sse.all().len() {
+        1 => String::new(),
+        k => format!(" to {k} SSE addresses"),
+    };
     let mut out = format!(
-        "hasses-bench: {} connections{}, {} receiver thread(s), payload {} B\n",
+        "hasses-bench: {} connections{spread}{}, {} receiver thread(s), payload {} B\n",
         opts.connections,
         if opts.tls { " over TLS" } else { "" },
         opts.threads,
@@ -296,9 +304,24 @@ mod tests {
         assert_eq!(line["server_rss_before_bytes"], Value::Null);
         assert_eq!(line["server_cpu_s"], 0.25);
         assert_eq!(line["tool_cpu_s"], 0.125);
-        for absent in ["tls_handshakes", "notes", "error_samples"] {
+        for absent in ["tls_handshakes", "notes", "error_samples", "sse_addresses"] {
             assert!(!line.contains_key(absent), "{absent} in {line:?}");
         }
+    }
+
+    #[test]
+    fn several_sse_addresses_are_counted_in_the_json_and_the_heading() {
+        let opts = options(&["--sse", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"]);
+        let r = result(connect(None));
+        assert_eq!(json(&opts, &r)["sse_addresses"], 3);
+        let table = table(&opts, &[r]);
+        assert!(table.starts_with("hasses-bench: 3 connections to 3 SSE addresses, 1 receiver"), "{table}");
+        let one = table_heading(&options(&[]));
+        assert!(one.starts_with("hasses-bench: 3 connections, 1 receiver"), "{one}");
+    }
+
+    fn table_heading(opts: &Options) -> String {
+        table(opts, &[]).lines().next().unwrap_or_default().to_string()
     }
 
     #[test]

@@ -173,8 +173,7 @@ impl Bench {
                     thread,
                     threads,
                     n: opts.connections,
-                    sse: opts.sse.addr,
-                    host: opts.sse.text.clone(),
+                    sse: opts.sse.all().to_vec(),
                     path: opts.path.clone(),
                     src: src.clone(),
                     window,
@@ -386,7 +385,9 @@ impl Bench {
         let figures =
             if phase == Phase::Reconnect { Figures::Reconnect(figures) } else { Figures::Connect(figures) };
         let mut result = PhaseResult::new(incomplete, c, time_s, usage, figures);
-        if let Some(seen) = server_clients.filter(|&seen| seen < live) {
+        // Over several servers, the control one counts only its own share.
+        let one_server = !self.opts.sse.several_servers();
+        if let Some(seen) = server_clients.filter(|&seen| seen < live && one_server) {
             // The server does not know of connections that were answered: another process
             // (an old instance sharing the port through SO_REUSEPORT?) took some of them.
             result.notes.push(format!(
