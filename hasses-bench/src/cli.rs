@@ -56,7 +56,11 @@ close.
 
 Server figures (CPU seconds, CPU per unit, RSS) need --server-pid: CPU is read from
 /proc/PID/task/*/schedstat (ns resolution) or else /proc/PID/stat utime+stime (clock
-ticks); RSS from /proc/PID/status VmRSS. For idle memory per connection, start a fresh
+ticks); RSS from /proc/PID/status VmRSS. Given several process ids (a cluster's nodes, and
+their Redis if it is to count), every server figure is the sum over them all, CPU and RSS
+alike (RSS counts pages the processes share once per process); the table then adds a line per
+phase with each process's CPU seconds, and the JSON their list (server_cpu_s_each, in the
+order given). For idle memory per connection, start a fresh
 server: RSS is read once before the first connection and again after the idle pause.
 
 Example (this host, 18,000 connections over 8 source addresses):
@@ -119,9 +123,11 @@ pub struct Options {
     #[arg(long, value_parser = parse_src_addrs)]
     pub src_addrs: Option<SrcAddrs>,
 
-    /// The server's process id, for its CPU and memory figures.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's process id, for its CPU and memory figures. Several (the flag again, or a
+    /// comma-separated list: a cluster's nodes, their Redis): the figures are the sum over them
+    /// all, CPU and RSS alike, and the JSON adds each one's CPU (server_cpu_s_each).
+    #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',', value_parser = parse_pid)]
+    pub server_pid: Vec<u32>,
 
     /// publish-http: the server's HTTP API address (host:port).
     #[arg(long, default_value = "127.0.0.1:8086", value_parser = parse_target)]
@@ -386,6 +392,14 @@ fn parse_src_addrs(s: &str) -> Result<SrcAddrs, String> {
     Ok(SrcAddrs(out))
 }
 
+/// A process id, one item of `--server-pid`'s list.
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "" => Err("an empty process id (two commas in a row, or one at an end)".into()),
+        pid => pid.parse().ok().filter(|&p| p > 0).ok_or_else(|| format!("{pid}: not a process id")),
+    }
+}
+
 /// A duration in seconds (fractions allowed): finite, not negative, at most [`MAX_SECS`]. The
 /// message is shown after clap's own, which names the flag and the value.
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -440,8 +454,16 @@ impl Options {
         if self.scenario == Scenario::FloorServer && self.sse.all().len() > 1 {
             return Err("floor-server listens on one --sse address".into());
         }
+        if let Some(pid) = self
+            .server_pid
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| self.server_pid[..i].contains(p).then_some(p))
+        {
+            return Err(format!("--server-pid {pid} is given twice: its CPU would count twice"));
+        }
         let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
-        if needs_pid && self.server_pid.is_none() {
+        if needs_pid && self.server_pid.is_empty() {
             return Err(format!(
                 "the {} scenario needs --server-pid",
                 self.scenario.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
@@ -496,6 +518,28 @@ mod tests {
         let err = parse(&["--sse", "127.0.0.1:8081,127.0.0.1"]).expect_err("no port");
         assert!(err.to_string().contains("127.0.0.1: invalid socket address"), "{err}");
         assert!(parse(&["--sse", "127.0.0.1:8081,127.0.0.1:99999"]).is_err());
+    }
+
+    #[test]
+    fn server_pids_add_up_from_lists_and_repeated_flags() {
+        assert!(parse(&[]).unwrap().server_pid.is_empty());
+        assert_eq!(parse(&["--server-pid", "7"]).unwrap().server_pid, [7]);
+        let o = parse(&["--server-pid", "7,8", "--server-pid", "9"]).unwrap();
+        assert_eq!(o.server_pid, [7, 8, 9]);
+        assert!(o.validate().is_ok());
+        for bad in ["7,", ",7", "7,,8", "x", "7,x", "0", "-1"] {
+            let arg = format!("--server-pid={bad}");
+            let err = parse(&[&arg]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {err}");
+            let why = if bad.contains(",,") || bad.starts_with(',') || bad.ends_with(',') {
+                "an empty process id"
+            } else {
+                "not a process id"
+            };
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let twice = parse(&["--server-pid", "7,8", "--server-pid", "7"]).unwrap();
+        assert!(twice.validate().unwrap_err().contains("--server-pid 7 is given twice"));
     }
 
     #[test]

@@ -44,12 +44,16 @@ impl Figures {
 }
 
 /// CPU used over a phase's measured window.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
-    /// The server's CPU seconds (schedstat, else stat), when `--server-pid` was given.
+    /// The server's CPU seconds (schedstat, else stat), when `--server-pid` was given: the sum
+    /// over its processes.
     pub server_cpu_s: Option<f64>,
     /// The server's CPU seconds by `/proc/PID/stat` alone (clock-tick resolution).
     pub server_cpu_stat_s: Option<f64>,
+    /// With several `--server-pid`s, each one's CPU seconds, in their order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_cpu_s_each: Vec<f64>,
     /// This tool's CPU seconds.
     pub tool_cpu_s: f64,
 }

@@ -55,8 +55,8 @@ fn main() -> ExitCode {
     }
     let nofile = sys::raise_nofile();
     if opts.scenario == cli::Scenario::PublishHttp {
-        let pid = opts.server_pid.unwrap_or_default();
-        return match publish::run(opts.publishes as usize, pid, opts.control.addr, opts.api.addr) {
+        let pids = &opts.server_pid;
+        return match publish::run(opts.publishes as usize, pids, opts.control.addr, opts.api.addr) {
             Ok((by_line, by_http)) => {
                 print!("{}", publish::table(&by_line, &by_http));
                 ExitCode::SUCCESS

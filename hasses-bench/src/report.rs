@@ -231,6 +231,12 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
         for e in &c.error_samples {
             let _ = writeln!(out, "  e.g. {e}");
         }
+        if !r.usage.server_cpu_s_each.is_empty() {
+            let each: Vec<String> = (r.usage.server_cpu_s_each.iter().zip(&opts.server_pid))
+                .map(|(s, pid)| format!("{s:.3} (pid {pid})"))
+                .collect();
+            let _ = writeln!(out, "{name}: server CPU s by process: {}", each.join(" + "));
+        }
         for n in &r.notes {
             let _ = writeln!(out, "{name}: warning: {n}");
         }
@@ -265,7 +271,12 @@ mod tests {
             incomplete: None,
             counters: Counters { handshaked: 3, live: 3, ..Counters::default() },
             time_s: 0.5,
-            usage: Usage { server_cpu_s: Some(0.25), server_cpu_stat_s: Some(0.2), tool_cpu_s: 0.125 },
+            usage: Usage {
+                server_cpu_s: Some(0.25),
+                server_cpu_stat_s: Some(0.2),
+                server_cpu_s_each: Vec::new(),
+                tool_cpu_s: 0.125,
+            },
             figures,
             notes: Vec::new(),
         }
@@ -304,7 +315,7 @@ mod tests {
         assert_eq!(line["server_rss_before_bytes"], Value::Null);
         assert_eq!(line["server_cpu_s"], 0.25);
         assert_eq!(line["tool_cpu_s"], 0.125);
-        for absent in ["tls_handshakes", "notes", "error_samples", "sse_addresses"] {
+        for absent in ["tls_handshakes", "notes", "error_samples", "sse_addresses", "server_cpu_s_each"] {
             assert!(!line.contains_key(absent), "{absent} in {line:?}");
         }
     }
@@ -318,6 +329,19 @@ mod tests {
         assert!(table.starts_with("hasses-bench: 3 connections to 3 SSE addresses, 1 receiver"), "{table}");
         let one = table_heading(&options(&[]));
         assert!(one.starts_with("hasses-bench: 3 connections, 1 receiver"), "{one}");
+    }
+
+    #[test]
+    fn several_server_pids_show_each_ones_cpu() {
+        let opts = options(&["--server-pid", "11,12"]);
+        let mut r = result(connect(None));
+        r.usage.server_cpu_s_each = vec![0.125, 0.125];
+        assert_eq!(json(&opts, &r)["server_cpu_s_each"], serde_json::json!([0.125, 0.125]));
+        let table = table(&opts, &[r]);
+        assert!(
+            table.contains("connect: server CPU s by process: 0.125 (pid 11) + 0.125 (pid 12)"),
+            "{table}"
+        );
     }
 
     fn table_heading(opts: &Options) -> String {

@@ -161,7 +161,8 @@ pub struct Bench {
 impl Bench {
     /// Starts the receiver threads and reads the server's starting figures.
     pub fn new(opts: Options) -> io::Result<Bench> {
-        let probe = opts.server_pid.map(ServerProbe::new).transpose()?;
+        let pids = &opts.server_pid;
+        let probe = (!pids.is_empty()).then(|| ServerProbe::new(pids)).transpose()?;
         let rss_start = probe.as_ref().map(ServerProbe::rss).transpose()?;
         let threads = opts.threads.min(opts.connections);
         let window = opts.window.div_ceil(threads);
@@ -258,13 +259,14 @@ impl Bench {
     fn usage(&self, w: &Window) -> Usage {
         let tool_cpu_s = sys::own_cpu_ns().saturating_sub(w.own) as f64 / 1e9;
         let now = self.probe.as_ref().and_then(|p| p.cpu().ok());
-        match (now, w.server) {
+        match (now, &w.server) {
             (Some(a), Some(b)) => Usage {
-                server_cpu_s: Some(a.since(&b)),
-                server_cpu_stat_s: Some(a.stat_since(&b)),
+                server_cpu_s: Some(a.since(b)),
+                server_cpu_stat_s: Some(a.stat_since(b)),
+                server_cpu_s_each: a.each_since(b),
                 tool_cpu_s,
             },
-            _ => Usage { server_cpu_s: None, server_cpu_stat_s: None, tool_cpu_s },
+            _ => Usage { tool_cpu_s, ..Usage::default() },
         }
     }
 
