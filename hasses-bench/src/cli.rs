@@ -32,6 +32,13 @@ events: about N × (M + 1) × 100 bytes of --history-memory (hasses' default, 64
 them for N up to about 6,000). The floor server keeps no history: run resume against hasses
 only.
 
+targeted --rate R paces the targeted phase (in targeted and all): message k is sent at k/R
+seconds after the first, what is due going out every millisecond or so, each line stamped
+with its own send time as it is written. The figure that matters then is latency at that
+load: per message, from its publish to its delivery (last_receiver_ms_p50, _p99 and _max in
+the JSON, exact over every message received; the table's p50/p99/max), measured the same
+way unpaced. For a broadcast, the same fields are the time until its last receiver had it.
+
 Connection i sends `GET <path>?subscribe=all-c<i>&id=c<i> HTTP/1.1` and reads the chunked
 event stream. Messages go through one persistent control connection with the line protocol:
 `all=b<seq>:<ts>:<pad>` to everyone and `c<i>=t<seq>:<ts>:<i>:<pad>` to connection i alone,
@@ -149,9 +156,16 @@ pub struct Options {
     #[arg(long, default_value_t = 100)]
     pub burst: u32,
 
-    /// targeted: how many messages, message k to connection k mod N (pipelined).
+    /// targeted: how many messages, message k to connection k mod N (pipelined, or paced
+    /// with --rate).
     #[arg(long, default_value_t = 100_000)]
     pub targeted: u32,
+
+    /// targeted: send at this pace, messages per second (message k at k/R seconds after the
+    /// first, each stamped as it is written), instead of as fast as the control port takes
+    /// them: publish-to-delivery latency at a given load.
+    #[arg(long, value_name = "PER_SEC", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate: Option<u32>,
 
     /// resume: events published to each connection while it is away.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -236,7 +250,8 @@ pub enum Scenario {
     /// received, server CPU per delivery.
     Burst,
     /// connect, then --targeted K messages, each to one connection's own token, as fast as
-    /// the control port accepts them: messages/s, server CPU per message.
+    /// the control port accepts them or at --rate R a second: messages/s, per message the
+    /// time from publish to delivery (p50/p99/max), server CPU per message.
     Targeted,
     /// connect, idle, broadcast, burst, targeted in order over one set of connections.
     All,

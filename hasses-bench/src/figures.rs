@@ -70,6 +70,19 @@ pub struct Latency {
     pub latency_ms_max: f64,
 }
 
+/// Per message, the time from its publish (the send time in it) until its last receiver had
+/// it, over the messages of a phase that were received, in milliseconds (exact, nearest rank).
+/// A targeted message has one receiver: the figures are its publish-to-delivery latency.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LastReceiver {
+    /// The median.
+    pub last_receiver_ms_p50: f64,
+    /// The 99th percentile.
+    pub last_receiver_ms_p99: f64,
+    /// The largest.
+    pub last_receiver_ms_max: f64,
+}
+
 /// The connect phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct Connect {
@@ -132,12 +145,9 @@ pub struct Broadcast {
     pub deliveries: u64,
     /// Open connections × messages.
     pub expected_deliveries: u64,
-    /// Per message, the time until its last receiver had it: median, ms.
-    pub last_receiver_ms_p50: f64,
-    /// The same, 99th percentile.
-    pub last_receiver_ms_p99: f64,
-    /// The same, largest.
-    pub last_receiver_ms_max: f64,
+    /// Per message, the time until its last receiver had it.
+    #[serde(flatten)]
+    pub last_receiver: LastReceiver,
     /// Every delivery's latency.
     #[serde(flatten)]
     pub latency: Latency,
@@ -176,9 +186,15 @@ pub struct Targeted {
     pub all_received_s: f64,
     /// Messages received per second over that time.
     pub messages_per_s: f64,
-    /// Every message's latency.
+    /// The pace they were sent at, messages per second (`--rate`); none: as fast as the
+    /// control port took them.
+    pub rate_per_s: Option<u32>,
+    /// Every message's latency (histogram).
     #[serde(flatten)]
     pub latency: Latency,
+    /// Every message's latency, exact.
+    #[serde(flatten)]
+    pub last_receiver: LastReceiver,
     /// Server CPU per message, µs.
     pub server_cpu_us_per_message: Option<f64>,
 }

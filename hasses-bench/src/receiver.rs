@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cli::Target;
 use crate::parse::{Event, StreamParser};
-use crate::stats::{Counters, Progress};
+use crate::stats::{Counters, PerMessage, Progress};
 use crate::sys;
 use crate::tls::TlsSetup;
 
@@ -47,12 +47,18 @@ pub enum Cmd {
     /// Open this thread's connections that are not open, keeping at most its window in
     /// progress; one that received events before resumes after the last of them.
     Connect,
-    /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, will be sent.
+    /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, and targeted
+    /// messages from `targeted_base` on, `targeted_count` of them, will be sent; the latency of
+    /// each is kept.
     Begin {
         /// The first broadcast sequence number of the phase.
         bcast_base: u64,
         /// How many broadcasts the phase sends.
         bcast_count: usize,
+        /// The first targeted sequence number of the phase.
+        targeted_base: u64,
+        /// How many targeted messages the phase sends (0: none whose latency to keep).
+        targeted_count: usize,
     },
     /// The phase is over: count what never arrived and send back the phase's counters.
     Collect {
@@ -186,7 +192,6 @@ struct Conn {
 struct Ctx<'a> {
     counters: &'a mut Counters,
     n: u64,
-    bcast_base: u64,
     now: u64,
 }
 
@@ -201,7 +206,6 @@ struct Thread {
     cipher: Vec<u8>,
     request: Vec<u8>,
     counters: Counters,
-    bcast_base: u64,
     /// Connections opened so far (the next to open is this local index).
     opened: usize,
     /// Connections connecting or awaiting their head.
@@ -243,7 +247,6 @@ impl Thread {
             cipher,
             request: Vec::with_capacity(256),
             counters: Counters::default(),
-            bcast_base: 0,
             opened: 0,
             in_flight: 0,
             connecting: false,
@@ -288,9 +291,9 @@ impl Thread {
                     self.connecting = true;
                     self.opened = 0;
                 }
-                Cmd::Begin { bcast_base, bcast_count } => {
-                    self.bcast_base = bcast_base;
-                    self.counters.last_receiver = vec![0; bcast_count];
+                Cmd::Begin { bcast_base, bcast_count, targeted_base, targeted_count } => {
+                    self.counters.last_b = PerMessage::new(bcast_base, bcast_count);
+                    self.counters.last_t = PerMessage::new(targeted_base, targeted_count);
                 }
                 Cmd::Collect { bcast_sent, targeted_sent, reply } => {
                     self.count_missing(bcast_sent, targeted_sent);
@@ -503,7 +506,7 @@ impl Thread {
     fn feed(&mut self, local: usize, got: usize, now: u64) -> bool {
         let n = u64::from(self.setup.n);
         let conn = &mut self.conns[local];
-        let mut ctx = Ctx { counters: &mut self.counters, n, bcast_base: self.bcast_base, now };
+        let mut ctx = Ctx { counters: &mut self.counters, n, now };
         let track = &mut conn.track;
         let res = conn.parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
         if conn.state == State::AwaitHead && conn.parser.handshaked() {
@@ -682,11 +685,7 @@ fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
             c.delivered_b += 1;
             let lat = cx.now.saturating_sub(ev.nums[1]);
             c.latency.record(lat);
-            if let Some(slot) =
-                seq.checked_sub(cx.bcast_base).and_then(|k| c.last_receiver.get_mut(k as usize))
-            {
-                *slot = (*slot).max(lat);
-            }
+            c.last_b.record(seq, lat);
         }
         (b't', 3..) => {
             let (seq, target) = (ev.nums[0], ev.nums[2]);
@@ -701,7 +700,9 @@ fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
             } else {
                 c.dup_t += 1;
             }
-            c.latency.record(cx.now.saturating_sub(ev.nums[1]));
+            let lat = cx.now.saturating_sub(ev.nums[1]);
+            c.latency.record(lat);
+            c.last_t.record(seq, lat);
         }
         _ => c.foreign += 1,
     }

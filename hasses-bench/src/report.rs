@@ -131,7 +131,9 @@ impl PhaseCells {
                 rate: format!("{} msgs / {} ms", f.messages, f.interval_ms),
                 latency: format!(
                     "last rcv {:.1}/{:.1}/{:.1} ms",
-                    f.last_receiver_ms_p50, f.last_receiver_ms_p99, f.last_receiver_ms_max
+                    f.last_receiver.last_receiver_ms_p50,
+                    f.last_receiver.last_receiver_ms_p99,
+                    f.last_receiver.last_receiver_ms_max
                 ),
                 per_unit: per_unit(f.server_cpu_us_per_delivery, "deliv"),
                 memory: none(),
@@ -143,10 +145,15 @@ impl PhaseCells {
                 memory: none(),
             },
             Figures::Targeted(f) => PhaseCells {
-                rate: format!("{:.0} msg/s", f.messages_per_s),
+                rate: match f.rate_per_s {
+                    Some(r) => format!("{:.0} msg/s (paced {r}/s)", f.messages_per_s),
+                    None => format!("{:.0} msg/s", f.messages_per_s),
+                },
                 latency: format!(
-                    "p50/p99 {:.1}/{:.1} ms",
-                    f.latency.latency_ms_p50, f.latency.latency_ms_p99
+                    "p50/p99/max {:.2}/{:.2}/{:.2} ms",
+                    f.last_receiver.last_receiver_ms_p50,
+                    f.last_receiver.last_receiver_ms_p99,
+                    f.last_receiver.last_receiver_ms_max
                 ),
                 per_unit: per_unit(f.server_cpu_us_per_message, "msg"),
                 memory: none(),
@@ -258,7 +265,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::figures::{Broadcast, Burst, Connect, Idle, Latency, Resume, TlsHandshakes};
+    use crate::figures::{
+        Broadcast, Burst, Connect, Idle, LastReceiver, Latency, Resume, Targeted, TlsHandshakes,
+    };
     use crate::run::resume_budget;
     use crate::stats::Counters;
 
@@ -382,9 +391,11 @@ mod tests {
             interval_ms: 20,
             deliveries: 15,
             expected_deliveries: 15,
-            last_receiver_ms_p50: 1.5,
-            last_receiver_ms_p99: 2.0,
-            last_receiver_ms_max: 3.0,
+            last_receiver: LastReceiver {
+                last_receiver_ms_p50: 1.5,
+                last_receiver_ms_p99: 2.0,
+                last_receiver_ms_max: 3.0,
+            },
             latency: Latency::default(),
             server_cpu_us_per_delivery: None,
         });
@@ -402,6 +413,40 @@ mod tests {
             "{table}"
         );
         assert!(lines[4].ends_with("FAIL: timeout"), "{table}");
+    }
+
+    #[test]
+    fn the_targeted_row_shows_each_messages_latency_and_the_pace() {
+        let targeted = |rate_per_s| {
+            Figures::Targeted(Targeted {
+                messages: 500,
+                received: 500,
+                all_received_s: 0.25,
+                messages_per_s: 1999.6,
+                rate_per_s,
+                latency: Latency { latency_ms_p50: 0.3, latency_ms_p99: 0.9, latency_ms_max: 1.25 },
+                last_receiver: LastReceiver {
+                    last_receiver_ms_p50: 0.31,
+                    last_receiver_ms_p99: 0.92,
+                    last_receiver_ms_max: 1.25,
+                },
+                server_cpu_us_per_message: Some(12.0),
+            })
+        };
+        let paced = result(targeted(Some(2000)));
+        let line = json(&options(&[]), &paced);
+        assert_eq!(line["rate_per_s"], 2000);
+        assert_eq!(line["last_receiver_ms_p50"], 0.31);
+        assert_eq!(line["last_receiver_ms_p99"], 0.92);
+        assert_eq!(line["last_receiver_ms_max"], 1.25);
+        assert_eq!(line["latency_ms_p50"], 0.3, "the histogram's figures stay beside");
+        let table = table(&options(&[]), &[paced]);
+        assert!(table.contains("2000 msg/s (paced 2000/s)"), "{table}");
+        assert!(table.contains("p50/p99/max 0.31/0.92/1.25 ms"), "{table}");
+        let unpaced = result(targeted(None));
+        assert_eq!(json(&options(&[]), &unpaced)["rate_per_s"], Value::Null);
+        let table = super::table(&options(&[]), &[unpaced]);
+        assert!(table.contains("2000 msg/s ") && !table.contains("paced"), "{table}");
     }
 
     #[test]
