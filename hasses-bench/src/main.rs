@@ -4,7 +4,8 @@
 //! server does with them: connect rate, idle memory, broadcast latency, burst and targeted
 //! throughput, resumes after missed events, the server's CPU per unit of work and the tool's own
 //! CPU beside it. Every receiver counts lost, duplicated and misrouted messages; any of them
-//! fails the run.
+//! fails the run. The server may be a cluster: connections spread over its nodes' addresses,
+//! messages published on one node, the CPU summed over the nodes' processes.
 //!
 //! ```text
 //!   orchestrator (main thread) ── Control: one TCP connection, line protocol ──► server

@@ -195,6 +195,25 @@ fn connections_spread_evenly_over_several_servers() {
     assert!(report.contains("server CPU s by process: "), "{report}");
 }
 
+/// Over TLS, each connection verifies and resumes with its own server: tickets are kept per
+/// address (two servers do not share their ticket keys), so every reconnect resumes.
+#[test]
+fn over_tls_each_server_resumes_its_own_sessions() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("a certificate");
+    let (cert, key) = (crate::common::TempFile::new("cert.pem"), crate::common::TempFile::new("key.pem"));
+    std::fs::write(cert.path(), made.cert.pem()).unwrap();
+    std::fs::write(key.path(), made.key_pair.serialize_pem()).unwrap();
+    let mut args = PLAIN.to_vec();
+    args.extend(["--no-api", "--tls-cert", cert.arg(), "--tls-key", key.arg()]);
+    let (a, b) = (hasses(&args), hasses(&args));
+    let bench = format!("connect -n 40 --quiet --timeout 30 --tls --tls-resume --ca {}", cert.arg());
+    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], &bench);
+    let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
+    assert_eq!(names, ["connect", "reconnect"], "{report}");
+    assert_eq!(lines[0]["tls_handshakes"], 40, "{report}");
+    assert_eq!(lines[1]["tls_resumed_handshakes"], 40, "{report}");
+}
+
 /// Three nodes over one Redis: clients spread over them, messages published on the first,
 /// every one delivered once, paced or not.
 #[test]
