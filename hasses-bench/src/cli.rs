@@ -32,6 +32,13 @@ events: about N × (M + 1) × 100 bytes of --history-memory (hasses' default, 64
 them for N up to about 6,000). The floor server keeps no history: run resume against hasses
 only.
 
+targeted --rate R paces the targeted phase (in targeted and all): message k is sent at k/R
+seconds after the first, what is due going out every millisecond or so, each line stamped
+with its own send time as it is written. The figure that matters then is latency at that
+load: per message, from its publish to its delivery (last_receiver_ms_p50, _p99 and _max in
+the JSON, exact over every message received; the table's p50/p99/max), measured the same
+way unpaced. For a broadcast, the same fields are the time until its last receiver had it.
+
 Connection i sends `GET <path>?subscribe=all-c<i>&id=c<i> HTTP/1.1` and reads the chunked
 event stream. Messages go through one persistent control connection with the line protocol:
 `all=b<seq>:<ts>:<pad>` to everyone and `c<i>=t<seq>:<ts>:<i>:<pad>` to connection i alone,
@@ -45,9 +52,22 @@ reset`, a resume told of a gap). The exit status is 1 when any of
 these is non-zero, a connection failed or closed, or a phase timed out; 2 on a usage or
 start-up error.
 
+A cluster (several hasses nodes over one Redis, each started with --cluster redis://...): give
+--sse the nodes' addresses, comma-separated. Connection i goes to the (i mod k)th of the k
+addresses, with that address in its Host header and, over TLS, its IP as the name to verify
+(unless --server-name). Messages still go through the one --control address: a publish on one
+node must reach the subscribers of all, which is what the loss counts check. With several
+distinct addresses, the connect phase's server_clients is the control node's own count, and
+the reconnect (--tls-resume) and resume phases wait only for the control node's clients to
+close.
+
 Server figures (CPU seconds, CPU per unit, RSS) need --server-pid: CPU is read from
 /proc/PID/task/*/schedstat (ns resolution) or else /proc/PID/stat utime+stime (clock
-ticks); RSS from /proc/PID/status VmRSS. For idle memory per connection, start a fresh
+ticks); RSS from /proc/PID/status VmRSS. Given several process ids (a cluster's nodes, and
+their Redis if it is to count), every server figure is the sum over them all, CPU and RSS
+alike (RSS counts pages the processes share once per process); the table then adds a line per
+phase with each process's CPU seconds, and the JSON their list (server_cpu_s_each, in the
+order given). For idle memory per connection, start a fresh
 server: RSS is read once before the first connection and again after the idle pause.
 
 Example (this host, 18,000 connections over 8 source addresses):
@@ -81,9 +101,11 @@ pub struct Options {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The server's SSE address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_target)]
-    pub sse: Target,
+    /// The server's SSE address (host:port), or a comma-separated list of several (the nodes
+    /// of a cluster): connection i goes to the (i mod k)th of the k addresses. floor-server: the
+    /// one address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_targets, value_name = "ADDR[,ADDR...]")]
+    pub sse: Targets,
 
     /// The server's control TCP address (host:port).
     #[arg(long, default_value = "127.0.0.1:8085", value_parser = parse_target)]
@@ -108,9 +130,11 @@ pub struct Options {
     #[arg(long, value_parser = parse_src_addrs)]
     pub src_addrs: Option<SrcAddrs>,
 
-    /// The server's process id, for its CPU and memory figures.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's process id, for its CPU and memory figures. Several (the flag again, or a
+    /// comma-separated list: a cluster's nodes, their Redis): the figures are the sum over them
+    /// all, CPU and RSS alike, and the JSON adds each one's CPU (server_cpu_s_each).
+    #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',', value_parser = parse_pid)]
+    pub server_pid: Vec<u32>,
 
     /// publish-http: the server's HTTP API address (host:port).
     #[arg(long, default_value = "127.0.0.1:8086", value_parser = parse_target)]
@@ -132,9 +156,16 @@ pub struct Options {
     #[arg(long, default_value_t = 100)]
     pub burst: u32,
 
-    /// targeted: how many messages, message k to connection k mod N (pipelined).
+    /// targeted: how many messages, message k to connection k mod N (pipelined, or paced
+    /// with --rate).
     #[arg(long, default_value_t = 100_000)]
     pub targeted: u32,
+
+    /// targeted: send at this pace, messages per second (message k at k/R seconds after the
+    /// first, each stamped as it is written), instead of as fast as the control port takes
+    /// them: publish-to-delivery latency at a given load.
+    #[arg(long, value_name = "PER_SEC", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate: Option<u32>,
 
     /// resume: events published to each connection while it is away.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -219,7 +250,8 @@ pub enum Scenario {
     /// received, server CPU per delivery.
     Burst,
     /// connect, then --targeted K messages, each to one connection's own token, as fast as
-    /// the control port accepts them: messages/s, server CPU per message.
+    /// the control port accepts them or at --rate R a second: messages/s, per message the
+    /// time from publish to delivery (p50/p99/max), server CPU per message.
     Targeted,
     /// connect, idle, broadcast, burst, targeted in order over one set of connections.
     All,
@@ -298,6 +330,43 @@ pub struct Target {
     pub text: String,
 }
 
+/// One or more SSE addresses (`--sse`), in the order given; never empty.
+#[derive(Debug, Clone)]
+pub struct Targets(Vec<Target>);
+
+impl Targets {
+    /// The addresses, in the order given.
+    pub fn all(&self) -> &[Target] {
+        &self.0
+    }
+
+    /// The first address (the only one, but for a list).
+    pub fn first(&self) -> &Target {
+        &self.0[0]
+    }
+
+    /// Whether they are several different addresses (the same one twice is one server).
+    pub fn several_servers(&self) -> bool {
+        self.0.iter().any(|t| t.addr != self.first().addr)
+    }
+}
+
+/// A comma-separated list of addresses; an empty item or a bad address is an error.
+fn parse_targets(s: &str) -> Result<Targets, String> {
+    let targets = s
+        .split(',')
+        .map(str::trim)
+        .map(|item| {
+            if item.is_empty() {
+                Err("an empty address (two commas in a row, or one at an end)".to_string())
+            } else {
+                parse_target(item)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Targets(targets))
+}
+
 fn parse_target(s: &str) -> Result<Target, String> {
     let addr = match s.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -336,6 +405,14 @@ fn parse_src_addrs(s: &str) -> Result<SrcAddrs, String> {
         return Err("no address given".into());
     }
     Ok(SrcAddrs(out))
+}
+
+/// A process id, one item of `--server-pid`'s list.
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "" => Err("an empty process id (two commas in a row, or one at an end)".into()),
+        pid => pid.parse().ok().filter(|&p| p > 0).ok_or_else(|| format!("{pid}: not a process id")),
+    }
 }
 
 /// A duration in seconds (fractions allowed): finite, not negative, at most [`MAX_SECS`]. The
@@ -384,12 +461,24 @@ impl Options {
             return Err(format!("--path must be a bare path: {}", self.path));
         }
         if let Some(src) = &self.src_addrs {
-            if src.0.iter().any(|a| a.is_ipv4() != self.sse.addr.is_ipv4()) {
+            let sse = self.sse.all();
+            if src.0.iter().any(|a| sse.iter().any(|t| a.is_ipv4() != t.addr.is_ipv4())) {
                 return Err("--src-addrs must be of the same family as --sse".into());
             }
         }
+        if self.scenario == Scenario::FloorServer && self.sse.all().len() > 1 {
+            return Err("floor-server listens on one --sse address".into());
+        }
+        if let Some(pid) = self
+            .server_pid
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| self.server_pid[..i].contains(p).then_some(p))
+        {
+            return Err(format!("--server-pid {pid} is given twice: its CPU would count twice"));
+        }
         let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
-        if needs_pid && self.server_pid.is_none() {
+        if needs_pid && self.server_pid.is_empty() {
             return Err(format!(
                 "the {} scenario needs --server-pid",
                 self.scenario.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
@@ -417,6 +506,66 @@ mod tests {
         assert_eq!(s.0, want);
         assert!(parse_src_addrs("127.0.0.8-127.0.0.1").is_err());
         assert!(parse_src_addrs("").is_err());
+    }
+
+    #[test]
+    fn sse_takes_a_list_of_addresses_in_order() {
+        let o = parse(&["--sse", "127.0.0.1:8081, 127.0.0.1:8082,127.0.0.1:8083"]).unwrap();
+        let addrs: Vec<String> = o.sse.all().iter().map(|t| t.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]);
+        // The Host header is each address as written.
+        assert_eq!(o.sse.all()[1].text, "127.0.0.1:8082");
+        assert!(o.sse.several_servers());
+        let o = parse(&["--sse", "[::1]:8080"]).unwrap();
+        assert_eq!((o.sse.all().len(), o.sse.first().text.as_str()), (1, "[::1]:8080"));
+        assert!(!o.sse.several_servers());
+        assert!(!parse(&["--sse", "127.0.0.1:8080,127.0.0.1:8080"]).unwrap().sse.several_servers());
+        assert_eq!(parse(&[]).unwrap().sse.first().addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn sse_lists_with_an_empty_item_or_a_bad_address_are_refused() {
+        for bad in ["127.0.0.1:8081,", ",127.0.0.1:8081", "127.0.0.1:8081,,127.0.0.1:8082", " , "] {
+            let err = parse(&["--sse", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {err}");
+            assert!(err.to_string().contains("an empty address"), "{err}");
+        }
+        let err = parse(&["--sse", "127.0.0.1:8081,127.0.0.1"]).expect_err("no port");
+        assert!(err.to_string().contains("127.0.0.1: invalid socket address"), "{err}");
+        assert!(parse(&["--sse", "127.0.0.1:8081,127.0.0.1:99999"]).is_err());
+    }
+
+    #[test]
+    fn server_pids_add_up_from_lists_and_repeated_flags() {
+        assert!(parse(&[]).unwrap().server_pid.is_empty());
+        assert_eq!(parse(&["--server-pid", "7"]).unwrap().server_pid, [7]);
+        let o = parse(&["--server-pid", "7,8", "--server-pid", "9"]).unwrap();
+        assert_eq!(o.server_pid, [7, 8, 9]);
+        assert!(o.validate().is_ok());
+        for bad in ["7,", ",7", "7,,8", "x", "7,x", "0", "-1"] {
+            let arg = format!("--server-pid={bad}");
+            let err = parse(&[&arg]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {err}");
+            let why = if bad.contains(",,") || bad.starts_with(',') || bad.ends_with(',') {
+                "an empty process id"
+            } else {
+                "not a process id"
+            };
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let twice = parse(&["--server-pid", "7,8", "--server-pid", "7"]).unwrap();
+        assert!(twice.validate().unwrap_err().contains("--server-pid 7 is given twice"));
+    }
+
+    #[test]
+    fn every_sse_address_must_match_the_source_family() {
+        let o = parse(&["--sse", "127.0.0.1:8081,[::1]:8082", "--src-addrs", "127.0.0.1"]).unwrap();
+        assert!(o.validate().unwrap_err().contains("same family"));
+        let o = parse(&["--sse", "127.0.0.1:8081,127.0.0.2:8082", "--src-addrs", "127.0.0.1"]).unwrap();
+        assert!(o.validate().is_ok());
+        let o = Options::try_parse_from(["hasses-bench", "floor-server", "--sse", "127.0.0.1:1,127.0.0.1:2"])
+            .unwrap();
+        assert!(o.validate().unwrap_err().contains("one --sse address"));
     }
 
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {

@@ -44,12 +44,16 @@ impl Figures {
 }
 
 /// CPU used over a phase's measured window.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
-    /// The server's CPU seconds (schedstat, else stat), when `--server-pid` was given.
+    /// The server's CPU seconds (schedstat, else stat), when `--server-pid` was given: the sum
+    /// over its processes.
     pub server_cpu_s: Option<f64>,
     /// The server's CPU seconds by `/proc/PID/stat` alone (clock-tick resolution).
     pub server_cpu_stat_s: Option<f64>,
+    /// With several `--server-pid`s, each one's CPU seconds, in their order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_cpu_s_each: Vec<f64>,
     /// This tool's CPU seconds.
     pub tool_cpu_s: f64,
 }
@@ -64,6 +68,19 @@ pub struct Latency {
     pub latency_ms_p99: f64,
     /// The largest.
     pub latency_ms_max: f64,
+}
+
+/// Per message, the time from its publish (the send time in it) until its last receiver had
+/// it, over the messages of a phase that were received, in milliseconds (exact, nearest rank).
+/// A targeted message has one receiver: the figures are its publish-to-delivery latency.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LastReceiver {
+    /// The median.
+    pub last_receiver_ms_p50: f64,
+    /// The 99th percentile.
+    pub last_receiver_ms_p99: f64,
+    /// The largest.
+    pub last_receiver_ms_max: f64,
 }
 
 /// The connect phase.
@@ -128,12 +145,9 @@ pub struct Broadcast {
     pub deliveries: u64,
     /// Open connections × messages.
     pub expected_deliveries: u64,
-    /// Per message, the time until its last receiver had it: median, ms.
-    pub last_receiver_ms_p50: f64,
-    /// The same, 99th percentile.
-    pub last_receiver_ms_p99: f64,
-    /// The same, largest.
-    pub last_receiver_ms_max: f64,
+    /// Per message, the time until its last receiver had it.
+    #[serde(flatten)]
+    pub last_receiver: LastReceiver,
     /// Every delivery's latency.
     #[serde(flatten)]
     pub latency: Latency,
@@ -172,9 +186,15 @@ pub struct Targeted {
     pub all_received_s: f64,
     /// Messages received per second over that time.
     pub messages_per_s: f64,
-    /// Every message's latency.
+    /// The pace they were sent at, messages per second (`--rate`); none: as fast as the
+    /// control port took them.
+    pub rate_per_s: Option<u32>,
+    /// Every message's latency (histogram).
     #[serde(flatten)]
     pub latency: Latency,
+    /// Every message's latency, exact.
+    #[serde(flatten)]
+    pub last_receiver: LastReceiver,
     /// Server CPU per message, µs.
     pub server_cpu_us_per_message: Option<f64>,
 }

@@ -4,7 +4,8 @@
 //! server does with them: connect rate, idle memory, broadcast latency, burst and targeted
 //! throughput, resumes after missed events, the server's CPU per unit of work and the tool's own
 //! CPU beside it. Every receiver counts lost, duplicated and misrouted messages; any of them
-//! fails the run.
+//! fails the run. The server may be a cluster: connections spread over its nodes' addresses,
+//! messages published on one node, the CPU summed over the nodes' processes.
 //!
 //! ```text
 //!   orchestrator (main thread) ── Control: one TCP connection, line protocol ──► server
@@ -55,8 +56,8 @@ fn main() -> ExitCode {
     }
     let nofile = sys::raise_nofile();
     if opts.scenario == cli::Scenario::PublishHttp {
-        let pid = opts.server_pid.unwrap_or_default();
-        return match publish::run(opts.publishes as usize, pid, opts.control.addr, opts.api.addr) {
+        let pids = &opts.server_pid;
+        return match publish::run(opts.publishes as usize, pids, opts.control.addr, opts.api.addr) {
             Ok((by_line, by_http)) => {
                 print!("{}", publish::table(&by_line, &by_http));
                 ExitCode::SUCCESS
@@ -68,9 +69,9 @@ fn main() -> ExitCode {
         };
     }
     if opts.scenario == cli::Scenario::FloorServer {
-        if let Err(e) = nofile
-            .and_then(|_| floor::serve(opts.sse.addr, opts.control.addr, opts.floor_workers(), &opts.path))
-        {
+        if let Err(e) = nofile.and_then(|_| {
+            floor::serve(opts.sse.first().addr, opts.control.addr, opts.floor_workers(), &opts.path)
+        }) {
             eprintln!("hasses-bench: floor-server: {e}");
         }
         return ExitCode::from(2);

@@ -26,14 +26,15 @@ pub struct PublishFigures {
     pub cpu_us: f64,
 }
 
-/// Runs both measurements; the server is `pid`, its control port `control`, its API `api`.
+/// Runs both measurements; the server is `pids` (their CPU summed), its control port
+/// `control`, its API `api`.
 pub fn run(
     count: usize,
-    pid: u32,
+    pids: &[u32],
     control: SocketAddr,
     api: SocketAddr,
 ) -> io::Result<(PublishFigures, PublishFigures)> {
-    let probe = ServerProbe::new(pid)?;
+    let probe = ServerProbe::new(pids)?;
     let line = format!("nobody={DATA}\n");
     let by_line = measure(&probe, count, || publish_lines(control, &line, count))
         .map_err(|e| context("control port", e))?;

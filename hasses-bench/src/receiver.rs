@@ -27,8 +27,9 @@ use nix::errno::Errno;
 use rustls::{ClientConnection, HandshakeKind};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cli::Target;
 use crate::parse::{Event, StreamParser};
-use crate::stats::{Counters, Progress};
+use crate::stats::{Counters, PerMessage, Progress};
 use crate::sys;
 use crate::tls::TlsSetup;
 
@@ -46,12 +47,18 @@ pub enum Cmd {
     /// Open this thread's connections that are not open, keeping at most its window in
     /// progress; one that received events before resumes after the last of them.
     Connect,
-    /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, will be sent.
+    /// A phase starts: broadcasts from `bcast_base` on, `bcast_count` of them, and targeted
+    /// messages from `targeted_base` on, `targeted_count` of them, will be sent; the latency of
+    /// each is kept.
     Begin {
         /// The first broadcast sequence number of the phase.
         bcast_base: u64,
         /// How many broadcasts the phase sends.
         bcast_count: usize,
+        /// The first targeted sequence number of the phase.
+        targeted_base: u64,
+        /// How many targeted messages the phase sends (0: none whose latency to keep).
+        targeted_count: usize,
     },
     /// The phase is over: count what never arrived and send back the phase's counters.
     Collect {
@@ -78,10 +85,9 @@ pub struct Setup {
     pub threads: u32,
     /// Connections over all threads.
     pub n: u32,
-    /// The server's SSE address.
-    pub sse: SocketAddr,
-    /// The `Host` header's value.
-    pub host: String,
+    /// The SSE addresses: connection i goes to the (i mod k)th of the k, and names it as written
+    /// in its `Host` header.
+    pub sse: Vec<Target>,
     /// The request path.
     pub path: String,
     /// Source addresses (round-robin by global index); empty = the kernel's choice.
@@ -92,6 +98,18 @@ pub struct Setup {
     pub tls: Option<TlsSetup>,
     /// Subscribe with this bearer token.
     pub bearer: Option<String>,
+}
+
+impl Setup {
+    /// Which of the SSE addresses connection `index` goes to: `index` mod their number.
+    pub fn target_number(&self, index: u64) -> usize {
+        (index % self.sse.len() as u64) as usize
+    }
+
+    /// The SSE address connection `index` goes to.
+    fn target(&self, index: u64) -> &Target {
+        &self.sse[self.target_number(index)]
+    }
 }
 
 /// The orchestrator's handle on a receiver thread.
@@ -174,7 +192,6 @@ struct Conn {
 struct Ctx<'a> {
     counters: &'a mut Counters,
     n: u64,
-    bcast_base: u64,
     now: u64,
 }
 
@@ -189,7 +206,6 @@ struct Thread {
     cipher: Vec<u8>,
     request: Vec<u8>,
     counters: Counters,
-    bcast_base: u64,
     /// Connections opened so far (the next to open is this local index).
     opened: usize,
     /// Connections connecting or awaiting their head.
@@ -231,7 +247,6 @@ impl Thread {
             cipher,
             request: Vec::with_capacity(256),
             counters: Counters::default(),
-            bcast_base: 0,
             opened: 0,
             in_flight: 0,
             connecting: false,
@@ -276,9 +291,9 @@ impl Thread {
                     self.connecting = true;
                     self.opened = 0;
                 }
-                Cmd::Begin { bcast_base, bcast_count } => {
-                    self.bcast_base = bcast_base;
-                    self.counters.last_receiver = vec![0; bcast_count];
+                Cmd::Begin { bcast_base, bcast_count, targeted_base, targeted_count } => {
+                    self.counters.last_b = PerMessage::new(bcast_base, bcast_count);
+                    self.counters.last_t = PerMessage::new(targeted_base, targeted_count);
                 }
                 Cmd::Collect { bcast_sent, targeted_sent, reply } => {
                     self.count_missing(bcast_sent, targeted_sent);
@@ -351,7 +366,7 @@ impl Thread {
 
     fn open(&mut self, local: usize) -> io::Result<()> {
         let conn = &mut self.conns[local];
-        let sse = self.setup.sse;
+        let sse = self.setup.target(conn.track.index).addr;
         let sock = Socket::new(Domain::for_address(sse), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
         if !self.setup.src.is_empty() {
             let src = self.setup.src[conn.track.index as usize % self.setup.src.len()];
@@ -491,7 +506,7 @@ impl Thread {
     fn feed(&mut self, local: usize, got: usize, now: u64) -> bool {
         let n = u64::from(self.setup.n);
         let conn = &mut self.conns[local];
-        let mut ctx = Ctx { counters: &mut self.counters, n, bcast_base: self.bcast_base, now };
+        let mut ctx = Ctx { counters: &mut self.counters, n, now };
         let track = &mut conn.track;
         let res = conn.parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
         if conn.state == State::AwaitHead && conn.parser.handshaked() {
@@ -511,7 +526,8 @@ impl Thread {
     /// (rustls sends it once the handshake is over) and sends the ClientHello. The socket stays
     /// registered for writability as well: a TLS flight may not fit the socket at once.
     fn start_tls(&mut self, local: usize, setup: TlsSetup) {
-        let mut session = match setup.session() {
+        let index = self.conns[local].track.index;
+        let mut session = match setup.session(self.setup.target_number(index)) {
             Ok(session) => Box::new(session),
             Err(e) => return self.fail(local, "tls", &e, false),
         };
@@ -630,7 +646,8 @@ fn subscription_request(request: &mut Vec<u8>, setup: &Setup, track: &Track) {
         request,
         "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
          Connection: keep-alive\r\n",
-        setup.path, setup.host
+        setup.path,
+        setup.target(i).text
     );
     if let Some(id) = track.last_id {
         let _ = write!(request, "Last-Event-ID: {id}\r\n");
@@ -668,11 +685,7 @@ fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
             c.delivered_b += 1;
             let lat = cx.now.saturating_sub(ev.nums[1]);
             c.latency.record(lat);
-            if let Some(slot) =
-                seq.checked_sub(cx.bcast_base).and_then(|k| c.last_receiver.get_mut(k as usize))
-            {
-                *slot = (*slot).max(lat);
-            }
+            c.last_b.record(seq, lat);
         }
         (b't', 3..) => {
             let (seq, target) = (ev.nums[0], ev.nums[2]);
@@ -687,7 +700,9 @@ fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
             } else {
                 c.dup_t += 1;
             }
-            c.latency.record(cx.now.saturating_sub(ev.nums[1]));
+            let lat = cx.now.saturating_sub(ev.nums[1]);
+            c.latency.record(lat);
+            c.last_t.record(seq, lat);
         }
         _ => c.foreign += 1,
     }

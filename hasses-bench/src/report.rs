@@ -17,6 +17,9 @@ struct JsonLine<'a> {
     ok: bool,
     incomplete: Option<&'a str>,
     connections: u32,
+    /// How many `--sse` addresses the connections were spread over, when several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sse_addresses: Option<usize>,
     live_connections: u64,
     threads: u32,
     payload: u32,
@@ -49,6 +52,7 @@ pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
         ok: r.ok(),
         incomplete: r.incomplete.as_deref(),
         connections: opts.connections,
+        sse_addresses: Some(opts.sse.all().len()).filter(|&k| k > 1),
         live_connections: c.live,
         threads: opts.threads,
         payload: opts.payload,
@@ -127,7 +131,9 @@ impl PhaseCells {
                 rate: format!("{} msgs / {} ms", f.messages, f.interval_ms),
                 latency: format!(
                     "last rcv {:.1}/{:.1}/{:.1} ms",
-                    f.last_receiver_ms_p50, f.last_receiver_ms_p99, f.last_receiver_ms_max
+                    f.last_receiver.last_receiver_ms_p50,
+                    f.last_receiver.last_receiver_ms_p99,
+                    f.last_receiver.last_receiver_ms_max
                 ),
                 per_unit: per_unit(f.server_cpu_us_per_delivery, "deliv"),
                 memory: none(),
@@ -139,10 +145,15 @@ impl PhaseCells {
                 memory: none(),
             },
             Figures::Targeted(f) => PhaseCells {
-                rate: format!("{:.0} msg/s", f.messages_per_s),
+                rate: match f.rate_per_s {
+                    Some(r) => format!("{:.0} msg/s (paced {r}/s)", f.messages_per_s),
+                    None => format!("{:.0} msg/s", f.messages_per_s),
+                },
                 latency: format!(
-                    "p50/p99 {:.1}/{:.1} ms",
-                    f.latency.latency_ms_p50, f.latency.latency_ms_p99
+                    "p50/p99/max {:.2}/{:.2}/{:.2} ms",
+                    f.last_receiver.last_receiver_ms_p50,
+                    f.last_receiver.last_receiver_ms_p99,
+                    f.last_receiver.last_receiver_ms_max
                 ),
                 per_unit: per_unit(f.server_cpu_us_per_message, "msg"),
                 memory: none(),
@@ -193,8 +204,12 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
     rows.extend(results.iter().map(|r| row(r, opts.tls)));
     let widths: Vec<usize> =
         (0..HEAD.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let spread = match opts.sse.all().len() {
+        1 => String::new(),
+        k => format!(" to {k} SSE addresses"),
+    };
     let mut out = format!(
-        "hasses-bench: {} connections{}, {} receiver thread(s), payload {} B\n",
+        "hasses-bench: {} connections{spread}{}, {} receiver thread(s), payload {} B\n",
         opts.connections,
         if opts.tls { " over TLS" } else { "" },
         opts.threads,
@@ -223,6 +238,12 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
         for e in &c.error_samples {
             let _ = writeln!(out, "  e.g. {e}");
         }
+        if !r.usage.server_cpu_s_each.is_empty() {
+            let each: Vec<String> = (r.usage.server_cpu_s_each.iter().zip(&opts.server_pid))
+                .map(|(s, pid)| format!("{s:.3} (pid {pid})"))
+                .collect();
+            let _ = writeln!(out, "{name}: server CPU s by process: {}", each.join(" + "));
+        }
         for n in &r.notes {
             let _ = writeln!(out, "{name}: warning: {n}");
         }
@@ -244,7 +265,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::figures::{Broadcast, Burst, Connect, Idle, Latency, Resume, TlsHandshakes};
+    use crate::figures::{
+        Broadcast, Burst, Connect, Idle, LastReceiver, Latency, Resume, Targeted, TlsHandshakes,
+    };
     use crate::run::resume_budget;
     use crate::stats::Counters;
 
@@ -257,7 +280,12 @@ mod tests {
             incomplete: None,
             counters: Counters { handshaked: 3, live: 3, ..Counters::default() },
             time_s: 0.5,
-            usage: Usage { server_cpu_s: Some(0.25), server_cpu_stat_s: Some(0.2), tool_cpu_s: 0.125 },
+            usage: Usage {
+                server_cpu_s: Some(0.25),
+                server_cpu_stat_s: Some(0.2),
+                server_cpu_s_each: Vec::new(),
+                tool_cpu_s: 0.125,
+            },
             figures,
             notes: Vec::new(),
         }
@@ -296,9 +324,37 @@ mod tests {
         assert_eq!(line["server_rss_before_bytes"], Value::Null);
         assert_eq!(line["server_cpu_s"], 0.25);
         assert_eq!(line["tool_cpu_s"], 0.125);
-        for absent in ["tls_handshakes", "notes", "error_samples"] {
+        for absent in ["tls_handshakes", "notes", "error_samples", "sse_addresses", "server_cpu_s_each"] {
             assert!(!line.contains_key(absent), "{absent} in {line:?}");
         }
+    }
+
+    #[test]
+    fn several_sse_addresses_are_counted_in_the_json_and_the_heading() {
+        let opts = options(&["--sse", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"]);
+        let r = result(connect(None));
+        assert_eq!(json(&opts, &r)["sse_addresses"], 3);
+        let table = table(&opts, &[r]);
+        assert!(table.starts_with("hasses-bench: 3 connections to 3 SSE addresses, 1 receiver"), "{table}");
+        let one = table_heading(&options(&[]));
+        assert!(one.starts_with("hasses-bench: 3 connections, 1 receiver"), "{one}");
+    }
+
+    #[test]
+    fn several_server_pids_show_each_ones_cpu() {
+        let opts = options(&["--server-pid", "11,12"]);
+        let mut r = result(connect(None));
+        r.usage.server_cpu_s_each = vec![0.125, 0.125];
+        assert_eq!(json(&opts, &r)["server_cpu_s_each"], serde_json::json!([0.125, 0.125]));
+        let table = table(&opts, &[r]);
+        assert!(
+            table.contains("connect: server CPU s by process: 0.125 (pid 11) + 0.125 (pid 12)"),
+            "{table}"
+        );
+    }
+
+    fn table_heading(opts: &Options) -> String {
+        table(opts, &[]).lines().next().unwrap_or_default().to_string()
     }
 
     #[test]
@@ -335,9 +391,11 @@ mod tests {
             interval_ms: 20,
             deliveries: 15,
             expected_deliveries: 15,
-            last_receiver_ms_p50: 1.5,
-            last_receiver_ms_p99: 2.0,
-            last_receiver_ms_max: 3.0,
+            last_receiver: LastReceiver {
+                last_receiver_ms_p50: 1.5,
+                last_receiver_ms_p99: 2.0,
+                last_receiver_ms_max: 3.0,
+            },
             latency: Latency::default(),
             server_cpu_us_per_delivery: None,
         });
@@ -355,6 +413,40 @@ mod tests {
             "{table}"
         );
         assert!(lines[4].ends_with("FAIL: timeout"), "{table}");
+    }
+
+    #[test]
+    fn the_targeted_row_shows_each_messages_latency_and_the_pace() {
+        let targeted = |rate_per_s| {
+            Figures::Targeted(Targeted {
+                messages: 500,
+                received: 500,
+                all_received_s: 0.25,
+                messages_per_s: 1999.6,
+                rate_per_s,
+                latency: Latency { latency_ms_p50: 0.3, latency_ms_p99: 0.9, latency_ms_max: 1.25 },
+                last_receiver: LastReceiver {
+                    last_receiver_ms_p50: 0.31,
+                    last_receiver_ms_p99: 0.92,
+                    last_receiver_ms_max: 1.25,
+                },
+                server_cpu_us_per_message: Some(12.0),
+            })
+        };
+        let paced = result(targeted(Some(2000)));
+        let line = json(&options(&[]), &paced);
+        assert_eq!(line["rate_per_s"], 2000);
+        assert_eq!(line["last_receiver_ms_p50"], 0.31);
+        assert_eq!(line["last_receiver_ms_p99"], 0.92);
+        assert_eq!(line["last_receiver_ms_max"], 1.25);
+        assert_eq!(line["latency_ms_p50"], 0.3, "the histogram's figures stay beside");
+        let table = table(&options(&[]), &[paced]);
+        assert!(table.contains("2000 msg/s (paced 2000/s)"), "{table}");
+        assert!(table.contains("p50/p99/max 0.31/0.92/1.25 ms"), "{table}");
+        let unpaced = result(targeted(None));
+        assert_eq!(json(&options(&[]), &unpaced)["rate_per_s"], Value::Null);
+        let table = super::table(&options(&[]), &[unpaced]);
+        assert!(table.contains("2000 msg/s ") && !table.contains("paced"), "{table}");
     }
 
     #[test]

@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Options, Phase};
 use crate::control::Control;
-use crate::figures::{self, Figures, Latency, TlsHandshakes, Usage};
+use crate::figures::{self, Figures, LastReceiver, Latency, TlsHandshakes, Usage};
 use crate::receiver::{Cmd, Receiver, Setup};
-use crate::stats::{Counters, Progress};
+use crate::stats::{Counters, PerMessage, Progress};
 use crate::sys::{self, CpuSample, ServerProbe};
 use crate::tls::TlsSetup;
 
 /// How often the orchestrator looks at the receivers' progress.
 const TICK: Duration = Duration::from_millis(10);
+/// The shortest sleep between two ticks of a paced send (`--rate`): faster paces send
+/// several messages a tick.
+const PACE_TICK: Duration = Duration::from_millis(1);
 /// How long a progress line waits after the previous one.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of targeted lines collected before one write.
@@ -161,7 +164,8 @@ pub struct Bench {
 impl Bench {
     /// Starts the receiver threads and reads the server's starting figures.
     pub fn new(opts: Options) -> io::Result<Bench> {
-        let probe = opts.server_pid.map(ServerProbe::new).transpose()?;
+        let pids = &opts.server_pid;
+        let probe = (!pids.is_empty()).then(|| ServerProbe::new(pids)).transpose()?;
         let rss_start = probe.as_ref().map(ServerProbe::rss).transpose()?;
         let threads = opts.threads.min(opts.connections);
         let window = opts.window.div_ceil(threads);
@@ -173,8 +177,7 @@ impl Bench {
                     thread,
                     threads,
                     n: opts.connections,
-                    sse: opts.sse.addr,
-                    host: opts.sse.text.clone(),
+                    sse: opts.sse.all().to_vec(),
                     path: opts.path.clone(),
                     src: src.clone(),
                     window,
@@ -248,9 +251,16 @@ impl Bench {
         self.total(|p| Progress::get(&p.delivered))
     }
 
-    fn begin(&self, bcast_count: usize) -> Window {
+    /// Starts a measured window in which `bcast_count` broadcasts and `targeted_count`
+    /// targeted messages will be sent, each one's latency kept.
+    fn begin(&self, bcast_count: usize, targeted_count: usize) -> Window {
         for r in &self.receivers {
-            r.send(Cmd::Begin { bcast_base: self.bcast_sent, bcast_count });
+            r.send(Cmd::Begin {
+                bcast_base: self.bcast_sent,
+                bcast_count,
+                targeted_base: self.targeted_sent,
+                targeted_count,
+            });
         }
         let server = self.probe.as_ref().and_then(|p| p.cpu().ok());
         Window { t0: sys::mono_ns(), server, own: sys::own_cpu_ns() }
@@ -259,13 +269,14 @@ impl Bench {
     fn usage(&self, w: &Window) -> Usage {
         let tool_cpu_s = sys::own_cpu_ns().saturating_sub(w.own) as f64 / 1e9;
         let now = self.probe.as_ref().and_then(|p| p.cpu().ok());
-        match (now, w.server) {
+        match (now, &w.server) {
             (Some(a), Some(b)) => Usage {
-                server_cpu_s: Some(a.since(&b)),
-                server_cpu_stat_s: Some(a.stat_since(&b)),
+                server_cpu_s: Some(a.since(b)),
+                server_cpu_stat_s: Some(a.stat_since(b)),
+                server_cpu_s_each: a.each_since(b),
                 tool_cpu_s,
             },
-            _ => Usage { server_cpu_s: None, server_cpu_stat_s: None, tool_cpu_s },
+            _ => Usage { tool_cpu_s, ..Usage::default() },
         }
     }
 
@@ -335,7 +346,7 @@ impl Bench {
     /// Opens every connection: `Connect` the first time, `Reconnect` after a disconnect.
     fn connect(&mut self, phase: Phase) -> PhaseResult {
         let n = u64::from(self.opts.connections);
-        let w = self.begin(0);
+        let w = self.begin(0, 0);
         let base = self.total(|p| Progress::get(&p.handshaked) + Progress::get(&p.failed));
         for r in &self.receivers {
             r.send(Cmd::Connect);
@@ -386,7 +397,9 @@ impl Bench {
         let figures =
             if phase == Phase::Reconnect { Figures::Reconnect(figures) } else { Figures::Connect(figures) };
         let mut result = PhaseResult::new(incomplete, c, time_s, usage, figures);
-        if let Some(seen) = server_clients.filter(|&seen| seen < live) {
+        // Over several servers, the control one counts only its own share.
+        let one_server = !self.opts.sse.several_servers();
+        if let Some(seen) = server_clients.filter(|&seen| seen < live && one_server) {
             // The server does not know of connections that were answered: another process
             // (an old instance sharing the port through SO_REUSEPORT?) took some of them.
             result.notes.push(format!(
@@ -397,7 +410,7 @@ impl Bench {
     }
 
     fn idle(&mut self) -> PhaseResult {
-        let w = self.begin(0);
+        let w = self.begin(0, 0);
         let start = Instant::now();
         sleep(self.opts.idle);
         let usage = self.usage(&w);
@@ -422,7 +435,7 @@ impl Bench {
         let count = u64::from(self.opts.messages);
         let interval = Duration::from_millis(self.opts.interval_ms);
         let expected = self.live * count;
-        let w = self.begin(count as usize);
+        let w = self.begin(count as usize, 0);
         let d0 = self.delivered();
         let base = self.bcast_sent;
         let start = Instant::now();
@@ -459,17 +472,12 @@ impl Bench {
         let c = self.collect();
         let time_s = (c.last_recv.max(w.t0) - w.t0) as f64 / 1e9;
         let deliveries = c.delivered_b;
-        let mut last: Vec<u64> = c.last_receiver.iter().take(sent as usize).copied().collect();
-        last.sort_unstable();
-        let (p50, p99, max) = (pick(&last, 0.50), pick(&last, 0.99), last.last().copied().unwrap_or(0));
         let figures = figures::Broadcast {
             messages: sent,
             interval_ms: self.opts.interval_ms,
             deliveries,
             expected_deliveries: expected,
-            last_receiver_ms_p50: ms(p50),
-            last_receiver_ms_p99: ms(p99),
-            last_receiver_ms_max: ms(max),
+            last_receiver: last_receiver(&c.last_b),
             latency: latency(&c),
             server_cpu_us_per_delivery: usage.server_cpu_s.map(|s| s * 1e6 / deliveries.max(1) as f64),
         };
@@ -479,7 +487,7 @@ impl Bench {
     fn burst(&mut self) -> PhaseResult {
         let count = u64::from(self.opts.burst);
         let expected = self.live * count;
-        let w = self.begin(count as usize);
+        let w = self.begin(count as usize, 0);
         let d0 = self.delivered();
         let base = self.bcast_sent;
         let mut incomplete = None;
@@ -514,18 +522,30 @@ impl Bench {
         PhaseResult::new(incomplete, c, time_s, usage, Figures::Burst(figures))
     }
 
-    /// Publishes `count` targeted messages, message k to connection k mod N, pipelined in
-    /// batches; between batches, gives up past the phase's deadline (`waiter`, watching
-    /// `expected` deliveries after `d0`). Why it stopped early, if it did.
-    fn send_targeted(&mut self, count: u64, waiter: &mut Waiter, d0: u64, expected: u64) -> Option<String> {
+    /// Publishes `count` targeted messages, message k to connection k mod N: pipelined in
+    /// batches, or with a `rate`, message k at k/rate seconds after the first (each tick sends
+    /// what is due, each line stamped as it is written). Between batches, gives up past the
+    /// phase's deadline (`waiter`, watching `expected` deliveries after `d0`). Why it stopped
+    /// early, if it did.
+    fn send_targeted(
+        &mut self,
+        count: u64,
+        rate: Option<u32>,
+        waiter: &mut Waiter,
+        d0: u64,
+        expected: u64,
+    ) -> Option<String> {
         let n = u64::from(self.opts.connections);
-        let end = self.targeted_sent + count;
+        let first = self.targeted_sent;
+        let end = first + count;
+        let start = sys::mono_ns();
         while self.targeted_sent < end {
+            let due = rate.map_or(end, |r| (first + due_count(sys::mono_ns() - start, r)).min(end));
             let mut seq = self.targeted_sent;
             let res = self.control().and_then(|c| {
                 let ts = sys::mono_ns();
-                while seq < end && c.pending() < TARGETED_BATCH {
-                    c.targeted(seq, seq % n, ts);
+                while seq < due && c.pending() < TARGETED_BATCH {
+                    c.targeted(seq, seq % n, if rate.is_some() { sys::mono_ns() } else { ts });
                     seq += 1;
                 }
                 c.flush()
@@ -538,17 +558,22 @@ impl Bench {
             {
                 return Some(why);
             }
+            if let Some(r) = rate.filter(|_| seq < end) {
+                let next = start + due_at(seq - first, r);
+                let wait = Duration::from_nanos(next.saturating_sub(sys::mono_ns()));
+                sleep(wait.clamp(PACE_TICK, TICK));
+            }
         }
         None
     }
 
     fn targeted(&mut self) -> PhaseResult {
         let count = u64::from(self.opts.targeted);
-        let w = self.begin(0);
+        let w = self.begin(0, count as usize);
         let d0 = self.delivered();
         let base = self.targeted_sent;
         let mut waiter = Waiter::new("targeted", &self.opts);
-        let mut incomplete = self.send_targeted(count, &mut waiter, d0, count);
+        let mut incomplete = self.send_targeted(count, self.opts.rate, &mut waiter, d0, count);
         if incomplete.is_none() {
             incomplete = self.wait_delivered(&mut waiter, d0, count, "messages received");
         }
@@ -561,7 +586,9 @@ impl Bench {
             received,
             all_received_s: time_s,
             messages_per_s: received as f64 / time_s.max(1e-9),
+            rate_per_s: self.opts.rate,
             latency: latency(&c),
+            last_receiver: last_receiver(&c.last_t),
             server_cpu_us_per_message: usage.server_cpu_s.map(|s| s * 1e6 / received.max(1) as f64),
         };
         PhaseResult::new(incomplete, c, time_s, usage, Figures::Targeted(figures))
@@ -576,7 +603,7 @@ impl Bench {
         let away = self.leave_after_one_event_each();
         let mut waiter = Waiter::new("resume", &self.opts);
         // The replays' window: from the reconnects until the last replayed event is in.
-        let w = self.begin(0);
+        let w = self.begin(0, 0);
         let d0 = self.delivered();
         let mut incomplete = away.or_else(|| {
             for r in &self.receivers {
@@ -594,7 +621,7 @@ impl Bench {
             // The seam: live delivery takes over after the replay, with nothing lost or twice.
             let mut waiter = Waiter::new("resume: live", &self.opts);
             incomplete = self
-                .send_targeted(n, &mut waiter, d1, n)
+                .send_targeted(n, None, &mut waiter, d1, n)
                 .or_else(|| self.wait_delivered(&mut waiter, d1, n, "live events after the replay"));
         }
         let live_after_replay = self.delivered() - d1;
@@ -636,7 +663,7 @@ impl Bench {
         let d0 = self.delivered();
         let mut waiter = Waiter::new("resume: first", &self.opts);
         if let Some(why) = self
-            .send_targeted(n, &mut waiter, d0, n)
+            .send_targeted(n, None, &mut waiter, d0, n)
             .or_else(|| self.wait_delivered(&mut waiter, d0, n, "first events"))
         {
             return Some(why);
@@ -656,7 +683,7 @@ impl Bench {
         let missed = u64::from(self.opts.missed);
         let d1 = self.delivered();
         let mut waiter = Waiter::new("resume: away", &self.opts);
-        self.send_targeted(n * missed, &mut waiter, d1, 0).or_else(|| {
+        self.send_targeted(n * missed, None, &mut waiter, d1, 0).or_else(|| {
             self.control().and_then(|c| c.number_of_clients()).err().map(|e| format!("control: {e}"))
         })
     }
@@ -684,6 +711,28 @@ fn latency(c: &Counters) -> Latency {
     }
 }
 
+/// Per message, until its last receiver had it: exact quantiles over the messages received.
+fn last_receiver(per_message: &PerMessage) -> LastReceiver {
+    let sorted = per_message.sorted();
+    LastReceiver {
+        last_receiver_ms_p50: ms(pick(&sorted, 0.50)),
+        last_receiver_ms_p99: ms(pick(&sorted, 0.99)),
+        last_receiver_ms_max: ms(sorted.last().copied().unwrap_or(0)),
+    }
+}
+
+/// How many paced messages are due `elapsed` ns after the first was sent, at `rate` a second:
+/// message k is due at k/rate seconds.
+fn due_count(elapsed: u64, rate: u32) -> u64 {
+    (u128::from(elapsed) * u128::from(rate) / 1_000_000_000) as u64 + 1
+}
+
+/// When paced message `k` is due, ns after the first, at `rate` a second (rounded up, so
+/// that [`due_count`] counts it then).
+fn due_at(k: u64, rate: u32) -> u64 {
+    (u128::from(k) * 1_000_000_000).div_ceil(u128::from(rate)) as u64
+}
+
 /// The value at quantile `q` of sorted values (nearest rank).
 fn pick(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
@@ -699,7 +748,23 @@ fn ms(ns: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::pick;
+    use super::{due_at, due_count, pick};
+
+    #[test]
+    fn paced_messages_fall_due_at_k_over_the_rate() {
+        assert_eq!(due_count(0, 1000), 1, "the first goes at once");
+        assert_eq!(due_count(999_999, 1000), 1);
+        assert_eq!(due_count(1_000_000, 1000), 2);
+        assert_eq!(due_count(1_000_000_000, 1000), 1001);
+        assert_eq!(due_at(0, 1000), 0);
+        assert_eq!(due_at(1, 1000), 1_000_000);
+        assert_eq!(due_at(3, 2), 1_500_000_000);
+        for k in [1u64, 7, 999, 12_345] {
+            assert_eq!(due_count(due_at(k, 3), 3), k + 1, "message {k} is due at its time");
+        }
+        // A year at ten million a second does not overflow.
+        assert_eq!(due_count(365 * 86_400 * 1_000_000_000, 10_000_000), 365 * 86_400 * 10_000_000 + 1);
+    }
 
     #[test]
     fn nearest_rank() {

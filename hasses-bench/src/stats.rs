@@ -92,6 +92,53 @@ impl Histogram {
     }
 }
 
+/// Per message of a phase, the largest latency any receiver saw: when its last receiver had
+/// it (a targeted message has one receiver, so its own latency). Sized when the phase begins,
+/// so recording allocates nothing. A slot of 0 is a message nobody received: a latency is
+/// recorded as at least 1 ns.
+#[derive(Debug, Clone, Default)]
+pub struct PerMessage {
+    /// The sequence number of the phase's first message (slot 0).
+    base: u64,
+    slots: Vec<u64>,
+}
+
+impl PerMessage {
+    /// Room for `count` messages numbered from `base`.
+    pub fn new(base: u64, count: usize) -> PerMessage {
+        PerMessage { base, slots: vec![0; count] }
+    }
+
+    /// Message `seq` was received `latency` ns after it was sent; one outside the phase's
+    /// numbers is ignored.
+    #[inline]
+    pub fn record(&mut self, seq: u64, latency: u64) {
+        if let Some(slot) = seq.checked_sub(self.base).and_then(|k| self.slots.get_mut(k as usize)) {
+            *slot = (*slot).max(latency.max(1));
+        }
+    }
+
+    /// Adds another thread's: per message, the later of the two.
+    pub fn merge(&mut self, other: &PerMessage) {
+        if self.slots.is_empty() {
+            self.base = other.base;
+        }
+        if self.slots.len() < other.slots.len() {
+            self.slots.resize(other.slots.len(), 0);
+        }
+        for (a, b) in self.slots.iter_mut().zip(&other.slots) {
+            *a = (*a).max(*b);
+        }
+    }
+
+    /// The latencies of the messages that were received, sorted.
+    pub fn sorted(&self) -> Vec<u64> {
+        let mut received: Vec<u64> = self.slots.iter().copied().filter(|&l| l > 0).collect();
+        received.sort_unstable();
+        received
+    }
+}
+
 /// Figures the orchestrator watches while a phase runs (one per receiver thread; written by
 /// that thread once per poll round, read by the orchestrator).
 #[derive(Debug, Default)]
@@ -156,9 +203,10 @@ pub struct Counters {
     pub last_tls_handshake: u64,
     /// Receive latency of every delivery (receive time minus the payload's send time).
     pub latency: Histogram,
-    /// For broadcast sequence number s (from the phase's first), the largest latency of any
-    /// receiver: when the last receiver had it.
-    pub last_receiver: Vec<u64>,
+    /// Per broadcast of the phase, when its last receiver had it.
+    pub last_b: PerMessage,
+    /// Per targeted message of the phase, when it was received.
+    pub last_t: PerMessage,
     /// Handshaked connections still open when the phase's counters were collected.
     pub live: u64,
     /// A few connection errors, as examples for the report.
@@ -192,12 +240,8 @@ impl Counters {
         self.tls_resumed += o.tls_resumed;
         self.last_tls_handshake = self.last_tls_handshake.max(o.last_tls_handshake);
         self.latency.merge(&o.latency);
-        if self.last_receiver.len() < o.last_receiver.len() {
-            self.last_receiver.resize(o.last_receiver.len(), 0);
-        }
-        for (a, b) in self.last_receiver.iter_mut().zip(&o.last_receiver) {
-            *a = (*a).max(*b);
-        }
+        self.last_b.merge(&o.last_b);
+        self.last_t.merge(&o.last_t);
         let room = 5usize.saturating_sub(self.error_samples.len());
         self.error_samples.extend(o.error_samples.iter().take(room).cloned());
     }
@@ -246,6 +290,25 @@ mod tests {
                 assert!(bucket_low(b + 1) > v, "{v}");
             }
         }
+    }
+
+    #[test]
+    fn per_message_keeps_the_last_receiver_of_each_and_skips_the_unreceived() {
+        let mut a = PerMessage::new(100, 4);
+        a.record(100, 5);
+        a.record(100, 3);
+        a.record(102, 0);
+        a.record(99, 1_000);
+        a.record(104, 1_000);
+        let mut b = PerMessage::new(100, 4);
+        b.record(100, 4);
+        b.record(101, 7);
+        let mut merged = PerMessage::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        // 103 was never received; 102's latency of 0 counts as 1 ns, not as unreceived.
+        assert_eq!(merged.sorted(), [1, 5, 7]);
+        assert!(PerMessage::default().sorted().is_empty());
     }
 
     #[test]

@@ -46,21 +46,24 @@ pub fn set_bind_address_no_port(sock: &impl AsFd) -> io::Result<()> {
     Ok(setsockopt(sock, sockopt::IpBindAddressNoPort, &true)?)
 }
 
-/// Reads one server process's figures from `/proc/PID`.
-#[derive(Debug, Clone, Copy)]
+/// Reads the server's figures from `/proc/PID`: one process, or the sum over several (the
+/// nodes of a cluster, and whatever else serves it, such as their Redis).
+#[derive(Debug, Clone)]
 pub struct ServerProbe {
-    pid: u32,
+    pids: Vec<u32>,
     tick_ns: u64,
 }
 
-/// One sample of the server's CPU time.
-#[derive(Debug, Clone, Copy, Default)]
+/// One sample of the server's CPU time, summed over its processes.
+#[derive(Debug, Clone, Default)]
 pub struct CpuSample {
     /// utime + stime of `/proc/PID/stat`, in ns (clock-tick resolution, 10 ms here).
     pub stat_ns: u64,
     /// The sum of the run times in `/proc/PID/task/*/schedstat` (ns resolution), when the
-    /// kernel provides it.
+    /// kernel provides it for every process.
     pub sched_ns: Option<u64>,
+    /// Each process's own, in the order of the pids.
+    pub each: Vec<CpuSample>,
 }
 
 impl CpuSample {
@@ -76,33 +79,52 @@ impl CpuSample {
     pub fn stat_since(&self, earlier: &CpuSample) -> f64 {
         self.stat_ns.saturating_sub(earlier.stat_ns) as f64 / 1e9
     }
+
+    /// Each process's CPU seconds from `earlier` to `self`, as [`CpuSample::since`]; empty for
+    /// one process (its figure is the sum).
+    pub fn each_since(&self, earlier: &CpuSample) -> Vec<f64> {
+        if self.each.len() < 2 {
+            return Vec::new();
+        }
+        self.each.iter().zip(&earlier.each).map(|(now, then)| now.since(then)).collect()
+    }
 }
 
 impl ServerProbe {
-    /// A probe of `pid`; fails when the process cannot be read.
-    pub fn new(pid: u32) -> io::Result<Self> {
+    /// A probe of `pids` (at least one); fails, naming it, when a process cannot be read.
+    pub fn new(pids: &[u32]) -> io::Result<Self> {
+        if pids.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no server process id"));
+        }
         // Linux's clock tick is 100 Hz on every architecture; sysconf only confirms it.
         let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten().and_then(|t| u64::try_from(t).ok());
         let tick_ns = ticks.filter(|&t| t > 0).map_or(10_000_000, |t| 1_000_000_000 / t);
-        let probe = ServerProbe { pid, tick_ns };
-        probe.cpu()?;
+        let probe = ServerProbe { pids: pids.to_vec(), tick_ns };
+        for &pid in pids {
+            probe.cpu_of(pid).map_err(|e| io::Error::new(e.kind(), format!("server process {pid}: {e}")))?;
+        }
         Ok(probe)
     }
 
-    /// The server's resident memory (`VmRSS`), in bytes.
+    /// The server's resident memory (`VmRSS`), in bytes: the sum over its processes (pages
+    /// they share, such as the program's own, count once per process).
     pub fn rss(&self) -> io::Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS line"))
+        self.pids.iter().map(|&pid| rss_of(pid)).sum()
     }
 
-    /// The server's CPU time so far.
+    /// The server's CPU time so far: the sum over its processes, and each one's.
     pub fn cpu(&self) -> io::Result<CpuSample> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let each = self.pids.iter().map(|&pid| self.cpu_of(pid)).collect::<io::Result<Vec<_>>>()?;
+        if each.len() == 1 {
+            return Ok(each.into_iter().next().expect("one sample"));
+        }
+        let stat_ns = each.iter().map(|s| s.stat_ns).sum();
+        let sched_ns = each.iter().map(|s| s.sched_ns).sum();
+        Ok(CpuSample { stat_ns, sched_ns, each })
+    }
+
+    fn cpu_of(&self, pid: u32) -> io::Result<CpuSample> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // The command name may hold spaces and parentheses: count fields after the last ')'.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -111,20 +133,32 @@ impl ServerProbe {
         let (Some(utime), Some(stime)) = (num(11), num(12)) else {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "short /proc/PID/stat"));
         };
-        Ok(CpuSample { stat_ns: (utime + stime) * self.tick_ns, sched_ns: self.sched_ns() })
+        Ok(CpuSample { stat_ns: (utime + stime) * self.tick_ns, sched_ns: sched_ns(pid), each: Vec::new() })
     }
+}
 
-    fn sched_ns(&self) -> Option<u64> {
-        let mut total = 0;
-        for task in fs::read_dir(format!("/proc/{}/task", self.pid)).ok()? {
-            let mut path = task.ok()?.path();
-            path.push("schedstat");
-            // A thread that ended between the listing and the read has no more time to add.
-            let Ok(text) = fs::read_to_string(path) else { continue };
-            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-        }
-        (total > 0).then_some(total)
+/// One process's resident memory (`VmRSS`), in bytes.
+fn rss_of(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS line"))
+}
+
+/// One process's run time over its threads, from schedstat.
+fn sched_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let mut path = task.ok()?.path();
+        path.push("schedstat");
+        // A thread that ended between the listing and the read has no more time to add.
+        let Ok(text) = fs::read_to_string(path) else { continue };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }
+    (total > 0).then_some(total)
 }
 
 #[cfg(test)]
@@ -157,8 +191,43 @@ mod tests {
 
     #[test]
     fn this_process_can_be_probed() {
-        let probe = ServerProbe::new(std::process::id()).unwrap();
+        let probe = ServerProbe::new(&[std::process::id()]).unwrap();
         assert!(probe.rss().unwrap() > 0);
-        assert!(probe.cpu().unwrap().stat_ns > 0 || probe.cpu().unwrap().sched_ns.is_some());
+        let cpu = probe.cpu().unwrap();
+        assert!(cpu.stat_ns > 0 || cpu.sched_ns.is_some());
+        assert!(cpu.each.is_empty());
+        assert!(cpu.each_since(&cpu).is_empty(), "one process: its figure is the sum");
+    }
+
+    #[test]
+    fn several_processes_are_summed_and_kept_each() {
+        let me = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let one = ServerProbe::new(&[me]).unwrap();
+        let two = ServerProbe::new(&[me, parent]).unwrap();
+        let (rss_one, rss_two) = (one.rss().unwrap(), two.rss().unwrap());
+        assert!(rss_two > rss_one, "{rss_two} <= {rss_one}");
+        let before = two.cpu().unwrap();
+        let t0 = mono_ns();
+        let mut x = 0u64;
+        while mono_ns() - t0 < 20_000_000 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = two.cpu().unwrap();
+        assert_eq!(after.each.len(), 2);
+        let each = after.each_since(&before);
+        assert_eq!(each.len(), 2);
+        assert!(each[0] > 0.0, "{each:?}");
+        let sum: f64 = each.iter().sum();
+        if after.sched_ns.is_some() && before.sched_ns.is_some() {
+            assert!((after.since(&before) - sum).abs() < 1e-6, "{each:?}");
+        }
+    }
+
+    #[test]
+    fn a_process_that_cannot_be_read_is_named() {
+        let err = ServerProbe::new(&[std::process::id(), u32::MAX]).unwrap_err();
+        assert!(err.to_string().contains(&format!("server process {}", u32::MAX)), "{err}");
+        assert!(ServerProbe::new(&[]).is_err());
     }
 }

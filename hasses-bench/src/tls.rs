@@ -22,7 +22,17 @@ use crate::cli::Options;
 /// What a receiver needs to open a TLS session.
 #[derive(Debug, Clone)]
 pub struct TlsSetup {
+    /// One per `--sse` address, in their order.
+    servers: Vec<ServerTls>,
+}
+
+/// The settings for one `--sse` address's server.
+#[derive(Debug, Clone)]
+struct ServerTls {
+    /// With `--tls-resume`, a store of tickets of this server's own: the servers of a cluster
+    /// do not share their ticket keys, and share one name (the loopback address) on one host.
     config: Arc<ClientConfig>,
+    /// The name to verify the server by.
     name: ServerName<'static>,
     /// The tickets to resume with (`--tls-resume`).
     tickets: Option<Arc<TicketPool>>,
@@ -53,35 +63,42 @@ impl TlsSetup {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // A ticket for each connection: the server sends two per handshake.
-        let tickets = opts.tls_resume.then(|| Arc::new(TicketPool::new(2 * opts.connections as usize)));
-        config.resumption = match &tickets {
-            Some(pool) => rustls::client::Resumption::store(Arc::clone(pool) as Arc<dyn ClientSessionStore>),
-            // Every connection is a full handshake, as every new client's would be.
-            None => rustls::client::Resumption::disabled(),
-        };
-        let name = match &opts.server_name {
-            Some(name) => name.clone(),
-            None => opts.sse.addr.ip().to_string(),
-        };
-        let name = ServerName::try_from(name.as_str())
-            .map_err(|e| invalid(format!("--server-name {name}: {e}")))?
-            .to_owned();
-        Ok(Some(TlsSetup { config: Arc::new(config), name, tickets }))
+        let mut servers = Vec::new();
+        for target in opts.sse.all() {
+            // Each address's own IP, unless --server-name names them all.
+            let name = opts.server_name.clone().unwrap_or_else(|| target.addr.ip().to_string());
+            let name = ServerName::try_from(name.as_str())
+                .map_err(|e| invalid(format!("--server-name {name}: {e}")))?
+                .to_owned();
+            // A ticket for each connection: the server sends two per handshake.
+            let tickets = opts.tls_resume.then(|| Arc::new(TicketPool::new(2 * opts.connections as usize)));
+            let mut config = config.clone();
+            config.resumption = match &tickets {
+                Some(pool) => {
+                    rustls::client::Resumption::store(Arc::clone(pool) as Arc<dyn ClientSessionStore>)
+                }
+                // Every connection is a full handshake, as every new client's would be.
+                None => rustls::client::Resumption::disabled(),
+            };
+            servers.push(ServerTls { config: Arc::new(config), name, tickets });
+        }
+        Ok(Some(TlsSetup { servers }))
     }
 
     /// From now on new sessions resume with the tickets collected so far (`--tls-resume`);
     /// until then every connection is new, and its handshake full.
     pub fn resume_from_now(&self) {
-        if let Some(pool) = &self.tickets {
+        for pool in self.servers.iter().filter_map(|s| s.tickets.as_ref()) {
             pool.resuming.store(true, Ordering::Relaxed);
         }
     }
 
-    /// A new client session (it sends its ClientHello at the first write); once resuming, it
-    /// resumes a session from the pool when there is one.
-    pub fn session(&self) -> Result<ClientConnection, rustls::Error> {
-        ClientConnection::new(Arc::clone(&self.config), self.name.clone())
+    /// A new client session with the server at the `target`th `--sse` address (it sends its
+    /// ClientHello at the first write); once resuming, it resumes a session from that server's
+    /// pool when there is one.
+    pub fn session(&self, target: usize) -> Result<ClientConnection, rustls::Error> {
+        let server = &self.servers[target];
+        ClientConnection::new(Arc::clone(&server.config), server.name.clone())
     }
 }
 

@@ -66,15 +66,28 @@ fn start(program: &Path, args: &[&str], sse_label: &str, control_label: &str) ->
 /// Runs hasses-bench with `args` (split on white space) against `server`, its figures written as
 /// JSON lines; asserts it succeeded, and returns its report and its lines.
 fn run_bench(server: &Server, args: &str) -> (String, Vec<serde_json::Value>) {
+    run_bench_on(&[server], server, &[server], args)
+}
+
+/// Runs hasses-bench with `args` (split on white space), its connections spread over `sse`, its
+/// messages sent through `control`'s control port, the CPU of `pids` summed, its figures written
+/// as JSON lines; asserts it succeeded, and returns its report and its lines.
+fn run_bench_on(
+    sse: &[&Server],
+    control: &Server,
+    pids: &[&Server],
+    args: &str,
+) -> (String, Vec<serde_json::Value>) {
     let args: Vec<&str> = args.split_whitespace().collect();
     let json =
-        std::env::temp_dir().join(format!("hasses-bench-test-{}-{}.jsonl", server.child.id(), args[0]));
+        std::env::temp_dir().join(format!("hasses-bench-test-{}-{}.jsonl", control.child.id(), args[0]));
     let _ = std::fs::remove_file(&json);
+    let list = |items: Vec<String>| items.join(",");
     let out = Command::new(crate::common::bench_tool::path())
         .args(&args)
-        .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
-        .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
-        .args(["--server-pid", &server.child.id().to_string()])
+        .args(["--sse", &list(sse.iter().map(|s| format!("127.0.0.1:{}", s.sse_port)).collect())])
+        .args(["--control", &format!("127.0.0.1:{}", control.control_port)])
+        .args(["--server-pid", &list(pids.iter().map(|s| s.child.id().to_string()).collect())])
         .arg("--json-out")
         .arg(&json)
         .output()
@@ -89,9 +102,22 @@ fn run_bench(server: &Server, args: &str) -> (String, Vec<serde_json::Value>) {
 
 /// Runs every scenario at N = 50 against `server`; each must complete with nothing lost.
 fn all_scenarios_lose_nothing(server: &Server) {
+    let lines = all_scenarios_lose_nothing_on(&[server], server, &[server]);
+    assert_eq!(lines[0]["server_clients"], 50);
+    // One address, one process: none of the figures of several.
+    assert!(lines.iter().all(|l| l.get("sse_addresses").is_none() && l.get("server_cpu_s_each").is_none()));
+}
+
+/// Runs every scenario at N = 50 as [`run_bench_on`] does; each must complete with nothing lost.
+/// Returns the JSON lines.
+fn all_scenarios_lose_nothing_on(
+    sse: &[&Server],
+    control: &Server,
+    pids: &[&Server],
+) -> Vec<serde_json::Value> {
     let scenarios = "all -n 50 --quiet --messages 5 --interval-ms 20 --burst 20 --targeted 1000 \
                      --idle-secs 0.2 --timeout 30 --stall-secs 5";
-    let (report, lines) = run_bench(server, scenarios);
+    let (report, lines) = run_bench_on(sse, control, pids, scenarios);
     let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
     assert_eq!(names, ["connect", "idle", "broadcast", "burst", "targeted"], "{report}");
     for line in &lines {
@@ -101,18 +127,115 @@ fn all_scenarios_lose_nothing(server: &Server) {
         assert_eq!(line["ok"], true, "{line}\n{report}");
     }
     assert_eq!(lines[0]["handshaked"], 50, "{report}");
-    assert_eq!(lines[0]["server_clients"], 50, "{report}");
     assert_eq!(lines[2]["deliveries"], 50 * 5, "{report}");
     assert_eq!(lines[3]["deliveries"], 50 * 20, "{report}");
     assert_eq!(lines[4]["received"], 1000, "{report}");
+    // Every targeted message's own latency, exact.
+    let targeted = &lines[4];
+    let p50 = targeted["last_receiver_ms_p50"].as_f64().unwrap_or(0.0);
+    assert!(p50 > 0.0 && targeted["last_receiver_ms_max"].as_f64() >= Some(p50), "{report}");
+    lines
+}
+
+/// The start-up flags of a plain server on free ports.
+const PLAIN: [&str; 6] = ["--port", "0", "--control-port", "0", "--log-level", "0"];
+
+fn hasses(args: &[&str]) -> Server {
+    start(Path::new(env!("CARGO_BIN_EXE_hasses")), args, "SSE listening on ", "Control listening on ")
 }
 
 #[test]
 fn all_scenarios_at_small_n_lose_nothing() {
-    let args = ["--port", "0", "--control-port", "0", "--log-level", "0"];
-    let server =
-        start(Path::new(env!("CARGO_BIN_EXE_hasses")), &args, "SSE listening on ", "Control listening on ");
-    all_scenarios_lose_nothing(&server);
+    all_scenarios_lose_nothing(&hasses(&PLAIN));
+}
+
+/// Paced at 2,000 a second, 500 targeted messages take a quarter of a second, and each one's
+/// publish-to-delivery latency is reported.
+#[test]
+fn targeted_at_a_paced_rate_reports_each_messages_latency() {
+    let server = hasses(&PLAIN);
+    let args = "targeted -n 50 --quiet --rate 2000 --targeted 500 --timeout 30 --stall-secs 5";
+    let (report, lines) = run_bench(&server, args);
+    let targeted = lines.last().expect("a line per phase");
+    assert_eq!(targeted["scenario"], "targeted", "{report}");
+    for key in ["lost", "duplicated", "misrouted", "id_errors", "closed"] {
+        assert_eq!(targeted[key], 0, "{key} in {targeted}\n{report}");
+    }
+    assert_eq!((targeted["received"].as_u64(), targeted["rate_per_s"].as_u64()), (Some(500), Some(2000)));
+    // The last is due 499/2000 s after the first: not all at once.
+    assert!(targeted["all_received_s"].as_f64().is_some_and(|s| s >= 0.24), "{report}");
+    let quantile = |q: &str| targeted[format!("last_receiver_ms_{q}")].as_f64().unwrap_or(-1.0);
+    let (p50, p99, max) = (quantile("p50"), quantile("p99"), quantile("max"));
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p50} {p99} {max}\n{report}");
+    assert!(report.contains("(paced 2000/s)") && report.contains("p50/p99/max "), "{report}");
+}
+
+/// The same server given twice counts as one: every scenario completes, nothing lost, and the
+/// CPU of two processes is summed and kept each.
+#[test]
+fn the_same_server_twice_and_two_pids_lose_nothing() {
+    let (server, other) = (hasses(&PLAIN), hasses(&PLAIN));
+    let lines = all_scenarios_lose_nothing_on(&[&server, &server], &server, &[&server, &other]);
+    assert_eq!(lines[0]["server_clients"], 50, "both addresses are the one server");
+    for line in &lines {
+        assert_eq!(line["sse_addresses"], 2, "{line}");
+        let each = line["server_cpu_s_each"].as_array().map_or(0, Vec::len);
+        assert_eq!(each, 2, "{line}");
+    }
+}
+
+/// Over two servers, connection i goes to the (i mod 2)th: each has half.
+#[test]
+fn connections_spread_evenly_over_several_servers() {
+    let (a, b) = (hasses(&PLAIN), hasses(&PLAIN));
+    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], "connect -n 50 --quiet --timeout 30");
+    assert_eq!(lines[0]["handshaked"], 50, "{report}");
+    assert_eq!(lines[0]["server_clients"], 25, "the control server counts its own half\n{report}");
+    assert!(!report.contains("warning"), "{report}");
+    assert!(report.contains("server CPU s by process: "), "{report}");
+}
+
+/// Over TLS, each connection verifies and resumes with its own server: tickets are kept per
+/// address (two servers do not share their ticket keys), so every reconnect resumes.
+#[test]
+fn over_tls_each_server_resumes_its_own_sessions() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("a certificate");
+    let (cert, key) = (crate::common::TempFile::new("cert.pem"), crate::common::TempFile::new("key.pem"));
+    std::fs::write(cert.path(), made.cert.pem()).unwrap();
+    std::fs::write(key.path(), made.key_pair.serialize_pem()).unwrap();
+    let mut args = PLAIN.to_vec();
+    args.extend(["--no-api", "--tls-cert", cert.arg(), "--tls-key", key.arg()]);
+    let (a, b) = (hasses(&args), hasses(&args));
+    let bench = format!("connect -n 40 --quiet --timeout 30 --tls --tls-resume --ca {}", cert.arg());
+    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], &bench);
+    let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
+    assert_eq!(names, ["connect", "reconnect"], "{report}");
+    assert_eq!(lines[0]["tls_handshakes"], 40, "{report}");
+    assert_eq!(lines[1]["tls_resumed_handshakes"], 40, "{report}");
+}
+
+/// Three nodes over one Redis: clients spread over them, messages published on the first,
+/// every one delivered once, paced or not.
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn a_cluster_of_three_nodes_loses_nothing() {
+    let redis = crate::cluster::Redis::start(false, &[]);
+    let url = redis.url();
+    let mut args = PLAIN.to_vec();
+    args.extend(["--no-api", "--cluster", &url]);
+    let nodes = [hasses(&args), hasses(&args), hasses(&args)];
+    let nodes: Vec<&Server> = nodes.iter().collect();
+    let lines = all_scenarios_lose_nothing_on(&nodes, nodes[0], &nodes);
+    assert_eq!(lines[0]["server_clients"], 17, "node 1 holds connections 0, 3, ..., 48");
+    let args = "targeted -n 60 --quiet --rate 1000 --targeted 300 --timeout 30 --stall-secs 5";
+    let (report, lines) = run_bench_on(&nodes, nodes[0], &nodes, args);
+    let targeted = lines.last().expect("a line per phase");
+    assert_eq!(
+        (targeted["ok"].as_bool(), targeted["received"].as_u64()),
+        (Some(true), Some(300)),
+        "{report}"
+    );
+    assert_eq!(targeted["server_cpu_s_each"].as_array().map(Vec::len), Some(3), "{report}");
 }
 
 /// The yardstick serves the same traffic just as faithfully, or its figures would mean nothing.
@@ -127,9 +250,7 @@ fn the_floor_server_serves_every_scenario() {
 /// exactly its missed events, in order, without a reset, then a live event.
 #[test]
 fn resume_at_small_n_replays_every_missed_event_once() {
-    let args = ["--port", "0", "--control-port", "0", "--log-level", "0"];
-    let server =
-        start(Path::new(env!("CARGO_BIN_EXE_hasses")), &args, "SSE listening on ", "Control listening on ");
+    let server = hasses(&PLAIN);
     let (report, lines) = run_bench(&server, "resume -n 200 --quiet --burst 20 --timeout 30 --stall-secs 5");
     let resume = lines.last().expect("a line per phase");
     assert_eq!(resume["scenario"], "resume", "{report}");
@@ -152,5 +273,9 @@ fn help_documents_every_scenario() {
         ["connect", "idle", "broadcast", "burst", "targeted", "all", "resume", "publish-http", "floor-server"]
     {
         assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
+    }
+    for cluster in ["--rate", "(i mod k)th", "sum over them all", "server_cpu_s_each", "last_receiver_ms_p50"]
+    {
+        assert!(help.contains(cluster), "--help does not mention {cluster}:\n{help}");
     }
 }

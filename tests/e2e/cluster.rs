@@ -20,7 +20,7 @@ use crate::nginx::Nginx;
 use crate::programs::{repo_file, EventStream};
 
 /// A `redis-server` of the test's own, stopped when dropped.
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
     port: u16,
     _dir: TempDir,
@@ -38,7 +38,7 @@ impl Drop for TempDir {
 
 impl Redis {
     /// Starts one, with an append-only file or none, and these extra arguments.
-    fn start(append_only: bool, extra: &[&str]) -> Redis {
+    pub(crate) fn start(append_only: bool, extra: &[&str]) -> Redis {
         let port = free_port();
         let mut args = vec!["--port".to_string(), port.to_string()];
         args.extend(["--appendonly".into(), if append_only { "yes" } else { "no" }.into()]);
@@ -85,7 +85,7 @@ impl Redis {
         child
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
