@@ -15,6 +15,8 @@
 # last) splits it, and the summary shows the nodes' share alone beside it.
 # Each node gets --history-memory sized as capacity.sh sizes it (every node holds every event)
 # and --no-api (three nodes cannot share the API's default port; the API is not measured).
+# Between the two, `hasses-bench stream-hop` measures the hop alone (XADD to XREAD BLOCK through
+# the same Redis, no node running): the floor of what the cluster adds to latency.
 # Figures go to stdout and to target/cluster.jsonl (one JSON line per phase; the cluster's carry
 # "sse_addresses": 3); the servers log to target/cluster-*.log. Ports: BASE_PORT (18180) + 0
 # for the single node, + 1..3 for the nodes, their control ports + 10; Redis takes the first
@@ -128,6 +130,12 @@ redis=$!
 running+=("$redis")
 wait_listening "$redis" "$redis_port"
 
+# The floor of the hop every cluster publish takes: XADD, then XREAD BLOCK on another
+# connection, at the paced run's rate, with no node running.
+echo "== the hop through Redis alone"
+./target/release/hasses-bench stream-hop --redis "redis://127.0.0.1:$redis_port" --rate 1000 \
+    --targeted 10000 --json-out target/cluster.jsonl || status=1
+
 echo "== (b) three nodes over Redis (127.0.0.1:$redis_port), $per_node clients each"
 nodes=()
 for i in 1 2 3; do
@@ -164,6 +172,9 @@ if command -v jq >/dev/null; then
                 + (if $a.rate_per_s then " (target: each within +2 ms)" else "" end)
              else "" end)
     ' target/cluster.jsonl
+    jq -r 'select(.scenario == "stream-hop")
+        | "the hop through Redis alone at \(.rate_per_s)/s: p50 \(.last_receiver_ms_p50 * 100 | round / 100) ms,"
+          + " p99 \(.last_receiver_ms_p99 * 100 | round / 100) ms"' target/cluster.jsonl
 else
     echo "(no jq: compare the tables above, or read target/cluster.jsonl)"
 fi

@@ -82,6 +82,13 @@ figures against its figures:
   hasses-bench all -n 18000 --src-addrs 127.0.0.1-127.0.0.8 --sse 127.0.0.1:8090 \\
       --control 127.0.0.1:8095 --server-pid $!
 
+What a cluster's hop through Redis alone costs: stream-hop appends --targeted entries at
+--rate to a stream of its own in the Redis at --redis and reads them back on another
+connection, with no server, as a node's outbox and tail do. Read a cluster's publish-to-delivery
+latency, less a single node's, against its p50 and p99 (benches/cluster.sh runs it between the
+single node and the cluster):
+  hasses-bench stream-hop --redis redis://127.0.0.1:6379 --rate 1000 --targeted 10000
+
 Over TLS, with a server started with --tls-cert cert.pem --tls-key key.pem. The certificate
 must name 127.0.0.1 (or, with --server-name localhost, localhost) and, being self-signed, must
 say CA:FALSE: rustls, unlike curl, refuses a CA certificate as the server's own.
@@ -139,6 +146,10 @@ pub struct Options {
     /// publish-http: the server's HTTP API address (host:port).
     #[arg(long, default_value = "127.0.0.1:8086", value_parser = parse_target)]
     pub api: Target,
+
+    /// stream-hop: the Redis to measure the hop through.
+    #[arg(long, default_value = "redis://127.0.0.1:6379", value_name = "URL")]
+    pub redis: String,
 
     /// publish-http: how many publishes each way.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -264,6 +275,11 @@ pub enum Scenario {
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
     /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
     PublishHttp,
+    /// No server: the floor of a cluster's hop. --targeted entries appended at --rate (1000 if
+    /// not given) to a stream of its own in the Redis at --redis, read back with XREAD BLOCK on
+    /// another connection: per entry, the time from XADD to read (p50/p99/max). A cluster's
+    /// publish crosses this hop once: read its latency, less a single node's, against this.
+    StreamHop,
     /// No benchmark: serve as the floor, the least an epoll server does for this traffic, on
     /// --sse and --control (addresses to listen on) until killed. Run the scenarios against it
     /// to see what the kernel alone costs on this machine.
@@ -316,7 +332,7 @@ impl Scenario {
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
             // Connect and burst give the resume's budget.
             Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
-            Scenario::FloorServer | Scenario::PublishHttp => &[],
+            Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
         }
     }
 }

@@ -22,6 +22,7 @@
 //! - [`parse`]: the response head, chunked coding and SSE events (pure).
 //! - [`control`]: the publisher and the payload format.
 //! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
+//! - [`hop`]: `stream-hop`, the least a cluster's hop through Redis takes, likewise.
 //! - [`stats`]: counters and the latency histogram.
 //! - [`figures`]: what each phase measured, typed.
 //! - [`report`]: the table and the JSON lines, from the figures.
@@ -33,6 +34,7 @@ mod cli;
 mod control;
 mod figures;
 mod floor;
+mod hop;
 mod parse;
 mod publish;
 mod receiver;
@@ -42,7 +44,7 @@ mod stats;
 mod sys;
 mod tls;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -68,6 +70,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if opts.scenario == cli::Scenario::StreamHop {
+        return stream_hop(&opts);
+    }
     if opts.scenario == cli::Scenario::FloorServer {
         if let Err(e) = nofile.and_then(|_| {
             floor::serve(opts.sse.first().addr, opts.control.addr, opts.floor_workers(), &opts.path)
@@ -84,16 +89,7 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => eprintln!("hasses-bench: warning: cannot raise the open-files limit: {e}"),
     }
-    let mut json_out = match &opts.json_out {
-        Some(path) => match OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("hasses-bench: {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
-    };
+    let Ok(mut json_out) = open_json(&opts) else { return ExitCode::from(2) };
     let mut bench = match run::Bench::new(opts.clone()) {
         Ok(b) => b,
         Err(e) => {
@@ -104,12 +100,9 @@ fn main() -> ExitCode {
     let results = bench.run();
     bench.stop();
     print!("{}", report::table(&opts, &results));
-    if let Some(f) = json_out.as_mut() {
-        let lines: String = results.iter().map(|r| report::json_line(&opts, r) + "\n").collect();
-        if let Err(e) = f.write_all(lines.as_bytes()) {
-            eprintln!("hasses-bench: writing the JSON lines: {e}");
-            return ExitCode::from(2);
-        }
+    let lines: String = results.iter().map(|r| report::json_line(&opts, r) + "\n").collect();
+    if write_json(&mut json_out, &lines).is_err() {
+        return ExitCode::from(2);
     }
     let complete = results.len() == opts.phases().len();
     if complete && results.iter().all(run::PhaseResult::ok) {
@@ -117,4 +110,40 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `stream-hop`: no connections, no server; its own table and JSON line.
+fn stream_hop(opts: &cli::Options) -> ExitCode {
+    let Ok(mut json_out) = open_json(opts) else { return ExitCode::from(2) };
+    let figures = match hop::run(&opts.redis, opts.targeted, opts.rate.unwrap_or(1000)) {
+        Ok(figures) => figures,
+        Err(e) => {
+            eprintln!("hasses-bench: stream-hop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", figures.table());
+    let line = serde_json::to_string(&figures).expect("plain numbers and strings serialize") + "\n";
+    if write_json(&mut json_out, &line).is_err() {
+        return ExitCode::from(2);
+    }
+    if figures.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The --json-out file, opened to append before anything runs, so that a bad path fails first.
+fn open_json(opts: &cli::Options) -> Result<Option<File>, ()> {
+    let Some(path) = &opts.json_out else { return Ok(None) };
+    OpenOptions::new().create(true).append(true).open(path).map(Some).map_err(|e| {
+        eprintln!("hasses-bench: {}: {e}", path.display());
+    })
+}
+
+/// Appends these JSON lines, if there is a file to.
+fn write_json(json_out: &mut Option<File>, lines: &str) -> Result<(), ()> {
+    let Some(f) = json_out else { return Ok(()) };
+    f.write_all(lines.as_bytes()).map_err(|e| eprintln!("hasses-bench: writing the JSON lines: {e}"))
 }

@@ -729,12 +729,12 @@ fn due_count(elapsed: u64, rate: u32) -> u64 {
 
 /// When paced message `k` is due, ns after the first, at `rate` a second (rounded up, so
 /// that [`due_count`] counts it then).
-fn due_at(k: u64, rate: u32) -> u64 {
+pub(crate) fn due_at(k: u64, rate: u32) -> u64 {
     (u128::from(k) * 1_000_000_000).div_ceil(u128::from(rate)) as u64
 }
 
 /// The value at quantile `q` of sorted values (nearest rank).
-fn pick(sorted: &[u64], q: f64) -> u64 {
+pub(crate) fn pick(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -742,7 +742,7 @@ fn pick(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
-fn ms(ns: u64) -> f64 {
+pub(crate) fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 

@@ -238,6 +238,35 @@ fn a_cluster_of_three_nodes_loses_nothing() {
     assert_eq!(targeted["server_cpu_s_each"].as_array().map(Vec::len), Some(3), "{report}");
 }
 
+/// The cluster's yardstick reads back every entry it appended, and says how long each took.
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn stream_hop_reads_back_every_entry_and_times_it() {
+    let redis = crate::cluster::Redis::start(false, &[]);
+    let json = crate::common::TempFile::new("hop.jsonl");
+    let out = Command::new(crate::common::bench_tool::path())
+        .args(["stream-hop", "--redis", &redis.url(), "--rate", "2000", "--targeted", "400"])
+        .args(["--json-out", json.arg()])
+        .output()
+        .expect("run hasses-bench");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.path()).unwrap()).unwrap();
+    assert_eq!((line["sent"].as_u64(), line["received"].as_u64()), (Some(400), Some(400)), "{report}");
+    let (p50, p99) =
+        (line["last_receiver_ms_p50"].as_f64().unwrap(), line["last_receiver_ms_p99"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99, "{line}");
+    // Nobody listens there: one clear line, a failure.
+    let nobody = format!("redis://127.0.0.1:{}", crate::common::free_port());
+    let out = Command::new(crate::common::bench_tool::path())
+        .args(["stream-hop", "--redis", &nobody, "--targeted", "10"])
+        .output()
+        .expect("run hasses-bench");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("--redis {nobody}")));
+}
+
 /// The yardstick serves the same traffic just as faithfully, or its figures would mean nothing.
 #[test]
 fn the_floor_server_serves_every_scenario() {
@@ -269,9 +298,18 @@ fn help_documents_every_scenario() {
         Command::new(crate::common::bench_tool::path()).arg("--help").output().expect("run hasses-bench");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for scenario in
-        ["connect", "idle", "broadcast", "burst", "targeted", "all", "resume", "publish-http", "floor-server"]
-    {
+    for scenario in [
+        "connect",
+        "idle",
+        "broadcast",
+        "burst",
+        "targeted",
+        "all",
+        "resume",
+        "publish-http",
+        "floor-server",
+        "stream-hop",
+    ] {
         assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
     }
     for cluster in ["--rate", "(i mod k)th", "sum over them all", "server_cpu_s_each", "last_receiver_ms_p50"]
