@@ -295,7 +295,7 @@ impl Cluster {
         limits: HistoryLimits,
     ) -> Result<(Cluster, History), ClusterError> {
         let url = settings.shown_url();
-        let client = redis::Client::open(settings.url.as_str())
+        let client = client(&settings.url)
             .map_err(|e| ClusterError::Url { url: url.clone(), reason: e.to_string() })?;
         let failed = |e: redis::RedisError| ClusterError::Redis { url: url.clone(), reason: why(&e) };
         let mut con = connect(&client).map_err(failed)?;
@@ -397,6 +397,15 @@ fn query_range(cmd: &redis::Cmd, con: &mut redis::Connection) -> redis::RedisRes
 /// A stream reply not understood, as the client's error: the connection is not to be trusted.
 fn unreadable(e: entry::EntryError) -> redis::RedisError {
     (redis::ErrorKind::UnexpectedReturnType, "stream reply", e.to_string()).into()
+}
+
+/// A client for `url` whose connections send at once: the client's default leaves Nagle's
+/// algorithm on, which may hold a command back until Redis acknowledges the one before.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
 }
 
 /// A connection with the timeouts every command of ours runs under.
