@@ -20,7 +20,8 @@
 //!    HTTP API)                                     │  out in the same order
 //!                                                  ▼
 //!   cluster threads: (with --cluster) the outbox appends publishes to a Redis stream; the
-//!                    tail reads it and hands every node's events to the Sequencer (waker)
+//!                    tail reads it and delivers every node's events as the Sequencer does
+//!                    (id from the stream, history, frame once, fan out)
 //!   admin thread:    gathers the shards' answers (status, client list, counts) and writes
 //!                    the log lines, or sends JSON back to the control thread for the
 //!                    connection that asked: no question holds up a publish

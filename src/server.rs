@@ -414,6 +414,8 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     };
     let (questions, asked) = crossbeam_channel::bounded(ADMIN_QUEUE);
     let (replies, answered) = crossbeam_channel::unbounded();
+    // In a cluster the tail delivers too, through handles of its own.
+    let tail_shards = if cluster.is_some() { handles.clone() } else { Vec::new() };
     let mut sequencer = Sequencer::new(handles, Arc::clone(&state), ids);
     if let Some(link) = cluster.as_mut().and_then(Cluster::link) {
         sequencer = sequencer.with_cluster(link);
@@ -431,7 +433,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     .map_err(StartError::Thread)?;
     let cluster_threads = cluster.map(|cluster| {
         info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
-        cluster.threads(stop.waker(), Arc::clone(&state), config.history)
+        cluster.threads(tail_shards, Arc::clone(&state), config.history)
     });
     let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);

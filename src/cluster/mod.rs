@@ -4,18 +4,18 @@
 //! (`outbox`, its own thread), and every node tails it (`tail`, its own thread) and
 //! delivers what it reads, so every node delivers the same events in the same order with the
 //! same ids ([`entry`]). A node's own publishes take the same path: a publish is delivered when
-//! the tail reads it back. It never touches a client or a shard: what it reads goes to the
-//! control thread's [`crate::control::Sequencer`] over a channel and its waker.
+//! the tail reads it back. It never touches a client: the tail hands what it reads to the
+//! shards through a [`crate::control::Deliverer`] of its own, as the sequencer does alone.
 //!
 //! ```text
 //!   sources ─► Sequencer ─► outbox thread ─XADD─► Redis stream ─XREAD BLOCK─► tail thread
 //!              (queued)     (held while Redis      PREFIX:events                │
 //!                            is unreachable)                                    ▼
-//!   shards ◄── fan-out ◄── Sequencer: the entry's id, history, frame once ◄─ channel + waker
+//!   shards ◄──────── fan-out ◄─────── Deliverer: the entry's id, history, frame once
 //! ```
 //!
 //! The stream is the cluster's history: the outbox cuts it to what the nodes' rings may keep,
-//! never past an entry a node has still to read ([`trim`]).
+//! never past an entry a node has still to read (the `trim` module).
 //!
 //! At start ([`Cluster::open`]) the node reads the stream whole into its history before it
 //! serves anyone, so a resume on a node that just (re)started is served like on any other, and
@@ -34,13 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::Waker;
 use parking_lot::{Condvar, Mutex};
 use tracing::warn;
 
 use crate::control::command::Publish;
+use crate::control::Deliverer;
 use crate::history::{History, HistoryLimits};
-use crate::pipeline::SharedState;
+use crate::pipeline::{ShardHandle, SharedState};
 use entry::StreamId;
 pub use outbox::Outbox;
 pub use tail::Tail;
@@ -58,8 +58,6 @@ const LAG_WINDOW: u64 = 60_000 * 1_000_000;
 /// How long a sequencer waiting for room sleeps before it looks again (a wake-up may come
 /// between its look and its wait).
 const ROOM_RECHECK: Duration = Duration::from_millis(50);
-/// Tailed events that may wait for the control thread before the tail waits for room.
-const TAILED_QUEUE: usize = 4096;
 
 /// `--cluster`, `--cluster-key`, `--cluster-buffer`, `--cluster-buffer-memory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,22 +198,6 @@ impl ClusterShared {
     }
 }
 
-/// What the tail hands the sequencer.
-#[derive(Debug)]
-pub enum Tailed {
-    /// An event read from the stream.
-    Event {
-        /// Its event id (see [`entry`]).
-        id: u64,
-        /// What to deliver.
-        publish: Publish,
-    },
-    /// The stream no longer holds the last entry read: Redis lost it (restarted without its
-    /// data, or the stream was deleted). Whatever came before may be gone: a resume from
-    /// before now is told of a gap.
-    NewEpoch,
-}
-
 /// The publish would go over `--cluster-buffer`: Redis has been unreachable too long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cluster buffer full ({events} publishes, {bytes} bytes held while Redis is unreachable)")]
@@ -226,11 +208,10 @@ pub struct BufferFull {
     pub bytes: u64,
 }
 
-/// The sequencer's end of the cluster: publishes go out, tailed events come in.
+/// The sequencer's end of the cluster: publishes go out.
 #[derive(Debug)]
 pub struct ClusterLink {
     outbox: Sender<Publish>,
-    tailed: Receiver<Tailed>,
     shared: Arc<ClusterShared>,
     limits: (u64, u64),
 }
@@ -262,11 +243,6 @@ impl ClusterLink {
         Ok(())
     }
 
-    /// An event the tail read, if one is waiting.
-    pub fn next_tailed(&self) -> Option<Tailed> {
-        self.tailed.try_recv().ok()
-    }
-
     /// Tells the cluster's threads to end.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
@@ -283,7 +259,6 @@ pub struct Cluster {
     /// The newest entry read at start: the tail goes on after it.
     newest: StreamId,
     outbox: Receiver<Publish>,
-    tailed: Sender<Tailed>,
     link: Option<ClusterLink>,
 }
 
@@ -311,27 +286,17 @@ impl Cluster {
             .map_err(failed)?;
         let (history, newest) = backfill(&mut con, &settings.stream(), limits).map_err(failed)?;
         let (outbox_in, outbox) = crossbeam_channel::unbounded();
-        let (tailed, tailed_out) = crossbeam_channel::bounded(TAILED_QUEUE);
         let shared = Arc::new(ClusterShared::default());
         shared.tail.lock().read = newest;
         shared.outbox_connected.store(true, Ordering::Relaxed);
         shared.tail_connected.store(true, Ordering::Relaxed);
         let link = ClusterLink {
             outbox: outbox_in,
-            tailed: tailed_out,
             shared: Arc::clone(&shared),
             limits: (settings.buffer_events, settings.buffer_bytes),
         };
-        let cluster = Cluster {
-            settings: settings.clone(),
-            client,
-            node,
-            shared,
-            newest,
-            outbox,
-            tailed,
-            link: Some(link),
-        };
+        let cluster =
+            Cluster { settings: settings.clone(), client, node, shared, newest, outbox, link: Some(link) };
         Ok((cluster, history))
     }
 
@@ -356,14 +321,15 @@ impl Cluster {
     }
 
     /// The two threads' bodies: the outbox, which trims the stream to what `state`'s history
-    /// may keep, and the tail, which wakes `control` for what it reads.
+    /// may keep, and the tail, which delivers what it reads to `shards`.
     pub fn threads(
         self,
-        control: Arc<Waker>,
+        shards: Vec<ShardHandle>,
         state: Arc<SharedState>,
         limits: HistoryLimits,
     ) -> (Outbox, Tail) {
         let stream = self.settings.stream();
+        let deliverer = Deliverer::new(shards, Arc::clone(&state));
         let outbox = Outbox::new(
             self.client.clone(),
             &self.settings,
@@ -374,7 +340,7 @@ impl Cluster {
             state,
         );
         let bytes = trim::StreamBytes::new(limits.max_bytes as u64);
-        let tail = Tail::new(self.client, stream, self.newest, bytes, self.tailed, control, self.shared);
+        let tail = Tail::new(self.client, stream, self.newest, bytes, deliverer, self.shared);
         (outbox, tail)
     }
 }

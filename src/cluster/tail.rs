@@ -1,21 +1,22 @@
-//! The tail thread: reads the stream as it grows and hands each event to the control thread.
+//! The tail thread: reads the stream as it grows and delivers each event to the shards.
 //!
 //! Owns the position in the stream: the id of the last entry read. It reads after it with
 //! `XREAD BLOCK`, so a lost connection resumes exactly where it stopped, and an entry is never
-//! handed over twice. Events go to the sequencer on a bounded channel, then its waker: when the
-//! control thread falls behind, the tail waits, and the stream holds the rest.
+//! delivered twice. It delivers through a [`Deliverer`] of its own (history, frame, fan-out),
+//! so an event wakes no other thread of this node before the shards, which is what a cluster's
+//! latency is made of: when a shard falls behind, the tail waits for room, and the stream
+//! holds the rest.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{SendTimeoutError, Sender};
-use mio::Waker;
 use tracing::{info, warn};
 
 use super::entry::{self, RawEntry, StreamId};
 use super::trim::StreamBytes;
-use super::{connect, now_ms, query_range, unreadable, why, Backoff, ClusterShared, TailPosition, Tailed};
+use super::{connect, now_ms, query_range, unreadable, why, Backoff, ClusterShared, TailPosition};
+use crate::control::Deliverer;
 
 /// How long one `XREAD` waits for an entry (below the reply timeout).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -30,8 +31,7 @@ pub struct Tail {
     after: StreamId,
     /// The bytes read, for the trim by `--history-memory`.
     bytes: StreamBytes,
-    out: Sender<Tailed>,
-    control: Arc<Waker>,
+    deliverer: Deliverer,
     shared: Arc<ClusterShared>,
     con: Option<redis::Connection>,
     backoff: Backoff,
@@ -43,11 +43,10 @@ impl Tail {
         stream: String,
         after: StreamId,
         bytes: StreamBytes,
-        out: Sender<Tailed>,
-        control: Arc<Waker>,
+        deliverer: Deliverer,
         shared: Arc<ClusterShared>,
     ) -> Tail {
-        Tail { client, stream, after, bytes, out, control, shared, con: None, backoff: Backoff::new() }
+        Tail { client, stream, after, bytes, deliverer, shared, con: None, backoff: Backoff::new() }
     }
 
     /// Runs until the node stops.
@@ -71,11 +70,9 @@ impl Tail {
                 Ok(entries) if entries.is_empty() => self.shared.lag_ms.store(0, Ordering::Relaxed),
                 Ok(entries) => {
                     for raw in entries {
-                        if !self.hand_over(raw) {
-                            return Ok(());
-                        }
+                        self.deliver(raw);
                     }
-                    self.control.wake()?;
+                    self.deliverer.wake();
                     *self.shared.tail.lock() =
                         TailPosition { read: self.after, memory_cut: self.bytes.cut() };
                 }
@@ -94,42 +91,19 @@ impl Tail {
         Ok(())
     }
 
-    /// Hands one entry to the sequencer; false when the node is stopping.
-    fn hand_over(&mut self, raw: RawEntry) -> bool {
+    /// Delivers one entry (one that is not understood is skipped with a log line).
+    fn deliver(&mut self, raw: RawEntry) {
         let Ok(stream_id) = StreamId::parse(&raw.id) else {
             warn!("Cluster: stream entry id {:?} not understood; skipped", raw.id);
-            return true;
+            return;
         };
         self.after = stream_id;
         self.bytes.read(stream_id, raw.size());
-        let decoded = entry::decode(raw)
-            .and_then(|entry| Ok(Tailed::Event { id: entry.id.event_id()?, publish: entry.publish }));
-        let tailed = match decoded {
-            Ok(tailed) => tailed,
-            Err(e) => {
-                warn!("Cluster: {e}; skipped");
-                return true;
-            }
-        };
-        self.shared.lag_ms.store(now_ms().saturating_sub(stream_id.ms), Ordering::Relaxed);
-        self.send(tailed)
-    }
-
-    /// Sends to the sequencer, waiting while it is behind; false when the node is stopping.
-    fn send(&mut self, mut tailed: Tailed) -> bool {
-        loop {
-            match self.out.send_timeout(tailed, BLOCK) {
-                Ok(()) => return true,
-                Err(SendTimeoutError::Disconnected(_)) => return false,
-                Err(SendTimeoutError::Timeout(back)) => {
-                    // The control thread is behind: let it see what is there, unless it stops.
-                    if self.shared.stopping.load(Ordering::Relaxed) || self.control.wake().is_err() {
-                        return false;
-                    }
-                    tailed = back;
-                }
-            }
+        match entry::decode(raw).and_then(|entry| Ok((entry.id.event_id()?, entry.publish))) {
+            Ok((id, publish)) => self.deliverer.deliver_new(id, publish),
+            Err(e) => warn!("Cluster: {e}; skipped"),
         }
+        self.shared.lag_ms.store(now_ms().saturating_sub(stream_id.ms), Ordering::Relaxed);
     }
 
     /// Whether the stream still holds the last entry read (or nothing was read yet).
@@ -156,8 +130,7 @@ impl Tail {
                         "Cluster: the stream lost entry {} (Redis lost its data?): a new epoch",
                         self.after
                     );
-                    self.send(Tailed::NewEpoch);
-                    let _ = self.control.wake();
+                    self.deliverer.new_epoch();
                 }
                 self.con = Some(con);
                 self.backoff.succeeded();

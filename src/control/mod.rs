@@ -74,7 +74,7 @@ use crate::pipeline::SharedState;
 use command::{auth_secret, parse_command, split_parts, Command, Query};
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
-pub use sequencer::{frame, Accepted, Sequencer};
+pub use sequencer::{frame, Accepted, Deliverer, Sequencer};
 use tcp::{warn_if_exposed, Publisher};
 
 /// API connections' tokens are their slab keys from here on; below are the TCP publishers'.
@@ -251,10 +251,7 @@ impl Control {
                     LISTENER => self.accept_all(),
                     API_LISTENER => self.accept_api(),
                     FIFO => self.read_fifo(),
-                    WAKER => {
-                        self.take_replies();
-                        self.sequencer.take_tailed();
-                    }
+                    WAKER => self.take_replies(),
                     Token(key) if key >= API_FIRST => self.serve_api(key - API_FIRST),
                     Token(key) => self.handle_publisher(key),
                 }

@@ -8,7 +8,8 @@
 //!
 //! In cluster mode ([`crate::cluster`]) Redis decides order and ids: a publish is handed to the
 //! outbox and is *queued* ([`Accepted::Queued`]); it is delivered, as every node's publishes
-//! are, when the stream's tail reads it back ([`Sequencer::take_tailed`]). Alone, a publish is
+//! are, when the stream's tail reads it back, by the tail's own [`Deliverer`]: one thread
+//! hand-off fewer per event than coming back through this thread. Alone, a publish is
 //! *sequenced* here at once ([`Accepted::Sequenced`]), at no cost beyond one branch.
 
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use tracing::debug;
 
 use super::command::Publish;
 use super::fanout::Fanout;
-use crate::cluster::{BufferFull, ClusterLink, Tailed};
+use crate::cluster::{BufferFull, ClusterLink};
 use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
 use crate::sse::{encode, EventFields, EventIds, Frame};
 
@@ -38,21 +39,20 @@ pub enum Accepted {
 #[derive(Debug)]
 pub struct Sequencer {
     ids: EventIds,
-    shards: Fanout,
-    state: Arc<SharedState>,
+    shards: Deliverer,
     /// Events taken since the start.
     processed: u64,
-    /// In cluster mode: where publishes go, and where the events to deliver come from.
+    /// In cluster mode: where publishes go.
     cluster: Option<ClusterLink>,
 }
 
 impl Sequencer {
     /// A sequencer for these shards, handing out `ids`.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>, ids: EventIds) -> Self {
-        Sequencer { ids, shards: Fanout::new(shards), state, processed: 0, cluster: None }
+        Sequencer { ids, shards: Deliverer::new(shards, state), processed: 0, cluster: None }
     }
 
-    /// The same in cluster mode: publishes go to the stream, events come from its tail.
+    /// The same in cluster mode: publishes go to the stream, and the tail delivers them.
     pub fn with_cluster(self, link: ClusterLink) -> Self {
         Sequencer { cluster: Some(link), ..self }
     }
@@ -68,40 +68,14 @@ impl Sequencer {
         }
         self.processed += 1;
         let id = self.ids.next_id();
-        self.deliver(id, publish);
+        self.shards.deliver(id, publish);
         Ok(Accepted::Sequenced(id))
-    }
-
-    /// Delivers the events the stream's tail read (cluster mode), each once, in stream order.
-    pub fn take_tailed(&mut self) {
-        while let Some(tailed) = self.cluster.as_ref().and_then(ClusterLink::next_tailed) {
-            match tailed {
-                // Ids only grow: an entry at or below the last delivered one was delivered.
-                Tailed::Event { id, publish } if id > self.state.published.load(Ordering::Relaxed) => {
-                    self.deliver(id, publish);
-                }
-                Tailed::Event { .. } => {}
-                Tailed::NewEpoch => self.state.history.write().new_epoch(),
-            }
-        }
-    }
-
-    /// Frames the event once, keeps it, and hands it to every shard.
-    fn deliver(&mut self, id: u64, publish: Publish) {
-        debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
-        let frame = frame(id, &publish);
-        // Kept before any shard can see it: a resume that reads the history then finds every
-        // event its shard may already have delivered to others (see `shard::delivery`).
-        self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
-        // Likewise: a fresh handshake from now on is later than this event.
-        self.state.published.store(id, Ordering::Release);
-        self.shards.publish(Delivery { id, audience: publish.audience, frame });
     }
 
     /// Asks every shard, behind every event sequenced so far; each shard's answer comes on its
     /// receiver.
     pub fn ask(&mut self, query: &ShardQuery) -> Vec<Receiver<ShardAnswer>> {
-        self.shards.ask(query)
+        self.shards.fanout.ask(query)
     }
 
     /// Events sequenced since the start.
@@ -111,7 +85,7 @@ impl Sequencer {
 
     /// How many shards it feeds.
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.shards.fanout.len()
     }
 
     /// Wakes the shards that were sent something since the last wake: once per round of input,
@@ -125,7 +99,53 @@ impl Sequencer {
         if let Some(cluster) = &self.cluster {
             cluster.stop();
         }
-        self.shards.broadcast(|| ShardCommand::Shutdown);
+        self.shards.fanout.broadcast(|| ShardCommand::Shutdown);
+    }
+}
+
+/// Frames an event whose id is decided, keeps it, and hands it to every shard: the
+/// sequencer's last step alone; in cluster mode the tail's, since the stream decides ids.
+#[derive(Debug)]
+pub struct Deliverer {
+    fanout: Fanout,
+    state: Arc<SharedState>,
+}
+
+impl Deliverer {
+    /// Delivers to these shards, keeping events in `state`'s history.
+    pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>) -> Self {
+        Deliverer { fanout: Fanout::new(shards), state }
+    }
+
+    /// Frames the event once, keeps it, and hands it to every shard; they are woken by
+    /// [`Deliverer::wake`].
+    pub fn deliver(&mut self, id: u64, publish: Publish) {
+        debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
+        let frame = frame(id, &publish);
+        // Kept before any shard can see it: a resume that reads the history then finds every
+        // event its shard may already have delivered to others (see `shard::delivery`).
+        self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
+        // Likewise: a fresh handshake from now on is later than this event.
+        self.state.published.store(id, Ordering::Release);
+        self.fanout.publish(Delivery { id, audience: publish.audience, frame });
+    }
+
+    /// Delivers an event read from the cluster's stream, unless it was: ids only grow, so one
+    /// at or below the last delivered was.
+    pub fn deliver_new(&mut self, id: u64, publish: Publish) {
+        if id > self.state.published.load(Ordering::Relaxed) {
+            self.deliver(id, publish);
+        }
+    }
+
+    /// The stream lost what came before now: a resume from before is told of a gap.
+    pub fn new_epoch(&mut self) {
+        self.state.history.write().new_epoch();
+    }
+
+    /// Wakes the shards that were sent something since the last wake.
+    pub fn wake(&mut self) {
+        self.fanout.wake();
     }
 }
 
