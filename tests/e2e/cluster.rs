@@ -242,9 +242,12 @@ fn the_stream_keeps_what_the_histories_keep_and_no_more() {
     // node keeping 8,000 bytes: the stream keeps the newest few, not the 100 each ring would.
     let redis = Redis::start(false, &[]);
     let small = node(&redis, &["--history-memory", "8000"]);
+    let mut last = small.subscribe("subscribe=u99");
     let pad = "x".repeat(1000);
     let lines: String = (0..100).map(|n| format!("u{n}={pad}\n")).collect();
     assert_eq!(small.control(&lines), "");
+    // The last one back from the stream: all 100 are in it, or were.
+    assert_eq!(last.next_data(), pad);
     let kept = redis.wait_trimmed_to(8);
     assert!(kept >= 6, "most of --history-memory's worth is kept: {kept}");
 }
