@@ -228,6 +228,11 @@ impl History {
         self.first_id = self.newest + 1;
     }
 
+    /// What it keeps.
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
+    }
+
     /// The newest id kept or sequenced.
     pub fn newest(&self) -> u64 {
         self.newest

@@ -251,7 +251,8 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
     while let Some((&kind, rest)) = bytes.split_first() {
         let colon = rest.iter().position(|&b| b == b':')?;
         let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
-        let name = rest.get(colon + 1..colon + 1 + len)?;
+        let end = (colon + 1).checked_add(len)?;
+        let name = rest.get(colon + 1..end)?;
         let name = String::from_utf8(name.to_vec()).ok()?;
         targets.push(match kind {
             b'*' if name.is_empty() => Target::All,
@@ -259,7 +260,7 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
             b'^' => Target::Prefix(name),
             _ => return None,
         });
-        bytes = &rest[colon + 1 + len..];
+        bytes = &rest[end..];
     }
     Some(targets)
 }
@@ -314,6 +315,7 @@ mod tests {
         };
         let bad_t = Err(EntryError::BadField { id: "1-0".into(), field: "t" });
         assert_eq!(decode(with_t(Value::BulkString(b"=9:ab".to_vec()))), bad_t);
+        assert_eq!(decode(with_t(Value::BulkString(b"=18446744073709551615:ab".to_vec()))), bad_t);
         assert_eq!(decode(with_t(Value::Int(3))), bad_t);
         let mut without_d = good.clone();
         without_d.fields.truncate(without_d.fields.len() - 2);

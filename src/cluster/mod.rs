@@ -45,6 +45,9 @@ use entry::StreamId;
 pub use outbox::Outbox;
 pub use tail::Tail;
 
+/// How long a node's liveness key outlives its last beat, and the key that says where a
+/// starting node has read to outlives its last page.
+const NODE_TTL: u64 = 10;
 /// How long connecting to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one command may wait for its reply before the connection counts as lost (a frozen
@@ -258,6 +261,8 @@ pub struct Cluster {
     shared: Arc<ClusterShared>,
     /// The newest entry read at start: the tail goes on after it.
     newest: StreamId,
+    /// The bytes read at start, for the trim by `--history-memory`.
+    bytes: trim::StreamBytes,
     outbox: Receiver<Publish>,
     link: Option<ClusterLink>,
 }
@@ -275,16 +280,13 @@ impl Cluster {
         let failed = |e: redis::RedisError| ClusterError::Redis { url: url.clone(), reason: why(&e) };
         let mut con = connect(&client).map_err(failed)?;
         let node = format!("{}-{}-{}", hostname(), std::process::id(), now_ms());
-        // The trim must not pass an entry before this node has read it: its position is the
-        // stream's start until its outbox says where its tail is.
-        redis::cmd("SET")
-            .arg(settings.read_key(&node))
-            .arg(StreamId::ZERO.to_string())
-            .arg("EX")
-            .arg(limits.max_age.as_secs().max(1))
-            .query::<()>(&mut con)
-            .map_err(failed)?;
-        let (history, newest) = backfill(&mut con, &settings.stream(), limits).map_err(failed)?;
+        let read_key = settings.read_key(&node);
+        let backfilled = backfill(&mut con, &settings.stream(), &read_key, limits).map_err(|e| {
+            // A start that failed holds nobody's trim back.
+            let _ = redis::cmd("DEL").arg(&read_key).query::<()>(&mut con);
+            failed(e)
+        })?;
+        let Backfilled { history, newest, bytes } = backfilled;
         let (outbox_in, outbox) = crossbeam_channel::unbounded();
         let shared = Arc::new(ClusterShared::default());
         shared.tail.lock().read = newest;
@@ -295,8 +297,16 @@ impl Cluster {
             shared: Arc::clone(&shared),
             limits: (settings.buffer_events, settings.buffer_bytes),
         };
-        let cluster =
-            Cluster { settings: settings.clone(), client, node, shared, newest, outbox, link: Some(link) };
+        let cluster = Cluster {
+            settings: settings.clone(),
+            client,
+            node,
+            shared,
+            newest,
+            bytes,
+            outbox,
+            link: Some(link),
+        };
         Ok((cluster, history))
     }
 
@@ -322,25 +332,19 @@ impl Cluster {
 
     /// The two threads' bodies: the outbox, which trims the stream to what `state`'s history
     /// may keep, and the tail, which delivers what it reads to `shards`.
-    pub fn threads(
-        self,
-        shards: Vec<ShardHandle>,
-        state: Arc<SharedState>,
-        limits: HistoryLimits,
-    ) -> (Outbox, Tail) {
+    pub fn threads(self, shards: Vec<ShardHandle>, state: Arc<SharedState>) -> (Outbox, Tail) {
         let stream = self.settings.stream();
         let deliverer = Deliverer::new(shards, Arc::clone(&state));
         let outbox = Outbox::new(
             self.client.clone(),
             &self.settings,
             self.node,
-            limits.max_age,
+            self.newest,
             self.outbox,
             Arc::clone(&self.shared),
             state,
         );
-        let bytes = trim::StreamBytes::new(limits.max_bytes as u64);
-        let tail = Tail::new(self.client, stream, self.newest, bytes, deliverer, self.shared);
+        let tail = Tail::new(self.client, stream, self.newest, self.bytes, deliverer, self.shared);
         (outbox, tail)
     }
 }
@@ -382,14 +386,25 @@ fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
-/// Reads the whole stream into a history, and returns the newest entry's id. The history's
-/// first id is the oldest entry's: a resume from before it is told of a gap. With no entry,
-/// it is now by Redis' clock: nothing older can be replayed, and every later entry is newer.
+/// What a node read of the stream at start.
+struct Backfilled {
+    history: History,
+    /// The newest entry.
+    newest: StreamId,
+    /// The entries' bytes.
+    bytes: trim::StreamBytes,
+}
+
+/// Reads the whole stream into a history. The history's first id is the oldest entry's: a
+/// resume from before it is told of a gap. With no entry, it is now by Redis' clock: nothing
+/// older can be replayed, and every later entry is newer. Meanwhile `read_key` says this node
+/// is at the stream's start, so that no trim passes what it has still to read.
 fn backfill(
     con: &mut redis::Connection,
     stream: &str,
+    read_key: &str,
     limits: HistoryLimits,
-) -> redis::RedisResult<(History, StreamId)> {
+) -> redis::RedisResult<Backfilled> {
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(con)?;
     let redis_now = seconds * 1000 + micros / 1000;
     let now = Instant::now();
@@ -397,13 +412,14 @@ fn backfill(
     let origin = now.checked_sub(limits.max_age).unwrap_or(now);
     let mut history: Option<History> = None;
     let mut newest = StreamId::ZERO;
-    let mut start = "-".to_string();
-    loop {
-        let page =
-            query_range(redis::cmd("XRANGE").arg(stream).arg(&start).arg("+").arg("COUNT").arg(PAGE), con)?;
-        let full_page = page.len() == PAGE;
-        let last_id = page.last().map(|raw| raw.id.clone());
+    let mut bytes = trim::StreamBytes::new(limits.max_bytes as u64);
+    let xrange = |from: &str| redis::cmd("XRANGE").arg(stream).arg(from).arg("+").clone();
+    pages(con, PAGE, xrange, "-", |con, page| {
+        // Refreshed a page at a time, a key that outlives a failed start only briefly.
+        let place = StreamId::ZERO.to_string();
+        redis::cmd("SET").arg(read_key).arg(place).arg("EX").arg(NODE_TTL).query::<()>(con)?;
         for raw in page {
+            let size = raw.size();
             let entry = match entry::decode(raw) {
                 Ok(entry) => entry,
                 Err(e) => {
@@ -411,6 +427,7 @@ fn backfill(
                     continue;
                 }
             };
+            bytes.read(entry.id, size);
             let Ok(id) = entry.id.event_id() else { continue };
             let history = history.get_or_insert_with(|| History::new(limits, id, origin));
             let age = Duration::from_millis(redis_now.saturating_sub(entry.id.ms));
@@ -418,15 +435,38 @@ fn backfill(
             history.append(id, &entry.publish.audience, &frame, now.checked_sub(age).unwrap_or(origin));
             newest = entry.id;
         }
-        match last_id {
-            Some(last) if full_page => start = format!("({last}"),
-            _ => break,
-        }
-    }
+        Ok(true)
+    })?;
     let history = history.unwrap_or_else(|| {
         History::new(limits, StreamId { ms: redis_now, seq: 0 }.event_id().unwrap_or(0), origin)
     });
-    Ok((history.with_lag_window(LAG_WINDOW), newest))
+    Ok(Backfilled { history: history.with_lag_window(LAG_WINDOW), newest, bytes })
+}
+
+/// Reads a range `count` entries at a time: `query(from)` is the command (`XRANGE` or
+/// `XREVRANGE`) for the entries from `from` on, and `each` takes every page until it says to
+/// stop or a page is short.
+fn pages(
+    con: &mut redis::Connection,
+    count: usize,
+    query: impl Fn(&str) -> redis::Cmd,
+    first: &str,
+    mut each: impl FnMut(&mut redis::Connection, Vec<entry::RawEntry>) -> redis::RedisResult<bool>,
+) -> redis::RedisResult<()> {
+    let mut from = first.to_string();
+    loop {
+        let mut command = query(&from);
+        command.arg("COUNT").arg(count);
+        let page = query_range(&command, con)?;
+        let next = page.last().map(|raw| format!("({}", raw.id)).filter(|_| page.len() == count);
+        if !each(con, page)? {
+            return Ok(());
+        }
+        match next {
+            Some(next) => from = next,
+            None => return Ok(()),
+        }
+    }
 }
 
 /// This host's name, to tell nodes apart in Redis.

@@ -1,7 +1,7 @@
 //! The outbox thread: appends this node's publishes to the stream, in order, once each.
 //!
-//! Owns the publishes the sequencer accepted and Redis has not confirmed, and this node's
-//! liveness key. It never delivers: delivery is the tail's.
+//! Owns the publishes the sequencer accepted and Redis has not confirmed, this node's liveness
+//! and position keys, and trimming the stream. It never delivers: delivery is the tail's.
 //!
 //! # Nothing lost, nothing twice
 //! Publishes are held in order until Redis confirms them, and sent in pipelined batches of
@@ -32,14 +32,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, query_range, trim, why, Backoff, ClusterSettings, ClusterShared};
+use super::{connect, now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, NODE_TTL};
 use crate::control::command::Publish;
 use crate::pipeline::SharedState;
 
 /// How often the node says it is alive.
 const BEAT: Duration = Duration::from_secs(3);
-/// How long a node's key outlives its last beat.
-const NODE_TTL: u64 = 10;
 /// `XADD`s per pipelined batch.
 const BATCH: usize = 256;
 /// Entries read per `XREVRANGE` when looking for what a lost reply applied.
@@ -84,21 +82,20 @@ impl Outbox {
         client: redis::Client,
         settings: &ClusterSettings,
         node: String,
-        max_age: Duration,
+        floor: StreamId,
         publishes: Receiver<Publish>,
         shared: Arc<ClusterShared>,
         state: Arc<SharedState>,
     ) -> Outbox {
-        // Nothing of ours is in the stream yet: what the tail starts after is older than all.
-        let floor = shared.read_up_to();
+        let max_age = state.history.read().limits().max_age;
         Outbox {
             client,
             url: settings.shown_url(),
             stream: settings.stream(),
             node_key: format!("{}:node:{node}", settings.key),
-            nodes_pattern: format!("{}:node:*", settings.key),
+            nodes_pattern: format!("{}:node:*", glob_escaped(&settings.key)),
             read_key: settings.read_key(&node),
-            reads_pattern: format!("{}:read:*", settings.key),
+            reads_pattern: format!("{}:read:*", glob_escaped(&settings.key)),
             node,
             max_age,
             publishes,
@@ -247,25 +244,15 @@ impl Outbox {
     /// Drops the held publishes Redis already has: those up to this node's highest number in
     /// the entries after [`Outbox::floor`].
     fn drop_applied(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
-        let mut end = "+".to_string();
         let start = if self.floor == StreamId::ZERO { "-".to_string() } else { format!("({}", self.floor) };
-        let applied = loop {
-            let page = query_range(
-                redis::cmd("XREVRANGE").arg(&self.stream).arg(&end).arg(&start).arg("COUNT").arg(SCAN_PAGE),
-                con,
-            )?;
-            let full_page = page.len() == SCAN_PAGE;
-            let last_id = page.last().map(|raw| raw.id.clone());
-            let ours = page
-                .into_iter()
-                .filter_map(|raw| entry::decode(raw).ok())
-                .find(|entry| entry.node == self.node);
-            match (ours, last_id) {
-                (Some(entry), _) => break Some(entry.seq),
-                (None, Some(last)) if full_page => end = format!("({last}"),
-                (None, _) => break None,
-            }
-        };
+        let xrevrange = |end: &str| redis::cmd("XREVRANGE").arg(&self.stream).arg(end).arg(&start).clone();
+        let mut applied = None;
+        pages(con, SCAN_PAGE, xrevrange, "+", |_, page| {
+            let ours =
+                page.into_iter().filter_map(|raw| entry::decode(raw).ok()).find(|e| e.node == self.node);
+            applied = ours.map(|entry| entry.seq);
+            Ok(applied.is_none())
+        })?;
         let mut dropped = 0;
         while self.held.front().is_some_and(|held| Some(held.seq) <= applied) {
             if let Some(held) = self.held.pop_front() {
@@ -284,13 +271,24 @@ impl Outbox {
     }
 
     /// Says this node is alive and where its tail is, counts the nodes that are, and trims
-    /// the stream, every [`BEAT`].
+    /// the stream, every [`BEAT`]. Only a failed connection is an error: Redis refusing a
+    /// command (an ACL, a key of another type) is logged, and publishing goes on.
     fn beat(&mut self) -> redis::RedisResult<()> {
-        let Some(con) = &mut self.con else { return Ok(()) };
-        if Instant::now() < self.next_beat {
+        if self.con.is_none() || Instant::now() < self.next_beat {
             return Ok(());
         }
         self.next_beat = Instant::now() + BEAT;
+        match self.beat_now() {
+            Err(e) if !is_lost(&e) => {
+                warn!("Cluster: Redis refused a liveness or trim command: {}", why(&e));
+                Ok(())
+            }
+            done => done,
+        }
+    }
+
+    fn beat_now(&mut self) -> redis::RedisResult<()> {
+        let Some(con) = &mut self.con else { return Ok(()) };
         let read = self.shared.read_up_to();
         redis::pipe()
             .cmd("SET")
@@ -303,17 +301,26 @@ impl Outbox {
             .arg(&self.read_key)
             .arg(read.to_string())
             .arg("EX")
-            .arg(self.max_age.as_secs().max(1))
+            // Never gone between two beats, whatever --history-age says.
+            .arg(self.max_age.as_secs().max(NODE_TTL))
             .ignore()
             .query::<()>(con)?;
         let nodes = scan(con, &self.nodes_pattern)?;
         self.shared.nodes.store(nodes.len() as u64, Ordering::Relaxed);
+        self.trim(read)
+    }
+
+    /// Cuts the stream where [`trim::cut`] says: a key or value under `PREFIX:read:*` that is
+    /// not a position holds nothing back.
+    fn trim(&mut self, read: StreamId) -> redis::RedisResult<()> {
+        let Some(con) = &mut self.con else { return Ok(()) };
         let reads = scan(con, &self.reads_pattern)?;
-        let positions: Vec<Option<String>> =
+        let positions: Vec<Option<Vec<u8>>> =
             if reads.is_empty() { Vec::new() } else { redis::cmd("MGET").arg(&reads).query(con)? };
-        // A key that went between the scan and the read holds nothing back; this node's own
-        // position counts whatever Redis says.
-        let positions = positions.iter().flatten().filter_map(|p| StreamId::parse(p).ok());
+        let positions = positions
+            .iter()
+            .flatten()
+            .filter_map(|p| std::str::from_utf8(p).ok().and_then(|p| StreamId::parse(p).ok()));
         let oldest_kept = self.state.history.read().figures().oldest.map(StreamId::of_event);
         let wanted = [
             StreamId { ms: now_ms().saturating_sub(self.max_age.as_millis() as u64), seq: 0 },
@@ -321,23 +328,59 @@ impl Outbox {
             self.shared.memory_cut(),
         ];
         if let Some(cut) = trim::cut(&wanted, positions.chain([read])) {
-            redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(cut.to_string()).query::<()>(con)?;
+            // `~`: whole nodes of the stream only, so one trim after a long hold-back never
+            // keeps Redis busy for long; it never cuts more than asked.
+            redis::cmd("XTRIM")
+                .arg(&self.stream)
+                .arg("MINID")
+                .arg("~")
+                .arg(cut.to_string())
+                .query::<()>(con)?;
         }
         Ok(())
     }
 }
 
-/// The keys matching `pattern` (`SCAN`, a page at a time).
-fn scan(con: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+/// `text` as a `SCAN MATCH` pattern that matches it alone: a prefix may hold `*`, `?`, `[`.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Whether the connection itself failed (rather than Redis refusing one command).
+fn is_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// The keys matching `pattern` (`SCAN`, a page at a time), as bytes: a key that is not text
+/// is somebody else's, not an error.
+fn scan(con: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
     let mut cursor = 0u64;
     let mut found = Vec::new();
     loop {
-        let (next, keys): (u64, Vec<String>) =
+        let (next, keys): (u64, Vec<Vec<u8>>) =
             redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query(con)?;
         found.extend(keys);
         if next == 0 {
             return Ok(found);
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escaped;
+
+    #[test]
+    fn a_prefix_is_matched_as_written_not_as_a_pattern() {
+        assert_eq!(glob_escaped("hasses"), "hasses");
+        assert_eq!(glob_escaped(r"a*b?[c]\d"), r"a\*b\?\[c\]\\d");
     }
 }

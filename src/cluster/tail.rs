@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -22,6 +22,9 @@ use crate::control::Deliverer;
 const BLOCK: Duration = Duration::from_secs(1);
 /// Entries read at most per `XREAD`.
 const COUNT: usize = 512;
+/// A gap between two reads after which the tail checks that the stream still holds where it
+/// was: a node's position key outlives its last beat by at least this.
+const AWAY: Duration = Duration::from_secs(super::NODE_TTL);
 
 /// The tail thread's state.
 pub struct Tail {
@@ -35,6 +38,8 @@ pub struct Tail {
     shared: Arc<ClusterShared>,
     con: Option<redis::Connection>,
     backoff: Backoff,
+    /// When the last read went out.
+    last_read: Instant,
 }
 
 impl Tail {
@@ -46,26 +51,43 @@ impl Tail {
         deliverer: Deliverer,
         shared: Arc<ClusterShared>,
     ) -> Tail {
-        Tail { client, stream, after, bytes, deliverer, shared, con: None, backoff: Backoff::new() }
+        Tail {
+            client,
+            stream,
+            after,
+            bytes,
+            deliverer,
+            shared,
+            con: None,
+            backoff: Backoff::new(),
+            last_read: Instant::now(),
+        }
     }
 
     /// Runs until the node stops.
     pub fn run(mut self) -> std::io::Result<()> {
         while !self.shared.stopping.load(Ordering::Relaxed) {
-            let Some(con) = &mut self.con else {
+            let Some(mut con) = self.con.take() else {
                 self.reconnect();
                 continue;
             };
-            let read = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(COUNT)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&self.stream)
-                .arg(self.after.to_string())
-                .query(con)
-                .and_then(|reply| entry::read_reply(reply).map_err(unreadable));
+            // Away longer than a node's keys may last since the last read went out (stopped,
+            // starved of CPU, or held by a shard): the others may have trimmed past it.
+            let away = self.last_read.elapsed() > AWAY;
+            self.last_read = Instant::now();
+            let read = if away { self.check_epoch(&mut con) } else { Ok(()) }.and_then(|()| {
+                redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(COUNT)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&self.stream)
+                    .arg(self.after.to_string())
+                    .query(&mut con)
+                    .and_then(|reply| entry::read_reply(reply).map_err(unreadable))
+            });
+            self.con = Some(con);
             match read {
                 Ok(entries) if entries.is_empty() => self.shared.lag_ms.store(0, Ordering::Relaxed),
                 Ok(entries) => {
@@ -116,22 +138,25 @@ impl Tail {
         Ok(!found.is_empty())
     }
 
+    /// Starts a new epoch if the stream no longer holds the last entry read: `XREAD` would
+    /// go on from the oldest entry left and never say what it skipped.
+    fn check_epoch(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        if !self.kept_last_read(con)? {
+            warn!("Cluster: the stream lost entry {} (Redis lost its data, or it was trimmed while this node was away): a new epoch", self.after);
+            self.deliverer.new_epoch();
+        }
+        Ok(())
+    }
+
     fn reconnect(&mut self) {
         std::thread::sleep(self.backoff.left().min(BLOCK));
         if !self.backoff.left().is_zero() {
             return;
         }
-        match connect(&self.client).and_then(|mut con| self.kept_last_read(&mut con).map(|kept| (con, kept)))
-        {
-            Ok((con, kept)) => {
+        match connect(&self.client).and_then(|mut con| self.check_epoch(&mut con).map(|()| con)) {
+            Ok(con) => {
                 info!("Cluster: tailing the stream after {}", self.after);
-                if !kept {
-                    warn!(
-                        "Cluster: the stream lost entry {} (Redis lost its data?): a new epoch",
-                        self.after
-                    );
-                    self.deliverer.new_epoch();
-                }
+                self.last_read = Instant::now();
                 self.con = Some(con);
                 self.backoff.succeeded();
                 self.shared.tail_connected.store(true, Ordering::Relaxed);

@@ -1,4 +1,5 @@
-//! Fan-out from the sequencer to the shards.
+//! Fan-out to the shards: from the sequencer, and in cluster mode from the tail as well (each
+//! has a fan-out of its own over the same shards' channels).
 //!
 //! Owns the order of commands to each shard and when shards are woken: a batch of commands is
 //! sent, then each shard that got one is woken once. A shard whose queue is full (it is holding
@@ -12,7 +13,7 @@ use tracing::warn;
 
 use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery};
 
-/// The control thread's side of every shard's channel.
+/// One sender's side of every shard's channel.
 #[derive(Debug)]
 pub struct Fanout {
     shards: Vec<ShardHandle>,

@@ -39,7 +39,8 @@ pub enum Accepted {
 #[derive(Debug)]
 pub struct Sequencer {
     ids: EventIds,
-    shards: Deliverer,
+    /// Frames, keeps and fans out; questions to the shards go out through its fan-out too.
+    deliverer: Deliverer,
     /// Events taken since the start.
     processed: u64,
     /// In cluster mode: where publishes go.
@@ -49,7 +50,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer for these shards, handing out `ids`.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>, ids: EventIds) -> Self {
-        Sequencer { ids, shards: Deliverer::new(shards, state), processed: 0, cluster: None }
+        Sequencer { ids, deliverer: Deliverer::new(shards, state), processed: 0, cluster: None }
     }
 
     /// The same in cluster mode: publishes go to the stream, and the tail delivers them.
@@ -68,14 +69,15 @@ impl Sequencer {
         }
         self.processed += 1;
         let id = self.ids.next_id();
-        self.shards.deliver(id, publish);
+        self.deliverer.deliver(id, publish);
         Ok(Accepted::Sequenced(id))
     }
 
     /// Asks every shard, behind every event sequenced so far; each shard's answer comes on its
-    /// receiver.
+    /// receiver. (In cluster mode the tail's deliveries go on meanwhile: an answer counts the
+    /// events delivered up to the moment the shard reads the question.)
     pub fn ask(&mut self, query: &ShardQuery) -> Vec<Receiver<ShardAnswer>> {
-        self.shards.fanout.ask(query)
+        self.deliverer.fanout.ask(query)
     }
 
     /// Events sequenced since the start.
@@ -85,13 +87,13 @@ impl Sequencer {
 
     /// How many shards it feeds.
     pub fn shard_count(&self) -> usize {
-        self.shards.fanout.len()
+        self.deliverer.fanout.len()
     }
 
     /// Wakes the shards that were sent something since the last wake: once per round of input,
     /// so that a burst reaches a shard in one wake-up.
     pub fn wake(&mut self) {
-        self.shards.wake();
+        self.deliverer.wake();
     }
 
     /// Tells every shard (and the cluster's threads) to close its connections and end.
@@ -99,7 +101,7 @@ impl Sequencer {
         if let Some(cluster) = &self.cluster {
             cluster.stop();
         }
-        self.shards.fanout.broadcast(|| ShardCommand::Shutdown);
+        self.deliverer.fanout.broadcast(|| ShardCommand::Shutdown);
     }
 }
 
