@@ -11,7 +11,6 @@ use std::thread;
 use std::time::Duration;
 
 use redis::streams::StreamReadReply;
-use redis::IntoConnectionInfo;
 use serde::Serialize;
 
 use crate::run::{due_at, ms, pick};
@@ -62,15 +61,8 @@ impl HopFigures {
 
 /// Measures the hop through the Redis at `url`: `count` entries at `rate` a second.
 pub fn run(url: &str, count: u32, rate: u32) -> Result<HopFigures, String> {
-    // As a node's connections are: commands go out at once (no Nagle).
-    let client = url
-        .into_connection_info()
-        .map(|info| {
-            let tcp = info.tcp_settings().clone().set_nodelay(true);
-            info.set_tcp_settings(tcp)
-        })
-        .and_then(redis::Client::open)
-        .map_err(|e| format!("--redis {url}: {e}"))?;
+    // As a node's connections are made (no Nagle).
+    let client = hasses::cluster::client(url).map_err(|e| format!("--redis {url}: {e}"))?;
     let connect = || client.get_connection().map_err(|e| format!("--redis {url}: {e}"));
     let (mut writer, mut reader) = (connect()?, connect()?);
     let stream = format!("hasses-bench:hop:{}", std::process::id());
@@ -78,18 +70,14 @@ pub fn run(url: &str, count: u32, rate: u32) -> Result<HopFigures, String> {
     del(&mut writer).map_err(|e| e.to_string())?;
     let read_stream = stream.clone();
     let readback = thread::spawn(move || read_back(&mut reader, &read_stream, count));
-    let sent = append(&mut writer, &stream, count, rate);
-    let latencies = readback.join().map_err(|_| "the reader thread panicked".to_string())??;
+    let appended = append(&mut writer, &stream, count, rate);
+    let mut sorted = readback.join().map_err(|_| "the reader thread panicked".to_string())??;
     let _ = del(&mut writer);
-    let sent = sent?;
-    let sorted = {
-        let mut l = latencies;
-        l.sort_unstable();
-        l
-    };
+    appended?;
+    sorted.sort_unstable();
     Ok(HopFigures {
         scenario: "stream-hop",
-        sent,
+        sent: u64::from(count),
         received: sorted.len() as u64,
         rate_per_s: rate,
         hop_ms_p50: ms(pick(&sorted, 0.50)),
@@ -99,7 +87,7 @@ pub fn run(url: &str, count: u32, rate: u32) -> Result<HopFigures, String> {
 }
 
 /// Appends entry k at k/rate seconds after the first, each carrying its send time.
-fn append(con: &mut redis::Connection, stream: &str, count: u32, rate: u32) -> Result<u64, String> {
+fn append(con: &mut redis::Connection, stream: &str, count: u32, rate: u32) -> Result<(), String> {
     let start = sys::mono_ns();
     for k in 0..u64::from(count) {
         let due = start + due_at(k, rate);
@@ -115,7 +103,7 @@ fn append(con: &mut redis::Connection, stream: &str, count: u32, rate: u32) -> R
             .query::<String>(con)
             .map_err(|e| format!("XADD: {e}"))?;
     }
-    Ok(u64::from(count))
+    Ok(())
 }
 
 /// Reads entries as they come until `count` are in (or the stream stays quiet); the latency

@@ -180,12 +180,8 @@ impl ClusterShared {
         }
     }
 
-    fn read_up_to(&self) -> StreamId {
-        self.tail.lock().read
-    }
-
-    fn memory_cut(&self) -> StreamId {
-        self.tail.lock().memory_cut
+    fn tail_position(&self) -> TailPosition {
+        *self.tail.lock()
     }
 
     fn unbuffer(&self, bytes: usize) {
@@ -289,7 +285,7 @@ impl Cluster {
         let Backfilled { history, newest, bytes } = backfilled;
         let (outbox_in, outbox) = crossbeam_channel::unbounded();
         let shared = Arc::new(ClusterShared::default());
-        shared.tail.lock().read = newest;
+        *shared.tail.lock() = TailPosition { read: newest, memory_cut: bytes.cut() };
         shared.outbox_connected.store(true, Ordering::Relaxed);
         shared.tail_connected.store(true, Ordering::Relaxed);
         let link = ClusterLink {
@@ -370,8 +366,9 @@ fn unreadable(e: entry::EntryError) -> redis::RedisError {
 }
 
 /// A client for `url` whose connections send at once: the client's default leaves Nagle's
-/// algorithm on, which may hold a command back until Redis acknowledges the one before.
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
+/// algorithm on, which may hold a command back until Redis acknowledges the one before. (The
+/// bench's `stream-hop` connects the same way.)
+pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);

@@ -21,7 +21,7 @@
 //! Every [`BEAT`] it sets `PREFIX:node:ID` with a TTL of [`NODE_TTL`] and counts the keys of
 //! every node (`SCAN`), for status. It also sets `PREFIX:read:ID`, the last entry its tail
 //! read, for `--history-age`, reads every node's, and cuts the stream where [`trim::cut`]
-//! says (`XTRIM MINID`). A node that stops deletes both keys.
+//! says (`XTRIM MINID ~`). A node that stops deletes both keys.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -32,7 +32,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{connect, now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, NODE_TTL};
+use super::{
+    connect, now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, TailPosition, NODE_TTL,
+};
 use crate::control::command::Publish;
 use crate::pipeline::SharedState;
 
@@ -289,7 +291,7 @@ impl Outbox {
 
     fn beat_now(&mut self) -> redis::RedisResult<()> {
         let Some(con) = &mut self.con else { return Ok(()) };
-        let read = self.shared.read_up_to();
+        let tail = self.shared.tail_position();
         redis::pipe()
             .cmd("SET")
             .arg(&self.node_key)
@@ -299,7 +301,7 @@ impl Outbox {
             .ignore()
             .cmd("SET")
             .arg(&self.read_key)
-            .arg(read.to_string())
+            .arg(tail.read.to_string())
             .arg("EX")
             // Never gone between two beats, whatever --history-age says.
             .arg(self.max_age.as_secs().max(NODE_TTL))
@@ -307,12 +309,12 @@ impl Outbox {
             .query::<()>(con)?;
         let nodes = scan(con, &self.nodes_pattern)?;
         self.shared.nodes.store(nodes.len() as u64, Ordering::Relaxed);
-        self.trim(read)
+        self.trim(tail)
     }
 
     /// Cuts the stream where [`trim::cut`] says: a key or value under `PREFIX:read:*` that is
     /// not a position holds nothing back.
-    fn trim(&mut self, read: StreamId) -> redis::RedisResult<()> {
+    fn trim(&mut self, tail: TailPosition) -> redis::RedisResult<()> {
         let Some(con) = &mut self.con else { return Ok(()) };
         let reads = scan(con, &self.reads_pattern)?;
         let positions: Vec<Option<Vec<u8>>> =
@@ -324,10 +326,10 @@ impl Outbox {
         let oldest_kept = self.state.history.read().figures().oldest.map(StreamId::of_event);
         let wanted = [
             StreamId { ms: now_ms().saturating_sub(self.max_age.as_millis() as u64), seq: 0 },
-            oldest_kept.unwrap_or(read),
-            self.shared.memory_cut(),
+            oldest_kept.unwrap_or(tail.read),
+            tail.memory_cut,
         ];
-        if let Some(cut) = trim::cut(&wanted, positions.chain([read])) {
+        if let Some(cut) = trim::cut(&wanted, positions.chain([tail.read])) {
             // `~`: whole nodes of the stream only, so one trim after a long hold-back never
             // keeps Redis busy for long; it never cuts more than asked.
             redis::cmd("XTRIM")

@@ -97,6 +97,7 @@ impl Tail {
                     self.deliverer.wake();
                     *self.shared.tail.lock() =
                         TailPosition { read: self.after, memory_cut: self.bytes.cut() };
+                    self.shared.lag_ms.store(now_ms().saturating_sub(self.after.ms), Ordering::Relaxed);
                 }
                 Err(e) => {
                     warn!(
@@ -125,7 +126,6 @@ impl Tail {
             Ok((id, publish)) => self.deliverer.deliver_new(id, publish),
             Err(e) => warn!("Cluster: {e}; skipped"),
         }
-        self.shared.lag_ms.store(now_ms().saturating_sub(stream_id.ms), Ordering::Relaxed);
     }
 
     /// Whether the stream still holds the last entry read (or nothing was read yet).
