@@ -169,7 +169,8 @@ impl Outbox {
     /// told at once that it is queued, rather than kept waiting for a Redis that may be gone
     /// for minutes.
     fn hold(&mut self, publish: Publish, mut receipt: Option<ReceiptTo>) {
-        if self.con.is_none() {
+        // Not `con`: there is none before the first publish, with Redis there all the same.
+        if !self.shared.outbox_connected.load(Ordering::Relaxed) {
             if let Some(to) = receipt.take() {
                 self.receipts.send(to, Receipt::Queued);
             }
