@@ -350,8 +350,7 @@ impl Cluster {
             &self.settings,
             self.node,
             self.newest,
-            self.outbox,
-            ReceiptSender { receipts: self.receipts, waker: control },
+            (self.outbox, ReceiptSender { receipts: self.receipts, waker: control }),
             Arc::clone(&self.shared),
             state,
         );

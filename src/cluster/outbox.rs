@@ -89,8 +89,7 @@ impl Outbox {
         settings: &ClusterSettings,
         node: String,
         floor: StreamId,
-        publishes: Receiver<(Publish, Option<ReceiptTo>)>,
-        receipts: ReceiptSender,
+        (publishes, receipts): (Receiver<(Publish, Option<ReceiptTo>)>, ReceiptSender),
         shared: Arc<ClusterShared>,
         state: Arc<SharedState>,
     ) -> Outbox {
