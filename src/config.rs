@@ -355,8 +355,8 @@ struct Cli {
     /// The same, the secret read from FILE (its trailing newline dropped)
     #[arg(long, value_name = "FILE")]
     jwt_secret_file: Option<String>,
-    /// Subscriptions need a JWT signed with the private key of this PEM public key: RSA (RS*,
-    /// PS*), EC (ES256, ES384) or Ed25519 (EdDSA)
+    /// Subscriptions need a JWT signed with the private key whose public key is the PEM file at
+    /// PATH: RSA (RS*, PS*), EC (ES256, ES384) or Ed25519 (EdDSA)
     #[arg(long, value_name = "PATH")]
     jwt_key: Option<String>,
     /// A token must carry this `iss`
