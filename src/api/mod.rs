@@ -182,7 +182,9 @@ pub fn route(request: &Request, key: Option<&[u8]>) -> Result<Route, Response> {
         "/healthz" => (Route::Ask(ApiQuery::Health), Method::Get),
         _ if !authorized(request, key) => {
             let mut refusal = Response::error(401, "a valid API key is needed");
-            refusal.extra = "WWW-Authenticate: Bearer\r\n";
+            // Basic lets a browser ask its user for the key (any name, the key as password)
+            // and send it with the status page's own requests too.
+            refusal.extra = "WWW-Authenticate: Basic realm=\"hasses API\", charset=\"UTF-8\"\r\nWWW-Authenticate: Bearer\r\n";
             return Err(refusal);
         }
         "/publish" => (Route::Publish, Method::Post),
