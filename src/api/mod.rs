@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::control::command::{parse_json_publish, CommandError, JsonPublish, Publish, Query};
 use crate::limits::Limits;
+use crate::pipeline::Receipt;
 use request::{Method, Request};
 
 /// The status page: one file, no outside assets.
@@ -102,9 +103,19 @@ impl Response {
         Response::ok(JSON, body)
     }
 
-    /// `202` with `{"queued":true}`: a publish handed to the cluster, whose id Redis gives.
+    /// `202` with `{"queued":true}`: in a cluster while Redis is unreachable, a publish
+    /// buffered until it is back, its id not known yet.
     pub fn queued() -> Response {
         Response { status: 202, content_type: JSON, extra: "", body: br#"{"queued":true}"#.to_vec() }
+    }
+
+    /// The answer to a publish whose fate the cluster's outbox decided.
+    pub fn of_receipt(receipt: Receipt) -> Response {
+        match receipt {
+            Receipt::Sequenced(id) => Response::published(id),
+            Receipt::Queued => Response::queued(),
+            Receipt::Undeliverable => Response::error(500, "Redis gave the entry an id no event can have"),
+        }
     }
 
     /// Appends the whole response, head and body, to `out`; `keep_alive` says whether the

@@ -11,6 +11,7 @@
 mod common;
 mod programs;
 
+mod acks;
 mod apache;
 mod api;
 mod auth;
