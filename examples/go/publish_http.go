@@ -27,7 +27,7 @@ type publication struct {
 	Except string `json:"except,omitempty"` // the client (its id= or token's sub) that must not get it
 }
 
-// The answer: 200 {"id":"1765100000000001"}, or {"error":"why"}.
+// The answer: 200 {"id":"1765100000000001"}, 202 {"queued":true}, or {"error":"why"}.
 type answer struct {
 	ID    string `json:"id"`
 	Error string `json:"error"`
@@ -57,6 +57,9 @@ func publish(api, apiKey string, p publication) (string, error) {
 	var a answer
 	if err := json.NewDecoder(response.Body).Decode(&a); err != nil {
 		return "", fmt.Errorf("hasses answered %d: %w", response.StatusCode, err)
+	}
+	if response.StatusCode == http.StatusAccepted {
+		return "queued", nil // {"queued":true}: a cluster node holds it while Redis is unreachable
 	}
 	if response.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("hasses answered %d: %s", response.StatusCode, a.Error)

@@ -4,7 +4,8 @@
 //     node publish_control.js room1 hello
 //
 // The connection asks for acknowledgments (`ack on`), so every publish is answered
-// `OK <id>` or `ERR <reason>`. Keep the connection open to publish many events.
+// `OK <id>` or `ERR <reason>` (`OK queued`: a cluster node holds it while Redis is unreachable).
+// Keep the connection open to publish many events.
 // Standard library only. Settings come from the environment:
 //     HASSES_CONTROL         the control port (default 127.0.0.1:8085)
 //     HASSES_CONTROL_SECRET  the secret hasses was started with (--control-secret), if any

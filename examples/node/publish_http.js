@@ -24,6 +24,8 @@ async function publish(to, data, { event, except } = {}) {
     signal: AbortSignal.timeout(5000),
   });
   const answer = await response.json(); // {"id":"1765100000000001"} or {"error":"why"}
+  // 202 {"queued":true}: a cluster node holds it while Redis is unreachable; no id yet.
+  if (response.status === 202) return 'queued';
   if (response.status !== 200) {
     throw new Error(`hasses answered ${response.status}: ${answer.error}`);
   }

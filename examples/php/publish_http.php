@@ -37,6 +37,9 @@ function publish(string $api, string $apiKey, $to, string $data, ?string $event 
     }
     // $http_response_header[0] is the status line: "HTTP/1.1 200 OK".
     $status = (int) explode(' ', $http_response_header[0])[1];
+    if ($status === 202) {
+        return 'queued'; // {"queued":true}: a cluster node holds it while Redis is unreachable, no id yet
+    }
     if ($status !== 200) {
         throw new RuntimeException("hasses answered $status: $answer"); // {"error":"why"}
     }

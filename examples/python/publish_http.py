@@ -36,7 +36,9 @@ def publish(to, data, event=None, except_id=None):
     if API_KEY:
         request.add_header("Authorization", "Bearer " + API_KEY)
     with opener.open(request, timeout=5) as response:  # 200 {"id":"1765100000000001"}
-        return json.load(response)["id"]
+        answer = json.load(response)
+    # 202 {"queued":true}: a cluster node holds it while Redis is unreachable; no id yet.
+    return answer.get("id", "queued")
 
 
 def main():
