@@ -38,7 +38,8 @@ func dial(address, secret string) (*control, error) {
 	}
 	c := &control{conn: conn, replies: bufio.NewReader(conn)}
 	if secret != "" {
-		c.send("auth " + secret) // a right secret gets no reply; a wrong one ERR, then close
+		// A right secret gets no reply; a wrong one ERR unauthorized, then the connection closes.
+		c.send("auth " + secret)
 	}
 	c.send("ack on")
 	if _, err := c.expectOK(); err != nil { // "OK ack on"

@@ -21,7 +21,8 @@ function mintToken(secret, grants, { sub, ttl = 3600, issuer, audience } = {}) {
   if (sub) claims.sub = sub;
   if (issuer) claims.iss = issuer;
   if (audience) claims.aud = audience;
-  const signed = `${b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${b64url(JSON.stringify(claims))}`;
+  const header = { alg: 'HS256', typ: 'JWT' };
+  const signed = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
   const signature = crypto.createHmac('sha256', secret).update(signed).digest('base64url');
   return `${signed}.${signature}`;
 }

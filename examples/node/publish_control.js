@@ -20,11 +20,13 @@ const SECRET = process.env.HASSES_CONTROL_SECRET || '';
 class Control {
   static async open() {
     const colon = CONTROL.lastIndexOf(':');
-    const socket = net.connect({ host: CONTROL.slice(0, colon), port: Number(CONTROL.slice(colon + 1)) });
+    const [host, port] = [CONTROL.slice(0, colon), Number(CONTROL.slice(colon + 1))];
+    const socket = net.connect({ host, port });
     socket.setTimeout(5000, () => socket.destroy(new Error('no answer within 5 s')));
     await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
     const control = new Control(socket);
-    if (SECRET) control.send(`auth ${SECRET}`); // a right secret gets no reply; a wrong one ERR, then close
+    // A right secret gets no reply; a wrong one ERR unauthorized, then the connection closes.
+    if (SECRET) control.send(`auth ${SECRET}`);
     control.send('ack on');
     await control.expectOk(); // "OK ack on"
     return control;
@@ -35,7 +37,8 @@ class Control {
     this.lines = readline.createInterface({ input: socket })[Symbol.asyncIterator]();
     // Rejects when the connection fails or closes, so a pending reply does not wait forever.
     this.closed = new Promise((_, reject) => {
-      socket.once('error', reject).once('close', () => reject(new Error('hasses closed the connection')));
+      socket.once('error', reject);
+      socket.once('close', () => reject(new Error('hasses closed the connection')));
     });
     this.closed.catch(() => {}); // nobody may be waiting for a reply then
   }

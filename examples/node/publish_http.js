@@ -40,7 +40,9 @@ if (data === undefined || process.argv.length > 5) {
 publish(target, data, { event }).then(
   (id) => console.log(id),
   (error) => {
-    console.error(error.cause ? `cannot reach hasses at ${API}: ${error.cause.message}` : error.message);
+    // fetch says why it could not connect in error.cause.
+    const why = error.cause ? `cannot reach ${API}: ${error.cause.message}` : error.message;
+    console.error(why);
     process.exit(1);
   },
 );

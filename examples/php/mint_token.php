@@ -17,8 +17,14 @@ function b64url(string $raw): string
     return rtrim(strtr(base64_encode($raw), '+/', '-_'), '=');
 }
 
-function mintToken(string $secret, array $grants, ?string $sub, int $ttl, ?string $issuer, ?string $audience): string
-{
+function mintToken(
+    string $secret,
+    array $grants,
+    ?string $sub,
+    int $ttl,
+    ?string $issuer,
+    ?string $audience
+): string {
     $claims = ['subscribe' => $grants, 'exp' => time() + $ttl]; // exp is required
     foreach (['sub' => $sub, 'iss' => $issuer, 'aud' => $audience] as $name => $value) {
         if ($value !== null && $value !== '') {

@@ -36,7 +36,8 @@ function connect(string $control, string $secret)
     }
     stream_set_timeout($conn, 5);
     if ($secret !== '') {
-        fwrite($conn, "auth $secret\n"); // a right secret gets no reply; a wrong one ERR, then close
+        // A right secret gets no reply; a wrong one ERR unauthorized, then the connection closes.
+        fwrite($conn, "auth $secret\n");
     }
     fwrite($conn, "ack on\n");
     expectOk($conn); // "OK ack on"

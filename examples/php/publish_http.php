@@ -11,8 +11,14 @@ $api = getenv('HASSES_API') ?: 'http://127.0.0.1:8086';
 $apiKey = getenv('HASSES_API_KEY') ?: '';
 
 // Publishes $data to $to and returns the event's id, as subscribers see it in `id:`.
-function publish(string $api, string $apiKey, $to, string $data, ?string $event = null, ?string $except = null): string
-{
+function publish(
+    string $api,
+    string $apiKey,
+    $to,
+    string $data,
+    ?string $event = null,
+    ?string $except = null
+): string {
     $body = ['to' => $to, 'data' => $data]; // to: "room1", "user*", "*", or an array of them
     if ($event !== null) {
         $body['event'] = $event; // the page listens with addEventListener(event, ...)
@@ -38,7 +44,8 @@ function publish(string $api, string $apiKey, $to, string $data, ?string $event 
     // $http_response_header[0] is the status line: "HTTP/1.1 200 OK".
     $status = (int) explode(' ', $http_response_header[0])[1];
     if ($status === 202) {
-        return 'queued'; // {"queued":true}: a cluster node holds it while Redis is unreachable, no id yet
+        // {"queued":true}: a cluster node holds it while Redis is unreachable; no id yet.
+        return 'queued';
     }
     if ($status !== 200) {
         throw new RuntimeException("hasses answered $status: $answer"); // {"error":"why"}

@@ -27,7 +27,8 @@ class Control:
         self.conn = socket.create_connection((host, int(port)), timeout=5)
         self.replies = self.conn.makefile("r", encoding="utf-8", newline="\n")
         if SECRET:
-            self.send(f"auth {SECRET}")  # a right secret gets no reply; a wrong one ERR, then close
+            # A right secret gets no reply; a wrong one ERR unauthorized, and hasses closes.
+            self.send(f"auth {SECRET}")
         self.send("ack on")
         self.expect_ok()  # "OK ack on"
 

@@ -89,10 +89,19 @@ fn run_example(
         .args(args)
         .current_dir(repo_path("examples").join(language.dir))
         .envs(go_settings())
-        .envs(settings.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(settings.iter().map(|(k, v)| (k, v)));
+    let (success, out, err) = run_bounded(command);
+    if success {
+        Ok(out)
+    } else {
+        Err(err)
+    }
+}
+
+/// Runs `command` to its exit within [`RUN`] (else kills it and panics): whether it succeeded,
+/// its standard output and its standard error, trimmed.
+fn run_bounded(mut command: Command) -> (bool, String, String) {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let deadline = Instant::now() + RUN;
     let status = loop {
@@ -112,12 +121,7 @@ fn run_example(
         from.read_to_string(&mut text).expect("a UTF-8 output");
         text.trim().to_owned()
     };
-    let (out, err) = (read(child.stdout.as_mut().unwrap()), read(child.stderr.as_mut().unwrap()));
-    if status.success() {
-        Ok(out)
-    } else {
-        Err(err)
-    }
+    (status.success(), read(child.stdout.as_mut().unwrap()), read(child.stderr.as_mut().unwrap()))
 }
 
 /// `go run` offline: its build cache in the target directory (kept, so later runs do not
