@@ -310,6 +310,10 @@ mod tests {
         assert_eq!(status("text/plain", "a=b"), 415);
         let reason = post(form, "data=x").unwrap_err().body;
         assert!(String::from_utf8(reason).unwrap().contains("missing field `to`"));
+        for body in ["to=a-b&data=x", "to=a&data=x&event=a%0Ab", "to=a*b&data=x"] {
+            let reason = String::from_utf8(post(form, body).unwrap_err().body).unwrap();
+            assert!(!reason.contains("JSON"), "a form's error speaks of its fields, not JSON: {reason}");
+        }
     }
 
     #[test]

@@ -258,13 +258,13 @@ pub enum CommandError {
         part: String,
     },
     /// A JSON `"to"` that is an empty array: nobody to send to.
-    #[error("JSON \"to\" names no target: \"{part}\"")]
+    #[error("\"to\" names no target: \"{part}\"")]
     NoTarget {
         /// The part, shortened and escaped.
         part: String,
     },
     /// A JSON target that is not `TOKEN`, `pre*` or `*`.
-    #[error("JSON target \"{target}\" {fault}: \"{part}\"")]
+    #[error("target \"{target}\" {fault}: \"{part}\"")]
     BadTarget {
         /// The target, escaped.
         target: String,
@@ -274,13 +274,13 @@ pub enum CommandError {
         part: String,
     },
     /// A JSON `"event"` with a line break, which would end the `event:` field on the wire.
-    #[error("JSON \"event\" holds a line break: \"{part}\"")]
+    #[error("\"event\" holds a line break: \"{part}\"")]
     EventLineBreak {
         /// The part, shortened and escaped.
         part: String,
     },
     /// A JSON `"event"` longer than any sensible event type.
-    #[error("JSON \"event\" is {len} bytes, over the {max}-byte limit: \"{part}\"")]
+    #[error("\"event\" is {len} bytes, over the {max}-byte limit: \"{part}\"")]
     EventTooLong {
         /// The event type's length in bytes.
         len: usize,
@@ -1057,7 +1057,7 @@ mod tests {
         assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
         let target = format!("a-\\r{}", "x".repeat(100_000));
         let text = json(&format!(r#"{{"to":"{target}","data":"x"}}"#)).unwrap_err().to_string();
-        assert!(text.starts_with(r#"JSON target "a-\rxxx"#), "{text}");
+        assert!(text.starts_with(r#"target "a-\rxxx"#), "{text}");
         assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
     }
 
