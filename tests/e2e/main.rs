@@ -25,6 +25,7 @@ mod connections;
 mod deploy;
 mod dropin;
 mod events;
+mod examples;
 mod handshake;
 mod hardening;
 mod hardening_control;
