@@ -184,13 +184,8 @@ impl Shard {
     fn refuse_subscription(&mut self, key: usize, refusal: &Refusal) {
         info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
         self.counters.auth_refused(refusal);
-        let responses = &self.settings.responses;
-        let reply = match refusal {
-            Refusal::NoToken => &responses.no_token,
-            Refusal::Invalid(_) => &responses.invalid_token,
-            Refusal::Forbidden(_) => &responses.insufficient_scope,
-        };
-        self.answer_last(key, reply.clone());
+        let reply = self.settings.responses.refusal(refusal);
+        self.answer_last(key, reply);
     }
 
     /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); the connection closes once the
