@@ -35,6 +35,7 @@
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
@@ -131,6 +132,12 @@ pub enum Reject {
     /// No blank line within [`MAX_REQUEST_HEAD`] bytes (431).
     #[error("request head over {} bytes", MAX_REQUEST_HEAD)]
     HeadTooLarge,
+    /// Plain text (plain HTTP, mostly) on the HTTPS port (400): `url` is where to go instead.
+    #[error("this port speaks HTTPS: use {url}")]
+    NotTls {
+        /// `https://`, the host the client asked for, and the served path.
+        url: String,
+    },
 }
 
 impl Reject {
@@ -147,7 +154,8 @@ impl Reject {
             | Self::NoSubscription
             | Self::TooLong { .. }
             | Self::BadCharacter { .. }
-            | Self::BadLastEventId(_) => Class::BadRequest,
+            | Self::BadLastEventId(_)
+            | Self::NotTls { .. } => Class::BadRequest,
             Self::TooManyHeaders | Self::HeadTooLarge => Class::HeaderTooLarge,
         }
     }
@@ -231,6 +239,34 @@ pub fn judge(received: &[u8], route: &Route) -> Judgement {
         Err(error) => Err(Reject::Malformed(error)),
     };
     outcome.unwrap_or_else(Judgement::Reject)
+}
+
+/// Judges the first bytes sent to the HTTPS port when they are plain text, not TLS: refused,
+/// with the address to use instead. Its host is the request's `Host` when the head is whole
+/// and has a usable one, else `local` (the address the client connected to).
+pub fn judge_not_tls(received: &[u8], route: &Route, local: Option<SocketAddr>) -> Reject {
+    let host = match (request_host(received), local) {
+        (Some(host), _) => host.to_owned(),
+        (None, Some(local)) => local.to_string(),
+        (None, None) => "HOST:PORT".to_owned(),
+    };
+    Reject::NotTls { url: format!("https://{host}{}", route.path) }
+}
+
+/// The `Host` of a whole request head, when it is a plain host name or address and port:
+/// it is repeated to the client, so nothing else is taken.
+fn request_host(received: &[u8]) -> Option<&str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head = &received[..received.len().min(MAX_REQUEST_HEAD)];
+    if !request.parse(head).ok()?.is_complete() {
+        return None;
+    }
+    let value = request.headers.iter().find(|header| header.name.eq_ignore_ascii_case("host"))?.value;
+    let host = std::str::from_utf8(value).ok()?.trim();
+    let usable = (1..=255).contains(&host.len())
+        && host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-:[]".contains(&byte));
+    usable.then_some(host)
 }
 
 /// The methods served.
@@ -817,6 +853,7 @@ mod tests {
             Reject::Path("/x".to_owned()),
             Reject::TooLong { param: "id", len: 65, max: 64 },
             Reject::BadLastEventId("abc".to_owned()),
+            Reject::NotTls { url: "https://x/sse".to_owned() },
         ]);
         rejects
     }
@@ -914,6 +951,32 @@ mod tests {
         assert_eq!(Reject::Path("/x".to_owned()).to_string(), "path \"/x\" not served");
         assert_eq!(Reject::HeadTooLarge.to_string(), "request head over 8192 bytes");
         assert_eq!(Reject::Version(0).to_string(), "HTTP/1.0 not supported, only HTTP/1.1");
+    }
+
+    #[test]
+    fn plain_text_on_the_https_port_is_told_where_to_go() {
+        let local = Some("127.0.0.1:8443".parse().unwrap());
+        let url = |received: &[u8], local| match judge_not_tls(received, &route(), local) {
+            Reject::NotTls { url } => url,
+            other => panic!("{other:?}"),
+        };
+        let curl = b"GET /sse?subscribe=a&access_token=x HTTP/1.1\r\nHost: example.org:8443\r\n\r\n";
+        assert_eq!(url(curl, local), "https://example.org:8443/sse");
+        assert_eq!(url(b"GET / HTTP/1.1\r\nhost: [::1]:8443\r\n\r\n", local), "https://[::1]:8443/sse");
+        // No whole head, no Host, or one that is not a plain address: where the client connected.
+        for received in [
+            &b"GET /sse HTTP/1.1\r\nHost: example.org"[..],
+            b"GET /sse HTTP/1.1\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nHost: <b>x</b>\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nHost: \r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+        ] {
+            assert_eq!(url(received, local), "https://127.0.0.1:8443/sse", "{received:?}");
+        }
+        assert_eq!(url(b"\0", None), "https://HOST:PORT/sse");
+        let reject = judge_not_tls(curl, &route(), local);
+        assert_eq!(reject.status(), 400);
+        assert_eq!(reject.to_string(), "this port speaks HTTPS: use https://example.org:8443/sse");
     }
 
     // ----- GET -----
