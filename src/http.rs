@@ -1416,6 +1416,25 @@ mod tests {
             judge(&bytes, &Route { path });
         }
 
+        /// Whatever is refused is answered with its reason, one line, counted exactly.
+        #[test]
+        fn a_refusal_answers_with_one_line_of_its_reason(
+            text in prop_oneof![well_formed_request(), "[ -~\r\n%]{0,120}"],
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let responses = Responses::new("*", false);
+            for received in [text.as_bytes(), &bytes[..]] {
+                if let Judgement::Reject(reject) = judge(received, &route()) {
+                    let answer = responses.error(&reject);
+                    let line = format!("{reject}\n");
+                    prop_assert!(answer.ends_with(line.as_bytes()), "{:?}", answer);
+                    prop_assert_eq!(line.find('\n'), Some(line.len() - 1));
+                    let length = format!("\r\nContent-Length: {}\r\n", line.len());
+                    prop_assert!(answer.windows(length.len()).any(|w| w == length.as_bytes()));
+                }
+            }
+        }
+
         #[test]
         fn request_like_text_never_panics(tail in "[ -~\r\n%]{0,300}") {
             judge(format!("GET /sse?{tail}").as_bytes(), &route());
