@@ -1,8 +1,15 @@
-//! The HTTP side of the SSE port: judging a request head, and the fixed responses.
+//! The HTTP side of the SSE port: judging a request head, and the responses.
 //!
 //! Owns what hasses 1.30 answers to every request (status codes, their order of checks, the
-//! exact handshake headers). Pure functions over bytes: the shard feeds it whatever a connection
-//! has buffered so far and writes what it returns; nothing here reads or writes a socket.
+//! exact handshake headers), and the words of every refusal, which its body carries. Pure
+//! functions over bytes: the shard feeds it whatever a connection has buffered so far and
+//! writes what it returns; nothing here reads or writes a socket.
+//!
+//! # What a refusal looks like
+//! Its status, `Content-Length`, `Connection: close`, and as its body the reason its log line
+//! gives, one line of `text/plain` (hasses sent a tiny HTML page naming the status: a reason
+//! tells a developer in curl or a browser's network tab what to change). Nothing secret goes
+//! into a reason: a refused path is shown without its query, which may hold a token.
 //!
 //! # What a request must be
 //! - Its head ends with a blank line within [`MAX_REQUEST_HEAD`] bytes and has at most
@@ -26,9 +33,13 @@
 //!   decoded is 400: the client list in the log shows both, one client per line.
 
 use std::collections::HashSet;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::auth::Refusal;
 use crate::history::ResumeFrom;
 use crate::limits::{MAX_AGENT_LEN, MAX_ID_LEN, MAX_REQUEST_HEAD, MAX_TOKEN_LEN};
 
@@ -86,7 +97,8 @@ pub enum Reject {
     /// `HTTP/1.0` (501); the number is the minor version.
     #[error("HTTP/1.{0} not supported, only HTTP/1.1")]
     Version(u8),
-    /// A target that is not the served path (404); at most 128 bytes of it are kept.
+    /// A target that is not the served path (404): its path, without the query, at most
+    /// 128 bytes of it.
     #[error("path \"{0}\" not served")]
     Path(String),
     /// `Connection: close` on a `GET`, which asks for a stream that stays open (400).
@@ -120,29 +132,56 @@ pub enum Reject {
     /// No blank line within [`MAX_REQUEST_HEAD`] bytes (431).
     #[error("request head over {} bytes", MAX_REQUEST_HEAD)]
     HeadTooLarge,
+    /// Plain text (plain HTTP, mostly) on the HTTPS port (400): `url` is where to go instead.
+    #[error("this port speaks HTTPS: use {url}")]
+    NotTls {
+        /// `https://`, the host the client asked for, and the served path.
+        url: String,
+    },
 }
 
 impl Reject {
     /// The HTTP status code this refusal is answered with (400, 404, 431 or 501).
     pub fn status(&self) -> u16 {
-        self.class() as u16
+        self.class().status() as u16
     }
 
-    fn class(&self) -> Status {
+    fn class(&self) -> Class {
         match self {
-            Self::Malformed(_) | Self::Method(_) | Self::Version(_) => Status::NotImplemented,
-            Self::Path(_) => Status::NotFound,
+            Self::Malformed(_) | Self::Method(_) | Self::Version(_) => Class::NotImplemented,
+            Self::Path(_) => Class::NotFound,
             Self::ConnectionClose
             | Self::NoSubscription
             | Self::TooLong { .. }
             | Self::BadCharacter { .. }
-            | Self::BadLastEventId(_) => Status::BadRequest,
-            Self::TooManyHeaders | Self::HeadTooLarge => Status::HeaderTooLarge,
+            | Self::BadLastEventId(_)
+            | Self::NotTls { .. } => Class::BadRequest,
+            Self::TooManyHeaders | Self::HeadTooLarge => Class::HeaderTooLarge,
         }
     }
 }
 
-/// The error statuses, one precomputed response each.
+/// The kinds of refusal of a request head: a status and a response head each.
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    BadRequest,
+    NotFound,
+    HeaderTooLarge,
+    NotImplemented,
+}
+
+impl Class {
+    fn status(self) -> Status {
+        match self {
+            Self::BadRequest => Status::BadRequest,
+            Self::NotFound => Status::NotFound,
+            Self::HeaderTooLarge => Status::HeaderTooLarge,
+            Self::NotImplemented => Status::NotImplemented,
+        }
+    }
+}
+
+/// The error statuses.
 #[derive(Debug, Clone, Copy)]
 enum Status {
     BadRequest = 400,
@@ -202,6 +241,34 @@ pub fn judge(received: &[u8], route: &Route) -> Judgement {
     outcome.unwrap_or_else(Judgement::Reject)
 }
 
+/// Judges the first bytes sent to the HTTPS port when they are plain text, not TLS: refused,
+/// with the address to use instead. Its host is the request's `Host` when the head is whole
+/// and has a usable one, else `local` (the address the client connected to).
+pub fn judge_not_tls(received: &[u8], route: &Route, local: Option<SocketAddr>) -> Reject {
+    let host = match (request_host(received), local) {
+        (Some(host), _) => host.to_owned(),
+        (None, Some(local)) => local.to_string(),
+        (None, None) => "HOST:PORT".to_owned(),
+    };
+    Reject::NotTls { url: format!("https://{host}{}", route.path) }
+}
+
+/// The `Host` of a whole request head, when it is a plain host name or address and port:
+/// it is repeated to the client, so nothing else is taken.
+fn request_host(received: &[u8]) -> Option<&str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head = &received[..received.len().min(MAX_REQUEST_HEAD)];
+    if !request.parse(head).ok()?.is_complete() {
+        return None;
+    }
+    let value = request.headers.iter().find(|header| header.name.eq_ignore_ascii_case("host"))?.value;
+    let host = std::str::from_utf8(value).ok()?.trim();
+    let usable = (1..=255).contains(&host.len())
+        && host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-:[]".contains(&byte));
+    usable.then_some(host)
+}
+
 /// The methods served.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -241,7 +308,9 @@ fn served_query<'t>(method: Method, target: &'t str, route: &Route) -> Result<&'
     if method == Method::Options && target == "*" {
         return Ok("");
     }
-    route.query(target).ok_or_else(|| Reject::Path(cut(target, MAX_LOGGED).to_owned()))
+    // The query is left out of the refusal: it may hold a token (`access_token`).
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    route.query(target).ok_or_else(|| Reject::Path(cut(path, MAX_LOGGED).to_owned()))
 }
 
 /// The `GET` checks after path and version: `Connection`, then the query.
@@ -413,7 +482,23 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// The fixed responses, built once per server from the CORS base.
+/// Why a connection is refused as soon as it is accepted (503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Overload {
+    /// `--max-connections` are open.
+    #[error("connection limit reached")]
+    Connections,
+    /// `--max-connections-per-ip` are open from this client's address.
+    #[error("connection limit per IP reached")]
+    ConnectionsPerIp,
+}
+
+/// The responses, built once per server from the CORS base: the fixed ones whole, the
+/// refusals whose reason depends on the request as a head their reason is added to.
+///
+/// Every refusal carries its reason as a one-line `text/plain` body, the words its log line
+/// has, so that a developer sees in their browser's network tab or in curl why. Refusals whose
+/// reason is always the same words are built here once: answering them allocates nothing.
 #[derive(Debug, Clone)]
 pub struct Responses {
     /// `200` + event-stream headers, sent before the first event.
@@ -422,19 +507,30 @@ pub struct Responses {
     pub head: Bytes,
     /// `200` + CORS headers + `Allow` for `OPTIONS`.
     pub options: Bytes,
-    /// `503` with `Retry-After`, for a connection over a connection limit.
-    pub unavailable: Bytes,
-    /// `401` with a bare `Bearer` challenge: a subscription without a token.
-    pub no_token: Bytes,
-    /// `401` with `error="invalid_token"`: a malformed, badly signed or expired token.
-    pub invalid_token: Bytes,
-    /// `403` with `error="insufficient_scope"`: a token that does not grant what is asked.
-    pub insufficient_scope: Bytes,
-    bad_request: Bytes,
-    not_found: Bytes,
-    header_too_large: Bytes,
-    not_implemented: Bytes,
+    bad_request: ErrorHead,
+    not_found: ErrorHead,
+    header_too_large: ErrorHead,
+    not_implemented: ErrorHead,
+    invalid_token: ErrorHead,
+    insufficient_scope: ErrorHead,
+    /// The refusals with fixed words, whole.
+    fixed: Vec<(Reject, Bytes)>,
+    no_token: Bytes,
+    over_connections: Bytes,
+    over_connections_per_ip: Bytes,
 }
+
+/// The refusals whose reason never changes (a `Version` can only be `HTTP/1.0`: httparse reads
+/// no other): answered from [`Responses::fixed`], without an allocation each.
+const FIXED_REJECTS: [Reject; 7] = [
+    Reject::NoSubscription,
+    Reject::ConnectionClose,
+    Reject::BadCharacter { param: "subscribe" },
+    Reject::BadCharacter { param: "id" },
+    Reject::Version(0),
+    Reject::TooManyHeaders,
+    Reject::HeadTooLarge,
+];
 
 impl Responses {
     /// Builds every fixed response for this CORS base, which must hold no CR or LF; with
@@ -475,56 +571,135 @@ impl Responses {
              Content-Length: 0\r\n\
              Connection: close\r\n\r\n"
         ));
-        Self {
+        let unavailable =
+            ErrorHead::new(Status::Unavailable, &format!("Retry-After: {RETRY_AFTER_SECS}\r\n"));
+        let mut responses = Self {
             handshake: stream.clone(),
             head: stream,
             options,
-            unavailable: error_response(Status::Unavailable, &format!("Retry-After: {RETRY_AFTER_SECS}\r\n")),
-            no_token: error_response(Status::Unauthorized, &challenge("")),
-            invalid_token: error_response(Status::Unauthorized, &challenge(", error=\"invalid_token\"")),
-            insufficient_scope: error_response(
+            bad_request: ErrorHead::new(Status::BadRequest, ""),
+            not_found: ErrorHead::new(Status::NotFound, ""),
+            header_too_large: ErrorHead::new(Status::HeaderTooLarge, ""),
+            not_implemented: ErrorHead::new(Status::NotImplemented, &format!("Allow: GET, HEAD\r\n{cors}")),
+            invalid_token: ErrorHead::new(Status::Unauthorized, &challenge(", error=\"invalid_token\"")),
+            insufficient_scope: ErrorHead::new(
                 Status::Forbidden,
                 &challenge(", error=\"insufficient_scope\""),
             ),
-            bad_request: error_response(Status::BadRequest, ""),
-            not_found: error_response(Status::NotFound, ""),
-            header_too_large: error_response(Status::HeaderTooLarge, ""),
-            not_implemented: error_response(Status::NotImplemented, &format!("Allow: GET, HEAD\r\n{cors}")),
+            fixed: Vec::new(),
+            no_token: ErrorHead::new(Status::Unauthorized, &challenge("")).answer(&Refusal::NoToken),
+            over_connections: unavailable.answer(&Overload::Connections),
+            over_connections_per_ip: unavailable.answer(&Overload::ConnectionsPerIp),
+        };
+        responses.fixed =
+            FIXED_REJECTS.into_iter().map(|reject| (reject.clone(), responses.build(&reject))).collect();
+        responses
+    }
+
+    /// The complete error response for `reject`, its reason as the body.
+    pub fn error(&self, reject: &Reject) -> Bytes {
+        match self.fixed.iter().find(|(fixed, _)| fixed == reject) {
+            Some((_, answer)) => answer.clone(),
+            None => self.build(reject),
         }
     }
 
-    /// The complete error response (head and tiny HTML body) for `reject`.
-    pub fn error(&self, reject: &Reject) -> Bytes {
+    fn build(&self, reject: &Reject) -> Bytes {
         match reject.class() {
-            Status::BadRequest => &self.bad_request,
-            Status::NotFound => &self.not_found,
-            Status::HeaderTooLarge => &self.header_too_large,
-            Status::NotImplemented => &self.not_implemented,
-            Status::Unavailable => &self.unavailable,
-            Status::Unauthorized => &self.no_token,
-            Status::Forbidden => &self.insufficient_scope,
+            Class::BadRequest => &self.bad_request,
+            Class::NotFound => &self.not_found,
+            Class::HeaderTooLarge => &self.header_too_large,
+            Class::NotImplemented => &self.not_implemented,
         }
-        .clone()
+        .answer(reject)
+    }
+
+    /// The RFC 6750 answer to a subscription its token does not allow (401 or 403, with the
+    /// challenge), the refusal as the body.
+    pub fn refusal(&self, refusal: &Refusal) -> Bytes {
+        match refusal {
+            Refusal::NoToken => self.no_token.clone(),
+            Refusal::Invalid(_) => self.invalid_token.answer(refusal),
+            Refusal::Forbidden(_) => self.insufficient_scope.answer(refusal),
+        }
+    }
+
+    /// `503` with `Retry-After`, for a connection over a connection limit.
+    pub fn unavailable(&self, overload: Overload) -> &Bytes {
+        match overload {
+            Overload::Connections => &self.over_connections,
+            Overload::ConnectionsPerIp => &self.over_connections_per_ip,
+        }
     }
 }
 
 /// How long a client refused for a connection limit is asked to wait before trying again.
 const RETRY_AFTER_SECS: u32 = 5;
 
-/// An error response with a tiny HTML body; `extra` is more header lines, each ending in CRLF.
-fn error_response(status: Status, extra: &str) -> Bytes {
-    let line = status.line();
-    let body = format!("<html><body><h1>{line}</h1></body></html>");
-    Bytes::from(format!(
-        "HTTP/1.1 {line}\r\n\
-         Server: hasses\r\n\
-         Content-Type: text/html\r\n\
-         Content-Length: {}\r\n\
-         Connection: close\r\n\
-         {extra}\r\n\
-         {body}",
-        body.len()
-    ))
+/// An error response's head, cut at its `Content-Length` value: a reason is added to it as
+/// the body.
+#[derive(Debug, Clone)]
+struct ErrorHead {
+    /// The status line and headers, up to `Content-Length: `.
+    start: Box<str>,
+    /// `Connection: close`, the other headers, and the blank line.
+    end: Box<str>,
+}
+
+impl ErrorHead {
+    /// The head of `status`; `extra` is more header lines, each ending in CRLF.
+    ///
+    /// `nosniff`: the body may repeat what the request said (its path, its method), and must
+    /// stay text to a browser whatever it looks like.
+    fn new(status: Status, extra: &str) -> Self {
+        let line = status.line();
+        ErrorHead {
+            start: format!(
+                "HTTP/1.1 {line}\r\n\
+                 Server: hasses\r\n\
+                 Content-Type: text/plain; charset=utf-8\r\n\
+                 X-Content-Type-Options: nosniff\r\n\
+                 Content-Length: "
+            )
+            .into(),
+            end: format!("\r\nConnection: close\r\n{extra}\r\n").into(),
+        }
+    }
+
+    /// The whole response with `reason` and a line feed as its body, in one buffer of the
+    /// exact size (the reason is formatted twice rather than into a buffer of its own).
+    fn answer(&self, reason: &dyn fmt::Display) -> Bytes {
+        let body = ByteCount::of(reason) + 1;
+        let mut length = itoa::Buffer::new();
+        let length = length.format(body);
+        let total = self.start.len() + length.len() + self.end.len() + body;
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(self.start.as_bytes());
+        out.extend_from_slice(length.as_bytes());
+        out.extend_from_slice(self.end.as_bytes());
+        writeln!(out, "{reason}").expect("writing to a Vec cannot fail");
+        debug_assert_eq!(out.len(), total, "the reason wrote what it was counted at");
+        Bytes::from(out)
+    }
+}
+
+/// Counts the bytes a `Display` writes, without keeping them.
+#[derive(Default)]
+struct ByteCount(usize);
+
+impl ByteCount {
+    fn of(value: &dyn fmt::Display) -> usize {
+        let mut count = ByteCount::default();
+        write!(count, "{value}").expect("counting cannot fail");
+        count.0
+    }
+}
+
+impl fmt::Write for ByteCount {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0 += text.len();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -617,28 +792,30 @@ mod tests {
     }
 
     #[test]
-    fn not_found_answer_is_exact() {
-        let body = "<html><body><h1>404 Not Found</h1></body></html>";
+    fn not_found_answer_is_exact_and_says_why() {
+        let body = "path \"/x\" not served\n";
         let expected = format!(
             "HTTP/1.1 404 Not Found\r\n\
              Server: hasses\r\n\
-             Content-Type: text/html\r\n\
-             Content-Length: 48\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             X-Content-Type-Options: nosniff\r\n\
+             Content-Length: 21\r\n\
              Connection: close\r\n\
              \r\n{body}"
         );
-        assert_eq!(body.len(), 48);
+        assert_eq!(body.len(), 21);
         let reject = Reject::Path("/x".to_owned());
         assert_eq!(Responses::new("*", false).error(&reject), expected.as_bytes());
     }
 
     #[test]
     fn not_implemented_answer_carries_allow_and_cors() {
-        let body = "<html><body><h1>501 Not Implemented</h1></body></html>";
+        let body = "method \"POST\" not implemented\n";
         let expected = format!(
             "HTTP/1.1 501 Not Implemented\r\n\
              Server: hasses\r\n\
-             Content-Type: text/html\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             X-Content-Type-Options: nosniff\r\n\
              Content-Length: {}\r\n\
              Connection: close\r\n\
              Allow: GET, HEAD\r\n\
@@ -652,24 +829,100 @@ mod tests {
         assert_eq!(Responses::new("*", false).error(&reject), expected.as_bytes());
     }
 
+    /// Splits a whole response into its head (without the blank line) and body, checking
+    /// what every refusal has: its status line, `Content-Length` of the body, `Connection:
+    /// close`, and a body of one line.
+    fn refusal_parts(response: &Bytes, line: &str) -> (String, String) {
+        let text = String::from_utf8(response.to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {line}\r\nServer: hasses\r\n")), "{head}");
+        assert!(head.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{head}");
+        assert!(head.contains("\r\nConnection: close"), "{head}");
+        assert_eq!(body.find('\n'), Some(body.len() - 1), "one line: {body:?}");
+        (head.to_owned(), body.to_owned())
+    }
+
+    /// One refusal of each kind, the fixed ones among them.
+    fn every_kind_of_refusal() -> Vec<Reject> {
+        let mut rejects = FIXED_REJECTS.to_vec();
+        rejects.extend([
+            Reject::Malformed(httparse::Error::Token),
+            Reject::Method("PUT".to_owned()),
+            Reject::Version(1),
+            Reject::Path("/x".to_owned()),
+            Reject::TooLong { param: "id", len: 65, max: 64 },
+            Reject::BadLastEventId("abc".to_owned()),
+            Reject::NotTls { url: "https://x/sse".to_owned() },
+        ]);
+        rejects
+    }
+
     #[test]
-    fn every_error_answer_has_its_status_line_and_exact_length() {
+    fn every_error_answer_has_its_status_line_exact_length_and_reason() {
         let responses = Responses::new("*", false);
-        let cases = [
-            (Reject::NoSubscription, "400 Bad Request"),
-            (Reject::Path("/".to_owned()), "404 Not Found"),
-            (Reject::HeadTooLarge, "431 Request Header Fields Too Large"),
-            (Reject::Version(0), "501 Not Implemented"),
-        ];
-        for (reject, line) in cases {
-            let text = String::from_utf8(responses.error(&reject).to_vec()).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with(&format!("HTTP/1.1 {line}\r\nServer: hasses\r\n")));
-            assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
-            assert!(head.contains("\r\nConnection: close"));
-            assert_eq!(body, format!("<html><body><h1>{line}</h1></body></html>"));
+        for reject in every_kind_of_refusal() {
+            let line = match reject.status() {
+                400 => "400 Bad Request",
+                404 => "404 Not Found",
+                431 => "431 Request Header Fields Too Large",
+                501 => "501 Not Implemented",
+                other => panic!("{other}"),
+            };
+            let (head, body) = refusal_parts(&responses.error(&reject), line);
+            assert_eq!(body, format!("{reject}\n"));
             assert_eq!(head.contains("Allow: GET, HEAD"), line.starts_with("501"));
+            assert_eq!(head.contains("Access-Control-Allow-Origin: *"), line.starts_with("501"), "{head}");
         }
+    }
+
+    #[test]
+    fn fixed_refusals_are_the_same_bytes_each_time_without_building_them() {
+        let responses = Responses::new("*", false);
+        for reject in FIXED_REJECTS {
+            let (first, second) = (responses.error(&reject), responses.error(&reject));
+            assert_eq!(first.as_ptr(), second.as_ptr(), "{reject}: shared, not built again");
+            assert_eq!(first, responses.build(&reject), "{reject}");
+        }
+    }
+
+    #[test]
+    fn token_refusals_carry_their_challenge_and_reason() {
+        let responses = Responses::new("*", true);
+        let cases = [
+            (Refusal::NoToken, "401 Unauthorized", "\"hasses\"\r\n"),
+            (Refusal::Invalid("expired".to_owned()), "401 Unauthorized", "error=\"invalid_token\""),
+            (
+                Refusal::Forbidden("token \"b\" is not among the grants".to_owned()),
+                "403 Forbidden",
+                "error=\"insufficient_scope\"",
+            ),
+        ];
+        for (refusal, line, challenge) in cases {
+            let (head, body) = refusal_parts(&responses.refusal(&refusal), line);
+            assert!(head.contains(challenge), "{head}");
+            assert!(head.contains("Access-Control-Allow-Origin: *"), "{head}");
+            assert_eq!(body, format!("{refusal}\n"));
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_503_with_retry_after_and_reason() {
+        let responses = Responses::new("*", false);
+        for overload in [Overload::Connections, Overload::ConnectionsPerIp] {
+            let (head, body) = refusal_parts(responses.unavailable(overload), "503 Service Unavailable");
+            assert!(head.contains("\r\nRetry-After: 5"), "{head}");
+            assert_eq!(body, format!("{overload}\n"));
+        }
+        assert_eq!(Overload::ConnectionsPerIp.to_string(), "connection limit per IP reached");
+    }
+
+    #[test]
+    fn a_refused_path_leaves_its_query_out() {
+        let reject = rejected(get("/other?subscribe=a&access_token=s.e.cret", &[]));
+        assert_eq!(reject, Reject::Path("/other".to_owned()));
+        let response = Responses::new("*", false).error(&reject);
+        assert!(!String::from_utf8_lossy(&response).contains("cret"));
     }
 
     #[test]
@@ -698,6 +951,32 @@ mod tests {
         assert_eq!(Reject::Path("/x".to_owned()).to_string(), "path \"/x\" not served");
         assert_eq!(Reject::HeadTooLarge.to_string(), "request head over 8192 bytes");
         assert_eq!(Reject::Version(0).to_string(), "HTTP/1.0 not supported, only HTTP/1.1");
+    }
+
+    #[test]
+    fn plain_text_on_the_https_port_is_told_where_to_go() {
+        let local = Some("127.0.0.1:8443".parse().unwrap());
+        let url = |received: &[u8], local| match judge_not_tls(received, &route(), local) {
+            Reject::NotTls { url } => url,
+            other => panic!("{other:?}"),
+        };
+        let curl = b"GET /sse?subscribe=a&access_token=x HTTP/1.1\r\nHost: example.org:8443\r\n\r\n";
+        assert_eq!(url(curl, local), "https://example.org:8443/sse");
+        assert_eq!(url(b"GET / HTTP/1.1\r\nhost: [::1]:8443\r\n\r\n", local), "https://[::1]:8443/sse");
+        // No whole head, no Host, or one that is not a plain address: where the client connected.
+        for received in [
+            &b"GET /sse HTTP/1.1\r\nHost: example.org"[..],
+            b"GET /sse HTTP/1.1\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nHost: <b>x</b>\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nHost: \r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+        ] {
+            assert_eq!(url(received, local), "https://127.0.0.1:8443/sse", "{received:?}");
+        }
+        assert_eq!(url(b"\0", None), "https://HOST:PORT/sse");
+        let reject = judge_not_tls(curl, &route(), local);
+        assert_eq!(reject.status(), 400);
+        assert_eq!(reject.to_string(), "this port speaks HTTPS: use https://example.org:8443/sse");
     }
 
     // ----- GET -----
@@ -768,12 +1047,16 @@ mod tests {
         assert!(!String::from_utf8_lossy(&Responses::new("*", true).handshake).contains(credentials));
         assert!(!String::from_utf8_lossy(&Responses::new("https://example.org", false).options)
             .contains(credentials));
-        let text = |bytes: &Bytes| String::from_utf8_lossy(bytes).into_owned();
-        assert!(text(&named.no_token).starts_with("HTTP/1.1 401 Unauthorized\r\n"));
-        assert!(text(&named.no_token).contains("WWW-Authenticate: Bearer realm=\"hasses\"\r\n"));
-        assert!(text(&named.invalid_token).contains("Bearer realm=\"hasses\", error=\"invalid_token\"\r\n"));
-        assert!(text(&named.insufficient_scope).starts_with("HTTP/1.1 403 Forbidden\r\n"));
-        assert!(text(&named.insufficient_scope).contains("error=\"insufficient_scope\""));
+        let text = |refusal: Refusal| String::from_utf8_lossy(&named.refusal(&refusal)).into_owned();
+        let no_token = text(Refusal::NoToken);
+        assert!(no_token.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(no_token.contains("WWW-Authenticate: Bearer realm=\"hasses\"\r\n"));
+        assert!(no_token.contains(credentials));
+        let invalid = text(Refusal::Invalid("expired".to_owned()));
+        assert!(invalid.contains("Bearer realm=\"hasses\", error=\"invalid_token\"\r\n"));
+        let forbidden = text(Refusal::Forbidden(String::new()));
+        assert!(forbidden.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        assert!(forbidden.contains("error=\"insufficient_scope\""));
     }
 
     #[test]
@@ -844,7 +1127,8 @@ mod tests {
         assert_eq!(rejected(get("/sse", &[])), Reject::NoSubscription);
         assert_eq!(rejected(get("/sse?", &[])), Reject::NoSubscription);
         for target in ["/ssex?subscribe=a", "/sse/x?subscribe=a", "/sse/", "/SSE?subscribe=a", "/", "*"] {
-            assert_eq!(rejected(get(target, &[])), Reject::Path(target.to_owned()), "{target}");
+            let path = target.split('?').next().unwrap().to_owned();
+            assert_eq!(rejected(get(target, &[])), Reject::Path(path), "{target}");
         }
     }
 
@@ -1130,6 +1414,25 @@ mod tests {
             path in "/[ -~]{0,10}",
         ) {
             judge(&bytes, &Route { path });
+        }
+
+        /// Whatever is refused is answered with its reason, one line, counted exactly.
+        #[test]
+        fn a_refusal_answers_with_one_line_of_its_reason(
+            text in prop_oneof![well_formed_request(), "[ -~\r\n%]{0,120}"],
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let responses = Responses::new("*", false);
+            for received in [text.as_bytes(), &bytes[..]] {
+                if let Judgement::Reject(reject) = judge(received, &route()) {
+                    let answer = responses.error(&reject);
+                    let line = format!("{reject}\n");
+                    prop_assert!(answer.ends_with(line.as_bytes()), "{:?}", answer);
+                    prop_assert_eq!(line.find('\n'), Some(line.len() - 1));
+                    let length = format!("\r\nContent-Length: {}\r\n", line.len());
+                    prop_assert!(answer.windows(length.len()).any(|w| w == length.as_bytes()));
+                }
+            }
         }
 
         #[test]

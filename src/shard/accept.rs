@@ -20,6 +20,7 @@ use super::timers::Deadline;
 use super::tls_session::TlsSession;
 use super::{seconds, Shard};
 use crate::config::Config;
+use crate::http::Overload;
 use crate::nonblocking::attempt;
 
 /// How long accepting pauses when the process is out of descriptors.
@@ -118,11 +119,11 @@ impl Shard {
         let open = self.state.open.fetch_add(1, Ordering::Relaxed) + 1;
         if self.settings.max_connections.is_some_and(|max| open > max) {
             self.state.open.fetch_sub(1, Ordering::Relaxed);
-            return self.refuse(socket, peer, "connection limit");
+            return self.refuse(socket, peer, Overload::Connections);
         }
         if self.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.0.ip())) {
             self.state.open.fetch_sub(1, Ordering::Relaxed);
-            return self.refuse(socket, peer, "connection limit per IP");
+            return self.refuse(socket, peer, Overload::ConnectionsPerIp);
         }
         self.state.peak.fetch_max(open, Ordering::Relaxed);
         self.counters.accepted += 1;
@@ -155,13 +156,13 @@ impl Shard {
     }
 
     /// Answers 503 to a connection over a limit, and closes it.
-    fn refuse(&mut self, mut socket: mio::net::TcpStream, peer: Peer, limit: &str) {
+    fn refuse(&mut self, mut socket: mio::net::TcpStream, peer: Peer, overload: Overload) {
         self.counters.refused += 1;
-        info!("Connection refused: {peer} ({limit})");
+        info!("Connection refused: {peer} ({overload})");
         // Take what it sent first: closing with unread bytes would reset the connection, and
         // the client could lose the answer. A fresh socket takes this small answer whole.
         let _ = socket.read(&mut self.read_buf[..]);
-        let _ = socket.write(&self.settings.responses.unavailable);
+        let _ = socket.write(self.settings.responses.unavailable(overload));
         let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 }

@@ -6,6 +6,7 @@
 
 use std::cmp::Reverse;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,6 +71,9 @@ impl Shard {
                 }
                 Err(e) => return self.close(key, &e.to_string()),
             };
+            if tls.is_plaintext(&buffers.input[..kept + n]) {
+                return self.refuse_plaintext(key, kept + n);
+            }
             let was_handshaking = tls.is_handshaking();
             buffers.plain.clear();
             let received = match tls.receive(&mut buffers.input[..kept + n], &mut buffers.plain) {
@@ -94,6 +98,20 @@ impl Shard {
             }
         }
         self.flush(key);
+    }
+
+    /// Answers plain text on the HTTPS port (the first `n` bytes of the shard's TLS input),
+    /// mostly an `http://` URL typed for an `https://` one, with a plain `400` that says so,
+    /// rather than an alert the client cannot show. The connection goes on without its TLS
+    /// session, so that the answer goes out as it is, then closes.
+    fn refuse_plaintext(&mut self, key: usize, n: usize) {
+        let conn = &mut self.connections[key];
+        conn.tls = None;
+        // Only on this path: the address the client connected to, for a request without a Host.
+        let local =
+            conn.socket.local_addr().ok().map(|at| SocketAddr::new(at.ip().to_canonical(), at.port()));
+        let reject = http::judge_not_tls(&self.tls_buffers.input[..n], &self.settings.route, local);
+        self.answer(key, Judgement::Reject(reject));
     }
 
     /// Acts on the plaintext just decrypted, a `read_buf` at a time; false when the connection
@@ -184,13 +202,8 @@ impl Shard {
     fn refuse_subscription(&mut self, key: usize, refusal: &Refusal) {
         info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
         self.counters.auth_refused(refusal);
-        let responses = &self.settings.responses;
-        let reply = match refusal {
-            Refusal::NoToken => &responses.no_token,
-            Refusal::Invalid(_) => &responses.invalid_token,
-            Refusal::Forbidden(_) => &responses.insufficient_scope,
-        };
-        self.answer_last(key, reply.clone());
+        let reply = self.settings.responses.refusal(refusal);
+        self.answer_last(key, reply);
     }
 
     /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); the connection closes once the

@@ -59,6 +59,8 @@ pub struct TlsSession {
     /// Ciphertext the socket has not taken yet, from `sent` on.
     outgoing: Vec<u8>,
     sent: usize,
+    /// Nothing has been received yet: the next bytes are the first the client sends.
+    fresh: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -87,7 +89,15 @@ impl TlsSession {
             incoming: Vec::new(),
             outgoing: Vec::new(),
             sent: 0,
+            fresh: true,
         })
+    }
+
+    /// True when `input` holds the first bytes the client sent and they cannot start TLS: a
+    /// client speaking plain HTTP (or any plain text) to the HTTPS port. Looks at the bytes
+    /// already read, so the TLS path pays no extra call for it; rustls must not see them.
+    pub fn is_plaintext(&self, input: &[u8]) -> bool {
+        self.fresh && input.first().is_some_and(|&first| !can_start_tls(first))
     }
 
     /// True while ciphertext waits for the socket.
@@ -116,6 +126,7 @@ impl TlsSession {
     /// Processes the records in `input` (whole ones; the rest is kept for the next read),
     /// appending application data to `plain` and handshake messages to the outgoing bytes.
     pub fn receive(&mut self, input: &mut [u8], plain: &mut Vec<u8>) -> Result<Received, rustls::Error> {
+        self.fresh = false;
         let mut done = 0;
         let mut closed = false;
         loop {
@@ -235,6 +246,17 @@ impl TlsSession {
     }
 }
 
+/// A client's first TLS record is a handshake record (content type 22).
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// True when `first`, the first byte a client sends, can start a TLS connection: a handshake
+/// record, or a hello in the SSLv2 format (length with the high bit set), which rustls then
+/// refuses with an alert. Every other byte is plain text: nginx tells the two apart the same
+/// way (`ngx_http_ssl_handshake`).
+fn can_start_tls(first: u8) -> bool {
+    first == HANDSHAKE_RECORD || first & 0x80 != 0
+}
+
 /// What TLS adds to a record at most beyond its payload (header, content type, AEAD tag).
 const RECORD_OVERHEAD: usize = 5 + 1 + 16;
 
@@ -316,6 +338,26 @@ mod tests {
             client.process_new_packets().unwrap();
         }
         (plain, session, client)
+    }
+
+    #[test]
+    fn plain_text_is_told_from_tls_by_the_first_byte_received_only() {
+        let (server, client) = configs();
+        let mut session = TlsSession::new(server).unwrap();
+        for plain in [&b"GET /sse HTTP/1.1\r\n"[..], b"POST /", b"\r\n", b"\0", b"SSH-2.0-x"] {
+            assert!(session.is_plaintext(plain), "{plain:?}");
+        }
+        assert!(!session.is_plaintext(b""));
+        assert!(!session.is_plaintext(b"\x80\x2e\x01\x03\x01"), "an SSLv2 hello goes to rustls");
+        let mut hello = Vec::new();
+        let mut client = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+        while client.wants_write() {
+            client.write_tls(&mut hello).unwrap();
+        }
+        assert!(!session.is_plaintext(&hello));
+        let mut input = hello.clone();
+        session.receive(&mut input, &mut Vec::new()).unwrap();
+        assert!(!session.is_plaintext(b"GET / HTTP/1.1\r\n"), "only the first bytes are looked at");
     }
 
     #[test]

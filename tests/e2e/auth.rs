@@ -84,6 +84,31 @@ fn a_bad_token_401_invalid_token_never_logged() {
 }
 
 #[test]
+fn a_token_refusal_says_why_in_its_body_never_with_the_token() {
+    let server = with_secret();
+    let expired = hs256(&json!({ "exp": unix_now() - 120, "subscribe": ["*"] }));
+    let granted = hs256(&claims(&["room1"], json!({})));
+    let cases = [
+        (get_request("subscribe=room1"), "no token"),
+        (
+            get_with("subscribe=room1", &[&format!("Authorization: Bearer {expired}")]),
+            "invalid token: expired",
+        ),
+        (
+            get_with("subscribe=room2", &[&format!("Authorization: Bearer {granted}")]),
+            "not granted: token \"room2\" is not among the grants",
+        ),
+    ];
+    for (request, why) in cases {
+        let response = server.request(request.as_bytes());
+        assert_eq!(response.head.header("Content-Type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(response.head.header("Content-Length"), Some(&*(why.len() + 1).to_string()));
+        assert_eq!(String::from_utf8_lossy(&response.body), format!("{why}\n"));
+        server.log.wait_for_line(|l| l.starts_with("Subscription refused from ") && l.ends_with(why), WAIT);
+    }
+}
+
+#[test]
 fn grants_decide_what_a_token_may_listen_to() {
     let server = with_secret();
     let token = hs256(&claims(&["room1", "user*"], json!({})));

@@ -34,8 +34,9 @@ fn assert_only_known_headers(response: &common::Head, known: &[&str]) {
     }
 }
 
-/// Asserts an error response per §3.6: exact status line, HTML body of `Content-Length` bytes,
-/// `Connection: close` (the connection was closed: `request` read to EOF).
+/// Asserts an error response per §3.6: exact status line, `Content-Length` bytes of body,
+/// `Connection: close` (the connection was closed: `request` read to EOF); the body is the
+/// reason, one line of plain text (ours: hasses sent a tiny HTML page naming the status).
 fn assert_error(response: &Response, status_line: &str) {
     assert_eq!(response.head.status_line, status_line, "{response:?}");
     let length: usize = response
@@ -45,10 +46,15 @@ fn assert_error(response: &Response, status_line: &str) {
         .parse()
         .expect("a numeric Content-Length");
     assert_eq!(response.body.len(), length, "body length vs Content-Length: {response:?}");
-    assert!(length > 0, "an error carries a tiny HTML body");
-    let body = String::from_utf8_lossy(&response.body).to_ascii_lowercase();
-    assert!(body.contains("<html") || body.contains("<!doctype html"), "HTML body: {body}");
+    assert_eq!(response.head.header("Content-Type"), Some("text/plain; charset=utf-8"), "{response:?}");
+    let body = String::from_utf8(response.body.clone()).expect("a UTF-8 body");
+    assert!(body.len() > 1 && body.find('\n') == Some(body.len() - 1), "one line of reason: {body:?}");
     assert_eq!(response.head.header("Connection"), Some("close"), "{response:?}");
+}
+
+/// The body of a refusal: its reason, as the log line has it.
+fn reason(response: &Response) -> &str {
+    std::str::from_utf8(&response.body).expect("a UTF-8 body").trim_end_matches('\n')
 }
 
 fn get(path_and_query: &str, version: &str, extra_headers: &str) -> Vec<u8> {
@@ -388,4 +394,40 @@ fn refusals_and_handshakes_are_logged_at_level_1() {
     server.log.wait_for_line(|l| l.contains("subscribes: a") && l.contains("logme"), WAIT);
     let _ = server.request(&get("/nope", "HTTP/1.1", ""));
     server.log.wait_for_line(|l| l.contains("404"), WAIT);
+}
+
+#[test]
+fn a_refusal_says_why_in_its_body_as_the_log_does() {
+    let server = Server::start(&[]);
+    let cases: [(&[u8], &str, &str); 5] = [
+        (&get("/sse?x=1", "HTTP/1.1", ""), "HTTP/1.1 400 Bad Request", "no subscribe token"),
+        (
+            &get("/sse?subscribe=a", "HTTP/1.1", "Connection: close\r\n"),
+            "HTTP/1.1 400 Bad Request",
+            "Connection: close on an event-stream request",
+        ),
+        // The query is left out: it may carry a token.
+        (
+            &get("/other?subscribe=a&access_token=secret", "HTTP/1.1", ""),
+            "HTTP/1.1 404 Not Found",
+            "path \"/other\" not served",
+        ),
+        (b"PUT /sse HTTP/1.1\r\n\r\n", "HTTP/1.1 501 Not Implemented", "method \"PUT\" not implemented"),
+        (
+            &get("/sse?subscribe=a", "HTTP/1.0", ""),
+            "HTTP/1.1 501 Not Implemented",
+            "HTTP/1.0 not supported, only HTTP/1.1",
+        ),
+    ];
+    for (request, status_line, why) in cases {
+        let response = server.request(request);
+        assert_error(&response, status_line);
+        assert_eq!(reason(&response), why);
+        let status = &status_line["HTTP/1.1 ".len()..][..3];
+        server.log.wait_for_line(
+            |l| l.starts_with("Request refused from ") && l.ends_with(&format!(": {status} {why}")),
+            WAIT,
+        );
+    }
+    assert!(!server.log.dump().contains("secret"), "the query's token is not logged");
 }

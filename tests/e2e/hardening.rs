@@ -70,11 +70,13 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_serves_again() {
     client.unwrap().expect_data("back");
 }
 
-fn assert_refused_with_503(server: &Server) {
+/// Asserts a `503` with `Retry-After`, saying `why` in its body.
+fn assert_refused_with_503(server: &Server, why: &str) {
     let response = server.request(get_request("subscribe=a").as_bytes());
     assert_eq!(response.head.status_line, "HTTP/1.1 503 Service Unavailable", "{response:?}");
     assert_eq!(response.head.header("Retry-After"), Some("5"));
     assert_eq!(response.head.header("Connection"), Some("close"));
+    assert_eq!(String::from_utf8_lossy(&response.body), format!("{why}\n"));
 }
 
 #[test]
@@ -82,7 +84,7 @@ fn max_connections_refuses_with_503_and_counts() {
     let server = Server::start(&["--max-connections", "2"]);
     let first = server.subscribe("subscribe=a");
     let _second = server.subscribe("subscribe=a");
-    assert_refused_with_503(&server);
+    assert_refused_with_503(&server, "connection limit reached");
     let status = server.tcp_json("tcpstatus");
     assert_eq!(status["refusedconncli"], 1);
     assert_eq!(status["allconncli"], 2);
@@ -97,7 +99,7 @@ fn max_connections_refuses_with_503_and_counts() {
 fn max_connections_per_ip_refuses_only_that_ip() {
     let server = Server::start(&["--max-connections-per-ip", "1"]);
     let _first = server.subscribe("subscribe=a");
-    assert_refused_with_503(&server);
+    assert_refused_with_503(&server, "connection limit per IP reached");
     // Another loopback address is another client.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).unwrap();
