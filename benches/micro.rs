@@ -23,7 +23,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use hasses::control::command::{parse_command, split_parts, Target};
+use hasses::control::command::{parse_command, split_parts};
+use hasses::event::Target;
 use hasses::limits::Limits;
 use hasses::shard::subscriptions::Subscriptions;
 use hasses::sse::encode_event;

@@ -19,8 +19,9 @@ use tracing::{info, warn};
 use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
 use crate::control::command::Query;
+use crate::event::Asker;
 use crate::log::REPORT;
-use crate::pipeline::{Asker, ShardAnswer, ShardQuery, SharedState};
+use crate::pipeline::{ShardAnswer, ShardQuery, SharedState};
 use crate::stats::{self, ClientRow, ShardFigures, Status};
 use crate::tls::TlsFiles;
 

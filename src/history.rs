@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::pipeline::{Audience, Target};
+use crate::event::{Audience, ResumeFrom, Target};
 use crate::sse::Frame;
 
 /// How many empty rings (audiences whose events all went, remembered for what they lost) are
@@ -37,15 +37,6 @@ pub struct HistoryLimits {
     pub max_age: Duration,
     /// The frames' bytes kept in all, the oldest going first (`--history-memory`).
     pub max_bytes: usize,
-}
-
-/// Where a resuming client asks to start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeFrom {
-    /// `earliest`: everything still kept.
-    Earliest,
-    /// Everything after this event id (`Last-Event-ID`).
-    After(u64),
 }
 
 /// What a resuming client is owed.

@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::auth::Refusal;
-use crate::history::ResumeFrom;
+use crate::event::ResumeFrom;
 use crate::limits::{MAX_AGENT_LEN, MAX_ID_LEN, MAX_REQUEST_HEAD, MAX_TOKEN_LEN};
 
 /// The most header lines a request may have (else 431); browsers send about fifteen.

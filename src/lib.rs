@@ -59,6 +59,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod event;
 pub mod history;
 pub mod http;
 pub mod limits;

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use hasses::history::{History, HistoryLimits, ResumeFrom};
-use hasses::pipeline::{Audience, Target};
+use hasses::event::{Audience, ResumeFrom, Target};
+use hasses::history::{History, HistoryLimits};
 use hasses::sse::{encode_event, Frame};
 
 use crate::TYPICAL_ID;

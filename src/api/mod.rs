@@ -18,9 +18,9 @@ pub mod request;
 
 use subtle::ConstantTimeEq;
 
-use crate::control::command::{parse_json_publish, CommandError, JsonPublish, Publish, Query};
+use crate::control::command::{parse_json_publish, CommandError, JsonPublish, Query};
+use crate::event::{Publish, Receipt};
 use crate::limits::Limits;
-use crate::pipeline::Receipt;
 use request::{Method, Request};
 
 /// The status page: one file, no outside assets.
@@ -263,7 +263,7 @@ fn form_publish(body: &[u8]) -> Result<JsonPublish, Response> {
 mod tests {
     use super::request::{parse, Parsed};
     use super::*;
-    use crate::pipeline::Target;
+    use crate::event::Target;
 
     fn request(bytes: &[u8]) -> (Request, Vec<u8>) {
         match parse(bytes, 1 << 20) {

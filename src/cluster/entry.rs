@@ -25,8 +25,7 @@ use std::borrow::Cow;
 
 use redis::Value;
 
-use crate::control::command::Publish;
-use crate::pipeline::{Audience, Target};
+use crate::event::{Audience, Publish, Target};
 
 /// How far apart the event ids of two consecutive milliseconds are.
 const PER_MS: u64 = 1_000_000;

@@ -37,10 +37,10 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use tracing::warn;
 
-use crate::control::command::Publish;
 use crate::control::Deliverer;
+use crate::event::{Publish, Receipt, ReceiptSender, ReceiptTo};
 use crate::history::{History, HistoryLimits};
-use crate::pipeline::{Receipt, ReceiptSender, ReceiptTo, ShardHandle, SharedState};
+use crate::pipeline::{ShardHandle, SharedState};
 use entry::StreamId;
 use mio::Waker;
 pub use outbox::Outbox;

@@ -35,8 +35,8 @@ use super::entry::{self, StreamId};
 use super::{
     connect, now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, TailPosition, NODE_TTL,
 };
-use crate::control::command::Publish;
-use crate::pipeline::{Receipt, ReceiptSender, ReceiptTo, SharedState};
+use crate::event::{Publish, Receipt, ReceiptSender, ReceiptTo};
+use crate::pipeline::SharedState;
 
 /// How often the node says it is alive.
 const BEAT: Duration = Duration::from_secs(3);

@@ -24,8 +24,8 @@ use super::{watch, write_out, Accepted, Control, API_FIRST};
 use crate::admin::AnswerTo;
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
+use crate::event::{Asker, ReceiptTo};
 use crate::nonblocking::attempt;
-use crate::pipeline::{Asker, ReceiptTo};
 
 /// API connections open at once; beyond, a new one is answered 503 and closed.
 pub const MAX_API_CONNECTIONS: usize = 4096;

@@ -18,9 +18,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
 
+use crate::event::{write_escaped, Audience, Publish, Target};
 use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
-use crate::pipeline::write_escaped;
-pub use crate::pipeline::{Audience, Target};
 
 /// What one part of a control line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,30 +112,6 @@ impl Command {
     }
 }
 
-/// A message and who gets it: `TOKEN[-UNIQ]=MESSAGE`.
-///
-/// ```text
-/// room1=hello        Token("room1"), to clients subscribed to room1
-/// *=hello            All
-/// room*=hello        Prefix("room"), to clients subscribed to room1, room2, …
-/// room1-abc=hello    Token("room1"), except the client whose id is abc (also *-abc, room*-abc)
-/// ```
-///
-/// ASCII whitespace around `TOKEN[-UNIQ]` is ignored; the message is everything after the first
-/// `=`, byte for byte (it may hold `=`, be empty, or be any bytes). The JSON form
-/// ([`JsonPublish`]) gives the same, and may add an event type and a reconnection time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
-    /// Who gets it: the subscribers its targets match, less the client `-UNIQ` names.
-    pub audience: Audience,
-    /// Everything after the first `=`, as sent: the event's data.
-    pub message: Vec<u8>,
-    /// The event's type (`event:`), from a JSON command; none for hasses' form.
-    pub event: Option<String>,
-    /// The reconnection time to set (`retry:`, milliseconds), from a JSON command.
-    pub retry: Option<u32>,
-}
-
 /// As a publisher writes it, for log lines; the message is shown by its size only.
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,22 +128,6 @@ impl fmt::Display for Command {
             }
             one_word => f.write_str(one_word.word().unwrap_or_default()),
         }
-    }
-}
-
-/// `"room1"`, `"room1" except "abc"`: whom a publish is for, in the words of hasses' log line.
-impl fmt::Display for Publish {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, target) in self.audience.targets.iter().enumerate() {
-            f.write_str(if i == 0 { "\"" } else { ", \"" })?;
-            write!(f, "{target}\"")?;
-        }
-        if let Some(except) = &self.audience.except {
-            f.write_str(" except \"")?;
-            write_escaped(f, except)?;
-            f.write_str("\"")?;
-        }
-        Ok(())
     }
 }
 

@@ -68,13 +68,12 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::admin::{self, ControlFigures, Published, Question, Reply};
+use crate::event::{Publish, Receipt, ReceiptTo};
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::nonblocking::attempt;
-use crate::pipeline::{Receipt, ReceiptTo, SharedState};
-use command::{
-    asks_ack, auth_secret, parse_command, speaks_http, split_parts, Ack, Answer, Command, Publish, Query,
-};
+use crate::pipeline::SharedState;
+use command::{asks_ack, auth_secret, parse_command, speaks_http, split_parts, Ack, Answer, Command, Query};
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
 pub use sequencer::{frame, Accepted, Deliverer, Sequencer};

@@ -19,12 +19,10 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use tracing::debug;
 
-use super::command::Publish;
 use super::fanout::Fanout;
 use crate::cluster::{BufferFull, ClusterLink};
-use crate::pipeline::{
-    Delivery, Receipt, ReceiptTo, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState,
-};
+use crate::event::{Publish, Receipt, ReceiptTo};
+use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
 use crate::sse::{encode, EventFields, EventIds, Frame};
 
 /// What became of a publish the sequencer took.

@@ -20,8 +20,8 @@ use super::replies::Replies;
 use super::{watch, write_out, Control, Input, Source};
 use crate::admin::Reply;
 use crate::api::Response;
+use crate::event::{Asker, ReceiptTo};
 use crate::nonblocking::attempt;
-use crate::pipeline::{Asker, ReceiptTo};
 
 /// The answer to any line but a right `auth` on a connection that must authenticate first.
 const UNAUTHORIZED: &[u8] = b"ERR unauthorized\n";

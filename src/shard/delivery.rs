@@ -15,7 +15,8 @@ use tracing::debug;
 
 use super::connection::{Connection, Phase};
 use super::{Counters, Shard};
-use crate::history::{Replay, ResumeFrom};
+use crate::event::ResumeFrom;
+use crate::history::Replay;
 use crate::pipeline::{Delivery, ShardCommand};
 use crate::sse;
 use crate::sse::Frame;
@@ -230,8 +231,8 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::event::{Audience, Target};
     use crate::http::Subscribe;
-    use crate::pipeline::{Audience, Target};
     use crate::shard::connection::{Client, Peer};
     use crate::sse::encode_event;
 

@@ -21,7 +21,7 @@ use super::timers::Deadline;
 use super::tls_session::Received;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
-use crate::history::ResumeFrom;
+use crate::event::ResumeFrom;
 use crate::http::{self, Judgement, Subscribe};
 use crate::nonblocking::attempt;
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use crate::control::command::Target;
+use crate::event::Target;
 
 /// The token that means "every message".
 pub const EVERYTHING: &str = "*";
