@@ -18,9 +18,9 @@ use tracing::{info, warn};
 
 use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
-use crate::control::command::{Answer, Query};
+use crate::control::command::Query;
 use crate::log::REPORT;
-use crate::pipeline::{ShardAnswer, ShardQuery, SharedState};
+use crate::pipeline::{Asker, ShardAnswer, ShardQuery, SharedState};
 use crate::stats::{self, ClientRow, ShardFigures, Status};
 use crate::tls::TlsFiles;
 
@@ -31,23 +31,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// takes longer is stuck or far behind its queue.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A TCP control connection, as the control thread knows it: its slab key, and a serial that
-/// tells it from a later connection given the same key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Asker {
-    /// The connection's key in the control thread's slab.
-    pub key: usize,
-    /// Unique for the control thread's run.
-    pub serial: u64,
-}
-
 /// Where an answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerTo {
     /// hasses' lines, to the log.
     Log,
-    /// JSON, to the control connection that asked.
-    Connection(Asker),
+    /// JSON, to the control connection that asked, as its answer with this place among its
+    /// answers.
+    Connection(Asker, u64),
     /// An HTTP response, to the API connection that asked.
     Api(Asker, ApiQuery),
 }
@@ -55,8 +46,9 @@ pub enum AnswerTo {
 /// An answer on its way back to the connection that asked.
 #[derive(Debug)]
 pub enum Reply {
-    /// To a control connection: one line of JSON, its newline included.
-    Line(Asker, String),
+    /// To a control connection, as its answer with this place: one line of JSON, its newline
+    /// included.
+    Line(Asker, u64, String),
     /// To an API connection.
     Http(Asker, Response),
 }
@@ -122,16 +114,6 @@ pub fn shard_query(query: &Query) -> ShardQuery {
     }
 }
 
-/// Where a question's answer goes, as its command said: `Reply` is possible only from a
-/// connection.
-pub fn answer_to(answer: Answer, asker: Option<Asker>) -> Option<AnswerTo> {
-    match (answer, asker) {
-        (Answer::Log, _) => Some(AnswerTo::Log),
-        (Answer::Reply, Some(asker)) => Some(AnswerTo::Connection(asker)),
-        (Answer::Reply, None) => None,
-    }
-}
-
 /// The admin thread's state.
 #[derive(Debug)]
 pub struct Admin {
@@ -164,7 +146,7 @@ impl Admin {
                     text.lines().for_each(|line| info!(target: REPORT, "{line}"));
                     continue;
                 }
-                AnswerTo::Connection(asker) => Reply::Line(asker, self.answer(question) + "\n"),
+                AnswerTo::Connection(asker, place) => Reply::Line(asker, place, self.answer(question) + "\n"),
                 AnswerTo::Api(asker, query) => Reply::Http(asker, self.api_answer(query, question)),
             };
             if self.replies.send(reply).is_ok() {

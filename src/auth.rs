@@ -209,7 +209,15 @@ fn describe(kind: &ErrorKind) -> String {
         ErrorKind::InvalidAudience => "wrong audience".into(),
         ErrorKind::ImmatureSignature => "not valid yet".into(),
         ErrorKind::MissingRequiredClaim(claim) => format!("no {claim} claim"),
-        other => format!("malformed ({other:?})"),
+        ErrorKind::InvalidSubject => "wrong subject".into(),
+        ErrorKind::InvalidToken => "malformed: not three base64url parts joined by dots".into(),
+        ErrorKind::Base64(_) => "malformed: a part is not base64url".into(),
+        ErrorKind::Utf8(_) => "malformed: a part is not UTF-8".into(),
+        ErrorKind::Json(e) => format!("malformed: its header or claims are not what a JWT holds ({e})"),
+        ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => "an unknown algorithm".into(),
+        // Key and signing failures: the server's key, not the token, is at fault; never raised
+        // for a token checked against a key that loaded.
+        _ => "cannot be checked with this key".into(),
     }
 }
 
@@ -277,6 +285,18 @@ mod tests {
         let no_exp = sign(json!({ "subscribe": ["*"] }), "s3cret");
         assert!(matches!(auth.check(Some(&no_exp), &tokens(&["a"]), None), Err(Refusal::Invalid(_))));
         assert!(matches!(auth.check(Some("not.a.jwt"), &tokens(&["a"]), None), Err(Refusal::Invalid(_))));
+    }
+
+    #[test]
+    fn a_malformed_token_is_described_in_words_not_debug_text() {
+        let auth = hmac("s3cret");
+        for token in ["garbage", "not.a.jwt", "e30.e30.x", "a.b", "!!!.e30.x"] {
+            let Err(Refusal::Invalid(why)) = auth.check(Some(token), &tokens(&["a"]), None) else {
+                panic!("{token} is not refused as invalid");
+            };
+            assert!(why.starts_with("malformed: ") || why == "an unknown algorithm", "{token}: {why}");
+            assert!(!why.contains("Kind") && !why.contains("Error("), "{token}: {why}");
+        }
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub struct Config {
     /// How long a TLS session ticket resumes a session, at most (`--tls-ticket-lifetime`, 6 hours;
     /// see [`crate::tls::Tls::load`]).
     pub tls_ticket_lifetime: Duration,
-    /// Drop a client whose unsent bytes exceed this (`--max-backlog`, 1 MiB).
+    /// Unsent bytes a client may have before its worker holds publishing for it (`--max-backlog`,
+    /// 1 MiB); see `shard::stalls`.
     pub max_backlog: usize,
     /// Parser limits (`--max-message`, 64 KiB).
     pub limits: Limits,
@@ -142,9 +143,14 @@ pub enum Invocation {
 /// came from the config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A `-switch` or `--flag` that neither hasses nor we know.
-    #[error("unknown switch: {0}")]
-    UnknownSwitch(String),
+    /// A `-switch` or `--flag` that neither hasses nor we know, and the known one nearest to it.
+    #[error("unknown switch: {written}{}", did_you_mean(.nearest))]
+    UnknownSwitch {
+        /// As the operator wrote it.
+        written: String,
+        /// The known switch it most looks like, if one is close.
+        nearest: Option<String>,
+    },
     /// A word that is not a flag, nor the value of the flag before it.
     #[error("unexpected argument: {0}")]
     Unexpected(String),
@@ -328,7 +334,9 @@ struct Cli {
     /// The longest message; longer ones are refused [default: 65536]
     #[arg(long, value_name = "BYTES")]
     max_message: Option<String>,
-    /// Drop a client with more unsent bytes than this [default: 1048576]
+    /// Unsent bytes a client may have before its worker stops taking events (and publishers are
+    /// held) until the client catches up; one that takes nothing for 2 s then is cut
+    /// [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     max_backlog: Option<String>,
     /// Keep the last N events of each target for clients that resume with Last-Event-ID;
@@ -347,9 +355,9 @@ struct Cli {
     /// The same, the secret read from FILE (its trailing newline dropped)
     #[arg(long, value_name = "FILE")]
     jwt_secret_file: Option<String>,
-    /// Subscriptions need a JWT signed with the private key of this PEM public key: RSA (RS*,
-    /// PS*), EC (ES256, ES384) or Ed25519 (EdDSA)
-    #[arg(long, value_name = "PEM")]
+    /// Subscriptions need a JWT signed with the private key whose public key is the PEM file at
+    /// PATH: RSA (RS*, PS*), EC (ES256, ES384) or Ed25519 (EdDSA)
+    #[arg(long, value_name = "PATH")]
     jwt_key: Option<String>,
     /// A token must carry this `iss`
     #[arg(long, value_name = "ISSUER")]
@@ -567,7 +575,7 @@ fn translate(
             let value = || words.next_if(|next| !next.is_empty() && !looks_like_flag(next));
             modern_flag(cmd, flag, value, place, out)?;
         } else if let Some(flag) = word.strip_prefix('-').filter(|flag| !flag.is_empty()) {
-            legacy_flag(flag, place, out)?;
+            legacy_flag(cmd, flag, place, out)?;
         } else {
             return Err(ConfigError::Unexpected(word));
         }
@@ -604,7 +612,7 @@ fn modern_flag(
     let arg = cmd
         .get_arguments()
         .find(|arg| arg.get_long() == Some(name))
-        .ok_or_else(|| ConfigError::UnknownSwitch(written.clone()))?;
+        .ok_or_else(|| unknown_switch(cmd, &written))?;
     let takes_value = arg.get_action().takes_values();
     let value = match (takes_value, flag.contains('=')) {
         (true, true) => inline.map(str::to_owned),
@@ -621,13 +629,11 @@ fn modern_flag(
 }
 
 /// Translates hasses' `-name[=value]`.
-fn legacy_flag(flag: &str, place: &str, out: &mut Translated) -> Result<(), ConfigError> {
+fn legacy_flag(cmd: &Command, flag: &str, place: &str, out: &mut Translated) -> Result<(), ConfigError> {
     let (name, value) = split_value(flag);
     let written = format!("-{name}");
-    let (_, long, form) = LEGACY
-        .iter()
-        .find(|(legacy, ..)| *legacy == name)
-        .ok_or_else(|| ConfigError::UnknownSwitch(written.clone()))?;
+    let (_, long, form) =
+        LEGACY.iter().find(|(legacy, ..)| *legacy == name).ok_or_else(|| unknown_switch(cmd, &written))?;
     let value = match (form, value, flag.contains('=')) {
         (Form::Value, Some(value), _) => Some(value),
         (Form::Value, None, _) => {
@@ -640,6 +646,31 @@ fn legacy_flag(flag: &str, place: &str, out: &mut Translated) -> Result<(), Conf
     };
     out.push(long, value, format!("{place}{written}"), true);
     Ok(())
+}
+
+/// How alike a mistyped switch and a known one must be (Jaro similarity) to be suggested:
+/// stricter than clap's 0.7, under which one letter (`-x`) looks like many switches.
+const SUGGESTION_SIMILARITY: f64 = 0.8;
+
+/// The error for a switch nobody knows, with the known switch it most looks like: any of ours
+/// (`--name`) and hasses' (`-name`), whichever dash it was written with, so `-port` finds
+/// `--port` and `--murl` finds `-murl`.
+fn unknown_switch(cmd: &Command, written: &str) -> ConfigError {
+    let bare = written.trim_start_matches('-');
+    let modern = cmd.get_arguments().filter_map(|arg| arg.get_long()).map(|long| (long, "--"));
+    let legacy = LEGACY.iter().map(|(name, ..)| (*name, "-"));
+    let nearest = modern
+        .chain(legacy)
+        .map(|(name, dashes)| (strsim::jaro(bare, name), name, dashes))
+        .filter(|(similarity, ..)| *similarity > SUGGESTION_SIMILARITY)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name, dashes)| format!("{dashes}{name}"));
+    ConfigError::UnknownSwitch { written: written.to_owned(), nearest }
+}
+
+/// `; did you mean --port?`, or nothing without a suggestion.
+fn did_you_mean(nearest: &Option<String>) -> String {
+    nearest.as_ref().map(|switch| format!("; did you mean {switch}?")).unwrap_or_default()
 }
 
 /// Reads and translates a config file: `/etc/hasses.conf`, one flag per line (more than one,
@@ -1358,10 +1389,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_switch_names_the_nearest_known_one() {
+        assert_eq!(error(&["--prot", "80"]), "unknown switch: --prot; did you mean --port?");
+        assert_eq!(error(&["--max-backlg=1"]), "unknown switch: --max-backlg; did you mean --max-backlog?");
+        assert_eq!(error(&["-port=80"]), "unknown switch: -port; did you mean --port?");
+        assert_eq!(error(&["--murl=/sse"]), "unknown switch: --murl; did you mean -murl?");
+        assert_eq!(error(&["--zzzzzzzz"]), "unknown switch: --zzzzzzzz");
+    }
+
+    #[test]
     fn unknown_and_malformed_switches() {
         assert_eq!(error(&["-x"]), "unknown switch: -x");
-        assert_eq!(error(&["-pp=1"]), "unknown switch: -pp");
-        assert_eq!(error(&["-daemon"]), "unknown switch: -daemon");
+        assert_eq!(error(&["-pp=1"]), "unknown switch: -pp; did you mean -p?");
+        assert_eq!(error(&["-daemon"]), "unknown switch: -daemon; did you mean --daemon?");
         assert_eq!(error(&["--bogus"]), "unknown switch: --bogus");
         assert_eq!(error(&["--"]), "unknown switch: --");
         assert_eq!(error(&["foo"]), "unexpected argument: foo");

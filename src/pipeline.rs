@@ -115,6 +115,71 @@ pub struct Delivery {
     pub frame: Frame,
 }
 
+/// A connection of the control thread's (a TCP publisher or an API client), as other threads
+/// name it when they answer it: its slab key, and a serial that tells it from a later
+/// connection given the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asker {
+    /// The connection's key in the control thread's slab.
+    pub key: usize,
+    /// Unique for the control thread's run.
+    pub serial: u64,
+}
+
+/// What became of a publish, for the publisher that asked: the HTTP API always does, a control
+/// connection when it turned acknowledgments on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// Delivered with this id (in a cluster: Redis holds it under this id).
+    Sequenced(u64),
+    /// In a cluster while Redis is unreachable: buffered, delivered when Redis is back, its id
+    /// not known yet.
+    Queued,
+    /// In a cluster: Redis gave the entry an id that no event can have (a sequence number of a
+    /// million or more within one millisecond), so no node delivers it.
+    Undeliverable,
+}
+
+impl Receipt {
+    /// The answer a control connection gets: `OK <id>`, `OK queued` or `ERR <reason>`, with
+    /// its newline.
+    pub fn line(self) -> String {
+        match self {
+            Receipt::Sequenced(id) => format!("OK {id}\n"),
+            Receipt::Queued => "OK queued\n".to_string(),
+            Receipt::Undeliverable => "ERR Redis gave the entry an id no event can have\n".to_string(),
+        }
+    }
+}
+
+/// Where a [`Receipt`] that comes later (from the cluster's outbox) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptTo {
+    /// A control connection, as the answer with this place among its answers.
+    Line(Asker, u64),
+    /// An API connection, as the answer to its request in progress.
+    Http(Asker),
+}
+
+/// How a thread that learns a publish's fate later hands the receipt back to the control
+/// thread, which owns the connection that asked.
+#[derive(Debug, Clone)]
+pub struct ReceiptSender {
+    /// Receipts, in the order they were decided.
+    pub receipts: Sender<(ReceiptTo, Receipt)>,
+    /// Wakes the control thread to write them.
+    pub waker: Arc<Waker>,
+}
+
+impl ReceiptSender {
+    /// Hands `receipt` to the connection `to`; a control thread that is gone has nobody to tell.
+    pub fn send(&self, to: ReceiptTo, receipt: Receipt) {
+        if self.receipts.send((to, receipt)).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
 /// What the control side asks of a shard, in order.
 #[derive(Debug)]
 pub enum ShardCommand {

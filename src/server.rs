@@ -433,7 +433,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     .map_err(StartError::Thread)?;
     let cluster_threads = cluster.map(|cluster| {
         info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
-        cluster.threads(tail_shards, Arc::clone(&state))
+        cluster.threads(tail_shards, Arc::clone(&state), stop.waker())
     });
     let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);

@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = auth_secret(line);
         for part in split_parts(line, b';') {
             match parse_command(part, &LIMITS) {
-                Ok(Command::Publish(publish)) => {
+                Ok(Command::Publish(publish, _)) => {
                     match &publish.target {
                         Target::All => {}
                         Target::Token(name) | Target::Prefix(name) => {

@@ -140,7 +140,7 @@ impl Publisher<'_> {
         for part in commands(line) {
             match parse_command(part, &self.limits) {
                 // hasses' form, the load tools' own: one target.
-                Ok(Command::Publish(publish)) if publish.audience.targets.len() == 1 => {
+                Ok(Command::Publish(publish, _)) if publish.audience.targets.len() == 1 => {
                     let frame = encode_event(self.ids.lock().next_id(), &publish.message);
                     let target = publish.audience.targets.into_iter().next().unwrap_or(Target::All);
                     let message = Arc::new(Message { target, frame });

@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::control::command::{parse_json_publish, CommandError, JsonPublish, Publish, Query};
 use crate::limits::Limits;
+use crate::pipeline::Receipt;
 use request::{Method, Request};
 
 /// The status page: one file, no outside assets.
@@ -102,9 +103,19 @@ impl Response {
         Response::ok(JSON, body)
     }
 
-    /// `202` with `{"queued":true}`: a publish handed to the cluster, whose id Redis gives.
+    /// `202` with `{"queued":true}`: in a cluster while Redis is unreachable, a publish
+    /// buffered until it is back, its id not known yet.
     pub fn queued() -> Response {
         Response { status: 202, content_type: JSON, extra: "", body: br#"{"queued":true}"#.to_vec() }
+    }
+
+    /// The answer to a publish whose fate the cluster's outbox decided.
+    pub fn of_receipt(receipt: Receipt) -> Response {
+        match receipt {
+            Receipt::Sequenced(id) => Response::published(id),
+            Receipt::Queued => Response::queued(),
+            Receipt::Undeliverable => Response::error(500, "Redis gave the entry an id no event can have"),
+        }
     }
 
     /// Appends the whole response, head and body, to `out`; `keep_alive` says whether the
@@ -171,7 +182,9 @@ pub fn route(request: &Request, key: Option<&[u8]>) -> Result<Route, Response> {
         "/healthz" => (Route::Ask(ApiQuery::Health), Method::Get),
         _ if !authorized(request, key) => {
             let mut refusal = Response::error(401, "a valid API key is needed");
-            refusal.extra = "WWW-Authenticate: Bearer\r\n";
+            // Basic lets a browser ask its user for the key (any name, the key as password)
+            // and send it with the status page's own requests too.
+            refusal.extra = "WWW-Authenticate: Basic realm=\"hasses API\", charset=\"UTF-8\"\r\nWWW-Authenticate: Bearer\r\n";
             return Err(refusal);
         }
         "/publish" => (Route::Publish, Method::Post),
@@ -299,6 +312,10 @@ mod tests {
         assert_eq!(status("text/plain", "a=b"), 415);
         let reason = post(form, "data=x").unwrap_err().body;
         assert!(String::from_utf8(reason).unwrap().contains("missing field `to`"));
+        for body in ["to=a-b&data=x", "to=a&data=x&event=a%0Ab", "to=a*b&data=x"] {
+            let reason = String::from_utf8(post(form, body).unwrap_err().body).unwrap();
+            assert!(!reason.contains("JSON"), "a form's error speaks of its fields, not JSON: {reason}");
+        }
     }
 
     #[test]

@@ -180,8 +180,8 @@ impl Fields {
                 let media = value.split(|b| *b == b';').next().unwrap_or_default();
                 fields.content_type = Some(String::from_utf8_lossy(media.trim_ascii()).to_ascii_lowercase());
             } else if name.eq_ignore_ascii_case("authorization") {
-                if let Some(key) = bearer(value) {
-                    fields.key = Some(key.to_vec());
+                if let Some(key) = bearer(value).map(<[u8]>::to_vec).or_else(|| basic_password(value)) {
+                    fields.key = Some(key);
                 }
             } else if name.eq_ignore_ascii_case("x-api-key") {
                 fields.key = Some(value.trim_ascii().to_vec());
@@ -199,6 +199,20 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     let value = value.trim_ascii();
     let (scheme, token) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
+}
+
+/// The password of `Basic BASE64(USER:PASSWORD)`: how a browser gives the key it asked its user
+/// for (the status page's `WWW-Authenticate: Basic`); the user name is not looked at.
+fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let value = value.trim_ascii();
+    let (scheme, encoded) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()).ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// `close` or `keep-alive` among a `Connection` header's options.
@@ -262,6 +276,21 @@ mod tests {
         assert_eq!(request.key.as_deref(), Some(&b"s3cret"[..]));
         assert!(request.keep_alive);
         assert_eq!(&bytes[request.body], b"hello");
+    }
+
+    #[test]
+    fn a_browsers_basic_credentials_give_the_key_as_their_password() {
+        let key = |authorization: &str| {
+            let bytes = format!("GET / HTTP/1.1\r\nAuthorization: {authorization}\r\n\r\n");
+            complete(bytes.as_bytes()).0.key
+        };
+        // base64("anyone:s3c:ret")
+        assert_eq!(key("Basic YW55b25lOnMzYzpyZXQ="), Some(b"s3c:ret".to_vec()));
+        // base64(":k")
+        assert_eq!(key("basic Oms="), Some(b"k".to_vec()));
+        assert_eq!(key("Basic bm8gY29sb24="), None, "base64('no colon')");
+        assert_eq!(key("Basic !!!"), None);
+        assert_eq!(key("Digest x"), None);
     }
 
     #[test]

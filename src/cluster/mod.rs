@@ -40,8 +40,9 @@ use tracing::warn;
 use crate::control::command::Publish;
 use crate::control::Deliverer;
 use crate::history::{History, HistoryLimits};
-use crate::pipeline::{ShardHandle, SharedState};
+use crate::pipeline::{Receipt, ReceiptSender, ReceiptTo, ShardHandle, SharedState};
 use entry::StreamId;
+use mio::Waker;
 pub use outbox::Outbox;
 pub use tail::Tail;
 
@@ -210,7 +211,9 @@ pub struct BufferFull {
 /// The sequencer's end of the cluster: publishes go out.
 #[derive(Debug)]
 pub struct ClusterLink {
-    outbox: Sender<Publish>,
+    outbox: Sender<(Publish, Option<ReceiptTo>)>,
+    /// The outbox's receipts for publishers that asked, read by the control thread.
+    pub receipts: Receiver<(ReceiptTo, Receipt)>,
     shared: Arc<ClusterShared>,
     limits: (u64, u64),
 }
@@ -219,7 +222,7 @@ impl ClusterLink {
     /// Hands a publish to the outbox. With the buffer full, it waits for room while Redis is
     /// connected (backpressure: Redis is only slower than the publishers, and TCP flow
     /// control slows them down), and refuses it while Redis is unreachable.
-    pub fn send(&self, publish: Publish) -> Result<(), BufferFull> {
+    pub fn send(&self, publish: Publish, receipt: Option<ReceiptTo>) -> Result<(), BufferFull> {
         let shared = &self.shared;
         let size = publish.message.len() as u64;
         let mut held = shared.room_lock.lock();
@@ -238,7 +241,7 @@ impl ClusterLink {
         shared.buffered_events.fetch_add(1, Ordering::Relaxed);
         shared.buffered_bytes.fetch_add(size, Ordering::Relaxed);
         // The outbox ends only after the sequencer: a failed send cannot happen before.
-        let _ = self.outbox.send(publish);
+        let _ = self.outbox.send((publish, receipt));
         Ok(())
     }
 
@@ -259,7 +262,9 @@ pub struct Cluster {
     newest: StreamId,
     /// The bytes read at start, for the trim by `--history-memory`.
     bytes: trim::StreamBytes,
-    outbox: Receiver<Publish>,
+    outbox: Receiver<(Publish, Option<ReceiptTo>)>,
+    /// Where the outbox sends receipts; the control thread reads them through the link.
+    receipts: Sender<(ReceiptTo, Receipt)>,
     link: Option<ClusterLink>,
 }
 
@@ -284,12 +289,14 @@ impl Cluster {
         })?;
         let Backfilled { history, newest, bytes } = backfilled;
         let (outbox_in, outbox) = crossbeam_channel::unbounded();
+        let (receipts, receipts_out) = crossbeam_channel::unbounded();
         let shared = Arc::new(ClusterShared::default());
         *shared.tail.lock() = TailPosition { read: newest, memory_cut: bytes.cut() };
         shared.outbox_connected.store(true, Ordering::Relaxed);
         shared.tail_connected.store(true, Ordering::Relaxed);
         let link = ClusterLink {
             outbox: outbox_in,
+            receipts: receipts_out,
             shared: Arc::clone(&shared),
             limits: (settings.buffer_events, settings.buffer_bytes),
         };
@@ -301,6 +308,7 @@ impl Cluster {
             newest,
             bytes,
             outbox,
+            receipts,
             link: Some(link),
         };
         Ok((cluster, history))
@@ -327,8 +335,14 @@ impl Cluster {
     }
 
     /// The two threads' bodies: the outbox, which trims the stream to what `state`'s history
-    /// may keep, and the tail, which delivers what it reads to `shards`.
-    pub fn threads(self, shards: Vec<ShardHandle>, state: Arc<SharedState>) -> (Outbox, Tail) {
+    /// may keep and wakes `control` with the receipts publishers asked for, and the tail, which
+    /// delivers what it reads to `shards`.
+    pub fn threads(
+        self,
+        shards: Vec<ShardHandle>,
+        state: Arc<SharedState>,
+        control: Arc<Waker>,
+    ) -> (Outbox, Tail) {
         let stream = self.settings.stream();
         let deliverer = Deliverer::new(shards, Arc::clone(&state));
         let outbox = Outbox::new(
@@ -336,7 +350,7 @@ impl Cluster {
             &self.settings,
             self.node,
             self.newest,
-            self.outbox,
+            (self.outbox, ReceiptSender { receipts: self.receipts, waker: control }),
             Arc::clone(&self.shared),
             state,
         );

@@ -36,7 +36,7 @@ use super::{
     connect, now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, TailPosition, NODE_TTL,
 };
 use crate::control::command::Publish;
-use crate::pipeline::SharedState;
+use crate::pipeline::{Receipt, ReceiptSender, ReceiptTo, SharedState};
 
 /// How often the node says it is alive.
 const BEAT: Duration = Duration::from_secs(3);
@@ -50,6 +50,8 @@ const SCAN_PAGE: usize = 1000;
 struct Held {
     seq: u64,
     publish: Publish,
+    /// Where its receipt goes, until it is given.
+    receipt: Option<ReceiptTo>,
 }
 
 /// The outbox thread's state.
@@ -63,7 +65,9 @@ pub struct Outbox {
     read_key: String,
     reads_pattern: String,
     max_age: Duration,
-    publishes: Receiver<Publish>,
+    publishes: Receiver<(Publish, Option<ReceiptTo>)>,
+    /// Receipts for the publishers that asked.
+    receipts: ReceiptSender,
     shared: Arc<ClusterShared>,
     /// The history, for the oldest event its rings keep.
     state: Arc<SharedState>,
@@ -85,7 +89,7 @@ impl Outbox {
         settings: &ClusterSettings,
         node: String,
         floor: StreamId,
-        publishes: Receiver<Publish>,
+        (publishes, receipts): (Receiver<(Publish, Option<ReceiptTo>)>, ReceiptSender),
         shared: Arc<ClusterShared>,
         state: Arc<SharedState>,
     ) -> Outbox {
@@ -101,6 +105,7 @@ impl Outbox {
             node,
             max_age,
             publishes,
+            receipts,
             shared,
             state,
             con: None,
@@ -122,13 +127,13 @@ impl Outbox {
                 Some(_) => Duration::ZERO,
             };
             match self.publishes.recv_timeout(wait.min(BEAT)) {
-                Ok(publish) => self.hold(publish),
+                Ok((publish, receipt)) => self.hold(publish, receipt),
                 Err(RecvTimeoutError::Timeout) => {}
                 // The sequencer is gone: the node is stopping.
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while let Ok(publish) = self.publishes.try_recv() {
-                self.hold(publish);
+            while let Ok((publish, receipt)) = self.publishes.try_recv() {
+                self.hold(publish, receipt);
             }
             if self.con.is_none() && self.backoff.left().is_zero() {
                 self.reconnect();
@@ -138,10 +143,11 @@ impl Outbox {
             }
         }
         // A node that stops appends what it accepted, if Redis is there to take it.
-        while let Ok(publish) = self.publishes.try_recv() {
-            self.hold(publish);
+        while let Ok((publish, receipt)) = self.publishes.try_recv() {
+            self.hold(publish, receipt);
         }
         let flushed = self.flush();
+        self.answer_queued();
         if !self.held.is_empty() {
             let reason = flushed.err().map_or_else(|| "Redis unreachable".to_string(), |e| why(&e));
             warn!("Cluster: {} publishes not appended at stop: {reason}", self.held.len());
@@ -158,9 +164,28 @@ impl Outbox {
         }
     }
 
-    fn hold(&mut self, publish: Publish) {
-        self.held.push_back(Held { seq: self.next_seq, publish });
+    /// Holds a publish until Redis confirms it. While Redis is unreachable its publisher is
+    /// told at once that it is queued, rather than kept waiting for a Redis that may be gone
+    /// for minutes.
+    fn hold(&mut self, publish: Publish, mut receipt: Option<ReceiptTo>) {
+        // Not `con`: there is none before the first publish, with Redis there all the same.
+        if !self.shared.outbox_connected.load(Ordering::Relaxed) {
+            if let Some(to) = receipt.take() {
+                self.receipts.send(to, Receipt::Queued);
+            }
+        }
+        self.held.push_back(Held { seq: self.next_seq, publish, receipt });
         self.next_seq += 1;
+    }
+
+    /// Tells every publisher still waiting for a receipt that its publish is queued: Redis is
+    /// gone, or the node is stopping.
+    fn answer_queued(&mut self) {
+        for held in &mut self.held {
+            if let Some(to) = held.receipt.take() {
+                self.receipts.send(to, Receipt::Queued);
+            }
+        }
     }
 
     /// Connects, and settles what a lost reply may have applied.
@@ -201,6 +226,7 @@ impl Outbox {
         self.con = None;
         self.backoff.failed();
         self.set_connected(false);
+        self.answer_queued();
     }
 
     fn set_connected(&self, connected: bool) {
@@ -230,11 +256,16 @@ impl Outbox {
             // timeout once per command left before it gives up on a frozen Redis.
             for _ in 0..batch {
                 let id: String = redis::from_redis_value(con.recv_response()?)?;
-                if let Ok(id) = StreamId::parse(&id) {
+                let id = StreamId::parse(&id).ok();
+                if let Some(id) = id {
                     self.floor = id;
                 }
                 if let Some(held) = self.held.pop_front() {
                     self.shared.unbuffer(held.publish.message.len());
+                    if let Some(to) = held.receipt {
+                        let event = id.and_then(|id| id.event_id().ok());
+                        self.receipts.send(to, event.map_or(Receipt::Undeliverable, Receipt::Sequenced));
+                    }
                 }
             }
             self.unsure = false;

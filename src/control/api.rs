@@ -21,10 +21,11 @@ use mio::{Interest, Token};
 use tracing::{debug, info, warn};
 
 use super::{watch, write_out, Accepted, Control, API_FIRST};
-use crate::admin::{AnswerTo, Asker};
+use crate::admin::AnswerTo;
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
 use crate::nonblocking::attempt;
+use crate::pipeline::{Asker, ReceiptTo};
 
 /// API connections open at once; beyond, a new one is answered 503 and closed.
 pub const MAX_API_CONNECTIONS: usize = 4096;
@@ -223,10 +224,14 @@ impl Control {
             Ok(Route::Publish) => match publish_from(request, body, &self.settings.limits) {
                 Ok(publish) => {
                     self.published.http += 1;
-                    match self.sequencer.publish(publish) {
+                    let asker = Asker { key, serial: self.apis[key].serial };
+                    match self.sequencer.publish(publish, Some(ReceiptTo::Http(asker))) {
                         Ok(Accepted::Sequenced(id)) => Response::published(id),
-                        // In a cluster the id comes from Redis when the stream gives it back.
-                        Ok(Accepted::Queued) => Response::queued(),
+                        // In a cluster the outbox answers, once Redis holds it.
+                        Ok(Accepted::Queued) => {
+                            self.apis[key].awaiting = true;
+                            return;
+                        }
                         Err(full) => {
                             self.refused += 1;
                             Response::error(503, &full.to_string())

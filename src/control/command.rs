@@ -32,8 +32,22 @@ pub enum Command {
     SetLogLevel(u8),
     /// `reinit_enable` / `reinit_disable`.
     SetReinit(bool),
-    /// `TOKEN[-UNIQ]=MESSAGE`, or a JSON object ([`JsonPublish`]).
-    Publish(Publish),
+    /// `ack on` / `ack off`: whether every publish of this connection is answered.
+    SetAcks(bool),
+    /// `TOKEN[-UNIQ]=MESSAGE`, or a JSON object ([`JsonPublish`]), which may ask for its own
+    /// receipt.
+    Publish(Publish, Ack),
+}
+
+/// Whether a publish is answered (`OK <id>` or `ERR <reason>`) on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ack {
+    /// As the connection's `ack on` / `ack off` says (off unless asked: hasses' publishers
+    /// read no answers).
+    #[default]
+    AsConnection,
+    /// Answered whatever the connection says: a JSON publish with `"ack":true`.
+    Asked,
 }
 
 /// A question about the server, answered off the publish path (by [`crate::admin`]).
@@ -61,7 +75,7 @@ pub enum Answer {
 }
 
 /// The commands that are one fixed word, as hasses spells them.
-const WORDS: [Command; 11] = [
+const WORDS: [Command; 13] = [
     Command::Query(Query::Status, Answer::Log),
     Command::Query(Query::Status, Answer::Reply),
     Command::Query(Query::ClientList, Answer::Log),
@@ -73,6 +87,8 @@ const WORDS: [Command; 11] = [
     Command::SetLogLevel(2),
     Command::SetReinit(true),
     Command::SetReinit(false),
+    Command::SetAcks(true),
+    Command::SetAcks(false),
 ];
 
 impl Command {
@@ -90,7 +106,9 @@ impl Command {
             Command::SetLogLevel(_) => "loglevel_debug",
             Command::SetReinit(true) => "reinit_enable",
             Command::SetReinit(false) => "reinit_disable",
-            Command::Query(Query::SubscribedClients(_), _) | Command::Publish(_) => return None,
+            Command::SetAcks(true) => "ack on",
+            Command::SetAcks(false) => "ack off",
+            Command::Query(Query::SubscribedClients(_), _) | Command::Publish(..) => return None,
         })
     }
 }
@@ -130,7 +148,9 @@ impl fmt::Display for Command {
                 f.write_str("subscribedclients:")?;
                 write_escaped(f, token)
             }
-            Command::Publish(publish) => write!(f, "{}=({} bytes)", publish.audience, publish.message.len()),
+            Command::Publish(publish, _) => {
+                write!(f, "{}=({} bytes)", publish.audience, publish.message.len())
+            }
             one_word => f.write_str(one_word.word().unwrap_or_default()),
         }
     }
@@ -238,13 +258,13 @@ pub enum CommandError {
         part: String,
     },
     /// A JSON `"to"` that is an empty array: nobody to send to.
-    #[error("JSON \"to\" names no target: \"{part}\"")]
+    #[error("\"to\" names no target: \"{part}\"")]
     NoTarget {
         /// The part, shortened and escaped.
         part: String,
     },
     /// A JSON target that is not `TOKEN`, `pre*` or `*`.
-    #[error("JSON target \"{target}\" {fault}: \"{part}\"")]
+    #[error("target \"{target}\" {fault}: \"{part}\"")]
     BadTarget {
         /// The target, escaped.
         target: String,
@@ -254,13 +274,13 @@ pub enum CommandError {
         part: String,
     },
     /// A JSON `"event"` with a line break, which would end the `event:` field on the wire.
-    #[error("JSON \"event\" holds a line break: \"{part}\"")]
+    #[error("\"event\" holds a line break: \"{part}\"")]
     EventLineBreak {
         /// The part, shortened and escaped.
         part: String,
     },
     /// A JSON `"event"` longer than any sensible event type.
-    #[error("JSON \"event\" is {len} bytes, over the {max}-byte limit: \"{part}\"")]
+    #[error("\"event\" is {len} bytes, over the {max}-byte limit: \"{part}\"")]
     EventTooLong {
         /// The event type's length in bytes.
         len: usize,
@@ -311,6 +331,8 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// - `except`: the id of a client that must not get it.
 /// - `event`: the SSE event type (`event:`), one line, at most [`MAX_EVENT_LEN`] bytes.
 /// - `retry`: the reconnection time to set in the browser (`retry:`), in milliseconds.
+/// - `ack`: `true` asks for this publish's receipt (`OK <id>` or `ERR <reason>`) on a control
+///   connection whose acknowledgments are off; the HTTP API answers every publish anyway.
 ///
 /// Unknown fields are refused, not ignored: a typo such as `"date"` must not publish nothing
 /// without a word.
@@ -322,6 +344,8 @@ pub struct JsonPublish {
     except: Option<String>,
     event: Option<String>,
     retry: Option<u32>,
+    #[serde(default)]
+    ack: bool,
 }
 
 /// `"to"`: one target or an array of them, as written.
@@ -365,12 +389,18 @@ impl JsonPublish {
         event: Option<String>,
         retry: Option<u32>,
     ) -> JsonPublish {
-        JsonPublish { to: Targets(to), data, except, event, retry }
+        JsonPublish { to: Targets(to), data, except, event, retry, ack: false }
     }
 
     /// Checks every field as hasses' grammar checks its own, into the publish it asks for;
     /// `part` is what the fields came from, for the error's excerpt.
     pub fn check(self, part: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
+        self.check_with_ack(part, limits).map(|(publish, _)| publish)
+    }
+
+    /// [`JsonPublish::check`], and whether it asks for its receipt.
+    fn check_with_ack(self, part: &[u8], limits: &Limits) -> Result<(Publish, Ack), CommandError> {
+        let ack = if self.ack { Ack::Asked } else { Ack::AsConnection };
         if self.to.0.is_empty() {
             return Err(CommandError::NoTarget { part: excerpt(part) });
         }
@@ -381,7 +411,7 @@ impl JsonPublish {
             check_event(event, part)?;
         }
         let audience = Audience { targets, except };
-        Ok(Publish { audience, message: self.data.into_bytes(), event: self.event, retry: self.retry })
+        Ok((Publish { audience, message: self.data.into_bytes(), event: self.event, retry: self.retry }, ack))
     }
 }
 
@@ -430,24 +460,42 @@ pub fn parse_command(part: &[u8], limits: &Limits) -> Result<Command, CommandErr
     if !opens_json(part) {
         return parse_hasses(part, limits);
     }
-    match parse_json_publish(part, limits) {
+    match parse_json(part, limits) {
         // serde stops at the first bad field, before it knows whether the rest is JSON.
         Err(CommandError::BadJson { error, .. }) if !is_json_object(part) => parse_hasses(part, limits)
             .map_err(|err| match err {
                 CommandError::NotACommand { part } => CommandError::NotJson { error, part },
                 other => other,
             }),
-        result => result.map(Command::Publish),
+        result => result.map(|(publish, ack)| Command::Publish(publish, ack)),
     }
 }
 
 /// Reads `json`, which must be a JSON object, as a publish ([`JsonPublish`]): what a JSON
 /// control line and the HTTP API's publish both say.
 pub fn parse_json_publish(json: &[u8], limits: &Limits) -> Result<Publish, CommandError> {
+    parse_json(json, limits).map(|(publish, _)| publish)
+}
+
+fn parse_json(json: &[u8], limits: &Limits) -> Result<(Publish, Ack), CommandError> {
     match serde_json::from_slice::<JsonPublish>(json) {
-        Ok(publish) => publish.check(json, limits),
+        Ok(publish) => publish.check_with_ack(json, limits),
         Err(e) => Err(CommandError::BadJson { error: json_error(&e), part: excerpt(json) }),
     }
+}
+
+/// Whether `part`, a command that was refused, is a JSON object asking for its receipt
+/// (`"ack":true`): its publisher waits for an answer, so it is told why. Read again only on
+/// this error path.
+pub fn asks_ack(part: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct AckField {
+        #[serde(default)]
+        ack: serde_json::Value,
+    }
+    opens_json(part)
+        && serde_json::from_slice::<AckField>(part)
+            .is_ok_and(|fields| fields.ack == serde_json::Value::Bool(true))
 }
 
 /// Whether `line` is a JSON object: its first non-blank byte is `{` and it parses as JSON (a
@@ -466,7 +514,7 @@ fn opens_json(part: &[u8]) -> bool {
 fn parse_hasses(part: &[u8], limits: &Limits) -> Result<Command, CommandError> {
     match parse_word(part.trim_ascii()) {
         Some(command) => command,
-        None => parse_publish(part, limits).map(Command::Publish),
+        None => parse_publish(part, limits).map(|publish| Command::Publish(publish, Ack::AsConnection)),
     }
 }
 
@@ -648,6 +696,27 @@ pub fn auth_secret(line: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The methods a browser or a proxy may send; a control line never starts with one of them
+/// followed by a space and a request target.
+const HTTP_METHODS: [&[u8]; 9] =
+    [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"];
+
+/// Whether `piece` of a control line is HTTP: a request line (`POST / HTTP/1.1`, also
+/// `GET http://…` and `OPTIONS *`) or a `Host:` header. A web page can make a browser send a
+/// request to any port, so a control port that took such input for commands would let any page
+/// the host opens publish (a cross-protocol request); Redis closes such connections for the
+/// same reason. A hasses publisher's line is neither: it needs `=`, and `POST /x=1` or
+/// `Host: a=1` would be a target holding a space.
+pub fn speaks_http(piece: &[u8]) -> bool {
+    let piece = piece.trim_ascii_start();
+    let is_request_line = HTTP_METHODS.iter().any(|method| {
+        piece.strip_prefix(*method).and_then(|rest| rest.strip_prefix(b" ")).is_some_and(|target| {
+            target.starts_with(b"/") || target.starts_with(b"*") || target.starts_with(b"http")
+        })
+    });
+    is_request_line || piece.get(..5).is_some_and(|start| start.eq_ignore_ascii_case(b"host:"))
+}
+
 /// Splits a line on `separator`, dropping empty and blank parts. A JSON object is one part,
 /// whatever its strings hold.
 pub fn split_parts(line: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
@@ -667,7 +736,8 @@ mod tests {
 
     fn publish(target: Target, except: Option<&str>, message: &[u8]) -> Result<Command, CommandError> {
         let audience = Audience { targets: vec![target], except: except.map(str::to_owned) };
-        Ok(Command::Publish(Publish { audience, message: message.to_vec(), event: None, retry: None }))
+        let publish = Publish { audience, message: message.to_vec(), event: None, retry: None };
+        Ok(Command::Publish(publish, Ack::AsConnection))
     }
 
     fn token(name: &str) -> Target {
@@ -708,9 +778,42 @@ mod tests {
     }
 
     #[test]
+    fn http_is_told_from_commands() {
+        for http in
+            ["POST / HTTP/1.1", "GET /sse?x HTTP/1.0", "OPTIONS * HTTP/1.1", "Host: 127.0.0.1:8085", "host:x"]
+        {
+            assert!(speaks_http(http.as_bytes()), "{http}");
+        }
+        assert!(speaks_http(b"GET http://example.test/ HTTP/1.1"));
+        for line in ["room1=POST / HTTP/1.1", "POST=x", "GET", "hostname=x", "status", "Host=x", "POSTx /a=1"]
+        {
+            assert!(!speaks_http(line.as_bytes()), "{line}");
+        }
+    }
+
+    #[test]
+    fn acks_are_turned_on_by_a_word_or_asked_for_by_a_json_line() {
+        assert_eq!(parse(b" ack on "), Ok(Command::SetAcks(true)));
+        assert_eq!(parse(b"ack off"), Ok(Command::SetAcks(false)));
+        assert!(parse(b"ack maybe").is_err());
+        let ack_of = |line: &str| match json(line) {
+            Ok(Command::Publish(_, ack)) => ack,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(ack_of(r#"{"to":"a","data":"x","ack":true}"#), Ack::Asked);
+        assert_eq!(ack_of(r#"{"to":"a","data":"x","ack":false}"#), Ack::AsConnection);
+        assert_eq!(ack_of(r#"{"to":"a","data":"x"}"#), Ack::AsConnection);
+        assert!(matches!(parse(b"a=x"), Ok(Command::Publish(_, Ack::AsConnection))));
+        assert!(json(r#"{"to":"a","data":"x","ack":"yes"}"#).is_err());
+        assert!(asks_ack(br#"{"to":"a-b","data":"x","ack":true}"#), "refused, and still asks");
+        assert!(!asks_ack(br#"{"to":"a-b","data":"x","ack":false}"#));
+        assert!(!asks_ack(b"a-=x"));
+    }
+
+    #[test]
     fn a_publish_names_its_recipients_in_hasses_words() {
         let recipients = |part: &str| match parse(part.as_bytes()) {
-            Ok(Command::Publish(publish)) => publish.to_string(),
+            Ok(Command::Publish(publish, _)) => publish.to_string(),
             other => panic!("{part}: {other:?}"),
         };
         assert_eq!(recipients("room1=x"), "\"room1\"");
@@ -866,7 +969,7 @@ mod tests {
     /// The publish a JSON line gives.
     fn json_publish(line: &str) -> Publish {
         match json(line) {
-            Ok(Command::Publish(publish)) => publish,
+            Ok(Command::Publish(publish, _)) => publish,
             other => panic!("{line}: {other:?}"),
         }
     }
@@ -896,7 +999,7 @@ mod tests {
             Publish { audience, message: b"a;b=c".to_vec(), event: Some("e".into()), retry: Some(3000) };
         assert_eq!(json_publish(line), expected);
         let nulls = json_publish(r#"{"to":"a","data":"","except":null,"event":null,"retry":null}"#);
-        assert_eq!(Ok(Command::Publish(nulls)), publish(token("a"), None, b""));
+        assert_eq!(Ok(Command::Publish(nulls, Ack::AsConnection)), publish(token("a"), None, b""));
         assert_eq!(json_publish(r#"{"to":"a","data":"x","retry":4294967295}"#).retry, Some(u32::MAX));
     }
 
@@ -943,7 +1046,7 @@ mod tests {
         refused(r#"{"to":"a","data":"x","retry":4294967296}"#, "expected u32");
         // serde stops at the first bad field; the rest must still be JSON for this to be JSON.
         refused(r#"{"date":1, "to":"a","data":"x"}"#, "unknown field `date`");
-        assert!(matches!(json(r#"{"date":1, x=1"#), Ok(Command::Publish(_))));
+        assert!(matches!(json(r#"{"date":1, x=1"#), Ok(Command::Publish(..))));
     }
 
     #[test]
@@ -954,7 +1057,7 @@ mod tests {
         assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
         let target = format!("a-\\r{}", "x".repeat(100_000));
         let text = json(&format!(r#"{{"to":"{target}","data":"x"}}"#)).unwrap_err().to_string();
-        assert!(text.starts_with(r#"JSON target "a-\rxxx"#), "{text}");
+        assert!(text.starts_with(r#"target "a-\rxxx"#), "{text}");
         assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text}");
     }
 

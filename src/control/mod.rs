@@ -49,6 +49,7 @@ pub mod command;
 mod fanout;
 mod fifo;
 pub mod lines;
+mod replies;
 mod sequencer;
 mod tcp;
 
@@ -66,12 +67,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::admin::{self, Asker, ControlFigures, Published, Question, Reply};
+use crate::admin::{self, ControlFigures, Published, Question, Reply};
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::nonblocking::attempt;
-use crate::pipeline::SharedState;
-use command::{auth_secret, parse_command, split_parts, Command, Query};
+use crate::pipeline::{Receipt, ReceiptTo, SharedState};
+use command::{
+    asks_ack, auth_secret, parse_command, speaks_http, split_parts, Ack, Answer, Command, Publish, Query,
+};
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
 pub use sequencer::{frame, Accepted, Deliverer, Sequencer};
@@ -345,6 +348,10 @@ impl Control {
             Err(e) => return self.refuse_long_line(&e, source),
         };
         let admitted = match source {
+            Source::Tcp(key) if speaks_http(piece.bytes()) => {
+                self.refuse_http(key);
+                false
+            }
             Source::Tcp(key) => self.admit(key, piece),
             Source::Fifo => piece.line().and_then(auth_secret).is_none(),
         };
@@ -358,7 +365,19 @@ impl Control {
                 Err(e) => {
                     self.refused += 1;
                     warn!("Malformed control command skipped: {e}");
+                    let asked = if asks_ack(part) { Ack::Asked } else { Ack::AsConnection };
+                    self.answer_error(source, asked, &e);
                 }
+            }
+        }
+    }
+
+    /// Tells a TCP publisher that asked for answers why its command was refused.
+    fn answer_error(&mut self, source: Source, ack: Ack, e: &dyn std::fmt::Display) {
+        if let Source::Tcp(key) = source {
+            let publisher = &mut self.publishers[key];
+            if publisher.acks || ack == Ack::Asked {
+                publisher.replies.now(format!("ERR {e}\n").as_bytes());
             }
         }
     }
@@ -367,6 +386,7 @@ impl Control {
     /// replies are out), since what it sends after such a line cannot be trusted to be lines.
     fn refuse_long_line(&mut self, e: &LineTooLong, source: Source) {
         self.refused += 1;
+        self.answer_error(source, Ack::AsConnection, e);
         match source {
             Source::Fifo => warn!("Control FIFO: line skipped: {e}"),
             Source::Tcp(key) => {
@@ -379,29 +399,26 @@ impl Control {
 
     fn execute(&mut self, command: Command, source: Source) {
         match command {
-            Command::Publish(publish) => {
-                match source {
-                    Source::Tcp(_) => self.published.tcp += 1,
-                    Source::Fifo => self.published.fifo += 1,
-                }
-                if let Err(full) = self.sequencer.publish(publish) {
-                    self.refused += 1;
-                    warn!("Publish refused: {full}");
-                }
-            }
+            Command::Publish(publish, ack) => self.publish(publish, ack, source),
             Command::Query(query, answer) => {
-                let asker = match source {
-                    Source::Tcp(key) => Some(Asker { key, serial: self.publishers[key].serial }),
-                    Source::Fifo => None,
-                };
-                let Some(to) = admin::answer_to(answer, asker) else {
-                    let command = Command::Query(query, answer);
-                    return info!(
-                        "Command ignored on the FIFO (it can only be answered over TCP): {command}"
-                    );
+                let to = match (answer, source) {
+                    (Answer::Log, _) => admin::AnswerTo::Log,
+                    (Answer::Reply, Source::Tcp(key)) => {
+                        let (asker, place) = self.answer_later(key);
+                        admin::AnswerTo::Connection(asker, place)
+                    }
+                    (Answer::Reply, Source::Fifo) => return ignored_on_fifo(&Command::Query(query, answer)),
                 };
                 self.ask(query, to);
             }
+            Command::SetAcks(on) => match source {
+                Source::Tcp(key) => {
+                    let publisher = &mut self.publishers[key];
+                    publisher.acks = on;
+                    publisher.replies.now(if on { b"OK ack on\n" } else { b"OK ack off\n" });
+                }
+                Source::Fifo => ignored_on_fifo(&command),
+            },
             Command::SetLogLevel(level) => {
                 crate::log::set_level(level);
                 // hasses' words, written whatever the level (as hasses does).
@@ -415,6 +432,35 @@ impl Control {
         }
     }
 
+    /// Hands a publish to the sequencer; a TCP publisher that asked is answered `OK <id>` or
+    /// `ERR <reason>`, in a cluster once Redis holds it (the outbox's receipt).
+    fn publish(&mut self, publish: Publish, ack: Ack, source: Source) {
+        let asker = match source {
+            Source::Tcp(key) => {
+                self.published.tcp += 1;
+                (self.publishers[key].acks || ack == Ack::Asked).then(|| self.answer_later(key))
+            }
+            Source::Fifo => {
+                self.published.fifo += 1;
+                None
+            }
+        };
+        let answer =
+            match self.sequencer.publish(publish, asker.map(|(to, place)| ReceiptTo::Line(to, place))) {
+                Ok(Accepted::Sequenced(id)) => Receipt::Sequenced(id).line(),
+                // The outbox answers once Redis holds it.
+                Ok(Accepted::Queued) => return,
+                Err(full) => {
+                    self.refused += 1;
+                    warn!("Publish refused: {full}");
+                    format!("ERR {full}\n")
+                }
+            };
+        if let Some((to, place)) = asker {
+            self.publishers[to.key].replies.fill(place, answer.as_bytes());
+        }
+    }
+
     /// Sends the shards their part of `query` behind everything sequenced so far, and hands the
     /// question to the admin path, which answers it: nothing here waits for the answer.
     fn ask(&mut self, query: Query, to: admin::AnswerTo) {
@@ -424,13 +470,15 @@ impl Control {
             refused: self.refused,
             published: self.published,
         };
-        if let admin::AnswerTo::Connection(asker) = to {
-            self.publishers[asker.key].awaiting += 1;
-        }
         if self.admin.questions.send(Question { query, control, to, answers }).is_err() {
             warn!("The admin path is gone: a question about the server goes unanswered");
         }
     }
+}
+
+/// A command that needs an answer, which the FIFO cannot be given.
+fn ignored_on_fifo(command: &Command) {
+    info!("Command ignored on the FIFO (it can only be answered over TCP): {command}");
 }
 
 /// Writes as much of `out` as the socket takes, and drops what it took; false when the socket

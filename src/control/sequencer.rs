@@ -22,7 +22,9 @@ use tracing::debug;
 use super::command::Publish;
 use super::fanout::Fanout;
 use crate::cluster::{BufferFull, ClusterLink};
-use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
+use crate::pipeline::{
+    Delivery, Receipt, ReceiptTo, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState,
+};
 use crate::sse::{encode, EventFields, EventIds, Frame};
 
 /// What became of a publish the sequencer took.
@@ -31,7 +33,7 @@ pub enum Accepted {
     /// Delivered with this id.
     Sequenced(u64),
     /// Handed to the cluster: delivered, with an id Redis gives it, when the stream's tail
-    /// reads it back.
+    /// reads it back; its receipt, if one was asked for, comes later from the outbox.
     Queued,
 }
 
@@ -59,11 +61,11 @@ impl Sequencer {
     }
 
     /// Takes a publish: numbers, frames and delivers it at once, or in cluster mode hands it
-    /// to the stream. Refused only in cluster mode, when Redis has been unreachable for longer
-    /// than `--cluster-buffer` holds.
-    pub fn publish(&mut self, publish: Publish) -> Result<Accepted, BufferFull> {
+    /// to the stream, with where its receipt goes if its publisher asked for one. Refused only
+    /// in cluster mode, when Redis has been unreachable for longer than `--cluster-buffer` holds.
+    pub fn publish(&mut self, publish: Publish, receipt: Option<ReceiptTo>) -> Result<Accepted, BufferFull> {
         if let Some(cluster) = &self.cluster {
-            cluster.send(publish)?;
+            cluster.send(publish, receipt)?;
             self.processed += 1;
             return Ok(Accepted::Queued);
         }
@@ -78,6 +80,11 @@ impl Sequencer {
     /// events delivered up to the moment the shard reads the question.)
     pub fn ask(&mut self, query: &ShardQuery) -> Vec<Receiver<ShardAnswer>> {
         self.deliverer.fanout.ask(query)
+    }
+
+    /// The receipts the cluster's outbox decided since the last call (none on a single node).
+    pub fn receipts(&self) -> impl Iterator<Item = (ReceiptTo, Receipt)> + '_ {
+        self.cluster.iter().flat_map(|cluster| cluster.receipts.try_iter())
     }
 
     /// Events sequenced since the start.

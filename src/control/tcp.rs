@@ -16,9 +16,12 @@ use tracing::{debug, info, warn};
 
 use super::command::auth_secret;
 use super::lines::Piece;
+use super::replies::Replies;
 use super::{watch, write_out, Control, Input, Source};
 use crate::admin::Reply;
+use crate::api::Response;
 use crate::nonblocking::attempt;
+use crate::pipeline::{Asker, ReceiptTo};
 
 /// The answer to any line but a right `auth` on a connection that must authenticate first.
 const UNAUTHORIZED: &[u8] = b"ERR unauthorized\n";
@@ -29,12 +32,12 @@ pub(super) struct Publisher {
     pub(super) peer: SocketAddr,
     /// Tells it from a later connection given the same slab key, for answers on their way.
     pub(super) serial: u64,
-    /// Answers it asked for that have not come back from the admin path yet: it is not closed
-    /// before they are written.
-    pub(super) awaiting: u32,
     pub(super) input: Input,
-    /// Replies not yet written.
-    pub(super) out: Vec<u8>,
+    /// Answers not yet written, and places for those to come (from the admin path, or a
+    /// cluster's receipts): it is not closed before they are written.
+    pub(super) replies: Replies,
+    /// Every publish is answered (`ack on`).
+    pub(super) acks: bool,
     /// No more input is taken (the peer finished sending, or it was refused): close once the
     /// replies are out.
     pub(super) done: bool,
@@ -62,9 +65,9 @@ impl Control {
                         stream,
                         peer,
                         serial: self.next_serial,
-                        awaiting: 0,
                         input: Input::new(self.settings.separator),
-                        out: Vec::new(),
+                        replies: Replies::default(),
+                        acks: false,
                         done: false,
                         authorized: self.settings.secret.is_none(),
                         registered,
@@ -76,23 +79,37 @@ impl Control {
         }
     }
 
-    /// Queues the admin path's answers on the connections that asked for them.
+    /// Queues the admin path's answers, and the cluster's receipts, on the connections that
+    /// asked for them.
     pub(super) fn take_replies(&mut self) {
         while let Ok(reply) = self.admin.replies.try_recv() {
-            let (to, text) = match reply {
-                Reply::Line(to, text) => (to, text),
-                Reply::Http(to, response) => {
-                    self.api_reply(to, response);
-                    continue;
-                }
-            };
-            let Some(publisher) = self.publishers.get_mut(to.key).filter(|p| p.serial == to.serial) else {
-                continue;
-            };
-            publisher.awaiting -= 1;
-            publisher.out.extend_from_slice(text.as_bytes());
-            self.write_publisher(to.key);
+            match reply {
+                Reply::Line(to, place, text) => self.fill_reply(to, place, text.as_bytes()),
+                Reply::Http(to, response) => self.api_reply(to, response),
+            }
         }
+        let receipts: Vec<_> = self.sequencer.receipts().collect();
+        for (to, receipt) in receipts {
+            match to {
+                ReceiptTo::Line(to, place) => self.fill_reply(to, place, receipt.line().as_bytes()),
+                ReceiptTo::Http(to) => self.api_reply(to, Response::of_receipt(receipt)),
+            }
+        }
+    }
+
+    /// Puts an answer that came later in its place, and writes what is ready.
+    fn fill_reply(&mut self, to: Asker, place: u64, answer: &[u8]) {
+        let Some(publisher) = self.publishers.get_mut(to.key).filter(|p| p.serial == to.serial) else {
+            return;
+        };
+        publisher.replies.fill(place, answer);
+        self.write_publisher(to.key);
+    }
+
+    /// Keeps a place among a connection's answers for one that comes later.
+    pub(super) fn answer_later(&mut self, key: usize) -> (Asker, u64) {
+        let publisher = &mut self.publishers[key];
+        (Asker { key, serial: publisher.serial }, publisher.replies.later())
     }
 
     pub(super) fn handle_publisher(&mut self, key: usize) {
@@ -129,7 +146,7 @@ impl Control {
                 Err(e) => {
                     debug!("Control connection from {} failed: {e}", self.publishers[key].peer);
                     self.publishers[key].done = true;
-                    self.publishers[key].out.clear();
+                    self.publishers[key].replies.out().clear();
                     break;
                 }
             }
@@ -141,16 +158,17 @@ impl Control {
     /// Writes pending replies; closes a finished connection once they are out.
     pub(super) fn write_publisher(&mut self, key: usize) {
         let publisher = &mut self.publishers[key];
-        if !write_out(&mut publisher.stream, &mut publisher.out) {
+        if !write_out(&mut publisher.stream, publisher.replies.out()) {
             publisher.done = true;
         }
-        if publisher.done && publisher.out.is_empty() && publisher.awaiting == 0 {
+        if publisher.done && publisher.replies.is_empty() && !publisher.replies.awaiting() {
             debug!("Control connection from {} closed", publisher.peer);
             self.publishers.remove(key);
             return;
         }
         let token = Token(key);
-        watch(self.poll.registry(), &mut publisher.stream, token, &mut publisher.registered, &publisher.out);
+        let ready = publisher.replies.out();
+        watch(self.poll.registry(), &mut publisher.stream, token, &mut publisher.registered, ready);
     }
 
     /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
@@ -175,9 +193,22 @@ impl Control {
             (_, None) => "a command before auth",
         };
         info!("Control connection from {} refused: {refusal}", publisher.peer);
-        publisher.out.extend_from_slice(UNAUTHORIZED);
+        publisher.replies.now(UNAUTHORIZED);
         publisher.done = true;
         false
+    }
+
+    /// Closes a connection that sent an HTTP request ([`speaks_http`](super::command::speaks_http)): a web page made a
+    /// browser send it here. Nothing it sent from there on is read.
+    pub(super) fn refuse_http(&mut self, key: usize) {
+        self.refused += 1;
+        let publisher = &mut self.publishers[key];
+        publisher.done = true;
+        warn!(
+            "Control connection from {} closed: it speaks HTTP (a web page or a proxy sent a request \
+             to the control port?); nothing it sent from its request on is carried out",
+            publisher.peer
+        );
     }
 }
 

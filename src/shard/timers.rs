@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::connection::Phase;
 use super::{millis, Shard};
@@ -96,6 +96,12 @@ impl Shard {
             conn.outbox.len()
         );
         self.counters.dropped_slow += 1;
+        // An abortive close (a reset, as nginx's `reset_timedout_connection`): a plain close
+        // would leave what the kernel queued for it in an orphaned socket, still sent to it for
+        // seconds and held in memory; a reset frees it now, and the client sees the cut at once.
+        if let Err(e) = socket2::SockRef::from(&conn.socket).set_linger(Some(Duration::ZERO)) {
+            debug!("Cannot set SO_LINGER 0 on {}: {e}", conn.peer);
+        }
         self.close(key, "too slow");
     }
 

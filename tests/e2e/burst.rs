@@ -1,7 +1,7 @@
 //! Bursts: a client whose socket keeps taking bytes is never dropped, however large the burst;
 //! a client that reads nothing is cut at the cap; memory stays bounded meanwhile.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -123,6 +123,38 @@ fn a_client_that_reads_nothing_is_cut_while_readers_go_on_in_bounded_memory() {
     assert_eq!(status["sseconncli"], 4, "{status}");
     server.log.wait_for_line(|l| l.starts_with("Slow client dropped") && l.contains("id: deaf"), WAIT);
     assert!(deaf.wait_closed(WAIT), "the non-reader's connection was closed");
+}
+
+/// A client cut as too slow is reset, not closed: what the kernel had queued for it is thrown
+/// away, so it stops receiving at once (it reads at most what its own receive buffer held) and
+/// sees the cut as a reset; with a plain close it would go on receiving the server's whole send
+/// buffer, megabytes, seconds after the log line.
+#[test]
+fn a_client_cut_as_too_slow_is_reset_and_gets_nothing_more() {
+    let server = Server::start(&["--max-backlog", "65536"]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.sse_port).parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut deaf = SseClient::from_stream(socket.into());
+    deaf.handshake(get_request("subscribe=t&id=deaf").as_bytes());
+    let payload = "x".repeat(8000);
+    let deadline = Instant::now() + BURST_WAIT;
+    while server.tcp_json("tcpstatus")["droppedslowcli"] == 0 {
+        assert!(Instant::now() < deadline, "the non-reader was never cut");
+        server.control(&format!("t={payload}\n").repeat(64));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (mut got, mut chunk) = (0, [0u8; 64 * 1024]);
+    let ended = loop {
+        match deaf.stream.read(&mut chunk) {
+            Ok(0) => break None,
+            Ok(n) => got += n,
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset), "after {got} bytes");
+    assert!(got < 256 * 1024, "{got} bytes still arrived after the cut");
 }
 
 #[test]

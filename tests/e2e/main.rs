@@ -11,6 +11,7 @@
 mod common;
 mod programs;
 
+mod acks;
 mod apache;
 mod api;
 mod auth;
@@ -24,6 +25,7 @@ mod connections;
 mod deploy;
 mod dropin;
 mod events;
+mod examples;
 mod handshake;
 mod hardening;
 mod hardening_control;
