@@ -1,7 +1,7 @@
 //! A drop-in for hasses 1.30: what monitoring scripts, log watchers and old installs compare
 //! or rely on, checked against the real binary. The values are hasses' (its status block,
-//! client list and log lines, its `tcpstatus` words), except where README's "What differs"
-//! table says why not.
+//! client list and log lines, its `tcpstatus` words), except where the table in
+//! docs/hasses-1.30.md says why not.
 
 use std::time::Duration;
 
