@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use hasses::control::command::{parse_command, split_parts, Answer, Command, Query, Target};
+use hasses::control::command::{parse_command, split_parts, Answer, Command, Query};
 use hasses::control::lines::LineBuffer;
+use hasses::event::Target;
 use hasses::http::{judge, Judgement, Responses, Route};
 use hasses::limits::Limits;
 use hasses::server;
