@@ -215,7 +215,7 @@ fn a_client_that_never_reads_is_dropped_at_the_backlog_cap() {
         server.publish(&format!("t={published}:{payload}"));
         published += 1;
         wait_for_reader(published);
-        if published % 8 == 0 {
+        if published.is_multiple_of(8) {
             dropped = server.tcp_json("tcpstatus")["droppedslowcli"].as_u64().unwrap();
         }
     }
