@@ -43,4 +43,62 @@ fn the_first_command_starts_the_server_with_the_defaults() {
     // `cargo run` has become the server (exec), so the signal reaches it.
     let status = server.stop().expect("the server exits on SIGTERM");
     assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{}", server.log.dump());
+
+    // What `cargo install` copies: small enough to copy around (issue 20: 41.8 MB with debug
+    // information; line tables or symbols at most).
+    let binary = crate::programs::repo_path("target/release/hasses");
+    let size = std::fs::metadata(&binary).expect("the release binary").len();
+    assert!(size <= MAX_BINARY, "{} is {size} bytes, over {MAX_BINARY}", binary.display());
+}
+
+/// The most the release binary may weigh.
+const MAX_BINARY: u64 = 8 * 1024 * 1024;
+
+/// The shell lines of the ```sh blocks of a Markdown text.
+fn shell_lines(markdown: &str) -> Vec<&str> {
+    markdown
+        .split("```sh\n")
+        .skip(1)
+        .flat_map(|block| block.split("```").next().unwrap_or_default().lines())
+        .collect()
+}
+
+/// The manuals a user copies commands from.
+const MANUALS: [&str; 5] =
+    ["README.md", "docs/design.md", "docs/cluster.md", "deploy/README.md", "deploy/docker/README.md"];
+
+/// A publish piped into `nc` must end: without `-q1` (or `-N`) netcat waits for the server to
+/// close, which a control connection never does, and the example hangs.
+#[test]
+fn every_nc_in_the_manuals_ends_once_its_input_is_sent() {
+    for manual in MANUALS {
+        for line in shell_lines(&repo_file(manual)) {
+            let Some(nc) = line.split('|').map(str::trim).find(|command| command.starts_with("nc ")) else {
+                continue;
+            };
+            let words: Vec<&str> = nc.split_whitespace().collect();
+            assert!(
+                words.iter().any(|w| w.starts_with("-q") || *w == "-N"),
+                "{manual}: `{line}` waits for the server to close"
+            );
+        }
+    }
+}
+
+/// Nodes started side by side on one machine need ports of their own, the HTTP API's too.
+#[test]
+fn the_cluster_example_gives_every_node_its_own_ports() {
+    let readme = repo_file("README.md");
+    let nodes: Vec<&str> = shell_lines(&readme)
+        .into_iter()
+        .filter(|line| line.contains("hasses") && line.contains("--cluster"))
+        .collect();
+    assert!(!nodes.is_empty(), "the README shows a cluster");
+    for line in nodes {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for flag in ["--port", "--control-port", "--api-bind"] {
+            let value = words.iter().position(|w| *w == flag).and_then(|at| words.get(at + 1));
+            assert!(value.is_some_and(|v| v.contains('$')), "`{line}`: {flag} must differ per node");
+        }
+    }
 }
