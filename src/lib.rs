@@ -32,7 +32,7 @@
 //! - [`server`]: start-up order (bind, daemonize, pid file, privileges, threads), supervision of
 //!   the threads, and shutdown.
 //! - [`pipeline`]: the types the control side and the shards speak ([`pipeline::ShardCommand`],
-//!   [`pipeline::Delivery`]) and the atomics they share.
+//!   [`pipeline::Sequenced`]) and the atomics they share.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
 //! - [`control`]: the control thread: its sources (TCP, FIFO, the HTTP API's connections), line
 //!   framing, the command grammar, the sequencer (where a publish gets its id) and the fan-out.
@@ -56,6 +56,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod broadcast;
 pub mod cluster;
 pub mod config;
 pub mod control;

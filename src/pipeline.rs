@@ -1,7 +1,7 @@
 //! The types the control thread and the shards speak, in a module of neither.
 //!
 //! Owns the messages that cross from the control side to a shard ([`ShardCommand`], with the
-//! [`Delivery`] the sequencer built once for every shard), how a shard is reached
+//! [`Sequenced`] the sequencer built once for every shard), how a shard is reached
 //! ([`ShardHandle`]), and the few figures both sides read and write across threads
 //! ([`SharedState`]). It holds no logic: who sends what, and when, is the control side's
 //! business; what a shard does with it is the shard's.
@@ -20,7 +20,7 @@ use crate::stats::{ClientRow, ShardFigures};
 
 /// An event to deliver, numbered and framed once by the sequencer.
 #[derive(Debug)]
-pub struct Delivery {
+pub struct Sequenced {
     /// Its event id: increasing, so it also orders publishes.
     pub id: u64,
     /// Who gets it.
@@ -33,7 +33,7 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum ShardCommand {
     /// Queue this event for every matching client.
-    Deliver(Arc<Delivery>),
+    Deliver(Arc<Sequenced>),
     /// Answer this, on that channel (read by the admin path, never by the sequencer).
     Ask(ShardQuery, Sender<ShardAnswer>),
     /// Close every connection and end the thread.

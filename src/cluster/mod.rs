@@ -5,13 +5,13 @@
 //! delivers what it reads, so every node delivers the same events in the same order with the
 //! same ids ([`entry`]). A node's own publishes take the same path: a publish is delivered when
 //! the tail reads it back. It never touches a client: the tail hands what it reads to the
-//! shards through a [`crate::control::Deliverer`] of its own, as the sequencer does alone.
+//! shards through a [`crate::broadcast::Broadcast`] of its own, as the sequencer does alone.
 //!
 //! ```text
 //!   sources ─► Sequencer ─► outbox thread ─XADD─► Redis stream ─XREAD BLOCK─► tail thread
 //!              (queued)     (held while Redis      PREFIX:events                │
 //!                            is unreachable)                                    ▼
-//!   shards ◄──────── fan-out ◄─────── Deliverer: the entry's id, history, frame once
+//!   shards ◄──────── fan-out ◄─────── Broadcast: the entry's id, history, frame once
 //! ```
 //!
 //! The stream is the cluster's history: the outbox cuts it to what the nodes' rings may keep,
@@ -37,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use tracing::warn;
 
-use crate::control::Deliverer;
+use crate::broadcast::Broadcast;
 use crate::event::{Publish, Receipt, ReceiptSender, ReceiptTo};
 use crate::history::{History, HistoryLimits};
 use crate::pipeline::{ShardHandle, SharedState};
@@ -344,7 +344,7 @@ impl Cluster {
         control: Arc<Waker>,
     ) -> (Outbox, Tail) {
         let stream = self.settings.stream();
-        let deliverer = Deliverer::new(shards, Arc::clone(&state));
+        let broadcast = Broadcast::new(shards, Arc::clone(&state));
         let outbox = Outbox::new(
             self.client.clone(),
             &self.settings,
@@ -354,7 +354,7 @@ impl Cluster {
             Arc::clone(&self.shared),
             state,
         );
-        let tail = Tail::new(self.client, stream, self.newest, self.bytes, deliverer, self.shared);
+        let tail = Tail::new(self.client, stream, self.newest, self.bytes, broadcast, self.shared);
         (outbox, tail)
     }
 }
@@ -442,7 +442,7 @@ fn backfill(
             let Ok(id) = entry.id.event_id() else { continue };
             let history = history.get_or_insert_with(|| History::new(limits, id, origin));
             let age = Duration::from_millis(redis_now.saturating_sub(entry.id.ms));
-            let frame = crate::control::frame(id, &entry.publish);
+            let frame = crate::broadcast::frame(id, &entry.publish);
             history.append(id, &entry.publish.audience, &frame, now.checked_sub(age).unwrap_or(origin));
             newest = entry.id;
         }

@@ -2,7 +2,7 @@
 //!
 //! Owns the position in the stream: the id of the last entry read. It reads after it with
 //! `XREAD BLOCK`, so a lost connection resumes exactly where it stopped, and an entry is never
-//! delivered twice. It delivers through a [`Deliverer`] of its own (history, frame, fan-out),
+//! delivered twice. It delivers through a [`Broadcast`] of its own (history, frame, fan-out),
 //! so an event wakes no other thread of this node before the shards, which is what a cluster's
 //! latency is made of: when a shard falls behind, the tail waits for room, and the stream
 //! holds the rest.
@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::entry::{self, RawEntry, StreamId};
 use super::trim::StreamBytes;
 use super::{connect, now_ms, query_range, unreadable, why, Backoff, ClusterShared, TailPosition};
-use crate::control::Deliverer;
+use crate::broadcast::Broadcast;
 
 /// How long one `XREAD` waits for an entry (below the reply timeout).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -34,7 +34,7 @@ pub struct Tail {
     after: StreamId,
     /// The bytes read, for the trim by `--history-memory`.
     bytes: StreamBytes,
-    deliverer: Deliverer,
+    broadcast: Broadcast,
     shared: Arc<ClusterShared>,
     con: Option<redis::Connection>,
     backoff: Backoff,
@@ -48,7 +48,7 @@ impl Tail {
         stream: String,
         after: StreamId,
         bytes: StreamBytes,
-        deliverer: Deliverer,
+        broadcast: Broadcast,
         shared: Arc<ClusterShared>,
     ) -> Tail {
         Tail {
@@ -56,7 +56,7 @@ impl Tail {
             stream,
             after,
             bytes,
-            deliverer,
+            broadcast,
             shared,
             con: None,
             backoff: Backoff::new(),
@@ -94,7 +94,7 @@ impl Tail {
                     for raw in entries {
                         self.deliver(raw);
                     }
-                    self.deliverer.wake();
+                    self.broadcast.wake();
                     *self.shared.tail.lock() =
                         TailPosition { read: self.after, memory_cut: self.bytes.cut() };
                     self.shared.lag_ms.store(now_ms().saturating_sub(self.after.ms), Ordering::Relaxed);
@@ -123,7 +123,7 @@ impl Tail {
         self.after = stream_id;
         self.bytes.read(stream_id, raw.size());
         match entry::decode(raw).and_then(|entry| Ok((entry.id.event_id()?, entry.publish))) {
-            Ok((id, publish)) => self.deliverer.deliver_new(id, publish),
+            Ok((id, publish)) => self.broadcast.deliver_new(id, publish),
             Err(e) => warn!("Cluster: {e}; skipped"),
         }
     }
@@ -143,7 +143,7 @@ impl Tail {
     fn check_epoch(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
         if !self.kept_last_read(con)? {
             warn!("Cluster: the stream lost entry {} (Redis lost its data, or it was trimmed while this node was away): a new epoch", self.after);
-            self.deliverer.new_epoch();
+            self.broadcast.new_epoch();
         }
         Ok(())
     }

@@ -46,7 +46,6 @@
 
 mod api;
 pub mod command;
-mod fanout;
 mod fifo;
 pub mod lines;
 mod replies;
@@ -76,7 +75,7 @@ use crate::pipeline::SharedState;
 use command::{asks_ack, auth_secret, parse_command, speaks_http, split_parts, Ack, Answer, Command, Query};
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
-pub use sequencer::{frame, Accepted, Deliverer, Sequencer};
+pub use sequencer::{Accepted, Sequencer};
 use tcp::{warn_if_exposed, Publisher};
 
 /// API connections' tokens are their slab keys from here on; below are the TCP publishers'.

@@ -8,22 +8,19 @@
 //!
 //! In cluster mode ([`crate::cluster`]) Redis decides order and ids: a publish is handed to the
 //! outbox and is *queued* ([`Accepted::Queued`]); it is delivered, as every node's publishes
-//! are, when the stream's tail reads it back, by the tail's own [`Deliverer`]: one thread
+//! are, when the stream's tail reads it back, by the tail's own [`Broadcast`]: one thread
 //! hand-off fewer per event than coming back through this thread. Alone, a publish is
 //! *sequenced* here at once ([`Accepted::Sequenced`]), at no cost beyond one branch.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use tracing::debug;
 
-use super::fanout::Fanout;
+use crate::broadcast::Broadcast;
 use crate::cluster::{BufferFull, ClusterLink};
 use crate::event::{Publish, Receipt, ReceiptTo};
-use crate::pipeline::{Delivery, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
-use crate::sse::{encode, EventFields, EventIds, Frame};
+use crate::pipeline::{ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
+use crate::sse::EventIds;
 
 /// What became of a publish the sequencer took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +37,7 @@ pub enum Accepted {
 pub struct Sequencer {
     ids: EventIds,
     /// Frames, keeps and fans out; questions to the shards go out through its fan-out too.
-    deliverer: Deliverer,
+    broadcast: Broadcast,
     /// Events taken since the start.
     processed: u64,
     /// In cluster mode: where publishes go.
@@ -50,7 +47,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer for these shards, handing out `ids`.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>, ids: EventIds) -> Self {
-        Sequencer { ids, deliverer: Deliverer::new(shards, state), processed: 0, cluster: None }
+        Sequencer { ids, broadcast: Broadcast::new(shards, state), processed: 0, cluster: None }
     }
 
     /// The same in cluster mode: publishes go to the stream, and the tail delivers them.
@@ -69,7 +66,7 @@ impl Sequencer {
         }
         self.processed += 1;
         let id = self.ids.next_id();
-        self.deliverer.deliver(id, publish);
+        self.broadcast.deliver(id, publish);
         Ok(Accepted::Sequenced(id))
     }
 
@@ -77,7 +74,7 @@ impl Sequencer {
     /// receiver. (In cluster mode the tail's deliveries go on meanwhile: an answer counts the
     /// events delivered up to the moment the shard reads the question.)
     pub fn ask(&mut self, query: &ShardQuery) -> Vec<Receiver<ShardAnswer>> {
-        self.deliverer.fanout.ask(query)
+        self.broadcast.fanout.ask(query)
     }
 
     /// The receipts the cluster's outbox decided since the last call (none on a single node).
@@ -92,13 +89,13 @@ impl Sequencer {
 
     /// How many shards it feeds.
     pub fn shard_count(&self) -> usize {
-        self.deliverer.fanout.len()
+        self.broadcast.fanout.len()
     }
 
     /// Wakes the shards that were sent something since the last wake: once per round of input,
     /// so that a burst reaches a shard in one wake-up.
     pub fn wake(&mut self) {
-        self.deliverer.wake();
+        self.broadcast.wake();
     }
 
     /// Tells every shard (and the cluster's threads) to close its connections and end.
@@ -106,62 +103,6 @@ impl Sequencer {
         if let Some(cluster) = &self.cluster {
             cluster.stop();
         }
-        self.deliverer.fanout.broadcast(|| ShardCommand::Shutdown);
+        self.broadcast.fanout.broadcast(|| ShardCommand::Shutdown);
     }
-}
-
-/// Frames an event whose id is decided, keeps it, and hands it to every shard: the
-/// sequencer's last step alone; in cluster mode the tail's, since the stream decides ids.
-#[derive(Debug)]
-pub struct Deliverer {
-    fanout: Fanout,
-    state: Arc<SharedState>,
-}
-
-impl Deliverer {
-    /// Delivers to these shards, keeping events in `state`'s history.
-    pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>) -> Self {
-        Deliverer { fanout: Fanout::new(shards), state }
-    }
-
-    /// Frames the event once, keeps it, and hands it to every shard; they are woken by
-    /// [`Deliverer::wake`].
-    pub fn deliver(&mut self, id: u64, publish: Publish) {
-        debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
-        let frame = frame(id, &publish);
-        // Kept before any shard can see it: a resume that reads the history then finds every
-        // event its shard may already have delivered to others (see `shard::delivery`).
-        self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
-        // Likewise: a fresh handshake from now on is later than this event.
-        self.state.published.store(id, Ordering::Release);
-        self.fanout.publish(Delivery { id, audience: publish.audience, frame });
-    }
-
-    /// Delivers an event read from the cluster's stream, unless it was: ids only grow, so one
-    /// at or below the last delivered was.
-    pub fn deliver_new(&mut self, id: u64, publish: Publish) {
-        if id > self.state.published.load(Ordering::Relaxed) {
-            self.deliver(id, publish);
-        }
-    }
-
-    /// The stream lost what came before now: a resume from before is told of a gap.
-    pub fn new_epoch(&mut self) {
-        self.state.history.write().new_epoch();
-    }
-
-    /// Wakes the shards that were sent something since the last wake.
-    pub fn wake(&mut self) {
-        self.fanout.wake();
-    }
-}
-
-/// The event's frame: what every client it reaches is sent, and what history keeps.
-pub fn frame(id: u64, publish: &Publish) -> Frame {
-    encode(&EventFields {
-        id: Some(id),
-        event: publish.event.as_deref(),
-        retry: publish.retry,
-        data: Some(&publish.message),
-    })
 }

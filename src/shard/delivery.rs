@@ -17,7 +17,7 @@ use super::connection::{Connection, Phase};
 use super::{Counters, Shard};
 use crate::event::ResumeFrom;
 use crate::history::Replay;
-use crate::pipeline::{Delivery, ShardCommand};
+use crate::pipeline::{Sequenced, ShardCommand};
 use crate::sse;
 use crate::sse::Frame;
 
@@ -37,7 +37,7 @@ struct Run {
 }
 
 impl Run {
-    pub(super) fn new(run: &[Arc<Delivery>]) -> Run {
+    pub(super) fn new(run: &[Arc<Sequenced>]) -> Run {
         let mut all = BytesMut::with_capacity(run.iter().map(|d| d.frame.len()).sum());
         let mut starts = Vec::with_capacity(run.len());
         for delivery in run {
@@ -59,7 +59,7 @@ struct Recipients<'a> {
     counters: &'a mut Counters,
     over_cap: Vec<usize>,
     /// The events: same audience, increasing ids.
-    run: &'a [Arc<Delivery>],
+    run: &'a [Arc<Sequenced>],
     /// The shard's copy of them, made for the first recipient (a targeted message has none on
     /// most shards).
     copy: Option<Run>,
@@ -201,7 +201,7 @@ impl Shard {
 
     /// Queues a run of events (same audience, increasing ids) for every matching client, once
     /// each; writes at once to those it put over the cap, and holds those still over it.
-    fn publish(&mut self, run: &[Arc<Delivery>]) {
+    fn publish(&mut self, run: &[Arc<Sequenced>]) {
         let Some(first) = run.first() else { return };
         let mut recipients = Recipients {
             dirty: &mut self.dirty,
@@ -255,8 +255,8 @@ mod tests {
         (conn, other_end)
     }
 
-    fn event(id: u64, except: Option<&str>, size: usize) -> Arc<Delivery> {
-        Arc::new(Delivery {
+    fn event(id: u64, except: Option<&str>, size: usize) -> Arc<Sequenced> {
+        Arc::new(Sequenced {
             id,
             audience: Audience {
                 targets: vec![Target::Token("t".into())],
@@ -268,7 +268,7 @@ mod tests {
 
     /// Offers `run` to `conns` as the shard does; returns (dirty, over the cap, deliveries).
     fn offer(
-        run: &[Arc<Delivery>],
+        run: &[Arc<Sequenced>],
         conns: &mut [&mut Connection],
         cap: usize,
     ) -> (Vec<usize>, Vec<usize>, u64) {
@@ -288,7 +288,7 @@ mod tests {
         (dirty, over_cap, counters.deliveries)
     }
 
-    fn frames_len(run: &[Arc<Delivery>]) -> usize {
+    fn frames_len(run: &[Arc<Sequenced>]) -> usize {
         run.iter().map(|d| d.frame.len()).sum()
     }
 

@@ -43,7 +43,7 @@ use slab::Slab;
 use tracing::info;
 
 use crate::auth::Refusal;
-use crate::pipeline::{Delivery, ShardCommand, ShardHandle, SharedState};
+use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
 pub use accept::PerIpLimit;
 use connection::{Connection, Phase};
 use outbox::Flushed;
@@ -129,7 +129,7 @@ pub struct Shard {
     dirty: Vec<usize>,
     /// Consecutive publishes to one audience, gathered while draining commands (kept to reuse
     /// its allocation).
-    run: Vec<Arc<Delivery>>,
+    run: Vec<Arc<Sequenced>>,
     /// The bytes of the events in `run`.
     run_bytes: usize,
     /// Clients over the cap: while any is held, commands wait on the channel.
