@@ -18,10 +18,9 @@ use tracing::{info, warn};
 
 use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
-use crate::control::command::Query;
 use crate::event::Asker;
 use crate::log::REPORT;
-use crate::pipeline::{ShardAnswer, ShardQuery, SharedState};
+use crate::pipeline::{Query, ShardAnswer, ShardQuery, SharedState};
 use crate::stats::{self, ClientRow, ShardFigures, Status};
 use crate::tls::TlsFiles;
 

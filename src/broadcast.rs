@@ -91,7 +91,7 @@ impl Fanout {
     }
 
     /// How many shards there are.
-    pub fn len(&self) -> usize {
+    pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
 

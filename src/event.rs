@@ -23,7 +23,7 @@ use mio::Waker;
 ///
 /// ASCII whitespace around `TOKEN[-UNIQ]` is ignored; the message is everything after the first
 /// `=`, byte for byte (it may hold `=`, be empty, or be any bytes). The JSON form
-/// ([`JsonPublish`]) gives the same, and may add an event type and a reconnection time.
+/// ([`JsonPublish`](crate::publish::JsonPublish)) gives the same, and may add an event type and a reconnection time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     /// Who gets it: the subscribers its targets match, less the client `-UNIQ` names.

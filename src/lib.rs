@@ -67,6 +67,7 @@ pub mod limits;
 pub mod log;
 pub mod nonblocking;
 pub mod pipeline;
+pub mod publish;
 pub mod server;
 pub mod shard;
 pub mod sse;

@@ -40,6 +40,21 @@ pub enum ShardCommand {
     Shutdown,
 }
 
+/// A question about the server, answered off the publish path (by [`crate::admin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// `status`: the status block; `tcpstatus`: the same as JSON.
+    Status,
+    /// `clientlist`: a block per client; `tcpclientlist`: a JSON array (ours; hasses has none).
+    ClientList,
+    /// `numberofclients`: `Number of connected clients: N`; `tcpnumberofclients`:
+    /// `{"numberofclients": N}`.
+    NumberOfClients,
+    /// `subscribedclients:TOKEN`: `Client count subscribed for "TOKEN": N`;
+    /// `tcpsubscribedclients:TOKEN`: `{"subscribedclients": N, "subscribedfor": "TOKEN"}`.
+    SubscribedClients(String),
+}
+
 /// What the admin path asks every shard. A shard answers when it reaches the question in its
 /// queue, so the answer counts every event sent before it.
 #[derive(Debug, Clone)]

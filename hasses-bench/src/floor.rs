@@ -20,11 +20,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use hasses::control::command::{parse_command, split_parts, Answer, Command, Query};
+use hasses::control::command::{parse_command, split_parts, Answer, Command};
 use hasses::control::lines::LineBuffer;
 use hasses::event::Target;
 use hasses::http::{judge, Judgement, Responses, Route};
 use hasses::limits::Limits;
+use hasses::pipeline::Query;
 use hasses::server;
 use hasses::sse::{encode_event, EventIds, Frame};
 use mio::net::{TcpListener, TcpStream};

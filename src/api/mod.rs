@@ -18,9 +18,10 @@ pub mod request;
 
 use subtle::ConstantTimeEq;
 
-use crate::control::command::{parse_json_publish, CommandError, JsonPublish, Query};
 use crate::event::{Publish, Receipt};
 use crate::limits::Limits;
+use crate::pipeline::Query;
+use crate::publish::{parse_json_publish, CommandError, JsonPublish};
 use request::{Method, Request};
 
 /// The status page: one file, no outside assets.

@@ -89,7 +89,7 @@ impl Sequencer {
 
     /// How many shards it feeds.
     pub fn shard_count(&self) -> usize {
-        self.broadcast.fanout.len()
+        self.broadcast.fanout.shard_count()
     }
 
     /// Wakes the shards that were sent something since the last wake: once per round of input,
