@@ -19,9 +19,10 @@ use tracing::{info, warn};
 use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
 use crate::event::Asker;
+use crate::figures::{ClientRow, ControlFigures, ShardFigures};
 use crate::log::REPORT;
 use crate::pipeline::{Query, ShardAnswer, ShardQuery, SharedState};
-use crate::stats::{self, ClientRow, ShardFigures, Status};
+use crate::stats::{self, Status};
 use crate::tls::TlsFiles;
 
 /// How long the shards may take to answer one question; a shard that does not is left out of
@@ -51,28 +52,6 @@ pub enum Reply {
     Line(Asker, u64, String),
     /// To an API connection.
     Http(Asker, Response),
-}
-
-/// The control thread's own counters, as they were when it asked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ControlFigures {
-    /// Events sequenced.
-    pub processed: u64,
-    /// Control commands refused as malformed or too long.
-    pub refused: u64,
-    /// Events published, by source.
-    pub published: Published,
-}
-
-/// Events published, by where they came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Published {
-    /// On the TCP control port.
-    pub tcp: u64,
-    /// On the control FIFO.
-    pub fifo: u64,
-    /// Through the HTTP API.
-    pub http: u64,
 }
 
 /// What the status block says about the server's setup, fixed for its run.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::event::{Audience, ResumeFrom, Target};
+use crate::figures::HistoryFigures;
 use crate::sse::Frame;
 
 /// How many empty rings (audiences whose events all went, remembered for what they lost) are
@@ -48,17 +49,6 @@ pub struct Replay {
     pub frames: Vec<Frame>,
     /// The newest id sequenced: live delivery takes over after it.
     pub newest: u64,
-}
-
-/// The history's figures, for status and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HistoryFigures {
-    /// Events kept.
-    pub events: u64,
-    /// Their frames' bytes.
-    pub bytes: u64,
-    /// The oldest kept event's id.
-    pub oldest: Option<u64>,
 }
 
 /// An event kept in a ring.

@@ -61,6 +61,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod figures;
 pub mod history;
 pub mod http;
 pub mod limits;

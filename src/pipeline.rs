@@ -14,9 +14,9 @@ use mio::Waker;
 use parking_lot::RwLock;
 
 use crate::event::Audience;
+use crate::figures::{ClientRow, ShardFigures};
 use crate::history::History;
 use crate::sse::Frame;
-use crate::stats::{ClientRow, ShardFigures};
 
 /// An event to deliver, numbered and framed once by the sequencer.
 #[derive(Debug)]

@@ -9,10 +9,7 @@
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::admin::ControlFigures;
-use crate::cluster::ClusterFigures;
-use crate::history::HistoryFigures;
-use crate::stats::ShardFigures;
+use crate::figures::{ClusterFigures, ControlFigures, HistoryFigures, ShardFigures};
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -151,7 +148,7 @@ pub fn render(snapshot: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::Published;
+    use crate::figures::Published;
 
     #[test]
     fn every_metric_is_there_with_its_labels() {

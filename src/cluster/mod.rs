@@ -39,6 +39,7 @@ use tracing::warn;
 
 use crate::broadcast::Broadcast;
 use crate::event::{Publish, Receipt, ReceiptSender, ReceiptTo};
+use crate::figures::ClusterFigures;
 use crate::history::{History, HistoryLimits};
 use crate::pipeline::{ShardHandle, SharedState};
 use entry::StreamId;
@@ -154,19 +155,6 @@ struct TailPosition {
     read: StreamId,
     /// Where the newest `--history-memory` of entries read begin.
     memory_cut: StreamId,
-}
-
-/// The cluster as status shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ClusterFigures {
-    /// Both the outbox and the tail have a connection to Redis.
-    pub connected: bool,
-    /// The tail's lag in milliseconds.
-    pub lag_ms: u64,
-    /// Publishes waiting to be appended.
-    pub buffered: u64,
-    /// Live nodes.
-    pub nodes: u64,
 }
 
 impl ClusterShared {

@@ -66,8 +66,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::admin::{self, ControlFigures, Published, Question, Reply};
+use crate::admin::{self, Question, Reply};
 use crate::event::{Publish, Receipt, ReceiptTo};
+use crate::figures::{ControlFigures, Published};
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::nonblocking::attempt;

@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::connection::{Connection, Phase};
 use super::subscriptions::EVERYTHING;
 use super::Shard;
+use crate::figures::{ClientRow, ShardFigures};
 use crate::pipeline::{ShardAnswer, ShardQuery};
-use crate::stats::{ClientRow, ShardFigures};
 
 impl Shard {
     /// This shard's part of an answer to the admin path.
