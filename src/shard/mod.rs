@@ -264,7 +264,7 @@ impl Shard {
         let conn = &mut self.connections[key];
         let queued = conn.outbox.len();
         let flushed = match conn.tls.as_deref_mut() {
-            Some(tls) => conn.outbox.flush_tls(tls, &mut self.tls_buffers.output, &mut conn.socket),
+            Some(tls) => tls.flush_outbox(&mut conn.outbox, &mut self.tls_buffers.output, &mut conn.socket),
             None => conn.outbox.flush(&mut conn.socket),
         };
         match flushed {

@@ -1,15 +1,14 @@
 //! A connection's outbound queue: bytes the socket has not taken yet.
 //!
 //! Owns the frames waiting to be written, how many bytes they add up to, and writing as many of
-//! them as the socket takes in one call. Frames are shared (`Bytes`): queueing one copies
-//! nothing. It does not decide what to do with a full queue or a failed write: the shard does.
+//! them as the socket takes in one call, to any writer (a socket, or a TLS session's encrypting
+//! sink). Frames are shared (`Bytes`): queueing one copies nothing. It does not decide what to do with a full queue or a failed write: the shard does.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 
 use bytes::{Buf, Bytes};
 
-use super::tls_session::TlsSession;
 use crate::nonblocking::attempt;
 
 /// The most bytes of queued frames copied into one write: a burst of a hundred events fits,
@@ -68,23 +67,6 @@ impl Outbox {
         Ok(Flushed::All)
     }
 
-    /// Sends what `tls` holds, then encrypts queued frames (a batch per record, in the shard's
-    /// `output` buffer) and sends them, as far as the socket takes.
-    pub fn flush_tls(
-        &mut self,
-        tls: &mut TlsSession,
-        output: &mut Vec<u8>,
-        socket: &mut impl Write,
-    ) -> io::Result<Flushed> {
-        if tls.send(socket)? == Flushed::Partly {
-            return Ok(Flushed::Partly);
-        }
-        match self.flush(&mut TlsSink { tls, output, socket })? {
-            Flushed::All => tls.send(socket),
-            Flushed::Partly => Ok(Flushed::Partly),
-        }
-    }
-
     /// The oldest frames, up to [`BATCH_BYTES`] (at least one), in one buffer.
     fn batch(&self) -> Vec<u8> {
         let mut batch = Vec::with_capacity(self.bytes.min(BATCH_BYTES));
@@ -109,23 +91,6 @@ impl Outbox {
             written -= first.len();
             self.frames.pop_front();
         }
-    }
-}
-
-/// Frames go into TLS as plaintext, a write's worth per record, and out as ciphertext.
-struct TlsSink<'a, W> {
-    tls: &'a mut TlsSession,
-    output: &'a mut Vec<u8>,
-    socket: &'a mut W,
-}
-
-impl<W: Write> Write for TlsSink<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tls.write(buf, self.output, self.socket)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{CommonState, ServerConfig};
 
-use super::outbox::Flushed;
+use super::outbox::{Flushed, Outbox};
 use crate::nonblocking::attempt;
 
 /// Ciphertext read at once: a whole record of the largest size TLS allows (16 KiB of payload
@@ -221,6 +221,23 @@ impl TlsSession {
         Ok(Flushed::All)
     }
 
+    /// Sends what it holds, then encrypts `outbox`'s frames (a batch per record, in the shard's
+    /// `output` buffer) and sends them, as far as the socket takes.
+    pub fn flush_outbox(
+        &mut self,
+        outbox: &mut Outbox,
+        output: &mut Vec<u8>,
+        socket: &mut impl Write,
+    ) -> io::Result<Flushed> {
+        if self.send(socket)? == Flushed::Partly {
+            return Ok(Flushed::Partly);
+        }
+        match outbox.flush(&mut TlsSink { tls: self, output, socket })? {
+            Flushed::All => self.send(socket),
+            Flushed::Partly => Ok(Flushed::Partly),
+        }
+    }
+
     /// Encrypts `plain` whole and writes it; what the socket does not take is kept, and the
     /// next call writes it first. `WouldBlock` (taking nothing) only when the socket is full.
     pub fn write(
@@ -280,6 +297,23 @@ fn encode_into(
                 return Err(rustls::Error::General(e.to_string()));
             }
         }
+    }
+}
+
+/// Frames go into TLS as plaintext, a write's worth per record, and out as ciphertext.
+struct TlsSink<'a, W> {
+    tls: &'a mut TlsSession,
+    output: &'a mut Vec<u8>,
+    socket: &'a mut W,
+}
+
+impl<W: Write> Write for TlsSink<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tls.write(buf, self.output, self.socket)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
