@@ -29,6 +29,7 @@ mod examples;
 mod handshake;
 mod hardening;
 mod hardening_control;
+mod layers;
 mod nginx;
 mod operations;
 mod publish;
