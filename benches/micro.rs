@@ -26,6 +26,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Samplin
 use hasses::control::command::{parse_command, split_parts};
 use hasses::event::Target;
 use hasses::limits::Limits;
+use hasses::shard::keys::{ConnKey, StreamKey};
 use hasses::shard::subscriptions::Subscriptions;
 use hasses::sse::encode_event;
 use mio::net::TcpStream;
@@ -80,12 +81,12 @@ fn frame(c: &mut Criterion) {
     group.finish();
 }
 
-/// `n` connections (keys 0..n), each subscribed to `all` and its own `c<key>`.
+/// `n` streams (on connections 0..n), each subscribed to `all` and its own `c<key>`.
 fn index_of(n: usize) -> Subscriptions {
     let mut subs = Subscriptions::default();
-    for key in 0..n {
+    for (key, conn) in (0..n).filter_map(|key| Some((key, ConnKey::new(key)?))) {
         let own = format!("c{key}");
-        subs.add(key, ["all", own.as_str()].into_iter());
+        subs.add(StreamKey::on(conn), ["all", own.as_str()].into_iter());
     }
     subs
 }
@@ -93,7 +94,7 @@ fn index_of(n: usize) -> Subscriptions {
 /// Visits every match of `target`; the sum keeps the visits from being optimized away.
 fn visit(subs: &Subscriptions, target: &Target) -> usize {
     let mut sum = 0usize;
-    subs.for_each_match(target, |key| sum = sum.wrapping_add(key));
+    subs.for_each_match(target, |key| sum = sum.wrapping_add(key.connection().index()));
     sum
 }
 

@@ -11,12 +11,11 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mio::{Interest, Token};
+use mio::Interest;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use super::connection::{Connection, Peer};
-use super::timers::Deadline;
 use super::tls_session::TlsSession;
 use super::{seconds, Shard};
 use crate::config::Config;
@@ -115,6 +114,14 @@ impl Shard {
         }
     }
 
+    /// Takes back what [`Shard::admit`] counted for a connection: it closed, or could not be kept.
+    pub(super) fn unaccount(&self, peer: Peer) {
+        self.state.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(limit) = &self.per_ip {
+            limit.close(peer.0.ip());
+        }
+    }
+
     fn admit(&mut self, socket: mio::net::TcpStream, peer: Peer) {
         let open = self.state.open.fetch_add(1, Ordering::Relaxed) + 1;
         if self.settings.max_connections.is_some_and(|max| open > max) {
@@ -130,24 +137,24 @@ impl Shard {
         let tls = match self.settings.tls.as_ref().map(|tls| TlsSession::new(tls.config())).transpose() {
             Ok(tls) => tls.map(Box::new),
             Err(e) => {
-                self.state.open.fetch_sub(1, Ordering::Relaxed);
-                if let Some(limit) = &self.per_ip {
-                    limit.close(peer.0.ip());
-                }
+                self.unaccount(peer);
                 return warn!("Cannot start TLS for {peer}: {e}");
             }
         };
-        let key = self.connections.vacant_key();
+        let Some(key) = self.connections.next_key() else {
+            self.unaccount(peer);
+            return warn!("Connection from {peer} refused: the worker has no connection key left");
+        };
         let now = Instant::now();
         let serial = self.new_serial();
         info!("Connection accepted: {peer} <{}> worker {}", socket.as_raw_fd(), self.number);
         self.connections.insert(Connection::accepted(socket, tls, peer, serial, seconds(self.started, now)));
         let conn = &mut self.connections[key];
-        if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key), Interest::READABLE) {
+        if let Err(e) = self.poll.registry().register(&mut conn.socket, key.token(), Interest::READABLE) {
             return self.close(key, &format!("cannot watch socket: {e}"));
         }
         let at = self.deadline(now, self.settings.handshake_timeout);
-        self.handshake_deadlines.push_back(Deadline { at, key: key as u32, serial });
+        self.timers.handshake_by(at, key, serial);
         if self.settings.read_on_accept {
             // The request is there already: read it now rather than after another wait. No
             // event said whether the peer closed after sending it: read to the end.

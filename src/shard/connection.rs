@@ -7,6 +7,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use slab::Slab;
+
+use super::keys::ConnKey;
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
 use crate::http::Subscribe;
@@ -32,6 +35,67 @@ impl Phase {
             Phase::Streaming => "SSE",
             Phase::Closing => "END",
         }
+    }
+}
+
+/// A shard's connections, by key: the one place that maps keys to slab places.
+#[derive(Debug, Default)]
+pub struct Connections(Slab<Connection>);
+
+impl Connections {
+    /// The key the next connection will have; `None` when no key is left (never, in practice:
+    /// descriptors run out first).
+    pub fn next_key(&self) -> Option<ConnKey> {
+        ConnKey::new(self.0.vacant_key())
+    }
+
+    /// Takes in a connection under [`Connections::next_key`].
+    pub fn insert(&mut self, conn: Connection) {
+        self.0.insert(conn);
+    }
+
+    /// Takes a connection out.
+    pub fn remove(&mut self, key: ConnKey) -> Connection {
+        self.0.remove(key.index())
+    }
+
+    /// Whether `key` names an open connection.
+    pub fn contains(&self, key: ConnKey) -> bool {
+        self.0.contains(key.index())
+    }
+
+    /// The connection `key` names, if it is open.
+    pub fn get(&self, key: ConnKey) -> Option<&Connection> {
+        self.0.get(key.index())
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every open connection with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnKey, &Connection)> {
+        self.0.iter().filter_map(|(index, conn)| Some((ConnKey::new(index)?, conn)))
+    }
+
+    /// Every open connection with its key, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnKey, &mut Connection)> {
+        self.0.iter_mut().filter_map(|(index, conn)| Some((ConnKey::new(index)?, conn)))
+    }
+}
+
+impl std::ops::Index<ConnKey> for Connections {
+    type Output = Connection;
+
+    fn index(&self, key: ConnKey) -> &Connection {
+        &self.0[key.index()]
+    }
+}
+
+impl std::ops::IndexMut<ConnKey> for Connections {
+    fn index_mut(&mut self, key: ConnKey) -> &mut Connection {
+        &mut self.0[key.index()]
     }
 }
 

@@ -14,6 +14,7 @@ use crossbeam_channel::TryRecvError;
 use tracing::debug;
 
 use super::connection::{Connection, Phase};
+use super::keys::{ConnKey, StreamKey};
 use super::{Counters, Shard};
 use crate::event::ResumeFrom;
 use crate::history::Replay;
@@ -53,11 +54,13 @@ impl Run {
     }
 }
 
-/// The recipients of a run of events, being offered them one connection at a time.
+/// The recipients of a run of events, being offered them one stream at a time.
 struct Recipients<'a> {
-    dirty: &'a mut Vec<usize>,
+    /// Connections given bytes, to write once the drain is done.
+    dirty: &'a mut Vec<ConnKey>,
     counters: &'a mut Counters,
-    over_cap: Vec<usize>,
+    /// Connections put over the cap, to write at once.
+    over_cap: Vec<ConnKey>,
     /// The events: same audience, increasing ids.
     run: &'a [Arc<Sequenced>],
     /// The shard's copy of them, made for the first recipient (a targeted message has none on
@@ -67,7 +70,8 @@ struct Recipients<'a> {
 }
 
 impl Recipients<'_> {
-    fn offer(&mut self, key: usize, conn: &mut Connection) {
+    /// Offers the run to `stream`, carried by `conn`.
+    fn offer(&mut self, stream: StreamKey, conn: &mut Connection) {
         if conn.phase != Phase::Streaming {
             return;
         }
@@ -86,9 +90,9 @@ impl Recipients<'_> {
         // Over the cap, the shard writes at once rather than after the drain; otherwise one
         // write after the drain carries the whole burst.
         if conn.outbox.len() > self.max_backlog {
-            self.over_cap.push(key);
+            self.over_cap.push(stream.connection());
         } else if was_idle {
-            self.dirty.push(key);
+            self.dirty.push(stream.connection());
         }
         conn.client.messages += taken as u64;
         self.counters.deliveries += taken as u64;
@@ -213,11 +217,13 @@ impl Shard {
         };
         let connections = &mut self.connections;
         if first.audience.is_everyone() {
-            connections.iter_mut().for_each(|(key, conn)| recipients.offer(key, conn));
+            connections.iter_mut().for_each(|(key, conn)| recipients.offer(StreamKey::on(key), conn));
         } else {
             // A client several targets match is offered the run again, and takes nothing twice.
             for target in &first.audience.targets {
-                self.subscriptions.for_each_match(target, |key| recipients.offer(key, &mut connections[key]));
+                self.subscriptions.for_each_match(target, |stream| {
+                    recipients.offer(stream, &mut connections[stream.connection()]);
+                });
             }
         }
         for key in recipients.over_cap {
@@ -282,10 +288,11 @@ mod tests {
             max_backlog: cap,
         };
         for (key, conn) in conns.iter_mut().enumerate() {
-            recipients.offer(key, conn);
+            recipients.offer(StreamKey::on(ConnKey::new(key).unwrap()), conn);
         }
         let over_cap = recipients.over_cap;
-        (dirty, over_cap, counters.deliveries)
+        let index = |keys: Vec<ConnKey>| keys.into_iter().map(ConnKey::index).collect();
+        (index(dirty), index(over_cap), counters.deliveries)
     }
 
     fn frames_len(run: &[Arc<Sequenced>]) -> usize {

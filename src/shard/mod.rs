@@ -18,6 +18,7 @@
 mod accept;
 mod connection;
 mod delivery;
+pub mod keys;
 mod outbox;
 mod report;
 mod request;
@@ -27,11 +28,8 @@ pub mod subscriptions;
 mod timers;
 mod tls_session;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,18 +37,18 @@ use crossbeam_channel::{bounded, Receiver};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::HandshakeKind;
-use slab::Slab;
 use tracing::info;
 
 use crate::auth::Refusal;
 use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
 pub use accept::PerIpLimit;
-use connection::{Connection, Phase};
+use connection::{Connections, Phase};
+use keys::{ConnKey, StreamKey};
 use outbox::Flushed;
 pub use settings::Settings;
 use stalls::Stalls;
 use subscriptions::Subscriptions;
-use timers::Deadline;
+use timers::Timers;
 use tls_session::TlsBuffers;
 
 /// The listener's token, at the top of the range where no slab key reaches.
@@ -117,16 +115,11 @@ pub struct Shard {
     settings: Arc<Settings>,
     state: Arc<SharedState>,
     per_ip: Option<Arc<PerIpLimit>>,
-    connections: Slab<Connection>,
+    connections: Connections,
     subscriptions: Subscriptions,
-    /// Handshake deadlines in accept order; with one timeout for all, that is deadline order.
-    handshake_deadlines: VecDeque<Deadline>,
-    /// Max-age deadlines in handshake order, likewise sorted.
-    age_deadlines: VecDeque<Deadline>,
-    /// When streams end because their token expires: each token its own time, so a heap.
-    expiry_deadlines: BinaryHeap<Reverse<Deadline>>,
+    timers: Timers,
     /// Connections given new bytes while draining commands, flushed once after the drain.
-    dirty: Vec<usize>,
+    dirty: Vec<ConnKey>,
     /// Consecutive publishes to one audience, gathered while draining commands (kept to reuse
     /// its allocation).
     run: Vec<Arc<Sequenced>>,
@@ -145,8 +138,6 @@ pub struct Shard {
     stopping: bool,
     /// The origin of the shard's seconds clock, which connections keep their times on.
     started: Instant,
-    /// When idle streams next get a heartbeat comment.
-    next_heartbeat: Option<Instant>,
     /// Accepting is paused until then (out of descriptors).
     accept_paused_until: Option<Instant>,
     /// Accepts that failed for want of descriptors since the last report.
@@ -176,11 +167,9 @@ impl Shard {
             listener,
             commands,
             _waker: waker,
-            connections: Slab::new(),
+            connections: Connections::default(),
             subscriptions: Subscriptions::default(),
-            handshake_deadlines: VecDeque::new(),
-            age_deadlines: VecDeque::new(),
-            expiry_deadlines: BinaryHeap::new(),
+            timers: Timers::new(settings.heartbeat),
             dirty: Vec::new(),
             run: Vec::new(),
             run_bytes: 0,
@@ -192,7 +181,6 @@ impl Shard {
             tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,
             started: Instant::now(),
-            next_heartbeat: settings.heartbeat.and_then(|every| Instant::now().checked_add(every)),
             accept_paused_until: None,
             accept_failures: 0,
             accept_report_due: None,
@@ -218,7 +206,8 @@ impl Shard {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     WAKER => self.drain_commands(),
-                    Token(key) => {
+                    token => {
+                        let Some(key) = ConnKey::of_token(token) else { continue };
                         // A hang-up or error shows up as a failed or empty read.
                         let hung_up = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || hung_up;
@@ -238,7 +227,7 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_socket(&mut self, key: usize, readable: bool, writable: bool, hung_up: bool) {
+    fn handle_socket(&mut self, key: ConnKey, readable: bool, writable: bool, hung_up: bool) {
         if !self.connections.contains(key) {
             return;
         }
@@ -251,16 +240,16 @@ impl Shard {
     }
 
     /// Takes a streaming connection out of the index (before a reinit, an answer, or a close).
-    fn stop_streaming(&mut self, key: usize) {
+    fn stop_streaming(&mut self, key: ConnKey) {
         let conn = &self.connections[key];
         if conn.phase == Phase::Streaming {
-            self.subscriptions.remove(key, conn.client.tokens());
+            self.subscriptions.remove(StreamKey::on(key), conn.client.tokens());
             self.stalls.release(key);
         }
     }
 
     /// Writes what the socket takes; closes the connection when it failed or is finished.
-    fn flush(&mut self, key: usize) {
+    fn flush(&mut self, key: ConnKey) {
         let conn = &mut self.connections[key];
         let queued = conn.outbox.len();
         let flushed = match conn.tls.as_deref_mut() {
@@ -279,7 +268,7 @@ impl Shard {
 
     /// Holds or lets go a streaming client by what its queue holds after a write (`queued`
     /// before it): see [`stalls`]. Costs nothing while no client is near its cap.
-    fn pace(&mut self, key: usize, queued: usize) {
+    fn pace(&mut self, key: ConnKey, queued: usize) {
         let conn = &self.connections[key];
         let cap = self.settings.max_backlog;
         if conn.phase != Phase::Streaming || (conn.outbox.len() <= cap && self.stalls.is_empty()) {
@@ -289,31 +278,28 @@ impl Shard {
         self.stalls.after_write(key, queued, conn.outbox.len(), cap, now);
     }
 
-    fn update_interest(&mut self, key: usize) {
+    fn update_interest(&mut self, key: ConnKey) {
         let conn = &mut self.connections[key];
         let wanted = conn.interest();
         if wanted != conn.registered {
-            match self.poll.registry().reregister(&mut conn.socket, Token(key), wanted) {
+            match self.poll.registry().reregister(&mut conn.socket, key.token(), wanted) {
                 Ok(()) => conn.registered = wanted,
                 Err(e) => self.close(key, &format!("cannot watch socket: {e}")),
             }
         }
     }
 
-    fn close(&mut self, key: usize, why: &str) {
+    fn close(&mut self, key: ConnKey, why: &str) {
         self.stop_streaming(key);
         self.stalls.release(key);
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
-        self.state.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(limit) = &self.per_ip {
-            limit.close(conn.peer.0.ip());
-        }
+        self.unaccount(conn.peer);
         info!("Connection closed: {} <{}> ({why})", conn.peer, conn.socket.as_raw_fd());
     }
 
     fn close_all(&mut self) {
-        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        let keys: Vec<ConnKey> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.close(key, "server shutting down");
         }

@@ -4,7 +4,6 @@
 //! sockets, judging the request head (through the pure [`http::judge`]), answering refusals,
 //! HEAD and OPTIONS, and subscribing a client. It does not deliver events (`delivery`).
 
-use std::cmp::Reverse;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -17,7 +16,7 @@ use tracing::{debug, info};
 
 use super::connection::{Client, Phase};
 use super::delivery::queue_replay;
-use super::timers::Deadline;
+use super::keys::{ConnKey, StreamKey};
 use super::tls_session::Received;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
@@ -30,7 +29,7 @@ impl Shard {
     /// the buffer emptied the socket: data arriving later raises a new edge, so the read that
     /// would only say `WouldBlock` (one syscall per request) is skipped, unless the peer may
     /// have closed (`hung_up`), which only a read of 0 bytes tells.
-    pub(super) fn read(&mut self, key: usize, hung_up: bool) {
+    pub(super) fn read(&mut self, key: ConnKey, hung_up: bool) {
         if self.connections[key].tls.is_some() {
             return self.read_tls(key);
         }
@@ -53,7 +52,7 @@ impl Shard {
     /// Reads TLS records until the socket has nothing more, acting on the plaintext in them,
     /// then sends what TLS wants to (handshake messages, alerts). The shard's buffers take the
     /// ciphertext and the plaintext; the session keeps only an incomplete record.
-    fn read_tls(&mut self, key: usize) {
+    fn read_tls(&mut self, key: ConnKey) {
         loop {
             let conn = &mut self.connections[key];
             let Some(tls) = conn.tls.as_mut() else { return };
@@ -104,7 +103,7 @@ impl Shard {
     /// mostly an `http://` URL typed for an `https://` one, with a plain `400` that says so,
     /// rather than an alert the client cannot show. The connection goes on without its TLS
     /// session, so that the answer goes out as it is, then closes.
-    fn refuse_plaintext(&mut self, key: usize, n: usize) {
+    fn refuse_plaintext(&mut self, key: ConnKey, n: usize) {
         let conn = &mut self.connections[key];
         conn.tls = None;
         // Only on this path: the address the client connected to, for a request without a Host.
@@ -116,7 +115,7 @@ impl Shard {
 
     /// Acts on the plaintext just decrypted, a `read_buf` at a time; false when the connection
     /// is gone.
-    fn take_plaintext(&mut self, key: usize) -> bool {
+    fn take_plaintext(&mut self, key: ConnKey) -> bool {
         let plain = std::mem::take(&mut self.tls_buffers.plain);
         for chunk in plain.chunks(self.read_buf.len()) {
             self.read_buf[..chunk.len()].copy_from_slice(chunk);
@@ -131,7 +130,7 @@ impl Shard {
     }
 
     /// Acts on `n` bytes just read into `read_buf`.
-    fn received(&mut self, key: usize, n: usize) {
+    fn received(&mut self, key: ConnKey, n: usize) {
         let takes_request = match self.connections[key].phase {
             Phase::Handshaking => true,
             Phase::Streaming => self.wants_reinit(key, n),
@@ -151,7 +150,7 @@ impl Shard {
     }
 
     /// True when data from a streaming client is (the start of) a reinit request to act on.
-    fn wants_reinit(&self, key: usize, n: usize) -> bool {
+    fn wants_reinit(&self, key: ConnKey, n: usize) -> bool {
         let conn = &self.connections[key];
         if !self.state.reinit.load(Ordering::Relaxed) {
             return false;
@@ -161,7 +160,7 @@ impl Shard {
         !conn.request.is_empty() || data.starts_with(b"GET ") || b"GET ".starts_with(data)
     }
 
-    fn answer(&mut self, key: usize, judgement: Judgement) {
+    fn answer(&mut self, key: ConnKey, judgement: Judgement) {
         let conn = &mut self.connections[key];
         let responses = &self.settings.responses;
         let reply = match judgement {
@@ -179,7 +178,7 @@ impl Shard {
 
     /// A subscription request: checked against its token when subscriptions need one, then
     /// the handshake.
-    fn subscribe(&mut self, key: usize, mut request: Subscribe) {
+    fn subscribe(&mut self, key: ConnKey, mut request: Subscribe) {
         let granted = match self
             .settings
             .auth
@@ -199,7 +198,7 @@ impl Shard {
     }
 
     /// Answers a subscription its token does not allow as RFC 6750 says, and counts it.
-    fn refuse_subscription(&mut self, key: usize, refusal: &Refusal) {
+    fn refuse_subscription(&mut self, key: ConnKey, refusal: &Refusal) {
         info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
         self.counters.auth_refused(refusal);
         let reply = self.settings.responses.refusal(refusal);
@@ -208,7 +207,7 @@ impl Shard {
 
     /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); the connection closes once the
     /// answer is out.
-    fn answer_last(&mut self, key: usize, reply: Bytes) {
+    fn answer_last(&mut self, key: ConnKey, reply: Bytes) {
         self.stop_streaming(key);
         let conn = &mut self.connections[key];
         conn.request = Vec::new();
@@ -221,7 +220,7 @@ impl Shard {
     /// a stream whose token `expires` (Unix seconds) ends then.
     fn handshake(
         &mut self,
-        key: usize,
+        key: ConnKey,
         mut client: Client,
         resume: Option<ResumeFrom>,
         expires: Option<u64>,
@@ -246,7 +245,7 @@ impl Shard {
             client.token_list(),
             client.id()
         );
-        self.subscriptions.add(key, client.tokens());
+        self.subscriptions.add(StreamKey::on(key), client.tokens());
         let replay = resume
             .map(|from| (from, self.state.history.read().replay(from, client.tokens(), client.id(), now)));
         conn.client = client;
@@ -264,10 +263,10 @@ impl Shard {
         let serial = if reinit { self.new_serial() } else { conn.serial };
         self.connections[key].serial = serial;
         let at = self.deadline(now, self.settings.max_age);
-        self.age_deadlines.push_back(Deadline { at, key: key as u32, serial });
+        self.timers.age_by(at, StreamKey::on(key), serial);
         if let Some(expires) = expires {
             let at = self.deadline(now, until_unix(expires));
-            self.expiry_deadlines.push(Reverse(Deadline { at, key: key as u32, serial }));
+            self.timers.expire_by(at, StreamKey::on(key), serial);
         }
         self.flush(key);
     }

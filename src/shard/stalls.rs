@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use super::keys::ConnKey;
+
 /// How long a client over the cap may take no byte at all before it is cut as slow. Long enough
 /// for a reader on a busy machine to be scheduled; short enough that a dead reader holds up the
 /// rest of its shard only briefly.
@@ -24,7 +26,7 @@ pub struct Stalls {
 
 #[derive(Debug, Clone, Copy)]
 struct Stall {
-    key: usize,
+    key: ConnKey,
     progress_at: u64,
 }
 
@@ -35,7 +37,7 @@ impl Stalls {
     }
 
     /// Notes a write attempt on `key`: `before` bytes were queued, `after` still are.
-    pub fn after_write(&mut self, key: usize, before: usize, after: usize, cap: usize, now: u64) {
+    pub fn after_write(&mut self, key: ConnKey, before: usize, after: usize, cap: usize, now: u64) {
         let held = self.held.iter().position(|s| s.key == key);
         match held {
             _ if after <= cap => self.release(key),
@@ -46,12 +48,12 @@ impl Stalls {
     }
 
     /// Forgets `key` (it went under the cap, stopped streaming, or closed).
-    pub fn release(&mut self, key: usize) {
+    pub fn release(&mut self, key: ConnKey) {
         self.held.retain(|s| s.key != key);
     }
 
     /// Takes out and returns the clients whose socket took nothing for [`STALL_TIMEOUT`].
-    pub fn expired(&mut self, now: u64) -> Vec<usize> {
+    pub fn expired(&mut self, now: u64) -> Vec<ConnKey> {
         let timeout = STALL_TIMEOUT.as_millis() as u64;
         let (slow, held) = self.held.iter().partition(|s| now.saturating_sub(s.progress_at) >= timeout);
         self.held = held;
@@ -67,6 +69,11 @@ impl Stalls {
 
 #[cfg(test)]
 mod tests {
+    /// Connection `n`.
+    fn key(n: usize) -> super::ConnKey {
+        super::ConnKey::new(n).unwrap()
+    }
+
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -78,24 +85,24 @@ mod tests {
     #[test]
     fn a_burst_over_the_cap_is_not_a_stall_when_the_write_takes_it() {
         let mut stalls = Stalls::default();
-        stalls.after_write(1, 5000, 10, 1000, 0);
+        stalls.after_write(key(1), 5000, 10, 1000, 0);
         assert!(stalls.is_empty());
     }
 
     #[test]
     fn a_client_is_held_until_under_the_cap_and_cut_only_without_progress() {
         let mut stalls = Stalls::default();
-        stalls.after_write(1, 5000, 4000, 1000, 0);
+        stalls.after_write(key(1), 5000, 4000, 1000, 0);
         assert!(!stalls.is_empty());
-        stalls.after_write(1, 4000, 3000, 1000, TIMEOUT - 1);
+        stalls.after_write(key(1), 4000, 3000, 1000, TIMEOUT - 1);
         assert!(stalls.expired(TIMEOUT).is_empty(), "it took bytes a moment ago");
         assert_eq!(stalls.next_deadline(), Some(2 * TIMEOUT - 1));
-        stalls.after_write(1, 3000, 3000, 1000, 2 * TIMEOUT - 2);
-        assert_eq!(stalls.expired(2 * TIMEOUT - 1), vec![1]);
+        stalls.after_write(key(1), 3000, 3000, 1000, 2 * TIMEOUT - 2);
+        assert_eq!(stalls.expired(2 * TIMEOUT - 1), vec![key(1)]);
         assert!(stalls.is_empty());
 
-        stalls.after_write(2, 5000, 4000, 1000, 0);
-        stalls.after_write(2, 4000, 900, 1000, 1);
+        stalls.after_write(key(2), 5000, 4000, 1000, 0);
+        stalls.after_write(key(2), 4000, 900, 1000, 1);
         assert!(stalls.is_empty());
     }
 
@@ -149,9 +156,9 @@ mod tests {
                 if outbox.len() < before {
                     last_taken_at = now;
                 }
-                stalls.after_write(0, before, outbox.len(), CAP, now);
+                stalls.after_write(key(0), before, outbox.len(), CAP, now);
                 prop_assert!(outbox.len() <= CAP + 3000);
-                if stalls.expired(now) == vec![0] {
+                if stalls.expired(now) == vec![key(0)] {
                     prop_assert!(now - last_taken_at >= TIMEOUT, "cut {} ms after its socket took bytes", now - last_taken_at);
                     break;
                 }

@@ -1,41 +1,42 @@
-//! The per-shard subscription index: which connections listen to which tokens.
+//! The per-shard subscription index: which streams listen to which tokens.
 //!
-//! Owns the map from token to connection keys, ordered so that a `pre*` publish is a range scan,
+//! Owns the map from token to stream keys, ordered so that a `pre*` publish is a range scan,
 //! and the list of `*` subscribers. A publish to one token costs what it delivers, not a scan of
-//! every connection. It knows nothing of sockets: keys are the shard's slab keys.
+//! every stream. It knows nothing of sockets or connections: it speaks of streams.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use super::keys::StreamKey;
 use crate::event::Target;
 
 /// The token that means "every message".
 pub const EVERYTHING: &str = "*";
 
-/// Token → subscribed connection keys, plus the `*` subscribers.
+/// Token → subscribed stream keys, plus the `*` subscribers.
 ///
-/// Keys are stored as `u32` (a shard never holds 4 billion connections) and a token with one
+/// Keys are 4 bytes ([`StreamKey`]), and a token with one
 /// subscriber, the common case of a per-user token, keeps it inline: no allocation. A token
 /// with many (`*`, a room, `all`) keeps them in a B-tree: a connection joins and leaves it in
 /// O(log n), where a list made each close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     by_token: BTreeMap<Box<str>, Keys>,
-    everything: BTreeSet<u32>,
+    everything: BTreeSet<StreamKey>,
 }
 
-/// The connections subscribed to one token.
+/// The streams subscribed to one token.
 #[derive(Debug)]
 enum Keys {
-    One(u32),
-    Many(BTreeSet<u32>),
+    One(StreamKey),
+    Many(BTreeSet<StreamKey>),
 }
 
 impl Keys {
-    fn for_each(&self, visit: &mut impl FnMut(usize)) {
+    fn for_each(&self, visit: &mut impl FnMut(StreamKey)) {
         match self {
-            Keys::One(key) => visit(*key as usize),
-            Keys::Many(keys) => keys.iter().for_each(|&key| visit(key as usize)),
+            Keys::One(key) => visit(*key),
+            Keys::Many(keys) => keys.iter().for_each(|&key| visit(key)),
         }
     }
 
@@ -46,7 +47,7 @@ impl Keys {
         }
     }
 
-    fn insert(&mut self, key: u32) {
+    fn insert(&mut self, key: StreamKey) {
         match self {
             Keys::One(first) => *self = Keys::Many(BTreeSet::from([*first, key])),
             Keys::Many(keys) => {
@@ -56,7 +57,7 @@ impl Keys {
     }
 
     /// Removes `key`; true when no key is left.
-    fn remove(&mut self, key: u32) -> bool {
+    fn remove(&mut self, key: StreamKey) -> bool {
         match self {
             Keys::One(only) => *only == key,
             Keys::Many(keys) => {
@@ -69,8 +70,7 @@ impl Keys {
 
 impl Subscriptions {
     /// Subscribes connection `key` to each of `tokens` (already free of duplicates).
-    pub fn add<'a>(&mut self, key: usize, tokens: impl Iterator<Item = &'a str>) {
-        let key = compact(key);
+    pub fn add<'a>(&mut self, key: StreamKey, tokens: impl Iterator<Item = &'a str>) {
         for token in tokens {
             if token == EVERYTHING {
                 self.everything.insert(key);
@@ -83,8 +83,7 @@ impl Subscriptions {
     }
 
     /// Removes connection `key` from each of `tokens`, forgetting tokens nobody listens to.
-    pub fn remove<'a>(&mut self, key: usize, tokens: impl Iterator<Item = &'a str>) {
-        let key = compact(key);
+    pub fn remove<'a>(&mut self, key: StreamKey, tokens: impl Iterator<Item = &'a str>) {
         for token in tokens {
             if token == EVERYTHING {
                 self.everything.remove(&key);
@@ -101,8 +100,8 @@ impl Subscriptions {
     /// A connection with several matching tokens is visited once per token; the caller keeps
     /// each delivery unique. `Target::All` is not answered here: every handshaked connection
     /// is a recipient, and the shard walks its own connections for that.
-    pub fn for_each_match(&self, target: &Target, mut visit: impl FnMut(usize)) {
-        self.everything.iter().for_each(|&key| visit(key as usize));
+    pub fn for_each_match(&self, target: &Target, mut visit: impl FnMut(StreamKey)) {
+        self.everything.iter().for_each(|&key| visit(key));
         match target {
             Target::All => {}
             Target::Token(token) => {
@@ -128,11 +127,6 @@ impl Subscriptions {
     }
 }
 
-/// A slab key as stored here.
-fn compact(key: usize) -> u32 {
-    u32::try_from(key).expect("a shard holds fewer than 2^32 connections")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,20 +135,25 @@ mod tests {
         list.iter().copied()
     }
 
+    /// Stream `n` (over HTTP/1.1, that of connection `n`).
+    fn stream(n: usize) -> StreamKey {
+        StreamKey::on(super::super::keys::ConnKey::new(n).unwrap())
+    }
+
     fn matches(subs: &Subscriptions, target: Target) -> Vec<usize> {
         let mut keys = Vec::new();
-        subs.for_each_match(&target, |k| keys.push(k));
+        subs.for_each_match(&target, |k| keys.push(k.connection().index()));
         keys.sort_unstable();
         keys
     }
 
     fn index() -> Subscriptions {
         let mut subs = Subscriptions::default();
-        subs.add(1, tokens(&["room1", "user1"]));
-        subs.add(2, tokens(&["room2"]));
-        subs.add(3, tokens(&["*"]));
-        subs.add(4, tokens(&["room", "roomy"]));
-        subs.add(5, tokens(&["rom"]));
+        subs.add(stream(1), tokens(&["room1", "user1"]));
+        subs.add(stream(2), tokens(&["room2"]));
+        subs.add(stream(3), tokens(&["*"]));
+        subs.add(stream(4), tokens(&["room", "roomy"]));
+        subs.add(stream(5), tokens(&["rom"]));
         subs
     }
 
@@ -168,7 +167,7 @@ mod tests {
     #[test]
     fn prefix_reaches_every_token_that_starts_with_it() {
         let subs = index();
-        // Connection 4 matches twice (room, roomy): the caller de-duplicates.
+        // Stream 4 matches twice (room, roomy): the caller de-duplicates.
         assert_eq!(matches(&subs, Target::Prefix("room".into())), vec![1, 2, 3, 4, 4]);
         assert_eq!(matches(&subs, Target::Prefix("ro".into())), vec![1, 2, 3, 4, 4, 5]);
         assert_eq!(matches(&subs, Target::Prefix("user".into())), vec![1, 3]);
@@ -176,10 +175,10 @@ mod tests {
     }
 
     #[test]
-    fn remove_forgets_the_connection_everywhere() {
+    fn remove_forgets_the_stream_everywhere() {
         let mut subs = index();
-        subs.remove(1, tokens(&["room1", "user1"]));
-        subs.remove(3, tokens(&["*"]));
+        subs.remove(stream(1), tokens(&["room1", "user1"]));
+        subs.remove(stream(3), tokens(&["*"]));
         assert_eq!(matches(&subs, Target::Token("room1".into())), Vec::<usize>::new());
         assert_eq!(matches(&subs, Target::Prefix("room".into())), vec![2, 4, 4]);
         assert!(!subs.by_token.contains_key("room1"));
@@ -188,7 +187,7 @@ mod tests {
     #[test]
     fn count_exact_ignores_wildcards_and_prefixes() {
         let mut subs = index();
-        subs.add(6, tokens(&["room1"]));
+        subs.add(stream(6), tokens(&["room1"]));
         assert_eq!(subs.count_exact("room1"), 2);
         assert_eq!(subs.count_exact("room"), 1);
         assert_eq!(subs.count_exact("*"), 0);
@@ -199,7 +198,7 @@ mod tests {
     fn a_large_index_stays_exact() {
         let mut subs = Subscriptions::default();
         for key in 0..100_000 {
-            subs.add(key, tokens(&["all", &format!("c{key}")]));
+            subs.add(stream(key), tokens(&["all", &format!("c{key}")]));
         }
         assert_eq!(matches(&subs, Target::Token("c4242".into())), vec![4242]);
         assert_eq!(subs.count_exact("all"), 100_000);

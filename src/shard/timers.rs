@@ -1,70 +1,119 @@
-//! Everything a shard does by the clock: handshake and age deadlines, heartbeats, stalled clients.
+//! Everything a shard does by the clock: handshake, age and token-expiry deadlines, heartbeats,
+//! stalled clients.
 //!
-//! Owns the deadline queues (kept sorted by construction: one timeout for all entries of a
-//! queue) and when the event loop must wake next. Closing and writing are the shard's own.
+//! [`Timers`] owns the deadline queues (kept sorted by construction: one timeout for all
+//! entries of a queue; token expiries each their own, so a heap) and the heartbeat's next time.
+//! The shard asks it what is due and when the event loop must wake next; closing and writing
+//! are the shard's own. A handshake deadline names a connection; age and expiry name a stream.
 
 use std::cmp::Reverse;
-use std::collections::VecDeque;
+use std::collections::{BinaryHeap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use super::connection::Phase;
+use super::keys::{ConnKey, StreamKey};
 use super::{millis, Shard};
 use crate::sse;
 
-/// A connection that must be gone by a deadline unless it moved on since: the same key and
+/// Something that must be gone by a deadline unless it moved on since: the same key and
 /// serial (the same connection, and no newer handshake: a reinit takes a new serial). There is
 /// one per connection in each queue, so it is kept to 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Deadline {
+pub(super) struct Deadline<K> {
     /// Milliseconds from the shard's start.
     pub(super) at: u64,
-    pub(super) key: u32,
+    pub(super) key: K,
     /// Serials wrap; a stale deadline would match only after 2^32 newer handshakes on this
     /// shard while it waits, far beyond any --max-age.
     pub(super) serial: u32,
 }
 
-impl Shard {
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let first = |q: &VecDeque<Deadline>| {
-            q.front().and_then(|d| self.started.checked_add(Duration::from_millis(d.at)))
-        };
-        let stall =
-            self.stalls.next_deadline().and_then(|at| self.started.checked_add(Duration::from_millis(at)));
-        let expiry = self
-            .expiry_deadlines
-            .peek()
-            .and_then(|Reverse(d)| self.started.checked_add(Duration::from_millis(d.at)));
-        let timers = [self.next_heartbeat, self.accept_paused_until, stall, expiry];
-        [first(&self.handshake_deadlines), first(&self.age_deadlines)]
+/// A shard's deadlines and its heartbeat's next time, in milliseconds from the shard's start.
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    /// Handshake (and last-answer) deadlines in the order they were set; with one timeout for
+    /// all, that is deadline order.
+    handshakes: VecDeque<Deadline<ConnKey>>,
+    /// Max-age deadlines in handshake order, likewise sorted.
+    ages: VecDeque<Deadline<StreamKey>>,
+    /// When streams end because their token expires: each token its own time, so a heap.
+    expiries: BinaryHeap<Reverse<Deadline<StreamKey>>>,
+    /// When idle streams next get a heartbeat comment.
+    pub(super) next_heartbeat: Option<Instant>,
+}
+
+impl Timers {
+    /// Timers whose first heartbeat is due `heartbeat` from now, if heartbeats are on.
+    pub(super) fn new(heartbeat: Option<Duration>) -> Timers {
+        Timers {
+            next_heartbeat: heartbeat.and_then(|every| Instant::now().checked_add(every)),
+            ..Timers::default()
+        }
+    }
+
+    /// The connection must have handshaked (or taken its last answer) by `at`.
+    pub(super) fn handshake_by(&mut self, at: u64, key: ConnKey, serial: u32) {
+        self.handshakes.push_back(Deadline { at, key, serial });
+    }
+
+    /// The stream ends at `at` (`--max-age`).
+    pub(super) fn age_by(&mut self, at: u64, key: StreamKey, serial: u32) {
+        self.ages.push_back(Deadline { at, key, serial });
+    }
+
+    /// The stream ends at `at`, when its token expires.
+    pub(super) fn expire_by(&mut self, at: u64, key: StreamKey, serial: u32) {
+        self.expiries.push(Reverse(Deadline { at, key, serial }));
+    }
+
+    /// The earliest deadline, in the shard's milliseconds.
+    fn next_at(&self) -> Option<u64> {
+        let expiry = self.expiries.peek().map(|Reverse(d)| d.at);
+        [self.handshakes.front().map(|d| d.at), self.ages.front().map(|d| d.at), expiry]
             .into_iter()
-            .chain(timers)
             .flatten()
             .min()
+    }
+
+    /// The next handshake deadline due by `now`.
+    fn due_handshake(&mut self, now: u64) -> Option<Deadline<ConnKey>> {
+        pop_due(&mut self.handshakes, now)
+    }
+
+    /// The next stream deadline due by `now`, with why the stream ends.
+    fn due_stream_end(&mut self, now: u64) -> Option<(Deadline<StreamKey>, &'static str)> {
+        if let Some(d) = pop_due(&mut self.ages, now) {
+            return Some((d, "maximum connection age reached"));
+        }
+        self.expiries.peek().filter(|Reverse(d)| d.at <= now)?;
+        self.expiries.pop().map(|Reverse(d)| (d, "its token expired"))
+    }
+}
+
+impl Shard {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let at = |millis: u64| self.started.checked_add(Duration::from_millis(millis));
+        let deadline = self.timers.next_at().and_then(at);
+        let stall = self.stalls.next_deadline().and_then(at);
+        [deadline, stall, self.timers.next_heartbeat, self.accept_paused_until].into_iter().flatten().min()
     }
 
     /// Closes connections whose handshake or age deadline has passed, and slow clients.
     pub(super) fn expire(&mut self, instant: Instant) {
         let now = millis(self.started, instant);
-        while let Some(d) = pop_due(&mut self.handshake_deadlines, now) {
-            if self.holds(d, Phase::Handshaking) {
-                self.close(d.key as usize, "handshake timeout");
-            } else if self.holds(d, Phase::Closing) {
-                self.close(d.key as usize, "last answer not taken in time");
+        while let Some(d) = self.timers.due_handshake(now) {
+            if self.holds(d.key, d.serial, Phase::Handshaking) {
+                self.close(d.key, "handshake timeout");
+            } else if self.holds(d.key, d.serial, Phase::Closing) {
+                self.close(d.key, "last answer not taken in time");
             }
         }
-        while let Some(d) = pop_due(&mut self.age_deadlines, now) {
-            if self.holds(d, Phase::Streaming) {
-                self.end_stream(d.key as usize, instant, "maximum connection age reached");
-            }
-        }
-        while let Some(&Reverse(d)) = self.expiry_deadlines.peek().filter(|Reverse(d)| d.at <= now) {
-            self.expiry_deadlines.pop();
-            if self.holds(d, Phase::Streaming) {
-                self.end_stream(d.key as usize, instant, "its token expired");
+        while let Some((d, why)) = self.timers.due_stream_end(now) {
+            if self.holds(d.key.connection(), d.serial, Phase::Streaming) {
+                self.end_stream(d.key, instant, why);
             }
         }
         for key in self.stalls.expired(now) {
@@ -74,7 +123,8 @@ impl Shard {
 
     /// Ends a stream as HTTP says, with the last chunk, and closes the connection once that is
     /// out; a client that does not take it has until the handshake timeout.
-    fn end_stream(&mut self, key: usize, now: Instant, why: &str) {
+    fn end_stream(&mut self, stream: StreamKey, now: Instant, why: &str) {
+        let key = stream.connection();
         self.stop_streaming(key);
         let conn = &mut self.connections[key];
         conn.phase = Phase::Closing;
@@ -82,12 +132,12 @@ impl Shard {
         let serial = conn.serial;
         info!("Stream ended: {} <{}> ({why})", conn.peer, conn.socket.as_raw_fd());
         let at = self.deadline(now, self.settings.handshake_timeout);
-        self.handshake_deadlines.push_back(Deadline { at, key: key as u32, serial });
+        self.timers.handshake_by(at, key, serial);
         self.flush(key);
     }
 
     /// Cuts a client whose socket took nothing for [`stalls::STALL_TIMEOUT`] while over the cap.
-    fn drop_slow(&mut self, key: usize) {
+    fn drop_slow(&mut self, key: ConnKey) {
         let conn = &self.connections[key];
         warn!(
             "Slow client dropped: {} id: {} ({} bytes unsent)",
@@ -115,12 +165,12 @@ impl Shard {
     /// Sends the heartbeat comment to every stream with nothing queued (one that has bytes
     /// waiting is not idle), once per interval: one pass per interval, like a broadcast.
     pub(super) fn beat(&mut self, now: Instant) {
-        let (Some(due), Some(every)) = (self.next_heartbeat, self.settings.heartbeat) else { return };
+        let (Some(due), Some(every)) = (self.timers.next_heartbeat, self.settings.heartbeat) else { return };
         if due > now {
             return;
         }
-        self.next_heartbeat = now.checked_add(every);
-        let idle: Vec<usize> = self
+        self.timers.next_heartbeat = now.checked_add(every);
+        let idle: Vec<ConnKey> = self
             .connections
             .iter()
             .filter(|(_, c)| c.phase == Phase::Streaming && c.outbox.is_empty())
@@ -133,13 +183,13 @@ impl Shard {
         }
     }
 
-    /// True when the deadline's connection is still there, still the same one, in `phase`.
-    fn holds(&self, d: Deadline, phase: Phase) -> bool {
-        self.connections.get(d.key as usize).is_some_and(|c| c.serial == d.serial && c.phase == phase)
+    /// True when a deadline's connection is still there, still the same one, in `phase`.
+    fn holds(&self, key: ConnKey, serial: u32, phase: Phase) -> bool {
+        self.connections.get(key).is_some_and(|c| c.serial == serial && c.phase == phase)
     }
 }
 
-fn pop_due(queue: &mut VecDeque<Deadline>, now: u64) -> Option<Deadline> {
+fn pop_due<K>(queue: &mut VecDeque<Deadline<K>>, now: u64) -> Option<Deadline<K>> {
     queue.front().filter(|d| d.at <= now)?;
     queue.pop_front()
 }
