@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
-use crate::event::Asker;
+use crate::event::{ApiKey, Asker, PublisherKey};
 use crate::figures::{ClientRow, ControlFigures, ShardFigures};
 use crate::log::REPORT;
 use crate::pipeline::{Query, ShardAnswer, ShardQuery, SharedState};
@@ -39,9 +39,9 @@ pub enum AnswerTo {
     Log,
     /// JSON, to the control connection that asked, as its answer with this place among its
     /// answers.
-    Connection(Asker, u64),
+    Connection(Asker<PublisherKey>, u64),
     /// An HTTP response, to the API connection that asked.
-    Api(Asker, ApiQuery),
+    Api(Asker<ApiKey>, ApiQuery),
 }
 
 /// An answer on its way back to the connection that asked.
@@ -49,9 +49,9 @@ pub enum AnswerTo {
 pub enum Reply {
     /// To a control connection, as its answer with this place: one line of JSON, its newline
     /// included.
-    Line(Asker, u64, String),
+    Line(Asker<PublisherKey>, u64, String),
     /// To an API connection.
-    Http(Asker, Response),
+    Http(Asker<ApiKey>, Response),
 }
 
 /// What the status block says about the server's setup, fixed for its run.

@@ -147,16 +147,24 @@ pub enum ResumeFrom {
     After(u64),
 }
 
-/// A connection of the control thread's (a TCP publisher or an API client), as other threads
-/// name it when they answer it: its slab key, and a serial that tells it from a later
-/// connection given the same key.
+/// A connection of the control thread's (a TCP publisher, [`PublisherKey`], or an API client,
+/// [`ApiKey`]), as other threads name it when they answer it: its key, and a serial that tells
+/// it from a later connection given the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Asker {
-    /// The connection's key in the control thread's slab.
-    pub key: usize,
+pub struct Asker<K> {
+    /// The connection's key among the control thread's connections of its kind.
+    pub key: K,
     /// Unique for the control thread's run.
     pub serial: u64,
 }
+
+/// A TCP publisher's place among the control thread's publishers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublisherKey(pub usize);
+
+/// An HTTP API client's place among the control thread's API connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApiKey(pub usize);
 
 /// What became of a publish, for the publisher that asked: the HTTP API always does, a control
 /// connection when it turned acknowledgments on.
@@ -188,9 +196,9 @@ impl Receipt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiptTo {
     /// A control connection, as the answer with this place among its answers.
-    Line(Asker, u64),
+    Line(Asker<PublisherKey>, u64),
     /// An API connection, as the answer to its request in progress.
-    Http(Asker),
+    Http(Asker<ApiKey>),
 }
 
 /// How a thread that learns a publish's fate later hands the receipt back to the control

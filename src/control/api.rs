@@ -17,14 +17,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::Interest;
 use tracing::{debug, info, warn};
 
-use super::{watch, write_out, Accepted, Control, API_FIRST};
+use super::table::Key;
+use super::{watch, write_out, Accepted, Control};
 use crate::admin::AnswerTo;
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
-use crate::event::{Asker, ReceiptTo};
+use crate::event::{ApiKey, Asker, ReceiptTo};
 use crate::nonblocking::attempt;
 
 /// API connections open at once; beyond, a new one is answered 503 and closed.
@@ -76,15 +77,14 @@ impl Control {
                 let _ = stream.write(&refusal);
                 continue;
             }
-            let entry = self.apis.vacant_entry();
-            let token = Token(API_FIRST + entry.key());
+            let token = self.apis.next_key().token();
             if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
                 warn!("Cannot watch API connection from {peer}: {e}");
                 continue;
             }
             debug!("API connection from {peer}");
             self.next_serial += 1;
-            entry.insert(ApiConnection {
+            self.apis.insert(ApiConnection {
                 stream,
                 peer,
                 serial: self.next_serial,
@@ -100,7 +100,7 @@ impl Control {
     }
 
     /// Reads, answers what can be answered, writes; closes the connection when it is done.
-    pub(super) fn serve_api(&mut self, key: usize) {
+    pub(super) fn serve_api(&mut self, key: ApiKey) {
         while self.apis.contains(key) {
             let read_more = self.read_api(key);
             self.take_requests(key);
@@ -116,7 +116,7 @@ impl Control {
 
     /// Writes the admin path's answer to the connection that asked, and goes on with its
     /// next request.
-    pub(super) fn api_reply(&mut self, to: Asker, response: Response) {
+    pub(super) fn api_reply(&mut self, to: Asker<ApiKey>, response: Response) {
         let Some(conn) = self.apis.get_mut(to.key).filter(|c| c.serial == to.serial) else { return };
         conn.awaiting = false;
         conn.answer(&response);
@@ -126,7 +126,7 @@ impl Control {
     /// Closes the connections whose deadline has passed: a request that did not come whole in
     /// time, or an idle connection.
     pub(super) fn sweep_api(&mut self, now: Instant) {
-        let late: Vec<usize> =
+        let late: Vec<ApiKey> =
             self.apis.iter().filter(|(_, c)| !c.awaiting && c.deadline <= now).map(|(key, _)| key).collect();
         for key in late {
             let conn = &mut self.apis[key];
@@ -144,7 +144,7 @@ impl Control {
     }
 
     /// Reads what has arrived, up to what one request may hold; whether there may be more.
-    fn read_api(&mut self, key: usize) -> bool {
+    fn read_api(&mut self, key: ApiKey) -> bool {
         let max_input = api::request::MAX_HEAD + self.max_api_body();
         let conn = &mut self.apis[key];
         while !conn.done && conn.input.len() < max_input {
@@ -179,7 +179,7 @@ impl Control {
     /// Carries out the whole requests received, in order, while answers may be given. The
     /// requests taken leave the buffer in one go at the end: a pipelined batch is not moved
     /// down the buffer once per request.
-    fn take_requests(&mut self, key: usize) {
+    fn take_requests(&mut self, key: ApiKey) {
         let max_body = self.max_api_body();
         let mut taken = 0;
         while self.apis[key].can_take_request() {
@@ -211,7 +211,7 @@ impl Control {
 
     /// Answers a request that cannot be read, and closes the connection: where its next request
     /// would start is not known.
-    fn refuse_request(&mut self, key: usize, e: &RequestError) {
+    fn refuse_request(&mut self, key: ApiKey, e: &RequestError) {
         let conn = &mut self.apis[key];
         info!("API request from {} refused: {e}", conn.peer);
         conn.keep_alive = false;
@@ -219,7 +219,7 @@ impl Control {
         conn.answer(&Response::error(e.status(), &e.to_string()));
     }
 
-    fn carry_out(&mut self, key: usize, request: &Request, body: &[u8]) {
+    fn carry_out(&mut self, key: ApiKey, request: &Request, body: &[u8]) {
         let answer = match route(request, self.settings.api_key.as_deref()) {
             Ok(Route::Publish) => match publish_from(request, body, &self.settings.limits) {
                 Ok(publish) => {
@@ -253,7 +253,7 @@ impl Control {
     }
 
     /// Writes pending answers; closes a finished connection once they are out.
-    fn write_api(&mut self, key: usize) {
+    fn write_api(&mut self, key: ApiKey) {
         let conn = &mut self.apis[key];
         if !write_out(&mut conn.stream, &mut conn.out) {
             conn.done = true;
@@ -266,7 +266,7 @@ impl Control {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             return;
         }
-        let token = Token(API_FIRST + key);
+        let token = key.token();
         watch(self.poll.registry(), &mut conn.stream, token, &mut conn.registered, &conn.out);
     }
 }

@@ -50,6 +50,7 @@ mod fifo;
 pub mod lines;
 mod replies;
 mod sequencer;
+mod table;
 mod tcp;
 
 use std::fs::File;
@@ -63,11 +64,10 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::admin::{self, Question, Reply};
-use crate::event::{Publish, Receipt, ReceiptTo};
+use crate::event::{ApiKey, Publish, PublisherKey, Receipt, ReceiptTo};
 use crate::figures::{ControlFigures, Published};
 use crate::limits::Limits;
 use crate::log::REPORT;
@@ -78,10 +78,9 @@ use command::{auth_secret, parse_command, speaks_http, split_parts, Answer, Comm
 use fifo::Fifo;
 use lines::{LineBuffer, LineTooLong, Piece};
 pub use sequencer::{Accepted, Sequencer};
+use table::{Named, Table};
 use tcp::{warn_if_exposed, Publisher};
 
-/// API connections' tokens are their slab keys from here on; below are the TCP publishers'.
-const API_FIRST: usize = usize::MAX / 2;
 const API_LISTENER: Token = Token(usize::MAX - 3);
 const LISTENER: Token = Token(usize::MAX - 2);
 const FIFO: Token = Token(usize::MAX - 1);
@@ -141,7 +140,7 @@ impl Input {
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Fifo,
-    Tcp(usize),
+    Tcp(PublisherKey),
 }
 
 /// The control thread's state.
@@ -149,9 +148,9 @@ pub struct Control {
     poll: Poll,
     listener: Option<TcpListener>,
     fifo: Option<Fifo>,
-    publishers: Slab<Publisher>,
+    publishers: Table<PublisherKey, Publisher>,
     api_listener: Option<TcpListener>,
-    apis: Slab<api::ApiConnection>,
+    apis: Table<ApiKey, api::ApiConnection>,
     /// When API connections are next checked against their deadlines.
     next_sweep: Instant,
     next_serial: u64,
@@ -220,9 +219,9 @@ impl Control {
             poll,
             listener,
             fifo: fifo.map(|file| Fifo { file, input: Input::new(settings.separator) }),
-            publishers: Slab::new(),
+            publishers: Table::default(),
             api_listener,
-            apis: Slab::new(),
+            apis: Table::default(),
             next_sweep: Instant::now(),
             next_serial: 0,
             sequencer,
@@ -255,8 +254,10 @@ impl Control {
                     API_LISTENER => self.accept_api(),
                     FIFO => self.read_fifo(),
                     WAKER => self.take_replies(),
-                    Token(key) if key >= API_FIRST => self.serve_api(key - API_FIRST),
-                    Token(key) => self.handle_publisher(key),
+                    token => match Named::of(token) {
+                        Named::Publisher(key) => self.handle_publisher(key),
+                        Named::Api(key) => self.serve_api(key),
+                    },
                 }
             }
             self.complete_quiet_lines();
@@ -294,7 +295,7 @@ impl Control {
         if self.fifo.as_ref().is_some_and(|fifo| fifo.input.is_quiet()) {
             self.complete_quiet_line(Source::Fifo);
         }
-        let quiet: Vec<usize> = self
+        let quiet: Vec<PublisherKey> = self
             .publishers
             .iter()
             .filter(|(_, p)| !p.done && p.input.is_quiet())

@@ -10,17 +10,18 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::Interest;
 use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn};
 
 use super::command::auth_secret;
 use super::lines::Piece;
 use super::replies::Replies;
+use super::table::Key;
 use super::{watch, write_out, Control, Input, Source};
 use crate::admin::Reply;
 use crate::api::Response;
-use crate::event::{Asker, ReceiptTo};
+use crate::event::{Asker, PublisherKey, ReceiptTo};
 use crate::nonblocking::attempt;
 
 /// The answer to any line but a right `auth` on a connection that must authenticate first.
@@ -52,16 +53,15 @@ impl Control {
         loop {
             match attempt(|| listener.accept()) {
                 Ok(Some((mut stream, peer))) => {
-                    let entry = self.publishers.vacant_entry();
                     let registered = Interest::READABLE;
-                    if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), registered)
-                    {
+                    let token = self.publishers.next_key().token();
+                    if let Err(e) = self.poll.registry().register(&mut stream, token, registered) {
                         warn!("Cannot watch control connection from {peer}: {e}");
                         continue;
                     }
                     debug!("Control connection from {peer}");
                     self.next_serial += 1;
-                    entry.insert(Publisher {
+                    self.publishers.insert(Publisher {
                         stream,
                         peer,
                         serial: self.next_serial,
@@ -98,7 +98,7 @@ impl Control {
     }
 
     /// Puts an answer that came later in its place, and writes what is ready.
-    fn fill_reply(&mut self, to: Asker, place: u64, answer: &[u8]) {
+    fn fill_reply(&mut self, to: Asker<PublisherKey>, place: u64, answer: &[u8]) {
         let Some(publisher) = self.publishers.get_mut(to.key).filter(|p| p.serial == to.serial) else {
             return;
         };
@@ -107,12 +107,12 @@ impl Control {
     }
 
     /// Keeps a place among a connection's answers for one that comes later.
-    pub(super) fn answer_later(&mut self, key: usize) -> (Asker, u64) {
+    pub(super) fn answer_later(&mut self, key: PublisherKey) -> (Asker<PublisherKey>, u64) {
         let publisher = &mut self.publishers[key];
         (Asker { key, serial: publisher.serial }, publisher.replies.later())
     }
 
-    pub(super) fn handle_publisher(&mut self, key: usize) {
+    pub(super) fn handle_publisher(&mut self, key: PublisherKey) {
         if !self.publishers.contains(key) {
             return;
         }
@@ -122,7 +122,7 @@ impl Control {
         self.write_publisher(key);
     }
 
-    pub(super) fn read_publisher(&mut self, key: usize) {
+    pub(super) fn read_publisher(&mut self, key: PublisherKey) {
         let max_line = self.settings.limits.max_control_line();
         let source = Source::Tcp(key);
         let mut lines = std::mem::take(&mut self.publishers[key].input.lines);
@@ -156,7 +156,7 @@ impl Control {
     }
 
     /// Writes pending replies; closes a finished connection once they are out.
-    pub(super) fn write_publisher(&mut self, key: usize) {
+    pub(super) fn write_publisher(&mut self, key: PublisherKey) {
         let publisher = &mut self.publishers[key];
         if !write_out(&mut publisher.stream, publisher.replies.out()) {
             publisher.done = true;
@@ -166,7 +166,7 @@ impl Control {
             self.publishers.remove(key);
             return;
         }
-        let token = Token(key);
+        let token = key.token();
         let ready = publisher.replies.out();
         watch(self.poll.registry(), &mut publisher.stream, token, &mut publisher.registered, ready);
     }
@@ -174,7 +174,7 @@ impl Control {
     /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
     /// Before that, a right `auth` line authorizes it; anything else but a blank line is
     /// answered `ERR unauthorized` and the connection closed.
-    pub(super) fn admit(&mut self, key: usize, piece: Piece<'_>) -> bool {
+    pub(super) fn admit(&mut self, key: PublisherKey, piece: Piece<'_>) -> bool {
         let publisher = &mut self.publishers[key];
         let given = piece.line().and_then(auth_secret);
         let refusal = match (&self.settings.secret, given) {
@@ -200,7 +200,7 @@ impl Control {
 
     /// Closes a connection that sent an HTTP request ([`speaks_http`](super::command::speaks_http)): a web page made a
     /// browser send it here. Nothing it sent from there on is read.
-    pub(super) fn refuse_http(&mut self, key: usize) {
+    pub(super) fn refuse_http(&mut self, key: PublisherKey) {
         self.refused += 1;
         let publisher = &mut self.publishers[key];
         publisher.done = true;
