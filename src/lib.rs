@@ -5,26 +5,22 @@
 //! FIFO or a TCP control port, and every matching browser receives the event.
 //!
 //! ```text
-//!                  SO_REUSEPORT (the kernel spreads accepts)
-//!   clients ──►  listener 0    listener 1   ...   listener N-1
-//!                   │              │                  │
-//!               worker 0       worker 1     ...   worker N-1    each: its own mio Poll, its own
-//!               (Shard)        (Shard)            (Shard)       connections, subscription index
-//!                   ▲              ▲                  ▲         and counters; optionally pinned
-//!                   └──────────────┴──── fan-out ─────┘
-//!                      bounded crossbeam channel + mio Waker per shard
-//!                                     ▲           (full while a shard holds for a slow client:
-//!                                     │            the backpressure that reaches publishers)
-//!   control thread:  sources ──► parse once ──► Sequencer: id, keep in the history,
-//!   (TCP port, FIFO,              (Command)        │  frame once, fan out; questions go
-//!    HTTP API)                                     │  out in the same order
-//!                                                  ▼
-//!   cluster threads: (with --cluster) the outbox appends publishes to a Redis stream; the
-//!                    tail reads it and delivers every node's events as the Sequencer does
-//!                    (id from the stream, history, frame once, fan out)
-//!   admin thread:    gathers the shards' answers (status, client list, counts) and writes
-//!                    the log lines, or sends JSON back to the control thread for the
-//!                    connection that asked: no question holds up a publish
+//!   clients ──► listener 0  …  listener N-1       SO_REUSEPORT: the kernel spreads accepts
+//!                  │               │
+//!           hasses-worker-0 … hasses-worker-N-1   each a Shard: its own epoll loop, connections,
+//!                  ▲               ▲              streams, index, timers, counters; pinnable
+//!                  └─── fan-out ───┘              a bounded channel + waker per worker, full while
+//!                       ▲       ▲                 a worker holds for a slow client (backpressure)
+//!                       │       └─────────────────────────────────────────────────────────┐
+//!   hasses-control: TCP port, FIFO, HTTP API ─► parse once ─► Sequencer                   │
+//!                       │ questions                           │ (--cluster)               │
+//!                       ▼                                     ▼                           │
+//!   hasses-admin:   the workers' answers              hasses-cluster-out ─► Redis ─► hasses-cluster-tail
+//!                   merged: log lines, or             appends in order;               reads every node's
+//!                   JSON to hasses-control            receipts to control             events: id, history,
+//!                                                                                     frame once, fan out
+//!   hasses-log:     writes the log lines the other threads format
+//!   main:           signals (SIGTERM stops, SIGHUP reloads), supervises the threads, stops them
 //! ```
 //!
 //! ## Layout
@@ -32,12 +28,20 @@
 //! - [`server`]: start-up order (bind, daemonize, pid file, privileges, threads), supervision of
 //!   the threads, and shutdown.
 //! - [`pipeline`]: the types the control side and the shards speak ([`pipeline::ShardCommand`],
-//!   [`pipeline::Sequenced`]) and the atomics they share.
+//!   [`pipeline::Sequenced`], [`pipeline::Query`]) and the atomics they share.
+//! - [`broadcast`]: from a numbered event to every shard: framed once, kept, fanned out; the
+//!   sequencer's last step, and the cluster tail's.
+//! - [`event`]: a publish and who gets it, where a resume starts, a publish's receipt: the
+//!   values every thread speaks.
+//! - [`figures`]: every thread's figures, as the reports read them.
+//! - [`publish`]: the publish grammars (hasses' line and the JSON object), for the control
+//!   thread and the HTTP API.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
 //! - [`control`]: the control thread: its sources (TCP, FIFO, the HTTP API's connections), line
-//!   framing, the command grammar, the sequencer (where a publish gets its id) and the fan-out.
+//!   framing, the command words, the sequencer (where a publish gets its id), and the answers
+//!   its publishers get.
 //! - [`shard`]: a worker thread: accept, requests and handshakes, delivery (the hot path, in
-//!   `shard/delivery.rs`), backpressure, timers.
+//!   `shard/delivery.rs`), backpressure, timers; a subscriber is a stream on a connection.
 //! - [`admin`]: the admin path: where status, client lists and counts are answered.
 //! - [`api`]: the HTTP API's requests, routes and responses, and the metrics text (pure); its
 //!   connections are the control thread's (`control/api.rs`).
