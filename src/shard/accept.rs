@@ -70,9 +70,43 @@ impl PerIpLimit {
     }
 }
 
+/// Accepting paused for want of descriptors: until when, and how the pause is reported (once
+/// per interval, not per failed accept).
+#[derive(Debug, Default)]
+pub(super) struct AcceptPause {
+    /// Accepting is paused until then.
+    pub(super) until: Option<Instant>,
+    /// Accepts that failed since the last report.
+    failures: u64,
+    /// When the next report may be written.
+    report_due: Option<Instant>,
+}
+
+impl AcceptPause {
+    /// Pauses from `now`; the failed accepts so far, when it is time to report them.
+    fn start(&mut self, now: Instant) -> Option<u64> {
+        self.until = Some(now + ACCEPT_PAUSE);
+        self.failures += 1;
+        if self.report_due.is_some_and(|due| due > now) {
+            return None;
+        }
+        self.report_due = Some(now + ACCEPT_REPORT_INTERVAL);
+        Some(std::mem::take(&mut self.failures))
+    }
+
+    /// Ends a pause that is over at `now`; whether one ended.
+    fn end_if_over(&mut self, now: Instant) -> bool {
+        let over = self.until.is_some_and(|until| until <= now);
+        if over {
+            self.until = None;
+        }
+        over
+    }
+}
+
 impl Shard {
     pub(super) fn accept_all(&mut self) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_pause.until.is_some() {
             return;
         }
         loop {
@@ -92,24 +126,18 @@ impl Shard {
     /// Out of descriptors: leave new connections queued in the kernel for a moment rather than
     /// spin on a listener that stays readable; report it once per interval, not per attempt.
     fn pause_accepting(&mut self, error: &io::Error) {
-        let now = Instant::now();
-        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-        self.accept_failures += 1;
-        if self.accept_report_due.is_none_or(|due| due <= now) {
+        if let Some(failures) = self.accept_pause.start(Instant::now()) {
             warn!(
-                "Accepting paused on worker {}: {error} ({} times since the last report)",
-                self.number, self.accept_failures
+                "Accepting paused on worker {}: {error} ({failures} times since the last report)",
+                self.number
             );
-            self.accept_failures = 0;
-            self.accept_report_due = Some(now + ACCEPT_REPORT_INTERVAL);
         }
     }
 
     /// Accepts again once a pause is over: the kernel will not signal connections that were
     /// already queued while paused.
     pub(super) fn resume_accepting(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|until| until <= now) {
-            self.accept_paused_until = None;
+        if self.accept_pause.end_if_over(now) {
             self.accept_all();
         }
     }
@@ -178,4 +206,22 @@ impl Shard {
 fn is_out_of_descriptors(error: &io::Error) -> bool {
     use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
     matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_is_reported_once_per_interval_and_ends_when_over() {
+        let mut pause = AcceptPause::default();
+        let t0 = Instant::now();
+        assert_eq!(pause.start(t0), Some(1), "the first failure is reported");
+        assert_eq!(pause.start(t0 + Duration::from_millis(10)), None);
+        assert_eq!(pause.start(t0 + Duration::from_millis(20)), None);
+        assert!(!pause.end_if_over(t0 + Duration::from_millis(21)));
+        assert!(pause.end_if_over(t0 + Duration::from_millis(20) + ACCEPT_PAUSE));
+        assert!(!pause.end_if_over(t0 + Duration::from_secs(1)), "it ended already");
+        assert_eq!(pause.start(t0 + ACCEPT_REPORT_INTERVAL), Some(3), "two unreported, and this one");
+    }
 }

@@ -41,6 +41,7 @@ use tracing::info;
 
 use crate::auth::Refusal;
 use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
+use accept::AcceptPause;
 pub use accept::PerIpLimit;
 use connection::{Connections, Phase};
 use keys::{ConnKey, StreamKey};
@@ -138,12 +139,8 @@ pub struct Shard {
     stopping: bool,
     /// The origin of the shard's seconds clock, which connections keep their times on.
     started: Instant,
-    /// Accepting is paused until then (out of descriptors).
-    accept_paused_until: Option<Instant>,
-    /// Accepts that failed for want of descriptors since the last report.
-    accept_failures: u64,
-    /// When the next report of failed accepts may be written.
-    accept_report_due: Option<Instant>,
+    /// Accepting paused for want of descriptors, and its reports.
+    accept_pause: AcceptPause,
 }
 
 impl Shard {
@@ -181,9 +178,7 @@ impl Shard {
             tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,
             started: Instant::now(),
-            accept_paused_until: None,
-            accept_failures: 0,
-            accept_report_due: None,
+            accept_pause: AcceptPause::default(),
             settings,
             state,
             per_ip,

@@ -98,7 +98,7 @@ impl Shard {
         let at = |millis: u64| self.started.checked_add(Duration::from_millis(millis));
         let deadline = self.timers.next_at().and_then(at);
         let stall = self.stalls.next_deadline().and_then(at);
-        [deadline, stall, self.timers.next_heartbeat, self.accept_paused_until].into_iter().flatten().min()
+        [deadline, stall, self.timers.next_heartbeat, self.accept_pause.until].into_iter().flatten().min()
     }
 
     /// Closes connections whose handshake or age deadline has passed, and slow clients.
