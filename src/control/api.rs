@@ -21,7 +21,7 @@ use mio::Interest;
 use tracing::{debug, info, warn};
 
 use super::table::Key;
-use super::{watch, write_out, Accepted, Control};
+use super::{watch, write_out, Accepted, Control, Sources};
 use crate::admin::AnswerTo;
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
@@ -62,7 +62,8 @@ pub(super) struct ApiConnection {
     registered: Interest,
 }
 
-impl Control {
+impl Sources {
+    /// Takes in every waiting API connection, up to [`MAX_API_CONNECTIONS`].
     pub(super) fn accept_api(&mut self) {
         let Some(listener) = &self.api_listener else { return };
         loop {
@@ -99,30 +100,6 @@ impl Control {
         }
     }
 
-    /// Reads, answers what can be answered, writes; closes the connection when it is done.
-    pub(super) fn serve_api(&mut self, key: ApiKey) {
-        while self.apis.contains(key) {
-            let read_more = self.read_api(key);
-            self.take_requests(key);
-            self.write_api(key);
-            // A read that stopped at a full buffer rather than at WouldBlock leaves bytes epoll
-            // will not announce again: go on while they can be taken. Answers backed up wait
-            // for writability instead, which brings the connection back here.
-            if !read_more || !self.apis.get(key).is_some_and(ApiConnection::can_take_request) {
-                return;
-            }
-        }
-    }
-
-    /// Writes the admin path's answer to the connection that asked, and goes on with its
-    /// next request.
-    pub(super) fn api_reply(&mut self, to: Asker<ApiKey>, response: Response) {
-        let Some(conn) = self.apis.get_mut(to.key).filter(|c| c.serial == to.serial) else { return };
-        conn.awaiting = false;
-        conn.answer(&response);
-        self.serve_api(to.key);
-    }
-
     /// Closes the connections whose deadline has passed: a request that did not come whole in
     /// time, or an idle connection.
     pub(super) fn sweep_api(&mut self, now: Instant) {
@@ -143,12 +120,56 @@ impl Control {
         }
     }
 
+    /// Writes pending answers; closes a finished connection once they are out.
+    pub(super) fn write_api(&mut self, key: ApiKey) {
+        let conn = &mut self.apis[key];
+        if !write_out(&mut conn.stream, &mut conn.out) {
+            conn.done = true;
+            conn.keep_alive = false;
+        }
+        let finished = conn.done || !conn.keep_alive;
+        if finished && conn.out.is_empty() && !conn.awaiting {
+            debug!("API connection from {} closed", conn.peer);
+            let mut conn = self.apis.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            return;
+        }
+        let token = key.token();
+        watch(self.poll.registry(), &mut conn.stream, token, &mut conn.registered, &conn.out);
+    }
+}
+
+impl Control {
+    /// Reads, answers what can be answered, writes; closes the connection when it is done.
+    pub(super) fn serve_api(&mut self, key: ApiKey) {
+        while self.sources.apis.contains(key) {
+            let read_more = self.read_api(key);
+            self.take_requests(key);
+            self.sources.write_api(key);
+            // A read that stopped at a full buffer rather than at WouldBlock leaves bytes epoll
+            // will not announce again: go on while they can be taken. Answers backed up wait
+            // for writability instead, which brings the connection back here.
+            if !read_more || !self.sources.apis.get(key).is_some_and(ApiConnection::can_take_request) {
+                return;
+            }
+        }
+    }
+
+    /// Writes the admin path's answer to the connection that asked, and goes on with its
+    /// next request.
+    pub(super) fn api_reply(&mut self, to: Asker<ApiKey>, response: Response) {
+        let Some(conn) = self.sources.apis.get_mut(to.key).filter(|c| c.serial == to.serial) else { return };
+        conn.awaiting = false;
+        conn.answer(&response);
+        self.serve_api(to.key);
+    }
+
     /// Reads what has arrived, up to what one request may hold; whether there may be more.
     fn read_api(&mut self, key: ApiKey) -> bool {
         let max_input = api::request::MAX_HEAD + self.max_api_body();
-        let conn = &mut self.apis[key];
+        let conn = &mut self.sources.apis[key];
         while !conn.done && conn.input.len() < max_input {
-            match attempt(|| conn.stream.read(&mut self.read_buf)) {
+            match attempt(|| conn.stream.read(&mut self.sources.read_buf)) {
                 Ok(Some(0)) => {
                     // The peer sent all it will: answer what it asked, then close.
                     conn.done = true;
@@ -157,7 +178,7 @@ impl Control {
                     if conn.input.is_empty() {
                         conn.deadline = Instant::now() + REQUEST_TIMEOUT;
                     }
-                    conn.input.extend_from_slice(&self.read_buf[..n]);
+                    conn.input.extend_from_slice(&self.sources.read_buf[..n]);
                 }
                 Ok(None) => return false,
                 Err(e) => {
@@ -182,8 +203,8 @@ impl Control {
     fn take_requests(&mut self, key: ApiKey) {
         let max_body = self.max_api_body();
         let mut taken = 0;
-        while self.apis[key].can_take_request() {
-            let conn = &mut self.apis[key];
+        while self.sources.apis[key].can_take_request() {
+            let conn = &mut self.sources.apis[key];
             match parse(&conn.input[taken..], max_body) {
                 Ok(Parsed::Incomplete) => {
                     if conn.done && taken < conn.input.len() {
@@ -201,18 +222,18 @@ impl Control {
                     self.carry_out(key, &request, &body);
                 }
                 Err(e) => {
-                    self.apis[key].input.clear();
+                    self.sources.apis[key].input.clear();
                     return self.refuse_request(key, &e);
                 }
             }
         }
-        self.apis[key].input.drain(..taken);
+        self.sources.apis[key].input.drain(..taken);
     }
 
     /// Answers a request that cannot be read, and closes the connection: where its next request
     /// would start is not known.
     fn refuse_request(&mut self, key: ApiKey, e: &RequestError) {
-        let conn = &mut self.apis[key];
+        let conn = &mut self.sources.apis[key];
         info!("API request from {} refused: {e}", conn.peer);
         conn.keep_alive = false;
         conn.input.clear();
@@ -224,12 +245,12 @@ impl Control {
             Ok(Route::Publish) => match publish_from(request, body, &self.settings.limits) {
                 Ok(publish) => {
                     self.published.http += 1;
-                    let asker = Asker { key, serial: self.apis[key].serial };
+                    let asker = Asker { key, serial: self.sources.apis[key].serial };
                     match self.sequencer.publish(publish, Some(ReceiptTo::Http(asker))) {
                         Ok(Accepted::Sequenced(id)) => Response::published(id),
                         // In a cluster the outbox answers, once Redis holds it.
                         Ok(Accepted::Queued) => {
-                            self.apis[key].awaiting = true;
+                            self.sources.apis[key].awaiting = true;
                             return;
                         }
                         Err(full) => {
@@ -242,32 +263,14 @@ impl Control {
             },
             Ok(Route::Page) => api::page(),
             Ok(Route::Ask(query)) => {
-                let conn = &mut self.apis[key];
+                let conn = &mut self.sources.apis[key];
                 conn.awaiting = true;
                 let asker = Asker { key, serial: conn.serial };
                 return self.ask(query.query(), AnswerTo::Api(asker, query));
             }
             Err(refusal) => refusal,
         };
-        self.apis[key].answer(&answer);
-    }
-
-    /// Writes pending answers; closes a finished connection once they are out.
-    fn write_api(&mut self, key: ApiKey) {
-        let conn = &mut self.apis[key];
-        if !write_out(&mut conn.stream, &mut conn.out) {
-            conn.done = true;
-            conn.keep_alive = false;
-        }
-        let finished = conn.done || !conn.keep_alive;
-        if finished && conn.out.is_empty() && !conn.awaiting {
-            debug!("API connection from {} closed", conn.peer);
-            let mut conn = self.apis.remove(key);
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            return;
-        }
-        let token = key.token();
-        watch(self.poll.registry(), &mut conn.stream, token, &mut conn.registered, &conn.out);
+        self.sources.apis[key].answer(&answer);
     }
 }
 

@@ -21,17 +21,17 @@ pub(super) struct Fifo {
 
 impl Control {
     pub(super) fn read_fifo(&mut self) {
-        let Some(mut fifo) = self.fifo.take() else { return };
+        let Some(mut fifo) = self.sources.fifo.take() else { return };
         let max_line = self.settings.limits.max_control_line();
         loop {
-            match attempt(|| fifo.file.read(&mut self.read_buf)) {
+            match attempt(|| fifo.file.read(&mut self.sources.read_buf)) {
                 // Held open for writing too, so no end of input: 0 means nothing right now.
                 Ok(Some(0) | None) => break,
                 Ok(Some(n)) => {
                     fifo.input.last_input = Instant::now();
-                    let input = std::mem::take(&mut self.read_buf);
+                    let input = std::mem::take(&mut self.sources.read_buf);
                     fifo.input.lines.push(&input[..n], max_line, |piece| self.on_piece(piece, Source::Fifo));
-                    self.read_buf = input;
+                    self.sources.read_buf = input;
                 }
                 Err(e) => {
                     warn!("Reading the control FIFO failed: {e}");
@@ -39,6 +39,6 @@ impl Control {
                 }
             }
         }
-        self.fifo = Some(fifo);
+        self.sources.fifo = Some(fifo);
     }
 }

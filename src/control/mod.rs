@@ -145,6 +145,21 @@ enum Source {
 
 /// The control thread's state.
 pub struct Control {
+    /// What it reads from and answers, and the poll that watches them.
+    sources: Sources,
+    sequencer: Sequencer,
+    state: Arc<SharedState>,
+    settings: ControlSettings,
+    admin: AdminLink,
+    refused: u64,
+    published: Published,
+    stop: Arc<AtomicBool>,
+}
+
+/// What the control thread reads from and answers: the control port's listener and its
+/// publishers, the FIFO, the HTTP API's listener and its clients, and the poll that watches
+/// them all. What their input means is [`Control`]'s business.
+struct Sources {
     poll: Poll,
     listener: Option<TcpListener>,
     fifo: Option<Fifo>,
@@ -153,15 +168,39 @@ pub struct Control {
     apis: Table<ApiKey, api::ApiConnection>,
     /// When API connections are next checked against their deadlines.
     next_sweep: Instant,
+    /// Tells a connection from a later one given the same key, for answers on their way.
     next_serial: u64,
-    sequencer: Sequencer,
-    state: Arc<SharedState>,
-    settings: ControlSettings,
-    admin: AdminLink,
-    refused: u64,
-    published: Published,
-    stop: Arc<AtomicBool>,
     read_buf: Vec<u8>,
+}
+
+impl Sources {
+    /// Checks API connections against their deadlines, once per [`api::SWEEP_EVERY`].
+    fn sweep_api_when_due(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.sweep_api(now);
+            self.next_sweep = now + api::SWEEP_EVERY;
+        }
+    }
+    /// How long the poll may wait before a line in progress is complete by quiet; `None` (no
+    /// timeout) when no line is in progress.
+    fn next_quiet_left(&self) -> Option<Duration> {
+        let fifo = self.fifo.iter().map(|fifo| &fifo.input);
+        let tcp = self.publishers.iter().filter(|(_, p)| !p.done).map(|(_, p)| &p.input);
+        fifo.chain(tcp).filter_map(Input::quiet_left).min()
+    }
+
+    /// How long until API connections are due to be checked; `None` without any.
+    fn next_sweep_left(&self) -> Option<Duration> {
+        (!self.apis.is_empty()).then(|| self.next_sweep.saturating_duration_since(Instant::now()))
+    }
+
+    fn input(&mut self, source: Source) -> Option<&mut Input> {
+        match source {
+            Source::Fifo => self.fifo.as_mut().map(|fifo| &mut fifo.input),
+            Source::Tcp(key) => self.publishers.get_mut(key).map(|publisher| &mut publisher.input),
+        }
+    }
 }
 
 /// How another thread stops the control thread.
@@ -215,7 +254,7 @@ impl Control {
             poll.registry().register(&mut SourceFd(&fifo.as_raw_fd()), FIFO, Interest::READABLE)?;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let control = Control {
+        let sources = Sources {
             poll,
             listener,
             fifo: fifo.map(|file| Fifo { file, input: Input::new(settings.separator) }),
@@ -224,6 +263,10 @@ impl Control {
             apis: Table::default(),
             next_sweep: Instant::now(),
             next_serial: 0,
+            read_buf: vec![0; READ_CHUNK],
+        };
+        let control = Control {
+            sources,
             sequencer,
             state,
             settings,
@@ -231,7 +274,6 @@ impl Control {
             refused: 0,
             published: Published::default(),
             stop: Arc::clone(&stop),
-            read_buf: vec![0; READ_CHUNK],
         };
         Ok((control, ControlStop { stop, waker }))
     }
@@ -241,8 +283,9 @@ impl Control {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
             // No timer at all unless a line is waiting for its end or API connections are open.
-            let timeout = self.next_quiet_left().into_iter().chain(self.next_sweep_left()).min();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let timeout =
+                self.sources.next_quiet_left().into_iter().chain(self.sources.next_sweep_left()).min();
+            if let Err(e) = self.sources.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -250,8 +293,10 @@ impl Control {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
-                    API_LISTENER => self.accept_api(),
+                    LISTENER => self
+                        .sources
+                        .accept_publishers(self.settings.separator, self.settings.secret.is_some()),
+                    API_LISTENER => self.sources.accept_api(),
                     FIFO => self.read_fifo(),
                     WAKER => self.take_replies(),
                     token => match Named::of(token) {
@@ -261,7 +306,7 @@ impl Control {
                 }
             }
             self.complete_quiet_lines();
-            self.sweep_api_when_due();
+            self.sources.sweep_api_when_due();
             // One wake per shard for everything this round of events produced.
             self.sequencer.wake();
         }
@@ -269,33 +314,13 @@ impl Control {
         Ok(())
     }
 
-    /// How long the poll may wait before a line in progress is complete by quiet; `None` (no
-    /// timeout) when no line is in progress.
-    fn next_quiet_left(&self) -> Option<Duration> {
-        let fifo = self.fifo.iter().map(|fifo| &fifo.input);
-        let tcp = self.publishers.iter().filter(|(_, p)| !p.done).map(|(_, p)| &p.input);
-        fifo.chain(tcp).filter_map(Input::quiet_left).min()
-    }
-
-    /// How long until API connections are due to be checked; `None` without any.
-    fn next_sweep_left(&self) -> Option<Duration> {
-        (!self.apis.is_empty()).then(|| self.next_sweep.saturating_duration_since(Instant::now()))
-    }
-
-    fn sweep_api_when_due(&mut self) {
-        let now = Instant::now();
-        if now >= self.next_sweep {
-            self.sweep_api(now);
-            self.next_sweep = now + api::SWEEP_EVERY;
-        }
-    }
-
     /// Completes every line that has waited [`LINE_QUIET`] for its end with nothing arriving.
     fn complete_quiet_lines(&mut self) {
-        if self.fifo.as_ref().is_some_and(|fifo| fifo.input.is_quiet()) {
+        if self.sources.fifo.as_ref().is_some_and(|fifo| fifo.input.is_quiet()) {
             self.complete_quiet_line(Source::Fifo);
         }
         let quiet: Vec<PublisherKey> = self
+            .sources
             .publishers
             .iter()
             .filter(|(_, p)| !p.done && p.input.is_quiet())
@@ -314,32 +339,25 @@ impl Control {
             Source::Fifo => self.read_fifo(),
             Source::Tcp(key) => self.read_publisher(key),
         }
-        let Some(input) = self.input(source).filter(|input| input.is_quiet()) else { return };
+        let Some(input) = self.sources.input(source).filter(|input| input.is_quiet()) else { return };
         // Taken out while its pieces are carried out, which needs all of `self`.
         let mut lines = std::mem::take(&mut input.lines);
         lines.finish(|piece| {
             debug!("Control input: no line ending within {LINE_QUIET:?}; what came is complete");
             self.on_piece(Ok(piece), source);
         });
-        if let Some(input) = self.input(source) {
+        if let Some(input) = self.sources.input(source) {
             input.lines = lines;
         }
         if let Source::Tcp(key) = source {
-            self.write_publisher(key);
-        }
-    }
-
-    fn input(&mut self, source: Source) -> Option<&mut Input> {
-        match source {
-            Source::Fifo => self.fifo.as_mut().map(|fifo| &mut fifo.input),
-            Source::Tcp(key) => self.publishers.get_mut(key).map(|publisher| &mut publisher.input),
+            self.sources.write_publisher(key);
         }
     }
 
     /// Carries out a complete piece of input: a line, or commands the separator ended.
     fn on_piece(&mut self, piece: Result<Piece<'_>, LineTooLong>, source: Source) {
         if let Source::Tcp(key) = source {
-            if self.publishers[key].done {
+            if self.sources.publishers[key].done {
                 // The rest of the input of a refused connection is not looked at.
                 return;
             }
@@ -376,7 +394,7 @@ impl Control {
     /// Tells a TCP publisher that asked for answers why its command was refused.
     fn answer_error(&mut self, source: Source, ack: Ack, e: &dyn std::fmt::Display) {
         if let Source::Tcp(key) = source {
-            let publisher = &mut self.publishers[key];
+            let publisher = &mut self.sources.publishers[key];
             if publisher.acks || ack == Ack::Asked {
                 publisher.replies.now(format!("ERR {e}\n").as_bytes());
             }
@@ -391,7 +409,7 @@ impl Control {
         match source {
             Source::Fifo => warn!("Control FIFO: line skipped: {e}"),
             Source::Tcp(key) => {
-                let publisher = &mut self.publishers[key];
+                let publisher = &mut self.sources.publishers[key];
                 publisher.done = true;
                 warn!("Control connection from {} closed: {e}", publisher.peer);
             }
@@ -414,7 +432,7 @@ impl Control {
             }
             Command::SetAcks(on) => match source {
                 Source::Tcp(key) => {
-                    let publisher = &mut self.publishers[key];
+                    let publisher = &mut self.sources.publishers[key];
                     publisher.acks = on;
                     publisher.replies.now(if on { b"OK ack on\n" } else { b"OK ack off\n" });
                 }
@@ -439,7 +457,7 @@ impl Control {
         let asker = match source {
             Source::Tcp(key) => {
                 self.published.tcp += 1;
-                (self.publishers[key].acks || ack == Ack::Asked).then(|| self.answer_later(key))
+                (self.sources.publishers[key].acks || ack == Ack::Asked).then(|| self.answer_later(key))
             }
             Source::Fifo => {
                 self.published.fifo += 1;
@@ -458,7 +476,7 @@ impl Control {
                 }
             };
         if let Some((to, place)) = asker {
-            self.publishers[to.key].replies.fill(place, answer.as_bytes());
+            self.sources.publishers[to.key].replies.fill(place, answer.as_bytes());
         }
     }
 

@@ -18,7 +18,7 @@ use super::command::auth_secret;
 use super::lines::Piece;
 use super::replies::Replies;
 use super::table::Key;
-use super::{watch, write_out, Control, Input, Source};
+use super::{watch, write_out, Control, Input, Source, Sources};
 use crate::admin::Reply;
 use crate::api::Response;
 use crate::event::{Asker, PublisherKey, ReceiptTo};
@@ -47,8 +47,10 @@ pub(super) struct Publisher {
     pub(super) registered: Interest,
 }
 
-impl Control {
-    pub(super) fn accept_all(&mut self) {
+impl Sources {
+    /// Takes in every waiting control connection; with a secret (`needs_auth`) each must send
+    /// `auth` first.
+    pub(super) fn accept_publishers(&mut self, separator: u8, needs_auth: bool) {
         let Some(listener) = &self.listener else { return };
         loop {
             match attempt(|| listener.accept()) {
@@ -65,11 +67,11 @@ impl Control {
                         stream,
                         peer,
                         serial: self.next_serial,
-                        input: Input::new(self.settings.separator),
+                        input: Input::new(separator),
                         replies: Replies::default(),
                         acks: false,
                         done: false,
-                        authorized: self.settings.secret.is_none(),
+                        authorized: !needs_auth,
                         registered,
                     });
                 }
@@ -79,6 +81,24 @@ impl Control {
         }
     }
 
+    /// Writes pending replies; closes a finished connection once they are out.
+    pub(super) fn write_publisher(&mut self, key: PublisherKey) {
+        let publisher = &mut self.publishers[key];
+        if !write_out(&mut publisher.stream, publisher.replies.out()) {
+            publisher.done = true;
+        }
+        if publisher.done && publisher.replies.is_empty() && !publisher.replies.awaiting() {
+            debug!("Control connection from {} closed", publisher.peer);
+            self.publishers.remove(key);
+            return;
+        }
+        let token = key.token();
+        let ready = publisher.replies.out();
+        watch(self.poll.registry(), &mut publisher.stream, token, &mut publisher.registered, ready);
+    }
+}
+
+impl Control {
     /// Queues the admin path's answers, and the cluster's receipts, on the connections that
     /// asked for them.
     pub(super) fn take_replies(&mut self) {
@@ -99,83 +119,68 @@ impl Control {
 
     /// Puts an answer that came later in its place, and writes what is ready.
     fn fill_reply(&mut self, to: Asker<PublisherKey>, place: u64, answer: &[u8]) {
-        let Some(publisher) = self.publishers.get_mut(to.key).filter(|p| p.serial == to.serial) else {
+        let Some(publisher) = self.sources.publishers.get_mut(to.key).filter(|p| p.serial == to.serial)
+        else {
             return;
         };
         publisher.replies.fill(place, answer);
-        self.write_publisher(to.key);
+        self.sources.write_publisher(to.key);
     }
 
     /// Keeps a place among a connection's answers for one that comes later.
     pub(super) fn answer_later(&mut self, key: PublisherKey) -> (Asker<PublisherKey>, u64) {
-        let publisher = &mut self.publishers[key];
+        let publisher = &mut self.sources.publishers[key];
         (Asker { key, serial: publisher.serial }, publisher.replies.later())
     }
 
     pub(super) fn handle_publisher(&mut self, key: PublisherKey) {
-        if !self.publishers.contains(key) {
+        if !self.sources.publishers.contains(key) {
             return;
         }
-        if !self.publishers[key].done {
+        if !self.sources.publishers[key].done {
             self.read_publisher(key);
         }
-        self.write_publisher(key);
+        self.sources.write_publisher(key);
     }
 
     pub(super) fn read_publisher(&mut self, key: PublisherKey) {
         let max_line = self.settings.limits.max_control_line();
         let source = Source::Tcp(key);
-        let mut lines = std::mem::take(&mut self.publishers[key].input.lines);
-        let mut input = std::mem::take(&mut self.read_buf);
+        let mut lines = std::mem::take(&mut self.sources.publishers[key].input.lines);
+        let mut input = std::mem::take(&mut self.sources.read_buf);
         loop {
-            match attempt(|| self.publishers[key].stream.read(&mut input)) {
+            match attempt(|| self.sources.publishers[key].stream.read(&mut input)) {
                 Ok(Some(0)) => {
                     lines.finish(|piece| self.on_piece(Ok(piece), source));
-                    self.publishers[key].done = true;
+                    self.sources.publishers[key].done = true;
                     break;
                 }
                 Ok(Some(n)) => {
-                    self.publishers[key].input.last_input = Instant::now();
+                    self.sources.publishers[key].input.last_input = Instant::now();
                     lines.push(&input[..n], max_line, |piece| self.on_piece(piece, source));
-                    if self.publishers[key].done {
+                    if self.sources.publishers[key].done {
                         // Refused: nothing more is read; it is closed once the replies are out.
                         break;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    debug!("Control connection from {} failed: {e}", self.publishers[key].peer);
-                    self.publishers[key].done = true;
-                    self.publishers[key].replies.out().clear();
+                    debug!("Control connection from {} failed: {e}", self.sources.publishers[key].peer);
+                    self.sources.publishers[key].done = true;
+                    self.sources.publishers[key].replies.out().clear();
                     break;
                 }
             }
         }
-        self.read_buf = input;
-        self.publishers[key].input.lines = lines;
-    }
-
-    /// Writes pending replies; closes a finished connection once they are out.
-    pub(super) fn write_publisher(&mut self, key: PublisherKey) {
-        let publisher = &mut self.publishers[key];
-        if !write_out(&mut publisher.stream, publisher.replies.out()) {
-            publisher.done = true;
-        }
-        if publisher.done && publisher.replies.is_empty() && !publisher.replies.awaiting() {
-            debug!("Control connection from {} closed", publisher.peer);
-            self.publishers.remove(key);
-            return;
-        }
-        let token = key.token();
-        let ready = publisher.replies.out();
-        watch(self.poll.registry(), &mut publisher.stream, token, &mut publisher.registered, ready);
+        self.sources.read_buf = input;
+        self.sources.publishers[key].input.lines = lines;
     }
 
     /// Whether a TCP connection's piece goes on to the commands: only once it is authorized.
     /// Before that, a right `auth` line authorizes it; anything else but a blank line is
     /// answered `ERR unauthorized` and the connection closed.
     pub(super) fn admit(&mut self, key: PublisherKey, piece: Piece<'_>) -> bool {
-        let publisher = &mut self.publishers[key];
+        let publisher = &mut self.sources.publishers[key];
         let given = piece.line().and_then(auth_secret);
         let refusal = match (&self.settings.secret, given) {
             (_, Some(_)) if publisher.authorized => {
@@ -202,7 +207,7 @@ impl Control {
     /// browser send it here. Nothing it sent from there on is read.
     pub(super) fn refuse_http(&mut self, key: PublisherKey) {
         self.refused += 1;
-        let publisher = &mut self.publishers[key];
+        let publisher = &mut self.sources.publishers[key];
         publisher.done = true;
         warn!(
             "Control connection from {} closed: it speaks HTTP (a web page or a proxy sent a request \
