@@ -455,6 +455,19 @@ fn promtool_accepts_the_metrics() {
     assert!(output.status.success() && said.is_empty(), "promtool: {said}");
 }
 
+/// The status page at `url` as headless Chromium has it once its scripts ran: virtual time
+/// runs the page's timers (two polls and more) without waiting for them, and the DOM is dumped
+/// once it is used up.
+fn status_page(url: &str) -> String {
+    let profile = crate::programs::TempDir::new("chromium-status-page");
+    let output = crate::programs::chromium_command(&profile)
+        .args(["--virtual-time-budget=4000", "--dump-dom"])
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The status page in a real browser: its scripts poll the API it came from and show the
 /// connections per worker, a chart of publishes per second and the client list.
 #[test]
@@ -463,15 +476,7 @@ fn the_status_page_shows_the_figures_in_a_browser() {
     let server = Server::start(&[]);
     let _client = server.subscribe("subscribe=room1&id=watched");
     server.publish("room1=x");
-    let profile = crate::programs::TempDir::new("chromium-status-page");
-    // Virtual time runs the page's timers (two polls and more) without waiting for them; the
-    // DOM is dumped once it is used up.
-    let output = crate::programs::chromium_command(&profile)
-        .args(["--virtual-time-budget=4000", "--dump-dom"])
-        .arg(format!("http://127.0.0.1:{}/", server.api_port()))
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let dom = status_page(&format!("http://127.0.0.1:{}/", server.api_port()));
     assert!(dom.contains(r#"<b id="connections">1</b>"#), "{dom}");
     assert!(dom.contains(r#"<b id="workers">"#) && !dom.contains(r#"<b id="workers">–</b>"#), "{dom}");
     assert!(dom.contains("<polyline points="), "the charts are drawn: {dom}");
@@ -487,13 +492,7 @@ fn the_status_page_shows_the_figures_in_a_browser() {
 fn with_a_key_the_status_page_works_once_the_browser_has_it() {
     let server = Server::start(&["--api-key", "s3cret"]);
     let _client = server.subscribe("subscribe=room1&id=watched");
-    let profile = crate::programs::TempDir::new("chromium-status-key");
-    let output = crate::programs::chromium_command(&profile)
-        .args(["--virtual-time-budget=4000", "--dump-dom"])
-        .arg(format!("http://operator:s3cret@127.0.0.1:{}/", server.api_port()))
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let dom = status_page(&format!("http://operator:s3cret@127.0.0.1:{}/", server.api_port()));
     assert!(dom.contains(r#"<b id="connections">1</b>"#), "{dom}");
     assert!(dom.contains("<td>watched</td><td>room1</td>"), "the client list: {dom}");
     assert!(dom.contains(r#"<p id="error"></p>"#), "no request failed: {dom}");

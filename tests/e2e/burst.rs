@@ -89,18 +89,24 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[test]
-fn a_client_that_reads_nothing_is_cut_while_readers_go_on_in_bounded_memory() {
-    const COUNT: usize = 2500;
-    const SIZE: usize = 8000;
-    let server = Server::start(&[]);
-    // The non-reader: a tiny receive buffer, and it never reads after the handshake.
+/// A subscriber to `t` (id `deaf`) with a tiny receive buffer that reads nothing after the
+/// handshake.
+fn non_reader(server: &Server) -> SseClient {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.sse_port).parse().unwrap();
     socket.connect(&addr.into()).unwrap();
     let mut deaf = SseClient::from_stream(socket.into());
     deaf.handshake(get_request("subscribe=t&id=deaf").as_bytes());
+    deaf
+}
+
+#[test]
+fn a_client_that_reads_nothing_is_cut_while_readers_go_on_in_bounded_memory() {
+    const COUNT: usize = 2500;
+    const SIZE: usize = 8000;
+    let server = Server::start(&[]);
+    let mut deaf = non_reader(&server);
     let readers: Vec<SseClient> = (0..4).map(|i| server.subscribe(&format!("subscribe=t&id=r{i}"))).collect();
     server.wait_json("tcpstatus", "sseconncli", 5);
     let before = rss_kib(server.pid());
@@ -132,12 +138,7 @@ fn a_client_that_reads_nothing_is_cut_while_readers_go_on_in_bounded_memory() {
 #[test]
 fn a_client_cut_as_too_slow_is_reset_and_gets_nothing_more() {
     let server = Server::start(&["--max-backlog", "65536"]);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.sse_port).parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let mut deaf = SseClient::from_stream(socket.into());
-    deaf.handshake(get_request("subscribe=t&id=deaf").as_bytes());
+    let mut deaf = non_reader(&server);
     let payload = "x".repeat(8000);
     let deadline = Instant::now() + BURST_WAIT;
     while server.tcp_json("tcpstatus")["droppedslowcli"] == 0 {

@@ -670,13 +670,17 @@ pub const LIST_LAST: &str = "---------------- end ----------------";
 
 /// Runs the binary with `args` to its exit (within a few seconds): status, stdout, stderr.
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hasses"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hasses");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hasses"));
+    command.args(args);
+    run_bounded(command, WAIT)
+}
+
+/// Runs `command` to its exit within `limit` (else kills it and panics): its status, standard
+/// output and standard error. The outputs are read while it runs, so a long one cannot fill a
+/// pipe and stall it.
+pub fn run_bounded(mut command: Command, limit: Duration) -> (ExitStatus, String, String) {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let pipe = |mut from: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -686,7 +690,7 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
     };
     let out = pipe(Box::new(child.stdout.take().unwrap()));
     let err = pipe(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -694,7 +698,7 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("hasses {args:?} did not exit");
+            panic!("{command:?} did not exit within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -6,10 +6,9 @@
 //! `--jwt-secret`, `--jwt-issuer` and `--jwt-audience`, so what each example sends to be let in
 //! is checked too. The page (`examples/page.html`) is loaded in headless Chromium.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
@@ -90,38 +89,12 @@ fn run_example(
         .current_dir(repo_path("examples").join(language.dir))
         .envs(go_settings())
         .envs(settings.iter().map(|(k, v)| (k, v)));
-    let (success, out, err) = run_bounded(command);
-    if success {
-        Ok(out)
+    let (status, out, err) = run_bounded(command, RUN);
+    if status.success() {
+        Ok(out.trim().to_owned())
     } else {
-        Err(err)
+        Err(err.trim().to_owned())
     }
-}
-
-/// Runs `command` to its exit within [`RUN`] (else kills it and panics): whether it succeeded,
-/// its standard output and its standard error, trimmed.
-fn run_bounded(mut command: Command) -> (bool, String, String) {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let deadline = Instant::now() + RUN;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not exit within {RUN:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // The outputs are a line or two: the pipes held them while the program ran.
-    let read = |from: &mut dyn Read| {
-        let mut text = String::new();
-        from.read_to_string(&mut text).expect("a UTF-8 output");
-        text.trim().to_owned()
-    };
-    (status.success(), read(child.stdout.as_mut().unwrap()), read(child.stderr.as_mut().unwrap()))
 }
 
 /// `go run` offline: its build cache in the target directory (kept, so later runs do not
