@@ -14,8 +14,9 @@ use crossbeam_channel::TryRecvError;
 use tracing::debug;
 
 use super::connection::{Connection, Phase};
-use super::{Counters, Shard};
+use super::Shard;
 use crate::event::ResumeFrom;
+use crate::figures::ShardFigures;
 use crate::history::Replay;
 use crate::pipeline::{Sequenced, ShardCommand};
 use crate::sse;
@@ -56,7 +57,7 @@ impl Run {
 /// The recipients of a run of events, being offered them one connection at a time.
 struct Recipients<'a> {
     dirty: &'a mut Vec<usize>,
-    counters: &'a mut Counters,
+    counters: &'a mut ShardFigures,
     over_cap: Vec<usize>,
     /// The events: same audience, increasing ids.
     run: &'a [Arc<Sequenced>],
@@ -109,7 +110,7 @@ pub(super) fn queue_replay(
     conn: &mut Connection,
     from: ResumeFrom,
     replay: Replay,
-    counters: &mut Counters,
+    counters: &mut ShardFigures,
 ) -> u64 {
     if replay.gap {
         let asked = match from {
@@ -272,7 +273,7 @@ mod tests {
         conns: &mut [&mut Connection],
         cap: usize,
     ) -> (Vec<usize>, Vec<usize>, u64) {
-        let (mut dirty, mut counters) = (Vec::new(), Counters::default());
+        let (mut dirty, mut counters) = (Vec::new(), ShardFigures::default());
         let mut recipients = Recipients {
             dirty: &mut dirty,
             counters: &mut counters,
