@@ -147,8 +147,12 @@ impl Status {
             "historybytes": self.history.bytes,
             "historyoldest": self.history.oldest.map(|id| id.to_string()),
         });
+        let keys = json.as_object_mut().expect("a JSON object");
         for (figure, value) in s.figures() {
-            json[figure.json] = value.into();
+            let taken = keys.insert(figure.json.to_string(), value.into());
+            // A declared key must not hide one of the keys above: the test of every figure's
+            // key would catch it here.
+            debug_assert!(taken.is_none(), "tcpstatus key {} twice", figure.json);
         }
         if let Some(c) = &self.cluster {
             json["cluster"] = json!({
