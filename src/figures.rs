@@ -1,71 +1,214 @@
 //! The server's figures as each thread keeps them: a shard's counters and client rows, the
 //! control thread's, the history's and the cluster's. Plain values below every thread that
 //! counts and every report that shows them (status, `tcpstatus`, `/metrics`, the status page).
+//!
+//! A shard's figures are declared once, in [`ShardFigures`]' `figures!` block: each with its
+//! doc, its `tcpstatus` key and its place in `/metrics`. The struct, its sum over shards and the
+//! list the reports iterate are generated from that block, so a new figure reaches `tcpstatus`,
+//! `/metrics` and the status page (which reads both) with no other edit. The `status` block
+//! stays written out by hand in `stats`: it is hasses' text, in hasses' order, that log
+//! watchers grep.
 
 use std::net::SocketAddr;
 use std::ops::AddAssign;
 
 use serde::Serialize;
 
-/// One shard's counters, as it answers a figures request; summed over shards for the server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShardFigures {
-    /// Open connections, handshaked or not.
-    pub connections: u64,
-    /// Handshaked (streaming) connections.
-    pub streaming: u64,
-    /// Handshakes since start (reinits not included).
-    pub handshakes: u64,
-    /// Reinits since start.
-    pub reinits: u64,
-    /// Events queued to clients since start.
-    pub deliveries: u64,
-    /// Clients dropped because their unsent bytes went over the cap.
-    pub dropped_slow: u64,
-    /// Connections refused with 503 for a connection limit.
-    pub refused: u64,
-    /// Resumes that got everything they asked for.
-    pub resumes_complete: u64,
-    /// Resumes told of a gap (`event: reset`).
-    pub resumes_with_gap: u64,
-    /// Connections accepted since start (refused ones not included).
-    pub accepted: u64,
-    /// Subscriptions refused without a token.
-    pub auth_refused_missing: u64,
-    /// Subscriptions refused for a malformed, badly signed or expired token.
-    pub auth_refused_invalid: u64,
-    /// Subscriptions refused for a token that does not grant what they asked.
-    pub auth_refused_forbidden: u64,
-    /// TLS handshakes completed in full: certificate and key exchange.
-    pub tls_full_handshakes: u64,
-    /// TLS handshakes that resumed a session (a ticket or a cached TLS 1.2 session).
-    pub tls_resumed_handshakes: u64,
+/// How a figure moves, which decides its Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Counted since start: only ever goes up.
+    Counter,
+    /// What there is now (connections open): goes up and down.
+    Gauge,
 }
 
-impl ShardFigures {
-    /// Subscriptions refused by token checks, for whatever reason.
-    pub fn auth_refused(&self) -> u64 {
-        self.auth_refused_missing + self.auth_refused_invalid + self.auth_refused_forbidden
+/// A Prometheus metric family: its name, help and type, and the label that tells its series
+/// apart when several figures share it (`hasses_resumes_total{result="reset"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    /// The metric's name.
+    pub name: &'static str,
+    /// Its `# HELP` text.
+    pub help: &'static str,
+    /// Its `# TYPE`.
+    pub kind: Kind,
+    /// The label its series are told apart by, if it has several.
+    pub label: Option<&'static str>,
+}
+
+impl Family {
+    /// A counter family.
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Family { name, help, kind: Kind::Counter, label: None }
+    }
+
+    /// A gauge family.
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Family { name, help, kind: Kind::Gauge, label: None }
+    }
+
+    /// The family with its series told apart by `label`.
+    pub const fn by(self, label: &'static str) -> Self {
+        Family { label: Some(label), ..self }
+    }
+
+    /// A figure that is this family's only series, as it is without a label.
+    pub const fn alone(self) -> Metric {
+        Metric { family: self, value: None }
+    }
+
+    /// A figure that is the series of this family whose label is `value`.
+    pub const fn series(self, value: &'static str) -> Metric {
+        Metric { family: self, value: Some(value) }
     }
 }
 
-impl AddAssign for ShardFigures {
-    fn add_assign(&mut self, other: Self) {
-        self.connections += other.connections;
-        self.streaming += other.streaming;
-        self.handshakes += other.handshakes;
-        self.reinits += other.reinits;
-        self.deliveries += other.deliveries;
-        self.dropped_slow += other.dropped_slow;
-        self.refused += other.refused;
-        self.resumes_complete += other.resumes_complete;
-        self.resumes_with_gap += other.resumes_with_gap;
-        self.accepted += other.accepted;
-        self.auth_refused_missing += other.auth_refused_missing;
-        self.auth_refused_invalid += other.auth_refused_invalid;
-        self.auth_refused_forbidden += other.auth_refused_forbidden;
-        self.tls_full_handshakes += other.tls_full_handshakes;
-        self.tls_resumed_handshakes += other.tls_resumed_handshakes;
+/// Where a figure goes in `/metrics`: its family, and its value of the family's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The family it belongs to.
+    pub family: Family,
+    /// Its value of the family's label (none for a family without one).
+    pub value: Option<&'static str>,
+}
+
+/// One declared figure: what it is called in each report that iterates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figure {
+    /// Its key in the `tcpstatus` reply (and the API's `/status`).
+    pub json: &'static str,
+    /// Its series in `/metrics`.
+    pub metric: Metric,
+}
+
+/// Declares a struct of `u64` figures once: for each field its doc, its `tcpstatus` key and its
+/// [`Metric`]. Generates the struct, `AddAssign` (summing over threads) and `FIGURES`, the list
+/// of descriptors that `figures()` pairs with the values, so no report
+/// lists the fields again.
+macro_rules! figures {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $json:literal, $metric:expr;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name {
+            $(
+                $(#[doc = $doc])*
+                pub $field: u64,
+            )*
+        }
+
+        impl $name {
+            /// Every figure declared, in declaration order.
+            pub const FIGURES: &'static [Figure] = &[$(Figure { json: $json, metric: $metric }),*];
+
+            /// Each figure's descriptor with its value, in declaration order.
+            pub fn figures(&self) -> impl Iterator<Item = (&'static Figure, u64)> {
+                Self::FIGURES.iter().zip([$(self.$field),*])
+            }
+
+            /// Every figure a different value (1, 2, 3, … in declaration order), so a test can
+            /// tell in a report which figure went where.
+            #[cfg(test)]
+            pub fn numbered() -> Self {
+                let mut next = 0;
+                Self { $($field: { next += 1; next }),* }
+            }
+        }
+
+        impl AddAssign for $name {
+            fn add_assign(&mut self, other: Self) {
+                $(self.$field += other.$field;)*
+            }
+        }
+    };
+}
+
+/// Resumes with `Last-Event-ID`, by how they went.
+const RESUMES: Family =
+    Family::counter("hasses_resumes_total", "Resumes with Last-Event-ID: complete, or told of a gap (reset)")
+        .by("result");
+/// Subscriptions refused by the token check, by why.
+const AUTH_REFUSED: Family =
+    Family::counter("hasses_auth_refused_total", "Subscriptions refused by the token check").by("reason");
+/// TLS handshakes, by whether they resumed a session.
+const TLS_HANDSHAKES: Family = Family::counter(
+    "hasses_tls_handshakes_total",
+    "TLS handshakes completed: in full, or resuming a session",
+)
+.by("kind");
+
+figures! {
+    /// One shard's figures. The shard keeps this struct as its counters, bumped on its own
+    /// thread, and fills in the gauges (connections, streaming) when asked; summed over shards
+    /// for the server.
+    pub struct ShardFigures {
+        /// Open connections, handshaked or not (a gauge, counted when asked).
+        connections: "allconncli",
+            Family::gauge("hasses_connections", "Open client connections, all workers").alone();
+        /// Handshaked (streaming) connections (a gauge, counted when asked).
+        streaming: "sseconncli",
+            Family::gauge("hasses_streaming_connections", "Handshaked client connections").alone();
+        /// Handshakes since start (reinits not included).
+        handshakes: "handshakecnt",
+            Family::counter("hasses_handshakes_total", "Client handshakes, reinits not included").alone();
+        /// Reinits since start.
+        reinits: "reinitcnt",
+            Family::counter("hasses_reinits_total", "Handshakes again on a streaming connection").alone();
+        /// Events queued to clients since start.
+        deliveries: "msgsendcnt",
+            Family::counter("hasses_deliveries_total", "Events queued to clients").alone();
+        /// Clients dropped because their unsent bytes went over the cap.
+        dropped_slow: "droppedslowcli",
+            Family::counter(
+                "hasses_slow_clients_dropped_total",
+                "Clients dropped for unsent bytes over --max-backlog",
+            )
+            .alone();
+        /// Connections refused with 503 for a connection limit.
+        refused: "refusedconncli",
+            Family::counter(
+                "hasses_connections_refused_total",
+                "Client connections refused with 503 for a connection limit",
+            )
+            .by("reason")
+            .series("limit");
+        /// Resumes that got everything they asked for.
+        resumes_complete: "resumecompletecnt", RESUMES.series("complete");
+        /// Resumes told of a gap (`event: reset`).
+        resumes_with_gap: "resumegapcnt", RESUMES.series("reset");
+        /// Connections accepted since start (refused ones not included).
+        accepted: "acceptedconncli",
+            Family::counter("hasses_connections_accepted_total", "Client connections accepted").alone();
+        /// Subscriptions refused without a token.
+        auth_refused_missing: "authmissingcnt", AUTH_REFUSED.series("missing");
+        /// Subscriptions refused for a malformed, badly signed or expired token.
+        auth_refused_invalid: "authinvalidcnt", AUTH_REFUSED.series("invalid");
+        /// Subscriptions refused for a token that does not grant what they asked.
+        auth_refused_forbidden: "authforbiddencnt", AUTH_REFUSED.series("forbidden");
+        /// TLS handshakes completed in full: certificate and key exchange.
+        tls_full_handshakes: "tlsfullhandshakes", TLS_HANDSHAKES.series("full");
+        /// TLS handshakes that resumed a session (a ticket or a cached TLS 1.2 session).
+        tls_resumed_handshakes: "tlsresumedhandshakes", TLS_HANDSHAKES.series("resumed");
+    }
+}
+
+impl ShardFigures {
+    /// Resumes, however they went.
+    pub fn resumes(&self) -> u64 {
+        self.resumes_complete + self.resumes_with_gap
+    }
+
+    /// Subscriptions refused by token checks, for whatever reason.
+    pub fn auth_refusals(&self) -> u64 {
+        self.auth_refused_missing + self.auth_refused_invalid + self.auth_refused_forbidden
     }
 }
 
@@ -150,4 +293,28 @@ pub struct ClusterFigures {
     pub buffered: u64,
     /// Live nodes.
     pub nodes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// A key or series declared twice would show one figure under another's name; a family
+    /// declared two ways would be refused by the metrics encoder.
+    #[test]
+    fn declared_figures_have_keys_and_series_of_their_own() {
+        let mut keys = HashSet::new();
+        let mut series = HashSet::new();
+        for figure in ShardFigures::FIGURES {
+            assert!(keys.insert(figure.json), "tcpstatus key {} twice", figure.json);
+            let Metric { family, value } = figure.metric;
+            assert!(series.insert((family.name, value)), "series {} {value:?} twice", family.name);
+            assert_eq!(family.label.is_some(), value.is_some(), "{}: a label needs a value", family.name);
+            let mut same_name =
+                ShardFigures::FIGURES.iter().map(|f| f.metric.family).filter(|f| f.name == family.name);
+            assert!(same_name.all(|other| other == family), "{} declared two ways", family.name);
+        }
+    }
 }

@@ -2,8 +2,11 @@
 //! list as text and JSON.
 //!
 //! Owns the exact text of hasses 1.30's reports (labels, typos and all: log watchers grep for
-//! them) and the keys of the JSON replies. It only formats what it is given: the shards count,
-//! the control thread asks and merges.
+//! them) and the keys of the JSON replies, but for the shards' figures: `figures` declares
+//! those with their keys, and `tcpstatus` takes them from there. The status block names each
+//! figure by hand: its lines are hasses' own, in hasses' order, then ours, several of which join
+//! figures in one sentence. It only formats what it is given: the shards count, the control
+//! thread asks and merges.
 
 use std::time::Duration;
 
@@ -86,12 +89,8 @@ impl Status {
             format!("Dropped slow clients: {}", s.dropped_slow),
             format!("Refused connections: {}", s.refused),
             format!("Worker threads: {}", self.workers),
-            format!(
-                "Resumed clients: {} (told of a gap: {})",
-                s.resumes_complete + s.resumes_with_gap,
-                s.resumes_with_gap
-            ),
-            format!("Refused subscriptions (token): {}", s.auth_refused()),
+            format!("Resumed clients: {} (told of a gap: {})", s.resumes(), s.resumes_with_gap),
+            format!("Refused subscriptions (token): {}", s.auth_refusals()),
         ]);
         if self.tls.is_some() {
             lines.push(format!(
@@ -127,7 +126,9 @@ impl Status {
         }
     }
 
-    /// The `tcpstatus` reply: hasses' keys first, then ours.
+    /// The `tcpstatus` reply: hasses' keys and ours. The shards' figures come from their
+    /// declaration, each under its own key; the rest are the control thread's, the history's,
+    /// and two sums of shard figures.
     pub fn json(&self) -> serde_json::Value {
         let s = &self.shards;
         let mut json = json!({
@@ -135,27 +136,24 @@ impl Status {
             "runningtime": running_time(self.running),
             "mode": self.mode(),
             "loglevel": self.log_level,
-            "allconncli": s.connections,
-            "sseconncli": s.streaming,
             "maxconncli": self.peak_connections,
             "msgproccnt": self.processed,
-            "msgsendcnt": s.deliveries,
-            "handshakecnt": s.handshakes,
-            "reinitcnt": s.reinits,
             "msgrefusedcnt": self.refused,
-            "droppedslowcli": s.dropped_slow,
-            "refusedconncli": s.refused,
             "workers": self.workers,
             "reinit": self.reinit,
-            "resumecnt": s.resumes_complete + s.resumes_with_gap,
-            "resumegapcnt": s.resumes_with_gap,
-            "authrefusedcnt": s.auth_refused(),
-            "tlsfullhandshakes": s.tls_full_handshakes,
-            "tlsresumedhandshakes": s.tls_resumed_handshakes,
+            "resumecnt": s.resumes(),
+            "authrefusedcnt": s.auth_refusals(),
             "historyevents": self.history.events,
             "historybytes": self.history.bytes,
             "historyoldest": self.history.oldest.map(|id| id.to_string()),
         });
+        let keys = json.as_object_mut().expect("a JSON object");
+        for (figure, value) in s.figures() {
+            let taken = keys.insert(figure.json.to_string(), value.into());
+            // A declared key must not hide one of the keys above: the test of every figure's
+            // key would catch it here.
+            debug_assert!(taken.is_none(), "tcpstatus key {} twice", figure.json);
+        }
         if let Some(c) = &self.cluster {
             json["cluster"] = json!({
                 "connected": c.connected,
@@ -368,5 +366,32 @@ mod tests {
                 "  Subscribes: room624",
             ]
         );
+    }
+
+    #[test]
+    fn every_declared_shard_figure_is_in_tcpstatus_under_its_key() {
+        let status = Status {
+            version: "2.0.0",
+            compiled: "May  7 2020",
+            pid: 1,
+            uid: 0,
+            user: None,
+            running: Duration::ZERO,
+            log_level: 0,
+            reinit: false,
+            cors_base: "*".into(),
+            peak_connections: 0,
+            processed: 0,
+            refused: 0,
+            workers: 1,
+            shards: ShardFigures::numbered(),
+            tls: None,
+            history: HistoryFigures::default(),
+            cluster: None,
+        };
+        let json = status.json();
+        for (figure, value) in status.shards.figures() {
+            assert_eq!(json[figure.json], value, "{} in {json}", figure.json);
+        }
     }
 }

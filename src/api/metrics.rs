@@ -4,12 +4,14 @@
 //! history's) and written by the `prometheus` crate, which keeps the format's rules (escaping,
 //! label order, HELP and TYPE lines) out of our code. Its metrics are made afresh per scrape
 //! from the figures: the server's counters live where they are counted, not in a registry.
+//! The shards' figures are written as `figures` declares them, each name, help and label
+//! there; the few others (per worker, published by source, history, cluster) are named here.
 //! Pure: figures in, text out.
 
 use prometheus::core::Collector;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::figures::{ClusterFigures, ControlFigures, HistoryFigures, ShardFigures};
+use crate::figures::{ClusterFigures, ControlFigures, Family, Figure, HistoryFigures, Kind, ShardFigures};
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -27,6 +29,9 @@ pub struct Snapshot {
     pub cluster: Option<ClusterFigures>,
 }
 
+/// One series of a family: its value of the family's label (none without a label), and its figure.
+type Sample<'a> = (Option<&'a str>, u64);
+
 /// Metric families of one scrape. Names and label names are ours and fixed, so the crate's
 /// checks of them cannot fail at run time; a unit test renders every one.
 struct Scrape(Registry);
@@ -36,32 +41,47 @@ impl Scrape {
         self.0.register(Box::new(metric)).expect("fixed, distinct metric names");
     }
 
-    fn gauge(&self, name: &str, help: &str, value: u64) {
-        let gauge = IntGauge::new(name, help).expect("a valid metric name");
-        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
-        self.add(gauge);
-    }
-
-    fn counter(&self, name: &str, help: &str, value: u64) {
-        let counter = IntCounter::new(name, help).expect("a valid metric name");
-        counter.inc_by(value);
-        self.add(counter);
-    }
-
-    fn labelled_gauge(&self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
-        let gauges = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("a valid metric name");
-        for (value, n) in values {
-            gauges.with_label_values(&[value]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+    /// One family with its series. A family without a label is a vector of no labels, which
+    /// the crate writes as it writes a lone counter or gauge.
+    fn family(&self, family: &Family, series: &[Sample]) {
+        let opts = Opts::new(family.name, family.help);
+        let labels = family.label.as_slice();
+        match family.kind {
+            Kind::Counter => {
+                let counters = IntCounterVec::new(opts, labels).expect("a valid metric name");
+                for (value, n) in series {
+                    counters.with_label_values(value.as_slice()).inc_by(*n);
+                }
+                self.add(counters);
+            }
+            Kind::Gauge => {
+                let gauges = IntGaugeVec::new(opts, labels).expect("a valid metric name");
+                for (value, n) in series {
+                    gauges.with_label_values(value.as_slice()).set(i64::try_from(*n).unwrap_or(i64::MAX));
+                }
+                self.add(gauges);
+            }
         }
-        self.add(gauges);
     }
 
-    fn labelled_counter(&self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
-        let counters = IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric name");
-        for (value, n) in values {
-            counters.with_label_values(&[value]).inc_by(*n);
+    fn gauge(&self, name: &'static str, help: &'static str, value: u64) {
+        self.family(&Family::gauge(name, help), &[(None, value)]);
+    }
+
+    /// Declared figures, as their declaration says: the series of one family gathered first,
+    /// as a family is registered once.
+    fn figures(&self, figures: impl Iterator<Item = (&'static Figure, u64)>) {
+        let mut families: Vec<(Family, Vec<Sample>)> = Vec::new();
+        for (figure, n) in figures {
+            let (family, value) = (figure.metric.family, figure.metric.value);
+            match families.iter_mut().find(|(known, _)| known.name == family.name) {
+                Some((_, series)) => series.push((value, n)),
+                None => families.push((family, vec![(value, n)])),
+            }
         }
-        self.add(counters);
+        for (family, series) in &families {
+            self.family(family, series);
+        }
     }
 }
 
@@ -70,55 +90,23 @@ pub fn render(snapshot: &Snapshot) -> String {
     let mut total = ShardFigures::default();
     snapshot.workers.iter().flatten().for_each(|figures| total += *figures);
     let scrape = Scrape(Registry::new());
-    scrape.gauge("hasses_connections", "Open client connections, all workers", total.connections);
+    scrape.figures(total.figures());
     let numbers: Vec<String> = (0..snapshot.workers.len()).map(|n| n.to_string()).collect();
-    let per_worker: Vec<(&str, u64)> = snapshot
+    let per_worker: Vec<Sample> = snapshot
         .workers
         .iter()
         .zip(&numbers)
-        .filter_map(|(figures, number)| figures.map(|f| (number.as_str(), f.connections)))
+        .filter_map(|(figures, number)| figures.map(|f| (Some(number.as_str()), f.connections)))
         .collect();
-    scrape.labelled_gauge(
-        "hasses_worker_connections",
-        "Open client connections per worker",
-        "worker",
+    scrape.family(
+        &Family::gauge("hasses_worker_connections", "Open client connections per worker").by("worker"),
         &per_worker,
     );
-    scrape.counter("hasses_connections_accepted_total", "Client connections accepted", total.accepted);
-    scrape.labelled_counter(
-        "hasses_connections_refused_total",
-        "Client connections refused with 503 for a connection limit",
-        "reason",
-        &[("limit", total.refused)],
-    );
     let published = snapshot.control.published;
-    scrape.labelled_counter(
-        "hasses_messages_published_total",
-        "Events published, by where they came from",
-        "source",
-        &[("tcp", published.tcp), ("fifo", published.fifo), ("http", published.http)],
-    );
-    scrape.counter("hasses_deliveries_total", "Events queued to clients", total.deliveries);
-    scrape.counter(
-        "hasses_slow_clients_dropped_total",
-        "Clients dropped for unsent bytes over --max-backlog",
-        total.dropped_slow,
-    );
-    scrape.labelled_counter(
-        "hasses_resumes_total",
-        "Resumes with Last-Event-ID: complete, or told of a gap (reset)",
-        "result",
-        &[("complete", total.resumes_complete), ("reset", total.resumes_with_gap)],
-    );
-    scrape.labelled_counter(
-        "hasses_auth_refused_total",
-        "Subscriptions refused by the token check",
-        "reason",
-        &[
-            ("missing", total.auth_refused_missing),
-            ("invalid", total.auth_refused_invalid),
-            ("forbidden", total.auth_refused_forbidden),
-        ],
+    scrape.family(
+        &Family::counter("hasses_messages_published_total", "Events published, by where they came from")
+            .by("source"),
+        &[(Some("tcp"), published.tcp), (Some("fifo"), published.fifo), (Some("http"), published.http)],
     );
     scrape.gauge("hasses_history_events", "Events kept for resume", snapshot.history.events);
     scrape.gauge("hasses_history_bytes", "Bytes of events kept for resume", snapshot.history.bytes);
@@ -136,11 +124,9 @@ pub fn render(snapshot: &Snapshot) -> String {
         );
         scrape.gauge("hasses_cluster_buffered", "Publishes held for the stream", cluster.buffered);
     }
-    scrape.labelled_gauge(
-        "hasses_build_info",
-        "The running version",
-        "version",
-        &[(env!("CARGO_PKG_VERSION"), 1)],
+    scrape.family(
+        &Family::gauge("hasses_build_info", "The running version").by("version"),
+        &[(Some(env!("CARGO_PKG_VERSION")), 1)],
     );
     TextEncoder::new().encode_to_string(&scrape.0.gather()).expect("text encoding of valid metrics")
 }
@@ -193,6 +179,32 @@ mod tests {
         let text = render(&Snapshot { cluster: Some(cluster), ..snapshot });
         for line in ["hasses_cluster_connected 1", "hasses_cluster_nodes 3", "hasses_cluster_lag_ms 3"] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_declared_figure_is_a_series_of_its_family() {
+        let figures = ShardFigures::numbered();
+        let snapshot = Snapshot {
+            workers: vec![Some(figures)],
+            control: ControlFigures::default(),
+            history: HistoryFigures::default(),
+            cluster: None,
+        };
+        let text = render(&snapshot);
+        for (figure, value) in figures.figures() {
+            let family = figure.metric.family;
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let series = match (family.label, figure.metric.value) {
+                (Some(label), Some(value)) => format!("{}{{{label}=\"{value}\"}}", family.name),
+                _ => family.name.to_string(),
+            };
+            for line in [format!("# TYPE {} {kind}", family.name), format!("{series} {value}")] {
+                assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+            }
         }
     }
 }

@@ -15,8 +15,9 @@ use tracing::debug;
 
 use super::connection::{Connection, Phase};
 use super::keys::{ConnKey, StreamKey};
-use super::{Counters, Shard};
+use super::Shard;
 use crate::event::ResumeFrom;
+use crate::figures::ShardFigures;
 use crate::history::Replay;
 use crate::pipeline::{Sequenced, ShardCommand};
 use crate::sse;
@@ -58,7 +59,7 @@ impl Run {
 struct Recipients<'a> {
     /// Connections given bytes, to write once the drain is done.
     dirty: &'a mut Vec<ConnKey>,
-    counters: &'a mut Counters,
+    counters: &'a mut ShardFigures,
     /// Connections put over the cap, to write at once.
     over_cap: Vec<ConnKey>,
     /// The events: same audience, increasing ids.
@@ -113,7 +114,7 @@ pub(super) fn queue_replay(
     conn: &mut Connection,
     from: ResumeFrom,
     replay: Replay,
-    counters: &mut Counters,
+    counters: &mut ShardFigures,
 ) -> u64 {
     if replay.gap {
         let asked = match from {
@@ -278,7 +279,7 @@ mod tests {
         conns: &mut [&mut Connection],
         cap: usize,
     ) -> (Vec<usize>, Vec<usize>, u64) {
-        let (mut dirty, mut counters) = (Vec::new(), Counters::default());
+        let (mut dirty, mut counters) = (Vec::new(), ShardFigures::default());
         let mut recipients = Recipients {
             dirty: &mut dirty,
             counters: &mut counters,

@@ -40,6 +40,7 @@ use rustls::HandshakeKind;
 use tracing::info;
 
 use crate::auth::Refusal;
+use crate::figures::ShardFigures;
 use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
 use accept::AcceptPause;
 pub use accept::PerIpLimit;
@@ -61,31 +62,11 @@ const EVENTS_PER_POLL: usize = 1024;
 /// How much one `read` takes from a socket.
 const READ_CHUNK: usize = 4096;
 
-/// Counters only this shard writes.
-#[derive(Debug, Default)]
-struct Counters {
-    handshakes: u64,
-    reinits: u64,
-    deliveries: u64,
-    dropped_slow: u64,
-    refused: u64,
-    /// Resumes that got everything they asked for.
-    resumes_complete: u64,
-    /// Resumes told of a gap (`event: reset`).
-    resumes_with_gap: u64,
-    /// Connections taken in (not refused).
-    accepted: u64,
-    /// Subscriptions refused for want of a token, a bad token, or one that grants too little.
-    auth_refused_missing: u64,
-    auth_refused_invalid: u64,
-    auth_refused_forbidden: u64,
-    /// TLS handshakes completed in full (certificate, key exchange) and by resuming a session.
-    tls_full_handshakes: u64,
-    tls_resumed_handshakes: u64,
-}
-
-impl Counters {
-    fn auth_refused(&mut self, refusal: &Refusal) {
+/// What the shard counts by kind: the kinds (a refusal, a TLS handshake) are the shard's
+/// words, so sorting them into figures is done here rather than in `figures`.
+impl ShardFigures {
+    /// Counts a subscription refused by the token check, by why.
+    fn count_refusal(&mut self, refusal: &Refusal) {
         *match refusal {
             Refusal::NoToken => &mut self.auth_refused_missing,
             Refusal::Invalid(_) => &mut self.auth_refused_invalid,
@@ -94,7 +75,7 @@ impl Counters {
     }
 
     /// Counts a TLS handshake just completed, by how it went.
-    fn tls_handshake(&mut self, kind: Option<HandshakeKind>) {
+    fn count_tls_handshake(&mut self, kind: Option<HandshakeKind>) {
         *match kind {
             Some(HandshakeKind::Resumed) => &mut self.tls_resumed_handshakes,
             Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest) | None => {
@@ -132,7 +113,8 @@ pub struct Shard {
     /// waker will not fire again for them).
     commands_held: bool,
     next_serial: u32,
-    counters: Counters,
+    /// Its figures: the counters bumped here; the gauges stay zero, counted when asked.
+    counters: ShardFigures,
     read_buf: Box<[u8; READ_CHUNK]>,
     /// What TLS sessions read into and encrypt into (empty without TLS).
     tls_buffers: TlsBuffers,
@@ -173,7 +155,7 @@ impl Shard {
             stalls: Stalls::default(),
             commands_held: false,
             next_serial: 0,
-            counters: Counters::default(),
+            counters: ShardFigures::default(),
             read_buf: Box::new([0; READ_CHUNK]),
             tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,

@@ -28,19 +28,7 @@ impl Shard {
         ShardFigures {
             connections: self.connections.len() as u64,
             streaming: streaming as u64,
-            handshakes: self.counters.handshakes,
-            reinits: self.counters.reinits,
-            deliveries: self.counters.deliveries,
-            dropped_slow: self.counters.dropped_slow,
-            refused: self.counters.refused,
-            resumes_complete: self.counters.resumes_complete,
-            resumes_with_gap: self.counters.resumes_with_gap,
-            accepted: self.counters.accepted,
-            auth_refused_missing: self.counters.auth_refused_missing,
-            auth_refused_invalid: self.counters.auth_refused_invalid,
-            auth_refused_forbidden: self.counters.auth_refused_forbidden,
-            tls_full_handshakes: self.counters.tls_full_handshakes,
-            tls_resumed_handshakes: self.counters.tls_resumed_handshakes,
+            ..self.counters
         }
     }
 

@@ -87,7 +87,7 @@ impl Shard {
             };
             // A session's handshake ends once: counted when it does, full or resumed.
             if was_handshaking && !tls.is_handshaking() {
-                self.counters.tls_handshake(tls.handshake_kind());
+                self.counters.count_tls_handshake(tls.handshake_kind());
             }
             if !self.take_plaintext(key) {
                 return;
@@ -200,7 +200,7 @@ impl Shard {
     /// Answers a subscription its token does not allow as RFC 6750 says, and counts it.
     fn refuse_subscription(&mut self, key: ConnKey, refusal: &Refusal) {
         info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
-        self.counters.auth_refused(refusal);
+        self.counters.count_refusal(refusal);
         let reply = self.settings.responses.refusal(refusal);
         self.answer_last(key, reply);
     }

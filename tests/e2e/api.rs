@@ -8,6 +8,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hasses::figures::ShardFigures;
+
 use crate::common::{self, read_to_eof, Server, TempFile, WAIT};
 
 /// One response read off a keep-alive connection.
@@ -469,7 +471,8 @@ fn status_page(url: &str) -> String {
 }
 
 /// The status page in a real browser: its scripts poll the API it came from and show the
-/// connections per worker, a chart of publishes per second and the client list.
+/// connections per worker, a chart of publishes per second and the client list. Its table of
+/// figures has every figure a shard declares, by its help text, with no edit to the page.
 #[test]
 #[ignore = "needs chromium: run by the README's test command"]
 fn the_status_page_shows_the_figures_in_a_browser() {
@@ -482,6 +485,15 @@ fn the_status_page_shows_the_figures_in_a_browser() {
     assert!(dom.contains("<polyline points="), "the charts are drawn: {dom}");
     assert!(dom.contains("<td>watched</td><td>room1</td>"), "the client list: {dom}");
     assert!(dom.contains(r#"<p id="error"></p>"#), "no request failed: {dom}");
+    for figure in ShardFigures::FIGURES {
+        let family = figure.metric.family;
+        let series = match (family.label, figure.metric.value) {
+            (Some(label), Some(value)) => format!("{label}=\"{value}\""),
+            _ => String::new(),
+        };
+        let row = format!("<td>{}</td><td>{series}</td>", family.help);
+        assert!(dom.contains(&row), "no figure {row:?} on the page: {dom}");
+    }
 }
 
 /// With `--api-key`, the status page asks the browser for the key (Basic: any name, the key as

@@ -102,3 +102,15 @@ fn the_cluster_example_gives_every_node_its_own_ports() {
         }
     }
 }
+
+/// The metrics' list in design.md names every family a worker's figures are declared in, so a
+/// new one is documented where operators look for it.
+#[test]
+fn the_design_names_every_declared_metric() {
+    let design = repo_file("docs/design.md");
+    for figure in hasses::figures::ShardFigures::FIGURES {
+        let name = figure.metric.family.name;
+        let named = [format!("`{name}`"), format!("`{name}{{")];
+        assert!(named.iter().any(|n| design.contains(n.as_str())), "docs/design.md does not name {name}");
+    }
+}
