@@ -243,6 +243,8 @@ fn encode_snapshot(snapshot: &Snapshot, wall_now: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::event::{Audience, ResumeFrom, Target};
     use crate::sse::encode_event;
@@ -357,5 +359,52 @@ mod tests {
         ));
         std::fs::remove_file(&path).unwrap();
         assert_eq!(restore(&path, limits(10), EventIds::starting_at(5000)).unwrap().newest, None);
+    }
+
+    fn audience() -> impl Strategy<Value = Audience> {
+        let target =
+            prop::sample::select(vec!["a", "b", "ab", "a*", "*"]).prop_map(|t| match t.strip_suffix('*') {
+                Some("") => Target::All,
+                Some(prefix) => Target::Prefix(prefix.into()),
+                None => Target::Token(t.into()),
+            });
+        (prop::collection::vec(target, 1..3), prop::option::of(prop::sample::select(vec!["me".to_string()])))
+            .prop_map(|(targets, except)| Audience { targets, except })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Written down and read back after a clean stop, a history answers every resume as it
+        /// did: the same replay, the same gaps.
+        #[test]
+        fn a_history_read_back_answers_every_resume_as_before(
+            audiences in prop::collection::vec(audience(), 0..40),
+            per_audience in 0usize..4,
+            max_events in 1usize..30,
+        ) {
+            let now = Instant::now();
+            let frame = encode_event(100, b"x").len();
+            let limits = HistoryLimits { per_audience, max_age: HOUR, max_bytes: max_events * frame };
+            let mut before = History::new(limits, 100, now);
+            for (i, audience) in audiences.iter().enumerate() {
+                before.append(100 + i as u64, audience, &encode_event(100 + i as u64, b"x"), now);
+            }
+            let path = temp("proptest");
+            let (mut file, _) = rewrite(&path, &before.snapshot(now)).unwrap();
+            let mut stop = Vec::new();
+            record::encode(&Record::Stop { newest: before.newest() }, &mut stop);
+            file.write_all(&stop).unwrap();
+            let after = restore(&path, limits, EventIds::starting_at(10_000)).unwrap().history;
+            for from in 98..100 + audiences.len() as u64 + 1 {
+                for tokens in [&["a"][..], &["b", "ab"], &["c"], &["*"]] {
+                    for id in ["", "me"] {
+                        let was = before.replay(ResumeFrom::After(from), tokens.iter().copied(), id, now);
+                        let is = after.replay(ResumeFrom::After(from), tokens.iter().copied(), id, now);
+                        prop_assert_eq!((was.gap, was.frames), (is.gap, is.frames), "from {} {:?} {}", from, tokens, id);
+                    }
+                }
+            }
+        }
     }
 }

@@ -138,3 +138,26 @@ fn without_the_flag_a_restart_is_a_gap_as_before() {
     let events = resume(&second, ids[0]);
     assert_eq!((resets(&events), datas(&events)), (1, vec![]), "{events:?}");
 }
+
+#[test]
+fn the_file_stays_within_the_history_limits_and_is_read_back_whole() {
+    let file = TempFile::new("history");
+    let mut first = with_file(&file, &["--history", "3"]);
+    let mut witness = first.subscribe("subscribe=t");
+    let big = "x".repeat(50_000);
+    let mut ids = Vec::new();
+    // 3 MB in all: the file is rewritten from the rings (3 events) once it passes 1 MiB.
+    for n in 0..60 {
+        first.publish(&format!("t={n}{big}"));
+        ids.push(witness.expect_data(&format!("{n}{big}")).id);
+    }
+    first.stop().expect("stopped");
+    let size = std::fs::metadata(file.path()).unwrap().len();
+    assert!(size < 1_200_000, "the file holds about what the rings hold: {size} bytes");
+    let second = with_file(&file, &["--history", "3"]);
+    let events = resume(&second, ids[56]);
+    let expected: Vec<String> = (57..60).map(|n| format!("{n}{big}")).collect();
+    assert_eq!((resets(&events), datas(&events)), (0, expected.iter().map(String::as_str).collect()));
+    let events = resume(&second, ids[55]);
+    assert_eq!((resets(&events), datas(&events).len()), (1, 3), "56 was let go before the restart");
+}
