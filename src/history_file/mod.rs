@@ -33,12 +33,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
-pub use record::{Record, StoredEvent, VERSION};
+pub use record::{Record, StoredEvent};
 pub use writer::{HistoryWriter, ToDisk, HISTORY_QUEUE};
 
 use crate::history::{History, HistoryLimits, Snapshot};
 use crate::sse::EventIds;
-use record::{Decoded, Header};
+use record::{Decoded, Header, VERSION};
 
 /// The file is not rewritten below this size: a small file costs nothing to keep.
 pub const COMPACT_FLOOR: u64 = 1 << 20;
@@ -75,8 +75,6 @@ pub enum HistoryFileError {
 pub struct Restored {
     /// The rings as the file rebuilds them.
     pub history: History,
-    /// The newest id in the file.
-    pub newest: Option<u64>,
     /// This run's ids: above every id in the file.
     pub ids: EventIds,
 }
@@ -92,17 +90,17 @@ pub fn restore(path: &Path, limits: HistoryLimits, ids: EventIds) -> Result<Rest
     let mut history = History::new(limits, run_first, origin);
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored { history, newest: None, ids }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored { history, ids }),
         Err(source) => return Err(HistoryFileError::Io { path: path.to_path_buf(), source }),
     };
     if bytes.is_empty() {
-        return Ok(Restored { history, newest: None, ids });
+        return Ok(Restored { history, ids });
     }
     match record::read_header(&bytes) {
         Header::Ours => {}
         Header::Short => {
             warn!("History file {}: cut inside its header; starting empty", path.display());
-            return Ok(Restored { history, newest: None, ids });
+            return Ok(Restored { history, ids });
         }
         Header::Version(found) => return Err(HistoryFileError::Version { path: path.to_path_buf(), found }),
         Header::Foreign => return Err(HistoryFileError::Foreign { path: path.to_path_buf() }),
@@ -127,11 +125,11 @@ pub fn restore(path: &Path, limits: HistoryLimits, ids: EventIds) -> Result<Rest
             }
         }
     }
-    let (newest, clean) = (reader.newest, reader.clean);
-    let ids = match newest {
+    let ids = match reader.newest {
         Some(newest) => ids.above(newest),
         None => ids,
     };
+    let clean = reader.clean;
     if !clean {
         warn!(
             "History file {}: the server did not stop cleanly; resuming clients are told of a gap \
@@ -141,7 +139,7 @@ pub fn restore(path: &Path, limits: HistoryLimits, ids: EventIds) -> Result<Rest
         history.begin(ids.peek(), 0);
     }
     info!("History file {}: {events} events read", path.display());
-    Ok(Restored { history, newest, ids })
+    Ok(Restored { history, ids })
 }
 
 /// Logs where the file's tail is cut.
@@ -266,6 +264,12 @@ mod tests {
         dir.join("history")
     }
 
+    /// Reads the file back for a run whose clock would start at 1: its next id is the file's
+    /// newest plus one.
+    fn read(path: &Path, per_audience: usize) -> Restored {
+        restore(path, limits(per_audience), EventIds::starting_at(1)).unwrap()
+    }
+
     fn datas(history: &History, from: u64, token: &str) -> (bool, Vec<String>) {
         let replay = history.replay(ResumeFrom::After(from), [token].into_iter(), "", Instant::now());
         let datas = replay
@@ -297,8 +301,8 @@ mod tests {
     fn a_clean_file_rebuilds_the_rings_with_what_they_lost() {
         let path = temp("clean");
         written(&path, 2, 6, true);
-        let restored = restore(&path, limits(2), EventIds::starting_at(5000)).unwrap();
-        assert_eq!(restored.newest, Some(105));
+        let restored = read(&path, 2);
+        assert_eq!(restored.ids.peek(), 106);
         assert_eq!(datas(&restored.history, 102, "a"), (false, vec!["4".into()]));
         assert_eq!(datas(&restored.history, 100, "a"), (false, vec!["2".into(), "4".into()]));
         assert_eq!(
@@ -318,9 +322,9 @@ mod tests {
         let path = temp("unclean");
         written(&path, 10, 4, false);
         let restored = restore(&path, limits(10), EventIds::starting_at(5000)).unwrap();
-        assert_eq!(restored.newest, Some(103));
+        assert_eq!(restored.ids.peek(), 5000);
         assert_eq!(datas(&restored.history, 101, "b"), (true, vec!["3".into()]));
-        let clock_back = restore(&path, limits(10), EventIds::starting_at(50)).unwrap();
+        let clock_back = read(&path, 10);
         assert_eq!(clock_back.ids.peek(), 104, "ids go on above the file's");
         assert!(
             datas(&clock_back.history, 103, "b").0,
@@ -336,11 +340,11 @@ mod tests {
         let mut garbage = whole.clone();
         garbage.extend_from_slice(b"\x10\0\0\0garbage after the stop");
         std::fs::write(&path, &garbage).unwrap();
-        assert_eq!(restore(&path, limits(10), EventIds::starting_at(5000)).unwrap().newest, Some(103));
+        assert_eq!(read(&path, 10).ids.peek(), 104);
         // Cut inside the last event: the Stop goes with it, so the run did not end cleanly.
         std::fs::write(&path, &whole[..whole.len() - 20]).unwrap();
-        let restored = restore(&path, limits(10), EventIds::starting_at(5000)).unwrap();
-        assert_eq!(restored.newest, Some(102));
+        let restored = read(&path, 10);
+        assert_eq!(restored.ids.peek(), 103);
         assert!(datas(&restored.history, 101, "a").0);
     }
 
@@ -358,7 +362,7 @@ mod tests {
             Err(HistoryFileError::Foreign { .. })
         ));
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(restore(&path, limits(10), EventIds::starting_at(5000)).unwrap().newest, None);
+        assert_eq!(read(&path, 10).ids.peek(), 1);
     }
 
     fn audience() -> impl Strategy<Value = Audience> {

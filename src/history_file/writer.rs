@@ -192,3 +192,70 @@ impl HistoryWriter {
         self.file = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Audience, ResumeFrom, Target};
+    use crate::history::{History, HistoryLimits};
+    use crate::history_file::record::Decoded;
+    use crate::history_file::restore;
+    use crate::sse::{encode_event, EventIds};
+
+    /// Every event id in the file, in file order.
+    fn ids_in(path: &std::path::Path) -> Vec<u64> {
+        let bytes = std::fs::read(path).unwrap();
+        let mut at = record::HEADER_LEN;
+        let mut ids = Vec::new();
+        while let Decoded::Record(record, used) = record::decode(&bytes[at..]) {
+            if let Record::Event(event) = record {
+                ids.push(event.id);
+            }
+            at += used;
+        }
+        assert_eq!(at, bytes.len(), "whole records only");
+        ids
+    }
+
+    #[test]
+    fn it_writes_each_event_once_rewrites_when_grown_and_marks_a_clean_stop() {
+        let dir = std::env::temp_dir().join(format!("hasses-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("history");
+        let limits =
+            HistoryLimits { per_audience: 2, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
+        let state = Arc::new(SharedState::new(false, History::new(limits, 100, Instant::now())));
+        let snapshot = state.history.read().snapshot(Instant::now());
+        let file = rewrite(&path, &snapshot).unwrap();
+        let (disk, events) = crossbeam_channel::bounded(4);
+        let writer = HistoryWriter::new(
+            path.clone(),
+            file,
+            snapshot.newest,
+            events,
+            Arc::clone(&state),
+            Duration::ZERO,
+        );
+        let thread = std::thread::spawn(move || writer.run());
+        let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
+        // 2.4 MB: the file is rewritten (from 2 events) at least once on the way.
+        for id in 100..140u64 {
+            let frame = encode_event(id, &[b'x'; 60_000]);
+            state.history.write().append(id, &audience, &frame, Instant::now());
+            let event = Arc::new(Sequenced { id, audience: audience.clone(), frame });
+            disk.send(ToDisk { event, at_ms: super::super::wall_ms() }).unwrap();
+        }
+        drop(disk);
+        thread.join().unwrap().unwrap();
+        let ids = ids_in(&path);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each once, in order: {ids:?}");
+        assert!(ids.len() < 30 && ids.ends_with(&[138, 139]), "rewritten on the way: {ids:?}");
+        let restored = restore(&path, limits, EventIds::starting_at(1)).unwrap();
+        assert_eq!(restored.ids.peek(), 140);
+        let replay = restored.history.replay(ResumeFrom::After(137), ["t"].into_iter(), "", Instant::now());
+        assert_eq!((replay.gap, replay.frames.len()), (false, 2), "a clean stop: no gap");
+        let replay = restored.history.replay(ResumeFrom::After(136), ["t"].into_iter(), "", Instant::now());
+        assert!(replay.gap, "137 was let go");
+    }
+}
