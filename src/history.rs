@@ -250,6 +250,11 @@ impl History {
         self.forgotten_up_to = self.forgotten_up_to.max(forgotten_up_to);
     }
 
+    /// Ids up to `newest` were handed out (by a run whose stop its file recorded).
+    pub fn sequenced(&mut self, newest: u64) {
+        self.newest = self.newest.max(newest);
+    }
+
     /// The ring of `audience` lost events up to `up_to`, as a history rebuilt from its file
     /// learns of what was let go before it was written.
     pub fn mark_lost(&mut self, audience: &Audience, up_to: u64) {

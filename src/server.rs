@@ -366,21 +366,18 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let mut on_disk = None;
     // In a cluster, the history is the stream's; alone, its file's, if it has one: either is
     // read before any client is served.
-    let (mut cluster, history) = match (&config.cluster, &config.history_file) {
-        (Some(settings), _) => {
+    let (mut cluster, history) = match &config.cluster {
+        Some(settings) => {
             let (cluster, history) = Cluster::open(settings, config.history)?;
             (Some(cluster), history)
         }
-        (None, Some(path)) => {
-            let restored = history_file::restore(path, config.history, ids)?;
-            ids = restored.ids;
-            // Rewritten at once: a damaged tail is gone before anything is appended, and a file
-            // that cannot be written stops the start rather than the first publish.
-            let snapshot = restored.history.snapshot(Instant::now());
-            on_disk = Some((path.clone(), history_file::rewrite(path, &snapshot)?, snapshot.newest));
-            (None, restored.history)
+        None => {
+            let (history, disk) = local_history(config, ids.peek())?;
+            // Ids go on above every id the history holds (read back from its file).
+            ids = ids.above(history.newest());
+            on_disk = disk;
+            (None, history)
         }
-        (None, None) => (None, History::new(config.history, ids.peek(), Instant::now())),
     };
     let newest = history.newest();
     let state = Arc::new(SharedState::new(config.reinit, history));
@@ -436,7 +433,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         sequencer = sequencer.with_cluster(link);
     }
     let mut history_writer = None;
-    if let Some((path, file, written_up_to)) = on_disk {
+    if let Some(OnDisk { path, file, written_up_to }) = on_disk {
         let (disk, events) = crossbeam_channel::bounded(HISTORY_QUEUE);
         sequencer = sequencer.with_history_file(disk);
         let fsync = config.history_fsync;
@@ -485,6 +482,29 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     }
     let ready = ready_message(sse_addr, &config.match_url, config.tls.is_some(), control_addr, api_addr);
     Ok(Running { control: stop, threads, settings, failures, ready })
+}
+
+/// The history file, rewritten at start, for its writer.
+struct OnDisk {
+    path: PathBuf,
+    /// The file open for appending, and its length.
+    file: (File, u64),
+    /// The newest id the rewrite holds.
+    written_up_to: u64,
+}
+
+/// A lone node's history, for a run whose first id would be `first_id`: read back from
+/// `--history-file` (then rewritten there) if it is given; else empty.
+fn local_history(config: &Config, first_id: u64) -> Result<(History, Option<OnDisk>), StartError> {
+    let Some(path) = &config.history_file else {
+        return Ok((History::new(config.history, first_id, Instant::now()), None));
+    };
+    let history = history_file::restore(path, config.history, first_id)?;
+    // Rewritten at once: a damaged tail is gone before anything is appended, and a file that
+    // cannot be written stops the start rather than the first publish.
+    let snapshot = history.snapshot(Instant::now());
+    let file = history_file::rewrite(path, &snapshot)?;
+    Ok((history, Some(OnDisk { path: path.clone(), file, written_up_to: snapshot.newest })))
 }
 
 /// Starts a thread of the server; if it fails, the main thread is woken (as by `SIGTERM`) to

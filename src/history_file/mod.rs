@@ -37,7 +37,6 @@ pub use record::{Record, StoredEvent};
 pub use writer::{HistoryWriter, ToDisk, HISTORY_QUEUE};
 
 use crate::history::{History, HistoryLimits, Snapshot};
-use crate::sse::EventIds;
 use record::{Decoded, Header, VERSION};
 
 /// The file is not rewritten below this size: a small file costs nothing to keep.
@@ -70,19 +69,10 @@ pub enum HistoryFileError {
     },
 }
 
-/// The history read back from its file, and what the file said.
-#[derive(Debug)]
-pub struct Restored {
-    /// The rings as the file rebuilds them.
-    pub history: History,
-    /// This run's ids: above every id in the file.
-    pub ids: EventIds,
-}
-
 /// Reads the file at `path` (none yet: an empty history) into a history with these limits, for
-/// a run that would hand out `ids`; a damaged tail is cut (logged).
-pub fn restore(path: &Path, limits: HistoryLimits, ids: EventIds) -> Result<Restored, HistoryFileError> {
-    let run_first = ids.peek();
+/// a run whose first id would be `run_first`; a damaged tail is cut (logged). The history's
+/// newest id is at least every id the file names: this run's ids go on above it.
+pub fn restore(path: &Path, limits: HistoryLimits, run_first: u64) -> Result<History, HistoryFileError> {
     let now = Instant::now();
     // Events kept before this start must fit the history's clock: it starts one `--history-age`
     // ago (an older event is let go as soon as the next one is kept).
@@ -90,17 +80,17 @@ pub fn restore(path: &Path, limits: HistoryLimits, ids: EventIds) -> Result<Rest
     let mut history = History::new(limits, run_first, origin);
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored { history, ids }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(history),
         Err(source) => return Err(HistoryFileError::Io { path: path.to_path_buf(), source }),
     };
     if bytes.is_empty() {
-        return Ok(Restored { history, ids });
+        return Ok(history);
     }
     match record::read_header(&bytes) {
         Header::Ours => {}
         Header::Short => {
             warn!("History file {}: cut inside its header; starting empty", path.display());
-            return Ok(Restored { history, ids });
+            return Ok(history);
         }
         Header::Version(found) => return Err(HistoryFileError::Version { path: path.to_path_buf(), found }),
         Header::Foreign => return Err(HistoryFileError::Foreign { path: path.to_path_buf() }),
@@ -125,21 +115,18 @@ pub fn restore(path: &Path, limits: HistoryLimits, ids: EventIds) -> Result<Rest
             }
         }
     }
-    let ids = match reader.newest {
-        Some(newest) => ids.above(newest),
-        None => ids,
-    };
-    let clean = reader.clean;
-    if !clean {
+    if !reader.clean {
         warn!(
             "History file {}: the server did not stop cleanly; resuming clients are told of a gap \
              (event: reset) and get what the file kept",
             path.display()
         );
-        history.begin(ids.peek(), 0);
+        // Even when the clock went back: every id the file names is before this run.
+        let first_id = run_first.max(history.newest().saturating_add(1));
+        history.begin(first_id, 0);
     }
     info!("History file {}: {events} events read", path.display());
-    Ok(Restored { history, ids })
+    Ok(history)
 }
 
 /// Logs where the file's tail is cut.
@@ -181,7 +168,7 @@ impl Rebuild<'_> {
                 self.clean = false;
             }
             Record::Stop { newest } => {
-                self.newest = self.newest.max(Some(newest));
+                self.history.sequenced(newest);
                 self.clean = true;
             }
         }
@@ -264,10 +251,9 @@ mod tests {
         dir.join("history")
     }
 
-    /// Reads the file back for a run whose clock would start at 1: its next id is the file's
-    /// newest plus one.
-    fn read(path: &Path, per_audience: usize) -> Restored {
-        restore(path, limits(per_audience), EventIds::starting_at(1)).unwrap()
+    /// Reads the file back for a run whose clock would start at 1.
+    fn read(path: &Path, per_audience: usize) -> History {
+        restore(path, limits(per_audience), 1).unwrap()
     }
 
     fn datas(history: &History, from: u64, token: &str) -> (bool, Vec<String>) {
@@ -302,34 +288,25 @@ mod tests {
         let path = temp("clean");
         written(&path, 2, 6, true);
         let restored = read(&path, 2);
-        assert_eq!(restored.ids.peek(), 106);
-        assert_eq!(datas(&restored.history, 102, "a"), (false, vec!["4".into()]));
-        assert_eq!(datas(&restored.history, 100, "a"), (false, vec!["2".into(), "4".into()]));
-        assert_eq!(
-            datas(&restored.history, 100, "b"),
-            (true, vec!["3".into(), "5".into()]),
-            "101 was let go"
-        );
-        assert_eq!(
-            datas(&restored.history, 99, "a"),
-            (true, vec!["2".into(), "4".into()]),
-            "before the start"
-        );
+        assert_eq!(restored.newest(), 105);
+        assert_eq!(datas(&restored, 102, "a"), (false, vec!["4".into()]));
+        assert_eq!(datas(&restored, 100, "a"), (false, vec!["2".into(), "4".into()]));
+        assert_eq!(datas(&restored, 100, "b"), (true, vec!["3".into(), "5".into()]), "101 was let go");
+        assert_eq!(datas(&restored, 99, "a"), (true, vec!["2".into(), "4".into()]), "before the start");
+        written(&path, 0, 3, true);
+        assert_eq!(read(&path, 0).newest(), 102, "nothing kept, and still the ids go on above the stop's");
     }
 
     #[test]
     fn a_file_without_a_stop_tells_every_earlier_resume_of_a_gap() {
         let path = temp("unclean");
         written(&path, 10, 4, false);
-        let restored = restore(&path, limits(10), EventIds::starting_at(5000)).unwrap();
-        assert_eq!(restored.ids.peek(), 5000);
-        assert_eq!(datas(&restored.history, 101, "b"), (true, vec!["3".into()]));
+        let restored = restore(&path, limits(10), 5000).unwrap();
+        assert_eq!(restored.newest(), 103);
+        assert_eq!(datas(&restored, 101, "b"), (true, vec!["3".into()]));
         let clock_back = read(&path, 10);
-        assert_eq!(clock_back.ids.peek(), 104, "ids go on above the file's");
-        assert!(
-            datas(&clock_back.history, 103, "b").0,
-            "the newest in the file may not be the last sequenced"
-        );
+        assert_eq!(clock_back.newest(), 103, "ids go on above the file's");
+        assert!(datas(&clock_back, 103, "b").0, "the newest in the file may not be the last sequenced");
     }
 
     #[test]
@@ -340,12 +317,12 @@ mod tests {
         let mut garbage = whole.clone();
         garbage.extend_from_slice(b"\x10\0\0\0garbage after the stop");
         std::fs::write(&path, &garbage).unwrap();
-        assert_eq!(read(&path, 10).ids.peek(), 104);
+        assert_eq!(read(&path, 10).newest(), 103);
         // Cut inside the last event: the Stop goes with it, so the run did not end cleanly.
         std::fs::write(&path, &whole[..whole.len() - 20]).unwrap();
         let restored = read(&path, 10);
-        assert_eq!(restored.ids.peek(), 103);
-        assert!(datas(&restored.history, 101, "a").0);
+        assert_eq!(restored.newest(), 102);
+        assert!(datas(&restored, 101, "a").0);
     }
 
     #[test]
@@ -354,15 +331,12 @@ mod tests {
         let mut bytes = record::header().to_vec();
         bytes[8] = 9;
         std::fs::write(&path, &bytes).unwrap();
-        let error = restore(&path, limits(10), EventIds::starting_at(5000)).unwrap_err().to_string();
+        let error = restore(&path, limits(10), 5000).unwrap_err().to_string();
         assert!(error.contains("format version 9, this hasses reads version 1"), "{error}");
         std::fs::write(&path, b"hello").unwrap();
-        assert!(matches!(
-            restore(&path, limits(10), EventIds::starting_at(5000)),
-            Err(HistoryFileError::Foreign { .. })
-        ));
+        assert!(matches!(restore(&path, limits(10), 5000), Err(HistoryFileError::Foreign { .. })));
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(read(&path, 10).ids.peek(), 1);
+        assert_eq!(read(&path, 10).newest(), 0);
     }
 
     fn audience() -> impl Strategy<Value = Audience> {
@@ -399,7 +373,7 @@ mod tests {
             let mut stop = Vec::new();
             record::encode(&Record::Stop { newest: before.newest() }, &mut stop);
             file.write_all(&stop).unwrap();
-            let after = restore(&path, limits, EventIds::starting_at(10_000)).unwrap().history;
+            let after = restore(&path, limits, 10_000).unwrap();
             for from in 98..100 + audiences.len() as u64 + 1 {
                 for tokens in [&["a"][..], &["b", "ab"], &["c"], &["*"]] {
                     for id in ["", "me"] {

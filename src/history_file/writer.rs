@@ -200,7 +200,7 @@ mod tests {
     use crate::history::{History, HistoryLimits};
     use crate::history_file::record::Decoded;
     use crate::history_file::restore;
-    use crate::sse::{encode_event, EventIds};
+    use crate::sse::encode_event;
 
     /// Every event id in the file, in file order.
     fn ids_in(path: &std::path::Path) -> Vec<u64> {
@@ -251,11 +251,11 @@ mod tests {
         let ids = ids_in(&path);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "each once, in order: {ids:?}");
         assert!(ids.len() < 30 && ids.ends_with(&[138, 139]), "rewritten on the way: {ids:?}");
-        let restored = restore(&path, limits, EventIds::starting_at(1)).unwrap();
-        assert_eq!(restored.ids.peek(), 140);
-        let replay = restored.history.replay(ResumeFrom::After(137), ["t"].into_iter(), "", Instant::now());
+        let restored = restore(&path, limits, 1).unwrap();
+        assert_eq!(restored.newest(), 139);
+        let replay = restored.replay(ResumeFrom::After(137), ["t"].into_iter(), "", Instant::now());
         assert_eq!((replay.gap, replay.frames.len()), (false, 2), "a clean stop: no gap");
-        let replay = restored.history.replay(ResumeFrom::After(136), ["t"].into_iter(), "", Instant::now());
+        let replay = restored.replay(ResumeFrom::After(136), ["t"].into_iter(), "", Instant::now());
         assert!(replay.gap, "137 was let go");
     }
 }
