@@ -28,6 +28,7 @@ mod writer;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -193,10 +194,12 @@ pub fn rewrite(path: &Path, snapshot: &Snapshot) -> Result<(File, u64), HistoryF
         move |source| HistoryFileError::Io { path, source }
     };
     let bytes = encode_snapshot(snapshot, wall_ms());
+    // Events may hold what only their subscribers should read: the file is the server's alone.
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(&temporary)
         .map_err(fail(&temporary))?;
     file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(fail(&temporary))?;

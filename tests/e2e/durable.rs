@@ -60,6 +60,9 @@ fn a_clean_restart_resumes_everyone_exactly_with_no_reset() {
     assert!(live.id > ids[4], "ids go on growing: {} after {}", live.id, ids[4]);
     let events = resume(&second, ids[0] - 1);
     assert_eq!(resets(&events), 1, "from before the first run: a gap, as always");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file.path()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the events are the server's alone");
 }
 
 #[test]
