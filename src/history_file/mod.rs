@@ -1,7 +1,7 @@
 //! The history on disk (`--history-file`): read back into the rings at start, before anything
 //! is served, and written by a thread of its own ([`HistoryWriter`]) as events are sequenced.
 //!
-//! Owns the file: its format ([`record`]), reading it back, rewriting it, and what a restart
+//! Owns the file: its format (`record.rs`), reading it back, rewriting it, and what a restart
 //! may believe. It must not sit on the hot path: the sequencer hands each kept event to the
 //! writer over a channel and goes on; the disk delays what is written, never what is delivered.
 //!
