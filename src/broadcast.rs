@@ -12,10 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, Receiver, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tracing::{debug, warn};
 
 use crate::event::Publish;
+use crate::history_file::{wall_ms, ToDisk};
 use crate::pipeline::{Sequenced, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
 use crate::sse::{encode, EventFields, Frame};
 
@@ -26,12 +27,20 @@ pub struct Broadcast {
     /// Public to the sequencer, which asks the shards through it too.
     pub(crate) fanout: Fanout,
     state: Arc<SharedState>,
+    /// The history writer's channel, with `--history-file`.
+    disk: Option<Sender<ToDisk>>,
 }
 
 impl Broadcast {
     /// Delivers to these shards, keeping events in `state`'s history.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>) -> Self {
-        Broadcast { fanout: Fanout::new(shards), state }
+        Broadcast { fanout: Fanout::new(shards), state, disk: None }
+    }
+
+    /// Hands every kept event to the history writer too (`--history-file`). Its channel is
+    /// bounded: a disk that far behind holds the sender, as a full shard does.
+    pub fn keep_on_disk(&mut self, disk: Sender<ToDisk>) {
+        self.disk = Some(disk);
     }
 
     /// Frames the event once, keeps it, and hands it to every shard; they are woken by
@@ -44,7 +53,12 @@ impl Broadcast {
         self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
         // Likewise: a fresh handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
-        self.fanout.publish(Sequenced { id, audience: publish.audience, frame });
+        let event = Arc::new(Sequenced { id, audience: publish.audience, frame });
+        if let Some(disk) = &self.disk {
+            // A writer that is gone has logged why; delivery goes on.
+            let _ = disk.send(ToDisk { event: Arc::clone(&event), at_ms: wall_ms() });
+        }
+        self.fanout.publish(event);
     }
 
     /// Delivers an event read from the cluster's stream, unless it was: ids only grow, so one
@@ -96,8 +110,7 @@ impl Fanout {
     }
 
     /// Queues the event on every shard; they are woken by [`Fanout::wake`].
-    pub fn publish(&mut self, event: Sequenced) {
-        let event = Arc::new(event);
+    pub fn publish(&mut self, event: Arc<Sequenced>) {
         for shard in 0..self.shards.len() {
             self.send(shard, ShardCommand::Deliver(Arc::clone(&event)));
         }

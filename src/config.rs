@@ -104,6 +104,11 @@ pub struct Config {
     /// What is kept for resume (`--history` 1000 per target, `--history-age` 3600 s,
     /// `--history-memory` 64 MiB).
     pub history: HistoryLimits,
+    /// Where the history is kept across restarts (`--history-file`, absolute; off by default).
+    pub history_file: Option<PathBuf>,
+    /// How often the history file is synced to the disk (`--history-fsync`, 1000 ms; 0: after
+    /// every write).
+    pub history_fsync: Duration,
     /// Sent as `retry:` at the start of every stream (`--retry`, milliseconds).
     pub retry: Option<u32>,
     /// Subscriptions need a signed token (`--jwt-secret`, `--jwt-secret-file` or `--jwt-key`).
@@ -227,6 +232,9 @@ pub enum ConfigError {
     /// Both `--api-key` and `--api-key-file`.
     #[error("give one of --api-key and --api-key-file")]
     ApiKeyTwice,
+    /// `--history-file` with `--cluster`.
+    #[error("--history-file cannot be used with --cluster: a cluster's history is its Redis stream")]
+    HistoryFileInCluster,
     /// `--config` inside a config file (files do not include files).
     #[error("--config cannot be used inside a config file")]
     NestedConfig,
@@ -349,6 +357,14 @@ struct Cli {
     /// Keep at most BYTES of events for resume in all, the oldest going first [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     history_memory: Option<String>,
+    /// Keep the history in FILE (absolute) too, written as events are sent and read back at
+    /// start, so that clients resume across a restart without a reset [default: none, memory only]
+    #[arg(long, value_name = "FILE")]
+    history_file: Option<String>,
+    /// Sync the history file to the disk every MS milliseconds (what a power loss can take);
+    /// 0: after every write [default: 1000]
+    #[arg(long, value_name = "MS")]
+    history_fsync: Option<String>,
     /// Subscriptions need a JWT signed with this HMAC secret (HS256/384/512) [default: none, open]
     #[arg(long, value_name = "SECRET")]
     jwt_secret: Option<String>,
@@ -776,12 +792,25 @@ impl Given {
                     .unwrap_or(Duration::from_secs(3600)),
                 max_bytes: self.value("history-memory", &cli.history_memory, positive)?.unwrap_or(64 << 20),
             },
+            history_file: self.history_file()?,
+            history_fsync: Duration::from_millis(
+                self.value("history-fsync", &cli.history_fsync, milliseconds)?.map_or(1000, u64::from),
+            ),
             retry: self.value("retry", &cli.retry, milliseconds)?,
             auth: self.auth()?,
             api: self.api_bind()?,
             api_key: self.api_key()?,
             cluster: self.cluster()?,
         })
+    }
+
+    /// The history file, if given; a cluster's history is its Redis stream, so not with one.
+    fn history_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let path = self.value("history-file", &self.cli.history_file, absolute_path)?;
+        if path.is_some() && self.cli.cluster.is_some() {
+            return Err(ConfigError::HistoryFileInCluster);
+        }
+        Ok(path)
     }
 
     /// The API is on by default with modern flags; hasses had none, so legacy flags leave it off
@@ -1219,6 +1248,7 @@ mod tests {
         let history =
             HistoryLimits { per_audience: 1000, max_age: Duration::from_secs(3600), max_bytes: 64 << 20 };
         assert_eq!((config.history, config.retry), (history, None));
+        assert_eq!((config.history_file, config.history_fsync), (None, Duration::from_secs(1)));
         assert_eq!(config.limits, Limits { max_message: 65536 });
     }
 
@@ -1230,7 +1260,8 @@ mod tests {
                     --user www --workers 3 --pin-cpus --handshake-timeout 0.5 --max-age 10 \
                     --max-message 100 --max-backlog 1000 --heartbeat 0 --defer-accept 5 \
                     --max-connections 9 --max-connections-per-ip 3 --control-secret s3 \
-                    --history 0 --history-age 60 --history-memory 4096 --retry 2500";
+                    --history 0 --history-age 60 --history-memory 4096 --retry 2500 \
+                    --history-file /var/lib/h --history-fsync 0";
         let config = run(&line.split_whitespace().collect::<Vec<_>>());
         assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
         assert_eq!(config.match_url, "/events");
@@ -1257,6 +1288,22 @@ mod tests {
         assert_eq!(config.max_backlog, 1000);
         let history = HistoryLimits { per_audience: 0, max_age: Duration::from_secs(60), max_bytes: 4096 };
         assert_eq!((config.history, config.retry), (history, Some(2500)));
+        assert_eq!((config.history_file, config.history_fsync), (Some("/var/lib/h".into()), Duration::ZERO));
+    }
+
+    #[test]
+    fn the_history_file_is_absolute_and_not_for_a_cluster() {
+        assert_eq!(error(&["--history-file", "h"]), "--history-file: path must be absolute: h");
+        assert_eq!(
+            error(&["--history-file", "/h", "--cluster", "redis://127.0.0.1:6379"]),
+            "--history-file cannot be used with --cluster: a cluster's history is its Redis stream"
+        );
+        assert_eq!(
+            error(&["--history-fsync", "soon"]),
+            "--history-fsync: must be a whole number of milliseconds, 0 or more: soon"
+        );
+        let legacy = run(&["-p=1", "-murl=/a", "-cp=2", "--history-file=/h"]);
+        assert_eq!(legacy.history_file, Some("/h".into()), "with legacy flags, only when given");
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! once empty, so that the answer stays exact; only past [`MAX_EMPTY_RINGS`] empty rings is the
 //! oldest of them forgotten, and then every resume from before its last loss is told of a gap.
 //!
+//! What it holds can be written down and read back ([`History::snapshot`], [`History::begin`],
+//! [`History::mark_lost`]): the history file ([`crate::history_file`]) rebuilds it at start with
+//! what it lost, so that a restart is not a gap.
+//!
 //! Pure bookkeeping: no I/O and no clock of its own (times are passed in).
 
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +53,34 @@ pub struct Replay {
     pub frames: Vec<Frame>,
     /// The newest id sequenced: live delivery takes over after it.
     pub newest: u64,
+}
+
+/// Everything a history holds, to write it down (and rebuild it from that).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Nothing before this id is known.
+    pub first_id: u64,
+    /// The highest id lost by a ring that was forgotten.
+    pub forgotten_up_to: u64,
+    /// Every ring: its audience and the highest id it lost (0: none).
+    pub rings: Vec<(Audience, u64)>,
+    /// Every kept event, in id order.
+    pub events: Vec<SnapshotEvent>,
+    /// The newest id sequenced.
+    pub newest: u64,
+}
+
+/// A kept event in a [`Snapshot`].
+#[derive(Debug)]
+pub struct SnapshotEvent {
+    /// Its id.
+    pub id: u64,
+    /// Its ring: an index into [`Snapshot::rings`].
+    pub ring: usize,
+    /// How long ago it was kept (whole seconds).
+    pub age: Duration,
+    /// Its frame.
+    pub frame: Frame,
 }
 
 /// An event kept in a ring.
@@ -207,6 +239,54 @@ impl History {
     /// now is told of a gap, and gets what is kept.
     pub fn new_epoch(&mut self) {
         self.first_id = self.newest + 1;
+    }
+
+    /// Nothing before `first_id` is known (a resume from before it is told of a gap); rings
+    /// that were forgotten lost events up to `forgotten_up_to`. For a history rebuilt from its
+    /// file: the run that wrote it started there, or this run does, when the file may miss
+    /// events.
+    pub fn begin(&mut self, first_id: u64, forgotten_up_to: u64) {
+        self.first_id = first_id;
+        self.forgotten_up_to = self.forgotten_up_to.max(forgotten_up_to);
+    }
+
+    /// Ids up to `newest` were handed out (by a run whose stop its file recorded).
+    pub fn sequenced(&mut self, newest: u64) {
+        self.newest = self.newest.max(newest);
+    }
+
+    /// The ring of `audience` lost events up to `up_to`, as a history rebuilt from its file
+    /// learns of what was let go before it was written.
+    pub fn mark_lost(&mut self, audience: &Audience, up_to: u64) {
+        let ring = self.ring_for(audience);
+        let r = &mut self.rings[ring];
+        r.lost_up_to = r.lost_up_to.max(up_to);
+        if r.kept.is_empty() {
+            self.emptied.push_back(ring);
+            self.forget_empty_rings();
+        }
+    }
+
+    /// Everything it holds at `now`, to write it down: the events in id order.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let now = self.seconds(now);
+        let mut rings = Vec::with_capacity(self.rings.len());
+        let mut events = Vec::with_capacity(self.events);
+        for (_, ring) in &self.rings {
+            for k in &ring.kept {
+                let age = Duration::from_secs(u64::from(now.saturating_sub(k.at)));
+                events.push(SnapshotEvent { id: k.id, ring: rings.len(), age, frame: k.frame.clone() });
+            }
+            rings.push((ring.audience.clone(), ring.lost_up_to));
+        }
+        events.sort_unstable_by_key(|e| e.id);
+        Snapshot {
+            first_id: self.first_id,
+            forgotten_up_to: self.forgotten_up_to,
+            rings,
+            events,
+            newest: self.newest,
+        }
     }
 
     /// What it keeps.

@@ -19,6 +19,7 @@
 //!                   merged: log lines, or             appends in order;               reads every node's
 //!                   JSON to hasses-control            receipts to control             events: id, history,
 //!                                                                                     frame once, fan out
+//!   hasses-history: (--history-file) appends the Sequencer's events to the file, synced on a timer
 //!   hasses-log:     writes the log lines the other threads format
 //!   main:           signals (SIGTERM stops, SIGHUP reloads), supervises the threads, stops them
 //! ```
@@ -46,6 +47,8 @@
 //! - [`api`]: the HTTP API's requests, routes and responses, and the metrics text (pure); its
 //!   connections are the control thread's (`control/api.rs`).
 //! - [`history`]: the events kept for resume, and what a resuming client is owed.
+//! - [`history_file`]: the history on disk (`--history-file`): its format, reading it back at
+//!   start, and its writer thread (`hasses-history`), which the sequencer hands events to.
 //! - [`auth`]: subscribers' signed grants (JWT): who may listen to what.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
@@ -67,6 +70,7 @@ pub mod control;
 pub mod event;
 pub mod figures;
 pub mod history;
+pub mod history_file;
 pub mod http;
 pub mod limits;
 pub mod log;

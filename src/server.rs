@@ -22,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::history::History;
+use crate::history_file::{self, HistoryWriter, HISTORY_QUEUE};
 use crate::log::REPORT;
 use crate::pipeline::SharedState;
 use crate::shard::{PerIpLimit, Settings, Shard};
@@ -85,6 +86,9 @@ pub enum StartError {
     /// The node cannot join its cluster (bad URL, Redis unreachable, credentials refused).
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The history file cannot be read or written, or is of another format.
+    #[error(transparent)]
+    HistoryFile(#[from] crate::history_file::HistoryFileError),
     /// A thread or its poller could not be made.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
@@ -358,14 +362,22 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let control_addr = bound.control_addr();
     let api_addr = bound.api_addr();
     let settings = Arc::new(Settings::new(config, bound.tls, bound.auth));
-    let ids = EventIds::starting_now();
-    // In a cluster, the history is the stream's, read before any client is served.
+    let mut ids = EventIds::starting_now();
+    let mut on_disk = None;
+    // In a cluster, the history is the stream's; alone, its file's, if it has one: either is
+    // read before any client is served.
     let (mut cluster, history) = match &config.cluster {
         Some(settings) => {
             let (cluster, history) = Cluster::open(settings, config.history)?;
             (Some(cluster), history)
         }
-        None => (None, History::new(config.history, ids.peek(), Instant::now())),
+        None => {
+            let (history, disk) = local_history(config, ids.peek())?;
+            // Ids go on above every id the history holds (read back from its file).
+            ids = ids.above(history.newest());
+            on_disk = disk;
+            (None, history)
+        }
     };
     let newest = history.newest();
     let state = Arc::new(SharedState::new(config.reinit, history));
@@ -420,6 +432,14 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     if let Some(link) = cluster.as_mut().and_then(Cluster::link) {
         sequencer = sequencer.with_cluster(link);
     }
+    let mut history_writer = None;
+    if let Some(OnDisk { path, file, written_up_to }) = on_disk {
+        let (disk, events) = crossbeam_channel::bounded(HISTORY_QUEUE);
+        sequencer = sequencer.with_history_file(disk);
+        let fsync = config.history_fsync;
+        history_writer =
+            Some(HistoryWriter::new(path, file, written_up_to, events, Arc::clone(&state), fsync));
+    }
     let admin_link = AdminLink { questions, replies: answered };
     let (control, stop) = Control::new(
         bound.control,
@@ -438,6 +458,9 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);
+    if let Some(writer) = history_writer {
+        threads.push(spawn("hasses-history".into(), &failures, move || writer.run())?);
+    }
     if let Some((outbox, tail)) = cluster_threads {
         threads.push(spawn("hasses-cluster-out".into(), &failures, move || outbox.run())?);
         threads.push(spawn("hasses-cluster-tail".into(), &failures, move || tail.run())?);
@@ -459,6 +482,29 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     }
     let ready = ready_message(sse_addr, &config.match_url, config.tls.is_some(), control_addr, api_addr);
     Ok(Running { control: stop, threads, settings, failures, ready })
+}
+
+/// The history file, rewritten at start, for its writer.
+struct OnDisk {
+    path: PathBuf,
+    /// The file open for appending, and its length.
+    file: (File, u64),
+    /// The newest id the rewrite holds.
+    written_up_to: u64,
+}
+
+/// A lone node's history, for a run whose first id would be `first_id`: read back from
+/// `--history-file` (then rewritten there) if it is given; else empty.
+fn local_history(config: &Config, first_id: u64) -> Result<(History, Option<OnDisk>), StartError> {
+    let Some(path) = &config.history_file else {
+        return Ok((History::new(config.history, first_id, Instant::now()), None));
+    };
+    let history = history_file::restore(path, config.history, first_id)?;
+    // Rewritten at once: a damaged tail is gone before anything is appended, and a file that
+    // cannot be written stops the start rather than the first publish.
+    let snapshot = history.snapshot(Instant::now());
+    let file = history_file::rewrite(path, &snapshot)?;
+    Ok((history, Some(OnDisk { path: path.clone(), file, written_up_to: snapshot.newest })))
 }
 
 /// Starts a thread of the server; if it fails, the main thread is woken (as by `SIGTERM`) to

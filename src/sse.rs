@@ -188,6 +188,12 @@ impl EventIds {
         Self::starting_at(since_epoch.as_micros() as u64)
     }
 
+    /// Goes on above `last`, an id an earlier run issued (read back from the history file):
+    /// ids keep growing even when the clock went back.
+    pub fn above(self, last: u64) -> Self {
+        Self { next: self.next.max(last.saturating_add(1)) }
+    }
+
     /// Starts the sequence at `first` (for tests).
     pub fn starting_at(first: u64) -> Self {
         Self { next: first }
@@ -274,6 +280,13 @@ mod tests {
         let first = ids.next_id();
         assert!(first >= before);
         assert_eq!(ids.next_id(), first + 1);
+    }
+
+    #[test]
+    fn ids_go_on_above_an_earlier_run_even_when_the_clock_went_back() {
+        assert_eq!(EventIds::starting_at(100).above(500).next_id(), 501);
+        assert_eq!(EventIds::starting_at(100).above(50).next_id(), 100);
+        assert_eq!(EventIds::starting_at(100).above(u64::MAX).peek(), u64::MAX);
     }
 
     #[test]

@@ -50,6 +50,12 @@ impl Sequencer {
         Sequencer { ids, broadcast: Broadcast::new(shards, state), processed: 0, cluster: None }
     }
 
+    /// Hands every event to the history writer too (`--history-file`).
+    pub fn with_history_file(mut self, disk: crossbeam_channel::Sender<crate::history_file::ToDisk>) -> Self {
+        self.broadcast.keep_on_disk(disk);
+        self
+    }
+
     /// The same in cluster mode: publishes go to the stream, and the tail delivers them.
     pub fn with_cluster(self, link: ClusterLink) -> Self {
         Sequencer { cluster: Some(link), ..self }

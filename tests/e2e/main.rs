@@ -24,6 +24,7 @@ mod commands;
 mod connections;
 mod deploy;
 mod dropin;
+mod durable;
 mod events;
 mod examples;
 mod handshake;

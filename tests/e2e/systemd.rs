@@ -74,6 +74,11 @@ fn the_unit_has_what_a_production_install_needs() {
     assert!(files > 1_000_000, "LimitNOFILE={files} is enough for a million connections");
     let exec = value("ExecStart");
     assert!(exec.contains("-nodaemon"), "hasses stays in the foreground under systemd: {exec}");
+    // The history file lives in the unit's state directory, which systemd makes for its user.
+    let state = format!("/var/lib/{}/", value("StateDirectory"));
+    let conf = repo_file(CONF);
+    let history = settings(&conf).find_map(|line| line.strip_prefix("--history-file "));
+    assert!(history.is_some_and(|path| path.starts_with(&state)), "{CONF}: --history-file under {state}");
     let drop_in = repo_file(DROP_IN);
     assert!(unit_value(&drop_in, "CPUAffinity").is_some(), "{DROP_IN} sets CPUAffinity=");
     assert!(
@@ -146,8 +151,18 @@ fn the_unit_command_line_with_the_shipped_config_notifies_ready_and_stopping() {
     let notify = NotifySocket::new();
     let pidfile = dir.join("hasses.pid");
     // The ports and the pid file's directory differ from the shipped file's: a later flag wins.
-    let extra = ["--port", "0", "--control-port", "0", "--pidfile", &pidfile.display().to_string()]
-        .map(str::to_owned);
+    let history = dir.join("hasses.history").display().to_string();
+    let extra = [
+        "--port",
+        "0",
+        "--control-port",
+        "0",
+        "--pidfile",
+        &pidfile.display().to_string(),
+        "--history-file",
+        &history,
+    ]
+    .map(str::to_owned);
     let (mut server, ready) =
         Process::start_hasses(unit_command("", &extra), &notify, dir.join("output.log"));
     // The shipped config's addresses, with the ports the kernel picked, for `systemctl status`.
@@ -173,6 +188,7 @@ fn the_unit_command_line_with_the_shipped_config_notifies_ready_and_stopping() {
     }
     assert!(!server.running(), "hasses exits after SIGTERM\n{}", server.output());
     assert!(!pidfile.exists(), "the pid file is removed at exit");
+    assert!(std::path::Path::new(&history).exists(), "the history file is written");
 }
 
 #[test]
@@ -230,9 +246,11 @@ fn pinned_workers_follow_the_cpu_affinity_of_the_drop_in() {
         .expect("the drop-in sets HASSES_OPTS");
 
     let dir = TempDir::new("pinning");
-    let extra = ["--port", "0", "--control-port", "0", "--pidfile"].map(str::to_owned);
-    let pinned =
-        unit_command(opts, &[extra.to_vec(), vec![dir.join("hasses.pid").display().to_string()]].concat());
+    let path = |name: &str| dir.join(name).display().to_string();
+    let extra = ["--port", "0", "--control-port", "0", "--pidfile", &path("hasses.pid")];
+    let history = ["--history-file", &path("hasses.history")];
+    let words: Vec<String> = extra.iter().chain(&history).map(|w| w.to_string()).collect();
+    let pinned = unit_command(opts, &words);
     let mut command = Command::new(taskset);
     command.args(["-c", &list]).arg(pinned.get_program()).args(pinned.get_args());
     let server = Process::spawn(command, "hasses", dir.join("output.log"));

@@ -1,0 +1,261 @@
+//! The history writer thread (`hasses-history`): appends every kept event to the history file,
+//! syncs it every `--history-fsync`, rewrites it when it grew, and marks a clean stop.
+//!
+//! Owns the open file and when it is synced. Events come from the sequencer on a bounded
+//! channel ([`HISTORY_QUEUE`]); each batch it finds there is one `write`, so a SIGKILL loses
+//! at most what was still in the channel. When the disk falls that far behind, the sequencer
+//! waits for room, as it does for a full shard: publishers are held, nothing is dropped, since
+//! a dropped event would be a gap no restart could see. It never touches a connection and
+//! never holds the history's lock but to copy it for a rewrite.
+//!
+//! A write that fails (a full disk) is logged once; from then on nothing is written and no
+//! `Stop` either, so the next start tells resuming clients of a gap: the server goes on serving.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tracing::{error, warn};
+
+use super::record::{self, Record};
+use super::{rewrite, COMPACT_FLOOR};
+use crate::pipeline::{Sequenced, SharedState};
+
+/// Events that may wait for the writer before the sequencer waits for room.
+pub const HISTORY_QUEUE: usize = 65_536;
+/// Events written in one batch at most.
+const BATCH: usize = 4096;
+/// How long the writer sleeps with nothing to sync.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// A kept event on its way to the disk: the event the shards got, and when it was kept.
+#[derive(Debug)]
+pub struct ToDisk {
+    /// The event, shared with the shards.
+    pub event: Arc<Sequenced>,
+    /// When it was kept, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// The writer thread's state.
+#[derive(Debug)]
+pub struct HistoryWriter {
+    path: PathBuf,
+    /// None once a write failed.
+    file: Option<File>,
+    events: Receiver<ToDisk>,
+    /// The history, read only to rewrite the file.
+    state: Arc<SharedState>,
+    fsync: Duration,
+    /// The file's length.
+    size: u64,
+    /// Rewrite the file once it is longer.
+    compact_above: u64,
+    /// Events up to this id are in the file already (written by the last rewrite).
+    written_up_to: u64,
+    /// The newest id handed over.
+    newest: u64,
+    /// When the oldest write not yet synced was made.
+    unsynced_since: Option<Instant>,
+    buffer: Vec<u8>,
+}
+
+impl HistoryWriter {
+    /// A writer appending to `file` (at `path`, `size` bytes long, just rewritten from the
+    /// history, whose newest id was `written_up_to`), syncing every `fsync` (0: every batch).
+    pub fn new(
+        path: PathBuf,
+        (file, size): (File, u64),
+        written_up_to: u64,
+        events: Receiver<ToDisk>,
+        state: Arc<SharedState>,
+        fsync: Duration,
+    ) -> Self {
+        HistoryWriter {
+            path,
+            file: Some(file),
+            events,
+            state,
+            fsync,
+            size,
+            compact_above: (2 * size).max(COMPACT_FLOOR),
+            written_up_to,
+            newest: written_up_to,
+            unsynced_since: None,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes until every sender is gone (the sequencer stopped), then marks the clean stop.
+    pub fn run(mut self) -> io::Result<()> {
+        loop {
+            let wait = self
+                .unsynced_since
+                .map_or(IDLE, |since| (since + self.fsync).saturating_duration_since(Instant::now()));
+            match self.events.recv_timeout(wait) {
+                Ok(first) => {
+                    self.take(&first);
+                    for _ in 0..BATCH {
+                        let Ok(more) = self.events.try_recv() else { break };
+                        self.take(&more);
+                    }
+                    self.write_buffer();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop();
+                    return Ok(());
+                }
+            }
+            self.sync_if_due();
+            self.compact_if_grown();
+        }
+    }
+
+    /// Encodes an event into the batch, unless the last rewrite already holds it.
+    fn take(&mut self, to_disk: &ToDisk) {
+        let event = &to_disk.event;
+        self.newest = self.newest.max(event.id);
+        if event.id > self.written_up_to && self.file.is_some() {
+            record::encode_event(event.id, to_disk.at_ms, &event.audience, &event.frame, &mut self.buffer);
+        }
+    }
+
+    fn write_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        if let Some(file) = &mut self.file {
+            match file.write_all(&self.buffer) {
+                Ok(()) => {
+                    self.size += self.buffer.len() as u64;
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                }
+                Err(e) => self.fail("cannot write", &e),
+            }
+        }
+        self.buffer.clear();
+    }
+
+    fn sync_if_due(&mut self) {
+        let Some(since) = self.unsynced_since else { return };
+        if since.elapsed() < self.fsync {
+            return;
+        }
+        self.unsynced_since = None;
+        if let Some(Err(e)) = self.file.as_ref().map(File::sync_data) {
+            self.fail("cannot sync", &e);
+        }
+    }
+
+    /// Rewrites the file from the rings once it holds twice what it held after the last
+    /// rewrite. On failure the file as it is stays (it is whole), and grows on.
+    fn compact_if_grown(&mut self) {
+        if self.size <= self.compact_above || self.file.is_none() {
+            return;
+        }
+        let snapshot = self.state.history.read().snapshot(Instant::now());
+        match rewrite(&self.path, &snapshot) {
+            Ok((file, size)) => {
+                self.file = Some(file);
+                self.size = size;
+                self.compact_above = (2 * size).max(COMPACT_FLOOR);
+                self.written_up_to = snapshot.newest;
+                // Synced whole by the rewrite.
+                self.unsynced_since = None;
+            }
+            Err(e) => {
+                warn!("Cannot rewrite the history file, it grows on: {e}");
+                self.compact_above = 2 * self.size;
+            }
+        }
+    }
+
+    /// Every event sequenced is written: say so, and sync.
+    fn stop(&mut self) {
+        record::encode(&Record::Stop { newest: self.newest }, &mut self.buffer);
+        self.write_buffer();
+        if let Some(Err(e)) = self.file.as_ref().map(File::sync_data) {
+            self.fail("cannot sync", &e);
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: &io::Error) {
+        error!(
+            "History file {}: {what}: {e}; it is no longer written, and after a restart resuming \
+             clients will be told of a gap",
+            self.path.display()
+        );
+        self.file = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Audience, ResumeFrom, Target};
+    use crate::history::{History, HistoryLimits};
+    use crate::history_file::record::Decoded;
+    use crate::history_file::restore;
+    use crate::sse::encode_event;
+
+    /// Every event id in the file, in file order.
+    fn ids_in(path: &std::path::Path) -> Vec<u64> {
+        let bytes = std::fs::read(path).unwrap();
+        let mut at = record::HEADER_LEN;
+        let mut ids = Vec::new();
+        while let Decoded::Record(record, used) = record::decode(&bytes[at..]) {
+            if let Record::Event(event) = record {
+                ids.push(event.id);
+            }
+            at += used;
+        }
+        assert_eq!(at, bytes.len(), "whole records only");
+        ids
+    }
+
+    #[test]
+    fn it_writes_each_event_once_rewrites_when_grown_and_marks_a_clean_stop() {
+        let dir = std::env::temp_dir().join(format!("hasses-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("history");
+        let limits =
+            HistoryLimits { per_audience: 2, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
+        let state = Arc::new(SharedState::new(false, History::new(limits, 100, Instant::now())));
+        let snapshot = state.history.read().snapshot(Instant::now());
+        let file = rewrite(&path, &snapshot).unwrap();
+        let (disk, events) = crossbeam_channel::bounded(4);
+        let writer = HistoryWriter::new(
+            path.clone(),
+            file,
+            snapshot.newest,
+            events,
+            Arc::clone(&state),
+            Duration::ZERO,
+        );
+        let thread = std::thread::spawn(move || writer.run());
+        let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
+        // 2.4 MB: the file is rewritten (from 2 events) at least once on the way.
+        for id in 100..140u64 {
+            let frame = encode_event(id, &[b'x'; 60_000]);
+            state.history.write().append(id, &audience, &frame, Instant::now());
+            let event = Arc::new(Sequenced { id, audience: audience.clone(), frame });
+            disk.send(ToDisk { event, at_ms: super::super::wall_ms() }).unwrap();
+        }
+        drop(disk);
+        thread.join().unwrap().unwrap();
+        let ids = ids_in(&path);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each once, in order: {ids:?}");
+        assert!(ids.len() < 30 && ids.ends_with(&[138, 139]), "rewritten on the way: {ids:?}");
+        let restored = restore(&path, limits, 1).unwrap();
+        assert_eq!(restored.newest(), 139);
+        let replay = restored.replay(ResumeFrom::After(137), ["t"].into_iter(), "", Instant::now());
+        assert_eq!((replay.gap, replay.frames.len()), (false, 2), "a clean stop: no gap");
+        let replay = restored.replay(ResumeFrom::After(136), ["t"].into_iter(), "", Instant::now());
+        assert!(replay.gap, "137 was let go");
+    }
+}
