@@ -23,6 +23,28 @@ use std::time::{Duration, Instant};
 /// How long a test waits for something that should happen at once.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// How often [`wait_until`] looks.
+const LOOK: Duration = Duration::from_millis(20);
+
+/// Waits up to `timeout` for `condition` to hold, looking every [`LOOK`]; panics saying `what`
+/// did not happen. What a test writes instead of sleeping "long enough for X": it waits as long
+/// as X takes, and fails, rather than passing by luck or hanging, when X never comes. Bounded
+/// in looks as well as in time, however long a look takes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let looks = timeout.as_millis() / LOOK.as_millis() + 1;
+    for _ in 0..looks {
+        if condition() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(LOOK);
+    }
+    panic!("not within {timeout:?}: {what}");
+}
+
 /// Where a log line was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
