@@ -277,7 +277,7 @@ fn a_client_resumes_on_another_node_and_on_one_killed_and_restarted() {
 fn the_stream_keeps_what_the_histories_keep_and_no_more() {
     let redis = Redis::start(false, STREAM_NODES_OF_2);
     let a = node(&redis, &["--history", "5"]);
-    let _b = node(&redis, &["--history", "5"]);
+    let b = node(&redis, &["--history", "5"]);
     let mut witness = a.subscribe("subscribe=t");
     publish_tagged(&a, "", 100);
     let ids: Vec<u64> = events(&mut witness, 100).into_iter().map(|(id, _)| id).collect();
@@ -289,7 +289,7 @@ fn the_stream_keeps_what_the_histories_keep_and_no_more() {
     let c = node(&redis, &["--history", "5"]);
     publish_tagged(&a, "after c", 1);
     assert_eq!(witness.next_data(), "after c0");
-    let beats = redis.wait_told_newest(&[&a, &_b, &c]);
+    let beats = redis.wait_told_newest(&[&a, &b, &c]);
     redis.wait_beat_after(&beats);
     assert!(redis.stream_len() >= 5, "the newest 5 are kept: {}", redis.stream_len());
     let mut back = resume(&c, "subscribe=t", ids[96]);
