@@ -260,3 +260,221 @@ fn client_rows(parts: Vec<ShardAnswer>) -> Vec<ClientRow> {
 fn count(parts: Vec<ShardAnswer>) -> u64 {
     parts.into_iter().map(|part| if let ShardAnswer::Count(n) = part { n } else { 0 }).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use crossbeam_channel::{bounded, unbounded};
+
+    use super::*;
+    use crate::api::metrics::CONTENT_TYPE;
+    use crate::broadcast::tests::{state, TestShards};
+
+    fn facts() -> ServerFacts {
+        ServerFacts {
+            user: None,
+            started: Instant::now(),
+            cors_base: String::new(),
+            tls: None,
+            workers: 3,
+            cluster: None,
+        }
+    }
+
+    /// An admin thread's state, its replies, and a stand-in for the control thread it wakes.
+    fn admin() -> (Admin, Receiver<Reply>, TestShards, Sender<Question>) {
+        let control = TestShards::new(1, 1);
+        let (questions_in, questions) = unbounded();
+        let (replies, replies_out) = unbounded();
+        let admin = Admin::new(questions, replies, Arc::clone(&control.handles[0].waker), facts(), state(1));
+        (admin, replies_out, control, questions_in)
+    }
+
+    /// Receivers that hold these shards' answers; `None` is a shard that is gone unanswered.
+    fn answered(parts: Vec<Option<ShardAnswer>>) -> Vec<Receiver<ShardAnswer>> {
+        parts
+            .into_iter()
+            .map(|part| {
+                let (reply, answer) = bounded(1);
+                if let Some(part) = part {
+                    reply.send(part).unwrap();
+                }
+                answer
+            })
+            .collect()
+    }
+
+    fn question(query: Query, to: AnswerTo, parts: Vec<Option<ShardAnswer>>) -> Question {
+        let control = ControlFigures { processed: 42, refused: 1, ..ControlFigures::default() };
+        Question { query, control, to, answers: answered(parts) }
+    }
+
+    fn shard(connections: u64, streaming: u64) -> ShardAnswer {
+        ShardAnswer::Figures(ShardFigures {
+            connections,
+            streaming,
+            deliveries: 10,
+            ..ShardFigures::default()
+        })
+    }
+
+    fn row(fd: i32, worker: usize) -> ClientRow {
+        ClientRow {
+            fd,
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            state: "SSE",
+            messages: 0,
+            reinits: 0,
+            connected_secs: 1,
+            handshaked_secs: Some(1),
+            id: format!("c{fd}"),
+            agent: String::new(),
+            tokens: vec!["t".into()],
+            worker,
+            tls: None,
+            last_event_id: 0,
+            sub: None,
+        }
+    }
+
+    const JSON: AnswerTo = AnswerTo::Connection(Asker { key: 1, serial: 1 }, 0);
+
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    #[test]
+    fn each_query_asks_the_shards_for_what_its_answer_is_made_of() {
+        assert!(matches!(shard_query(&Query::Status), ShardQuery::Figures));
+        assert!(matches!(shard_query(&Query::NumberOfClients), ShardQuery::Figures));
+        assert!(matches!(shard_query(&Query::ClientList), ShardQuery::ClientList));
+        let subscribed = shard_query(&Query::SubscribedClients("room1".into()));
+        assert!(matches!(subscribed, ShardQuery::CountSubscribed(token) if &*token == "room1"));
+    }
+
+    #[test]
+    fn the_shards_parts_are_summed_or_merged_in_descriptor_order() {
+        let total = figures(vec![shard(2, 1), shard(3, 2), ShardAnswer::Count(7)]);
+        assert_eq!((total.connections, total.streaming, total.deliveries), (5, 3, 20));
+        let rows = client_rows(vec![
+            ShardAnswer::ClientList(vec![row(9, 0), row(4, 0)]),
+            ShardAnswer::ClientList(vec![row(6, 1)]),
+            ShardAnswer::Count(1),
+        ]);
+        assert_eq!(rows.iter().map(|r| (r.fd, r.worker)).collect::<Vec<_>>(), [(4, 0), (6, 1), (9, 0)]);
+        assert_eq!(count(vec![ShardAnswer::Count(2), ShardAnswer::Count(5), shard(1, 1)]), 7);
+    }
+
+    #[test]
+    fn status_answers_hasses_block_to_the_log_and_json_to_a_connection() {
+        let (admin, ..) = admin();
+        let parts = || vec![Some(shard(2, 1)), Some(shard(3, 2)), Some(shard(0, 0))];
+        let status = json(&admin.answer(question(Query::Status, JSON, parts())));
+        assert_eq!(status["allconncli"], 5);
+        assert_eq!(status["sseconncli"], 3);
+        assert_eq!(status["msgsendcnt"], 30);
+        assert_eq!(status["msgproccnt"], 42, "the control thread's count, as it asked");
+        assert_eq!(status["msgrefusedcnt"], 1);
+        assert_eq!(status["workers"], 3);
+        let lines = admin.answer(question(Query::Status, AnswerTo::Log, parts()));
+        let lines: Vec<&str> = lines.lines().collect();
+        assert_eq!(lines.first(), Some(&"------- status of hasses -------"));
+        assert_eq!(lines.last(), Some(&"------------- end --------------"));
+        assert!(lines.contains(&"Count of connected clients: 5"), "{lines:?}");
+        assert!(lines.contains(&"Total message processed: 42"), "{lines:?}");
+    }
+
+    #[test]
+    fn the_counts_and_the_client_list_answer_in_hasses_words_or_json() {
+        let (admin, ..) = admin();
+        let ask = |query: Query, to: AnswerTo, parts: Vec<ShardAnswer>| {
+            admin.answer(question(query, to, parts.into_iter().map(Some).collect()))
+        };
+        let figures = || vec![shard(2, 1), shard(3, 2)];
+        assert_eq!(ask(Query::NumberOfClients, AnswerTo::Log, figures()), "Number of connected clients: 5");
+        assert_eq!(
+            json(&ask(Query::NumberOfClients, JSON, figures())),
+            serde_json::json!({"numberofclients": 5})
+        );
+        let counts = || vec![ShardAnswer::Count(1), ShardAnswer::Count(2)];
+        let room = || Query::SubscribedClients("room1".into());
+        assert_eq!(ask(room(), AnswerTo::Log, counts()), "Client count subscribed for \"room1\": 3");
+        assert_eq!(
+            json(&ask(room(), JSON, counts())),
+            serde_json::json!({"subscribedclients": 3, "subscribedfor": "room1"})
+        );
+        let lists =
+            || vec![ShardAnswer::ClientList(vec![row(8, 0)]), ShardAnswer::ClientList(vec![row(5, 1)])];
+        let list = json(&ask(Query::ClientList, JSON, lists()));
+        let fds: Vec<&serde_json::Value> =
+            list["clients"].as_array().unwrap().iter().map(|c| &c["fd"]).collect();
+        assert_eq!(fds, [5, 8]);
+        let lines = ask(Query::ClientList, AnswerTo::Log, lists());
+        let numbered: Vec<&str> = lines.lines().filter(|l| l.starts_with('#')).collect();
+        assert_eq!(numbered.len(), 2, "{lines}");
+        assert!(numbered[0].starts_with("#1 - <5>") && numbered[1].starts_with("#2 - <8>"), "{lines}");
+    }
+
+    #[test]
+    fn a_shard_that_does_not_answer_in_time_is_left_out() {
+        // One answers at once, one too late, one never (its thread is gone).
+        let (on_time, first) = bounded(1);
+        let (late, second) = bounded(1);
+        let (gone, third) = bounded::<ShardAnswer>(1);
+        drop(gone);
+        on_time.send(ShardAnswer::Count(1)).unwrap();
+        let started = Instant::now();
+        let answers = [first, second, third];
+        let collected = collect(&answers, Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(50), "waited for the late one");
+        late.send(ShardAnswer::Count(2)).unwrap();
+        let got: Vec<Option<u64>> = collected
+            .into_iter()
+            .map(|part| part.map(|p| if let ShardAnswer::Count(n) = p { n } else { 99 }))
+            .collect();
+        assert_eq!(got, [Some(1), None, None]);
+        // An answer is made of the parts that came.
+        let (admin, ..) = admin();
+        let answer = admin.answer(question(Query::NumberOfClients, JSON, vec![Some(shard(4, 4)), None]));
+        assert_eq!(json(&answer)["numberofclients"], 4);
+    }
+
+    #[test]
+    fn answers_go_back_to_who_asked_and_wake_the_control_thread() {
+        let (admin, replies, mut control, questions) = admin();
+        let asker = Asker { key: 5, serial: 8 };
+        let ask = |query, to, parts| questions.send(question(query, to, parts)).unwrap();
+        ask(Query::NumberOfClients, AnswerTo::Log, vec![Some(shard(1, 1))]);
+        ask(
+            Query::NumberOfClients,
+            AnswerTo::Connection(asker, 3),
+            vec![Some(shard(1, 1)), Some(shard(1, 0))],
+        );
+        ask(
+            Query::Status,
+            AnswerTo::Api(asker, ApiQuery::Health),
+            vec![Some(shard(0, 0)), Some(shard(0, 0))],
+        );
+        ask(Query::Status, AnswerTo::Api(asker, ApiQuery::Health), vec![Some(shard(0, 0)), None]);
+        ask(
+            Query::Status,
+            AnswerTo::Api(asker, ApiQuery::Metrics),
+            vec![Some(shard(2, 2)), Some(shard(1, 1))],
+        );
+        drop(questions);
+        admin.run().unwrap();
+        let replies: Vec<Reply> = replies.try_iter().collect();
+        assert_eq!(replies.len(), 4, "the log's answer goes to the log: {replies:?}");
+        assert!(
+            matches!(&replies[0], Reply::Line(a, 3, line) if *a == asker && line == "{\"numberofclients\":2}\n")
+        );
+        let Reply::Http(to, healthy) = &replies[1] else { panic!("{:?}", replies[1]) };
+        assert_eq!((*to, healthy.status, healthy.body.as_slice()), (asker, 200, &b"ok\n"[..]));
+        let Reply::Http(_, stuck) = &replies[2] else { panic!("{:?}", replies[2]) };
+        assert_eq!(stuck.status, 503);
+        assert!(String::from_utf8_lossy(&stuck.body).contains("1 of 2 workers"), "{stuck:?}");
+        let Reply::Http(_, metrics) = &replies[3] else { panic!("{:?}", replies[3]) };
+        assert_eq!((metrics.status, metrics.content_type), (200, CONTENT_TYPE));
+        assert!(String::from_utf8_lossy(&metrics.body).contains("hasses_connections 3"));
+        assert!(control.woken(0), "the control thread is woken for its replies");
+    }
+}

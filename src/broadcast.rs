@@ -167,3 +167,277 @@ impl Fanout {
         }
     }
 }
+
+/// Shards as the control side sees them, for the tests of everything that sends to shards
+/// (here, the sequencer, the cluster's tail, the admin path): real channels and real wakers on
+/// real polls, whose other ends the test holds to see what each shard was sent and whether it
+/// was woken. No sockets, no shard threads.
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use crossbeam_channel::Receiver;
+    use mio::{Events, Poll, Token, Waker};
+
+    use super::*;
+    use crate::event::{Audience, ResumeFrom, Target};
+    use crate::history::{History, HistoryLimits};
+    use crate::pipeline::ShardAnswer;
+
+    const WAKE: Token = Token(0);
+    /// The longest a test waits for something another thread does.
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// The other ends of some shards' channels and wakers.
+    pub(crate) struct TestShards {
+        /// What the control side holds.
+        pub(crate) handles: Vec<ShardHandle>,
+        /// Each shard's queue, by shard number.
+        pub(crate) inboxes: Vec<Receiver<ShardCommand>>,
+        polls: Vec<Poll>,
+    }
+
+    impl TestShards {
+        /// `count` shards, each with a queue of `capacity` commands.
+        pub(crate) fn new(count: usize, capacity: usize) -> TestShards {
+            let mut shards = TestShards { handles: Vec::new(), inboxes: Vec::new(), polls: Vec::new() };
+            for _ in 0..count {
+                let poll = Poll::new().unwrap();
+                let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+                let (commands, inbox) = bounded(capacity);
+                shards.handles.push(ShardHandle { commands, waker });
+                shards.inboxes.push(inbox);
+                shards.polls.push(poll);
+            }
+            shards
+        }
+
+        /// Whether `shard` was woken since the last look (a few wakes in between count once).
+        pub(crate) fn woken(&mut self, shard: usize) -> bool {
+            self.woken_within(shard, Duration::ZERO)
+        }
+
+        /// Whether `shard` is woken within a few seconds (by another thread).
+        pub(crate) fn woken_soon(&mut self, shard: usize) -> bool {
+            self.woken_within(shard, PATIENCE)
+        }
+
+        fn woken_within(&mut self, shard: usize, timeout: Duration) -> bool {
+            let mut events = Events::with_capacity(4);
+            self.polls[shard].poll(&mut events, Some(timeout)).unwrap();
+            events.iter().any(|event| event.token() == WAKE)
+        }
+
+        /// Which shards were woken since the last look.
+        pub(crate) fn woken_all(&mut self) -> Vec<bool> {
+            (0..self.polls.len()).map(|shard| self.woken(shard)).collect()
+        }
+
+        /// What `shard` was sent and has not taken, in order, in a few words each.
+        pub(crate) fn sent(&self, shard: usize) -> Vec<String> {
+            self.inboxes[shard].try_iter().map(|command| describe(&command)).collect()
+        }
+    }
+
+    /// A command in a few words: `deliver ID`, `ask`, `shutdown`.
+    pub(crate) fn describe(command: &ShardCommand) -> String {
+        match command {
+            ShardCommand::Deliver(event) => format!("deliver {}", event.id),
+            ShardCommand::Ask(..) => "ask".to_string(),
+            ShardCommand::Shutdown => "shutdown".to_string(),
+        }
+    }
+
+    /// `token=data`.
+    pub(crate) fn publish(token: &str, data: &str) -> Publish {
+        Publish {
+            audience: Audience { targets: vec![Target::Token(token.into())], except: None },
+            message: data.as_bytes().to_vec(),
+            event: None,
+            retry: None,
+        }
+    }
+
+    /// The state of a server whose first event id is `first_id`, keeping plenty.
+    pub(crate) fn state(first_id: u64) -> Arc<SharedState> {
+        let limits =
+            HistoryLimits { per_audience: 100, max_age: Duration::from_secs(3600), max_bytes: 1 << 20 };
+        Arc::new(SharedState::new(false, History::new(limits, first_id, Instant::now())))
+    }
+
+    /// What a client of `token` resuming after `after` is owed: whether it is told of a gap,
+    /// and the ids of the events it gets.
+    pub(crate) fn resume(state: &SharedState, token: &str, after: u64) -> (bool, Vec<String>) {
+        let replay =
+            state.history.read().replay(ResumeFrom::After(after), [token].into_iter(), "", Instant::now());
+        let ids = replay
+            .frames
+            .iter()
+            .filter_map(|frame| {
+                let text = String::from_utf8_lossy(frame);
+                let id = text.split("id: ").nth(1)?.split('\n').next()?.to_string();
+                Some(id)
+            })
+            .collect();
+        (replay.gap, ids)
+    }
+
+    fn sequenced(id: u64) -> Sequenced {
+        Sequenced { id, audience: publish("t", "").audience, frame: Frame::from_static(b"x") }
+    }
+
+    #[test]
+    fn every_shard_gets_every_command_in_order_and_the_event_is_shared_not_copied() {
+        let shards = TestShards::new(3, 16);
+        let mut fanout = Fanout::new(shards.handles.clone());
+        assert_eq!(fanout.shard_count(), 3);
+        fanout.publish(sequenced(1));
+        fanout.publish(sequenced(2));
+        fanout.broadcast(|| ShardCommand::Shutdown);
+        let mut firsts = Vec::new();
+        for inbox in &shards.inboxes {
+            let commands: Vec<ShardCommand> = inbox.try_iter().collect();
+            let described: Vec<String> = commands.iter().map(describe).collect();
+            assert_eq!(described, ["deliver 1", "deliver 2", "shutdown"]);
+            let ShardCommand::Deliver(first) = &commands[0] else { unreachable!() };
+            firsts.push(Arc::clone(first));
+        }
+        assert!(firsts.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one event for every shard");
+    }
+
+    #[test]
+    fn a_batch_wakes_each_shard_that_was_sent_something_once() {
+        let mut shards = TestShards::new(3, 16);
+        let mut fanout = Fanout::new(shards.handles.clone());
+        fanout.publish(sequenced(1));
+        fanout.publish(sequenced(2));
+        assert_eq!(shards.woken_all(), [false; 3], "not before the batch ends");
+        fanout.wake();
+        assert_eq!(shards.woken_all(), [true; 3]);
+        fanout.wake();
+        assert_eq!(shards.woken_all(), [false; 3], "nothing new: nobody is woken");
+        // A shard that is gone is neither sent to nor woken; the others go on.
+        shards.inboxes.remove(1);
+        shards.inboxes.insert(1, bounded(1).1);
+        fanout.publish(sequenced(3));
+        fanout.wake();
+        assert_eq!(shards.woken_all(), [true, false, true]);
+        assert_eq!(shards.sent(0), ["deliver 1", "deliver 2", "deliver 3"]);
+    }
+
+    #[test]
+    fn ask_gives_one_receiver_per_shard_behind_what_was_sent_before() {
+        let mut shards = TestShards::new(3, 16);
+        let mut fanout = Fanout::new(shards.handles.clone());
+        fanout.publish(sequenced(1));
+        let answers = fanout.ask(&ShardQuery::Figures);
+        assert_eq!(answers.len(), 3);
+        assert_eq!(shards.woken_all(), [true; 3], "a question does not wait for the next batch");
+        // Each shard answers on the channel its question carries: who answered what is known.
+        for (shard, inbox) in shards.inboxes.iter().enumerate() {
+            assert!(matches!(inbox.try_recv(), Ok(ShardCommand::Deliver(e)) if e.id == 1));
+            let Ok(ShardCommand::Ask(ShardQuery::Figures, reply)) = inbox.try_recv() else {
+                panic!("shard {shard} was not asked behind the event")
+            };
+            reply.send(ShardAnswer::Count(shard as u64 * 10)).unwrap();
+        }
+        for (shard, answer) in answers.iter().enumerate() {
+            assert!(matches!(answer.try_recv(), Ok(ShardAnswer::Count(n)) if n == shard as u64 * 10));
+        }
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_sender_wake_the_shard_then_wait_for_room() {
+        let mut shards = TestShards::new(1, 1);
+        let mut fanout = Fanout::new(shards.handles.clone());
+        fanout.publish(sequenced(1));
+        assert!(!shards.woken(0));
+        let sent = AtomicBool::new(false);
+        // Asserted once the queue has room: a failed assertion in the scope would leave the
+        // sender waiting.
+        let (woken, waited, first) = std::thread::scope(|scope| {
+            let sender = scope.spawn(|| {
+                fanout.publish(sequenced(2));
+                sent.store(true, Ordering::SeqCst);
+            });
+            // Woken by the sender itself, which otherwise would sleep on a shard that sleeps.
+            let woken = shards.woken_soon(0);
+            let waited = !sent.load(Ordering::SeqCst);
+            let first = shards.inboxes[0].recv_timeout(PATIENCE).map(|c| describe(&c));
+            sender.join().unwrap();
+            (woken, waited, first)
+        });
+        assert!(woken, "the shard with a full queue is woken");
+        assert!(waited, "the sender waits for room");
+        assert_eq!(first.as_deref(), Ok("deliver 1"));
+        assert!(sent.load(Ordering::SeqCst));
+        assert_eq!(shards.sent(0), ["deliver 2"]);
+        fanout.wake();
+        assert!(shards.woken(0), "what went in after the wait is woken for too");
+    }
+
+    #[test]
+    fn an_event_is_kept_and_published_before_any_shard_can_see_it() {
+        let mut shards = TestShards::new(2, 1);
+        let state = state(1);
+        let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
+        // Shard 0's queue is full: delivering blocks on it, before any shard has the event.
+        shards.handles[0].commands.send(ShardCommand::Shutdown).unwrap();
+        // What is seen while the event is on its way, asserted once the shard has taken its
+        // queue: a failed assertion in the scope would leave the delivering thread waiting.
+        let (woken, others_empty, published, resumed) = std::thread::scope(|scope| {
+            let delivering = scope.spawn(|| broadcast.deliver(100, publish("t", "hello")));
+            let seen = (
+                shards.woken_soon(0),
+                shards.inboxes[1].is_empty(),
+                state.published.load(Ordering::Acquire),
+                resume(&state, "t", 99),
+            );
+            assert_eq!(
+                shards.inboxes[0].recv_timeout(PATIENCE).map(|c| describe(&c)).ok().as_deref(),
+                Some("shutdown")
+            );
+            delivering.join().unwrap();
+            seen
+        });
+        assert!(woken, "the shard with a full queue is woken");
+        assert!(others_empty, "no shard has the event yet");
+        assert_eq!(published, 100, "a handshake from then on is later than the event");
+        assert_eq!(resumed, (false, vec!["100".to_string()]), "a resume from then on finds it");
+        let Ok(ShardCommand::Deliver(event)) = shards.inboxes[1].try_recv() else { panic!("not delivered") };
+        assert_eq!(event.frame, frame(100, &publish("t", "hello")), "the frame a resume gets too");
+        assert_eq!(event.audience, publish("t", "hello").audience);
+        assert_eq!(shards.sent(0), ["deliver 100"]);
+    }
+
+    #[test]
+    fn deliver_new_skips_the_ids_at_or_below_the_last_delivered() {
+        let shards = TestShards::new(2, 16);
+        let state = state(1);
+        let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
+        broadcast.deliver_new(10, publish("t", "10"));
+        broadcast.deliver_new(10, publish("t", "10 again"));
+        broadcast.deliver_new(7, publish("t", "7, late"));
+        broadcast.deliver_new(11, publish("t", "11"));
+        for shard in 0..2 {
+            assert_eq!(shards.sent(shard), ["deliver 10", "deliver 11"]);
+        }
+        assert_eq!(resume(&state, "t", 1), (false, vec!["10".to_string(), "11".to_string()]));
+        assert_eq!(state.published.load(Ordering::Acquire), 11);
+    }
+
+    #[test]
+    fn a_new_epoch_tells_a_resume_from_before_it_of_a_gap() {
+        let shards = TestShards::new(1, 16);
+        let state = state(1);
+        let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
+        broadcast.deliver(5, publish("t", "old"));
+        assert_eq!(resume(&state, "t", 4), (false, vec!["5".to_string()]));
+        broadcast.new_epoch();
+        broadcast.deliver(9, publish("t", "new"));
+        assert_eq!(resume(&state, "t", 4), (true, vec!["5".to_string(), "9".to_string()]));
+        assert_eq!(resume(&state, "t", 5), (true, vec!["9".to_string()]), "what was lost may be after 5");
+        assert_eq!(resume(&state, "t", 6), (false, vec!["9".to_string()]));
+    }
+}

@@ -344,6 +344,38 @@ mod tests {
         assert_eq!(range_reply(Value::Array(vec![entry("2-0")])).unwrap()[0].size(), 4);
     }
 
+    #[test]
+    fn an_entry_holds_the_fields_the_module_doc_names() {
+        let targets = vec![Target::All, Target::Token("room1".into()), Target::Prefix("user".into())];
+        let publish = Publish {
+            audience: Audience { targets, except: Some("abc".into()) },
+            message: b"hi".to_vec(),
+            event: Some("news".into()),
+            retry: Some(500),
+        };
+        let written: Vec<(&str, Vec<u8>)> =
+            fields(&publish, "n1", 12).into_iter().map(|(name, value)| (name, value.into_owned())).collect();
+        let expected: Vec<(&str, &[u8])> = vec![
+            ("n", b"n1"),
+            ("s", b"12"),
+            ("t", b"*0:=5:room1^4:user"),
+            ("x", b"abc"),
+            ("e", b"news"),
+            ("r", b"500"),
+            ("d", b"hi"),
+        ];
+        assert_eq!(written, expected.into_iter().map(|(n, v)| (n, v.to_vec())).collect::<Vec<_>>());
+        // Only what a publish has: hasses' plain form has no except, event or retry.
+        let plain = Publish {
+            audience: Audience { targets: vec![Target::All], except: None },
+            event: None,
+            retry: None,
+            ..publish
+        };
+        let names: Vec<&str> = fields(&plain, "n1", 1).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["n", "s", "t", "d"]);
+    }
+
     fn target() -> impl Strategy<Value = Target> {
         prop_oneof![Just(Target::All), any::<String>().prop_map(Target::Token), ".+".prop_map(Target::Prefix),]
     }

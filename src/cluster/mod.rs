@@ -196,10 +196,13 @@ pub struct BufferFull {
     pub bytes: u64,
 }
 
+/// A publish on its way to the outbox, with where its receipt goes if its publisher asked.
+type Outgoing = (Publish, Option<ReceiptTo>);
+
 /// The sequencer's end of the cluster: publishes go out.
 #[derive(Debug)]
 pub struct ClusterLink {
-    outbox: Sender<(Publish, Option<ReceiptTo>)>,
+    outbox: Sender<Outgoing>,
     /// The outbox's receipts for publishers that asked, read by the control thread.
     pub receipts: Receiver<(ReceiptTo, Receipt)>,
     shared: Arc<ClusterShared>,
@@ -207,6 +210,18 @@ pub struct ClusterLink {
 }
 
 impl ClusterLink {
+    /// The sequencer's end of a cluster that holds at most `limits` (publishes, bytes) while
+    /// Redis is unreachable, with the outbox's ends: where it reads the publishes, where it
+    /// sends receipts. (Apart from [`Cluster::open`] so that the sequencer's tests have one.)
+    pub(crate) fn new(
+        shared: Arc<ClusterShared>,
+        limits: (u64, u64),
+    ) -> (ClusterLink, Receiver<Outgoing>, Sender<(ReceiptTo, Receipt)>) {
+        let (outbox_in, outbox) = crossbeam_channel::unbounded();
+        let (receipts, receipts_out) = crossbeam_channel::unbounded();
+        (ClusterLink { outbox: outbox_in, receipts: receipts_out, shared, limits }, outbox, receipts)
+    }
+
     /// Hands a publish to the outbox. With the buffer full, it waits for room while Redis is
     /// connected (backpressure: Redis is only slower than the publishers, and TCP flow
     /// control slows them down), and refuses it while Redis is unreachable.
@@ -250,7 +265,7 @@ pub struct Cluster {
     newest: StreamId,
     /// The bytes read at start, for the trim by `--history-memory`.
     bytes: trim::StreamBytes,
-    outbox: Receiver<(Publish, Option<ReceiptTo>)>,
+    outbox: Receiver<Outgoing>,
     /// Where the outbox sends receipts; the control thread reads them through the link.
     receipts: Sender<(ReceiptTo, Receipt)>,
     link: Option<ClusterLink>,
@@ -276,18 +291,12 @@ impl Cluster {
             failed(e)
         })?;
         let Backfilled { history, newest, bytes } = backfilled;
-        let (outbox_in, outbox) = crossbeam_channel::unbounded();
-        let (receipts, receipts_out) = crossbeam_channel::unbounded();
         let shared = Arc::new(ClusterShared::default());
         *shared.tail.lock() = TailPosition { read: newest, memory_cut: bytes.cut() };
         shared.outbox_connected.store(true, Ordering::Relaxed);
         shared.tail_connected.store(true, Ordering::Relaxed);
-        let link = ClusterLink {
-            outbox: outbox_in,
-            receipts: receipts_out,
-            shared: Arc::clone(&shared),
-            limits: (settings.buffer_events, settings.buffer_bytes),
-        };
+        let (link, outbox, receipts) =
+            ClusterLink::new(Arc::clone(&shared), (settings.buffer_events, settings.buffer_bytes));
         let cluster = Cluster {
             settings: settings.clone(),
             client,

@@ -89,16 +89,7 @@ impl Tail {
             });
             self.con = Some(con);
             match read {
-                Ok(entries) if entries.is_empty() => self.shared.lag_ms.store(0, Ordering::Relaxed),
-                Ok(entries) => {
-                    for raw in entries {
-                        self.deliver(raw);
-                    }
-                    self.broadcast.wake();
-                    *self.shared.tail.lock() =
-                        TailPosition { read: self.after, memory_cut: self.bytes.cut() };
-                    self.shared.lag_ms.store(now_ms().saturating_sub(self.after.ms), Ordering::Relaxed);
-                }
+                Ok(entries) => self.take(entries),
                 Err(e) => {
                     warn!(
                         "Cluster: lost the stream's tail ({}); reconnecting, then reading on after {}",
@@ -112,6 +103,22 @@ impl Tail {
             }
         }
         Ok(())
+    }
+
+    /// Delivers what one read found, waking the shards once for all of it, and says where the
+    /// tail now is (for the trim) and how far behind the stream (for status). A read that
+    /// found nothing ran out its `BLOCK`: the tail is up to date.
+    fn take(&mut self, entries: Vec<RawEntry>) {
+        if entries.is_empty() {
+            self.shared.lag_ms.store(0, Ordering::Relaxed);
+            return;
+        }
+        for raw in entries {
+            self.deliver(raw);
+        }
+        self.broadcast.wake();
+        *self.shared.tail.lock() = TailPosition { read: self.after, memory_cut: self.bytes.cut() };
+        self.shared.lag_ms.store(now_ms().saturating_sub(self.after.ms), Ordering::Relaxed);
     }
 
     /// Delivers one entry (one that is not understood is skipped with a log line).
@@ -128,23 +135,27 @@ impl Tail {
         }
     }
 
-    /// Whether the stream still holds the last entry read (or nothing was read yet).
-    fn kept_last_read(&self, con: &mut redis::Connection) -> redis::RedisResult<bool> {
-        if self.after == StreamId::ZERO {
-            return Ok(true);
-        }
-        let id = self.after.to_string();
-        let found = query_range(redis::cmd("XRANGE").arg(&self.stream).arg(&id).arg(&id), con)?;
-        Ok(!found.is_empty())
-    }
-
     /// Starts a new epoch if the stream no longer holds the last entry read: `XREAD` would
     /// go on from the oldest entry left and never say what it skipped.
     fn check_epoch(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
-        if !self.kept_last_read(con)? {
-            warn!("Cluster: the stream lost entry {} (Redis lost its data, or it was trimmed while this node was away): a new epoch", self.after);
-            self.broadcast.new_epoch();
+        let stream = self.stream.clone();
+        self.epoch_unless_held(|id| {
+            let found = query_range(redis::cmd("XRANGE").arg(&stream).arg(id).arg(id), con)?;
+            Ok(!found.is_empty())
+        })
+    }
+
+    /// [`Tail::check_epoch`]'s decision, `held(id)` saying whether the stream holds the entry
+    /// `id` (apart from the query, for the tests). Before anything was read, nothing is lost.
+    fn epoch_unless_held(
+        &mut self,
+        held: impl FnOnce(&str) -> redis::RedisResult<bool>,
+    ) -> redis::RedisResult<()> {
+        if self.after == StreamId::ZERO || held(&self.after.to_string())? {
+            return Ok(());
         }
+        warn!("Cluster: the stream lost entry {} (Redis lost its data, or it was trimmed while this node was away): a new epoch", self.after);
+        self.broadcast.new_epoch();
         Ok(())
     }
 
@@ -166,5 +177,131 @@ impl Tail {
                 warn!("Cluster: cannot reach Redis to tail the stream: {}", why(&e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use redis::Value;
+
+    use super::*;
+    use crate::broadcast::tests::{publish, resume, state, TestShards};
+    use crate::event::Publish;
+    use crate::pipeline::{ShardCommand, SharedState};
+
+    /// A tail over these shards that has read up to `after`; it never reaches Redis here.
+    fn tail(shards: &TestShards, after: StreamId) -> (Tail, Arc<SharedState>, Arc<ClusterShared>) {
+        let state = state(1);
+        let shared = Arc::new(ClusterShared::default());
+        let client = super::super::client("redis://127.0.0.1:1").unwrap();
+        let broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
+        let tail = Tail::new(
+            client,
+            "hasses:events".into(),
+            after,
+            StreamBytes::new(1 << 20),
+            broadcast,
+            Arc::clone(&shared),
+        );
+        (tail, state, shared)
+    }
+
+    /// The entry `id` of `publish` as a read gives it back.
+    fn raw(id: &str, publish: &Publish) -> RawEntry {
+        raw_fields(id, entry::fields(publish, "node-a", 1))
+    }
+
+    fn raw_fields(id: &str, fields: Vec<(&'static str, Cow<'_, [u8]>)>) -> RawEntry {
+        let fields = fields
+            .into_iter()
+            .flat_map(|(name, value)| [name.as_bytes().to_vec(), value.into_owned()])
+            .map(Value::BulkString)
+            .collect();
+        RawEntry { id: id.into(), fields }
+    }
+
+    fn stream_id(text: &str) -> StreamId {
+        StreamId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_read_is_delivered_with_the_stream_s_ids_and_woken_once() {
+        let mut shards = TestShards::new(2, 16);
+        let (mut tail, state, shared) = tail(&shards, StreamId::ZERO);
+        let (a, b) = (publish("t", "a"), publish("u", "b"));
+        tail.take(vec![raw("1700000000000-5", &a), raw("1700000000001-0", &b)]);
+        assert_eq!(shards.woken_all(), [true, true]);
+        for inbox in &shards.inboxes {
+            let delivered: Vec<_> = inbox
+                .try_iter()
+                .map(|command| match command {
+                    ShardCommand::Deliver(event) => (event.id, event.frame.clone()),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            let ids = [1_700_000_000_000_000_005, 1_700_000_000_001_000_000];
+            let frames = [crate::broadcast::frame(ids[0], &a), crate::broadcast::frame(ids[1], &b)];
+            assert_eq!(delivered, [(ids[0], frames[0].clone()), (ids[1], frames[1].clone())]);
+        }
+        assert_eq!(state.published.load(Ordering::Acquire), 1_700_000_000_001_000_000);
+        assert_eq!(resume(&state, "t", 1).1, ["1700000000000000005"], "kept for resume");
+        assert_eq!(tail.after, stream_id("1700000000001-0"));
+        assert_eq!(shared.tail_position().read, tail.after, "the trim knows where the tail is");
+        assert!(shared.lag_ms.load(Ordering::Relaxed) > 0, "entries from 2023 are late");
+        // A read that found nothing: up to date, and nobody is woken.
+        tail.take(Vec::new());
+        assert_eq!(shared.lag_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(shards.woken_all(), [false, false]);
+    }
+
+    #[test]
+    fn an_entry_it_cannot_deliver_is_skipped_and_reading_goes_on_after_it() {
+        let mut shards = TestShards::new(1, 16);
+        let (mut tail, state, _) = tail(&shards, stream_id("5-0"));
+        let good = publish("t", "x");
+        // An id that is not `ms-seq`: not even a place in the stream to go on from.
+        tail.take(vec![raw("nonsense", &good)]);
+        assert_eq!(tail.after, stream_id("5-0"));
+        // An entry without data, and one whose id no event id can be: gone past.
+        let mut fields = entry::fields(&good, "node-a", 1);
+        fields.retain(|(name, _)| *name != "d");
+        tail.take(vec![raw_fields("6-0", fields)]);
+        assert_eq!(tail.after, stream_id("6-0"));
+        tail.take(vec![raw("7-1000000", &good)]);
+        assert_eq!(tail.after, stream_id("7-1000000"));
+        assert!(shards.sent(0).is_empty());
+        // One delivered already (read at start, or by an earlier read): not twice.
+        state.published.store(8_000_000, Ordering::Release);
+        tail.take(vec![raw("8-0", &good), raw("8-1", &good)]);
+        assert_eq!(shards.sent(0), ["deliver 8000001"]);
+        assert_eq!(tail.after, stream_id("8-1"));
+        assert!(shards.woken(0));
+    }
+
+    #[test]
+    fn a_new_epoch_only_when_the_stream_lost_the_last_entry_read() {
+        let shards = TestShards::new(1, 16);
+        let (mut tail, state, _) = tail(&shards, StreamId::ZERO);
+        // Nothing read yet: nothing to lose, nothing to ask.
+        tail.epoch_unless_held(|_| panic!("asked the stream")).unwrap();
+        tail.take(vec![raw("9-0", &publish("t", "old"))]);
+        let mut asked = Vec::new();
+        tail.epoch_unless_held(|id| {
+            asked.push(id.to_string());
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(asked, ["9-0"], "it asks for the last entry read");
+        assert_eq!(resume(&state, "t", 8_999_999), (false, vec!["9000000".to_string()]));
+        // Redis did not answer: no decision, the error goes up (and the tail reconnects).
+        let lost = redis::RedisError::from((redis::ErrorKind::Io, "gone"));
+        assert!(tail.epoch_unless_held(|_| Err(lost)).is_err());
+        assert!(!resume(&state, "t", 8_999_999).0);
+        // The stream no longer holds it: what came before now may be gone, and a resume from
+        // before is told.
+        tail.epoch_unless_held(|_| Ok(false)).unwrap();
+        assert_eq!(resume(&state, "t", 8_999_999), (true, vec!["9000000".to_string()]));
     }
 }

@@ -112,3 +112,100 @@ impl Sequencer {
         self.broadcast.fanout.broadcast(|| ShardCommand::Shutdown);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::broadcast::tests::{publish, resume, state, TestShards};
+    use crate::cluster::ClusterShared;
+    use crate::event::Asker;
+
+    fn sequencer(shards: &TestShards, first_id: u64) -> (Sequencer, Arc<SharedState>) {
+        let state = state(1);
+        let ids = EventIds::starting_at(first_id);
+        (Sequencer::new(shards.handles.clone(), Arc::clone(&state), ids), state)
+    }
+
+    #[test]
+    fn ids_strictly_increase_and_every_shard_gets_each_publish_once() {
+        let mut shards = TestShards::new(3, 16);
+        let (mut sequencer, state) = sequencer(&shards, 1000);
+        assert_eq!(sequencer.shard_count(), 3);
+        let accepted: Vec<Accepted> =
+            ["a", "b", "c"].iter().map(|data| sequencer.publish(publish("t", data), None).unwrap()).collect();
+        assert_eq!(accepted, [1000, 1001, 1002].map(Accepted::Sequenced));
+        assert_eq!(sequencer.processed(), 3);
+        assert_eq!(state.published.load(Ordering::Acquire), 1002);
+        assert_eq!(resume(&state, "t", 999).1, ["1000", "1001", "1002"], "each kept for resume");
+        assert_eq!(shards.woken_all(), [false; 3], "woken once the round of input is over");
+        sequencer.wake();
+        assert_eq!(shards.woken_all(), [true; 3]);
+        for shard in 0..3 {
+            assert_eq!(shards.sent(shard), ["deliver 1000", "deliver 1001", "deliver 1002"]);
+        }
+    }
+
+    #[test]
+    fn a_question_goes_out_behind_the_events_sent_before_it() {
+        let mut shards = TestShards::new(2, 16);
+        let (mut sequencer, _state) = sequencer(&shards, 1);
+        sequencer.publish(publish("t", "before"), None).unwrap();
+        let answers = sequencer.ask(&ShardQuery::CountSubscribed(Arc::from("t")));
+        sequencer.publish(publish("t", "after"), None).unwrap();
+        assert_eq!(answers.len(), 2, "one answer per shard");
+        assert_eq!(shards.woken_all(), [true; 2], "a question wakes the shards at once");
+        for shard in 0..2 {
+            assert_eq!(shards.sent(shard), ["deliver 1", "ask", "deliver 2"]);
+        }
+        // It never waits for the answers: nobody has answered, and it went on.
+        assert!(answers.iter().all(|answer| answer.is_empty()));
+    }
+
+    #[test]
+    fn shut_down_reaches_every_shard_behind_what_went_before() {
+        let mut shards = TestShards::new(2, 16);
+        let (mut sequencer, _state) = sequencer(&shards, 1);
+        sequencer.publish(publish("t", "last"), None).unwrap();
+        sequencer.shut_down();
+        assert_eq!(shards.woken_all(), [true; 2]);
+        for shard in 0..2 {
+            assert_eq!(shards.sent(shard), ["deliver 1", "shutdown"]);
+        }
+    }
+
+    #[test]
+    fn in_cluster_mode_a_publish_goes_to_the_link_not_to_the_shards() {
+        let mut shards = TestShards::new(2, 16);
+        let (sequencer, state) = sequencer(&shards, 1);
+        let (link, outbox, receipts) = ClusterLink::new(Arc::new(ClusterShared::default()), (2, 1 << 20));
+        let mut sequencer = sequencer.with_cluster(link);
+        let asker = ReceiptTo::Line(Asker { key: 3, serial: 9 }, 1);
+        assert_eq!(sequencer.publish(publish("t", "a"), Some(asker)), Ok(Accepted::Queued));
+        assert_eq!(sequencer.publish(publish("t", "b"), None), Ok(Accepted::Queued));
+        assert_eq!(
+            outbox.try_iter().collect::<Vec<_>>(),
+            [(publish("t", "a"), Some(asker)), (publish("t", "b"), None)]
+        );
+        sequencer.wake();
+        assert_eq!(shards.woken_all(), [false; 2], "no shard hears of it before the stream has it");
+        assert!(shards.sent(0).is_empty() && shards.sent(1).is_empty());
+        assert_eq!(state.published.load(Ordering::Acquire), 0, "nor any id");
+        assert_eq!(sequencer.processed(), 2);
+        // Over --cluster-buffer, with Redis unreachable (as the outbox has not said otherwise).
+        let refused = sequencer.publish(publish("t", "c"), None);
+        assert_eq!(refused, Err(BufferFull { events: 2, bytes: 2 }));
+        assert_eq!(sequencer.processed(), 2, "a refused publish is not counted");
+        // The outbox's receipts come back through the sequencer, to the control thread.
+        receipts.send((asker, Receipt::Sequenced(77))).unwrap();
+        assert_eq!(sequencer.receipts().collect::<Vec<_>>(), [(asker, Receipt::Sequenced(77))]);
+    }
+
+    #[test]
+    fn alone_there_are_no_receipts_to_wait_for() {
+        let shards = TestShards::new(1, 16);
+        let (sequencer, _state) = sequencer(&shards, 1);
+        assert_eq!(sequencer.receipts().count(), 0);
+    }
+}

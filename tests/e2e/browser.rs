@@ -247,6 +247,8 @@ fn eventsource_resumes_after_losing_its_stream_with_every_event_once() {
     pages.wait_for("the EventSource opens", BROWSER_START, &browser, |r| count(r, "open") == 1);
     for n in 0..EVENTS {
         server.publish(&format!("t={n}"));
+        // Pacing, the point of the test: 60 events over ~5 s span the 2 s --max-age twice, so
+        // some are published while the browser is reconnecting.
         std::thread::sleep(Duration::from_millis(80));
     }
     let reports = pages.wait_for("every event arrives", RECONNECT, &browser, |r| messages(r).len() >= EVENTS);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::common::{self, port_after, run_to_exit, Server, SseClient, Stream, TempFile, WAIT};
+use crate::common::{self, port_after, run_to_exit, wait_until, Server, SseClient, Stream, TempFile, WAIT};
 
 /// Asserts a refused command line: non-zero exit, one line on stderr that contains `needle`.
 fn assert_refused(args: &[&str], needle: &str) {
@@ -274,17 +274,15 @@ fn legacy_without_nodaemon_daemonizes_and_logs_to_the_file() {
     let rotated = TempFile::new("daemon.log.1");
     std::fs::rename(log.path(), rotated.path()).unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Its first line in the new file says it reopened; what follows goes there too.
+    let line = wait_for_file_line(log.path(), "Log file reopened");
+    assert!(has_hasses_prefix(&line), "{line:?}");
     assert_eq!(common::control(control, "status\n"), "");
     let line = wait_for_file_line(log.path(), "------- status of hasses -------");
     assert!(has_hasses_prefix(&line), "{line:?}");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while pidfile.path().exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!pidfile.path().exists(), "the daemon removed its pid file on SIGTERM");
+    wait_until(WAIT, "the daemon removes its pid file on SIGTERM", || !pidfile.path().exists());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //!
 //! Each test starts its own `redis-server` on a free port, in a directory of its own.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -18,6 +18,9 @@ use nix::unistd::Pid;
 use crate::common::*;
 use crate::nginx::Nginx;
 use crate::programs::{repo_file, EventStream};
+
+/// The stream every node of a test writes and tails (`--cluster-key` left as it is).
+const STREAM: &str = "hasses:events";
 
 /// A `redis-server` of the test's own, stopped when dropped.
 pub(crate) struct Redis {
@@ -77,11 +80,9 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server)");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(WAIT, &format!("redis-server listens on {port}"), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         child
     }
 
@@ -105,15 +106,69 @@ impl Redis {
     /// Waits (up to 15 s: a few of the nodes' 3 s beats) for the stream to hold at most `most`
     /// entries, and returns how many it holds.
     fn wait_trimmed_to(&self, most: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let len = self.stream_len();
-            if len <= most {
-                return len;
-            }
-            assert!(Instant::now() < deadline, "the stream still holds {len} entries, not {most} or fewer");
-            thread::sleep(Duration::from_millis(200));
-        }
+        let mut len = 0;
+        wait_until(Duration::from_secs(15), &format!("the stream holds {most} entries or fewer"), || {
+            len = self.stream_len();
+            len <= most
+        });
+        len
+    }
+
+    /// A connection to it, to look at the keys the nodes keep there.
+    fn connection(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_connection_with_timeout(WAIT).expect("connect to the test's redis-server")
+    }
+
+    /// The id of the stream's newest entry.
+    fn newest(&self) -> String {
+        let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut self.connection())
+            .unwrap();
+        newest.ids.first().map(|entry| entry.id.clone()).expect("the stream has an entry")
+    }
+
+    /// What each node keeps under `hasses:KIND:NODE`, by the node's process id. `node`: when
+    /// its last beat began (ms); `read`: where its tail had read then. A node writes both at
+    /// the start of each beat, then trims (a beat every 3 s).
+    fn node_keys(&self, kind: &str) -> HashMap<u32, String> {
+        let mut con = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("hasses:{kind}:*")).query(&mut con).unwrap();
+        let values: Vec<Option<String>> =
+            if keys.is_empty() { Vec::new() } else { redis::cmd("MGET").arg(&keys).query(&mut con).unwrap() };
+        // A node is HOST-PID-MS, and a host name may hold '-'.
+        let pid = |key: &str| key.rsplit('-').nth(1).and_then(|pid| pid.parse().ok());
+        keys.iter().zip(values).filter_map(|(key, value)| Some((pid(key)?, value?))).collect()
+    }
+
+    /// Waits until each of `nodes` has said, at a beat, that its tail has read the stream's
+    /// newest entry (or later ones); returns when each of those beats began.
+    fn wait_told_newest(&self, nodes: &[&Server]) -> HashMap<u32, u64> {
+        let newest = self.newest();
+        let mut beats = HashMap::new();
+        wait_until(Duration::from_secs(15), &format!("every node says it read {newest}"), || {
+            let (reads, began) = (self.node_keys("read"), self.node_keys("node"));
+            beats =
+                nodes.iter().filter_map(|n| Some((n.pid(), began.get(&n.pid())?.parse().ok()?))).collect();
+            let read_newest =
+                |n: &&Server| reads.get(&n.pid()).and_then(|r| entry_id(r)) >= entry_id(&newest);
+            nodes.iter().all(read_newest) && beats.len() == nodes.len()
+        });
+        beats
+    }
+
+    /// Waits until each node has begun a beat after `beats`: the beats before, trim and all,
+    /// are over (a node's beats follow one another on one thread).
+    fn wait_beat_after(&self, beats: &HashMap<u32, u64>) {
+        wait_until(Duration::from_secs(15), "every node beats again", || {
+            let began = self.node_keys("node");
+            beats.iter().all(|(pid, beat)| began.get(pid).and_then(|b| b.parse::<u64>().ok()) > Some(*beat))
+        });
     }
 
     fn signal(&self, signal: Signal) {
@@ -224,7 +279,7 @@ fn a_client_resumes_on_another_node_and_on_one_killed_and_restarted() {
 fn the_stream_keeps_what_the_histories_keep_and_no_more() {
     let redis = Redis::start(false, STREAM_NODES_OF_2);
     let a = node(&redis, &["--history", "5"]);
-    let _b = node(&redis, &["--history", "5"]);
+    let b = node(&redis, &["--history", "5"]);
     let mut witness = a.subscribe("subscribe=t");
     publish_tagged(&a, "", 100);
     let ids: Vec<u64> = events(&mut witness, 100).into_iter().map(|(id, _)| id).collect();
@@ -236,7 +291,8 @@ fn the_stream_keeps_what_the_histories_keep_and_no_more() {
     let c = node(&redis, &["--history", "5"]);
     publish_tagged(&a, "after c", 1);
     assert_eq!(witness.next_data(), "after c0");
-    thread::sleep(Duration::from_secs(4));
+    let beats = redis.wait_told_newest(&[&a, &b, &c]);
+    redis.wait_beat_after(&beats);
     assert!(redis.stream_len() >= 5, "the newest 5 are kept: {}", redis.stream_len());
     let mut back = resume(&c, "subscribe=t", ids[96]);
     assert_eq!(events(&mut back, 3), events_of(&ids[97..], 97));
@@ -267,16 +323,33 @@ fn a_node_that_stopped_reading_holds_the_trim_back_and_misses_nothing() {
     publish_tagged(&a, "before", 10);
     assert_eq!(events(&mut client, 10).len(), 10);
     // `b` has said where it is (its beat, every 3 s), then stops reading.
-    thread::sleep(Duration::from_secs(4));
+    redis.wait_told_newest(&[&b]);
     b.signal(Signal::SIGSTOP);
+    let mut witness = a.subscribe("subscribe=t");
     publish_tagged(&a, "", 100);
-    // A beat of `a` has passed: it would cut to 5 but for `b`'s position.
-    thread::sleep(Duration::from_secs(4));
+    // `a` read all 100 back from the stream, and a beat of it that knew so is over: it would
+    // cut to 5 but for `b`'s position.
+    assert_eq!(events(&mut witness, 100).len(), 100);
+    let beat = redis.wait_told_newest(&[&a]);
+    redis.wait_beat_after(&beat);
     assert!(redis.stream_len() >= 100, "nothing `b` has still to read goes: {}", redis.stream_len());
     b.signal(Signal::SIGCONT);
     let datas: Vec<String> = events(&mut client, 100).into_iter().map(|(_, d)| d).collect();
     assert_eq!(datas, (0..100).map(|n| n.to_string()).collect::<Vec<_>>(), "whole and in order");
     redis.wait_trimmed_to(6);
+}
+
+/// A stream entry id, `ms-seq`, in the stream's order.
+fn entry_id(text: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = text.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The outbox's line when it finds Redis gone (or cannot reach it): from then on it holds
+/// what is published.
+fn outbox_lost_redis(line: &str) -> bool {
+    (line.contains("Cluster: Redis at") && line.contains("unreachable"))
+        || line.contains("cannot reach Redis at")
 }
 
 /// Redis' stream nodes of 2 entries: `XTRIM MINID ~` trims whole nodes, so its result is then
@@ -313,10 +386,12 @@ fn redis_frozen_then_thawed_loses_nothing_and_sends_nothing_twice() {
     let redis = Redis::start(false, &[]);
     let nodes = [node(&redis, &[]), node(&redis, &[])];
     let mut clients: Vec<SseClient> = nodes.iter().map(|n| n.subscribe("subscribe=t")).collect();
+    let start = nodes[0].log.len();
     redis.signal(Signal::SIGSTOP);
     publish_tagged(&nodes[0], "a", 3);
     publish_tagged(&nodes[1], "b", 2);
-    thread::sleep(Duration::from_secs(3));
+    // Its outbox found that Redis does not answer (3 s without a reply) and holds on.
+    nodes[0].log.wait_for_line_from(start, outbox_lost_redis, Duration::from_secs(15));
     let status = nodes[0].tcp_json("tcpstatus");
     assert_eq!(status["cluster"]["buffered"], 3, "held while Redis is frozen: {status}");
     redis.signal(Signal::SIGCONT);
@@ -354,10 +429,14 @@ fn redis_restarted_with_its_append_only_file_loses_nothing() {
     let mut clients: Vec<SseClient> = nodes.iter().map(|n| n.subscribe("subscribe=t")).collect();
     publish_tagged(&nodes[0], "before", 2);
     assert_all_once(&mut clients, &["before0", "before1"].map(String::from).into());
+    let starts = nodes.each_ref().map(|node| node.log.len());
     redis.stop();
     publish_tagged(&nodes[0], "a", 2);
     publish_tagged(&nodes[1], "b", 2);
-    thread::sleep(Duration::from_secs(1));
+    // Both outboxes hold their publishes, Redis gone, before it comes back.
+    for (node, start) in nodes.iter().zip(starts) {
+        node.log.wait_for_line_from(start, outbox_lost_redis, WAIT);
+    }
     redis.restart();
     assert_all_once(&mut clients, &["a0", "a1", "b0", "b1"].map(String::from).into());
     // What came before the restart is still there to resume from, on every node.

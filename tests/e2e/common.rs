@@ -23,6 +23,36 @@ use std::time::{Duration, Instant};
 /// How long a test waits for something that should happen at once.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// How often [`wait_until`] looks.
+const LOOK: Duration = Duration::from_millis(20);
+
+/// Waits up to `timeout` for `condition` to hold, looking every [`LOOK`]; panics saying `what`
+/// did not happen. What a test writes instead of sleeping "long enough for X": it waits as long
+/// as X takes, and fails, rather than passing by luck or hanging, when X never comes. Bounded
+/// in looks as well as in time, however long a look takes.
+pub fn wait_until(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+    if !holds_within(timeout, condition) {
+        panic!("not within {timeout:?}: {what}");
+    }
+}
+
+/// Whether `condition` holds within `timeout`, looking every [`LOOK`]: [`wait_until`] for a
+/// caller that goes on either way.
+pub fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let looks = timeout.as_millis() / LOOK.as_millis() + 1;
+    for _ in 0..looks {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(LOOK);
+    }
+    false
+}
+
 /// Where a log line was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -36,16 +66,25 @@ pub enum Stream {
 #[derive(Debug, Clone, Default)]
 pub struct Log {
     lines: Arc<Mutex<Vec<(Stream, String)>>>,
+    /// Streams still being read.
+    open: Arc<AtomicUsize>,
 }
 
 impl Log {
     fn capture(&self, from: impl Read + Send + 'static, stream: Stream) {
-        let lines = Arc::clone(&self.lines);
+        let (lines, open) = (Arc::clone(&self.lines), Arc::clone(&self.open));
+        open.fetch_add(1, Ordering::SeqCst);
         std::thread::spawn(move || {
             for line in BufReader::new(from).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push((stream, line));
             }
+            open.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+
+    /// Whether every stream was read to its end (the process and whatever it started closed it).
+    fn read_to_end(&self) -> bool {
+        self.open.load(Ordering::SeqCst) == 0
     }
 
     /// How many lines have arrived so far: pass it to the `_from` waits to skip older lines.
@@ -289,7 +328,9 @@ impl Server {
     fn stop_and_dump(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(50));
+        // Its last lines are what tells why: read them all, unless something it started holds
+        // its output open.
+        holds_within(Duration::from_secs(1), || self.log.read_to_end());
         self.log.dump()
     }
 

@@ -217,6 +217,7 @@ fn control_lines_are_framed_across_writes() {
     publisher.write_all(b"room1=one\n").unwrap();
     a.expect_data("one");
     publisher.write_all(b"room1=tw").unwrap();
+    // The point of the test: the line's two halves arrive in two reads.
     std::thread::sleep(Duration::from_millis(50));
     publisher.write_all(b"o\nroom1=three\n").unwrap();
     a.expect_data("two");
@@ -230,6 +231,7 @@ fn a_fifo_line_split_across_writes_is_one_line() {
     let mut a = server.subscribe("subscribe=room1");
     let mut writer = std::fs::OpenOptions::new().write(true).open(fifo.path()).unwrap();
     writer.write_all(b"room1=fi").unwrap();
+    // The point of the test: the line's two halves arrive in two reads.
     std::thread::sleep(Duration::from_millis(50));
     writer.write_all(b"fo\nroom1=second\n").unwrap();
     drop(writer);

@@ -288,7 +288,9 @@ fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() {
     for message in &messages {
         server.publish(&format!("big={message}"));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Every frame is queued for it (a shard counts a delivery when it queues it) before it reads.
+    let status = server.wait_json("tcpstatus", "msgsendcnt", 12);
+    assert_eq!(status["msgsendcnt"], 12, "{status}");
     for message in &messages {
         client.expect_data(message);
     }
