@@ -336,7 +336,7 @@ mod tests {
         }
     }
 
-    const JSON: AnswerTo = AnswerTo::Connection(Asker { key: 1, serial: 1 }, 0);
+    const JSON: AnswerTo = AnswerTo::Connection(Asker { key: PublisherKey(1), serial: 1 }, 0);
 
     fn json(text: &str) -> serde_json::Value {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
@@ -441,34 +441,27 @@ mod tests {
     #[test]
     fn answers_go_back_to_who_asked_and_wake_the_control_thread() {
         let (admin, replies, mut control, questions) = admin();
-        let asker = Asker { key: 5, serial: 8 };
+        let (publisher, api) =
+            (Asker { key: PublisherKey(5), serial: 8 }, Asker { key: ApiKey(5), serial: 8 });
         let ask = |query, to, parts| questions.send(question(query, to, parts)).unwrap();
         ask(Query::NumberOfClients, AnswerTo::Log, vec![Some(shard(1, 1))]);
         ask(
             Query::NumberOfClients,
-            AnswerTo::Connection(asker, 3),
+            AnswerTo::Connection(publisher, 3),
             vec![Some(shard(1, 1)), Some(shard(1, 0))],
         );
-        ask(
-            Query::Status,
-            AnswerTo::Api(asker, ApiQuery::Health),
-            vec![Some(shard(0, 0)), Some(shard(0, 0))],
-        );
-        ask(Query::Status, AnswerTo::Api(asker, ApiQuery::Health), vec![Some(shard(0, 0)), None]);
-        ask(
-            Query::Status,
-            AnswerTo::Api(asker, ApiQuery::Metrics),
-            vec![Some(shard(2, 2)), Some(shard(1, 1))],
-        );
+        ask(Query::Status, AnswerTo::Api(api, ApiQuery::Health), vec![Some(shard(0, 0)), Some(shard(0, 0))]);
+        ask(Query::Status, AnswerTo::Api(api, ApiQuery::Health), vec![Some(shard(0, 0)), None]);
+        ask(Query::Status, AnswerTo::Api(api, ApiQuery::Metrics), vec![Some(shard(2, 2)), Some(shard(1, 1))]);
         drop(questions);
         admin.run().unwrap();
         let replies: Vec<Reply> = replies.try_iter().collect();
         assert_eq!(replies.len(), 4, "the log's answer goes to the log: {replies:?}");
         assert!(
-            matches!(&replies[0], Reply::Line(a, 3, line) if *a == asker && line == "{\"numberofclients\":2}\n")
+            matches!(&replies[0], Reply::Line(a, 3, line) if *a == publisher && line == "{\"numberofclients\":2}\n")
         );
         let Reply::Http(to, healthy) = &replies[1] else { panic!("{:?}", replies[1]) };
-        assert_eq!((*to, healthy.status, healthy.body.as_slice()), (asker, 200, &b"ok\n"[..]));
+        assert_eq!((*to, healthy.status, healthy.body.as_slice()), (api, 200, &b"ok\n"[..]));
         let Reply::Http(_, stuck) = &replies[2] else { panic!("{:?}", replies[2]) };
         assert_eq!(stuck.status, 503);
         assert!(String::from_utf8_lossy(&stuck.body).contains("1 of 2 workers"), "{stuck:?}");

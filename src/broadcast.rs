@@ -283,8 +283,8 @@ pub(crate) mod tests {
         (replay.gap, ids)
     }
 
-    fn sequenced(id: u64) -> Sequenced {
-        Sequenced { id, audience: publish("t", "").audience, frame: Frame::from_static(b"x") }
+    fn sequenced(id: u64) -> Arc<Sequenced> {
+        Arc::new(Sequenced { id, audience: publish("t", "").audience, frame: Frame::from_static(b"x") })
     }
 
     #[test]

@@ -120,7 +120,7 @@ mod tests {
     use super::*;
     use crate::broadcast::tests::{publish, resume, state, TestShards};
     use crate::cluster::ClusterShared;
-    use crate::event::Asker;
+    use crate::event::{Asker, PublisherKey};
 
     fn sequencer(shards: &TestShards, first_id: u64) -> (Sequencer, Arc<SharedState>) {
         let state = state(1);
@@ -181,7 +181,7 @@ mod tests {
         let (sequencer, state) = sequencer(&shards, 1);
         let (link, outbox, receipts) = ClusterLink::new(Arc::new(ClusterShared::default()), (2, 1 << 20));
         let mut sequencer = sequencer.with_cluster(link);
-        let asker = ReceiptTo::Line(Asker { key: 3, serial: 9 }, 1);
+        let asker = ReceiptTo::Line(Asker { key: PublisherKey(3), serial: 9 }, 1);
         assert_eq!(sequencer.publish(publish("t", "a"), Some(asker)), Ok(Accepted::Queued));
         assert_eq!(sequencer.publish(publish("t", "b"), None), Ok(Accepted::Queued));
         assert_eq!(
