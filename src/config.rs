@@ -25,6 +25,8 @@ use crate::limits::Limits;
 use crate::log::LogTarget;
 use crate::tls::TlsFiles;
 
+/// How long a stop spreads the streams' closes over, without legacy flags.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 /// SSE port without legacy flags (that of the original's container image).
 const DEFAULT_PORT: u16 = 8080;
 /// SSE path without legacy flags.
@@ -81,6 +83,9 @@ pub struct Config {
     /// Send every streaming client an SSE comment this often, so proxies with idle timeouts
     /// keep the stream and dead peers are found (`--heartbeat`, 30 s; `None` with 0).
     pub heartbeat: Option<Duration>,
+    /// At a stop, how long the streams' closes are spread over (`--drain-secs`, 5 s; `None` with
+    /// 0, and by default with legacy flags: hasses closed every connection at once).
+    pub drain: Option<Duration>,
     /// Let the kernel hold a new connection until its request arrives, at most this long
     /// (`--defer-accept`, TCP_DEFER_ACCEPT; off by default: such connections are not counted
     /// until then, which hasses' figures would count).
@@ -325,6 +330,11 @@ struct Cli {
     /// Send each stream an SSE comment every SECS, for proxies' idle timeouts; 0: never [default: 30]
     #[arg(long, value_name = "SECS")]
     heartbeat: Option<String>,
+    /// At a stop, tell each stream to come back after a random wait (`retry:`) and close the
+    /// streams over at most SECS, so that clients do not all reconnect at once; 0: close at once
+    /// [default: 5; 0 with legacy flags]
+    #[arg(long, value_name = "SECS")]
+    drain_secs: Option<String>,
     /// Accept a connection only once its request arrived, waiting at most SECS (TCP_DEFER_ACCEPT):
     /// fewer wake-ups per connection; silent connections are not counted meanwhile [default: 0, off]
     #[arg(long, value_name = "SECS")]
@@ -767,6 +777,9 @@ impl Given {
             heartbeat: self
                 .value("heartbeat", &cli.heartbeat, interval)?
                 .unwrap_or(Some(Duration::from_secs(30))),
+            drain: self
+                .value("drain-secs", &cli.drain_secs, interval)?
+                .unwrap_or((!self.legacy).then_some(DEFAULT_DRAIN)),
             defer_accept: self.value("defer-accept", &cli.defer_accept, interval)?.flatten(),
             max_connections: self.value("max-connections", &cli.max_connections, positive)?,
             max_connections_per_ip: self.value(

@@ -156,7 +156,7 @@ impl Shard {
                 Ok(command) => self.execute(command),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    self.stopping = true;
+                    self.start_wind_down();
                     break;
                 }
             }
@@ -191,7 +191,7 @@ impl Shard {
             ShardCommand::Ask(query, reply) => {
                 let _ = reply.send(self.answer_query(&query));
             }
-            ShardCommand::Shutdown => self.stopping = true,
+            ShardCommand::Shutdown => self.start_wind_down(),
         }
     }
 

@@ -27,6 +27,7 @@ mod stalls;
 pub mod subscriptions;
 mod timers;
 mod tls_session;
+mod wind_down;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -52,6 +53,7 @@ use stalls::Stalls;
 use subscriptions::Subscriptions;
 use timers::Timers;
 use tls_session::TlsBuffers;
+use wind_down::WindDown;
 
 /// The listener's token, at the top of the range where no slab key reaches.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -119,6 +121,8 @@ pub struct Shard {
     /// What TLS sessions read into and encrypt into (empty without TLS).
     tls_buffers: TlsBuffers,
     stopping: bool,
+    /// Ending the streams at a stop, a few at a time (`--drain-secs`).
+    wind_down: Option<WindDown>,
     /// The origin of the shard's seconds clock, which connections keep their times on.
     started: Instant,
     /// Accepting paused for want of descriptors, and its reports.
@@ -159,6 +163,7 @@ impl Shard {
             read_buf: Box::new([0; READ_CHUNK]),
             tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,
+            wind_down: None,
             started: Instant::now(),
             accept_pause: AcceptPause::default(),
             settings,
@@ -168,7 +173,8 @@ impl Shard {
         Ok((shard, handle))
     }
 
-    /// Runs the event loop until a `Shutdown` command, then closes every connection.
+    /// Runs the event loop until a `Shutdown` command and the wind-down it starts, then closes
+    /// every connection still open.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         while !self.stopping {
@@ -194,6 +200,7 @@ impl Shard {
             }
             let now = Instant::now();
             self.expire(now);
+            self.wind_down_step(now);
             self.beat(now);
             self.resume_accepting(now);
             if self.commands_held && self.stalls.is_empty() {

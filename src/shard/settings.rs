@@ -26,6 +26,8 @@ pub struct Settings {
     pub max_age: Duration,
     /// Every streaming client with nothing queued gets a comment this often.
     pub heartbeat: Option<Duration>,
+    /// At a stop, how long streams' closes are spread over (`--drain-secs`); `None`: at once.
+    pub drain: Option<Duration>,
     /// The kernel hands over connections with their request already there (`--defer-accept`).
     pub read_on_accept: bool,
     /// Serve HTTPS with these settings.
@@ -49,6 +51,7 @@ impl Settings {
             handshake_timeout: config.handshake_timeout,
             max_age: config.max_age,
             heartbeat: config.heartbeat,
+            drain: config.drain,
             read_on_accept: config.defer_accept.is_some(),
             tls,
             max_connections: config.max_connections.map(|max| max as u64),

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::Phase;
 use super::keys::{ConnKey, StreamKey};
+use super::wind_down::WindDown;
 use super::{millis, Shard};
 use crate::sse;
 
@@ -98,7 +99,11 @@ impl Shard {
         let at = |millis: u64| self.started.checked_add(Duration::from_millis(millis));
         let deadline = self.timers.next_at().and_then(at);
         let stall = self.stalls.next_deadline().and_then(at);
-        [deadline, stall, self.timers.next_heartbeat, self.accept_pause.until].into_iter().flatten().min()
+        let wind_down = self.wind_down.as_ref().map(WindDown::next_at);
+        [deadline, stall, self.timers.next_heartbeat, self.accept_pause.until, wind_down]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Closes connections whose handshake or age deadline has passed, and slow clients.
@@ -123,7 +128,7 @@ impl Shard {
 
     /// Ends a stream as HTTP says, with the last chunk, and closes the connection once that is
     /// out; a client that does not take it has until the handshake timeout.
-    fn end_stream(&mut self, stream: StreamKey, now: Instant, why: &str) {
+    pub(super) fn end_stream(&mut self, stream: StreamKey, now: Instant, why: &str) {
         let key = stream.connection();
         self.stop_streaming(key);
         let conn = &mut self.connections[key];
@@ -184,7 +189,7 @@ impl Shard {
     }
 
     /// True when a deadline's connection is still there, still the same one, in `phase`.
-    fn holds(&self, key: ConnKey, serial: u32, phase: Phase) -> bool {
+    pub(super) fn holds(&self, key: ConnKey, serial: u32, phase: Phase) -> bool {
         self.connections.get(key).is_some_and(|c| c.serial == serial && c.phase == phase)
     }
 }

@@ -23,6 +23,7 @@ mod cluster;
 mod commands;
 mod connections;
 mod deploy;
+mod drain;
 mod dropin;
 mod durable;
 mod events;

@@ -114,3 +114,25 @@ fn the_design_names_every_declared_metric() {
         assert!(named.iter().any(|n| design.contains(n.as_str())), "docs/design.md does not name {name}");
     }
 }
+
+/// The README's flags table names every flag `--help` lists: a new flag cannot be left out of
+/// the manual.
+#[test]
+fn the_flags_table_names_every_flag_of_help() {
+    let (status, help, _) = crate::common::run_to_exit(&["--help"]);
+    assert!(status.success());
+    let readme = repo_file("README.md");
+    let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| ")).collect();
+    // A flag's line starts with its names and value, then two spaces and its description.
+    let names = help.lines().map(str::trim_start).filter(|l| l.starts_with('-'));
+    let flags =
+        names.flat_map(|l| l.split("  ").next().unwrap_or_default().split_whitespace()).filter_map(|w| {
+            let flag = w.trim_end_matches(',');
+            (flag.starts_with("--") && flag.len() > 2).then_some(flag)
+        });
+    for flag in flags {
+        let named =
+            table.iter().any(|row| row.contains(&format!("`{flag}`")) || row.contains(&format!("`{flag} ")));
+        assert!(named, "{flag} is in --help but not in the README's flags table");
+    }
+}
