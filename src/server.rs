@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::Flock;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
@@ -433,12 +434,12 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         sequencer = sequencer.with_cluster(link);
     }
     let mut history_writer = None;
-    if let Some(OnDisk { path, file, written_up_to }) = on_disk {
+    if let Some(OnDisk { path, lock, file, written_up_to }) = on_disk {
         let (disk, events) = crossbeam_channel::bounded(HISTORY_QUEUE);
         sequencer = sequencer.with_history_file(disk);
         let fsync = config.history_fsync;
         history_writer =
-            Some(HistoryWriter::new(path, file, written_up_to, events, Arc::clone(&state), fsync));
+            Some(HistoryWriter::new((path, lock), file, written_up_to, events, Arc::clone(&state), fsync));
     }
     let admin_link = AdminLink { questions, replies: answered };
     let (control, stop) = Control::new(
@@ -487,6 +488,8 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
 /// The history file, rewritten at start, for its writer.
 struct OnDisk {
     path: PathBuf,
+    /// Held for as long as the file is written: no second server writes it.
+    lock: Flock<File>,
     /// The file open for appending, and its length.
     file: (File, u64),
     /// The newest id the rewrite holds.
@@ -499,12 +502,13 @@ fn local_history(config: &Config, first_id: u64) -> Result<(History, Option<OnDi
     let Some(path) = &config.history_file else {
         return Ok((History::new(config.history, first_id, Instant::now()), None));
     };
+    let lock = history_file::lock(path)?;
     let history = history_file::restore(path, config.history, first_id)?;
     // Rewritten at once: a damaged tail is gone before anything is appended, and a file that
     // cannot be written stops the start rather than the first publish.
     let snapshot = history.snapshot(Instant::now());
     let file = history_file::rewrite(path, &snapshot)?;
-    Ok((history, Some(OnDisk { path: path.clone(), file, written_up_to: snapshot.newest })))
+    Ok((history, Some(OnDisk { path: path.clone(), lock, file, written_up_to: snapshot.newest })))
 }
 
 /// Starts a thread of the server; if it fails, the main thread is woken (as by `SIGTERM`) to

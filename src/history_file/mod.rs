@@ -32,6 +32,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
 pub use record::{Record, StoredEvent};
@@ -60,6 +62,14 @@ pub enum HistoryFileError {
         /// The file.
         path: PathBuf,
     },
+    /// Another process holds the file's lock: two servers must not write one history.
+    #[error("history file {}: in use by another hasses (its lock {} is held); give each server a --history-file of its own", path.display(), lock.display())]
+    InUse {
+        /// The file.
+        path: PathBuf,
+        /// The lock file beside it.
+        lock: PathBuf,
+    },
     /// It was written in a format this build does not read.
     #[error("history file {}: format version {found}, this hasses reads version {VERSION}; move it away to start with an empty history", path.display())]
     Version {
@@ -68,6 +78,26 @@ pub enum HistoryFileError {
         /// The version it says.
         found: u32,
     },
+}
+
+/// The lock that keeps a second server off the file at `path`: `PATH.lock` beside it, locked
+/// (`flock`, exclusive) for as long as the returned value lives. A lock file of its own rather
+/// than the history file's, since a rewrite replaces that one.
+pub fn lock(path: &Path) -> Result<Flock<File>, HistoryFileError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(fail(&lock))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => HistoryFileError::InUse { path: path.to_owned(), lock: lock.clone() },
+        other => HistoryFileError::Io { path: lock.clone(), source: other.into() },
+    })
 }
 
 /// Reads the file at `path` (none yet: an empty history) into a history with these limits, for
@@ -189,10 +219,6 @@ pub fn rewrite(path: &Path, snapshot: &Snapshot) -> Result<(File, u64), HistoryF
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".new");
     let temporary = PathBuf::from(temporary);
-    let fail = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| HistoryFileError::Io { path, source }
-    };
     let bytes = encode_snapshot(snapshot, wall_ms());
     // Events may hold what only their subscribers should read: the file is the server's alone.
     let mut file = OpenOptions::new()
@@ -210,6 +236,12 @@ pub fn rewrite(path: &Path, snapshot: &Snapshot) -> Result<(File, u64), HistoryF
     }
     let file = OpenOptions::new().append(true).open(path).map_err(fail(path))?;
     Ok((file, bytes.len() as u64))
+}
+
+/// What an I/O error on `path` is, for `map_err`.
+fn fail(path: &Path) -> impl FnOnce(io::Error) -> HistoryFileError {
+    let path = path.to_path_buf();
+    move |source| HistoryFileError::Io { path, source }
 }
 
 /// The whole file for a snapshot taken when the wall clock said `wall_now` (ms).

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use nix::fcntl::Flock;
 use tracing::{error, warn};
 
 use super::record::{self, Record};
@@ -44,6 +45,8 @@ pub struct ToDisk {
 #[derive(Debug)]
 pub struct HistoryWriter {
     path: PathBuf,
+    /// The file's lock, held until the writer ends.
+    _lock: Flock<File>,
     /// None once a write failed.
     file: Option<File>,
     events: Receiver<ToDisk>,
@@ -67,7 +70,7 @@ impl HistoryWriter {
     /// A writer appending to `file` (at `path`, `size` bytes long, just rewritten from the
     /// history, whose newest id was `written_up_to`), syncing every `fsync` (0: every batch).
     pub fn new(
-        path: PathBuf,
+        (path, lock): (PathBuf, Flock<File>),
         (file, size): (File, u64),
         written_up_to: u64,
         events: Receiver<ToDisk>,
@@ -76,6 +79,7 @@ impl HistoryWriter {
     ) -> Self {
         HistoryWriter {
             path,
+            _lock: lock,
             file: Some(file),
             events,
             state,
@@ -229,8 +233,13 @@ mod tests {
         let snapshot = state.history.read().snapshot(Instant::now());
         let file = rewrite(&path, &snapshot).unwrap();
         let (disk, events) = crossbeam_channel::bounded(4);
+        let lock = super::super::lock(&path).unwrap();
+        assert!(
+            matches!(super::super::lock(&path), Err(super::super::HistoryFileError::InUse { .. })),
+            "a second writer is kept off"
+        );
         let writer = HistoryWriter::new(
-            path.clone(),
+            (path.clone(), lock),
             file,
             snapshot.newest,
             events,

@@ -131,6 +131,22 @@ fn a_file_of_another_version_or_one_that_cannot_be_written_is_refused() {
     assert!(stderr.contains("--history-file: path must be absolute"), "{stderr}");
 }
 
+/// Two servers writing one file would interleave their records: the second is refused, and
+/// the first goes on.
+#[test]
+fn a_second_server_on_the_same_file_is_refused() {
+    let file = TempFile::new("history");
+    let first = with_file(&file, &[]);
+    let mut client = first.subscribe("subscribe=t");
+    let base = ["--port", "0", "--control-port", "0", "--no-api", "--history-file"];
+    let (status, _, stderr) = run_to_exit(&[&base[..], &[file.arg()]].concat());
+    assert!(!status.success());
+    assert!(stderr.contains(&format!("history file {}: in use by another hasses", file.arg())), "{stderr}");
+    first.publish("t=still here");
+    assert_eq!(client.next_data(), "still here");
+    let _ = std::fs::remove_file(format!("{}.lock", file.arg()));
+}
+
 #[test]
 fn without_the_flag_a_restart_is_a_gap_as_before() {
     let file = TempFile::new("history");
