@@ -20,6 +20,7 @@ use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
 use crate::event::{ApiKey, Asker, PublisherKey};
 use crate::figures::{ClientRow, ControlFigures, ShardFigures};
+use crate::history_file::FileFigures;
 use crate::log::REPORT;
 use crate::pipeline::{Query, ShardAnswer, ShardQuery, SharedState};
 use crate::stats::{self, Status};
@@ -69,6 +70,8 @@ pub struct ServerFacts {
     pub workers: usize,
     /// The cluster's figures, in cluster mode.
     pub cluster: Option<Arc<ClusterShared>>,
+    /// The history file's figures, with `--history-file`.
+    pub history_file: Option<Arc<FileFigures>>,
 }
 
 /// A question handed to the admin thread, its shards' answers on the way.
@@ -184,7 +187,9 @@ impl Admin {
                 let workers = parts.into_iter().map(|part| part.map(|p| figures(vec![p]))).collect();
                 let history = self.state.history.read().figures();
                 let cluster = self.facts.cluster.as_deref().map(ClusterShared::figures);
-                let snapshot = metrics::Snapshot { workers, control: question.control, history, cluster };
+                let history_file = self.facts.history_file.as_deref().map(FileFigures::figures);
+                let snapshot =
+                    metrics::Snapshot { workers, control: question.control, history, history_file, cluster };
                 Response::ok(metrics::CONTENT_TYPE, metrics::render(&snapshot))
             }
             ApiQuery::Health => {
@@ -220,6 +225,7 @@ impl Admin {
             tls: facts.tls.clone(),
             history: self.state.history.read().figures(),
             cluster: facts.cluster.as_deref().map(ClusterShared::figures),
+            history_file: facts.history_file.as_deref().map(FileFigures::figures),
         }
     }
 }
@@ -277,6 +283,7 @@ mod tests {
             tls: None,
             workers: 3,
             cluster: None,
+            history_file: None,
         }
     }
 

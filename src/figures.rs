@@ -282,6 +282,18 @@ pub struct HistoryFigures {
     pub oldest: Option<u64>,
 }
 
+/// The history file (`--history-file`) as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryFileFigures {
+    /// The file's length.
+    pub bytes: u64,
+    /// Events written to it since the start.
+    pub written: u64,
+    /// It is still written: false once a write failed (logged), after which a restart tells
+    /// resuming clients of a gap.
+    pub writing: bool,
+}
+
 /// The cluster as status shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClusterFigures {

@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::history::History;
-use crate::history_file::{self, HistoryWriter, HISTORY_QUEUE};
+use crate::history_file::{self, FileFigures, HistoryWriter, HISTORY_QUEUE};
 use crate::log::REPORT;
 use crate::pipeline::SharedState;
 use crate::shard::{PerIpLimit, Settings, Shard};
@@ -411,6 +411,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
             shard.run()
         })?);
     }
+    let file_figures = on_disk.as_ref().map(|_| Arc::new(FileFigures::default()));
     let facts = ServerFacts {
         user: config.user.clone(),
         started: Instant::now(),
@@ -418,6 +419,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         tls: config.tls.clone(),
         workers: handles.len(),
         cluster: cluster.as_ref().map(Cluster::shared),
+        history_file: file_figures.clone(),
     };
     let control_settings = ControlSettings {
         separator: config.separator,
@@ -434,12 +436,18 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         sequencer = sequencer.with_cluster(link);
     }
     let mut history_writer = None;
-    if let Some(OnDisk { path, lock, file, written_up_to }) = on_disk {
+    if let (Some(OnDisk { path, lock, file, written_up_to }), Some(figures)) = (on_disk, file_figures) {
         let (disk, events) = crossbeam_channel::bounded(HISTORY_QUEUE);
         sequencer = sequencer.with_history_file(disk);
         let fsync = config.history_fsync;
-        history_writer =
-            Some(HistoryWriter::new((path, lock), file, written_up_to, events, Arc::clone(&state), fsync));
+        history_writer = Some(HistoryWriter::new(
+            (path, lock, figures),
+            file,
+            written_up_to,
+            events,
+            Arc::clone(&state),
+            fsync,
+        ));
     }
     let admin_link = AdminLink { questions, replies: answered };
     let (control, stop) = Control::new(

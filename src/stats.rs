@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::figures::{ClientRow, ClusterFigures, HistoryFigures, ShardFigures};
+use crate::figures::{ClientRow, ClusterFigures, HistoryFigures, HistoryFileFigures, ShardFigures};
 use crate::tls::TlsFiles;
 
 /// Everything the status block and `tcpstatus` report.
@@ -52,6 +52,8 @@ pub struct Status {
     pub history: HistoryFigures,
     /// The cluster, in cluster mode.
     pub cluster: Option<ClusterFigures>,
+    /// The history file, with `--history-file`.
+    pub history_file: Option<HistoryFileFigures>,
 }
 
 impl Status {
@@ -104,6 +106,14 @@ impl Status {
             self.history.bytes,
             self.history.oldest.map_or_else(|| "-".to_string(), |id| id.to_string())
         )]);
+        if let Some(f) = &self.history_file {
+            lines.push(format!(
+                "History file: {} bytes, {} events written{}",
+                f.bytes,
+                f.written,
+                if f.writing { "" } else { ", no longer written (a write failed)" }
+            ));
+        }
         if let Some(c) = &self.cluster {
             lines.push(format!(
                 "Cluster: {}, {} nodes, tail lag {} ms, {} publishes buffered",
@@ -153,6 +163,9 @@ impl Status {
             // A declared key must not hide one of the keys above: the test of every figure's
             // key would catch it here.
             debug_assert!(taken.is_none(), "tcpstatus key {} twice", figure.json);
+        }
+        if let Some(f) = &self.history_file {
+            json["historyfile"] = json!({ "bytes": f.bytes, "written": f.written, "writing": f.writing });
         }
         if let Some(c) = &self.cluster {
             json["cluster"] = json!({
@@ -296,6 +309,7 @@ mod tests {
             tls: None,
             history: HistoryFigures { events: 5, bytes: 320, oldest: Some(1001) },
             cluster: None,
+            history_file: None,
         };
         let lines = status.lines();
         assert_eq!(lines[0], "------- status of hasses -------");
@@ -388,6 +402,7 @@ mod tests {
             tls: None,
             history: HistoryFigures::default(),
             cluster: None,
+            history_file: None,
         };
         let json = status.json();
         for (figure, value) in status.shards.figures() {

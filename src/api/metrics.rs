@@ -11,7 +11,9 @@
 use prometheus::core::Collector;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::figures::{ClusterFigures, ControlFigures, Family, Figure, HistoryFigures, Kind, ShardFigures};
+use crate::figures::{
+    ClusterFigures, ControlFigures, Family, Figure, HistoryFigures, HistoryFileFigures, Kind, ShardFigures,
+};
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -25,6 +27,8 @@ pub struct Snapshot {
     pub control: ControlFigures,
     /// What the history holds.
     pub history: HistoryFigures,
+    /// The history file's state, with `--history-file`.
+    pub history_file: Option<HistoryFileFigures>,
     /// The cluster's state, in cluster mode.
     pub cluster: Option<ClusterFigures>,
 }
@@ -110,6 +114,21 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     scrape.gauge("hasses_history_events", "Events kept for resume", snapshot.history.events);
     scrape.gauge("hasses_history_bytes", "Bytes of events kept for resume", snapshot.history.bytes);
+    if let Some(file) = snapshot.history_file {
+        scrape.gauge("hasses_history_file_bytes", "The history file's length", file.bytes);
+        scrape.family(
+            &Family::counter(
+                "hasses_history_file_events_written_total",
+                "Events written to the history file",
+            ),
+            &[(None, file.written)],
+        );
+        scrape.gauge(
+            "hasses_history_file_writing",
+            "1 while the history file is written, 0 once a write failed",
+            u64::from(file.writing),
+        );
+    }
     if let Some(cluster) = snapshot.cluster {
         scrape.gauge(
             "hasses_cluster_connected",
@@ -152,6 +171,7 @@ mod tests {
                 ..Default::default()
             },
             history: HistoryFigures { events: 4, bytes: 400, oldest: None },
+            history_file: None,
             cluster: None,
         };
         let text = render(&snapshot);
@@ -189,6 +209,7 @@ mod tests {
             workers: vec![Some(figures)],
             control: ControlFigures::default(),
             history: HistoryFigures::default(),
+            history_file: None,
             cluster: None,
         };
         let text = render(&snapshot);

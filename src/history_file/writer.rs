@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use tracing::{error, warn};
 
 use super::record::{self, Record};
 use super::{rewrite, COMPACT_FLOOR};
+use crate::figures::HistoryFileFigures;
 use crate::pipeline::{Sequenced, SharedState};
 
 /// Events that may wait for the writer before the sequencer waits for room.
@@ -31,6 +33,26 @@ pub const HISTORY_QUEUE: usize = 65_536;
 const BATCH: usize = 4096;
 /// How long the writer sleeps with nothing to sync.
 const IDLE: Duration = Duration::from_secs(3600);
+
+/// What the writer says of the file, for status and metrics: written by the writer thread,
+/// read by the admin path.
+#[derive(Debug, Default)]
+pub struct FileFigures {
+    bytes: AtomicU64,
+    written: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl FileFigures {
+    /// A snapshot for status.
+    pub fn figures(&self) -> HistoryFileFigures {
+        HistoryFileFigures {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            writing: !self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// A kept event on its way to the disk: the event the shards got, and when it was kept.
 #[derive(Debug)]
@@ -47,6 +69,8 @@ pub struct HistoryWriter {
     path: PathBuf,
     /// The file's lock, held until the writer ends.
     _lock: Flock<File>,
+    /// What status and metrics read of the file.
+    figures: Arc<FileFigures>,
     /// None once a write failed.
     file: Option<File>,
     events: Receiver<ToDisk>,
@@ -64,22 +88,26 @@ pub struct HistoryWriter {
     /// When the oldest write not yet synced was made.
     unsynced_since: Option<Instant>,
     buffer: Vec<u8>,
+    /// Events encoded into `buffer`.
+    buffered_events: u64,
 }
 
 impl HistoryWriter {
     /// A writer appending to `file` (at `path`, `size` bytes long, just rewritten from the
     /// history, whose newest id was `written_up_to`), syncing every `fsync` (0: every batch).
     pub fn new(
-        (path, lock): (PathBuf, Flock<File>),
+        (path, lock, figures): (PathBuf, Flock<File>, Arc<FileFigures>),
         (file, size): (File, u64),
         written_up_to: u64,
         events: Receiver<ToDisk>,
         state: Arc<SharedState>,
         fsync: Duration,
     ) -> Self {
+        figures.bytes.store(size, Ordering::Relaxed);
         HistoryWriter {
             path,
             _lock: lock,
+            figures,
             file: Some(file),
             events,
             state,
@@ -90,6 +118,7 @@ impl HistoryWriter {
             newest: written_up_to,
             unsynced_since: None,
             buffer: Vec::new(),
+            buffered_events: 0,
         }
     }
 
@@ -125,6 +154,7 @@ impl HistoryWriter {
         self.newest = self.newest.max(event.id);
         if event.id > self.written_up_to && self.file.is_some() {
             record::encode_event(event.id, to_disk.at_ms, &event.audience, &event.frame, &mut self.buffer);
+            self.buffered_events += 1;
         }
     }
 
@@ -136,12 +166,15 @@ impl HistoryWriter {
             match file.write_all(&self.buffer) {
                 Ok(()) => {
                     self.size += self.buffer.len() as u64;
+                    self.figures.bytes.store(self.size, Ordering::Relaxed);
+                    self.figures.written.fetch_add(self.buffered_events, Ordering::Relaxed);
                     self.unsynced_since.get_or_insert_with(Instant::now);
                 }
                 Err(e) => self.fail("cannot write", &e),
             }
         }
         self.buffer.clear();
+        self.buffered_events = 0;
     }
 
     fn sync_if_due(&mut self) {
@@ -166,6 +199,7 @@ impl HistoryWriter {
             Ok((file, size)) => {
                 self.file = Some(file);
                 self.size = size;
+                self.figures.bytes.store(size, Ordering::Relaxed);
                 self.compact_above = (2 * size).max(COMPACT_FLOOR);
                 self.written_up_to = snapshot.newest;
                 // Synced whole by the rewrite.
@@ -194,6 +228,7 @@ impl HistoryWriter {
             self.path.display()
         );
         self.file = None;
+        self.figures.failed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -238,8 +273,9 @@ mod tests {
             matches!(super::super::lock(&path), Err(super::super::HistoryFileError::InUse { .. })),
             "a second writer is kept off"
         );
+        let figures = Arc::new(FileFigures::default());
         let writer = HistoryWriter::new(
-            (path.clone(), lock),
+            (path.clone(), lock, Arc::clone(&figures)),
             file,
             snapshot.newest,
             events,
@@ -258,6 +294,9 @@ mod tests {
         drop(disk);
         thread.join().unwrap().unwrap();
         let ids = ids_in(&path);
+        let told = figures.figures();
+        assert!(told.writing && told.written > 0, "{told:?}");
+        assert_eq!(told.bytes, std::fs::metadata(&path).unwrap().len(), "status has the file's length");
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "each once, in order: {ids:?}");
         assert!(ids.len() < 30 && ids.ends_with(&[138, 139]), "rewritten on the way: {ids:?}");
         let restored = restore(&path, limits, 1).unwrap();

@@ -46,6 +46,12 @@ fn a_clean_restart_resumes_everyone_exactly_with_no_reset() {
     let file = TempFile::new("history");
     let mut first = with_file(&file, &[]);
     let ids = publish_numbered(&first, 5);
+    // Status says what the file holds, once the writer took the events.
+    let file_status = || first.tcp_json("tcpstatus")["historyfile"].clone();
+    wait_until(WAIT, "the writer wrote the 5 events", || file_status()["written"] == 5);
+    let said = file_status();
+    assert_eq!(said["writing"], true, "{said}");
+    assert!(said["bytes"].as_u64() > Some(5 * 40), "{said}");
     first.stop().expect("stopped");
     let second = with_file(&file, &[]);
     let events = resume(&second, ids[1]);
