@@ -19,9 +19,10 @@
 //!   A file of another format version is refused.
 //!
 //! Size: the file is rewritten from the rings (compacted: a temporary file beside it, synced,
-//! then renamed over it) at start, which also drops a damaged tail, and whenever it grows past
-//! twice its size after the last rewrite (at least [`COMPACT_FLOOR`]): so it stays within about
-//! twice what the rings hold, which `--history*` bound.
+//! then renamed over it) at start, which also drops a damaged tail, and whenever it holds more
+//! than twice what the rings keep (at least [`COMPACT_FLOOR`]): so it stays within about twice
+//! what the rings hold, which `--history*` bound, and a history still filling up is never
+//! written twice.
 
 mod record;
 mod writer;

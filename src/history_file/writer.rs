@@ -31,6 +31,9 @@ use crate::pipeline::{Sequenced, SharedState};
 pub const HISTORY_QUEUE: usize = 65_536;
 /// Events written in one batch at most.
 const BATCH: usize = 4096;
+/// About what a record adds to its event's frame on disk (length, checksum, kind, id, time,
+/// audience), to tell what the rings' events take in the file.
+const RECORD_OVERHEAD: u64 = 48;
 /// How long the writer sleeps with nothing to sync.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -188,10 +191,18 @@ impl HistoryWriter {
         }
     }
 
-    /// Rewrites the file from the rings once it holds twice what it held after the last
-    /// rewrite. On failure the file as it is stays (it is whole), and grows on.
+    /// Rewrites the file from the rings once it holds more than twice what they keep (at least
+    /// [`COMPACT_FLOOR`]), looked at every time it grew past `compact_above`. While the rings
+    /// are still filling, the file holds what they do, and a rewrite would only write it again.
+    /// On failure the file as it is stays (it is whole), and grows on.
     fn compact_if_grown(&mut self) {
         if self.size <= self.compact_above || self.file.is_none() {
+            return;
+        }
+        let kept = self.state.history.read().figures();
+        let kept_on_disk = kept.bytes + kept.events * RECORD_OVERHEAD;
+        if self.size <= (2 * kept_on_disk).max(COMPACT_FLOOR) {
+            self.compact_above = (2 * kept_on_disk).max(self.size + COMPACT_FLOOR);
             return;
         }
         let snapshot = self.state.history.read().snapshot(Instant::now());
