@@ -265,13 +265,13 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
-    /// The entry as Redis would give it back.
-    fn as_raw(id: &str, fields: Vec<(&'static str, Cow<'_, [u8]>)>) -> RawEntry {
+    /// The entry as Redis would give it back (the tail's tests read entries through it too).
+    pub(in crate::cluster) fn as_raw(id: &str, fields: Vec<(&'static str, Cow<'_, [u8]>)>) -> RawEntry {
         let fields = fields
             .into_iter()
             .flat_map(|(name, value)| [name.as_bytes().to_vec(), value.into_owned()])

@@ -182,12 +182,10 @@ impl Tail {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
-    use redis::Value;
 
     use super::*;
     use crate::broadcast::tests::{publish, resume, state, TestShards};
+    use crate::cluster::entry::tests::as_raw;
     use crate::event::Publish;
     use crate::pipeline::{ShardCommand, SharedState};
 
@@ -210,16 +208,7 @@ mod tests {
 
     /// The entry `id` of `publish` as a read gives it back.
     fn raw(id: &str, publish: &Publish) -> RawEntry {
-        raw_fields(id, entry::fields(publish, "node-a", 1))
-    }
-
-    fn raw_fields(id: &str, fields: Vec<(&'static str, Cow<'_, [u8]>)>) -> RawEntry {
-        let fields = fields
-            .into_iter()
-            .flat_map(|(name, value)| [name.as_bytes().to_vec(), value.into_owned()])
-            .map(Value::BulkString)
-            .collect();
-        RawEntry { id: id.into(), fields }
+        as_raw(id, entry::fields(publish, "node-a", 1))
     }
 
     fn stream_id(text: &str) -> StreamId {
@@ -267,7 +256,7 @@ mod tests {
         // An entry without data, and one whose id no event id can be: gone past.
         let mut fields = entry::fields(&good, "node-a", 1);
         fields.retain(|(name, _)| *name != "d");
-        tail.take(vec![raw_fields("6-0", fields)]);
+        tail.take(vec![as_raw("6-0", fields)]);
         assert_eq!(tail.after, stream_id("6-0"));
         tail.take(vec![raw("7-1000000", &good)]);
         assert_eq!(tail.after, stream_id("7-1000000"));
