@@ -21,7 +21,8 @@
 //!                                                                                     frame once, fan out
 //!   hasses-history: (--history-file) appends the Sequencer's events to the file, synced on a timer
 //!   hasses-log:     writes the log lines the other threads format
-//!   main:           signals (SIGTERM stops, SIGHUP reloads), supervises the threads, stops them
+//!   main:           signals (SIGTERM stops, SIGHUP reloads, SIGUSR2 upgrades), supervises the
+//!                   threads, stops them
 //! ```
 //!
 //! ## Layout
@@ -58,6 +59,8 @@
 //! - [`log`]: hasses' log levels and line format, a non-blocking writer, reopen on SIGHUP.
 //! - [`nonblocking`]: one reading of a non-blocking call's outcome.
 //! - [`limits`]: size limits shared by the parsers.
+//! - [`upgrade`]: replacing the binary with no gap (SIGUSR2): the sockets, connections and
+//!   history handed to a new process, which says when it serves; the old one then drains.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -82,3 +85,4 @@ pub mod shard;
 pub mod sse;
 pub mod stats;
 pub mod tls;
+pub mod upgrade;

@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::admin::{Admin, ServerFacts};
 use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
+use crate::control::handover::{Adopted, Verdict};
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
 use crate::history::History;
 use crate::history_file::{self, FileFigures, HistoryWriter, HISTORY_QUEUE};
@@ -29,6 +31,7 @@ use crate::pipeline::SharedState;
 use crate::shard::{PerIpLimit, Settings, Shard};
 use crate::sse::EventIds;
 use crate::tls::Tls;
+use crate::upgrade::{self, Inherited, Parcel, ReadyPipe, UpgradeError};
 
 /// Commands a shard may have queued before the control thread waits for room. With a client over
 /// its cap a shard stops taking commands, so this bounds what a burst holds in memory: at most
@@ -106,6 +109,17 @@ pub struct Bound {
     fifo: Option<File>,
     tls: Option<Tls>,
     auth: Option<Auth>,
+    /// What a predecessor handed over beyond its listeners (an upgrade).
+    taken_over: Option<TakenOver>,
+}
+
+/// What a process that takes over from a predecessor goes on with, beyond the listeners.
+#[derive(Debug)]
+struct TakenOver {
+    adopted: Adopted,
+    history_lock: Option<File>,
+    history: Vec<u8>,
+    ready: ReadyPipe,
 }
 
 impl Bound {
@@ -127,7 +141,57 @@ impl Bound {
 
 /// Binds one SSE listener per worker (all on one port, `SO_REUSEPORT`), the control listener,
 /// and opens (creating if missing) the FIFO.
-pub fn bind(config: &Config) -> Result<Bound, StartError> {
+///
+/// A process that takes over from a predecessor (`inherited`, an upgrade) serves the listeners
+/// and the FIFO it was handed, where they are still the ones the configuration asks for; it
+/// opens anew only what the configuration changed.
+pub fn bind(config: &Config, inherited: Option<Inherited>) -> Result<Bound, StartError> {
+    let Some(inherited) = inherited else { return bind_fresh(config) };
+    let mut sse = inherited.sse;
+    let same_port =
+        sse.first().and_then(|l| l.local_addr().ok()) == Some(config.sse_addr) || config.sse_addr.port() == 0;
+    if !same_port {
+        info!("Upgrade: SSE moves to {}; the old listeners are closed", config.sse_addr);
+        sse.clear();
+    }
+    if sse.is_empty() {
+        sse.push(listen_sse(config.sse_addr, config.defer_accept)?);
+    }
+    // Workers added get listeners of their own on the port; workers gone take theirs along
+    // (a connection waiting in such a listener's queue is reset, and retried by its client).
+    sse.truncate(config.workers);
+    let addr = sse[0].local_addr().map_err(|source| StartError::Listen { addr: config.sse_addr, source })?;
+    while sse.len() < config.workers {
+        sse.push(listen_sse(addr, config.defer_accept)?);
+    }
+    let control = match (config.control_addr, inherited.control) {
+        (Some(addr), Some(listener)) if listener.local_addr().ok() == Some(addr) => Some(listener),
+        (addr, _) => addr.map(|addr| listen(addr, false)).transpose()?,
+    };
+    let (api, api_unavailable) = match (config.api, inherited.api) {
+        (ApiBind::Asked(addr) | ApiBind::Default(addr), Some(listener))
+            if listener.local_addr().ok() == Some(addr) =>
+        {
+            (Some(listener), None)
+        }
+        _ => bind_api(config.api)?,
+    };
+    let fifo = match inherited.fifo {
+        Some(fifo) if config.fifo.is_some() => Some(fifo),
+        _ => config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?,
+    };
+    let (tls, auth) = load_keys(config)?;
+    let taken_over = TakenOver {
+        adopted: inherited.adopted,
+        history_lock: inherited.history_lock,
+        history: inherited.history,
+        ready: inherited.ready,
+    };
+    Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth, taken_over: Some(taken_over) })
+}
+
+/// Binds and opens everything anew: a start, not an upgrade.
+fn bind_fresh(config: &Config) -> Result<Bound, StartError> {
     if config.sse_addr.port() != 0 {
         ensure_port_free(config.sse_addr)?;
     }
@@ -138,20 +202,30 @@ pub fn bind(config: &Config) -> Result<Bound, StartError> {
         sse.push(listen_sse(addr, config.defer_accept)?);
     }
     let control = config.control_addr.map(|addr| listen(addr, false)).transpose()?;
-    // A default port someone else holds costs the API, not the start: nobody asked for it.
-    let (api, api_unavailable) = match config.api {
+    let (api, api_unavailable) = bind_api(config.api)?;
+    let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
+    let (tls, auth) = load_keys(config)?;
+    Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth, taken_over: None })
+}
+
+/// The HTTP API's listener. A default port someone else holds costs the API, not the start:
+/// nobody asked for it.
+fn bind_api(api: ApiBind) -> Result<(Option<TcpListener>, Option<StartError>), StartError> {
+    Ok(match api {
         ApiBind::Off => (None, None),
         ApiBind::Asked(addr) => (Some(listen(addr, false)?), None),
         ApiBind::Default(addr) => match listen(addr, false) {
             Ok(listener) => (Some(listener), None),
             Err(e) => (None, Some(e)),
         },
-    };
-    let fifo = config.fifo.as_deref().map(|path| open_fifo(path, config.fifo_mode)).transpose()?;
-    // Keys are read while we still have our privileges, as the TLS files are.
+    })
+}
+
+/// The TLS keys and the subscribers' token key, read while we still have our privileges.
+fn load_keys(config: &Config) -> Result<(Option<Tls>, Option<Auth>), StartError> {
     let tls = config.tls.as_ref().map(|files| Tls::load(files, config.tls_ticket_lifetime)).transpose()?;
     let auth = config.auth.as_ref().map(Auth::new).transpose()?;
-    Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth })
+    Ok((tls, auth))
 }
 
 /// A worker's SSE listener: a share of the port, with what every accepted socket inherits.
@@ -258,6 +332,10 @@ pub fn drop_privileges(user: &str) -> Result<(), StartError> {
     let fail = |reason: String| StartError::User { user: user.to_string(), reason };
     let account =
         User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
+    if nix::unistd::getuid() == account.uid && nix::unistd::getgid() == account.gid {
+        // Already that user: a process an upgrade started, as its predecessor ran.
+        return Ok(());
+    }
     let name = std::ffi::CString::new(user).map_err(|e| fail(e.to_string()))?;
     initgroups(&name, account.gid).map_err(|e| fail(format!("initgroups: {e}")))?;
     setgid(account.gid).map_err(|e| fail(format!("setgid: {e}")))?;
@@ -291,6 +369,21 @@ pub struct Running {
     failures: Arc<Failures>,
     /// What [`Running::notify_ready`] sends.
     ready: String,
+    /// What an upgrade hands over besides the control thread's sources.
+    handover: HandoverSide,
+}
+
+/// What the main thread keeps to hand over at an upgrade, and to tell its predecessor it serves.
+struct HandoverSide {
+    /// Duplicates of the workers' SSE listeners.
+    sse: Vec<OwnedFd>,
+    /// The history file's lock, and what its writer did, with a history file.
+    history_file: Option<(OwnedFd, Arc<FileFigures>)>,
+    /// In a cluster, whose history is the stream's: what the outbox still holds.
+    cluster: Option<Arc<crate::cluster::ClusterShared>>,
+    state: Arc<SharedState>,
+    /// Where to say this process serves, when it took over from a predecessor.
+    predecessor: Option<ReadyPipe>,
 }
 
 /// The sd-notify message of a started server: `READY=1`; a `STATUS=` line naming what it listens
@@ -358,8 +451,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Starts the workers and the control thread.
-pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
+pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
+    let taken_over = bound.taken_over.take();
+    let (adopted, predecessor, handed_history) = match taken_over {
+        Some(t) => (t.adopted, Some(t.ready), Some((t.history, t.history_lock))),
+        None => (Adopted::default(), None, None),
+    };
     let control_addr = bound.control_addr();
     let api_addr = bound.api_addr();
     let settings = Arc::new(Settings::new(config, bound.tls, bound.auth));
@@ -373,7 +471,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
             (Some(cluster), history)
         }
         None => {
-            let (history, disk) = local_history(config, ids.peek())?;
+            let (history, disk) = local_history(config, ids.peek(), handed_history)?;
             // Ids go on above every id the history holds (read back from its file).
             ids = ids.above(history.newest());
             on_disk = disk;
@@ -391,6 +489,8 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     let cores = if config.pin_cpus { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let mut threads = Vec::new();
     let mut handles = Vec::new();
+    let sse_copies = bound.sse.iter().map(|l| l.as_fd().try_clone_to_owned()).collect::<io::Result<_>>();
+    let sse_copies = sse_copies.map_err(StartError::Thread)?;
     for (number, listener) in bound.sse.into_iter().enumerate() {
         let listener = mio::net::TcpListener::from_std(listener);
         let (shard, handle) = Shard::new(
@@ -436,7 +536,10 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         sequencer = sequencer.with_cluster(link);
     }
     let mut history_writer = None;
+    let mut history_file = None;
     if let (Some(OnDisk { path, lock, file, written_up_to }), Some(figures)) = (on_disk, file_figures) {
+        let lock_copy = lock.as_fd().try_clone_to_owned().map_err(StartError::Thread)?;
+        history_file = Some((lock_copy, Arc::clone(&figures)));
         let (disk, events) = crossbeam_channel::bounded(HISTORY_QUEUE);
         sequencer = sequencer.with_history_file(disk);
         let fsync = config.history_fsync;
@@ -451,15 +554,21 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
     }
     let admin_link = AdminLink { questions, replies: answered };
     let (control, stop) = Control::new(
-        bound.control,
-        bound.api,
-        bound.fifo,
+        (bound.control, bound.api, bound.fifo),
+        adopted,
         sequencer,
         Arc::clone(&state),
         control_settings,
         admin_link,
     )
     .map_err(StartError::Thread)?;
+    let handover = HandoverSide {
+        sse: sse_copies,
+        history_file,
+        cluster: cluster.as_ref().map(Cluster::shared),
+        state: Arc::clone(&state),
+        predecessor,
+    };
     let cluster_threads = cluster.map(|cluster| {
         info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
         cluster.threads(tail_shards, Arc::clone(&state), stop.waker())
@@ -490,7 +599,7 @@ pub fn start(config: &Config, bound: Bound) -> Result<Running, StartError> {
         warn!("No HTTP API: {e} (choose an address with --api-bind, or turn it off with --no-api)");
     }
     let ready = ready_message(sse_addr, &config.match_url, config.tls.is_some(), control_addr, api_addr);
-    Ok(Running { control: stop, threads, settings, failures, ready })
+    Ok(Running { control: stop, threads, settings, failures, ready, handover })
 }
 
 /// The history file, rewritten at start, for its writer.
@@ -504,20 +613,47 @@ struct OnDisk {
     written_up_to: u64,
 }
 
-/// A lone node's history, for a run whose first id would be `first_id`: read back from
-/// `--history-file` (then rewritten there) if it is given; else empty.
-fn local_history(config: &Config, first_id: u64) -> Result<(History, Option<OnDisk>), StartError> {
-    let Some(path) = &config.history_file else {
-        return Ok((History::new(config.history, first_id, Instant::now()), None));
+/// A lone node's history, for a run whose first id would be `first_id`: the one a predecessor
+/// handed over (an upgrade: `handed` is it and the history file's lock), or read back from
+/// `--history-file`; rewritten there if it is given; else empty.
+fn local_history(
+    config: &Config,
+    first_id: u64,
+    handed: Option<(Vec<u8>, Option<File>)>,
+) -> Result<(History, Option<OnDisk>), StartError> {
+    let (handed, handed_lock) = match handed {
+        Some((history, lock)) => (Some(history), lock),
+        None => (None, None),
     };
-    let lock = history_file::lock(path)?;
-    let history = history_file::restore(path, config.history, first_id)?;
+    let restore = |path: &Path| match &handed {
+        Some(bytes) => {
+            history_file::restore_bytes(bytes, Path::new(HANDED_HISTORY), config.history, first_id)
+        }
+        None => history_file::restore(path, config.history, first_id),
+    };
+    let Some(path) = &config.history_file else {
+        return match &handed {
+            Some(_) => Ok((restore(Path::new(HANDED_HISTORY))?, None)),
+            None => Ok((History::new(config.history, first_id, Instant::now()), None)),
+        };
+    };
+    let lock = history_file::lock_with(path, handed_lock)?;
+    let history = restore(path)?;
     // Rewritten at once: a damaged tail is gone before anything is appended, and a file that
     // cannot be written stops the start rather than the first publish.
     let snapshot = history.snapshot(Instant::now());
     let file = history_file::rewrite(path, &snapshot)?;
     Ok((history, Some(OnDisk { path: path.clone(), lock, file, written_up_to: snapshot.newest })))
 }
+
+/// How a history handed over by a predecessor is named in the log.
+const HANDED_HISTORY: &str = "(handed over by the old process)";
+/// How long the control thread may take to pack its sources for an upgrade.
+const PACK_WAIT: Duration = Duration::from_secs(10);
+/// How long the history writer and a cluster's outbox may take to catch up before an upgrade.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// How long a new process may take to start serving before the upgrade is given up.
+const SUCCESSOR_WAIT: Duration = Duration::from_secs(60);
 
 /// Starts a thread of the server; if it fails, the main thread is woken (as by `SIGTERM`) to
 /// stop the others.
@@ -540,8 +676,71 @@ fn spawn(
 
 impl Running {
     /// Tells systemd the server is ready and where it listens (`STATUS=` for people, `X_HASSES_*` for programs).
-    pub fn notify_ready(&self) {
-        notify_systemd(&self.ready);
+    /// A process that took over from a predecessor also tells systemd it is the service's main
+    /// process now (the unit's `NotifyAccess=all` lets it), and tells the predecessor to drain.
+    pub fn notify_ready(&mut self) {
+        let Some(predecessor) = self.handover.predecessor.take() else {
+            return notify_systemd(&self.ready);
+        };
+        notify_systemd(&format!("MAINPID={}\n{}", std::process::id(), self.ready));
+        match predecessor.say_ready() {
+            Ok(()) => info!(target: REPORT, "Upgrade: serving; the old process drains its clients"),
+            Err(e) => warn!("Upgrade: cannot tell the old process this one serves: {e}"),
+        }
+    }
+
+    /// Replaces this process with `binary` (an upgrade): the control thread packs its sources,
+    /// the history is taken once its writer caught up, and the new process is started with all
+    /// of it. Once it serves, this process lets go of the control sources and should drain
+    /// ([`Running::shutdown`]); on failure it goes on serving as before.
+    pub fn upgrade(
+        &self,
+        binary: &Path,
+        args: &[std::ffi::OsString],
+    ) -> Result<upgrade::Successor, UpgradeError> {
+        info!(target: REPORT, "Upgrade: starting {}", binary.display());
+        let control = self.control.handover().pack(PACK_WAIT).map_err(UpgradeError::Pack)?;
+        let started = self
+            .parcel(control)
+            .and_then(|parcel| upgrade::start_successor(binary, args, parcel, SUCCESSOR_WAIT));
+        let verdict = if started.is_ok() { Verdict::Release } else { Verdict::Resume };
+        self.control.handover().decide(verdict);
+        started
+    }
+
+    /// Everything but the control sources, once the history writer and a cluster's outbox
+    /// caught up with what the control thread took before it packed.
+    fn parcel(&self, control: crate::control::handover::ControlParcel) -> Result<Parcel, UpgradeError> {
+        let side = &self.handover;
+        let sequenced = side.state.published.load(std::sync::atomic::Ordering::Acquire);
+        let caught_up = || {
+            let written = side.history_file.as_ref().is_none_or(|(_, figures)| figures.done_with(sequenced));
+            let sent = side.cluster.as_ref().is_none_or(|cluster| cluster.figures().buffered == 0);
+            written && sent
+        };
+        let deadline = Instant::now() + CATCH_UP;
+        while !caught_up() {
+            if Instant::now() >= deadline {
+                return Err(UpgradeError::NotNow(
+                    "the history file or Redis has not taken every event yet; try again".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let copy = |fd: &OwnedFd| fd.try_clone().map_err(UpgradeError::Prepare);
+        let history = if side.cluster.is_some() {
+            // The new process reads the history from the stream, as every node does.
+            Vec::new()
+        } else {
+            let snapshot = side.state.history.read().snapshot(Instant::now());
+            history_file::encode_handover(&snapshot, sequenced.max(snapshot.newest))
+        };
+        Ok(Parcel {
+            sse: side.sse.iter().map(copy).collect::<Result<_, _>>()?,
+            control,
+            history_lock: side.history_file.as_ref().map(|(lock, _)| copy(lock)).transpose()?,
+            history,
+        })
     }
 
     /// Reads the TLS certificate and key again for new connections (SIGHUP); connections

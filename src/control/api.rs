@@ -166,6 +166,9 @@ impl Control {
 
     /// Reads what has arrived, up to what one request may hold; whether there may be more.
     fn read_api(&mut self, key: ApiKey) -> bool {
+        if self.sources.paused {
+            return false;
+        }
         let max_input = api::request::MAX_HEAD + self.max_api_body();
         let conn = &mut self.sources.apis[key];
         while !conn.done && conn.input.len() < max_input {
@@ -279,6 +282,40 @@ impl ApiConnection {
     /// stops being read gets no more.
     fn can_take_request(&self) -> bool {
         !self.awaiting && self.keep_alive && self.out.len() < MAX_UNSENT
+    }
+
+    /// A connection from `peer` handed over by a predecessor (an upgrade), between two
+    /// requests, with `input` of the next.
+    pub(super) fn adopted(stream: TcpStream, peer: SocketAddr, input: Vec<u8>, serial: u64) -> ApiConnection {
+        ApiConnection {
+            stream,
+            peer,
+            serial,
+            input,
+            out: Vec::new(),
+            awaiting: false,
+            keep_alive: true,
+            done: false,
+            deadline: Instant::now() + IDLE_TIMEOUT,
+            registered: Interest::READABLE,
+        }
+    }
+
+    /// Whether it has nothing to write and waits for no answer.
+    pub(super) fn is_idle(&self) -> bool {
+        self.out.is_empty() && !self.awaiting
+    }
+
+    /// Its peer and what it sent of its next request, if a new process goes on with it: one
+    /// between requests that stays open.
+    pub(super) fn handover_input(&self) -> Option<(SocketAddr, &[u8])> {
+        let goes_on = self.is_idle() && self.keep_alive && !self.done;
+        goes_on.then_some((self.peer, &self.input[..]))
+    }
+
+    /// Its socket.
+    pub(super) fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     fn answer(&mut self, response: &Response) {

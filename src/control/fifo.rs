@@ -21,6 +21,9 @@ pub(super) struct Fifo {
 
 impl Control {
     pub(super) fn read_fifo(&mut self) {
+        if self.sources.paused {
+            return;
+        }
         let Some(mut fifo) = self.sources.fifo.take() else { return };
         let max_line = self.settings.limits.max_control_line();
         loop {

@@ -47,6 +47,17 @@ pub struct LineBuffer {
     split: bool,
 }
 
+/// The line in progress of a [`LineBuffer`], as it is handed to a new process at an upgrade.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldLine {
+    /// The start of a piece whose end has not arrived.
+    pub partial: Vec<u8>,
+    /// The line was reported too long: its bytes are dropped up to its `\n`.
+    pub discarding: bool,
+    /// A piece of the line was handed over already, ended by the separator.
+    pub split: bool,
+}
+
 /// One complete piece of control input: a line, or a part of a line that the separator cut
 /// (one command, unless the separator is blank and cut the line only once it could no longer
 /// be an auth line).
@@ -121,6 +132,26 @@ impl LineBuffer {
         self.partial.clear();
         self.new_line();
         self.release_if_idle();
+    }
+
+    /// What is held of the line in progress, to go on with in another process (an upgrade):
+    /// [`LineBuffer::resume`] there frames what follows exactly as this buffer would.
+    pub fn held(&self) -> HeldLine {
+        HeldLine { partial: self.partial.clone(), discarding: self.discarding, split: self.split }
+    }
+
+    /// A buffer that goes on with a line another process held ([`LineBuffer::held`]). How the
+    /// line starts is read again from what is held: a line the separator cut reads as
+    /// [`LineStart::Other`], and one it did not holds every byte it had.
+    pub fn resume(separator: u8, held: HeldLine) -> LineBuffer {
+        let start = if held.split { LineStart::Other } else { LineStart::default().read(&held.partial) };
+        LineBuffer {
+            separator: Some(separator),
+            partial: held.partial,
+            discarding: held.discarding,
+            start,
+            split: held.split,
+        }
     }
 
     /// True while a line is in progress: some of it came (held, or handed over as commands the
@@ -293,6 +324,28 @@ mod tests {
 
     fn line(bytes: &[u8]) -> Got {
         Ok((bytes.to_vec(), true))
+    }
+
+    #[test]
+    fn a_resumed_buffer_frames_what_follows_as_the_held_one_would() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b"room1=hel", b"lo\nb=c;"),
+            (b"a=b;c=", b"d\n"),
+            (b"auth s;e", b"cret\nx=y\n"),
+            (b"{\"target\":\"a;b\",", b"\"data\":\"x\"}\n"),
+            (&[b'x'; 40], b"yy\nok=1\n"),
+        ];
+        for (before, after) in cases {
+            let mut whole = LineBuffer::new(b';');
+            let mut expected = Vec::new();
+            whole.push(before, 30, |_| {});
+            let held = whole.held();
+            whole.push(after, 30, |piece| expected.push(piece.map(got)));
+            let mut resumed = LineBuffer::resume(b';', held);
+            let mut out = Vec::new();
+            resumed.push(after, 30, |piece| out.push(piece.map(got)));
+            assert_eq!(out, expected, "after {:?}", String::from_utf8_lossy(before));
+        }
     }
 
     #[test]

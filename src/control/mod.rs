@@ -47,6 +47,7 @@
 mod api;
 pub mod command;
 mod fifo;
+pub mod handover;
 pub mod lines;
 mod replies;
 mod sequencer;
@@ -76,6 +77,7 @@ use crate::pipeline::{Query, SharedState};
 use crate::publish::{asks_ack, Ack};
 use command::{auth_secret, parse_command, speaks_http, split_parts, Answer, Command};
 use fifo::Fifo;
+use handover::{Adopted, HandoverInbox, HandoverLink};
 use lines::{LineBuffer, LineTooLong, Piece};
 pub use sequencer::{Accepted, Sequencer};
 use table::{Named, Table};
@@ -154,6 +156,8 @@ pub struct Control {
     refused: u64,
     published: Published,
     stop: Arc<AtomicBool>,
+    /// Requests to pack the sources for an upgrade, and what became of it.
+    handover: HandoverInbox,
 }
 
 /// What the control thread reads from and answers: the control port's listener and its
@@ -171,6 +175,8 @@ struct Sources {
     /// Tells a connection from a later one given the same key, for answers on their way.
     next_serial: u64,
     read_buf: Vec<u8>,
+    /// Packed for an upgrade: nothing more is read until the sources are watched again.
+    paused: bool,
 }
 
 impl Sources {
@@ -208,6 +214,7 @@ impl Sources {
 pub struct ControlStop {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    handover: HandoverLink,
 }
 
 impl ControlStop {
@@ -221,14 +228,24 @@ impl ControlStop {
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
     }
+
+    /// How the main thread has the control thread hand its sources to a new process.
+    pub fn handover(&self) -> &HandoverLink {
+        &self.handover
+    }
 }
 
 impl Control {
-    /// Builds the control thread's state around its listeners and FIFO.
+    /// Builds the control thread's state around its listeners and FIFO, and the connections a
+    /// predecessor handed over (an upgrade).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        listener: Option<std::net::TcpListener>,
-        api_listener: Option<std::net::TcpListener>,
-        fifo: Option<File>,
+        (listener, api_listener, fifo): (
+            Option<std::net::TcpListener>,
+            Option<std::net::TcpListener>,
+            Option<File>,
+        ),
+        adopted: Adopted,
         sequencer: Sequencer,
         state: Arc<SharedState>,
         settings: ControlSettings,
@@ -264,8 +281,10 @@ impl Control {
             next_sweep: Instant::now(),
             next_serial: 0,
             read_buf: vec![0; READ_CHUNK],
+            paused: false,
         };
-        let control = Control {
+        let (link, inbox) = handover::link(Arc::clone(&waker));
+        let mut control = Control {
             sources,
             sequencer,
             state,
@@ -274,8 +293,10 @@ impl Control {
             refused: 0,
             published: Published::default(),
             stop: Arc::clone(&stop),
+            handover: inbox,
         };
-        Ok((control, ControlStop { stop, waker }))
+        control.adopt(adopted)?;
+        Ok((control, ControlStop { stop, waker, handover: link }))
     }
 
     /// Runs until stopped; then tells every shard to shut down.
@@ -291,6 +312,7 @@ impl Control {
                 }
                 return Err(e);
             }
+            let mut woken = false;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self
@@ -298,7 +320,10 @@ impl Control {
                         .accept_publishers(self.settings.separator, self.settings.secret.is_some()),
                     API_LISTENER => self.sources.accept_api(),
                     FIFO => self.read_fifo(),
-                    WAKER => self.take_replies(),
+                    WAKER => {
+                        woken = true;
+                        self.take_replies();
+                    }
                     token => match Named::of(token) {
                         Named::Publisher(key) => self.handle_publisher(key),
                         Named::Api(key) => self.serve_api(key),
@@ -309,6 +334,9 @@ impl Control {
             self.sources.sweep_api_when_due();
             // One wake per shard for everything this round of events produced.
             self.sequencer.wake();
+            if woken && self.hand_over_if_asked() {
+                break;
+            }
         }
         self.sequencer.shut_down();
         Ok(())

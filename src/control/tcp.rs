@@ -144,6 +144,9 @@ impl Control {
     }
 
     pub(super) fn read_publisher(&mut self, key: PublisherKey) {
+        if self.sources.paused {
+            return;
+        }
         let max_line = self.settings.limits.max_control_line();
         let source = Source::Tcp(key);
         let mut lines = std::mem::take(&mut self.sources.publishers[key].input.lines);

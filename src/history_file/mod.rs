@@ -85,16 +85,31 @@ pub enum HistoryFileError {
 /// (`flock`, exclusive) for as long as the returned value lives. A lock file of its own rather
 /// than the history file's, since a rewrite replaces that one.
 pub fn lock(path: &Path) -> Result<Flock<File>, HistoryFileError> {
+    lock_with(path, None)
+}
+
+/// [`lock`], where the lock may have been handed over by a predecessor (an upgrade): the same
+/// lock, still held, so that no other server can take the file between the two processes. A
+/// handed lock of another file (the path changed) is let go.
+pub fn lock_with(path: &Path, handed: Option<File>) -> Result<Flock<File>, HistoryFileError> {
+    use std::os::unix::fs::MetadataExt;
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock = PathBuf::from(name);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock)
-        .map_err(fail(&lock))?;
+    let same = |file: &File| match (file.metadata(), std::fs::metadata(&lock)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let file = match handed.filter(same) {
+        Some(file) => file,
+        None => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(fail(&lock))?,
+    };
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
         Errno::EWOULDBLOCK => HistoryFileError::InUse { path: path.to_owned(), lock: lock.clone() },
         other => HistoryFileError::Io { path: lock.clone(), source: other.into() },
@@ -105,20 +120,31 @@ pub fn lock(path: &Path) -> Result<Flock<File>, HistoryFileError> {
 /// a run whose first id would be `run_first`; a damaged tail is cut (logged). The history's
 /// newest id is at least every id the file names: this run's ids go on above it.
 pub fn restore(path: &Path, limits: HistoryLimits, run_first: u64) -> Result<History, HistoryFileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(HistoryFileError::Io { path: path.to_path_buf(), source }),
+    };
+    restore_bytes(&bytes, path, limits, run_first)
+}
+
+/// Reads a history in the file's format from `bytes` (the file at `path`, or what a
+/// predecessor handed over at an upgrade, named by `path` in the log), as [`restore`] does.
+pub fn restore_bytes(
+    bytes: &[u8],
+    path: &Path,
+    limits: HistoryLimits,
+    run_first: u64,
+) -> Result<History, HistoryFileError> {
     let now = Instant::now();
     // Events kept before this start must fit the history's clock: it starts one `--history-age`
     // ago (an older event is let go as soon as the next one is kept).
     let origin = now.checked_sub(limits.max_age).unwrap_or(now);
     let mut history = History::new(limits, run_first, origin);
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(history),
-        Err(source) => return Err(HistoryFileError::Io { path: path.to_path_buf(), source }),
-    };
     if bytes.is_empty() {
         return Ok(history);
     }
-    match record::read_header(&bytes) {
+    match record::read_header(bytes) {
         Header::Ours => {}
         Header::Short => {
             warn!("History file {}: cut inside its header; starting empty", path.display());
@@ -243,6 +269,15 @@ pub fn rewrite(path: &Path, snapshot: &Snapshot) -> Result<(File, u64), HistoryF
 fn fail(path: &Path) -> impl FnOnce(io::Error) -> HistoryFileError {
     let path = path.to_path_buf();
     move |source| HistoryFileError::Io { path, source }
+}
+
+/// The history of `snapshot` in the file's format, ended as a clean stop is, with `newest` the
+/// last id sequenced: what an upgrade hands the new process, which reads it with
+/// [`restore_bytes`] and resumes every client without a gap.
+pub fn encode_handover(snapshot: &Snapshot, newest: u64) -> Vec<u8> {
+    let mut out = encode_snapshot(snapshot, wall_ms());
+    record::encode(&Record::Stop { newest }, &mut out);
+    out
 }
 
 /// The whole file for a snapshot taken when the wall clock said `wall_now` (ms).

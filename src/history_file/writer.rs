@@ -44,9 +44,18 @@ pub struct FileFigures {
     bytes: AtomicU64,
     written: AtomicU64,
     failed: AtomicBool,
+    /// The newest id the writer took and is done with (written, and the file rewritten if it
+    /// grew): once it reaches the last id sequenced, the writer is idle.
+    done_up_to: AtomicU64,
 }
 
 impl FileFigures {
+    /// Whether the writer is done with every event up to `id`: it will touch the file again
+    /// only for a later one (or to sync it).
+    pub fn done_with(&self, id: u64) -> bool {
+        self.done_up_to.load(Ordering::Acquire) >= id
+    }
+
     /// A snapshot for status.
     pub fn figures(&self) -> HistoryFileFigures {
         HistoryFileFigures {
@@ -107,6 +116,7 @@ impl HistoryWriter {
         fsync: Duration,
     ) -> Self {
         figures.bytes.store(size, Ordering::Relaxed);
+        figures.done_up_to.store(written_up_to, Ordering::Release);
         HistoryWriter {
             path,
             _lock: lock,
@@ -148,6 +158,7 @@ impl HistoryWriter {
             }
             self.sync_if_due();
             self.compact_if_grown();
+            self.figures.done_up_to.store(self.newest, Ordering::Release);
         }
     }
 

@@ -770,6 +770,8 @@ pub struct SseClient<S = TcpStream> {
     pub comments: usize,
     /// The last `retry:` seen.
     pub retry: Option<u32>,
+    /// The server ended the stream as HTTP does (the last chunk, of size 0).
+    pub ended: bool,
 }
 
 impl SseClient {
@@ -796,7 +798,7 @@ impl SseClient {
 impl<S: Transport> SseClient<S> {
     /// A client on `stream`, on which nothing has been read yet.
     pub fn over(stream: S) -> SseClient<S> {
-        SseClient { stream, buf: Vec::new(), head: None, comments: 0, retry: None }
+        SseClient { stream, buf: Vec::new(), head: None, comments: 0, retry: None, ended: false }
     }
 
     /// Sends `request` and asserts the answer is the `200` handshake.
@@ -862,6 +864,9 @@ impl<S: Transport> SseClient<S> {
         loop {
             if let Some(event) = self.take_event() {
                 return Ok(event);
+            }
+            if self.ended {
+                return Err(NoEvent::Closed);
             }
             if !self.fill(deadline)? {
                 assert!(self.buf.is_empty(), "the stream ended inside a chunk: {:?}", self.preview());
@@ -950,6 +955,12 @@ impl<S: Transport> SseClient<S> {
                 .unwrap_or_else(|_| panic!("not a chunk size: {size_text:?} in {:?}", self.preview()));
             let start = line_end + 2;
             if self.buf.len() < start + size + 2 {
+                return None;
+            }
+            if size == 0 {
+                // The last chunk: the stream ended (a drain, `--max-age`).
+                self.buf.drain(..start + 2);
+                self.ended = true;
                 return None;
             }
             assert_eq!(

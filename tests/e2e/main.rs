@@ -40,3 +40,4 @@ mod readme;
 mod resume;
 mod systemd;
 mod tls;
+mod upgrade;

@@ -1,0 +1,212 @@
+//! Replacing the binary with no gap (issue 22, SIGUSR2 / `systemctl reload`): the running server
+//! hands its sockets, its publishers' connections and its history to a new process of the
+//! binary, then drains; the clients come back to the new one and resume. Nothing is refused,
+//! lost, duplicated or reordered, and nobody gets `event: reset`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::common::*;
+
+/// Events published in each test.
+const EVENTS: usize = 150;
+/// How long a whole upgrade may take here: the drain time and the clients' returns.
+const UPGRADE: Duration = Duration::from_secs(20);
+
+/// A process the test did not start (the server's successor): stopped with SIGTERM when dropped.
+struct Successor(Pid);
+
+impl Successor {
+    /// The new process's pid, from its readiness message (`MAINPID=`, which systemd takes it
+    /// as the service's main process by).
+    fn announced(server: &Server) -> Successor {
+        let deadline = Instant::now() + UPGRADE;
+        while Instant::now() < deadline {
+            let Some(message) = server.notify.receive(Duration::from_millis(100)) else { continue };
+            if let Some(pid) = message.lines().find_map(|line| line.strip_prefix("MAINPID=")) {
+                assert!(message.lines().any(|line| line == "READY=1"), "{message}");
+                return Successor(Pid::from_raw(pid.parse().expect("a pid")));
+            }
+        }
+        panic!("no MAINPID= from a new process; log:\n{}", server.log.dump());
+    }
+
+    fn is_running(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        // A zombie is as good as gone: its parent ended before reaping it.
+        !stat.is_empty() && !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z'))
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGTERM);
+        let deadline = Instant::now() + WAIT;
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.is_running() {
+            let _ = kill(self.0, Signal::SIGKILL);
+        }
+    }
+}
+
+/// A subscriber that behaves as EventSource does: on a close it reconnects (after a short
+/// wait) with `Last-Event-ID`, until it got `last` or the time is up. Returns every event.
+fn follower(port: u16, last: Arc<parking_lot::Mutex<Option<String>>>) -> JoinHandle<(Vec<Event>, usize)> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + UPGRADE + UPGRADE;
+        let mut events: Vec<Event> = Vec::new();
+        let mut connects = 0;
+        let done = |events: &[Event]| {
+            let last = last.lock().clone();
+            last.is_some() && events.last().map(|e| Some(&e.data)) == Some(last.as_ref())
+        };
+        while !done(&events) && Instant::now() < deadline {
+            let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            connects += 1;
+            let mut client = SseClient::from_stream(stream);
+            let mut request = get_request("subscribe=t");
+            if let Some(seen) = events.iter().rev().find(|e| e.id != 0) {
+                request = request.replacen("\r\n\r\n", &format!("\r\nLast-Event-ID: {}\r\n\r\n", seen.id), 1);
+            }
+            client.send(request.as_bytes());
+            if client.read_head(WAIT).is_none() {
+                continue;
+            }
+            while !done(&events) && Instant::now() < deadline {
+                match client.try_next_event(Duration::from_millis(200)) {
+                    Ok(event) => events.push(event),
+                    Err(NoEvent::Timeout) => {}
+                    Err(NoEvent::Closed) => break,
+                }
+            }
+            // As EventSource: the wait the server asked for (bounded here), else a short one.
+            let wait = client.retry.map_or(100, |ms| ms.min(3000));
+            std::thread::sleep(Duration::from_millis(u64::from(wait)));
+        }
+        (events, connects)
+    })
+}
+
+/// Publishes `t=0` … `t=EVENTS-1` on one control connection with `ack on`, a few milliseconds
+/// apart, and returns the ids it was answered.
+fn publisher(port: u16, go_on: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the control port");
+        stream.set_read_timeout(Some(UPGRADE)).unwrap();
+        let mut answers = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        stream.write_all(b"ack on\n").unwrap();
+        answers.read_line(&mut line).unwrap();
+        assert_eq!(line, "OK ack on\n");
+        let mut ids = Vec::new();
+        for n in 0..EVENTS {
+            // Half of them once the test says go on (after it sent the signal).
+            while n == EVENTS / 3 && !go_on.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stream.write_all(format!("t={n}\n").as_bytes()).unwrap();
+            line.clear();
+            answers.read_line(&mut line).expect("an answer to every publish");
+            let id = line.strip_prefix("OK ").and_then(|id| id.trim().parse().ok());
+            ids.push(id.unwrap_or_else(|| panic!("publish {n} answered {line:?}")));
+            sent.store(n + 1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        ids
+    })
+}
+
+/// Runs an upgrade under load on a server started with `extra`: followers on `t`, a publisher
+/// through it; checks every follower got every event once, in order, without a reset. Returns
+/// the new process and the ids of the events.
+fn upgrade_under_load(extra: &[&str]) -> (Successor, Vec<u64>) {
+    let mut server = Server::start(&[&["--drain-secs", "1", "--history", "1000"], extra].concat());
+    let last = Arc::new(parking_lot::Mutex::new(None));
+    let followers: Vec<_> = (0..20).map(|_| follower(server.sse_port, Arc::clone(&last))).collect();
+    wait_until(WAIT, "20 subscribers", || server.tcp_json("tcpstatus")["allconncli"] == 20);
+    let go_on = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let publishing = publisher(server.cport(), Arc::clone(&go_on), Arc::clone(&sent));
+    wait_until(WAIT, "the publisher is under way", || sent.load(Ordering::Relaxed) >= EVENTS / 4);
+    server.signal(Signal::SIGUSR2);
+    let successor = Successor::announced(&server);
+    go_on.store(true, Ordering::Relaxed);
+    let status = server.wait_exit(UPGRADE).expect("the old process ends once it drained");
+    assert!(status.success(), "{status:?}");
+    let ids = publishing.join().expect("the publisher got an answer to every line");
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "ids grow across the upgrade: {ids:?}");
+    *last.lock() = Some((EVENTS - 1).to_string());
+    let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
+    for follower in followers {
+        let (events, connects) = follower.join().unwrap();
+        let resets = events.iter().filter(|e| e.event.as_deref() == Some("reset")).count();
+        let datas: Vec<String> =
+            events.iter().filter(|e| e.event.is_none()).map(|e| e.data.clone()).collect();
+        assert_eq!(resets, 0, "no reset: {events:?}");
+        assert_eq!(datas, expected, "every event once, in order");
+        assert_eq!(
+            events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            ids,
+            "with the ids the publisher was told"
+        );
+        assert!(connects >= 2, "the stream was drained to the new process");
+    }
+    let log = server.log.dump();
+    assert!(log.contains(&format!("Upgrade: pid {} serves; draining", successor.0)), "{log}");
+    assert!(log.contains("Upgrade: serving; the old process drains its clients"), "{log}");
+    assert!(!log.contains("Shutting down"), "the old process did not stop the service: {log}");
+    (successor, ids)
+}
+
+#[test]
+fn an_upgrade_under_load_loses_refuses_and_repeats_nothing() {
+    upgrade_under_load(&[]);
+}
+
+#[test]
+fn after_an_upgrade_the_new_process_writes_the_history_file_and_a_restart_resumes_from_it() {
+    let file = TempFile::new("history");
+    let (successor, ids) = upgrade_under_load(&["--history-file", file.arg()]);
+    drop(successor);
+    let restarted = Server::start(&["--history-file", file.arg(), "--history", "1000"]);
+    let mut client = SseClient::connect(restarted.sse_port);
+    let request =
+        get_request("subscribe=t").replacen("\r\n\r\n", &format!("\r\nLast-Event-ID: {}\r\n\r\n", ids[9]), 1);
+    client.handshake(request.as_bytes());
+    for (n, id) in ids.iter().enumerate().skip(10) {
+        let event = client.next_event();
+        assert_eq!((event.id, event.data, event.event), (*id, n.to_string(), None));
+    }
+}
+
+#[test]
+fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let config = TempFile::new("hasses.conf");
+    std::fs::write(config.path(), "--port 0\n").unwrap();
+    let mut server =
+        Server::start(&["--config", config.arg(), "--control-port", "0", "--api-bind", "127.0.0.1:0"]);
+    let mut client = server.subscribe("subscribe=t");
+    // The configuration the new process reads is broken.
+    std::fs::write(config.path(), "--no-such-flag\n").unwrap();
+    server.signal(Signal::SIGUSR2);
+    let failed = server.log.wait_for_line(|line| line.contains("Upgrade failed, serving on"), UPGRADE);
+    assert!(failed.contains("exited before it served"), "{failed}");
+    server.publish("t=still here");
+    client.expect_data("still here");
+    let answer = server.control("t=and here\n");
+    assert_eq!(answer, "", "the control port still serves");
+    client.expect_data("and here");
+    assert!(server.stop().is_some_and(|status| status.success()));
+}
