@@ -74,6 +74,9 @@ fn the_unit_has_what_a_production_install_needs() {
     assert!(files > 1_000_000, "LimitNOFILE={files} is enough for a million connections");
     let exec = value("ExecStart");
     assert!(exec.contains("-nodaemon"), "hasses stays in the foreground under systemd: {exec}");
+    // `systemctl reload` upgrades in place; the new process's MAINPID= must be taken.
+    assert_eq!(value("ExecReload"), "/bin/kill -USR2 $MAINPID");
+    assert_eq!(value("NotifyAccess"), "all");
     // The history file lives in the unit's state directory, which systemd makes for its user.
     let state = format!("/var/lib/{}/", value("StateDirectory"));
     let conf = repo_file(CONF);
