@@ -9,7 +9,10 @@
 //! test instead of hanging it. All traffic stays on loopback. Each test starts its own server, so
 //! tests run in parallel.
 
+pub mod api;
 pub mod bench_tool;
+
+pub use api::{Api, Reply};
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

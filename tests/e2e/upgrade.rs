@@ -58,17 +58,18 @@ impl Drop for Successor {
     }
 }
 
-/// A subscriber that behaves as EventSource does: on a close it reconnects (after a short
-/// wait) with `Last-Event-ID`, until it got `last` or the time is up. Returns every event.
-fn follower(port: u16, last: Arc<parking_lot::Mutex<Option<String>>>) -> JoinHandle<(Vec<Event>, usize)> {
+/// How many events a follower is to get, once the test knows.
+type Expected = Arc<parking_lot::Mutex<Option<usize>>>;
+
+/// A subscriber (`query`) that behaves as EventSource does: on a close it reconnects after the
+/// `retry:` it was told, with `Last-Event-ID`, until it got the events expected or the time is
+/// up. Returns every event, and how many times it connected.
+fn follower(port: u16, query: &'static str, expected: Expected) -> JoinHandle<(Vec<Event>, usize)> {
     std::thread::spawn(move || {
         let deadline = Instant::now() + UPGRADE + UPGRADE;
         let mut events: Vec<Event> = Vec::new();
         let mut connects = 0;
-        let done = |events: &[Event]| {
-            let last = last.lock().clone();
-            last.is_some() && events.last().map(|e| Some(&e.data)) == Some(last.as_ref())
-        };
+        let done = |events: &[Event]| expected.lock().is_some_and(|count| events.len() >= count);
         while !done(&events) && Instant::now() < deadline {
             let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
                 std::thread::sleep(Duration::from_millis(50));
@@ -76,7 +77,7 @@ fn follower(port: u16, last: Arc<parking_lot::Mutex<Option<String>>>) -> JoinHan
             };
             connects += 1;
             let mut client = SseClient::from_stream(stream);
-            let mut request = get_request("subscribe=t");
+            let mut request = get_request(query);
             if let Some(seen) = events.iter().rev().find(|e| e.id != 0) {
                 request = request.replacen("\r\n\r\n", &format!("\r\nLast-Event-ID: {}\r\n\r\n", seen.id), 1);
             }
@@ -99,6 +100,15 @@ fn follower(port: u16, last: Arc<parking_lot::Mutex<Option<String>>>) -> JoinHan
     })
 }
 
+/// A publisher's pace: an event every few milliseconds, through the switch; the last third
+/// only once the test saw the new process serve (`go_on`), so that some surely go to it.
+fn pace(n: usize, go_on: &AtomicBool) {
+    std::thread::sleep(Duration::from_millis(4));
+    while n == 2 * EVENTS / 3 && !go_on.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Publishes `t=0` … `t=EVENTS-1` on one control connection with `ack on`, a few milliseconds
 /// apart, and returns the ids it was answered.
 fn publisher(port: u16, go_on: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> JoinHandle<Vec<u64>> {
@@ -112,17 +122,13 @@ fn publisher(port: u16, go_on: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> JoinH
         assert_eq!(line, "OK ack on\n");
         let mut ids = Vec::new();
         for n in 0..EVENTS {
-            // Half of them once the test says go on (after it sent the signal).
-            while n == EVENTS / 3 && !go_on.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            pace(n, &go_on);
             stream.write_all(format!("t={n}\n").as_bytes()).unwrap();
             line.clear();
             answers.read_line(&mut line).expect("an answer to every publish");
             let id = line.strip_prefix("OK ").and_then(|id| id.trim().parse().ok());
             ids.push(id.unwrap_or_else(|| panic!("publish {n} answered {line:?}")));
             sent.store(n + 1, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(4));
         }
         ids
     })
@@ -133,8 +139,9 @@ fn publisher(port: u16, go_on: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> JoinH
 /// the new process and the ids of the events.
 fn upgrade_under_load(extra: &[&str]) -> (Successor, Vec<u64>) {
     let mut server = Server::start(&[&["--drain-secs", "1", "--history", "1000"], extra].concat());
-    let last = Arc::new(parking_lot::Mutex::new(None));
-    let followers: Vec<_> = (0..20).map(|_| follower(server.sse_port, Arc::clone(&last))).collect();
+    let expected = Expected::default();
+    let followers: Vec<_> =
+        (0..20).map(|_| follower(server.sse_port, "subscribe=t", Arc::clone(&expected))).collect();
     wait_until(WAIT, "20 subscribers", || server.tcp_json("tcpstatus")["allconncli"] == 20);
     let go_on = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
@@ -147,7 +154,7 @@ fn upgrade_under_load(extra: &[&str]) -> (Successor, Vec<u64>) {
     assert!(status.success(), "{status:?}");
     let ids = publishing.join().expect("the publisher got an answer to every line");
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "ids grow across the upgrade: {ids:?}");
-    *last.lock() = Some((EVENTS - 1).to_string());
+    *expected.lock() = Some(EVENTS);
     let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
     for follower in followers {
         let (events, connects) = follower.join().unwrap();
@@ -209,4 +216,70 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(answer, "", "the control port still serves");
     client.expect_data("and here");
     assert!(server.stop().is_some_and(|status| status.success()));
+}
+
+/// Publishes `SOURCE=0` … on a keep-alive HTTP API connection, returning the ids answered.
+fn http_publisher(server: &Server, go_on: Arc<AtomicBool>) -> JoinHandle<Vec<u64>> {
+    let mut api = Api::connect(server);
+    std::thread::spawn(move || {
+        let mut ids = Vec::new();
+        for n in 0..EVENTS {
+            pace(n, &go_on);
+            let reply = api.post("application/x-www-form-urlencoded", &format!("to=h&data={n}"));
+            assert_eq!(reply.status, 200, "{reply:?}");
+            ids.push(reply.json()["id"].as_str().and_then(|id| id.parse().ok()).expect("an id"));
+        }
+        ids
+    })
+}
+
+/// Writes `f=0` … to the FIFO, each in one write, on one open descriptor.
+fn fifo_writer(path: std::path::PathBuf, go_on: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(path).expect("open the FIFO");
+        for n in 0..EVENTS {
+            pace(n, &go_on);
+            fifo.write_all(format!("f={n}\n").as_bytes()).expect("write to the FIFO");
+        }
+    })
+}
+
+#[test]
+fn every_publisher_goes_on_through_an_upgrade_on_the_connection_it_has() {
+    let fifo = TempFile::new("upgrade.fifo");
+    let mut server = Server::start(&["--drain-secs", "1", "--history", "1000", "--fifo", fifo.arg()]);
+    let expected = Expected::default();
+    let subscriber = follower(server.sse_port, "subscribe=t-h-f", Arc::clone(&expected));
+    wait_until(WAIT, "the subscriber", || server.tcp_json("tcpstatus")["allconncli"] == 1);
+    let go_on = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let tcp = publisher(server.cport(), Arc::clone(&go_on), Arc::clone(&sent));
+    let http = http_publisher(&server, Arc::clone(&go_on));
+    let written = fifo_writer(fifo.path().to_path_buf(), Arc::clone(&go_on));
+    wait_until(WAIT, "the publishers are under way", || sent.load(Ordering::Relaxed) >= EVENTS / 4);
+    server.signal(Signal::SIGUSR2);
+    let _successor = Successor::announced(&server);
+    go_on.store(true, Ordering::Relaxed);
+    assert!(server.wait_exit(UPGRADE).is_some_and(|status| status.success()));
+    let tcp_ids = tcp.join().expect("the control publisher got every answer");
+    let http_ids = http.join().expect("the API publisher got every answer");
+    written.join().expect("the FIFO writer");
+    *expected.lock() = Some(3 * EVENTS);
+    let (events, _) = subscriber.join().unwrap();
+    assert!(events.iter().all(|e| e.event.is_none()), "no reset: {events:?}");
+    let numbers: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
+    let by_id = |ids: &[u64]| -> Vec<String> {
+        ids.iter()
+            .map(|id| events.iter().find(|e| e.id == *id).map_or("missing".into(), |e| e.data.clone()))
+            .collect()
+    };
+    assert_eq!(by_id(&tcp_ids), numbers, "every control line once");
+    assert_eq!(by_id(&http_ids), numbers, "every HTTP publish once");
+    let fifo_datas: Vec<String> = events
+        .iter()
+        .filter(|e| !tcp_ids.contains(&e.id) && !http_ids.contains(&e.id))
+        .map(|e| e.data.clone())
+        .collect();
+    assert_eq!(fifo_datas, numbers, "every FIFO line once, in order");
+    assert!(events.windows(2).all(|pair| pair[0].id < pair[1].id), "in order, none twice");
 }
