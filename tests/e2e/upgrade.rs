@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::common::*;
+use crate::programs::{find_program, Process, TempDir};
 
 /// Events published in each test.
 const EVENTS: usize = 150;
@@ -282,4 +283,111 @@ fn every_publisher_goes_on_through_an_upgrade_on_the_connection_it_has() {
         .collect();
     assert_eq!(fifo_datas, numbers, "every FIFO line once, in order");
     assert!(events.windows(2).all(|pair| pair[0].id < pair[1].id), "in order, none twice");
+}
+
+/// npm's `eventsource` (the EventSource of Node programs), installed once under `target/`.
+fn npm_eventsource() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("npm-eventsource");
+    let module = dir.join("node_modules/eventsource");
+    if !module.exists() {
+        let npm = find_program("npm", "npm");
+        let (status, out, err) = run_bounded(
+            {
+                let mut command = std::process::Command::new(npm);
+                command
+                    .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&dir)
+                    .arg("eventsource@2.0.2");
+                command
+            },
+            Duration::from_secs(120),
+        );
+        assert!(status.success(), "npm install eventsource: {out}{err}");
+    }
+    module
+}
+
+/// Node running `count` EventSources of npm's `eventsource` on `url`: a line per open, message
+/// (`CLIENT message ID DATA`) and reset.
+const EVENTSOURCE_CLIENTS: &str = r#"
+const EventSource = require(process.argv[2]);
+for (let i = 0; i < Number(process.argv[4]); i++) {
+  const source = new EventSource(process.argv[3]);
+  source.onopen = () => console.log(`${i} open`);
+  source.onmessage = (e) => console.log(`${i} message ${e.lastEventId} ${e.data}`);
+  source.addEventListener('reset', () => console.log(`${i} reset`));
+}
+"#;
+
+#[test]
+#[ignore = "needs node and npm (Debian packages nodejs, npm) and npm's eventsource: run by the README's test command"]
+fn npm_eventsource_and_curl_clients_resume_through_an_upgrade_with_no_reset() {
+    const CLIENTS: usize = 10;
+    let mut server = Server::start(&["--drain-secs", "1", "--history", "1000"]);
+    let dir = TempDir::new("eventsource");
+    let script = dir.write("clients.js", EVENTSOURCE_CLIENTS);
+    let url = format!("http://127.0.0.1:{}/sse?subscribe=t", server.sse_port);
+    let mut node = std::process::Command::new(find_program("node", "nodejs"));
+    node.arg(script).arg(npm_eventsource()).arg(&url).arg(CLIENTS.to_string());
+    let output = dir.join("clients.out");
+    let clients = Process::spawn(node, "node", output.clone());
+    let lines = || std::fs::read_to_string(&output).unwrap_or_default();
+    wait_until(WAIT, "every EventSource open", || lines().matches(" open").count() >= CLIENTS);
+    let mut curl = std::process::Command::new(find_program("curl", "curl"))
+        .args(["-sN", "--max-time", "30", &url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    wait_until(WAIT, "curl subscribed", || server.tcp_json("tcpstatus")["allconncli"] == CLIENTS as u64 + 1);
+    let go_on = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let publishing = publisher(server.cport(), Arc::clone(&go_on), Arc::clone(&sent));
+    wait_until(WAIT, "the publisher is under way", || sent.load(Ordering::Relaxed) >= EVENTS / 4);
+    server.signal(Signal::SIGUSR2);
+    let successor = Successor::announced(&server);
+    go_on.store(true, Ordering::Relaxed);
+    assert!(server.wait_exit(UPGRADE).is_some_and(|status| status.success()));
+    let ids = publishing.join().expect("every publish answered");
+    // curl's stream was drained: it ended as HTTP says, with a `retry:` first.
+    let drained = curl.wait_with_output().expect("curl ends with the drained stream");
+    assert!(drained.status.success(), "curl: {drained:?}");
+    let before = String::from_utf8_lossy(&drained.stdout).into_owned();
+    assert!(before.contains("retry: "), "{before}");
+    let last_seen: u64 =
+        before.lines().filter_map(|l| l.strip_prefix("id: ")).last().unwrap().parse().unwrap();
+    let resumed = std::process::Command::new(find_program("curl", "curl"))
+        .args(["-sN", "--max-time", "2", "-H", &format!("Last-Event-ID: {last_seen}"), &url])
+        .output()
+        .expect("curl resumes");
+    let after = String::from_utf8_lossy(&resumed.stdout).into_owned();
+    let datas = |text: &str| -> Vec<String> {
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect()
+    };
+    let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
+    assert_eq!(
+        [datas(&before), datas(&after)].concat(),
+        expected,
+        "curl: every event once, across the upgrade"
+    );
+    assert!(!after.contains("event: reset"), "{after}");
+    // Every EventSource came back on its own and got everything, with the publisher's ids.
+    wait_until(UPGRADE, "every EventSource got every event", || {
+        lines().matches(" message ").count() >= CLIENTS * EVENTS
+    });
+    let text = lines();
+    assert!(!text.contains("reset"), "no EventSource was told of a gap:\n{text}");
+    for client in 0..CLIENTS {
+        let got: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("{client} message ")))
+            .map(|rest| {
+                let (id, data) = rest.split_once(' ').unwrap();
+                (id.parse().unwrap(), data.to_owned())
+            })
+            .collect();
+        let want: Vec<(u64, String)> = ids.iter().copied().zip(expected.iter().cloned()).collect();
+        assert_eq!(got, want, "EventSource {client}");
+        assert!(text.matches(&format!("{client} open")).count() >= 2, "it reconnected to the new process");
+    }
+    drop((clients, successor));
 }
