@@ -333,7 +333,7 @@ fn npm_eventsource_and_curl_clients_resume_through_an_upgrade_with_no_reset() {
     let clients = Process::spawn(node, "node", output.clone());
     let lines = || std::fs::read_to_string(&output).unwrap_or_default();
     wait_until(WAIT, "every EventSource open", || lines().matches(" open").count() >= CLIENTS);
-    let mut curl = std::process::Command::new(find_program("curl", "curl"))
+    let curl = std::process::Command::new(find_program("curl", "curl"))
         .args(["-sN", "--max-time", "30", &url])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -353,8 +353,7 @@ fn npm_eventsource_and_curl_clients_resume_through_an_upgrade_with_no_reset() {
     assert!(drained.status.success(), "curl: {drained:?}");
     let before = String::from_utf8_lossy(&drained.stdout).into_owned();
     assert!(before.contains("retry: "), "{before}");
-    let last_seen: u64 =
-        before.lines().filter_map(|l| l.strip_prefix("id: ")).last().unwrap().parse().unwrap();
+    let last_seen: u64 = before.lines().rev().find_map(|l| l.strip_prefix("id: ")).unwrap().parse().unwrap();
     let resumed = std::process::Command::new(find_program("curl", "curl"))
         .args(["-sN", "--max-time", "2", "-H", &format!("Last-Event-ID: {last_seen}"), &url])
         .output()
