@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::api::{metrics, ApiQuery, Response};
 use crate::cluster::ClusterShared;
 use crate::event::{ApiKey, Asker, PublisherKey};
-use crate::figures::{ClientRow, ControlFigures, ShardFigures};
+use crate::figures::{ClientRow, ControlFigures, DeliveryLatency, ShardFigures};
 use crate::history_file::FileFigures;
 use crate::log::REPORT;
 use crate::pipeline::{Query, ShardAnswer, ShardQuery, SharedState};
@@ -184,12 +184,19 @@ impl Admin {
             ApiQuery::Status | ApiQuery::Clients => Response::json(self.answer(question)),
             ApiQuery::Metrics => {
                 let parts = collect(&question.answers, ANSWER_TIMEOUT);
+                let latency = delivery_latency(parts.iter().flatten());
                 let workers = parts.into_iter().map(|part| part.map(|p| figures(vec![p]))).collect();
                 let history = self.state.history.read().figures();
                 let cluster = self.facts.cluster.as_deref().map(ClusterShared::figures);
                 let history_file = self.facts.history_file.as_deref().map(FileFigures::figures);
-                let snapshot =
-                    metrics::Snapshot { workers, control: question.control, history, history_file, cluster };
+                let snapshot = metrics::Snapshot {
+                    workers,
+                    latency,
+                    control: question.control,
+                    history,
+                    history_file,
+                    cluster,
+                };
                 Response::ok(metrics::CONTENT_TYPE, metrics::render(&snapshot))
             }
             ApiQuery::Health => {
@@ -244,8 +251,19 @@ fn collect(answers: &[Receiver<ShardAnswer>], timeout: Duration) -> Vec<Option<S
 fn figures(parts: Vec<ShardAnswer>) -> ShardFigures {
     let mut total = ShardFigures::default();
     for part in parts {
-        if let ShardAnswer::Figures(figures) = part {
+        if let ShardAnswer::Figures(figures, _) = part {
             total += figures;
+        }
+    }
+    total
+}
+
+/// The shards' delivery latencies, added up.
+fn delivery_latency<'a>(parts: impl Iterator<Item = &'a ShardAnswer>) -> DeliveryLatency {
+    let mut total = DeliveryLatency::default();
+    for part in parts {
+        if let ShardAnswer::Figures(_, latency) = part {
+            total += **latency;
         }
     }
     total
@@ -316,12 +334,10 @@ mod tests {
     }
 
     fn shard(connections: u64, streaming: u64) -> ShardAnswer {
-        ShardAnswer::Figures(ShardFigures {
-            connections,
-            streaming,
-            deliveries: 10,
-            ..ShardFigures::default()
-        })
+        ShardAnswer::Figures(
+            ShardFigures { connections, streaming, deliveries: 10, ..ShardFigures::default() },
+            Box::default(),
+        )
     }
 
     fn row(fd: i32, worker: usize) -> ClientRow {

@@ -53,7 +53,7 @@ impl Broadcast {
         self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
         // Likewise: a fresh handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
-        let event = Arc::new(Sequenced { id, audience: publish.audience, frame });
+        let event = Arc::new(Sequenced { id, audience: publish.audience, frame, at: Instant::now() });
         if let Some(disk) = &self.disk {
             // A writer that is gone has logged why; delivery goes on.
             let _ = disk.send(ToDisk { event: Arc::clone(&event), at_ms: wall_ms() });
@@ -284,7 +284,12 @@ pub(crate) mod tests {
     }
 
     fn sequenced(id: u64) -> Arc<Sequenced> {
-        Arc::new(Sequenced { id, audience: publish("t", "").audience, frame: Frame::from_static(b"x") })
+        Arc::new(Sequenced {
+            id,
+            audience: publish("t", "").audience,
+            frame: Frame::from_static(b"x"),
+            at: Instant::now(),
+        })
     }
 
     #[test]

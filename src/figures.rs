@@ -131,6 +131,69 @@ macro_rules! figures {
     };
 }
 
+/// The upper bounds of [`DeliveryLatency`]'s buckets, in nanoseconds: 100 µs to 2.5 s, about
+/// three a decade, as Prometheus' default buckets are spread.
+pub const LATENCY_BOUNDS_NS: [u64; 14] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+];
+
+/// How long deliveries took, from the event's sequencing to the write that handed it to the
+/// kernel, as a histogram: deliveries per bucket (not cumulative; the last counts those over
+/// every bound) and the sum of their latencies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryLatency {
+    /// Deliveries whose latency is at most the bucket's bound and over the one before; the
+    /// last place holds those over every bound.
+    pub buckets: [u64; LATENCY_BOUNDS_NS.len() + 1],
+    /// The sum of every delivery's latency, in nanoseconds.
+    pub sum_ns: u128,
+}
+
+impl DeliveryLatency {
+    /// Counts `deliveries` that each took `latency`.
+    pub fn observe(&mut self, latency: std::time::Duration, deliveries: u64) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|&bound| bound < ns);
+        self.buckets[bucket] += deliveries;
+        self.sum_ns += u128::from(ns) * u128::from(deliveries);
+    }
+
+    /// How many deliveries were counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Each bound (seconds) with the deliveries at most that long, as Prometheus' `le` series.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        LATENCY_BOUNDS_NS.iter().zip(self.buckets.iter()).scan(0, |total, (&bound, &n)| {
+            *total += n;
+            Some((bound as f64 / 1e9, *total))
+        })
+    }
+}
+
+impl AddAssign for DeliveryLatency {
+    fn add_assign(&mut self, other: Self) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_ns += other.sum_ns;
+    }
+}
+
 /// Resumes with `Last-Event-ID`, by how they went.
 const RESUMES: Family =
     Family::counter("hasses_resumes_total", "Resumes with Last-Event-ID: complete, or told of a gap (reset)")
@@ -312,6 +375,26 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn a_latency_falls_in_the_first_bucket_whose_bound_it_does_not_pass() {
+        use std::time::Duration;
+        let mut latency = DeliveryLatency::default();
+        latency.observe(Duration::from_micros(100), 2);
+        latency.observe(Duration::from_micros(101), 1);
+        latency.observe(Duration::from_millis(3), 4);
+        latency.observe(Duration::from_secs(9), 1);
+        assert_eq!((latency.buckets[0], latency.buckets[1], latency.buckets[5]), (2, 1, 4));
+        assert_eq!(latency.buckets[LATENCY_BOUNDS_NS.len()], 1, "over every bound");
+        assert_eq!(latency.count(), 8);
+        assert_eq!(latency.sum_ns, 200_000 + 101_000 + 12_000_000 + 9_000_000_000);
+        let cumulative: Vec<(f64, u64)> = latency.cumulative().collect();
+        assert_eq!((cumulative[0], cumulative[1], cumulative[4]), ((0.0001, 2), (0.00025, 3), (0.0025, 3)));
+        assert_eq!(cumulative.last(), Some(&(2.5, 7)), "the ninth second is only in +Inf");
+        let mut sum = latency;
+        sum += latency;
+        assert_eq!((sum.count(), sum.sum_ns), (16, 2 * latency.sum_ns));
+    }
 
     /// A key or series declared twice would show one figure under another's name; a family
     /// declared two ways would be refused by the metrics encoder.

@@ -8,13 +8,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use mio::Waker;
 use parking_lot::RwLock;
 
 use crate::event::Audience;
-use crate::figures::{ClientRow, ShardFigures};
+use crate::figures::{ClientRow, DeliveryLatency, ShardFigures};
 use crate::history::History;
 use crate::sse::Frame;
 
@@ -27,6 +28,9 @@ pub struct Sequenced {
     pub audience: Audience,
     /// The encoded event, shared by every recipient.
     pub frame: Frame,
+    /// When it was sequenced (or, in a cluster, read from the stream): where its delivery
+    /// latency is measured from.
+    pub at: Instant,
 }
 
 /// What the control side asks of a shard, in order.
@@ -70,8 +74,8 @@ pub enum ShardQuery {
 /// A shard's answer to a [`ShardQuery`].
 #[derive(Debug)]
 pub enum ShardAnswer {
-    /// To [`ShardQuery::Figures`].
-    Figures(ShardFigures),
+    /// To [`ShardQuery::Figures`]: its counters, and how long its deliveries took.
+    Figures(ShardFigures, Box<DeliveryLatency>),
     /// To [`ShardQuery::ClientList`].
     ClientList(Vec<ClientRow>),
     /// To [`ShardQuery::CountSubscribed`].

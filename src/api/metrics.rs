@@ -9,10 +9,12 @@
 //! Pure: figures in, text out.
 
 use prometheus::core::Collector;
+use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::figures::{
-    ClusterFigures, ControlFigures, Family, Figure, HistoryFigures, HistoryFileFigures, Kind, ShardFigures,
+    ClusterFigures, ControlFigures, DeliveryLatency, Family, Figure, HistoryFigures, HistoryFileFigures,
+    Kind, ShardFigures,
 };
 
 /// The `Content-Type` of [`render`]'s text.
@@ -23,6 +25,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Snapshot {
     /// Each worker's figures, by worker number; `None` for a worker that did not answer.
     pub workers: Vec<Option<ShardFigures>>,
+    /// How long the workers' deliveries took, all added up.
+    pub latency: DeliveryLatency,
     /// The control thread's counters.
     pub control: ControlFigures,
     /// What the history holds.
@@ -147,7 +151,39 @@ pub fn render(snapshot: &Snapshot) -> String {
         &Family::gauge("hasses_build_info", "The running version").by("version"),
         &[(Some(env!("CARGO_PKG_VERSION")), 1)],
     );
-    TextEncoder::new().encode_to_string(&scrape.0.gather()).expect("text encoding of valid metrics")
+    let mut families = scrape.0.gather();
+    families.push(latency_family(&snapshot.latency));
+    TextEncoder::new().encode_to_string(&families).expect("text encoding of valid metrics")
+}
+
+/// `hasses_delivery_latency_seconds`: the histogram of how long deliveries took, from the
+/// event's sequencing to the write that handed it to the kernel. Its buckets are counted by the
+/// shards, so it is written from them rather than observed into the crate's own histogram.
+fn latency_family(latency: &DeliveryLatency) -> MetricFamily {
+    let buckets = latency
+        .cumulative()
+        .map(|(bound, count)| {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(bound);
+            bucket.set_cumulative_count(count);
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(latency.count());
+    histogram.set_sample_sum(latency.sum_ns as f64 / 1e9);
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    let mut family = MetricFamily::default();
+    family.set_name("hasses_delivery_latency_seconds".into());
+    family.set_help(
+        "How long deliveries took, from the event's sequencing to the write that handed it to the kernel"
+            .into(),
+    );
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(vec![metric]);
+    family
 }
 
 #[cfg(test)]
@@ -164,8 +200,12 @@ mod tests {
             resumes_with_gap: 1,
             ..Default::default()
         };
+        let mut latency = DeliveryLatency::default();
+        latency.observe(std::time::Duration::from_micros(300), 5);
+        latency.observe(std::time::Duration::from_secs(3), 1);
         let snapshot = Snapshot {
             workers: vec![Some(worker), None, Some(worker)],
+            latency,
             control: ControlFigures {
                 published: Published { tcp: 1, fifo: 2, http: 3 },
                 ..Default::default()
@@ -189,6 +229,13 @@ mod tests {
             "hasses_auth_refused_total{reason=\"forbidden\"} 0",
             "hasses_history_events 4",
             "hasses_history_bytes 400",
+            "# TYPE hasses_delivery_latency_seconds histogram",
+            "hasses_delivery_latency_seconds_bucket{le=\"0.00025\"} 0",
+            "hasses_delivery_latency_seconds_bucket{le=\"0.0005\"} 5",
+            "hasses_delivery_latency_seconds_bucket{le=\"2.5\"} 5",
+            "hasses_delivery_latency_seconds_bucket{le=\"+Inf\"} 6",
+            "hasses_delivery_latency_seconds_count 6",
+            "hasses_delivery_latency_seconds_sum 3.0015",
             &format!("hasses_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
@@ -207,6 +254,7 @@ mod tests {
         let figures = ShardFigures::numbered();
         let snapshot = Snapshot {
             workers: vec![Some(figures)],
+            latency: DeliveryLatency::default(),
             control: ControlFigures::default(),
             history: HistoryFigures::default(),
             history_file: None,

@@ -310,7 +310,8 @@ mod tests {
         for id in 100..140u64 {
             let frame = encode_event(id, &[b'x'; 60_000]);
             state.history.write().append(id, &audience, &frame, Instant::now());
-            let event = Arc::new(Sequenced { id, audience: audience.clone(), frame });
+            let event =
+                Arc::new(Sequenced { id, audience: audience.clone(), frame, at: std::time::Instant::now() });
             disk.send(ToDisk { event, at_ms: super::super::wall_ms() }).unwrap();
         }
         drop(disk);

@@ -8,6 +8,7 @@
 //! over (`stalls`). It does not close clients or decide when a stalled one is slow (`timers`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use crossbeam_channel::TryRecvError;
@@ -17,7 +18,7 @@ use super::connection::{Connection, Phase};
 use super::keys::{ConnKey, StreamKey};
 use super::Shard;
 use crate::event::ResumeFrom;
-use crate::figures::ShardFigures;
+use crate::figures::{DeliveryLatency, ShardFigures};
 use crate::history::Replay;
 use crate::pipeline::{Sequenced, ShardCommand};
 use crate::sse;
@@ -68,6 +69,8 @@ struct Recipients<'a> {
     /// most shards).
     copy: Option<Run>,
     max_backlog: usize,
+    /// How many recipients took the run from each of its events on (most take it whole).
+    takers: &'a mut Vec<u64>,
 }
 
 impl Recipients<'_> {
@@ -88,6 +91,7 @@ impl Recipients<'_> {
         let was_idle = conn.outbox.is_empty();
         conn.outbox.push(run.from(fresh));
         let taken = run.starts.len() - fresh;
+        self.takers[fresh] += 1;
         // Over the cap, the shard writes at once rather than after the drain; otherwise one
         // write after the drain carries the whole burst.
         if conn.outbox.len() > self.max_backlog {
@@ -101,6 +105,39 @@ impl Recipients<'_> {
             for _ in 0..taken {
                 debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
             }
+        }
+    }
+}
+
+/// How long this shard's deliveries take: the events delivered since the last write, with how
+/// many recipients took each, are counted once the writes that follow the drain are done.
+#[derive(Debug, Default)]
+pub(super) struct Latency {
+    /// When each event delivered in this drain was sequenced, and to how many it went.
+    pending: Vec<(Instant, u64)>,
+    /// Kept between runs for its allocation.
+    takers: Vec<u64>,
+    /// Every delivery counted so far.
+    pub(super) histogram: DeliveryLatency,
+}
+
+impl Latency {
+    /// Notes the recipients each event of `run` went to (`takers`: how many took it from each
+    /// event on).
+    fn note(&mut self, run: &[Arc<Sequenced>]) {
+        let mut recipients = 0;
+        for (event, takers) in run.iter().zip(&self.takers) {
+            recipients += takers;
+            if recipients > 0 {
+                self.pending.push((event.at, recipients));
+            }
+        }
+    }
+
+    /// Counts the events noted as delivered `now`, when their writes are done.
+    fn written(&mut self, now: Instant) {
+        for (at, recipients) in self.pending.drain(..) {
+            self.histogram.observe(now.saturating_duration_since(at), recipients);
         }
     }
 }
@@ -170,6 +207,9 @@ impl Shard {
         }
         self.dirty = dirty;
         self.dirty.clear();
+        if !self.latency.pending.is_empty() {
+            self.latency.written(Instant::now());
+        }
     }
 
     fn execute(&mut self, command: ShardCommand) {
@@ -208,6 +248,8 @@ impl Shard {
     /// each; writes at once to those it put over the cap, and holds those still over it.
     fn publish(&mut self, run: &[Arc<Sequenced>]) {
         let Some(first) = run.first() else { return };
+        self.latency.takers.clear();
+        self.latency.takers.resize(run.len(), 0);
         let mut recipients = Recipients {
             dirty: &mut self.dirty,
             counters: &mut self.counters,
@@ -215,6 +257,7 @@ impl Shard {
             run,
             copy: None,
             max_backlog: self.settings.max_backlog,
+            takers: &mut self.latency.takers,
         };
         let connections = &mut self.connections;
         if first.audience.is_everyone() {
@@ -227,7 +270,9 @@ impl Shard {
                 });
             }
         }
-        for key in recipients.over_cap {
+        let over_cap = recipients.over_cap;
+        self.latency.note(run);
+        for key in over_cap {
             self.flush(key);
         }
     }
@@ -236,6 +281,7 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
 
     use super::*;
     use crate::event::{Audience, Target};
@@ -270,6 +316,7 @@ mod tests {
                 except: except.map(str::to_string),
             },
             frame: encode_event(id, "x".repeat(size).as_bytes()),
+            at: Instant::now(),
         })
     }
 
@@ -280,6 +327,7 @@ mod tests {
         cap: usize,
     ) -> (Vec<usize>, Vec<usize>, u64) {
         let (mut dirty, mut counters) = (Vec::new(), ShardFigures::default());
+        let mut takers = vec![0; run.len()];
         let mut recipients = Recipients {
             dirty: &mut dirty,
             counters: &mut counters,
@@ -287,6 +335,7 @@ mod tests {
             run,
             copy: None,
             max_backlog: cap,
+            takers: &mut takers,
         };
         for (key, conn) in conns.iter_mut().enumerate() {
             recipients.offer(StreamKey::on(ConnKey::new(key).unwrap()), conn);
@@ -298,6 +347,18 @@ mod tests {
 
     fn frames_len(run: &[Arc<Sequenced>]) -> usize {
         run.iter().map(|d| d.frame.len()).sum()
+    }
+
+    #[test]
+    fn each_event_is_counted_once_per_recipient_that_took_it_when_the_writes_are_done() {
+        let run = [event(1, None, 10), event(2, None, 10), event(3, None, 10)];
+        let mut latency = Latency { takers: vec![2, 0, 1], ..Latency::default() };
+        latency.note(&run);
+        assert_eq!(latency.pending.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2, 3]);
+        latency.written(run[0].at + Duration::from_millis(3));
+        assert_eq!(latency.histogram.count(), 7);
+        assert_eq!(latency.histogram.buckets[5], 7, "3 ms: at most 5 ms, over 2.5 ms");
+        assert!(latency.pending.is_empty());
     }
 
     #[test]

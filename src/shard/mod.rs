@@ -117,6 +117,8 @@ pub struct Shard {
     next_serial: u32,
     /// Its figures: the counters bumped here; the gauges stay zero, counted when asked.
     counters: ShardFigures,
+    /// How long its deliveries took.
+    latency: delivery::Latency,
     read_buf: Box<[u8; READ_CHUNK]>,
     /// What TLS sessions read into and encrypt into (empty without TLS).
     tls_buffers: TlsBuffers,
@@ -160,6 +162,7 @@ impl Shard {
             commands_held: false,
             next_serial: 0,
             counters: ShardFigures::default(),
+            latency: delivery::Latency::default(),
             read_buf: Box::new([0; READ_CHUNK]),
             tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,

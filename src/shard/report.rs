@@ -15,7 +15,7 @@ impl Shard {
     /// This shard's part of an answer to the admin path.
     pub(super) fn answer_query(&self, query: &ShardQuery) -> ShardAnswer {
         match query {
-            ShardQuery::Figures => ShardAnswer::Figures(self.figures()),
+            ShardQuery::Figures => ShardAnswer::Figures(self.figures(), Box::new(self.latency.histogram)),
             ShardQuery::ClientList => ShardAnswer::ClientList(self.client_rows()),
             ShardQuery::CountSubscribed(token) => {
                 ShardAnswer::Count(self.subscriptions.count_exact(token) as u64)

@@ -440,3 +440,38 @@ fn the_status_pages_form_publishes_an_event_a_subscriber_receives() {
     }
     page.wait_until(r#"document.getElementById("published").textContent.startsWith("published, id ")"#);
 }
+
+/// The value of the series `name` (with its labels, as written) in metrics `text`.
+fn metric_value(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+    line.and_then(|l| l[name.len()..].trim().parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn the_delivery_latency_histogram_counts_every_delivery_once_written() {
+    let server = Server::start(&[]);
+    let mut clients: Vec<_> = (0..4).map(|_| server.subscribe("subscribe=lat")).collect();
+    let mut other = server.subscribe("subscribe=elsewhere");
+    for n in 0..5 {
+        server.publish(&format!("lat={n}"));
+    }
+    server.publish("elsewhere=x");
+    for client in &mut clients {
+        (0..5).for_each(|n| drop(client.expect_data(&n.to_string())));
+    }
+    other.expect_data("x");
+    let text = Api::connect(&server).get("/metrics", "").text();
+    let count = metric_value(&text, "hasses_delivery_latency_seconds_count");
+    assert_eq!(count, 21.0, "4 clients × 5 events, and 1: {text}");
+    assert_eq!(count, metric_value(&text, "hasses_deliveries_total"));
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("hasses_delivery_latency_seconds_bucket"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 15, "14 bounds and +Inf");
+    assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "cumulative: {buckets:?}");
+    assert_eq!(buckets[14], count);
+    let sum = metric_value(&text, "hasses_delivery_latency_seconds_sum");
+    assert!(sum > 0.0 && sum < count * 1.0, "each took well under a second here: {sum}");
+}
