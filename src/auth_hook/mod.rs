@@ -136,6 +136,17 @@ impl Answer {
     pub fn is_cacheable(&self) -> bool {
         !matches!(self, Answer::Failed(_))
     }
+
+    /// Whether it is a grant whose `expires` is at or before `unix_now`: a stream it allowed
+    /// would end at once, and its EventSource come back at once, so it counts as a failure.
+    pub fn has_expired(&self, unix_now: u64) -> bool {
+        matches!(self, Answer::Allowed(Grant { expires: Some(at), .. }) if *at <= unix_now)
+    }
+}
+
+/// Seconds since the Unix epoch, the clock of a grant's `expires`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 /// What a `200` answer's optional JSON body grants; an empty body grants what was asked.
@@ -256,6 +267,9 @@ mod tests {
             expires: Some(1_900_000_000),
         };
         assert_eq!(read_answer(200, body), Answer::Allowed(expected));
+        assert!(!read_answer(200, body).has_expired(1_899_999_999));
+        assert!(read_answer(200, body).has_expired(1_900_000_000));
+        assert!(!read_answer(200, b"").has_expired(u64::MAX), "no expires: never");
         assert_eq!(
             read_answer(200, br#"{"subscribe": []}"#),
             Answer::Allowed(Grant { subscribe: Some(vec![]), ..Grant::default() })

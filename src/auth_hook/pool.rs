@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tracing::debug;
 use ureq::Agent;
 
-use super::{read_answer, Answer, Cache, HookSettings, Question, MAX_ANSWER};
+use super::{read_answer, unix_now, Answer, Cache, HookSettings, Question, MAX_ANSWER};
 
 /// How many threads ask the backend at once.
 pub const THREADS: usize = 16;
@@ -107,9 +107,10 @@ impl AuthHook {
         Ok(AuthHook { jobs, cache, timeout: settings.timeout })
     }
 
-    /// The cached answer to `question`, if there is one.
+    /// The cached answer to `question`, if there is one and its grant has not expired.
     pub fn cached(&self, question: &Question) -> Option<Answer> {
-        self.cache.as_ref()?.lock().get(&question.key, Instant::now())
+        let answer = self.cache.as_ref()?.lock().get(&question.key, Instant::now())?;
+        (!answer.has_expired(unix_now())).then_some(answer)
     }
 
     /// Queues `job` for the threads; false when [`QUEUE`] questions already wait.
@@ -138,7 +139,7 @@ impl Asker {
                 continue;
             };
             let answer = self.ask(&job.question, left);
-            if let Some(cache) = &self.cache {
+            if let Some(cache) = self.cache.as_ref().filter(|_| !answer.has_expired(unix_now())) {
                 cache.lock().put(job.question.key.clone(), answer.clone(), Instant::now());
             }
             // A shard that stopped has dropped its end: nobody is waiting.

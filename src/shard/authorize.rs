@@ -123,6 +123,9 @@ impl Shard {
 
     /// What the backend's answer means for the subscription.
     fn decide(&mut self, key: ConnKey, parked: Parked, answer: Answer) {
+        if answer.has_expired(auth_hook::unix_now()) {
+            return self.fail_authorization(key, "its grant's \"expires\" has passed");
+        }
         match answer {
             Answer::Allowed(grant) => self.admit_granted(key, parked, grant),
             Answer::Refused(refusal) => {

@@ -112,8 +112,9 @@ fn answer(mut stream: TcpStream, decide: fn(&str) -> Reply, asked: &Mutex<Vec<As
 }
 
 /// Answers by the subscription asked: `slow` is held, `down` is a 500, `refuse` a 403 with a
-/// reason, `narrow` a grant of `room1` only, `bad` a malformed grant, `who` fixes the id; the
-/// rest is allowed as asked.
+/// reason, `narrow` a grant of `room1` and `user*` only, `bad` a malformed grant, `soon` a
+/// grant expiring in 2 s, `past` one that has expired, `who` fixes the id; the rest is allowed
+/// as asked.
 fn by_query(uri: &str) -> Reply {
     let has = |word: &str| uri.contains(word);
     if has("slow") {
@@ -126,6 +127,11 @@ fn by_query(uri: &str) -> Reply {
         Reply::Answer(200, r#"{"subscribe": ["room1", "user*"]}"#.into())
     } else if has("bad") {
         Reply::Answer(200, r#"{"subscribe": "room1"#.into())
+    } else if has("soon") {
+        let expires = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 2;
+        Reply::Answer(200, format!(r#"{{"expires": {expires}}}"#))
+    } else if has("past") {
+        Reply::Answer(200, r#"{"expires": 1000}"#.into())
     } else if has("who") {
         Reply::Answer(200, r#"{"id": "alice"}"#.into())
     } else {
@@ -222,6 +228,17 @@ fn a_backend_that_fails_gets_the_client_disconnected_without_an_answer() {
     let unreachable = Server::start(&["--auth-url", url.as_str()]);
     disconnected_without_answer(unreachable.sse_port, &get_request("subscribe=room1"));
     unreachable.log.wait_for_line(|l| l.contains("cannot reach it"), WAIT);
+}
+
+#[test]
+fn a_grant_ends_its_stream_at_expires_and_an_expired_one_is_a_failure() {
+    let backend = Backend::start(by_query);
+    let server = hooked(&backend, &[]);
+    disconnected_without_answer(server.sse_port, &get_request("subscribe=past"));
+    server.log.wait_for_line(|l| l.contains("its grant's \"expires\" has passed"), WAIT);
+    let mut client = server.subscribe("subscribe=soon");
+    assert!(client.wait_closed(WAIT), "the stream ends at the grant's expires");
+    server.log.wait_for_line(|l| l.contains("Stream ended") && l.contains("its token expired"), WAIT);
 }
 
 #[test]
