@@ -242,6 +242,23 @@ fn a_grant_ends_its_stream_at_expires_and_an_expired_one_is_a_failure() {
 }
 
 #[test]
+fn a_reinit_is_put_to_the_backend_too() {
+    let backend = Backend::start(by_query);
+    let server = hooked(&backend, &["--reinit"]);
+    let mut client = server.subscribe("subscribe=a");
+    let reinit = |client: &mut SseClient, query: &str| {
+        client.send(format!("GET /sse?{query} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        client.read_head(WAIT).expect("an answer on the same connection")
+    };
+    assert_eq!(reinit(&mut client, "subscribe=b").status, 200);
+    server.publish("a=old;b=new");
+    client.expect_data("new");
+    assert_eq!(backend.asked().len(), 2);
+    assert_eq!(reinit(&mut client, "subscribe=refuse").status, 403);
+    assert!(client.wait_closed(WAIT));
+}
+
+#[test]
 fn a_slow_backend_times_out_while_the_shard_serves_others() {
     let backend = Backend::start(by_query);
     // One worker: the parked handshake and the streaming client share its loop.
