@@ -12,7 +12,7 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
 use crate::common::*;
-use crate::programs::{find_program, TempDir};
+use crate::programs::{find_program, Devtools, TempDir};
 
 /// What the test backend does with a question.
 #[derive(Debug, Clone)]
@@ -266,7 +266,7 @@ fn a_slow_backend_times_out_while_the_shard_serves_others() {
     let mut streaming = server.subscribe("subscribe=room1");
     let mut parked = connect(server.sse_port);
     parked.write_all(get_request("subscribe=slow-room1").as_bytes()).unwrap();
-    server.wait_json("tcpstatus", "authbackendwaiting", 1);
+    assert_eq!(server.wait_json("tcpstatus", "authbackendwaiting", 1)["authbackendwaiting"], 1);
     for n in 0..3 {
         server.publish(&format!("room1=while-parked-{n}"));
         streaming.expect_data(&format!("while-parked-{n}"));
@@ -275,6 +275,7 @@ fn a_slow_backend_times_out_while_the_shard_serves_others() {
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
     server.log.wait_for_line(|l| l.contains("no answer within --auth-timeout"), WAIT);
     let status = server.wait_json("tcpstatus", "authbackendwaiting", 0);
+    assert_eq!(status["authbackendwaiting"], 0);
     assert_eq!(status["authbackendfailed"], 1);
 }
 
@@ -284,10 +285,11 @@ fn a_parked_client_that_goes_away_is_dropped_and_its_verdict_ignored() {
     let server = hooked(&backend, &["--auth-timeout", "3", "--workers", "1"]);
     let mut parked = connect(server.sse_port);
     parked.write_all(get_request("subscribe=slow").as_bytes()).unwrap();
-    server.wait_json("tcpstatus", "authbackendwaiting", 1);
+    assert_eq!(server.wait_json("tcpstatus", "authbackendwaiting", 1)["authbackendwaiting"], 1);
     drop(parked);
     server.log.wait_for_line(|l| l.contains("went away while the auth backend was asked"), WAIT);
     let status = server.wait_json("tcpstatus", "authbackendwaiting", 0);
+    assert_eq!(status["authbackendwaiting"], 0);
     assert_eq!(status["allconncli"], 0);
     // Its slot is taken by the next client, which a late verdict must not touch.
     let mut next = server.subscribe("subscribe=room1");
@@ -382,10 +384,25 @@ header('Content-Type: application/json');
 echo json_encode(['subscribe' => ['room1', $_SESSION['user'] . '*'], 'id' => $_SESSION['user'], 'expires' => time() + 3600]);
 "#;
 
+/// The application's page, served by PHP: the test drives it through DevTools.
+const PAGE: &str = r#"<!doctype html><title>app</title>
+<script>
+// Opens an EventSource on `url` (credentials sent) and records what it does under `name`.
+function listen(name, url) {
+  const seen = { opens: 0, errors: 0, data: [], source: new EventSource(url, { withCredentials: true }) };
+  seen.source.onopen = () => seen.opens++;
+  seen.source.onerror = () => seen.errors++;
+  seen.source.onmessage = (e) => seen.data.push(e.data);
+  window[name] = seen;
+  return true;
+}
+</script>"#;
+
 impl PhpBackend {
     fn start() -> PhpBackend {
         let dir = TempDir::new("auth-hook-php");
-        for (name, text) in [("login.php", LOGIN), ("logout.php", LOGOUT), ("auth.php", AUTH)] {
+        let pages = [("login.php", LOGIN), ("logout.php", LOGOUT), ("auth.php", AUTH), ("index.html", PAGE)];
+        for (name, text) in pages {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         std::fs::create_dir(dir.path().join("sessions")).unwrap();
@@ -468,4 +485,46 @@ fn a_php_session_authorizes_its_eventsource_and_a_stopped_backend_is_retried() {
     again.handshake(get_with("subscribe=room1", &[&cookie]).as_bytes());
     server.publish("room1=back");
     again.expect_data("back");
+}
+
+#[test]
+#[ignore = "needs php (Debian package php-cli) and chromium"]
+fn chromium_is_authorized_by_its_session_refused_logged_out_and_retries_a_stopped_backend() {
+    let mut php = PhpBackend::start();
+    let origin = format!("http://127.0.0.1:{}", php.port);
+    let url = php.url("auth.php");
+    let server =
+        Server::start(&["--auth-url", url.as_str(), "--cors-base", origin.as_str(), "--retry", "500"]);
+    let sse = |query: &str| json!(format!("http://127.0.0.1:{}/sse?{query}", server.sse_port));
+    let profile = TempDir::new("chromium-auth-hook");
+    let mut browser = Devtools::launch(&php.url("index.html"), &profile);
+    browser.wait_until("typeof listen === 'function'");
+    // Logged in: the session cookie authorizes the stream.
+    browser.evaluate("fetch('/login.php').then((r) => r.ok)");
+    browser.evaluate(&format!("listen('loggedIn', {})", sse("subscribe=room1")));
+    browser.wait_until("loggedIn.opens === 1");
+    server.publish("room1=hello browser");
+    browser.wait_until("loggedIn.data.includes('hello browser')");
+    browser.evaluate("loggedIn.source.close(), true");
+    // Logged out: refused (403), and EventSource gives up for good.
+    browser.evaluate("fetch('/logout.php').then((r) => r.ok)");
+    browser.evaluate(&format!("listen('loggedOut', {})", sse("subscribe=room1")));
+    browser.wait_until("loggedOut.errors >= 1 && loggedOut.source.readyState === EventSource.CLOSED");
+    assert_eq!(browser.evaluate("loggedOut.opens"), json!(0));
+    // The backend stopped: the browser is disconnected without an answer and keeps trying.
+    browser.evaluate("fetch('/login.php').then((r) => r.ok)");
+    php.stop();
+    let failed = server.tcp_json("tcpstatus")["authbackendfailed"].as_u64().unwrap();
+    browser.evaluate(&format!("listen('down', {})", sse("subscribe=room1")));
+    let failures = || server.tcp_json("tcpstatus")["authbackendfailed"].as_u64().unwrap() - failed;
+    wait_until(Duration::from_secs(15), "two tries disconnected", || failures() >= 2);
+    assert_eq!(
+        browser.evaluate("down.opens === 0 && down.source.readyState !== EventSource.CLOSED"),
+        json!(true)
+    );
+    // Back: a retry gets in.
+    php.run();
+    browser.wait_until("down.opens === 1");
+    server.publish("room1=back again");
+    browser.wait_until("down.data.includes('back again')");
 }
