@@ -61,10 +61,14 @@ impl Waiting {
 }
 
 impl Shard {
-    /// Puts a subscription whose JWT (if one is needed) passed to the backend: answered at once
-    /// from the cache, else parked until the verdict.
-    pub(super) fn ask_backend(&mut self, key: ConnKey, request: Subscribe, granted: Option<Granted>) {
-        let Some(hook) = self.settings.auth_hook.as_ref() else { return };
+    /// Puts a subscription whose JWT (if one is needed) passed to the backend, if there is one:
+    /// answered at once from the cache, else parked until the verdict. Without a backend, the
+    /// subscription goes on as its JWT allows.
+    pub(super) fn authorize(&mut self, key: ConnKey, request: Subscribe, granted: Option<Granted>) {
+        let Some(hook) = self.settings.auth_hook.as_ref() else {
+            let sub = granted.as_ref().is_some_and(|granted| granted.sub.is_some());
+            return self.subscribe_granted(key, request, sub, granted.map(|granted| granted.expires));
+        };
         let conn = &self.connections[key];
         let Some(question) = auth_hook::question(&conn.request, conn.peer.0) else {
             return self.close(key, "request head unreadable for the auth backend");

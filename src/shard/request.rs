@@ -192,12 +192,8 @@ impl Shard {
             Some(Err(refusal)) => return self.refuse_subscription(key, &refusal),
         };
         let sub = granted.as_ref().and_then(|granted| granted.sub.clone());
-        let has_sub = sub.is_some();
         request.id = request.id.or(sub);
-        if self.settings.auth_hook.is_some() {
-            return self.ask_backend(key, request, granted);
-        }
-        self.subscribe_granted(key, request, has_sub, granted.map(|granted| granted.expires));
+        self.authorize(key, request, granted);
     }
 
     /// Subscribes a client whose request passed every check: `sub` when its id is its grant's,
