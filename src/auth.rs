@@ -79,15 +79,22 @@ pub enum Refusal {
     /// `error="insufficient_scope"`.
     #[error("not granted: {0}")]
     Forbidden(String),
+    /// The backend (`--auth-url`) answered `401`: passed on as it is, without a challenge.
+    #[error("refused by the backend (401): {0}")]
+    BackendUnauthorized(String),
+    /// The backend answered `403`, or granted less than is asked: passed on as `403`.
+    #[error("refused by the backend (403): {0}")]
+    BackendForbidden(String),
 }
 
 impl Refusal {
-    /// Its metric label: `missing`, `invalid` or `forbidden`.
+    /// Its metric label: `missing`, `invalid`, `forbidden`, or `backend`.
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::NoToken => "missing",
             Refusal::Invalid(_) => "invalid",
             Refusal::Forbidden(_) => "forbidden",
+            Refusal::BackendUnauthorized(_) | Refusal::BackendForbidden(_) => "backend",
         }
     }
 }
@@ -161,15 +168,30 @@ impl Auth {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| Refusal::Invalid(describe(e.kind())))?
             .claims;
-        if let Some(denied) = tokens.iter().find(|requested| !is_granted(&claims.subscribe, requested)) {
-            return Err(Refusal::Forbidden(format!("token \"{denied}\" is not among the grants")));
+        within_grant(Some(&claims.subscribe), claims.sub.as_deref(), tokens, id)
+            .map_err(Refusal::Forbidden)?;
+        Ok(Granted { sub: claims.sub, expires: claims.exp })
+    }
+}
+
+/// Whether a grant (a token's claims, or the backend's answer) lets a subscription with this
+/// `id` (if it gave one) listen to `tokens`: each among `grants` (when the grant names any:
+/// `None` grants whatever is asked), and the id the grant's `sub` (when it has one). The
+/// error says what is not granted.
+pub fn within_grant(
+    grants: Option<&[String]>,
+    sub: Option<&str>,
+    tokens: &[String],
+    id: Option<&str>,
+) -> Result<(), String> {
+    if let Some(grants) = grants {
+        if let Some(denied) = tokens.iter().find(|requested| !is_granted(grants, requested)) {
+            return Err(format!("token \"{denied}\" is not among the grants"));
         }
-        match (&claims.sub, id) {
-            (Some(sub), Some(id)) if sub != id => {
-                Err(Refusal::Forbidden(format!("id \"{id}\" is not the sub")))
-            }
-            _ => Ok(Granted { sub: claims.sub, expires: claims.exp }),
-        }
+    }
+    match (sub, id) {
+        (Some(sub), Some(id)) if sub != id => Err(format!("id \"{id}\" is not the sub")),
+        _ => Ok(()),
     }
 }
 
@@ -256,6 +278,18 @@ mod tests {
         assert!(is_granted(&tokens(&["*"]), "*"));
         assert!(is_granted(&tokens(&["*"]), "anything"));
         assert!(!is_granted(&[], "room1"));
+    }
+
+    #[test]
+    fn a_grant_without_targets_grants_any_and_a_sub_fixes_the_id() {
+        let asked = tokens(&["room1", "user42"]);
+        assert_eq!(within_grant(None, None, &asked, Some("x")), Ok(()));
+        assert_eq!(within_grant(Some(&tokens(&["room*", "user*"])), Some("u"), &asked, None), Ok(()));
+        assert_eq!(
+            within_grant(Some(&tokens(&["room1"])), None, &asked, None),
+            Err("token \"user42\" is not among the grants".into())
+        );
+        assert_eq!(within_grant(None, Some("u"), &asked, Some("v")), Err("id \"v\" is not the sub".into()));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{ColorChoice, Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::auth::{AuthKey, AuthSettings};
+use crate::auth_hook::HookSettings;
 use crate::cluster::ClusterSettings;
 use crate::history::HistoryLimits;
 use crate::limits::Limits;
@@ -27,6 +28,8 @@ use crate::tls::TlsFiles;
 
 /// How long a stop spreads the streams' closes over, without legacy flags.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// How long a subscription waits for the backend's answer (`--auth-timeout`).
+const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// SSE port without legacy flags (that of the original's container image).
 const DEFAULT_PORT: u16 = 8080;
 /// SSE path without legacy flags.
@@ -118,6 +121,9 @@ pub struct Config {
     pub retry: Option<u32>,
     /// Subscriptions need a signed token (`--jwt-secret`, `--jwt-secret-file` or `--jwt-key`).
     pub auth: Option<AuthSettings>,
+    /// Subscriptions are put to the web backend first (`--auth-url`, `--auth-timeout` 2 s,
+    /// `--auth-cache-secs` 0).
+    pub auth_hook: Option<HookSettings>,
     /// The HTTP API's listener (`--api-bind`, `--no-api`).
     pub api: ApiBind,
     /// Every API request but `/healthz` must carry this key (`--api-key`, `--api-key-file`).
@@ -226,6 +232,9 @@ pub enum ConfigError {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// `--auth-timeout` or `--auth-cache-secs` without a backend to ask.
+    #[error("--auth-timeout and --auth-cache-secs need --auth-url")]
+    AuthHookWithoutUrl,
     /// The `--api-key-file` cannot be read.
     #[error("--api-key-file {}: {source}", path.display())]
     ApiKeyFile {
@@ -391,6 +400,19 @@ struct Cli {
     /// A token must carry this `aud`
     #[arg(long, value_name = "AUDIENCE")]
     jwt_audience: Option<String>,
+    /// Put every subscription to this backend URL first (the client's Cookie, Authorization,
+    /// Origin, address and query); it answers 200, optionally with a JSON grant, or 401/403
+    /// [default: none]
+    #[arg(long, value_name = "URL")]
+    auth_url: Option<String>,
+    /// Disconnect a subscription the backend has not answered in SECS, without an answer, so
+    /// that it retries [default: 2]
+    #[arg(long, value_name = "SECS")]
+    auth_timeout: Option<String>,
+    /// Reuse the backend's answer to the same cookie, authorization and query for SECS; 0: ask
+    /// every time [default: 0]
+    #[arg(long, value_name = "SECS")]
+    auth_cache_secs: Option<String>,
     /// Start every stream with `retry: MS`: how long a browser waits before it reconnects
     /// [default: none, the browser's own]
     #[arg(long, value_name = "MS")]
@@ -811,6 +833,7 @@ impl Given {
             ),
             retry: self.value("retry", &cli.retry, milliseconds)?,
             auth: self.auth()?,
+            auth_hook: self.auth_hook()?,
             api: self.api_bind()?,
             api_key: self.api_key()?,
             cluster: self.cluster()?,
@@ -950,6 +973,24 @@ impl Given {
         let issuer = self.value("jwt-issuer", &cli.jwt_issuer, header_text)?;
         let audience = self.value("jwt-audience", &cli.jwt_audience, header_text)?;
         Ok(Some(AuthSettings { key, issuer, audience }))
+    }
+
+    /// The backend subscriptions are put to, if any, and how long it is waited for.
+    fn auth_hook(&self) -> Result<Option<HookSettings>, ConfigError> {
+        let cli = &self.cli;
+        let timeout = self.value("auth-timeout", &cli.auth_timeout, seconds)?;
+        let cache = self.value("auth-cache-secs", &cli.auth_cache_secs, interval)?;
+        let Some(url) = self.value("auth-url", &cli.auth_url, auth_url)? else {
+            return match (timeout, cache) {
+                (None, None) => Ok(None),
+                _ => Err(ConfigError::AuthHookWithoutUrl),
+            };
+        };
+        Ok(Some(HookSettings {
+            url,
+            timeout: timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT),
+            cache: cache.flatten(),
+        }))
     }
 
     fn sse_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -1117,6 +1158,11 @@ fn ticket_lifetime(text: &str) -> Result<Duration, &'static str> {
         .filter(|secs| (2..=max).contains(secs))
         .map(Duration::from_secs)
         .ok_or("must be whole seconds from 2 to 43200 (12 hours)")
+}
+
+/// The backend's URL, checked now rather than at the first subscription.
+fn auth_url(text: &str) -> Result<String, &'static str> {
+    crate::auth_hook::check_url(text).map(|()| text.to_owned())
 }
 
 /// A path, relative ones taken from the current directory.
@@ -1432,6 +1478,34 @@ mod tests {
         );
         // Either spelling counts.
         run(&["--port", "1", "--match-url", "/a", "--control-port", "2", "-ra"]);
+    }
+
+    #[test]
+    fn the_auth_hook_needs_a_usable_url() {
+        assert_eq!(run(&[]).auth_hook, None);
+        let hook = run(&["--auth-url", "http://127.0.0.1:8000/auth.php"]).auth_hook.unwrap();
+        assert_eq!(
+            hook,
+            HookSettings {
+                url: "http://127.0.0.1:8000/auth.php".into(),
+                timeout: Duration::from_secs(2),
+                cache: None
+            }
+        );
+        let tuned = run(&["--auth-url=https://app/a", "--auth-timeout=0.5", "--auth-cache-secs=30"]);
+        let tuned = tuned.auth_hook.unwrap();
+        assert_eq!((tuned.timeout, tuned.cache), (Duration::from_millis(500), Some(Duration::from_secs(30))));
+        assert_eq!(run(&["--auth-url=http://a/", "--auth-cache-secs=0"]).auth_hook.unwrap().cache, None);
+        assert_eq!(
+            error(&["--auth-url", "127.0.0.1:8000/auth"]),
+            "--auth-url: must be an http:// or https:// URL: 127.0.0.1:8000/auth"
+        );
+        assert_eq!(error(&["--auth-url", "http://a b/"]), "--auth-url: not a URL: http://a b/");
+        assert_eq!(error(&["--auth-timeout", "2"]), "--auth-timeout and --auth-cache-secs need --auth-url");
+        assert_eq!(
+            error(&["--auth-url=http://a/", "--auth-timeout=0"]),
+            "--auth-timeout: must be a number of seconds above 0: 0"
+        );
     }
 
     #[test]

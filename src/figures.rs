@@ -201,6 +201,12 @@ const RESUMES: Family =
 /// Subscriptions refused by the token check, by why.
 const AUTH_REFUSED: Family =
     Family::counter("hasses_auth_refused_total", "Subscriptions refused by the token check").by("reason");
+/// Subscriptions decided by the backend (`--auth-url`), by how.
+const AUTH_BACKEND: Family = Family::counter(
+    "hasses_auth_backend_verdicts_total",
+    "Subscriptions decided by the auth backend (asked or cached): allowed, refused, or failed (disconnected)",
+)
+.by("result");
 /// TLS handshakes, by whether they resumed a session.
 const TLS_HANDSHAKES: Family = Family::counter(
     "hasses_tls_handshakes_total",
@@ -256,6 +262,23 @@ figures! {
         auth_refused_invalid: "authinvalidcnt", AUTH_REFUSED.series("invalid");
         /// Subscriptions refused for a token that does not grant what they asked.
         auth_refused_forbidden: "authforbiddencnt", AUTH_REFUSED.series("forbidden");
+        /// Subscriptions put to the backend (`--auth-url`), not counting cache hits.
+        auth_backend_asked: "authbackendasked",
+            Family::counter("hasses_auth_backend_asked_total", "Subscriptions put to the auth backend").alone();
+        /// Subscriptions the backend allowed (asked or cached).
+        auth_backend_allowed: "authbackendallowed", AUTH_BACKEND.series("allowed");
+        /// Subscriptions the backend refused with 401 or 403, or granted less than they asked.
+        auth_backend_refused: "authbackendrefused", AUTH_BACKEND.series("refused");
+        /// Subscriptions disconnected without an answer: the backend down, slow, answering
+        /// something else or a malformed grant, or too many waiting.
+        auth_backend_failed: "authbackendfailed", AUTH_BACKEND.series("failed");
+        /// Subscriptions answered from the cache (`--auth-cache-secs`).
+        auth_backend_cache_hits: "authbackendcachehits",
+            Family::counter("hasses_auth_backend_cache_hits_total", "Subscriptions answered from the auth cache")
+                .alone();
+        /// Handshakes waiting for the backend's answer (a gauge, counted when asked).
+        auth_backend_waiting: "authbackendwaiting",
+            Family::gauge("hasses_auth_backend_waiting", "Handshakes waiting for the auth backend").alone();
         /// TLS handshakes completed in full: certificate and key exchange.
         tls_full_handshakes: "tlsfullhandshakes", TLS_HANDSHAKES.series("full");
         /// TLS handshakes that resumed a session (a ticket or a cached TLS 1.2 session).

@@ -452,7 +452,9 @@ fn client_id(id: Option<&str>) -> Result<Option<String>, Reject> {
 }
 
 /// Refuses a value over `max` bytes, or one that would break a log line.
-fn check_value(value: &str, param: &'static str, max: usize) -> Result<(), Reject> {
+/// Whether `value` may be a token or id (`param`, for the refusal): at most `max` bytes, no
+/// control character, nothing that was not UTF-8.
+pub fn check_value(value: &str, param: &'static str, max: usize) -> Result<(), Reject> {
     if value.len() > max {
         return Err(Reject::TooLong { param, len: value.len(), max });
     }
@@ -513,6 +515,9 @@ pub struct Responses {
     not_implemented: ErrorHead,
     invalid_token: ErrorHead,
     insufficient_scope: ErrorHead,
+    /// The backend's refusals: its status, and no challenge (the backend's scheme is its own).
+    backend_unauthorized: ErrorHead,
+    backend_forbidden: ErrorHead,
     /// The refusals with fixed words, whole.
     fixed: Vec<(Reject, Bytes)>,
     no_token: Bytes,
@@ -534,14 +539,16 @@ const FIXED_REJECTS: [Reject; 7] = [
 
 impl Responses {
     /// Builds every fixed response for this CORS base, which must hold no CR or LF; with
-    /// `tokens` (subscriptions need one), a named origin is told it may send its cookies.
+    /// `credentials` (subscriptions need a token, or the backend's session), a named origin is
+    /// told it may send its cookies.
     ///
     /// Each response is one buffer, head and body, so that it goes out in a single write.
-    pub fn new(cors_base: &str, tokens: bool) -> Self {
-        // A page's token may be in its `hasses_token` cookie (EventSource `withCredentials`);
-        // browsers never send credentials to the origin `*`, so only a named one is told.
+    pub fn new(cors_base: &str, credentials: bool) -> Self {
+        // A page's token may be in its `hasses_token` cookie, its session in the backend's
+        // (EventSource `withCredentials`); browsers never send credentials to the origin `*`,
+        // so only a named one is told.
         let credentials =
-            if tokens && cors_base != "*" { "Access-Control-Allow-Credentials: true\r\n" } else { "" };
+            if credentials && cors_base != "*" { "Access-Control-Allow-Credentials: true\r\n" } else { "" };
         let cors = format!(
             "Access-Control-Allow-Origin: {cors_base}\r\n\
              Access-Control-Allow-Methods: GET\r\n\
@@ -586,6 +593,8 @@ impl Responses {
                 Status::Forbidden,
                 &challenge(", error=\"insufficient_scope\""),
             ),
+            backend_unauthorized: ErrorHead::new(Status::Unauthorized, &cors),
+            backend_forbidden: ErrorHead::new(Status::Forbidden, &cors),
             fixed: Vec::new(),
             no_token: ErrorHead::new(Status::Unauthorized, &challenge("")).answer(&Refusal::NoToken),
             over_connections: unavailable.answer(&Overload::Connections),
@@ -621,6 +630,8 @@ impl Responses {
             Refusal::NoToken => self.no_token.clone(),
             Refusal::Invalid(_) => self.invalid_token.answer(refusal),
             Refusal::Forbidden(_) => self.insufficient_scope.answer(refusal),
+            Refusal::BackendUnauthorized(_) => self.backend_unauthorized.answer(refusal),
+            Refusal::BackendForbidden(_) => self.backend_forbidden.answer(refusal),
         }
     }
 
@@ -904,6 +915,25 @@ mod tests {
             assert!(head.contains("Access-Control-Allow-Origin: *"), "{head}");
             assert_eq!(body, format!("{refusal}\n"));
         }
+    }
+
+    #[test]
+    fn backend_refusals_keep_its_status_and_reason_without_a_challenge() {
+        let responses = Responses::new("https://app.example", true);
+        let cases = [
+            (Refusal::BackendUnauthorized("log in first".to_owned()), "401 Unauthorized"),
+            (Refusal::BackendForbidden("not in this room".to_owned()), "403 Forbidden"),
+        ];
+        for (refusal, line) in cases {
+            let (head, body) = refusal_parts(&responses.refusal(&refusal), line);
+            assert!(!head.contains("WWW-Authenticate"), "{head}");
+            assert!(head.contains("Access-Control-Allow-Credentials: true"), "{head}");
+            assert_eq!(body, format!("{refusal}\n"));
+        }
+        assert_eq!(
+            Refusal::BackendForbidden("not in this room".to_owned()).to_string(),
+            "refused by the backend (403): not in this room"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //!                   merged: log lines, or             appends in order;               reads every node's
 //!                   JSON to hasses-control            receipts to control             events: id, history,
 //!                                                                                     frame once, fan out
+//!   hasses-auth-N:  (--auth-url) ask the web backend about a handshake the worker parked;
+//!                   the answer goes back on the worker's channel, with its waker
 //!   hasses-history: (--history-file) appends the Sequencer's events to the file, synced on a timer
 //!   hasses-log:     writes the log lines the other threads format
 //!   main:           signals (SIGTERM stops, SIGHUP reloads, SIGUSR2 upgrades), supervises the
@@ -51,6 +53,8 @@
 //! - [`history_file`]: the history on disk (`--history-file`): its format, reading it back at
 //!   start, and its writer thread (`hasses-history`), which the sequencer hands events to.
 //! - [`auth`]: subscribers' signed grants (JWT): who may listen to what.
+//! - [`auth_hook`]: the auth hook (`--auth-url`): subscriptions put to the web backend, by
+//!   threads of their own (`hasses-auth-N`), and its answers cached.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`stats`]: the status block, client list and their JSON forms.
@@ -66,6 +70,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod auth_hook;
 pub mod broadcast;
 pub mod cluster;
 pub mod config;

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{Admin, ServerFacts};
 use crate::auth::Auth;
+use crate::auth_hook::AuthHook;
 use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
 use crate::control::handover::{Adopted, Verdict};
@@ -90,6 +91,9 @@ pub enum StartError {
     /// The node cannot join its cluster (bad URL, Redis unreachable, credentials refused).
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The auth hook's threads cannot start.
+    #[error(transparent)]
+    AuthHook(#[from] crate::auth_hook::HookError),
     /// The history file cannot be read or written, or is of another format.
     #[error(transparent)]
     HistoryFile(#[from] crate::history_file::HistoryFileError),
@@ -460,7 +464,8 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     };
     let control_addr = bound.control_addr();
     let api_addr = bound.api_addr();
-    let settings = Arc::new(Settings::new(config, bound.tls, bound.auth));
+    let auth_hook = config.auth_hook.as_ref().map(AuthHook::start).transpose()?;
+    let settings = Arc::new(Settings::new(config, bound.tls, bound.auth, auth_hook));
     let mut ids = EventIds::starting_now();
     let mut on_disk = None;
     // In a cluster, the history is the stream's; alone, its file's, if it has one: either is

@@ -8,6 +8,7 @@
 //!
 //! This file holds the event loop and what every part uses (writing, interest, closing); each
 //! other part of a connection's life has its file:
+//! - `authorize`: a handshake parked while the backend is asked (`--auth-url`), its verdict;
 //! - `accept`: accepting, the connection limits, pausing when out of descriptors;
 //! - `request`: reading (plain and TLS), judging a request, answering it, the handshake;
 //! - `delivery`: taking commands, and delivering events (the hot path);
@@ -16,6 +17,7 @@
 //! - `tls_session`: a connection's TLS session, over the shard's own TLS buffers.
 
 mod accept;
+mod authorize;
 mod connection;
 mod delivery;
 pub mod keys;
@@ -34,17 +36,19 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, unbounded, Receiver};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::HandshakeKind;
 use tracing::info;
 
 use crate::auth::Refusal;
+use crate::auth_hook::Reply;
 use crate::figures::ShardFigures;
 use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
 use accept::AcceptPause;
 pub use accept::PerIpLimit;
+use authorize::Waiting;
 use connection::{Connections, Phase};
 use keys::{ConnKey, StreamKey};
 use outbox::Flushed;
@@ -57,7 +61,7 @@ use wind_down::WindDown;
 
 /// The listener's token, at the top of the range where no slab key reaches.
 const LISTENER: Token = Token(usize::MAX - 1);
-/// The waker's token: commands are waiting on the channel.
+/// The waker's token: commands are waiting on the channel, or the backend's verdicts on theirs.
 const WAKER: Token = Token(usize::MAX);
 /// How many readiness events one `epoll_wait` returns at most.
 const EVENTS_PER_POLL: usize = 1024;
@@ -73,6 +77,8 @@ impl ShardFigures {
             Refusal::NoToken => &mut self.auth_refused_missing,
             Refusal::Invalid(_) => &mut self.auth_refused_invalid,
             Refusal::Forbidden(_) => &mut self.auth_refused_forbidden,
+            // The backend's refusals are counted with its other verdicts.
+            Refusal::BackendUnauthorized(_) | Refusal::BackendForbidden(_) => return,
         } += 1;
     }
 
@@ -102,6 +108,8 @@ pub struct Shard {
     connections: Connections,
     subscriptions: Subscriptions,
     timers: Timers,
+    /// Handshakes waiting for the backend's verdict (`--auth-url`).
+    waiting: Waiting,
     /// Connections given new bytes while draining commands, flushed once after the drain.
     dirty: Vec<ConnKey>,
     /// Consecutive publishes to one audience, gathered while draining commands (kept to reuse
@@ -146,6 +154,8 @@ impl Shard {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let (sender, commands) = bounded(queue);
         let handle = ShardHandle { commands: sender, waker: Arc::clone(&waker) };
+        let (verdict_sender, verdicts) = unbounded();
+        let reply = Reply { verdicts: verdict_sender, waker: Arc::clone(&waker) };
         let shard = Shard {
             number,
             poll,
@@ -155,6 +165,7 @@ impl Shard {
             connections: Connections::default(),
             subscriptions: Subscriptions::default(),
             timers: Timers::new(settings.heartbeat),
+            waiting: Waiting::new(verdicts, reply),
             dirty: Vec::new(),
             run: Vec::new(),
             run_bytes: 0,
@@ -191,7 +202,10 @@ impl Shard {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.drain_commands(),
+                    WAKER => {
+                        self.drain_commands();
+                        self.take_verdicts();
+                    }
                     token => {
                         let Some(key) = ConnKey::of_token(token) else { continue };
                         // A hang-up or error shows up as a failed or empty read.
@@ -221,8 +235,15 @@ impl Shard {
         if writable {
             self.flush(key);
         }
-        if readable && self.connections.contains(key) {
-            self.read(key, hung_up);
+        if !readable || !self.connections.contains(key) {
+            return;
+        }
+        // A handshake waiting for the backend is not read until the verdict; only its going
+        // away is acted on.
+        match (self.waiting.holds(key), hung_up) {
+            (false, _) => self.read(key, hung_up),
+            (true, true) => self.gone_while_parked(key),
+            (true, false) => {}
         }
     }
 
@@ -279,6 +300,7 @@ impl Shard {
     fn close(&mut self, key: ConnKey, why: &str) {
         self.stop_streaming(key);
         self.stalls.release(key);
+        self.waiting.forget(key);
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
         self.unaccount(conn.peer);

@@ -28,6 +28,7 @@ impl Shard {
         ShardFigures {
             connections: self.connections.len() as u64,
             streaming: streaming as u64,
+            auth_backend_waiting: self.waiting.len() as u64,
             ..self.counters
         }
     }

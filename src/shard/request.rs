@@ -131,11 +131,13 @@ impl Shard {
 
     /// Acts on `n` bytes just read into `read_buf`.
     fn received(&mut self, key: ConnKey, n: usize) {
-        let takes_request = match self.connections[key].phase {
-            Phase::Handshaking => true,
-            Phase::Streaming => self.wants_reinit(key, n),
-            Phase::Closing => false,
-        };
+        // More plaintext in the TLS records that held a request now waiting for the backend.
+        let takes_request = !self.waiting.holds(key)
+            && match self.connections[key].phase {
+                Phase::Handshaking => true,
+                Phase::Streaming => self.wants_reinit(key, n),
+                Phase::Closing => false,
+            };
         let conn = &mut self.connections[key];
         if !takes_request {
             debug!("Data ignored from {} ({n} bytes)", conn.peer);
@@ -176,8 +178,8 @@ impl Shard {
         self.answer_last(key, reply);
     }
 
-    /// A subscription request: checked against its token when subscriptions need one, then
-    /// the handshake.
+    /// A subscription request: checked against its token when subscriptions need one, put to
+    /// the backend when it is asked, then the handshake.
     fn subscribe(&mut self, key: ConnKey, mut request: Subscribe) {
         let granted = match self
             .settings
@@ -190,15 +192,28 @@ impl Shard {
             Some(Err(refusal)) => return self.refuse_subscription(key, &refusal),
         };
         let sub = granted.as_ref().and_then(|granted| granted.sub.clone());
-        request.id = request.id.or(sub.clone());
-        let resume = request.resume;
-        let mut client = Client::from_request(request);
-        client.sub = sub.is_some();
-        self.handshake(key, client, resume, granted.map(|granted| granted.expires));
+        request.id = request.id.or(sub);
+        self.authorize(key, request, granted);
     }
 
-    /// Answers a subscription its token does not allow as RFC 6750 says, and counts it.
-    fn refuse_subscription(&mut self, key: ConnKey, refusal: &Refusal) {
+    /// Subscribes a client whose request passed every check: `sub` when its id is its grant's,
+    /// its stream ending at `expires` (Unix seconds) if its grant does.
+    pub(super) fn subscribe_granted(
+        &mut self,
+        key: ConnKey,
+        request: Subscribe,
+        sub: bool,
+        expires: Option<u64>,
+    ) {
+        let resume = request.resume;
+        let mut client = Client::from_request(request);
+        client.sub = sub;
+        self.handshake(key, client, resume, expires);
+    }
+
+    /// Answers a subscription its token (or the backend) does not allow, as RFC 6750 says for
+    /// a token, and counts it.
+    pub(super) fn refuse_subscription(&mut self, key: ConnKey, refusal: &Refusal) {
         info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
         self.counters.count_refusal(refusal);
         let reply = self.settings.responses.refusal(refusal);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::auth::Auth;
+use crate::auth_hook::AuthHook;
 use crate::config::Config;
 use crate::http::{Responses, Route};
 use crate::sse::{self, Frame};
@@ -38,15 +39,18 @@ pub struct Settings {
     pub retry: Option<Frame>,
     /// Subscriptions need a token this checks (`--jwt-secret`, `--jwt-key`).
     pub auth: Option<Auth>,
+    /// Subscriptions are put to the backend through this (`--auth-url`).
+    pub auth_hook: Option<AuthHook>,
 }
 
 impl Settings {
-    /// The settings `config` asks for, serving HTTPS with `tls` and checking tokens with `auth`
-    /// when given (both loaded by the server at start, where a bad file stops it).
-    pub fn new(config: &Config, tls: Option<Tls>, auth: Option<Auth>) -> Self {
+    /// The settings `config` asks for, serving HTTPS with `tls`, checking tokens with `auth`
+    /// and putting subscriptions to the backend through `auth_hook` when given (all made by the
+    /// server at start, where a bad file stops it).
+    pub fn new(config: &Config, tls: Option<Tls>, auth: Option<Auth>, auth_hook: Option<AuthHook>) -> Self {
         Settings {
             route: Route { path: config.match_url.clone() },
-            responses: Responses::new(&config.cors_base, auth.is_some()),
+            responses: Responses::new(&config.cors_base, auth.is_some() || auth_hook.is_some()),
             max_backlog: config.max_backlog,
             handshake_timeout: config.handshake_timeout,
             max_age: config.max_age,
@@ -57,6 +61,7 @@ impl Settings {
             max_connections: config.max_connections.map(|max| max as u64),
             retry: config.retry.map(sse::retry_chunk),
             auth,
+            auth_hook,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Everything a shard does by the clock: handshake, age and token-expiry deadlines, heartbeats,
-//! stalled clients.
+//! Everything a shard does by the clock: handshake, auth-backend, age and token-expiry
+//! deadlines, heartbeats, stalled clients.
 //!
 //! [`Timers`] owns the deadline queues (kept sorted by construction: one timeout for all
 //! entries of a queue; token expiries each their own, so a heap) and the heartbeat's next time.
@@ -40,6 +40,8 @@ pub(super) struct Timers {
     handshakes: VecDeque<Deadline<ConnKey>>,
     /// Max-age deadlines in handshake order, likewise sorted.
     ages: VecDeque<Deadline<StreamKey>>,
+    /// When handshakes waiting for the backend give up (`--auth-timeout`), likewise sorted.
+    authorizations: VecDeque<Deadline<ConnKey>>,
     /// When streams end because their token expires: each token its own time, so a heap.
     expiries: BinaryHeap<Reverse<Deadline<StreamKey>>>,
     /// When idle streams next get a heartbeat comment.
@@ -60,6 +62,11 @@ impl Timers {
         self.handshakes.push_back(Deadline { at, key, serial });
     }
 
+    /// The connection waiting for the backend gives up at `at`.
+    pub(super) fn authorize_by(&mut self, at: u64, key: ConnKey, serial: u32) {
+        self.authorizations.push_back(Deadline { at, key, serial });
+    }
+
     /// The stream ends at `at` (`--max-age`).
     pub(super) fn age_by(&mut self, at: u64, key: StreamKey, serial: u32) {
         self.ages.push_back(Deadline { at, key, serial });
@@ -73,7 +80,8 @@ impl Timers {
     /// The earliest deadline, in the shard's milliseconds.
     fn next_at(&self) -> Option<u64> {
         let expiry = self.expiries.peek().map(|Reverse(d)| d.at);
-        [self.handshakes.front().map(|d| d.at), self.ages.front().map(|d| d.at), expiry]
+        let authorization = self.authorizations.front().map(|d| d.at);
+        [self.handshakes.front().map(|d| d.at), self.ages.front().map(|d| d.at), expiry, authorization]
             .into_iter()
             .flatten()
             .min()
@@ -82,6 +90,11 @@ impl Timers {
     /// The next handshake deadline due by `now`.
     fn due_handshake(&mut self, now: u64) -> Option<Deadline<ConnKey>> {
         pop_due(&mut self.handshakes, now)
+    }
+
+    /// The next wait for the backend due by `now`.
+    fn due_authorization(&mut self, now: u64) -> Option<Deadline<ConnKey>> {
+        pop_due(&mut self.authorizations, now)
     }
 
     /// The next stream deadline due by `now`, with why the stream ends.
@@ -115,6 +128,9 @@ impl Shard {
             } else if self.holds(d.key, d.serial, Phase::Closing) {
                 self.close(d.key, "last answer not taken in time");
             }
+        }
+        while let Some(d) = self.timers.due_authorization(now) {
+            self.authorization_overdue(d.key, d.serial);
         }
         while let Some((d, why)) = self.timers.due_stream_end(now) {
             if self.holds(d.key.connection(), d.serial, Phase::Streaming) {

@@ -15,6 +15,7 @@ mod acks;
 mod apache;
 mod api;
 mod auth;
+mod auth_hook;
 mod bench_tool;
 mod browser;
 mod burst;
