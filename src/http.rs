@@ -32,6 +32,7 @@
 //! - A token or id with a control character (C0, DEL, C1) or bytes that were not UTF-8 once
 //!   decoded is 400: the client list in the log shows both, one client per line.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -418,11 +419,37 @@ impl<'q> Query<'q> {
 }
 
 /// Decodes one query component (`%XX` and `+`); it holds no `&`, as the query was split on them.
-/// form_urlencoded decodes everything after a pair's first `=`, so the component is given to it
-/// as the value of a nameless pair: an `=` inside the component stays part of it.
 fn decode(component: &str) -> String {
-    let pair = format!("={component}");
-    form_urlencoded::parse(pair.as_bytes()).next().map(|(_, value)| value.into_owned()).unwrap_or_default()
+    form_component(component.as_bytes()).into_owned()
+}
+
+/// The fields of an `application/x-www-form-urlencoded` text (a form body, a query), decoded as
+/// the `form_urlencoded` crate reads them: split on `&` (empty pieces skipped), then at each
+/// piece's first `=`, `+` and `%XX` decoded, invalid UTF-8 replaced. A field with nothing to
+/// decode (most: tokens, ids, plain text) is borrowed, found with two byte searches and one
+/// UTF-8 check; only the others go through the crate.
+pub fn form_fields(text: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    text.split(|&b| b == b'&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (form_component(name), form_component(value))
+    })
+}
+
+/// One component of a form field, decoded (see [`form_fields`]). The crate decodes everything
+/// after a pair's first `=`, so a component that needs decoding is given to it as the value of
+/// a nameless pair: an `=` inside the component stays part of it.
+fn form_component(bytes: &[u8]) -> Cow<'_, str> {
+    if !bytes.contains(&b'%') && !bytes.contains(&b'+') {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return Cow::Borrowed(text);
+        }
+    }
+    let pair = [b"=", bytes].concat();
+    let decoded = form_urlencoded::parse(&pair).next().map(|(_, value)| value.into_owned());
+    Cow::Owned(decoded.unwrap_or_default())
 }
 
 /// The tokens of a `subscribe` value: split on `-`, then each decoded; non-empty, each once,
@@ -716,6 +743,26 @@ impl fmt::Write for ByteCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn form_fields_read_as_the_crate_reads_them(text in proptest::collection::vec(proptest::prelude::any::<u8>().prop_map(|b| b"ab=&+%2F\xc3\xa9\xff"[usize::from(b) % 11]), 0..40)) {
+            let ours: Vec<(String, String)> =
+                form_fields(&text).map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+            let theirs: Vec<(String, String)> =
+                form_urlencoded::parse(&text).map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn a_plain_form_field_is_borrowed_and_an_encoded_one_decoded() {
+        let fields: Vec<_> = form_fields(b"to=room1&data=a+b%21&&x&y=1=2").collect();
+        assert!(matches!(fields[0], (Cow::Borrowed("to"), Cow::Borrowed("room1"))));
+        assert_eq!(fields[1], (Cow::Borrowed("data"), Cow::Owned("a b!".to_string())));
+        assert_eq!(fields[2], (Cow::Borrowed("x"), Cow::Borrowed("")));
+        assert_eq!(fields[3], (Cow::Borrowed("y"), Cow::Borrowed("1=2")));
+    }
     use proptest::prelude::*;
 
     fn route() -> Route {

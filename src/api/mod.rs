@@ -231,7 +231,7 @@ pub fn publish_from(request: &Request, body: &[u8], limits: &Limits) -> Result<P
 /// other field given twice is refused, as it would be ambiguous; an unknown one too, as in JSON.
 fn form_publish(body: &[u8]) -> Result<JsonPublish, Response> {
     let (mut to, mut data, mut except, mut event, mut retry) = (Vec::new(), None, None, None, None);
-    for (name, value) in form_urlencoded::parse(body) {
+    for (name, value) in crate::http::form_fields(body) {
         let slot = match name.as_ref() {
             "to" => {
                 to.push(value.into_owned());

@@ -201,36 +201,41 @@ impl Control {
     }
 
     /// Carries out the whole requests received, in order, while answers may be given. The
-    /// requests taken leave the buffer in one go at the end: a pipelined batch is not moved
-    /// down the buffer once per request.
+    /// input is taken out of the connection while they are (carrying one out reads nothing),
+    /// so a body is handed on where it lies, and the requests taken leave the buffer in one go
+    /// at the end: a pipelined batch is not moved down the buffer once per request.
     fn take_requests(&mut self, key: ApiKey) {
         let max_body = self.max_api_body();
+        let mut input = std::mem::take(&mut self.sources.apis[key].input);
         let mut taken = 0;
         while self.sources.apis[key].can_take_request() {
-            let conn = &mut self.sources.apis[key];
-            match parse(&conn.input[taken..], max_body) {
+            match parse(&input[taken..], max_body) {
                 Ok(Parsed::Incomplete) => {
-                    if conn.done && taken < conn.input.len() {
+                    let conn = &self.sources.apis[key];
+                    if conn.done && taken < input.len() {
                         debug!("API connection from {} closed in the middle of a request", conn.peer);
-                        taken = conn.input.len();
+                        taken = input.len();
                     }
                     break;
                 }
                 Ok(Parsed::Complete { request, consumed }) => {
-                    let body = conn.input[taken..][request.body.clone()].to_vec();
+                    let body = &input[taken..][request.body.clone()];
                     taken += consumed;
+                    let conn = &mut self.sources.apis[key];
                     conn.keep_alive &= request.keep_alive;
-                    let more = taken < conn.input.len();
+                    let more = taken < input.len();
                     conn.deadline = Instant::now() + if more { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
-                    self.carry_out(key, &request, &body);
+                    self.carry_out(key, &request, body);
                 }
                 Err(e) => {
-                    self.sources.apis[key].input.clear();
-                    return self.refuse_request(key, &e);
+                    taken = input.len();
+                    self.refuse_request(key, &e);
+                    break;
                 }
             }
         }
-        self.sources.apis[key].input.drain(..taken);
+        input.drain(..taken);
+        self.sources.apis[key].input = input;
     }
 
     /// Answers a request that cannot be read, and closes the connection: where its next request
@@ -239,7 +244,6 @@ impl Control {
         let conn = &mut self.sources.apis[key];
         info!("API request from {} refused: {e}", conn.peer);
         conn.keep_alive = false;
-        conn.input.clear();
         conn.answer(&Response::error(e.status(), &e.to_string()));
     }
 
