@@ -1,0 +1,87 @@
+//! The steady publisher of the restart scenario: one publish every `--publish-ms` through a
+//! control connection of its own, broadcast and targeted in turn, each answered (`ack on`)
+//! before the next goes.
+//!
+//! A publish counts as sent only once the server answered `OK`. One that got no answer (the
+//! server went away under it) or was refused is sent again, with the same sequence number, on
+//! the next try: so the receivers' loss counts hold against what the server took, and a
+//! publish the server took without saying so shows as a duplicate. While the server is away,
+//! each due publish tries to connect again. It owns its connection and nothing else.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::control::Control;
+use crate::sys;
+
+/// How long a connect to the control port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The publisher and what it sent.
+pub struct Steady {
+    addr: SocketAddr,
+    payload: usize,
+    /// Connections: targeted message k goes to connection k mod n.
+    n: u64,
+    every: Duration,
+    next_at: Instant,
+    control: Option<Control>,
+    /// Broadcasts the server took (the next one's sequence number).
+    pub bcast: u64,
+    /// Targeted messages the server took (likewise).
+    pub targeted: u64,
+    /// Publishes the server answered with `ERR`, and the last answer.
+    pub refused: (u64, Option<String>),
+}
+
+impl Steady {
+    /// A publisher to the control port at `addr`, going on from the sequence numbers `sent`
+    /// (broadcast, targeted), one publish every `every` from now.
+    pub fn new(addr: SocketAddr, payload: usize, n: u64, every: Duration, sent: (u64, u64)) -> Self {
+        Steady {
+            addr,
+            payload,
+            n,
+            every,
+            next_at: Instant::now(),
+            control: None,
+            bcast: sent.0,
+            targeted: sent.1,
+            refused: (0, None),
+        }
+    }
+
+    /// Publishes the next message if it is due (a failure drops the connection, for the next
+    /// one to open a new one); returns when the next one is due.
+    pub fn tick(&mut self) -> Instant {
+        let now = Instant::now();
+        if now >= self.next_at {
+            self.next_at = now + self.every;
+            if self.publish_one().is_err() {
+                self.control = None;
+            }
+        }
+        self.next_at
+    }
+
+    fn publish_one(&mut self) -> io::Result<()> {
+        if self.control.is_none() {
+            self.control = Some(Control::acked(self.addr, self.payload, CONNECT_TIMEOUT)?);
+        }
+        let control = self.control.as_mut().expect("just connected");
+        let broadcast = (self.bcast + self.targeted).is_multiple_of(2);
+        if broadcast {
+            control.broadcast(self.bcast, sys::mono_ns());
+        } else {
+            control.targeted(self.targeted, self.targeted % self.n, sys::mono_ns());
+        }
+        control.flush()?;
+        match control.answer()? {
+            Ok(_) if broadcast => self.bcast += 1,
+            Ok(_) => self.targeted += 1,
+            Err(why) => self.refused = (self.refused.0 + 1, Some(why)),
+        }
+        Ok(())
+    }
+}
