@@ -682,18 +682,18 @@ impl Bench {
         let w = self.begin(0, 0);
         let d0 = self.delivered();
         let sent = (self.bcast_sent, self.targeted_sent);
-        // Deliveries owed for what the publisher got taken so far.
-        let owed = |steady: &Steady| n * (steady.bcast - sent.0) + (steady.targeted - sent.1);
+        // Deliveries owed, and publishes taken, for what the publisher got taken so far.
+        let owed = |(bcast, targeted): (u64, u64)| n * (bcast - sent.0) + (targeted - sent.1);
+        let published = |(bcast, targeted): (u64, u64)| (bcast - sent.0) + (targeted - sent.1);
         let every = Duration::from_millis(self.opts.publish_ms);
         let targets = u64::from(self.opts.connections);
-        let mut steady =
-            Steady::new(self.opts.control.addr, self.opts.payload as usize, targets, every, sent);
+        let publishing =
+            Steady::new(self.opts.control.addr, self.opts.payload as usize, targets, every, sent).start();
         let mut wave = Wave::default();
         let start = Instant::now();
         let mut switching: Option<JoinHandle<io::Result<Server>>> = None;
         let mut last_print = start;
         let incomplete = loop {
-            let next = steady.tick();
             let now = Instant::now();
             if wave.switched.is_none() && now >= start + BEFORE_SWITCH {
                 let (old, timeout) = (self.opts.server_pid[0], self.opts.timeout);
@@ -711,7 +711,7 @@ impl Bench {
             let returned = self.total(|p| Progress::get(&p.returned));
             let away = self.total(|p| Progress::get(&p.away));
             if wave.started.is_some() && wave.back.is_none() && returned >= n && away == 0 {
-                wave.back = Some((now, owed(&steady)));
+                wave.back = Some((now, owed(publishing.taken())));
             }
             if wave.back.is_some_and(|(_, owed)| self.delivered() - d0 >= owed) {
                 wave.caught_up = Some((now, self.usage_since_start(&w), self.delivered()));
@@ -723,17 +723,19 @@ impl Bench {
             if !self.opts.quiet && now - last_print >= PROGRESS_EVERY {
                 last_print = now;
                 let at = (now - start).as_secs_f64();
-                let published = (steady.bcast - sent.0) + (steady.targeted - sent.1);
+                let published = published(publishing.taken());
                 eprintln!(
                     "[{}] {at:6.1}s published {published}, away {away}, back {returned}/{n}",
                     switch.name()
                 );
             }
-            sleep(next.saturating_duration_since(Instant::now()).min(TICK));
+            sleep(TICK);
         };
+        let steady = publishing.stop();
+        let taken = (steady.bcast, steady.targeted);
         let mut waiter = Waiter::new(switch.name(), &self.opts);
         let incomplete = incomplete.or_else(|| {
-            self.wait_delivered(&mut waiter, d0, owed(&steady), "events published across the switch")
+            self.wait_delivered(&mut waiter, d0, owed(taken), "events published across the switch")
         });
         (self.bcast_sent, self.targeted_sent) = (steady.bcast, steady.targeted);
         let c = self.collect();
@@ -741,12 +743,13 @@ impl Bench {
         let since_switch = |at: Instant| wave.switched.map(|s| (at - s).as_secs_f64());
         let (usage, wave_deliveries) = match &wave.caught_up {
             Some((_, usage, delivered)) => (usage.clone(), delivered - wave.delivered_at_start),
+            None if wave.started.is_some() => (self.usage_since_start(&w), 0),
             None => (self.usage(&w), 0),
         };
         let per_return = (wave_deliveries as f64) / c.returned.max(1) as f64;
         let figures = figures::Switched {
             switch,
-            published: (steady.bcast - sent.0) + (steady.targeted - sent.1),
+            published: published(taken),
             publishes_refused: steady.refused.0,
             returned: c.returned,
             refused_connects: c.refused,

@@ -6,10 +6,15 @@
 //! server went away under it) or was refused is sent again, with the same sequence number, on
 //! the next try: so the receivers' loss counts hold against what the server took, and a
 //! publish the server took without saying so shows as a duplicate. While the server is away,
-//! each due publish tries to connect again. It owns its connection and nothing else.
+//! each due publish tries to connect again. It runs on a thread of its own ([`Steady::start`]),
+//! so that a server slow to answer holds only the publisher, never the orchestrator's clock.
+//! It owns its connection and nothing else.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::control::Control;
@@ -52,9 +57,26 @@ impl Steady {
         }
     }
 
+    /// Publishes on a thread of its own until stopped.
+    pub fn start(mut self) -> Publishing {
+        let taken = Arc::new(Taken::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, stopped) = (Arc::clone(&taken), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let next = self.tick();
+                shared.bcast.store(self.bcast, Ordering::Relaxed);
+                shared.targeted.store(self.targeted, Ordering::Relaxed);
+                sleep(next.saturating_duration_since(Instant::now()));
+            }
+            self
+        });
+        Publishing { taken, stop, thread }
+    }
+
     /// Publishes the next message if it is due (a failure drops the connection, for the next
     /// one to open a new one); returns when the next one is due.
-    pub fn tick(&mut self) -> Instant {
+    fn tick(&mut self) -> Instant {
         let now = Instant::now();
         if now >= self.next_at {
             self.next_at = now + self.every;
@@ -83,5 +105,32 @@ impl Steady {
             Err(why) => self.refused = (self.refused.0 + 1, Some(why)),
         }
         Ok(())
+    }
+}
+
+/// What the publisher got taken so far (sequence numbers, as [`Steady`]'s), while it runs.
+#[derive(Debug, Default)]
+struct Taken {
+    bcast: AtomicU64,
+    targeted: AtomicU64,
+}
+
+/// The publisher at work on its thread.
+pub struct Publishing {
+    taken: Arc<Taken>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Steady>,
+}
+
+impl Publishing {
+    /// The broadcasts and the targeted messages taken so far (the next sequence numbers).
+    pub fn taken(&self) -> (u64, u64) {
+        (self.taken.bcast.load(Ordering::Relaxed), self.taken.targeted.load(Ordering::Relaxed))
+    }
+
+    /// Stops publishing (after the publish under way) and hands back what was sent.
+    pub fn stop(self) -> Steady {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the publisher does not panic")
     }
 }
