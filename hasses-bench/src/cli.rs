@@ -34,7 +34,7 @@ events: about N × (M + 1) × 100 bytes of --history-memory (hasses' default, 64
 them for N up to about 6,000). The floor server keeps no history: run resume against hasses
 only.
 
-restart runs connect, burst, then the restart phase: every connection now comes back as
+restart runs connect, then the restart phase: every connection now comes back as
 EventSource does when the server ends it or refuses it (after the last `retry:` its stream
 gave, 3 s before any; resuming with Last-Event-ID). A publisher of its own publishes every
 --publish-ms, broadcast and targeted in turn, each acknowledged (`ack on`): a publish counts
@@ -43,10 +43,11 @@ server (--server-pid, one) is sent SIGTERM; once it is gone, --server-cmd starts
 (a shell command line; `exec` it, so that its process is the server's). Figures: lost,
 duplicated, reordered (event ids that do not increase) and reset events over the whole phase;
 the time from the SIGTERM until the new server ran (switch), until every connection was
-answered again (back), and until each had every event published up to then (caught up); the
-new server's CPU from its start until then, per client, against 1.5 × (connect's CPU per
-connection + the deliveries in that time per client × burst's CPU per delivery), the resume's
-budget for this wave. The bench stops the server it started when it ends. The history file
+answered again (back), and until each had every event published up to then (caught up), and
+the longest time no publish was taken; the new server's CPU from its start until then (the
+wave: handshakes, replays and the live events meanwhile), per client, against a budget shaped
+as a resume's: 1.5 × (connect's CPU per connection + the wave's deliveries per client × the
+CPU per delivery of the publishing in the second before the switch). The bench stops the server it started when it ends. The history file
 (--history-file) is what lets the new server resume clients without a reset.
 
 targeted --rate R paces the targeted phase (in targeted and all): message k is sent at k/R
@@ -297,10 +298,10 @@ pub enum Scenario {
     /// burst, time until the last replay is received. Needs a server that keeps history (not
     /// the floor server).
     Resume,
-    /// connect, burst, then the server is restarted (SIGTERM, then --server-cmd) while a
-    /// publisher publishes every --publish-ms and every connection comes back as EventSource
-    /// does: events lost, duplicated, reordered, resets; the time until every client is back
-    /// and has what it missed; the new server's CPU for that wave against connect and burst.
+    /// connect, then the server is restarted (SIGTERM, then --server-cmd) while a publisher
+    /// publishes every --publish-ms and every connection comes back as EventSource does: events
+    /// lost, duplicated, reordered, resets; the time until every client is back and has what it
+    /// missed; the new server's CPU for that wave against connect and the live traffic.
     Restart,
     /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
@@ -366,8 +367,8 @@ impl Scenario {
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
             // Connect and burst give the resume's budget.
             Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
-            // Connect and burst give the reconnect wave's budget.
-            Scenario::Restart => &[Phase::Connect, Phase::Burst, Phase::Switch(Switch::Restart)],
+            // Connect gives the reconnect wave's budget.
+            Scenario::Restart => &[Phase::Connect, Phase::Switch(Switch::Restart)],
             Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
         }
     }
@@ -681,7 +682,7 @@ mod tests {
         let o = restart(&["--server-pid", "7", "--server-cmd", "exec hasses --port 8080"]).unwrap();
         assert!(o.validate().is_ok());
         let names: Vec<&str> = o.phases().into_iter().map(Phase::name).collect();
-        assert_eq!(names, ["connect", "burst", "restart"]);
+        assert_eq!(names, ["connect", "restart"]);
         for bad in [
             &["--server-pid", "7"][..],
             &["--server-cmd", "x"],

@@ -237,6 +237,9 @@ pub struct Switched {
     pub published: u64,
     /// Publishes it refused (answered `ERR`).
     pub publishes_refused: u64,
+    /// The longest time between two publishes the server took, seconds: how long publishers
+    /// were held (not answered, refused or unable to connect) across the switch.
+    pub longest_publish_gap_s: f64,
     /// Connections the server ended that came back and were answered again.
     pub returned: u64,
     /// Connects refused while they came back (the server was away).
@@ -251,9 +254,16 @@ pub struct Switched {
     /// Events delivered from the new server's start until all had caught up (replayed and
     /// live), over all connections.
     pub wave_deliveries: u64,
-    /// The new server's CPU from its start until all had caught up, per returned client, µs.
+    /// Of those, per returned client, the events published before the new server started:
+    /// what each missed, on average.
+    pub missed_per_return: f64,
+    /// The old server's CPU per delivery of the publishing before the switch, every client
+    /// connected, µs: what a live event costs.
+    pub steady_server_cpu_us_per_delivery: Option<f64>,
+    /// The new server's CPU from its start until all had caught up (the wave, `server_cpu_s`),
+    /// per returned client, µs: its handshake, its replay, and the live events meanwhile.
     pub server_cpu_us_per_return: Option<f64>,
-    /// The target for it from this run's connect and burst, as a resume's: 1.5 × (server CPU
-    /// per connection + the wave's deliveries per client × server CPU per burst delivery), µs.
+    /// The target for it, shaped as a resume's: 1.5 × (connect's server CPU per connection +
+    /// the wave's deliveries per return × the steady CPU per delivery), µs.
     pub budget_us_per_return: Option<f64>,
 }

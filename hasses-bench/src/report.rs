@@ -170,7 +170,10 @@ impl PhaseCells {
                 memory: none(),
             },
             Figures::Switched(f) => PhaseCells {
-                rate: format!("{} back, {} published", f.returned, f.published),
+                rate: format!(
+                    "{} back, {} published (none for {:.2} s)",
+                    f.returned, f.published, f.longest_publish_gap_s
+                ),
                 latency: format!(
                     "switch {:.2} s, back {}, caught up {}",
                     f.switch_s,

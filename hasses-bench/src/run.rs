@@ -673,7 +673,7 @@ impl Bench {
     /// [`BEFORE_SWITCH`] the server gives way to a new one (`switch`, on a thread of its own:
     /// it lasts the old one's drain). Measured until every client is back and has every event
     /// published up to then (the wave); then the publisher stops, and every event it published
-    /// must arrive. `earlier`: connect and burst, for the wave's budget.
+    /// must arrive. `earlier`: connect, for the wave's budget.
     fn switch(&mut self, switch: Switch, earlier: &[PhaseResult]) -> PhaseResult {
         let n = self.live;
         for r in &self.receivers {
@@ -698,12 +698,17 @@ impl Bench {
             if wave.switched.is_none() && now >= start + BEFORE_SWITCH {
                 let (old, timeout) = (self.opts.server_pid[0], self.opts.timeout);
                 let command = self.opts.server_cmd.clone().unwrap_or_default();
+                let delivered = (self.delivered() - d0).max(1) as f64;
+                wave.steady = self.usage(&w).server_cpu_s.map(|s| s / delivered);
                 wave.switched = Some(now);
                 switching = Some(std::thread::spawn(move || switch.run(old, &command, timeout)));
             }
             if switching.as_ref().is_some_and(JoinHandle::is_finished) {
                 match switching.take().map(JoinHandle::join) {
-                    Some(Ok(Ok(server))) => self.serving(server, &mut wave, now),
+                    Some(Ok(Ok(server))) => {
+                        self.serving(server, &mut wave, now);
+                        wave.taken_at_start = publishing.taken();
+                    }
                     Some(Ok(Err(e))) => break Some(format!("{}: {e}", switch.name())),
                     _ => break Some(format!("{}: its thread panicked", switch.name())),
                 }
@@ -715,6 +720,7 @@ impl Bench {
             }
             if wave.back.is_some_and(|(_, owed)| self.delivered() - d0 >= owed) {
                 wave.caught_up = Some((now, self.usage_since_start(&w), self.delivered()));
+                wave.taken_at_caught_up = publishing.taken();
                 break None;
             }
             if now >= start + self.opts.timeout {
@@ -746,19 +752,33 @@ impl Bench {
             None if wave.started.is_some() => (self.usage_since_start(&w), 0),
             None => (self.usage(&w), 0),
         };
-        let per_return = (wave_deliveries as f64) / c.returned.max(1) as f64;
+        let returns = c.returned.max(1) as f64;
+        // What was published while the new server served went to every client live or in
+        // its replay alike: the rest of the wave's deliveries is what they missed.
+        let live = if wave.caught_up.is_some() {
+            owed(wave.taken_at_caught_up) - owed(wave.taken_at_start)
+        } else {
+            0
+        };
+        let missed_per_return = wave_deliveries.saturating_sub(live) as f64 / returns;
+        let per_return = usage.server_cpu_s.filter(|_| wave.caught_up.is_some()).map(|s| s * 1e6 / returns);
+        let sent_per_return = wave_deliveries as f64 / returns;
+        let budget = wave.steady.and_then(|steady| handshake_budget(earlier, sent_per_return, steady * 1e6));
         let figures = figures::Switched {
             switch,
             published: published(taken),
             publishes_refused: steady.refused.0,
+            longest_publish_gap_s: steady.longest_gap.as_secs_f64(),
             returned: c.returned,
             refused_connects: c.refused,
             switch_s: wave.started.and_then(since_switch).unwrap_or(0.0),
             all_back_s: wave.back.and_then(|(at, _)| since_switch(at)),
             all_caught_up_s: wave.caught_up.as_ref().and_then(|(at, _, _)| since_switch(*at)),
             wave_deliveries,
-            server_cpu_us_per_return: usage.server_cpu_s.map(|s| s * 1e6 / c.returned.max(1) as f64),
-            budget_us_per_return: resume_budget(earlier, per_return),
+            missed_per_return,
+            steady_server_cpu_us_per_delivery: wave.steady.map(|s| s * 1e6),
+            server_cpu_us_per_return: per_return,
+            budget_us_per_return: budget,
         };
         let mut result = PhaseResult::new(incomplete, c, time_s, usage, Figures::Switched(figures));
         if let (refused, Some(why)) = &steady.refused {
@@ -823,12 +843,17 @@ impl Bench {
 /// What a switch phase saw, when.
 #[derive(Default)]
 struct Wave {
+    /// The old server's CPU per delivery of the publishing before the switch, seconds.
+    steady: Option<f64>,
     /// The switch began (SIGTERM).
     switched: Option<Instant>,
     /// The new server ran.
     started: Option<Instant>,
     /// Events delivered (ever) then.
     delivered_at_start: u64,
+    /// The publisher's sequence numbers then, and when all had caught up.
+    taken_at_start: (u64, u64),
+    taken_at_caught_up: (u64, u64),
     /// Every connection was answered again, and the deliveries owed then (since the phase began).
     back: Option<(Instant, u64)>,
     /// Every connection had what it was owed then: the wave's CPU and the deliveries (ever).
@@ -837,15 +862,20 @@ struct Wave {
 
 /// 1.5 × (server CPU per connection + `missed` × server CPU per burst delivery), from `earlier`.
 pub fn resume_budget(earlier: &[PhaseResult], missed: f64) -> Option<f64> {
-    let connect = earlier.iter().find_map(|r| match &r.figures {
-        Figures::Connect(f) => f.server_cpu_us_per_connection,
-        _ => None,
-    })?;
     let burst = earlier.iter().find_map(|r| match &r.figures {
         Figures::Burst(f) => f.server_cpu_us_per_delivery,
         _ => None,
     })?;
-    Some(RESUME_BUDGET_FACTOR * (connect + missed * burst))
+    handshake_budget(earlier, missed, burst)
+}
+
+/// 1.5 × (server CPU per connection, from `earlier`'s connect + `events` × `per_event` µs).
+fn handshake_budget(earlier: &[PhaseResult], events: f64, per_event: f64) -> Option<f64> {
+    let connect = earlier.iter().find_map(|r| match &r.figures {
+        Figures::Connect(f) => f.server_cpu_us_per_connection,
+        _ => None,
+    })?;
+    Some(RESUME_BUDGET_FACTOR * (connect + events * per_event))
 }
 
 fn latency(c: &Counters) -> Latency {

@@ -38,6 +38,10 @@ pub struct Steady {
     pub targeted: u64,
     /// Publishes the server answered with `ERR`, and the last answer.
     pub refused: (u64, Option<String>),
+    /// When the server last took a publish.
+    last_taken: Option<Instant>,
+    /// The longest time between two publishes the server took.
+    pub longest_gap: Duration,
 }
 
 impl Steady {
@@ -54,6 +58,8 @@ impl Steady {
             bcast: sent.0,
             targeted: sent.1,
             refused: (0, None),
+            last_taken: None,
+            longest_gap: Duration::ZERO,
         }
     }
 
@@ -100,8 +106,13 @@ impl Steady {
         }
         control.flush()?;
         match control.answer()? {
-            Ok(_) if broadcast => self.bcast += 1,
-            Ok(_) => self.targeted += 1,
+            Ok(_) => {
+                *(if broadcast { &mut self.bcast } else { &mut self.targeted }) += 1;
+                let now = Instant::now();
+                let since = self.last_taken.map_or(Duration::ZERO, |last| now - last);
+                self.longest_gap = self.longest_gap.max(since);
+                self.last_taken = Some(now);
+            }
             Err(why) => self.refused = (self.refused.0 + 1, Some(why)),
         }
         Ok(())

@@ -309,7 +309,7 @@ fn a_restart_with_the_history_file_loses_and_resets_no_one() {
         server.control_port,
         flags.join(" ")
     );
-    let args = "restart -n 200 --quiet --burst 20 --timeout 30 --stall-secs 5";
+    let args = "restart -n 200 --quiet --timeout 30 --stall-secs 5";
     let (report, lines) = run_bench_on(&[&server], &server, &[&server], args, &["--server-cmd", &again]);
     let restart = lines.last().expect("a line per phase");
     assert_eq!(restart["scenario"], "restart", "{report}");
