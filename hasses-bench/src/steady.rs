@@ -145,3 +145,56 @@ impl Publishing {
         self.thread.join().expect("the publisher does not panic")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Reads `ack on`, then answers the next `answered` publish lines with `OK <n>` and returns
+    /// every line after `ack on` that it read, the last one (if it stopped early) unanswered.
+    fn serve_once(listener: &TcpListener, answered: usize, lines: usize) -> Vec<String> {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "ack on\n");
+        writer.write_all(b"OK ack on\n").unwrap();
+        let mut got = Vec::new();
+        for n in 0..lines {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            got.push(line.split(':').next().unwrap().to_string());
+            if n < answered {
+                writer.write_all(format!("OK {n}\n").as_bytes()).unwrap();
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn an_unanswered_publish_is_sent_again_with_its_number_on_a_new_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            // The first server takes a broadcast and goes away before answering the next line.
+            let first = serve_once(&listener, 1, 2);
+            let second = serve_once(&listener, 3, 3);
+            (first, second)
+        });
+        let mut steady = Steady::new(addr, 0, 10, Duration::ZERO, (5, 7));
+        let mut ticks = 0;
+        while steady.bcast + steady.targeted < 5 + 7 + 4 {
+            steady.tick();
+            ticks += 1;
+            assert!(ticks < 100, "taken: {} {}", steady.bcast, steady.targeted);
+        }
+        let (first, second) = server.join().unwrap();
+        assert_eq!(first, ["all=b5", "c7=t7"], "broadcast and targeted in turn");
+        assert_eq!(second, ["c7=t7", "all=b6", "c8=t8"], "the unanswered one again, then on");
+        assert_eq!((steady.bcast, steady.targeted, steady.refused.0), (7, 9, 0));
+    }
+}
