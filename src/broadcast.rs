@@ -16,7 +16,6 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tracing::{debug, warn};
 
 use crate::event::Publish;
-use crate::history_file::{wall_ms, ToDisk};
 use crate::pipeline::{Sequenced, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
 use crate::sse::{encode, EventFields, Frame};
 
@@ -28,7 +27,7 @@ pub struct Broadcast {
     pub(crate) fanout: Fanout,
     state: Arc<SharedState>,
     /// The history writer's channel, with `--history-file`.
-    disk: Option<Sender<ToDisk>>,
+    disk: Option<Sender<Arc<Sequenced>>>,
 }
 
 impl Broadcast {
@@ -39,7 +38,7 @@ impl Broadcast {
 
     /// Hands every kept event to the history writer too (`--history-file`). Its channel is
     /// bounded: a disk that far behind holds the sender, as a full shard does.
-    pub fn keep_on_disk(&mut self, disk: Sender<ToDisk>) {
+    pub fn keep_on_disk(&mut self, disk: Sender<Arc<Sequenced>>) {
         self.disk = Some(disk);
     }
 
@@ -56,7 +55,7 @@ impl Broadcast {
         let event = Arc::new(Sequenced { id, audience: publish.audience, frame, at: Instant::now() });
         if let Some(disk) = &self.disk {
             // A writer that is gone has logged why; delivery goes on.
-            let _ = disk.send(ToDisk { event: Arc::clone(&event), at_ms: wall_ms() });
+            let _ = disk.send(Arc::clone(&event));
         }
         self.fanout.publish(event);
     }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::switch::Switch;
+
 /// The most source addresses a range may expand to.
 const MAX_SRC_ADDRS: u32 = 65_536;
 /// The longest duration a flag takes: a year is more than any run needs, and far from the
@@ -31,6 +33,22 @@ much as a plain handshake plus M deliveries in a burst. The server must keep N �
 events: about N × (M + 1) × 100 bytes of --history-memory (hasses' default, 64 MiB, holds
 them for N up to about 6,000). The floor server keeps no history: run resume against hasses
 only.
+
+restart runs connect, then the restart phase: every connection now comes back as
+EventSource does when the server ends it or refuses it (after the last `retry:` its stream
+gave, 3 s before any; resuming with Last-Event-ID). A publisher of its own publishes every
+--publish-ms, broadcast and targeted in turn, each acknowledged (`ack on`): a publish counts
+as sent once answered `OK`, and one left unanswered is sent again. After a second of it, the
+server (--server-pid, one) is sent SIGTERM; once it is gone, --server-cmd starts the new one
+(a shell command line; `exec` it, so that its process is the server's). Figures: lost,
+duplicated, reordered (event ids that do not increase) and reset events over the whole phase;
+the time from the SIGTERM until the new server ran (switch), until every connection was
+answered again (back), and until each had every event published up to then (caught up), and
+the longest time no publish was taken; the new server's CPU from its start until then (the
+wave: handshakes, replays and the live events meanwhile), per client, against a budget shaped
+as a resume's: 1.5 × (connect's CPU per connection + the wave's deliveries per client × the
+CPU per delivery of the publishing in the second before the switch). The bench stops the server it started when it ends. The history file
+(--history-file) is what lets the new server resume clients without a reset.
 
 targeted --rate R paces the targeted phase (in targeted and all): message k is sent at k/R
 seconds after the first, what is due going out every millisecond or so, each line stamped
@@ -178,6 +196,15 @@ pub struct Options {
     #[arg(long, value_name = "PER_SEC", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub rate: Option<u32>,
 
+    /// restart: the command line that starts the server again after the SIGTERM (run with
+    /// `sh -c`; start it with `exec`).
+    #[arg(long, value_name = "COMMAND")]
+    pub server_cmd: Option<String>,
+
+    /// restart: milliseconds between two publishes of the steady publisher.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub publish_ms: u64,
+
     /// resume: events published to each connection while it is away.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub missed: u32,
@@ -271,6 +298,11 @@ pub enum Scenario {
     /// burst, time until the last replay is received. Needs a server that keeps history (not
     /// the floor server).
     Resume,
+    /// connect, then the server is restarted (SIGTERM, then --server-cmd) while a publisher
+    /// publishes every --publish-ms and every connection comes back as EventSource does: events
+    /// lost, duplicated, reordered, resets; the time until every client is back and has what it
+    /// missed; the new server's CPU for that wave against connect and the live traffic.
+    Restart,
     /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
     /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
@@ -303,6 +335,8 @@ pub enum Phase {
     Targeted,
     /// Closing, missing events, and resuming.
     Resume,
+    /// The server gives way to a new one under its clients, with publishing going on.
+    Switch(Switch),
 }
 
 impl Phase {
@@ -316,6 +350,7 @@ impl Phase {
             Phase::Burst => "burst",
             Phase::Targeted => "targeted",
             Phase::Resume => "resume",
+            Phase::Switch(switch) => switch.name(),
         }
     }
 }
@@ -332,6 +367,8 @@ impl Scenario {
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
             // Connect and burst give the resume's budget.
             Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
+            // Connect gives the reconnect wave's budget.
+            Scenario::Restart => &[Phase::Connect, Phase::Switch(Switch::Restart)],
             Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
         }
     }
@@ -493,6 +530,9 @@ impl Options {
         {
             return Err(format!("--server-pid {pid} is given twice: its CPU would count twice"));
         }
+        if self.scenario == Scenario::Restart && (self.server_pid.len() != 1 || self.server_cmd.is_none()) {
+            return Err("the restart scenario needs one --server-pid and --server-cmd".into());
+        }
         let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
         if needs_pid && self.server_pid.is_empty() {
             return Err(format!(
@@ -634,5 +674,22 @@ mod tests {
         let names: Vec<&str> = o.phases().into_iter().map(Phase::name).collect();
         assert_eq!(names, ["connect", "reconnect", "idle", "broadcast", "burst", "targeted"]);
         assert!(parse(&["--tls-resume"]).is_err(), "needs --tls");
+    }
+
+    #[test]
+    fn restart_needs_one_server_to_stop_and_a_command_to_start_another() {
+        let restart = |args: &[&str]| Options::try_parse_from([&["hasses-bench", "restart"], args].concat());
+        let o = restart(&["--server-pid", "7", "--server-cmd", "exec hasses --port 8080"]).unwrap();
+        assert!(o.validate().is_ok());
+        let names: Vec<&str> = o.phases().into_iter().map(Phase::name).collect();
+        assert_eq!(names, ["connect", "restart"]);
+        for bad in [
+            &["--server-pid", "7"][..],
+            &["--server-cmd", "x"],
+            &["--server-pid", "7,8", "--server-cmd", "x"],
+        ] {
+            let err = restart(bad).unwrap().validate().unwrap_err();
+            assert!(err.contains("one --server-pid and --server-cmd"), "{bad:?}: {err}");
+        }
     }
 }

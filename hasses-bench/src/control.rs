@@ -4,7 +4,8 @@
 //! Payloads: `b<seq>:<ts>:` (to token `all`) and `t<seq>:<ts>:<target>:` (to token
 //! `c<target>`), padded with `x` up to the requested size; `ts` is the send time in ns on
 //! CLOCK_MONOTONIC. Lines are collected in one buffer and written together, so a burst or a
-//! batch of targeted messages is pipelined in as few writes as the socket takes.
+//! batch of targeted messages is pipelined in as few writes as the socket takes. With acks
+//! ([`Control::acked`]) each publish is answered, and the answers are read line by line.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +21,8 @@ pub struct Control {
     stream: TcpStream,
     buf: Vec<u8>,
     payload: usize,
+    /// Answers read but not yet taken (acks).
+    answers: Vec<u8>,
 }
 
 impl Control {
@@ -28,7 +31,44 @@ impl Control {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Control { stream, buf: Vec::with_capacity(128 * 1024), payload })
+        Ok(Control { stream, buf: Vec::with_capacity(128 * 1024), payload, answers: Vec::new() })
+    }
+
+    /// Connects as [`Control::connect`] and asks for an answer to every publish (`ack on`).
+    pub fn acked(addr: SocketAddr, payload: usize, timeout: Duration) -> io::Result<Control> {
+        let mut control = Control::connect(addr, payload, timeout)?;
+        control.stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        control.stream.write_all(b"ack on\n")?;
+        match control.answer_line()?.as_str() {
+            "OK ack on" => Ok(control),
+            other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("ack on: {other:?}"))),
+        }
+    }
+
+    /// The answer to the oldest unanswered publish (on a connection with acks): its event id,
+    /// or why it was refused.
+    pub fn answer(&mut self) -> io::Result<Result<u64, String>> {
+        let line = self.answer_line()?;
+        match line.strip_prefix("OK ").map(str::parse::<u64>) {
+            Some(Ok(id)) => Ok(Ok(id)),
+            _ => Ok(Err(line)),
+        }
+    }
+
+    /// The next line the server answered, without its end.
+    fn answer_line(&mut self) -> io::Result<String> {
+        let mut chunk = [0u8; 256];
+        loop {
+            if let Some(end) = self.answers.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.answers.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            let got = self.stream.read(&mut chunk)?;
+            if got == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "control connection closed"));
+            }
+            self.answers.extend_from_slice(&chunk[..got]);
+        }
     }
 
     /// Bytes waiting to be written.

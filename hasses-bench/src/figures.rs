@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use crate::cli::Phase;
+use crate::switch::Switch;
 
 /// A phase's own figures.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,8 @@ pub enum Figures {
     Targeted(Targeted),
     /// Closing, missing events, and resuming.
     Resume(Resume),
+    /// The server giving way to a new one under its clients.
+    Switched(Switched),
 }
 
 impl Figures {
@@ -39,6 +42,7 @@ impl Figures {
             Figures::Burst(_) => Phase::Burst,
             Figures::Targeted(_) => Phase::Targeted,
             Figures::Resume(_) => Phase::Resume,
+            Figures::Switched(f) => Phase::Switch(f.switch),
         }
     }
 }
@@ -219,4 +223,47 @@ pub struct Resume {
     /// The target for it from this run's connect and burst: 1.5 × (server CPU per connection
     /// + missed × server CPU per burst delivery), µs.
     pub budget_us_per_resume: Option<f64>,
+}
+
+/// A switch phase (restart): the server gave way to a new one while the clients were
+/// connected and a publisher published. Lost, duplicated, reordered (`id_errors`) and resets
+/// are the phase's counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switched {
+    /// Which switch (the JSON's `scenario` names it).
+    #[serde(skip)]
+    pub switch: Switch,
+    /// Publishes the server took (answered `OK`) during the phase.
+    pub published: u64,
+    /// Publishes it refused (answered `ERR`).
+    pub publishes_refused: u64,
+    /// The longest time between two publishes the server took, seconds: how long publishers
+    /// were held (not answered, refused or unable to connect) across the switch.
+    pub longest_publish_gap_s: f64,
+    /// Connections the server ended that came back and were answered again.
+    pub returned: u64,
+    /// Connects refused while they came back (the server was away).
+    pub refused_connects: u64,
+    /// From the switch (the SIGTERM) until the new server process ran, seconds.
+    pub switch_s: f64,
+    /// From the switch until every connection was answered again, seconds.
+    pub all_back_s: Option<f64>,
+    /// From the switch until every connection had every event published before it was back,
+    /// seconds.
+    pub all_caught_up_s: Option<f64>,
+    /// Events delivered from the new server's start until all had caught up (replayed and
+    /// live), over all connections.
+    pub wave_deliveries: u64,
+    /// Of those, per returned client, the events published before the new server started:
+    /// what each missed, on average.
+    pub missed_per_return: f64,
+    /// The old server's CPU per delivery of the publishing before the switch, every client
+    /// connected, µs: what a live event costs.
+    pub steady_server_cpu_us_per_delivery: Option<f64>,
+    /// The new server's CPU from its start until all had caught up (the wave, `server_cpu_s`),
+    /// per returned client, µs: its handshake, its replay, and the live events meanwhile.
+    pub server_cpu_us_per_return: Option<f64>,
+    /// The target for it, shaped as a resume's: 1.5 × (connect's server CPU per connection +
+    /// the wave's deliveries per return × the steady CPU per delivery), µs.
+    pub budget_us_per_return: Option<f64>,
 }

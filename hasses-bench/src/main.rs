@@ -24,6 +24,8 @@
 //! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
 //! - [`hop`]: `stream-hop`, the least a cluster's hop through Redis takes, likewise.
 //! - [`stats`]: counters and the latency histogram.
+//! - [`steady`]: the restart scenario's publisher: steady, acknowledged, reconnecting.
+//! - [`switch`]: the server giving way to a new one (restart), and the process left serving.
 //! - [`figures`]: what each phase measured, typed.
 //! - [`report`]: the table and the JSON lines, from the figures.
 //! - [`sys`]: clock, rusage, rlimit, socket option (through nix), `/proc/PID`.
@@ -41,6 +43,8 @@ mod receiver;
 mod report;
 mod run;
 mod stats;
+mod steady;
+mod switch;
 mod sys;
 mod tls;
 

@@ -79,6 +79,8 @@ enum Line {
     DataKind,
     /// In the value of a `data` field, inside the numbers.
     DataNums,
+    /// In the value of a `retry` field (the reconnection time, ms).
+    Retry,
     /// In a value nobody reads: skip to the end of the line.
     Skip,
 }
@@ -88,6 +90,7 @@ enum Field {
     Id,
     Data,
     Event,
+    Retry,
     Other,
 }
 
@@ -103,6 +106,10 @@ pub struct StreamParser {
     event: Event,
     id_ok: bool,
     has_data: bool,
+    /// The `retry` value being read; None once a byte was not a digit.
+    retry_value: Option<u64>,
+    /// The last whole `retry` value the stream gave.
+    retry: Option<u64>,
 }
 
 impl Default for StreamParser {
@@ -124,12 +131,19 @@ impl StreamParser {
             event: Event::default(),
             id_ok: true,
             has_data: false,
+            retry_value: None,
+            retry: None,
         }
     }
 
     /// Whether the whole `200` response head has been read.
     pub fn handshaked(&self) -> bool {
         !matches!(self.stage, Stage::Head { .. } | Stage::Failed(_))
+    }
+
+    /// The reconnection time the stream asked for last (`retry:`, ms), if it did.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry
     }
 
     /// Reads `input`, calling `on_event` for every complete event, in order.
@@ -259,6 +273,7 @@ impl StreamParser {
                             b"id" if self.name_len == 2 => Field::Id,
                             b"data" if self.name_len == 4 => Field::Data,
                             b"event" if self.name_len == 5 => Field::Event,
+                            b"retry" if self.name_len == 5 => Field::Retry,
                             _ => Field::Other,
                         };
                         self.line = Line::ValueStart;
@@ -284,6 +299,18 @@ impl StreamParser {
                     }
                     b'\n' => self.line = Line::Start,
                     _ => self.id_ok = false,
+                },
+                Line::Retry => match b {
+                    b'0'..=b'9' => {
+                        self.retry_value = self
+                            .retry_value
+                            .and_then(|v| v.checked_mul(10)?.checked_add(u64::from(b - b'0')));
+                    }
+                    b'\n' => {
+                        self.retry = self.retry_value.or(self.retry);
+                        self.line = Line::Start;
+                    }
+                    _ => self.retry_value = None,
                 },
                 Line::DataKind => {
                     if b == b'\n' {
@@ -337,6 +364,10 @@ impl StreamParser {
             Field::Event => {
                 self.event.named = true;
                 Line::Skip
+            }
+            Field::Retry => {
+                self.retry_value = Some(0);
+                Line::Retry
             }
             Field::Other => Line::Skip,
         };
@@ -473,5 +504,22 @@ mod tests {
         let (got, _, _) = run(&[&all]);
         assert_eq!(got[0].id, None);
         assert_eq!(got[1].id, None);
+    }
+
+    #[test]
+    fn the_last_whole_retry_is_kept_and_dispatches_nothing() {
+        let mut parser = StreamParser::new();
+        assert_eq!(parser.retry_ms(), None);
+        let mut all = HEAD.to_vec();
+        all.extend(chunk("retry: 1500\n\n"));
+        all.extend(chunk("retry: 25x\nid: 3\ndata: b1:2:\n\n"));
+        let mut events = 0;
+        // Byte by byte: a value split anywhere is read whole.
+        for b in &all {
+            parser.feed(std::slice::from_ref(b), |_| events += 1).unwrap();
+        }
+        assert_eq!((parser.retry_ms(), events), (Some(1500), 1), "a bad value leaves the last good one");
+        parser.feed(&chunk("retry:40\n\n"), |_| events += 1).unwrap();
+        assert_eq!(parser.retry_ms(), Some(40));
     }
 }

@@ -10,10 +10,16 @@
 //! to resume after the last event it received (`Last-Event-ID`), and goes on counting where it
 //! left off: what it missed must come in its replay, in order, once.
 //!
+//! After [`Cmd::ComeBack`] a connection the server ends, or whose connect fails, is not a
+//! failure: it comes back as EventSource does, after the last `retry:` its stream gave,
+//! resuming, and again until it is answered (the restart scenario).
+//!
 //! With `--tls` each connection carries a rustls `ClientConnection`, driven non-blocking in
 //! the same loop: ciphertext is read into a second big buffer, handed to rustls, and the
 //! plaintext it yields goes to the same parser.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -28,7 +34,7 @@ use rustls::{ClientConnection, HandshakeKind};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cli::Target;
-use crate::parse::{Event, StreamParser};
+use crate::parse::{Event, ProtoError, StreamParser};
 use crate::stats::{Counters, PerMessage, Progress};
 use crate::sys;
 use crate::tls::TlsSetup;
@@ -41,6 +47,9 @@ const READ_BUF: usize = 256 * 1024;
 const EVENTS: usize = 1024;
 /// Error messages kept per phase, as examples for the report.
 const ERROR_SAMPLES: usize = 5;
+/// How long a connection waits to come back before its stream gave a `retry:` (ms): what
+/// browsers wait (Chromium and Firefox wait 3 s and 5 s).
+pub const DEFAULT_RETRY_MS: u64 = 3000;
 
 /// What the orchestrator asks of a receiver thread.
 pub enum Cmd {
@@ -72,6 +81,9 @@ pub enum Cmd {
     /// Close every handshaked connection (counted as neither failed nor closed by the server),
     /// to open them again with the next `Connect`; reply when done.
     Disconnect(Sender<()>),
+    /// From now on, a connection the server ends (or whose connect fails) comes back after
+    /// its `retry`, resuming, instead of failing.
+    ComeBack,
     /// Close everything and end the thread.
     Stop,
 }
@@ -162,6 +174,8 @@ enum State {
     AwaitHead,
     /// Handshaked: reading events.
     Streaming,
+    /// Ended by the server, to come back after its `retry` ([`Cmd::ComeBack`]).
+    Away,
     /// Failed or closed.
     Dead,
 }
@@ -186,6 +200,10 @@ struct Conn {
     state: State,
     parser: StreamParser,
     track: Track,
+    /// How long to wait before coming back, ms: the stream's last `retry:`.
+    retry_ms: u64,
+    /// Away since the server ended it, not yet answered again.
+    away: bool,
 }
 
 /// Per-phase context the event handler needs besides the connection.
@@ -215,6 +233,13 @@ struct Thread {
     done_handshaked: u64,
     done_failed: u64,
     done_delivered: u64,
+    done_returned: u64,
+    /// Connections the server ends come back ([`Cmd::ComeBack`]).
+    come_back: bool,
+    /// When each away connection is to come back (mono ns), soonest first.
+    comebacks: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Connections away now.
+    away: u64,
 }
 
 impl Thread {
@@ -230,6 +255,8 @@ impl Thread {
                     index: u64::from(setup.thread) + local as u64 * u64::from(setup.threads),
                     ..Track::default()
                 },
+                retry_ms: DEFAULT_RETRY_MS,
+                away: false,
             })
             .map(|mut c| {
                 c.track.next_t = c.track.index;
@@ -253,13 +280,17 @@ impl Thread {
             done_handshaked: 0,
             done_failed: 0,
             done_delivered: 0,
+            done_returned: 0,
+            come_back: false,
+            comebacks: BinaryHeap::new(),
+            away: 0,
         }
     }
 
     fn run(&mut self) {
         let mut events = Events::with_capacity(EVENTS);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            if let Err(e) = self.poll.poll(&mut events, self.next_comeback()) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -279,6 +310,7 @@ impl Thread {
             if self.connecting {
                 self.open_more();
             }
+            self.come_back_due();
             self.publish();
         }
     }
@@ -304,12 +336,14 @@ impl Thread {
                     self.done_handshaked += c.handshaked;
                     self.done_failed += c.failed_connections();
                     self.done_delivered += c.delivered_b + c.delivered_t;
+                    self.done_returned += c.returned;
                     let _ = reply.send(c);
                 }
                 Cmd::Disconnect(reply) => {
                     self.disconnect();
                     let _ = reply.send(());
                 }
+                Cmd::ComeBack => self.come_back = true,
                 Cmd::Stop => return false,
             }
         }
@@ -322,6 +356,54 @@ impl Thread {
         p.handshaked.store(self.done_handshaked + c.handshaked, Ordering::Relaxed);
         p.failed.store(self.done_failed + c.failed_connections(), Ordering::Relaxed);
         p.delivered.store(self.done_delivered + c.delivered_b + c.delivered_t, Ordering::Relaxed);
+        p.returned.store(self.done_returned + c.returned, Ordering::Relaxed);
+        p.away.store(self.away, Ordering::Relaxed);
+    }
+
+    /// How long the poll may sleep: until the next connection is due to come back.
+    fn next_comeback(&self) -> Option<std::time::Duration> {
+        let Reverse((due, _)) = self.comebacks.peek()?;
+        Some(std::time::Duration::from_nanos(due.saturating_sub(sys::mono_ns())))
+    }
+
+    /// Opens again the away connections whose wait is over.
+    fn come_back_due(&mut self) {
+        let now = sys::mono_ns();
+        while let Some(&Reverse((due, local))) = self.comebacks.peek() {
+            if due > now {
+                return;
+            }
+            self.comebacks.pop();
+            if self.conns[local].state != State::Away {
+                continue;
+            }
+            match self.open(local) {
+                Ok(()) => self.in_flight += 1,
+                Err(e) => self.fail(local, "connect", &e, false),
+            }
+        }
+    }
+
+    /// The server ended the connection, or would not take it: it comes back after its
+    /// `retry`, as EventSource does (counted neither as failed nor as closed).
+    fn go_away(&mut self, local: usize, refused: bool) {
+        let conn = &mut self.conns[local];
+        if matches!(conn.state, State::Connecting | State::AwaitHead) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        if let Some(mut stream) = conn.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        conn.tls = None;
+        conn.state = State::Away;
+        conn.retry_ms = conn.parser.retry_ms().unwrap_or(conn.retry_ms);
+        if !conn.away {
+            conn.away = true;
+            self.away += 1;
+        }
+        self.counters.refused += u64::from(refused);
+        let due = sys::mono_ns() + conn.retry_ms * 1_000_000;
+        self.comebacks.push(Reverse((due, local)));
     }
 
     /// At the end of a phase: whatever a live connection has not received by now is lost.
@@ -399,8 +481,12 @@ impl Thread {
         }
     }
 
-    /// Marks a connection dead and counts why.
+    /// Marks a connection dead and counts why; one that is to come back goes away instead,
+    /// unless its stream broke the protocol.
     fn fail(&mut self, local: usize, what: &str, err: &dyn std::fmt::Display, handshaked: bool) {
+        if self.come_back && !matches!(what, "protocol" | "tls") {
+            return self.go_away(local, what == "connect");
+        }
         let conn = &mut self.conns[local];
         let was = conn.state;
         conn.state = State::Dead;
@@ -430,7 +516,7 @@ impl Thread {
             }
             State::AwaitHead | State::Streaming if self.setup.tls.is_some() => self.tls_io(local),
             State::AwaitHead | State::Streaming => self.read(local),
-            State::Idle | State::Dead => {}
+            State::Idle | State::Away | State::Dead => {}
         }
     }
 
@@ -514,12 +600,24 @@ impl Thread {
             self.in_flight -= 1;
             self.counters.handshaked += 1;
             self.counters.last_handshake = now;
+            if conn.away {
+                conn.away = false;
+                self.away -= 1;
+                self.counters.returned += 1;
+            }
         }
-        if let Err(e) = res {
-            self.fail(local, "protocol", &format!("{e:?}"), true);
-            return false;
+        match res {
+            Ok(()) => true,
+            // The server ended the stream: one that is to come back does.
+            Err(ProtoError::EndOfStream) if self.come_back => {
+                self.go_away(local, false);
+                false
+            }
+            Err(e) => {
+                self.fail(local, "protocol", &format!("{e:?}"), true);
+                false
+            }
         }
-        true
     }
 
     /// The TCP connect is done: starts the TLS session with the request already queued in it

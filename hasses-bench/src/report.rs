@@ -169,8 +169,31 @@ impl PhaseCells {
                 },
                 memory: none(),
             },
+            Figures::Switched(f) => PhaseCells {
+                rate: format!(
+                    "{} back, {} published (none for {:.2} s)",
+                    f.returned, f.published, f.longest_publish_gap_s
+                ),
+                latency: format!(
+                    "switch {:.2} s, back {}, caught up {}",
+                    f.switch_s,
+                    seconds(f.all_back_s),
+                    seconds(f.all_caught_up_s)
+                ),
+                per_unit: match f.budget_us_per_return {
+                    Some(budget) => {
+                        format!("{} (budget {budget:.2})", per_unit(f.server_cpu_us_per_return, "return"))
+                    }
+                    None => per_unit(f.server_cpu_us_per_return, "return"),
+                },
+                memory: none(),
+            },
         }
     }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map_or("-".into(), |s| format!("{s:.2} s"))
 }
 
 /// A phase's row, column by column as in [`HEAD`].
@@ -462,9 +485,9 @@ mod tests {
         });
         let earlier = [result(connect(None)), result(burst)];
         // 1.5 × (83.3 + 100 × 0.2)
-        let budget = resume_budget(&earlier, 100).unwrap();
+        let budget = resume_budget(&earlier, 100.0).unwrap();
         assert!((budget - 154.95).abs() < 1e-9, "{budget}");
-        assert_eq!(resume_budget(&earlier[..1], 100), None, "no burst, no budget");
+        assert_eq!(resume_budget(&earlier[..1], 100.0), None, "no burst, no budget");
         let resume = Figures::Resume(Resume {
             resumed: 3,
             missed_per_connection: 100,

@@ -6,7 +6,7 @@
 //! It never touches a connection: receivers own them ([`crate::receiver`]).
 
 use std::io;
-use std::thread::sleep;
+use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::cli::{Options, Phase};
@@ -14,6 +14,8 @@ use crate::control::Control;
 use crate::figures::{self, Figures, LastReceiver, Latency, TlsHandshakes, Usage};
 use crate::receiver::{Cmd, Receiver, Setup};
 use crate::stats::{Counters, PerMessage, Progress};
+use crate::steady::Steady;
+use crate::switch::{Server, Switch};
 use crate::sys::{self, CpuSample, ServerProbe};
 use crate::tls::TlsSetup;
 
@@ -30,6 +32,8 @@ const TARGETED_BATCH: usize = 64 * 1024;
 const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A resume may cost this many times a plain handshake plus its missed events in a burst.
 const RESUME_BUDGET_FACTOR: f64 = 1.5;
+/// How long the steady publisher publishes, every client connected, before the switch.
+const BEFORE_SWITCH: Duration = Duration::from_secs(1);
 
 /// One phase's outcome.
 #[derive(Debug)]
@@ -159,6 +163,8 @@ pub struct Bench {
     live: u64,
     bcast_sent: u64,
     targeted_sent: u64,
+    /// The server process a switch left serving, stopped when the bench ends.
+    started: Option<Server>,
 }
 
 impl Bench {
@@ -196,6 +202,7 @@ impl Bench {
             live: 0,
             bcast_sent: 0,
             targeted_sent: 0,
+            started: None,
         })
     }
 
@@ -211,6 +218,7 @@ impl Bench {
                 Phase::Burst => self.burst(),
                 Phase::Targeted => self.targeted(),
                 Phase::Resume => self.resume(&results),
+                Phase::Switch(switch) => self.switch(switch, &results),
             };
             let c = &result.counters;
             if result.usage.server_cpu_s == Some(0.0) && c.handshaked + c.delivered_b + c.delivered_t > 0 {
@@ -225,10 +233,17 @@ impl Bench {
         results
     }
 
-    /// Stops the receiver threads (closing every connection).
+    /// Stops the receiver threads (closing every connection), then the server a switch
+    /// started, if one did.
     pub fn stop(self) {
         for r in self.receivers {
             r.stop();
+        }
+        if let Some(server) = self.started {
+            let pid = server.pid;
+            if let Err(e) = server.stop(self.opts.timeout) {
+                eprintln!("hasses-bench: stopping the server it started (pid {pid}): {e}");
+            }
         }
     }
 
@@ -637,7 +652,7 @@ impl Bench {
             all_replayed_s: time_s,
             live_after_replay,
             server_cpu_us_per_resume: usage.server_cpu_s.map(|s| s * 1e6 / resumed.max(1) as f64),
-            budget_us_per_resume: resume_budget(earlier, missed),
+            budget_us_per_resume: resume_budget(earlier, missed as f64),
         };
         let short = replayed < n * missed;
         let resets = c.resets;
@@ -652,6 +667,142 @@ impl Bench {
             ));
         }
         result
+    }
+
+    /// Every connection comes back when ended; a steady publisher publishes; after
+    /// [`BEFORE_SWITCH`] the server gives way to a new one (`switch`, on a thread of its own:
+    /// it lasts the old one's drain). Measured until every client is back and has every event
+    /// published up to then (the wave); then the publisher stops, and every event it published
+    /// must arrive. `earlier`: connect, for the wave's budget.
+    fn switch(&mut self, switch: Switch, earlier: &[PhaseResult]) -> PhaseResult {
+        let n = self.live;
+        for r in &self.receivers {
+            r.send(Cmd::ComeBack);
+        }
+        let w = self.begin(0, 0);
+        let d0 = self.delivered();
+        let sent = (self.bcast_sent, self.targeted_sent);
+        // Deliveries owed, and publishes taken, for what the publisher got taken so far.
+        let owed = |(bcast, targeted): (u64, u64)| n * (bcast - sent.0) + (targeted - sent.1);
+        let published = |(bcast, targeted): (u64, u64)| (bcast - sent.0) + (targeted - sent.1);
+        let every = Duration::from_millis(self.opts.publish_ms);
+        let targets = u64::from(self.opts.connections);
+        let publishing =
+            Steady::new(self.opts.control.addr, self.opts.payload as usize, targets, every, sent).start();
+        let mut wave = Wave::default();
+        let start = Instant::now();
+        let mut switching: Option<JoinHandle<io::Result<Server>>> = None;
+        let mut last_print = start;
+        let incomplete = loop {
+            let now = Instant::now();
+            if wave.switched.is_none() && now >= start + BEFORE_SWITCH {
+                let (old, timeout) = (self.opts.server_pid[0], self.opts.timeout);
+                let command = self.opts.server_cmd.clone().unwrap_or_default();
+                let delivered = (self.delivered() - d0).max(1) as f64;
+                wave.steady = self.usage(&w).server_cpu_s.map(|s| s / delivered);
+                wave.switched = Some(now);
+                switching = Some(std::thread::spawn(move || switch.run(old, &command, timeout)));
+            }
+            if switching.as_ref().is_some_and(JoinHandle::is_finished) {
+                match switching.take().map(JoinHandle::join) {
+                    Some(Ok(Ok(server))) => {
+                        self.serving(server, &mut wave, now);
+                        wave.taken_at_start = publishing.taken();
+                    }
+                    Some(Ok(Err(e))) => break Some(format!("{}: {e}", switch.name())),
+                    _ => break Some(format!("{}: its thread panicked", switch.name())),
+                }
+            }
+            let returned = self.total(|p| Progress::get(&p.returned));
+            let away = self.total(|p| Progress::get(&p.away));
+            if wave.started.is_some() && wave.back.is_none() && returned >= n && away == 0 {
+                wave.back = Some((now, owed(publishing.taken())));
+            }
+            if wave.back.is_some_and(|(_, owed)| self.delivered() - d0 >= owed) {
+                wave.caught_up = Some((now, self.usage_since_start(&w), self.delivered()));
+                wave.taken_at_caught_up = publishing.taken();
+                break None;
+            }
+            if now >= start + self.opts.timeout {
+                break Some(format!("timeout: {returned} of {n} back, {away} away at the deadline"));
+            }
+            if !self.opts.quiet && now - last_print >= PROGRESS_EVERY {
+                last_print = now;
+                let at = (now - start).as_secs_f64();
+                let published = published(publishing.taken());
+                eprintln!(
+                    "[{}] {at:6.1}s published {published}, away {away}, back {returned}/{n}",
+                    switch.name()
+                );
+            }
+            sleep(TICK);
+        };
+        let steady = publishing.stop();
+        let taken = (steady.bcast, steady.targeted);
+        let mut waiter = Waiter::new(switch.name(), &self.opts);
+        let incomplete = incomplete.or_else(|| {
+            self.wait_delivered(&mut waiter, d0, owed(taken), "events published across the switch")
+        });
+        (self.bcast_sent, self.targeted_sent) = (steady.bcast, steady.targeted);
+        let c = self.collect();
+        let time_s = start.elapsed().as_secs_f64();
+        let since_switch = |at: Instant| wave.switched.map(|s| (at - s).as_secs_f64());
+        let (usage, wave_deliveries) = match &wave.caught_up {
+            Some((_, usage, delivered)) => (usage.clone(), delivered - wave.delivered_at_start),
+            None if wave.started.is_some() => (self.usage_since_start(&w), 0),
+            None => (self.usage(&w), 0),
+        };
+        let returns = c.returned.max(1) as f64;
+        // What was published while the new server served went to every client live or in
+        // its replay alike: the rest of the wave's deliveries is what they missed.
+        let live = if wave.caught_up.is_some() {
+            owed(wave.taken_at_caught_up) - owed(wave.taken_at_start)
+        } else {
+            0
+        };
+        let missed_per_return = wave_deliveries.saturating_sub(live) as f64 / returns;
+        let per_return = usage.server_cpu_s.filter(|_| wave.caught_up.is_some()).map(|s| s * 1e6 / returns);
+        let sent_per_return = wave_deliveries as f64 / returns;
+        let budget = wave.steady.and_then(|steady| handshake_budget(earlier, sent_per_return, steady * 1e6));
+        let figures = figures::Switched {
+            switch,
+            published: published(taken),
+            publishes_refused: steady.refused.0,
+            longest_publish_gap_s: steady.longest_gap.as_secs_f64(),
+            returned: c.returned,
+            refused_connects: c.refused,
+            switch_s: wave.started.and_then(since_switch).unwrap_or(0.0),
+            all_back_s: wave.back.and_then(|(at, _)| since_switch(at)),
+            all_caught_up_s: wave.caught_up.as_ref().and_then(|(at, _, _)| since_switch(*at)),
+            wave_deliveries,
+            missed_per_return,
+            steady_server_cpu_us_per_delivery: wave.steady.map(|s| s * 1e6),
+            server_cpu_us_per_return: per_return,
+            budget_us_per_return: budget,
+        };
+        let mut result = PhaseResult::new(incomplete, c, time_s, usage, Figures::Switched(figures));
+        if let (refused, Some(why)) = &steady.refused {
+            result.notes.push(format!("{refused} publishes were refused, the last with {why:?}"));
+        }
+        result
+    }
+
+    /// The switch is over and `server` serves: its CPU is measured from its start, the
+    /// control connection (the old server's) is gone.
+    fn serving(&mut self, server: Server, wave: &mut Wave, now: Instant) {
+        self.probe = ServerProbe::new(&[server.pid]).ok();
+        self.started = Some(server);
+        self.control = None;
+        wave.started = Some(now);
+        wave.delivered_at_start = self.delivered();
+    }
+
+    /// CPU used since `w` by the tool, and by the server since its start (a server a switch
+    /// started: all of its CPU is the wave's).
+    fn usage_since_start(&self, w: &Window) -> Usage {
+        let from_start =
+            Window { server: Some(CpuSample { stat_ns: 0, sched_ns: Some(0), each: Vec::new() }), ..*w };
+        self.usage(&from_start)
     }
 
     /// Sends every connection one event of its own and waits for them; closes every connection
@@ -689,17 +840,42 @@ impl Bench {
     }
 }
 
+/// What a switch phase saw, when.
+#[derive(Default)]
+struct Wave {
+    /// The old server's CPU per delivery of the publishing before the switch, seconds.
+    steady: Option<f64>,
+    /// The switch began (SIGTERM).
+    switched: Option<Instant>,
+    /// The new server ran.
+    started: Option<Instant>,
+    /// Events delivered (ever) then.
+    delivered_at_start: u64,
+    /// The publisher's sequence numbers then, and when all had caught up.
+    taken_at_start: (u64, u64),
+    taken_at_caught_up: (u64, u64),
+    /// Every connection was answered again, and the deliveries owed then (since the phase began).
+    back: Option<(Instant, u64)>,
+    /// Every connection had what it was owed then: the wave's CPU and the deliveries (ever).
+    caught_up: Option<(Instant, Usage, u64)>,
+}
+
 /// 1.5 × (server CPU per connection + `missed` × server CPU per burst delivery), from `earlier`.
-pub fn resume_budget(earlier: &[PhaseResult], missed: u64) -> Option<f64> {
-    let connect = earlier.iter().find_map(|r| match &r.figures {
-        Figures::Connect(f) => f.server_cpu_us_per_connection,
-        _ => None,
-    })?;
+pub fn resume_budget(earlier: &[PhaseResult], missed: f64) -> Option<f64> {
     let burst = earlier.iter().find_map(|r| match &r.figures {
         Figures::Burst(f) => f.server_cpu_us_per_delivery,
         _ => None,
     })?;
-    Some(RESUME_BUDGET_FACTOR * (connect + missed as f64 * burst))
+    handshake_budget(earlier, missed, burst)
+}
+
+/// 1.5 × (server CPU per connection, from `earlier`'s connect + `events` × `per_event` µs).
+fn handshake_budget(earlier: &[PhaseResult], events: f64, per_event: f64) -> Option<f64> {
+    let connect = earlier.iter().find_map(|r| match &r.figures {
+        Figures::Connect(f) => f.server_cpu_us_per_connection,
+        _ => None,
+    })?;
+    Some(RESUME_BUDGET_FACTOR * (connect + events * per_event))
 }
 
 fn latency(c: &Counters) -> Latency {

@@ -149,6 +149,10 @@ pub struct Progress {
     pub failed: AtomicU64,
     /// Events received (ever).
     pub delivered: AtomicU64,
+    /// Connections that came back after the server ended them (ever; see [`Counters::returned`]).
+    pub returned: AtomicU64,
+    /// Connections away now: ended by the server, waiting out their `retry` or reconnecting.
+    pub away: AtomicU64,
 }
 
 impl Progress {
@@ -189,6 +193,11 @@ pub struct Counters {
     pub foreign: u64,
     /// Resumes the server told of a gap (`event: reset`): something it kept is gone.
     pub resets: u64,
+    /// Connections the server ended (or refused) that came back, once they were not to fail
+    /// but to come back as EventSource does: handshaked again, resuming.
+    pub returned: u64,
+    /// Connects refused (or reset) while coming back: the server was away.
+    pub refused: u64,
     /// Earliest receive time of an event (mono ns; 0 = none).
     pub first_recv: u64,
     /// Latest receive time of an event (mono ns).
@@ -230,6 +239,8 @@ impl Counters {
         self.id_errors += o.id_errors;
         self.foreign += o.foreign;
         self.resets += o.resets;
+        self.returned += o.returned;
+        self.refused += o.refused;
         self.live += o.live;
         if o.first_recv != 0 && (self.first_recv == 0 || o.first_recv < self.first_recv) {
             self.first_recv = o.first_recv;

@@ -51,7 +51,10 @@ impl Sequencer {
     }
 
     /// Hands every event to the history writer too (`--history-file`).
-    pub fn with_history_file(mut self, disk: crossbeam_channel::Sender<crate::history_file::ToDisk>) -> Self {
+    pub fn with_history_file(
+        mut self,
+        disk: crossbeam_channel::Sender<Arc<crate::pipeline::Sequenced>>,
+    ) -> Self {
         self.broadcast.keep_on_disk(disk);
         self
     }

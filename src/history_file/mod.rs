@@ -38,7 +38,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
 pub use record::{Record, StoredEvent};
-pub use writer::{FileFigures, HistoryWriter, ToDisk, HISTORY_QUEUE};
+pub use writer::{FileFigures, HistoryWriter, HISTORY_QUEUE};
 
 use crate::history::{History, HistoryLimits, Snapshot};
 use record::{Decoded, Header, VERSION};

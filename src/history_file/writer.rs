@@ -2,11 +2,16 @@
 //! syncs it every `--history-fsync`, rewrites it when it grew, and marks a clean stop.
 //!
 //! Owns the open file and when it is synced. Events come from the sequencer on a bounded
-//! channel ([`HISTORY_QUEUE`]); each batch it finds there is one `write`, so a SIGKILL loses
-//! at most what was still in the channel. When the disk falls that far behind, the sequencer
-//! waits for room, as it does for a full shard: publishers are held, nothing is dropped, since
-//! a dropped event would be a gap no restart could see. It never touches a connection and
-//! never holds the history's lock but to copy it for a rewrite.
+//! channel ([`HISTORY_QUEUE`]). While they flow, the writer takes them every [`GATHER`] on its
+//! own, all that came meanwhile in one `write`, and sleeps between: a sleeping writer is not
+//! waiting on the channel, so a send never wakes it (a wake-up per event, a futex call on the
+//! sequencer's side and a context switch on a core the workers need, cost more than the
+//! writing). It waits on the channel only once a round found nothing. A SIGKILL loses at most
+//! what was still in the channel: about the last [`GATHER`]'s events. When the disk falls
+//! [`HISTORY_QUEUE`] events behind, the sequencer waits for room (at most until the writer's
+//! next round), as it does for a full shard: publishers are held, nothing is dropped, since a
+//! dropped event would be a gap no restart could see. It never touches a connection and never
+//! holds the history's lock but to copy it for a rewrite.
 //!
 //! A write that fails (a full disk) is logged once; from then on nothing is written and no
 //! `Stop` either, so the next start tells resuming clients of a gap: the server goes on serving.
@@ -18,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use nix::fcntl::Flock;
 use tracing::{error, warn};
 
@@ -31,6 +36,8 @@ use crate::pipeline::{Sequenced, SharedState};
 pub const HISTORY_QUEUE: usize = 65_536;
 /// Events written in one batch at most.
 const BATCH: usize = 4096;
+/// While events flow, how long the writer lets them gather before it takes them.
+const GATHER: Duration = Duration::from_millis(5);
 /// About what a record adds to its event's frame on disk (length, checksum, kind, id, time,
 /// audience), to tell what the rings' events take in the file.
 const RECORD_OVERHEAD: u64 = 48;
@@ -66,13 +73,15 @@ impl FileFigures {
     }
 }
 
-/// A kept event on its way to the disk: the event the shards got, and when it was kept.
-#[derive(Debug)]
-pub struct ToDisk {
-    /// The event, shared with the shards.
-    pub event: Arc<Sequenced>,
-    /// When it was kept, in milliseconds since the Unix epoch.
-    pub at_ms: u64,
+/// What a round of taking events found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Events: more are likely to come.
+    Taken,
+    /// Nothing: wait on the channel.
+    Empty,
+    /// Every sender is gone: the server is stopping.
+    Ended,
 }
 
 /// The writer thread's state.
@@ -85,7 +94,7 @@ pub struct HistoryWriter {
     figures: Arc<FileFigures>,
     /// None once a write failed.
     file: Option<File>,
-    events: Receiver<ToDisk>,
+    events: Receiver<Arc<Sequenced>>,
     /// The history, read only to rewrite the file.
     state: Arc<SharedState>,
     fsync: Duration,
@@ -111,7 +120,7 @@ impl HistoryWriter {
         (path, lock, figures): (PathBuf, Flock<File>, Arc<FileFigures>),
         (file, size): (File, u64),
         written_up_to: u64,
-        events: Receiver<ToDisk>,
+        events: Receiver<Arc<Sequenced>>,
         state: Arc<SharedState>,
         fsync: Duration,
     ) -> Self {
@@ -143,31 +152,67 @@ impl HistoryWriter {
                 .map_or(IDLE, |since| (since + self.fsync).saturating_duration_since(Instant::now()));
             match self.events.recv_timeout(wait) {
                 Ok(first) => {
-                    self.take(&first);
-                    for _ in 0..BATCH {
-                        let Ok(more) = self.events.try_recv() else { break };
-                        self.take(&more);
+                    self.take(&first, super::wall_ms());
+                    if self.gather() == Flow::Ended {
+                        self.stop();
+                        return Ok(());
                     }
-                    self.write_buffer();
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.sync_if_due(),
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop();
                     return Ok(());
                 }
             }
-            self.sync_if_due();
-            self.compact_if_grown();
-            self.figures.done_up_to.store(self.newest, Ordering::Release);
         }
     }
 
-    /// Encodes an event into the batch, unless the last rewrite already holds it.
-    fn take(&mut self, to_disk: &ToDisk) {
-        let event = &to_disk.event;
+    /// Takes what the channel holds every [`GATHER`], until a round finds nothing (or every
+    /// sender is gone): the sequencer's sends meanwhile find no one waiting to wake.
+    fn gather(&mut self) -> Flow {
+        loop {
+            let flow = self.drain();
+            self.sync_if_due();
+            self.compact_if_grown();
+            self.figures.done_up_to.store(self.newest, Ordering::Release);
+            if flow != Flow::Taken {
+                return flow;
+            }
+            std::thread::sleep(GATHER);
+        }
+    }
+
+    /// Writes whatever the channel holds (the clock read once: they were all kept within the
+    /// last round), a batch at a time.
+    fn drain(&mut self) -> Flow {
+        let at_ms = super::wall_ms();
+        let mut flow = Flow::Empty;
+        loop {
+            for _ in 0..BATCH {
+                match self.events.try_recv() {
+                    Ok(event) => {
+                        self.take(&event, at_ms);
+                        flow = Flow::Taken;
+                    }
+                    Err(TryRecvError::Empty) => {
+                        self.write_buffer();
+                        return flow;
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        self.write_buffer();
+                        return Flow::Ended;
+                    }
+                }
+            }
+            self.write_buffer();
+        }
+    }
+
+    /// Encodes an event, kept at `at_ms`, into the batch, unless the last rewrite holds it.
+    fn take(&mut self, event: &Sequenced, at_ms: u64) {
         self.newest = self.newest.max(event.id);
         if event.id > self.written_up_to && self.file.is_some() {
-            record::encode_event(event.id, to_disk.at_ms, &event.audience, &event.frame, &mut self.buffer);
+            record::encode_event(event.id, at_ms, &event.audience, &event.frame, &mut self.buffer);
             self.buffered_events += 1;
         }
     }
@@ -278,18 +323,24 @@ mod tests {
         ids
     }
 
-    #[test]
-    fn it_writes_each_event_once_rewrites_when_grown_and_marks_a_clean_stop() {
-        let dir = std::env::temp_dir().join(format!("hasses-writer-{}", std::process::id()));
+    /// A writer on a fresh file at `name`, syncing every batch, fed by a channel of `queue`.
+    struct Started {
+        path: std::path::PathBuf,
+        state: Arc<SharedState>,
+        figures: Arc<FileFigures>,
+        disk: crossbeam_channel::Sender<Arc<Sequenced>>,
+        thread: std::thread::JoinHandle<io::Result<()>>,
+    }
+
+    fn start(name: &str, limits: HistoryLimits, queue: usize) -> Started {
+        let dir = std::env::temp_dir().join(format!("hasses-writer-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("history");
-        let limits =
-            HistoryLimits { per_audience: 2, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
         let state = Arc::new(SharedState::new(false, History::new(limits, 100, Instant::now())));
         let snapshot = state.history.read().snapshot(Instant::now());
         let file = rewrite(&path, &snapshot).unwrap();
-        let (disk, events) = crossbeam_channel::bounded(4);
+        let (disk, events) = crossbeam_channel::bounded(queue);
         let lock = super::super::lock(&path).unwrap();
         assert!(
             matches!(super::super::lock(&path), Err(super::super::HistoryFileError::InUse { .. })),
@@ -305,14 +356,21 @@ mod tests {
             Duration::ZERO,
         );
         let thread = std::thread::spawn(move || writer.run());
+        Started { path, state, figures, disk, thread }
+    }
+
+    #[test]
+    fn it_writes_each_event_once_rewrites_when_grown_and_marks_a_clean_stop() {
+        let limits =
+            HistoryLimits { per_audience: 2, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
+        let Started { path, state, figures, disk, thread } = start("grown", limits, 4);
         let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
         // 2.4 MB: the file is rewritten (from 2 events) at least once on the way.
         for id in 100..140u64 {
             let frame = encode_event(id, &[b'x'; 60_000]);
             state.history.write().append(id, &audience, &frame, Instant::now());
-            let event =
-                Arc::new(Sequenced { id, audience: audience.clone(), frame, at: std::time::Instant::now() });
-            disk.send(ToDisk { event, at_ms: super::super::wall_ms() }).unwrap();
+            disk.send(Arc::new(Sequenced { id, audience: audience.clone(), frame, at: Instant::now() }))
+                .unwrap();
         }
         drop(disk);
         thread.join().unwrap().unwrap();
@@ -328,5 +386,36 @@ mod tests {
         assert_eq!((replay.gap, replay.frames.len()), (false, 2), "a clean stop: no gap");
         let replay = restored.replay(ResumeFrom::After(136), ["t"].into_iter(), "", Instant::now());
         assert!(replay.gap, "137 was let go");
+    }
+
+    #[test]
+    fn events_that_come_while_it_gathers_or_waits_are_all_written_in_order() {
+        let limits =
+            HistoryLimits { per_audience: 1000, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
+        // A queue far smaller than a spurt: the sender waits for room, and never for long.
+        let Started { path, figures, disk, thread, .. } = start("spurts", limits, 8);
+        let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
+        let send = |ids: std::ops::Range<u64>| {
+            for id in ids {
+                let frame = encode_event(id, b"x");
+                disk.send(Arc::new(Sequenced { id, audience: audience.clone(), frame, at: Instant::now() }))
+                    .unwrap();
+            }
+        };
+        send(100..300);
+        // Written without another event to push them out: the writer went back to waiting.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while figures.figures().written < 200 {
+            assert!(Instant::now() < deadline, "written: {:?}", figures.figures());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        send(300..310);
+        drop(disk);
+        thread.join().unwrap().unwrap();
+        assert_eq!(ids_in(&path), (100..310).collect::<Vec<_>>());
+        assert_eq!(figures.figures().written, 210);
+        let restored = restore(&path, limits, 1).unwrap();
+        let replay = restored.replay(ResumeFrom::After(299), ["t"].into_iter(), "", Instant::now());
+        assert_eq!((replay.gap, replay.frames.len()), (false, 10), "stopped cleanly");
     }
 }

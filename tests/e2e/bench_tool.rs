@@ -66,17 +66,19 @@ fn start(program: &Path, args: &[&str], sse_label: &str, control_label: &str) ->
 /// Runs hasses-bench with `args` (split on white space) against `server`, its figures written as
 /// JSON lines; asserts it succeeded, and returns its report and its lines.
 fn run_bench(server: &Server, args: &str) -> (String, Vec<serde_json::Value>) {
-    run_bench_on(&[server], server, &[server], args)
+    run_bench_on(&[server], server, &[server], args, &[])
 }
 
-/// Runs hasses-bench with `args` (split on white space), its connections spread over `sse`, its
-/// messages sent through `control`'s control port, the CPU of `pids` summed, its figures written
-/// as JSON lines; asserts it succeeded, and returns its report and its lines.
+/// Runs hasses-bench with `args` (split on white space) and `whole` (arguments as they are), its
+/// connections spread over `sse`, its messages sent through `control`'s control port, the CPU
+/// of `pids` summed, its figures written as JSON lines; asserts it succeeded, and returns its
+/// report and its lines.
 fn run_bench_on(
     sse: &[&Server],
     control: &Server,
     pids: &[&Server],
     args: &str,
+    whole: &[&str],
 ) -> (String, Vec<serde_json::Value>) {
     let args: Vec<&str> = args.split_whitespace().collect();
     let json =
@@ -85,6 +87,7 @@ fn run_bench_on(
     let list = |items: Vec<String>| items.join(",");
     let out = Command::new(crate::common::bench_tool::path())
         .args(&args)
+        .args(whole)
         .args(["--sse", &list(sse.iter().map(|s| format!("127.0.0.1:{}", s.sse_port)).collect())])
         .args(["--control", &format!("127.0.0.1:{}", control.control_port)])
         .args(["--server-pid", &list(pids.iter().map(|s| s.child.id().to_string()).collect())])
@@ -117,7 +120,7 @@ fn all_scenarios_lose_nothing_on(
 ) -> Vec<serde_json::Value> {
     let scenarios = "all -n 50 --quiet --messages 5 --interval-ms 20 --burst 20 --targeted 1000 \
                      --idle-secs 0.2 --timeout 30 --stall-secs 5";
-    let (report, lines) = run_bench_on(sse, control, pids, scenarios);
+    let (report, lines) = run_bench_on(sse, control, pids, scenarios, &[]);
     let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
     assert_eq!(names, ["connect", "idle", "broadcast", "burst", "targeted"], "{report}");
     for line in &lines {
@@ -188,7 +191,7 @@ fn the_same_server_twice_and_two_pids_lose_nothing() {
 #[test]
 fn connections_spread_evenly_over_several_servers() {
     let (a, b) = (hasses(&PLAIN), hasses(&PLAIN));
-    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], "connect -n 50 --quiet --timeout 30");
+    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], "connect -n 50 --quiet --timeout 30", &[]);
     assert_eq!(lines[0]["handshaked"], 50, "{report}");
     assert_eq!(lines[0]["server_clients"], 25, "the control server counts its own half\n{report}");
     assert!(!report.contains("warning"), "{report}");
@@ -207,7 +210,7 @@ fn over_tls_each_server_resumes_its_own_sessions() {
     args.extend(["--no-api", "--tls-cert", cert.arg(), "--tls-key", key.arg()]);
     let (a, b) = (hasses(&args), hasses(&args));
     let bench = format!("connect -n 40 --quiet --timeout 30 --tls --tls-resume --ca {}", cert.arg());
-    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], &bench);
+    let (report, lines) = run_bench_on(&[&a, &b], &a, &[&a, &b], &bench, &[]);
     let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
     assert_eq!(names, ["connect", "reconnect"], "{report}");
     assert_eq!(lines[0]["tls_handshakes"], 40, "{report}");
@@ -228,7 +231,7 @@ fn a_cluster_of_three_nodes_loses_nothing() {
     let lines = all_scenarios_lose_nothing_on(&nodes, nodes[0], &nodes);
     assert_eq!(lines[0]["server_clients"], 17, "node 1 holds connections 0, 3, ..., 48");
     let args = "targeted -n 60 --quiet --rate 1000 --targeted 300 --timeout 30 --stall-secs 5";
-    let (report, lines) = run_bench_on(&nodes, nodes[0], &nodes, args);
+    let (report, lines) = run_bench_on(&nodes, nodes[0], &nodes, args, &[]);
     let targeted = lines.last().expect("a line per phase");
     assert_eq!(
         (targeted["ok"].as_bool(), targeted["received"].as_u64()),
@@ -291,6 +294,35 @@ fn resume_at_small_n_replays_every_missed_event_once() {
     assert!(resume["budget_us_per_resume"].as_f64().is_some_and(|b| b > 0.0), "{report}");
 }
 
+/// 200 clients, a publisher every 5 ms, and the server restarted (SIGTERM, then started again
+/// on the same ports and history file): every client comes back and resumes exactly, with no
+/// event lost, twice, out of order, and no reset.
+#[test]
+fn a_restart_with_the_history_file_loses_and_resets_no_one() {
+    let file = crate::common::TempFile::new("history");
+    let flags = ["--history-file", file.arg(), "--no-api", "--drain-secs", "1", "--log-level", "0"];
+    let server = hasses(&[&["--port", "0", "--control-port", "0"][..], &flags].concat());
+    let again = format!(
+        "exec {} --port {} --control-port {} {}",
+        env!("CARGO_BIN_EXE_hasses"),
+        server.sse_port,
+        server.control_port,
+        flags.join(" ")
+    );
+    let args = "restart -n 200 --quiet --timeout 30 --stall-secs 5";
+    let (report, lines) = run_bench_on(&[&server], &server, &[&server], args, &["--server-cmd", &again]);
+    let restart = lines.last().expect("a line per phase");
+    assert_eq!(restart["scenario"], "restart", "{report}");
+    for key in ["lost", "duplicated", "misrouted", "id_errors", "resets", "foreign", "closed"] {
+        assert_eq!(restart[key], 0, "{key} in {restart}\n{report}");
+    }
+    assert_eq!(restart["returned"], 200, "{report}");
+    assert!(restart["published"].as_u64() > Some(100), "published all along: {report}");
+    let back = restart["all_back_s"].as_f64().expect("all came back");
+    assert!(restart["all_caught_up_s"].as_f64() >= Some(back), "{report}");
+    assert!(restart["budget_us_per_return"].as_f64().is_some_and(|b| b > 0.0), "{report}");
+}
+
 #[test]
 fn help_documents_every_scenario() {
     let out =
@@ -305,6 +337,7 @@ fn help_documents_every_scenario() {
         "targeted",
         "all",
         "resume",
+        "restart",
         "publish-http",
         "floor-server",
         "stream-hop",
