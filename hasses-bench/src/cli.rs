@@ -40,7 +40,9 @@ gave, 3 s before any; resuming with Last-Event-ID). A publisher of its own publi
 --publish-ms, broadcast and targeted in turn, each acknowledged (`ack on`): a publish counts
 as sent once answered `OK`, and one left unanswered is sent again. After a second of it, the
 server (--server-pid, one) is sent SIGTERM; once it is gone, --server-cmd starts the new one
-(a shell command line; `exec` it, so that its process is the server's). Figures: lost,
+(a shell command line; `exec` it, so that its process is the server's). upgrade does the
+same with SIGUSR2 instead: the server starts its binary again, hands it everything and
+drains; the new process is found as its child. Figures: lost,
 duplicated, reordered (event ids that do not increase) and reset events over the whole phase;
 the time from the SIGTERM until the new server ran (switch), until every connection was
 answered again (back), and until each had every event published up to then (caught up), and
@@ -303,6 +305,9 @@ pub enum Scenario {
     /// lost, duplicated, reordered, resets; the time until every client is back and has what it
     /// missed; the new server's CPU for that wave against connect and the live traffic.
     Restart,
+    /// restart's measure of an upgrade in place: the server is sent SIGUSR2 (it hands its
+    /// sockets and history to a new process of its binary, then drains) instead of a restart.
+    Upgrade,
     /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
     /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
@@ -369,6 +374,7 @@ impl Scenario {
             Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
             // Connect gives the reconnect wave's budget.
             Scenario::Restart => &[Phase::Connect, Phase::Switch(Switch::Restart)],
+            Scenario::Upgrade => &[Phase::Connect, Phase::Switch(Switch::Upgrade)],
             Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
         }
     }
@@ -532,6 +538,9 @@ impl Options {
         }
         if self.scenario == Scenario::Restart && (self.server_pid.len() != 1 || self.server_cmd.is_none()) {
             return Err("the restart scenario needs one --server-pid and --server-cmd".into());
+        }
+        if self.scenario == Scenario::Upgrade && self.server_pid.len() != 1 {
+            return Err("the upgrade scenario needs one --server-pid".into());
         }
         let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
         if needs_pid && self.server_pid.is_empty() {

@@ -22,6 +22,9 @@ pub enum Switch {
     /// SIGTERM (the server drains: its streams are told to come back, then ended), wait until
     /// the process is gone, then start `--server-cmd`: a deploy's `systemctl restart`.
     Restart,
+    /// SIGUSR2: the server starts its binary again and hands it its sockets and history, then
+    /// drains; the new process (its child) serves from then on: `systemctl reload`.
+    Upgrade,
 }
 
 impl Switch {
@@ -29,6 +32,7 @@ impl Switch {
     pub fn name(self) -> &'static str {
         match self {
             Switch::Restart => "restart",
+            Switch::Upgrade => "upgrade",
         }
     }
 
@@ -42,8 +46,46 @@ impl Switch {
                 wait_gone(old, timeout)?;
                 Server::start(command)
             }
+            Switch::Upgrade => {
+                signal(old, Signal::SIGUSR2)?;
+                let pid = wait_child(old, timeout)?;
+                Ok(Server { pid, child: None })
+            }
         }
     }
+}
+
+/// Waits until process `parent` has a child (the new process of an upgrade), at most `timeout`.
+fn wait_child(parent: u32, timeout: Duration) -> io::Result<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(child) = child_of(parent)? {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline || ended(parent) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("server process {parent} started no new process after SIGUSR2"),
+            ));
+        }
+        sleep(LOOK_EVERY);
+    }
+}
+
+/// A child of process `parent`, if it has one: read from every process's `stat`.
+fn child_of(parent: u32) -> io::Result<Option<u32>> {
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The parent's pid is the second field after the command name's last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if ppid == Some(parent) && !ended(pid) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }
 
 /// A server process a switch left serving; the bench stops it when it ends.

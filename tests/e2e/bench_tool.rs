@@ -323,6 +323,23 @@ fn a_restart_with_the_history_file_loses_and_resets_no_one() {
     assert!(restart["budget_us_per_return"].as_f64().is_some_and(|b| b > 0.0), "{report}");
 }
 
+/// The same with an upgrade in place (SIGUSR2) instead of a restart, and no history file: the
+/// new process has the old one's history from the hand-over, and publishes are taken all along.
+#[test]
+fn an_upgrade_loses_and_resets_no_one_and_keeps_taking_publishes() {
+    let server =
+        hasses(&["--port", "0", "--control-port", "0", "--no-api", "--drain-secs", "1", "--log-level", "0"]);
+    let args = "upgrade -n 200 --quiet --timeout 30 --stall-secs 5";
+    let (report, lines) = run_bench_on(&[&server], &server, &[&server], args, &[]);
+    let upgrade = lines.last().expect("a line per phase");
+    assert_eq!(upgrade["scenario"], "upgrade", "{report}");
+    for key in ["lost", "duplicated", "misrouted", "id_errors", "resets", "foreign", "closed"] {
+        assert_eq!(upgrade[key], 0, "{key} in {upgrade}\n{report}");
+    }
+    assert_eq!(upgrade["returned"], 200, "{report}");
+    assert!(upgrade["published"].as_u64() > Some(100), "published all along: {report}");
+}
+
 #[test]
 fn help_documents_every_scenario() {
     let out =
@@ -338,6 +355,7 @@ fn help_documents_every_scenario() {
         "all",
         "resume",
         "restart",
+        "upgrade",
         "publish-http",
         "floor-server",
         "stream-hop",
