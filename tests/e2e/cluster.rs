@@ -602,3 +602,18 @@ fn an_http_publish_is_answered_with_the_id_redis_gave_it_and_queued_only_without
     let back = (0..sent + 2).map(|_| clients[1].next_data()).find(|d| d == "queued");
     assert_eq!(back.as_deref(), Some("queued"), "delivered once Redis is back");
 }
+
+/// A node upgraded in place (SIGUSR2) under load: its clients resume on the new process with
+/// every event once and no reset, the ids Redis gave; the publisher on its control port is
+/// answered all along; another node's client sees the same events with the same ids.
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn a_node_upgraded_in_place_loses_and_resets_no_one() {
+    let redis = Redis::start(false, &[]);
+    let other = node(&redis, &[]);
+    let mut witness = other.subscribe("subscribe=t");
+    let upgraded = node(&redis, &["--drain-secs", "1", "--history", "1000"]);
+    let (_successor, ids) = crate::upgrade::upgrade_under_load_of(upgraded);
+    let seen = events(&mut witness, ids.len());
+    assert_eq!(seen.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "the same ids on the other node");
+}

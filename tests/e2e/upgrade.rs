@@ -22,7 +22,7 @@ const EVENTS: usize = 150;
 const UPGRADE: Duration = Duration::from_secs(20);
 
 /// A process the test did not start (the server's successor): stopped with SIGTERM when dropped.
-struct Successor(Pid);
+pub(crate) struct Successor(Pid);
 
 impl Successor {
     /// The new process's pid, from its readiness message (`MAINPID=`, which systemd takes it
@@ -139,7 +139,11 @@ fn publisher(port: u16, go_on: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> JoinH
 /// through it; checks every follower got every event once, in order, without a reset. Returns
 /// the new process and the ids of the events.
 fn upgrade_under_load(extra: &[&str]) -> (Successor, Vec<u64>) {
-    let mut server = Server::start(&[&["--drain-secs", "1", "--history", "1000"], extra].concat());
+    upgrade_under_load_of(Server::start(&[&["--drain-secs", "1", "--history", "1000"], extra].concat()))
+}
+
+/// [`upgrade_under_load`] of a server already started (a cluster's node, say).
+pub(crate) fn upgrade_under_load_of(mut server: Server) -> (Successor, Vec<u64>) {
     let expected = Expected::default();
     let followers: Vec<_> =
         (0..20).map(|_| follower(server.sse_port, "subscribe=t", Arc::clone(&expected))).collect();
