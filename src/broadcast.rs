@@ -15,7 +15,8 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tracing::{debug, warn};
 
-use crate::event::Publish;
+use crate::event::{Audience, Publish};
+use crate::forward::Forward;
 use crate::pipeline::{Sequenced, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
 use crate::sse::{encode, EventFields, Frame};
 
@@ -28,12 +29,14 @@ pub struct Broadcast {
     state: Arc<SharedState>,
     /// The history writer's channel, with `--history-file`.
     disk: Option<Sender<Arc<Sequenced>>>,
+    /// After an upgrade, while the old process drains: its feed.
+    forward: Option<Forward>,
 }
 
 impl Broadcast {
     /// Delivers to these shards, keeping events in `state`'s history.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>) -> Self {
-        Broadcast { fanout: Fanout::new(shards), state, disk: None }
+        Broadcast { fanout: Fanout::new(shards), state, disk: None, forward: None }
     }
 
     /// Hands every kept event to the history writer too (`--history-file`). Its channel is
@@ -47,15 +50,24 @@ impl Broadcast {
     pub fn deliver(&mut self, id: u64, publish: Publish) {
         debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
         let frame = frame(id, &publish);
+        self.deliver_framed(id, publish.audience, frame);
+    }
+
+    /// [`Broadcast::deliver`] of an event framed already: one a successor sequenced and
+    /// forwarded while this process drains.
+    pub fn deliver_framed(&mut self, id: u64, audience: Audience, frame: Frame) {
         // Kept before any shard can see it: a resume that reads the history then finds every
         // event its shard may already have delivered to others (see `shard::delivery`).
-        self.state.history.write().append(id, &publish.audience, &frame, Instant::now());
+        self.state.history.write().append(id, &audience, &frame, Instant::now());
         // Likewise: a fresh handshake from now on is later than this event.
         self.state.published.store(id, Ordering::Release);
-        let event = Arc::new(Sequenced { id, audience: publish.audience, frame, at: Instant::now() });
+        let event = Arc::new(Sequenced { id, audience, frame, at: Instant::now() });
         if let Some(disk) = &self.disk {
             // A writer that is gone has logged why; delivery goes on.
             let _ = disk.send(Arc::clone(&event));
+        }
+        if let Some(forward) = &mut self.forward {
+            forward.push(&event);
         }
         self.fanout.publish(event);
     }
@@ -68,14 +80,23 @@ impl Broadcast {
         }
     }
 
+    /// Forwards every event to the process this one replaced, while it drains (an upgrade).
+    pub fn forward_to(&mut self, forward: Forward) {
+        self.forward = Some(forward);
+    }
+
     /// The stream lost what came before now: a resume from before is told of a gap.
     pub fn new_epoch(&mut self) {
         self.state.history.write().new_epoch();
     }
 
-    /// Wakes the shards that were sent something since the last wake.
+    /// Wakes the shards that were sent something since the last wake, and writes what is to
+    /// be forwarded.
     pub fn wake(&mut self) {
         self.fanout.wake();
+        if self.forward.as_mut().is_some_and(|forward| !forward.flush()) {
+            self.forward = None;
+        }
     }
 }
 

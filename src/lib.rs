@@ -63,6 +63,7 @@
 //! - [`log`]: hasses' log levels and line format, a non-blocking writer, reopen on SIGHUP.
 //! - [`nonblocking`]: one reading of a non-blocking call's outcome.
 //! - [`limits`]: size limits shared by the parsers.
+//! - [`forward`]: events a new process forwards to the one it replaced while that one drains.
 //! - [`upgrade`]: replacing the binary with no gap (SIGUSR2): the sockets, connections and
 //!   history handed to a new process, which says when it serves; the old one then drains.
 #![deny(missing_docs)]
@@ -77,6 +78,7 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod figures;
+pub mod forward;
 pub mod history;
 pub mod history_file;
 pub mod http;

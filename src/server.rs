@@ -25,6 +25,7 @@ use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
 use crate::control::handover::{Adopted, Verdict};
 use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
+use crate::forward::{Forward, Relay};
 use crate::history::History;
 use crate::history_file::{self, FileFigures, HistoryWriter, HISTORY_QUEUE};
 use crate::log::REPORT;
@@ -123,6 +124,7 @@ struct TakenOver {
     adopted: Adopted,
     history_lock: Option<File>,
     history: Vec<u8>,
+    forward: Option<std::os::unix::net::UnixStream>,
     ready: ReadyPipe,
 }
 
@@ -152,9 +154,7 @@ impl Bound {
 pub fn bind(config: &Config, inherited: Option<Inherited>) -> Result<Bound, StartError> {
     let Some(inherited) = inherited else { return bind_fresh(config) };
     let mut sse = inherited.sse;
-    let same_port =
-        sse.first().and_then(|l| l.local_addr().ok()) == Some(config.sse_addr) || config.sse_addr.port() == 0;
-    if !same_port {
+    if !sse.first().is_some_and(|listener| listens_at(listener, config.sse_addr)) {
         info!("Upgrade: SSE moves to {}; the old listeners are closed", config.sse_addr);
         sse.clear();
     }
@@ -169,13 +169,11 @@ pub fn bind(config: &Config, inherited: Option<Inherited>) -> Result<Bound, Star
         sse.push(listen_sse(addr, config.defer_accept)?);
     }
     let control = match (config.control_addr, inherited.control) {
-        (Some(addr), Some(listener)) if listener.local_addr().ok() == Some(addr) => Some(listener),
+        (Some(addr), Some(listener)) if listens_at(&listener, addr) => Some(listener),
         (addr, _) => addr.map(|addr| listen(addr, false)).transpose()?,
     };
     let (api, api_unavailable) = match (config.api, inherited.api) {
-        (ApiBind::Asked(addr) | ApiBind::Default(addr), Some(listener))
-            if listener.local_addr().ok() == Some(addr) =>
-        {
+        (ApiBind::Asked(addr) | ApiBind::Default(addr), Some(listener)) if listens_at(&listener, addr) => {
             (Some(listener), None)
         }
         _ => bind_api(config.api)?,
@@ -189,9 +187,17 @@ pub fn bind(config: &Config, inherited: Option<Inherited>) -> Result<Bound, Star
         adopted: inherited.adopted,
         history_lock: inherited.history_lock,
         history: inherited.history,
+        forward: inherited.forward,
         ready: inherited.ready,
     };
     Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth, taken_over: Some(taken_over) })
+}
+
+/// Whether an inherited `listener` is where the configuration asks for one (port 0: any port).
+fn listens_at(listener: &TcpListener, asked: SocketAddr) -> bool {
+    listener
+        .local_addr()
+        .is_ok_and(|at| at.ip() == asked.ip() && (asked.port() == 0 || at.port() == asked.port()))
 }
 
 /// Binds and opens everything anew: a start, not an upgrade.
@@ -388,6 +394,8 @@ struct HandoverSide {
     state: Arc<SharedState>,
     /// Where to say this process serves, when it took over from a predecessor.
     predecessor: Option<ReadyPipe>,
+    /// How long this process drains once it handed over (`--drain-secs`).
+    drain: Duration,
 }
 
 /// The sd-notify message of a started server: `READY=1`; a `STATUS=` line naming what it listens
@@ -458,9 +466,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let taken_over = bound.taken_over.take();
-    let (adopted, predecessor, handed_history) = match taken_over {
-        Some(t) => (t.adopted, Some(t.ready), Some((t.history, t.history_lock))),
-        None => (Adopted::default(), None, None),
+    let (adopted, predecessor, handed_history, forward) = match taken_over {
+        Some(t) => (t.adopted, Some(t.ready), Some((t.history, t.history_lock)), t.forward),
+        None => (Adopted::default(), None, None, None),
     };
     let control_addr = bound.control_addr();
     let api_addr = bound.api_addr();
@@ -540,6 +548,9 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     if let Some(link) = cluster.as_mut().and_then(Cluster::link) {
         sequencer = sequencer.with_cluster(link);
     }
+    if let Some(feed) = forward.filter(|_| cluster.is_none()) {
+        sequencer = sequencer.with_forward(Forward::new(feed).map_err(StartError::Thread)?);
+    }
     let mut history_writer = None;
     let mut history_file = None;
     if let (Some(OnDisk { path, lock, file, written_up_to }), Some(figures)) = (on_disk, file_figures) {
@@ -573,6 +584,7 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
         cluster: cluster.as_ref().map(Cluster::shared),
         state: Arc::clone(&state),
         predecessor,
+        drain: config.drain.unwrap_or_default(),
     };
     let cluster_threads = cluster.map(|cluster| {
         info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
@@ -657,6 +669,8 @@ const HANDED_HISTORY: &str = "(handed over by the old process)";
 const PACK_WAIT: Duration = Duration::from_secs(10);
 /// How long the history writer and a cluster's outbox may take to catch up before an upgrade.
 const CATCH_UP: Duration = Duration::from_secs(2);
+/// What a drain takes beyond `--drain-secs`: the shards' last writes (a second), and a margin.
+const DRAIN_LAST_WRITES: Duration = Duration::from_millis(1500);
 /// How long a new process may take to start serving before the upgrade is given up.
 const SUCCESSOR_WAIT: Duration = Duration::from_secs(60);
 
@@ -705,17 +719,29 @@ impl Running {
     ) -> Result<upgrade::Successor, UpgradeError> {
         info!(target: REPORT, "Upgrade: starting {}", binary.display());
         let control = self.control.handover().pack(PACK_WAIT).map_err(UpgradeError::Pack)?;
-        let started = self
-            .parcel(control)
-            .and_then(|parcel| upgrade::start_successor(binary, args, parcel, SUCCESSOR_WAIT));
-        let verdict = if started.is_ok() { Verdict::Release } else { Verdict::Resume };
-        self.control.handover().decide(verdict);
-        started
+        let started = self.parcel(control).and_then(|(parcel, relay)| {
+            let successor = upgrade::start_successor(binary, args, parcel, SUCCESSOR_WAIT)?;
+            Ok((successor, relay))
+        });
+        match started {
+            Ok((successor, relay)) => {
+                let until = Instant::now() + self.handover.drain + DRAIN_LAST_WRITES;
+                self.control.handover().decide(Verdict::Release(relay, until));
+                Ok(successor)
+            }
+            Err(e) => {
+                self.control.handover().decide(Verdict::Resume);
+                Err(e)
+            }
+        }
     }
 
     /// Everything but the control sources, once the history writer and a cluster's outbox
     /// caught up with what the control thread took before it packed.
-    fn parcel(&self, control: crate::control::handover::ControlParcel) -> Result<Parcel, UpgradeError> {
+    fn parcel(
+        &self,
+        control: crate::control::handover::ControlParcel,
+    ) -> Result<(Parcel, Option<Relay>), UpgradeError> {
         let side = &self.handover;
         let sequenced = side.state.published.load(std::sync::atomic::Ordering::Acquire);
         let caught_up = || {
@@ -740,12 +766,22 @@ impl Running {
             let snapshot = side.state.history.read().snapshot(Instant::now());
             history_file::encode_handover(&snapshot, sequenced.max(snapshot.newest))
         };
-        Ok(Parcel {
+        // A lone node's clients get the new process's events while they drain; a cluster
+        // node's get them from its tail.
+        let (forward, relay) = if side.cluster.is_some() {
+            (None, None)
+        } else {
+            let (theirs, ours) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Prepare)?;
+            (Some(theirs.into()), Some(Relay::new(ours).map_err(UpgradeError::Prepare)?))
+        };
+        let parcel = Parcel {
             sse: side.sse.iter().map(copy).collect::<Result<_, _>>()?,
             control,
             history_lock: side.history_file.as_ref().map(|(lock, _)| copy(lock)).transpose()?,
             history,
-        })
+            forward,
+        };
+        Ok((parcel, relay))
     }
 
     /// Reads the TLS certificate and key again for new connections (SIGHUP); connections

@@ -88,6 +88,8 @@ pub struct Parcel {
     pub history_lock: Option<OwnedFd>,
     /// The history in the history file's format, ended as a clean stop is.
     pub history: Vec<u8>,
+    /// Where the new process forwards its events while this one drains (a lone node).
+    pub forward: Option<OwnedFd>,
 }
 
 /// The description of a hand-over, as the new process reads it: descriptor numbers, inherited.
@@ -101,6 +103,7 @@ struct Description {
     apis: Vec<(RawFd, ApiState)>,
     history_lock: Option<RawFd>,
     history: RawFd,
+    forward: Option<RawFd>,
     ready: RawFd,
 }
 
@@ -121,6 +124,8 @@ pub struct Inherited {
     pub history_lock: Option<File>,
     /// The predecessor's history, in the history file's format.
     pub history: Vec<u8>,
+    /// Where to forward events while the predecessor drains.
+    pub forward: Option<std::os::unix::net::UnixStream>,
     /// Where to say that this process serves.
     pub ready: ReadyPipe,
 }
@@ -162,7 +167,7 @@ pub fn start_successor(
     passed.extend(parcel.control.fifo.iter().map(|(fd, _)| fd));
     passed.extend(parcel.control.publishers.iter().map(|(fd, _)| fd));
     passed.extend(parcel.control.apis.iter().map(|(fd, _)| fd));
-    passed.extend(parcel.history_lock.iter());
+    passed.extend(parcel.history_lock.iter().chain(&parcel.forward));
     passed.extend([&history, &ready_write, &described]);
     for fd in passed {
         // Every descriptor of ours is close-on-exec; these few are to be inherited.
@@ -191,6 +196,7 @@ fn describe(parcel: &Parcel, history: &OwnedFd, ready: &OwnedFd) -> Description 
         apis: control.apis.iter().map(|(fd, state)| (raw(fd), state.clone())).collect(),
         history_lock: parcel.history_lock.as_ref().map(raw),
         history: raw(history),
+        forward: parcel.forward.as_ref().map(raw),
         ready: raw(ready),
     }
 }
@@ -285,6 +291,7 @@ pub fn inherited() -> Result<Option<Inherited>, UpgradeError> {
             .map(|fd| taken.take(fd, Kind::File).map(File::from))
             .transpose()?,
         history,
+        forward: description.forward.map(|fd| taken.take(fd, Kind::Socket).map(Into::into)).transpose()?,
         ready: ReadyPipe(File::from(taken.take(description.ready, Kind::Fifo)?)),
     }))
 }

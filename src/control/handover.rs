@@ -25,6 +25,7 @@ use super::table::{Key, Named};
 use super::tcp::Publisher;
 use super::{Control, Input, API_LISTENER, FIFO, LISTENER, WAKER};
 use crate::event::{ApiKey, PublisherKey};
+use crate::forward::Relay;
 
 /// How long the answers owed (the admin path's, a cluster's receipts) may take to come and be
 /// written before the sources are packed without the connections still waiting for one.
@@ -92,8 +93,10 @@ pub enum PackError {
 /// What the main thread tells a control thread that packed its sources.
 #[derive(Debug)]
 pub enum Verdict {
-    /// The new process serves them: let go of them, and end.
-    Release,
+    /// The new process serves them: let go of them, and have the shards drain until `until`,
+    /// with every event live meanwhile: the ones the new process forwards on the feed (a lone
+    /// node), or the ones a cluster's tail reads.
+    Release(Option<Relay>, Instant),
     /// The new process did not start: watch them again and go on.
     Resume,
 }
@@ -151,8 +154,14 @@ impl Control {
             return false;
         }
         match self.handover.verdicts.recv() {
-            Ok(Verdict::Release) => {
+            Ok(Verdict::Release(relay, until)) => {
                 info!("Upgrade: the new process serves the control sources");
+                self.sequencer.drain_shards();
+                match relay {
+                    Some(relay) => self.relay(relay, until),
+                    None => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+                }
+                self.sequencer.stop_cluster();
                 true
             }
             Ok(Verdict::Resume) | Err(_) => {
@@ -206,6 +215,18 @@ impl Control {
                         _ => {}
                     },
                 }
+            }
+        }
+    }
+
+    /// Hands the draining shards the events the new process forwards: their streams get
+    /// every event live until they are ended.
+    fn relay(&mut self, mut relay: Relay, until: Instant) {
+        while Instant::now() < until {
+            let open = relay.take(|event| self.sequencer.deliver_forwarded(event));
+            self.sequencer.wake();
+            if !open {
+                break;
             }
         }
     }

@@ -335,7 +335,8 @@ impl Control {
             // One wake per shard for everything this round of events produced.
             self.sequencer.wake();
             if woken && self.hand_over_if_asked() {
-                break;
+                // The shards were told to drain when the sources were released.
+                return Ok(());
             }
         }
         self.sequencer.shut_down();

@@ -59,6 +59,17 @@ impl Sequencer {
         self
     }
 
+    /// Forwards every event to the process this one replaced (an upgrade), while it drains.
+    pub fn with_forward(mut self, forward: crate::forward::Forward) -> Self {
+        self.broadcast.forward_to(forward);
+        self
+    }
+
+    /// Delivers an event a successor sequenced and forwarded, as it is: this process drains.
+    pub fn deliver_forwarded(&mut self, event: crate::history_file::StoredEvent) {
+        self.broadcast.deliver_framed(event.id, event.audience, event.frame);
+    }
+
     /// The same in cluster mode: publishes go to the stream, and the tail delivers them.
     pub fn with_cluster(self, link: ClusterLink) -> Self {
         Sequencer { cluster: Some(link), ..self }
@@ -109,10 +120,20 @@ impl Sequencer {
 
     /// Tells every shard (and the cluster's threads) to close its connections and end.
     pub fn shut_down(&mut self) {
+        self.stop_cluster();
+        self.drain_shards();
+    }
+
+    /// Tells every shard to close its connections and end (they drain, `--drain-secs`).
+    pub fn drain_shards(&mut self) {
+        self.broadcast.fanout.broadcast(|| ShardCommand::Shutdown);
+    }
+
+    /// Tells the cluster's threads to end.
+    pub fn stop_cluster(&self) {
         if let Some(cluster) = &self.cluster {
             cluster.stop();
         }
-        self.broadcast.fanout.broadcast(|| ShardCommand::Shutdown);
     }
 }
 

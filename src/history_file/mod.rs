@@ -37,11 +37,11 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
-pub use record::{Record, StoredEvent};
+pub use record::{decode as decode_record, encode_event, Decoded, Record, StoredEvent};
 pub use writer::{FileFigures, HistoryWriter, HISTORY_QUEUE};
 
 use crate::history::{History, HistoryLimits, Snapshot};
-use record::{Decoded, Header, VERSION};
+use record::{Header, VERSION};
 
 /// The file is not rewritten below this size: a small file costs nothing to keep.
 pub const COMPACT_FLOOR: u64 = 1 << 20;

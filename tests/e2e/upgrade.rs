@@ -394,3 +394,34 @@ fn npm_eventsource_and_curl_clients_resume_through_an_upgrade_with_no_reset() {
     }
     drop((clients, successor));
 }
+
+/// While the old process drains, the new one forwards it every event: a stream not yet ended
+/// gets what is published meanwhile live, and after its end resumes on the new process from
+/// there, with nothing twice.
+#[test]
+fn streams_still_draining_get_the_new_processs_events_live() {
+    // 1,200 streams on one worker are ended one a millisecond: over about a second.
+    let mut server = Server::start(&["--drain-secs", "2", "--workers", "1", "--history", "1000"]);
+    let mut clients: Vec<SseClient> = (0..1200).map(|_| server.subscribe("subscribe=t")).collect();
+    wait_until(WAIT, "1,200 subscribers", || server.tcp_json("tcpstatus")["allconncli"] == 1200);
+    server.signal(Signal::SIGUSR2);
+    let successor = Successor::announced(&server);
+    let new_control = server.cport();
+    let answer = control(new_control, "ack on\nt=live\n");
+    let id = answer.lines().nth(1).and_then(|l| l.strip_prefix("OK ")).and_then(|id| id.parse::<u64>().ok());
+    let id = id.unwrap_or_else(|| panic!("answered {answer:?}"));
+    let mut live = 0;
+    for client in &mut clients {
+        let rest =
+            read_to_eof(&mut client.stream, Vec::new(), UPGRADE).expect("the old process ends the stream");
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.ends_with("0\r\n\r\n"), "{rest}");
+        if rest.contains(&format!("id: {id}\n")) {
+            live += 1;
+            assert_eq!(rest.matches("data: live").count(), 1, "once: {rest}");
+        }
+    }
+    assert!(live > 600, "most streams ended after the publish got it live: {live} of 1200");
+    assert!(server.wait_exit(UPGRADE).is_some_and(|status| status.success()));
+    drop(successor);
+}
