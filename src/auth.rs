@@ -99,6 +99,8 @@ pub struct Granted {
     pub sub: Option<String>,
     /// When the token expires, in seconds since the Unix epoch: the stream ends then.
     pub expires: u64,
+    /// The token's `jti`, by which it may be revoked.
+    pub jti: Option<String>,
 }
 
 /// The claims hasses reads; others are ignored.
@@ -108,6 +110,7 @@ struct Claims {
     #[serde(default)]
     subscribe: Vec<String>,
     sub: Option<String>,
+    jti: Option<String>,
 }
 
 /// Checks subscribers' tokens against the configured key.
@@ -168,7 +171,7 @@ impl Auth {
             (Some(sub), Some(id)) if sub != id => {
                 Err(Refusal::Forbidden(format!("id \"{id}\" is not the sub")))
             }
-            _ => Ok(Granted { sub: claims.sub, expires: claims.exp }),
+            _ => Ok(Granted { sub: claims.sub, expires: claims.exp, jti: claims.jti }),
         }
     }
 }
@@ -262,9 +265,10 @@ mod tests {
     fn a_token_is_checked_for_signature_expiry_grants_and_sub() {
         let auth = hmac("s3cret");
         let exp = now() + 600;
-        let good = sign(json!({ "exp": exp, "subscribe": ["room1", "user*"], "sub": "u42" }), "s3cret");
+        let good =
+            sign(json!({ "exp": exp, "subscribe": ["room1", "user*"], "sub": "u42", "jti": "t7" }), "s3cret");
         let granted = auth.check(Some(&good), &tokens(&["room1", "user42"]), None).unwrap();
-        assert_eq!(granted, Granted { sub: Some("u42".into()), expires: exp });
+        assert_eq!(granted, Granted { sub: Some("u42".into()), expires: exp, jti: Some("t7".into()) });
         assert!(auth.check(Some(&good), &tokens(&["room1"]), Some("u42")).is_ok());
         assert!(matches!(
             auth.check(Some(&good), &tokens(&["room1"]), Some("u43")),

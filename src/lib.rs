@@ -35,6 +35,10 @@
 //! - [`event`]: a publish and who gets it, where a resume starts, a publish's receipt: the
 //!   values every thread speaks.
 //! - [`figures`]: every thread's figures, as the reports read them.
+//! - [`gate`]: the orders that throw someone out (`disconnect`, `revoke`), and the bans and
+//!   revoked tokens they leave behind.
+//! - [`presence`]: who is here: presence rows, and join/leave notices debounced across
+//!   reconnects (`--presence-events`).
 //! - [`publish`]: the publish grammars (hasses' line and the JSON object), for the control
 //!   thread and the HTTP API.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
@@ -52,6 +56,8 @@
 //! - [`auth`]: subscribers' signed grants (JWT): who may listen to what.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
+//! - [`tally`]: one node's answer to a question a cluster answers as one (presence, orders),
+//!   and the nodes' answers told as one.
 //! - [`stats`]: the status block, client list and their JSON forms.
 //! - [`tls`]: the certificate and key as a rustls configuration, reloaded on SIGHUP, and the
 //!   session ticket keys and TLS 1.2 session cache that outlive a reload.
@@ -69,6 +75,7 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod figures;
+pub mod gate;
 pub mod history;
 pub mod history_file;
 pub mod http;
@@ -76,9 +83,11 @@ pub mod limits;
 pub mod log;
 pub mod nonblocking;
 pub mod pipeline;
+pub mod presence;
 pub mod publish;
 pub mod server;
 pub mod shard;
 pub mod sse;
 pub mod stats;
+pub mod tally;
 pub mod tls;

@@ -21,6 +21,7 @@ use super::tls_session::Received;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
 use crate::event::ResumeFrom;
+use crate::gate::{Entry, Visitor};
 use crate::http::{self, Judgement, Subscribe};
 use crate::nonblocking::attempt;
 
@@ -191,6 +192,25 @@ impl Shard {
         };
         let sub = granted.as_ref().and_then(|granted| granted.sub.clone());
         request.id = request.id.or(sub.clone());
+        let jti = granted.as_ref().and_then(|granted| granted.jti.as_deref());
+        let visitor = Visitor { id: request.id.as_deref().unwrap_or(""), sub: sub.as_deref(), jti };
+        let entry =
+            self.state.gate.read().judge(visitor, request.tokens.iter().map(String::as_str), unix_now());
+        match entry {
+            Entry::Open => {}
+            Entry::Revoked => {
+                info!("Subscription refused from {}: token revoked", self.connections[key].peer);
+                self.counters.auth_refused_revoked += 1;
+                let reply = self.settings.responses.refusal(&Refusal::Invalid("token revoked".into()));
+                return self.answer_last(key, reply);
+            }
+            Entry::Banned => {
+                info!("Subscription refused from {}: banned (204)", self.connections[key].peer);
+                self.counters.banned += 1;
+                let reply = self.settings.responses.banned.clone();
+                return self.answer_last(key, reply);
+            }
+        }
         let resume = request.resume;
         let mut client = Client::from_request(request);
         client.sub = sub.is_some();
@@ -262,6 +282,7 @@ impl Shard {
         };
         let serial = if reinit { self.new_serial() } else { conn.serial };
         self.connections[key].serial = serial;
+        self.tell_presence(key, true);
         let at = self.deadline(now, self.settings.max_age);
         self.timers.age_by(at, StreamKey::on(key), serial);
         if let Some(expires) = expires {
@@ -276,6 +297,11 @@ impl Shard {
 fn until_unix(unix_secs: u64) -> Duration {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     Duration::from_secs(unix_secs).saturating_sub(now)
+}
+
+/// Now, in Unix seconds.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// The first line of a request, for the debug log: printable, and short.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{Responses, Route};
+use crate::pipeline::PresenceLink;
 use crate::sse::{self, Frame};
 use crate::tls::Tls;
 
@@ -38,6 +39,8 @@ pub struct Settings {
     pub retry: Option<Frame>,
     /// Subscriptions need a token this checks (`--jwt-secret`, `--jwt-key`).
     pub auth: Option<Auth>,
+    /// Streams that start and end are told here (`--presence-events`); set by the server.
+    pub presence: Option<PresenceLink>,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
             max_connections: config.max_connections.map(|max| max as u64),
             retry: config.retry.map(sse::retry_chunk),
             auth,
+            presence: None,
         }
     }
 }
