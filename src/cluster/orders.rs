@@ -138,6 +138,8 @@ pub struct Orders {
     fanout: Fanout,
     state: Arc<SharedState>,
     shared: Arc<ClusterShared>,
+    /// Redis was lost and has not been reached since: said once, not at every retry.
+    lost: bool,
 }
 
 impl Orders {
@@ -148,14 +150,17 @@ impl Orders {
         fanout: Fanout,
         (state, shared): (Arc<SharedState>, Arc<ClusterShared>),
     ) -> Self {
-        Orders { client, channel: settings.ask_channel(), node: node.to_owned(), fanout, state, shared }
+        let channel = settings.ask_channel();
+        Orders { client, channel, node: node.to_owned(), fanout, state, shared, lost: false }
     }
 
     /// Answers questions until the node stops, connecting again whenever Redis is lost.
     pub fn run(mut self) -> std::io::Result<()> {
         while !self.stopping() {
             if let Err(e) = self.listen() {
-                warn!("Cluster: the listener for presence and orders lost Redis: {}", why(&e));
+                if !std::mem::replace(&mut self.lost, true) {
+                    warn!("Cluster: the listener for presence and orders lost Redis: {}", why(&e));
+                }
                 std::thread::sleep(RECONNECT_AFTER);
             }
         }
@@ -172,7 +177,9 @@ impl Orders {
         let mut pubsub = listening.as_pubsub();
         pubsub.subscribe(&self.channel)?;
         pubsub.set_read_timeout(Some(LISTEN_TICK))?;
-        info!("Cluster: listening for presence questions and orders on {}", self.channel);
+        if std::mem::take(&mut self.lost) {
+            info!("Cluster: the listener for presence and orders reached Redis again");
+        }
         while !self.stopping() {
             let message = match pubsub.get_message() {
                 Ok(message) => message,

@@ -65,7 +65,7 @@ fn status_of(server: &Server, query: &str, headers: &str) -> u16 {
 fn presence_lists_and_counts_the_clients_a_publish_reaches() {
     let server = Server::start(&[]);
     let started = unix_now();
-    let mut a = server.subscribe("subscribe=room1&id=a");
+    let a = server.subscribe("subscribe=room1&id=a");
     let _b = server.subscribe("subscribe=room1-room2&id=b");
     let _c = server.subscribe("subscribe=room2&id=c");
     let _everything = server.subscribe("subscribe=*&id=s");
