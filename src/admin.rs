@@ -144,16 +144,6 @@ impl Admin {
 
     /// The answer to `question`: log lines, or one line of JSON.
     fn answer(&mut self, question: Question) -> String {
-        if question.query.is_cluster_wide() {
-            let json = !matches!(question.to, AnswerTo::Log);
-            let query = question.query.clone();
-            return match self.tally(question).json(&query) {
-                Ok(answer) if json => answer.to_string(),
-                Ok(answer) => format!("{query:?}: {answer}"),
-                Err(error) if json => serde_json::json!({ "error": error }).to_string(),
-                Err(error) => format!("{query:?} failed: {error}"),
-            };
-        }
         let parts = collect(&question.answers, ANSWER_TIMEOUT).into_iter().flatten().collect();
         let json = !matches!(question.to, AnswerTo::Log);
         match question.query {
@@ -189,29 +179,35 @@ impl Admin {
                     format!("Client count subscribed for \"{token}\": {count}")
                 }
             }
-            Query::Presence { .. } | Query::Order(_) => String::new(),
+            query @ (Query::Presence { .. } | Query::Order(_)) => {
+                match self.tally(&query, parts).json(&query) {
+                    Ok(answer) if json => answer.to_string(),
+                    Ok(answer) => format!("{query:?}: {answer}"),
+                    Err(error) if json => serde_json::json!({ "error": error }).to_string(),
+                    Err(error) => format!("{query:?} failed: {error}"),
+                }
+            }
         }
     }
 
     /// Every node's answer to a question a cluster answers as one: alone, this node's shards'
-    /// parts; in a cluster, each node's (this one's too) through Redis.
-    fn tally(&mut self, question: Question) -> Tally {
+    /// `parts`; in a cluster (where no shard was asked here), each node's, this one's too,
+    /// through Redis.
+    fn tally(&mut self, query: &Query, parts: Vec<ShardAnswer>) -> Tally {
         match &mut self.cluster {
-            Some(cluster) => cluster.ask(&question.query).unwrap_or_else(|error| {
+            Some(cluster) => cluster.ask(query).unwrap_or_else(|error| {
                 warn!("Cluster question unanswered: {error}");
                 Tally { answers: vec![NodeAnswer::failed(None, error)], reached: Some(0) }
             }),
-            None => {
-                let parts = collect(&question.answers, ANSWER_TIMEOUT).into_iter().flatten().collect();
-                Tally { answers: vec![NodeAnswer::of(None, parts)], reached: None }
-            }
+            None => Tally { answers: vec![NodeAnswer::of(None, parts)], reached: None },
         }
     }
 
     /// The HTTP response to a question answered with JSON: `503` when an order failed.
     fn json_response(&mut self, question: Question) -> Response {
-        let query = question.query.clone();
-        match self.tally(question).json(&query) {
+        let parts = collect(&question.answers, ANSWER_TIMEOUT).into_iter().flatten().collect();
+        let query = question.query;
+        match self.tally(&query, parts).json(&query) {
             Ok(answer) => Response::json(answer.to_string()),
             Err(error) => {
                 warn!("{query:?} failed: {error}");
@@ -305,6 +301,8 @@ mod tests {
     use super::*;
     use crate::api::metrics::CONTENT_TYPE;
     use crate::broadcast::tests::{state, TestShards};
+    use crate::gate::{Order, Who};
+    use crate::presence::PresenceRow;
 
     fn facts() -> ServerFacts {
         ServerFacts {
@@ -441,6 +439,26 @@ mod tests {
         let numbered: Vec<&str> = lines.lines().filter(|l| l.starts_with('#')).collect();
         assert_eq!(numbered.len(), 2, "{lines}");
         assert!(numbered[0].starts_with("#1 - <5>") && numbered[1].starts_with("#2 - <8>"), "{lines}");
+    }
+
+    #[test]
+    fn presence_and_orders_are_answered_from_every_shard_as_one() {
+        let (mut admin, ..) = admin();
+        let rows = |id: &str| {
+            ShardAnswer::Presence(vec![PresenceRow { id: id.into(), sub: None, since: 5, node: None }])
+        };
+        let presence = Query::Presence { token: "room1".into(), count: false };
+        let answer =
+            json(&admin.answer(question(presence.clone(), JSON, vec![Some(rows("b")), Some(rows("a"))])));
+        assert_eq!((answer["count"].as_u64(), answer["clients"][0]["id"].as_str()), (Some(2), Some("a")));
+        let line = admin.answer(question(presence, AnswerTo::Log, vec![Some(rows("a"))]));
+        assert!(line.contains(r#""count":1"#), "{line}");
+        let kick = Query::Order(Order::Disconnect { who: Who::Id("a".into()), ban_until: None });
+        let api = AnswerTo::ApiJson(Asker { key: ApiKey(1), serial: 1 });
+        let counts = vec![Some(ShardAnswer::Count(1)), Some(ShardAnswer::Count(2))];
+        let response = admin.json_response(question(kick, api, counts));
+        assert_eq!(response.status, 200);
+        assert_eq!(json(&String::from_utf8(response.body).unwrap())["disconnected"], 3);
     }
 
     #[test]
