@@ -5,8 +5,8 @@
 //! `disconnect … ban=SECS` leaves behind and the revoked tokens (`jti` or `sub`), each until a
 //! moment in Unix seconds, so that every node of a cluster keeps them for the same time. Both
 //! expire and are capped ([`MAX_ENTRIES`]): an order over the cap is refused, never a ban
-//! silently dropped. Pure: the clock is passed in; ending streams is the shards' business, and
-//! spreading an order over a cluster the cluster's.
+//! silently dropped. Pure: the clock is passed in ([`unix_now`] is the one its callers read);
+//! ending streams is the shards' business, and spreading an order over a cluster the cluster's.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,6 +14,12 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{MAX_ID_LEN, MAX_TOKEN_LEN};
+
+/// Now, in Unix seconds: the clock orders are read and bans checked by, the same on every node
+/// of a cluster.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
 
 /// The most bans, and separately the most revocations, held at once.
 pub const MAX_ENTRIES: usize = 100_000;

@@ -11,13 +11,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{connect, why, ClusterSettings, ClusterShared};
 use crate::broadcast::Fanout;
+use crate::gate::unix_now;
 use crate::pipeline::{Query, SharedState};
 use crate::tally::{collect, NodeAnswer, Tally};
 
@@ -226,8 +227,4 @@ impl Orders {
         let answers = self.fanout.ask(&query);
         NodeAnswer::of(node, collect(&answers, SHARD_TIMEOUT).into_iter().flatten().collect())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }

@@ -26,6 +26,7 @@ use crate::admin::AnswerTo;
 use crate::api::request::{parse, Parsed, Request, RequestError};
 use crate::api::{self, order_from, presence_from, publish_from, route, Response, Route, BODY_SLACK};
 use crate::event::{ApiKey, Asker, ReceiptTo};
+use crate::gate::unix_now;
 use crate::nonblocking::attempt;
 use crate::pipeline::Query;
 
@@ -267,7 +268,7 @@ impl Control {
                 Ok(query) => return self.ask_for_api(key, query),
                 Err(refusal) => refusal,
             },
-            Ok(Route::Order(kind)) => match order_from(kind, request, body, super::unix_now()) {
+            Ok(Route::Order(kind)) => match order_from(kind, request, body, unix_now()) {
                 Ok(order) => {
                     info!("API order from {}: {order:?}", self.sources.apis[key].peer);
                     return self.ask_for_api(key, Query::Order(order));

@@ -70,6 +70,7 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, Question, Reply};
 use crate::event::{ApiKey, Publish, PublisherKey, Receipt, ReceiptTo};
 use crate::figures::{ControlFigures, Published};
+use crate::gate::unix_now;
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::nonblocking::attempt;
@@ -541,11 +542,6 @@ impl Control {
             warn!("The admin path is gone: a question about the server goes unanswered");
         }
     }
-}
-
-/// Now, in Unix seconds: orders hold until a moment every node of a cluster reads alike.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// A command that needs an answer, which the FIFO cannot be given.

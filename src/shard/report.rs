@@ -10,12 +10,11 @@ use std::time::Instant;
 
 use super::connection::{Connection, Phase};
 use super::keys::{ConnKey, StreamKey};
-use super::request::unix_now;
 use super::subscriptions::EVERYTHING;
 use super::Shard;
 use crate::event::Target;
 use crate::figures::{ClientRow, ShardFigures};
-use crate::gate::Who;
+use crate::gate::{unix_now, Who};
 use crate::pipeline::{ShardAnswer, ShardQuery};
 use crate::presence::PresenceRow;
 

@@ -21,7 +21,7 @@ use super::tls_session::Received;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
 use crate::event::ResumeFrom;
-use crate::gate::{Entry, Visitor};
+use crate::gate::{unix_now, Entry, Visitor};
 use crate::http::{self, Judgement, Subscribe};
 use crate::nonblocking::attempt;
 
@@ -297,11 +297,6 @@ impl Shard {
 fn until_unix(unix_secs: u64) -> Duration {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     Duration::from_secs(unix_secs).saturating_sub(now)
-}
-
-/// Now, in Unix seconds.
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// The first line of a request, for the debug log: printable, and short.
