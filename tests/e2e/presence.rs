@@ -315,3 +315,36 @@ fn presence_and_disconnect_cover_every_node_of_a_cluster() {
     }
     assert_eq!(nodes[2].tcp_json("tcppresencecount:room1")["count"], 2);
 }
+
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn a_revocation_given_to_one_node_holds_on_every_node() {
+    let redis = Redis::start(false, &[]);
+    let url = redis.url();
+    let nodes: Vec<Server> =
+        (0..3).map(|_| Server::start(&["--cluster", &url, "--jwt-secret", SECRET])).collect();
+    let bearer = format!("Authorization: Bearer {}\r\n", token(json!({ "sub": "bob", "jti": "j1" })));
+    let mut streams: Vec<SseClient> = nodes
+        .iter()
+        .map(|node| {
+            let mut client = SseClient::connect(node.sse_port);
+            client.handshake(
+                get_request("subscribe=room1")
+                    .replacen("\r\n\r\n", &format!("\r\n{bearer}\r\n"), 1)
+                    .as_bytes(),
+            );
+            client
+        })
+        .collect();
+    let (status, answer) = api(&nodes[2], "POST", "/revoke?sub=bob", "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["disconnected"].as_u64(), answer["unanswered"].as_u64()),
+        (Some(3), Some(0)),
+        "{answer}"
+    );
+    for (node, stream) in nodes.iter().zip(&mut streams) {
+        assert!(stream.wait_closed(WAIT), "bob's stream ends on every node");
+        assert_eq!(status_of(node, "subscribe=room1", &bearer), 401, "and his token is refused there");
+    }
+}
