@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Target;
+
 /// A client that would receive a publish to the token asked about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceRow {
@@ -24,6 +26,17 @@ pub struct PresenceRow {
     /// The cluster node it is on (in cluster mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+/// What a presence question about `token` asks about: whom a publish to it reaches, read as a
+/// publisher's target is: `*` is everyone, `pre*` every token starting with `pre` (what
+/// follows the first `*` ignored), anything else that token.
+pub fn asked_target(token: &str) -> Target {
+    match token.split_once('*') {
+        Some(("", _)) => Target::All,
+        Some((prefix, _)) => Target::Prefix(prefix.to_owned()),
+        None => Target::Token(token.to_owned()),
+    }
 }
 
 /// A shard's word that a stream started or ended, for `--presence-events`.
@@ -240,6 +253,14 @@ mod tests {
         assert_eq!(change(true, "x", &[]).tokens.len(), 0);
         let leave = Notice { kind: Kind::Leave, token: "t".into(), id: "b".into(), sub: None };
         assert_eq!(leave.data(), r#"{"id":"b","sub":null}"#);
+    }
+
+    #[test]
+    fn a_presence_question_reads_its_token_as_a_publisher_would() {
+        assert_eq!(asked_target("room1"), Target::Token("room1".into()));
+        assert_eq!(asked_target("room*"), Target::Prefix("room".into()));
+        assert_eq!(asked_target("room*x"), Target::Prefix("room".into()));
+        assert_eq!(asked_target("*"), Target::All);
     }
 
     #[test]

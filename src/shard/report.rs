@@ -16,7 +16,7 @@ use crate::event::Target;
 use crate::figures::{ClientRow, ShardFigures};
 use crate::gate::{unix_now, Who};
 use crate::pipeline::{ShardAnswer, ShardQuery};
-use crate::presence::PresenceRow;
+use crate::presence::{asked_target, PresenceRow};
 
 impl Shard {
     /// This shard's part of an answer to the admin path.
@@ -27,21 +27,32 @@ impl Shard {
             ShardQuery::CountSubscribed(token) => {
                 ShardAnswer::Count(self.subscriptions.count_exact(token) as u64)
             }
-            ShardQuery::CountReached(token) => {
-                ShardAnswer::Count(self.subscriptions.count_reached(token) as u64)
-            }
+            ShardQuery::CountReached(token) => ShardAnswer::Count(self.count_reached(token)),
             ShardQuery::Presence(token) => ShardAnswer::Presence(self.presence_rows(token)),
             ShardQuery::End(who) => ShardAnswer::Count(self.end(who)),
         }
     }
 
-    /// The connections a publish to `token` reaches, once each.
+    /// The streaming connections a publish to `token` reaches, once each.
     fn reached(&self, token: &str) -> BTreeSet<ConnKey> {
+        let target = asked_target(token);
+        if target == Target::All {
+            return self.streams_where(|_| true).into_iter().collect();
+        }
         let mut reached = BTreeSet::new();
-        self.subscriptions.for_each_match(&Target::Token(token.to_owned()), |key: StreamKey| {
+        self.subscriptions.for_each_match(&target, |key: StreamKey| {
             reached.insert(key.connection());
         });
         reached
+    }
+
+    /// How many streams a publish to `token` reaches: for a plain token from the index
+    /// alone, for `*` and a prefix by counting them.
+    fn count_reached(&self, token: &str) -> u64 {
+        match asked_target(token) {
+            Target::Token(token) => self.subscriptions.count_reached(&token) as u64,
+            Target::All | Target::Prefix(_) => self.reached(token).len() as u64,
+        }
     }
 
     fn presence_rows(&self, token: &str) -> Vec<PresenceRow> {

@@ -81,6 +81,9 @@ fn presence_lists_and_counts_the_clients_a_publish_reaches() {
         assert!((started.saturating_sub(1)..=unix_now()).contains(&since), "{client}");
         assert_eq!(client["sub"], Value::Null);
     }
+    // Read as a publisher's target: a prefix, and * (everyone).
+    assert_eq!(api(&server, "GET", "/presence?token=room*&count", "").1["count"], 5);
+    assert_eq!(ids(&api(&server, "GET", "/presence?token=*", "").1), ["", "a", "b", "c", "s"]);
     // The control port answers the same; a client that goes is gone from both.
     assert_eq!(server.tcp_json("tcppresence:room1"), presence);
     assert_eq!(server.tcp_json("tcppresencecount:room2"), json!({"token": "room2", "count": 3}));
