@@ -194,27 +194,35 @@ impl Shard {
         request.id = request.id.or(sub.clone());
         let jti = granted.as_ref().and_then(|granted| granted.jti.as_deref());
         let visitor = Visitor { id: request.id.as_deref().unwrap_or(""), sub: sub.as_deref(), jti };
-        let entry =
-            self.state.gate.read().judge(visitor, request.tokens.iter().map(String::as_str), unix_now());
-        match entry {
-            Entry::Open => {}
-            Entry::Revoked => {
-                info!("Subscription refused from {}: token revoked", self.connections[key].peer);
-                self.counters.auth_refused_revoked += 1;
-                let reply = self.settings.responses.refusal(&Refusal::Invalid("token revoked".into()));
-                return self.answer_last(key, reply);
-            }
-            Entry::Banned => {
-                info!("Subscription refused from {}: banned (204)", self.connections[key].peer);
-                self.counters.banned += 1;
-                let reply = self.settings.responses.banned.clone();
-                return self.answer_last(key, reply);
-            }
+        if !self.let_in(key, visitor, &request.tokens) {
+            return;
         }
         let resume = request.resume;
         let mut client = Client::from_request(request);
         client.sub = sub.is_some();
         self.handshake(key, client, resume, granted.map(|granted| granted.expires));
+    }
+
+    /// Whether the gate lets this subscription in; if not, it is answered: `401` for a revoked
+    /// token, `204 No Content` for a ban (which stops EventSource from retrying).
+    fn let_in(&mut self, key: ConnKey, visitor: Visitor<'_>, tokens: &[String]) -> bool {
+        let entry = self.state.gate.read().judge(visitor, tokens.iter().map(String::as_str), unix_now());
+        let peer = self.connections[key].peer;
+        let reply = match entry {
+            Entry::Open => return true,
+            Entry::Revoked => {
+                info!("Subscription refused from {peer}: token revoked");
+                self.counters.auth_refused_revoked += 1;
+                self.settings.responses.refusal(&Refusal::Invalid("token revoked".into()))
+            }
+            Entry::Banned => {
+                info!("Subscription refused from {peer}: banned (204)");
+                self.counters.banned += 1;
+                self.settings.responses.banned.clone()
+            }
+        };
+        self.answer_last(key, reply);
+        false
     }
 
     /// Answers a subscription its token does not allow as RFC 6750 says, and counts it.
