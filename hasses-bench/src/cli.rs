@@ -143,7 +143,7 @@ pub struct Options {
     #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',', value_parser = parse_pid)]
     pub server_pid: Vec<u32>,
 
-    /// publish-http: the server's HTTP API address (host:port).
+    /// publish-http, presence: the server's HTTP API address (host:port).
     #[arg(long, default_value = "127.0.0.1:8086", value_parser = parse_target)]
     pub api: Target,
 
@@ -177,6 +177,10 @@ pub struct Options {
     /// them: publish-to-delivery latency at a given load.
     #[arg(long, value_name = "PER_SEC", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub rate: Option<u32>,
+
+    /// presence: how many `GET /presence?token=all&count` polls, one after the other.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub polls: u32,
 
     /// resume: events published to each connection while it is away.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -271,6 +275,10 @@ pub enum Scenario {
     /// burst, time until the last replay is received. Needs a server that keeps history (not
     /// the floor server).
     Resume,
+    /// connect, then --polls `GET /presence?token=all&count` on the HTTP API (--api), one after
+    /// the other down one keep-alive connection: per poll the time to its answer (p50/p99/max),
+    /// server CPU per poll; every answer must count every open connection.
+    Presence,
     /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
     /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
@@ -303,6 +311,8 @@ pub enum Phase {
     Targeted,
     /// Closing, missing events, and resuming.
     Resume,
+    /// Asking how many are subscribed, again and again.
+    Presence,
 }
 
 impl Phase {
@@ -316,6 +326,7 @@ impl Phase {
             Phase::Burst => "burst",
             Phase::Targeted => "targeted",
             Phase::Resume => "resume",
+            Phase::Presence => "presence",
         }
     }
 }
@@ -332,6 +343,7 @@ impl Scenario {
             Scenario::All => &[Phase::Connect, Phase::Idle, Phase::Broadcast, Phase::Burst, Phase::Targeted],
             // Connect and burst give the resume's budget.
             Scenario::Resume => &[Phase::Connect, Phase::Burst, Phase::Resume],
+            Scenario::Presence => &[Phase::Connect, Phase::Presence],
             Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
         }
     }

@@ -26,6 +26,8 @@ pub enum Figures {
     Targeted(Targeted),
     /// Closing, missing events, and resuming.
     Resume(Resume),
+    /// Asking how many are subscribed.
+    Presence(Presence),
 }
 
 impl Figures {
@@ -39,6 +41,7 @@ impl Figures {
             Figures::Burst(_) => Phase::Burst,
             Figures::Targeted(_) => Phase::Targeted,
             Figures::Resume(_) => Phase::Resume,
+            Figures::Presence(_) => Phase::Presence,
         }
     }
 }
@@ -219,4 +222,23 @@ pub struct Resume {
     /// The target for it from this run's connect and burst: 1.5 × (server CPU per connection
     /// + missed × server CPU per burst delivery), µs.
     pub budget_us_per_resume: Option<f64>,
+}
+
+/// The presence phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Presence {
+    /// Polls answered.
+    pub polls: u64,
+    /// What the last answer counted.
+    pub presence_count: u64,
+    /// The open connections it should count.
+    pub expected_count: u64,
+    /// The median time from a poll's request to its whole answer, ms.
+    pub poll_ms_p50: f64,
+    /// The 99th percentile.
+    pub poll_ms_p99: f64,
+    /// The largest.
+    pub poll_ms_max: f64,
+    /// Server CPU per poll, µs.
+    pub server_cpu_us_per_poll: Option<f64>,
 }
