@@ -20,6 +20,7 @@
 //!                   JSON to hasses-control            receipts to control             events: id, history,
 //!                                                                                     frame once, fan out
 //!   hasses-history: (--history-file) appends the Sequencer's events to the file, synced on a timer
+//!   hasses-cluster-orders: (--cluster) answers every node's presence questions, carries out orders
 //!   hasses-log:     writes the log lines the other threads format
 //!   main:           signals (SIGTERM stops, SIGHUP reloads), supervises the threads, stops them
 //! ```

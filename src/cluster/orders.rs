@@ -73,7 +73,7 @@ impl ClusterAsker {
         }
     }
 
-    /// Every node's answer to `query` that comes within [`ANSWER_TIMEOUT`]; an error when
+    /// Every node's answer to `query` that comes within a second (`ANSWER_TIMEOUT`); an error when
     /// Redis cannot be reached or no node heard it.
     pub fn ask(&mut self, query: &Query) -> Result<Tally, String> {
         let result = self.try_ask(query);
