@@ -30,7 +30,9 @@ const SHARD_TIMEOUT: Duration = Duration::from_millis(800);
 const ANSWER_TTL_SECS: u64 = 30;
 /// How often the listener looks whether the node is stopping while no question comes.
 const LISTEN_TICK: Duration = Duration::from_millis(500);
-/// How long the listener waits before it connects again after losing Redis.
+/// How long the listener waits before it connects again after losing Redis, and the asker
+/// refuses questions at once after failing to reach it (rather than holding the admin thread,
+/// and every status and health answer behind it, for a connect timeout per question).
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 /// A question on the channel: from which node, where its answers go.
@@ -50,6 +52,8 @@ pub struct ClusterAsker {
     node: String,
     con: Option<redis::Connection>,
     asked: u64,
+    /// After a failure: questions are refused at once until then.
+    quiet_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for ClusterAsker {
@@ -70,16 +74,21 @@ impl ClusterAsker {
             node: node.to_owned(),
             con: None,
             asked: 0,
+            quiet_until: None,
         }
     }
 
     /// Every node's answer to `query` that comes within a second (`ANSWER_TIMEOUT`); an error when
     /// Redis cannot be reached or no node heard it.
     pub fn ask(&mut self, query: &Query) -> Result<Tally, String> {
+        if self.quiet_until.is_some_and(|until| Instant::now() < until) {
+            return Err("Redis was unreachable a moment ago: try again in a second".to_owned());
+        }
         let result = self.try_ask(query);
         if result.is_err() {
-            // The next question starts on a new connection.
+            // The next question starts on a new connection, a moment later.
             self.con = None;
+            self.quiet_until = Some(Instant::now() + RECONNECT_AFTER);
         }
         result.map_err(|e| match e {
             Fault::Redis(e) => format!("Redis: {}", why(&e)),

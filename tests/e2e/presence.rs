@@ -351,3 +351,21 @@ fn a_revocation_given_to_one_node_holds_on_every_node() {
         assert_eq!(status_of(node, "subscribe=room1", &bearer), 401, "and his token is refused there");
     }
 }
+
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn without_redis_a_cluster_question_is_refused_with_why_and_answered_again_once_it_is_back() {
+    let mut redis = Redis::start(false, &[]);
+    let node = node(&redis);
+    let _client = node.subscribe("subscribe=room1&id=u1");
+    wait_count(&node, "room1", 1);
+    redis.stop();
+    let (status, answer) = api(&node, "GET", "/presence?token=room1&count", "");
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("Redis")), "{answer}");
+    // Asked again at once: refused at once, rather than another wait for Redis.
+    let (status, answer) = api(&node, "GET", "/presence?token=room1&count", "");
+    assert_eq!(status, 503, "{answer}");
+    redis.restart();
+    wait_count(&node, "room1", 1);
+}
