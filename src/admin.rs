@@ -17,13 +17,14 @@ use mio::Waker;
 use tracing::{info, warn};
 
 use crate::api::{metrics, ApiQuery, Response};
-use crate::cluster::ClusterShared;
+use crate::cluster::{ClusterAsker, ClusterShared};
 use crate::event::{ApiKey, Asker, PublisherKey};
 use crate::figures::{ClientRow, ControlFigures, DeliveryLatency, ShardFigures};
 use crate::history_file::FileFigures;
 use crate::log::REPORT;
-use crate::pipeline::{Query, ShardAnswer, ShardQuery, SharedState};
+use crate::pipeline::{Query, ShardAnswer, SharedState};
 use crate::stats::{self, Status};
+use crate::tally::{collect, NodeAnswer, Tally};
 use crate::tls::TlsFiles;
 
 /// How long the shards may take to answer one question; a shard that does not is left out of
@@ -43,6 +44,9 @@ pub enum AnswerTo {
     Connection(Asker<PublisherKey>, u64),
     /// An HTTP response, to the API connection that asked.
     Api(Asker<ApiKey>, ApiQuery),
+    /// An HTTP response carrying the JSON a control connection would get (presence, orders),
+    /// to the API connection that asked.
+    ApiJson(Asker<ApiKey>),
 }
 
 /// An answer on its way back to the connection that asked.
@@ -87,15 +91,6 @@ pub struct Question {
     pub answers: Vec<Receiver<ShardAnswer>>,
 }
 
-/// What each shard must be asked to answer `query`.
-pub fn shard_query(query: &Query) -> ShardQuery {
-    match query {
-        Query::Status | Query::NumberOfClients => ShardQuery::Figures,
-        Query::ClientList => ShardQuery::ClientList,
-        Query::SubscribedClients(token) => ShardQuery::CountSubscribed(Arc::from(token.as_str())),
-    }
-}
-
 /// The admin thread's state.
 #[derive(Debug)]
 pub struct Admin {
@@ -105,6 +100,8 @@ pub struct Admin {
     control: Arc<Waker>,
     facts: ServerFacts,
     state: Arc<SharedState>,
+    /// In cluster mode: asks every node the questions they answer for their own clients.
+    cluster: Option<ClusterAsker>,
 }
 
 impl Admin {
@@ -116,12 +113,18 @@ impl Admin {
         facts: ServerFacts,
         state: Arc<SharedState>,
     ) -> Self {
-        Admin { questions, replies, control, facts, state }
+        Admin { questions, replies, control, facts, state, cluster: None }
+    }
+
+    /// Asks every node of the cluster, through `asker`, the questions a cluster answers as one.
+    pub fn with_cluster(self, asker: ClusterAsker) -> Self {
+        Admin { cluster: Some(asker), ..self }
     }
 
     /// Answers questions in the order they came, until the control thread is gone.
-    pub fn run(self) -> std::io::Result<()> {
-        for question in &self.questions {
+    pub fn run(mut self) -> std::io::Result<()> {
+        let questions = self.questions.clone();
+        for question in &questions {
             let reply = match question.to {
                 AnswerTo::Log => {
                     let text = self.answer(question);
@@ -130,6 +133,7 @@ impl Admin {
                 }
                 AnswerTo::Connection(asker, place) => Reply::Line(asker, place, self.answer(question) + "\n"),
                 AnswerTo::Api(asker, query) => Reply::Http(asker, self.api_answer(query, question)),
+                AnswerTo::ApiJson(asker) => Reply::Http(asker, self.json_response(question)),
             };
             if self.replies.send(reply).is_ok() {
                 self.control.wake()?;
@@ -139,7 +143,7 @@ impl Admin {
     }
 
     /// The answer to `question`: log lines, or one line of JSON.
-    fn answer(&self, question: Question) -> String {
+    fn answer(&mut self, question: Question) -> String {
         let parts = collect(&question.answers, ANSWER_TIMEOUT).into_iter().flatten().collect();
         let json = !matches!(question.to, AnswerTo::Log);
         match question.query {
@@ -175,11 +179,45 @@ impl Admin {
                     format!("Client count subscribed for \"{token}\": {count}")
                 }
             }
+            query @ (Query::Presence { .. } | Query::Order(_)) => {
+                match self.tally(&query, parts).json(&query) {
+                    Ok(answer) if json => answer.to_string(),
+                    Ok(answer) => format!("{query:?}: {answer}"),
+                    Err(error) if json => serde_json::json!({ "error": error }).to_string(),
+                    Err(error) => format!("{query:?} failed: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Every node's answer to a question a cluster answers as one: alone, this node's shards'
+    /// `parts`; in a cluster (where no shard was asked here), each node's, this one's too,
+    /// through Redis.
+    fn tally(&mut self, query: &Query, parts: Vec<ShardAnswer>) -> Tally {
+        match &mut self.cluster {
+            Some(cluster) => cluster.ask(query).unwrap_or_else(|error| {
+                warn!("Cluster question unanswered: {error}");
+                Tally { answers: vec![NodeAnswer::failed(None, error)], reached: Some(0) }
+            }),
+            None => Tally { answers: vec![NodeAnswer::of(None, parts)], reached: None },
+        }
+    }
+
+    /// The HTTP response to a question answered with JSON: `503` when an order failed.
+    fn json_response(&mut self, question: Question) -> Response {
+        let parts = collect(&question.answers, ANSWER_TIMEOUT).into_iter().flatten().collect();
+        let query = question.query;
+        match self.tally(&query, parts).json(&query) {
+            Ok(answer) => Response::json(answer.to_string()),
+            Err(error) => {
+                warn!("{query:?} failed: {error}");
+                Response::error(503, &error)
+            }
         }
     }
 
     /// The HTTP response to an API question.
-    fn api_answer(&self, query: ApiQuery, question: Question) -> Response {
+    fn api_answer(&mut self, query: ApiQuery, question: Question) -> Response {
         match query {
             ApiQuery::Status | ApiQuery::Clients => Response::json(self.answer(question)),
             ApiQuery::Metrics => {
@@ -237,17 +275,6 @@ impl Admin {
     }
 }
 
-/// Each shard's answer, if it comes within `timeout` (a shard that does not answer is logged).
-fn collect(answers: &[Receiver<ShardAnswer>], timeout: Duration) -> Vec<Option<ShardAnswer>> {
-    let deadline = Instant::now() + timeout;
-    let collected: Vec<_> = answers.iter().map(|answer| answer.recv_deadline(deadline).ok()).collect();
-    let late = collected.iter().filter(|answer| answer.is_none()).count();
-    if late > 0 {
-        warn!("{late} of {} workers did not answer within {timeout:?}", answers.len());
-    }
-    collected
-}
-
 fn figures(parts: Vec<ShardAnswer>) -> ShardFigures {
     let mut total = ShardFigures::default();
     for part in parts {
@@ -292,6 +319,8 @@ mod tests {
     use super::*;
     use crate::api::metrics::CONTENT_TYPE;
     use crate::broadcast::tests::{state, TestShards};
+    use crate::gate::{Order, Who};
+    use crate::presence::PresenceRow;
 
     fn facts() -> ServerFacts {
         ServerFacts {
@@ -366,15 +395,6 @@ mod tests {
     }
 
     #[test]
-    fn each_query_asks_the_shards_for_what_its_answer_is_made_of() {
-        assert!(matches!(shard_query(&Query::Status), ShardQuery::Figures));
-        assert!(matches!(shard_query(&Query::NumberOfClients), ShardQuery::Figures));
-        assert!(matches!(shard_query(&Query::ClientList), ShardQuery::ClientList));
-        let subscribed = shard_query(&Query::SubscribedClients("room1".into()));
-        assert!(matches!(subscribed, ShardQuery::CountSubscribed(token) if &*token == "room1"));
-    }
-
-    #[test]
     fn the_shards_parts_are_summed_or_merged_in_descriptor_order() {
         let total = figures(vec![shard(2, 1), shard(3, 2), ShardAnswer::Count(7)]);
         assert_eq!((total.connections, total.streaming, total.deliveries), (5, 3, 20));
@@ -389,7 +409,7 @@ mod tests {
 
     #[test]
     fn status_answers_hasses_block_to_the_log_and_json_to_a_connection() {
-        let (admin, ..) = admin();
+        let (mut admin, ..) = admin();
         let parts = || vec![Some(shard(2, 1)), Some(shard(3, 2)), Some(shard(0, 0))];
         let status = json(&admin.answer(question(Query::Status, JSON, parts())));
         assert_eq!(status["allconncli"], 5);
@@ -408,8 +428,8 @@ mod tests {
 
     #[test]
     fn the_counts_and_the_client_list_answer_in_hasses_words_or_json() {
-        let (admin, ..) = admin();
-        let ask = |query: Query, to: AnswerTo, parts: Vec<ShardAnswer>| {
+        let (mut admin, ..) = admin();
+        let mut ask = |query: Query, to: AnswerTo, parts: Vec<ShardAnswer>| {
             admin.answer(question(query, to, parts.into_iter().map(Some).collect()))
         };
         let figures = || vec![shard(2, 1), shard(3, 2)];
@@ -438,6 +458,26 @@ mod tests {
     }
 
     #[test]
+    fn presence_and_orders_are_answered_from_every_shard_as_one() {
+        let (mut admin, ..) = admin();
+        let rows = |id: &str| {
+            ShardAnswer::Presence(vec![PresenceRow { id: id.into(), sub: None, since: 5, node: None }])
+        };
+        let presence = Query::Presence { token: "room1".into(), count: false };
+        let answer =
+            json(&admin.answer(question(presence.clone(), JSON, vec![Some(rows("b")), Some(rows("a"))])));
+        assert_eq!((answer["count"].as_u64(), answer["clients"][0]["id"].as_str()), (Some(2), Some("a")));
+        let line = admin.answer(question(presence, AnswerTo::Log, vec![Some(rows("a"))]));
+        assert!(line.contains(r#""count":1"#), "{line}");
+        let kick = Query::Order(Order::Disconnect { who: Who::Id("a".into()), ban_until: None });
+        let api = AnswerTo::ApiJson(Asker { key: ApiKey(1), serial: 1 });
+        let counts = vec![Some(ShardAnswer::Count(1)), Some(ShardAnswer::Count(2))];
+        let response = admin.json_response(question(kick, api, counts));
+        assert_eq!(response.status, 200);
+        assert_eq!(json(&String::from_utf8(response.body).unwrap())["disconnected"], 3);
+    }
+
+    #[test]
     fn a_shard_that_does_not_answer_in_time_is_left_out() {
         // One answers at once, one too late, one never (its thread is gone).
         let (on_time, first) = bounded(1);
@@ -456,7 +496,7 @@ mod tests {
             .collect();
         assert_eq!(got, [Some(1), None, None]);
         // An answer is made of the parts that came.
-        let (admin, ..) = admin();
+        let (mut admin, ..) = admin();
         let answer = admin.answer(question(Query::NumberOfClients, JSON, vec![Some(shard(4, 4)), None]));
         assert_eq!(json(&answer)["numberofclients"], 4);
     }

@@ -106,6 +106,8 @@ pub struct Granted {
     pub sub: Option<String>,
     /// When the token expires, in seconds since the Unix epoch: the stream ends then.
     pub expires: u64,
+    /// The token's `jti`, by which it may be revoked.
+    pub jti: Option<String>,
 }
 
 /// The claims hasses reads; others are ignored.
@@ -115,6 +117,7 @@ struct Claims {
     #[serde(default)]
     subscribe: Vec<String>,
     sub: Option<String>,
+    jti: Option<String>,
 }
 
 /// Checks subscribers' tokens against the configured key.
@@ -170,7 +173,7 @@ impl Auth {
             .claims;
         within_grant(Some(&claims.subscribe), claims.sub.as_deref(), tokens, id)
             .map_err(Refusal::Forbidden)?;
-        Ok(Granted { sub: claims.sub, expires: claims.exp })
+        Ok(Granted { sub: claims.sub, expires: claims.exp, jti: claims.jti })
     }
 }
 
@@ -296,9 +299,10 @@ mod tests {
     fn a_token_is_checked_for_signature_expiry_grants_and_sub() {
         let auth = hmac("s3cret");
         let exp = now() + 600;
-        let good = sign(json!({ "exp": exp, "subscribe": ["room1", "user*"], "sub": "u42" }), "s3cret");
+        let good =
+            sign(json!({ "exp": exp, "subscribe": ["room1", "user*"], "sub": "u42", "jti": "t7" }), "s3cret");
         let granted = auth.check(Some(&good), &tokens(&["room1", "user42"]), None).unwrap();
-        assert_eq!(granted, Granted { sub: Some("u42".into()), expires: exp });
+        assert_eq!(granted, Granted { sub: Some("u42".into()), expires: exp, jti: Some("t7".into()) });
         assert!(auth.check(Some(&good), &tokens(&["room1"]), Some("u42")).is_ok());
         assert!(matches!(
             auth.check(Some(&good), &tokens(&["room1"]), Some("u43")),

@@ -97,6 +97,9 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Refuse new connections with 503 beyond this many from one IP (`--max-connections-per-ip`).
     pub max_connections_per_ip: Option<usize>,
+    /// Tell a token's subscribers when another client of it comes or goes, a leave only once
+    /// it has not come back for this long (`--presence-events`, `--presence-debounce`, 5 s).
+    pub presence_events: Option<Duration>,
     /// A TCP publisher must first send `auth SECRET` (`--control-secret`).
     pub control_secret: Option<String>,
     /// Serve HTTPS with these files (`-ssl -cert-file= -privatekey-file=`, `--tls-cert --tls-key`).
@@ -354,6 +357,14 @@ struct Cli {
     /// Answer 503 to new connections beyond N open from one IP address [default: no limit]
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<String>,
+    /// Send a token's subscribers `event: join` / `event: leave` when another client (with an id)
+    /// of the token comes or goes
+    #[arg(long)]
+    presence_events: bool,
+    /// With --presence-events: a client whose last stream ended leaves only if it does not come
+    /// back within SECS (fractions allowed) [default: 5]
+    #[arg(long, value_name = "SECS")]
+    presence_debounce: Option<String>,
     /// TCP publishers must first send the line `auth SECRET`; anything else gets `ERR unauthorized`
     /// and the connection is closed [default: none]
     #[arg(long, value_name = "SECRET")]
@@ -809,6 +820,10 @@ impl Given {
                 &cli.max_connections_per_ip,
                 positive,
             )?,
+            presence_events: {
+                let debounce = self.value("presence-debounce", &cli.presence_debounce, seconds)?;
+                cli.presence_events.then(|| debounce.unwrap_or(DEFAULT_PRESENCE_DEBOUNCE))
+            },
             control_secret: self.value("control-secret", &cli.control_secret, secret)?,
             tls,
             tls_ticket_lifetime: self
@@ -1142,6 +1157,9 @@ fn workers(text: &str) -> Result<usize, &'static str> {
     positive(text).ok().filter(|n| *n <= MAX_WORKERS).ok_or("must be a whole number from 1 to 1024")
 }
 
+/// How long a client whose last stream ended may take to come back before it leaves.
+const DEFAULT_PRESENCE_DEBOUNCE: Duration = Duration::from_secs(5);
+
 fn seconds(text: &str) -> Result<Duration, &'static str> {
     text.parse()
         .ok()
@@ -1302,6 +1320,7 @@ mod tests {
         assert_eq!(config.heartbeat, Some(Duration::from_secs(30)));
         assert_eq!(config.defer_accept, None);
         assert_eq!((config.max_connections, config.max_connections_per_ip), (None, None));
+        assert_eq!(config.presence_events, None);
         assert_eq!(config.control_secret, None);
         assert_eq!(config.max_backlog, 1 << 20);
         let history =
@@ -1320,7 +1339,8 @@ mod tests {
                     --max-message 100 --max-backlog 1000 --heartbeat 0 --defer-accept 5 \
                     --max-connections 9 --max-connections-per-ip 3 --control-secret s3 \
                     --history 0 --history-age 60 --history-memory 4096 --retry 2500 \
-                    --history-file /var/lib/h --history-fsync 0";
+                    --history-file /var/lib/h --history-fsync 0 --presence-events \
+                    --presence-debounce 0.5";
         let config = run(&line.split_whitespace().collect::<Vec<_>>());
         assert_eq!(config.sse_addr, addr("127.0.0.1:9000"));
         assert_eq!(config.match_url, "/events");
@@ -1342,6 +1362,7 @@ mod tests {
         assert_eq!(config.heartbeat, None);
         assert_eq!(config.defer_accept, Some(Duration::from_secs(5)));
         assert_eq!((config.max_connections, config.max_connections_per_ip), (Some(9), Some(3)));
+        assert_eq!(config.presence_events, Some(Duration::from_millis(500)));
         assert_eq!(config.control_secret.as_deref(), Some("s3"));
         assert_eq!(config.limits.max_message, 100);
         assert_eq!(config.max_backlog, 1000);

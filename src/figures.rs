@@ -279,6 +279,15 @@ figures! {
         /// Handshakes waiting for the backend's answer (a gauge, counted when asked).
         auth_backend_waiting: "authbackendwaiting",
             Family::gauge("hasses_auth_backend_waiting", "Handshakes waiting for the auth backend").alone();
+        /// Subscriptions refused for a revoked token (`revoke`).
+        auth_refused_revoked: "authrevokedcnt", AUTH_REFUSED.series("revoked");
+        /// Subscriptions answered `204 No Content` for a ban (`disconnect … ban=SECS`).
+        banned: "bannedcnt",
+            Family::counter("hasses_banned_total", "Subscriptions answered 204 for a ban").alone();
+        /// Streams ended by an order (`disconnect`, `revoke` of a `sub`).
+        disconnected: "disconnectedcnt",
+            Family::counter("hasses_disconnected_total", "Streams ended by a disconnect or revoke order")
+                .alone();
         /// TLS handshakes completed in full: certificate and key exchange.
         tls_full_handshakes: "tlsfullhandshakes", TLS_HANDSHAKES.series("full");
         /// TLS handshakes that resumed a session (a ticket or a cached TLS 1.2 session).
@@ -294,7 +303,10 @@ impl ShardFigures {
 
     /// Subscriptions refused by token checks, for whatever reason.
     pub fn auth_refusals(&self) -> u64 {
-        self.auth_refused_missing + self.auth_refused_invalid + self.auth_refused_forbidden
+        self.auth_refused_missing
+            + self.auth_refused_invalid
+            + self.auth_refused_forbidden
+            + self.auth_refused_revoked
     }
 }
 

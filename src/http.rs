@@ -536,6 +536,9 @@ pub struct Responses {
     pub head: Bytes,
     /// `200` + CORS headers + `Allow` for `OPTIONS`.
     pub options: Bytes,
+    /// `204 No Content` + CORS headers, for a banned client: it stops EventSource retrying
+    /// (a cross-origin answer without the CORS headers would be a network error, retried).
+    pub banned: Bytes,
     bad_request: ErrorHead,
     not_found: ErrorHead,
     header_too_large: ErrorHead,
@@ -605,12 +608,19 @@ impl Responses {
              Content-Length: 0\r\n\
              Connection: close\r\n\r\n"
         ));
+        let banned = Bytes::from(format!(
+            "HTTP/1.1 204 No Content\r\n\
+             Server: hasses\r\n\
+             {cors}\
+             Connection: close\r\n\r\n"
+        ));
         let unavailable =
             ErrorHead::new(Status::Unavailable, &format!("Retry-After: {RETRY_AFTER_SECS}\r\n"));
         let mut responses = Self {
             handshake: stream.clone(),
             head: stream,
             options,
+            banned,
             bad_request: ErrorHead::new(Status::BadRequest, ""),
             not_found: ErrorHead::new(Status::NotFound, ""),
             header_too_large: ErrorHead::new(Status::HeaderTooLarge, ""),

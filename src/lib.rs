@@ -22,6 +22,7 @@
 //!   hasses-auth-N:  (--auth-url) ask the web backend about a handshake the worker parked;
 //!                   the answer goes back on the worker's channel, with its waker
 //!   hasses-history: (--history-file) appends the Sequencer's events to the file, synced on a timer
+//!   hasses-cluster-orders: (--cluster) answers every node's presence questions, carries out orders
 //!   hasses-log:     writes the log lines the other threads format
 //!   main:           signals (SIGTERM stops, SIGHUP reloads, SIGUSR2 upgrades), supervises the
 //!                   threads, stops them
@@ -38,6 +39,10 @@
 //! - [`event`]: a publish and who gets it, where a resume starts, a publish's receipt: the
 //!   values every thread speaks.
 //! - [`figures`]: every thread's figures, as the reports read them.
+//! - [`gate`]: the orders that throw someone out (`disconnect`, `revoke`), and the bans and
+//!   revoked tokens they leave behind.
+//! - [`presence`]: who is here: presence rows, and join/leave notices debounced across
+//!   reconnects (`--presence-events`).
 //! - [`publish`]: the publish grammars (hasses' line and the JSON object), for the control
 //!   thread and the HTTP API.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
@@ -57,6 +62,8 @@
 //!   threads of their own (`hasses-auth-N`), and its answers cached.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
+//! - [`tally`]: one node's answer to a question a cluster answers as one (presence, orders),
+//!   and the nodes' answers told as one.
 //! - [`stats`]: the status block, client list and their JSON forms.
 //! - [`tls`]: the certificate and key as a rustls configuration, reloaded on SIGHUP, and the
 //!   session ticket keys and TLS 1.2 session cache that outlive a reload.
@@ -79,6 +86,7 @@ pub mod control;
 pub mod event;
 pub mod figures;
 pub mod forward;
+pub mod gate;
 pub mod history;
 pub mod history_file;
 pub mod http;
@@ -86,10 +94,12 @@ pub mod limits;
 pub mod log;
 pub mod nonblocking;
 pub mod pipeline;
+pub mod presence;
 pub mod publish;
 pub mod server;
 pub mod shard;
 pub mod sse;
 pub mod stats;
+pub mod tally;
 pub mod tls;
 pub mod upgrade;

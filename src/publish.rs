@@ -411,7 +411,7 @@ pub(crate) fn utf8<'a>(bytes: &'a [u8], part: &[u8]) -> Result<&'a str, CommandE
 }
 
 /// The start of `part`, safe to put in a log line: a control byte can't break or forge a line.
-fn excerpt(part: &[u8]) -> String {
+pub(crate) fn excerpt(part: &[u8]) -> String {
     shortened(part, EXCERPT_LEN)
 }
 

@@ -24,12 +24,12 @@ use crate::auth_hook::AuthHook;
 use crate::cluster::Cluster;
 use crate::config::{ApiBind, Config};
 use crate::control::handover::{Adopted, Verdict};
-use crate::control::{AdminLink, Control, ControlSettings, ControlStop, Sequencer};
+use crate::control::{AdminLink, Control, ControlSettings, ControlStop, PresenceEvents, Sequencer};
 use crate::forward::{Forward, Relay};
 use crate::history::History;
 use crate::history_file::{self, FileFigures, HistoryWriter, HISTORY_QUEUE};
 use crate::log::REPORT;
-use crate::pipeline::SharedState;
+use crate::pipeline::{PresenceLink, SharedState};
 use crate::shard::{PerIpLimit, Settings, Shard};
 use crate::sse::EventIds;
 use crate::tls::Tls;
@@ -42,6 +42,9 @@ const SHARD_QUEUE: usize = 1024;
 /// Questions about the server that may wait for the admin thread before the control thread
 /// waits for room (only a flood of `tcpclientlist` would fill it).
 const ADMIN_QUEUE: usize = 1024;
+/// Streams started and ended, told by the shards, that the control thread has not taken yet
+/// (`--presence-events`); beyond, a change is lost and logged.
+const PRESENCE_QUEUE: usize = 65_536;
 /// The accept backlog asked of the kernel (it caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -473,7 +476,16 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     let control_addr = bound.control_addr();
     let api_addr = bound.api_addr();
     let auth_hook = config.auth_hook.as_ref().map(AuthHook::start).transpose()?;
-    let settings = Arc::new(Settings::new(config, bound.tls, bound.auth, auth_hook));
+    let mut settings = Settings::new(config, bound.tls, bound.auth, auth_hook);
+    // With --presence-events, shards tell the control thread of streams that start and end; it
+    // is woken through a waker set once it is built.
+    let presence = config.presence_events.map(|debounce| {
+        let (changes, changed) = crossbeam_channel::bounded(PRESENCE_QUEUE);
+        let link = PresenceLink { changes, control: Arc::default() };
+        settings.presence = Some(link.clone());
+        (link, PresenceEvents::new(changed, debounce))
+    });
+    let settings = Arc::new(settings);
     let mut ids = EventIds::starting_now();
     let mut on_disk = None;
     // In a cluster, the history is the stream's; alone, its file's, if it has one: either is
@@ -586,19 +598,30 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
         predecessor,
         drain: config.drain.unwrap_or_default(),
     };
+    let control = match presence {
+        Some((link, events)) => {
+            let _ = link.control.set(stop.waker());
+            control.with_presence(events)
+        }
+        None => control,
+    };
+    let mut admin = Admin::new(asked, replies, stop.waker(), facts, Arc::clone(&state));
+    if let Some(cluster) = &cluster {
+        admin = admin.with_cluster(cluster.asker());
+    }
     let cluster_threads = cluster.map(|cluster| {
         info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
         cluster.threads(tail_shards, Arc::clone(&state), stop.waker())
     });
-    let admin = Admin::new(asked, replies, stop.waker(), facts, state);
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);
     if let Some(writer) = history_writer {
         threads.push(spawn("hasses-history".into(), &failures, move || writer.run())?);
     }
-    if let Some((outbox, tail)) = cluster_threads {
+    if let Some((outbox, tail, orders)) = cluster_threads {
         threads.push(spawn("hasses-cluster-out".into(), &failures, move || outbox.run())?);
         threads.push(spawn("hasses-cluster-tail".into(), &failures, move || tail.run())?);
+        threads.push(spawn("hasses-cluster-orders".into(), &failures, move || orders.run())?);
     }
     info!(target: REPORT, "hasses {} started with {} workers", env!("CARGO_PKG_VERSION"), config.workers);
     let https = if config.tls.is_some() { " (https)" } else { "" };

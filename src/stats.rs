@@ -93,6 +93,7 @@ impl Status {
             format!("Worker threads: {}", self.workers),
             format!("Resumed clients: {} (told of a gap: {})", s.resumes(), s.resumes_with_gap),
             format!("Refused subscriptions (token): {}", s.auth_refusals()),
+            format!("Streams ended by order: {} (banned reconnects: {})", s.disconnected, s.banned),
         ]);
         if self.tls.is_some() {
             lines.push(format!(
@@ -324,10 +325,18 @@ mod tests {
         assert_eq!(json["msgproccnt"], 7);
         assert_eq!(json["msgsendcnt"], 9);
         assert_eq!(json["mode"], "unencrypted (http)");
-        let ours = [lines[lines.len() - 4].as_str(), lines[lines.len() - 2].as_str()];
+        let ours = [
+            lines[lines.len() - 5].as_str(),
+            lines[lines.len() - 3].as_str(),
+            lines[lines.len() - 2].as_str(),
+        ];
         assert_eq!(
             ours,
-            ["Resumed clients: 3 (told of a gap: 1)", "History: 5 events, 320 bytes, oldest id 1001"]
+            [
+                "Resumed clients: 3 (told of a gap: 1)",
+                "Streams ended by order: 0 (banned reconnects: 0)",
+                "History: 5 events, 320 bytes, oldest id 1001"
+            ]
         );
         assert_eq!((json["resumecnt"].clone(), json["historyoldest"].clone()), (3.into(), "1001".into()));
         let as_user = Status { user: Some("www-data".into()), uid: 33, ..status.clone() };

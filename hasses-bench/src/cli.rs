@@ -163,7 +163,7 @@ pub struct Options {
     #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',', value_parser = parse_pid)]
     pub server_pid: Vec<u32>,
 
-    /// publish-http: the server's HTTP API address (host:port).
+    /// publish-http, presence: the server's HTTP API address (host:port).
     #[arg(long, default_value = "127.0.0.1:8086", value_parser = parse_target)]
     pub api: Target,
 
@@ -206,6 +206,9 @@ pub struct Options {
     /// restart: milliseconds between two publishes of the steady publisher.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub publish_ms: u64,
+    /// presence: how many `GET /presence?token=all&count` polls, one after the other.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub polls: u32,
 
     /// resume: events published to each connection while it is away.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -308,6 +311,10 @@ pub enum Scenario {
     /// restart's measure of an upgrade in place: the server is sent SIGUSR2 (it hands its
     /// sockets and history to a new process of its binary, then drains) instead of a restart.
     Upgrade,
+    /// connect, then --polls `GET /presence?token=all&count` on the HTTP API (--api), one after
+    /// the other down one keep-alive connection: per poll the time to its answer (p50/p99/max),
+    /// server CPU per poll; every answer must count every open connection.
+    Presence,
     /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
     /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
@@ -342,6 +349,8 @@ pub enum Phase {
     Resume,
     /// The server gives way to a new one under its clients, with publishing going on.
     Switch(Switch),
+    /// Asking how many are subscribed, again and again.
+    Presence,
 }
 
 impl Phase {
@@ -356,6 +365,7 @@ impl Phase {
             Phase::Targeted => "targeted",
             Phase::Resume => "resume",
             Phase::Switch(switch) => switch.name(),
+            Phase::Presence => "presence",
         }
     }
 }
@@ -375,6 +385,7 @@ impl Scenario {
             // Connect gives the reconnect wave's budget.
             Scenario::Restart => &[Phase::Connect, Phase::Switch(Switch::Restart)],
             Scenario::Upgrade => &[Phase::Connect, Phase::Switch(Switch::Upgrade)],
+            Scenario::Presence => &[Phase::Connect, Phase::Presence],
             Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
         }
     }

@@ -29,6 +29,8 @@ pub enum Figures {
     Resume(Resume),
     /// The server giving way to a new one under its clients.
     Switched(Switched),
+    /// Asking how many are subscribed.
+    Presence(Presence),
 }
 
 impl Figures {
@@ -43,6 +45,7 @@ impl Figures {
             Figures::Targeted(_) => Phase::Targeted,
             Figures::Resume(_) => Phase::Resume,
             Figures::Switched(f) => Phase::Switch(f.switch),
+            Figures::Presence(_) => Phase::Presence,
         }
     }
 }
@@ -266,4 +269,23 @@ pub struct Switched {
     /// The target for it, shaped as a resume's: 1.5 × (connect's server CPU per connection +
     /// the wave's deliveries per return × the steady CPU per delivery), µs.
     pub budget_us_per_return: Option<f64>,
+}
+
+/// The presence phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Presence {
+    /// Polls answered.
+    pub polls: u64,
+    /// What the last answer counted.
+    pub presence_count: u64,
+    /// The open connections it should count.
+    pub expected_count: u64,
+    /// The median time from a poll's request to its whole answer, ms.
+    pub poll_ms_p50: f64,
+    /// The 99th percentile.
+    pub poll_ms_p99: f64,
+    /// The largest.
+    pub poll_ms_max: f64,
+    /// Server CPU per poll, µs.
+    pub server_cpu_us_per_poll: Option<f64>,
 }

@@ -21,6 +21,7 @@
 //! - [`receiver`]: receiver threads: connecting, reading, counting.
 //! - [`parse`]: the response head, chunked coding and SSE events (pure).
 //! - [`control`]: the publisher and the payload format.
+//! - [`presence`]: the presence phase's polls of the HTTP API.
 //! - [`floor`]: `floor-server`, the least an epoll server does, to read the figures against.
 //! - [`hop`]: `stream-hop`, the least a cluster's hop through Redis takes, likewise.
 //! - [`stats`]: counters and the latency histogram.
@@ -38,6 +39,7 @@ mod figures;
 mod floor;
 mod hop;
 mod parse;
+mod presence;
 mod publish;
 mod receiver;
 mod report;

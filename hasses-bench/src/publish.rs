@@ -102,31 +102,40 @@ fn write_batches(stream: &mut TcpStream, one: &str, count: usize) -> io::Result<
     stream.write_all(one.repeat(count % BATCH).as_bytes())
 }
 
-/// Reads `count` HTTP answers (each head, then its `Content-Length` body); how many were 200.
+/// Reads `count` HTTP answers; how many were 200.
 fn count_ok_answers(stream: TcpStream, count: usize) -> io::Result<usize> {
     let mut reader = BufReader::new(stream);
     let mut ok = 0;
     for _ in 0..count {
-        let (mut status, mut length, mut line) = (String::new(), 0usize, String::new());
-        reader.read_line(&mut status)?;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        reader.by_ref().take(length as u64).read_to_end(&mut Vec::new())?;
+        let (status, _body) = read_answer(&mut reader)?;
         ok += usize::from(status.starts_with("HTTP/1.1 200"));
     }
     Ok(ok)
+}
+
+/// Reads one HTTP answer: its status line, then its head, then its `Content-Length` body.
+pub fn read_answer(reader: &mut impl BufRead) -> io::Result<(String, Vec<u8>)> {
+    let (mut status, mut length, mut line) = (String::new(), 0usize, String::new());
+    if reader.read_line(&mut status)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = Vec::with_capacity(length);
+    reader.by_ref().take(length as u64).read_to_end(&mut body)?;
+    Ok((status, body))
 }
 
 /// The two figures side by side, with the ratio the issue sets a target for.

@@ -158,6 +158,15 @@ impl PhaseCells {
                 per_unit: per_unit(f.server_cpu_us_per_message, "msg"),
                 memory: none(),
             },
+            Figures::Presence(f) => PhaseCells {
+                rate: format!("{} polls, count {}", f.polls, f.presence_count),
+                latency: format!(
+                    "p50/p99/max {:.3}/{:.3}/{:.3} ms",
+                    f.poll_ms_p50, f.poll_ms_p99, f.poll_ms_max
+                ),
+                per_unit: per_unit(f.server_cpu_us_per_poll, "poll"),
+                memory: none(),
+            },
             Figures::Resume(f) => PhaseCells {
                 rate: format!("{} resumed, {} missed each", f.resumed, f.missed_per_connection),
                 latency: format!("all replayed in {:.1} ms", f.all_replayed_s * 1e3),

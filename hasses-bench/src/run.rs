@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::cli::{Options, Phase};
 use crate::control::Control;
 use crate::figures::{self, Figures, LastReceiver, Latency, TlsHandshakes, Usage};
+use crate::presence;
 use crate::receiver::{Cmd, Receiver, Setup};
 use crate::stats::{Counters, PerMessage, Progress};
 use crate::steady::Steady;
@@ -219,6 +220,7 @@ impl Bench {
                 Phase::Targeted => self.targeted(),
                 Phase::Resume => self.resume(&results),
                 Phase::Switch(switch) => self.switch(switch, &results),
+                Phase::Presence => self.presence(),
             };
             let c = &result.counters;
             if result.usage.server_cpu_s == Some(0.0) && c.handshaked + c.delivered_b + c.delivered_t > 0 {
@@ -444,6 +446,36 @@ impl Bench {
             rss_bytes_per_tls_connection: per_conn.filter(|_| self.opts.tls),
         };
         PhaseResult::new(None, c, time_s, usage, Figures::Idle(figures))
+    }
+
+    /// `--polls` presence counts, one after the other; each must count every open connection.
+    fn presence(&mut self) -> PhaseResult {
+        let w = self.begin(0, 0);
+        let start = Instant::now();
+        let polled = presence::poll(self.opts.api.addr, self.opts.polls, self.opts.timeout);
+        let usage = self.usage(&w);
+        let time_s = start.elapsed().as_secs_f64();
+        let c = self.collect();
+        let (polled, mut incomplete) = match polled {
+            Ok(polled) => (polled, None),
+            Err(e) => (presence::Polled::default(), Some(format!("presence: {e}"))),
+        };
+        if let Some(wrong) = polled.counts.iter().find(|&&n| n != self.live) {
+            incomplete.get_or_insert(format!("presence counted {wrong}, {} are open", self.live));
+        }
+        let mut times = polled.times_ns.clone();
+        times.sort_unstable();
+        let polls = times.len() as u64;
+        let figures = figures::Presence {
+            polls,
+            presence_count: polled.counts.last().copied().unwrap_or(0),
+            expected_count: self.live,
+            poll_ms_p50: ms(pick(&times, 0.50)),
+            poll_ms_p99: ms(pick(&times, 0.99)),
+            poll_ms_max: ms(times.last().copied().unwrap_or(0)),
+            server_cpu_us_per_poll: usage.server_cpu_s.filter(|_| polls > 0).map(|s| s * 1e6 / polls as f64),
+        };
+        PhaseResult::new(incomplete, c, time_s, usage, Figures::Presence(figures))
     }
 
     fn broadcast(&mut self) -> PhaseResult {

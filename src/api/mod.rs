@@ -8,6 +8,8 @@
 //! POST /publish   form (to, except, data, event, retry) or the JSON of a control line → {"id":"…"}
 //! GET  /status    the tcpstatus JSON        GET /clients   the tcpclientlist JSON
 //! GET  /metrics   Prometheus text           GET /healthz   ok (no key needed), or 503
+//! GET  /presence?token=T[&count]    who a publish to T reaches (every node of a cluster)
+//! POST /disconnect  id|sub|token [ban]     POST /revoke  jti|sub [exp]   (query or form)
 //! GET  /          a live status page for a person
 //! ```
 //!
@@ -19,7 +21,8 @@ pub mod request;
 use subtle::ConstantTimeEq;
 
 use crate::event::{Publish, Receipt};
-use crate::limits::Limits;
+use crate::gate::{Order, OrderKind};
+use crate::limits::{Limits, MAX_TOKEN_LEN};
 use crate::pipeline::Query;
 use crate::publish::{parse_json_publish, CommandError, JsonPublish};
 use request::{Method, Request};
@@ -61,6 +64,10 @@ pub enum Route {
     Publish,
     /// A question, answered by the admin path.
     Ask(ApiQuery),
+    /// `GET /presence`.
+    Presence,
+    /// `POST /disconnect`, `POST /revoke`.
+    Order(OrderKind),
     /// `GET /`.
     Page,
 }
@@ -192,6 +199,9 @@ pub fn route(request: &Request, key: Option<&[u8]>) -> Result<Route, Response> {
         "/status" => (Route::Ask(ApiQuery::Status), Method::Get),
         "/clients" => (Route::Ask(ApiQuery::Clients), Method::Get),
         "/metrics" => (Route::Ask(ApiQuery::Metrics), Method::Get),
+        "/presence" => (Route::Presence, Method::Get),
+        "/disconnect" => (Route::Order(OrderKind::Disconnect), Method::Post),
+        "/revoke" => (Route::Order(OrderKind::Revoke), Method::Post),
         "/" => (Route::Page, Method::Get),
         _ => return Err(Response::error(404, "no such endpoint")),
     };
@@ -211,6 +221,44 @@ fn authorized(request: &Request, key: Option<&[u8]>) -> bool {
         (Some(key), Some(given)) => bool::from(given.as_slice().ct_eq(key)),
         (Some(_), None) => false,
     }
+}
+
+/// The question `GET /presence?token=T[&count]` asks: `token` (1 to 128 bytes, decoded), and
+/// `count` (any value, or none) for just the number.
+pub fn presence_from(request: &Request) -> Result<Query, Response> {
+    let (mut token, mut count) = (None, false);
+    for (name, value) in form_urlencoded::parse(request.query.as_bytes()) {
+        match name.as_ref() {
+            "token" if token.is_none() => token = Some(value.into_owned()),
+            "token" => return Err(Response::error(400, "token given twice")),
+            "count" => count = true,
+            other => return Err(Response::error(400, &format!("unknown parameter `{other}`"))),
+        }
+    }
+    match token {
+        Some(token) if !token.is_empty() && token.len() <= MAX_TOKEN_LEN => {
+            Ok(Query::Presence { token, count })
+        }
+        Some(_) => Err(Response::error(400, &format!("token must be 1 to {MAX_TOKEN_LEN} bytes"))),
+        None => Err(Response::error(400, "say which token: ?token=T")),
+    }
+}
+
+/// The order a `POST /disconnect` or `POST /revoke` gives, from its query and its form body
+/// (either or both), at `now` (Unix seconds).
+pub fn order_from(kind: OrderKind, request: &Request, body: &[u8], now: u64) -> Result<Order, Response> {
+    let form = match request.content_type.as_deref() {
+        None if body.is_empty() => &[][..],
+        Some("application/x-www-form-urlencoded") => body,
+        _ => {
+            return Err(Response::error(
+                415,
+                "send the parameters in the query or as application/x-www-form-urlencoded",
+            ))
+        }
+    };
+    let pairs = form_urlencoded::parse(request.query.as_bytes()).chain(form_urlencoded::parse(form));
+    kind.parse(pairs, now).map_err(|e| Response::error(400, &e.to_string()))
 }
 
 /// The publish a `POST /publish` body asks for: JSON as on a control line, or a form with the
@@ -337,7 +385,60 @@ mod tests {
         assert_eq!(route_of(b"GET /publish HTTP/1.1\r\n\r\n", None), Err(405));
         assert_eq!(route_of(b"POST /metrics HTTP/1.1\r\n\r\n", None), Err(405));
         assert_eq!(route_of(b"GET /nope HTTP/1.1\r\n\r\n", None), Err(404));
+        assert_eq!(route_of(b"GET /presence?token=a HTTP/1.1\r\n\r\n", None), Ok(Route::Presence));
+        assert_eq!(route_of(b"GET /presence?token=a HTTP/1.1\r\n\r\n", key), Err(401));
+        assert_eq!(route_of(b"POST /disconnect HTTP/1.1\r\n\r\n", key), Err(401));
+        assert_eq!(route_of(b"GET /disconnect?id=a HTTP/1.1\r\n\r\n", None), Err(405));
+        assert_eq!(
+            route_of(b"POST /revoke HTTP/1.1\r\nX-API-Key: k\r\n\r\n", key),
+            Ok(Route::Order(OrderKind::Revoke))
+        );
         assert_eq!(route_of(b"GET /?x HTTP/1.1\r\n\r\n", None), Ok(Route::Page));
+    }
+
+    #[test]
+    fn presence_and_orders_read_their_parameters_or_say_what_is_wrong() {
+        let presence = |target: &str| {
+            let bytes = format!("GET {target} HTTP/1.1\r\n\r\n");
+            presence_from(&request(bytes.as_bytes()).0)
+        };
+        assert_eq!(
+            presence("/presence?token=room%201"),
+            Ok(Query::Presence { token: "room 1".into(), count: false })
+        );
+        assert_eq!(
+            presence("/presence?token=r&count"),
+            Ok(Query::Presence { token: "r".into(), count: true })
+        );
+        let reason = |refusal: Response| (refusal.status, String::from_utf8(refusal.body).unwrap());
+        assert_eq!(
+            reason(presence("/presence").unwrap_err()),
+            (400, r#"{"error":"say which token: ?token=T"}"#.into())
+        );
+        assert_eq!(reason(presence("/presence?token=").unwrap_err()).0, 400);
+        assert_eq!(reason(presence("/presence?token=a&token=b").unwrap_err()).0, 400);
+        assert!(reason(presence("/presence?token=a&x=1").unwrap_err()).1.contains("unknown parameter `x`"));
+        let order = |target: &str, content_type: &str, body: &str| {
+            let bytes = format!(
+                "POST {target} HTTP/1.1\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let (request, body) = request(bytes.as_bytes());
+            order_from(OrderKind::Disconnect, &request, &body, 100)
+        };
+        let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+        let expected = Ok(Order::Disconnect { who: crate::gate::Who::Id("u1".into()), ban_until: Some(160) });
+        assert_eq!(order("/disconnect?id=u1&ban=60", "", ""), expected);
+        assert_eq!(order("/disconnect", form, "id=u1&ban=60"), expected);
+        assert_eq!(order("/disconnect?ban=60", form, "id=u1"), expected);
+        assert_eq!(reason(order("/disconnect", form, "").unwrap_err()).0, 400);
+        assert!(reason(order("/disconnect?id=a&sub=b", "", "").unwrap_err())
+            .1
+            .contains("give one of id, sub, token"));
+        assert_eq!(
+            reason(order("/disconnect", "Content-Type: application/json\r\n", "{}").unwrap_err()).0,
+            415
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Request {
     pub method: Method,
     /// Its path, without the query.
     pub path: String,
+    /// Its query, without the `?`; empty when none.
+    pub query: String,
     /// The media type of its body (`Content-Type` before any `;`), lowercase.
     pub content_type: Option<String>,
     /// The key it carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
@@ -123,7 +125,8 @@ pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
         _ => Method::Other,
     };
     let target = head.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(path, _)| path).to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
     let keep_alive = match (head.version, fields.connection) {
         (_, Some(Connection::Close)) => false,
         (_, Some(Connection::KeepAlive)) => true,
@@ -132,6 +135,7 @@ pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
     let request = Request {
         method,
         path,
+        query,
         content_type: fields.content_type,
         key: fields.key,
         keep_alive,

@@ -21,10 +21,14 @@
 //! serves anyone, so a resume on a node that just (re)started is served like on any other, and
 //! a resume from before the stream's oldest entry is told of a gap.
 //!
-//! The Redis client is the `redis` crate's blocking one: each of the two threads owns its
-//! connection, so no async runtime runs inside the server.
+//! Questions every node answers for its own clients (presence) and orders every node carries
+//! out (disconnect, revoke) go over a pub/sub channel beside the stream (`orders`).
+//!
+//! The Redis client is the `redis` crate's blocking one: each thread owns its connections, so
+//! no async runtime runs inside the server.
 
 pub mod entry;
+mod orders;
 mod outbox;
 mod tail;
 mod trim;
@@ -37,13 +41,14 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use tracing::warn;
 
-use crate::broadcast::Broadcast;
+use crate::broadcast::{Broadcast, Fanout};
 use crate::event::{Publish, Receipt, ReceiptSender, ReceiptTo};
 use crate::figures::ClusterFigures;
 use crate::history::{History, HistoryLimits};
 use crate::pipeline::{ShardHandle, SharedState};
 use entry::StreamId;
 use mio::Waker;
+pub use orders::{ClusterAsker, Orders};
 pub use outbox::Outbox;
 pub use tail::Tail;
 
@@ -94,6 +99,11 @@ impl ClusterSettings {
 
     fn stream(&self) -> String {
         format!("{}:events", self.key)
+    }
+
+    /// The channel presence questions and orders go to every node on.
+    fn ask_channel(&self) -> String {
+        format!("{}:ask", self.key)
     }
 
     /// The key that says where `node`'s tail is, for the trim.
@@ -331,15 +341,28 @@ impl Cluster {
         Arc::clone(&self.shared)
     }
 
-    /// The two threads' bodies: the outbox, which trims the stream to what `state`'s history
-    /// may keep and wakes `control` with the receipts publishers asked for, and the tail, which
-    /// delivers what it reads to `shards`.
+    /// The admin thread's end of the questions every node answers (presence, orders).
+    pub fn asker(&self) -> ClusterAsker {
+        ClusterAsker::new(self.client.clone(), &self.settings, &self.node)
+    }
+
+    /// The three threads' bodies: the outbox, which trims the stream to what `state`'s history
+    /// may keep and wakes `control` with the receipts publishers asked for; the tail, which
+    /// delivers what it reads to `shards`; and the listener that answers presence questions
+    /// and carries out orders on them.
     pub fn threads(
         self,
         shards: Vec<ShardHandle>,
         state: Arc<SharedState>,
         control: Arc<Waker>,
-    ) -> (Outbox, Tail) {
+    ) -> (Outbox, Tail, Orders) {
+        let orders = Orders::new(
+            self.client.clone(),
+            &self.settings,
+            &self.node,
+            Fanout::new(shards.clone()),
+            (Arc::clone(&state), Arc::clone(&self.shared)),
+        );
         let stream = self.settings.stream();
         let broadcast = Broadcast::new(shards, Arc::clone(&state));
         let outbox = Outbox::new(
@@ -352,7 +375,7 @@ impl Cluster {
             state,
         );
         let tail = Tail::new(self.client, stream, self.newest, self.bytes, broadcast, self.shared);
-        (outbox, tail)
+        (outbox, tail, orders)
     }
 }
 

@@ -24,9 +24,11 @@ use super::table::Key;
 use super::{watch, write_out, Accepted, Control, Sources};
 use crate::admin::AnswerTo;
 use crate::api::request::{parse, Parsed, Request, RequestError};
-use crate::api::{self, publish_from, route, Response, Route, BODY_SLACK};
+use crate::api::{self, order_from, presence_from, publish_from, route, Response, Route, BODY_SLACK};
 use crate::event::{ApiKey, Asker, ReceiptTo};
+use crate::gate::unix_now;
 use crate::nonblocking::attempt;
+use crate::pipeline::Query;
 
 /// API connections open at once; beyond, a new one is answered 503 and closed.
 pub const MAX_API_CONNECTIONS: usize = 4096;
@@ -269,6 +271,17 @@ impl Control {
                 Err(refusal) => refusal,
             },
             Ok(Route::Page) => api::page(),
+            Ok(Route::Presence) => match presence_from(request) {
+                Ok(query) => return self.ask_for_api(key, query),
+                Err(refusal) => refusal,
+            },
+            Ok(Route::Order(kind)) => match order_from(kind, request, body, unix_now()) {
+                Ok(order) => {
+                    info!("API order from {}: {order:?}", self.sources.apis[key].peer);
+                    return self.ask_for_api(key, Query::Order(order));
+                }
+                Err(refusal) => refusal,
+            },
             Ok(Route::Ask(query)) => {
                 let conn = &mut self.sources.apis[key];
                 conn.awaiting = true;
@@ -277,7 +290,24 @@ impl Control {
             }
             Err(refusal) => refusal,
         };
+        if answer.status >= 400 {
+            let conn = &self.sources.apis[key];
+            info!(
+                "API request {} from {} refused: {}",
+                request.path,
+                conn.peer,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
         self.sources.apis[key].answer(&answer);
+    }
+
+    /// Hands a question answered with its JSON to the admin path; the connection waits for it.
+    fn ask_for_api(&mut self, key: ApiKey, query: Query) {
+        let conn = &mut self.sources.apis[key];
+        conn.awaiting = true;
+        let asker = Asker { key, serial: conn.serial };
+        self.ask(query, AnswerTo::ApiJson(asker));
     }
 }
 

@@ -17,9 +17,10 @@
 use std::fmt;
 
 use crate::event::{write_escaped, Publish};
+use crate::gate::OrderKind;
 use crate::limits::Limits;
 use crate::pipeline::Query;
-use crate::publish::{is_json_object, opens_json, parse_json, parse_publish, utf8, JSON_OPEN};
+use crate::publish::{excerpt, is_json_object, opens_json, parse_json, parse_publish, utf8, JSON_OPEN};
 pub use crate::publish::{Ack, CommandError};
 
 /// What one part of a control line asks for.
@@ -37,6 +38,9 @@ pub enum Command {
     /// `TOKEN[-UNIQ]=MESSAGE`, or a JSON object ([`JsonPublish`](crate::publish::JsonPublish)), which may ask for its own
     /// receipt.
     Publish(Publish, Ack),
+    /// `disconnect ARGS` / `revoke ARGS`: an order, its arguments `name=value` separated by
+    /// `&` or blanks, read when it is carried out (a ban's end depends on when).
+    Order(OrderKind, String),
 }
 
 /// Where the answer to a [`Query`] goes.
@@ -82,7 +86,9 @@ impl Command {
             Command::SetReinit(false) => "reinit_disable",
             Command::SetAcks(true) => "ack on",
             Command::SetAcks(false) => "ack off",
-            Command::Query(Query::SubscribedClients(_), _) | Command::Publish(..) => return None,
+            Command::Query(Query::SubscribedClients(_) | Query::Presence { .. } | Query::Order(_), _)
+            | Command::Publish(..)
+            | Command::Order(..) => return None,
         })
     }
 }
@@ -98,6 +104,18 @@ impl fmt::Display for Command {
                 f.write_str("subscribedclients:")?;
                 write_escaped(f, token)
             }
+            Command::Query(Query::Presence { token, count }, answer) => {
+                if *answer == Answer::Reply {
+                    f.write_str("tcp")?;
+                }
+                f.write_str(if *count { "presencecount:" } else { "presence:" })?;
+                write_escaped(f, token)
+            }
+            Command::Order(kind, args) => {
+                write!(f, "{} ", kind.word())?;
+                write_escaped(f, args)
+            }
+            Command::Query(Query::Order(order), _) => write!(f, "{order:?}"),
             Command::Publish(publish, _) => {
                 write!(f, "{}=({} bytes)", publish.audience, publish.message.len())
             }
@@ -138,8 +156,35 @@ fn parse_hasses(part: &[u8], limits: &Limits) -> Result<Command, CommandError> {
 fn parse_word(word: &[u8]) -> Option<Result<Command, CommandError>> {
     match WORDS.iter().find(|command| command.word().is_some_and(|w| w.as_bytes() == word)) {
         Some(command) => Some(Ok(command.clone())),
-        None => parse_count_query(word),
+        None => parse_count_query(word).or_else(|| parse_presence(word)).or_else(|| parse_order(word)),
     }
+}
+
+/// `presence:TOKEN`, `presencecount:TOKEN` and their `tcp…` twins: who a publish to the
+/// token reaches, across the cluster. Unlike `subscribedclients:`, the token may not be empty.
+fn parse_presence(word: &[u8]) -> Option<Result<Command, CommandError>> {
+    let (rest, answer) = match word.strip_prefix(b"tcp") {
+        Some(rest) => (rest, Answer::Reply),
+        None => (word, Answer::Log),
+    };
+    let (token, count) = match rest.strip_prefix(b"presencecount:") {
+        Some(token) => (token, true),
+        None => (rest.strip_prefix(b"presence:")?, false),
+    };
+    if token.is_empty() {
+        return Some(Err(CommandError::NotACommand { part: excerpt(word) }));
+    }
+    Some(utf8(token, word).map(|t| Command::Query(Query::Presence { token: t.to_owned(), count }, answer)))
+}
+
+/// `disconnect ARGS` and `revoke ARGS`: an order and its arguments, read when carried out.
+fn parse_order(word: &[u8]) -> Option<Result<Command, CommandError>> {
+    let kind = [OrderKind::Disconnect, OrderKind::Revoke].into_iter().find(|kind| {
+        word.strip_prefix(kind.word().as_bytes())
+            .is_some_and(|rest| rest.first().is_some_and(u8::is_ascii_whitespace))
+    })?;
+    let args = &word[kind.word().len()..];
+    Some(utf8(args, word).map(|args| Command::Order(kind, args.trim().to_owned())))
 }
 
 /// `subscribedclients:TOKEN` and `tcpsubscribedclients:TOKEN`. The token is taken as is (even
@@ -374,6 +419,31 @@ mod tests {
         assert_eq!(parse(b"subscribedclients:a:b=c"), count("a:b=c"));
         assert_eq!(parse(b"tcpsubscribedclients:room1"), tcp_count("room1"));
         assert_eq!(parse(b"tcpsubscribedclients:"), tcp_count(""));
+    }
+
+    #[test]
+    fn presence_questions_and_orders_take_their_token_or_arguments() {
+        let presence =
+            |t: &str, count, answer| Ok(Command::Query(Query::Presence { token: t.into(), count }, answer));
+        assert_eq!(parse(b"presence:room1"), presence("room1", false, Answer::Log));
+        assert_eq!(parse(b"tcppresence:room1"), presence("room1", false, Answer::Reply));
+        assert_eq!(parse(b"presencecount:a=b"), presence("a=b", true, Answer::Log));
+        assert_eq!(parse(b" tcppresencecount:room1 "), presence("room1", true, Answer::Reply));
+        assert!(matches!(parse(b"tcppresence:"), Err(CommandError::NotACommand { .. })));
+        assert_eq!(
+            parse(b"disconnect id=u1 ban=60"),
+            Ok(Command::Order(OrderKind::Disconnect, "id=u1 ban=60".into()))
+        );
+        assert_eq!(parse(b"revoke  jti=t1"), Ok(Command::Order(OrderKind::Revoke, "jti=t1".into())));
+        assert!(matches!(parse(b"disconnect"), Err(CommandError::NotACommand { .. })), "nothing to say whom");
+        assert!(
+            matches!(parse(b"disconnect=x"), Ok(Command::Publish(..))),
+            "a publish to the token disconnect"
+        );
+        for shown in ["tcppresence:room1", "presencecount:room1", "disconnect id=u1&ban=5", "revoke sub=bob"]
+        {
+            assert_eq!(parse(shown.as_bytes()).unwrap().to_string(), shown);
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub mod command;
 mod fifo;
 pub mod handover;
 pub mod lines;
+mod presence;
 mod replies;
 mod sequencer;
 mod table;
@@ -70,6 +71,7 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, Question, Reply};
 use crate::event::{ApiKey, Publish, PublisherKey, Receipt, ReceiptTo};
 use crate::figures::{ControlFigures, Published};
+use crate::gate::unix_now;
 use crate::limits::Limits;
 use crate::log::REPORT;
 use crate::nonblocking::attempt;
@@ -79,6 +81,7 @@ use command::{auth_secret, parse_command, speaks_http, split_parts, Answer, Comm
 use fifo::Fifo;
 use handover::{Adopted, HandoverInbox, HandoverLink};
 use lines::{LineBuffer, LineTooLong, Piece};
+pub use presence::PresenceEvents;
 pub use sequencer::{Accepted, Sequencer};
 use table::{Named, Table};
 use tcp::{warn_if_exposed, Publisher};
@@ -158,6 +161,8 @@ pub struct Control {
     stop: Arc<AtomicBool>,
     /// Requests to pack the sources for an upgrade, and what became of it.
     handover: HandoverInbox,
+    /// `--presence-events`: the shards' changes, and who is here.
+    presence: Option<PresenceEvents>,
 }
 
 /// What the control thread reads from and answers: the control port's listener and its
@@ -294,9 +299,15 @@ impl Control {
             published: Published::default(),
             stop: Arc::clone(&stop),
             handover: inbox,
+            presence: None,
         };
         control.adopt(adopted)?;
         Ok((control, ControlStop { stop, waker, handover: link }))
+    }
+
+    /// Publishes join and leave events from what the shards tell (`--presence-events`).
+    pub fn with_presence(self, presence: PresenceEvents) -> Self {
+        Control { presence: Some(presence), ..self }
     }
 
     /// Runs until stopped; then tells every shard to shut down.
@@ -304,8 +315,14 @@ impl Control {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
             // No timer at all unless a line is waiting for its end or API connections are open.
-            let timeout =
-                self.sources.next_quiet_left().into_iter().chain(self.sources.next_sweep_left()).min();
+            let presence = self.presence.as_ref().and_then(PresenceEvents::next_due_left);
+            let timeout = self
+                .sources
+                .next_quiet_left()
+                .into_iter()
+                .chain(self.sources.next_sweep_left())
+                .chain(presence)
+                .min();
             if let Err(e) = self.sources.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -332,6 +349,7 @@ impl Control {
             }
             self.complete_quiet_lines();
             self.sources.sweep_api_when_due();
+            self.take_presence();
             // One wake per shard for everything this round of events produced.
             self.sequencer.wake();
             if woken && self.hand_over_if_asked() {
@@ -459,6 +477,24 @@ impl Control {
                 };
                 self.ask(query, to);
             }
+            Command::Order(kind, args) => match kind.parse_args(&args, unix_now()) {
+                Ok(order) => {
+                    // An order is answered where it can be: its connection, or the log.
+                    let to = match source {
+                        Source::Tcp(key) => {
+                            let (asker, place) = self.answer_later(key);
+                            admin::AnswerTo::Connection(asker, place)
+                        }
+                        Source::Fifo => admin::AnswerTo::Log,
+                    };
+                    self.ask(Query::Order(order), to);
+                }
+                Err(e) => {
+                    self.refused += 1;
+                    warn!("Control order refused: {} {}: {e}", kind.word(), args.escape_debug());
+                    self.answer_error(source, Ack::Asked, &e);
+                }
+            },
             Command::SetAcks(on) => match source {
                 Source::Tcp(key) => {
                     let publisher = &mut self.sources.publishers[key];
@@ -511,8 +547,21 @@ impl Control {
 
     /// Sends the shards their part of `query` behind everything sequenced so far, and hands the
     /// question to the admin path, which answers it: nothing here waits for the answer.
+    ///
+    /// A question a cluster answers as one is asked of no shard here: every node's listener,
+    /// this one's too, answers it through Redis. Alone, an order's ban or revocation is in
+    /// place before any shard ends a stream, so that no reconnect slips through.
     fn ask(&mut self, query: Query, to: admin::AnswerTo) {
-        let answers = self.sequencer.ask(&admin::shard_query(&query));
+        let cluster_wide = query.is_cluster_wide() && self.sequencer.in_cluster();
+        if let (Query::Order(order), false) = (&query, cluster_wide) {
+            let taken = self.state.gate.write().take(order, unix_now());
+            if let Err(full) = taken {
+                warn!("Order refused: {full}");
+                return self.refuse_question(to, &full.to_string());
+            }
+        }
+        let shard_query = query.shard_query().filter(|_| !cluster_wide);
+        let answers = shard_query.map_or_else(Vec::new, |asked| self.sequencer.ask(&asked));
         let control = ControlFigures {
             processed: self.sequencer.processed(),
             refused: self.refused,

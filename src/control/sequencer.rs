@@ -102,6 +102,11 @@ impl Sequencer {
         self.cluster.iter().flat_map(|cluster| cluster.receipts.try_iter())
     }
 
+    /// Whether it is a node of a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Events sequenced since the start.
     pub fn processed(&self) -> u64 {
         self.processed

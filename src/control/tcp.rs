@@ -19,7 +19,7 @@ use super::lines::Piece;
 use super::replies::Replies;
 use super::table::Key;
 use super::{watch, write_out, Control, Input, Source, Sources};
-use crate::admin::Reply;
+use crate::admin::{AnswerTo, Reply};
 use crate::api::Response;
 use crate::event::{Asker, PublisherKey, ReceiptTo};
 use crate::nonblocking::attempt;
@@ -103,16 +103,36 @@ impl Control {
     /// asked for them.
     pub(super) fn take_replies(&mut self) {
         while let Ok(reply) = self.admin.replies.try_recv() {
-            match reply {
-                Reply::Line(to, place, text) => self.fill_reply(to, place, text.as_bytes()),
-                Reply::Http(to, response) => self.api_reply(to, response),
-            }
+            self.reply(reply);
         }
         let receipts: Vec<_> = self.sequencer.receipts().collect();
         for (to, receipt) in receipts {
             match to {
                 ReceiptTo::Line(to, place) => self.fill_reply(to, place, receipt.line().as_bytes()),
                 ReceiptTo::Http(to) => self.api_reply(to, Response::of_receipt(receipt)),
+            }
+        }
+    }
+
+    /// Writes an answer to the connection that asked.
+    fn reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Line(to, place, text) => self.fill_reply(to, place, text.as_bytes()),
+            Reply::Http(to, response) => self.api_reply(to, response),
+        }
+    }
+
+    /// Answers a question that cannot be carried out with why, as the admin path would.
+    pub(super) fn refuse_question(&mut self, to: AnswerTo, error: &str) {
+        match to {
+            AnswerTo::Log => {}
+            AnswerTo::Connection(asker, place) => self.reply(Reply::Line(
+                asker,
+                place,
+                serde_json::json!({ "error": error }).to_string() + "\n",
+            )),
+            AnswerTo::Api(asker, _) | AnswerTo::ApiJson(asker) => {
+                self.reply(Reply::Http(asker, Response::error(503, error)))
             }
         }
     }

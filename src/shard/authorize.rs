@@ -17,6 +17,7 @@ use super::keys::ConnKey;
 use super::Shard;
 use crate::auth::{self, Granted, Refusal};
 use crate::auth_hook::{self, Answer, Grant, Job, Reply, Ticket, Verdict};
+use crate::gate::Visitor;
 use crate::http::Subscribe;
 
 /// A subscription waiting for the backend.
@@ -152,10 +153,17 @@ impl Shard {
             return self.refuse_subscription(key, &Refusal::BackendForbidden(why));
         }
         self.counters.auth_backend_allowed += 1;
-        let (jwt_sub, jwt_expires) = match granted {
-            Some(granted) => (granted.sub, Some(granted.expires)),
-            None => (None, None),
+        let (jwt_sub, jwt_expires, jti) = match granted {
+            Some(granted) => (granted.sub, Some(granted.expires), granted.jti),
+            None => (None, None, None),
         };
+        if let Some(fixed) = id.as_deref().filter(|fixed| request.id.as_deref() != Some(*fixed)) {
+            // The backend named the client: its bans hold too.
+            let visitor = Visitor { id: fixed, sub: Some(fixed), jti: jti.as_deref() };
+            if !self.let_in(key, visitor, &request.tokens) {
+                return;
+            }
+        }
         if id.is_some() {
             request.id = id.clone();
         }

@@ -40,12 +40,13 @@ use crossbeam_channel::{bounded, unbounded, Receiver};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::HandshakeKind;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::auth::Refusal;
 use crate::auth_hook::Reply;
 use crate::figures::ShardFigures;
 use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
+use crate::presence::Change;
 use accept::AcceptPause;
 pub use accept::PerIpLimit;
 use authorize::Waiting;
@@ -253,6 +254,30 @@ impl Shard {
         if conn.phase == Phase::Streaming {
             self.subscriptions.remove(StreamKey::on(key), conn.client.tokens());
             self.stalls.release(key);
+            self.tell_presence(key, false);
+        }
+    }
+
+    /// With `--presence-events`, tells the control thread that a stream of a client with an
+    /// id started or ended.
+    fn tell_presence(&self, key: ConnKey, joined: bool) {
+        let Some(link) = &self.settings.presence else { return };
+        let client = &self.connections[key].client;
+        if client.id().is_empty() {
+            return;
+        }
+        let change = Change {
+            joined,
+            id: client.id().into(),
+            sub: client.sub.then(|| client.id().into()),
+            tokens: client
+                .tokens()
+                .filter(|token| *token != subscriptions::EVERYTHING)
+                .map(Into::into)
+                .collect(),
+        };
+        if !link.tell(change) {
+            warn!("Presence: the control thread is far behind; a join or leave of {} is lost", client.id());
         }
     }
 

@@ -21,6 +21,7 @@ use super::tls_session::Received;
 use super::{seconds, Shard};
 use crate::auth::Refusal;
 use crate::event::ResumeFrom;
+use crate::gate::{unix_now, Entry, Visitor};
 use crate::http::{self, Judgement, Subscribe};
 use crate::nonblocking::attempt;
 
@@ -192,7 +193,13 @@ impl Shard {
             Some(Err(refusal)) => return self.refuse_subscription(key, &refusal),
         };
         let sub = granted.as_ref().and_then(|granted| granted.sub.clone());
-        request.id = request.id.or(sub);
+        request.id = request.id.or(sub.clone());
+        let jti = granted.as_ref().and_then(|granted| granted.jti.as_deref());
+        let visitor = Visitor { id: request.id.as_deref().unwrap_or(""), sub: sub.as_deref(), jti };
+        // Before the backend is asked: a banned or revoked client costs it nothing.
+        if !self.let_in(key, visitor, &request.tokens) {
+            return;
+        }
         self.authorize(key, request, granted);
     }
 
@@ -209,6 +216,28 @@ impl Shard {
         let mut client = Client::from_request(request);
         client.sub = sub;
         self.handshake(key, client, resume, expires);
+    }
+
+    /// Whether the gate lets this subscription in; if not, it is answered: `401` for a revoked
+    /// token, `204 No Content` for a ban (which stops EventSource from retrying).
+    pub(super) fn let_in(&mut self, key: ConnKey, visitor: Visitor<'_>, tokens: &[String]) -> bool {
+        let entry = self.state.gate.read().judge(visitor, tokens.iter().map(String::as_str), unix_now());
+        let peer = self.connections[key].peer;
+        let reply = match entry {
+            Entry::Open => return true,
+            Entry::Revoked => {
+                info!("Subscription refused from {peer}: token revoked");
+                self.counters.auth_refused_revoked += 1;
+                self.settings.responses.refusal(&Refusal::Invalid("token revoked".into()))
+            }
+            Entry::Banned => {
+                info!("Subscription refused from {peer}: banned (204)");
+                self.counters.banned += 1;
+                self.settings.responses.banned.clone()
+            }
+        };
+        self.answer_last(key, reply);
+        false
     }
 
     /// Answers a subscription its token (or the backend) does not allow, as RFC 6750 says for
@@ -277,6 +306,7 @@ impl Shard {
         };
         let serial = if reinit { self.new_serial() } else { conn.serial };
         self.connections[key].serial = serial;
+        self.tell_presence(key, true);
         let at = self.deadline(now, self.settings.max_age);
         self.timers.age_by(at, StreamKey::on(key), serial);
         if let Some(expires) = expires {

@@ -9,6 +9,7 @@ use crate::auth::Auth;
 use crate::auth_hook::AuthHook;
 use crate::config::Config;
 use crate::http::{Responses, Route};
+use crate::pipeline::PresenceLink;
 use crate::sse::{self, Frame};
 use crate::tls::Tls;
 
@@ -41,6 +42,8 @@ pub struct Settings {
     pub auth: Option<Auth>,
     /// Subscriptions are put to the backend through this (`--auth-url`).
     pub auth_hook: Option<AuthHook>,
+    /// Streams that start and end are told here (`--presence-events`); set by the server.
+    pub presence: Option<PresenceLink>,
 }
 
 impl Settings {
@@ -62,6 +65,7 @@ impl Settings {
             retry: config.retry.map(sse::retry_chunk),
             auth,
             auth_hook,
+            presence: None,
         }
     }
 }

@@ -125,6 +125,31 @@ impl Subscriptions {
     pub fn count_exact(&self, token: &str) -> usize {
         self.by_token.get(token).map_or(0, Keys::len)
     }
+
+    /// Calls `visit` for every connection that listens to exactly `token`.
+    pub fn for_each_exact(&self, token: &str, mut visit: impl FnMut(StreamKey)) {
+        if let Some(keys) = self.by_token.get(token) {
+            keys.for_each(&mut visit);
+        }
+    }
+
+    /// How many streams a publish to `token` reaches: its subscribers and the `*` ones, each
+    /// once. From the sets' sizes, without a walk, unless a stream is in both (then only the
+    /// smaller set is walked).
+    pub fn count_reached(&self, token: &str) -> usize {
+        let Some(keys) = self.by_token.get(token) else { return self.everything.len() };
+        if self.everything.is_empty() {
+            return keys.len();
+        }
+        let both = match keys {
+            Keys::One(key) => usize::from(self.everything.contains(key)),
+            Keys::Many(keys) if keys.len() <= self.everything.len() => {
+                keys.iter().filter(|key| self.everything.contains(key)).count()
+            }
+            Keys::Many(keys) => self.everything.iter().filter(|key| keys.contains(key)).count(),
+        };
+        keys.len() + self.everything.len() - both
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +217,29 @@ mod tests {
         assert_eq!(subs.count_exact("room"), 1);
         assert_eq!(subs.count_exact("*"), 0);
         assert_eq!(subs.count_exact("absent"), 0);
+    }
+
+    #[test]
+    fn count_reached_counts_each_stream_a_publish_reaches_once() {
+        let mut subs = index();
+        assert_eq!(subs.count_reached("room1"), 2, "its subscriber and the * one");
+        assert_eq!(subs.count_reached("nobody"), 1);
+        subs.add(stream(7), tokens(&["*", "room1"]));
+        subs.add(stream(8), tokens(&["room1"]));
+        assert_eq!(subs.count_reached("room1"), 4, "stream 7 is in both, counted once");
+        for token in ["room1", "room2", "user1", "nobody"] {
+            assert_eq!(subs.count_reached(token), {
+                let mut seen = Vec::new();
+                subs.for_each_match(&Target::Token(token.into()), |k| seen.push(k));
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len()
+            });
+        }
+        let mut exact = Vec::new();
+        subs.for_each_exact("room1", |k| exact.push(k.connection().index()));
+        exact.sort_unstable();
+        assert_eq!(exact, [1, 7, 8]);
     }
 
     #[test]

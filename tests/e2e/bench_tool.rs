@@ -173,6 +173,23 @@ fn targeted_at_a_paced_rate_reports_each_messages_latency() {
     assert!(report.contains("(paced 2000/s)") && report.contains("p50/p99/max "), "{report}");
 }
 
+/// The presence phase polls the HTTP API's count, which must count every connection, and
+/// times each poll.
+#[test]
+fn presence_counts_every_connection_and_times_each_poll() {
+    let api = format!("127.0.0.1:{}", crate::common::free_port());
+    let server = hasses(&[&PLAIN[..], &["--api-bind", &api]].concat());
+    let args = format!("presence -n 50 --quiet --polls 200 --api {api} --timeout 30 --stall-secs 5");
+    let (report, lines) = run_bench(&server, &args);
+    let presence = lines.last().expect("a line per phase");
+    assert_eq!(presence["scenario"], "presence", "{report}");
+    let counts = ["polls", "presence_count", "expected_count"].map(|key| presence[key].as_u64());
+    assert_eq!(counts, [Some(200), Some(50), Some(50)], "{report}");
+    let (p50, max) = (presence["poll_ms_p50"].as_f64(), presence["poll_ms_max"].as_f64());
+    assert!(p50.is_some_and(|p50| p50 > 0.0) && max >= p50, "{report}");
+    assert!(report.contains("µs/poll"), "{report}");
+}
+
 /// The same server given twice counts as one: every scenario completes, nothing lost, and the
 /// CPU of two processes is summed and kept each.
 #[test]
@@ -357,6 +374,7 @@ fn help_documents_every_scenario() {
         "restart",
         "upgrade",
         "publish-http",
+        "presence",
         "floor-server",
         "stream-hop",
     ] {

@@ -176,13 +176,13 @@ impl Redis {
     }
 
     /// Stops it as an operator would (SIGTERM: the append-only file is written out).
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.signal(Signal::SIGTERM);
         let _ = self.child.wait();
     }
 
     /// Starts it again on the same port and directory.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.child = Redis::spawn(&self.args, self.port);
     }
 }

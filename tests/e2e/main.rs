@@ -35,6 +35,7 @@ mod hardening_control;
 mod layers;
 mod nginx;
 mod operations;
+mod presence;
 mod publish;
 mod publishers;
 mod readme;

@@ -1,0 +1,58 @@
+//! `--presence-events`: the shards' changes in, join and leave events out.
+//!
+//! Owns the control thread's side of presence events: it reads what the shards tell of streams
+//! that start and end, keeps the [`Roster`] (which decides, debounced, what is a join or a
+//! leave), and publishes each notice through the sequencer like any publish, to the token's
+//! subscribers but the client it is about. So in a cluster a notice goes through the stream,
+//! and every node delivers it; each node debounces its own clients.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use tracing::warn;
+
+use super::Control;
+use crate::event::{Audience, Publish, Target};
+use crate::presence::{Change, Notice, Roster};
+
+/// The changes the shards send, and who is here.
+pub struct PresenceEvents {
+    changes: Receiver<Change>,
+    roster: Roster,
+}
+
+impl PresenceEvents {
+    /// Reads `changes`; a leave waits `debounce`.
+    pub fn new(changes: Receiver<Change>, debounce: Duration) -> Self {
+        PresenceEvents { changes, roster: Roster::new(debounce) }
+    }
+
+    /// How long until the next leave may fall due; `None` without any.
+    pub(super) fn next_due_left(&self) -> Option<Duration> {
+        self.roster.next_due().map(|at| at.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl Control {
+    /// Takes the shards' changes and publishes the joins and the leaves that fell due.
+    pub(super) fn take_presence(&mut self) {
+        let Some(presence) = &mut self.presence else { return };
+        let now = Instant::now();
+        let mut notices: Vec<Notice> =
+            presence.changes.try_iter().flat_map(|change| presence.roster.change(change, now)).collect();
+        notices.extend(presence.roster.due(now));
+        for notice in notices {
+            self.publish_notice(notice);
+        }
+    }
+
+    fn publish_notice(&mut self, notice: Notice) {
+        let data = notice.data().into_bytes();
+        let audience = Audience { targets: vec![Target::Token(notice.token)], except: Some(notice.id) };
+        let publish =
+            Publish { audience, message: data, event: Some(notice.kind.event().to_owned()), retry: None };
+        if let Err(full) = self.sequencer.publish(publish, None) {
+            warn!("Presence: a {} is not published: {full}", notice.kind.event());
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Who is here: the rows a presence question is answered with, and the join/leave notices of
+//! `--presence-events`, debounced across reconnects.
+//!
+//! Owns what a client's coming and going means to the others of its tokens: a client (by id)
+//! that comes is announced once (`join`), whatever number of streams it opens; one whose last
+//! stream ends is announced (`leave`) only if no stream of it comes back within the debounce
+//! time, so that a phone changing networks is neither a leave nor a join. Pure: the clock is
+//! passed in; the shards report the changes, the control thread publishes the notices.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Target;
+
+/// A client that would receive a publish to the token asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRow {
+    /// Its id (`id=` or its token's `sub`); empty when it gave none.
+    pub id: String,
+    /// Its token's `sub`, when it came with one.
+    pub sub: Option<String>,
+    /// When its stream started (its last handshake), in Unix seconds.
+    pub since: u64,
+    /// The cluster node it is on (in cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// What a presence question about `token` asks about: whom a publish to it reaches, read as a
+/// publisher's target is: `*` is everyone, `pre*` every token starting with `pre` (what
+/// follows the first `*` ignored), anything else that token.
+pub fn asked_target(token: &str) -> Target {
+    match token.split_once('*') {
+        Some(("", _)) => Target::All,
+        Some((prefix, _)) => Target::Prefix(prefix.to_owned()),
+        None => Target::Token(token.to_owned()),
+    }
+}
+
+/// A shard's word that a stream started or ended, for `--presence-events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Started (true) or ended.
+    pub joined: bool,
+    /// The client's id: a client without one takes no part.
+    pub id: Box<str>,
+    /// Its token's `sub`.
+    pub sub: Option<Box<str>>,
+    /// Its tokens, `*` left out.
+    pub tokens: Vec<Box<str>>,
+}
+
+/// What the others of a token are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `event: join`.
+    Join,
+    /// `event: leave`.
+    Leave,
+}
+
+impl Kind {
+    /// The SSE event name.
+    pub fn event(self) -> &'static str {
+        match self {
+            Kind::Join => "join",
+            Kind::Leave => "leave",
+        }
+    }
+}
+
+/// A join or leave to publish to `token`, to everyone but the client it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Join or leave.
+    pub kind: Kind,
+    /// To whom: the token's subscribers.
+    pub token: String,
+    /// About whom.
+    pub id: String,
+    /// Its `sub`, if it has one.
+    pub sub: Option<String>,
+}
+
+impl Notice {
+    /// The event's data: `{"id":…,"sub":…}`.
+    pub fn data(&self) -> String {
+        serde_json::json!({ "id": self.id, "sub": self.sub }).to_string()
+    }
+}
+
+type Key = (Box<str>, Box<str>);
+
+/// One client on one token.
+#[derive(Debug)]
+struct Here {
+    streams: u32,
+    sub: Option<Box<str>>,
+    /// Its last stream ended: it leaves then unless one comes back.
+    leaving_at: Option<Instant>,
+}
+
+/// Who is on each token, as far as joins and leaves go: the clients with a stream, and those
+/// whose last stream ended less than the debounce time ago.
+#[derive(Debug)]
+pub struct Roster {
+    debounce: Duration,
+    here: HashMap<Key, Here>,
+    /// Leaves in the order they fall due (the debounce is the same for all); one whose client
+    /// came back is skipped when it comes up.
+    leaving: VecDeque<(Instant, Key)>,
+}
+
+impl Roster {
+    /// An empty roster whose leaves wait `debounce`.
+    pub fn new(debounce: Duration) -> Self {
+        Roster { debounce, here: HashMap::new(), leaving: VecDeque::new() }
+    }
+
+    /// Takes a shard's change at `now`; the joins to announce at once.
+    pub fn change(&mut self, change: Change, now: Instant) -> Vec<Notice> {
+        if change.id.is_empty() {
+            return Vec::new();
+        }
+        let mut joins = Vec::new();
+        for token in change.tokens {
+            let key = (token, change.id.clone());
+            if change.joined {
+                joins.extend(self.joined(key, change.sub.clone()));
+            } else {
+                self.left(key, now);
+            }
+        }
+        joins
+    }
+
+    /// A stream of this client on this token started: a join unless it is here already or
+    /// was about to leave.
+    fn joined(&mut self, key: Key, sub: Option<Box<str>>) -> Option<Notice> {
+        if let Some(here) = self.here.get_mut(&key) {
+            here.streams += 1;
+            here.leaving_at = None;
+            return None;
+        }
+        let notice = notice(Kind::Join, &key, sub.as_deref());
+        self.here.insert(key, Here { streams: 1, sub, leaving_at: None });
+        Some(notice)
+    }
+
+    /// A stream of this client on this token ended: with its last one it leaves, after the
+    /// debounce time.
+    fn left(&mut self, key: Key, now: Instant) {
+        let Some(here) = self.here.get_mut(&key) else { return };
+        here.streams = here.streams.saturating_sub(1);
+        if here.streams == 0 {
+            let at = now + self.debounce;
+            here.leaving_at = Some(at);
+            self.leaving.push_back((at, key));
+        }
+    }
+
+    /// The leaves due at `now`: clients whose last stream ended the debounce time ago and
+    /// did not come back.
+    pub fn due(&mut self, now: Instant) -> Vec<Notice> {
+        let mut leaves = Vec::new();
+        while let Some((at, _)) = self.leaving.front() {
+            if *at > now {
+                break;
+            }
+            let Some((at, key)) = self.leaving.pop_front() else { break };
+            if self.here.get(&key).is_some_and(|here| here.leaving_at == Some(at)) {
+                if let Some(here) = self.here.remove(&key) {
+                    leaves.push(notice(Kind::Leave, &key, here.sub.as_deref()));
+                }
+            }
+        }
+        leaves
+    }
+
+    /// When the next leave may fall due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.leaving.front().map(|(at, _)| *at)
+    }
+}
+
+fn notice(kind: Kind, (token, id): &Key, sub: Option<&str>) -> Notice {
+    Notice { kind, token: token.to_string(), id: id.to_string(), sub: sub.map(str::to_owned) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBOUNCE: Duration = Duration::from_secs(3);
+
+    fn change(joined: bool, id: &str, tokens: &[&str]) -> Change {
+        Change { joined, id: id.into(), sub: None, tokens: tokens.iter().map(|t| (*t).into()).collect() }
+    }
+
+    fn shown(notices: &[Notice]) -> Vec<String> {
+        notices.iter().map(|n| format!("{} {} {}", n.kind.event(), n.token, n.id)).collect()
+    }
+
+    #[test]
+    fn a_client_joins_each_of_its_tokens_once_and_leaves_after_the_debounce() {
+        let mut roster = Roster::new(DEBOUNCE);
+        let t0 = Instant::now();
+        assert_eq!(
+            shown(&roster.change(change(true, "u1", &["room1", "u1"]), t0)),
+            ["join room1 u1", "join u1 u1"]
+        );
+        assert!(roster.change(change(true, "u1", &["room1"]), t0).is_empty(), "a second tab is no join");
+        assert!(roster.change(change(false, "u1", &["room1"]), t0).is_empty());
+        assert!(roster.due(t0 + DEBOUNCE).is_empty(), "one stream is still open");
+        roster.change(change(false, "u1", &["room1", "u1"]), t0 + Duration::from_secs(1));
+        assert_eq!(roster.next_due(), Some(t0 + Duration::from_secs(1) + DEBOUNCE));
+        assert!(roster.due(t0 + DEBOUNCE).is_empty(), "not before the debounce time");
+        assert_eq!(shown(&roster.due(t0 + Duration::from_secs(4))), ["leave room1 u1", "leave u1 u1"]);
+        assert_eq!(roster.next_due(), None);
+        assert_eq!(
+            shown(&roster.change(change(true, "u1", &["room1"]), t0 + DEBOUNCE * 2)),
+            ["join room1 u1"]
+        );
+    }
+
+    #[test]
+    fn a_quick_reconnect_is_neither_a_leave_nor_a_join() {
+        let mut roster = Roster::new(DEBOUNCE);
+        let t0 = Instant::now();
+        roster.change(change(true, "u1", &["room1"]), t0);
+        roster.change(change(false, "u1", &["room1"]), t0);
+        assert!(roster.change(change(true, "u1", &["room1"]), t0 + Duration::from_secs(2)).is_empty());
+        assert!(roster.due(t0 + DEBOUNCE * 2).is_empty(), "the leave it was waiting for is void");
+        // It goes for good later: one leave, at its own time.
+        roster.change(change(false, "u1", &["room1"]), t0 + DEBOUNCE * 2);
+        assert!(roster.due(t0 + DEBOUNCE * 2).is_empty());
+        assert_eq!(shown(&roster.due(t0 + DEBOUNCE * 3)), ["leave room1 u1"]);
+    }
+
+    #[test]
+    fn clients_without_an_id_take_no_part_and_the_data_names_the_sub() {
+        let mut roster = Roster::new(DEBOUNCE);
+        let now = Instant::now();
+        assert!(roster.change(change(true, "", &["room1"]), now).is_empty());
+        roster.change(change(false, "", &["room1"]), now);
+        assert_eq!(roster.next_due(), None);
+        let mut with_sub = change(true, "alice", &["room1"]);
+        with_sub.sub = Some("alice".into());
+        let joins = roster.change(with_sub, now);
+        assert_eq!(joins[0].data(), r#"{"id":"alice","sub":"alice"}"#);
+        assert_eq!(change(true, "x", &[]).tokens.len(), 0);
+        let leave = Notice { kind: Kind::Leave, token: "t".into(), id: "b".into(), sub: None };
+        assert_eq!(leave.data(), r#"{"id":"b","sub":null}"#);
+    }
+
+    #[test]
+    fn a_presence_question_reads_its_token_as_a_publisher_would() {
+        assert_eq!(asked_target("room1"), Target::Token("room1".into()));
+        assert_eq!(asked_target("room*"), Target::Prefix("room".into()));
+        assert_eq!(asked_target("room*x"), Target::Prefix("room".into()));
+        assert_eq!(asked_target("*"), Target::All);
+    }
+
+    #[test]
+    fn a_leave_for_a_client_never_seen_is_ignored() {
+        let mut roster = Roster::new(DEBOUNCE);
+        let now = Instant::now();
+        roster.change(change(false, "ghost", &["room1"]), now);
+        assert_eq!(roster.next_due(), None);
+    }
+}
