@@ -93,6 +93,18 @@ impl Notice {
 
 type Key = (Box<str>, Box<str>);
 
+/// A client on a token, as a process hands it to its successor at an upgrade: the successor
+/// expects it back, and says nothing of it unless it does not come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Present {
+    /// The token.
+    pub token: String,
+    /// The client's id.
+    pub id: String,
+    /// Its token's `sub`.
+    pub sub: Option<String>,
+}
+
 /// One client on one token.
 #[derive(Debug)]
 struct Here {
@@ -157,7 +169,36 @@ impl Roster {
         if here.streams == 0 {
             let at = now + self.debounce;
             here.leaving_at = Some(at);
-            self.leaving.push_back((at, key));
+            self.leave_at(at, key);
+        }
+    }
+
+    /// Puts a leave in its place among those due (most come last: the debounce is the same).
+    fn leave_at(&mut self, at: Instant, key: Key) {
+        let place = self.leaving.partition_point(|(due, _)| *due <= at);
+        self.leaving.insert(place, (at, key));
+    }
+
+    /// Everyone on every token, for a successor (an upgrade).
+    pub fn present(&self) -> Vec<Present> {
+        let row = |((token, id), here): (&Key, &Here)| Present {
+            token: token.to_string(),
+            id: id.to_string(),
+            sub: here.sub.as_deref().map(str::to_owned),
+        };
+        self.here.iter().map(row).collect()
+    }
+
+    /// Takes in the clients a predecessor had (an upgrade): each is expected back within `away`
+    /// (its drain and retry wait); one that comes is no join, one that does not leaves after
+    /// `away` and the debounce time.
+    pub fn expect_back(&mut self, present: Vec<Present>, now: Instant, away: Duration) {
+        let at = now + away + self.debounce;
+        for Present { token, id, sub } in present {
+            let key: Key = (token.into(), id.into());
+            self.here
+                .insert(key.clone(), Here { streams: 0, sub: sub.map(Into::into), leaving_at: Some(at) });
+            self.leave_at(at, key);
         }
     }
 
@@ -194,6 +235,25 @@ mod tests {
     use super::*;
 
     const DEBOUNCE: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn clients_handed_over_come_back_without_a_join_or_leave_when_they_do_not() {
+        let now = Instant::now();
+        let mut old = Roster::new(DEBOUNCE);
+        old.change(change(true, "a", &["t"]), now);
+        old.change(change(true, "b", &["t"]), now);
+        let mut new = Roster::new(DEBOUNCE);
+        new.expect_back(old.present(), now, Duration::from_secs(10));
+        assert_eq!(new.change(change(true, "a", &["t"]), now + Duration::from_secs(4)), vec![]);
+        new.change(change(true, "c", &["t"]), now);
+        new.change(change(false, "c", &["t"]), now);
+        let due = new.due(now + DEBOUNCE);
+        assert_eq!(due.iter().map(|n| (n.kind, n.id.as_str())).collect::<Vec<_>>(), [(Kind::Leave, "c")]);
+        assert!(new.due(now + Duration::from_secs(12)).is_empty(), "b has until 13 s");
+        let due = new.due(now + Duration::from_secs(13));
+        assert_eq!(due.iter().map(|n| (n.kind, n.id.as_str())).collect::<Vec<_>>(), [(Kind::Leave, "b")]);
+        assert!(new.due(now + Duration::from_secs(60)).is_empty(), "a came back");
+    }
 
     fn change(joined: bool, id: &str, tokens: &[&str]) -> Change {
         Change { joined, id: id.into(), sub: None, tokens: tokens.iter().map(|t| (*t).into()).collect() }

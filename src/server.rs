@@ -128,6 +128,7 @@ struct TakenOver {
     history_lock: Option<File>,
     history: Vec<u8>,
     forward: Option<std::os::unix::net::UnixStream>,
+    present: Vec<crate::presence::Present>,
     ready: ReadyPipe,
 }
 
@@ -191,6 +192,7 @@ pub fn bind(config: &Config, inherited: Option<Inherited>) -> Result<Bound, Star
         history_lock: inherited.history_lock,
         history: inherited.history,
         forward: inherited.forward,
+        present: inherited.present,
         ready: inherited.ready,
     };
     Ok(Bound { sse, control, api, api_unavailable, fifo, tls, auth, taken_over: Some(taken_over) })
@@ -469,9 +471,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     let sse_addr = bound.sse_addr().map_err(StartError::Thread)?;
     let taken_over = bound.taken_over.take();
-    let (adopted, predecessor, handed_history, forward) = match taken_over {
-        Some(t) => (t.adopted, Some(t.ready), Some((t.history, t.history_lock)), t.forward),
-        None => (Adopted::default(), None, None, None),
+    let (adopted, predecessor, handed_history, forward, present) = match taken_over {
+        Some(t) => (t.adopted, Some(t.ready), Some((t.history, t.history_lock)), t.forward, t.present),
+        None => (Adopted::default(), None, None, None, Vec::new()),
     };
     let control_addr = bound.control_addr();
     let api_addr = bound.api_addr();
@@ -483,7 +485,9 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
         let (changes, changed) = crossbeam_channel::bounded(PRESENCE_QUEUE);
         let link = PresenceLink { changes, control: Arc::default() };
         settings.presence = Some(link.clone());
-        (link, PresenceEvents::new(changed, debounce))
+        // A predecessor's clients come back within its drain and their retry wait.
+        let away = config.drain.unwrap_or_default() * 2 + Duration::from_secs(1);
+        (link, PresenceEvents::new(changed, debounce).expecting(present, away))
     });
     let settings = Arc::new(settings);
     let mut ids = EventIds::starting_now();

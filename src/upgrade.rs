@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::handover::{Adopted, ApiState, ControlParcel, PublisherState};
 use crate::control::lines::HeldLine;
+use crate::presence::Present;
 
 /// The environment variable that tells a process it takes over from a predecessor: the number
 /// of the descriptor holding the hand-over's description.
@@ -105,6 +106,7 @@ struct Description {
     history: RawFd,
     forward: Option<RawFd>,
     ready: RawFd,
+    present: Vec<Present>,
 }
 
 /// What a process that takes over from a predecessor inherited.
@@ -126,6 +128,8 @@ pub struct Inherited {
     pub history: Vec<u8>,
     /// Where to forward events while the predecessor drains.
     pub forward: Option<std::os::unix::net::UnixStream>,
+    /// Who was on each token (`--presence-events`).
+    pub present: Vec<Present>,
     /// Where to say that this process serves.
     pub ready: ReadyPipe,
 }
@@ -198,6 +202,7 @@ fn describe(parcel: &Parcel, history: &OwnedFd, ready: &OwnedFd) -> Description 
         history: raw(history),
         forward: parcel.forward.as_ref().map(raw),
         ready: raw(ready),
+        present: control.present.clone(),
     }
 }
 
@@ -293,6 +298,7 @@ pub fn inherited() -> Result<Option<Inherited>, UpgradeError> {
         history,
         forward: description.forward.map(|fd| taken.take(fd, Kind::Socket).map(Into::into)).transpose()?,
         ready: ReadyPipe(File::from(taken.take(description.ready, Kind::Fifo)?)),
+        present: description.present,
     }))
 }
 

@@ -66,6 +66,8 @@ pub struct ControlParcel {
     pub publishers: Vec<(OwnedFd, PublisherState)>,
     /// Open API connections.
     pub apis: Vec<(OwnedFd, ApiState)>,
+    /// Who is on each token (`--presence-events`).
+    pub present: Vec<crate::presence::Present>,
 }
 
 /// Connections a new process took over from its predecessor, to be watched from the start.
@@ -187,7 +189,9 @@ impl Control {
         self.sources.paused = true;
         self.sequencer.wake();
         self.settle();
-        self.sources.parcel().map_err(PackError::Dup)
+        let mut parcel = self.sources.parcel().map_err(PackError::Dup)?;
+        parcel.present = self.presence.as_ref().map(|presence| presence.present()).unwrap_or_default();
+        Ok(parcel)
     }
 
     /// Writes answers as they come until none is owed, or [`SETTLE`] passed.

@@ -27,6 +27,18 @@ impl PresenceEvents {
         PresenceEvents { changes, roster: Roster::new(debounce) }
     }
 
+    /// Expects back the clients a predecessor had (an upgrade), for `away` (its drain and retry
+    /// wait): only those that do not come back are announced, as leaves.
+    pub fn expecting(mut self, present: Vec<crate::presence::Present>, away: Duration) -> Self {
+        self.roster.expect_back(present, Instant::now(), away);
+        self
+    }
+
+    /// Everyone here, for a successor.
+    pub(super) fn present(&self) -> Vec<crate::presence::Present> {
+        self.roster.present()
+    }
+
     /// How long until the next leave may fall due; `None` without any.
     pub(super) fn next_due_left(&self) -> Option<Duration> {
         self.roster.next_due().map(|at| at.saturating_duration_since(Instant::now()))

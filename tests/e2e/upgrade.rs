@@ -425,3 +425,37 @@ fn streams_still_draining_get_the_new_processs_events_live() {
     assert!(server.wait_exit(UPGRADE).is_some_and(|status| status.success()));
     drop(successor);
 }
+
+/// With `--presence-events`, an upgrade is no one's join or leave: the new process expects the
+/// old one's clients back, and they come.
+#[test]
+fn an_upgrade_is_no_join_and_no_leave() {
+    let mut server = Server::start(&["--drain-secs", "1", "--history", "1000", "--presence-events"]);
+    let observed = Expected::default();
+    let observer = follower(server.sse_port, "subscribe=t&id=observer", Arc::clone(&observed));
+    wait_until(WAIT, "the observer", || server.tcp_json("tcpstatus")["allconncli"] == 1);
+    let others = Expected::default();
+    let queries = ["subscribe=t&id=c0", "subscribe=t&id=c1", "subscribe=t&id=c2", "subscribe=t&id=c3"];
+    let clients: Vec<_> =
+        queries.iter().map(|query| follower(server.sse_port, query, Arc::clone(&others))).collect();
+    wait_until(WAIT, "every client", || server.tcp_json("tcpstatus")["allconncli"] == 5);
+    server.signal(Signal::SIGUSR2);
+    let successor = Successor::announced(&server);
+    assert!(server.wait_exit(UPGRADE).is_some_and(|status| status.success()));
+    // Once every stream is back on the new process, an event closes the observer's record.
+    let new_control = server.cport();
+    wait_until(UPGRADE, "every client back", || tcp_json(new_control, "tcpstatus")["allconncli"] == 5);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(control(new_control, "t=after\n"), "");
+    *observed.lock() = Some(queries.len() + 1);
+    *others.lock() = Some(0);
+    let (events, connects) = observer.join().unwrap();
+    clients.into_iter().for_each(|client| drop(client.join().unwrap()));
+    let named: Vec<(&str, &str)> =
+        events.iter().filter_map(|e| Some((e.event.as_deref()?, e.data.as_str()))).collect();
+    assert_eq!(named.len(), queries.len(), "the 4 joins before the upgrade, nothing after: {named:?}");
+    assert!(named.iter().all(|(kind, _)| *kind == "join"), "{named:?}");
+    assert_eq!(events.last().map(|e| e.data.as_str()), Some("after"));
+    assert!(connects >= 2, "the observer came back too");
+    drop(successor);
+}
