@@ -87,18 +87,7 @@ impl Sources {
             }
             debug!("API connection from {peer}");
             self.next_serial += 1;
-            self.apis.insert(ApiConnection {
-                stream,
-                peer,
-                serial: self.next_serial,
-                input: Vec::new(),
-                out: Vec::new(),
-                awaiting: false,
-                keep_alive: true,
-                done: false,
-                deadline: Instant::now() + IDLE_TIMEOUT,
-                registered: Interest::READABLE,
-            });
+            self.apis.insert(ApiConnection::new(stream, peer, Vec::new(), self.next_serial));
         }
     }
 
@@ -318,9 +307,9 @@ impl ApiConnection {
         !self.awaiting && self.keep_alive && self.out.len() < MAX_UNSENT
     }
 
-    /// A connection from `peer` handed over by a predecessor (an upgrade), between two
-    /// requests, with `input` of the next.
-    pub(super) fn adopted(stream: TcpStream, peer: SocketAddr, input: Vec<u8>, serial: u64) -> ApiConnection {
+    /// A connection from `peer`, between two requests, with `input` of the next: one just
+    /// accepted, or one a predecessor handed over (an upgrade).
+    pub(super) fn new(stream: TcpStream, peer: SocketAddr, input: Vec<u8>, serial: u64) -> ApiConnection {
         ApiConnection {
             stream,
             peer,

@@ -178,14 +178,7 @@ impl Control {
     fn pack(&mut self) -> Result<ControlParcel, PackError> {
         self.sources.stop_listening();
         self.read_fifo();
-        let keys: Vec<PublisherKey> = self.sources.publishers.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.handle_publisher(key);
-        }
-        let keys: Vec<ApiKey> = self.sources.apis.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.serve_api(key);
-        }
+        self.serve_every_connection();
         self.sources.paused = true;
         self.sequencer.wake();
         self.settle();
@@ -243,6 +236,11 @@ impl Control {
         self.read_fifo();
         self.sources.accept_publishers(self.settings.separator, self.settings.secret.is_some());
         self.sources.accept_api();
+        self.serve_every_connection();
+    }
+
+    /// Reads every control and API connection and carries out what it sent.
+    fn serve_every_connection(&mut self) {
         let keys: Vec<PublisherKey> = self.sources.publishers.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.handle_publisher(key);
@@ -381,6 +379,6 @@ impl super::Sources {
         let token = self.apis.next_key().token();
         self.poll.registry().register(&mut stream, token, Interest::READABLE)?;
         self.next_serial += 1;
-        Ok(self.apis.insert(ApiConnection::adopted(stream, state.peer, state.input, self.next_serial)))
+        Ok(self.apis.insert(ApiConnection::new(stream, state.peer, state.input, self.next_serial)))
     }
 }

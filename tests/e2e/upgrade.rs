@@ -135,6 +135,21 @@ fn publisher(port: u16, go_on: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> JoinH
     })
 }
 
+/// Upgrades `server` while [`publisher`] publishes on its control port, a quarter of the way
+/// through; returns the new process, once the old one ended well, and the ids of the events.
+fn upgrade_while_publishing(server: &mut Server) -> (Successor, Vec<u64>) {
+    let go_on = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let publishing = publisher(server.cport(), Arc::clone(&go_on), Arc::clone(&sent));
+    wait_until(WAIT, "the publisher is under way", || sent.load(Ordering::Relaxed) >= EVENTS / 4);
+    server.signal(Signal::SIGUSR2);
+    let successor = Successor::announced(server);
+    go_on.store(true, Ordering::Relaxed);
+    let status = server.wait_exit(UPGRADE).expect("the old process ends once it drained");
+    assert!(status.success(), "{status:?}");
+    (successor, publishing.join().expect("the publisher got an answer to every line"))
+}
+
 /// Runs an upgrade under load on a server started with `extra`: followers on `t`, a publisher
 /// through it; checks every follower got every event once, in order, without a reset. Returns
 /// the new process and the ids of the events.
@@ -148,16 +163,7 @@ pub(crate) fn upgrade_under_load_of(mut server: Server) -> (Successor, Vec<u64>)
     let followers: Vec<_> =
         (0..20).map(|_| follower(server.sse_port, "subscribe=t", Arc::clone(&expected))).collect();
     wait_until(WAIT, "20 subscribers", || server.tcp_json("tcpstatus")["allconncli"] == 20);
-    let go_on = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(server.cport(), Arc::clone(&go_on), Arc::clone(&sent));
-    wait_until(WAIT, "the publisher is under way", || sent.load(Ordering::Relaxed) >= EVENTS / 4);
-    server.signal(Signal::SIGUSR2);
-    let successor = Successor::announced(&server);
-    go_on.store(true, Ordering::Relaxed);
-    let status = server.wait_exit(UPGRADE).expect("the old process ends once it drained");
-    assert!(status.success(), "{status:?}");
-    let ids = publishing.join().expect("the publisher got an answer to every line");
+    let (successor, ids) = upgrade_while_publishing(&mut server);
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "ids grow across the upgrade: {ids:?}");
     *expected.lock() = Some(EVENTS);
     let expected: Vec<String> = (0..EVENTS).map(|n| n.to_string()).collect();
@@ -343,15 +349,7 @@ fn npm_eventsource_and_curl_clients_resume_through_an_upgrade_with_no_reset() {
         .spawn()
         .expect("curl");
     wait_until(WAIT, "curl subscribed", || server.tcp_json("tcpstatus")["allconncli"] == CLIENTS as u64 + 1);
-    let go_on = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(server.cport(), Arc::clone(&go_on), Arc::clone(&sent));
-    wait_until(WAIT, "the publisher is under way", || sent.load(Ordering::Relaxed) >= EVENTS / 4);
-    server.signal(Signal::SIGUSR2);
-    let successor = Successor::announced(&server);
-    go_on.store(true, Ordering::Relaxed);
-    assert!(server.wait_exit(UPGRADE).is_some_and(|status| status.success()));
-    let ids = publishing.join().expect("every publish answered");
+    let (successor, ids) = upgrade_while_publishing(&mut server);
     // curl's stream was drained: it ended as HTTP says, with a `retry:` first.
     let drained = curl.wait_with_output().expect("curl ends with the drained stream");
     assert!(drained.status.success(), "curl: {drained:?}");
