@@ -326,15 +326,7 @@ fn a_restart_with_the_history_file_loses_and_resets_no_one() {
         server.control_port,
         flags.join(" ")
     );
-    let args = "restart -n 200 --quiet --timeout 30 --stall-secs 5";
-    let (report, lines) = run_bench_on(&[&server], &server, &[&server], args, &["--server-cmd", &again]);
-    let restart = lines.last().expect("a line per phase");
-    assert_eq!(restart["scenario"], "restart", "{report}");
-    for key in ["lost", "duplicated", "misrouted", "id_errors", "resets", "foreign", "closed"] {
-        assert_eq!(restart[key], 0, "{key} in {restart}\n{report}");
-    }
-    assert_eq!(restart["returned"], 200, "{report}");
-    assert!(restart["published"].as_u64() > Some(100), "published all along: {report}");
+    let (restart, report) = switch_loses_nothing(&server, "restart", &["--server-cmd", &again]);
     let back = restart["all_back_s"].as_f64().expect("all came back");
     assert!(restart["all_caught_up_s"].as_f64() >= Some(back), "{report}");
     assert!(restart["budget_us_per_return"].as_f64().is_some_and(|b| b > 0.0), "{report}");
@@ -346,15 +338,23 @@ fn a_restart_with_the_history_file_loses_and_resets_no_one() {
 fn an_upgrade_loses_and_resets_no_one_and_keeps_taking_publishes() {
     let server =
         hasses(&["--port", "0", "--control-port", "0", "--no-api", "--drain-secs", "1", "--log-level", "0"]);
-    let args = "upgrade -n 200 --quiet --timeout 30 --stall-secs 5";
-    let (report, lines) = run_bench_on(&[&server], &server, &[&server], args, &[]);
-    let upgrade = lines.last().expect("a line per phase");
-    assert_eq!(upgrade["scenario"], "upgrade", "{report}");
+    switch_loses_nothing(&server, "upgrade", &[]);
+}
+
+/// Runs the `scenario` (restart or upgrade) of 200 clients against `server` with `extra`
+/// arguments, and checks nothing was lost, repeated, reordered or reset, every client came back
+/// and publishing went on; returns its line and the whole report.
+fn switch_loses_nothing(server: &Server, scenario: &str, extra: &[&str]) -> (serde_json::Value, String) {
+    let args = format!("{scenario} -n 200 --quiet --timeout 30 --stall-secs 5");
+    let (report, lines) = run_bench_on(&[server], server, &[server], &args, extra);
+    let line = lines.last().expect("a line per phase").clone();
+    assert_eq!(line["scenario"], scenario, "{report}");
     for key in ["lost", "duplicated", "misrouted", "id_errors", "resets", "foreign", "closed"] {
-        assert_eq!(upgrade[key], 0, "{key} in {upgrade}\n{report}");
+        assert_eq!(line[key], 0, "{key} in {line}\n{report}");
     }
-    assert_eq!(upgrade["returned"], 200, "{report}");
-    assert!(upgrade["published"].as_u64() > Some(100), "published all along: {report}");
+    assert_eq!(line["returned"], 200, "{report}");
+    assert!(line["published"].as_u64() > Some(100), "published all along: {report}");
+    (line, report)
 }
 
 #[test]
