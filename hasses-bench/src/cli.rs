@@ -319,6 +319,11 @@ pub enum Scenario {
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
     /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
     PublishHttp,
+    /// -n connections over TLS (--tls, --ca), one after the other, each a full handshake, `GET
+    /// /` and its answer; with --tls-resume as many more, each resuming a session of the first:
+    /// the server's CPU per handshake (needs --server-pid). Works against any TLS server (nginx
+    /// beside hasses: benches/tls-nginx.sh).
+    TlsHandshakes,
     /// No server: the floor of a cluster's hop. --targeted entries appended at --rate (1000 if
     /// not given) to a stream of its own in the Redis at --redis, read back with XREAD BLOCK on
     /// another connection: per entry, the time from XADD to read (p50/p99/max). A cluster's
@@ -386,7 +391,9 @@ impl Scenario {
             Scenario::Restart => &[Phase::Connect, Phase::Switch(Switch::Restart)],
             Scenario::Upgrade => &[Phase::Connect, Phase::Switch(Switch::Upgrade)],
             Scenario::Presence => &[Phase::Connect, Phase::Presence],
-            Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop => &[],
+            Scenario::FloorServer | Scenario::PublishHttp | Scenario::StreamHop | Scenario::TlsHandshakes => {
+                &[]
+            }
         }
     }
 }
@@ -553,7 +560,11 @@ impl Options {
         if self.scenario == Scenario::Upgrade && self.server_pid.len() != 1 {
             return Err("the upgrade scenario needs one --server-pid".into());
         }
-        let needs_pid = matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp);
+        if self.scenario == Scenario::TlsHandshakes && !self.tls {
+            return Err("the tls-handshakes scenario needs --tls and --ca".into());
+        }
+        let needs_pid =
+            matches!(self.scenario, Scenario::Idle | Scenario::PublishHttp | Scenario::TlsHandshakes);
         if needs_pid && self.server_pid.is_empty() {
             return Err(format!(
                 "the {} scenario needs --server-pid",

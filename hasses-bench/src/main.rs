@@ -37,6 +37,7 @@ mod cli;
 mod control;
 mod figures;
 mod floor;
+mod handshakes;
 mod hop;
 mod parse;
 mod presence;
@@ -75,6 +76,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if opts.scenario == cli::Scenario::TlsHandshakes {
+        return tls_handshakes(&opts);
     }
     if opts.scenario == cli::Scenario::StreamHop {
         return stream_hop(&opts);
@@ -115,6 +119,24 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The `tls-handshakes` scenario: handshakes one after the other, and their server CPU.
+fn tls_handshakes(opts: &cli::Options) -> ExitCode {
+    let figures = tls::TlsSetup::from_options(opts).and_then(|setup| {
+        let setup = setup.ok_or_else(|| std::io::Error::other("--tls is needed"))?;
+        handshakes::run(&setup, opts.sse.first().addr, opts.connections, opts.tls_resume, &opts.server_pid)
+    });
+    match figures {
+        Ok(figures) => {
+            print!("{}", handshakes::table(&figures));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hasses-bench: tls-handshakes: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
