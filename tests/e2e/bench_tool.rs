@@ -375,6 +375,7 @@ fn help_documents_every_scenario() {
         "upgrade",
         "publish-http",
         "presence",
+        "tls-handshakes",
         "floor-server",
         "stream-hop",
     ] {

@@ -743,3 +743,26 @@ fn the_capacity_benchmark_runs_over_tls() {
     }
     assert!(report.contains("TLS hs/s"), "{report}");
 }
+
+/// `hasses-bench tls-handshakes` makes its full handshakes, then resumes each, one after the
+/// other, and the server counts them as such.
+#[test]
+fn the_handshake_benchmark_makes_full_then_resumed_handshakes() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &["--log-level", "0"]);
+    let out = Command::new(common::bench_tool::path())
+        .args(["tls-handshakes", "-n", "30", "--tls", "--tls-resume", "--ca", files.cert.arg()])
+        .args(["--sse", &format!("127.0.0.1:{}", server.sse_port)])
+        .args(["--server-pid", &server.pid().to_string()])
+        .output()
+        .expect("run hasses-bench");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("full") && report.contains("resumed"), "{report}");
+    let status = server.tcp_json("tcpstatus");
+    assert_eq!(
+        (status["tlsfullhandshakes"].clone(), status["tlsresumedhandshakes"].clone()),
+        (30.into(), 30.into())
+    );
+}
