@@ -85,9 +85,66 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// The event's data: `{"id":…,"sub":…}`.
-    pub fn data(&self) -> String {
-        serde_json::json!({ "id": self.id, "sub": self.sub }).to_string()
+    /// The event's data: `{"id":…,"sub":…}`; in a cluster also the `node` whose client it is,
+    /// which every node's tail reads (see [`ClusterRoster`]) and takes out.
+    pub fn data(&self, node: Option<&str>) -> String {
+        match node {
+            Some(node) => serde_json::json!({ "id": self.id, "sub": self.sub, "node": node }).to_string(),
+            None => serde_json::json!({ "id": self.id, "sub": self.sub }).to_string(),
+        }
+    }
+}
+
+/// A node's join or leave as the stream carries it, read back by every node's tail.
+#[derive(Debug, Deserialize)]
+struct NodeNotice {
+    id: String,
+    sub: Option<String>,
+    node: String,
+}
+
+/// Who is on each token across a cluster, as every node reads it from the stream: each node
+/// announces its own clients' joins and (debounced) leaves, and every tail, reading them in the
+/// stream's one order, delivers a join only when the first node has the client and a leave only
+/// when the last one lets it go. A client that moves from one node to another (a reconnect
+/// through a load balancer) is then neither a leave nor a join, on every node alike.
+#[derive(Debug, Default)]
+pub struct ClusterRoster {
+    nodes: HashMap<Key, Vec<Box<str>>>,
+}
+
+impl ClusterRoster {
+    /// What to deliver of a stream event named `event` to `token` with `data`: `None` when it
+    /// is a node's join or leave that changes nothing cluster-wide (skip it); the data to
+    /// deliver otherwise (a notice's, without its node; anything else's, as it is).
+    pub fn read(&mut self, event: Option<&str>, token: Option<&str>, data: &[u8]) -> Option<Vec<u8>> {
+        let kind = match event {
+            Some("join") => Kind::Join,
+            Some("leave") => Kind::Leave,
+            _ => return Some(data.to_vec()),
+        };
+        let (Some(token), Ok(notice)) = (token, serde_json::from_slice::<NodeNotice>(data)) else {
+            return Some(data.to_vec());
+        };
+        let key: Key = (token.into(), notice.id.as_str().into());
+        let nodes = self.nodes.entry(key.clone()).or_default();
+        let announce = match kind {
+            Kind::Join => {
+                let first = nodes.is_empty();
+                if !nodes.iter().any(|n| **n == *notice.node) {
+                    nodes.push(notice.node.into());
+                }
+                first
+            }
+            Kind::Leave => {
+                nodes.retain(|n| **n != *notice.node);
+                nodes.is_empty()
+            }
+        };
+        if nodes.is_empty() {
+            self.nodes.remove(&key);
+        }
+        announce.then(|| serde_json::json!({ "id": notice.id, "sub": notice.sub }).to_string().into_bytes())
     }
 }
 
@@ -237,6 +294,21 @@ mod tests {
     const DEBOUNCE: Duration = Duration::from_secs(3);
 
     #[test]
+    fn a_client_moving_between_nodes_is_no_leave_and_no_join_cluster_wide() {
+        let mut roster = ClusterRoster::default();
+        let on = |node: &str| format!(r#"{{"id":"u1","sub":null,"node":"{node}"}}"#).into_bytes();
+        let shown = br#"{"id":"u1","sub":null}"#.to_vec();
+        assert_eq!(roster.read(Some("join"), Some("t"), &on("a")), Some(shown.clone()), "its first node");
+        assert_eq!(roster.read(Some("join"), Some("t"), &on("b")), None, "it came to b too: no join");
+        assert_eq!(roster.read(Some("leave"), Some("t"), &on("a")), None, "it left a, not the cluster");
+        assert_eq!(roster.read(Some("leave"), Some("t"), &on("b")), Some(shown), "gone from the last node");
+        assert_eq!(roster.read(Some("join"), Some("u"), &on("a")).is_some(), true, "another token: its own");
+        let plain = b"just a publish named join".to_vec();
+        assert_eq!(roster.read(Some("join"), Some("t"), &plain), Some(plain.clone()), "not a notice");
+        assert_eq!(roster.read(Some("chat"), Some("t"), &on("a")), Some(on("a")), "not a join or leave");
+    }
+
+    #[test]
     fn clients_handed_over_come_back_without_a_join_or_leave_when_they_do_not() {
         let now = Instant::now();
         let mut old = Roster::new(DEBOUNCE);
@@ -309,10 +381,10 @@ mod tests {
         let mut with_sub = change(true, "alice", &["room1"]);
         with_sub.sub = Some("alice".into());
         let joins = roster.change(with_sub, now);
-        assert_eq!(joins[0].data(), r#"{"id":"alice","sub":"alice"}"#);
+        assert_eq!(joins[0].data(None), r#"{"id":"alice","sub":"alice"}"#);
         assert_eq!(change(true, "x", &[]).tokens.len(), 0);
         let leave = Notice { kind: Kind::Leave, token: "t".into(), id: "b".into(), sub: None };
-        assert_eq!(leave.data(), r#"{"id":"b","sub":null}"#);
+        assert_eq!(leave.data(None), r#"{"id":"b","sub":null}"#);
     }
 
     #[test]

@@ -605,6 +605,11 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     let control = match presence {
         Some((link, events)) => {
             let _ = link.control.set(stop.waker());
+            // In a cluster each notice names its node: every tail reads them cluster-wide.
+            let events = match &cluster {
+                Some(cluster) => events.of_node(cluster.node().to_owned()),
+                None => events,
+            };
             control.with_presence(events)
         }
         None => control,
@@ -615,7 +620,7 @@ pub fn start(config: &Config, mut bound: Bound) -> Result<Running, StartError> {
     }
     let cluster_threads = cluster.map(|cluster| {
         info!(target: REPORT, "Cluster: stream {}:events at {}", cluster.key(), cluster.url());
-        cluster.threads(tail_shards, Arc::clone(&state), stop.waker())
+        cluster.threads(tail_shards, Arc::clone(&state), stop.waker(), config.presence_events.is_some())
     });
     threads.push(spawn("hasses-control".into(), &failures, move || control.run())?);
     threads.push(spawn("hasses-admin".into(), &failures, move || admin.run())?);

@@ -326,6 +326,11 @@ impl Cluster {
         self.link.take()
     }
 
+    /// This node's name among the cluster's.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The prefix of its keys.
     pub fn key(&self) -> &str {
         &self.settings.key
@@ -355,6 +360,7 @@ impl Cluster {
         shards: Vec<ShardHandle>,
         state: Arc<SharedState>,
         control: Arc<Waker>,
+        presence_events: bool,
     ) -> (Outbox, Tail, Orders) {
         let orders = Orders::new(
             self.client.clone(),
@@ -374,7 +380,10 @@ impl Cluster {
             Arc::clone(&self.shared),
             state,
         );
-        let tail = Tail::new(self.client, stream, self.newest, self.bytes, broadcast, self.shared);
+        let mut tail = Tail::new(self.client, stream, self.newest, self.bytes, broadcast, self.shared);
+        if presence_events {
+            tail = tail.with_presence();
+        }
         (outbox, tail, orders)
     }
 }

@@ -17,6 +17,8 @@ use super::entry::{self, RawEntry, StreamId};
 use super::trim::StreamBytes;
 use super::{connect, now_ms, query_range, unreadable, why, Backoff, ClusterShared, TailPosition};
 use crate::broadcast::Broadcast;
+use crate::event::{Publish, Target};
+use crate::presence::ClusterRoster;
 
 /// How long one `XREAD` waits for an entry (below the reply timeout).
 const BLOCK: Duration = Duration::from_secs(1);
@@ -40,6 +42,9 @@ pub struct Tail {
     backoff: Backoff,
     /// When the last read went out.
     last_read: Instant,
+    /// With `--presence-events`: who is on each token across the cluster, so that a join or
+    /// leave is delivered only when it is one for the whole cluster.
+    presence: Option<ClusterRoster>,
 }
 
 impl Tail {
@@ -61,7 +66,13 @@ impl Tail {
             con: None,
             backoff: Backoff::new(),
             last_read: Instant::now(),
+            presence: None,
         }
+    }
+
+    /// Delivers a join or leave only when it is one for the whole cluster (`--presence-events`).
+    pub(super) fn with_presence(self) -> Tail {
+        Tail { presence: Some(ClusterRoster::default()), ..self }
     }
 
     /// Runs until the node stops.
@@ -130,9 +141,25 @@ impl Tail {
         self.after = stream_id;
         self.bytes.read(stream_id, raw.size());
         match entry::decode(raw).and_then(|entry| Ok((entry.id.event_id()?, entry.publish))) {
-            Ok((id, publish)) => self.broadcast.deliver_new(id, publish),
+            Ok((id, publish)) => {
+                if let Some(publish) = self.cluster_wide(publish) {
+                    self.broadcast.deliver_new(id, publish);
+                }
+            }
             Err(e) => warn!("Cluster: {e}; skipped"),
         }
+    }
+
+    /// A node's join or leave as the whole cluster sees it (`None`: it changes nothing there);
+    /// any other event as it is.
+    fn cluster_wide(&mut self, mut publish: Publish) -> Option<Publish> {
+        let Some(roster) = &mut self.presence else { return Some(publish) };
+        let token = match publish.audience.targets.as_slice() {
+            [Target::Token(token)] => Some(token.as_str()),
+            _ => None,
+        };
+        publish.message = roster.read(publish.event.as_deref(), token, &publish.message)?;
+        Some(publish)
     }
 
     /// Starts a new epoch if the stream no longer holds the last entry read: `XREAD` would

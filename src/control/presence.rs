@@ -4,7 +4,8 @@
 //! that start and end, keeps the [`Roster`] (which decides, debounced, what is a join or a
 //! leave), and publishes each notice through the sequencer like any publish, to the token's
 //! subscribers but the client it is about. So in a cluster a notice goes through the stream,
-//! and every node delivers it; each node debounces its own clients.
+//! and every node's tail reads it; each node debounces its own clients, and the tails deliver
+//! a notice only when it changes who is here cluster-wide (`presence::ClusterRoster`).
 
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,19 @@ use crate::presence::{Change, Notice, Roster};
 pub struct PresenceEvents {
     changes: Receiver<Change>,
     roster: Roster,
+    /// In a cluster: this node's name, in each notice for the tails to read.
+    node: Option<String>,
 }
 
 impl PresenceEvents {
     /// Reads `changes`; a leave waits `debounce`.
     pub fn new(changes: Receiver<Change>, debounce: Duration) -> Self {
-        PresenceEvents { changes, roster: Roster::new(debounce) }
+        PresenceEvents { changes, roster: Roster::new(debounce), node: None }
+    }
+
+    /// In a cluster: names this node in its notices, which every node's tail then reads.
+    pub fn of_node(self, node: String) -> Self {
+        PresenceEvents { node: Some(node), ..self }
     }
 
     /// Expects back the clients a predecessor had (an upgrade), for `away` (its drain and retry
@@ -53,13 +61,14 @@ impl Control {
         let mut notices: Vec<Notice> =
             presence.changes.try_iter().flat_map(|change| presence.roster.change(change, now)).collect();
         notices.extend(presence.roster.due(now));
+        let node = presence.node.clone();
         for notice in notices {
-            self.publish_notice(notice);
+            self.publish_notice(notice, node.as_deref());
         }
     }
 
-    fn publish_notice(&mut self, notice: Notice) {
-        let data = notice.data().into_bytes();
+    fn publish_notice(&mut self, notice: Notice, node: Option<&str>) {
+        let data = notice.data(node).into_bytes();
         let audience = Audience { targets: vec![Target::Token(notice.token)], except: Some(notice.id) };
         let publish =
             Publish { audience, message: data, event: Some(notice.kind.event().to_owned()), retry: None };

@@ -5,7 +5,7 @@
 //! cluster nodes.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -368,4 +368,32 @@ fn without_redis_a_cluster_question_is_refused_with_why_and_answered_again_once_
     assert_eq!(status, 503, "{answer}");
     redis.restart();
     wait_count(&node, "room1", 1);
+}
+
+/// Join and leave over a cluster: a client that moves from one node to another within the
+/// debounce time (a reconnect through a load balancer) is neither a leave nor a join, on any
+/// node; one gone from its last node is one leave.
+#[test]
+#[ignore = "needs redis-server: run by the README's test command"]
+fn a_client_moving_between_nodes_is_neither_a_leave_nor_a_join() {
+    let redis = Redis::start(false, &[]);
+    let flags =
+        ["--cluster", &redis.url(), "--heartbeat", "1", "--presence-events", "--presence-debounce", "1"];
+    let nodes: Vec<Server> = (0..3).map(|_| Server::start(&flags)).collect();
+    let mut watcher = nodes[2].subscribe("subscribe=room1&id=w");
+    let on_a = nodes[0].subscribe("subscribe=room1&id=u1");
+    let join = watcher.next_event();
+    assert_eq!((join.event.as_deref(), join.data.as_str()), (Some("join"), r#"{"id":"u1","sub":null}"#));
+    // u1 comes back on another node before its first one's debounce ran out.
+    let on_b = nodes[1].subscribe("subscribe=room1&id=u1");
+    drop(on_a);
+    // Past the first node's debounce: its leave was read by every tail, and let go.
+    std::thread::sleep(Duration::from_millis(2500));
+    nodes[0].publish("room1=still here");
+    assert_eq!(watcher.next_event().data, "still here", "no leave and no join came before it");
+    drop(on_b);
+    let leave = watcher.next_event();
+    assert_eq!((leave.event.as_deref(), leave.data.as_str()), (Some("leave"), r#"{"id":"u1","sub":null}"#));
+    nodes[0].publish("room1=after");
+    assert_eq!(watcher.next_event().data, "after");
 }
