@@ -9,6 +9,7 @@
 //! [`crate::auth::within_grant`]'s rule, the one JWT grants follow.
 
 mod cache;
+mod client;
 mod pool;
 
 use std::net::SocketAddr;
