@@ -17,6 +17,8 @@ use super::MAX_ANSWER;
 
 /// The most bytes of an answer's head (status line and headers).
 const MAX_HEAD: usize = 16 * 1024;
+/// The bytes of an answer read at once, at first.
+const READ_CHUNK: usize = 4096;
 /// The most header lines of an answer's head.
 const MAX_HEADERS: usize = 64;
 
@@ -288,14 +290,24 @@ pub struct Client {
     /// The backend's addresses, looked up at the first connection.
     addresses: Vec<SocketAddr>,
     connection: Option<TcpStream>,
+    /// The read timeout set on `connection`; zero: none yet.
+    read_timeout: Duration,
     request: Vec<u8>,
+    /// What is read of an answer: zeroed once, not for each read.
     received: Vec<u8>,
 }
 
 impl Client {
     /// A client for `target`, not connected yet.
     pub fn new(target: Target) -> Client {
-        Client { target, addresses: Vec::new(), connection: None, request: Vec::new(), received: Vec::new() }
+        Client {
+            target,
+            addresses: Vec::new(),
+            connection: None,
+            read_timeout: Duration::ZERO,
+            request: Vec::new(),
+            received: vec![0; READ_CHUNK],
+        }
     }
 
     /// Asks with `headers`, giving the backend until `left` from now to answer whole.
@@ -320,16 +332,27 @@ impl Client {
     fn exchange(&mut self, deadline: Instant) -> Result<Response, AskError> {
         if self.connection.is_none() {
             self.connection = Some(self.connect(deadline)?);
+            self.read_timeout = Duration::ZERO;
         }
         let Some(stream) = self.connection.as_mut() else { unreachable!("connected above") };
         stream.write_all(&self.request).map_err(|e| io_error(e, AskError::Broken))?;
-        self.received.clear();
-        let mut chunk = [0u8; 4096];
+        let mut filled = 0;
         loop {
-            stream.set_read_timeout(Some(remaining(deadline)?)).map_err(AskError::Broken)?;
-            let read = stream.read(&mut chunk).map_err(|e| io_error(e, AskError::Broken))?;
-            self.received.extend_from_slice(&chunk[..read]);
-            if let Progress::Whole(response) = read_response(&self.received, read == 0)? {
+            if filled == self.received.len() {
+                // Bounded: `read_response` refuses an answer longer than it takes.
+                self.received.resize(2 * filled, 0);
+            }
+            let left = remaining(deadline)?;
+            // Set again only when off by more than a sixteenth of what is left: a syscall
+            // saved on almost every answer, for a deadline kept within that sixteenth.
+            if self.read_timeout.abs_diff(left) > left / 16 {
+                stream.set_read_timeout(Some(left)).map_err(AskError::Broken)?;
+                self.read_timeout = left;
+            }
+            let read =
+                stream.read(&mut self.received[filled..]).map_err(|e| io_error(e, AskError::Broken))?;
+            filled += read;
+            if let Progress::Whole(response) = read_response(&self.received[..filled], read == 0)? {
                 return Ok(response);
             }
         }
