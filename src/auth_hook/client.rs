@@ -1,24 +1,19 @@
-//! The hook's own HTTP/1.1 client for `http://` backends: one kept-alive connection per asking
-//! thread, for the one request the hook ever makes.
+//! The hook's own HTTP/1.1 for `http://` backends, as pure functions over bytes: the one request
+//! the hook ever makes, and its answer.
 //!
 //! Owns the bytes of that request ([`write_request`]), reading the backend's answer out of the
-//! bytes received so far ([`read_response`], pure: `Content-Length`, chunked or until close, at
-//! most [`MAX_ANSWER`] bytes of body) and the connection they travel on ([`Client`]): opened
-//! once, kept while the backend keeps it, opened again once when a kept one turns out closed.
-//! It is a client for the hook's request only, not a general one (no redirects, no proxies,
-//! no TLS: `https://` backends are asked through `ureq`), and it does not judge what an answer
-//! means (`read_answer` does).
+//! bytes received so far ([`read_response`]: `Content-Length`, chunked or until close, at most
+//! [`MAX_ANSWER`] bytes of body, and whether the connection may be kept), and the words for
+//! what went wrong ([`AskError`]). It does no I/O (`plain` does), knows nothing of redirects,
+//! proxies or TLS (`https://` backends are asked through `ureq`), and does not judge what an
+//! answer means (`read_answer` does).
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::io;
 
 use super::MAX_ANSWER;
 
 /// The most bytes of an answer's head (status line and headers).
 const MAX_HEAD: usize = 16 * 1024;
-/// The bytes of an answer read at once, at first.
-const READ_CHUNK: usize = 4096;
 /// The most header lines of an answer's head.
 const MAX_HEADERS: usize = 64;
 
@@ -55,6 +50,11 @@ impl Target {
             authority: hostport.to_owned(),
             path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
         })
+    }
+
+    /// The host and port to connect to.
+    pub fn address(&self) -> (&str, u16) {
+        (&self.host, self.port)
     }
 }
 
@@ -278,128 +278,9 @@ pub enum AskError {
 impl AskError {
     /// Whether a kept connection may have been closed by the backend before the request came:
     /// the request is sent again, once, on a new one.
-    fn may_be_stale(&self) -> bool {
+    pub fn may_be_stale(&self) -> bool {
         matches!(self, AskError::Broken(_) | AskError::Answer(BadAnswer::Cut))
     }
-}
-
-/// One thread's client: its connection to the backend and the buffers it reuses.
-#[derive(Debug)]
-pub struct Client {
-    target: Target,
-    /// The backend's addresses, looked up at the first connection.
-    addresses: Vec<SocketAddr>,
-    connection: Option<TcpStream>,
-    /// The read timeout set on `connection`; zero: none yet.
-    read_timeout: Duration,
-    request: Vec<u8>,
-    /// What is read of an answer: zeroed once, not for each read.
-    received: Vec<u8>,
-}
-
-impl Client {
-    /// A client for `target`, not connected yet.
-    pub fn new(target: Target) -> Client {
-        Client {
-            target,
-            addresses: Vec::new(),
-            connection: None,
-            read_timeout: Duration::ZERO,
-            request: Vec::new(),
-            received: vec![0; READ_CHUNK],
-        }
-    }
-
-    /// Asks with `headers`, giving the backend until `left` from now to answer whole.
-    pub fn ask(&mut self, headers: &[(&'static str, Vec<u8>)], left: Duration) -> Result<Response, AskError> {
-        let deadline = Instant::now() + left;
-        write_request(&mut self.request, &self.target, headers)?;
-        let kept = self.connection.is_some();
-        let answer = match self.exchange(deadline) {
-            Err(e) if kept && e.may_be_stale() => {
-                self.connection = None;
-                self.exchange(deadline)
-            }
-            answer => answer,
-        };
-        if answer.as_ref().map_or(true, |response| response.close) {
-            self.connection = None;
-        }
-        answer
-    }
-
-    /// Sends the request and reads the answer, on the kept connection or a new one.
-    fn exchange(&mut self, deadline: Instant) -> Result<Response, AskError> {
-        if self.connection.is_none() {
-            self.connection = Some(self.connect(deadline)?);
-            self.read_timeout = Duration::ZERO;
-        }
-        let Some(stream) = self.connection.as_mut() else { unreachable!("connected above") };
-        stream.write_all(&self.request).map_err(|e| io_error(e, AskError::Broken))?;
-        let mut filled = 0;
-        loop {
-            if filled == self.received.len() {
-                // Bounded: `read_response` refuses an answer longer than it takes.
-                self.received.resize(2 * filled, 0);
-            }
-            let left = remaining(deadline)?;
-            // Set again only when off by more than a sixteenth of what is left: a syscall
-            // saved on almost every answer, for a deadline kept within that sixteenth.
-            if self.read_timeout.abs_diff(left) > left / 16 {
-                stream.set_read_timeout(Some(left)).map_err(AskError::Broken)?;
-                self.read_timeout = left;
-            }
-            let read =
-                stream.read(&mut self.received[filled..]).map_err(|e| io_error(e, AskError::Broken))?;
-            filled += read;
-            if let Progress::Whole(response) = read_response(&self.received[..filled], read == 0)? {
-                return Ok(response);
-            }
-        }
-    }
-
-    /// A new connection to the backend, within `deadline`.
-    fn connect(&mut self, deadline: Instant) -> Result<TcpStream, AskError> {
-        if self.addresses.is_empty() {
-            let found = (self.target.host.as_str(), self.target.port).to_socket_addrs();
-            self.addresses = found.map_err(AskError::Unreachable)?.collect();
-        }
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "its host has no address");
-        for address in &self.addresses {
-            match TcpStream::connect_timeout(address, remaining(deadline)?) {
-                Ok(stream) => {
-                    stream.set_nodelay(true).map_err(AskError::Unreachable)?;
-                    // The request is small: a write waits only on a backend that stopped reading.
-                    stream.set_write_timeout(Some(remaining(deadline)?)).map_err(AskError::Unreachable)?;
-                    return Ok(stream);
-                }
-                Err(e) if is_timeout(&e) => return Err(AskError::Timeout),
-                Err(e) => last = e,
-            }
-        }
-        // Looked up again next time: the host may have moved.
-        self.addresses.clear();
-        Err(AskError::Unreachable(last))
-    }
-}
-
-/// The time left until `deadline`; none left is a timeout.
-fn remaining(deadline: Instant) -> Result<Duration, AskError> {
-    deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()).ok_or(AskError::Timeout)
-}
-
-/// A socket's error: a timeout as such, any other as `other` says.
-fn io_error(e: io::Error, other: fn(io::Error) -> AskError) -> AskError {
-    if is_timeout(&e) {
-        AskError::Timeout
-    } else {
-        other(e)
-    }
-}
-
-/// Whether a socket's error is its timeout running out.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 #[cfg(test)]

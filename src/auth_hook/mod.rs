@@ -10,6 +10,7 @@
 
 mod cache;
 mod client;
+mod plain;
 mod pool;
 
 use std::net::SocketAddr;

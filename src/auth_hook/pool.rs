@@ -1,24 +1,24 @@
-//! The threads that ask the backend (`hasses-auth-N`), and the handle shards reach them by.
+//! What asks the backend, and the handle shards reach it by.
 //!
-//! Owns the blocking HTTP calls, the only I/O of the auth hook: a few threads take questions
-//! from one bounded queue, so a slow backend holds up threads of its own, never a shard. Each
-//! thread keeps its own connection to an `http://` backend alive (`client`); an `https://` one
-//! is asked through one shared `ureq` agent, which keeps its TLS connections. Each answer goes
-//! back on the asking shard's channel, and its waker is woken unless an earlier answer already
-//! did and the shard has not yet looked. It does not decide what an answer means for the
-//! connection: that is the shard's.
+//! Owns the one bounded queue of questions, starting what takes them (the `plain` loop,
+//! `hasses-auth`, for an `http://` backend; for an `https://` one, [`THREADS`] threads
+//! `hasses-auth-N` asking through one shared `ureq` agent, which does TLS and keeps its
+//! connections alive), and the way back: each answer goes on the asking shard's channel, its
+//! [`Bell`] rung. A slow backend holds up the hook's own connections or threads, never a shard.
+//! It does not decide what an answer means for the connection: that is the shard's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use mio::Waker;
+use mio::{Poll, Waker};
 use parking_lot::Mutex;
 use tracing::debug;
 use ureq::Agent;
 
-use super::client::{Client, Target};
+use super::client::Target;
+use super::plain;
 use super::{read_answer, unix_now, Answer, Cache, HookSettings, Question, MAX_ANSWER};
 
 /// How many threads ask the backend at once.
@@ -41,35 +41,60 @@ pub struct Ticket {
     pub serial: u32,
 }
 
-/// Where an answer goes: the asking shard's channel and the waker of its loop.
+/// A loop's waker, rung once for what comes while the loop has not looked: a burst of
+/// verdicts for a shard, or of questions for the plain loop, wakes it once.
+#[derive(Debug, Clone)]
+pub struct Bell {
+    waker: Arc<Waker>,
+    /// Whether the loop was woken for what it has not taken yet.
+    woken: Arc<AtomicBool>,
+}
+
+impl Bell {
+    /// A bell that wakes `waker`'s loop.
+    pub fn new(waker: Arc<Waker>) -> Bell {
+        Bell { waker, woken: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Wakes the loop unless it was woken since it last took what came: call it after sending.
+    pub fn ring(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Said by the loop before it takes what came: what is sent after rings again.
+    pub fn taking(&self) {
+        self.woken.swap(false, Ordering::AcqRel);
+    }
+}
+
+/// Where an answer goes: the asking shard's channel and the bell of its loop.
 #[derive(Debug, Clone)]
 pub struct Reply {
     /// The shard's end of its verdicts' channel.
     verdicts: Sender<Verdict>,
     /// Wakes the shard's loop to take them.
-    waker: Arc<Waker>,
-    /// Whether the shard was woken for verdicts it has not taken yet: answers that come in a
-    /// burst wake it once.
-    woken: Arc<AtomicBool>,
+    bell: Bell,
 }
 
 impl Reply {
     /// The way back to a shard: its verdicts' channel and the waker of its loop.
     pub fn new(verdicts: Sender<Verdict>, waker: Arc<Waker>) -> Reply {
-        Reply { verdicts, waker, woken: Arc::new(AtomicBool::new(false)) }
+        Reply { verdicts, bell: Bell::new(waker) }
     }
 
-    /// Sends `verdict`, waking the shard if it was not woken since it last took verdicts.
-    fn send(&self, verdict: Verdict) {
+    /// Sends `verdict` and rings the shard's bell.
+    pub(super) fn send(&self, verdict: Verdict) {
         // A shard that stopped has dropped its end: nobody is waiting.
-        if self.verdicts.send(verdict).is_ok() && !self.woken.swap(true, Ordering::AcqRel) {
-            let _ = self.waker.wake();
+        if self.verdicts.send(verdict).is_ok() {
+            self.bell.ring();
         }
     }
 
-    /// Said by the shard before it takes its verdicts: a verdict sent after is woken for.
+    /// Said by the shard before it takes its verdicts.
     pub fn taking(&self) {
-        self.woken.swap(false, Ordering::AcqRel);
+        self.bell.taking();
     }
 }
 
@@ -99,31 +124,46 @@ pub struct Verdict {
 #[derive(Debug)]
 pub struct AuthHook {
     jobs: Sender<Job>,
+    /// The plain loop's bell, for an `http://` backend.
+    bell: Option<Bell>,
     cache: Option<Arc<Mutex<Cache>>>,
     /// How long a handshake waits for its answer (`--auth-timeout`).
     pub timeout: Duration,
 }
 
 impl AuthHook {
-    /// Starts the threads that ask the backend of `settings`. They are not joined at a stop:
-    /// one may be waiting on the backend for up to `--auth-timeout`, and nothing of theirs needs
-    /// finishing; they end with the process.
+    /// Starts what asks the backend of `settings`: one loop for an `http://` one, [`THREADS`]
+    /// threads for an `https://` one. They are not joined at a stop: one may be waiting on the
+    /// backend for up to `--auth-timeout`, and nothing of theirs needs finishing; they end with
+    /// the process.
     pub fn start(settings: &HookSettings) -> Result<AuthHook, HookError> {
         let (jobs, queue) = bounded(QUEUE);
         let cache = settings.cache.map(|ttl| Arc::new(Mutex::new(Cache::new(ttl))));
-        let backends: Vec<Backend> = match Target::of(&settings.url) {
-            Some(target) => (0..THREADS).map(|_| Backend::Plain(Client::new(target.clone()))).collect(),
+        let bell = match Target::of(&settings.url) {
+            Some(target) => {
+                let poll = Poll::new()?;
+                let bell = Bell::new(Arc::new(Waker::new(poll.registry(), plain::WAKER)?));
+                let asker = plain::Asker::new(poll, bell.clone(), queue, cache.clone(), target);
+                std::thread::Builder::new().name("hasses-auth".to_owned()).spawn(move || asker.run())?;
+                Some(bell)
+            }
             None => {
                 let agent = tls_agent();
-                let tls = |_| Backend::Tls { url: settings.url.clone(), agent: agent.clone() };
-                (0..THREADS).map(tls).collect()
+                for number in 0..THREADS {
+                    let asker = TlsAsker {
+                        url: settings.url.clone(),
+                        agent: agent.clone(),
+                        queue: queue.clone(),
+                        cache: cache.clone(),
+                    };
+                    std::thread::Builder::new()
+                        .name(format!("hasses-auth-{number}"))
+                        .spawn(move || asker.run())?;
+                }
+                None
             }
         };
-        for (number, backend) in backends.into_iter().enumerate() {
-            let asker = Asker { backend, queue: queue.clone(), cache: cache.clone() };
-            std::thread::Builder::new().name(format!("hasses-auth-{number}")).spawn(move || asker.run())?;
-        }
-        Ok(AuthHook { jobs, cache, timeout: settings.timeout })
+        Ok(AuthHook { jobs, bell, cache, timeout: settings.timeout })
     }
 
     /// The cached answer to `question`, if there is one and its grant has not expired.
@@ -134,28 +174,25 @@ impl AuthHook {
 
     /// Queues `job` for the threads; false when [`QUEUE`] questions already wait.
     pub fn ask(&self, job: Job) -> bool {
-        self.jobs.try_send(job).is_ok()
+        let queued = self.jobs.try_send(job).is_ok();
+        if let (true, Some(bell)) = (queued, &self.bell) {
+            bell.ring();
+        }
+        queued
     }
 }
 
-/// How a thread reaches the backend.
-enum Backend {
-    /// An `http://` one: on a connection of the thread's own.
-    Plain(Client),
-    /// An `https://` one: through the agent all threads share.
-    Tls { url: String, agent: Agent },
-}
-
-/// One thread's share of the asking.
-struct Asker {
-    backend: Backend,
+/// One thread's share of asking an `https://` backend.
+struct TlsAsker {
+    url: String,
+    agent: Agent,
     queue: Receiver<Job>,
     cache: Option<Arc<Mutex<Cache>>>,
 }
 
-impl Asker {
+impl TlsAsker {
     /// Answers questions until the shards are gone.
-    fn run(mut self) {
+    fn run(self) {
         while let Ok(job) = self.queue.recv() {
             // The shard gave up on a question still queued at its deadline, and said so.
             let Some(left) =
@@ -164,22 +201,11 @@ impl Asker {
                 debug!("Auth hook: a question waited past its deadline, not asked");
                 continue;
             };
-            let answer = self.ask(&job.question, left);
+            let answer = ask_over_tls(&self.agent, &self.url, &job.question, left);
             if let Some(cache) = self.cache.as_ref().filter(|_| !answer.has_expired(unix_now())) {
                 cache.lock().put(job.question.key.clone(), answer.clone(), Instant::now());
             }
             job.reply.send(Verdict { ticket: job.ticket, answer });
-        }
-    }
-
-    /// Asks the backend, giving it `left` to answer whole.
-    fn ask(&mut self, question: &Question, left: Duration) -> Answer {
-        match &mut self.backend {
-            Backend::Plain(client) => match client.ask(&question.headers, left) {
-                Ok(response) => read_answer(response.status, &response.body),
-                Err(e) => Answer::Failed(e.to_string()),
-            },
-            Backend::Tls { url, agent } => ask_over_tls(agent, url, question, left),
         }
     }
 }
