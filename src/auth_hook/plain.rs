@@ -258,21 +258,17 @@ impl Asker {
 }
 
 /// Writes what is left of `request` and reads what has come of the answer; the answer once
-/// whole, `None` while the socket has no more to take or give.
+/// whole, `None` while the socket has no more to take or give. A request just sent is not
+/// read after at once: its answer cannot be there yet, and its coming wakes the loop.
 fn exchange(
     stream: &mut TcpStream,
     question: &mut Asking,
     request: &[u8],
     received: &mut Vec<u8>,
 ) -> Result<Option<Response>, AskError> {
-    while question.written < request.len() {
-        match stream.write(&request[question.written..]) {
-            Ok(0) => return Err(AskError::Broken(io::ErrorKind::WriteZero.into())),
-            Ok(written) => question.written += written,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(AskError::Broken(e)),
-        }
+    if question.written < request.len() {
+        write(stream, question, request)?;
+        return Ok(None);
     }
     loop {
         if question.filled == received.len() {
@@ -295,4 +291,18 @@ fn exchange(
             Progress::Partial => {}
         }
     }
+}
+
+/// Writes what the socket takes of what is left of `request`.
+fn write(stream: &mut TcpStream, question: &mut Asking, request: &[u8]) -> Result<(), AskError> {
+    while question.written < request.len() {
+        match stream.write(&request[question.written..]) {
+            Ok(0) => return Err(AskError::Broken(io::ErrorKind::WriteZero.into())),
+            Ok(written) => question.written += written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(AskError::Broken(e)),
+        }
+    }
+    Ok(())
 }
