@@ -258,8 +258,9 @@ impl Asker {
 }
 
 /// Writes what is left of `request` and reads what has come of the answer; the answer once
-/// whole, `None` while the socket has no more to take or give. A request just sent is not
-/// read after at once: its answer cannot be there yet, and its coming wakes the loop.
+/// whole, `None` while the socket has no more to take or give. A request sent whole at once
+/// is not read after: its answer cannot be there yet, and its coming wakes the loop. One sent
+/// in parts is: the backend may have answered before its end.
 fn exchange(
     stream: &mut TcpStream,
     question: &mut Asking,
@@ -267,8 +268,11 @@ fn exchange(
     received: &mut Vec<u8>,
 ) -> Result<Option<Response>, AskError> {
     if question.written < request.len() {
+        let at_once = question.written == 0;
         write(stream, question, request)?;
-        return Ok(None);
+        if at_once || question.written < request.len() {
+            return Ok(None);
+        }
     }
     loop {
         if question.filled == received.len() {
