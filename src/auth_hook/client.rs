@@ -258,9 +258,6 @@ fn trailers_end(bytes: &[u8]) -> Option<usize> {
 /// Why asking failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    /// The request cannot be written.
-    #[error("{0}")]
-    Request(#[from] BadHeader),
     /// The backend's host has no address, or none that takes a connection.
     #[error("cannot reach it: {0}")]
     Unreachable(io::Error),

@@ -88,7 +88,8 @@ impl Asker {
             })
             .collect();
         let mut asker = Asker { poll, lines, queue, bell, cache, target, addresses: Vec::new() };
-        asker.look_up();
+        // A host not found now is looked up again, and said, at the first question.
+        let _ = asker.look_up();
         asker
     }
 
@@ -165,9 +166,9 @@ impl Asker {
 
     /// Opens line `index`'s connection to the backend's address `address`; `failed`: why the
     /// one before did not take it.
-    fn connect(&mut self, index: usize, address: usize, failed: Option<io::Error>) {
+    fn connect(&mut self, index: usize, address: usize, mut failed: Option<io::Error>) {
         if self.addresses.is_empty() {
-            self.look_up();
+            failed = self.look_up().err().or(failed);
         }
         let Some(&to) = self.addresses.get(address) else {
             // Looked up again next time: the host may have moved.
@@ -194,8 +195,9 @@ impl Asker {
     }
 
     /// Looks the backend's host up; on failure, the next connection looks again.
-    fn look_up(&mut self) {
-        self.addresses = self.target.address().to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    fn look_up(&mut self) -> io::Result<()> {
+        self.addresses = self.target.address().to_socket_addrs()?.collect();
+        Ok(())
     }
 
     /// Moves line `index` on as far as its socket lets it: connected, the request written, the
@@ -291,6 +293,7 @@ fn exchange(
         };
         match read_response(&received[..question.filled], closed)? {
             Progress::Whole(response) => return Ok(Some(response)),
+            // `read_response` says so itself; this keeps the loop finite whatever it says.
             Progress::Partial if closed => return Err(AskError::Answer(BadAnswer::Cut)),
             Progress::Partial => {}
         }
