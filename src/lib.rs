@@ -19,7 +19,7 @@
 //!                   merged: log lines, or             appends in order;               reads every node's
 //!                   JSON to hasses-control            receipts to control             events: id, history,
 //!                                                                                     frame once, fan out
-//!   hasses-auth-N:  (--auth-url) ask the web backend about a handshake the worker parked;
+//!   hasses-auth:    (--auth-url) ask the web backend about a handshake the worker parked;
 //!                   the answer goes back on the worker's channel, with its waker
 //!   hasses-history: (--history-file) appends the Sequencer's events to the file, synced on a timer
 //!   hasses-cluster-orders: (--cluster) answers every node's presence questions, carries out orders
@@ -59,7 +59,7 @@
 //!   start, and its writer thread (`hasses-history`), which the sequencer hands events to.
 //! - [`auth`]: subscribers' signed grants (JWT): who may listen to what.
 //! - [`auth_hook`]: the auth hook (`--auth-url`): subscriptions put to the web backend, by
-//!   threads of their own (`hasses-auth-N`), and its answers cached.
+//!   a thread of its own (`hasses-auth`; `hasses-auth-N` for https), and its answers cached.
 //! - [`http`]: judging a request head and the fixed responses (pure).
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`tally`]: one node's answer to a question a cluster answers as one (presence, orders),

@@ -9,6 +9,8 @@
 //! [`crate::auth::within_grant`]'s rule, the one JWT grants follow.
 
 mod cache;
+mod client;
+mod plain;
 mod pool;
 
 use std::net::SocketAddr;

@@ -1,20 +1,24 @@
-//! The threads that ask the backend (`hasses-auth-N`), and the handle shards reach them by.
+//! What asks the backend, and the handle shards reach it by.
 //!
-//! Owns the blocking HTTP calls, the only I/O of the auth hook: a few threads share one `ureq`
-//! agent (its connections to the backend kept alive) and take questions from one bounded
-//! queue, so a slow backend holds up threads of its own, never a shard. Each answer goes back
-//! on the asking shard's channel, with its waker. It does not decide what an answer means for
-//! the connection: that is the shard's.
+//! Owns the one bounded queue of questions, starting what takes them (the `plain` loop,
+//! `hasses-auth`, for an `http://` backend; for an `https://` one, [`THREADS`] threads
+//! `hasses-auth-N` asking through one shared `ureq` agent, which does TLS and keeps its
+//! connections alive), and the way back: each answer goes on the asking shard's channel, its
+//! [`Bell`] rung. A slow backend holds up the hook's own connections or threads, never a shard.
+//! It does not decide what an answer means for the connection: that is the shard's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use mio::Waker;
+use mio::{Poll, Waker};
 use parking_lot::Mutex;
 use tracing::debug;
 use ureq::Agent;
 
+use super::client::Target;
+use super::plain;
 use super::{read_answer, unix_now, Answer, Cache, HookSettings, Question, MAX_ANSWER};
 
 /// How many threads ask the backend at once.
@@ -37,13 +41,61 @@ pub struct Ticket {
     pub serial: u32,
 }
 
-/// Where an answer goes: the asking shard's channel and the waker of its loop.
+/// A loop's waker, rung once for what comes while the loop has not looked: a burst of
+/// verdicts for a shard, or of questions for the plain loop, wakes it once.
+#[derive(Debug, Clone)]
+pub struct Bell {
+    waker: Arc<Waker>,
+    /// Whether the loop was woken for what it has not taken yet.
+    woken: Arc<AtomicBool>,
+}
+
+impl Bell {
+    /// A bell that wakes `waker`'s loop.
+    pub fn new(waker: Arc<Waker>) -> Bell {
+        Bell { waker, woken: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Wakes the loop unless it was woken since it last took what came: call it after sending.
+    pub fn ring(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Said by the loop before it takes what came: what is sent after rings again.
+    pub fn taking(&self) {
+        self.woken.swap(false, Ordering::AcqRel);
+    }
+}
+
+/// Where an answer goes: the asking shard's channel and the bell of its loop.
 #[derive(Debug, Clone)]
 pub struct Reply {
     /// The shard's end of its verdicts' channel.
-    pub verdicts: Sender<Verdict>,
+    verdicts: Sender<Verdict>,
     /// Wakes the shard's loop to take them.
-    pub waker: Arc<Waker>,
+    bell: Bell,
+}
+
+impl Reply {
+    /// The way back to a shard: its verdicts' channel and the waker of its loop.
+    pub fn new(verdicts: Sender<Verdict>, waker: Arc<Waker>) -> Reply {
+        Reply { verdicts, bell: Bell::new(waker) }
+    }
+
+    /// Sends `verdict` and rings the shard's bell.
+    pub(super) fn send(&self, verdict: Verdict) {
+        // A shard that stopped has dropped its end: nobody is waiting.
+        if self.verdicts.send(verdict).is_ok() {
+            self.bell.ring();
+        }
+    }
+
+    /// Said by the shard before it takes its verdicts.
+    pub fn taking(&self) {
+        self.bell.taking();
+    }
 }
 
 /// One question for the backend.
@@ -72,39 +124,46 @@ pub struct Verdict {
 #[derive(Debug)]
 pub struct AuthHook {
     jobs: Sender<Job>,
+    /// The plain loop's bell, for an `http://` backend.
+    bell: Option<Bell>,
     cache: Option<Arc<Mutex<Cache>>>,
     /// How long a handshake waits for its answer (`--auth-timeout`).
     pub timeout: Duration,
 }
 
 impl AuthHook {
-    /// Starts the threads that ask the backend of `settings`. They are not joined at a stop:
-    /// one may be waiting on the backend for up to `--auth-timeout`, and nothing of theirs needs
-    /// finishing; they end with the process.
+    /// Starts what asks the backend of `settings`: one loop for an `http://` one, [`THREADS`]
+    /// threads for an `https://` one. They are not joined at a stop: one may be waiting on the
+    /// backend for up to `--auth-timeout`, and nothing of theirs needs finishing; they end with
+    /// the process.
     pub fn start(settings: &HookSettings) -> Result<AuthHook, HookError> {
         let (jobs, queue) = bounded(QUEUE);
         let cache = settings.cache.map(|ttl| Arc::new(Mutex::new(Cache::new(ttl))));
-        let agent: Agent = Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            // The backend is the web app's own address: no proxy from the environment.
-            .proxy(None)
-            .user_agent(concat!("hasses/", env!("CARGO_PKG_VERSION")))
-            .max_idle_connections(THREADS)
-            .max_idle_connections_per_host(THREADS)
-            .build()
-            .into();
-        for number in 0..THREADS {
-            let asker = Asker {
-                url: settings.url.clone(),
-                agent: agent.clone(),
-                queue: queue.clone(),
-                cache: cache.clone(),
-            };
-            std::thread::Builder::new().name(format!("hasses-auth-{number}")).spawn(move || asker.run())?;
-        }
-        Ok(AuthHook { jobs, cache, timeout: settings.timeout })
+        let bell = match Target::of(&settings.url) {
+            Some(target) => {
+                let poll = Poll::new()?;
+                let bell = Bell::new(Arc::new(Waker::new(poll.registry(), plain::WAKER)?));
+                let asker = plain::Asker::new(poll, bell.clone(), queue, cache.clone(), target);
+                std::thread::Builder::new().name("hasses-auth".to_owned()).spawn(move || asker.run())?;
+                Some(bell)
+            }
+            None => {
+                let agent = tls_agent();
+                for number in 0..THREADS {
+                    let asker = TlsAsker {
+                        url: settings.url.clone(),
+                        agent: agent.clone(),
+                        queue: queue.clone(),
+                        cache: cache.clone(),
+                    };
+                    std::thread::Builder::new()
+                        .name(format!("hasses-auth-{number}"))
+                        .spawn(move || asker.run())?;
+                }
+                None
+            }
+        };
+        Ok(AuthHook { jobs, bell, cache, timeout: settings.timeout })
     }
 
     /// The cached answer to `question`, if there is one and its grant has not expired.
@@ -115,19 +174,23 @@ impl AuthHook {
 
     /// Queues `job` for the threads; false when [`QUEUE`] questions already wait.
     pub fn ask(&self, job: Job) -> bool {
-        self.jobs.try_send(job).is_ok()
+        let queued = self.jobs.try_send(job).is_ok();
+        if let (true, Some(bell)) = (queued, &self.bell) {
+            bell.ring();
+        }
+        queued
     }
 }
 
-/// One thread's share of the asking.
-struct Asker {
+/// One thread's share of asking an `https://` backend.
+struct TlsAsker {
     url: String,
     agent: Agent,
     queue: Receiver<Job>,
     cache: Option<Arc<Mutex<Cache>>>,
 }
 
-impl Asker {
+impl TlsAsker {
     /// Answers questions until the shards are gone.
     fn run(self) {
         while let Ok(job) = self.queue.recv() {
@@ -138,33 +201,45 @@ impl Asker {
                 debug!("Auth hook: a question waited past its deadline, not asked");
                 continue;
             };
-            let answer = self.ask(&job.question, left);
+            let answer = ask_over_tls(&self.agent, &self.url, &job.question, left);
             if let Some(cache) = self.cache.as_ref().filter(|_| !answer.has_expired(unix_now())) {
                 cache.lock().put(job.question.key.clone(), answer.clone(), Instant::now());
             }
-            // A shard that stopped has dropped its end: nobody is waiting.
-            if job.reply.verdicts.send(Verdict { ticket: job.ticket, answer }).is_ok() {
-                let _ = job.reply.waker.wake();
-            }
+            job.reply.send(Verdict { ticket: job.ticket, answer });
         }
     }
+}
 
-    /// Asks the backend, giving it `left` to answer whole.
-    fn ask(&self, question: &Question, left: Duration) -> Answer {
-        let mut request = self.agent.get(&self.url);
-        for (name, value) in &question.headers {
-            request = request.header(*name, value.as_slice());
-        }
-        let response = request.config().timeout_global(Some(left)).build().call();
-        let mut response = match response {
-            Ok(response) => response,
-            Err(e) => return Answer::Failed(describe(&e)),
-        };
-        let status = response.status().as_u16();
-        match response.body_mut().with_config().limit(MAX_ANSWER).read_to_vec() {
-            Ok(body) => read_answer(status, &body),
-            Err(e) => Answer::Failed(format!("its answer cannot be read: {}", describe(&e))),
-        }
+/// The agent all threads share for an `https://` backend, its connections kept alive.
+fn tls_agent() -> Agent {
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        // The backend is the web app's own address: no proxy from the environment.
+        .proxy(None)
+        .user_agent(concat!("hasses/", env!("CARGO_PKG_VERSION")))
+        .max_idle_connections(THREADS)
+        .max_idle_connections_per_host(THREADS)
+        .build()
+        .into()
+}
+
+/// Asks an `https://` backend through `agent`, giving it `left` to answer whole.
+fn ask_over_tls(agent: &Agent, url: &str, question: &Question, left: Duration) -> Answer {
+    let mut request = agent.get(url);
+    for (name, value) in &question.headers {
+        request = request.header(*name, value.as_slice());
+    }
+    let response = request.config().timeout_global(Some(left)).build().call();
+    let mut response = match response {
+        Ok(response) => response,
+        Err(e) => return Answer::Failed(describe(&e)),
+    };
+    let status = response.status().as_u16();
+    match response.body_mut().with_config().limit(MAX_ANSWER).read_to_vec() {
+        Ok(body) => read_answer(status, &body),
+        Err(e) => Answer::Failed(format!("its answer cannot be read: {}", describe(&e))),
     }
 }
 

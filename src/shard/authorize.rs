@@ -98,6 +98,7 @@ impl Shard {
 
     /// Acts on every verdict the backend's threads sent.
     pub(super) fn take_verdicts(&mut self) {
+        self.waiting.reply.taking();
         loop {
             let verdict = match self.waiting.verdicts.try_recv() {
                 Ok(verdict) => verdict,

@@ -156,7 +156,7 @@ impl Shard {
         let (sender, commands) = bounded(queue);
         let handle = ShardHandle { commands: sender, waker: Arc::clone(&waker) };
         let (verdict_sender, verdicts) = unbounded();
-        let reply = Reply { verdicts: verdict_sender, waker: Arc::clone(&waker) };
+        let reply = Reply::new(verdict_sender, Arc::clone(&waker));
         let shard = Shard {
             number,
             poll,

@@ -34,8 +34,23 @@ struct Backend {
     stop: Arc<AtomicBool>,
 }
 
+/// What a test backend does with each connection: answers on it, recording what it is asked,
+/// until the connection or the stop ends.
+type Serve = fn(TcpStream, Serving);
+
+/// What a backend's connection is served with.
+struct Serving {
+    decide: fn(&str) -> Reply,
+    asked: Arc<Mutex<Vec<Asked>>>,
+    stop: Arc<AtomicBool>,
+}
+
 impl Backend {
     fn start(decide: fn(&str) -> Reply) -> Backend {
+        Backend::serving(decide, answer)
+    }
+
+    fn serving(decide: fn(&str) -> Reply, serve: Serve) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let asked = Arc::new(Mutex::new(Vec::new()));
@@ -47,8 +62,8 @@ impl Backend {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                let (record, stopped) = (Arc::clone(&record), Arc::clone(&stopped));
-                std::thread::spawn(move || answer(stream, decide, &record, &stopped));
+                let serving = Serving { decide, asked: Arc::clone(&record), stop: Arc::clone(&stopped) };
+                std::thread::spawn(move || serve(stream, serving));
             }
         });
         Backend { port, asked, stop }
@@ -72,26 +87,9 @@ impl Drop for Backend {
 }
 
 /// Reads one question on `stream` and answers it (then closes), or holds it until the stop.
-fn answer(mut stream: TcpStream, decide: fn(&str) -> Reply, asked: &Mutex<Vec<Asked>>, stop: &AtomicBool) {
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let headers: Asked = text
-        .split("\r\n")
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    let uri = headers.iter().find(|(n, _)| n == "x-original-uri").map(|(_, v)| v.clone()).unwrap_or_default();
-    asked.lock().unwrap().push(headers);
-    match decide(&uri) {
+fn answer(mut stream: TcpStream, serving: Serving) {
+    let Some(uri) = read_question(&mut stream, &serving.asked, 1) else { return };
+    match (serving.decide)(&uri) {
         Reply::Answer(status, body) => {
             let response = format!(
                 "HTTP/1.1 {status} Whatever\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -102,13 +100,51 @@ fn answer(mut stream: TcpStream, decide: fn(&str) -> Reply, asked: &Mutex<Vec<As
         Reply::Hold => {
             // Bounded: the server gives up long before.
             for _ in 0..100 {
-                if stop.load(Ordering::Relaxed) {
+                if serving.stop.load(Ordering::Relaxed) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
+}
+
+/// Keeps its connection for two questions, allowing both: the first answer with a length,
+/// the second chunked; then closes it without a word, as a backend's keep-alive timeout does.
+fn answer_twice(mut stream: TcpStream, serving: Serving) {
+    if read_question(&mut stream, &serving.asked, 1).is_none()
+        || stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").is_err()
+        || read_question(&mut stream, &serving.asked, 2).is_none()
+    {
+        return;
+    }
+    let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1;x=y\r\n}\r\n0\r\n\r\n";
+    let _ = stream.write_all(chunked.as_bytes());
+}
+
+/// Reads a question's head on `stream` and records its header lines, with `x-turn`: `turn`,
+/// the question's place on its connection. Its `X-Original-URI`; `None` when none came.
+fn read_question(stream: &mut TcpStream, asked: &Mutex<Vec<Asked>>, turn: usize) -> Option<String> {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut headers: Asked = text
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let uri = headers.iter().find(|(n, _)| n == "x-original-uri").map(|(_, v)| v.clone()).unwrap_or_default();
+    headers.push(("x-turn".to_owned(), turn.to_string()));
+    asked.lock().unwrap().push(headers);
+    Some(uri)
 }
 
 /// Answers by the subscription asked: `slow` is held, `down` is a 500, `refuse` a 403 with a
@@ -185,6 +221,24 @@ fn the_backend_is_asked_with_the_clients_credentials_and_allows() {
         (status["authbackendasked"].as_u64(), status["authbackendallowed"].as_u64()),
         (Some(1), Some(1))
     );
+}
+
+#[test]
+fn a_kept_alive_connection_carries_several_questions_and_is_opened_again_once_closed() {
+    let backend = Backend::serving(by_query, answer_twice);
+    let server = hooked(&backend, &[]);
+    // More subscriptions than twice the hook's threads: some thread finds its connection
+    // closed by the backend after its second answer, and must ask on a new one.
+    let subscriptions = 40;
+    let _clients: Vec<SseClient> =
+        (0..subscriptions).map(|i| server.subscribe(&format!("subscribe=room1&id=u{i}"))).collect();
+    let asked = backend.asked();
+    assert_eq!(asked.len(), subscriptions, "each asked once");
+    let turn = |asked: &Asked| asked.iter().find(|(n, _)| n == "x-turn").map(|(_, v)| v.clone());
+    assert!(asked.iter().any(|a| turn(a).as_deref() == Some("2")), "no connection was kept alive");
+    let status = server.tcp_json("tcpstatus");
+    assert_eq!(status["authbackendallowed"], subscriptions);
+    assert_eq!(status["authbackendfailed"], 0);
 }
 
 #[test]
