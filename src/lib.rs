@@ -36,6 +36,8 @@
 //! - [`event`]: a publish and who gets it, where a resume starts, a publish's receipt: the
 //!   values every thread speaks.
 //! - [`figures`]: every thread's figures, as the reports read them.
+//! - [`reach`]: which shards hold a subscriber of which token, so that a targeted event goes
+//!   only to the shards it can reach.
 //! - [`publish`]: the publish grammars (hasses' line and the JSON object), for the control
 //!   thread and the HTTP API.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
@@ -80,6 +82,7 @@ pub mod log;
 pub mod nonblocking;
 pub mod pipeline;
 pub mod publish;
+pub mod reach;
 pub mod server;
 pub mod shard;
 pub mod sse;

@@ -16,6 +16,7 @@ use parking_lot::RwLock;
 use crate::event::Audience;
 use crate::figures::{ClientRow, ShardFigures};
 use crate::history::History;
+use crate::reach::Reach;
 use crate::sse::Frame;
 
 /// An event to deliver, numbered and framed once by the sequencer.
@@ -88,7 +89,8 @@ pub struct ShardHandle {
 }
 
 /// What every thread reads and writes across threads: a few atomics, none of them touched per
-/// delivery, and the history: written by the sequencer, read on resume.
+/// delivery; the history: written by the sequencer, read on resume; and which shards hold
+/// which tokens.
 #[derive(Debug)]
 pub struct SharedState {
     /// Whether a handshaked connection may send a new `GET` to re-handshake (`reinit on|off`).
@@ -103,6 +105,9 @@ pub struct SharedState {
     pub published: AtomicU64,
     /// The events kept for resume.
     pub history: RwLock<History>,
+    /// Which shards hold a subscriber of which token: written by the shards on subscribe and
+    /// close, read by a fan-out per targeted event.
+    pub reach: Reach,
 }
 
 impl SharedState {
@@ -114,6 +119,7 @@ impl SharedState {
             peak: AtomicU64::new(0),
             published: AtomicU64::new(0),
             history: RwLock::new(history),
+            reach: Reach::default(),
         }
     }
 }

@@ -184,7 +184,7 @@ impl Tail {
 mod tests {
 
     use super::*;
-    use crate::broadcast::tests::{publish, resume, state, TestShards};
+    use crate::broadcast::tests::{everyone_listens, publish, resume, state, TestShards};
     use crate::cluster::entry::tests::as_raw;
     use crate::event::Publish;
     use crate::pipeline::{ShardCommand, SharedState};
@@ -192,6 +192,7 @@ mod tests {
     /// A tail over these shards that has read up to `after`; it never reaches Redis here.
     fn tail(shards: &TestShards, after: StreamId) -> (Tail, Arc<SharedState>, Arc<ClusterShared>) {
         let state = state(1);
+        everyone_listens(&state, shards.handles.len());
         let shared = Arc::new(ClusterShared::default());
         let client = super::super::client("redis://127.0.0.1:1").unwrap();
         let broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
