@@ -152,7 +152,13 @@ impl Wire {
         }
         let len = self.buf.len();
         self.buf.resize(len + READ_CHUNK.max(len), 0);
-        let read = self.socket.read(&mut self.buf[len..]);
+        let read = loop {
+            // A signal (a SIGSTOP and SIGCONT, say) ends the wait early: nothing was lost.
+            match self.socket.read(&mut self.buf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => break read,
+            }
+        };
         self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
         match read? {
             0 => Err(WireError::Closed),
