@@ -62,21 +62,22 @@ wait_listening "$base"
 wait_listening $((base + 10))
 curl -sN "http://127.0.0.1:$base/sse?subscribe=user1" >/dev/null &
 running+=($!)
-# Deliveries so far: tcpstatus' one line of JSON.
-sent() {
+# A figure from a control command's one line of JSON ($1: the command, $2: the key).
+ask() {
     local line=
     exec 3<>"/dev/tcp/127.0.0.1/$((base + 10))"
-    echo tcpstatus >&3
+    echo "$1" >&3
     read -r -t 2 line <&3 || true
     exec 3<&-
     [[ -n $line ]] || line='{}'
-    jq -r '.msgsendcnt // 0' <<<"$line"
+    jq -r ".$2 // 0" <<<"$line"
 }
+sent() { ask tcpstatus msgsendcnt; }
+# The client is subscribed (else it would miss what is delivered before its handshake).
 for ((tries = 0; tries < 100; tries++)); do
-    [[ $(redis-cli -p "$redis_port" CLIENT LIST | grep -c 'cmd=xread') -ge 1 ]] && break
+    [[ $(ask tcpsubscribedclients:user1 subscribedclients) -ge 1 ]] && break
     sleep 0.05
 done
-
 kill -STOP "$node"
 data=$(head -c 48 /dev/zero | tr '\0' 'x')
 redis-benchmark -p "$redis_port" -c 1 -P 100 -n "$entries" -q \
