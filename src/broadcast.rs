@@ -288,7 +288,7 @@ pub(crate) mod tests {
     /// Gives each of the first `shards` shards a `*` subscriber in `state`'s view: every event
     /// reaches every shard, as it did before targeted events went only where they reach.
     pub(crate) fn everyone_listens(state: &SharedState, shards: usize) {
-        (0..shards).for_each(|shard| state.reach.hold(shard, crate::reach::EVERYTHING));
+        (0..shards).for_each(|shard| state.reach.hold(shard, &crate::reach::EVERYTHING.into()));
     }
 
     /// What a client of `token` resuming after `after` is owed: whether it is told of a gap,
@@ -442,8 +442,8 @@ pub(crate) mod tests {
         let mut shards = TestShards::new(3, 16);
         let state = state(1);
         let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
-        state.reach.hold(1, "t");
-        state.reach.hold(2, "user42");
+        state.reach.hold(1, &"t".into());
+        state.reach.hold(2, &"user42".into());
         broadcast.deliver(5, publish("t", "to t"));
         broadcast.wake();
         assert_eq!(shards.woken_all(), [false, true, false]);

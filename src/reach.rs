@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -38,46 +39,68 @@ use crate::event::{Audience, Target};
 /// The token a client subscribes with to get every event.
 pub const EVERYTHING: &str = "*";
 
-/// Shards by number: one bit each.
+/// Shards by number: one bit each, the first 64 inline (no allocation per token on a node of
+/// up to 64 workers: the view holds one per token subscribed to).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardSet {
-    words: Vec<u64>,
+    first: u64,
+    /// Shards from 64 on, 64 a word.
+    rest: Box<[u64]>,
 }
 
 impl ShardSet {
     /// Adds `shard`.
     pub fn insert(&mut self, shard: usize) {
-        let (word, bit) = (shard / 64, shard % 64);
-        if self.words.len() <= word {
-            self.words.resize(word + 1, 0);
+        let Some(word) = shard.checked_sub(64).map(|beyond| beyond / 64) else {
+            self.first |= 1 << shard;
+            return;
+        };
+        if self.rest.len() <= word {
+            let mut rest = std::mem::take(&mut self.rest).into_vec();
+            rest.resize(word + 1, 0);
+            self.rest = rest.into_boxed_slice();
         }
-        self.words[word] |= 1 << bit;
+        self.rest[word] |= 1 << (shard % 64);
     }
 
     /// Takes `shard` out; true when none is left.
     fn remove(&mut self, shard: usize) -> bool {
-        if let Some(word) = self.words.get_mut(shard / 64) {
+        if let Some(word) = self.word_mut(shard) {
             *word &= !(1 << (shard % 64));
         }
         self.is_empty()
     }
 
+    fn word_mut(&mut self, shard: usize) -> Option<&mut u64> {
+        match shard.checked_sub(64) {
+            None => Some(&mut self.first),
+            Some(beyond) => self.rest.get_mut(beyond / 64),
+        }
+    }
+
     /// Whether `shard` is in.
     pub fn contains(&self, shard: usize) -> bool {
-        self.words.get(shard / 64).is_some_and(|word| word & (1 << (shard % 64)) != 0)
+        let word = match shard.checked_sub(64) {
+            None => Some(self.first),
+            Some(beyond) => self.rest.get(beyond / 64).copied(),
+        };
+        word.is_some_and(|word| word & (1 << (shard % 64)) != 0)
     }
 
     /// Whether no shard is in.
     pub fn is_empty(&self) -> bool {
-        self.words.iter().all(|&word| word == 0)
+        self.first == 0 && self.rest.iter().all(|&word| word == 0)
     }
 
     /// Adds every shard of `other`.
     fn add_all(&mut self, other: &ShardSet) {
-        if self.words.len() < other.words.len() {
-            self.words.resize(other.words.len(), 0);
+        self.first |= other.first;
+        if self.rest.len() < other.rest.len() {
+            let mut rest = std::mem::take(&mut self.rest).into_vec();
+            rest.resize(other.rest.len(), 0);
+            self.rest = rest.into_boxed_slice();
         }
-        self.words.iter_mut().zip(&other.words).for_each(|(word, theirs)| *word |= theirs);
+        self.rest.iter_mut().zip(other.rest.iter()).for_each(|(word, theirs)| *word |= theirs);
     }
 
     /// Whether every shard below `count` is in.
@@ -87,7 +110,8 @@ impl ShardSet {
 
     /// Empties it, keeping its room.
     pub fn clear(&mut self) {
-        self.words.iter_mut().for_each(|word| *word = 0);
+        self.first = 0;
+        self.rest.iter_mut().for_each(|word| *word = 0);
     }
 }
 
@@ -99,24 +123,25 @@ pub struct Reach {
 
 #[derive(Debug, Default)]
 struct Held {
-    /// Token → shards with a stream listening to it; a token no shard holds is not here.
-    by_token: BTreeMap<Box<str>, ShardSet>,
+    /// Token → shards with a stream listening to it; a token no shard holds is not here. The
+    /// names are the shards' own (the first to hold each): no copy of its own.
+    by_token: BTreeMap<Arc<str>, ShardSet>,
     /// Shards with a `*` subscriber: they get every event.
     everything: ShardSet,
 }
 
 impl Reach {
     /// Shard `shard` now has a stream listening to `token` (its first).
-    pub fn hold(&self, shard: usize, token: &str) {
+    pub fn hold(&self, shard: usize, token: &Arc<str>) {
         let mut held = self.held.write();
-        if token == EVERYTHING {
+        if &**token == EVERYTHING {
             held.everything.insert(shard);
-        } else if let Some(shards) = held.by_token.get_mut(token) {
+        } else if let Some(shards) = held.by_token.get_mut(&**token) {
             shards.insert(shard);
         } else {
             let mut shards = ShardSet::default();
             shards.insert(shard);
-            held.by_token.insert(token.into(), shards);
+            held.by_token.insert(Arc::clone(token), shards);
         }
     }
 
@@ -190,13 +215,13 @@ mod tests {
     #[test]
     fn a_token_goes_to_the_shards_that_hold_it_and_those_with_a_star() {
         let reach = Reach::default();
-        reach.hold(0, "room1");
-        reach.hold(2, "room1");
-        reach.hold(1, "user7");
+        reach.hold(0, &"room1".into());
+        reach.hold(2, &"room1".into());
+        reach.hold(1, &"user7".into());
         assert_eq!(shards(&reach, &[token("room1")], 4), [0, 2]);
         assert_eq!(shards(&reach, &[token("user7")], 4), [1]);
         assert_eq!(shards(&reach, &[token("nobody")], 4), Vec::<usize>::new());
-        reach.hold(3, EVERYTHING);
+        reach.hold(3, &EVERYTHING.into());
         assert_eq!(shards(&reach, &[token("nobody")], 4), [3]);
         assert_eq!(shards(&reach, &[token("room1"), token("user7")], 4), [0, 1, 2, 3]);
         assert_eq!(shards(&reach, &[Target::All], 4), [0, 1, 2, 3]);
@@ -210,10 +235,10 @@ mod tests {
     #[test]
     fn a_prefix_goes_to_every_shard_holding_a_token_it_starts() {
         let reach = Reach::default();
-        reach.hold(0, "room");
-        reach.hold(1, "roomy");
-        reach.hold(2, "rom");
-        reach.hold(3, "user1");
+        reach.hold(0, &"room".into());
+        reach.hold(1, &"roomy".into());
+        reach.hold(2, &"rom".into());
+        reach.hold(3, &"user1".into());
         assert_eq!(shards(&reach, &[prefix("room")], 4), [0, 1]);
         assert_eq!(shards(&reach, &[prefix("ro")], 4), [0, 1, 2]);
         assert_eq!(shards(&reach, &[prefix("roomz")], 4), Vec::<usize>::new());
@@ -223,8 +248,8 @@ mod tests {
     #[test]
     fn shards_past_sixty_four_have_their_bits() {
         let reach = Reach::default();
-        reach.hold(64, "t");
-        reach.hold(1000, "t");
+        reach.hold(64, &"t".into());
+        reach.hold(1000, &"t".into());
         assert_eq!(shards(&reach, &[token("t")], 1024), [64, 1000]);
         reach.let_go(64, "t");
         assert_eq!(shards(&reach, &[token("t")], 1024), [1000]);
@@ -247,7 +272,7 @@ mod tests {
                 if subscribe {
                     *count += 1;
                     if *count == 1 {
-                        reach.hold(shard, TOKENS[token]);
+                        reach.hold(shard, &TOKENS[token].into());
                     }
                 } else if *count > 0 {
                     *count -= 1;

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::keys::StreamKey;
 use crate::event::Target;
@@ -22,7 +23,8 @@ pub use crate::reach::EVERYTHING;
 /// O(log n), where a list made each close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    by_token: BTreeMap<Box<str>, Keys>,
+    /// Its names are shared with the node-wide view ([`crate::reach`]): one copy of each.
+    by_token: BTreeMap<Arc<str>, Keys>,
     everything: BTreeSet<StreamKey>,
 }
 
@@ -76,19 +78,20 @@ impl Subscriptions {
         &mut self,
         key: StreamKey,
         tokens: impl Iterator<Item = &'a str>,
-        mut first: impl FnMut(&str),
+        mut first: impl FnMut(&Arc<str>),
     ) {
         for token in tokens {
             if token == EVERYTHING {
                 if self.everything.is_empty() {
-                    first(token);
+                    first(&Arc::from(EVERYTHING));
                 }
                 self.everything.insert(key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
                 keys.insert(key);
             } else {
-                first(token);
-                self.by_token.insert(token.into(), Keys::One(key));
+                let token: Arc<str> = token.into();
+                first(&token);
+                self.by_token.insert(token, Keys::One(key));
             }
         }
     }
