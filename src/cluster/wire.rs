@@ -196,7 +196,14 @@ fn tls(host: &str, socket: TcpStream) -> Result<StreamOwned<ClientConnection, Tc
     for cert in found.certs {
         roots.add(cert).map_err(|e| tls_error(&e))?;
     }
-    let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    // The provider the server's own TLS uses (`crate::tls`), named rather than left to the
+    // process default, which is not set when more than one provider is built in.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let name = ServerName::try_from(host.to_string()).map_err(|e| tls_error(&e))?;
     let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error(&e))?;
     Ok(StreamOwned::new(connection, socket))
