@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 n=${1:-18000}
 shift || true
 cargo build --release --quiet --package hasses --package hasses-bench
+# HASSES=path: that server binary instead of this tree's (a before/after comparison).
+hasses=${HASSES:-./target/release/hasses}
 sse_port=${SSE_PORT:-18080}
 control_port=${CONTROL_PORT:-18085}
 server_tls=()
@@ -38,7 +40,7 @@ if [[ ${SERVER:-hasses} == floor ]]; then
         --control "127.0.0.1:$control_port" >target/capacity-server.log 2>&1 &
 else
     history_memory=$((n * 101 * 128 > 64 << 20 ? n * 101 * 128 : 64 << 20))
-    ./target/release/hasses --port "$sse_port" --control-port "$control_port" "${server_tls[@]}" \
+    "$hasses" --port "$sse_port" --control-port "$control_port" "${server_tls[@]}" \
         --history-memory "$history_memory" "${server_flags[@]}" >target/capacity-server.log 2>&1 &
 fi
 server=$!

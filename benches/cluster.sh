@@ -29,6 +29,8 @@ n=$((3 * per_node))
 base=${BASE_PORT:-18180}
 command -v redis-server >/dev/null || { echo "cluster.sh: needs redis-server (apt-get install redis-server)" >&2; exit 2; }
 cargo build --release --quiet --package hasses --package hasses-bench
+# HASSES=path: that server binary instead of this tree's (a before/after comparison).
+hasses=${HASSES:-./target/release/hasses}
 
 running=()
 redis_dir=
@@ -93,7 +95,7 @@ start_node() {
     local i=$1
     shift
     need_free $((base + i)) $((base + 10 + i))
-    ./target/release/hasses --port $((base + i)) --control-port $((base + 10 + i)) --no-api \
+    "$hasses" --port $((base + i)) --control-port $((base + 10 + i)) --no-api \
         --history-memory "$history_memory" "$@" >"target/cluster-node$i.log" 2>&1 &
     node_pid=$!
     running+=("$node_pid")

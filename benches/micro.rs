@@ -86,7 +86,7 @@ fn index_of(n: usize) -> Subscriptions {
     let mut subs = Subscriptions::default();
     for (key, conn) in (0..n).filter_map(|key| Some((key, ConnKey::new(key)?))) {
         let own = format!("c{key}");
-        subs.add(StreamKey::on(conn), ["all", own.as_str()].into_iter());
+        subs.add(StreamKey::on(conn), ["all", own.as_str()].into_iter(), |_| {});
     }
     subs
 }

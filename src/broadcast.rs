@@ -4,9 +4,11 @@
 //! the stream decides ids there. Below both, so that neither imports the other.
 //!
 //! Owns the order of commands to each shard and when shards are woken: a batch of commands is
-//! sent, then each shard that got one is woken once. A shard whose queue is full (it is holding
-//! for a slow client) makes the sender wait: that is the backpressure that reaches publishers.
-//! It does not parse or decide anything, and it never waits for an answer.
+//! sent, then each shard that got one is woken once. An event to `*` goes to every shard; a
+//! targeted one only to the shards that hold a subscriber it can reach ([`crate::reach`], read
+//! after `published` is set: that order is what keeps it exact). A shard whose queue is full
+//! (it is holding for a slow client) makes the sender wait: that is the backpressure that
+//! reaches publishers. It does not parse or decide anything, and it never waits for an answer.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tracing::{debug, warn};
 use crate::event::{Audience, Publish};
 use crate::forward::Forward;
 use crate::pipeline::{Sequenced, ShardAnswer, ShardCommand, ShardHandle, ShardQuery, SharedState};
+use crate::reach::ShardSet;
 use crate::sse::{encode, EventFields, Frame};
 
 /// Frames an event whose id is decided, keeps it, and hands it to every shard: the
@@ -31,12 +34,20 @@ pub struct Broadcast {
     disk: Option<Sender<Arc<Sequenced>>>,
     /// After an upgrade, while the old process drains: its feed.
     forward: Option<Forward>,
+    /// The shards a targeted event reaches (kept to reuse its room).
+    reached: ShardSet,
 }
 
 impl Broadcast {
     /// Delivers to these shards, keeping events in `state`'s history.
     pub fn new(shards: Vec<ShardHandle>, state: Arc<SharedState>) -> Self {
-        Broadcast { fanout: Fanout::new(shards), state, disk: None, forward: None }
+        Broadcast {
+            fanout: Fanout::new(shards),
+            state,
+            disk: None,
+            forward: None,
+            reached: ShardSet::default(),
+        }
     }
 
     /// Hands every kept event to the history writer too (`--history-file`). Its channel is
@@ -45,8 +56,8 @@ impl Broadcast {
         self.disk = Some(disk);
     }
 
-    /// Frames the event once, keeps it, and hands it to every shard; they are woken by
-    /// [`Broadcast::wake`].
+    /// Frames the event once, keeps it, and hands it to every shard it can reach; they are woken
+    /// by [`Broadcast::wake`].
     pub fn deliver(&mut self, id: u64, publish: Publish) {
         debug!("Message {id} to subscribers of {publish}: {} bytes", publish.message.len());
         let frame = frame(id, &publish);
@@ -69,7 +80,14 @@ impl Broadcast {
         if let Some(forward) = &mut self.forward {
             forward.push(&event);
         }
-        self.fanout.publish(event);
+        if event.audience.is_everyone() {
+            self.fanout.publish(event);
+        } else {
+            // Only now, with `published` set: see `crate::reach`.
+            let count = self.fanout.shard_count();
+            self.state.reach.shards_for(&event.audience, count, &mut self.reached);
+            self.fanout.publish_to(event, &self.reached);
+        }
     }
 
     /// Delivers an event read from the cluster's stream, unless it was: ids only grow, so one
@@ -132,6 +150,13 @@ impl Fanout {
     /// Queues the event on every shard; they are woken by [`Fanout::wake`].
     pub fn publish(&mut self, event: Arc<Sequenced>) {
         for shard in 0..self.shards.len() {
+            self.send(shard, ShardCommand::Deliver(Arc::clone(&event)));
+        }
+    }
+
+    /// Queues the event on these shards only; they are woken by [`Fanout::wake`].
+    pub fn publish_to(&mut self, event: Arc<Sequenced>, shards: &ShardSet) {
+        for shard in (0..self.shards.len()).filter(|&shard| shards.contains(shard)) {
             self.send(shard, ShardCommand::Deliver(Arc::clone(&event)));
         }
     }
@@ -286,6 +311,12 @@ pub(crate) mod tests {
         Arc::new(SharedState::new(false, History::new(limits, first_id, Instant::now())))
     }
 
+    /// Gives each of the first `shards` shards a `*` subscriber in `state`'s view: every event
+    /// reaches every shard, as it did before targeted events went only where they reach.
+    pub(crate) fn everyone_listens(state: &SharedState, shards: usize) {
+        (0..shards).for_each(|shard| state.reach.hold(shard, &crate::reach::EVERYTHING.into()));
+    }
+
     /// What a client of `token` resuming after `after` is owed: whether it is told of a gap,
     /// and the ids of the events it gets.
     pub(crate) fn resume(state: &SharedState, token: &str, after: u64) -> (bool, Vec<String>) {
@@ -406,6 +437,7 @@ pub(crate) mod tests {
     fn an_event_is_kept_and_published_before_any_shard_can_see_it() {
         let mut shards = TestShards::new(2, 1);
         let state = state(1);
+        everyone_listens(&state, 2);
         let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
         // Shard 0's queue is full: delivering blocks on it, before any shard has the event.
         shards.handles[0].commands.send(ShardCommand::Shutdown).unwrap();
@@ -437,9 +469,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_targeted_event_goes_only_to_the_shards_holding_its_tokens_and_wakes_only_them() {
+        let mut shards = TestShards::new(3, 16);
+        let state = state(1);
+        let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
+        state.reach.hold(1, &"t".into());
+        state.reach.hold(2, &"user42".into());
+        broadcast.deliver(5, publish("t", "to t"));
+        broadcast.wake();
+        assert_eq!(shards.woken_all(), [false, true, false]);
+        let mut prefixed = publish("t", "to user*");
+        prefixed.audience.targets = vec![Target::Prefix("user".into())];
+        broadcast.deliver(6, prefixed);
+        broadcast.deliver(7, publish("nobody", "to no shard"));
+        let mut everyone = publish("t", "to *");
+        everyone.audience.targets = vec![Target::All];
+        broadcast.deliver(8, everyone);
+        broadcast.wake();
+        assert_eq!(shards.woken_all(), [true, true, true]);
+        assert_eq!(shards.sent(0), ["deliver 8"]);
+        assert_eq!(shards.sent(1), ["deliver 5", "deliver 8"]);
+        assert_eq!(shards.sent(2), ["deliver 6", "deliver 8"]);
+        // Kept for resume whoever held its token: a client may resume from anywhere.
+        assert_eq!(resume(&state, "nobody", 1), (false, vec!["7".to_string(), "8".to_string()]));
+    }
+
+    #[test]
     fn deliver_new_skips_the_ids_at_or_below_the_last_delivered() {
         let shards = TestShards::new(2, 16);
         let state = state(1);
+        everyone_listens(&state, 2);
         let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
         broadcast.deliver_new(10, publish("t", "10"));
         broadcast.deliver_new(10, publish("t", "10 again"));

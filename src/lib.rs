@@ -43,6 +43,8 @@
 //!   revoked tokens they leave behind.
 //! - [`presence`]: who is here: presence rows, and join/leave notices debounced across
 //!   reconnects (`--presence-events`).
+//! - [`reach`]: which shards hold a subscriber of which token, so that a targeted event goes
+//!   only to the shards it can reach.
 //! - [`publish`]: the publish grammars (hasses' line and the JSON object), for the control
 //!   thread and the HTTP API.
 //! - [`cluster`]: cluster mode: the Redis stream every node appends to and tails.
@@ -96,6 +98,7 @@ pub mod nonblocking;
 pub mod pipeline;
 pub mod presence;
 pub mod publish;
+pub mod reach;
 pub mod server;
 pub mod shard;
 pub mod sse;

@@ -20,6 +20,7 @@ use crate::figures::{ClientRow, DeliveryLatency, ShardFigures};
 use crate::gate::{Gate, Order, Who};
 use crate::history::History;
 use crate::presence::{Change, PresenceRow};
+use crate::reach::Reach;
 use crate::sse::Frame;
 
 /// An event to deliver, numbered and framed once by the sequencer.
@@ -159,7 +160,8 @@ impl PresenceLink {
 }
 
 /// What every thread reads and writes across threads: a few atomics, none of them touched per
-/// delivery, and the history: written by the sequencer, read on resume.
+/// delivery; the history: written by the sequencer, read on resume; and which shards hold
+/// which tokens.
 #[derive(Debug)]
 pub struct SharedState {
     /// Whether a handshaked connection may send a new `GET` to re-handshake (`reinit on|off`).
@@ -176,6 +178,9 @@ pub struct SharedState {
     pub history: RwLock<History>,
     /// Who is kept out: bans and revoked tokens (read at each handshake, written by orders).
     pub gate: RwLock<Gate>,
+    /// Which shards hold a subscriber of which token: written by the shards on subscribe and
+    /// close, read by a fan-out per targeted event.
+    pub reach: Reach,
 }
 
 impl SharedState {
@@ -188,6 +193,7 @@ impl SharedState {
             published: AtomicU64::new(0),
             history: RwLock::new(history),
             gate: RwLock::new(Gate::default()),
+            reach: Reach::default(),
         }
     }
 }

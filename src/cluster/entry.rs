@@ -110,70 +110,57 @@ pub fn fields<'a>(publish: &'a Publish, node: &'a str, seq: u64) -> Vec<(&'stati
     fields
 }
 
-/// One entry of a stream reply, its fields not read yet.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawEntry {
+/// One entry of a stream reply, its fields not read yet: borrowed from the reply (its bytes
+/// for the tail, `cluster::resp`; the Redis client's values elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry<'a> {
     /// Its stream id, as Redis wrote it.
-    pub id: String,
-    /// Name, value, name, value, …
-    pub fields: Vec<Value>,
+    pub id: &'a [u8],
+    /// Its fields' names and values, in order.
+    pub fields: Vec<(&'a [u8], &'a [u8])>,
 }
 
-impl RawEntry {
+impl RawEntry<'_> {
     /// Its size as the trim counts it: its fields' names and values, in bytes.
     pub fn size(&self) -> u64 {
-        let len = |value: &Value| match value {
-            Value::BulkString(bytes) => bytes.len() as u64,
-            _ => 0,
-        };
-        self.fields.iter().map(len).sum()
+        self.fields.iter().map(|(name, value)| (name.len() + value.len()) as u64).sum()
+    }
+
+    /// Its stream id.
+    pub fn stream_id(&self) -> Result<StreamId, EntryError> {
+        let text = std::str::from_utf8(self.id)
+            .map_err(|_| EntryError::BadId(String::from_utf8_lossy(self.id).into_owned()))?;
+        StreamId::parse(text)
     }
 }
 
-/// The entries of an `XRANGE` or `XREVRANGE` reply, in its order.
-///
-/// Replies are walked as the client's plain values rather than through its typed stream
-/// replies, which copy every field into a map of its own: the tail reads every event of the
-/// cluster, so this is its hot path.
-pub fn range_reply(reply: Value) -> Result<Vec<RawEntry>, EntryError> {
+/// The entries of an `XRANGE` or `XREVRANGE` reply as the Redis client's values, in its order
+/// (the start's read of the whole stream, the outbox's look back; the tail reads the bytes).
+/// A field whose value is not a string is left out: [`decode`] says which it misses.
+pub fn range_reply(reply: &Value) -> Result<Vec<RawEntry<'_>>, EntryError> {
     match reply {
-        Value::Array(items) => items.into_iter().map(raw_entry).collect(),
+        Value::Array(items) => items.iter().map(raw_entry).collect(),
         other => Err(EntryError::BadReply(format!("{other:?}"))),
     }
 }
 
-/// The entries of an `XREAD` reply (of one stream; none when it timed out).
-pub fn read_reply(reply: Value) -> Result<Vec<RawEntry>, EntryError> {
-    let ranges: Vec<Value> = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        // RESP2: [[stream, entries]]; RESP3: {stream: entries}.
-        Value::Array(streams) => streams
-            .into_iter()
-            .map(|stream| match stream {
-                Value::Array(pair) if pair.len() == 2 => Ok(pair.into_iter().nth(1).unwrap_or(Value::Nil)),
-                other => Err(EntryError::BadReply(format!("{other:?}"))),
-            })
-            .collect::<Result<_, _>>()?,
-        Value::Map(streams) => streams.into_iter().map(|(_, range)| range).collect(),
-        other => return Err(EntryError::BadReply(format!("{other:?}"))),
-    };
-    let mut entries = Vec::new();
-    for range in ranges {
-        entries.extend(range_reply(range)?);
-    }
-    Ok(entries)
-}
-
-fn raw_entry(item: Value) -> Result<RawEntry, EntryError> {
+fn raw_entry(item: &Value) -> Result<RawEntry<'_>, EntryError> {
     let bad = |what: &dyn std::fmt::Debug| EntryError::BadReply(format!("{what:?}"));
-    let Value::Array(pair) = item else { return Err(bad(&item)) };
-    let mut pair = pair.into_iter();
-    match (pair.next(), pair.next(), pair.next()) {
-        (Some(Value::BulkString(id)), Some(Value::Array(fields)), None) => {
-            let id = String::from_utf8(id).map_err(|e| bad(&e))?;
-            Ok(RawEntry { id, fields })
-        }
-        (id, fields, _) => Err(bad(&(id, fields))),
+    match item {
+        Value::Array(pair) => match pair.as_slice() {
+            [Value::BulkString(id), Value::Array(fields)] => {
+                let fields = fields
+                    .chunks_exact(2)
+                    .filter_map(|pair| match pair {
+                        [Value::BulkString(name), Value::BulkString(value)] => Some((&name[..], &value[..])),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(RawEntry { id, fields })
+            }
+            other => Err(bad(&other)),
+        },
+        other => Err(bad(other)),
     }
 }
 
@@ -194,36 +181,31 @@ pub struct Entry {
 const NAMES: [&str; 7] = ["n", "s", "t", "x", "e", "r", "d"];
 
 /// Reads an entry's fields back. Fields of other names are let be (a later version's).
-pub fn decode(raw: RawEntry) -> Result<Entry, EntryError> {
-    let RawEntry { id, fields } = raw;
-    let stream_id = StreamId::parse(&id)?;
-    let bad = |field| EntryError::BadField { id: id.clone(), field };
-    let mut found: [Option<Vec<u8>>; NAMES.len()] = Default::default();
-    let mut values = fields.into_iter();
-    while let (Some(name), Some(value)) = (values.next(), values.next()) {
-        let Value::BulkString(name) = name else { continue };
-        let Some(slot) = NAMES.iter().position(|n| n.as_bytes() == name.as_slice()) else { continue };
-        let Value::BulkString(bytes) = value else { return Err(bad(NAMES[slot])) };
-        found[slot] = Some(bytes);
+pub fn decode(raw: &RawEntry<'_>) -> Result<Entry, EntryError> {
+    let stream_id = raw.stream_id()?;
+    let bad = |field| EntryError::BadField { id: stream_id.to_string(), field };
+    let mut found: [Option<&[u8]>; NAMES.len()] = Default::default();
+    for &(name, value) in &raw.fields {
+        if let Some(slot) = NAMES.iter().position(|n| n.as_bytes() == name) {
+            found[slot] = Some(value);
+        }
     }
-    let mut take = |field: &'static str| NAMES.iter().position(|&n| n == field).and_then(|i| found[i].take());
-    let text = |bytes: Option<Vec<u8>>, field| {
-        bytes.map(|b| String::from_utf8(b).map_err(|_| bad(field))).transpose()
+    let take = |field: &'static str| NAMES.iter().position(|&n| n == field).and_then(|i| found[i]);
+    let text = |field| take(field).map(|b| String::from_utf8(b.to_vec()).map_err(|_| bad(field))).transpose();
+    let number = |field| {
+        let digits = take(field).map(|b| std::str::from_utf8(b).map_err(|_| bad(field))).transpose()?;
+        digits.map(|t| t.parse::<u64>().map_err(|_| bad(field))).transpose()
     };
-    let number = |bytes: Option<Vec<u8>>, field| {
-        text(bytes, field)?.map(|t| t.parse::<u64>().map_err(|_| bad(field))).transpose()
-    };
-    let targets =
-        take("t").as_deref().and_then(decode_targets).filter(|t| !t.is_empty()).ok_or_else(|| bad("t"))?;
-    let retry = number(take("r"), "r")?.map(|r| u32::try_from(r).map_err(|_| bad("r"))).transpose()?;
+    let targets = take("t").and_then(decode_targets).filter(|t| !t.is_empty()).ok_or_else(|| bad("t"))?;
+    let retry = number("r")?.map(|r| u32::try_from(r).map_err(|_| bad("r"))).transpose()?;
     Ok(Entry {
         id: stream_id,
-        node: text(take("n"), "n")?.ok_or_else(|| bad("n"))?,
-        seq: number(take("s"), "s")?.ok_or_else(|| bad("s"))?,
+        node: text("n")?.ok_or_else(|| bad("n"))?,
+        seq: number("s")?.ok_or_else(|| bad("s"))?,
         publish: Publish {
-            audience: Audience { targets, except: text(take("x"), "x")? },
-            message: take("d").ok_or_else(|| bad("d"))?,
-            event: text(take("e"), "e")?,
+            audience: Audience { targets, except: text("x")? },
+            message: take("d").ok_or_else(|| bad("d"))?.to_vec(),
+            event: text("e")?,
             retry,
         },
     })
@@ -270,14 +252,12 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// The entry as Redis would give it back (the tail's tests read entries through it too).
-    pub(in crate::cluster) fn as_raw(id: &str, fields: Vec<(&'static str, Cow<'_, [u8]>)>) -> RawEntry {
-        let fields = fields
-            .into_iter()
-            .flat_map(|(name, value)| [name.as_bytes().to_vec(), value.into_owned()])
-            .map(Value::BulkString)
-            .collect();
-        RawEntry { id: id.into(), fields }
+    /// The entry as a read gives it back.
+    fn as_raw<'a>(id: &'a str, fields: &'a [(&'static str, Cow<'_, [u8]>)]) -> RawEntry<'a> {
+        RawEntry {
+            id: id.as_bytes(),
+            fields: fields.iter().map(|(name, value)| (name.as_bytes(), &value[..])).collect(),
+        }
     }
 
     #[test]
@@ -305,24 +285,25 @@ pub(super) mod tests {
             event: None,
             retry: None,
         };
-        let good = as_raw("1-0", fields(&publish, "n1", 1));
-        let with_t = |t: Value| {
+        let written = fields(&publish, "n1", 1);
+        let good = as_raw("1-0", &written);
+        let with_t = |t: &'static [u8]| {
             let mut raw = good.clone();
-            let at = raw.fields.iter().position(|f| f == &Value::BulkString(b"t".to_vec())).unwrap();
-            raw.fields[at + 1] = t;
+            raw.fields.iter_mut().filter(|(name, _)| *name == b"t").for_each(|(_, value)| *value = t);
             raw
         };
         let bad_t = Err(EntryError::BadField { id: "1-0".into(), field: "t" });
-        assert_eq!(decode(with_t(Value::BulkString(b"=9:ab".to_vec()))), bad_t);
-        assert_eq!(decode(with_t(Value::BulkString(b"=18446744073709551615:ab".to_vec()))), bad_t);
-        assert_eq!(decode(with_t(Value::Int(3))), bad_t);
+        assert_eq!(decode(&with_t(b"=9:ab")), bad_t);
+        assert_eq!(decode(&with_t(b"=18446744073709551615:ab")), bad_t);
+        assert_eq!(decode(&with_t(b"")), bad_t);
         let mut without_d = good.clone();
-        without_d.fields.truncate(without_d.fields.len() - 2);
-        assert_eq!(decode(without_d), Err(EntryError::BadField { id: "1-0".into(), field: "d" }));
+        without_d.fields.pop();
+        assert_eq!(decode(&without_d), Err(EntryError::BadField { id: "1-0".into(), field: "d" }));
         // A field a later version adds is let be.
         let mut later = good.clone();
-        later.fields.extend([Value::BulkString(b"z".to_vec()), Value::BulkString(b"?".to_vec())]);
-        assert_eq!(decode(later).map(|e| e.publish), Ok(publish));
+        later.fields.push((b"z", b"?"));
+        assert_eq!(decode(&later).map(|e| e.publish), Ok(publish.clone()));
+        assert_eq!(decode(&RawEntry { id: b"1", ..good }), Err(EntryError::BadId("1".into())));
     }
 
     #[test]
@@ -332,16 +313,17 @@ pub(super) mod tests {
             Value::Array(vec![Value::BulkString(id.as_bytes().to_vec()), Value::Array(fields)])
         };
         let range = Value::Array(vec![entry("1-0"), entry("1-1")]);
-        let ids = |entries: Vec<RawEntry>| entries.into_iter().map(|e| e.id).collect::<Vec<_>>();
-        assert_eq!(ids(range_reply(range.clone()).unwrap()), ["1-0", "1-1"]);
-        let key = Value::BulkString(b"hasses:events".to_vec());
-        let resp2 = Value::Array(vec![Value::Array(vec![key.clone(), range.clone()])]);
-        assert_eq!(ids(read_reply(resp2).unwrap()), ["1-0", "1-1"]);
-        assert_eq!(ids(read_reply(Value::Map(vec![(key, range)])).unwrap()), ["1-0", "1-1"]);
-        assert_eq!(read_reply(Value::Nil), Ok(Vec::new()));
-        assert!(range_reply(Value::Int(1)).is_err());
-        assert!(range_reply(Value::Array(vec![Value::Array(vec![Value::Int(1)])])).is_err());
-        assert_eq!(range_reply(Value::Array(vec![entry("2-0")])).unwrap()[0].size(), 4);
+        let ids = |entries: Vec<RawEntry>| entries.into_iter().map(|e| e.id.to_vec()).collect::<Vec<_>>();
+        assert_eq!(ids(range_reply(&range).unwrap()), [b"1-0", b"1-1"]);
+        assert!(range_reply(&Value::Int(1)).is_err());
+        assert!(range_reply(&Value::Array(vec![Value::Array(vec![Value::Int(1)])])).is_err());
+        assert_eq!(range_reply(&Value::Array(vec![entry("2-0")])).unwrap()[0].size(), 4);
+        // A field that is not a string is left out, for `decode` to name.
+        let odd = Value::Array(vec![
+            Value::BulkString(b"3-0".to_vec()),
+            Value::Array(vec![Value::BulkString(b"t".to_vec()), Value::Int(3)]),
+        ]);
+        assert_eq!(range_reply(&Value::Array(vec![odd])).unwrap()[0].fields, []);
     }
 
     #[test]
@@ -392,7 +374,8 @@ pub(super) mod tests {
             seq in any::<u64>(),
         ) {
             let publish = Publish { audience: Audience { targets, except }, message, event, retry };
-            let entry = decode(as_raw("5-3", fields(&publish, "node-a", seq))).unwrap();
+            let written = fields(&publish, "node-a", seq);
+            let entry = decode(&as_raw("5-3", &written)).unwrap();
             prop_assert_eq!(entry, Entry {
                 id: StreamId { ms: 5, seq: 3 },
                 node: "node-a".into(),

@@ -30,8 +30,10 @@
 pub mod entry;
 mod orders;
 mod outbox;
+mod resp;
 mod tail;
 mod trim;
+mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -398,11 +400,6 @@ fn why(e: &redis::RedisError) -> String {
     }
 }
 
-/// Runs an `XRANGE` or `XREVRANGE` and walks its reply.
-fn query_range(cmd: &redis::Cmd, con: &mut redis::Connection) -> redis::RedisResult<Vec<entry::RawEntry>> {
-    entry::range_reply(cmd.query(con)?).map_err(unreadable)
-}
-
 /// A stream reply not understood, as the client's error: the connection is not to be trusted.
 fn unreadable(e: entry::EntryError) -> redis::RedisError {
     (redis::ErrorKind::UnexpectedReturnType, "stream reply", e.to_string()).into()
@@ -491,15 +488,19 @@ fn pages(
     count: usize,
     query: impl Fn(&str) -> redis::Cmd,
     first: &str,
-    mut each: impl FnMut(&mut redis::Connection, Vec<entry::RawEntry>) -> redis::RedisResult<bool>,
+    mut each: impl FnMut(&mut redis::Connection, &[entry::RawEntry<'_>]) -> redis::RedisResult<bool>,
 ) -> redis::RedisResult<()> {
     let mut from = first.to_string();
     loop {
         let mut command = query(&from);
         command.arg("COUNT").arg(count);
-        let page = query_range(&command, con)?;
-        let next = page.last().map(|raw| format!("({}", raw.id)).filter(|_| page.len() == count);
-        if !each(con, page)? {
+        let reply: redis::Value = command.query(con)?;
+        let page = entry::range_reply(&reply).map_err(unreadable)?;
+        let next = page
+            .last()
+            .map(|raw| format!("({}", String::from_utf8_lossy(raw.id)))
+            .filter(|_| page.len() == count);
+        if !each(con, &page)? {
             return Ok(());
         }
         match next {

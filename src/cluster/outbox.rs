@@ -281,8 +281,7 @@ impl Outbox {
         let xrevrange = |end: &str| redis::cmd("XREVRANGE").arg(&self.stream).arg(end).arg(&start).clone();
         let mut applied = None;
         pages(con, SCAN_PAGE, xrevrange, "+", |_, page| {
-            let ours =
-                page.into_iter().filter_map(|raw| entry::decode(raw).ok()).find(|e| e.node == self.node);
+            let ours = page.iter().filter_map(|raw| entry::decode(raw).ok()).find(|e| e.node == self.node);
             applied = ours.map(|entry| entry.seq);
             Ok(applied.is_none())
         })?;

@@ -2,7 +2,8 @@
 //!
 //! Owns the position in the stream: the id of the last entry read. It reads after it with
 //! `XREAD BLOCK`, so a lost connection resumes exactly where it stopped, and an entry is never
-//! delivered twice. It delivers through a [`Broadcast`] of its own (history, frame, fan-out),
+//! delivered twice. It reads over a connection of its own (`wire`), each reply straight from
+//! its bytes (`resp`): every event of the cluster passes here. It delivers through a [`Broadcast`] of its own (history, frame, fan-out),
 //! so an event wakes no other thread of this node before the shards, which is what a cluster's
 //! latency is made of: when a shard falls behind, the tail waits for room, and the stream
 //! holds the rest.
@@ -14,8 +15,10 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::entry::{self, RawEntry, StreamId};
+use super::resp;
 use super::trim::StreamBytes;
-use super::{connect, now_ms, query_range, unreadable, why, Backoff, ClusterShared, TailPosition};
+use super::wire::{Wire, WireError};
+use super::{now_ms, Backoff, ClusterShared, TailPosition};
 use crate::broadcast::Broadcast;
 use crate::event::{Publish, Target};
 use crate::presence::ClusterRoster;
@@ -38,7 +41,7 @@ pub struct Tail {
     bytes: StreamBytes,
     broadcast: Broadcast,
     shared: Arc<ClusterShared>,
-    con: Option<redis::Connection>,
+    con: Option<Wire>,
     backoff: Backoff,
     /// When the last read went out.
     last_read: Instant,
@@ -87,24 +90,19 @@ impl Tail {
             let away = self.last_read.elapsed() > AWAY;
             self.last_read = Instant::now();
             let read = if away { self.check_epoch(&mut con) } else { Ok(()) }.and_then(|()| {
-                redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(COUNT)
-                    .arg("BLOCK")
-                    .arg(BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&self.stream)
-                    .arg(self.after.to_string())
-                    .query(&mut con)
-                    .and_then(|reply| entry::read_reply(reply).map_err(unreadable))
+                let mut xread = redis::cmd("XREAD");
+                xread.arg("COUNT").arg(COUNT).arg("BLOCK").arg(BLOCK.as_millis() as u64);
+                con.send(xread.arg("STREAMS").arg(&self.stream).arg(self.after.to_string()))?;
+                let entries = resp::read_reply(con.reply()?)?.whole()?;
+                self.take(&entries);
+                Ok(())
             });
             self.con = Some(con);
             match read {
-                Ok(entries) => self.take(entries),
+                Ok(()) => {}
                 Err(e) => {
                     warn!(
-                        "Cluster: lost the stream's tail ({}); reconnecting, then reading on after {}",
-                        why(&e),
+                        "Cluster: lost the stream's tail ({e}); reconnecting, then reading on after {}",
                         self.after
                     );
                     self.con = None;
@@ -119,7 +117,7 @@ impl Tail {
     /// Delivers what one read found, waking the shards once for all of it, and says where the
     /// tail now is (for the trim) and how far behind the stream (for status). A read that
     /// found nothing ran out its `BLOCK`: the tail is up to date.
-    fn take(&mut self, entries: Vec<RawEntry>) {
+    fn take(&mut self, entries: &[RawEntry<'_>]) {
         if entries.is_empty() {
             self.shared.lag_ms.store(0, Ordering::Relaxed);
             return;
@@ -133,9 +131,9 @@ impl Tail {
     }
 
     /// Delivers one entry (one that is not understood is skipped with a log line).
-    fn deliver(&mut self, raw: RawEntry) {
-        let Ok(stream_id) = StreamId::parse(&raw.id) else {
-            warn!("Cluster: stream entry id {:?} not understood; skipped", raw.id);
+    fn deliver(&mut self, raw: &RawEntry<'_>) {
+        let Ok(stream_id) = raw.stream_id() else {
+            warn!("Cluster: stream entry id {:?} not understood; skipped", String::from_utf8_lossy(raw.id));
             return;
         };
         self.after = stream_id;
@@ -164,11 +162,11 @@ impl Tail {
 
     /// Starts a new epoch if the stream no longer holds the last entry read: `XREAD` would
     /// go on from the oldest entry left and never say what it skipped.
-    fn check_epoch(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+    fn check_epoch(&mut self, con: &mut Wire) -> Result<(), WireError> {
         let stream = self.stream.clone();
         self.epoch_unless_held(|id| {
-            let found = query_range(redis::cmd("XRANGE").arg(&stream).arg(id).arg(id), con)?;
-            Ok(!found.is_empty())
+            con.send(redis::cmd("XRANGE").arg(&stream).arg(id).arg(id))?;
+            Ok(!resp::range_reply(con.reply()?)?.whole()?.is_empty())
         })
     }
 
@@ -176,8 +174,8 @@ impl Tail {
     /// `id` (apart from the query, for the tests). Before anything was read, nothing is lost.
     fn epoch_unless_held(
         &mut self,
-        held: impl FnOnce(&str) -> redis::RedisResult<bool>,
-    ) -> redis::RedisResult<()> {
+        held: impl FnOnce(&str) -> Result<bool, WireError>,
+    ) -> Result<(), WireError> {
         if self.after == StreamId::ZERO || held(&self.after.to_string())? {
             return Ok(());
         }
@@ -191,7 +189,8 @@ impl Tail {
         if !self.backoff.left().is_zero() {
             return;
         }
-        match connect(&self.client).and_then(|mut con| self.check_epoch(&mut con).map(|()| con)) {
+        let info = self.client.get_connection_info();
+        match Wire::connect(info).and_then(|mut con| self.check_epoch(&mut con).map(|()| con)) {
             Ok(con) => {
                 info!("Cluster: tailing the stream after {}", self.after);
                 self.last_read = Instant::now();
@@ -201,7 +200,7 @@ impl Tail {
             }
             Err(e) => {
                 self.backoff.failed();
-                warn!("Cluster: cannot reach Redis to tail the stream: {}", why(&e));
+                warn!("Cluster: cannot reach Redis to tail the stream: {e}");
             }
         }
     }
@@ -211,14 +210,17 @@ impl Tail {
 mod tests {
 
     use super::*;
-    use crate::broadcast::tests::{publish, resume, state, TestShards};
-    use crate::cluster::entry::tests::as_raw;
+    use crate::broadcast::tests::{everyone_listens, publish, resume, state, TestShards};
+    use std::borrow::Cow;
+
+    use crate::cluster::resp::tests::{entry_bytes, xread_bytes};
     use crate::event::Publish;
     use crate::pipeline::{ShardCommand, SharedState};
 
     /// A tail over these shards that has read up to `after`; it never reaches Redis here.
     fn tail(shards: &TestShards, after: StreamId) -> (Tail, Arc<SharedState>, Arc<ClusterShared>) {
         let state = state(1);
+        everyone_listens(&state, shards.handles.len());
         let shared = Arc::new(ClusterShared::default());
         let client = super::super::client("redis://127.0.0.1:1").unwrap();
         let broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
@@ -233,9 +235,22 @@ mod tests {
         (tail, state, shared)
     }
 
-    /// The entry `id` of `publish` as a read gives it back.
-    fn raw(id: &str, publish: &Publish) -> RawEntry {
-        as_raw(id, entry::fields(publish, "node-a", 1))
+    /// The entry `id` with these fields, as Redis writes it.
+    fn entry(id: &str, fields: &[(&'static str, Cow<'_, [u8]>)]) -> Vec<u8> {
+        let fields: Vec<(&[u8], &[u8])> =
+            fields.iter().map(|(name, value)| (name.as_bytes(), &value[..])).collect();
+        entry_bytes(id, &fields)
+    }
+
+    /// The entry `id` of `publish`, as Redis writes it.
+    fn raw(id: &str, publish: &Publish) -> Vec<u8> {
+        entry(id, &entry::fields(publish, "node-a", 1))
+    }
+
+    /// Hands `tail` an `XREAD` reply of these entries, read as the tail reads it.
+    fn read(tail: &mut Tail, entries: Vec<Vec<u8>>) {
+        let reply = xread_bytes(&entries);
+        tail.take(&resp::read_reply(&reply).unwrap().whole().unwrap());
     }
 
     fn stream_id(text: &str) -> StreamId {
@@ -247,7 +262,7 @@ mod tests {
         let mut shards = TestShards::new(2, 16);
         let (mut tail, state, shared) = tail(&shards, StreamId::ZERO);
         let (a, b) = (publish("t", "a"), publish("u", "b"));
-        tail.take(vec![raw("1700000000000-5", &a), raw("1700000000001-0", &b)]);
+        read(&mut tail, vec![raw("1700000000000-5", &a), raw("1700000000001-0", &b)]);
         assert_eq!(shards.woken_all(), [true, true]);
         for inbox in &shards.inboxes {
             let delivered: Vec<_> = inbox
@@ -267,7 +282,7 @@ mod tests {
         assert_eq!(shared.tail_position().read, tail.after, "the trim knows where the tail is");
         assert!(shared.lag_ms.load(Ordering::Relaxed) > 0, "entries from 2023 are late");
         // A read that found nothing: up to date, and nobody is woken.
-        tail.take(Vec::new());
+        read(&mut tail, Vec::new());
         assert_eq!(shared.lag_ms.load(Ordering::Relaxed), 0);
         assert_eq!(shards.woken_all(), [false, false]);
     }
@@ -278,19 +293,19 @@ mod tests {
         let (mut tail, state, _) = tail(&shards, stream_id("5-0"));
         let good = publish("t", "x");
         // An id that is not `ms-seq`: not even a place in the stream to go on from.
-        tail.take(vec![raw("nonsense", &good)]);
+        read(&mut tail, vec![raw("nonsense", &good)]);
         assert_eq!(tail.after, stream_id("5-0"));
         // An entry without data, and one whose id no event id can be: gone past.
         let mut fields = entry::fields(&good, "node-a", 1);
         fields.retain(|(name, _)| *name != "d");
-        tail.take(vec![as_raw("6-0", fields)]);
+        read(&mut tail, vec![entry("6-0", &fields)]);
         assert_eq!(tail.after, stream_id("6-0"));
-        tail.take(vec![raw("7-1000000", &good)]);
+        read(&mut tail, vec![raw("7-1000000", &good)]);
         assert_eq!(tail.after, stream_id("7-1000000"));
         assert!(shards.sent(0).is_empty());
         // One delivered already (read at start, or by an earlier read): not twice.
         state.published.store(8_000_000, Ordering::Release);
-        tail.take(vec![raw("8-0", &good), raw("8-1", &good)]);
+        read(&mut tail, vec![raw("8-0", &good), raw("8-1", &good)]);
         assert_eq!(shards.sent(0), ["deliver 8000001"]);
         assert_eq!(tail.after, stream_id("8-1"));
         assert!(shards.woken(0));
@@ -302,7 +317,7 @@ mod tests {
         let (mut tail, state, _) = tail(&shards, StreamId::ZERO);
         // Nothing read yet: nothing to lose, nothing to ask.
         tail.epoch_unless_held(|_| panic!("asked the stream")).unwrap();
-        tail.take(vec![raw("9-0", &publish("t", "old"))]);
+        read(&mut tail, vec![raw("9-0", &publish("t", "old"))]);
         let mut asked = Vec::new();
         tail.epoch_unless_held(|id| {
             asked.push(id.to_string());
@@ -312,8 +327,7 @@ mod tests {
         assert_eq!(asked, ["9-0"], "it asks for the last entry read");
         assert_eq!(resume(&state, "t", 8_999_999), (false, vec!["9000000".to_string()]));
         // Redis did not answer: no decision, the error goes up (and the tail reconnects).
-        let lost = redis::RedisError::from((redis::ErrorKind::Io, "gone"));
-        assert!(tail.epoch_unless_held(|_| Err(lost)).is_err());
+        assert!(tail.epoch_unless_held(|_| Err(WireError::Closed)).is_err());
         assert!(!resume(&state, "t", 8_999_999).0);
         // The stream no longer holds it: what came before now may be gone, and a resume from
         // before is told.

@@ -147,12 +147,13 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::broadcast::tests::{publish, resume, state, TestShards};
+    use crate::broadcast::tests::{everyone_listens, publish, resume, state, TestShards};
     use crate::cluster::ClusterShared;
     use crate::event::{Asker, PublisherKey};
 
     fn sequencer(shards: &TestShards, first_id: u64) -> (Sequencer, Arc<SharedState>) {
         let state = state(1);
+        everyone_listens(&state, shards.handles.len());
         let ids = EventIds::starting_at(first_id);
         (Sequencer::new(shards.handles.clone(), Arc::clone(&state), ids), state)
     }

@@ -252,7 +252,9 @@ impl Shard {
     fn stop_streaming(&mut self, key: ConnKey) {
         let conn = &self.connections[key];
         if conn.phase == Phase::Streaming {
-            self.subscriptions.remove(StreamKey::on(key), conn.client.tokens());
+            let (reach, number) = (&self.state.reach, self.number);
+            self.subscriptions
+                .remove(StreamKey::on(key), conn.client.tokens(), |token| reach.let_go(number, token));
             self.stalls.release(key);
             self.tell_presence(key, false);
         }

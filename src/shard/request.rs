@@ -289,7 +289,9 @@ impl Shard {
             client.token_list(),
             client.id()
         );
-        self.subscriptions.add(StreamKey::on(key), client.tokens());
+        // Before the history and `published` are read: see `crate::reach` for why.
+        let (reach, number) = (&self.state.reach, self.number);
+        self.subscriptions.add(StreamKey::on(key), client.tokens(), |token| reach.hold(number, token));
         let replay = resume
             .map(|from| (from, self.state.history.read().replay(from, client.tokens(), client.id(), now)));
         conn.client = client;

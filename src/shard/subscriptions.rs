@@ -2,16 +2,18 @@
 //!
 //! Owns the map from token to stream keys, ordered so that a `pre*` publish is a range scan,
 //! and the list of `*` subscribers. A publish to one token costs what it delivers, not a scan of
-//! every stream. It knows nothing of sockets or connections: it speaks of streams.
+//! every stream. It says when a token appears in or leaves it, for the node-wide view of which
+//! shards hold which token ([`crate::reach`]). It knows nothing of sockets or connections: it
+//! speaks of streams.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::keys::StreamKey;
 use crate::event::Target;
 
-/// The token that means "every message".
-pub const EVERYTHING: &str = "*";
+pub use crate::reach::EVERYTHING;
 
 /// Token → subscribed stream keys, plus the `*` subscribers.
 ///
@@ -21,7 +23,8 @@ pub const EVERYTHING: &str = "*";
 /// O(log n), where a list made each close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    by_token: BTreeMap<Box<str>, Keys>,
+    /// Its names are shared with the node-wide view ([`crate::reach`]): one copy of each.
+    by_token: BTreeMap<Arc<str>, Keys>,
     everything: BTreeSet<StreamKey>,
 }
 
@@ -69,27 +72,47 @@ impl Keys {
 }
 
 impl Subscriptions {
-    /// Subscribes connection `key` to each of `tokens` (already free of duplicates).
-    pub fn add<'a>(&mut self, key: StreamKey, tokens: impl Iterator<Item = &'a str>) {
+    /// Subscribes connection `key` to each of `tokens` (already free of duplicates), calling
+    /// `first` with each token no stream listened to before.
+    pub fn add<'a>(
+        &mut self,
+        key: StreamKey,
+        tokens: impl Iterator<Item = &'a str>,
+        mut first: impl FnMut(&Arc<str>),
+    ) {
         for token in tokens {
             if token == EVERYTHING {
+                if self.everything.is_empty() {
+                    first(&Arc::from(EVERYTHING));
+                }
                 self.everything.insert(key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
                 keys.insert(key);
             } else {
-                self.by_token.insert(token.into(), Keys::One(key));
+                let token: Arc<str> = token.into();
+                first(&token);
+                self.by_token.insert(token, Keys::One(key));
             }
         }
     }
 
-    /// Removes connection `key` from each of `tokens`, forgetting tokens nobody listens to.
-    pub fn remove<'a>(&mut self, key: StreamKey, tokens: impl Iterator<Item = &'a str>) {
+    /// Removes connection `key` from each of `tokens`, forgetting tokens nobody listens to, and
+    /// calling `last` with each.
+    pub fn remove<'a>(
+        &mut self,
+        key: StreamKey,
+        tokens: impl Iterator<Item = &'a str>,
+        mut last: impl FnMut(&str),
+    ) {
         for token in tokens {
             if token == EVERYTHING {
-                self.everything.remove(&key);
+                if self.everything.remove(&key) && self.everything.is_empty() {
+                    last(token);
+                }
             } else if let Some(keys) = self.by_token.get_mut(token) {
                 if keys.remove(key) {
                     self.by_token.remove(token);
+                    last(token);
                 }
             }
         }
@@ -174,11 +197,11 @@ mod tests {
 
     fn index() -> Subscriptions {
         let mut subs = Subscriptions::default();
-        subs.add(stream(1), tokens(&["room1", "user1"]));
-        subs.add(stream(2), tokens(&["room2"]));
-        subs.add(stream(3), tokens(&["*"]));
-        subs.add(stream(4), tokens(&["room", "roomy"]));
-        subs.add(stream(5), tokens(&["rom"]));
+        subs.add(stream(1), tokens(&["room1", "user1"]), |_| {});
+        subs.add(stream(2), tokens(&["room2"]), |_| {});
+        subs.add(stream(3), tokens(&["*"]), |_| {});
+        subs.add(stream(4), tokens(&["room", "roomy"]), |_| {});
+        subs.add(stream(5), tokens(&["rom"]), |_| {});
         subs
     }
 
@@ -202,17 +225,33 @@ mod tests {
     #[test]
     fn remove_forgets_the_stream_everywhere() {
         let mut subs = index();
-        subs.remove(stream(1), tokens(&["room1", "user1"]));
-        subs.remove(stream(3), tokens(&["*"]));
+        subs.remove(stream(1), tokens(&["room1", "user1"]), |_| {});
+        subs.remove(stream(3), tokens(&["*"]), |_| {});
         assert_eq!(matches(&subs, Target::Token("room1".into())), Vec::<usize>::new());
         assert_eq!(matches(&subs, Target::Prefix("room".into())), vec![2, 4, 4]);
         assert!(!subs.by_token.contains_key("room1"));
     }
 
     #[test]
+    fn a_token_s_first_and_last_stream_are_told() {
+        let mut subs = Subscriptions::default();
+        let mut told = Vec::new();
+        subs.add(stream(1), tokens(&["room1", "*"]), |t| told.push(format!("+{t}")));
+        subs.add(stream(2), tokens(&["room1", "*", "user2"]), |t| told.push(format!("+{t}")));
+        assert_eq!(told, ["+room1", "+*", "+user2"]);
+        told.clear();
+        subs.remove(stream(1), tokens(&["room1", "*"]), |t| told.push(format!("-{t}")));
+        assert_eq!(told, Vec::<String>::new(), "stream 2 still listens");
+        subs.remove(stream(2), tokens(&["room1", "*", "user2"]), |t| told.push(format!("-{t}")));
+        assert_eq!(told, ["-room1", "-*", "-user2"]);
+        subs.remove(stream(2), tokens(&["room1", "*"]), |t| told.push(format!("again {t}")));
+        assert_eq!(told.len(), 3, "a stream removed twice is not told twice");
+    }
+
+    #[test]
     fn count_exact_ignores_wildcards_and_prefixes() {
         let mut subs = index();
-        subs.add(stream(6), tokens(&["room1"]));
+        subs.add(stream(6), tokens(&["room1"]), |_| {});
         assert_eq!(subs.count_exact("room1"), 2);
         assert_eq!(subs.count_exact("room"), 1);
         assert_eq!(subs.count_exact("*"), 0);
@@ -246,7 +285,7 @@ mod tests {
     fn a_large_index_stays_exact() {
         let mut subs = Subscriptions::default();
         for key in 0..100_000 {
-            subs.add(stream(key), tokens(&["all", &format!("c{key}")]));
+            subs.add(stream(key), tokens(&["all", &format!("c{key}")]), |_| {});
         }
         assert_eq!(matches(&subs, Target::Token("c4242".into())), vec![4242]);
         assert_eq!(subs.count_exact("all"), 100_000);

@@ -467,6 +467,10 @@ fn a_bad_url_refused_credentials_or_no_redis_stop_the_start_with_one_line() {
     let right = format!("redis://:right@127.0.0.1:{}", redis.port);
     let node = Server::start(&["--cluster", &right]);
     assert_eq!(node.tcp_json("tcpstatus")["cluster"]["connected"], true);
+    // The tail logs in on its own connection too, and reads what is published.
+    let mut client = node.subscribe("subscribe=t");
+    node.publish("t=past the password");
+    assert_eq!(client.next_data(), "past the password");
 }
 
 #[test]

@@ -444,3 +444,46 @@ fn a_message_published_before_a_handshake_never_reaches_that_client() {
         observer.expect_data(&format!("after-{round}"));
     }
 }
+
+/// A targeted event goes only to the workers that hold a subscriber of its tokens (issue 25);
+/// every client it reaches, on whichever worker, still gets it, through rounds of closes and
+/// subscribes in which tokens leave a worker and come back on it or on another.
+#[test]
+fn targeted_events_reach_every_matching_client_on_every_worker_through_churn() {
+    const WORKERS: u64 = 4;
+    let server = Server::start(&["--workers", "4", "--log-level", "0"]);
+    let mut clients: Vec<(String, SseClient)> = Vec::new();
+    let mut workers_seen = BTreeSet::new();
+    for round in 0..6 {
+        // Every other client closes; half of their tokens come back on new connections.
+        let (closed, kept): (Vec<_>, Vec<_>) =
+            clients.into_iter().enumerate().partition(|(n, _)| n % 2 == round % 2);
+        clients = kept.into_iter().map(|(_, client)| client).collect();
+        let closed: Vec<String> = closed.into_iter().map(|(_, (token, _))| token).collect();
+        let open = server.wait_json("tcpnumberofclients", "numberofclients", clients.len() as u64);
+        assert_eq!(open["numberofclients"], clients.len(), "round {round}: the closes were seen");
+        let (back, gone) = closed.split_at(closed.len() / 2);
+        let fresh = (0..12).map(|k| format!("u{round}x{k}"));
+        for token in back.iter().cloned().chain(fresh) {
+            let client = server.subscribe(&format!("subscribe={token}-room&id={token}"));
+            clients.push((token, client));
+        }
+        let rows = server.tcp_json("tcpclientlist");
+        workers_seen
+            .extend(rows["clients"].as_array().unwrap().iter().map(|r| r["worker"].as_u64().unwrap()));
+        // One event per token, one to each token now gone (nobody gets those), one to a prefix
+        // every client's token starts, and one to the room.
+        let mut lines: String = clients.iter().map(|(token, _)| format!("{token}=own-{round}\n")).collect();
+        lines.extend(gone.iter().map(|token| format!("{token}=gone-{round}\n")));
+        lines.push_str(&format!("u*=prefix-{round}\nroom=room-{round}\n"));
+        assert_eq!(server.control(&lines), "");
+        for (token, client) in &mut clients {
+            for expected in [format!("own-{round}"), format!("prefix-{round}"), format!("room-{round}")] {
+                let event =
+                    client.try_next_event(WAIT).unwrap_or_else(|e| panic!("{token}, round {round}: {e:?}"));
+                assert_eq!(event.data, expected, "{token}, round {round}");
+            }
+        }
+    }
+    assert_eq!(workers_seen, (0..WORKERS).collect(), "clients on every worker");
+}

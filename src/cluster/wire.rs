@@ -1,0 +1,210 @@
+//! The tail's own connection to Redis: a blocking socket (TCP, TLS or Unix) whose replies it
+//! reads as bytes.
+//!
+//! Owns connecting as the Redis client does for the same URL (the client parses it: address,
+//! TLS, user, password, database), sending commands the client encodes, and reading a reply
+//! into a buffer until `resp` finds it whole. Why a socket of its own: the client's blocking
+//! connection hands a reply only as its values, a value per field of every entry, which was
+//! most of the tail's time; it offers no way to the bytes. Everything else of the cluster (the
+//! start, the outbox) keeps the client's connections. It does not decide what to send or what
+//! a reply means.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use redis::{ConnectionAddr, ConnectionInfo};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use super::resp::{self, RespError};
+use super::{CONNECT_TIMEOUT, REPLY_TIMEOUT};
+
+/// How much one read asks the socket for at least.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why the connection failed or is no longer to be trusted: the tail reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Redis did not answer in time (frozen, or the network).
+    #[error("no reply within {} s", REPLY_TIMEOUT.as_secs())]
+    Timeout,
+    /// Redis closed the connection.
+    #[error("Redis closed the connection")]
+    Closed,
+    /// The socket failed.
+    #[error("{0}")]
+    Io(io::Error),
+    /// The reply was an error, or not understood.
+    #[error("{0}")]
+    Reply(#[from] RespError),
+    /// A connection of a kind this side cannot make (the client refuses it too).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> WireError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => WireError::Timeout,
+            io::ErrorKind::UnexpectedEof => WireError::Closed,
+            _ => WireError::Io(e),
+        }
+    }
+}
+
+/// The socket under the connection.
+enum Socket {
+    Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(socket) => socket.read(buf),
+            Socket::Tls(socket) => socket.read(buf),
+            Socket::Unix(socket) => socket.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Socket::Tcp(socket) => socket.write_all(bytes),
+            Socket::Tls(socket) => socket.write_all(bytes).and_then(|()| socket.flush()),
+            Socket::Unix(socket) => socket.write_all(bytes),
+        }
+    }
+}
+
+/// A connection, and what it read past the last reply taken.
+pub struct Wire {
+    socket: Socket,
+    buf: Vec<u8>,
+    /// Where the bytes not taken yet start in `buf`.
+    start: usize,
+}
+
+impl Wire {
+    /// Connects to where `info` says, over TLS when it says so, and logs in as it says, every
+    /// step under the client's timeouts.
+    pub fn connect(info: &ConnectionInfo) -> Result<Wire, WireError> {
+        let socket = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Socket::Tcp(tcp(host, *port)?),
+            ConnectionAddr::TcpTls { host, port, insecure: false, .. } => {
+                Socket::Tls(Box::new(tls(host, tcp(host, *port)?)?))
+            }
+            ConnectionAddr::Unix(path) => {
+                let socket = UnixStream::connect(path)?;
+                socket.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                socket.set_write_timeout(Some(REPLY_TIMEOUT))?;
+                Socket::Unix(socket)
+            }
+            other => return Err(WireError::Unsupported(format!("cannot tail the stream over {other}"))),
+        };
+        let mut wire = Wire { socket, buf: Vec::with_capacity(READ_CHUNK), start: 0 };
+        let redis = info.redis_settings();
+        if let Some(password) = redis.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = redis.username() {
+                auth.arg(user);
+            }
+            wire.command(auth.arg(password))?;
+        }
+        if redis.db() != 0 {
+            wire.command(redis::cmd("SELECT").arg(redis.db()))?;
+        }
+        Ok(wire)
+    }
+
+    /// Sends a command.
+    pub fn send(&mut self, command: &redis::Cmd) -> Result<(), WireError> {
+        Ok(self.socket.write_all(&command.get_packed_command())?)
+    }
+
+    /// Reads the next reply whole: its bytes, taken (the next call reads past them).
+    pub fn reply(&mut self) -> Result<&[u8], WireError> {
+        let used = loop {
+            match resp::reply_len(&self.buf[self.start..])? {
+                Some(used) => break used,
+                None => self.fill()?,
+            }
+        };
+        let at = self.start;
+        self.start += used;
+        Ok(&self.buf[at..at + used])
+    }
+
+    /// Sends a command whose reply is a status (`+OK`).
+    fn command(&mut self, command: &redis::Cmd) -> Result<(), WireError> {
+        self.send(command)?;
+        resp::status_reply(self.reply()?)?.whole()?;
+        Ok(())
+    }
+
+    /// Reads what the socket has (waiting up to the reply timeout), after the bytes not taken.
+    fn fill(&mut self) -> Result<(), WireError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK.max(len), 0);
+        let read = loop {
+            // A signal (a SIGSTOP and SIGCONT, say) ends the wait early: nothing was lost.
+            match self.socket.read(&mut self.buf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => break read,
+            }
+        };
+        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        match read? {
+            0 => Err(WireError::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A TCP connection with the client's timeouts, sending at once (no Nagle).
+fn tcp(host: &str, port: u16) -> Result<TcpStream, WireError> {
+    let mut last = None;
+    for address in std::net::ToSocketAddrs::to_socket_addrs(&(host, port))? {
+        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+            Ok(socket) => {
+                socket.set_nodelay(true)?;
+                socket.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                socket.set_write_timeout(Some(REPLY_TIMEOUT))?;
+                return Ok(socket);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| WireError::Unsupported(format!("{host} has no address")), WireError::from))
+}
+
+/// TLS over `socket` to `host`, trusting the system's certificates (`SSL_CERT_FILE` names
+/// others), as the client does.
+fn tls(host: &str, socket: TcpStream) -> Result<StreamOwned<ClientConnection, TcpStream>, WireError> {
+    let tls_error = |e: &dyn std::fmt::Display| WireError::Io(io::Error::other(format!("TLS: {e}")));
+    let found = rustls_native_certs::load_native_certs();
+    if let Some(e) = found.errors.first() {
+        return Err(tls_error(e));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in found.certs {
+        roots.add(cert).map_err(|e| tls_error(&e))?;
+    }
+    // The provider the server's own TLS uses (`crate::tls`), named rather than left to the
+    // process default, which is not set when more than one provider is built in.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string()).map_err(|e| tls_error(&e))?;
+    let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error(&e))?;
+    Ok(StreamOwned::new(connection, socket))
+}
