@@ -263,8 +263,8 @@ mod tests {
         let mut subs = index();
         assert_eq!(subs.count_reached("room1"), 2, "its subscriber and the * one");
         assert_eq!(subs.count_reached("nobody"), 1);
-        subs.add(stream(7), tokens(&["*", "room1"]));
-        subs.add(stream(8), tokens(&["room1"]));
+        subs.add(stream(7), tokens(&["*", "room1"]), |_| {});
+        subs.add(stream(8), tokens(&["room1"]), |_| {});
         assert_eq!(subs.count_reached("room1"), 4, "stream 7 is in both, counted once");
         for token in ["room1", "room2", "user1", "nobody"] {
             assert_eq!(subs.count_reached(token), {
