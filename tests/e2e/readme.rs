@@ -51,8 +51,10 @@ fn the_first_command_starts_the_server_with_the_defaults() {
     assert!(size <= MAX_BINARY, "{} is {size} bytes, over {MAX_BINARY}", binary.display());
 }
 
-/// The most the release binary may weigh.
-const MAX_BINARY: u64 = 8 * 1024 * 1024;
+/// The most the release binary may weigh: 6.4 MB at issue 20, 8.4 MB once it had the auth
+/// hook's HTTPS client (ureq and Mozilla's roots) and the cluster tail's own connection; a
+/// bound against debug information coming back, not a budget to fill.
+const MAX_BINARY: u64 = 10 * 1024 * 1024;
 
 /// The shell lines of the ```sh blocks of a Markdown text.
 fn shell_lines(markdown: &str) -> Vec<&str> {
