@@ -10,6 +10,7 @@
 
 mod cache;
 mod client;
+mod job;
 mod plain;
 mod pool;
 
@@ -23,7 +24,8 @@ use crate::http::{self, MAX_HEADERS};
 use crate::limits::{MAX_ID_LEN, MAX_REQUEST_HEAD, MAX_TOKEN_LEN};
 
 pub use cache::Cache;
-pub use pool::{AuthHook, HookError, Job, Reply, Ticket, Verdict, QUEUE, THREADS};
+pub use job::{Job, Reply, Ticket, Verdict};
+pub use pool::{AuthHook, HookError, QUEUE, THREADS};
 
 /// The most bytes of a backend's answer read; a longer one is a failure.
 pub const MAX_ANSWER: u64 = 64 * 1024;

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::client::{read_response, write_request, AskError, BadAnswer, Progress, Response, Target};
-use super::pool::{Bell, Job, Verdict};
+use super::job::{Bell, Job, Verdict};
 use super::{read_answer, unix_now, Answer, Cache};
 
 /// How many questions are asked at once: a slow backend holds up this many, not more.
