@@ -39,79 +39,55 @@ use crate::event::{Audience, Target};
 /// The token a client subscribes with to get every event.
 pub const EVERYTHING: &str = "*";
 
-/// Shards by number: one bit each, the first 64 inline (no allocation per token on a node of
-/// up to 64 workers: the view holds one per token subscribed to).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShardSet {
-    first: u64,
-    /// Shards from 64 on, 64 a word.
-    rest: Box<[u64]>,
-}
+/// Shards by number, one bit each for the first 64. Shards from 64 on are not told apart:
+/// every set holds them, so a targeted event always goes to them (on a node of more than 64
+/// workers, a needless send there, never a lost event). Eight bytes: the view holds one per
+/// token subscribed to, so on a node where every client has a token of its own, one per client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardSet(u64);
+
+/// The shards a [`ShardSet`] tells apart.
+const TOLD_APART: usize = 64;
 
 impl ShardSet {
     /// Adds `shard`.
     pub fn insert(&mut self, shard: usize) {
-        let Some(word) = shard.checked_sub(64).map(|beyond| beyond / 64) else {
-            self.first |= 1 << shard;
-            return;
-        };
-        if self.rest.len() <= word {
-            let mut rest = std::mem::take(&mut self.rest).into_vec();
-            rest.resize(word + 1, 0);
-            self.rest = rest.into_boxed_slice();
+        if shard < TOLD_APART {
+            self.0 |= 1 << shard;
         }
-        self.rest[word] |= 1 << (shard % 64);
     }
 
-    /// Takes `shard` out; true when none is left.
+    /// Takes `shard` out; true when none of the shards told apart is left.
     fn remove(&mut self, shard: usize) -> bool {
-        if let Some(word) = self.word_mut(shard) {
-            *word &= !(1 << (shard % 64));
+        if shard < TOLD_APART {
+            self.0 &= !(1 << shard);
         }
         self.is_empty()
     }
 
-    fn word_mut(&mut self, shard: usize) -> Option<&mut u64> {
-        match shard.checked_sub(64) {
-            None => Some(&mut self.first),
-            Some(beyond) => self.rest.get_mut(beyond / 64),
-        }
-    }
-
-    /// Whether `shard` is in.
+    /// Whether `shard` is in (every shard from 64 on is).
     pub fn contains(&self, shard: usize) -> bool {
-        let word = match shard.checked_sub(64) {
-            None => Some(self.first),
-            Some(beyond) => self.rest.get(beyond / 64).copied(),
-        };
-        word.is_some_and(|word| word & (1 << (shard % 64)) != 0)
+        shard >= TOLD_APART || self.0 & (1 << shard) != 0
     }
 
-    /// Whether no shard is in.
+    /// Whether none of the shards told apart is in.
     pub fn is_empty(&self) -> bool {
-        self.first == 0 && self.rest.iter().all(|&word| word == 0)
+        self.0 == 0
     }
 
     /// Adds every shard of `other`.
     fn add_all(&mut self, other: &ShardSet) {
-        self.first |= other.first;
-        if self.rest.len() < other.rest.len() {
-            let mut rest = std::mem::take(&mut self.rest).into_vec();
-            rest.resize(other.rest.len(), 0);
-            self.rest = rest.into_boxed_slice();
-        }
-        self.rest.iter_mut().zip(other.rest.iter()).for_each(|(word, theirs)| *word |= theirs);
+        self.0 |= other.0;
     }
 
     /// Whether every shard below `count` is in.
     fn holds_all(&self, count: usize) -> bool {
-        (0..count).all(|shard| self.contains(shard))
+        (0..count.min(TOLD_APART)).all(|shard| self.contains(shard))
     }
 
-    /// Empties it, keeping its room.
+    /// Empties it.
     pub fn clear(&mut self) {
-        self.first = 0;
-        self.rest.iter_mut().for_each(|word| *word = 0);
+        self.0 = 0;
     }
 }
 
@@ -133,6 +109,10 @@ struct Held {
 impl Reach {
     /// Shard `shard` now has a stream listening to `token` (its first).
     pub fn hold(&self, shard: usize, token: &Arc<str>) {
+        if shard >= TOLD_APART {
+            // It gets every targeted event: nothing to note.
+            return;
+        }
         let mut held = self.held.write();
         if &**token == EVERYTHING {
             held.everything.insert(shard);
@@ -147,6 +127,9 @@ impl Reach {
 
     /// Shard `shard`'s last stream listening to `token` is gone.
     pub fn let_go(&self, shard: usize, token: &str) {
+        if shard >= TOLD_APART {
+            return;
+        }
         let mut held = self.held.write();
         if token == EVERYTHING {
             held.everything.remove(shard);
@@ -246,13 +229,17 @@ mod tests {
     }
 
     #[test]
-    fn shards_past_sixty_four_have_their_bits() {
+    fn shards_past_sixty_four_get_every_targeted_event() {
         let reach = Reach::default();
-        reach.hold(64, &"t".into());
+        reach.hold(3, &"t".into());
         reach.hold(1000, &"t".into());
-        assert_eq!(shards(&reach, &[token("t")], 1024), [64, 1000]);
-        reach.let_go(64, "t");
-        assert_eq!(shards(&reach, &[token("t")], 1024), [1000]);
+        let expected: Vec<usize> = std::iter::once(3).chain(64..1024).collect();
+        assert_eq!(shards(&reach, &[token("t")], 1024), expected);
+        assert_eq!(shards(&reach, &[token("u")], 1024), (64..1024).collect::<Vec<_>>(), "never skipped");
+        reach.let_go(1000, "t");
+        reach.let_go(3, "t");
+        assert!(!reach.held.read().by_token.contains_key("t"));
+        assert_eq!(std::mem::size_of::<ShardSet>(), 8);
     }
 
     proptest! {
