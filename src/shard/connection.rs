@@ -114,8 +114,8 @@ pub struct Connection {
     /// Where it is in its life.
     pub phase: Phase,
     /// The request bytes received so far: while handshaking, or a reinit request while
-    /// streaming. Empty (no allocation) the rest of the time.
-    pub request: Vec<u8>,
+    /// streaming.
+    pub request: RequestBytes,
     /// Bytes the socket has not taken yet.
     pub outbox: Outbox,
     /// The interest the socket is registered with, to re-register only on change.
@@ -130,6 +130,36 @@ pub struct Connection {
     /// handshake: a client that matches a publish through several tokens gets it once, and a
     /// client never gets what was published before it subscribed.
     pub last_publish: u64,
+}
+
+/// A request's bytes as they arrive. A streaming connection holds none, most of its life, and
+/// then costs its slot one pointer rather than an empty `Vec`'s three words: the slab holds a
+/// slot per connection, idle ones included.
+#[derive(Debug, Default)]
+// The box is the point: one pointer in the slot while empty; a request pays its allocation.
+#[allow(clippy::box_collection)]
+pub struct RequestBytes(Option<Box<Vec<u8>>>);
+
+impl RequestBytes {
+    /// Adds bytes that arrived.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.0.get_or_insert_with(Box::default).extend_from_slice(bytes);
+    }
+
+    /// What arrived so far.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether nothing arrived.
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// Forgets them, and their room.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
 }
 
 /// What a handshaked client told us about itself, and what it has received.
@@ -238,7 +268,7 @@ impl Connection {
             peer,
             serial,
             phase: Phase::Handshaking,
-            request: Vec::new(),
+            request: RequestBytes::default(),
             outbox: Outbox::default(),
             registered: Interest::READABLE,
             connected_at: now,

@@ -144,10 +144,10 @@ impl Shard {
             debug!("Data ignored from {} ({n} bytes)", conn.peer);
             return;
         }
-        conn.request.extend_from_slice(&self.read_buf[..n]);
-        let judgement = http::judge(&conn.request, &self.settings.route);
+        conn.request.extend(&self.read_buf[..n]);
+        let judgement = http::judge(conn.request.bytes(), &self.settings.route);
         if judgement != Judgement::Incomplete && tracing::enabled!(tracing::Level::DEBUG) {
-            debug!("Request from {}: {}", conn.peer, request_line(&conn.request));
+            debug!("Request from {}: {}", conn.peer, request_line(conn.request.bytes()));
         }
         self.answer(key, judgement);
     }
@@ -254,7 +254,7 @@ impl Shard {
     fn answer_last(&mut self, key: ConnKey, reply: Bytes) {
         self.stop_streaming(key);
         let conn = &mut self.connections[key];
-        conn.request = Vec::new();
+        conn.request.clear();
         conn.phase = Phase::Closing;
         conn.outbox.push(reply);
         self.flush(key);
@@ -295,7 +295,7 @@ impl Shard {
         let replay = resume
             .map(|from| (from, self.state.history.read().replay(from, client.tokens(), client.id(), now)));
         conn.client = client;
-        conn.request = Vec::new();
+        conn.request.clear();
         conn.phase = Phase::Streaming;
         conn.handshaked_at = Some(seconds(self.started, now));
         conn.outbox.push(self.settings.responses.handshake.clone());
