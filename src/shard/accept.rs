@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -112,9 +112,7 @@ impl Shard {
         loop {
             match attempt(|| self.listener.accept()) {
                 // `[::]` listeners see IPv4 clients as `::ffff:a.b.c.d`; show them as hasses did.
-                Ok(Some((socket, peer))) => {
-                    self.admit(socket, Peer(SocketAddr::new(peer.ip().to_canonical(), peer.port())))
-                }
+                Ok(Some((socket, peer))) => self.admit(socket, Peer::new(peer)),
                 Ok(None) => return,
                 Err(e) if is_out_of_descriptors(&e) => return self.pause_accepting(&e),
                 // The client gave up before we took it (ECONNABORTED and the like): next one.
@@ -146,7 +144,7 @@ impl Shard {
     pub(super) fn unaccount(&self, peer: Peer) {
         self.state.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(limit) = &self.per_ip {
-            limit.close(peer.0.ip());
+            limit.close(peer.ip());
         }
     }
 
@@ -156,7 +154,7 @@ impl Shard {
             self.state.open.fetch_sub(1, Ordering::Relaxed);
             return self.refuse(socket, peer, Overload::Connections);
         }
-        if self.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.0.ip())) {
+        if self.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.ip())) {
             self.state.open.fetch_sub(1, Ordering::Relaxed);
             return self.refuse(socket, peer, Overload::ConnectionsPerIp);
         }

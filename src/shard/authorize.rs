@@ -71,7 +71,7 @@ impl Shard {
             return self.subscribe_granted(key, request, sub, granted.map(|granted| granted.expires));
         };
         let conn = &self.connections[key];
-        let Some(question) = auth_hook::question(conn.request.bytes(), conn.peer.0) else {
+        let Some(question) = auth_hook::question(conn.request.bytes(), conn.peer.addr()) else {
             return self.close(key, "request head unreadable for the auth backend");
         };
         let parked = Parked { serial: conn.serial, request, granted };

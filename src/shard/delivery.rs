@@ -295,7 +295,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let other_end = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (socket, addr) = listener.accept().unwrap();
-        let mut conn = Connection::accepted(mio::net::TcpStream::from_std(socket), None, Peer(addr), 1, 0);
+        let mut conn =
+            Connection::accepted(mio::net::TcpStream::from_std(socket), None, Peer::new(addr), 1, 0);
         conn.phase = Phase::Streaming;
         let id = Some(id.to_string()).filter(|id| !id.is_empty());
         conn.client = Client::from_request(Subscribe {

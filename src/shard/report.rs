@@ -118,7 +118,7 @@ impl Shard {
         tokens.sort_by_key(|t| t != EVERYTHING);
         ClientRow {
             fd: conn.socket.as_raw_fd(),
-            peer: conn.peer.0,
+            peer: conn.peer.addr(),
             state: conn.state_code(),
             tls: conn.tls_summary(),
             messages: client.messages,
