@@ -88,10 +88,15 @@ impl Notice {
     /// The event's data: `{"id":…,"sub":…}`; in a cluster also the `node` whose client it is,
     /// which every node's tail reads (see [`ClusterRoster`]) and takes out.
     pub fn data(&self, node: Option<&str>) -> String {
-        match node {
-            Some(node) => serde_json::json!({ "id": self.id, "sub": self.sub, "node": node }).to_string(),
-            None => serde_json::json!({ "id": self.id, "sub": self.sub }).to_string(),
-        }
+        notice_data(&self.id, self.sub.as_deref(), node)
+    }
+}
+
+/// A notice's data as clients get it (`node`: `None`) or as a node publishes it in a cluster.
+fn notice_data(id: &str, sub: Option<&str>, node: Option<&str>) -> String {
+    match node {
+        Some(node) => serde_json::json!({ "id": id, "sub": sub, "node": node }).to_string(),
+        None => serde_json::json!({ "id": id, "sub": sub }).to_string(),
     }
 }
 
@@ -144,7 +149,7 @@ impl ClusterRoster {
         if nodes.is_empty() {
             self.nodes.remove(&key);
         }
-        announce.then(|| serde_json::json!({ "id": notice.id, "sub": notice.sub }).to_string().into_bytes())
+        announce.then(|| notice_data(&notice.id, notice.sub.as_deref(), None).into_bytes())
     }
 }
 
