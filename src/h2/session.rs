@@ -481,7 +481,7 @@ impl<T: Default> Session<T> {
         events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
-        if head.stream == 0 || head.stream % 2 == 0 {
+        if head.stream == 0 || head.stream.is_multiple_of(2) {
             return fail(ErrorCode::ProtocolError, "HEADERS on stream 0 or an even stream");
         }
         let mut fragment = unpad(head, payload)?;
