@@ -10,9 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use slab::Slab;
 
 use super::keys::ConnKey;
-use super::multiplex::Multiplex;
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
+use crate::h2::fields::RequestHead;
+use crate::h2::Session;
 use crate::http::Subscribe;
 use mio::net::TcpStream;
 use mio::Interest;
@@ -41,6 +42,27 @@ impl Phase {
             Phase::Multiplexed => "H2",
         }
     }
+}
+
+/// A connection's HTTP/2 session; its streams carry an [`H2Stream`] each.
+pub type Multiplex = Session<H2Stream>;
+
+/// What the shard keeps on an HTTP/2 stream: what a connection keeps on its one stream over
+/// HTTP/1.1.
+#[derive(Debug, Default)]
+pub struct H2Stream {
+    /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
+    pub phase: Phase,
+    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
+    pub serial: u32,
+    /// What it subscribed to and who it is.
+    pub client: Client,
+    /// As [`super::connection::Connection::last_publish`].
+    pub last_publish: u64,
+    /// When it subscribed, in seconds on the shard's clock.
+    pub handshaked_at: Option<u32>,
+    /// Its request, while the backend is asked about it (`--auth-url`).
+    pub head: Option<Box<RequestHead>>,
 }
 
 /// A shard's connections, by key: the one place that maps keys to slab places.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::connection::{Client, Phase};
+use super::connection::{Client, H2Stream, Phase};
 use super::keys::{ConnKey, StreamKey};
 use super::stalls::STALL_TIMEOUT;
 use super::{millis, Shard};
@@ -23,27 +23,6 @@ use crate::h2::{Event, Limits, Session};
 use crate::http::{self, Judgement, Reject, Responses};
 use crate::limits::MAX_REQUEST_HEAD;
 use crate::sse::{self, Frame};
-
-/// A connection's HTTP/2 session; its streams carry an [`H2Stream`] each.
-pub(super) type Multiplex = Session<H2Stream>;
-
-/// What the shard keeps on an HTTP/2 stream: what a connection keeps on its one stream over
-/// HTTP/1.1.
-#[derive(Debug, Default)]
-pub(super) struct H2Stream {
-    /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
-    pub phase: Phase,
-    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
-    pub serial: u32,
-    /// What it subscribed to and who it is.
-    pub client: Client,
-    /// As [`super::connection::Connection::last_publish`].
-    pub last_publish: u64,
-    /// When it subscribed, in seconds on the shard's clock.
-    pub handshaked_at: Option<u32>,
-    /// Its request, while the backend is asked about it (`--auth-url`).
-    pub head: Option<Box<RequestHead>>,
-}
 
 /// What the shard's HTTP/2 connections are set up with.
 #[derive(Debug, Clone)]
