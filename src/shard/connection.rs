@@ -53,7 +53,8 @@ pub type Multiplex = Session<H2Stream>;
 pub struct H2Stream {
     /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
     pub phase: Phase,
-    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
+    /// Tells this stream from a later one in the same slot (timers and tickets hold one); 0
+    /// until its request is judged.
     pub serial: u32,
     /// What it subscribed to and who it is.
     pub client: Client,
@@ -147,6 +148,9 @@ pub struct Connection {
     pub serial: u32,
     /// Where it is in its life.
     pub phase: Phase,
+    /// Over HTTP/2: how many of its streams past the first are counted against the connection
+    /// limits, as connections are.
+    pub charged_streams: u16,
     /// The request bytes received so far: while handshaking, or a reinit request while
     /// streaming.
     pub request: RequestBytes,
@@ -335,6 +339,7 @@ impl Connection {
             peer,
             serial,
             phase: Phase::Handshaking,
+            charged_streams: 0,
             request: RequestBytes::default(),
             outbox: Outbox::default(),
             registered: Interest::READABLE,

@@ -364,6 +364,7 @@ impl Shard {
         self.stalls.release(key);
         self.waiting.forget(StreamKey::on(key));
         self.held_back.remove(&key);
+        self.uncharge_streams(key);
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
         self.unaccount(conn.peer);
@@ -378,7 +379,8 @@ impl Shard {
     }
 
     fn new_serial(&mut self) -> u32 {
-        self.next_serial = self.next_serial.wrapping_add(1);
+        // Never 0: an HTTP/2 stream's serial is 0 until its request is judged.
+        self.next_serial = self.next_serial.wrapping_add(1).max(1);
         self.next_serial
     }
 
