@@ -148,9 +148,6 @@ pub struct Connection {
     pub serial: u32,
     /// Where it is in its life.
     pub phase: Phase,
-    /// Over HTTP/2: how many of its streams past the first are counted against the connection
-    /// limits, as connections are.
-    pub charged_streams: u16,
     /// The request bytes received so far: while handshaking, or a reinit request while
     /// streaming.
     pub request: RequestBytes,
@@ -339,7 +336,6 @@ impl Connection {
             peer,
             serial,
             phase: Phase::Handshaking,
-            charged_streams: 0,
             request: RequestBytes::default(),
             outbox: Outbox::default(),
             registered: Interest::READABLE,

@@ -177,7 +177,7 @@ impl Shard {
     /// new one; an error when it is over a limit (and is then refused).
     fn charge_streams(&mut self, key: ConnKey) -> Result<(), Overload> {
         let conn = &self.connections[key];
-        let (peer, charged) = (conn.peer, conn.charged_streams);
+        let (peer, charged) = (conn.peer, self.charged.get(&key).copied().unwrap_or(0));
         // The streams judged before this one (a serial is given when a stream is judged): with
         // it, that many are past the first. Several may have come in one read.
         let wanted =
@@ -192,14 +192,17 @@ impl Shard {
             counted += 1;
             Ok(())
         });
-        self.connections[key].charged_streams = counted;
+        match counted {
+            0 => self.charged.remove(&key),
+            _ => self.charged.insert(key, counted),
+        };
         result
     }
 
     /// Takes back what `key`'s streams were counted for (the connection is closing).
     pub(super) fn uncharge_streams(&mut self, key: ConnKey) {
-        let conn = &mut self.connections[key];
-        let (peer, charged) = (conn.peer, std::mem::take(&mut conn.charged_streams));
+        let Some(charged) = self.charged.remove(&key) else { return };
+        let peer = self.connections[key].peer;
         for _ in 0..charged {
             self.unaccount(peer);
         }
