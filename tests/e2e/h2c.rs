@@ -15,7 +15,7 @@ use hasses::h2::frame::{self, setting, ErrorCode, Head, Kind, HEAD_LEN, PREFACE}
 use crate::common::{Server, WAIT};
 
 /// A client of one HTTP/2 connection: it writes frames and reads them one at a time.
-struct Client {
+pub struct Client {
     socket: TcpStream,
     decoder: loona_hpack::Decoder<'static>,
     input: Vec<u8>,
@@ -23,23 +23,23 @@ struct Client {
 
 /// A frame read: its header, and its payload (a header block decoded into `fields`).
 #[derive(Debug)]
-struct Frame {
-    head: Head,
-    payload: Vec<u8>,
-    fields: Vec<(String, String)>,
+pub struct Frame {
+    pub head: Head,
+    pub payload: Vec<u8>,
+    pub fields: Vec<(String, String)>,
 }
 
 impl Frame {
-    fn is(&self, kind: Kind, stream: u32) -> bool {
+    pub fn is(&self, kind: Kind, stream: u32) -> bool {
         self.head.kind == kind as u8 && self.head.stream == stream
     }
 
-    fn status(&self) -> Option<&str> {
+    pub fn status(&self) -> Option<&str> {
         self.fields.iter().find(|(name, _)| name == ":status").map(|(_, value)| value.as_str())
     }
 
     /// The error code of a RST_STREAM, or of a GOAWAY.
-    fn code(&self) -> u32 {
+    pub fn code(&self) -> u32 {
         let at = if self.head.kind == Kind::GoAway as u8 { 4 } else { 0 };
         u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
     }
@@ -47,7 +47,7 @@ impl Frame {
 
 impl Client {
     /// Connects with the preface and `settings`, and gives the connection a large window.
-    fn connect(server: &Server, settings: &[(u16, u32)]) -> Client {
+    pub fn connect(server: &Server, settings: &[(u16, u32)]) -> Client {
         let socket = TcpStream::connect(("127.0.0.1", server.sse_port)).expect("connect");
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut client = Client { socket, decoder: loona_hpack::Decoder::new(), input: Vec::new() };
@@ -60,7 +60,12 @@ impl Client {
     }
 
     /// Opens `stream` with a GET of `path`.
-    fn get(&mut self, stream: u32, path: &str) {
+    pub fn get(&mut self, stream: u32, path: &str) {
+        self.get_with(stream, path, &[]);
+    }
+
+    /// Opens `stream` with a GET of `path` and these more fields.
+    pub fn get_with(&mut self, stream: u32, path: &str, more: &[(&str, &str)]) {
         let fields = [
             (":method", &b"GET"[..]),
             (":scheme", b"http"),
@@ -68,12 +73,13 @@ impl Client {
             (":authority", b"localhost"),
             ("user-agent", b"h2c-test"),
         ];
+        let more = more.iter().map(|(name, value)| (*name, value.as_bytes()));
         let flags = frame::END_HEADERS | frame::END_STREAM;
-        self.send(&frame::frame(Kind::Headers, flags, stream, &encode_block(fields)));
+        self.send(&frame::frame(Kind::Headers, flags, stream, &encode_block(fields.into_iter().chain(more))));
     }
 
     /// The next frame, `None` when none came within `within` or the server closed.
-    fn next(&mut self, within: Duration) -> Option<Frame> {
+    pub fn next(&mut self, within: Duration) -> Option<Frame> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(frame) = self.take() {
@@ -109,7 +115,7 @@ impl Client {
     }
 
     /// The first frame `wanted` takes, skipping the others; panics when none comes in time.
-    fn until(&mut self, what: &str, wanted: impl Fn(&Frame) -> bool) -> Frame {
+    pub fn until(&mut self, what: &str, wanted: impl Fn(&Frame) -> bool) -> Frame {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             match self.next(Duration::from_millis(200)) {
@@ -123,7 +129,7 @@ impl Client {
     }
 
     /// The SSE text of the DATA frames on `stream`, until one holds `text`.
-    fn data_until(&mut self, stream: u32, text: &str) -> String {
+    pub fn data_until(&mut self, stream: u32, text: &str) -> String {
         let mut got = String::new();
         while !got.contains(text) {
             let frame =
@@ -264,4 +270,36 @@ fn without_http2_the_preface_is_refused_as_before() {
     let server = Server::start(&["--no-http2"]);
     let reply = server.request(&[PREFACE, &frame::settings(&[])].concat());
     assert_eq!(reply.head.status, 501, "{:?}", reply.head);
+}
+
+#[test]
+fn a_stream_resumes_from_its_last_event_id() {
+    let server = Server::start(&[]);
+    server.publish("t=one");
+    server.publish("t=two");
+    let mut first = Client::connect(&server, &[]);
+    first.get(1, "/sse?subscribe=t&lastEventId=earliest");
+    let replay = first.data_until(1, "data: two");
+    let id_of_one = replay.lines().next().unwrap().trim_start_matches("id: ").to_owned();
+    let mut again = Client::connect(&server, &[]);
+    again.get_with(1, "/sse?subscribe=t", &[("last-event-id", &id_of_one)]);
+    let resumed = again.data_until(1, "data: two");
+    assert!(!resumed.contains("data: one") && !resumed.contains("event: reset"), "{resumed:?}");
+}
+
+#[test]
+fn a_disconnect_order_resets_its_stream_and_spares_the_connections_others() {
+    let server = Server::start(&["--presence-events", "--presence-debounce", "0.2"]);
+    let mut client = Client::connect(&server, &[]);
+    client.get(1, "/sse?subscribe=room&id=watcher");
+    client.get(3, "/sse?subscribe=room&id=u42");
+    wait_status(&server, "sseconncli", 2);
+    assert_eq!(server.tcp_json("tcppresencecount:room")["count"], 2);
+    let answer = server.control("disconnect id=u42\n");
+    assert!(answer.contains("\"disconnected\":1"), "{answer}");
+    let reset = client.until("stream 3's reset", |f| f.is(Kind::RstStream, 3));
+    assert_eq!(reset.code(), ErrorCode::Cancel as u32);
+    client.data_until(1, "event: leave");
+    server.publish("room=after");
+    client.data_until(1, "data: after");
 }
