@@ -652,12 +652,16 @@ impl<T: Default> Session<T> {
             return;
         }
         let len = payload.len();
-        let free = stream.pending.is_none()
-            && len <= DEFAULT_MAX_FRAME
-            && (len as i64) <= i64::from(stream.window.min(connection_window));
+        let free =
+            stream.pending.is_none() && (len as i64) <= i64::from(stream.window.min(connection_window));
         if free {
+            // The common case: the windows take it whole, in frames of the largest size.
             stream.window -= len as i32;
             self.window -= len as i32;
+            let mut payload = payload;
+            while payload.len() > DEFAULT_MAX_FRAME {
+                data_frame(stream.id, payload.split_to(DEFAULT_MAX_FRAME), false, out);
+            }
             data_frame(stream.id, payload, false, out);
             return;
         }
@@ -872,6 +876,19 @@ mod tests {
         result.unwrap();
         assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
         assert_eq!((session.pending(), session.stalled_since()), (0, None));
+    }
+
+    #[test]
+    fn a_payload_larger_than_a_frame_goes_in_frames_of_the_largest_size() {
+        let (mut session, _) = opened(&[(setting::INITIAL_WINDOW_SIZE, 1 << 20)]);
+        feed(&mut session, &window_update(0, 1 << 20), 0).0.unwrap();
+        let (_, events, _) = feed(&mut session, &get(1), 0);
+        let [Event::Request { slot, .. }] = events[..] else { panic!() };
+        let mut sent = Vec::new();
+        session.send(slot, Bytes::from(vec![b'x'; 40_000]), 0, &mut |b| sent.push(b));
+        let lens: Vec<usize> = heads(&sent).iter().map(|h| h.len).collect();
+        assert_eq!(lens, [16_384, 16_384, 7_232]);
+        assert_eq!(session.pending(), 0);
     }
 
     #[test]
