@@ -285,7 +285,8 @@ impl<T: Default> Session<T> {
             buffered.extend_from_slice(input);
             let used = self.frames(&buffered, now, events, out)?;
             buffered.drain(..used);
-            self.incoming = buffered;
+            // An idle connection keeps no buffer.
+            self.incoming = if buffered.is_empty() { Vec::new() } else { buffered };
         }
         Ok(())
     }
@@ -370,7 +371,8 @@ impl<T: Default> Session<T> {
                 return fail(ErrorCode::FrameSizeError, "SETTINGS ACK with a payload");
             }
             // The client now has our table size: its next block starts by shrinking its table
-            // to nothing (RFC 7541 section 4.2), so ours is let go at once.
+            // to nothing (RFC 7541 section 4.2), so ours is let go at once, room and all.
+            self.decoder = Decoder::new();
             self.decoder.set_max_table_size(HEADER_TABLE_SIZE as usize);
             self.decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
             return Ok(());
