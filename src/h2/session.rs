@@ -253,9 +253,9 @@ impl<T: Default> Session<T> {
         self.streams.is_empty()
     }
 
-    /// Bytes held back by windows, over every stream.
-    pub fn pending(&self) -> usize {
-        self.streams.iter().filter_map(|(_, s)| s.pending.as_ref()).map(|p| p.bytes).sum()
+    /// Bytes `slot` holds back for its window.
+    pub fn held(&self, slot: usize) -> usize {
+        self.streams.get(slot).and_then(|s| s.pending.as_ref()).map_or(0, |p| p.bytes)
     }
 
     /// Takes in what the socket gave, acting on every whole frame: answers go to `out`, what
@@ -706,11 +706,12 @@ impl<T: Default> Session<T> {
     }
 
     /// The streams whose held-back data has waited since before `since` (the caller's
-    /// milliseconds): a client that stopped reading one stream and not the others.
-    pub fn stalled(&self, since: u64) -> Vec<usize> {
+    /// milliseconds), or grown past `most` bytes: a client that stopped reading one stream and
+    /// not the others.
+    pub fn stalled(&self, since: u64, most: usize) -> Vec<usize> {
         self.streams
             .iter()
-            .filter(|(_, stream)| stream.pending.as_ref().is_some_and(|p| p.since < since))
+            .filter(|(_, stream)| stream.pending.as_ref().is_some_and(|p| p.since < since || p.bytes > most))
             .map(|(slot, _)| slot)
             .collect()
     }
@@ -880,12 +881,17 @@ mod tests {
         let mut sent = Vec::new();
         session.send(slot, Bytes::from_static(b"0123456789abcdefghij"), 5, &mut |b| sent.push(b));
         assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
-        assert_eq!((session.pending(), session.stalled_since()), (10, Some(5)));
-        assert_eq!(session.stalled(6), [slot], "a stream waiting since 5 has stalled by 6");
+        assert_eq!((session.held(slot), session.stalled_since()), (10, Some(5)));
+        assert_eq!(session.stalled(6, usize::MAX), [slot], "a stream waiting since 5 has stalled by 6");
+        assert_eq!(
+            (session.stalled(5, 10), session.stalled(5, 9)),
+            (vec![], vec![slot]),
+            "or once over the most"
+        );
         let (result, _, sent) = feed(&mut session, &window_update(1, 100), 7);
         result.unwrap();
         assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
-        assert_eq!((session.pending(), session.stalled_since()), (0, None));
+        assert_eq!((session.held(slot), session.stalled_since()), (0, None));
     }
 
     #[test]
@@ -917,7 +923,7 @@ mod tests {
         session.send(slot, Bytes::from(vec![b'x'; 40_000]), 0, &mut |b| sent.push(b));
         let lens: Vec<usize> = heads(&sent).iter().map(|h| h.len).collect();
         assert_eq!(lens, [16_384, 16_384, 7_232]);
-        assert_eq!(session.pending(), 0);
+        assert_eq!(session.held(slot), 0);
     }
 
     #[test]
@@ -932,7 +938,7 @@ mod tests {
         }
         let streams: Vec<u32> = heads(&sent).iter().map(|h| h.stream).collect();
         assert_eq!(streams, [3], "stream 3 has a window; stream 1 waits");
-        assert_eq!(session.stalled(1), [slots[0]]);
+        assert_eq!(session.stalled(1, usize::MAX), [slots[0]]);
     }
 
     #[test]

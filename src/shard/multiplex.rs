@@ -313,19 +313,22 @@ impl Shard {
     }
 
     /// Resets the HTTP/2 streams whose client let their window stay shut with events waiting
-    /// for the stall time: a stalled stream never holds its connection's others.
+    /// for the stall time, or with more than `--max-backlog` waiting: a stalled stream never
+    /// holds its connection's others, nor the shard (its events wait on it, not on the socket).
     pub(super) fn reset_stalled_streams(&mut self, now: u64) {
         let since = now.saturating_sub(STALL_TIMEOUT.as_millis() as u64);
         let watched = std::mem::take(&mut self.held_back);
         let mut still = BTreeSet::new();
         for key in watched {
             let Some(h2) = self.connections.get(key).and_then(|conn| conn.h2.as_deref()) else { continue };
-            let (stalled, held) = (h2.stalled(since), h2.pending());
-            for stream in stalled.into_iter().filter_map(|slot| StreamKey::multiplexed(key, slot)) {
-                warn!(
-                    "Slow stream reset: {} ({held} bytes held back by its connection's windows)",
-                    self.connections[key].peer
-                );
+            let most = self.settings.max_backlog;
+            let stalled: Vec<(usize, usize)> =
+                h2.stalled(since, most).into_iter().map(|slot| (slot, h2.held(slot))).collect();
+            for (slot, held) in stalled {
+                let Some(stream) = StreamKey::multiplexed(key, slot) else { continue };
+                let why =
+                    if held > most { "over --max-backlog" } else { "its window shut past the stall time" };
+                warn!("Slow stream reset: {} ({held} bytes held back, {why})", self.connections[key].peer);
                 self.counters.dropped_slow_streams += 1;
                 self.reset_stream(stream, ErrorCode::Cancel);
             }

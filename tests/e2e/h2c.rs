@@ -225,7 +225,7 @@ fn a_stream_whose_window_stays_shut_is_reset_alone() {
     assert_eq!(reset.code(), ErrorCode::Cancel as u32);
     server.publish("t=second");
     client.data_until(3, "data: second");
-    server.log.wait_for_line(|line| line.contains("Slow stream reset"), WAIT);
+    server.log.wait_for_line(|line| line.contains("Slow stream reset") && line.contains("stall time"), WAIT);
     assert_eq!(server.tcp_json("tcpstatus")["droppedslowstreams"], 1);
 }
 
@@ -320,4 +320,21 @@ fn a_stop_says_goaway_then_ends_each_stream_with_a_time_to_come_back() {
     }
     assert!(client.next(WAIT).is_none(), "the connection closes once its streams ended");
     assert!(server.wait_exit(WAIT).is_some_and(|status| status.success()));
+}
+
+#[test]
+fn a_stream_holding_back_more_than_the_backlog_is_reset_at_once() {
+    let server = Server::start(&["--max-backlog", "4096"]);
+    let mut client = Client::connect(&server, &[(setting::INITIAL_WINDOW_SIZE, 0)]);
+    client.get(1, "/sse?subscribe=t");
+    wait_status(&server, "sseconncli", 1);
+    let started = Instant::now();
+    server.publish(&format!("t={}", "x".repeat(5000)));
+    let reset = client.until("the reset", |f| f.is(Kind::RstStream, 1));
+    assert_eq!(reset.code(), ErrorCode::Cancel as u32);
+    assert!(started.elapsed() < WAIT);
+    server.log.wait_for_line(
+        |line| line.contains("Slow stream reset") && line.contains("over --max-backlog"),
+        WAIT,
+    );
 }
