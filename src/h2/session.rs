@@ -478,7 +478,7 @@ impl<T: Default> Session<T> {
                 let code =
                     if increment == 0 { ErrorCode::ProtocolError } else { ErrorCode::FlowControlError };
                 if let Some(data) = self.reset(slot, code, out) {
-                    events.push(Event::Reset { slot, data });
+                    gone(events, slot, data);
                 }
                 return Ok(());
             }
@@ -632,7 +632,7 @@ impl<T: Default> Session<T> {
         self.flood.reset(now)?;
         if let Some(slot) = self.slot_of(head.stream) {
             let stream = self.streams.remove(slot);
-            events.push(Event::Reset { slot, data: stream.data });
+            gone(events, slot, stream.data);
         }
         Ok(())
     }
@@ -781,6 +781,19 @@ fn data_frame(stream: u32, payload: Bytes, end_stream: bool, out: &mut impl FnMu
     } else {
         out(Bytes::copy_from_slice(&head));
         out(payload);
+    }
+}
+
+/// Tells the caller stream `slot` is gone, unless it has not been told of the stream yet (it
+/// opened in the same bytes): then its request is taken back, and the caller never sees it.
+/// Either way a later stream in the same slot is told apart: its request comes after.
+fn gone<T>(events: &mut Vec<Event<T>>, slot: usize, data: T) {
+    let unseen = events
+        .iter()
+        .position(|event| matches!(event, Event::Request { slot: opened, .. } if *opened == slot));
+    match unseen {
+        Some(at) => drop(events.remove(at)),
+        None => events.push(Event::Reset { slot, data }),
     }
 }
 
@@ -958,6 +971,16 @@ mod tests {
             }
         }
         assert_eq!(code(result), ErrorCode::EnhanceYourCalm);
+    }
+
+    #[test]
+    fn a_stream_opened_and_reset_in_one_read_is_never_seen_and_its_slot_goes_to_the_next() {
+        let (mut session, _) = opened(&[]);
+        let input = [get(1), frame::rst_stream(1, ErrorCode::Cancel), get(3)].concat();
+        let (result, events, _) = feed(&mut session, &input, 0);
+        result.unwrap();
+        let [Event::Request { slot, head: Ok(_) }] = events[..] else { panic!("{events:?}") };
+        assert_eq!(session.stream(slot).unwrap().id, 3, "the one request left is stream 3's");
     }
 
     #[test]

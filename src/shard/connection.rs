@@ -30,6 +30,9 @@ pub enum Phase {
     Closing,
     /// Speaking HTTP/2: its streams have phases of their own.
     Multiplexed,
+    /// Told GOAWAY and its writing side shut: read (and dropped) until the client closes, so
+    /// that closing with its bytes unread does not reset the connection before it read ours.
+    Lingering,
 }
 
 impl Phase {
@@ -38,7 +41,7 @@ impl Phase {
         match self {
             Phase::Handshaking => "NEW",
             Phase::Streaming => "SSE",
-            Phase::Closing => "END",
+            Phase::Closing | Phase::Lingering => "END",
             Phase::Multiplexed => "H2",
         }
     }

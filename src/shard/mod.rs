@@ -329,6 +329,7 @@ impl Shard {
             None => conn.outbox.flush(&mut conn.socket),
         };
         match flushed {
+            Ok(Flushed::All) if conn.is_finished() && conn.h2.is_some() => self.linger(key),
             Ok(Flushed::All) if conn.is_finished() => self.close(key, "response complete"),
             Ok(_) => {
                 self.pace(key, queued);

@@ -115,6 +115,18 @@ impl Shard {
         self.flush(key);
     }
 
+    /// Shuts the writing side of `key`, whose GOAWAY is out, and reads until the client closes
+    /// (or the deadline [`Shard::end_multiplexed`] set): closing at once, with what it sent
+    /// still unread, would reset the connection, and the client could lose the GOAWAY.
+    pub(super) fn linger(&mut self, key: ConnKey) {
+        let conn = &mut self.connections[key];
+        conn.h2 = None;
+        conn.phase = Phase::Lingering;
+        if let Err(e) = conn.socket.shutdown(std::net::Shutdown::Write) {
+            self.close(key, &format!("cannot shut its writing side: {e}"));
+        }
+    }
+
     /// Takes every stream of `key` out of the index (its connection is ending).
     pub(super) fn stop_streams(&mut self, key: ConnKey) {
         let slots: Vec<usize> = match self.connections[key].h2.as_deref() {
