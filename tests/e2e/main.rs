@@ -32,6 +32,7 @@ mod examples;
 mod handshake;
 mod hardening;
 mod hardening_control;
+mod http2;
 mod layers;
 mod nginx;
 mod operations;
