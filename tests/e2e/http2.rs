@@ -62,13 +62,17 @@ impl H2Server {
     /// Waits until hasses counts `streams` HTTP/2 streams on `connections` connections, and
     /// returns the client list's stream rows; panics with the status, the list and `context`.
     fn wait_streams(&self, connections: u64, streams: u64, context: impl Fn() -> String) -> Vec<Value> {
-        let status = self.server.wait_json("tcpstatus", "http2_streams", streams);
-        let counts = (&status["http2_connections"], &status["http2_streams"], &status["sseconncli"]);
-        let expected = (&json!(connections), &json!(streams), &json!(streams));
-        assert_eq!(
-            counts,
-            expected,
-            "HTTP/2 connections, streams and streaming clients: {status}\n{}",
+        let expected = [connections, streams, streams].map(|n| json!(n));
+        let mut status = Value::Null;
+        let counted = common::holds_within(WAIT, || {
+            status = self.server.tcp_json("tcpstatus");
+            [&status["http2_connections"], &status["http2_streams"], &status["sseconncli"]]
+                == expected.each_ref()
+        });
+        assert!(
+            counted,
+            "not {connections} HTTP/2 connections with {streams} streams (http2_connections, http2_streams, \
+             sseconncli) within {WAIT:?}: {status}\n{}",
             context()
         );
         let rows = self.stream_rows();
@@ -427,6 +431,7 @@ const STRICT: &str = "tests/fixtures/h2_strict.py";
 const PYTHON: &str = "/usr/bin/python3";
 
 /// RFC 9113's error codes.
+const NO_ERROR: u64 = 0x0;
 const PROTOCOL_ERROR: u64 = 0x1;
 const FLOW_CONTROL_ERROR: u64 = 0x3;
 const FRAME_SIZE_ERROR: u64 = 0x6;
@@ -479,7 +484,8 @@ impl H2Server {
             .arg(repo_path(STRICT))
             .arg(scenario)
             .args(["--port", &self.server.sse_port.to_string()])
-            .args(["--control", &self.server.cport().to_string()]);
+            .args(["--control", &self.server.cport().to_string()])
+            .args(["--server-pid", &self.server.pid().to_string()]);
         if let Some(files) = &self.files {
             command.arg("--tls").arg(files.cert.path());
         }
@@ -686,4 +692,20 @@ fn strict_client_stream_over_the_limit_is_refused() {
     assert_eq!((seen.status(1), seen.status(3)), (Some(200), Some(200)), "{seen:?}");
     assert_eq!(seen.reset(5), Some(REFUSED_STREAM), "{seen:?}");
     assert!(seen.goaway_code().is_none(), "{seen:?}");
+}
+
+/// A stop with HTTP/2 streams open: GOAWAY NO_ERROR, then each stream ends with END_STREAM
+/// (after the `retry:` a drain tells), and the connection closes.
+#[test]
+#[ignore = "needs python3-h2: run by the README's test command"]
+fn strict_client_at_a_stop_gets_goaway_no_error_and_each_stream_ends() {
+    let mut h2 = H2Server::tls(&[]);
+    let seen = h2.strict("drain", None);
+    assert_eq!(seen.goaway_code(), Some(NO_ERROR), "{seen:?}");
+    let mut ended: Vec<u64> = seen.0["ended"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    ended.sort_unstable();
+    assert_eq!(ended, [1, 3], "each stream ended with END_STREAM: {seen:?}");
+    assert!(seen.reset(1).is_none() && seen.reset(3).is_none(), "ended, not reset: {seen:?}");
+    assert!(seen.closed(), "{seen:?}");
+    assert!(h2.server.wait_exit(WAIT).is_some_and(|status| status.success()), "{}", h2.server.log.dump());
 }
