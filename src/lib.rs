@@ -89,6 +89,7 @@ pub mod event;
 pub mod figures;
 pub mod forward;
 pub mod gate;
+pub mod h2;
 pub mod history;
 pub mod history_file;
 pub mod http;

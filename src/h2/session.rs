@@ -1,0 +1,793 @@
+//! One HTTP/2 connection's protocol state, server side (RFC 9113): frames in, events and frames
+//! out, flow control, and the limits that keep a client from costing us more than it is worth.
+//!
+//! Pure: bytes arrive through [`Session::receive`], frames leave through the `out` sink every
+//! call takes, and time is the caller's `now` in milliseconds. It knows nothing of SSE or of
+//! sockets: a stream carries a `T` of the caller's, which it hands back when the stream goes.
+//!
+//! # Limits (each a test)
+//! - A header block is at most [`MAX_BLOCK`] bytes encoded, however many CONTINUATION frames
+//!   it takes (the 2024 CONTINUATION flood), and at most `max_header_list` decoded (an HPACK
+//!   bomb is answered 431 on its stream, the table kept in step).
+//! - Streams reset by the client, or refused by us, at most [`MAX_RESETS`] per [`FLOOD_WINDOW`]
+//!   (Rapid Reset, CVE-2023-44487).
+//! - Frames that cost us work and carry nothing (SETTINGS, PING, PRIORITY, empty DATA or
+//!   CONTINUATION, WINDOW_UPDATE to a window we had not used), at most [`MAX_IDLE_FRAMES`] per
+//!   [`FLOOD_WINDOW`].
+//! - Past a limit, the connection is told GOAWAY ENHANCE_YOUR_CALM and closed.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use loona_hpack::Decoder;
+use slab::Slab;
+
+use super::fields::{decode_request, BlockError, RequestHead};
+use super::frame::{
+    self, setting, ErrorCode, Head, Kind, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, HEAD_LEN, MAX_WINDOW, PREFACE,
+};
+
+/// The most bytes of one header block, encoded, across its CONTINUATION frames.
+pub const MAX_BLOCK: usize = 16 * 1024;
+/// The most streams a client may reset (or have refused) per [`FLOOD_WINDOW`].
+pub const MAX_RESETS: u32 = 200;
+/// The most frames that carry nothing per [`FLOOD_WINDOW`].
+pub const MAX_IDLE_FRAMES: u32 = 1000;
+/// The span the flood counters count over, in milliseconds.
+pub const FLOOD_WINDOW: u64 = 10_000;
+/// The dynamic table we let the client's encoder use: the default, so that a first request
+/// sent before our SETTINGS arrive decodes the same.
+const HEADER_TABLE_SIZE: u32 = 4096;
+/// A payload up to this size goes out in one buffer with its DATA header; a larger one as the
+/// header and the shared payload.
+const COPY_BELOW: usize = 512;
+
+/// What a session is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the most a request's fields decode to.
+    pub max_header_list: usize,
+}
+
+/// Something the caller must act on, found in the bytes received.
+#[derive(Debug)]
+pub enum Event<T> {
+    /// A request opened stream `slot`. `Err(TooLarge)` is to be answered 431.
+    Request {
+        /// The stream's place, for [`Session::respond`], [`Session::send`] and the others.
+        slot: usize,
+        /// Its head, decoded and checked.
+        head: Result<RequestHead, BlockError>,
+    },
+    /// The client ended stream `slot` (RST_STREAM): it is gone, with what it carried.
+    Reset {
+        /// Its place, free now.
+        slot: usize,
+        /// What the caller kept on it.
+        data: T,
+    },
+    /// A request that breaks the protocol was refused with RST_STREAM (stream `id`).
+    Malformed {
+        /// The stream's id.
+        id: u32,
+        /// Why.
+        why: &'static str,
+    },
+    /// The client sent GOAWAY: it opens no more streams.
+    GoAway,
+}
+
+/// Why the connection ends: answered with GOAWAY and this code, then closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why} ({code:?})")]
+pub struct ConnectionError {
+    /// The GOAWAY's code.
+    pub code: ErrorCode,
+    /// For the log.
+    pub why: String,
+}
+
+fn fail<R>(code: ErrorCode, why: impl Into<String>) -> Result<R, ConnectionError> {
+    Err(ConnectionError { code, why: why.into() })
+}
+
+/// A stream of the connection.
+#[derive(Debug)]
+pub struct Stream<T> {
+    /// Its id.
+    pub id: u32,
+    /// How much more it may be sent (negative after the client shrank its windows).
+    window: i32,
+    /// DATA its window (or the connection's) holds back; `None` while nothing waits.
+    pending: Option<Box<Pending>>,
+    /// The caller's end was sent once the pending data is out.
+    ending: bool,
+    /// What the caller keeps on it.
+    pub data: T,
+}
+
+/// Payload waiting for a window to open.
+#[derive(Debug, Default)]
+struct Pending {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    /// Since when (the caller's milliseconds) it has been waiting.
+    since: u64,
+}
+
+/// A header block being received across HEADERS and CONTINUATION frames.
+#[derive(Debug)]
+struct Block {
+    stream: u32,
+    bytes: Vec<u8>,
+}
+
+/// The flood counters over the current window.
+#[derive(Debug, Default)]
+struct Flood {
+    started: u64,
+    resets: u32,
+    idle_frames: u32,
+}
+
+impl Flood {
+    fn roll(&mut self, now: u64) {
+        if now.saturating_sub(self.started) >= FLOOD_WINDOW {
+            *self = Flood { started: now, ..Flood::default() };
+        }
+    }
+
+    fn reset(&mut self, now: u64) -> Result<(), ConnectionError> {
+        self.roll(now);
+        self.resets += 1;
+        if self.resets > MAX_RESETS {
+            return fail(ErrorCode::EnhanceYourCalm, format!("more than {MAX_RESETS} streams reset in 10 s"));
+        }
+        Ok(())
+    }
+
+    fn idle_frame(&mut self, now: u64, kind: &str) -> Result<(), ConnectionError> {
+        self.roll(now);
+        self.idle_frames += 1;
+        if self.idle_frames > MAX_IDLE_FRAMES {
+            return fail(ErrorCode::EnhanceYourCalm, format!("flood of {kind} frames"));
+        }
+        Ok(())
+    }
+}
+
+/// One HTTP/2 connection, server side.
+pub struct Session<T> {
+    limits: Limits,
+    decoder: Decoder<'static>,
+    /// Preface bytes still expected.
+    preface_left: usize,
+    /// The client's SETTINGS came (the first frame must be one).
+    settings_seen: bool,
+    /// A frame not complete yet, between two reads; empty most of the time.
+    incoming: Vec<u8>,
+    block: Option<Block>,
+    /// How much more the connection may be sent.
+    window: i32,
+    /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
+    initial_window: i32,
+    streams: Slab<Stream<T>>,
+    /// The highest stream id the client opened.
+    last_id: u32,
+    /// We sent GOAWAY: no new stream is taken.
+    going_away: bool,
+    flood: Flood,
+}
+
+impl<T> std::fmt::Debug for Session<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("streams", &self.streams.len())
+            .field("last_id", &self.last_id)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+impl<T: Default> Session<T> {
+    /// A session for a connection whose first bytes are about to be read, and our SETTINGS,
+    /// which go out first.
+    pub fn new(limits: Limits, out: &mut impl FnMut(Bytes)) -> Session<T> {
+        let mut decoder = Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
+        out(Bytes::from(frame::settings(&[
+            (setting::MAX_CONCURRENT_STREAMS, limits.max_streams),
+            (setting::MAX_HEADER_LIST_SIZE, limits.max_header_list as u32),
+            (setting::HEADER_TABLE_SIZE, HEADER_TABLE_SIZE),
+        ])));
+        Session {
+            limits,
+            decoder,
+            preface_left: PREFACE.len(),
+            settings_seen: false,
+            incoming: Vec::new(),
+            block: None,
+            window: DEFAULT_WINDOW as i32,
+            initial_window: DEFAULT_WINDOW as i32,
+            streams: Slab::new(),
+            last_id: 0,
+            going_away: false,
+            flood: Flood::default(),
+        }
+    }
+
+    /// Its open streams, by slot.
+    pub fn streams(&self) -> impl Iterator<Item = (usize, &Stream<T>)> {
+        self.streams.iter()
+    }
+
+    /// Its open streams, by slot, to change what the caller keeps on them.
+    pub fn streams_mut(&mut self) -> impl Iterator<Item = (usize, &mut Stream<T>)> {
+        self.streams.iter_mut()
+    }
+
+    /// The stream at `slot`, if open.
+    pub fn stream(&self, slot: usize) -> Option<&Stream<T>> {
+        self.streams.get(slot)
+    }
+
+    /// The stream at `slot`, if open, to change what the caller keeps on it.
+    pub fn stream_mut(&mut self, slot: usize) -> Option<&mut Stream<T>> {
+        self.streams.get_mut(slot)
+    }
+
+    /// How many streams are open.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Bytes held back by windows, over every stream.
+    pub fn pending(&self) -> usize {
+        self.streams.iter().filter_map(|(_, s)| s.pending.as_ref()).map(|p| p.bytes).sum()
+    }
+
+    /// Takes in what the socket gave, acting on every whole frame: answers go to `out`, what
+    /// the caller must act on to `events`. An error ends the connection; [`Session::goaway`]
+    /// says so to the client.
+    pub fn receive(
+        &mut self,
+        mut input: &[u8],
+        now: u64,
+        events: &mut Vec<Event<T>>,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        if self.preface_left > 0 {
+            let at = PREFACE.len() - self.preface_left;
+            let n = self.preface_left.min(input.len());
+            if input[..n] != PREFACE[at..at + n] {
+                return fail(ErrorCode::ProtocolError, "not the HTTP/2 preface");
+            }
+            self.preface_left -= n;
+            input = &input[n..];
+        }
+        if self.incoming.is_empty() {
+            let used = self.frames(input, now, events, out)?;
+            self.incoming = input[used..].to_vec();
+        } else {
+            let mut buffered = std::mem::take(&mut self.incoming);
+            buffered.extend_from_slice(input);
+            let used = self.frames(&buffered, now, events, out)?;
+            buffered.drain(..used);
+            self.incoming = buffered;
+        }
+        Ok(())
+    }
+
+    /// Acts on the whole frames at the start of `input`; how many bytes they took.
+    fn frames(
+        &mut self,
+        input: &[u8],
+        now: u64,
+        events: &mut Vec<Event<T>>,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<usize, ConnectionError> {
+        let mut used = 0;
+        while let Some(head_bytes) = input.get(used..used + HEAD_LEN) {
+            let head = Head::parse(head_bytes.try_into().expect("nine bytes"));
+            if head.len > DEFAULT_MAX_FRAME {
+                return fail(ErrorCode::FrameSizeError, format!("frame of {} bytes", head.len));
+            }
+            let Some(payload) = input.get(used + HEAD_LEN..used + HEAD_LEN + head.len) else { break };
+            self.frame(head, payload, now, events, out)?;
+            used += HEAD_LEN + head.len;
+        }
+        Ok(used)
+    }
+
+    fn frame(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        events: &mut Vec<Event<T>>,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        let kind = head.kind();
+        if !self.settings_seen && kind != Some(Kind::Settings) {
+            return fail(ErrorCode::ProtocolError, "first frame is not SETTINGS");
+        }
+        if self.block.is_some() && kind != Some(Kind::Continuation) {
+            return fail(ErrorCode::ProtocolError, "header block interrupted");
+        }
+        let Some(kind) = kind else { return self.flood.idle_frame(now, "unknown") };
+        match kind {
+            Kind::Settings => self.settings(head, payload, now, out),
+            Kind::Ping => self.ping(head, payload, now, out),
+            Kind::WindowUpdate => self.window_update(head, payload, now, out),
+            Kind::Headers => self.headers(head, payload, now, events, out),
+            Kind::Continuation => self.continuation(head, payload, now, events, out),
+            Kind::Data => self.data(head, payload, now, out),
+            Kind::RstStream => self.rst_stream(head, payload, now, events),
+            Kind::Priority => {
+                if head.stream == 0 {
+                    return fail(ErrorCode::ProtocolError, "PRIORITY on stream 0");
+                }
+                if payload.len() != 5 {
+                    return fail(ErrorCode::FrameSizeError, "PRIORITY not of 5 bytes");
+                }
+                self.flood.idle_frame(now, "PRIORITY")
+            }
+            Kind::GoAway => {
+                if head.stream != 0 {
+                    return fail(ErrorCode::ProtocolError, "GOAWAY on a stream");
+                }
+                events.push(Event::GoAway);
+                Ok(())
+            }
+            Kind::PushPromise => fail(ErrorCode::ProtocolError, "PUSH_PROMISE from a client"),
+        }
+    }
+
+    fn settings(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        if head.stream != 0 {
+            return fail(ErrorCode::ProtocolError, "SETTINGS on a stream");
+        }
+        if head.has(frame::ACK) {
+            if !payload.is_empty() {
+                return fail(ErrorCode::FrameSizeError, "SETTINGS ACK with a payload");
+            }
+            return Ok(());
+        }
+        if self.settings_seen {
+            self.flood.idle_frame(now, "SETTINGS")?;
+        }
+        self.settings_seen = true;
+        let Some(values) = frame::parse_settings(payload) else {
+            return fail(ErrorCode::FrameSizeError, "SETTINGS not a multiple of 6 bytes");
+        };
+        for (id, value) in values {
+            match id {
+                setting::INITIAL_WINDOW_SIZE => self.set_initial_window(value)?,
+                setting::MAX_FRAME_SIZE if !(DEFAULT_MAX_FRAME as u32..1 << 24).contains(&value) => {
+                    return fail(ErrorCode::ProtocolError, "SETTINGS_MAX_FRAME_SIZE out of range");
+                }
+                setting::ENABLE_PUSH if value > 1 => {
+                    return fail(ErrorCode::ProtocolError, "SETTINGS_ENABLE_PUSH not 0 or 1");
+                }
+                // We send frames of the default size, push nothing and use no dynamic table.
+                _ => {}
+            }
+        }
+        out(Bytes::from(frame::settings_ack()));
+        Ok(())
+    }
+
+    /// A new SETTINGS_INITIAL_WINDOW_SIZE moves every stream's window by the difference.
+    fn set_initial_window(&mut self, value: u32) -> Result<(), ConnectionError> {
+        if value > MAX_WINDOW {
+            return fail(ErrorCode::FlowControlError, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1");
+        }
+        let delta = i64::from(value) - i64::from(self.initial_window);
+        for (_, stream) in self.streams.iter_mut() {
+            let window = i64::from(stream.window) + delta;
+            if window > i64::from(MAX_WINDOW) {
+                return fail(ErrorCode::FlowControlError, "a stream's window over 2^31-1");
+            }
+            stream.window = window as i32;
+        }
+        self.initial_window = value as i32;
+        Ok(())
+    }
+
+    fn ping(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        if head.stream != 0 {
+            return fail(ErrorCode::ProtocolError, "PING on a stream");
+        }
+        let Ok(data) = <&[u8; 8]>::try_from(payload) else {
+            return fail(ErrorCode::FrameSizeError, "PING not of 8 bytes");
+        };
+        self.flood.idle_frame(now, "PING")?;
+        if !head.has(frame::ACK) {
+            out(Bytes::from(frame::ping_ack(data)));
+        }
+        Ok(())
+    }
+
+    fn window_update(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        let (Some(increment), 4) = (frame::read_u31(payload), payload.len()) else {
+            return fail(ErrorCode::FrameSizeError, "WINDOW_UPDATE not of 4 bytes");
+        };
+        if head.stream == 0 {
+            if increment == 0 {
+                return fail(ErrorCode::ProtocolError, "WINDOW_UPDATE of 0 on the connection");
+            }
+            if self.window >= DEFAULT_WINDOW as i32 {
+                self.flood.idle_frame(now, "WINDOW_UPDATE")?;
+            }
+            self.window = grow(self.window, increment).ok_or_else(|| ConnectionError {
+                code: ErrorCode::FlowControlError,
+                why: "connection window over 2^31-1".into(),
+            })?;
+            return self.flush_all(now, out);
+        }
+        let Some(slot) = self.slot_of(head.stream) else {
+            if head.stream > self.last_id {
+                return fail(ErrorCode::ProtocolError, "WINDOW_UPDATE on an idle stream");
+            }
+            // A stream we ended: its updates may still be on their way.
+            return Ok(());
+        };
+        let stream = &mut self.streams[slot];
+        if increment == 0 {
+            return self.reset_stream(slot, ErrorCode::ProtocolError, out).map(drop);
+        }
+        let idle = stream.window >= self.initial_window;
+        match grow(stream.window, increment) {
+            Some(window) => stream.window = window,
+            None => return self.reset_stream(slot, ErrorCode::FlowControlError, out).map(drop),
+        }
+        if idle {
+            self.flood.idle_frame(now, "WINDOW_UPDATE")?;
+        }
+        self.flush_stream(slot, now, out);
+        Ok(())
+    }
+
+    fn headers(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        events: &mut Vec<Event<T>>,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        if head.stream == 0 || head.stream % 2 == 0 {
+            return fail(ErrorCode::ProtocolError, "HEADERS on stream 0 or an even stream");
+        }
+        let mut fragment = unpad(head, payload)?;
+        if head.has(frame::PRIORITY) {
+            fragment = fragment.get(5..).ok_or_else(|| ConnectionError {
+                code: ErrorCode::FrameSizeError,
+                why: "HEADERS shorter than its priority".into(),
+            })?;
+        }
+        if head.stream <= self.last_id {
+            // Trailers on a stream still open are ignored; a closed one cannot take them.
+            if self.slot_of(head.stream).is_none() {
+                return fail(ErrorCode::StreamClosed, "HEADERS on a closed stream");
+            }
+        }
+        let block = Block { stream: head.stream, bytes: fragment.to_vec() };
+        if head.has(frame::END_HEADERS) {
+            self.request(block, now, events, out)
+        } else {
+            self.block = Some(block);
+            Ok(())
+        }
+    }
+
+    fn continuation(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        events: &mut Vec<Event<T>>,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        let Some(block) = self.block.as_mut().filter(|block| block.stream == head.stream) else {
+            return fail(ErrorCode::ProtocolError, "CONTINUATION without its HEADERS");
+        };
+        if payload.is_empty() {
+            self.flood.idle_frame(now, "CONTINUATION")?;
+        }
+        if block.bytes.len() + payload.len() > MAX_BLOCK {
+            return fail(ErrorCode::EnhanceYourCalm, format!("header block over {MAX_BLOCK} bytes"));
+        }
+        block.bytes.extend_from_slice(payload);
+        if head.has(frame::END_HEADERS) {
+            let block = self.block.take().expect("checked above");
+            return self.request(block, now, events, out);
+        }
+        Ok(())
+    }
+
+    /// A whole header block: decoded (always, to keep the table in step), then a new stream,
+    /// refused or taken.
+    fn request(
+        &mut self,
+        block: Block,
+        now: u64,
+        events: &mut Vec<Event<T>>,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        let head = decode_request(&mut self.decoder, &block.bytes, self.limits.max_header_list);
+        if let Err(BlockError::Compression(e)) = head {
+            return fail(ErrorCode::CompressionError, format!("header block cannot be decoded: {e:?}"));
+        }
+        if block.stream <= self.last_id {
+            return Ok(());
+        }
+        self.last_id = block.stream;
+        if self.going_away {
+            return Ok(());
+        }
+        if self.streams.len() >= self.limits.max_streams as usize {
+            self.flood.reset(now)?;
+            out(Bytes::from(frame::rst_stream(block.stream, ErrorCode::RefusedStream)));
+            return Ok(());
+        }
+        if let Err(BlockError::Malformed(why)) = head {
+            self.flood.reset(now)?;
+            out(Bytes::from(frame::rst_stream(block.stream, ErrorCode::ProtocolError)));
+            events.push(Event::Malformed { id: block.stream, why });
+            return Ok(());
+        }
+        let slot = self.streams.insert(Stream {
+            id: block.stream,
+            window: self.initial_window,
+            pending: None,
+            ending: false,
+            data: T::default(),
+        });
+        events.push(Event::Request { slot, head });
+        Ok(())
+    }
+
+    fn data(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<(), ConnectionError> {
+        if head.stream == 0 {
+            return fail(ErrorCode::ProtocolError, "DATA on stream 0");
+        }
+        if head.stream > self.last_id {
+            return fail(ErrorCode::ProtocolError, "DATA on an idle stream");
+        }
+        unpad(head, payload)?;
+        // Our requests have no body: what arrives is dropped, and the connection's window given
+        // back so that it never shuts; the stream's is not, so a client pushing a body stalls
+        // itself. A frame that carries nothing is counted as a flood.
+        if payload.is_empty() && !head.has(frame::END_STREAM) {
+            self.flood.idle_frame(now, "empty DATA")?;
+        }
+        if !payload.is_empty() {
+            out(Bytes::from(frame::window_update(0, payload.len() as u32)));
+        }
+        Ok(())
+    }
+
+    fn rst_stream(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        now: u64,
+        events: &mut Vec<Event<T>>,
+    ) -> Result<(), ConnectionError> {
+        if payload.len() != 4 {
+            return fail(ErrorCode::FrameSizeError, "RST_STREAM not of 4 bytes");
+        }
+        if head.stream == 0 || head.stream > self.last_id {
+            return fail(ErrorCode::ProtocolError, "RST_STREAM on stream 0 or an idle stream");
+        }
+        self.flood.reset(now)?;
+        if let Some(slot) = self.slot_of(head.stream) {
+            let stream = self.streams.remove(slot);
+            events.push(Event::Reset { slot, data: stream.data });
+        }
+        Ok(())
+    }
+
+    /// The slot of the open stream `id`.
+    fn slot_of(&self, id: u32) -> Option<usize> {
+        self.streams.iter().find(|(_, stream)| stream.id == id).map(|(slot, _)| slot)
+    }
+
+    /// Sends a response head on `slot` (an encoded block of at most 16 KiB: ours are a few
+    /// hundred bytes), ending the stream with it when `end_stream`.
+    pub fn respond(&mut self, slot: usize, block: &[u8], end_stream: bool, out: &mut impl FnMut(Bytes)) {
+        let Some(stream) = self.streams.get(slot) else { return };
+        let flags = frame::END_HEADERS | if end_stream { frame::END_STREAM } else { 0 };
+        out(Bytes::from(frame::frame(Kind::Headers, flags, stream.id, block)));
+        if end_stream {
+            self.streams.remove(slot);
+        }
+    }
+
+    /// Sends `payload` on `slot` as DATA, as far as the windows let it; the rest waits for
+    /// WINDOW_UPDATE.
+    pub fn send(&mut self, slot: usize, payload: Bytes, now: u64, out: &mut impl FnMut(Bytes)) {
+        let connection_window = self.window;
+        let Some(stream) = self.streams.get_mut(slot) else { return };
+        if stream.ending || payload.is_empty() {
+            return;
+        }
+        let len = payload.len();
+        let free = stream.pending.is_none()
+            && len <= DEFAULT_MAX_FRAME
+            && (len as i64) <= i64::from(stream.window.min(connection_window));
+        if free {
+            stream.window -= len as i32;
+            self.window -= len as i32;
+            data_frame(stream.id, payload, false, out);
+            return;
+        }
+        let pending =
+            stream.pending.get_or_insert_with(|| Box::new(Pending { since: now, ..Pending::default() }));
+        pending.bytes += len;
+        pending.chunks.push_back(payload);
+        self.flush_stream(slot, now, out);
+    }
+
+    /// Ends `slot` with an empty DATA carrying END_STREAM, once what it holds back is out.
+    pub fn finish(&mut self, slot: usize, now: u64, out: &mut impl FnMut(Bytes)) {
+        let Some(stream) = self.streams.get_mut(slot) else { return };
+        stream.ending = true;
+        self.flush_stream(slot, now, out);
+    }
+
+    /// Resets `slot` with `code` at once, dropping what it holds back; what the caller kept on
+    /// it comes back.
+    pub fn reset(&mut self, slot: usize, code: ErrorCode, out: &mut impl FnMut(Bytes)) -> Option<T> {
+        let stream = self.streams.try_remove(slot)?;
+        out(Bytes::from(frame::rst_stream(stream.id, code)));
+        Some(stream.data)
+    }
+
+    /// A reset for a protocol fault of the client's on one stream.
+    fn reset_stream(
+        &mut self,
+        slot: usize,
+        code: ErrorCode,
+        out: &mut impl FnMut(Bytes),
+    ) -> Result<Option<T>, ConnectionError> {
+        Ok(self.reset(slot, code, out))
+    }
+
+    /// Tells the client no new stream will be taken, with `code` (NO_ERROR at a stop).
+    pub fn goaway(&mut self, code: ErrorCode, out: &mut impl FnMut(Bytes)) {
+        if !self.going_away {
+            self.going_away = true;
+            out(Bytes::from(frame::goaway(self.last_id, code)));
+        }
+    }
+
+    /// The streams whose held-back data has waited since before `since` (the caller's
+    /// milliseconds): a client that stopped reading one stream and not the others.
+    pub fn stalled(&self, since: u64) -> Vec<usize> {
+        self.streams
+            .iter()
+            .filter(|(_, stream)| stream.pending.as_ref().is_some_and(|p| p.since < since))
+            .map(|(slot, _)| slot)
+            .collect()
+    }
+
+    /// When the longest-waiting held-back data started waiting.
+    pub fn stalled_since(&self) -> Option<u64> {
+        self.streams.iter().filter_map(|(_, stream)| stream.pending.as_ref()).map(|p| p.since).min()
+    }
+
+    /// Sends what every stream holds back, as far as the windows now let it.
+    fn flush_all(&mut self, now: u64, out: &mut impl FnMut(Bytes)) -> Result<(), ConnectionError> {
+        let waiting: Vec<usize> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.pending.is_some() || s.ending)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in waiting {
+            self.flush_stream(slot, now, out);
+        }
+        Ok(())
+    }
+
+    /// Sends what `slot` holds back, as far as the windows let it; the end once all is out.
+    fn flush_stream(&mut self, slot: usize, now: u64, out: &mut impl FnMut(Bytes)) {
+        let Some(stream) = self.streams.get_mut(slot) else { return };
+        if let Some(pending) = stream.pending.as_mut() {
+            let mut sent_any = false;
+            while let Some(chunk) = pending.chunks.front_mut() {
+                let room = stream.window.min(self.window).min(DEFAULT_MAX_FRAME as i32);
+                if room <= 0 {
+                    break;
+                }
+                let n = chunk.len().min(room as usize);
+                let piece = if n == chunk.len() {
+                    pending.chunks.pop_front().expect("front")
+                } else {
+                    chunk.split_to(n)
+                };
+                pending.bytes -= n;
+                stream.window -= n as i32;
+                self.window -= n as i32;
+                data_frame(stream.id, piece, false, out);
+                sent_any = true;
+            }
+            if pending.chunks.is_empty() {
+                stream.pending = None;
+            } else if sent_any {
+                pending.since = now;
+            }
+        }
+        if stream.ending && stream.pending.is_none() {
+            out(Bytes::copy_from_slice(&frame::data_head(stream.id, 0, true)));
+            self.streams.remove(slot);
+        }
+    }
+}
+
+/// Writes a DATA frame: a small payload copied behind its header, a large one shared.
+fn data_frame(stream: u32, payload: Bytes, end_stream: bool, out: &mut impl FnMut(Bytes)) {
+    let head = frame::data_head(stream, payload.len(), end_stream);
+    if payload.len() < COPY_BELOW {
+        let mut whole = Vec::with_capacity(HEAD_LEN + payload.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(&payload);
+        out(Bytes::from(whole));
+    } else {
+        out(Bytes::copy_from_slice(&head));
+        out(payload);
+    }
+}
+
+/// `window` grown by `increment`; `None` past 2^31 - 1.
+fn grow(window: i32, increment: u32) -> Option<i32> {
+    let grown = i64::from(window) + i64::from(increment);
+    (grown <= i64::from(MAX_WINDOW)).then_some(grown as i32)
+}
+
+/// The payload of a DATA or HEADERS frame without its padding.
+fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], ConnectionError> {
+    if !head.has(frame::PADDED) {
+        return Ok(payload);
+    }
+    let Some((&pad, rest)) = payload.split_first() else {
+        return fail(ErrorCode::FrameSizeError, "padded frame without its pad length");
+    };
+    match rest.len().checked_sub(usize::from(pad)) {
+        Some(len) => Ok(&rest[..len]),
+        None => fail(ErrorCode::ProtocolError, "padding longer than the frame"),
+    }
+}
