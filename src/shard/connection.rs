@@ -12,19 +12,24 @@ use slab::Slab;
 use super::keys::ConnKey;
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
+use crate::h2::fields::RequestHead;
+use crate::h2::Session;
 use crate::http::Subscribe;
 use mio::net::TcpStream;
 use mio::Interest;
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a connection (or an HTTP/2 stream) is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
-    /// Reading its request head.
+    /// Reading its request head (a stream: its request judged, not yet subscribed).
+    #[default]
     Handshaking,
     /// Handshaked: receiving events.
     Streaming,
-    /// Answered for the last time: write what is queued, then close.
+    /// Answered for the last time: write what is queued, then close (a stream: ending).
     Closing,
+    /// Speaking HTTP/2: its streams have phases of their own.
+    Multiplexed,
 }
 
 impl Phase {
@@ -34,8 +39,30 @@ impl Phase {
             Phase::Handshaking => "NEW",
             Phase::Streaming => "SSE",
             Phase::Closing => "END",
+            Phase::Multiplexed => "H2",
         }
     }
+}
+
+/// A connection's HTTP/2 session; its streams carry an [`H2Stream`] each.
+pub type Multiplex = Session<H2Stream>;
+
+/// What the shard keeps on an HTTP/2 stream: what a connection keeps on its one stream over
+/// HTTP/1.1.
+#[derive(Debug, Default)]
+pub struct H2Stream {
+    /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
+    pub phase: Phase,
+    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
+    pub serial: u32,
+    /// What it subscribed to and who it is.
+    pub client: Client,
+    /// As [`super::connection::Connection::last_publish`].
+    pub last_publish: u64,
+    /// When it subscribed, in seconds on the shard's clock.
+    pub handshaked_at: Option<u32>,
+    /// Its request, while the backend is asked about it (`--auth-url`).
+    pub head: Option<Box<RequestHead>>,
 }
 
 /// A shard's connections, by key: the one place that maps keys to slab places.
@@ -67,6 +94,11 @@ impl Connections {
     /// The connection `key` names, if it is open.
     pub fn get(&self, key: ConnKey) -> Option<&Connection> {
         self.0.get(key.index())
+    }
+
+    /// The connection `key` names, if it is open, to change.
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Connection> {
+        self.0.get_mut(key.index())
     }
 
     /// How many are open.
@@ -106,6 +138,8 @@ pub struct Connection {
     pub socket: TcpStream,
     /// Its TLS session on an HTTPS port; boxed, so a plain connection pays one pointer.
     pub tls: Option<Box<TlsSession>>,
+    /// Its HTTP/2 session, once it speaks HTTP/2 (then `phase` is `Multiplexed`); boxed too.
+    pub h2: Option<Box<Multiplex>>,
     /// The client's address.
     pub peer: Peer,
     /// Unique within the shard for its whole run: tells this connection from a later one that
@@ -202,6 +236,11 @@ impl Client {
         self.names.split('\n').skip(2).filter(|t| !t.is_empty())
     }
 
+    /// True when `id` names this client.
+    pub fn has_id(&self, id: &str) -> bool {
+        !id.is_empty() && self.id() == id
+    }
+
     /// Its tokens joined by `,`, as the handshake's log line lists them (without building the
     /// string: the line is formatted once, straight into the log's buffer).
     pub fn token_list(&self) -> TokenList<'_> {
@@ -292,6 +331,7 @@ impl Connection {
         Connection {
             socket,
             tls,
+            h2: None,
             peer,
             serial,
             phase: Phase::Handshaking,
@@ -338,11 +378,6 @@ impl Connection {
         let version = tls.protocol_version().map_or("-".to_string(), |v| format!("{v:?}"));
         let suite = tls.negotiated_cipher_suite().map_or("-".to_string(), |s| format!("{:?}", s.suite()));
         Some(format!("{version} {suite}"))
-    }
-
-    /// True when `id` names this client.
-    pub fn has_id(&self, id: &str) -> bool {
-        !id.is_empty() && self.client.id() == id
     }
 }
 
