@@ -551,6 +551,8 @@ impl H2Server {
         assert!(seen.closed(), "closed after the GOAWAY: {seen:?}");
         let peer = seen.peer();
         self.server.log.wait_for_line(|l| l.contains(&peer), WAIT);
+        let status = self.server.tcp_json("tcpstatus");
+        assert!(status["http2goawaycnt"].as_u64() >= Some(1), "the GOAWAY counted: {status}");
         self.assert_serves();
     }
 
@@ -615,6 +617,19 @@ fn strict_client_rapid_reset_gets_goaway_enhance_your_calm() {
     assert!(seen.0["sent"].as_u64().is_some_and(|sent| sent > 200), "not before 200 resets: {seen:?}");
 }
 
+/// Rapid Reset as an attacker sends it, without waiting for anything: the GOAWAY still
+/// arrives, and no stream gets a response that is not its own (a second HEADERS on a stream).
+#[test]
+#[ignore = "needs python3-h2: run by the README's test command"]
+fn strict_client_unpaced_rapid_reset_gets_goaway_and_no_stray_responses() {
+    let h2 = H2Server::plain(&[]);
+    let seen = h2.strict("rapid-reset", Some("unpaced"));
+    let frames = seen.0["header_frames"].as_object().unwrap();
+    let repeated: Vec<_> = frames.iter().filter(|(_, n)| n.as_u64() > Some(1)).collect();
+    assert!(repeated.is_empty(), "HEADERS frames on one stream ({{stream: frames}}): {repeated:?}; {seen:?}");
+    h2.assert_goaway(&seen, ENHANCE_YOUR_CALM);
+}
+
 /// A header block that never ends (HEADERS without END_HEADERS, then CONTINUATION after
 /// CONTINUATION): GOAWAY ENHANCE_YOUR_CALM.
 #[test]
@@ -668,6 +683,9 @@ fn strict_client_zero_window_stream_is_reset_while_the_other_streams_on() {
     assert_eq!(seen.data(3), "", "{seen:?}");
     assert!(seen.goaway_code().is_none() && !seen.closed(), "the connection stays: {seen:?}");
     h2.server.log.wait_for_line(|l| l.contains("Slow stream reset"), WAIT);
+    let status = h2.server.tcp_json("tcpstatus");
+    assert_eq!(status["droppedslowstreams"], 1, "the reset counted: {status}");
+    assert_eq!(status["droppedslowcli"], 0, "the connection was not dropped: {status}");
 }
 
 /// A header block of a few KiB that decodes to 4 MB (one big entry of the dynamic table,
@@ -706,6 +724,8 @@ fn strict_client_malformed_frames_get_the_rfcs_goaway() {
         }
     }
     assert!(wrong.is_empty(), "{}\nhasses:\n{}", wrong.join("\n"), h2.server.log.dump());
+    let status = h2.server.tcp_json("tcpstatus");
+    assert_eq!(status["http2goawaycnt"], cases.len(), "each GOAWAY counted: {status}");
     h2.assert_serves();
 }
 
