@@ -53,7 +53,8 @@ pub type Multiplex = Session<H2Stream>;
 pub struct H2Stream {
     /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
     pub phase: Phase,
-    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
+    /// Tells this stream from a later one in the same slot (timers and tickets hold one); 0
+    /// until its request is judged.
     pub serial: u32,
     /// What it subscribed to and who it is.
     pub client: Client,

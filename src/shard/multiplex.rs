@@ -20,7 +20,7 @@ use super::{millis, Shard};
 use crate::h2::fields::{self, BlockError, RequestHead};
 use crate::h2::frame::ErrorCode;
 use crate::h2::{Event, Limits, Session};
-use crate::http::{self, Judgement, Reject, Responses};
+use crate::http::{self, Judgement, Overload, Reject, Responses};
 use crate::limits::MAX_REQUEST_HEAD;
 use crate::sse::{self, Frame};
 
@@ -89,6 +89,19 @@ impl Shard {
         self.flush(key);
     }
 
+    /// An HTTP/2 connection's handshake deadline came: one without a stream goes (as a
+    /// connection that sent no request does), one with streams is looked at again a handshake
+    /// timeout later. So a connection whose last stream ended goes within two timeouts.
+    pub(super) fn idle_multiplexed(&mut self, key: ConnKey, now: Instant) {
+        let conn = &self.connections[key];
+        if conn.h2.as_deref().is_some_and(|h2| h2.is_empty()) {
+            info!("HTTP/2 connection with {} ended: no stream open", conn.peer);
+            return self.end_multiplexed(key, ErrorCode::NoError);
+        }
+        let (serial, at) = (conn.serial, self.deadline(now, self.settings.handshake_timeout));
+        self.timers.handshake_by(at, key, serial);
+    }
+
     /// Tells the client GOAWAY with `code`, ends every stream, and closes once that is out.
     pub(super) fn end_multiplexed(&mut self, key: ConnKey, code: ErrorCode) {
         self.stop_streams(key);
@@ -126,6 +139,15 @@ impl Shard {
     /// A request opened a stream: judged as an HTTP/1.1 request with the same head would be.
     fn stream_request(&mut self, key: ConnKey, slot: usize, head: Result<RequestHead, BlockError>) {
         let Some(stream) = StreamKey::multiplexed(key, slot) else { return };
+        if let Err(overload) = self.charge_streams(key) {
+            self.counters.refused += 1;
+            info!(
+                "Request refused from {}: HTTP/2 stream over a limit ({overload})",
+                self.connections[key].peer
+            );
+            let reply = self.settings.responses.unavailable(overload).clone();
+            return self.answer_stream_last(stream, &reply);
+        }
         let serial = self.new_serial();
         let judgement = match head {
             Ok(head) => {
@@ -148,6 +170,42 @@ impl Shard {
             Err(_) => Judgement::Reject(Reject::HeadTooLarge),
         };
         self.answer(stream, judgement);
+    }
+
+    /// Counts `key`'s streams past its first against the connection limits, as connections,
+    /// as a new one is judged: takes back what ended streams were counted for, and counts the
+    /// new one; an error when it is over a limit (and is then refused).
+    fn charge_streams(&mut self, key: ConnKey) -> Result<(), Overload> {
+        let conn = &self.connections[key];
+        let (peer, charged) = (conn.peer, self.charged.get(&key).copied().unwrap_or(0));
+        // The streams judged before this one (a serial is given when a stream is judged): with
+        // it, that many are past the first. Several may have come in one read.
+        let wanted =
+            conn.h2.as_deref().map_or(0, |h2| h2.streams().filter(|(_, s)| s.data.serial != 0).count());
+        let wanted = u16::try_from(wanted).unwrap_or(u16::MAX);
+        for _ in wanted..charged {
+            self.unaccount(peer);
+        }
+        let mut counted = charged.min(wanted);
+        let result = (counted..wanted).try_for_each(|_| {
+            self.account(peer)?;
+            counted += 1;
+            Ok(())
+        });
+        match counted {
+            0 => self.charged.remove(&key),
+            _ => self.charged.insert(key, counted),
+        };
+        result
+    }
+
+    /// Takes back what `key`'s streams were counted for (the connection is closing).
+    pub(super) fn uncharge_streams(&mut self, key: ConnKey) {
+        let Some(charged) = self.charged.remove(&key) else { return };
+        let peer = self.connections[key].peer;
+        for _ in 0..charged {
+            self.unaccount(peer);
+        }
     }
 
     /// The shard's state of HTTP/2 stream `stream`, if it is open.

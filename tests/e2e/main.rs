@@ -29,6 +29,7 @@ mod dropin;
 mod durable;
 mod events;
 mod examples;
+mod h2c;
 mod handshake;
 mod hardening;
 mod hardening_control;
