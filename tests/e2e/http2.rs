@@ -369,6 +369,34 @@ fn curl_with_prior_knowledge_streams_events_and_is_refused_over_http2() {
     curl_streams_events(&h2, curl(&flags, &[]), "");
 }
 
+/// `--no-http2`: over TLS, curl asking for HTTP/2 is given HTTP/1.1 (no `h2` in ALPN); on the
+/// plain port the HTTP/2 preface is refused as any request that is not HTTP/1.1.
+#[test]
+#[ignore = "needs curl: run by the README's test command"]
+fn with_no_http2_curl_gets_http1_over_tls_and_prior_knowledge_is_refused() {
+    let tls = H2Server::tls(&["--no-http2"]);
+    let cert = tls.cert().to_str().unwrap().to_owned();
+    let [(url, why, status), _] = refused_urls(&tls);
+    let (exit, stdout, stderr) = common::run_bounded(curl(&["--http2", "--cacert", &cert], &[url]), WAIT);
+    assert!(exit.success(), "{exit}: {stderr}");
+    assert_eq!(stdout, format!("{why}\n\n[1.1 {status} 1]\n"), "{stderr}");
+
+    let plain = H2Server::plain(&["--no-http2"]);
+    let [(url, _, _), _] = refused_urls(&plain);
+    let (exit, stdout, stderr) = common::run_bounded(curl(&["--http2-prior-knowledge"], &[url]), WAIT);
+    assert!(!exit.success(), "the preface is not taken: {stdout}");
+    plain.server.log.wait_for_line(
+        |l| {
+            l.starts_with("Request refused from ")
+                && l.ends_with(": 501 not an HTTP request (invalid HTTP version)")
+        },
+        WAIT,
+    );
+    for server in [&tls.server, &plain.server] {
+        assert_eq!(server.tcp_json("tcpstatus")["http2conncnt"], 0, "no connection spoke HTTP/2: {stderr}");
+    }
+}
+
 // ---- nghttp and h2load ----
 
 /// `nghttp -s` with five URIs: five concurrent streams on one connection, each gets the event,
