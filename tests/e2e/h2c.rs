@@ -303,3 +303,21 @@ fn a_disconnect_order_resets_its_stream_and_spares_the_connections_others() {
     server.publish("room=after");
     client.data_until(1, "data: after");
 }
+
+#[test]
+fn a_stop_says_goaway_then_ends_each_stream_with_a_time_to_come_back() {
+    let mut server = Server::start(&["--drain-secs", "1"]);
+    let mut client = Client::connect(&server, &[]);
+    client.get(1, "/sse?subscribe=t");
+    client.get(3, "/sse?subscribe=t");
+    wait_status(&server, "sseconncli", 2);
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let goaway = client.until("GOAWAY", |f| f.head.kind == Kind::GoAway as u8);
+    assert_eq!((goaway.code(), &goaway.payload[..4]), (ErrorCode::NoError as u32, &3u32.to_be_bytes()[..]));
+    for stream in [1, 3] {
+        assert!(client.data_until(stream, "retry: ").contains("\n\n"));
+        client.until("the stream's end", |f| f.is(Kind::Data, stream) && f.head.has(frame::END_STREAM));
+    }
+    assert!(client.next(WAIT).is_none(), "the connection closes once its streams ended");
+    assert!(server.wait_exit(WAIT).is_some_and(|status| status.success()));
+}
