@@ -33,6 +33,7 @@ mod h2c;
 mod handshake;
 mod hardening;
 mod hardening_control;
+mod http2;
 mod layers;
 mod nginx;
 mod operations;
