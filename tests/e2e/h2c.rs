@@ -338,3 +338,26 @@ fn a_stream_holding_back_more_than_the_backlog_is_reset_at_once() {
         WAIT,
     );
 }
+
+#[test]
+fn a_connection_whose_socket_takes_nothing_is_dropped_as_a_slow_client() {
+    let server = Server::start(&["--max-backlog", "65536"]);
+    let mut deaf = Client::connect(&server, &[(setting::INITIAL_WINDOW_SIZE, frame::MAX_WINDOW)]);
+    deaf.get(1, "/sse?subscribe=t&id=deaf");
+    deaf.until("the handshake", |f| f.is(Kind::Headers, 1));
+    wait_status(&server, "sseconncli", 1);
+    // Never read again: the kernel's buffers fill, then the connection's queue.
+    let mut control = TcpStream::connect(("127.0.0.1", server.cport())).unwrap();
+    let line = format!("t={}\n", "x".repeat(60_000));
+    for _ in 0..400 {
+        if control.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+        if server.log.has_from(0, |l| l.starts_with("Slow client dropped")) {
+            break;
+        }
+    }
+    server.log.wait_for_line(|l| l.starts_with("Slow client dropped"), WAIT);
+    assert_eq!(server.tcp_json("tcpstatus")["droppedslowcli"], 1);
+    wait_status(&server, "http2conncli", 0);
+}
