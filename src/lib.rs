@@ -8,7 +8,7 @@
 //!   clients ──► listener 0  …  listener N-1       SO_REUSEPORT: the kernel spreads accepts
 //!                  │               │
 //!           hasses-worker-0 … hasses-worker-N-1   each a Shard: its own epoll loop, connections,
-//!                  ▲               ▲              streams, index, timers, counters; pinnable
+//!                  ▲               ▲              streams (HTTP/1.1, HTTP/2), index, timers; pinnable
 //!                  └─── fan-out ───┘              a bounded channel + waker per worker, full while
 //!                       ▲       ▲                 a worker holds for a slow client (backpressure)
 //!                       │       └─────────────────────────────────────────────────────────┐
@@ -63,6 +63,9 @@
 //! - [`auth_hook`]: the auth hook (`--auth-url`): subscriptions put to the web backend, by
 //!   a thread of its own (`hasses-auth`; `hasses-auth-N` for https), and its answers cached.
 //! - [`http`]: judging a request head and the fixed responses (pure).
+//! - [`h2`]: HTTP/2 (pure): frames, a request's header block, one connection's session with its
+//!   flow control and limits; the shard carries one on each HTTP/2 connection, whose streams
+//!   are subscribers.
 //! - [`sse`]: event framing and event ids (pure).
 //! - [`tally`]: one node's answer to a question a cluster answers as one (presence, orders),
 //!   and the nodes' answers told as one.
