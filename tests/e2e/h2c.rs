@@ -361,3 +361,19 @@ fn a_connection_whose_socket_takes_nothing_is_dropped_as_a_slow_client() {
     assert_eq!(server.tcp_json("tcpstatus")["droppedslowcli"], 1);
     wait_status(&server, "http2conncli", 0);
 }
+
+#[test]
+fn each_stream_gets_heartbeats_and_the_cors_headers() {
+    let server = Server::start(&["--heartbeat", "1", "--cors-base", "https://app.example"]);
+    let mut client = Client::connect(&server, &[]);
+    client.get(1, "/sse?subscribe=t");
+    client.get(3, "/sse?subscribe=u");
+    for stream in [1, 3] {
+        let head = client.until("the handshake", |f| f.is(Kind::Headers, stream));
+        let origin = ("access-control-allow-origin".to_owned(), "https://app.example".to_owned());
+        assert!(head.fields.contains(&origin), "{:?}", head.fields);
+    }
+    for stream in [1, 3] {
+        assert_eq!(client.data_until(stream, ":\n\n"), ":\n\n");
+    }
+}
