@@ -579,6 +579,11 @@ impl<T: Default> Session<T> {
             events.push(Event::Malformed { id: block.stream, why });
             return Ok(());
         }
+        // Grown one stream at a time: a connection keeps its table for hours, and doubling
+        // would leave up to half of it empty (a stream is about 90 bytes).
+        if self.streams.len() == self.streams.capacity() {
+            self.streams.reserve_exact(1);
+        }
         let slot = self.streams.insert(Stream {
             id: block.stream,
             window: self.initial_window,

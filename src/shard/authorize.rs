@@ -195,7 +195,7 @@ impl Shard {
             None => Some((auth_hook::question(conn.request.bytes(), conn.peer.addr())?, conn.serial)),
             Some(slot) => {
                 let stream = &conn.h2.as_deref()?.stream(slot)?.data;
-                let head = stream.head.as_deref()?;
+                let head = self.judging.as_ref()?;
                 let headers: Vec<httparse::Header> =
                     head.fields.iter().map(|(name, value)| httparse::Header { name, value }).collect();
                 Some((auth_hook::question_of(&head.path, &headers, conn.peer.addr()), stream.serial))

@@ -12,7 +12,6 @@ use slab::Slab;
 use super::keys::ConnKey;
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
-use crate::h2::fields::RequestHead;
 use crate::h2::Session;
 use crate::http::Subscribe;
 use mio::net::TcpStream;
@@ -65,8 +64,6 @@ pub struct H2Stream {
     pub last_publish: u64,
     /// When it subscribed, in seconds on the shard's clock.
     pub handshaked_at: Option<u32>,
-    /// Its request, while the backend is asked about it (`--auth-url`).
-    pub head: Option<Box<RequestHead>>,
 }
 
 /// A shard's connections, by key: the one place that maps keys to slab places.

@@ -48,6 +48,7 @@ use tracing::{info, warn};
 use crate::auth::Refusal;
 use crate::auth_hook::Reply;
 use crate::figures::ShardFigures;
+use crate::h2::fields::RequestHead;
 use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
 use crate::presence::Change;
 use accept::AcceptPause;
@@ -126,6 +127,9 @@ pub struct Shard {
     stalls: Stalls,
     /// HTTP/2 connections that may have a stream whose window holds events back.
     held_back: BTreeSet<ConnKey>,
+    /// The request of the HTTP/2 stream being judged: asking the auth backend about it needs
+    /// its fields (an HTTP/1.1 connection keeps its request's bytes until its handshake).
+    judging: Option<RequestHead>,
     /// HTTP/2 connections with streams past their first counted against the connection limits
     /// (as connections are), and how many: kept here, so that a connection's slot pays nothing.
     charged: HashMap<ConnKey, u16>,
@@ -183,6 +187,7 @@ impl Shard {
             stalls: Stalls::default(),
             held_back: BTreeSet::new(),
             charged: HashMap::new(),
+            judging: None,
             commands_held: false,
             next_serial: 0,
             counters: ShardFigures::default(),

@@ -175,13 +175,14 @@ impl Shard {
                 }
                 if let Some(h2) = self.h2_stream(stream) {
                     h2.serial = serial;
-                    h2.head = Some(Box::new(head));
                 }
+                self.judging = Some(head);
                 judgement
             }
             Err(_) => Judgement::Reject(Reject::HeadTooLarge),
         };
         self.answer(stream, judgement);
+        self.judging = None;
     }
 
     /// Counts `key`'s streams past its first against the connection limits, as connections,
@@ -277,7 +278,6 @@ impl Shard {
         data.phase = Phase::Streaming;
         data.handshaked_at = Some(handshaked_at);
         data.last_publish = last;
-        data.head = None;
         self.held_back(key);
     }
 
