@@ -164,7 +164,10 @@ impl Admin {
                 }
             }
             Query::NumberOfClients => {
-                let connections = figures(parts).connections;
+                // A stream is a client: an HTTP/2 connection counts as the streams it carries.
+                let figures = figures(parts);
+                let connections =
+                    (figures.connections + figures.http2_streams).saturating_sub(figures.http2_connections);
                 if json {
                     serde_json::json!({ "numberofclients": connections }).to_string()
                 } else {

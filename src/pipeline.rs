@@ -58,7 +58,7 @@ pub enum Query {
     /// `clientlist`: a block per client; `tcpclientlist`: a JSON array (ours; hasses has none).
     ClientList,
     /// `numberofclients`: `Number of connected clients: N`; `tcpnumberofclients`:
-    /// `{"numberofclients": N}`.
+    /// `{"numberofclients": N}`. An HTTP/2 connection counts as the streams it carries.
     NumberOfClients,
     /// `subscribedclients:TOKEN`: `Client count subscribed for "TOKEN": N`;
     /// `tcpsubscribedclients:TOKEN`: `{"subscribedclients": N, "subscribedfor": "TOKEN"}`.
