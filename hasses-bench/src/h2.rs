@@ -71,6 +71,8 @@ pub enum H2Error {
     FrameSize(usize),
     /// A frame that RFC 9113 forbids here.
     Protocol(&'static str),
+    /// The server answered in HTTP/1.1: it does not speak HTTP/2 on this port.
+    Http1,
     /// A header block that does not decode.
     Compression(DecoderError),
 }
@@ -80,6 +82,7 @@ impl fmt::Display for H2Error {
         match self {
             H2Error::FrameSize(len) => write!(f, "HTTP/2 frame of {len} bytes (FRAME_SIZE_ERROR)"),
             H2Error::Protocol(why) => write!(f, "HTTP/2 PROTOCOL_ERROR: {why}"),
+            H2Error::Http1 => write!(f, "the server answered in HTTP/1.1, not HTTP/2"),
             H2Error::Compression(e) => write!(f, "HTTP/2 COMPRESSION_ERROR: {e:?}"),
         }
     }
@@ -101,6 +104,8 @@ pub struct Client {
     /// The frame header being read, and how many of its bytes came so far.
     head: [u8; HEAD_LEN],
     head_got: usize,
+    /// A frame came: the server speaks HTTP/2.
+    framed: bool,
     /// The frame whose payload is being read, and how many of its bytes are still to come.
     reading: Option<(Head, usize)>,
     /// The payload of a frame other than unpadded DATA, gathered whole (empty most of the time).
@@ -132,6 +137,7 @@ impl Client {
             decoder: Decoder::new(),
             head: [0; HEAD_LEN],
             head_got: 0,
+            framed: false,
             reading: None,
             payload: Vec::new(),
             block: None,
@@ -187,6 +193,10 @@ impl Client {
 
     /// A frame's header is in: checks it, and acts at once on a frame without payload.
     fn begin(&mut self, head: Head, on: &mut impl FnMut(Seen<'_>)) -> Result<(), H2Error> {
+        if !self.framed && self.head.starts_with(b"HTTP/1.") {
+            return Err(H2Error::Http1);
+        }
+        self.framed = true;
         if head.len > DEFAULT_MAX_FRAME {
             return Err(H2Error::FrameSize(head.len));
         }
@@ -518,6 +528,8 @@ mod tests {
         for (input, error) in cases {
             assert_eq!(seen(&mut Client::new(2), &input, 4), Err(error.clone()), "{error}");
         }
+        let http1 = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+        assert_eq!(seen(&mut Client::new(1), http1, 3), Err(H2Error::Http1));
         let bad_block = frame::frame(Kind::Headers, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff, 0x7f]);
         assert!(matches!(seen(&mut Client::new(1), &bad_block, 100), Err(H2Error::Compression(_))));
     }
