@@ -279,7 +279,7 @@ fn figures(parts: Vec<ShardAnswer>) -> ShardFigures {
     let mut total = ShardFigures::default();
     for part in parts {
         if let ShardAnswer::Figures(figures, _) = part {
-            total += figures;
+            total += *figures;
         }
     }
     total
@@ -364,7 +364,7 @@ mod tests {
 
     fn shard(connections: u64, streaming: u64) -> ShardAnswer {
         ShardAnswer::Figures(
-            ShardFigures { connections, streaming, deliveries: 10, ..ShardFigures::default() },
+            Box::new(ShardFigures { connections, streaming, deliveries: 10, ..ShardFigures::default() }),
             Box::default(),
         )
     }
@@ -385,6 +385,7 @@ mod tests {
             tls: None,
             last_event_id: 0,
             sub: None,
+            h2_stream: None,
         }
     }
 

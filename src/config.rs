@@ -97,6 +97,9 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Refuse new connections with 503 beyond this many from one IP (`--max-connections-per-ip`).
     pub max_connections_per_ip: Option<usize>,
+    /// The most streams of one HTTP/2 connection at once; `None` with HTTP/2 off
+    /// (`--http2-max-streams`, 100; `--no-http2`).
+    pub http2_max_streams: Option<u32>,
     /// Tell a token's subscribers when another client of it comes or goes, a leave only once
     /// it has not come back for this long (`--presence-events`, `--presence-debounce`, 5 s).
     pub presence_events: Option<Duration>,
@@ -357,6 +360,14 @@ struct Cli {
     /// Answer 503 to new connections beyond N open from one IP address [default: no limit]
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<String>,
+    /// Speak HTTP/1.1 only: no `h2` in TLS' ALPN, and no HTTP/2 with prior knowledge on the
+    /// plain port
+    #[arg(long)]
+    no_http2: bool,
+    /// The most streams (EventSources) one HTTP/2 connection may have open at once, 1 to 1000
+    /// [default: 100]
+    #[arg(long, value_name = "N")]
+    http2_max_streams: Option<String>,
     /// Send a token's subscribers `event: join` / `event: leave` when another client (with an id)
     /// of the token comes or goes
     #[arg(long)]
@@ -820,6 +831,10 @@ impl Given {
                 &cli.max_connections_per_ip,
                 positive,
             )?,
+            http2_max_streams: {
+                let max = self.value("http2-max-streams", &cli.http2_max_streams, stream_limit)?;
+                (!cli.no_http2).then(|| max.unwrap_or(DEFAULT_HTTP2_MAX_STREAMS))
+            },
             presence_events: {
                 let debounce = self.value("presence-debounce", &cli.presence_debounce, seconds)?;
                 cli.presence_events.then(|| debounce.unwrap_or(DEFAULT_PRESENCE_DEBOUNCE))
@@ -1123,6 +1138,14 @@ fn cluster_url(text: &str) -> Result<String, &'static str> {
     } else {
         Err("must be redis://[user:password@]host:port[/db] or rediss://… (TLS)")
     }
+}
+
+/// How many streams an HTTP/2 connection may have open at once, unless told.
+const DEFAULT_HTTP2_MAX_STREAMS: u32 = 100;
+
+/// `--http2-max-streams`: 1 to 1000 (a connection's streams are slots of its key).
+fn stream_limit(text: &str) -> Result<u32, &'static str> {
+    text.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or("must be a whole number from 1 to 1000")
 }
 
 fn positive(text: &str) -> Result<usize, &'static str> {

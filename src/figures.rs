@@ -292,6 +292,29 @@ figures! {
         tls_full_handshakes: "tlsfullhandshakes", TLS_HANDSHAKES.series("full");
         /// TLS handshakes that resumed a session (a ticket or a cached TLS 1.2 session).
         tls_resumed_handshakes: "tlsresumedhandshakes", TLS_HANDSHAKES.series("resumed");
+        /// Open HTTP/2 connections (a gauge, counted when asked).
+        http2_connections: "http2conncli",
+            Family::gauge("hasses_http2_connections", "Open HTTP/2 client connections").alone();
+        /// Open HTTP/2 streams, subscribed or not yet (a gauge, counted when asked).
+        http2_streams: "http2streams",
+            Family::gauge("hasses_http2_streams", "Open HTTP/2 streams").alone();
+        /// Connections that took up HTTP/2 since start.
+        http2_connections_opened: "http2conncnt",
+            Family::counter("hasses_http2_connections_total", "Client connections that spoke HTTP/2").alone();
+        /// HTTP/2 connections ended with GOAWAY for a fault of the client's or a flood.
+        http2_goaways: "http2goawaycnt",
+            Family::counter(
+                "hasses_http2_goaways_total",
+                "HTTP/2 connections ended for a protocol fault or a flood (GOAWAY)",
+            )
+            .alone();
+        /// HTTP/2 streams reset because their window stayed shut with events waiting.
+        dropped_slow_streams: "droppedslowstreams",
+            Family::counter(
+                "hasses_slow_streams_reset_total",
+                "HTTP/2 streams reset for a window shut past the stall time",
+            )
+            .alone();
     }
 }
 
@@ -345,6 +368,10 @@ pub struct ClientRow {
     /// Its token's `sub`, when subscriptions need a token and its token has one (then it is
     /// also its id).
     pub sub: Option<String>,
+    /// Its HTTP/2 stream id, when it is a stream of an HTTP/2 connection (whose other streams
+    /// have the same `fd`); `None` over HTTP/1.1.
+    #[serde(rename = "h2stream")]
+    pub h2_stream: Option<u32>,
 }
 
 /// The control thread's own counters, as they were when it asked.

@@ -288,8 +288,28 @@ fn judge_complete(request: &httparse::Request, route: &Route) -> Result<Judgemen
         1 => {}
         minor => return Err(Reject::Version(minor)),
     }
+    judge_served(method, query, request.headers)
+}
+
+/// Judges an HTTP/2 request (its `:method`, `:path` and fields, decoded and checked by
+/// [`crate::h2::fields`]) as an HTTP/1.1 one with the same method, target and headers.
+pub fn judge_multiplexed(
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header],
+    route: &Route,
+) -> Judgement {
+    let judged = served_method(method).and_then(|method| {
+        let query = served_query(method, target, route)?;
+        judge_served(method, query, headers)
+    });
+    judged.unwrap_or_else(Judgement::Reject)
+}
+
+/// The checks after the request line: for `GET` its headers and query.
+fn judge_served(method: Method, query: &str, headers: &[httparse::Header]) -> Result<Judgement, Reject> {
     match method {
-        Method::Get => subscription(request.headers, query).map(Judgement::Subscribe),
+        Method::Get => subscription(headers, query).map(Judgement::Subscribe),
         Method::Head => Ok(Judgement::Head),
         Method::Options => Ok(Judgement::Options),
     }

@@ -118,7 +118,7 @@ pub enum ShardQuery {
 #[derive(Debug)]
 pub enum ShardAnswer {
     /// To [`ShardQuery::Figures`]: its counters, and how long its deliveries took.
-    Figures(ShardFigures, Box<DeliveryLatency>),
+    Figures(Box<ShardFigures>, Box<DeliveryLatency>),
     /// To [`ShardQuery::ClientList`].
     ClientList(Vec<ClientRow>),
     /// To [`ShardQuery::CountSubscribed`], [`ShardQuery::CountReached`], [`ShardQuery::End`].

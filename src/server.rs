@@ -238,7 +238,11 @@ fn bind_api(api: ApiBind) -> Result<(Option<TcpListener>, Option<StartError>), S
 
 /// The TLS keys and the subscribers' token key, read while we still have our privileges.
 fn load_keys(config: &Config) -> Result<(Option<Tls>, Option<Auth>), StartError> {
-    let tls = config.tls.as_ref().map(|files| Tls::load(files, config.tls_ticket_lifetime)).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| Tls::load(files, config.tls_ticket_lifetime, config.http2_max_streams.is_some()))
+        .transpose()?;
     let auth = config.auth.as_ref().map(Auth::new).transpose()?;
     Ok((tls, auth))
 }

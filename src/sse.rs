@@ -168,6 +168,17 @@ pub fn last_chunk() -> Frame {
     Bytes::from_static(b"0\r\n\r\n")
 }
 
+/// The SSE text inside a chunk this module built (a frame, a heartbeat, the last chunk), as an
+/// HTTP/2 stream sends it in DATA: the same bytes, without the chunk's size line and its CRLF.
+/// Shares the frame's bytes; a frame that is not a chunk comes back whole.
+pub fn chunk_payload(frame: &Frame) -> Frame {
+    let Some(start) = frame.windows(2).position(|pair| pair == CRLF).map(|at| at + 2) else {
+        return frame.clone();
+    };
+    let end = frame.len().saturating_sub(CRLF.len()).max(start);
+    frame.slice(start..end)
+}
+
 /// Hands out event ids: numeric, strictly increasing within a run and across restarts.
 ///
 /// Ids are the run's start time in microseconds since the Unix epoch plus a counter, so a later
@@ -385,5 +396,13 @@ mod tests {
             prop_assert_eq!(count(RETRY_PREFIX), usize::from(retry.is_some()));
             prop_assert_eq!(count(DATA_PREFIX), data.as_deref().map_or(0, |d| DataLines::new(d).count()));
         }
+    }
+
+    #[test]
+    fn a_chunk_payload_is_the_event_text_alone() {
+        assert_eq!(chunk_payload(&encode_event(7, b"hi\nyou")), &b"id: 7\ndata: hi\ndata: you\n\n"[..]);
+        assert_eq!(chunk_payload(&heartbeat()), &b":\n\n"[..]);
+        assert!(chunk_payload(&last_chunk()).is_empty());
+        assert_eq!(chunk_payload(&retry_chunk(10)), &b"retry: 10\n\n"[..]);
     }
 }

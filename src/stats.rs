@@ -209,6 +209,9 @@ pub fn client_list_lines(rows: &[ClientRow]) -> Vec<String> {
         if let Some(tls) = &row.tls {
             lines.push(format!("  SSL: {tls}"));
         }
+        if let Some(stream) = row.h2_stream {
+            lines.push(format!("  HTTP/2 stream: {stream} (shares <{}>)", row.fd));
+        }
         lines.push(format!("  Subscribes: {}", row.tokens.join(",")));
     }
     lines.push("---------------- end ----------------".to_string());
@@ -259,6 +262,7 @@ mod tests {
             tls: None,
             last_event_id: 7,
             sub: None,
+            h2_stream: None,
         }
     }
 

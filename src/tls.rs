@@ -1,7 +1,7 @@
 //! TLS with rustls: loading the certificate chain and key, and reloading them on SIGHUP.
 //!
 //! Owns turning the operator's PEM files into a rustls `ServerConfig` (TLS 1.2 and 1.3, ALPN
-//! `http/1.1`) and saying exactly what is wrong with them, and the session resumption state that
+//! `h2` and `http/1.1`, or `http/1.1` alone) and saying exactly what is wrong with them, and the session resumption state that
 //! outlives a reload: the ticket keys and the TLS 1.2 session cache. It does no I/O on
 //! connections: each shard drives its own sessions in its own loop (`shard::tls_session`).
 
@@ -89,6 +89,8 @@ const TLS12_SESSIONS: usize = 20_000;
 pub struct Tls {
     files: TlsFiles,
     resumption: Resumption,
+    /// ALPN offers `h2` too.
+    http2: bool,
     config: RwLock<Arc<ServerConfig>>,
 }
 
@@ -148,11 +150,12 @@ impl ProducesTickets for TicketKeys {
 
 impl Tls {
     /// Loads the files, with session tickets of `ticket_lifetime` (at most
-    /// [`MAX_TICKET_LIFETIME`]); an error names the file and the problem.
-    pub fn load(files: &TlsFiles, ticket_lifetime: Duration) -> Result<Tls, TlsError> {
+    /// [`MAX_TICKET_LIFETIME`]), offering `h2` in ALPN with `http2`; an error names the file
+    /// and the problem.
+    pub fn load(files: &TlsFiles, ticket_lifetime: Duration, http2: bool) -> Result<Tls, TlsError> {
         let resumption = Resumption::new(ticket_lifetime.min(MAX_TICKET_LIFETIME))?;
-        let config = server_config(files, &resumption)?;
-        Ok(Tls { config: RwLock::new(config), resumption, files: files.clone() })
+        let config = server_config(files, &resumption, http2)?;
+        Ok(Tls { config: RwLock::new(config), resumption, http2, files: files.clone() })
     }
 
     /// The settings for a new connection (a read lock, on accept only).
@@ -163,7 +166,7 @@ impl Tls {
     /// Reads the files again for the connections to come; on failure the old ones stay.
     /// Sessions and tickets issued before resume after.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files, &self.resumption)?;
+        let config = server_config(&self.files, &self.resumption, self.http2)?;
         *self.config.write() = config;
         Ok(())
     }
@@ -174,7 +177,11 @@ impl Tls {
     }
 }
 
-fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_config(
+    files: &TlsFiles,
+    resumption: &Resumption,
+    http2: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = certificates(&files.cert)?;
     let key = private_key(&files.key)?;
     let provider = Arc::new(provider());
@@ -191,7 +198,9 @@ fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Arc<Server
             }
             other => refused(other.to_string()),
         })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The client's first choice among these: browsers and curl list `h2` first.
+    config.alpn_protocols =
+        if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     // Our order of suites, not the client's: see `provider`.
     config.ignore_client_order = true;
     config.ticketer = Arc::clone(&resumption.ticketer);
@@ -274,8 +283,10 @@ mod tests {
         let files = Files::new("ok");
         let (cert, key) = pair();
         let tls = TlsFiles { cert: files.write("c.pem", &cert), key: files.write("k.pem", &key) };
-        let loaded = Tls::load(&tls, Duration::from_secs(3600)).unwrap();
+        let loaded = Tls::load(&tls, Duration::from_secs(3600), false).unwrap();
         assert_eq!(loaded.config().alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let loaded = Tls::load(&tls, Duration::from_secs(3600), true).unwrap();
+        assert_eq!(loaded.config().alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         loaded.reload().unwrap();
     }
 
@@ -287,7 +298,7 @@ mod tests {
         let cert_path = files.write("c.pem", &cert);
         let key_path = files.write("k.pem", &key);
         let check = |cert: &Path, key: &Path| {
-            Tls::load(&TlsFiles { cert: cert.into(), key: key.into() }, MAX_TICKET_LIFETIME)
+            Tls::load(&TlsFiles { cert: cert.into(), key: key.into() }, MAX_TICKET_LIFETIME, true)
                 .unwrap_err()
                 .to_string()
         };

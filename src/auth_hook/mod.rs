@@ -92,8 +92,13 @@ pub fn question(head: &[u8], peer: SocketAddr) -> Option<Question> {
     if !request.parse(&head[..head.len().min(MAX_REQUEST_HEAD)]).ok()?.is_complete() {
         return None;
     }
-    let target = request.path?.as_bytes().to_vec();
-    let headers = &*request.headers;
+    Some(question_of(request.path?, request.headers, peer))
+}
+
+/// The question for a subscription to `target` with these `headers` (an HTTP/2 request's
+/// fields, or an HTTP/1.1 head's), from the client at `peer`: see [`question`].
+pub fn question_of(target: &str, headers: &[httparse::Header], peer: SocketAddr) -> Question {
+    let target = target.as_bytes().to_vec();
     let all = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
     let first = |name: &'static str| all(name).next().map(|h| h.value.to_vec());
     let cookie = all("cookie").map(|h| h.value).collect::<Vec<_>>().join(&b"; "[..]);
@@ -120,7 +125,7 @@ pub fn question(head: &[u8], peer: SocketAddr) -> Option<Question> {
     sent.push(("X-Forwarded-For", forwarded_for));
     sent.push(("X-Real-IP", peer_ip));
     sent.push(("X-Original-URI", target.clone()));
-    Some(Question { headers: sent, key: CacheKey { cookie, authorization, target } })
+    Question { headers: sent, key: CacheKey { cookie, authorization, target } }
 }
 
 /// What the backend said about a subscription.

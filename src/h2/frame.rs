@@ -200,7 +200,7 @@ pub fn goaway(last_stream: u32, code: ErrorCode) -> Vec<u8> {
 
 /// The settings in a SETTINGS payload; `None` when its length is not a multiple of 6.
 pub fn parse_settings(payload: &[u8]) -> Option<impl Iterator<Item = (u16, u32)> + '_> {
-    (payload.len() % 6 == 0).then(|| {
+    payload.len().is_multiple_of(6).then(|| {
         payload.chunks_exact(6).map(|pair| {
             (u16::from_be_bytes([pair[0], pair[1]]), u32::from_be_bytes([pair[2], pair[3], pair[4], pair[5]]))
         })

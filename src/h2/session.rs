@@ -61,7 +61,8 @@ pub enum Event<T> {
         /// Its head, decoded and checked.
         head: Result<RequestHead, BlockError>,
     },
-    /// The client ended stream `slot` (RST_STREAM): it is gone, with what it carried.
+    /// Stream `slot` is gone: the client reset it, or we did for a fault of the client's on
+    /// it (a window grown past 2^31-1 or by nothing). What it carried comes back.
     Reset {
         /// Its place, free now.
         slot: usize,
@@ -325,7 +326,7 @@ impl<T: Default> Session<T> {
         match kind {
             Kind::Settings => self.settings(head, payload, now, out),
             Kind::Ping => self.ping(head, payload, now, out),
-            Kind::WindowUpdate => self.window_update(head, payload, now, out),
+            Kind::WindowUpdate => self.window_update(head, payload, now, events, out),
             Kind::Headers => self.headers(head, payload, now, events, out),
             Kind::Continuation => self.continuation(head, payload, now, events, out),
             Kind::Data => self.data(head, payload, now, out),
@@ -432,6 +433,7 @@ impl<T: Default> Session<T> {
         head: Head,
         payload: &[u8],
         now: u64,
+        events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
         let (Some(increment), 4) = (frame::read_u31(payload), payload.len()) else {
@@ -458,13 +460,18 @@ impl<T: Default> Session<T> {
             return Ok(());
         };
         let stream = &mut self.streams[slot];
-        if increment == 0 {
-            return self.reset_stream(slot, ErrorCode::ProtocolError, out).map(drop);
-        }
         let idle = stream.window >= self.initial_window;
-        match grow(stream.window, increment) {
+        match grow(stream.window, increment).filter(|_| increment > 0) {
             Some(window) => stream.window = window,
-            None => return self.reset_stream(slot, ErrorCode::FlowControlError, out).map(drop),
+            None => {
+                // A stream error: that stream is reset, and the caller told it is gone.
+                let code =
+                    if increment == 0 { ErrorCode::ProtocolError } else { ErrorCode::FlowControlError };
+                if let Some(data) = self.reset(slot, code, out) {
+                    events.push(Event::Reset { slot, data });
+                }
+                return Ok(());
+            }
         }
         if idle {
             self.flood.idle_frame(now, "WINDOW_UPDATE")?;
@@ -481,7 +488,7 @@ impl<T: Default> Session<T> {
         events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
-        if head.stream == 0 || head.stream % 2 == 0 {
+        if head.stream == 0 || head.stream.is_multiple_of(2) {
             return fail(ErrorCode::ProtocolError, "HEADERS on stream 0 or an even stream");
         }
         let mut fragment = unpad(head, payload)?;
@@ -676,16 +683,6 @@ impl<T: Default> Session<T> {
         Some(stream.data)
     }
 
-    /// A reset for a protocol fault of the client's on one stream.
-    fn reset_stream(
-        &mut self,
-        slot: usize,
-        code: ErrorCode,
-        out: &mut impl FnMut(Bytes),
-    ) -> Result<Option<T>, ConnectionError> {
-        Ok(self.reset(slot, code, out))
-    }
-
     /// Tells the client no new stream will be taken, with `code` (NO_ERROR at a stop).
     pub fn goaway(&mut self, code: ErrorCode, out: &mut impl FnMut(Bytes)) {
         if !self.going_away {
@@ -789,5 +786,186 @@ fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], ConnectionError> {
     match rest.len().checked_sub(usize::from(pad)) {
         Some(len) => Ok(&rest[..len]),
         None => fail(ErrorCode::ProtocolError, "padding longer than the frame"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h2::fields::encode_block;
+    use crate::h2::frame::{frame, settings, window_update};
+
+    const LIMITS: Limits = Limits { max_streams: 3, max_header_list: 8192 };
+
+    /// A session that has read the preface and `client_settings`; what it sent so far.
+    fn opened(client_settings: &[(u16, u32)]) -> (Session<u32>, Vec<Bytes>) {
+        let mut sent = Vec::new();
+        let mut session = Session::new(LIMITS, &mut |b| sent.push(b));
+        let mut input = PREFACE.to_vec();
+        input.extend(settings(client_settings));
+        session.receive(&input, 0, &mut Vec::new(), &mut |b| sent.push(b)).unwrap();
+        (session, sent)
+    }
+
+    fn get(stream: u32) -> Vec<u8> {
+        let block =
+            encode_block([(":method", &b"GET"[..]), (":scheme", b"http"), (":path", b"/sse?subscribe=a")]);
+        frame(Kind::Headers, frame::END_HEADERS | frame::END_STREAM, stream, &block)
+    }
+
+    fn feed(
+        session: &mut Session<u32>,
+        input: &[u8],
+        now: u64,
+    ) -> (Result<(), ConnectionError>, Vec<Event<u32>>, Vec<Bytes>) {
+        let (mut events, mut sent) = (Vec::new(), Vec::new());
+        let result = session.receive(input, now, &mut events, &mut |b| sent.push(b));
+        (result, events, sent)
+    }
+
+    fn heads(sent: &[Bytes]) -> Vec<Head> {
+        let wire: Vec<u8> = sent.iter().flat_map(|b| b.to_vec()).collect();
+        let mut heads = Vec::new();
+        let mut at = 0;
+        while at + HEAD_LEN <= wire.len() {
+            let head = Head::parse(wire[at..at + HEAD_LEN].try_into().unwrap());
+            at += HEAD_LEN + head.len;
+            heads.push(head);
+        }
+        heads
+    }
+
+    fn code(result: Result<(), ConnectionError>) -> ErrorCode {
+        result.unwrap_err().code
+    }
+
+    #[test]
+    fn settings_are_acknowledged_and_a_request_opens_a_stream_fed_whole_or_byte_by_byte() {
+        let (_, sent) = opened(&[]);
+        let kinds: Vec<_> = heads(&sent).iter().map(|h| (h.kind, h.flags)).collect();
+        assert_eq!(kinds, [(Kind::Settings as u8, 0), (Kind::Settings as u8, frame::ACK)]);
+        for step in [usize::MAX, 1] {
+            let (mut session, _) = opened(&[]);
+            let mut events = Vec::new();
+            for piece in get(1).chunks(step.min(get(1).len())) {
+                let (result, found, _) = feed(&mut session, piece, 0);
+                result.unwrap();
+                events.extend(found);
+            }
+            let [Event::Request { slot, head: Ok(head) }] = &events[..] else { panic!("{events:?}") };
+            assert_eq!((head.method.as_str(), head.path.as_str()), ("GET", "/sse?subscribe=a"));
+            assert_eq!(session.stream(*slot).unwrap().id, 1);
+        }
+    }
+
+    #[test]
+    fn data_waits_for_the_window_and_goes_when_it_opens() {
+        let (mut session, _) = opened(&[(setting::INITIAL_WINDOW_SIZE, 10)]);
+        let (_, events, _) = feed(&mut session, &get(1), 0);
+        let [Event::Request { slot, .. }] = events[..] else { panic!() };
+        let mut sent = Vec::new();
+        session.send(slot, Bytes::from_static(b"0123456789abcdefghij"), 5, &mut |b| sent.push(b));
+        assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
+        assert_eq!((session.pending(), session.stalled_since()), (10, Some(5)));
+        assert_eq!(session.stalled(6), [slot], "a stream waiting since 5 has stalled by 6");
+        let (result, _, sent) = feed(&mut session, &window_update(1, 100), 7);
+        result.unwrap();
+        assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
+        assert_eq!((session.pending(), session.stalled_since()), (0, None));
+    }
+
+    #[test]
+    fn a_shut_stream_does_not_hold_its_neighbours() {
+        let (mut session, _) = opened(&[(setting::INITIAL_WINDOW_SIZE, 0)]);
+        let (_, events, _) = feed(&mut session, &[get(1), get(3), window_update(3, 1000)].concat(), 0);
+        let slots: Vec<usize> =
+            events.iter().map(|e| if let Event::Request { slot, .. } = e { *slot } else { 99 }).collect();
+        let mut sent = Vec::new();
+        for &slot in &slots {
+            session.send(slot, Bytes::from_static(b"data: x\n\n"), 0, &mut |b| sent.push(b));
+        }
+        let streams: Vec<u32> = heads(&sent).iter().map(|h| h.stream).collect();
+        assert_eq!(streams, [3], "stream 3 has a window; stream 1 waits");
+        assert_eq!(session.stalled(1), [slots[0]]);
+    }
+
+    #[test]
+    fn streams_over_the_limit_are_refused_and_rapid_resets_end_the_connection() {
+        let (mut session, _) = opened(&[]);
+        let (result, events, sent) = feed(&mut session, &[get(1), get(3), get(5), get(7)].concat(), 0);
+        result.unwrap();
+        assert_eq!(events.len(), 3);
+        let refused = heads(&sent);
+        assert_eq!((refused[0].kind, refused[0].stream), (Kind::RstStream as u8, 7));
+        let mut result = Ok(());
+        for id in (9..).step_by(2).take(MAX_RESETS as usize + 1) {
+            (result, _, _) =
+                feed(&mut session, &[get(id), frame::rst_stream(id, ErrorCode::Cancel)].concat(), 1);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(code(result), ErrorCode::EnhanceYourCalm);
+    }
+
+    #[test]
+    fn floods_of_frames_that_carry_nothing_end_the_connection() {
+        let ping = frame(Kind::Ping, 0, 0, &[0; 8]);
+        let empty_continuation = frame(Kind::Continuation, 0, 1, &[]);
+        let update = window_update(0, 1);
+        for flood in [ping, update] {
+            let (mut session, _) = opened(&[]);
+            let input = flood.repeat(MAX_IDLE_FRAMES as usize + 1);
+            assert_eq!(code(feed(&mut session, &input, 0).0), ErrorCode::EnhanceYourCalm);
+        }
+        let (mut session, _) = opened(&[]);
+        let open = frame(Kind::Headers, 0, 1, &[]);
+        let input = [open, empty_continuation.repeat(MAX_IDLE_FRAMES as usize + 1)].concat();
+        assert_eq!(code(feed(&mut session, &input, 0).0), ErrorCode::EnhanceYourCalm);
+        let (mut session, _) = opened(&[]);
+        let big = frame(Kind::Continuation, 0, 1, &[0; 8000]);
+        let input = [frame(Kind::Headers, 0, 1, &[]), big.repeat(3)].concat();
+        assert_eq!(code(feed(&mut session, &input, 0).0), ErrorCode::EnhanceYourCalm, "CONTINUATION flood");
+    }
+
+    #[test]
+    fn frames_that_break_the_protocol_end_the_connection_with_rfc_9113_codes() {
+        let cases: [(Vec<u8>, ErrorCode); 7] = [
+            (frame(Kind::WindowUpdate, 0, 0, &[0, 0, 1]), ErrorCode::FrameSizeError),
+            (frame(Kind::Ping, 0, 1, &[0; 8]), ErrorCode::ProtocolError),
+            (frame(Kind::Data, 0, 0, b"x"), ErrorCode::ProtocolError),
+            (frame(Kind::Headers, frame::END_HEADERS, 2, &[]), ErrorCode::ProtocolError),
+            (frame(Kind::Continuation, frame::END_HEADERS, 1, &[]), ErrorCode::ProtocolError),
+            (settings(&[(setting::INITIAL_WINDOW_SIZE, 1 << 31)]), ErrorCode::FlowControlError),
+            ([&[0, 0x40, 1][..], &[0; 6], &[0; 16385]].concat(), ErrorCode::FrameSizeError),
+        ];
+        for (input, expected) in cases {
+            let (mut session, _) = opened(&[]);
+            assert_eq!(code(feed(&mut session, &input, 0).0), expected, "{:?}", &input[..9]);
+        }
+        let mut session: Session<u32> = Session::new(LIMITS, &mut |_| {});
+        let wrong = feed(&mut session, b"GET / HTTP/1.1\r\n\r\n", 0).0;
+        assert_eq!(code(wrong), ErrorCode::ProtocolError, "not the preface");
+        let mut session: Session<u32> = Session::new(LIMITS, &mut |_| {});
+        assert_eq!(
+            code(feed(&mut session, &[PREFACE, &get(1)].concat(), 0).0),
+            ErrorCode::ProtocolError,
+            "no SETTINGS first"
+        );
+    }
+
+    #[test]
+    fn a_finished_stream_ends_once_what_it_holds_back_is_out() {
+        let (mut session, _) = opened(&[(setting::INITIAL_WINDOW_SIZE, 4)]);
+        let (_, events, _) = feed(&mut session, &get(1), 0);
+        let [Event::Request { slot, .. }] = events[..] else { panic!() };
+        let mut sent = Vec::new();
+        session.send(slot, Bytes::from_static(b"12345678"), 0, &mut |b| sent.push(b));
+        session.finish(slot, 0, &mut |b| sent.push(b));
+        assert!(!heads(&sent).iter().any(|h| h.has(frame::END_STREAM)));
+        let (_, _, sent) = feed(&mut session, &window_update(1, 4), 1);
+        let last = *heads(&sent).last().unwrap();
+        assert!(last.has(frame::END_STREAM) && last.len == 0);
+        assert!(session.is_empty());
     }
 }

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 use tracing::{info, warn};
 
-use super::keys::ConnKey;
+use super::keys::{ConnKey, StreamKey};
 use super::Shard;
 use crate::auth::{self, Granted, Refusal};
 use crate::auth_hook::{self, Answer, Grant, Job, Reply, Ticket, Verdict};
 use crate::gate::Visitor;
+use crate::h2::frame::ErrorCode;
 use crate::http::Subscribe;
 
 /// A subscription waiting for the backend.
@@ -33,7 +34,7 @@ pub(super) struct Parked {
 /// A shard's handshakes waiting for the backend, and where their verdicts arrive.
 #[derive(Debug)]
 pub(super) struct Waiting {
-    parked: HashMap<ConnKey, Parked>,
+    parked: HashMap<StreamKey, Parked>,
     verdicts: Receiver<Verdict>,
     /// Given with each question: the way back to this shard.
     reply: Reply,
@@ -46,12 +47,12 @@ impl Waiting {
     }
 
     /// Whether the connection `key` waits for the backend.
-    pub(super) fn holds(&self, key: ConnKey) -> bool {
+    pub(super) fn holds(&self, key: StreamKey) -> bool {
         self.parked.contains_key(&key)
     }
 
     /// Forgets the connection `key` (it closed): a verdict for it is dropped when it comes.
-    pub(super) fn forget(&mut self, key: ConnKey) {
+    pub(super) fn forget(&mut self, key: StreamKey) {
         self.parked.remove(&key);
     }
 
@@ -65,16 +66,15 @@ impl Shard {
     /// Puts a subscription whose JWT (if one is needed) passed to the backend, if there is one:
     /// answered at once from the cache, else parked until the verdict. Without a backend, the
     /// subscription goes on as its JWT allows.
-    pub(super) fn authorize(&mut self, key: ConnKey, request: Subscribe, granted: Option<Granted>) {
+    pub(super) fn authorize(&mut self, key: StreamKey, request: Subscribe, granted: Option<Granted>) {
         let Some(hook) = self.settings.auth_hook.as_ref() else {
             let sub = granted.as_ref().is_some_and(|granted| granted.sub.is_some());
             return self.subscribe_granted(key, request, sub, granted.map(|granted| granted.expires));
         };
-        let conn = &self.connections[key];
-        let Some(question) = auth_hook::question(conn.request.bytes(), conn.peer.addr()) else {
-            return self.close(key, "request head unreadable for the auth backend");
+        let Some((question, serial)) = self.question(key) else {
+            return self.close(key.connection(), "request head unreadable for the auth backend");
         };
-        let parked = Parked { serial: conn.serial, request, granted };
+        let parked = Parked { serial, request, granted };
         if let Some(answer) = hook.cached(&question) {
             self.counters.auth_backend_cache_hits += 1;
             return self.decide(key, parked, answer);
@@ -82,7 +82,7 @@ impl Shard {
         let now = Instant::now();
         let job = Job {
             question,
-            ticket: Ticket { slot: key.index(), serial: parked.serial },
+            ticket: Ticket { slot: key.raw() as usize, serial: parked.serial },
             reply: self.waiting.reply.clone(),
             deadline: now + hook.timeout,
         };
@@ -111,16 +111,16 @@ impl Shard {
     }
 
     /// Disconnects a parked handshake whose verdict did not come by `--auth-timeout`.
-    pub(super) fn authorization_overdue(&mut self, key: ConnKey, serial: u32) {
-        if self.unpark(key.index(), serial).is_some() {
+    pub(super) fn authorization_overdue(&mut self, key: StreamKey, serial: u32) {
+        if self.unpark(key.raw() as usize, serial).is_some() {
             let why = format!("no answer within --auth-timeout ({:?})", self.auth_timeout());
             self.fail_authorization(key, &why);
         }
     }
 
     /// The parked handshake at `slot` if it is still the one with `serial`.
-    fn unpark(&mut self, slot: usize, serial: u32) -> Option<(ConnKey, Parked)> {
-        let key = ConnKey::new(slot)?;
+    fn unpark(&mut self, slot: usize, serial: u32) -> Option<(StreamKey, Parked)> {
+        let key = StreamKey::from_raw(u32::try_from(slot).ok()?);
         if self.waiting.parked.get(&key)?.serial != serial {
             return None;
         }
@@ -128,7 +128,7 @@ impl Shard {
     }
 
     /// What the backend's answer means for the subscription.
-    fn decide(&mut self, key: ConnKey, parked: Parked, answer: Answer) {
+    fn decide(&mut self, key: StreamKey, parked: Parked, answer: Answer) {
         if answer.has_expired(auth_hook::unix_now()) {
             return self.fail_authorization(key, "its grant's \"expires\" has passed");
         }
@@ -144,7 +144,7 @@ impl Shard {
 
     /// Subscribes within the backend's grant (and the JWT's, when there is one): its targets,
     /// its id, the earlier of the two expiries.
-    fn admit_granted(&mut self, key: ConnKey, parked: Parked, grant: Grant) {
+    fn admit_granted(&mut self, key: StreamKey, parked: Parked, grant: Grant) {
         let Parked { mut request, granted, .. } = parked;
         let Grant { subscribe, id, expires } = grant;
         if let Err(why) =
@@ -174,16 +174,35 @@ impl Shard {
 
     /// Disconnects a subscription without an answer: any answer but `200` would stop its
     /// EventSource for good, a dropped connection makes it try again.
-    fn fail_authorization(&mut self, key: ConnKey, why: &str) {
+    fn fail_authorization(&mut self, key: StreamKey, why: &str) {
         self.counters.auth_backend_failed += 1;
         warn!(
             "Subscription from {} not authorized: the auth backend failed: {why}; disconnected so that it retries",
-            self.connections[key].peer
+            self.connections[key.connection()].peer
         );
-        self.close(key, "no answer from the auth backend");
+        match key.slot() {
+            None => self.close(key.connection(), "no answer from the auth backend"),
+            // The stream alone: EventSource retries a stream reset before any answer.
+            Some(_) => self.reset_stream(key, ErrorCode::RefusedStream),
+        }
     }
 
     /// A parked client that went away: its verdict will find nothing.
+    /// The question to the backend about `key`'s request, and the serial its answer must match.
+    fn question(&self, key: StreamKey) -> Option<(auth_hook::Question, u32)> {
+        let conn = self.connections.get(key.connection())?;
+        match key.slot() {
+            None => Some((auth_hook::question(conn.request.bytes(), conn.peer.addr())?, conn.serial)),
+            Some(slot) => {
+                let stream = &conn.h2.as_deref()?.stream(slot)?.data;
+                let head = stream.head.as_deref()?;
+                let headers: Vec<httparse::Header> =
+                    head.fields.iter().map(|(name, value)| httparse::Header { name, value }).collect();
+                Some((auth_hook::question_of(&head.path, &headers, conn.peer.addr()), stream.serial))
+            }
+        }
+    }
+
     pub(super) fn gone_while_parked(&mut self, key: ConnKey) {
         info!("Client {} went away while the auth backend was asked", self.connections[key].peer);
         self.close(key, "closed by peer while waiting for the auth backend");

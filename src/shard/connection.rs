@@ -10,21 +10,25 @@ use std::net::{IpAddr, SocketAddr};
 use slab::Slab;
 
 use super::keys::ConnKey;
+use super::multiplex::Multiplex;
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
 use crate::http::Subscribe;
 use mio::net::TcpStream;
 use mio::Interest;
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a connection (or an HTTP/2 stream) is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
-    /// Reading its request head.
+    /// Reading its request head (a stream: its request judged, not yet subscribed).
+    #[default]
     Handshaking,
     /// Handshaked: receiving events.
     Streaming,
-    /// Answered for the last time: write what is queued, then close.
+    /// Answered for the last time: write what is queued, then close (a stream: ending).
     Closing,
+    /// Speaking HTTP/2: its streams have phases of their own.
+    Multiplexed,
 }
 
 impl Phase {
@@ -34,6 +38,7 @@ impl Phase {
             Phase::Handshaking => "NEW",
             Phase::Streaming => "SSE",
             Phase::Closing => "END",
+            Phase::Multiplexed => "H2",
         }
     }
 }
@@ -67,6 +72,11 @@ impl Connections {
     /// The connection `key` names, if it is open.
     pub fn get(&self, key: ConnKey) -> Option<&Connection> {
         self.0.get(key.index())
+    }
+
+    /// The connection `key` names, if it is open, to change.
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Connection> {
+        self.0.get_mut(key.index())
     }
 
     /// How many are open.
@@ -106,6 +116,8 @@ pub struct Connection {
     pub socket: TcpStream,
     /// Its TLS session on an HTTPS port; boxed, so a plain connection pays one pointer.
     pub tls: Option<Box<TlsSession>>,
+    /// Its HTTP/2 session, once it speaks HTTP/2 (then `phase` is `Multiplexed`); boxed too.
+    pub h2: Option<Box<Multiplex>>,
     /// The client's address.
     pub peer: Peer,
     /// Unique within the shard for its whole run: tells this connection from a later one that
@@ -202,6 +214,11 @@ impl Client {
         self.names.split('\n').skip(2).filter(|t| !t.is_empty())
     }
 
+    /// True when `id` names this client.
+    pub fn has_id(&self, id: &str) -> bool {
+        !id.is_empty() && self.id() == id
+    }
+
     /// Its tokens joined by `,`, as the handshake's log line lists them (without building the
     /// string: the line is formatted once, straight into the log's buffer).
     pub fn token_list(&self) -> TokenList<'_> {
@@ -292,6 +309,7 @@ impl Connection {
         Connection {
             socket,
             tls,
+            h2: None,
             peer,
             serial,
             phase: Phase::Handshaking,
@@ -338,11 +356,6 @@ impl Connection {
         let version = tls.protocol_version().map_or("-".to_string(), |v| format!("{v:?}"));
         let suite = tls.negotiated_cipher_suite().map_or("-".to_string(), |s| format!("{:?}", s.suite()));
         Some(format!("{version} {suite}"))
-    }
-
-    /// True when `id` names this client.
-    pub fn has_id(&self, id: &str) -> bool {
-        !id.is_empty() && self.client.id() == id
     }
 }
 

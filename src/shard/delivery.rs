@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use crossbeam_channel::TryRecvError;
 use tracing::debug;
 
-use super::connection::{Connection, Phase};
+use super::connection::{Client, Connection, Peer, Phase};
 use super::keys::{ConnKey, StreamKey};
 use super::Shard;
 use crate::event::ResumeFrom;
@@ -40,12 +40,23 @@ struct Run {
 }
 
 impl Run {
+    /// The run's frames, as HTTP/1.1 streams get them (chunks).
     pub(super) fn new(run: &[Arc<Sequenced>]) -> Run {
-        let mut all = BytesMut::with_capacity(run.iter().map(|d| d.frame.len()).sum());
+        Run::of(run, |frame| frame.clone())
+    }
+
+    /// The run's events as HTTP/2 streams get them: the SSE text, without the chunk framing.
+    fn payloads(run: &[Arc<Sequenced>]) -> Run {
+        Run::of(run, sse::chunk_payload)
+    }
+
+    fn of(run: &[Arc<Sequenced>], bytes: impl Fn(&Frame) -> Frame) -> Run {
+        let pieces: Vec<Frame> = run.iter().map(|delivery| bytes(&delivery.frame)).collect();
+        let mut all = BytesMut::with_capacity(pieces.iter().map(Frame::len).sum());
         let mut starts = Vec::with_capacity(run.len());
-        for delivery in run {
+        for piece in &pieces {
             starts.push(all.len());
-            all.extend_from_slice(&delivery.frame);
+            all.extend_from_slice(piece);
         }
         Run { all: all.freeze(), starts }
     }
@@ -68,6 +79,12 @@ struct Recipients<'a> {
     /// The shard's copy of them, made for the first recipient (a targeted message has none on
     /// most shards).
     copy: Option<Run>,
+    /// Its copy for HTTP/2 streams, made for the first of them.
+    payloads: Option<Run>,
+    /// Now, in the shard's milliseconds (when a stream's window starts holding events back).
+    now: u64,
+    /// HTTP/2 connections given events some window holds back.
+    held_back: &'a mut Vec<ConnKey>,
     max_backlog: usize,
     /// How many recipients took the run from each of its events on (most take it whole).
     takers: &'a mut Vec<u64>,
@@ -76,35 +93,71 @@ struct Recipients<'a> {
 impl Recipients<'_> {
     /// Offers the run to `stream`, carried by `conn`.
     fn offer(&mut self, stream: StreamKey, conn: &mut Connection) {
+        let Some(slot) = stream.slot() else { return self.offer_http1(stream, conn) };
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some(state) = h2.stream_mut(slot) else { return };
+        let data = &mut state.data;
+        if data.phase != Phase::Streaming {
+            return;
+        }
+        let Some(fresh) = self.fresh(&mut data.last_publish, &data.client) else { return };
+        self.count(fresh, &mut data.client, conn.peer);
+        let run = self.payloads.get_or_insert_with(|| Run::payloads(self.run));
+        let was_idle = outbox.is_empty();
+        h2.send(slot, run.from(fresh), self.now, &mut |frame| outbox.push(frame));
+        if h2.stalled_since().is_some() {
+            self.held_back.push(stream.connection());
+        }
+        self.queued(stream.connection(), was_idle, outbox.len());
+    }
+
+    fn offer_http1(&mut self, stream: StreamKey, conn: &mut Connection) {
         if conn.phase != Phase::Streaming {
             return;
         }
-        // Ids only grow: an id at or below the stamp was delivered already (through another of
-        // its tokens) or published before this client handshaked.
-        let Some(fresh) = self.run.iter().position(|d| d.id > conn.last_publish) else { return };
-        let last = &self.run[self.run.len() - 1];
-        conn.last_publish = last.id;
-        if last.audience.except.as_deref().is_some_and(|id| conn.has_id(id)) {
-            return;
-        }
+        let Some(fresh) = self.fresh(&mut conn.last_publish, &conn.client) else { return };
+        self.count(fresh, &mut conn.client, conn.peer);
         let run = self.copy.get_or_insert_with(|| Run::new(self.run));
         let was_idle = conn.outbox.is_empty();
         conn.outbox.push(run.from(fresh));
-        let taken = run.starts.len() - fresh;
-        self.takers[fresh] += 1;
-        // Over the cap, the shard writes at once rather than after the drain; otherwise one
-        // write after the drain carries the whole burst.
-        if conn.outbox.len() > self.max_backlog {
-            self.over_cap.push(stream.connection());
-        } else if was_idle {
-            self.dirty.push(stream.connection());
+        self.queued(stream.connection(), was_idle, conn.outbox.len());
+    }
+
+    /// From which event on the run is new to a client whose last event was `last_publish`
+    /// (stamped with the run's last), unless it has none new or is the all-but sender.
+    fn fresh(&self, last_publish: &mut u64, client: &Client) -> Option<usize> {
+        // Ids only grow: an id at or below the stamp was delivered already (through another of
+        // its tokens) or published before this client handshaked.
+        let fresh = self.run.iter().position(|d| d.id > *last_publish)?;
+        let last = &self.run[self.run.len() - 1];
+        *last_publish = last.id;
+        if last.audience.except.as_deref().is_some_and(|id| client.has_id(id)) {
+            return None;
         }
-        conn.client.messages += taken as u64;
+        Some(fresh)
+    }
+
+    /// Counts the events from `fresh` on as delivered to `client`.
+    fn count(&mut self, fresh: usize, client: &mut Client, peer: Peer) {
+        let taken = self.run.len() - fresh;
+        self.takers[fresh] += 1;
+        client.messages += taken as u64;
         self.counters.deliveries += taken as u64;
         if tracing::enabled!(tracing::Level::DEBUG) {
             for _ in 0..taken {
-                debug!("Message sent to {} id: {}", conn.peer, conn.client.id());
+                debug!("Message sent to {peer} id: {}", client.id());
             }
+        }
+    }
+
+    /// Notes a connection just given events, now holding `queued` bytes: over the cap, the
+    /// shard writes at once rather than after the drain; otherwise one write after the drain
+    /// carries the whole burst.
+    fn queued(&mut self, key: ConnKey, was_idle: bool, queued: usize) {
+        if queued > self.max_backlog {
+            self.over_cap.push(key);
+        } else if was_idle {
+            self.dirty.push(key);
         }
     }
 }
@@ -142,23 +195,24 @@ impl Latency {
     }
 }
 
-/// Queues a resuming client's replay behind its response head, as one burst: `event: reset`
-/// first when something it would have received is gone, then the kept events it would have
-/// received, in id order. Returns the id after which live delivery takes over: every event up
-/// to it is in the replay or was not for this client, and every later one reaches this shard
-/// after the handshake, so there is no gap and no duplicate at the seam.
+/// A resuming client's replay, as `frames` to go behind its response head, as one burst:
+/// `event: reset` first when something it would have received is gone, then the kept events it
+/// would have received, in id order. Returns the id after which live delivery takes over: every
+/// event up to it is in the replay or was not for this client, and every later one reaches this
+/// shard after the handshake, so there is no gap and no duplicate at the seam.
 pub(super) fn queue_replay(
-    conn: &mut Connection,
+    client: &mut Client,
     from: ResumeFrom,
     replay: Replay,
     counters: &mut ShardFigures,
+    frames: &mut Vec<Frame>,
 ) -> u64 {
     if replay.gap {
         let asked = match from {
             ResumeFrom::Earliest => "earliest".to_string(),
             ResumeFrom::After(id) => id.to_string(),
         };
-        conn.outbox.push(sse::reset_event(&asked));
+        frames.push(sse::reset_event(&asked));
         counters.resumes_with_gap += 1;
     } else {
         counters.resumes_complete += 1;
@@ -166,13 +220,11 @@ pub(super) fn queue_replay(
     let replayed = replay.frames.len() as u64;
     debug!(
         "Resume of {} from {from:?}: {replayed} events{}",
-        conn.peer,
+        client.id(),
         if replay.gap { " after a reset" } else { "" }
     );
-    for frame in replay.frames {
-        conn.outbox.push(frame);
-    }
-    conn.client.messages += replayed;
+    frames.extend(replay.frames);
+    client.messages += replayed;
     counters.deliveries += replayed;
     replay.newest
 }
@@ -250,18 +302,33 @@ impl Shard {
         let Some(first) = run.first() else { return };
         self.latency.takers.clear();
         self.latency.takers.resize(run.len(), 0);
+        let mut held_back = Vec::new();
         let mut recipients = Recipients {
             dirty: &mut self.dirty,
             counters: &mut self.counters,
             over_cap: Vec::new(),
             run,
             copy: None,
+            payloads: None,
+            now: super::millis(self.started, Instant::now()),
+            held_back: &mut held_back,
             max_backlog: self.settings.max_backlog,
             takers: &mut self.latency.takers,
         };
         let connections = &mut self.connections;
         if first.audience.is_everyone() {
-            connections.iter_mut().for_each(|(key, conn)| recipients.offer(StreamKey::on(key), conn));
+            let mut slots = Vec::new();
+            for (key, conn) in connections.iter_mut() {
+                let Some(h2) = conn.h2.as_deref() else {
+                    recipients.offer(StreamKey::on(key), conn);
+                    continue;
+                };
+                slots.clear();
+                slots.extend(h2.streams().map(|(slot, _)| slot));
+                for stream in slots.iter().filter_map(|&slot| StreamKey::multiplexed(key, slot)) {
+                    recipients.offer(stream, conn);
+                }
+            }
         } else {
             // A client several targets match is offered the run again, and takes nothing twice.
             for target in &first.audience.targets {
@@ -271,6 +338,7 @@ impl Shard {
             }
         }
         let over_cap = recipients.over_cap;
+        self.held_back.extend(held_back);
         self.latency.note(run);
         for key in over_cap {
             self.flush(key);
@@ -329,12 +397,16 @@ mod tests {
     ) -> (Vec<usize>, Vec<usize>, u64) {
         let (mut dirty, mut counters) = (Vec::new(), ShardFigures::default());
         let mut takers = vec![0; run.len()];
+        let mut held_back = Vec::new();
         let mut recipients = Recipients {
             dirty: &mut dirty,
             counters: &mut counters,
             over_cap: Vec::new(),
             run,
             copy: None,
+            payloads: None,
+            now: 0,
+            held_back: &mut held_back,
             max_backlog: cap,
             takers: &mut takers,
         };

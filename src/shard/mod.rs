@@ -14,13 +14,15 @@
 //! - `delivery`: taking commands, and delivering events (the hot path);
 //! - `timers`: handshake and age deadlines, heartbeats, cutting stalled clients;
 //! - `report`: this shard's figures and client rows;
-//! - `tls_session`: a connection's TLS session, over the shard's own TLS buffers.
+//! - `tls_session`: a connection's TLS session, over the shard's own TLS buffers;
+//! - `multiplex`: HTTP/2 connections, whose streams are subscribers.
 
 mod accept;
 mod authorize;
 mod connection;
 mod delivery;
 pub mod keys;
+mod multiplex;
 mod outbox;
 mod report;
 mod request;
@@ -31,6 +33,7 @@ mod timers;
 mod tls_session;
 mod wind_down;
 
+use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -50,8 +53,9 @@ use crate::presence::Change;
 use accept::AcceptPause;
 pub use accept::PerIpLimit;
 use authorize::Waiting;
-use connection::{Connections, Phase};
+use connection::{Client, Connections, Phase};
 use keys::{ConnKey, StreamKey};
+pub use multiplex::Http2;
 use outbox::Flushed;
 pub use settings::Settings;
 use stalls::Stalls;
@@ -120,6 +124,8 @@ pub struct Shard {
     run_bytes: usize,
     /// Clients over the cap: while any is held, commands wait on the channel.
     stalls: Stalls,
+    /// HTTP/2 connections that may have a stream whose window holds events back.
+    held_back: BTreeSet<ConnKey>,
     /// Commands were left on the channel for a held client: drain them once none is held (the
     /// waker will not fire again for them).
     commands_held: bool,
@@ -128,7 +134,8 @@ pub struct Shard {
     counters: ShardFigures,
     /// How long its deliveries took.
     latency: delivery::Latency,
-    read_buf: Box<[u8; READ_CHUNK]>,
+    /// What a socket is read into (a `Vec` so that it can be lent out without a copy).
+    read_buf: Vec<u8>,
     /// What TLS sessions read into and encrypt into (empty without TLS).
     tls_buffers: TlsBuffers,
     stopping: bool,
@@ -171,11 +178,12 @@ impl Shard {
             run: Vec::new(),
             run_bytes: 0,
             stalls: Stalls::default(),
+            held_back: BTreeSet::new(),
             commands_held: false,
             next_serial: 0,
             counters: ShardFigures::default(),
             latency: delivery::Latency::default(),
-            read_buf: Box::new([0; READ_CHUNK]),
+            read_buf: vec![0; READ_CHUNK],
             tls_buffers: if settings.tls.is_some() { TlsBuffers::new() } else { TlsBuffers::default() },
             stopping: false,
             wind_down: None,
@@ -241,30 +249,55 @@ impl Shard {
         }
         // A handshake waiting for the backend is not read until the verdict; only its going
         // away is acted on.
-        match (self.waiting.holds(key), hung_up) {
+        match (self.waiting.holds(StreamKey::on(key)), hung_up) {
             (false, _) => self.read(key, hung_up),
             (true, true) => self.gone_while_parked(key),
             (true, false) => {}
         }
     }
 
-    /// Takes a streaming connection out of the index (before a reinit, an answer, or a close).
-    fn stop_streaming(&mut self, key: ConnKey) {
-        let conn = &self.connections[key];
-        if conn.phase == Phase::Streaming {
-            let (reach, number) = (&self.state.reach, self.number);
-            self.subscriptions
-                .remove(StreamKey::on(key), conn.client.tokens(), |token| reach.let_go(number, token));
-            self.stalls.release(key);
-            self.tell_presence(key, false);
+    /// Takes a stream out of the index (before a reinit, an answer, or a close), if it is
+    /// streaming; an HTTP/2 stream is left `Closing`.
+    fn stop_streaming(&mut self, stream: StreamKey) {
+        let key = stream.connection();
+        let Some(conn) = self.connections.get_mut(key) else { return };
+        let client = match stream.slot() {
+            None if conn.phase == Phase::Streaming => {
+                self.stalls.release(key);
+                std::mem::take(&mut conn.client)
+            }
+            None => return,
+            Some(slot) => match conn.h2.as_deref_mut().and_then(|h2| h2.stream_mut(slot)) {
+                Some(state) if state.data.phase == Phase::Streaming => {
+                    state.data.phase = Phase::Closing;
+                    std::mem::take(&mut state.data.client)
+                }
+                _ => return,
+            },
+        };
+        self.unsubscribe(stream, &client);
+        // Given back: a reinit counts on it, the client list shows an ending stream's.
+        match stream.slot() {
+            None => self.connections[key].client = client,
+            Some(_) => {
+                if let Some(state) = self.h2_stream(stream) {
+                    state.client = client;
+                }
+            }
         }
+    }
+
+    /// Takes `client`'s stream out of the index, and tells presence it left.
+    fn unsubscribe(&mut self, stream: StreamKey, client: &Client) {
+        let (reach, number) = (&self.state.reach, self.number);
+        self.subscriptions.remove(stream, client.tokens(), |token| reach.let_go(number, token));
+        self.tell_presence(client, false);
     }
 
     /// With `--presence-events`, tells the control thread that a stream of a client with an
     /// id started or ended.
-    fn tell_presence(&self, key: ConnKey, joined: bool) {
+    fn tell_presence(&self, client: &Client, joined: bool) {
         let Some(link) = &self.settings.presence else { return };
-        let client = &self.connections[key].client;
         if client.id().is_empty() {
             return;
         }
@@ -306,7 +339,8 @@ impl Shard {
     fn pace(&mut self, key: ConnKey, queued: usize) {
         let conn = &self.connections[key];
         let cap = self.settings.max_backlog;
-        if conn.phase != Phase::Streaming || (conn.outbox.len() <= cap && self.stalls.is_empty()) {
+        let streams = matches!(conn.phase, Phase::Streaming | Phase::Multiplexed);
+        if !streams || (conn.outbox.len() <= cap && self.stalls.is_empty()) {
             return;
         }
         let now = millis(self.started, Instant::now());
@@ -325,9 +359,11 @@ impl Shard {
     }
 
     fn close(&mut self, key: ConnKey, why: &str) {
-        self.stop_streaming(key);
+        self.stop_streaming(StreamKey::on(key));
+        self.stop_streams(key);
         self.stalls.release(key);
-        self.waiting.forget(key);
+        self.waiting.forget(StreamKey::on(key));
+        self.held_back.remove(&key);
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
         self.unaccount(conn.peer);

@@ -8,13 +8,16 @@ use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::connection::{Connection, Phase};
-use super::keys::{ConnKey, StreamKey};
+use tracing::info;
+
+use super::connection::{Client, Connection, Phase};
+use super::keys::StreamKey;
 use super::subscriptions::EVERYTHING;
 use super::Shard;
 use crate::event::Target;
 use crate::figures::{ClientRow, ShardFigures};
 use crate::gate::{unix_now, Who};
+use crate::h2::frame::ErrorCode;
 use crate::pipeline::{ShardAnswer, ShardQuery};
 use crate::presence::{asked_target, PresenceRow};
 
@@ -22,7 +25,9 @@ impl Shard {
     /// This shard's part of an answer to the admin path.
     pub(super) fn answer_query(&mut self, query: &ShardQuery) -> ShardAnswer {
         match query {
-            ShardQuery::Figures => ShardAnswer::Figures(self.figures(), Box::new(self.latency.histogram)),
+            ShardQuery::Figures => {
+                ShardAnswer::Figures(Box::new(self.figures()), Box::new(self.latency.histogram))
+            }
             ShardQuery::ClientList => ShardAnswer::ClientList(self.client_rows()),
             ShardQuery::CountSubscribed(token) => {
                 ShardAnswer::Count(self.subscriptions.count_exact(token) as u64)
@@ -34,14 +39,14 @@ impl Shard {
     }
 
     /// The streaming connections a publish to `token` reaches, once each.
-    fn reached(&self, token: &str) -> BTreeSet<ConnKey> {
+    fn reached(&self, token: &str) -> BTreeSet<StreamKey> {
         let target = asked_target(token);
         if target == Target::All {
             return self.streams_where(|_| true).into_iter().collect();
         }
         let mut reached = BTreeSet::new();
         self.subscriptions.for_each_match(&target, |key: StreamKey| {
-            reached.insert(key.connection());
+            reached.insert(key);
         });
         reached
     }
@@ -57,10 +62,9 @@ impl Shard {
 
     fn presence_rows(&self, token: &str) -> Vec<PresenceRow> {
         let (now, unix) = (self.seconds(Instant::now()), unix_now());
-        let rows = self.reached(token).into_iter().filter_map(|key| self.connections.get(key));
-        rows.map(|conn| {
-            let client = &conn.client;
-            let age = conn.handshaked_at.map_or(0, |at| u64::from(now.saturating_sub(at)));
+        let rows = self.reached(token).into_iter().filter_map(|stream| self.subscriber(stream));
+        rows.map(|(client, handshaked_at, _)| {
+            let age = handshaked_at.map_or(0, |at| u64::from(now.saturating_sub(at)));
             PresenceRow {
                 id: client.id().to_owned(),
                 sub: client.sub.then(|| client.id().to_owned()),
@@ -73,34 +77,80 @@ impl Shard {
 
     /// Ends the streams `who` names now; how many.
     fn end(&mut self, who: &Who) -> u64 {
-        let ended: Vec<ConnKey> = match who {
+        let ended: Vec<StreamKey> = match who {
             Who::Token(token) => {
                 let mut keys = BTreeSet::new();
                 self.subscriptions.for_each_exact(token, |key| {
-                    keys.insert(key.connection());
+                    keys.insert(key);
                 });
                 keys.into_iter().collect()
             }
-            Who::Id(id) => self.streams_where(|conn| conn.has_id(id)),
-            Who::Sub(sub) => self.streams_where(|conn| conn.client.sub && conn.has_id(sub)),
+            Who::Id(id) => self.streams_where(|client| client.has_id(id)),
+            Who::Sub(sub) => self.streams_where(|client| client.sub && client.has_id(sub)),
         };
-        for &key in &ended {
-            self.close(key, "disconnected by order");
+        for &stream in &ended {
+            match stream.slot() {
+                None => self.close(stream.connection(), "disconnected by order"),
+                Some(_) => {
+                    info!(
+                        "Stream reset: {} HTTP/2 (disconnected by order)",
+                        self.connections[stream.connection()].peer
+                    );
+                    self.reset_stream(stream, ErrorCode::Cancel);
+                }
+            }
         }
         self.counters.disconnected += ended.len() as u64;
         ended.len() as u64
     }
 
-    fn streams_where(&self, wanted: impl Fn(&Connection) -> bool) -> Vec<ConnKey> {
-        let streaming = self.connections.iter().filter(|(_, conn)| conn.phase == Phase::Streaming);
-        streaming.filter(|(_, conn)| wanted(conn)).map(|(key, _)| key).collect()
+    /// Every streaming stream whose client is `wanted`.
+    fn streams_where(&self, wanted: impl Fn(&Client) -> bool) -> Vec<StreamKey> {
+        let mut streams = Vec::new();
+        for (key, conn) in self.connections.iter() {
+            match conn.h2.as_deref() {
+                None if conn.phase == Phase::Streaming && wanted(&conn.client) => {
+                    streams.push(StreamKey::on(key))
+                }
+                None => {}
+                Some(h2) => streams.extend(
+                    h2.streams()
+                        .filter(|(_, s)| s.data.phase == Phase::Streaming && wanted(&s.data.client))
+                        .filter_map(|(slot, _)| StreamKey::multiplexed(key, slot)),
+                ),
+            }
+        }
+        streams
+    }
+
+    /// A stream's client, when it subscribed, and the last event it was given.
+    fn subscriber(&self, stream: StreamKey) -> Option<(&Client, Option<u32>, u64)> {
+        let conn = self.connections.get(stream.connection())?;
+        let Some(slot) = stream.slot() else {
+            return Some((&conn.client, conn.handshaked_at, conn.last_publish));
+        };
+        let data = &conn.h2.as_deref()?.stream(slot)?.data;
+        Some((&data.client, data.handshaked_at, data.last_publish))
     }
 
     fn figures(&self) -> ShardFigures {
-        let streaming = self.connections.iter().filter(|(_, c)| c.phase == Phase::Streaming).count();
+        let (mut streaming, mut http2_connections, mut http2_streams) = (0, 0, 0);
+        for (_, conn) in self.connections.iter() {
+            match conn.h2.as_deref() {
+                None => streaming += u64::from(conn.phase == Phase::Streaming),
+                Some(h2) => {
+                    http2_connections += 1;
+                    http2_streams += h2.len() as u64;
+                    streaming +=
+                        h2.streams().filter(|(_, s)| s.data.phase == Phase::Streaming).count() as u64;
+                }
+            }
+        }
         ShardFigures {
             connections: self.connections.len() as u64,
-            streaming: streaming as u64,
+            streaming,
+            http2_connections,
+            http2_streams,
             auth_backend_waiting: self.waiting.len() as u64,
             ..self.counters
         }
@@ -108,29 +158,47 @@ impl Shard {
 
     fn client_rows(&self) -> Vec<ClientRow> {
         let now = self.seconds(Instant::now());
-        self.connections.iter().map(|(_, conn)| self.row(conn, now)).collect()
+        let mut rows = Vec::new();
+        for (key, conn) in self.connections.iter() {
+            let Some(h2) = conn.h2.as_deref().filter(|h2| !h2.is_empty()) else {
+                rows.push(self.row(conn, StreamKey::on(key), now));
+                continue;
+            };
+            rows.extend(
+                h2.streams()
+                    .filter_map(|(slot, _)| Some(self.row(conn, StreamKey::multiplexed(key, slot)?, now))),
+            );
+        }
+        rows
     }
 
-    fn row(&self, conn: &Connection, now: u32) -> ClientRow {
-        let client = &conn.client;
+    /// The row of `stream`, on `conn`: an HTTP/2 stream shares its connection's descriptor,
+    /// address and TLS, and says its stream id.
+    fn row(&self, conn: &Connection, stream: StreamKey, now: u32) -> ClientRow {
+        let h2 = stream.slot().and_then(|slot| conn.h2.as_deref()?.stream(slot));
+        let (client, handshaked_at, last_publish) = match h2 {
+            Some(h2) => (&h2.data.client, h2.data.handshaked_at, h2.data.last_publish),
+            None => (&conn.client, conn.handshaked_at, conn.last_publish),
+        };
         let mut tokens: Vec<String> = client.tokens().map(str::to_string).collect();
         // hasses lists a wildcard subscriber's `*` first.
         tokens.sort_by_key(|t| t != EVERYTHING);
         ClientRow {
             fd: conn.socket.as_raw_fd(),
             peer: conn.peer.addr(),
-            state: conn.state_code(),
+            state: h2.map_or_else(|| conn.state_code(), |h2| h2.data.phase.code()),
             tls: conn.tls_summary(),
             messages: client.messages,
             reinits: client.reinits,
             connected_secs: u64::from(now - conn.connected_at),
-            handshaked_secs: conn.handshaked_at.map(|at| u64::from(now - at)),
+            handshaked_secs: handshaked_at.map(|at| u64::from(now - at)),
             id: client.id().to_string(),
             agent: client.user_agent().to_string(),
             tokens,
             worker: self.number,
-            last_event_id: conn.last_publish,
+            last_event_id: last_publish,
             sub: client.sub.then(|| client.id().to_string()),
+            h2_stream: h2.map(|h2| h2.id),
         }
     }
 }

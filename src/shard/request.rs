@@ -22,8 +22,10 @@ use super::{seconds, Shard};
 use crate::auth::Refusal;
 use crate::event::ResumeFrom;
 use crate::gate::{unix_now, Entry, Visitor};
+use crate::h2::frame::PREFACE;
 use crate::http::{self, Judgement, Subscribe};
 use crate::nonblocking::attempt;
+use crate::sse::Frame;
 
 impl Shard {
     /// Reads until the socket has nothing more, acting on what arrives. A read shorter than
@@ -89,6 +91,9 @@ impl Shard {
             // A session's handshake ends once: counted when it does, full or resumed.
             if was_handshaking && !tls.is_handshaking() {
                 self.counters.count_tls_handshake(tls.handshake_kind());
+                if tls.alpn_protocol() == Some(b"h2") {
+                    self.start_multiplexing(key);
+                }
             }
             if !self.take_plaintext(key) {
                 return;
@@ -111,7 +116,7 @@ impl Shard {
         let local =
             conn.socket.local_addr().ok().map(|at| SocketAddr::new(at.ip().to_canonical(), at.port()));
         let reject = http::judge_not_tls(&self.tls_buffers.input[..n], &self.settings.route, local);
-        self.answer(key, Judgement::Reject(reject));
+        self.answer(StreamKey::on(key), Judgement::Reject(reject));
     }
 
     /// Acts on the plaintext just decrypted, a `read_buf` at a time; false when the connection
@@ -132,12 +137,19 @@ impl Shard {
 
     /// Acts on `n` bytes just read into `read_buf`.
     fn received(&mut self, key: ConnKey, n: usize) {
+        if self.connections[key].phase == Phase::Multiplexed {
+            // Lent out and given back: the session's events need the shard.
+            let bytes = std::mem::take(&mut self.read_buf);
+            self.received_multiplexed(key, &bytes[..n]);
+            self.read_buf = bytes;
+            return;
+        }
         // More plaintext in the TLS records that held a request now waiting for the backend.
-        let takes_request = !self.waiting.holds(key)
+        let takes_request = !self.waiting.holds(StreamKey::on(key))
             && match self.connections[key].phase {
                 Phase::Handshaking => true,
                 Phase::Streaming => self.wants_reinit(key, n),
-                Phase::Closing => false,
+                Phase::Closing | Phase::Multiplexed => false,
             };
         let conn = &mut self.connections[key];
         if !takes_request {
@@ -145,11 +157,22 @@ impl Shard {
             return;
         }
         conn.request.extend(&self.read_buf[..n]);
+        if conn.phase == Phase::Handshaking && self.settings.http2.is_some() {
+            match preface(conn.request.bytes()) {
+                Preface::Whole => {
+                    let bytes = std::mem::take(&mut conn.request);
+                    self.start_multiplexing(key);
+                    return self.received_multiplexed(key, bytes.bytes());
+                }
+                Preface::Partial => return,
+                Preface::No => {}
+            }
+        }
         let judgement = http::judge(conn.request.bytes(), &self.settings.route);
         if judgement != Judgement::Incomplete && tracing::enabled!(tracing::Level::DEBUG) {
             debug!("Request from {}: {}", conn.peer, request_line(conn.request.bytes()));
         }
-        self.answer(key, judgement);
+        self.answer(StreamKey::on(key), judgement);
     }
 
     /// True when data from a streaming client is (the start of) a reinit request to act on.
@@ -163,8 +186,8 @@ impl Shard {
         !conn.request.is_empty() || data.starts_with(b"GET ") || b"GET ".starts_with(data)
     }
 
-    fn answer(&mut self, key: ConnKey, judgement: Judgement) {
-        let conn = &mut self.connections[key];
+    pub(super) fn answer(&mut self, key: StreamKey, judgement: Judgement) {
+        let conn = &self.connections[key.connection()];
         let responses = &self.settings.responses;
         let reply = match judgement {
             Judgement::Incomplete => return,
@@ -181,7 +204,7 @@ impl Shard {
 
     /// A subscription request: checked against its token when subscriptions need one, put to
     /// the backend when it is asked, then the handshake.
-    fn subscribe(&mut self, key: ConnKey, mut request: Subscribe) {
+    fn subscribe(&mut self, key: StreamKey, mut request: Subscribe) {
         let granted = match self
             .settings
             .auth
@@ -207,7 +230,7 @@ impl Shard {
     /// its stream ending at `expires` (Unix seconds) if its grant does.
     pub(super) fn subscribe_granted(
         &mut self,
-        key: ConnKey,
+        key: StreamKey,
         request: Subscribe,
         sub: bool,
         expires: Option<u64>,
@@ -220,9 +243,9 @@ impl Shard {
 
     /// Whether the gate lets this subscription in; if not, it is answered: `401` for a revoked
     /// token, `204 No Content` for a ban (which stops EventSource from retrying).
-    pub(super) fn let_in(&mut self, key: ConnKey, visitor: Visitor<'_>, tokens: &[String]) -> bool {
+    pub(super) fn let_in(&mut self, key: StreamKey, visitor: Visitor<'_>, tokens: &[String]) -> bool {
         let entry = self.state.gate.read().judge(visitor, tokens.iter().map(String::as_str), unix_now());
-        let peer = self.connections[key].peer;
+        let peer = self.connections[key.connection()].peer;
         let reply = match entry {
             Entry::Open => return true,
             Entry::Revoked => {
@@ -242,17 +265,21 @@ impl Shard {
 
     /// Answers a subscription its token (or the backend) does not allow, as RFC 6750 says for
     /// a token, and counts it.
-    pub(super) fn refuse_subscription(&mut self, key: ConnKey, refusal: &Refusal) {
-        info!("Subscription refused from {}: {refusal}", self.connections[key].peer);
+    pub(super) fn refuse_subscription(&mut self, key: StreamKey, refusal: &Refusal) {
+        info!("Subscription refused from {}: {refusal}", self.connections[key.connection()].peer);
         self.counters.count_refusal(refusal);
         let reply = self.settings.responses.refusal(refusal);
         self.answer_last(key, reply);
     }
 
-    /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); the connection closes once the
-    /// answer is out.
-    fn answer_last(&mut self, key: ConnKey, reply: Bytes) {
-        self.stop_streaming(key);
+    /// Answers for the last time (a refusal, `HEAD`, `OPTIONS`); an HTTP/1.1 connection closes
+    /// once the answer is out, an HTTP/2 stream ends with it.
+    fn answer_last(&mut self, stream: StreamKey, reply: Bytes) {
+        if stream.slot().is_some() {
+            return self.answer_stream_last(stream, &reply);
+        }
+        let key = stream.connection();
+        self.stop_streaming(stream);
         let conn = &mut self.connections[key];
         conn.request.clear();
         conn.phase = Phase::Closing;
@@ -264,23 +291,24 @@ impl Shard {
     /// a stream whose token `expires` (Unix seconds) ends then.
     fn handshake(
         &mut self,
-        key: ConnKey,
+        stream: StreamKey,
         mut client: Client,
         resume: Option<ResumeFrom>,
         expires: Option<u64>,
     ) {
         let now = Instant::now();
-        let reinit = self.connections[key].phase == Phase::Streaming;
+        let key = stream.connection();
+        let reinit = stream.slot().is_none() && self.connections[key].phase == Phase::Streaming;
         if reinit {
             let old = &self.connections[key].client;
             client.reinits = old.reinits + 1;
             client.messages = old.messages;
-            self.stop_streaming(key);
+            self.stop_streaming(stream);
             self.counters.reinits += 1;
         } else {
             self.counters.handshakes += 1;
         }
-        let conn = &mut self.connections[key];
+        let conn = &self.connections[key];
         info!(
             "{} {} <{}> subscribes: {} id: {}",
             if reinit { "Reinit" } else { "Handshake" },
@@ -291,9 +319,44 @@ impl Shard {
         );
         // Before the history and `published` are read: see `crate::reach` for why.
         let (reach, number) = (&self.state.reach, self.number);
-        self.subscriptions.add(StreamKey::on(key), client.tokens(), |token| reach.hold(number, token));
+        self.subscriptions.add(stream, client.tokens(), |token| reach.hold(number, token));
         let replay = resume
             .map(|from| (from, self.state.history.read().replay(from, client.tokens(), client.id(), now)));
+        let mut frames = Vec::new();
+        let last = match replay {
+            Some((from, replay)) => queue_replay(&mut client, from, replay, &mut self.counters, &mut frames),
+            None => self.state.published.load(Ordering::Acquire),
+        };
+        self.tell_presence(&client, true);
+        let serial = match stream.slot() {
+            None => self.handshake_connection(key, client, frames, last, reinit, now),
+            Some(_) => {
+                self.handshake_stream(stream, client, frames, last);
+                self.h2_stream(stream).map_or(0, |state| state.serial)
+            }
+        };
+        let at = self.deadline(now, self.settings.max_age);
+        self.timers.age_by(at, stream, serial);
+        if let Some(expires) = expires {
+            let at = self.deadline(now, until_unix(expires));
+            self.timers.expire_by(at, stream, serial);
+        }
+        self.flush(key);
+    }
+
+    /// An HTTP/1.1 handshake's writes: the response head, `retry:`, the `replay`; the
+    /// connection's serial from now on.
+    fn handshake_connection(
+        &mut self,
+        key: ConnKey,
+        client: Client,
+        replay: Vec<Frame>,
+        last: u64,
+        reinit: bool,
+        now: Instant,
+    ) -> u32 {
+        let serial = if reinit { self.new_serial() } else { self.connections[key].serial };
+        let conn = &mut self.connections[key];
         conn.client = client;
         conn.request.clear();
         conn.phase = Phase::Streaming;
@@ -302,20 +365,32 @@ impl Shard {
         if let Some(retry) = &self.settings.retry {
             conn.outbox.push(retry.clone());
         }
-        conn.last_publish = match replay {
-            Some((from, replay)) => queue_replay(conn, from, replay, &mut self.counters),
-            None => self.state.published.load(Ordering::Acquire),
-        };
-        let serial = if reinit { self.new_serial() } else { conn.serial };
-        self.connections[key].serial = serial;
-        self.tell_presence(key, true);
-        let at = self.deadline(now, self.settings.max_age);
-        self.timers.age_by(at, StreamKey::on(key), serial);
-        if let Some(expires) = expires {
-            let at = self.deadline(now, until_unix(expires));
-            self.timers.expire_by(at, StreamKey::on(key), serial);
+        for frame in replay {
+            conn.outbox.push(frame);
         }
-        self.flush(key);
+        conn.last_publish = last;
+        conn.serial = serial;
+        serial
+    }
+}
+
+/// How the bytes a plain connection sent so far stand to HTTP/2's preface.
+enum Preface {
+    /// They start with it.
+    Whole,
+    /// They are its start: more must come to tell.
+    Partial,
+    /// They are not HTTP/2 (an HTTP/1.1 request).
+    No,
+}
+
+fn preface(bytes: &[u8]) -> Preface {
+    if bytes.starts_with(PREFACE) {
+        Preface::Whole
+    } else if !bytes.is_empty() && PREFACE.starts_with(bytes) {
+        Preface::Partial
+    } else {
+        Preface::No
     }
 }
 

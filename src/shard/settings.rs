@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::multiplex::Http2;
 use crate::auth::Auth;
 use crate::auth_hook::AuthHook;
 use crate::config::Config;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub auth_hook: Option<AuthHook>,
     /// Streams that start and end are told here (`--presence-events`); set by the server.
     pub presence: Option<PresenceLink>,
+    /// HTTP/2, unless `--no-http2`.
+    pub http2: Option<Http2>,
 }
 
 impl Settings {
@@ -51,9 +54,11 @@ impl Settings {
     /// and putting subscriptions to the backend through `auth_hook` when given (all made by the
     /// server at start, where a bad file stops it).
     pub fn new(config: &Config, tls: Option<Tls>, auth: Option<Auth>, auth_hook: Option<AuthHook>) -> Self {
+        let responses = Responses::new(&config.cors_base, auth.is_some() || auth_hook.is_some());
         Settings {
             route: Route { path: config.match_url.clone() },
-            responses: Responses::new(&config.cors_base, auth.is_some() || auth_hook.is_some()),
+            http2: config.http2_max_streams.map(|max| Http2::new(max, &responses)),
+            responses,
             max_backlog: config.max_backlog,
             handshake_timeout: config.handshake_timeout,
             max_age: config.max_age,

@@ -17,7 +17,8 @@ use super::connection::Phase;
 use super::keys::{ConnKey, StreamKey};
 use super::wind_down::WindDown;
 use super::{millis, Shard};
-use crate::sse;
+use crate::h2::frame::ErrorCode;
+use crate::sse::{self, Frame};
 
 /// Something that must be gone by a deadline unless it moved on since: the same key and
 /// serial (the same connection, and no newer handshake: a reinit takes a new serial). There is
@@ -41,7 +42,7 @@ pub(super) struct Timers {
     /// Max-age deadlines in handshake order, likewise sorted.
     ages: VecDeque<Deadline<StreamKey>>,
     /// When handshakes waiting for the backend give up (`--auth-timeout`), likewise sorted.
-    authorizations: VecDeque<Deadline<ConnKey>>,
+    authorizations: VecDeque<Deadline<StreamKey>>,
     /// When streams end because their token expires: each token its own time, so a heap.
     expiries: BinaryHeap<Reverse<Deadline<StreamKey>>>,
     /// When idle streams next get a heartbeat comment.
@@ -63,7 +64,7 @@ impl Timers {
     }
 
     /// The connection waiting for the backend gives up at `at`.
-    pub(super) fn authorize_by(&mut self, at: u64, key: ConnKey, serial: u32) {
+    pub(super) fn authorize_by(&mut self, at: u64, key: StreamKey, serial: u32) {
         self.authorizations.push_back(Deadline { at, key, serial });
     }
 
@@ -93,7 +94,7 @@ impl Timers {
     }
 
     /// The next wait for the backend due by `now`.
-    fn due_authorization(&mut self, now: u64) -> Option<Deadline<ConnKey>> {
+    fn due_authorization(&mut self, now: u64) -> Option<Deadline<StreamKey>> {
         pop_due(&mut self.authorizations, now)
     }
 
@@ -112,8 +113,9 @@ impl Shard {
         let at = |millis: u64| self.started.checked_add(Duration::from_millis(millis));
         let deadline = self.timers.next_at().and_then(at);
         let stall = self.stalls.next_deadline().and_then(at);
+        let stream_stall = self.next_stream_stall().and_then(at);
         let wind_down = self.wind_down.as_ref().map(WindDown::next_at);
-        [deadline, stall, self.timers.next_heartbeat, self.accept_pause.until, wind_down]
+        [deadline, stall, stream_stall, self.timers.next_heartbeat, self.accept_pause.until, wind_down]
             .into_iter()
             .flatten()
             .min()
@@ -133,12 +135,15 @@ impl Shard {
             self.authorization_overdue(d.key, d.serial);
         }
         while let Some((d, why)) = self.timers.due_stream_end(now) {
-            if self.holds(d.key.connection(), d.serial, Phase::Streaming) {
+            if self.holds_stream(d.key, d.serial) {
                 self.end_stream(d.key, instant, why);
             }
         }
         for key in self.stalls.expired(now) {
             self.drop_slow(key);
+        }
+        if !self.held_back.is_empty() {
+            self.reset_stalled_streams(now);
         }
     }
 
@@ -146,7 +151,17 @@ impl Shard {
     /// out; a client that does not take it has until the handshake timeout.
     pub(super) fn end_stream(&mut self, stream: StreamKey, now: Instant, why: &str) {
         let key = stream.connection();
-        self.stop_streaming(key);
+        if stream.slot().is_some() {
+            self.finish_stream(stream);
+            let conn = &self.connections[key];
+            info!("Stream ended: {} <{}> HTTP/2 ({why})", conn.peer, conn.socket.as_raw_fd());
+            // At a stop, a connection whose last stream ended goes too.
+            if self.wind_down.is_some() && conn.h2.as_deref().is_some_and(|h2| h2.is_empty()) {
+                return self.end_multiplexed(key, ErrorCode::NoError);
+            }
+            return self.flush(key);
+        }
+        self.stop_streaming(stream);
         let conn = &mut self.connections[key];
         conn.phase = Phase::Closing;
         conn.outbox.push(sse::last_chunk());
@@ -191,22 +206,46 @@ impl Shard {
             return;
         }
         self.timers.next_heartbeat = now.checked_add(every);
-        let idle: Vec<ConnKey> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.phase == Phase::Streaming && c.outbox.is_empty())
-            .map(|(key, _)| key)
-            .collect();
+        let mut idle = Vec::new();
+        for (key, conn) in self.connections.iter().filter(|(_, c)| c.outbox.is_empty()) {
+            match conn.h2.as_deref() {
+                None if conn.phase == Phase::Streaming => idle.push(StreamKey::on(key)),
+                None => {}
+                Some(h2) => idle.extend(
+                    h2.streams()
+                        .filter(|(_, s)| s.data.phase == Phase::Streaming)
+                        .filter_map(|(slot, _)| StreamKey::multiplexed(key, slot)),
+                ),
+            }
+        }
         let frame = sse::heartbeat();
-        for key in idle {
-            self.connections[key].outbox.push(frame.clone());
-            self.flush(key);
+        for stream in idle {
+            self.send_frame(stream, &frame);
+            self.flush(stream.connection());
         }
     }
 
     /// True when a deadline's connection is still there, still the same one, in `phase`.
     pub(super) fn holds(&self, key: ConnKey, serial: u32, phase: Phase) -> bool {
         self.connections.get(key).is_some_and(|c| c.serial == serial && c.phase == phase)
+    }
+
+    /// True when `stream` is still the one streaming with `serial` (not ended, its slot or
+    /// connection not taken by another since).
+    pub(super) fn holds_stream(&self, stream: StreamKey, serial: u32) -> bool {
+        let key = stream.connection();
+        let Some(slot) = stream.slot() else { return self.holds(key, serial, Phase::Streaming) };
+        let h2 = self.connections.get(key).and_then(|c| c.h2.as_deref());
+        h2.and_then(|h2| h2.stream(slot))
+            .is_some_and(|s| s.data.serial == serial && s.data.phase == Phase::Streaming)
+    }
+
+    /// Queues `frame` (a chunk) on `stream`, however its connection speaks.
+    pub(super) fn send_frame(&mut self, stream: StreamKey, frame: &Frame) {
+        match stream.slot() {
+            None => self.connections[stream.connection()].outbox.push(frame.clone()),
+            Some(_) => self.send_on_stream(stream, frame),
+        }
     }
 }
 

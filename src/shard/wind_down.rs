@@ -15,6 +15,7 @@ use tracing::info;
 use super::connection::Phase;
 use super::keys::StreamKey;
 use super::Shard;
+use crate::h2::frame::ErrorCode;
 use crate::sse;
 
 /// The slowest pace of closes: a drain never takes longer than its streams need at this rate.
@@ -103,11 +104,28 @@ impl Shard {
         }
         let _ = self.poll.registry().deregister(&mut self.listener);
         let (mut streams, mut others) = (Vec::new(), Vec::new());
+        let mut multiplexed = Vec::new();
         for (key, conn) in self.connections.iter() {
-            match conn.phase {
-                Phase::Streaming => streams.push((StreamKey::on(key), conn.serial)),
+            match (conn.phase, conn.h2.as_deref()) {
+                (Phase::Streaming, _) => streams.push((StreamKey::on(key), conn.serial)),
+                (Phase::Multiplexed, Some(h2)) => {
+                    multiplexed.push(key);
+                    streams.extend(
+                        h2.streams().filter(|(_, s)| s.data.phase == Phase::Streaming).filter_map(
+                            |(slot, s)| Some((StreamKey::multiplexed(key, slot)?, s.data.serial)),
+                        ),
+                    );
+                }
                 _ => others.push(key),
             }
+        }
+        // An HTTP/2 client is told at once that no new stream will be taken.
+        for key in multiplexed {
+            let conn = &mut self.connections[key];
+            if let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) {
+                h2.goaway(ErrorCode::NoError, &mut |frame| outbox.push(frame));
+            }
+            self.flush(key);
         }
         for key in others {
             self.close(key, "server shutting down");
@@ -129,9 +147,8 @@ impl Shard {
         }
         let (done, deadline) = (wind.is_done(), wind.deadline);
         for (stream, serial, wait) in due {
-            let key = stream.connection();
-            if self.holds(key, serial, Phase::Streaming) {
-                self.connections[key].outbox.push(sse::retry_chunk(wait));
+            if self.holds_stream(stream, serial) {
+                self.send_frame(stream, &sse::retry_chunk(wait));
                 self.end_stream(stream, now, "server stopping");
             }
         }

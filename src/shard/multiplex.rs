@@ -1,0 +1,316 @@
+//! A shard's HTTP/2 connections: each carries an [`h2::Session`] whose streams are subscribers.
+//!
+//! Owns what HTTP/2 changes in a connection's life: taking it up (the preface on the plain
+//! port, ALPN `h2` on the TLS port), feeding the session what was read and acting on its events,
+//! answering a stream (the HTTP/1.1 responses re-encoded), subscribing one, ending and resetting
+//! one, and the streams a client stopped reading. Everything a stream shares with an HTTP/1.1
+//! subscription (the judging, tokens, the backend, the index, delivery, timers) is reached
+//! through the same [`StreamKey`]s. It does not decode frames (`h2`).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use super::connection::{Client, Phase};
+use super::keys::{ConnKey, StreamKey};
+use super::stalls::STALL_TIMEOUT;
+use super::{millis, Shard};
+use crate::h2::fields::{self, BlockError, RequestHead};
+use crate::h2::frame::ErrorCode;
+use crate::h2::{Event, Limits, Session};
+use crate::http::{self, Judgement, Reject, Responses};
+use crate::limits::MAX_REQUEST_HEAD;
+use crate::sse::{self, Frame};
+
+/// A connection's HTTP/2 session; its streams carry an [`H2Stream`] each.
+pub(super) type Multiplex = Session<H2Stream>;
+
+/// What the shard keeps on an HTTP/2 stream: what a connection keeps on its one stream over
+/// HTTP/1.1.
+#[derive(Debug, Default)]
+pub(super) struct H2Stream {
+    /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
+    pub phase: Phase,
+    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
+    pub serial: u32,
+    /// What it subscribed to and who it is.
+    pub client: Client,
+    /// As [`super::connection::Connection::last_publish`].
+    pub last_publish: u64,
+    /// When it subscribed, in seconds on the shard's clock.
+    pub handshaked_at: Option<u32>,
+    /// Its request, while the backend is asked about it (`--auth-url`).
+    pub head: Option<Box<RequestHead>>,
+}
+
+/// What the shard's HTTP/2 connections are set up with.
+#[derive(Debug, Clone)]
+pub struct Http2 {
+    /// The session's limits.
+    pub limits: Limits,
+    /// The handshake's head as an HTTP/2 header block, encoded once.
+    pub handshake: Bytes,
+}
+
+impl Http2 {
+    /// HTTP/2 with at most `max_streams` streams a connection, answering as `responses` do.
+    pub fn new(max_streams: u32, responses: &Responses) -> Http2 {
+        let handshake = fields::response(&responses.handshake).expect("the handshake is a response head");
+        Http2 {
+            limits: Limits { max_streams, max_header_list: MAX_REQUEST_HEAD },
+            handshake: Bytes::from(handshake.block),
+        }
+    }
+}
+
+impl Shard {
+    /// Takes `key` up as HTTP/2: our SETTINGS go out first.
+    pub(super) fn start_multiplexing(&mut self, key: ConnKey) {
+        let Some(http2) = &self.settings.http2 else { return };
+        let conn = &mut self.connections[key];
+        let outbox = &mut conn.outbox;
+        conn.h2 = Some(Box::new(Session::new(http2.limits, &mut |frame| outbox.push(frame))));
+        conn.phase = Phase::Multiplexed;
+        conn.request.clear();
+        self.counters.http2_connections_opened += 1;
+        debug!("HTTP/2 with {}", conn.peer);
+    }
+
+    /// Feeds `bytes` read from an HTTP/2 connection to its session and acts on what it found.
+    pub(super) fn received_multiplexed(&mut self, key: ConnKey, bytes: &[u8]) {
+        let now = millis(self.started, Instant::now());
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let mut events = Vec::new();
+        let received = h2.receive(bytes, now, &mut events, &mut |frame| outbox.push(frame));
+        for event in events {
+            match event {
+                Event::Request { slot, head } => self.stream_request(key, slot, head),
+                Event::Reset { slot, data } => {
+                    if let Some(stream) = StreamKey::multiplexed(key, slot) {
+                        self.stream_gone(stream, &data);
+                    }
+                }
+                Event::Malformed { id, why } => {
+                    info!("Request refused from {}: HTTP/2 stream {id}: {why}", self.connections[key].peer)
+                }
+                Event::GoAway => debug!("HTTP/2 GOAWAY from {}", self.connections[key].peer),
+            }
+            if !self.connections.contains(key) {
+                return;
+            }
+        }
+        if let Err(error) = received {
+            info!("HTTP/2 connection with {} ended: {error}", self.connections[key].peer);
+            self.counters.http2_goaways += 1;
+            return self.end_multiplexed(key, error.code);
+        }
+        self.flush(key);
+    }
+
+    /// Tells the client GOAWAY with `code`, ends every stream, and closes once that is out.
+    pub(super) fn end_multiplexed(&mut self, key: ConnKey, code: ErrorCode) {
+        self.stop_streams(key);
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        h2.goaway(code, &mut |frame| outbox.push(frame));
+        conn.phase = Phase::Closing;
+        let serial = conn.serial;
+        let at = self.deadline(Instant::now(), self.settings.handshake_timeout);
+        self.timers.handshake_by(at, key, serial);
+        self.flush(key);
+    }
+
+    /// Takes every stream of `key` out of the index (its connection is ending).
+    pub(super) fn stop_streams(&mut self, key: ConnKey) {
+        let slots: Vec<usize> = match self.connections[key].h2.as_deref() {
+            Some(h2) => h2.streams().map(|(slot, _)| slot).collect(),
+            None => return,
+        };
+        for stream in slots.into_iter().filter_map(|slot| StreamKey::multiplexed(key, slot)) {
+            self.waiting.forget(stream);
+            self.stop_streaming(stream);
+        }
+    }
+
+    /// A stream the client reset, or one reset by us: out of the index, and no longer waited
+    /// for.
+    fn stream_gone(&mut self, stream: StreamKey, data: &H2Stream) {
+        self.waiting.forget(stream);
+        if data.phase == Phase::Streaming {
+            self.unsubscribe(stream, &data.client);
+        }
+    }
+
+    /// A request opened a stream: judged as an HTTP/1.1 request with the same head would be.
+    fn stream_request(&mut self, key: ConnKey, slot: usize, head: Result<RequestHead, BlockError>) {
+        let Some(stream) = StreamKey::multiplexed(key, slot) else { return };
+        let serial = self.new_serial();
+        let judgement = match head {
+            Ok(head) => {
+                let headers: Vec<httparse::Header> =
+                    head.fields.iter().map(|(name, value)| httparse::Header { name, value }).collect();
+                let judgement =
+                    http::judge_multiplexed(&head.method, &head.path, &headers, &self.settings.route);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    debug!(
+                        "Request from {}: {} {} (HTTP/2)",
+                        self.connections[key].peer, head.method, head.path
+                    );
+                }
+                if let Some(h2) = self.h2_stream(stream) {
+                    h2.serial = serial;
+                    h2.head = Some(Box::new(head));
+                }
+                judgement
+            }
+            Err(_) => Judgement::Reject(Reject::HeadTooLarge),
+        };
+        self.answer(stream, judgement);
+    }
+
+    /// The shard's state of HTTP/2 stream `stream`, if it is open.
+    pub(super) fn h2_stream(&mut self, stream: StreamKey) -> Option<&mut H2Stream> {
+        let conn = self.connections.get_mut(stream.connection())?;
+        Some(&mut conn.h2.as_deref_mut()?.stream_mut(stream.slot()?)?.data)
+    }
+
+    /// Answers HTTP/2 stream `stream` for the last time with `reply`, an HTTP/1.1 response,
+    /// re-encoded; the connection stays.
+    pub(super) fn answer_stream_last(&mut self, stream: StreamKey, reply: &Bytes) {
+        let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
+        self.stop_streaming(stream);
+        self.waiting.forget(stream);
+        let now = millis(self.started, Instant::now());
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let mut push = |frame| outbox.push(frame);
+        match fields::response(reply) {
+            Some(response) if response.body.is_empty() => h2.respond(slot, &response.block, true, &mut push),
+            Some(response) => {
+                h2.respond(slot, &response.block, false, &mut push);
+                h2.send(slot, Bytes::from(response.body), now, &mut push);
+                h2.finish(slot, now, &mut push);
+            }
+            None => {
+                h2.reset(slot, ErrorCode::InternalError, &mut push);
+            }
+        }
+        self.flush(key);
+    }
+
+    /// Subscribes HTTP/2 stream `stream`: the handshake's head, then its `retry:` and replay,
+    /// as an HTTP/1.1 handshake sends them.
+    pub(super) fn handshake_stream(
+        &mut self,
+        stream: StreamKey,
+        client: Client,
+        replay: Vec<Frame>,
+        last: u64,
+    ) {
+        let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
+        let now = Instant::now();
+        let (handshaked_at, at) = (self.seconds(now), millis(self.started, now));
+        let retry = self.settings.retry.clone();
+        let Some(http2) = &self.settings.http2 else { return };
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let mut push = |frame| outbox.push(frame);
+        h2.respond(slot, &http2.handshake, false, &mut push);
+        for frame in retry.into_iter().chain(replay) {
+            h2.send(slot, sse::chunk_payload(&frame), at, &mut push);
+        }
+        let Some(state) = h2.stream_mut(slot) else { return };
+        let data = &mut state.data;
+        data.client = client;
+        data.phase = Phase::Streaming;
+        data.handshaked_at = Some(handshaked_at);
+        data.last_publish = last;
+        data.head = None;
+        self.held_back(key);
+    }
+
+    /// Sends `frame` (a chunk, as HTTP/1.1 streams get it) on HTTP/2 stream `stream`.
+    pub(super) fn send_on_stream(&mut self, stream: StreamKey, frame: &Frame) {
+        let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
+        let now = millis(self.started, Instant::now());
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        h2.send(slot, sse::chunk_payload(frame), now, &mut |frame| outbox.push(frame));
+        self.held_back(key);
+    }
+
+    /// Ends HTTP/2 stream `stream` (END_STREAM once what it holds back is out); its
+    /// connection goes on.
+    pub(super) fn finish_stream(&mut self, stream: StreamKey) {
+        let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
+        self.stop_streaming(stream);
+        let now = millis(self.started, Instant::now());
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        if let Some(state) = h2.stream_mut(slot) {
+            state.data.phase = Phase::Closing;
+        }
+        h2.finish(slot, now, &mut |frame| outbox.push(frame));
+    }
+
+    /// Resets HTTP/2 stream `stream` with `code`, at once.
+    pub(super) fn reset_stream(&mut self, stream: StreamKey, code: ErrorCode) {
+        let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
+        self.stop_streaming(stream);
+        self.waiting.forget(stream);
+        let conn = &mut self.connections[key];
+        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        h2.reset(slot, code, &mut |frame| outbox.push(frame));
+        self.flush(key);
+    }
+
+    /// Notes that `key` may have a stream holding data back, to be watched for a stall.
+    pub(super) fn held_back(&mut self, key: ConnKey) {
+        let holds = self.connections[key].h2.as_deref().is_some_and(|h2| h2.stalled_since().is_some());
+        if holds {
+            self.held_back.insert(key);
+        }
+    }
+
+    /// Resets the HTTP/2 streams whose client let their window stay shut with events waiting
+    /// for the stall time: a stalled stream never holds its connection's others.
+    pub(super) fn reset_stalled_streams(&mut self, now: u64) {
+        let since = now.saturating_sub(STALL_TIMEOUT.as_millis() as u64);
+        let watched = std::mem::take(&mut self.held_back);
+        let mut still = BTreeSet::new();
+        for key in watched {
+            let Some(h2) = self.connections.get(key).and_then(|conn| conn.h2.as_deref()) else { continue };
+            let (stalled, held) = (h2.stalled(since), h2.pending());
+            for stream in stalled.into_iter().filter_map(|slot| StreamKey::multiplexed(key, slot)) {
+                warn!(
+                    "Slow stream reset: {} ({held} bytes held back by its connection's windows)",
+                    self.connections[key].peer
+                );
+                self.counters.dropped_slow_streams += 1;
+                self.reset_stream(stream, ErrorCode::Cancel);
+            }
+            let holds = self
+                .connections
+                .get(key)
+                .and_then(|c| c.h2.as_deref())
+                .is_some_and(|h2| h2.stalled_since().is_some());
+            if holds {
+                still.insert(key);
+            }
+        }
+        self.held_back.extend(still);
+    }
+
+    /// When the stream waiting longest for its window will have stalled.
+    pub(super) fn next_stream_stall(&self) -> Option<u64> {
+        let timeout = STALL_TIMEOUT.as_millis() as u64;
+        self.held_back
+            .iter()
+            .filter_map(|&key| self.connections.get(key)?.h2.as_deref()?.stalled_since())
+            .min()
+            .map(|since| since.saturating_add(timeout))
+    }
+}
