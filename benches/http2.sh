@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# HTTP/2 against HTTP/1.1 over TLS (issue 24), in one run: three `hasses-bench all`, each against
-# a fresh release server (idle memory is read from the server's start) on one certificate.
+# HTTP/2 against HTTP/1.1 over TLS (issue 24), in one run: `hasses-bench all` three times and
+# `idle` once, each against a fresh release server (idle memory is read from the server's
+# start), on one certificate.
 #   benches/http2.sh [N] [S] [extra hasses-bench options...]   N = 18000, S = 10 by default
 #     1. HTTP/1.1 over TLS, N connections                 (the reference)
 #     2. HTTP/2 over TLS, N connections x 1 stream
 #     3. HTTP/2 over TLS, N/S connections x S streams      (as many subscribers as 1 and 2)
+#     4. HTTP/2 over TLS, N/S connections x 1 stream, idle only (3's connections without the
+#        further streams)
 #   PLAIN=1 benches/http2.sh ...   the same without TLS: HTTP/1.1 against h2c (prior knowledge)
 #   HASSES=path benches/http2.sh ...   that server binary instead of this tree's
 # Then the issue's ratios, each against run 1:
 #   - server CPU per delivery (broadcast, burst) and per targeted message, runs 2 and 3 (<= 1.1)
 #   - memory per idle connection, run 2 (<= 1.25)
-#   - each further stream: (run 3's bytes per connection - run 2's) / (S - 1) (<= 300 B)
+#   - each further stream: (run 3's bytes per connection - run 4's) / (S - 1) (<= 300 B)
 #   - a connection of S streams against S connections, memory and connect CPU (< 1)
-# Figures go to target/http2-{h1,h2x1,h2xS}.jsonl (one JSON line per phase) and the ratios to
+# Figures go to target/http2-{h1,h2x1,h2xS,h2x1-few}.jsonl (one JSON line per phase) and the ratios to
 # stdout; each server logs to target/http2-server-*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,17 +44,17 @@ fi
 server=
 trap '[[ -n $server ]] && kill -TERM $server 2>/dev/null; wait 2>/dev/null || true' EXIT
 
-# measure NAME CONNECTIONS [hasses-bench options...]: `all` against a fresh server.
+# measure NAME SCENARIO CONNECTIONS [hasses-bench options...]: against a fresh server.
 measure() {
-    local name=$1 connections=$2
-    shift 2
+    local name=$1 scenario=$2 connections=$3
+    shift 3
     "$hasses" --port "$sse_port" --control-port "$control_port" --no-api "${server_tls[@]}" \
         >"target/http2-server-$name.log" 2>&1 &
     server=$!
     sleep 0.5
     rm -f "target/http2-$name.jsonl"
     echo "== $name: $connections connections $*"
-    ./target/release/hasses-bench all -n "$connections" --src-addrs 127.0.0.1-127.0.0.8 \
+    ./target/release/hasses-bench "$scenario" -n "$connections" --src-addrs 127.0.0.1-127.0.0.8 \
         --sse "127.0.0.1:$sse_port" --control "127.0.0.1:$control_port" --server-pid "$server" \
         --json-out "target/http2-$name.jsonl" -q "${bench_tls[@]}" "$@" || status=1
     kill -TERM "$server"
@@ -60,9 +63,10 @@ measure() {
 }
 
 status=0
-measure h1 "$n" "$@"
-measure h2x1 "$n" --http2 "$@"
-measure h2xS "$((n / s))" --http2 --streams-per-connection "$s" "$@"
+measure h1 all "$n" "$@"
+measure h2x1 all "$n" --http2 "$@"
+measure h2xS all "$((n / s))" --http2 --streams-per-connection "$s" "$@"
+measure h2x1-few idle "$((n / s))" --http2 "$@"
 
 # figure RUN PHASE FIELD: one figure of one run's phase.
 figure() {
@@ -92,9 +96,10 @@ ratio "server CPU us per targeted message, h2 $((n / s)) x $s / $over" "$(figure
 mem_h1=$(figure h1 idle rss_bytes_per_connection)
 mem_1=$(figure h2x1 idle rss_bytes_per_connection)
 mem_s=$(figure h2xS idle rss_bytes_per_connection)
-ratio "idle memory B per connection, h2 x 1 / $over" "$mem_1" "$mem_h1" "<= 1.25"
-awk -v a="$mem_s" -v b="$mem_1" -v s="$s" 'BEGIN {
-    printf "%-62s %10.0f B  (target <= 300 B)\n", "idle memory per further stream, (x " s " - x 1) / " s - 1, (a - b) / (s - 1)
+mem_few=$(figure h2x1-few idle rss_bytes_per_connection)
+ratio "idle memory B per connection, h2 $n x 1 / $over" "$mem_1" "$mem_h1" "<= 1.25"
+awk -v a="$mem_s" -v b="$mem_few" -v s="$s" -v c="$((n / s))" 'BEGIN {
+    printf "%-62s %10.0f B  (target <= 300 B)\n", "idle memory per further stream, (" c " x " s " - " c " x 1) / " s - 1, (a - b) / (s - 1)
 }'
 ratio "idle memory B, a connection of $s streams / $s x $over" "$mem_s" "$(awk -v a="$mem_h1" -v s="$s" 'BEGIN { print a * s }')" "< 1"
 cpu_h1=$(figure h1 connect server_cpu_us_per_connection)
