@@ -35,9 +35,13 @@ pub const MAX_RESETS: u32 = 200;
 pub const MAX_IDLE_FRAMES: u32 = 1000;
 /// The span the flood counters count over, in milliseconds.
 pub const FLOOD_WINDOW: u64 = 10_000;
-/// The dynamic table we let the client's encoder use: the default, so that a first request
-/// sent before our SETTINGS arrive decodes the same.
-const HEADER_TABLE_SIZE: u32 = 4096;
+/// The dynamic table a client's encoder may use until it has our SETTINGS: HPACK's default,
+/// which its first request (sent before our SETTINGS arrive) may fill.
+const FIRST_HEADER_TABLE_SIZE: usize = 4096;
+/// The dynamic table we let a client's encoder use once it acknowledged our SETTINGS: none.
+/// A connection lives for hours and sends a request per EventSource: its table would be
+/// kilobytes of memory kept to save a few hundred bytes of the few requests that follow.
+const HEADER_TABLE_SIZE: u32 = 0;
 /// A payload up to this size goes out in one buffer with its DATA header; a larger one as the
 /// header and the shared payload.
 const COPY_BELOW: usize = 512;
@@ -197,7 +201,7 @@ impl<T: Default> Session<T> {
     /// which go out first.
     pub fn new(limits: Limits, out: &mut impl FnMut(Bytes)) -> Session<T> {
         let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
+        decoder.set_max_allowed_table_size(FIRST_HEADER_TABLE_SIZE);
         out(Bytes::from(frame::settings(&[
             (setting::MAX_CONCURRENT_STREAMS, limits.max_streams),
             (setting::MAX_HEADER_LIST_SIZE, limits.max_header_list as u32),
@@ -249,9 +253,9 @@ impl<T: Default> Session<T> {
         self.streams.is_empty()
     }
 
-    /// Bytes held back by windows, over every stream.
-    pub fn pending(&self) -> usize {
-        self.streams.iter().filter_map(|(_, s)| s.pending.as_ref()).map(|p| p.bytes).sum()
+    /// Bytes `slot` holds back for its window.
+    pub fn held(&self, slot: usize) -> usize {
+        self.streams.get(slot).and_then(|s| s.pending.as_ref()).map_or(0, |p| p.bytes)
     }
 
     /// Takes in what the socket gave, acting on every whole frame: answers go to `out`, what
@@ -281,7 +285,8 @@ impl<T: Default> Session<T> {
             buffered.extend_from_slice(input);
             let used = self.frames(&buffered, now, events, out)?;
             buffered.drain(..used);
-            self.incoming = buffered;
+            // An idle connection keeps no buffer.
+            self.incoming = if buffered.is_empty() { Vec::new() } else { buffered };
         }
         Ok(())
     }
@@ -365,6 +370,11 @@ impl<T: Default> Session<T> {
             if !payload.is_empty() {
                 return fail(ErrorCode::FrameSizeError, "SETTINGS ACK with a payload");
             }
+            // The client now has our table size: its next block starts by shrinking its table
+            // to nothing (RFC 7541 section 4.2), so ours is let go at once, room and all.
+            self.decoder = Decoder::new();
+            self.decoder.set_max_table_size(HEADER_TABLE_SIZE as usize);
+            self.decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
             return Ok(());
         }
         if self.settings_seen {
@@ -468,7 +478,7 @@ impl<T: Default> Session<T> {
                 let code =
                     if increment == 0 { ErrorCode::ProtocolError } else { ErrorCode::FlowControlError };
                 if let Some(data) = self.reset(slot, code, out) {
-                    events.push(Event::Reset { slot, data });
+                    gone(events, slot, data);
                 }
                 return Ok(());
             }
@@ -622,7 +632,7 @@ impl<T: Default> Session<T> {
         self.flood.reset(now)?;
         if let Some(slot) = self.slot_of(head.stream) {
             let stream = self.streams.remove(slot);
-            events.push(Event::Reset { slot, data: stream.data });
+            gone(events, slot, stream.data);
         }
         Ok(())
     }
@@ -652,12 +662,16 @@ impl<T: Default> Session<T> {
             return;
         }
         let len = payload.len();
-        let free = stream.pending.is_none()
-            && len <= DEFAULT_MAX_FRAME
-            && (len as i64) <= i64::from(stream.window.min(connection_window));
+        let free =
+            stream.pending.is_none() && (len as i64) <= i64::from(stream.window.min(connection_window));
         if free {
+            // The common case: the windows take it whole, in frames of the largest size.
             stream.window -= len as i32;
             self.window -= len as i32;
+            let mut payload = payload;
+            while payload.len() > DEFAULT_MAX_FRAME {
+                data_frame(stream.id, payload.split_to(DEFAULT_MAX_FRAME), false, out);
+            }
             data_frame(stream.id, payload, false, out);
             return;
         }
@@ -692,11 +706,12 @@ impl<T: Default> Session<T> {
     }
 
     /// The streams whose held-back data has waited since before `since` (the caller's
-    /// milliseconds): a client that stopped reading one stream and not the others.
-    pub fn stalled(&self, since: u64) -> Vec<usize> {
+    /// milliseconds), or grown past `most` bytes: a client that stopped reading one stream and
+    /// not the others.
+    pub fn stalled(&self, since: u64, most: usize) -> Vec<usize> {
         self.streams
             .iter()
-            .filter(|(_, stream)| stream.pending.as_ref().is_some_and(|p| p.since < since))
+            .filter(|(_, stream)| stream.pending.as_ref().is_some_and(|p| p.since < since || p.bytes > most))
             .map(|(slot, _)| slot)
             .collect()
     }
@@ -766,6 +781,19 @@ fn data_frame(stream: u32, payload: Bytes, end_stream: bool, out: &mut impl FnMu
     } else {
         out(Bytes::copy_from_slice(&head));
         out(payload);
+    }
+}
+
+/// Tells the caller stream `slot` is gone, unless it has not been told of the stream yet (it
+/// opened in the same bytes): then its request is taken back, and the caller never sees it.
+/// Either way a later stream in the same slot is told apart: its request comes after.
+fn gone<T>(events: &mut Vec<Event<T>>, slot: usize, data: T) {
+    let unseen = events
+        .iter()
+        .position(|event| matches!(event, Event::Request { slot: opened, .. } if *opened == slot));
+    match unseen {
+        Some(at) => drop(events.remove(at)),
+        None => events.push(Event::Reset { slot, data }),
     }
 }
 
@@ -866,12 +894,49 @@ mod tests {
         let mut sent = Vec::new();
         session.send(slot, Bytes::from_static(b"0123456789abcdefghij"), 5, &mut |b| sent.push(b));
         assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
-        assert_eq!((session.pending(), session.stalled_since()), (10, Some(5)));
-        assert_eq!(session.stalled(6), [slot], "a stream waiting since 5 has stalled by 6");
+        assert_eq!((session.held(slot), session.stalled_since()), (10, Some(5)));
+        assert_eq!(session.stalled(6, usize::MAX), [slot], "a stream waiting since 5 has stalled by 6");
+        assert_eq!(
+            (session.stalled(5, 10), session.stalled(5, 9)),
+            (vec![], vec![slot]),
+            "or once over the most"
+        );
         let (result, _, sent) = feed(&mut session, &window_update(1, 100), 7);
         result.unwrap();
         assert_eq!(heads(&sent).iter().map(|h| h.len).collect::<Vec<_>>(), [10]);
-        assert_eq!((session.pending(), session.stalled_since()), (0, None));
+        assert_eq!((session.held(slot), session.stalled_since()), (0, None));
+    }
+
+    #[test]
+    fn the_clients_table_is_let_go_once_it_has_our_settings() {
+        let (mut session, _) = opened(&[]);
+        // A first request that puts `x: y` in the table (literal with incremental indexing).
+        let mut block = encode_block([(":method", &b"GET"[..]), (":scheme", b"http"), (":path", b"/sse")]);
+        block.extend([0x40, 1, b'x', 1, b'y']);
+        let first = frame(Kind::Headers, frame::END_HEADERS | frame::END_STREAM, 1, &block);
+        feed(&mut session, &first, 0).0.unwrap();
+        feed(&mut session, &frame::frame(Kind::Settings, frame::ACK, 0, &[]), 0).0.unwrap();
+        // The next block shrinks the client's table first, as RFC 7541 says it must.
+        let mut next = vec![0x20];
+        next.extend(encode_block([(":method", &b"GET"[..]), (":scheme", b"http"), (":path", b"/sse")]));
+        let (result, events, _) = feed(&mut session, &frame(Kind::Headers, frame::END_HEADERS, 3, &next), 0);
+        result.unwrap();
+        assert!(matches!(events[..], [Event::Request { head: Ok(_), .. }]));
+        let stale = frame(Kind::Headers, frame::END_HEADERS, 5, &[&next[1..], &[0xbe]].concat());
+        assert_eq!(code(feed(&mut session, &stale, 0).0), ErrorCode::CompressionError, "the entry is gone");
+    }
+
+    #[test]
+    fn a_payload_larger_than_a_frame_goes_in_frames_of_the_largest_size() {
+        let (mut session, _) = opened(&[(setting::INITIAL_WINDOW_SIZE, 1 << 20)]);
+        feed(&mut session, &window_update(0, 1 << 20), 0).0.unwrap();
+        let (_, events, _) = feed(&mut session, &get(1), 0);
+        let [Event::Request { slot, .. }] = events[..] else { panic!() };
+        let mut sent = Vec::new();
+        session.send(slot, Bytes::from(vec![b'x'; 40_000]), 0, &mut |b| sent.push(b));
+        let lens: Vec<usize> = heads(&sent).iter().map(|h| h.len).collect();
+        assert_eq!(lens, [16_384, 16_384, 7_232]);
+        assert_eq!(session.held(slot), 0);
     }
 
     #[test]
@@ -886,7 +951,7 @@ mod tests {
         }
         let streams: Vec<u32> = heads(&sent).iter().map(|h| h.stream).collect();
         assert_eq!(streams, [3], "stream 3 has a window; stream 1 waits");
-        assert_eq!(session.stalled(1), [slots[0]]);
+        assert_eq!(session.stalled(1, usize::MAX), [slots[0]]);
     }
 
     #[test]
@@ -906,6 +971,16 @@ mod tests {
             }
         }
         assert_eq!(code(result), ErrorCode::EnhanceYourCalm);
+    }
+
+    #[test]
+    fn a_stream_opened_and_reset_in_one_read_is_never_seen_and_its_slot_goes_to_the_next() {
+        let (mut session, _) = opened(&[]);
+        let input = [get(1), frame::rst_stream(1, ErrorCode::Cancel), get(3)].concat();
+        let (result, events, _) = feed(&mut session, &input, 0);
+        result.unwrap();
+        let [Event::Request { slot, head: Ok(_) }] = events[..] else { panic!("{events:?}") };
+        assert_eq!(session.stream(slot).unwrap().id, 3, "the one request left is stream 3's");
     }
 
     #[test]

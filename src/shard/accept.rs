@@ -1,7 +1,7 @@
 //! Accepting connections: the connection limits, and pausing when out of descriptors.
 //!
-//! Owns admission: a new connection is counted, checked against `--max-connections` and the
-//! per-IP limit, given its TLS session and its handshake deadline, or refused with `503`. It
+//! Owns admission: a new connection (and an HTTP/2 stream past a connection's first) is
+//! counted, checked against `--max-connections` and the per-IP limit, given its TLS session and its handshake deadline, or refused with `503`. It
 //! does not read requests (`request`) or touch streaming clients.
 
 use std::collections::HashMap;
@@ -148,17 +148,26 @@ impl Shard {
         }
     }
 
-    fn admit(&mut self, socket: mio::net::TcpStream, peer: Peer) {
+    /// Counts one more connection (or HTTP/2 stream) from `peer` against the limits, unless
+    /// that would go over one.
+    pub(super) fn account(&self, peer: Peer) -> Result<(), Overload> {
         let open = self.state.open.fetch_add(1, Ordering::Relaxed) + 1;
         if self.settings.max_connections.is_some_and(|max| open > max) {
             self.state.open.fetch_sub(1, Ordering::Relaxed);
-            return self.refuse(socket, peer, Overload::Connections);
+            return Err(Overload::Connections);
         }
         if self.per_ip.as_ref().is_some_and(|limit| !limit.try_open(peer.ip())) {
             self.state.open.fetch_sub(1, Ordering::Relaxed);
-            return self.refuse(socket, peer, Overload::ConnectionsPerIp);
+            return Err(Overload::ConnectionsPerIp);
         }
         self.state.peak.fetch_max(open, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn admit(&mut self, socket: mio::net::TcpStream, peer: Peer) {
+        if let Err(overload) = self.account(peer) {
+            return self.refuse(socket, peer, overload);
+        }
         self.counters.accepted += 1;
         let tls = match self.settings.tls.as_ref().map(|tls| TlsSession::new(tls.config())).transpose() {
             Ok(tls) => tls.map(Box::new),

@@ -10,9 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use slab::Slab;
 
 use super::keys::ConnKey;
-use super::multiplex::Multiplex;
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
+use crate::h2::fields::RequestHead;
+use crate::h2::Session;
 use crate::http::Subscribe;
 use mio::net::TcpStream;
 use mio::Interest;
@@ -29,6 +30,9 @@ pub enum Phase {
     Closing,
     /// Speaking HTTP/2: its streams have phases of their own.
     Multiplexed,
+    /// Told GOAWAY and its writing side shut: read (and dropped) until the client closes, so
+    /// that closing with its bytes unread does not reset the connection before it read ours.
+    Lingering,
 }
 
 impl Phase {
@@ -37,10 +41,32 @@ impl Phase {
         match self {
             Phase::Handshaking => "NEW",
             Phase::Streaming => "SSE",
-            Phase::Closing => "END",
+            Phase::Closing | Phase::Lingering => "END",
             Phase::Multiplexed => "H2",
         }
     }
+}
+
+/// A connection's HTTP/2 session; its streams carry an [`H2Stream`] each.
+pub type Multiplex = Session<H2Stream>;
+
+/// What the shard keeps on an HTTP/2 stream: what a connection keeps on its one stream over
+/// HTTP/1.1.
+#[derive(Debug, Default)]
+pub struct H2Stream {
+    /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
+    pub phase: Phase,
+    /// Tells this stream from a later one in the same slot (timers and tickets hold one); 0
+    /// until its request is judged.
+    pub serial: u32,
+    /// What it subscribed to and who it is.
+    pub client: Client,
+    /// As [`super::connection::Connection::last_publish`].
+    pub last_publish: u64,
+    /// When it subscribed, in seconds on the shard's clock.
+    pub handshaked_at: Option<u32>,
+    /// Its request, while the backend is asked about it (`--auth-url`).
+    pub head: Option<Box<RequestHead>>,
 }
 
 /// A shard's connections, by key: the one place that maps keys to slab places.

@@ -338,7 +338,10 @@ impl Shard {
             }
         }
         let over_cap = recipients.over_cap;
-        self.held_back.extend(held_back);
+        if !held_back.is_empty() {
+            self.held_back.extend(held_back);
+            self.reset_stalled_streams(super::millis(self.started, Instant::now()));
+        }
         self.latency.note(run);
         for key in over_cap {
             self.flush(key);

@@ -33,7 +33,7 @@ mod timers;
 mod tls_session;
 mod wind_down;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -126,6 +126,9 @@ pub struct Shard {
     stalls: Stalls,
     /// HTTP/2 connections that may have a stream whose window holds events back.
     held_back: BTreeSet<ConnKey>,
+    /// HTTP/2 connections with streams past their first counted against the connection limits
+    /// (as connections are), and how many: kept here, so that a connection's slot pays nothing.
+    charged: HashMap<ConnKey, u16>,
     /// Commands were left on the channel for a held client: drain them once none is held (the
     /// waker will not fire again for them).
     commands_held: bool,
@@ -179,6 +182,7 @@ impl Shard {
             run_bytes: 0,
             stalls: Stalls::default(),
             held_back: BTreeSet::new(),
+            charged: HashMap::new(),
             commands_held: false,
             next_serial: 0,
             counters: ShardFigures::default(),
@@ -325,6 +329,7 @@ impl Shard {
             None => conn.outbox.flush(&mut conn.socket),
         };
         match flushed {
+            Ok(Flushed::All) if conn.is_finished() && conn.h2.is_some() => self.linger(key),
             Ok(Flushed::All) if conn.is_finished() => self.close(key, "response complete"),
             Ok(_) => {
                 self.pace(key, queued);
@@ -364,6 +369,7 @@ impl Shard {
         self.stalls.release(key);
         self.waiting.forget(StreamKey::on(key));
         self.held_back.remove(&key);
+        self.uncharge_streams(key);
         // Closing the descriptor also takes it out of epoll: no deregister call needed.
         let conn = self.connections.remove(key);
         self.unaccount(conn.peer);
@@ -378,7 +384,8 @@ impl Shard {
     }
 
     fn new_serial(&mut self) -> u32 {
-        self.next_serial = self.next_serial.wrapping_add(1);
+        // Never 0: an HTTP/2 stream's serial is 0 until its request is judged.
+        self.next_serial = self.next_serial.wrapping_add(1).max(1);
         self.next_serial
     }
 

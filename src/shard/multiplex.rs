@@ -13,37 +13,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::connection::{Client, Phase};
+use super::connection::{Client, H2Stream, Phase};
 use super::keys::{ConnKey, StreamKey};
 use super::stalls::STALL_TIMEOUT;
 use super::{millis, Shard};
 use crate::h2::fields::{self, BlockError, RequestHead};
 use crate::h2::frame::ErrorCode;
 use crate::h2::{Event, Limits, Session};
-use crate::http::{self, Judgement, Reject, Responses};
+use crate::http::{self, Judgement, Overload, Reject, Responses};
 use crate::limits::MAX_REQUEST_HEAD;
 use crate::sse::{self, Frame};
-
-/// A connection's HTTP/2 session; its streams carry an [`H2Stream`] each.
-pub(super) type Multiplex = Session<H2Stream>;
-
-/// What the shard keeps on an HTTP/2 stream: what a connection keeps on its one stream over
-/// HTTP/1.1.
-#[derive(Debug, Default)]
-pub(super) struct H2Stream {
-    /// Where it is: its request judged (`Handshaking`), subscribed, or ending.
-    pub phase: Phase,
-    /// Tells this stream from a later one in the same slot (timers and tickets hold one).
-    pub serial: u32,
-    /// What it subscribed to and who it is.
-    pub client: Client,
-    /// As [`super::connection::Connection::last_publish`].
-    pub last_publish: u64,
-    /// When it subscribed, in seconds on the shard's clock.
-    pub handshaked_at: Option<u32>,
-    /// Its request, while the backend is asked about it (`--auth-url`).
-    pub head: Option<Box<RequestHead>>,
-}
 
 /// What the shard's HTTP/2 connections are set up with.
 #[derive(Debug, Clone)]
@@ -110,6 +89,19 @@ impl Shard {
         self.flush(key);
     }
 
+    /// An HTTP/2 connection's handshake deadline came: one without a stream goes (as a
+    /// connection that sent no request does), one with streams is looked at again a handshake
+    /// timeout later. So a connection whose last stream ended goes within two timeouts.
+    pub(super) fn idle_multiplexed(&mut self, key: ConnKey, now: Instant) {
+        let conn = &self.connections[key];
+        if conn.h2.as_deref().is_some_and(|h2| h2.is_empty()) {
+            info!("HTTP/2 connection with {} ended: no stream open", conn.peer);
+            return self.end_multiplexed(key, ErrorCode::NoError);
+        }
+        let (serial, at) = (conn.serial, self.deadline(now, self.settings.handshake_timeout));
+        self.timers.handshake_by(at, key, serial);
+    }
+
     /// Tells the client GOAWAY with `code`, ends every stream, and closes once that is out.
     pub(super) fn end_multiplexed(&mut self, key: ConnKey, code: ErrorCode) {
         self.stop_streams(key);
@@ -121,6 +113,18 @@ impl Shard {
         let at = self.deadline(Instant::now(), self.settings.handshake_timeout);
         self.timers.handshake_by(at, key, serial);
         self.flush(key);
+    }
+
+    /// Shuts the writing side of `key`, whose GOAWAY is out, and reads until the client closes
+    /// (or the deadline [`Shard::end_multiplexed`] set): closing at once, with what it sent
+    /// still unread, would reset the connection, and the client could lose the GOAWAY.
+    pub(super) fn linger(&mut self, key: ConnKey) {
+        let conn = &mut self.connections[key];
+        conn.h2 = None;
+        conn.phase = Phase::Lingering;
+        if let Err(e) = conn.socket.shutdown(std::net::Shutdown::Write) {
+            self.close(key, &format!("cannot shut its writing side: {e}"));
+        }
     }
 
     /// Takes every stream of `key` out of the index (its connection is ending).
@@ -147,6 +151,15 @@ impl Shard {
     /// A request opened a stream: judged as an HTTP/1.1 request with the same head would be.
     fn stream_request(&mut self, key: ConnKey, slot: usize, head: Result<RequestHead, BlockError>) {
         let Some(stream) = StreamKey::multiplexed(key, slot) else { return };
+        if let Err(overload) = self.charge_streams(key) {
+            self.counters.refused += 1;
+            info!(
+                "Request refused from {}: HTTP/2 stream over a limit ({overload})",
+                self.connections[key].peer
+            );
+            let reply = self.settings.responses.unavailable(overload).clone();
+            return self.answer_stream_last(stream, &reply);
+        }
         let serial = self.new_serial();
         let judgement = match head {
             Ok(head) => {
@@ -169,6 +182,42 @@ impl Shard {
             Err(_) => Judgement::Reject(Reject::HeadTooLarge),
         };
         self.answer(stream, judgement);
+    }
+
+    /// Counts `key`'s streams past its first against the connection limits, as connections,
+    /// as a new one is judged: takes back what ended streams were counted for, and counts the
+    /// new one; an error when it is over a limit (and is then refused).
+    fn charge_streams(&mut self, key: ConnKey) -> Result<(), Overload> {
+        let conn = &self.connections[key];
+        let (peer, charged) = (conn.peer, self.charged.get(&key).copied().unwrap_or(0));
+        // The streams judged before this one (a serial is given when a stream is judged): with
+        // it, that many are past the first. Several may have come in one read.
+        let wanted =
+            conn.h2.as_deref().map_or(0, |h2| h2.streams().filter(|(_, s)| s.data.serial != 0).count());
+        let wanted = u16::try_from(wanted).unwrap_or(u16::MAX);
+        for _ in wanted..charged {
+            self.unaccount(peer);
+        }
+        let mut counted = charged.min(wanted);
+        let result = (counted..wanted).try_for_each(|_| {
+            self.account(peer)?;
+            counted += 1;
+            Ok(())
+        });
+        match counted {
+            0 => self.charged.remove(&key),
+            _ => self.charged.insert(key, counted),
+        };
+        result
+    }
+
+    /// Takes back what `key`'s streams were counted for (the connection is closing).
+    pub(super) fn uncharge_streams(&mut self, key: ConnKey) {
+        let Some(charged) = self.charged.remove(&key) else { return };
+        let peer = self.connections[key].peer;
+        for _ in 0..charged {
+            self.unaccount(peer);
+        }
     }
 
     /// The shard's state of HTTP/2 stream `stream`, if it is open.
@@ -276,19 +325,22 @@ impl Shard {
     }
 
     /// Resets the HTTP/2 streams whose client let their window stay shut with events waiting
-    /// for the stall time: a stalled stream never holds its connection's others.
+    /// for the stall time, or with more than `--max-backlog` waiting: a stalled stream never
+    /// holds its connection's others, nor the shard (its events wait on it, not on the socket).
     pub(super) fn reset_stalled_streams(&mut self, now: u64) {
         let since = now.saturating_sub(STALL_TIMEOUT.as_millis() as u64);
         let watched = std::mem::take(&mut self.held_back);
         let mut still = BTreeSet::new();
         for key in watched {
             let Some(h2) = self.connections.get(key).and_then(|conn| conn.h2.as_deref()) else { continue };
-            let (stalled, held) = (h2.stalled(since), h2.pending());
-            for stream in stalled.into_iter().filter_map(|slot| StreamKey::multiplexed(key, slot)) {
-                warn!(
-                    "Slow stream reset: {} ({held} bytes held back by its connection's windows)",
-                    self.connections[key].peer
-                );
+            let most = self.settings.max_backlog;
+            let stalled: Vec<(usize, usize)> =
+                h2.stalled(since, most).into_iter().map(|slot| (slot, h2.held(slot))).collect();
+            for (slot, held) in stalled {
+                let Some(stream) = StreamKey::multiplexed(key, slot) else { continue };
+                let why =
+                    if held > most { "over --max-backlog" } else { "its window shut past the stall time" };
+                warn!("Slow stream reset: {} ({held} bytes held back, {why})", self.connections[key].peer);
                 self.counters.dropped_slow_streams += 1;
                 self.reset_stream(stream, ErrorCode::Cancel);
             }

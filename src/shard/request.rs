@@ -149,7 +149,7 @@ impl Shard {
             && match self.connections[key].phase {
                 Phase::Handshaking => true,
                 Phase::Streaming => self.wants_reinit(key, n),
-                Phase::Closing | Phase::Multiplexed => false,
+                Phase::Closing | Phase::Multiplexed | Phase::Lingering => false,
             };
         let conn = &mut self.connections[key];
         if !takes_request {

@@ -129,6 +129,10 @@ impl Shard {
                 self.close(d.key, "handshake timeout");
             } else if self.holds(d.key, d.serial, Phase::Closing) {
                 self.close(d.key, "last answer not taken in time");
+            } else if self.holds(d.key, d.serial, Phase::Lingering) {
+                self.close(d.key, "not closed by the peer after GOAWAY");
+            } else if self.holds(d.key, d.serial, Phase::Multiplexed) {
+                self.idle_multiplexed(d.key, instant);
             }
         }
         while let Some(d) = self.timers.due_authorization(now) {

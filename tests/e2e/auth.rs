@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hasses::h2::frame::Kind;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -218,4 +219,20 @@ fn a_named_origin_may_send_its_cookie_when_tokens_are_needed() {
     let head = client.head.as_ref().unwrap();
     assert_eq!(head.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(head.header("access-control-allow-origin"), Some("https://app.example"));
+}
+
+#[test]
+fn an_http2_stream_carries_its_token_in_its_authorization_field() {
+    let server = with_secret();
+    let mut client = crate::h2c::Client::connect(&server, &[]);
+    let token = hs256(&claims(&["room1"], json!({})));
+    client.get_with(1, "/sse?subscribe=room1", &[("authorization", &format!("Bearer {token}"))]);
+    client.get(3, "/sse?subscribe=room1");
+    assert_eq!(client.until("stream 1's handshake", |f| f.is(Kind::Headers, 1)).status(), Some("200"));
+    let refused = client.until("stream 3's refusal", |f| f.is(Kind::Headers, 3));
+    assert_eq!(refused.status(), Some("401"));
+    assert!(refused.fields.contains(&("www-authenticate".into(), NO_TOKEN.into())), "{:?}", refused.fields);
+    server.wait_json("tcpstatus", "sseconncli", 1);
+    server.publish("room1=granted");
+    client.data_until(1, "data: granted");
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
+use hasses::h2::frame::{ErrorCode, Kind};
+
 use crate::common::*;
 use crate::programs::{find_program, Devtools, TempDir};
 
@@ -581,4 +583,25 @@ fn chromium_is_authorized_by_its_session_refused_logged_out_and_retries_a_stoppe
     browser.wait_until("down.opens === 1");
     server.publish("room1=back again");
     browser.wait_until("down.data.includes('back again')");
+}
+
+#[test]
+fn each_http2_stream_is_put_to_the_backend_and_a_slow_one_is_reset_alone() {
+    let backend = Backend::start(by_query);
+    let server = hooked(&backend, &["--auth-timeout", "1"]);
+    let mut client = crate::h2c::Client::connect(&server, &[]);
+    client.get_with(1, "/sse?subscribe=room1&id=a", &[("cookie", "session=s1"), ("cookie", "theme=dark")]);
+    client.get(3, "/sse?subscribe=refuse");
+    client.get(5, "/sse?subscribe=slow");
+    assert_eq!(client.until("stream 1's handshake", |f| f.is(Kind::Headers, 1)).status(), Some("200"));
+    let refused = client.until("stream 3's refusal", |f| f.is(Kind::Headers, 3));
+    assert_eq!(refused.status(), Some("403"));
+    let reset = client.until("stream 5's reset", |f| f.is(Kind::RstStream, 5));
+    assert_eq!(reset.code(), ErrorCode::RefusedStream as u32);
+    server.publish("room1=still served");
+    client.data_until(1, "data: still served");
+    let asked = backend.asked();
+    let first =
+        asked.iter().find(|q| q.iter().any(|(n, v)| n == "x-original-uri" && v.contains("room1"))).unwrap();
+    assert!(first.contains(&("cookie".into(), "session=s1; theme=dark".into())), "{first:?}");
 }

@@ -30,16 +30,23 @@ const DELIVERY: Duration = Duration::from_secs(5);
 /// twice (a retry can hit the moment hasses is down) plus slack.
 const RECONNECT: Duration = Duration::from_secs(10);
 
-/// Serves the page and collects its reports.
-struct PageServer {
-    port: u16,
+/// Serves a page and collects its reports.
+pub(crate) struct PageServer {
+    /// The port it listens on, on 127.0.0.1.
+    pub(crate) port: u16,
     reports: Arc<Mutex<Vec<Value>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PageServer {
+    /// Serves [`PAGE`].
     fn start() -> PageServer {
+        PageServer::serving(PAGE)
+    }
+
+    /// Serves `page` on `GET /` (any query) and collects what it posts to `/report`.
+    pub(crate) fn serving(page: &'static str) -> PageServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the page server");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -52,7 +59,7 @@ impl PageServer {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let reports = Arc::clone(&reports);
-                            std::thread::spawn(move || serve(stream, &reports));
+                            std::thread::spawn(move || serve(stream, page, &reports));
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(10))
@@ -107,8 +114,8 @@ impl Drop for PageServer {
     }
 }
 
-/// Answers one request: the page on `GET /`, a report on `POST /report`, 404 otherwise.
-fn serve(mut stream: TcpStream, reports: &Mutex<Vec<Value>>) {
+/// Answers one request: `page` on `GET /`, a report on `POST /report`, 404 otherwise.
+fn serve(mut stream: TcpStream, page: &str, reports: &Mutex<Vec<Value>>) {
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -141,7 +148,7 @@ fn serve(mut stream: TcpStream, reports: &Mutex<Vec<Value>>) {
     let request_line = head.lines().next().unwrap_or_default();
     let (status, content_type, content) =
         if request_line.starts_with("GET / ") || request_line.starts_with("GET /?") {
-            ("200 OK", "text/html; charset=utf-8", PAGE.as_bytes())
+            ("200 OK", "text/html; charset=utf-8", page.as_bytes())
         } else if request_line.starts_with("POST /report ") {
             let report = serde_json::from_slice(&body[..length]).expect("a JSON report from the page");
             reports.lock().unwrap().push(report);

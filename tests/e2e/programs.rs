@@ -509,11 +509,16 @@ pub struct Devtools {
 impl Devtools {
     /// Chromium on `url`, attached to its page.
     pub fn launch(url: &str, profile: &TempDir) -> Devtools {
+        Devtools::launch_with(url, profile, &[])
+    }
+
+    /// Chromium with the extra command-line `flags` on `url`, attached to its page.
+    pub fn launch_with(url: &str, profile: &TempDir, flags: &[&str]) -> Devtools {
         let (browser_reads, test_writes) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
         let (test_reads, browser_writes) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
         let (reads, writes) = (browser_reads.as_raw_fd(), browser_writes.as_raw_fd());
         let mut command = chromium_command(profile);
-        command.arg("--remote-debugging-pipe").arg(url);
+        command.args(flags).arg("--remote-debugging-pipe").arg(url);
         // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). The ends
         // are first moved above 4, so placing one on 3 cannot close the other; dup2 clears
         // close-on-exec on 3 and 4.

@@ -25,14 +25,14 @@ use rustls::{
 use crate::common::{self, connect, read_to_eof, run_to_exit, Server, SseClient, TempFile, Transport, WAIT};
 
 /// A self-signed certificate and its key, PEM, for `localhost` and `127.0.0.1`.
-struct Identity {
+pub(crate) struct Identity {
     cert_pem: String,
     key_pem: String,
     der: CertificateDer<'static>,
 }
 
 impl Identity {
-    fn new() -> Identity {
+    pub(crate) fn new() -> Identity {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("generate a certificate");
         Identity {
@@ -44,13 +44,13 @@ impl Identity {
 }
 
 /// The certificate and key files the server is given, removed when dropped.
-struct Files {
-    cert: TempFile,
+pub(crate) struct Files {
+    pub(crate) cert: TempFile,
     key: TempFile,
 }
 
 impl Files {
-    fn new(identity: &Identity) -> Files {
+    pub(crate) fn new(identity: &Identity) -> Files {
         let files = Files { cert: TempFile::new("cert.pem"), key: TempFile::new("key.pem") };
         files.write(identity);
         files
@@ -69,7 +69,7 @@ impl Files {
 }
 
 /// A TLS server on free ports (two workers) with `extra` flags.
-fn tls_server(files: &Files, extra: &[&str]) -> Server {
+pub(crate) fn tls_server(files: &Files, extra: &[&str]) -> Server {
     let args: Vec<&str> = files.flags().into_iter().chain(extra.iter().copied()).collect();
     let server = Server::start(&args);
     server.log.wait_for_line(|l| l.starts_with("SSE listening on ") && l.ends_with(" (https)"), WAIT);
