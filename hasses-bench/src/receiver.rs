@@ -574,6 +574,12 @@ impl Thread {
                 }
             }
             State::AwaitHead | State::Streaming if self.setup.tls.is_some() => self.tls_io(local),
+            // h2c: what the socket did not take before goes first.
+            State::AwaitHead | State::Streaming if self.setup.http2 => {
+                if self.send_h2(local) {
+                    self.read(local);
+                }
+            }
             State::AwaitHead | State::Streaming => self.read(local),
             State::Idle | State::Away | State::Dead => {}
         }
