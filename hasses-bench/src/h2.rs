@@ -14,8 +14,8 @@ use std::fmt;
 
 use hasses::h2::fields::encode_block;
 use hasses::h2::frame::{
-    self, setting, Head, Kind, ACK, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, END_HEADERS, END_STREAM, HEAD_LEN,
-    MAX_WINDOW, PADDED, PREFACE, PRIORITY,
+    self, setting, ErrorCode, Head, Kind, ACK, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, END_HEADERS, END_STREAM,
+    HEAD_LEN, MAX_WINDOW, PADDED, PREFACE, PRIORITY,
 };
 use loona_hpack::decoder::DecoderError;
 use loona_hpack::Decoder;
@@ -331,24 +331,10 @@ pub fn stream_id(slot: usize) -> u32 {
 
 /// An error code's name (RFC 9113 §7), with its number.
 pub fn code_name(code: u32) -> String {
-    const NAMES: [&str; 14] = [
-        "NO_ERROR",
-        "PROTOCOL_ERROR",
-        "INTERNAL_ERROR",
-        "FLOW_CONTROL_ERROR",
-        "SETTINGS_TIMEOUT",
-        "STREAM_CLOSED",
-        "FRAME_SIZE_ERROR",
-        "REFUSED_STREAM",
-        "CANCEL",
-        "COMPRESSION_ERROR",
-        "CONNECT_ERROR",
-        "ENHANCE_YOUR_CALM",
-        "INADEQUATE_SECURITY",
-        "HTTP_1_1_REQUIRED",
-    ];
-    let name = NAMES.get(code as usize).copied().unwrap_or("unknown");
-    format!("{name} ({code:#x})")
+    match ErrorCode::of(code) {
+        Some(known) => format!("{known:?} ({code:#x})"),
+        None => format!("unknown code {code:#x}"),
+    }
 }
 
 /// Whether a frame's payload goes to the caller as it arrives: DATA without padding.
@@ -385,7 +371,7 @@ fn read_u32(bytes: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hasses::h2::frame::{data_head, goaway, rst_stream, ErrorCode};
+    use hasses::h2::frame::{data_head, goaway, rst_stream};
 
     /// What a client with `streams` streams hands its caller for `input`, fed in pieces of
     /// `piece` bytes; DATA pieces joined per frame, as the caller's parser would see them.
