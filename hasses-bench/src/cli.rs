@@ -118,7 +118,20 @@ say CA:FALSE: rustls, unlike curl, refuses a CA certificate as the server's own.
   hasses-bench all -n 5000 --tls --ca cert.pem --server-pid $(pidof hasses)
 With --tls-resume, every connection is then closed and opened again, resuming its session: the
 reconnect phase's server CPU per TLS handshake is a resumed handshake's, the connect phase's a
-full one's.";
+full one's.
+
+Over HTTP/2 (--http2): over TLS the client offers only `h2` in ALPN; without --tls it speaks
+h2c with prior knowledge (the preface first) on the plain port. Each of the N connections
+carries --streams-per-connection S streams, each a `GET <path>?subscribe=all-c<j>&id=c<j>` of
+its own whose DATA frames carry the SSE text: stream s of connection i is subscriber
+j = i + s*N, and every figure counts subscribers as HTTP/1.1 counts connections (deliveries,
+targeted messages to c<j>, lost and duplicated), but for connect's server CPU and idle's RSS
+per connection, which are per connection of S streams, beside their figures per stream. The
+client gives the server windows of 2^31-1 (SETTINGS_INITIAL_WINDOW_SIZE and a connection
+WINDOW_UPDATE) so that flow control never throttles a run, and answers SETTINGS and PING.
+benches/http2.sh reads HTTP/2's figures against HTTP/1.1 over TLS in one run:
+  hasses-bench all -n 1800 --http2 --streams-per-connection 10 --tls --ca cert.pem \
+      --server-pid $(pidof hasses)";
 
 /// Capacity benchmark for hasses: N SSE connections, published messages, and the figures.
 #[derive(Debug, Clone, Parser)]
@@ -146,6 +159,17 @@ pub struct Options {
     /// one token for every connection, granting `all` and `c*`.
     #[arg(long, value_name = "TOKEN")]
     pub bearer: Option<String>,
+
+    /// Speak HTTP/2: over TLS (--tls) with ALPN `h2`, else h2c with prior knowledge. Each
+    /// connection carries --streams-per-connection streams, each a subscription of its own.
+    #[arg(long)]
+    pub http2: bool,
+
+    /// With --http2: streams per connection, each a subscriber (at most the server's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, hasses' --http2-max-streams, 100 by default).
+    #[arg(long, value_name = "S", default_value_t = 1, requires = "http2",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub streams_per_connection: u32,
 
     /// Connections to open.
     #[arg(short = 'n', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -520,6 +544,11 @@ impl Options {
             .map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), |n| n as usize)
     }
 
+    /// Subscribers over all connections: one per connection, or one per stream (`--http2`).
+    pub fn subscribers(&self) -> u64 {
+        u64::from(self.connections) * u64::from(self.streams_per_connection)
+    }
+
     /// The phases to run: the scenario's, with reconnect after connect under `--tls-resume`.
     pub fn phases(&self) -> Vec<Phase> {
         let resume = self.tls_resume.then_some(Phase::Reconnect);
@@ -559,6 +588,13 @@ impl Options {
         }
         if self.scenario == Scenario::Upgrade && self.server_pid.len() != 1 {
             return Err("the upgrade scenario needs one --server-pid".into());
+        }
+        let http1_only = [Scenario::Resume, Scenario::Restart, Scenario::Upgrade, Scenario::TlsHandshakes];
+        if self.http2 && http1_only.contains(&self.scenario) {
+            return Err(
+                "--http2: the resume, restart, upgrade and tls-handshakes scenarios speak HTTP/1.1 only"
+                    .into(),
+            );
         }
         if self.scenario == Scenario::TlsHandshakes && !self.tls {
             return Err("the tls-handshakes scenario needs --tls and --ca".into());
@@ -705,6 +741,18 @@ mod tests {
         let names: Vec<&str> = o.phases().into_iter().map(Phase::name).collect();
         assert_eq!(names, ["connect", "reconnect", "idle", "broadcast", "burst", "targeted"]);
         assert!(parse(&["--tls-resume"]).is_err(), "needs --tls");
+    }
+
+    #[test]
+    fn http2_takes_streams_per_connection_and_the_scenarios_it_speaks() {
+        let o = parse(&["-n", "30", "--http2", "--streams-per-connection", "10"]).unwrap();
+        assert!(o.validate().is_ok());
+        assert_eq!((o.connections, o.subscribers()), (30, 300));
+        assert_eq!(parse(&["-n", "30"]).unwrap().subscribers(), 30, "one stream, one subscriber");
+        assert!(parse(&["--streams-per-connection", "10"]).is_err(), "needs --http2");
+        assert!(parse(&["--http2", "--streams-per-connection", "0"]).is_err());
+        let resume = Options::try_parse_from(["hasses-bench", "resume", "--http2"]).unwrap();
+        assert!(resume.validate().unwrap_err().contains("HTTP/1.1 only"));
     }
 
     #[test]

@@ -93,12 +93,15 @@ pub struct LastReceiver {
 /// The connect phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct Connect {
-    /// Connections whose response head arrived.
+    /// Subscribers (connections, or HTTP/2 streams) whose response head arrived.
     pub handshaked: u64,
     /// Handshaked connections per second of the phase.
     pub connections_per_s: f64,
-    /// Server CPU per handshaked connection, µs.
+    /// Server CPU per handshaked connection (with `--http2`, with all its streams), µs.
     pub server_cpu_us_per_connection: Option<f64>,
+    /// With `--http2`: the streams' figures.
+    #[serde(flatten)]
+    pub http2: Option<StreamsConnect>,
     /// What the server answers to `tcpnumberofclients` after the phase.
     pub server_clients: Option<u64>,
     /// The server's RSS before the first connection, bytes.
@@ -108,6 +111,17 @@ pub struct Connect {
     /// With `--tls`: the handshakes' figures.
     #[serde(flatten)]
     pub tls: Option<TlsHandshakes>,
+}
+
+/// The streams of the connect phase (`--http2`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamsConnect {
+    /// Streams each connection asked for.
+    pub streams_per_connection: u32,
+    /// Streams answered per second of the phase.
+    pub streams_per_s: f64,
+    /// Server CPU per answered stream (its connection's share included), µs.
+    pub server_cpu_us_per_stream: Option<f64>,
 }
 
 /// The TLS handshakes of the connect and reconnect phases (`--tls`).
@@ -134,8 +148,11 @@ pub struct Idle {
     pub rss_before_bytes: Option<u64>,
     /// The server's RSS after the pause, bytes.
     pub rss_after_bytes: Option<u64>,
-    /// RSS growth per open connection, bytes.
+    /// RSS growth per open connection (with `--http2`, with all its streams), bytes.
     pub rss_bytes_per_connection: Option<f64>,
+    /// With `--http2`: RSS growth per open stream (its connection's share included), bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes_per_stream: Option<f64>,
     /// The same, under the name of a TLS run (`--tls` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_bytes_per_tls_connection: Option<f64>,

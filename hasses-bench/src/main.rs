@@ -31,12 +31,14 @@
 //! - [`report`]: the table and the JSON lines, from the figures.
 //! - [`sys`]: clock, rusage, rlimit, socket option (through nix), `/proc/PID`.
 //! - [`tls`]: the rustls client settings (`--tls`).
+//! - [`h2`]: a connection's HTTP/2, client side (`--http2`): frames in and out (pure).
 #![forbid(unsafe_code)]
 
 mod cli;
 mod control;
 mod figures;
 mod floor;
+mod h2;
 mod handshakes;
 mod hop;
 mod parse;

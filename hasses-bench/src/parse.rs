@@ -1,5 +1,6 @@
 //! The receive side's wire parser: the HTTP response head, the chunked transfer coding and
-//! the SSE events inside it (`id: N\n`, `data: ...\n\n`).
+//! the SSE events inside it (`id: N\n`, `data: ...\n\n`); or, for an HTTP/2 stream, whose
+//! DATA frames carry the SSE text bare, the events alone.
 //!
 //! Pure over bytes: no I/O, no allocation. All state lives in [`StreamParser`], so a read may
 //! end anywhere (inside a chunk-size line, inside a field name, inside a number) and the next
@@ -61,6 +62,8 @@ enum Stage {
     DataCr,
     /// After chunk data and CR, expecting LF.
     DataLf,
+    /// The SSE text alone, unframed (an HTTP/2 stream's DATA).
+    Bare,
     /// A protocol error was found; everything is ignored.
     Failed(ProtoError),
 }
@@ -136,6 +139,12 @@ impl StreamParser {
         }
     }
 
+    /// A parser of an HTTP/2 stream's SSE text: its head came in a HEADERS frame, its body in
+    /// DATA frames without chunks.
+    pub fn bare() -> Self {
+        StreamParser { stage: Stage::Bare, ..Self::new() }
+    }
+
     /// Whether the whole `200` response head has been read.
     pub fn handshaked(&self) -> bool {
         !matches!(self.stage, Stage::Head { .. } | Stage::Failed(_))
@@ -174,6 +183,10 @@ impl StreamParser {
                     if self.chunk_left == 0 {
                         self.stage = Stage::DataCr;
                     }
+                }
+                Stage::Bare => {
+                    self.sse(&input[pos..], &mut on_event);
+                    pos = input.len();
                 }
                 Stage::DataCr => {
                     self.expect(input[pos], b'\r', Stage::DataLf)?;
@@ -494,6 +507,20 @@ mod tests {
         let mut end = HEAD.to_vec();
         end.extend_from_slice(b"0\r\n\r\n");
         assert_eq!(run(&[&end]).1, Err(ProtoError::EndOfStream));
+    }
+
+    #[test]
+    fn a_bare_stream_gives_the_same_events_split_anywhere() {
+        let text = "id: 17\ndata: b5:123456:xxxxxxxx\n\nid: 18\ndata: t9:777:42:pad\n\n";
+        for at in 0..text.len() {
+            let mut parser = StreamParser::bare();
+            assert!(parser.handshaked());
+            let mut got = Vec::new();
+            for piece in [&text[..at], &text[at..]] {
+                parser.feed(piece.as_bytes(), |e| got.push(*e)).unwrap();
+            }
+            assert_eq!(got, expected()[..2], "split at {at}");
+        }
     }
 
     #[test]

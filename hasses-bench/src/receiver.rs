@@ -17,6 +17,11 @@
 //! With `--tls` each connection carries a rustls `ClientConnection`, driven non-blocking in
 //! the same loop: ciphertext is read into a second big buffer, handed to rustls, and the
 //! plaintext it yields goes to the same parser.
+//!
+//! With `--http2` each connection carries an [`h2::Client`] and several streams, each a
+//! subscriber ([`Sub`]) with its own parser and counts: the frames' DATA goes to the stream's
+//! parser, which reads the SSE text as it does inside HTTP/1.1's chunks. An HTTP/1.1 connection
+//! is one subscriber.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -34,6 +39,7 @@ use rustls::{ClientConnection, HandshakeKind};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cli::Target;
+use crate::h2::{self, Seen};
 use crate::parse::{Event, ProtoError, StreamParser};
 use crate::stats::{Counters, PerMessage, Progress};
 use crate::sys;
@@ -110,6 +116,10 @@ pub struct Setup {
     pub tls: Option<TlsSetup>,
     /// Subscribe with this bearer token.
     pub bearer: Option<String>,
+    /// Speak HTTP/2 (`--http2`).
+    pub http2: bool,
+    /// Streams per connection, each a subscriber (1 over HTTP/1.1).
+    pub streams: u32,
 }
 
 impl Setup {
@@ -121,6 +131,20 @@ impl Setup {
     /// The SSE address connection `index` goes to.
     fn target(&self, index: u64) -> &Target {
         &self.sse[self.target_number(index)]
+    }
+
+    /// Subscribers over all threads: stream s of connection i is subscriber i + s·n.
+    fn subscribers(&self) -> u64 {
+        u64::from(self.n) * u64::from(self.streams)
+    }
+
+    /// A parser for a new response: HTTP/1.1's head and chunks, or an HTTP/2 stream's bare text.
+    fn parser(&self) -> StreamParser {
+        if self.http2 {
+            StreamParser::bare()
+        } else {
+            StreamParser::new()
+        }
     }
 }
 
@@ -180,10 +204,10 @@ enum State {
     Dead,
 }
 
-/// What a connection expects next.
+/// What a subscriber expects next.
 #[derive(Debug, Clone, Copy, Default)]
 struct Track {
-    /// The connection's global index (its token is `c<index>`).
+    /// The subscriber's global index (its token is `c<index>`).
     index: u64,
     /// The next broadcast sequence number expected.
     next_b: u64,
@@ -193,13 +217,35 @@ struct Track {
     last_id: Option<u64>,
 }
 
+/// Where a subscriber's response is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Asked for (or to be), not answered yet.
+    Waiting,
+    /// Answered 200: reading events.
+    Streaming,
+    /// Failed or ended, and counted so.
+    Ended,
+}
+
+/// One subscription: an HTTP/1.1 connection's, or an HTTP/2 stream's.
+struct Sub {
+    parser: StreamParser,
+    track: Track,
+    answer: Answer,
+}
+
 struct Conn {
+    /// The connection's global index: which address and source address it uses.
+    index: u64,
     stream: Option<TcpStream>,
     /// The TLS session (`--tls`), from the end of the TCP connect on.
     tls: Option<Box<ClientConnection>>,
+    /// The HTTP/2 session (`--http2`), from the end of the TCP connect on.
+    h2: Option<Box<h2::Client>>,
     state: State,
-    parser: StreamParser,
-    track: Track,
+    /// Its subscribers: stream s is `subs[s]`; one over HTTP/1.1.
+    subs: Box<[Sub]>,
     /// How long to wait before coming back, ms: the stream's last `retry:`.
     retry_ms: u64,
     /// Away since the server ended it, not yet answered again.
@@ -246,21 +292,26 @@ impl Thread {
     fn new(setup: Setup, poll: Poll, inbox: ChanRx<Cmd>, progress: Arc<Progress>) -> Thread {
         let share = (setup.n.saturating_sub(setup.thread)).div_ceil(setup.threads) as usize;
         let conns = (0..share)
-            .map(|local| Conn {
-                stream: None,
-                tls: None,
-                state: State::Idle,
-                parser: StreamParser::new(),
-                track: Track {
-                    index: u64::from(setup.thread) + local as u64 * u64::from(setup.threads),
-                    ..Track::default()
-                },
-                retry_ms: DEFAULT_RETRY_MS,
-                away: false,
-            })
-            .map(|mut c| {
-                c.track.next_t = c.track.index;
-                c
+            .map(|local| {
+                let index = u64::from(setup.thread) + local as u64 * u64::from(setup.threads);
+                let subs = (0..u64::from(setup.streams))
+                    .map(|s| index + s * u64::from(setup.n))
+                    .map(|sub| Sub {
+                        parser: setup.parser(),
+                        track: Track { index: sub, next_t: sub, ..Track::default() },
+                        answer: Answer::Waiting,
+                    })
+                    .collect();
+                Conn {
+                    index,
+                    stream: None,
+                    tls: None,
+                    h2: None,
+                    state: State::Idle,
+                    subs,
+                    retry_ms: DEFAULT_RETRY_MS,
+                    away: false,
+                }
             })
             .collect();
         let cipher = if setup.tls.is_some() { vec![0; READ_BUF] } else { Vec::new() };
@@ -329,8 +380,9 @@ impl Thread {
                 }
                 Cmd::Collect { bcast_sent, targeted_sent, reply } => {
                     self.count_missing(bcast_sent, targeted_sent);
-                    self.counters.live =
-                        self.conns.iter().filter(|c| c.state == State::Streaming).count() as u64;
+                    let live = |c: &Conn| c.subs.iter().filter(|s| s.answer == Answer::Streaming).count();
+                    self.counters.live = self.conns.iter().map(live).sum::<usize>() as u64;
+                    self.counters.live_connections = self.conns.iter().filter(|c| live(c) > 0).count() as u64;
                     self.publish();
                     let c = std::mem::take(&mut self.counters);
                     self.done_handshaked += c.handshaked;
@@ -379,7 +431,7 @@ impl Thread {
             }
             match self.open(local) {
                 Ok(()) => self.in_flight += 1,
-                Err(e) => self.fail(local, "connect", &e, false),
+                Err(e) => self.fail(local, "connect", &e),
             }
         }
     }
@@ -395,8 +447,12 @@ impl Thread {
             let _ = self.poll.registry().deregister(&mut stream);
         }
         conn.tls = None;
+        conn.h2 = None;
         conn.state = State::Away;
-        conn.retry_ms = conn.parser.retry_ms().unwrap_or(conn.retry_ms);
+        // Only HTTP/1.1 connections come back: one subscriber each.
+        let sub = &mut conn.subs[0];
+        sub.answer = Answer::Waiting;
+        conn.retry_ms = sub.parser.retry_ms().unwrap_or(conn.retry_ms);
         if !conn.away {
             conn.away = true;
             self.away += 1;
@@ -408,9 +464,10 @@ impl Thread {
 
     /// At the end of a phase: whatever a live connection has not received by now is lost.
     fn count_missing(&mut self, bcast_sent: u64, targeted_sent: u64) {
-        let n = u64::from(self.setup.n);
-        for conn in self.conns.iter_mut().filter(|c| c.state == State::Streaming) {
-            let t = &mut conn.track;
+        let n = self.setup.subscribers();
+        let subs = self.conns.iter_mut().flat_map(|c| c.subs.iter_mut());
+        for sub in subs.filter(|s| s.answer == Answer::Streaming) {
+            let t = &mut sub.track;
             if t.next_b < bcast_sent {
                 self.counters.lost_b += bcast_sent - t.next_b;
                 t.next_b = bcast_sent;
@@ -438,7 +495,7 @@ impl Thread {
             }
             match self.open(local) {
                 Ok(()) => self.in_flight += 1,
-                Err(e) => self.fail(local, "connect", &e, false),
+                Err(e) => self.fail(local, "connect", &e),
             }
         }
         if self.opened == self.conns.len() {
@@ -448,10 +505,10 @@ impl Thread {
 
     fn open(&mut self, local: usize) -> io::Result<()> {
         let conn = &mut self.conns[local];
-        let sse = self.setup.target(conn.track.index).addr;
+        let sse = self.setup.target(conn.index).addr;
         let sock = Socket::new(Domain::for_address(sse), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
         if !self.setup.src.is_empty() {
-            let src = self.setup.src[conn.track.index as usize % self.setup.src.len()];
+            let src = self.setup.src[conn.index as usize % self.setup.src.len()];
             sys::set_bind_address_no_port(&sock)?;
             sock.bind(&SocketAddr::new(src, 0).into())?;
         }
@@ -464,7 +521,10 @@ impl Thread {
         self.poll.registry().register(&mut stream, Token(local), Interest::READABLE | Interest::WRITABLE)?;
         conn.stream = Some(stream);
         conn.state = State::Connecting;
-        conn.parser = StreamParser::new();
+        for sub in conn.subs.iter_mut() {
+            sub.parser = self.setup.parser();
+            sub.answer = Answer::Waiting;
+        }
         Ok(())
     }
 
@@ -477,13 +537,17 @@ impl Thread {
                 let _ = self.poll.registry().deregister(&mut stream);
             }
             conn.tls = None;
+            conn.h2 = None;
             conn.state = State::Idle;
+            for sub in conn.subs.iter_mut().filter(|s| s.answer == Answer::Streaming) {
+                sub.answer = Answer::Waiting;
+            }
         }
     }
 
-    /// Marks a connection dead and counts why; one that is to come back goes away instead,
-    /// unless its stream broke the protocol.
-    fn fail(&mut self, local: usize, what: &str, err: &dyn std::fmt::Display, handshaked: bool) {
+    /// Marks a connection dead and counts why, for each of its subscribers still counted as
+    /// open; one that is to come back goes away instead, unless its stream broke the protocol.
+    fn fail(&mut self, local: usize, what: &str, err: &dyn std::fmt::Display) {
         if self.come_back && !matches!(what, "protocol" | "tls") {
             return self.go_away(local, what == "connect");
         }
@@ -492,17 +556,12 @@ impl Thread {
         conn.state = State::Dead;
         conn.stream = None;
         conn.tls = None;
+        conn.h2 = None;
         if matches!(was, State::Idle | State::Connecting | State::AwaitHead) {
             self.in_flight = self.in_flight.saturating_sub(u32::from(was != State::Idle));
         }
-        let c = &mut self.counters;
-        match (what, handshaked) {
-            ("protocol", _) => c.proto_errors += 1,
-            (_, true) => c.closed += 1,
-            _ => c.connect_failed += 1,
-        }
-        if c.error_samples.len() < ERROR_SAMPLES {
-            c.error_samples.push(format!("c{}: {what}: {err}", conn.track.index));
+        for sub in conn.subs.iter_mut() {
+            end(sub, &mut self.counters, what, err);
         }
     }
 
@@ -515,6 +574,12 @@ impl Thread {
                 }
             }
             State::AwaitHead | State::Streaming if self.setup.tls.is_some() => self.tls_io(local),
+            // h2c: what the socket did not take before goes first.
+            State::AwaitHead | State::Streaming if self.setup.http2 => {
+                if self.send_h2(local) {
+                    self.read(local);
+                }
+            }
             State::AwaitHead | State::Streaming => self.read(local),
             State::Idle | State::Away | State::Dead => {}
         }
@@ -529,18 +594,21 @@ impl Thread {
             Ok(None) => None,
         };
         if let Some(e) = err {
-            return self.fail(local, "connect", &e, false);
+            return self.fail(local, "connect", &e);
         }
         match stream.peer_addr() {
             Ok(_) => {}
             // A readiness report before the connect finished: wait for the next one.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-            Err(e) => return self.fail(local, "connect", &e, false),
+            Err(e) => return self.fail(local, "connect", &e),
         }
         if let Some(tls) = &self.setup.tls {
             return self.start_tls(local, tls.clone());
         }
-        subscription_request(&mut self.request, &self.setup, &conn.track);
+        if self.setup.http2 {
+            return self.start_h2c(local);
+        }
+        subscription_request(&mut self.request, &self.setup, conn.index, &conn.subs[0].track);
         let res = stream.write(&self.request);
         let res = match res {
             Ok(n) if n == self.request.len() => {
@@ -555,7 +623,7 @@ impl Thread {
                 // The response may already be there; edge-triggered readiness would not repeat it.
                 self.read(local);
             }
-            Err(e) => self.fail(local, "request", &e, false),
+            Err(e) => self.fail(local, "request", &e),
         }
     }
 
@@ -566,15 +634,13 @@ impl Thread {
             let Some(stream) = conn.stream.as_mut() else { return };
             let got = match stream.read(&mut self.buf) {
                 Ok(0) => {
-                    let hs = conn.state == State::Streaming;
-                    return self.fail(local, "closed by the server", &"EOF", hs);
+                    return self.fail(local, "closed by the server", &"EOF");
                 }
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let hs = conn.state == State::Streaming;
-                    return self.fail(local, "read", &e, hs);
+                    return self.fail(local, "read", &e);
                 }
             };
             if !self.feed(local, got, sys::mono_ns()) {
@@ -590,13 +656,17 @@ impl Thread {
 
     /// Parses `buf[..got]`, received at `now`; false when that failed the connection.
     fn feed(&mut self, local: usize, got: usize, now: u64) -> bool {
-        let n = u64::from(self.setup.n);
+        if self.setup.http2 {
+            return self.feed_h2(local, got, now);
+        }
+        let n = self.setup.subscribers();
         let conn = &mut self.conns[local];
         let mut ctx = Ctx { counters: &mut self.counters, n, now };
-        let track = &mut conn.track;
-        let res = conn.parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
-        if conn.state == State::AwaitHead && conn.parser.handshaked() {
+        let Sub { parser, track, answer } = &mut conn.subs[0];
+        let res = parser.feed(&self.buf[..got], |ev| on_event(ev, track, &mut ctx));
+        if conn.state == State::AwaitHead && parser.handshaked() {
             conn.state = State::Streaming;
+            *answer = Answer::Streaming;
             self.in_flight -= 1;
             self.counters.handshaked += 1;
             self.counters.last_handshake = now;
@@ -614,24 +684,127 @@ impl Thread {
                 false
             }
             Err(e) => {
-                self.fail(local, "protocol", &format!("{e:?}"), true);
+                self.fail(local, "protocol", &format!("{e:?}"));
                 false
             }
         }
     }
 
-    /// The TCP connect is done: starts the TLS session with the request already queued in it
-    /// (rustls sends it once the handshake is over) and sends the ClientHello. The socket stays
-    /// registered for writability as well: a TLS flight may not fit the socket at once.
-    fn start_tls(&mut self, local: usize, setup: TlsSetup) {
-        let index = self.conns[local].track.index;
-        let mut session = match setup.session(self.setup.target_number(index)) {
-            Ok(session) => Box::new(session),
-            Err(e) => return self.fail(local, "tls", &e, false),
+    /// Over HTTP/2, takes in `buf[..got]`, received at `now`: each stream's DATA to its
+    /// parser, and the answers the frames call for sent; false when the connection is gone.
+    fn feed_h2(&mut self, local: usize, got: usize, now: u64) -> bool {
+        let n = self.setup.subscribers();
+        let conn = &mut self.conns[local];
+        let Some(client) = conn.h2.as_mut() else { return false };
+        let mut ctx = Ctx { counters: &mut self.counters, n, now };
+        let subs = &mut conn.subs;
+        if let Err(e) = client.feed(&self.buf[..got], |seen| on_seen(seen, subs, &mut ctx)) {
+            self.fail(local, "protocol", &e);
+            return false;
+        }
+        if !self.send_h2(local) {
+            return false;
+        }
+        let conn = &mut self.conns[local];
+        if conn.state == State::AwaitHead && conn.subs.iter().all(|s| s.answer != Answer::Waiting) {
+            conn.state = State::Streaming;
+            self.in_flight -= 1;
+        }
+        if conn.subs.iter().all(|s| s.answer == Answer::Ended) {
+            // Every stream failed and was counted: the connection is of no more use.
+            self.fail(local, "closed by the server", &"every stream ended");
+            return false;
+        }
+        true
+    }
+
+    /// A new HTTP/2 session for connection `local`, every stream's request queued in it.
+    fn h2_session(&self, local: usize) -> Box<h2::Client> {
+        let conn = &self.conns[local];
+        let mut client = Box::new(h2::Client::new(conn.subs.len()));
+        let scheme: &[u8] = if self.setup.tls.is_some() { b"https" } else { b"http" };
+        let authority = self.setup.target(conn.index).text.as_bytes();
+        let bearer = self.setup.bearer.as_ref().map(|token| format!("Bearer {token}"));
+        for (slot, sub) in conn.subs.iter().enumerate() {
+            let path = subscription_target(&self.setup.path, sub.track.index);
+            let last_id = sub.track.last_id.map(|id| id.to_string());
+            let mut fields = vec![
+                (":method", &b"GET"[..]),
+                (":scheme", scheme),
+                (":path", path.as_bytes()),
+                (":authority", authority),
+                ("user-agent", b"hasses-bench"),
+            ];
+            fields.extend(last_id.as_ref().map(|id| ("last-event-id", id.as_bytes())));
+            fields.extend(bearer.as_ref().map(|value| ("authorization", value.as_bytes())));
+            client.request(slot, fields);
+        }
+        client
+    }
+
+    /// The TCP connect is done, without TLS: HTTP/2 with prior knowledge (h2c), the preface
+    /// and every stream's request sent at once. The socket stays registered for writability:
+    /// what does not fit waits in the session until it does.
+    fn start_h2c(&mut self, local: usize) {
+        let client = self.h2_session(local);
+        let conn = &mut self.conns[local];
+        conn.h2 = Some(client);
+        conn.state = State::AwaitHead;
+        if self.send_h2(local) {
+            self.read(local);
+        }
+    }
+
+    /// Sends what the HTTP/2 session holds: over TLS into the session (sent by [`Self::tls_io`]),
+    /// else to the socket, as much as it takes. False when that failed the connection.
+    fn send_h2(&mut self, local: usize) -> bool {
+        let conn = &mut self.conns[local];
+        let (Some(client), Some(stream)) = (conn.h2.as_mut(), conn.stream.as_mut()) else { return false };
+        let out = client.out();
+        let sent = match conn.tls.as_mut() {
+            Some(tls) => tls.writer().write_all(out).map(|()| out.len()),
+            None => match stream.write(out) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                other => other,
+            },
         };
-        subscription_request(&mut self.request, &self.setup, &self.conns[local].track);
-        if let Err(e) = session.writer().write_all(&self.request) {
-            return self.fail(local, "request", &e, false);
+        match sent {
+            Ok(sent) => {
+                out.drain(..sent);
+                true
+            }
+            Err(e) => {
+                self.fail(local, "write", &e);
+                false
+            }
+        }
+    }
+
+    /// The TCP connect is done: starts the TLS session with the request (or HTTP/2's opening
+    /// and requests) already queued in it (rustls sends it once the handshake is over) and
+    /// sends the ClientHello. The socket stays registered for writability as well: a TLS
+    /// flight may not fit the socket at once.
+    fn start_tls(&mut self, local: usize, setup: TlsSetup) {
+        let conn = &self.conns[local];
+        let mut session = match setup.session(self.setup.target_number(conn.index)) {
+            Ok(session) => Box::new(session),
+            Err(e) => return self.fail(local, "tls", &e),
+        };
+        let request = if self.setup.http2 {
+            let mut client = self.h2_session(local);
+            let opening = std::mem::take(client.out());
+            self.conns[local].h2 = Some(client);
+            opening
+        } else {
+            subscription_request(&mut self.request, &self.setup, conn.index, &conn.subs[0].track);
+            std::mem::take(&mut self.request)
+        };
+        let written = session.writer().write_all(&request);
+        if !self.setup.http2 {
+            self.request = request;
+        }
+        if let Err(e) = written {
+            return self.fail(local, "request", &e);
         }
         let conn = &mut self.conns[local];
         conn.tls = Some(session);
@@ -648,13 +821,12 @@ impl Thread {
             }
             let conn = &mut self.conns[local];
             let Some(stream) = conn.stream.as_mut() else { return };
-            let hs = conn.state == State::Streaming;
             let got = match stream.read(&mut self.cipher) {
-                Ok(0) => return self.fail(local, "closed by the server", &"EOF", hs),
+                Ok(0) => return self.fail(local, "closed by the server", &"EOF"),
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.fail(local, "read", &e, hs),
+                Err(e) => return self.fail(local, "read", &e),
             };
             let now = sys::mono_ns();
             let mut done = 0;
@@ -664,15 +836,18 @@ impl Thread {
                 let mut input = &self.cipher[done..got];
                 match tls.read_tls(&mut input) {
                     Ok(taken) => done += taken,
-                    Err(e) => return self.fail(local, "tls", &e, hs),
+                    Err(e) => return self.fail(local, "tls", &e),
                 }
                 let was_handshaking = tls.is_handshaking();
                 if let Err(e) = tls.process_new_packets() {
                     // Send the alert rustls queued, as a client would, then give up.
                     self.tls_send(local);
-                    return self.fail(local, "tls", &e, hs);
+                    return self.fail(local, "tls", &e);
                 }
                 if was_handshaking && !tls.is_handshaking() {
+                    if self.setup.http2 && tls.alpn_protocol() != Some(b"h2") {
+                        return self.fail(local, "tls", &"the server did not choose h2 (ALPN)");
+                    }
                     self.counters.tls_handshaked += 1;
                     self.counters.tls_resumed +=
                         u64::from(tls.handshake_kind() == Some(HandshakeKind::Resumed));
@@ -694,10 +869,9 @@ impl Thread {
         loop {
             let conn = &mut self.conns[local];
             let Some(tls) = conn.tls.as_mut() else { return false };
-            let hs = conn.state == State::Streaming;
             match tls.reader().read(&mut self.buf) {
                 Ok(0) => {
-                    self.fail(local, "closed by the server", &"close_notify", hs);
+                    self.fail(local, "closed by the server", &"close_notify");
                     return false;
                 }
                 Ok(got) => {
@@ -707,7 +881,7 @@ impl Thread {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) => {
-                    self.fail(local, "tls", &e, hs);
+                    self.fail(local, "tls", &e);
                     return false;
                 }
             }
@@ -725,8 +899,7 @@ impl Thread {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let hs = conn.state == State::Streaming;
-                    self.fail(local, "write", &e, hs);
+                    self.fail(local, "write", &e);
                     return false;
                 }
             }
@@ -735,17 +908,20 @@ impl Thread {
     }
 }
 
-/// Puts connection `i`'s subscription request (to `all` and its own `c<i>`) in `request`,
-/// resuming after the last event it received, if any.
-fn subscription_request(request: &mut Vec<u8>, setup: &Setup, track: &Track) {
+/// What subscriber `i` asks for: `all` and its own `c<i>`.
+fn subscription_target(path: &str, i: u64) -> String {
+    format!("{path}?subscribe=all-c{i}&id=c{i}")
+}
+
+/// Puts connection `index`'s subscription request (its one subscriber's, `track`) in
+/// `request`, resuming after the last event it received, if any.
+fn subscription_request(request: &mut Vec<u8>, setup: &Setup, index: u64, track: &Track) {
     request.clear();
-    let i = track.index;
     let _ = write!(
         request,
-        "GET {}?subscribe=all-c{i}&id=c{i} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
-         Connection: keep-alive\r\n",
-        setup.path,
-        setup.target(i).text
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nConnection: keep-alive\r\n",
+        subscription_target(&setup.path, track.index),
+        setup.target(index).text
     );
     if let Some(id) = track.last_id {
         let _ = write!(request, "Last-Event-ID: {id}\r\n");
@@ -756,7 +932,76 @@ fn subscription_request(request: &mut Vec<u8>, setup: &Setup, track: &Track) {
     request.extend_from_slice(b"\r\n");
 }
 
-/// Counts one event on one connection.
+/// Ends a subscriber, counting why, unless it was already: a protocol error; closed (it had
+/// been answered); or failed to connect (it had not).
+fn end(sub: &mut Sub, counters: &mut Counters, what: &str, err: &dyn std::fmt::Display) {
+    let answered = match sub.answer {
+        Answer::Ended => return,
+        Answer::Streaming => true,
+        Answer::Waiting => false,
+    };
+    sub.answer = Answer::Ended;
+    match (what, answered) {
+        ("protocol", _) => counters.proto_errors += 1,
+        (_, true) => counters.closed += 1,
+        _ => counters.connect_failed += 1,
+    }
+    if counters.error_samples.len() < ERROR_SAMPLES {
+        counters.error_samples.push(format!("c{}: {what}: {err}", sub.track.index));
+    }
+}
+
+/// Acts on what an HTTP/2 connection's frames said about its streams, `subs`.
+fn on_seen(seen: Seen<'_>, subs: &mut [Sub], cx: &mut Ctx<'_>) {
+    match seen {
+        Seen::Head { slot, status, ended } => {
+            let sub = &mut subs[slot];
+            match (sub.answer, status, ended) {
+                (Answer::Waiting, Some(200), false) => {
+                    sub.answer = Answer::Streaming;
+                    cx.counters.handshaked += 1;
+                    cx.counters.last_handshake = cx.now;
+                }
+                (Answer::Waiting, status, _) => {
+                    end(sub, cx.counters, "protocol", &format!("answered {status:?}"))
+                }
+                (Answer::Streaming, _, true) => end(sub, cx.counters, "closed by the server", &"END_STREAM"),
+                _ => {}
+            }
+        }
+        Seen::Data { slot, bytes } => {
+            let Sub { parser, track, answer } = &mut subs[slot];
+            match answer {
+                // A bare parser never fails.
+                Answer::Streaming => {
+                    let _ = parser.feed(bytes, |ev| on_event(ev, track, cx));
+                }
+                Answer::Waiting => {
+                    end(&mut subs[slot], cx.counters, "protocol", &"DATA before the response head")
+                }
+                Answer::Ended => {}
+            }
+        }
+        Seen::End { slot } => end(&mut subs[slot], cx.counters, "closed by the server", &"END_STREAM"),
+        Seen::Reset { slot, code } => end(
+            &mut subs[slot],
+            cx.counters,
+            "reset by the server",
+            &format!("RST_STREAM {}", h2::code_name(code)),
+        ),
+        Seen::GoAway { last, code } => {
+            // Streams after `last` will not be answered; on an error, none will go on.
+            let why = format!("GOAWAY {} (last stream {last})", h2::code_name(code));
+            for (slot, sub) in subs.iter_mut().enumerate() {
+                if code != 0 || h2::stream_id(slot) > last {
+                    end(sub, cx.counters, "closed by the server", &why);
+                }
+            }
+        }
+    }
+}
+
+/// Counts one event on one subscriber.
 #[inline]
 fn on_event(ev: &Event, t: &mut Track, cx: &mut Ctx<'_>) {
     let c = &mut *cx.counters;

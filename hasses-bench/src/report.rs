@@ -21,6 +21,11 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     sse_addresses: Option<usize>,
     live_connections: u64,
+    /// With `--http2`: the streams open, all connections together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    live_streams: Option<u64>,
+    http2: bool,
+    streams_per_connection: u32,
     threads: u32,
     payload: u32,
     tls: bool,
@@ -53,7 +58,10 @@ pub fn json_line(opts: &Options, r: &PhaseResult) -> String {
         incomplete: r.incomplete.as_deref(),
         connections: opts.connections,
         sse_addresses: Some(opts.sse.all().len()).filter(|&k| k > 1),
-        live_connections: c.live,
+        live_connections: c.live_connections,
+        live_streams: opts.http2.then_some(c.live),
+        http2: opts.http2,
+        streams_per_connection: opts.streams_per_connection,
         threads: opts.threads,
         payload: opts.payload,
         tls: opts.tls,
@@ -110,6 +118,13 @@ impl PhaseCells {
                     per_unit: per_unit(f.server_cpu_us_per_connection, "conn"),
                     memory: f.server_rss_after_bytes.map_or_else(none, |b| format!("RSS {:.1} MiB", mib(b))),
                 };
+                if let Some(h2) = &f.http2 {
+                    cells.rate = format!("{}, {:.0} streams/s", cells.rate, h2.streams_per_s);
+                    if h2.server_cpu_us_per_stream.is_some() {
+                        let stream = per_unit(h2.server_cpu_us_per_stream, "stream");
+                        cells.per_unit = format!("{}, {stream}", cells.per_unit);
+                    }
+                }
                 if let Some(t) = &f.tls {
                     cells.rate = format!("{}, {:.0} TLS hs/s", cells.rate, t.tls_handshakes_per_s);
                     if t.tls_resumed_handshakes > 0 {
@@ -123,9 +138,11 @@ impl PhaseCells {
                 rate: none(),
                 latency: none(),
                 per_unit: none(),
-                memory: f
-                    .rss_bytes_per_connection
-                    .map_or_else(none, |b| format!("{b:.0} B/{}", if tls { "TLS conn" } else { "conn" })),
+                memory: match (f.rss_bytes_per_connection, f.rss_bytes_per_stream) {
+                    (Some(conn), Some(stream)) => format!("{conn:.0} B/conn, {stream:.0} B/stream"),
+                    (Some(b), None) => format!("{b:.0} B/{}", if tls { "TLS conn" } else { "conn" }),
+                    _ => none(),
+                },
             },
             Figures::Broadcast(f) => PhaseCells {
                 rate: format!("{} msgs / {} ms", f.messages, f.interval_ms),
@@ -240,8 +257,16 @@ pub fn table(opts: &Options, results: &[PhaseResult]) -> String {
         1 => String::new(),
         k => format!(" to {k} SSE addresses"),
     };
+    let http2 = match (opts.http2, opts.tls) {
+        (false, _) => String::new(),
+        (true, tls) => format!(
+            " × {} streams over HTTP/2 ({})",
+            opts.streams_per_connection,
+            if tls { "h2" } else { "h2c" }
+        ),
+    };
     let mut out = format!(
-        "hasses-bench: {} connections{spread}{}, {} receiver thread(s), payload {} B\n",
+        "hasses-bench: {} connections{http2}{spread}{}, {} receiver thread(s), payload {} B\n",
         opts.connections,
         if opts.tls { " over TLS" } else { "" },
         opts.threads,
@@ -298,7 +323,8 @@ mod tests {
 
     use super::*;
     use crate::figures::{
-        Broadcast, Burst, Connect, Idle, LastReceiver, Latency, Resume, Targeted, TlsHandshakes,
+        Broadcast, Burst, Connect, Idle, LastReceiver, Latency, Resume, StreamsConnect, Targeted,
+        TlsHandshakes,
     };
     use crate::run::resume_budget;
     use crate::stats::Counters;
@@ -331,6 +357,7 @@ mod tests {
             server_clients: Some(3),
             server_rss_before_bytes: None,
             server_rss_after_bytes: Some(3 << 20),
+            http2: None,
             tls,
         })
     }
@@ -416,6 +443,7 @@ mod tests {
             rss_before_bytes: Some(1000),
             rss_after_bytes: Some(2200),
             rss_bytes_per_connection: Some(400.0),
+            rss_bytes_per_stream: None,
             rss_bytes_per_tls_connection: None,
         });
         let broadcast = Figures::Broadcast(Broadcast {
@@ -445,6 +473,45 @@ mod tests {
             "{table}"
         );
         assert!(lines[4].ends_with("FAIL: timeout"), "{table}");
+    }
+
+    #[test]
+    fn http2_figures_are_per_connection_and_per_stream() {
+        let opts = options(&["--http2", "--streams-per-connection", "10"]);
+        let mut connect = connect(None);
+        if let Figures::Connect(f) = &mut connect {
+            f.http2 = Some(StreamsConnect {
+                streams_per_connection: 10,
+                streams_per_s: 60.0,
+                server_cpu_us_per_stream: Some(8.33),
+            });
+        }
+        let idle = Figures::Idle(Idle {
+            idle_s: 0.2,
+            rss_before_bytes: Some(1000),
+            rss_after_bytes: Some(9000),
+            rss_bytes_per_connection: Some(4000.0),
+            rss_bytes_per_stream: Some(400.0),
+            rss_bytes_per_tls_connection: None,
+        });
+        let mut r = result(idle);
+        r.counters.live = 20;
+        r.counters.live_connections = 2;
+        let line = json(&opts, &r);
+        assert_eq!((line["live_connections"].as_u64(), line["live_streams"].as_u64()), (Some(2), Some(20)));
+        assert_eq!(
+            (line["http2"].as_bool(), line["streams_per_connection"].as_u64()),
+            (Some(true), Some(10))
+        );
+        assert_eq!(line["rss_bytes_per_stream"], 400.0);
+        let connect = result(connect);
+        assert_eq!(json(&opts, &connect)["server_cpu_us_per_stream"], 8.33);
+        let table = table(&opts, &[connect, r]);
+        assert!(table.starts_with("hasses-bench: 3 connections × 10 streams over HTTP/2 (h2c)"), "{table}");
+        assert!(table.contains("60 streams/s") && table.contains("8.33 µs/stream"), "{table}");
+        assert!(table.contains("4000 B/conn, 400 B/stream"), "{table}");
+        let plain = json(&options(&[]), &result(super::tests::connect(None)));
+        assert!(!plain.contains_key("live_streams") && !plain.contains_key("streams_per_s"), "{plain:?}");
     }
 
     #[test]

@@ -190,6 +190,8 @@ impl Bench {
                     window,
                     tls: tls.clone(),
                     bearer: opts.bearer.clone(),
+                    http2: opts.http2,
+                    streams: opts.streams_per_connection,
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -362,7 +364,7 @@ impl Bench {
 
     /// Opens every connection: `Connect` the first time, `Reconnect` after a disconnect.
     fn connect(&mut self, phase: Phase) -> PhaseResult {
-        let n = u64::from(self.opts.connections);
+        let n = self.opts.subscribers();
         let w = self.begin(0, 0);
         let base = self.total(|p| Progress::get(&p.handshaked) + Progress::get(&p.failed));
         for r in &self.receivers {
@@ -401,16 +403,24 @@ impl Bench {
                     .then(|| usage.tool_cpu_s * 1e6 / c.tls_handshaked as f64),
             }
         });
+        let streams = self.opts.streams_per_connection;
+        let per_stream = usage.server_cpu_s.map(|s| s * 1e6 / c.handshaked.max(1) as f64);
         let figures = figures::Connect {
             handshaked: c.handshaked,
-            connections_per_s: c.handshaked as f64 / time_s.max(1e-9),
-            server_cpu_us_per_connection: usage.server_cpu_s.map(|s| s * 1e6 / c.handshaked.max(1) as f64),
+            connections_per_s: c.handshaked as f64 / f64::from(streams) / time_s.max(1e-9),
+            server_cpu_us_per_connection: per_stream.map(|us| us * f64::from(streams)),
+            http2: self.opts.http2.then(|| figures::StreamsConnect {
+                streams_per_connection: streams,
+                streams_per_s: c.handshaked as f64 / time_s.max(1e-9),
+                server_cpu_us_per_stream: per_stream,
+            }),
             server_clients,
             server_rss_before_bytes: self.rss_start,
             server_rss_after_bytes: self.probe.as_ref().and_then(|p| p.rss().ok()),
             tls,
         };
-        let live = c.live;
+        // Connections, not streams: hasses counts an HTTP/2 connection as one client.
+        let live = c.live_connections;
         let figures =
             if phase == Phase::Reconnect { Figures::Reconnect(figures) } else { Figures::Connect(figures) };
         let mut result = PhaseResult::new(incomplete, c, time_s, usage, figures);
@@ -434,15 +444,18 @@ impl Bench {
         let time_s = start.elapsed().as_secs_f64();
         let rss = self.probe.as_ref().and_then(|p| p.rss().ok());
         let c = self.collect();
-        let per_conn = match (rss, self.rss_start) {
-            (Some(after), Some(before)) if c.live > 0 => Some((after as f64 - before as f64) / c.live as f64),
+        let grown = match (rss, self.rss_start) {
+            (Some(after), Some(before)) => Some(after as f64 - before as f64),
             _ => None,
         };
+        let per = |count: u64| grown.filter(|_| count > 0).map(|bytes| bytes / count as f64);
+        let per_conn = per(c.live_connections);
         let figures = figures::Idle {
             idle_s: time_s,
             rss_before_bytes: self.rss_start,
             rss_after_bytes: rss,
             rss_bytes_per_connection: per_conn,
+            rss_bytes_per_stream: per(c.live).filter(|_| self.opts.http2),
             rss_bytes_per_tls_connection: per_conn.filter(|_| self.opts.tls),
         };
         PhaseResult::new(None, c, time_s, usage, Figures::Idle(figures))
@@ -582,7 +595,7 @@ impl Bench {
         d0: u64,
         expected: u64,
     ) -> Option<String> {
-        let n = u64::from(self.opts.connections);
+        let n = self.opts.subscribers();
         let first = self.targeted_sent;
         let end = first + count;
         let start = sys::mono_ns();
@@ -676,6 +689,7 @@ impl Bench {
         c.merge(&seam);
         // Open connections are a state, not a count to add up.
         c.live = seam.live;
+        c.live_connections = seam.live_connections;
         let figures = figures::Resume {
             resumed,
             missed_per_connection: missed,
@@ -718,7 +732,7 @@ impl Bench {
         let owed = |(bcast, targeted): (u64, u64)| n * (bcast - sent.0) + (targeted - sent.1);
         let published = |(bcast, targeted): (u64, u64)| (bcast - sent.0) + (targeted - sent.1);
         let every = Duration::from_millis(self.opts.publish_ms);
-        let targets = u64::from(self.opts.connections);
+        let targets = self.opts.subscribers();
         let publishing =
             Steady::new(self.opts.control.addr, self.opts.payload as usize, targets, every, sent).start();
         let mut wave = Wave::default();

@@ -216,8 +216,11 @@ pub struct Counters {
     pub last_b: PerMessage,
     /// Per targeted message of the phase, when it was received.
     pub last_t: PerMessage,
-    /// Handshaked connections still open when the phase's counters were collected.
+    /// Subscribers (connections, or HTTP/2 streams) still answered and open when the phase's
+    /// counters were collected.
     pub live: u64,
+    /// Connections with a subscriber still open then (as many as `live` over HTTP/1.1).
+    pub live_connections: u64,
     /// A few connection errors, as examples for the report.
     pub error_samples: Vec<String>,
 }
@@ -242,6 +245,7 @@ impl Counters {
         self.returned += o.returned;
         self.refused += o.refused;
         self.live += o.live;
+        self.live_connections += o.live_connections;
         if o.first_recv != 0 && (self.first_recv == 0 || o.first_recv < self.first_recv) {
             self.first_recv = o.first_recv;
         }

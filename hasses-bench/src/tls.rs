@@ -1,5 +1,5 @@
 //! `--tls`: the rustls client settings every connection shares (the certificate to trust,
-//! TLS 1.3 and 1.2, ALPN `http/1.1`), the name to verify the server by, and with
+//! TLS 1.3 and 1.2, ALPN `http/1.1`, or `h2` alone with `--http2`), the name to verify the server by, and with
 //! `--tls-resume` the store of sessions to resume.
 //!
 //! Owns turning `--ca`, `--server-name` and `--tls-resume` into a `ClientConfig`; the receivers
@@ -62,7 +62,9 @@ impl TlsSetup {
             .map_err(|e| invalid(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Only the protocol asked for: a server that does not speak it fails the handshake, or
+        // chooses none, which the receiver refuses.
+        config.alpn_protocols = vec![if opts.http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
         let mut servers = Vec::new();
         for target in opts.sse.all() {
             // Each address's own IP, unless --server-name names them all.

@@ -103,6 +103,30 @@ pub enum ErrorCode {
     Http11Required = 0xd,
 }
 
+impl ErrorCode {
+    /// The code of number `code`, as a RST_STREAM or GOAWAY carries it; `None` for one RFC 9113
+    /// does not define, which a receiver treats as INTERNAL_ERROR.
+    pub fn of(code: u32) -> Option<ErrorCode> {
+        const ALL: [ErrorCode; 14] = [
+            ErrorCode::NoError,
+            ErrorCode::ProtocolError,
+            ErrorCode::InternalError,
+            ErrorCode::FlowControlError,
+            ErrorCode::SettingsTimeout,
+            ErrorCode::StreamClosed,
+            ErrorCode::FrameSizeError,
+            ErrorCode::RefusedStream,
+            ErrorCode::Cancel,
+            ErrorCode::CompressionError,
+            ErrorCode::ConnectError,
+            ErrorCode::EnhanceYourCalm,
+            ErrorCode::InadequateSecurity,
+            ErrorCode::Http11Required,
+        ];
+        ALL.get(usize::try_from(code).ok()?).copied()
+    }
+}
+
 /// A frame's header: its payload's length, type, flags and stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
@@ -238,5 +262,9 @@ mod tests {
         assert_eq!(read, [(3, 100), (4, 0)]);
         assert!(parse_settings(&[0; 5]).is_none());
         assert_eq!(Head::parse(&[0, 0, 0, 0, 0, 0x80, 0, 0, 1]).stream, 1, "the reserved bit is dropped");
+        for code in 0..=0xd {
+            assert_eq!(ErrorCode::of(code).map(|c| c as u32), Some(code));
+        }
+        assert_eq!(ErrorCode::of(0xe), None);
     }
 }

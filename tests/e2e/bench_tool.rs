@@ -103,24 +103,28 @@ fn run_bench_on(
     (report, lines)
 }
 
+/// 50 connections, each one subscriber.
+const FIFTY: [&str; 2] = ["-n", "50"];
+
 /// Runs every scenario at N = 50 against `server`; each must complete with nothing lost.
 fn all_scenarios_lose_nothing(server: &Server) {
-    let lines = all_scenarios_lose_nothing_on(&[server], server, &[server]);
+    let lines = all_scenarios_lose_nothing_on(&[server], server, &[server], &FIFTY);
     assert_eq!(lines[0]["server_clients"], 50);
     // One address, one process: none of the figures of several.
     assert!(lines.iter().all(|l| l.get("sse_addresses").is_none() && l.get("server_cpu_s_each").is_none()));
 }
 
-/// Runs every scenario at N = 50 as [`run_bench_on`] does; each must complete with nothing lost.
-/// Returns the JSON lines.
+/// Runs every scenario as [`run_bench_on`] does, over `load`'s 50 subscribers (50 connections,
+/// or HTTP/2 streams over fewer); each must complete with nothing lost. Returns the JSON lines.
 fn all_scenarios_lose_nothing_on(
     sse: &[&Server],
     control: &Server,
     pids: &[&Server],
+    load: &[&str],
 ) -> Vec<serde_json::Value> {
-    let scenarios = "all -n 50 --quiet --messages 5 --interval-ms 20 --burst 20 --targeted 1000 \
+    let scenarios = "all --quiet --messages 5 --interval-ms 20 --burst 20 --targeted 1000 \
                      --idle-secs 0.2 --timeout 30 --stall-secs 5";
-    let (report, lines) = run_bench_on(sse, control, pids, scenarios, &[]);
+    let (report, lines) = run_bench_on(sse, control, pids, scenarios, load);
     let names: Vec<&str> = lines.iter().map(|l| l["scenario"].as_str().unwrap_or("?")).collect();
     assert_eq!(names, ["connect", "idle", "broadcast", "burst", "targeted"], "{report}");
     for line in &lines {
@@ -195,7 +199,7 @@ fn presence_counts_every_connection_and_times_each_poll() {
 #[test]
 fn the_same_server_twice_and_two_pids_lose_nothing() {
     let (server, other) = (hasses(&PLAIN), hasses(&PLAIN));
-    let lines = all_scenarios_lose_nothing_on(&[&server, &server], &server, &[&server, &other]);
+    let lines = all_scenarios_lose_nothing_on(&[&server, &server], &server, &[&server, &other], &FIFTY);
     assert_eq!(lines[0]["server_clients"], 50, "both addresses are the one server");
     for line in &lines {
         assert_eq!(line["sse_addresses"], 2, "{line}");
@@ -215,14 +219,20 @@ fn connections_spread_evenly_over_several_servers() {
     assert!(report.contains("server CPU s by process: "), "{report}");
 }
 
-/// Over TLS, each connection verifies and resumes with its own server: tickets are kept per
-/// address (two servers do not share their ticket keys), so every reconnect resumes.
-#[test]
-fn over_tls_each_server_resumes_its_own_sessions() {
+/// A self-signed certificate for 127.0.0.1 and its key, in files.
+fn certificate() -> (crate::common::TempFile, crate::common::TempFile) {
     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("a certificate");
     let (cert, key) = (crate::common::TempFile::new("cert.pem"), crate::common::TempFile::new("key.pem"));
     std::fs::write(cert.path(), made.cert.pem()).unwrap();
     std::fs::write(key.path(), made.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// Over TLS, each connection verifies and resumes with its own server: tickets are kept per
+/// address (two servers do not share their ticket keys), so every reconnect resumes.
+#[test]
+fn over_tls_each_server_resumes_its_own_sessions() {
+    let (cert, key) = certificate();
     let mut args = PLAIN.to_vec();
     args.extend(["--no-api", "--tls-cert", cert.arg(), "--tls-key", key.arg()]);
     let (a, b) = (hasses(&args), hasses(&args));
@@ -232,6 +242,28 @@ fn over_tls_each_server_resumes_its_own_sessions() {
     assert_eq!(names, ["connect", "reconnect"], "{report}");
     assert_eq!(lines[0]["tls_handshakes"], 40, "{report}");
     assert_eq!(lines[1]["tls_resumed_handshakes"], 40, "{report}");
+}
+
+/// Over HTTP/2, 10 connections of 5 streams each: every stream is a subscriber, every scenario
+/// loses nothing; h2c with prior knowledge on the plain port, and
+/// h2 over TLS (ALPN), whose idle memory is told per connection and per stream.
+#[test]
+fn over_http2_every_stream_is_a_subscriber_and_loses_nothing() {
+    let streams = ["-n", "10", "--http2", "--streams-per-connection", "5"];
+    let plain = hasses(&PLAIN);
+    let lines = all_scenarios_lose_nothing_on(&[&plain], &plain, &[&plain], &streams);
+    assert_eq!(lines[0]["streams_per_connection"], 5);
+    let (cert, key) = certificate();
+    let mut args = PLAIN.to_vec();
+    args.extend(["--tls-cert", cert.arg(), "--tls-key", key.arg()]);
+    let tls = hasses(&args);
+    let over_tls = [&streams[..], &["--tls", "--ca", cert.arg()]].concat();
+    let lines = all_scenarios_lose_nothing_on(&[&tls], &tls, &[&tls], &over_tls);
+    assert_eq!(lines[0]["tls_handshakes"], 10, "one handshake a connection: {}", lines[0]);
+    let idle = &lines[1];
+    assert_eq!((idle["live_connections"].as_u64(), idle["live_streams"].as_u64()), (Some(10), Some(50)));
+    let (per_connection, per_stream) = (&idle["rss_bytes_per_connection"], &idle["rss_bytes_per_stream"]);
+    assert!(per_connection.is_number() && per_stream.is_number(), "{idle}");
 }
 
 /// Three nodes over one Redis: clients spread over them, messages published on the first,
@@ -245,7 +277,7 @@ fn a_cluster_of_three_nodes_loses_nothing() {
     args.extend(["--no-api", "--cluster", &url]);
     let nodes = [hasses(&args), hasses(&args), hasses(&args)];
     let nodes: Vec<&Server> = nodes.iter().collect();
-    let lines = all_scenarios_lose_nothing_on(&nodes, nodes[0], &nodes);
+    let lines = all_scenarios_lose_nothing_on(&nodes, nodes[0], &nodes, &FIFTY);
     assert_eq!(lines[0]["server_clients"], 17, "node 1 holds connections 0, 3, ..., 48");
     let args = "targeted -n 60 --quiet --rate 1000 --targeted 300 --timeout 30 --stall-secs 5";
     let (report, lines) = run_bench_on(&nodes, nodes[0], &nodes, args, &[]);
@@ -381,7 +413,8 @@ fn help_documents_every_scenario() {
     ] {
         assert!(help.contains(scenario), "--help does not mention {scenario}:\n{help}");
     }
-    for cluster in ["--rate", "(i mod k)th", "sum over them all", "server_cpu_s_each", "last_receiver_ms_p50"]
+    for cluster in
+        ["--rate", "(i mod k)th", "sum over them all", "server_cpu_s_each", "last_receiver_ms_p50", "--http2"]
     {
         assert!(help.contains(cluster), "--help does not mention {cluster}:\n{help}");
     }
