@@ -419,8 +419,7 @@ impl Bench {
             server_rss_after_bytes: self.probe.as_ref().and_then(|p| p.rss().ok()),
             tls,
         };
-        // Connections, not streams: hasses counts an HTTP/2 connection as one client.
-        let live = c.live_connections;
+        let live = c.live;
         let figures =
             if phase == Phase::Reconnect { Figures::Reconnect(figures) } else { Figures::Connect(figures) };
         let mut result = PhaseResult::new(incomplete, c, time_s, usage, figures);

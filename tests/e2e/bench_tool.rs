@@ -244,14 +244,15 @@ fn over_tls_each_server_resumes_its_own_sessions() {
     assert_eq!(lines[1]["tls_resumed_handshakes"], 40, "{report}");
 }
 
-/// Over HTTP/2, 10 connections of 5 streams each: every stream is a subscriber, every scenario
-/// loses nothing; h2c with prior knowledge on the plain port, and
+/// Over HTTP/2, 10 connections of 5 streams each: every stream is a subscriber and a client of
+/// the server's, every scenario loses nothing; h2c with prior knowledge on the plain port, and
 /// h2 over TLS (ALPN), whose idle memory is told per connection and per stream.
 #[test]
 fn over_http2_every_stream_is_a_subscriber_and_loses_nothing() {
     let streams = ["-n", "10", "--http2", "--streams-per-connection", "5"];
     let plain = hasses(&PLAIN);
     let lines = all_scenarios_lose_nothing_on(&[&plain], &plain, &[&plain], &streams);
+    assert_eq!(lines[0]["server_clients"], 50, "a stream is a client: {}", lines[0]);
     assert_eq!(lines[0]["streams_per_connection"], 5);
     let (cert, key) = certificate();
     let mut args = PLAIN.to_vec();
