@@ -105,17 +105,16 @@ pub struct Stream<T> {
     pub id: u32,
     /// How much more it may be sent (negative after the client shrank its windows).
     window: i32,
-    /// DATA its window (or the connection's) holds back; `None` while nothing waits.
-    pending: Option<Box<Pending>>,
-    /// The caller's end was sent once the pending data is out.
+    /// The caller's end is sent once what the windows hold back is out.
     ending: bool,
     /// What the caller keeps on it.
     pub data: T,
 }
 
-/// Payload waiting for a window to open.
-#[derive(Debug, Default)]
+/// Payload of one stream waiting for a window to open.
+#[derive(Debug)]
 struct Pending {
+    slot: usize,
     chunks: VecDeque<Bytes>,
     bytes: usize,
     /// Since when (the caller's milliseconds) it has been waiting.
@@ -179,6 +178,9 @@ pub struct Session<T> {
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     initial_window: i32,
     streams: Slab<Stream<T>>,
+    /// What windows hold back, by stream: empty but for a client that reads slower than it is
+    /// sent to, so it is kept beside the streams rather than costing each one a pointer.
+    held: Vec<Pending>,
     /// The highest stream id the client opened.
     last_id: u32,
     /// We sent GOAWAY: no new stream is taken.
@@ -217,6 +219,7 @@ impl<T: Default> Session<T> {
             window: DEFAULT_WINDOW as i32,
             initial_window: DEFAULT_WINDOW as i32,
             streams: Slab::new(),
+            held: Vec::new(),
             last_id: 0,
             going_away: false,
             flood: Flood::default(),
@@ -255,7 +258,7 @@ impl<T: Default> Session<T> {
 
     /// Bytes `slot` holds back for its window.
     pub fn held(&self, slot: usize) -> usize {
-        self.streams.get(slot).and_then(|s| s.pending.as_ref()).map_or(0, |p| p.bytes)
+        self.held.iter().find(|p| p.slot == slot).map_or(0, |p| p.bytes)
     }
 
     /// Takes in what the socket gave, acting on every whole frame: answers go to `out`, what
@@ -587,7 +590,6 @@ impl<T: Default> Session<T> {
         let slot = self.streams.insert(Stream {
             id: block.stream,
             window: self.initial_window,
-            pending: None,
             ending: false,
             data: T::default(),
         });
@@ -636,7 +638,7 @@ impl<T: Default> Session<T> {
         }
         self.flood.reset(now)?;
         if let Some(slot) = self.slot_of(head.stream) {
-            let stream = self.streams.remove(slot);
+            let stream = self.remove(slot);
             gone(events, slot, stream.data);
         }
         Ok(())
@@ -654,7 +656,7 @@ impl<T: Default> Session<T> {
         let flags = frame::END_HEADERS | if end_stream { frame::END_STREAM } else { 0 };
         out(Bytes::from(frame::frame(Kind::Headers, flags, stream.id, block)));
         if end_stream {
-            self.streams.remove(slot);
+            self.remove(slot);
         }
     }
 
@@ -667,8 +669,9 @@ impl<T: Default> Session<T> {
             return;
         }
         let len = payload.len();
-        let free =
-            stream.pending.is_none() && (len as i64) <= i64::from(stream.window.min(connection_window));
+        // Checked first: nothing is held back on almost every connection.
+        let holds = !self.held.is_empty() && self.held.iter().any(|p| p.slot == slot);
+        let free = !holds && (len as i64) <= i64::from(stream.window.min(connection_window));
         if free {
             // The common case: the windows take it whole, in frames of the largest size.
             stream.window -= len as i32;
@@ -680,8 +683,13 @@ impl<T: Default> Session<T> {
             data_frame(stream.id, payload, false, out);
             return;
         }
-        let pending =
-            stream.pending.get_or_insert_with(|| Box::new(Pending { since: now, ..Pending::default() }));
+        let pending = match self.held.iter().position(|p| p.slot == slot) {
+            Some(at) => &mut self.held[at],
+            None => {
+                self.held.push(Pending { slot, chunks: VecDeque::new(), bytes: 0, since: now });
+                self.held.last_mut().expect("just pushed")
+            }
+        };
         pending.bytes += len;
         pending.chunks.push_back(payload);
         self.flush_stream(slot, now, out);
@@ -697,9 +705,16 @@ impl<T: Default> Session<T> {
     /// Resets `slot` with `code` at once, dropping what it holds back; what the caller kept on
     /// it comes back.
     pub fn reset(&mut self, slot: usize, code: ErrorCode, out: &mut impl FnMut(Bytes)) -> Option<T> {
-        let stream = self.streams.try_remove(slot)?;
+        self.streams.get(slot)?;
+        let stream = self.remove(slot);
         out(Bytes::from(frame::rst_stream(stream.id, code)));
         Some(stream.data)
+    }
+
+    /// Takes stream `slot` out, with what its window held back.
+    fn remove(&mut self, slot: usize) -> Stream<T> {
+        self.held.retain(|p| p.slot != slot);
+        self.streams.remove(slot)
     }
 
     /// Tells the client no new stream will be taken, with `code` (NO_ERROR at a stop).
@@ -714,26 +729,18 @@ impl<T: Default> Session<T> {
     /// milliseconds), or grown past `most` bytes: a client that stopped reading one stream and
     /// not the others.
     pub fn stalled(&self, since: u64, most: usize) -> Vec<usize> {
-        self.streams
-            .iter()
-            .filter(|(_, stream)| stream.pending.as_ref().is_some_and(|p| p.since < since || p.bytes > most))
-            .map(|(slot, _)| slot)
-            .collect()
+        self.held.iter().filter(|p| p.since < since || p.bytes > most).map(|p| p.slot).collect()
     }
 
     /// When the longest-waiting held-back data started waiting.
     pub fn stalled_since(&self) -> Option<u64> {
-        self.streams.iter().filter_map(|(_, stream)| stream.pending.as_ref()).map(|p| p.since).min()
+        self.held.iter().map(|p| p.since).min()
     }
 
     /// Sends what every stream holds back, as far as the windows now let it.
     fn flush_all(&mut self, now: u64, out: &mut impl FnMut(Bytes)) -> Result<(), ConnectionError> {
-        let waiting: Vec<usize> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.pending.is_some() || s.ending)
-            .map(|(slot, _)| slot)
-            .collect();
+        let ending = self.streams.iter().filter(|(_, s)| s.ending).map(|(slot, _)| slot);
+        let waiting: Vec<usize> = self.held.iter().map(|p| p.slot).chain(ending).collect();
         for slot in waiting {
             self.flush_stream(slot, now, out);
         }
@@ -743,7 +750,8 @@ impl<T: Default> Session<T> {
     /// Sends what `slot` holds back, as far as the windows let it; the end once all is out.
     fn flush_stream(&mut self, slot: usize, now: u64, out: &mut impl FnMut(Bytes)) {
         let Some(stream) = self.streams.get_mut(slot) else { return };
-        if let Some(pending) = stream.pending.as_mut() {
+        if let Some(at) = self.held.iter().position(|p| p.slot == slot) {
+            let pending = &mut self.held[at];
             let mut sent_any = false;
             while let Some(chunk) = pending.chunks.front_mut() {
                 let room = stream.window.min(self.window).min(DEFAULT_MAX_FRAME as i32);
@@ -763,14 +771,17 @@ impl<T: Default> Session<T> {
                 sent_any = true;
             }
             if pending.chunks.is_empty() {
-                stream.pending = None;
-            } else if sent_any {
-                pending.since = now;
+                self.held.swap_remove(at);
+            } else {
+                if sent_any {
+                    pending.since = now;
+                }
+                return;
             }
         }
-        if stream.ending && stream.pending.is_none() {
+        if stream.ending {
             out(Bytes::copy_from_slice(&frame::data_head(stream.id, 0, true)));
-            self.streams.remove(slot);
+            self.remove(slot);
         }
     }
 }
