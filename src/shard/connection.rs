@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 
 use slab::Slab;
 
@@ -63,7 +64,7 @@ pub struct H2Stream {
     /// As [`super::connection::Connection::last_publish`].
     pub last_publish: u64,
     /// When it subscribed, in seconds on the shard's clock.
-    pub handshaked_at: Option<u32>,
+    pub handshaked_at: Option<Stamp>,
 }
 
 /// A shard's connections, by key: the one place that maps keys to slab places.
@@ -158,9 +159,11 @@ pub struct Connection {
     /// When it connected, in seconds on the shard's clock.
     pub connected_at: u32,
     /// When it last handshaked (the first time, or its last reinit), likewise.
-    pub handshaked_at: Option<u32>,
+    pub handshaked_at: Option<Stamp>,
     /// What it subscribed to and who it is; set by the handshake.
     pub client: Client,
+    /// How many times it re-handshaked (counted up to 65,535).
+    pub reinits: u16,
     /// The id of the last event queued for it, or of the last event published before its
     /// handshake: a client that matches a publish through several tokens gets it once, and a
     /// client never gets what was published before it subscribed.
@@ -197,44 +200,56 @@ impl RequestBytes {
     }
 }
 
-/// What a handshaked client told us about itself, and what it has received.
+/// What a handshaked client told us about itself, and what it has received: 24 bytes, the
+/// slot of every connection and of every HTTP/2 stream holds one.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Its id, User-Agent and tokens in one allocation: `id \n agent \n token \n token…`.
-    /// None of them contains a line break (the request reader refuses them in the id and
-    /// tokens, HTTP forbids them in a header value); a token may contain a `-` (sent as `%2D`).
-    /// Read on the rare paths (index changes, client list, `-UNIQ` publishes).
+    /// Whether its id is its token's `sub`, then its id, User-Agent and tokens, in one
+    /// allocation: `+` or `-`, then `id \n agent \n token \n token…`. None of them contains a
+    /// line break (the request reader refuses them in the id and tokens, HTTP forbids them in a
+    /// header value); a token may contain a `-` (sent as `%2D`). Read on the rare paths (index
+    /// changes, client list, `-UNIQ` publishes).
     names: Box<str>,
     /// Events queued for it.
     pub messages: u64,
-    /// How many times it re-handshaked.
-    pub reinits: u32,
-    /// Its id is its token's `sub`.
-    pub sub: bool,
 }
 
+/// What starts a client's names when its id is its grant's `sub`.
+const SUB: char = '+';
+
 impl Client {
-    /// The client described by a subscription request.
-    pub fn from_request(request: Subscribe) -> Self {
+    /// The client described by a subscription request; `sub` when its id is its grant's.
+    pub fn from_request(request: Subscribe, sub: bool) -> Self {
         let id = request.id.unwrap_or_default();
         let agent = request.user_agent.replace('\n', " ");
-        let names = format!("{id}\n{agent}\n{}", request.tokens.join("\n"));
-        Client { names: names.into_boxed_str(), messages: 0, reinits: 0, sub: false }
+        let mark = if sub { SUB } else { '-' };
+        let names = format!("{mark}{id}\n{agent}\n{}", request.tokens.join("\n"));
+        Client { names: names.into_boxed_str(), messages: 0 }
+    }
+
+    /// Its names, one a line, after the `sub` mark.
+    fn lines(&self) -> std::str::Split<'_, char> {
+        self.names.get(1..).unwrap_or("").split('\n')
+    }
+
+    /// Whether its id is its token's `sub`.
+    pub fn sub(&self) -> bool {
+        self.names.starts_with(SUB)
     }
 
     /// Its unique id (`id=`); empty when it gave none.
     pub fn id(&self) -> &str {
-        self.names.split('\n').next().unwrap_or("")
+        self.lines().next().unwrap_or("")
     }
 
     /// Its `User-Agent`, cut as hasses does; empty when absent.
     pub fn user_agent(&self) -> &str {
-        self.names.split('\n').nth(1).unwrap_or("")
+        self.lines().nth(1).unwrap_or("")
     }
 
     /// Its tokens, without duplicates; `*` means every message.
     pub fn tokens(&self) -> impl Iterator<Item = &str> + Clone {
-        self.names.split('\n').skip(2).filter(|t| !t.is_empty())
+        self.lines().skip(2).filter(|t| !t.is_empty())
     }
 
     /// True when `id` names this client.
@@ -261,6 +276,23 @@ impl fmt::Display for TokenList<'_> {
             f.write_str(token)?;
         }
         Ok(())
+    }
+}
+
+/// A second on the shard's seconds clock in 4 bytes, `Option<Stamp>` too (the clock's 0 is
+/// kept as 1): a connection's and a stream's slot hold one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(NonZeroU32);
+
+impl Stamp {
+    /// Second `seconds` of the shard's clock.
+    pub fn at(seconds: u32) -> Stamp {
+        Stamp(NonZeroU32::MIN.saturating_add(seconds))
+    }
+
+    /// Its second on the shard's clock.
+    pub fn seconds(self) -> u32 {
+        self.0.get() - 1
     }
 }
 
@@ -342,6 +374,7 @@ impl Connection {
             connected_at: now,
             handshaked_at: None,
             client: Client::default(),
+            reinits: 0,
             last_publish: 0,
         }
     }
@@ -408,8 +441,14 @@ mod tests {
             resume: None,
             token: None,
         };
-        let client = Client::from_request(request);
+        let client = Client::from_request(request.clone(), false);
         assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1", "x-y"]);
+        let granted = Client::from_request(Subscribe { id: Some("u42".into()), ..request }, true);
+        assert_eq!((granted.sub(), granted.id(), client.sub(), client.id()), (true, "u42", false, ""));
+        assert_eq!(granted.tokens().count(), 3);
+        assert_eq!((Client::default().sub(), Client::default().id()), (false, ""));
+        assert_eq!((Stamp::at(0).seconds(), Stamp::at(u32::MAX).seconds()), (0, u32::MAX - 1));
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 4);
         assert_eq!(Client::default().tokens().count(), 0);
     }
 }

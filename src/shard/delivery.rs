@@ -370,13 +370,10 @@ mod tests {
             Connection::accepted(mio::net::TcpStream::from_std(socket), None, Peer::new(addr), 1, 0);
         conn.phase = Phase::Streaming;
         let id = Some(id.to_string()).filter(|id| !id.is_empty());
-        conn.client = Client::from_request(Subscribe {
-            tokens: vec!["t".into()],
-            id,
-            user_agent: String::new(),
-            resume: None,
-            token: None,
-        });
+        conn.client = Client::from_request(
+            Subscribe { tokens: vec!["t".into()], id, user_agent: String::new(), resume: None, token: None },
+            false,
+        );
         (conn, other_end)
     }
 

@@ -313,7 +313,7 @@ impl Shard {
         let change = Change {
             joined,
             id: client.id().into(),
-            sub: client.sub.then(|| client.id().into()),
+            sub: client.sub().then(|| client.id().into()),
             tokens: client
                 .tokens()
                 .filter(|token| *token != subscriptions::EVERYTHING)

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::connection::{Client, H2Stream, Phase};
+use super::connection::{Client, H2Stream, Phase, Stamp};
 use super::keys::{ConnKey, StreamKey};
 use super::stalls::STALL_TIMEOUT;
 use super::{millis, Shard};
@@ -276,7 +276,7 @@ impl Shard {
         let data = &mut state.data;
         data.client = client;
         data.phase = Phase::Streaming;
-        data.handshaked_at = Some(handshaked_at);
+        data.handshaked_at = Some(Stamp::at(handshaked_at));
         data.last_publish = last;
         self.held_back(key);
     }

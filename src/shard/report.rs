@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::connection::{Client, Connection, Phase};
+use super::connection::{Client, Connection, Phase, Stamp};
 use super::keys::StreamKey;
 use super::subscriptions::EVERYTHING;
 use super::Shard;
@@ -64,10 +64,10 @@ impl Shard {
         let (now, unix) = (self.seconds(Instant::now()), unix_now());
         let rows = self.reached(token).into_iter().filter_map(|stream| self.subscriber(stream));
         rows.map(|(client, handshaked_at, _)| {
-            let age = handshaked_at.map_or(0, |at| u64::from(now.saturating_sub(at)));
+            let age = handshaked_at.map_or(0, |at| u64::from(now.saturating_sub(at.seconds())));
             PresenceRow {
                 id: client.id().to_owned(),
-                sub: client.sub.then(|| client.id().to_owned()),
+                sub: client.sub().then(|| client.id().to_owned()),
                 since: unix.saturating_sub(age),
                 node: None,
             }
@@ -86,7 +86,7 @@ impl Shard {
                 keys.into_iter().collect()
             }
             Who::Id(id) => self.streams_where(|client| client.has_id(id)),
-            Who::Sub(sub) => self.streams_where(|client| client.sub && client.has_id(sub)),
+            Who::Sub(sub) => self.streams_where(|client| client.sub() && client.has_id(sub)),
         };
         for &stream in &ended {
             match stream.slot() {
@@ -124,7 +124,7 @@ impl Shard {
     }
 
     /// A stream's client, when it subscribed, and the last event it was given.
-    fn subscriber(&self, stream: StreamKey) -> Option<(&Client, Option<u32>, u64)> {
+    fn subscriber(&self, stream: StreamKey) -> Option<(&Client, Option<Stamp>, u64)> {
         let conn = self.connections.get(stream.connection())?;
         let Some(slot) = stream.slot() else {
             return Some((&conn.client, conn.handshaked_at, conn.last_publish));
@@ -189,15 +189,15 @@ impl Shard {
             state: h2.map_or_else(|| conn.state_code(), |h2| h2.data.phase.code()),
             tls: conn.tls_summary(),
             messages: client.messages,
-            reinits: client.reinits,
+            reinits: if h2.is_some() { 0 } else { u32::from(conn.reinits) },
             connected_secs: u64::from(now - conn.connected_at),
-            handshaked_secs: handshaked_at.map(|at| u64::from(now - at)),
+            handshaked_secs: handshaked_at.map(|at| u64::from(now - at.seconds())),
             id: client.id().to_string(),
             agent: client.user_agent().to_string(),
             tokens,
             worker: self.number,
             last_event_id: last_publish,
-            sub: client.sub.then(|| client.id().to_string()),
+            sub: client.sub().then(|| client.id().to_string()),
             h2_stream: h2.map(|h2| h2.id),
         }
     }

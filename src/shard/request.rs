@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use tracing::{debug, info};
 
-use super::connection::{Client, Phase};
+use super::connection::{Client, Phase, Stamp};
 use super::delivery::queue_replay;
 use super::keys::{ConnKey, StreamKey};
 use super::tls_session::Received;
@@ -236,8 +236,7 @@ impl Shard {
         expires: Option<u64>,
     ) {
         let resume = request.resume;
-        let mut client = Client::from_request(request);
-        client.sub = sub;
+        let client = Client::from_request(request, sub);
         self.handshake(key, client, resume, expires);
     }
 
@@ -300,9 +299,7 @@ impl Shard {
         let key = stream.connection();
         let reinit = stream.slot().is_none() && self.connections[key].phase == Phase::Streaming;
         if reinit {
-            let old = &self.connections[key].client;
-            client.reinits = old.reinits + 1;
-            client.messages = old.messages;
+            client.messages = self.connections[key].client.messages;
             self.stop_streaming(stream);
             self.counters.reinits += 1;
         } else {
@@ -357,10 +354,13 @@ impl Shard {
     ) -> u32 {
         let serial = if reinit { self.new_serial() } else { self.connections[key].serial };
         let conn = &mut self.connections[key];
+        if reinit {
+            conn.reinits = conn.reinits.saturating_add(1);
+        }
         conn.client = client;
         conn.request.clear();
         conn.phase = Phase::Streaming;
-        conn.handshaked_at = Some(seconds(self.started, now));
+        conn.handshaked_at = Some(Stamp::at(seconds(self.started, now)));
         conn.outbox.push(self.settings.responses.handshake.clone());
         if let Some(retry) = &self.settings.retry {
             conn.outbox.push(retry.clone());
