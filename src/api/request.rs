@@ -5,7 +5,12 @@
 //! yet, and how many bytes it took, so that the rest (a pipelined next request) stays. Too big
 //! is known as soon as the head says so, before the body is waited for. Chunked bodies are
 //! refused: every client that publishes knows its body's length.
+//!
+//! A request borrows what it can from the bytes it was read from (its path, its query, its key):
+//! reading one allocates nothing unless its key has to be decoded.
 
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The longest request head: far beyond any API request, small enough to hold for every
@@ -25,19 +30,45 @@ pub enum Method {
     Other,
 }
 
-/// One request, read whole.
+/// The media types of a body the API reads (`Content-Type` before any `;`, in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    /// `application/json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// Any other: a body the API does not read.
+    Other,
+}
+
+impl MediaType {
+    /// The media type a `Content-Type` value names.
+    fn of(value: &[u8]) -> MediaType {
+        let media = value.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        if media.eq_ignore_ascii_case(b"application/json") {
+            MediaType::Json
+        } else if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+            MediaType::Form
+        } else {
+            MediaType::Other
+        }
+    }
+}
+
+/// One request, read whole, borrowing from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// Its method.
     pub method: Method,
     /// Its path, without the query.
-    pub path: String,
+    pub path: &'a str,
     /// Its query, without the `?`; empty when none.
-    pub query: String,
-    /// The media type of its body (`Content-Type` before any `;`), lowercase.
-    pub content_type: Option<String>,
-    /// The key it carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-    pub key: Option<Vec<u8>>,
+    pub query: &'a str,
+    /// The media type of its body (`Content-Type`), if it says one.
+    pub content_type: Option<MediaType>,
+    /// The key it carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`, or the password of
+    /// `Authorization: Basic` (decoded, so owned).
+    pub key: Option<Cow<'a, [u8]>>,
     /// Whether the connection stays open after the answer: HTTP/1.1 unless `Connection: close`,
     /// HTTP/1.0 only with `Connection: keep-alive`.
     pub keep_alive: bool,
@@ -47,13 +78,13 @@ pub struct Request {
 
 /// What the bytes received so far hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub enum Parsed<'a> {
     /// Not a whole request yet: wait for more.
     Incomplete,
     /// A whole request, the first `consumed` bytes.
     Complete {
         /// The request.
-        request: Request,
+        request: Request<'a>,
         /// How many bytes it took.
         consumed: usize,
     },
@@ -99,10 +130,11 @@ impl RequestError {
 
 /// Reads the request at the start of `received`, if it is all there; a body over `max_body`
 /// bytes is refused.
-pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut head = httparse::Request::new(&mut headers);
-    let head_len = match head.parse(received) {
+pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed<'_>, RequestError> {
+    // Left uninitialised: httparse writes those it fills, and a request has a handful.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut []);
+    let head_len = match head.parse_with_uninit_headers(received, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
             return Err(RequestError::HeadTooLarge)
@@ -125,8 +157,10 @@ pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
         _ => Method::Other,
     };
     let target = head.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (path, query) = (path.to_owned(), query.to_owned());
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], &target[at + 1..]),
+        None => (target, ""),
+    };
     let keep_alive = match (head.version, fields.connection) {
         (_, Some(Connection::Close)) => false,
         (_, Some(Connection::KeepAlive)) => true,
@@ -153,15 +187,15 @@ enum Connection {
 
 /// The headers the API looks at.
 #[derive(Debug, Default)]
-struct Fields {
+struct Fields<'a> {
     length: usize,
-    content_type: Option<String>,
-    key: Option<Vec<u8>>,
+    content_type: Option<MediaType>,
+    key: Option<Cow<'a, [u8]>>,
     connection: Option<Connection>,
 }
 
-impl Fields {
-    fn read(headers: &[httparse::Header<'_>]) -> Result<Fields, RequestError> {
+impl<'a> Fields<'a> {
+    fn read(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, RequestError> {
         let mut fields = Fields::default();
         let mut length = None;
         for header in headers {
@@ -181,14 +215,15 @@ impl Fields {
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 return Err(RequestError::LengthRequired);
             } else if name.eq_ignore_ascii_case("content-type") {
-                let media = value.split(|b| *b == b';').next().unwrap_or_default();
-                fields.content_type = Some(String::from_utf8_lossy(media.trim_ascii()).to_ascii_lowercase());
+                fields.content_type = Some(MediaType::of(value));
             } else if name.eq_ignore_ascii_case("authorization") {
-                if let Some(key) = bearer(value).map(<[u8]>::to_vec).or_else(|| basic_password(value)) {
+                if let Some(key) =
+                    bearer(value).map(Cow::Borrowed).or_else(|| basic_password(value).map(Cow::Owned))
+                {
                     fields.key = Some(key);
                 }
             } else if name.eq_ignore_ascii_case("x-api-key") {
-                fields.key = Some(value.trim_ascii().to_vec());
+                fields.key = Some(Cow::Borrowed(value.trim_ascii()));
             } else if name.eq_ignore_ascii_case("connection") {
                 fields.connection = connection(value).or(fields.connection);
             }
@@ -242,7 +277,7 @@ mod tests {
 
     /// Parses `bytes` whole, and checks that every shorter prefix is incomplete or already the
     /// same error: fed byte by byte, the answer is the same.
-    fn parse_both_ways(bytes: &[u8]) -> Result<Parsed, RequestError> {
+    fn parse_both_ways(bytes: &[u8]) -> Result<Parsed<'_>, RequestError> {
         let whole = parse(bytes, LIMIT);
         let mut early_error = None;
         for end in 0..bytes.len() {
@@ -260,7 +295,7 @@ mod tests {
         whole
     }
 
-    fn complete(bytes: &[u8]) -> (Request, usize) {
+    fn complete(bytes: &[u8]) -> (Request<'_>, usize) {
         match parse_both_ways(bytes) {
             Ok(Parsed::Complete { request, consumed }) => (request, consumed),
             other => panic!("not complete: {other:?}"),
@@ -276,7 +311,7 @@ mod tests {
         assert_eq!(consumed, bytes.len());
         assert_eq!(request.method, Method::Post);
         assert_eq!(request.path, "/publish");
-        assert_eq!(request.content_type.as_deref(), Some("application/json"));
+        assert_eq!(request.content_type, Some(MediaType::Json));
         assert_eq!(request.key.as_deref(), Some(&b"s3cret"[..]));
         assert!(request.keep_alive);
         assert_eq!(&bytes[request.body], b"hello");
@@ -286,7 +321,7 @@ mod tests {
     fn a_browsers_basic_credentials_give_the_key_as_their_password() {
         let key = |authorization: &str| {
             let bytes = format!("GET / HTTP/1.1\r\nAuthorization: {authorization}\r\n\r\n");
-            complete(bytes.as_bytes()).0.key
+            complete(bytes.as_bytes()).0.key.map(Cow::into_owned)
         };
         // base64("anyone:s3c:ret")
         assert_eq!(key("Basic YW55b25lOnMzYzpyZXQ="), Some(b"s3c:ret".to_vec()));
