@@ -311,28 +311,36 @@ impl<'a> JsonPublish<'a> {
 
 /// `TOKEN`, `pre*` or `*`, strictly: see [`TargetFault`].
 fn json_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
-    // Searched as bytes (`-` and `*` are ASCII): a target is a few bytes, for which a byte
-    // loop beats a char search's set-up.
-    let bytes = target.as_bytes();
-    let control = if target.is_ascii() {
-        bytes.iter().any(u8::is_ascii_control)
-    } else {
-        target.contains(char::is_control)
-    };
-    let fault = if bytes.contains(&b'-') {
-        Some(TargetFault::Dash)
-    } else if bytes.iter().position(|&b| b == b'*').is_some_and(|star| star + 1 < bytes.len()) {
-        Some(TargetFault::InnerStar)
-    } else if control {
-        Some(TargetFault::ControlChar)
-    } else {
-        None
-    };
-    match fault {
+    match target_fault(target) {
         Some(fault) => {
             Err(CommandError::BadTarget { target: excerpt(target.as_bytes()), fault, part: excerpt(part) })
         }
         None => parse_target(target, part),
+    }
+}
+
+/// What is wrong with a JSON target, if anything: a `-` before all else, then a `*` before its
+/// end, then a control character. One pass over its bytes (a target is a few bytes, for which
+/// a byte loop beats a search's set-up); a C1 control character is looked for only in a
+/// target that is not ASCII.
+fn target_fault(target: &str) -> Option<TargetFault> {
+    let last = target.len().saturating_sub(1);
+    let (mut inner_star, mut control, mut ascii) = (false, false, true);
+    for (at, &byte) in target.as_bytes().iter().enumerate() {
+        match byte {
+            b'-' => return Some(TargetFault::Dash),
+            b'*' => inner_star |= at < last,
+            0x00..=0x1f | 0x7f => control = true,
+            0x80.. => ascii = false,
+            _ => {}
+        }
+    }
+    if inner_star {
+        Some(TargetFault::InnerStar)
+    } else if control || (!ascii && target.contains(char::is_control)) {
+        Some(TargetFault::ControlChar)
+    } else {
+        None
     }
 }
 
@@ -489,3 +497,24 @@ fn shortened(text: &[u8], max: usize) -> String {
 
 /// The byte that opens a JSON object, and so may start a JSON command.
 pub(crate) const JSON_OPEN: u8 = b'{';
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn a_targets_fault_is_what_three_searches_find(target in "[ab*\\-\u{1}\u{7f}\u{85}é]{0,8}") {
+            let searched = if target.contains('-') {
+                Some(TargetFault::Dash)
+            } else if target.find('*').is_some_and(|star| star + 1 < target.len()) {
+                Some(TargetFault::InnerStar)
+            } else if target.contains(char::is_control) {
+                Some(TargetFault::ControlChar)
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(target_fault(&target), searched);
+        }
+    }
+}
