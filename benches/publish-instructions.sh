@@ -30,6 +30,10 @@ listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # The instructions of one run (VIA N), as "CONTROL_THREAD WHOLE_PROCESS".
 instructions() {
     local out="$dir/$1-$2"
+    if listening "$control_port" || listening "$api_port"; then
+        echo "publish-instructions.sh: port $control_port or $api_port is taken (CONTROL_PORT, API_PORT)" >&2
+        exit 2
+    fi
     valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" \
         "$hasses" --port 0 --control-port "$control_port" --api-bind "127.0.0.1:$api_port" \
         >"$out.log" 2>&1 &
@@ -38,6 +42,7 @@ instructions() {
         listening "$control_port" && listening "$api_port" && break
         sleep 0.1
     done
+    kill -0 "$server" 2>/dev/null || { echo "publish-instructions.sh: the server did not start:" >&2; cat "$out.log" >&2; exit 1; }
     ./target/release/hasses-bench publish-http --via "$1" --publishes "$2" --server-pid "$server" \
         --control "127.0.0.1:$control_port" --api "127.0.0.1:$api_port" >/dev/null
     kill -TERM "$server"
