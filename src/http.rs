@@ -37,6 +37,7 @@ use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -447,23 +448,74 @@ fn decode(component: &str) -> String {
 /// The fields of an `application/x-www-form-urlencoded` text (a form body, a query), decoded as
 /// the `form_urlencoded` crate reads them: split on `&` (empty pieces skipped), then at each
 /// piece's first `=`, `+` and `%XX` decoded, invalid UTF-8 replaced. A field with nothing to
-/// decode (most: tokens, ids, plain text) is borrowed, found with two byte searches and one
-/// UTF-8 check; only the others go through the crate.
+/// decode (most: tokens, ids, plain text) is borrowed; only the others go through the crate.
 pub fn form_fields(text: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    text.split(|&b| b == b'&').filter(|pair| !pair.is_empty()).map(|pair| {
-        let (name, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, &pair[pair.len()..]),
-        };
-        (form_component(name), form_component(value))
-    })
+    FormFields {
+        text,
+        utf8: std::str::from_utf8(text).ok(),
+        plain: memchr::memchr2(b'%', b'+', text).is_none(),
+        at: 0,
+    }
+}
+
+/// The fields of a form text ([`form_fields`]). The text is checked once, whole, for UTF-8 and
+/// for anything to decode, rather than field by field: a field of a text that is both is a
+/// slice of it, with no pass of its own over its bytes.
+struct FormFields<'a> {
+    text: &'a [u8],
+    /// The text, if it is UTF-8.
+    utf8: Option<&'a str>,
+    /// Whether it has no `%` and no `+`: nothing to decode anywhere.
+    plain: bool,
+    /// Where the next field starts.
+    at: usize,
+}
+
+impl<'a> Iterator for FormFields<'a> {
+    type Item = (Cow<'a, str>, Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = self.text.len();
+        loop {
+            let start = self.at;
+            let rest = self.text.get(start..).filter(|rest| !rest.is_empty())?;
+            if rest[0] == b'&' {
+                self.at += 1;
+                continue;
+            }
+            // A name is short, so its end is looked for byte by byte; a value may be long, so
+            // its end is memchr's, which takes many bytes a step.
+            let (name, value) = match rest.iter().position(|&b| b == b'=' || b == b'&') {
+                Some(at) if rest[at] == b'=' => {
+                    let from = start + at + 1;
+                    let end = memchr::memchr(b'&', &self.text[from..]).map_or(len, |end| from + end);
+                    (start..start + at, from..end)
+                }
+                Some(at) => (start..start + at, start + at..start + at),
+                None => (start..len, len..len),
+            };
+            self.at = value.end + 1;
+            return Some((self.component(name), self.component(value)));
+        }
+    }
+}
+
+impl<'a> FormFields<'a> {
+    /// The component at `range`, decoded.
+    fn component(&self, range: Range<usize>) -> Cow<'a, str> {
+        let bytes = &self.text[range.clone()];
+        let borrowed = (self.plain || memchr::memchr2(b'%', b'+', bytes).is_none())
+            .then(|| self.utf8.and_then(|text| text.get(range)).or_else(|| std::str::from_utf8(bytes).ok()))
+            .flatten();
+        borrowed.map_or_else(|| form_component(bytes), Cow::Borrowed)
+    }
 }
 
 /// One component of a form field, decoded (see [`form_fields`]). The crate decodes everything
 /// after a pair's first `=`, so a component that needs decoding is given to it as the value of
 /// a nameless pair: an `=` inside the component stays part of it.
 fn form_component(bytes: &[u8]) -> Cow<'_, str> {
-    if !bytes.contains(&b'%') && !bytes.contains(&b'+') {
+    if memchr::memchr2(b'%', b'+', bytes).is_none() {
         if let Ok(text) = std::str::from_utf8(bytes) {
             return Cow::Borrowed(text);
         }

@@ -5,6 +5,7 @@
 //! request's body, JSON or a form with the same fields). Pure functions over bytes: no socket,
 //! no log line; a source says a refusal in its own dialect.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny};
@@ -188,11 +189,16 @@ pub const MAX_EVENT_LEN: usize = 128;
 ///
 /// Unknown fields are refused, not ignored: a typo such as `"date"` must not publish nothing
 /// without a word.
+///
+/// The target and the data are borrowed from what they were read from when they need no
+/// unescaping: the publish is the first copy.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JsonPublish {
-    to: Targets,
-    data: String,
+pub struct JsonPublish<'a> {
+    #[serde(borrow)]
+    to: Targets<'a>,
+    #[serde(borrow)]
+    data: Cow<'a, str>,
     except: Option<String>,
     event: Option<String>,
     retry: Option<u32>,
@@ -200,48 +206,82 @@ pub struct JsonPublish {
     ack: bool,
 }
 
-/// `"to"`: one target or an array of them, as written.
+/// `"to"`: one target or several, as written. One, the usual, needs no list of its own.
 #[derive(Debug)]
-struct Targets(Vec<String>);
+pub enum Targets<'a> {
+    /// One target.
+    One(Cow<'a, str>),
+    /// None, or several.
+    Many(Vec<Cow<'a, str>>),
+}
 
-impl<'de> Deserialize<'de> for Targets {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Targets, D::Error> {
+impl Default for Targets<'_> {
+    fn default() -> Self {
+        Targets::Many(Vec::new())
+    }
+}
+
+impl<'a> Targets<'a> {
+    /// Adds a target.
+    pub fn push(&mut self, target: Cow<'a, str>) {
+        match self {
+            Targets::Many(none) if none.is_empty() => *self = Targets::One(target),
+            Targets::One(first) => *self = Targets::Many(vec![std::mem::take(first), target]),
+            Targets::Many(many) => many.push(target),
+        }
+    }
+
+    /// The targets, in order.
+    pub fn as_slice(&self) -> &[Cow<'a, str>] {
+        match self {
+            Targets::One(one) => std::slice::from_ref(one),
+            Targets::Many(many) => many,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Targets<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Targets<'a>, D::Error> {
         // By hand rather than an untagged enum, whose error would not say what was expected.
         struct OneOrMany;
         impl<'de> de::Visitor<'de> for OneOrMany {
-            type Value = Targets;
+            type Value = Targets<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a target or an array of targets")
             }
 
-            fn visit_str<E: de::Error>(self, target: &str) -> Result<Targets, E> {
-                Ok(Targets(vec![target.to_owned()]))
+            fn visit_borrowed_str<E: de::Error>(self, target: &'de str) -> Result<Targets<'de>, E> {
+                Ok(Targets::One(Cow::Borrowed(target)))
             }
 
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Targets, A::Error> {
+            fn visit_str<E: de::Error>(self, target: &str) -> Result<Targets<'de>, E> {
+                Ok(Targets::One(Cow::Owned(target.to_owned())))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Targets<'de>, A::Error> {
                 let mut targets = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(target) = seq.next_element()? {
-                    targets.push(target);
+                while let Some(target) = seq.next_element::<String>()? {
+                    targets.push(Cow::Owned(target));
                 }
-                Ok(Targets(targets))
+                Ok(Targets::Many(targets))
             }
         }
         deserializer.deserialize_any(OneOrMany)
     }
 }
 
-impl JsonPublish {
+impl<'a> JsonPublish<'a> {
     /// The publish an HTML form's fields ask for (the HTTP API's other body): the same fields,
     /// checked the same way by [`JsonPublish::check`].
     pub fn from_form(
-        to: Vec<String>,
-        data: String,
+        to: Targets<'a>,
+        data: Cow<'a, str>,
         except: Option<String>,
         event: Option<String>,
         retry: Option<u32>,
-    ) -> JsonPublish {
-        JsonPublish { to: Targets(to), data, except, event, retry, ack: false }
+    ) -> JsonPublish<'a> {
+        JsonPublish { to, data, except, event, retry, ack: false }
     }
 
     /// Checks every field as hasses' grammar checks its own, into the publish it asks for;
@@ -253,36 +293,54 @@ impl JsonPublish {
     /// [`JsonPublish::check`], and whether it asks for its receipt.
     fn check_with_ack(self, part: &[u8], limits: &Limits) -> Result<(Publish, Ack), CommandError> {
         let ack = if self.ack { Ack::Asked } else { Ack::AsConnection };
-        if self.to.0.is_empty() {
+        let to = self.to.as_slice();
+        if to.is_empty() {
             return Err(CommandError::NoTarget { part: excerpt(part) });
         }
-        let targets = self.to.0.iter().map(|target| json_target(target, part)).collect::<Result<_, _>>()?;
+        let targets = to.iter().map(|target| json_target(target, part)).collect::<Result<_, _>>()?;
         let except = self.except.map(|id| check_id(id, part)).transpose()?;
         check_message_len(self.data.len(), limits, part)?;
         if let Some(event) = &self.event {
             check_event(event, part)?;
         }
         let audience = Audience { targets, except };
-        Ok((Publish { audience, message: self.data.into_bytes(), event: self.event, retry: self.retry }, ack))
+        let message = self.data.into_owned().into_bytes();
+        Ok((Publish { audience, message, event: self.event, retry: self.retry }, ack))
     }
 }
 
 /// `TOKEN`, `pre*` or `*`, strictly: see [`TargetFault`].
 fn json_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
-    let fault = if target.contains('-') {
-        Some(TargetFault::Dash)
-    } else if target.find('*').is_some_and(|star| star + 1 < target.len()) {
-        Some(TargetFault::InnerStar)
-    } else if target.contains(char::is_control) {
-        Some(TargetFault::ControlChar)
-    } else {
-        None
-    };
-    match fault {
+    match target_fault(target) {
         Some(fault) => {
             Err(CommandError::BadTarget { target: excerpt(target.as_bytes()), fault, part: excerpt(part) })
         }
         None => parse_target(target, part),
+    }
+}
+
+/// What is wrong with a JSON target, if anything: a `-` before all else, then a `*` before its
+/// end, then a control character. One pass over its bytes (a target is a few bytes, for which
+/// a byte loop beats a search's set-up); a C1 control character is looked for only in a
+/// target that is not ASCII.
+fn target_fault(target: &str) -> Option<TargetFault> {
+    let last = target.len().saturating_sub(1);
+    let (mut inner_star, mut control, mut ascii) = (false, false, true);
+    for (at, &byte) in target.as_bytes().iter().enumerate() {
+        match byte {
+            b'-' => return Some(TargetFault::Dash),
+            b'*' => inner_star |= at < last,
+            0x00..=0x1f | 0x7f => control = true,
+            0x80.. => ascii = false,
+            _ => {}
+        }
+    }
+    if inner_star {
+        Some(TargetFault::InnerStar)
+    } else if control || (!ascii && target.contains(char::is_control)) {
+        Some(TargetFault::ControlChar)
+    } else {
+        None
     }
 }
 
@@ -361,8 +419,8 @@ pub(crate) fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, Com
 
 /// `*`, `pre*` (anything after the first `*` ignored, as hasses does) or a plain token.
 fn parse_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
-    let (name, wildcard) = match target.split_once('*') {
-        Some((prefix, _ignored)) => (prefix, true),
+    let (name, wildcard) = match target.bytes().position(|b| b == b'*') {
+        Some(star) => (&target[..star], true),
         None => (target, false),
     };
     if name.len() > MAX_TOKEN_LEN {
@@ -439,3 +497,24 @@ fn shortened(text: &[u8], max: usize) -> String {
 
 /// The byte that opens a JSON object, and so may start a JSON command.
 pub(crate) const JSON_OPEN: u8 = b'{';
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn a_targets_fault_is_what_three_searches_find(target in "[ab*\\-\u{1}\u{7f}\u{85}é]{0,8}") {
+            let searched = if target.contains('-') {
+                Some(TargetFault::Dash)
+            } else if target.find('*').is_some_and(|star| star + 1 < target.len()) {
+                Some(TargetFault::InnerStar)
+            } else if target.contains(char::is_control) {
+                Some(TargetFault::ControlChar)
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(target_fault(&target), searched);
+        }
+    }
+}

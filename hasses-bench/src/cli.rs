@@ -199,6 +199,11 @@ pub struct Options {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub publishes: u32,
 
+    /// publish-http: which ways to publish: both, or one alone (so that a profiler run over
+    /// the server sees one kind: benches/publish-instructions.sh).
+    #[arg(long, value_enum, default_value_t = Via::Both)]
+    pub via: Via,
+
     /// broadcast: how many messages to everyone.
     #[arg(long, default_value_t = 50)]
     pub messages: u32,
@@ -301,6 +306,29 @@ pub struct Options {
     pub quiet: bool,
 }
 
+/// The ways publish-http publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// Down the control port, then the HTTP API.
+    Both,
+    /// Down the control port only.
+    Line,
+    /// Down the HTTP API only.
+    Http,
+}
+
+impl Via {
+    /// Whether it publishes control lines.
+    pub fn lines(self) -> bool {
+        self != Via::Http
+    }
+
+    /// Whether it publishes over HTTP.
+    pub fn http(self) -> bool {
+        self != Via::Line
+    }
+}
+
 /// A scenario of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -341,7 +369,8 @@ pub enum Scenario {
     Presence,
     /// --publishes events to a token nobody subscribes to, pipelined down one control connection,
     /// then the same down one keep-alive HTTP API connection (--api): publishes/s and the
-    /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections).
+    /// server's CPU per publish for each, and their ratio (needs --server-pid; no connections;
+    /// --via to take one way alone).
     PublishHttp,
     /// -n connections over TLS (--tls, --ca), one after the other, each a full handshake, `GET
     /// /` and its answer; with --tls-resume as many more, each resuming a session of the first:

@@ -68,9 +68,9 @@ fn main() -> ExitCode {
     let nofile = sys::raise_nofile();
     if opts.scenario == cli::Scenario::PublishHttp {
         let pids = &opts.server_pid;
-        return match publish::run(opts.publishes as usize, pids, opts.control.addr, opts.api.addr) {
+        return match publish::run(opts.publishes as usize, opts.via, pids, opts.control.addr, opts.api.addr) {
             Ok((by_line, by_http)) => {
-                print!("{}", publish::table(&by_line, &by_http));
+                print!("{}", publish::table(by_line.as_ref(), by_http.as_ref()));
                 ExitCode::SUCCESS
             }
             Err(e) => {

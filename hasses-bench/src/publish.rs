@@ -10,6 +10,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
+use crate::cli::Via;
 use crate::sys::ServerProbe;
 
 /// Publishes are written in batches of this many, one `write` each.
@@ -26,17 +27,21 @@ pub struct PublishFigures {
     pub cpu_us: f64,
 }
 
-/// Runs both measurements; the server is `pids` (their CPU summed), its control port
-/// `control`, its API `api`.
+/// Runs the measurements `via` asks for; the server is `pids` (their CPU summed), its control
+/// port `control`, its API `api`.
 pub fn run(
     count: usize,
+    via: Via,
     pids: &[u32],
     control: SocketAddr,
     api: SocketAddr,
-) -> io::Result<(PublishFigures, PublishFigures)> {
+) -> io::Result<(Option<PublishFigures>, Option<PublishFigures>)> {
     let probe = ServerProbe::new(pids)?;
     let line = format!("nobody={DATA}\n");
-    let by_line = measure(&probe, count, || publish_lines(control, &line, count))
+    let by_line = via
+        .lines()
+        .then(|| measure(&probe, count, || publish_lines(control, &line, count)))
+        .transpose()
         .map_err(|e| context("control port", e))?;
     let body = format!("to=nobody&data={DATA}");
     let request = format!(
@@ -44,8 +49,11 @@ pub fn run(
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let by_http =
-        measure(&probe, count, || publish_http(api, &request, count)).map_err(|e| context("HTTP API", e))?;
+    let by_http = via
+        .http()
+        .then(|| measure(&probe, count, || publish_http(api, &request, count)))
+        .transpose()
+        .map_err(|e| context("HTTP API", e))?;
     Ok((by_line, by_http))
 }
 
@@ -138,17 +146,19 @@ pub fn read_answer(reader: &mut impl BufRead) -> io::Result<(String, Vec<u8>)> {
     Ok((status, body))
 }
 
-/// The two figures side by side, with the ratio the issue sets a target for.
-pub fn table(by_line: &PublishFigures, by_http: &PublishFigures) -> String {
-    format!(
-        "publish over     publishes/s   server CPU/publish\n\
-         control line   {:>12.0}   {:>10.2} µs\n\
-         HTTP API       {:>12.0}   {:>10.2} µs\n\
-         HTTP / control: {:.2}× the server CPU per publish (target: at most 1.3×)\n",
-        by_line.per_sec,
-        by_line.cpu_us,
-        by_http.per_sec,
-        by_http.cpu_us,
-        by_http.cpu_us / by_line.cpu_us
-    )
+/// The figures side by side, with the ratio the issue sets a target for when both were taken.
+pub fn table(by_line: Option<&PublishFigures>, by_http: Option<&PublishFigures>) -> String {
+    let mut table = String::from("publish over     publishes/s   server CPU/publish\n");
+    for (name, figures) in [("control line", by_line), ("HTTP API    ", by_http)] {
+        if let Some(figures) = figures {
+            table += &format!("{name}   {:>12.0}   {:>10.2} µs\n", figures.per_sec, figures.cpu_us);
+        }
+    }
+    if let (Some(by_line), Some(by_http)) = (by_line, by_http) {
+        table += &format!(
+            "HTTP / control: {:.2}× the server CPU per publish (target: at most 1.3×)\n",
+            by_http.cpu_us / by_line.cpu_us
+        );
+    }
+    table
 }

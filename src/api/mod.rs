@@ -18,14 +18,16 @@
 pub mod metrics;
 pub mod request;
 
+use std::borrow::Cow;
+
 use subtle::ConstantTimeEq;
 
 use crate::event::{Publish, Receipt};
 use crate::gate::{Order, OrderKind};
 use crate::limits::{Limits, MAX_TOKEN_LEN};
 use crate::pipeline::Query;
-use crate::publish::{parse_json_publish, CommandError, JsonPublish};
-use request::{Method, Request};
+use crate::publish::{parse_json_publish, CommandError, JsonPublish, Targets};
+use request::{MediaType, Method, Request};
 
 /// The status page: one file, no outside assets.
 const PAGE: &str = include_str!("page.html");
@@ -86,6 +88,16 @@ pub struct Response {
 }
 
 const JSON: &str = "application/json";
+
+/// A publish's answer up to its `Content-Length` value ([`Response::encode_published`]).
+const PUBLISHED_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ";
+/// After the length, up to the id, on a connection that stays open.
+const PUBLISHED_KEEP_ALIVE: &[u8] =
+    b"\r\nCache-Control: no-store\r\nConnection: keep-alive\r\n\r\n{\"id\":\"";
+/// After the length, up to the id, on a connection that closes.
+const PUBLISHED_CLOSE: &[u8] = b"\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{\"id\":\"";
+/// The bytes of `{"id":""}`: a publish's body but its id.
+const PUBLISHED_BODY_AROUND_ID: usize = 9;
 
 impl Response {
     /// `200` with this body.
@@ -150,6 +162,21 @@ impl Response {
         out.extend_from_slice(&self.body);
     }
 
+    /// Appends what `Response::published(id).encode_into(keep_alive, out)` appends, from a
+    /// template: the answer to every publish, with nothing to build but the id's digits.
+    pub fn encode_published(id: u64, keep_alive: bool, out: &mut Vec<u8>) {
+        let mut digits = itoa::Buffer::new();
+        let id = digits.format(id).as_bytes();
+        // An id has 1 to 20 digits, so the body 10 to 29 bytes: its length is two digits.
+        let body_len = PUBLISHED_BODY_AROUND_ID + id.len();
+        let length = &[b'0' + (body_len / 10) as u8, b'0' + (body_len % 10) as u8];
+        let rest = if keep_alive { PUBLISHED_KEEP_ALIVE } else { PUBLISHED_CLOSE };
+        out.reserve(PUBLISHED_HEAD.len() + length.len() + rest.len() + id.len() + 2);
+        for piece in [PUBLISHED_HEAD, length, rest, id, b"\"}"] {
+            out.extend_from_slice(piece);
+        }
+    }
+
     /// The whole response in a buffer of its own.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.body.len());
@@ -186,7 +213,7 @@ pub fn page() -> Response {
 /// caller without the key learns nothing, not even which paths exist), then the path, then the
 /// method.
 pub fn route(request: &Request, key: Option<&[u8]>) -> Result<Route, Response> {
-    let (route, method) = match request.path.as_str() {
+    let (route, method) = match request.path {
         "/healthz" => (Route::Ask(ApiQuery::Health), Method::Get),
         _ if !authorized(request, key) => {
             let mut refusal = Response::error(401, "a valid API key is needed");
@@ -218,7 +245,7 @@ pub fn route(request: &Request, key: Option<&[u8]>) -> Result<Route, Response> {
 fn authorized(request: &Request, key: Option<&[u8]>) -> bool {
     match (key, &request.key) {
         (None, _) => true,
-        (Some(key), Some(given)) => bool::from(given.as_slice().ct_eq(key)),
+        (Some(key), Some(given)) => bool::from(given.as_ref().ct_eq(key)),
         (Some(_), None) => false,
     }
 }
@@ -247,9 +274,9 @@ pub fn presence_from(request: &Request) -> Result<Query, Response> {
 /// The order a `POST /disconnect` or `POST /revoke` gives, from its query and its form body
 /// (either or both), at `now` (Unix seconds).
 pub fn order_from(kind: OrderKind, request: &Request, body: &[u8], now: u64) -> Result<Order, Response> {
-    let form = match request.content_type.as_deref() {
+    let form = match request.content_type {
         None if body.is_empty() => &[][..],
-        Some("application/x-www-form-urlencoded") => body,
+        Some(MediaType::Form) => body,
         _ => {
             return Err(Response::error(
                 415,
@@ -264,9 +291,9 @@ pub fn order_from(kind: OrderKind, request: &Request, body: &[u8], now: u64) -> 
 /// The publish a `POST /publish` body asks for: JSON as on a control line, or a form with the
 /// same fields, which is turned into that JSON so that one grammar checks both.
 pub fn publish_from(request: &Request, body: &[u8], limits: &Limits) -> Result<Publish, Response> {
-    let checked = match request.content_type.as_deref() {
-        Some("application/json") => parse_json_publish(body, limits),
-        Some("application/x-www-form-urlencoded") => form_publish(body)?.check(body, limits),
+    let checked = match request.content_type {
+        Some(MediaType::Json) => parse_json_publish(body, limits),
+        Some(MediaType::Form) => form_publish(body)?.check(body, limits),
         _ => return Err(Response::error(415, "send application/json or application/x-www-form-urlencoded")),
     };
     checked.map_err(|e| match e {
@@ -277,12 +304,12 @@ pub fn publish_from(request: &Request, body: &[u8], limits: &Limits) -> Result<P
 
 /// A form's fields as the JSON publish they stand for: `to` may repeat (several targets); any
 /// other field given twice is refused, as it would be ambiguous; an unknown one too, as in JSON.
-fn form_publish(body: &[u8]) -> Result<JsonPublish, Response> {
-    let (mut to, mut data, mut except, mut event, mut retry) = (Vec::new(), None, None, None, None);
+fn form_publish(body: &[u8]) -> Result<JsonPublish<'_>, Response> {
+    let (mut to, mut data, mut except, mut event, mut retry) = (Targets::default(), None, None, None, None);
     for (name, value) in crate::http::form_fields(body) {
         let slot = match name.as_ref() {
             "to" => {
-                to.push(value.into_owned());
+                to.push(value);
                 continue;
             }
             "data" => &mut data,
@@ -291,11 +318,11 @@ fn form_publish(body: &[u8]) -> Result<JsonPublish, Response> {
             "retry" => &mut retry,
             other => return Err(Response::error(400, &format!("unknown field `{other}`"))),
         };
-        if slot.replace(value.into_owned()).is_some() {
+        if slot.replace(value).is_some() {
             return Err(Response::error(400, &format!("field `{name}` given twice")));
         }
     }
-    if to.is_empty() {
+    if to.as_slice().is_empty() {
         return Err(Response::error(400, "missing field `to`"));
     }
     let data = data.ok_or_else(|| Response::error(400, "missing field `data`"))?;
@@ -305,6 +332,7 @@ fn form_publish(body: &[u8]) -> Result<JsonPublish, Response> {
                 .map_err(|_| Response::error(400, &format!("retry is not a number of milliseconds: {ms}")))
         })
         .transpose()?;
+    let (except, event) = (except.map(Cow::into_owned), event.map(Cow::into_owned));
     Ok(JsonPublish::from_form(to, data, except, event, retry))
 }
 
@@ -314,7 +342,7 @@ mod tests {
     use super::*;
     use crate::event::Target;
 
-    fn request(bytes: &[u8]) -> (Request, Vec<u8>) {
+    fn request(bytes: &[u8]) -> (Request<'_>, Vec<u8>) {
         match parse(bytes, 1 << 20) {
             Ok(Parsed::Complete { request, .. }) => {
                 let body = bytes[request.body.clone()].to_vec();
@@ -452,5 +480,16 @@ mod tests {
              Cache-Control: no-store\r\nConnection: close\r\nWWW-Authenticate: Bearer\r\n\r\n{\"error\":\"no\"}"
         );
         assert_eq!(Response::published(42).body, br#"{"id":"42"}"#);
+    }
+
+    #[test]
+    fn a_publishs_answer_from_its_template_is_the_one_it_stands_for() {
+        for id in [0, 7, 42, 1_000_000, u64::MAX] {
+            for keep_alive in [true, false] {
+                let mut out = b"earlier".to_vec();
+                Response::encode_published(id, keep_alive, &mut out);
+                assert_eq!(out, [&b"earlier"[..], &Response::published(id).encode(keep_alive)].concat());
+            }
+        }
     }
 }

@@ -5,7 +5,12 @@
 //! yet, and how many bytes it took, so that the rest (a pipelined next request) stays. Too big
 //! is known as soon as the head says so, before the body is waited for. Chunked bodies are
 //! refused: every client that publishes knows its body's length.
+//!
+//! A request borrows what it can from the bytes it was read from (its path, its query, its key):
+//! reading one allocates nothing unless its key has to be decoded.
 
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The longest request head: far beyond any API request, small enough to hold for every
@@ -25,19 +30,55 @@ pub enum Method {
     Other,
 }
 
-/// One request, read whole.
+/// The media types of a body the API reads (`Content-Type` before any `;`, in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    /// `application/json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// Any other: a body the API does not read.
+    Other,
+}
+
+impl MediaType {
+    /// The media type a `Content-Type` value names.
+    fn of(value: &[u8]) -> MediaType {
+        const JSON: &[u8] = b"application/json";
+        const FORM: &[u8] = b"application/x-www-form-urlencoded";
+        // Most clients write one of the two exactly: compared whole first (many bytes a step),
+        // before a case-insensitive comparison byte by byte.
+        if value == FORM {
+            return MediaType::Form;
+        }
+        if value == JSON {
+            return MediaType::Json;
+        }
+        let media = value.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        if media.eq_ignore_ascii_case(JSON) {
+            MediaType::Json
+        } else if media.eq_ignore_ascii_case(FORM) {
+            MediaType::Form
+        } else {
+            MediaType::Other
+        }
+    }
+}
+
+/// One request, read whole, borrowing from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// Its method.
     pub method: Method,
     /// Its path, without the query.
-    pub path: String,
+    pub path: &'a str,
     /// Its query, without the `?`; empty when none.
-    pub query: String,
-    /// The media type of its body (`Content-Type` before any `;`), lowercase.
-    pub content_type: Option<String>,
-    /// The key it carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-    pub key: Option<Vec<u8>>,
+    pub query: &'a str,
+    /// The media type of its body (`Content-Type`), if it says one.
+    pub content_type: Option<MediaType>,
+    /// The key it carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`, or the password of
+    /// `Authorization: Basic` (decoded, so owned).
+    pub key: Option<Cow<'a, [u8]>>,
     /// Whether the connection stays open after the answer: HTTP/1.1 unless `Connection: close`,
     /// HTTP/1.0 only with `Connection: keep-alive`.
     pub keep_alive: bool,
@@ -47,13 +88,13 @@ pub struct Request {
 
 /// What the bytes received so far hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub enum Parsed<'a> {
     /// Not a whole request yet: wait for more.
     Incomplete,
     /// A whole request, the first `consumed` bytes.
     Complete {
         /// The request.
-        request: Request,
+        request: Request<'a>,
         /// How many bytes it took.
         consumed: usize,
     },
@@ -99,10 +140,11 @@ impl RequestError {
 
 /// Reads the request at the start of `received`, if it is all there; a body over `max_body`
 /// bytes is refused.
-pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut head = httparse::Request::new(&mut headers);
-    let head_len = match head.parse(received) {
+pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed<'_>, RequestError> {
+    // Left uninitialised: httparse writes those it fills, and a request has a handful.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut []);
+    let head_len = match head.parse_with_uninit_headers(received, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
             return Err(RequestError::HeadTooLarge)
@@ -125,8 +167,10 @@ pub fn parse(received: &[u8], max_body: usize) -> Result<Parsed, RequestError> {
         _ => Method::Other,
     };
     let target = head.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (path, query) = (path.to_owned(), query.to_owned());
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], &target[at + 1..]),
+        None => (target, ""),
+    };
     let keep_alive = match (head.version, fields.connection) {
         (_, Some(Connection::Close)) => false,
         (_, Some(Connection::KeepAlive)) => true,
@@ -153,26 +197,22 @@ enum Connection {
 
 /// The headers the API looks at.
 #[derive(Debug, Default)]
-struct Fields {
+struct Fields<'a> {
     length: usize,
-    content_type: Option<String>,
-    key: Option<Vec<u8>>,
+    content_type: Option<MediaType>,
+    key: Option<Cow<'a, [u8]>>,
     connection: Option<Connection>,
 }
 
-impl Fields {
-    fn read(headers: &[httparse::Header<'_>]) -> Result<Fields, RequestError> {
+impl<'a> Fields<'a> {
+    fn read(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, RequestError> {
         let mut fields = Fields::default();
         let mut length = None;
         for header in headers {
             let name = header.name;
             let value = header.value;
             if name.eq_ignore_ascii_case("content-length") {
-                let len = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|text| text.parse::<usize>().ok())
-                    .ok_or(RequestError::BadLength)?;
+                let len = content_length(value).ok_or(RequestError::BadLength)?;
                 // Two lengths that differ are how requests get smuggled: refused.
                 if length.is_some_and(|earlier| earlier != len) {
                     return Err(RequestError::BadLength);
@@ -181,14 +221,15 @@ impl Fields {
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 return Err(RequestError::LengthRequired);
             } else if name.eq_ignore_ascii_case("content-type") {
-                let media = value.split(|b| *b == b';').next().unwrap_or_default();
-                fields.content_type = Some(String::from_utf8_lossy(media.trim_ascii()).to_ascii_lowercase());
+                fields.content_type = Some(MediaType::of(value));
             } else if name.eq_ignore_ascii_case("authorization") {
-                if let Some(key) = bearer(value).map(<[u8]>::to_vec).or_else(|| basic_password(value)) {
+                if let Some(key) =
+                    bearer(value).map(Cow::Borrowed).or_else(|| basic_password(value).map(Cow::Owned))
+                {
                     fields.key = Some(key);
                 }
             } else if name.eq_ignore_ascii_case("x-api-key") {
-                fields.key = Some(value.trim_ascii().to_vec());
+                fields.key = Some(Cow::Borrowed(value.trim_ascii()));
             } else if name.eq_ignore_ascii_case("connection") {
                 fields.connection = connection(value).or(fields.connection);
             }
@@ -196,6 +237,19 @@ impl Fields {
         fields.length = length.unwrap_or(0);
         Ok(fields)
     }
+}
+
+/// A `Content-Length` value: one or more digits, and a number a `usize` holds. Read straight
+/// from the bytes, in one pass.
+fn content_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0usize, |len, &byte| {
+        let digit = byte.wrapping_sub(b'0');
+        (digit <= 9).then_some(())?;
+        len.checked_mul(10)?.checked_add(usize::from(digit))
+    })
 }
 
 /// The token of `Bearer TOKEN` (the scheme is case-insensitive).
@@ -242,7 +296,7 @@ mod tests {
 
     /// Parses `bytes` whole, and checks that every shorter prefix is incomplete or already the
     /// same error: fed byte by byte, the answer is the same.
-    fn parse_both_ways(bytes: &[u8]) -> Result<Parsed, RequestError> {
+    fn parse_both_ways(bytes: &[u8]) -> Result<Parsed<'_>, RequestError> {
         let whole = parse(bytes, LIMIT);
         let mut early_error = None;
         for end in 0..bytes.len() {
@@ -260,7 +314,7 @@ mod tests {
         whole
     }
 
-    fn complete(bytes: &[u8]) -> (Request, usize) {
+    fn complete(bytes: &[u8]) -> (Request<'_>, usize) {
         match parse_both_ways(bytes) {
             Ok(Parsed::Complete { request, consumed }) => (request, consumed),
             other => panic!("not complete: {other:?}"),
@@ -276,17 +330,39 @@ mod tests {
         assert_eq!(consumed, bytes.len());
         assert_eq!(request.method, Method::Post);
         assert_eq!(request.path, "/publish");
-        assert_eq!(request.content_type.as_deref(), Some("application/json"));
+        assert_eq!(request.content_type, Some(MediaType::Json));
         assert_eq!(request.key.as_deref(), Some(&b"s3cret"[..]));
         assert!(request.keep_alive);
         assert_eq!(&bytes[request.body], b"hello");
     }
 
     #[test]
+    fn the_media_type_is_read_in_any_case_and_without_its_parameters() {
+        assert_eq!(MediaType::of(b"application/x-www-form-urlencoded"), MediaType::Form);
+        assert_eq!(MediaType::of(b"Application/X-WWW-Form-URLEncoded ; charset=utf-8"), MediaType::Form);
+        assert_eq!(MediaType::of(b"application/json"), MediaType::Json);
+        assert_eq!(MediaType::of(b"APPLICATION/JSON;charset=utf-8"), MediaType::Json);
+        assert_eq!(MediaType::of(b"application/jsonx"), MediaType::Other);
+        assert_eq!(MediaType::of(b"text/plain"), MediaType::Other);
+        assert_eq!(MediaType::of(b"\xff"), MediaType::Other);
+    }
+
+    #[test]
+    fn a_content_length_is_digits_a_usize_holds() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"007"), Some(7));
+        assert_eq!(content_length(usize::MAX.to_string().as_bytes()), Some(usize::MAX));
+        let over = format!("{}0", usize::MAX);
+        for refused in [&b""[..], b"+1", b"-1", b"1 2", b"1a", b"\xd9\xa1", over.as_bytes()] {
+            assert_eq!(content_length(refused), None, "{}", refused.escape_ascii());
+        }
+    }
+
+    #[test]
     fn a_browsers_basic_credentials_give_the_key_as_their_password() {
         let key = |authorization: &str| {
             let bytes = format!("GET / HTTP/1.1\r\nAuthorization: {authorization}\r\n\r\n");
-            complete(bytes.as_bytes()).0.key
+            complete(bytes.as_bytes()).0.key.map(Cow::into_owned)
         };
         // base64("anyone:s3c:ret")
         assert_eq!(key("Basic YW55b25lOnMzYzpyZXQ="), Some(b"s3c:ret".to_vec()));

@@ -194,11 +194,12 @@ impl Control {
     /// Carries out the whole requests received, in order, while answers may be given. The
     /// input is taken out of the connection while they are (carrying one out reads nothing),
     /// so a body is handed on where it lies, and the requests taken leave the buffer in one go
-    /// at the end: a pipelined batch is not moved down the buffer once per request.
+    /// at the end: a pipelined batch is not moved down the buffer once per request. The deadline
+    /// is set once, after the last request carried out.
     fn take_requests(&mut self, key: ApiKey) {
         let max_body = self.max_api_body();
         let mut input = std::mem::take(&mut self.sources.apis[key].input);
-        let mut taken = 0;
+        let (mut taken, mut carried_out) = (0, None);
         while self.sources.apis[key].can_take_request() {
             match parse(&input[taken..], max_body) {
                 Ok(Parsed::Incomplete) => {
@@ -212,10 +213,8 @@ impl Control {
                 Ok(Parsed::Complete { request, consumed }) => {
                     let body = &input[taken..][request.body.clone()];
                     taken += consumed;
-                    let conn = &mut self.sources.apis[key];
-                    conn.keep_alive &= request.keep_alive;
-                    let more = taken < input.len();
-                    conn.deadline = Instant::now() + if more { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
+                    carried_out = Some(taken);
+                    self.sources.apis[key].keep_alive &= request.keep_alive;
                     self.carry_out(key, &request, body);
                 }
                 Err(e) => {
@@ -225,8 +224,13 @@ impl Control {
                 }
             }
         }
+        let conn = &mut self.sources.apis[key];
+        if let Some(end) = carried_out {
+            let more = end < input.len();
+            conn.deadline = Instant::now() + if more { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
+        }
         input.drain(..taken);
-        self.sources.apis[key].input = input;
+        conn.input = input;
     }
 
     /// Answers a request that cannot be read, and closes the connection: where its next request
@@ -245,7 +249,11 @@ impl Control {
                     self.published.http += 1;
                     let asker = Asker { key, serial: self.sources.apis[key].serial };
                     match self.sequencer.publish(publish, Some(ReceiptTo::Http(asker))) {
-                        Ok(Accepted::Sequenced(id)) => Response::published(id),
+                        Ok(Accepted::Sequenced(id)) => {
+                            let conn = &mut self.sources.apis[key];
+                            Response::encode_published(id, conn.keep_alive, &mut conn.out);
+                            return;
+                        }
                         // In a cluster the outbox answers, once Redis holds it.
                         Ok(Accepted::Queued) => {
                             self.sources.apis[key].awaiting = true;

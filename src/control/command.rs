@@ -596,6 +596,16 @@ mod tests {
     }
 
     #[test]
+    fn escaped_targets_and_data_are_read_unescaped() {
+        // Borrowed from the line when plain; these are not, and must come out the same.
+        let escaped = json_publish(r#"{"to":"r\u006f\u006fm","data":"a\"b\u00e9"}"#);
+        assert_eq!(escaped.audience.targets, vec![token("room")]);
+        assert_eq!(escaped.message, "a\"bé".as_bytes());
+        let several = json_publish(r#"{"to":["a","b\u002a","c"],"data":"x"}"#);
+        assert_eq!(several.audience.targets, vec![token("a"), prefix("b"), token("c")]);
+    }
+
+    #[test]
     fn a_line_that_is_not_a_json_object_means_what_it_meant_to_hasses() {
         assert_eq!(parse(b"{x=1"), publish(token("{x"), None, b"1"));
         assert_eq!(parse(b"{x=1}"), publish(token("{x"), None, b"1}"));

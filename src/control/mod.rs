@@ -529,18 +529,23 @@ impl Control {
                 None
             }
         };
-        let answer =
+        let sequenced =
             match self.sequencer.publish(publish, asker.map(|(to, place)| ReceiptTo::Line(to, place))) {
-                Ok(Accepted::Sequenced(id)) => Receipt::Sequenced(id).line(),
+                Ok(Accepted::Sequenced(id)) => Ok(id),
                 // The outbox answers once Redis holds it.
                 Ok(Accepted::Queued) => return,
                 Err(full) => {
                     self.refused += 1;
                     warn!("Publish refused: {full}");
-                    format!("ERR {full}\n")
+                    Err(full)
                 }
             };
+        // Written only for a publisher that reads it: most publish without acks.
         if let Some((to, place)) = asker {
+            let answer = match sequenced {
+                Ok(id) => Receipt::Sequenced(id).line(),
+                Err(full) => format!("ERR {full}\n"),
+            };
             self.sources.publishers[to.key].replies.fill(place, answer.as_bytes());
         }
     }

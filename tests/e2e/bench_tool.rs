@@ -390,6 +390,31 @@ fn switch_loses_nothing(server: &Server, scenario: &str, extra: &[&str]) -> (ser
     (line, report)
 }
 
+/// publish-http publishes both ways, or one alone with --via (as benches/publish-instructions.sh
+/// runs it), every publish answered, and reports each way it took.
+#[test]
+fn publish_http_reports_each_way_and_one_alone() {
+    let api = format!("127.0.0.1:{}", crate::common::free_port());
+    let server = hasses(&[&PLAIN[..], &["--api-bind", &api]].concat());
+    let publish = |via: &str| {
+        let out = Command::new(crate::common::bench_tool::path())
+            .args(["publish-http", "--publishes", "300", "--via", via, "--api", &api])
+            .args(["--control", &format!("127.0.0.1:{}", server.control_port)])
+            .args(["--server-pid", &server.child.id().to_string()])
+            .output()
+            .expect("run hasses-bench");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+        report
+    };
+    let both = publish("both");
+    assert!(["control line", "HTTP API", "HTTP / control"].iter().all(|row| both.contains(row)), "{both}");
+    let http = publish("http");
+    assert!(http.contains("HTTP API") && !http.contains("control line") && !http.contains(" / "), "{http}");
+    let line = publish("line");
+    assert!(line.contains("control line") && !line.contains("HTTP API") && !line.contains(" / "), "{line}");
+}
+
 #[test]
 fn help_documents_every_scenario() {
     let out =
