@@ -13,6 +13,8 @@
 # the server logs at its default level (a line per connection) to target/capacity-server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/certificate.sh
+source benches/certificate.sh
 n=${1:-18000}
 shift || true
 cargo build --release --quiet --package hasses --package hasses-bench
@@ -26,10 +28,7 @@ read -r -a server_flags <<<"${SERVER_FLAGS:-}"
 if [[ ${TLS:-} == 1 ]]; then
     # An ECDSA P-256 certificate for 127.0.0.1, CA:FALSE (rustls refuses a CA certificate as
     # the server's own); hasses-bench trusts it with --ca.
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-        -keyout target/capacity-key.pem -out target/capacity-cert.pem -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-        -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+    certificate target/capacity-key.pem target/capacity-cert.pem
     server_tls=(--tls-cert target/capacity-cert.pem --tls-key target/capacity-key.pem)
     bench_tls=(--tls --ca target/capacity-cert.pem)
 fi

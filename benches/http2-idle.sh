@@ -3,10 +3,12 @@
 # of `hasses-bench idle`, one fresh release server each (docs/performance.md, "HTTP/2").
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/certificate.sh
+source benches/certificate.sh
 cargo build --release --quiet --package hasses --package hasses-bench
 ulimit -n 20000
 n=18000; s=10
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -keyout target/http2-key.pem -out target/http2-cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+certificate target/http2-key.pem target/http2-cert.pem
 measure() {
     local name=$1 connections=$2; shift 2
     ./target/release/hasses --port 18080 --control-port 18085 --no-api --tls-cert target/http2-cert.pem --tls-key target/http2-key.pem >"target/h2idle-server-$name.log" 2>&1 &

@@ -19,6 +19,8 @@
 # stdout; each server logs to target/http2-server-*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/certificate.sh
+source benches/certificate.sh
 n=${1:-18000}
 s=${2:-10}
 shift 2 || shift $# || true
@@ -34,10 +36,7 @@ server_tls=()
 bench_tls=()
 if [[ ${PLAIN:-} != 1 ]]; then
     # ECDSA P-256 for 127.0.0.1, CA:FALSE: rustls refuses a CA certificate as the server's own.
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-        -keyout target/http2-key.pem -out target/http2-cert.pem -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-        -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+    certificate target/http2-key.pem target/http2-cert.pem
     server_tls=(--tls-cert target/http2-cert.pem --tls-key target/http2-key.pem)
     bench_tls=(--tls --ca target/http2-cert.pem)
 fi

@@ -9,6 +9,8 @@
 # (nginx: its master and worker). Needs nginx (Debian package nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/certificate.sh
+source benches/certificate.sh
 count=${1:-1500}
 rounds=${2:-3}
 nginx=$(PATH="$PATH:/usr/sbin:/sbin" command -v nginx) || { echo "tls-nginx.sh: needs nginx" >&2; exit 2; }
@@ -16,9 +18,7 @@ cargo build --release --quiet --package hasses --package hasses-bench
 dir=$(mktemp -d)
 nginx_port=${NGINX_PORT:-18443}
 hasses_port=${HASSES_PORT:-18444}
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -keyout "$dir/key.pem" -out "$dir/cert.pem" -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+certificate "$dir/key.pem" "$dir/cert.pem"
 cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
