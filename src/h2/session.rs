@@ -463,7 +463,8 @@ impl<T: Default> Session<T> {
                 code: ErrorCode::FlowControlError,
                 why: "connection window over 2^31-1".into(),
             })?;
-            return self.flush_all(now, out);
+            self.flush_all(now, out);
+            return Ok(());
         }
         let Some(slot) = self.slot_of(head.stream) else {
             if head.stream > self.last_id {
@@ -737,14 +738,13 @@ impl<T: Default> Session<T> {
         self.held.iter().map(|p| p.since).min()
     }
 
-    /// Sends what every stream holds back, as far as the windows now let it.
-    fn flush_all(&mut self, now: u64, out: &mut impl FnMut(Bytes)) -> Result<(), ConnectionError> {
-        let ending = self.streams.iter().filter(|(_, s)| s.ending).map(|(slot, _)| slot);
-        let waiting: Vec<usize> = self.held.iter().map(|p| p.slot).chain(ending).collect();
+    /// Sends what every stream holds back, as far as the windows now let it (an ending stream
+    /// is one that holds some back: it ends as soon as that is out).
+    fn flush_all(&mut self, now: u64, out: &mut impl FnMut(Bytes)) {
+        let waiting: Vec<usize> = self.held.iter().map(|p| p.slot).collect();
         for slot in waiting {
             self.flush_stream(slot, now, out);
         }
-        Ok(())
     }
 
     /// Sends what `slot` holds back, as far as the windows let it; the end once all is out.
