@@ -1045,6 +1045,38 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever frames a client sends, in whatever pieces, the session answers or ends the
+        /// connection: it never panics, and it never holds more streams than its limit.
+        #[test]
+        fn any_frames_in_any_pieces_never_panic(
+            frames in proptest::collection::vec(
+                (0u8..11, proptest::prelude::any::<u8>(), 0u32..12, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                0..40,
+            ),
+            piece in 1usize..64,
+        ) {
+            let (mut session, _) = opened(&[]);
+            let mut input = Vec::new();
+            for (kind, flags, stream, payload) in &frames {
+                input.extend(Head { len: payload.len(), kind: *kind, flags: *flags, stream: *stream }.encode());
+                input.extend(payload);
+            }
+            for (at, chunk) in input.chunks(piece).enumerate() {
+                let (result, events, _) = feed(&mut session, chunk, at as u64);
+                for event in events {
+                    if let Event::Request { slot, .. } = event {
+                        session.send(slot, Bytes::from_static(b"data: x\n\n"), at as u64, &mut |_| {});
+                    }
+                }
+                if result.is_err() {
+                    break;
+                }
+                proptest::prop_assert!(session.len() <= LIMITS.max_streams as usize);
+            }
+        }
+    }
+
     #[test]
     fn a_finished_stream_ends_once_what_it_holds_back_is_out() {
         let (mut session, _) = opened(&[(setting::INITIAL_WINDOW_SIZE, 4)]);
