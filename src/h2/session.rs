@@ -349,9 +349,7 @@ impl<T: Default> Session<T> {
                 self.flood.idle_frame(now, "PRIORITY")
             }
             Kind::GoAway => {
-                if head.stream != 0 {
-                    return fail(ErrorCode::ProtocolError, "GOAWAY on a stream");
-                }
+                connection_only(head, "GOAWAY")?;
                 events.push(Event::GoAway);
                 Ok(())
             }
@@ -366,9 +364,7 @@ impl<T: Default> Session<T> {
         now: u64,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
-        if head.stream != 0 {
-            return fail(ErrorCode::ProtocolError, "SETTINGS on a stream");
-        }
+        connection_only(head, "SETTINGS")?;
         if head.has(frame::ACK) {
             if !payload.is_empty() {
                 return fail(ErrorCode::FrameSizeError, "SETTINGS ACK with a payload");
@@ -428,9 +424,7 @@ impl<T: Default> Session<T> {
         now: u64,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
-        if head.stream != 0 {
-            return fail(ErrorCode::ProtocolError, "PING on a stream");
-        }
+        connection_only(head, "PING")?;
         let Ok(data) = <&[u8; 8]>::try_from(payload) else {
             return fail(ErrorCode::FrameSizeError, "PING not of 8 bytes");
         };
@@ -811,6 +805,14 @@ fn gone<T>(events: &mut Vec<Event<T>>, slot: usize, data: T) {
         Some(at) => drop(events.remove(at)),
         None => events.push(Event::Reset { slot, data }),
     }
+}
+
+/// Refuses a frame of a kind (`what`) that only the connection may carry, sent on a stream.
+fn connection_only(head: Head, what: &str) -> Result<(), ConnectionError> {
+    if head.stream != 0 {
+        return fail(ErrorCode::ProtocolError, format!("{what} on a stream"));
+    }
+    Ok(())
 }
 
 /// `window` grown by `increment`; `None` past 2^31 - 1.
