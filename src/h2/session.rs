@@ -121,6 +121,14 @@ struct Pending {
     since: u64,
 }
 
+/// A frame as it came: its header, its payload, and when (the caller's milliseconds).
+#[derive(Debug, Clone, Copy)]
+struct Incoming<'a> {
+    head: Head,
+    payload: &'a [u8],
+    now: u64,
+}
+
 /// A header block being received across HEADERS and CONTINUATION frames.
 #[derive(Debug)]
 struct Block {
@@ -309,7 +317,7 @@ impl<T: Default> Session<T> {
                 return fail(ErrorCode::FrameSizeError, format!("frame of {} bytes", head.len));
             }
             let Some(payload) = input.get(used + HEAD_LEN..used + HEAD_LEN + head.len) else { break };
-            self.frame(head, payload, now, events, out)?;
+            self.frame(Incoming { head, payload, now }, events, out)?;
             used += HEAD_LEN + head.len;
         }
         Ok(used)
@@ -317,12 +325,11 @@ impl<T: Default> Session<T> {
 
     fn frame(
         &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
+        incoming: Incoming<'_>,
         events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         let kind = head.kind();
         if !self.settings_seen && kind != Some(Kind::Settings) {
             return fail(ErrorCode::ProtocolError, "first frame is not SETTINGS");
@@ -332,13 +339,13 @@ impl<T: Default> Session<T> {
         }
         let Some(kind) = kind else { return self.flood.idle_frame(now, "unknown") };
         match kind {
-            Kind::Settings => self.settings(head, payload, now, out),
-            Kind::Ping => self.ping(head, payload, now, out),
-            Kind::WindowUpdate => self.window_update(head, payload, now, events, out),
-            Kind::Headers => self.headers(head, payload, now, events, out),
-            Kind::Continuation => self.continuation(head, payload, now, events, out),
-            Kind::Data => self.data(head, payload, now, out),
-            Kind::RstStream => self.rst_stream(head, payload, now, events),
+            Kind::Settings => self.settings(incoming, out),
+            Kind::Ping => self.ping(incoming, out),
+            Kind::WindowUpdate => self.window_update(incoming, events, out),
+            Kind::Headers => self.headers(incoming, events, out),
+            Kind::Continuation => self.continuation(incoming, events, out),
+            Kind::Data => self.data(incoming, out),
+            Kind::RstStream => self.rst_stream(incoming, events),
             Kind::Priority => {
                 if head.stream == 0 {
                     return fail(ErrorCode::ProtocolError, "PRIORITY on stream 0");
@@ -359,11 +366,10 @@ impl<T: Default> Session<T> {
 
     fn settings(
         &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
+        incoming: Incoming<'_>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         connection_only(head, "SETTINGS")?;
         if head.has(frame::ACK) {
             if !payload.is_empty() {
@@ -417,13 +423,8 @@ impl<T: Default> Session<T> {
         Ok(())
     }
 
-    fn ping(
-        &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
-        out: &mut impl FnMut(Bytes),
-    ) -> Result<(), ConnectionError> {
+    fn ping(&mut self, incoming: Incoming<'_>, out: &mut impl FnMut(Bytes)) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         connection_only(head, "PING")?;
         let Ok(data) = <&[u8; 8]>::try_from(payload) else {
             return fail(ErrorCode::FrameSizeError, "PING not of 8 bytes");
@@ -437,12 +438,11 @@ impl<T: Default> Session<T> {
 
     fn window_update(
         &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
+        incoming: Incoming<'_>,
         events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         let (Some(increment), 4) = (frame::read_u31(payload), payload.len()) else {
             return fail(ErrorCode::FrameSizeError, "WINDOW_UPDATE not of 4 bytes");
         };
@@ -490,12 +490,11 @@ impl<T: Default> Session<T> {
 
     fn headers(
         &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
+        incoming: Incoming<'_>,
         events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         if head.stream == 0 || head.stream.is_multiple_of(2) {
             return fail(ErrorCode::ProtocolError, "HEADERS on stream 0 or an even stream");
         }
@@ -523,12 +522,11 @@ impl<T: Default> Session<T> {
 
     fn continuation(
         &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
+        incoming: Incoming<'_>,
         events: &mut Vec<Event<T>>,
         out: &mut impl FnMut(Bytes),
     ) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         let Some(block) = self.block.as_mut().filter(|block| block.stream == head.stream) else {
             return fail(ErrorCode::ProtocolError, "CONTINUATION without its HEADERS");
         };
@@ -592,13 +590,8 @@ impl<T: Default> Session<T> {
         Ok(())
     }
 
-    fn data(
-        &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
-        out: &mut impl FnMut(Bytes),
-    ) -> Result<(), ConnectionError> {
+    fn data(&mut self, incoming: Incoming<'_>, out: &mut impl FnMut(Bytes)) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         if head.stream == 0 {
             return fail(ErrorCode::ProtocolError, "DATA on stream 0");
         }
@@ -620,11 +613,10 @@ impl<T: Default> Session<T> {
 
     fn rst_stream(
         &mut self,
-        head: Head,
-        payload: &[u8],
-        now: u64,
+        incoming: Incoming<'_>,
         events: &mut Vec<Event<T>>,
     ) -> Result<(), ConnectionError> {
+        let Incoming { head, payload, now } = incoming;
         if payload.len() != 4 {
             return fail(ErrorCode::FrameSizeError, "RST_STREAM not of 4 bytes");
         }
