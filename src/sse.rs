@@ -172,11 +172,16 @@ pub fn last_chunk() -> Frame {
 /// HTTP/2 stream sends it in DATA: the same bytes, without the chunk's size line and its CRLF.
 /// Shares the frame's bytes; a frame that is not a chunk comes back whole.
 pub fn chunk_payload(frame: &Frame) -> Frame {
-    let Some(start) = frame.windows(2).position(|pair| pair == CRLF).map(|at| at + 2) else {
-        return frame.clone();
+    frame.slice_ref(chunk_text(frame))
+}
+
+/// The SSE text inside `chunk`, as [`chunk_payload`], borrowed.
+pub fn chunk_text(chunk: &[u8]) -> &[u8] {
+    let Some(start) = chunk.windows(2).position(|pair| pair == CRLF).map(|at| at + 2) else {
+        return chunk;
     };
-    let end = frame.len().saturating_sub(CRLF.len()).max(start);
-    frame.slice(start..end)
+    let end = chunk.len().saturating_sub(CRLF.len()).max(start);
+    &chunk[start..end]
 }
 
 /// Hands out event ids: numeric, strictly increasing within a run and across restarts.

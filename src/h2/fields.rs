@@ -22,6 +22,13 @@ pub struct RequestHead {
     pub fields: Vec<(String, Vec<u8>)>,
 }
 
+impl RequestHead {
+    /// Its fields as an HTTP/1.1 head's headers, for what reads those.
+    pub fn headers(&self) -> Vec<httparse::Header<'_>> {
+        self.fields.iter().map(|(name, value)| httparse::Header { name, value }).collect()
+    }
+}
+
 /// Why a header block is not a request we can judge.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BlockError {

@@ -196,9 +196,7 @@ impl Shard {
             Some(slot) => {
                 let stream = &conn.h2.as_deref()?.stream(slot)?.data;
                 let head = self.judging.as_ref()?;
-                let headers: Vec<httparse::Header> =
-                    head.fields.iter().map(|(name, value)| httparse::Header { name, value }).collect();
-                Some((auth_hook::question_of(&head.path, &headers, conn.peer.addr()), stream.serial))
+                Some((auth_hook::question_of(&head.path, &head.headers(), conn.peer.addr()), stream.serial))
             }
         }
     }

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 
 use slab::Slab;
 
-use super::keys::ConnKey;
+use super::keys::{ConnKey, StreamKey};
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
 use crate::h2::Session;
@@ -111,6 +111,21 @@ impl Connections {
     /// Every open connection with its key.
     pub fn iter(&self) -> impl Iterator<Item = (ConnKey, &Connection)> {
         self.0.iter().filter_map(|(index, conn)| Some((ConnKey::new(index)?, conn)))
+    }
+
+    /// Every streaming stream, HTTP/1.1 or HTTP/2: its key, its connection, its client and its
+    /// serial.
+    pub fn streaming(&self) -> impl Iterator<Item = (StreamKey, &Connection, &Client, u32)> {
+        self.iter().flat_map(|(key, conn)| {
+            let http1 = (conn.h2.is_none() && conn.phase == Phase::Streaming)
+                .then(|| (StreamKey::on(key), conn, &conn.client, conn.serial));
+            let http2 = conn.h2.iter().flat_map(move |h2| {
+                h2.streams().filter(|(_, s)| s.data.phase == Phase::Streaming).filter_map(move |(slot, s)| {
+                    Some((StreamKey::multiplexed(key, slot)?, conn, &s.data.client, s.data.serial))
+                })
+            });
+            http1.into_iter().chain(http2)
+        })
     }
 
     /// Every open connection with its key, to change.
@@ -377,6 +392,11 @@ impl Connection {
             reinits: 0,
             last_publish: 0,
         }
+    }
+
+    /// Its HTTP/2 session and the queue the session's frames go to, if it speaks HTTP/2.
+    pub fn multiplexed(&mut self) -> Option<(&mut Multiplex, &mut Outbox)> {
+        Some((self.h2.as_deref_mut()?, &mut self.outbox))
     }
 
     /// The interest its state calls for: always readable (to see the peer close, and requests),

@@ -42,21 +42,22 @@ struct Run {
 impl Run {
     /// The run's frames, as HTTP/1.1 streams get them (chunks).
     pub(super) fn new(run: &[Arc<Sequenced>]) -> Run {
-        Run::of(run, |frame| frame.clone())
+        Run::of(run, |frame| frame)
     }
 
     /// The run's events as HTTP/2 streams get them: the SSE text, without the chunk framing.
     fn payloads(run: &[Arc<Sequenced>]) -> Run {
-        Run::of(run, sse::chunk_payload)
+        Run::of(run, sse::chunk_text)
     }
 
-    fn of(run: &[Arc<Sequenced>], bytes: impl Fn(&Frame) -> Frame) -> Run {
-        let pieces: Vec<Frame> = run.iter().map(|delivery| bytes(&delivery.frame)).collect();
-        let mut all = BytesMut::with_capacity(pieces.iter().map(Frame::len).sum());
+    /// The run's copy of `bytes` of each frame: the frames read where they lie, no reference
+    /// taken on them.
+    fn of(run: &[Arc<Sequenced>], bytes: impl Fn(&[u8]) -> &[u8]) -> Run {
+        let mut all = BytesMut::with_capacity(run.iter().map(|d| bytes(&d.frame).len()).sum());
         let mut starts = Vec::with_capacity(run.len());
-        for piece in &pieces {
+        for delivery in run {
             starts.push(all.len());
-            all.extend_from_slice(piece);
+            all.extend_from_slice(bytes(&delivery.frame));
         }
         Run { all: all.freeze(), starts }
     }
@@ -81,8 +82,11 @@ struct Recipients<'a> {
     copy: Option<Run>,
     /// Its copy for HTTP/2 streams, made for the first of them.
     payloads: Option<Run>,
-    /// Now, in the shard's milliseconds (when a stream's window starts holding events back).
-    now: u64,
+    /// The shard's clock's origin: an HTTP/2 stream's send reads now on it (when its window
+    /// starts holding events back), once per run and only if the run reaches such a stream.
+    started: Instant,
+    /// Now, in the shard's milliseconds, once read.
+    now: Option<u64>,
     /// HTTP/2 connections given events some window holds back.
     held_back: &'a mut Vec<ConnKey>,
     max_backlog: usize,
@@ -94,17 +98,20 @@ impl Recipients<'_> {
     /// Offers the run to `stream`, carried by `conn`.
     fn offer(&mut self, stream: StreamKey, conn: &mut Connection) {
         let Some(slot) = stream.slot() else { return self.offer_http1(stream, conn) };
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let peer = conn.peer;
+        let Some((h2, outbox)) = conn.multiplexed() else { return };
         let Some(state) = h2.stream_mut(slot) else { return };
         let data = &mut state.data;
         if data.phase != Phase::Streaming {
             return;
         }
         let Some(fresh) = self.fresh(&mut data.last_publish, &data.client) else { return };
-        self.count(fresh, &mut data.client, conn.peer);
+        self.count(fresh, &mut data.client, peer);
         let run = self.payloads.get_or_insert_with(|| Run::payloads(self.run));
         let was_idle = outbox.is_empty();
-        h2.send(slot, run.from(fresh), self.now, &mut |frame| outbox.push(frame));
+        let started = self.started;
+        let now = *self.now.get_or_insert_with(|| super::millis(started, Instant::now()));
+        h2.send(slot, run.from(fresh), now, &mut |frame| outbox.push(frame));
         if h2.stalled_since().is_some() {
             self.held_back.push(stream.connection());
         }
@@ -310,7 +317,8 @@ impl Shard {
             run,
             copy: None,
             payloads: None,
-            now: super::millis(self.started, Instant::now()),
+            started: self.started,
+            now: None,
             held_back: &mut held_back,
             max_backlog: self.settings.max_backlog,
             takers: &mut self.latency.takers,
@@ -405,7 +413,8 @@ mod tests {
             run,
             copy: None,
             payloads: None,
-            now: 0,
+            started: Instant::now(),
+            now: None,
             held_back: &mut held_back,
             max_backlog: cap,
             takers: &mut takers,

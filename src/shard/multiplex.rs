@@ -60,8 +60,7 @@ impl Shard {
     /// Feeds `bytes` read from an HTTP/2 connection to its session and acts on what it found.
     pub(super) fn received_multiplexed(&mut self, key: ConnKey, bytes: &[u8]) {
         let now = millis(self.started, Instant::now());
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         let mut events = Vec::new();
         let received = h2.receive(bytes, now, &mut events, &mut |frame| outbox.push(frame));
         for event in events {
@@ -105,9 +104,9 @@ impl Shard {
     /// Tells the client GOAWAY with `code`, ends every stream, and closes once that is out.
     pub(super) fn end_multiplexed(&mut self, key: ConnKey, code: ErrorCode) {
         self.stop_streams(key);
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         h2.goaway(code, &mut |frame| outbox.push(frame));
+        let conn = &mut self.connections[key];
         conn.phase = Phase::Closing;
         let serial = conn.serial;
         let at = self.deadline(Instant::now(), self.settings.handshake_timeout);
@@ -163,10 +162,8 @@ impl Shard {
         let serial = self.new_serial();
         let judgement = match head {
             Ok(head) => {
-                let headers: Vec<httparse::Header> =
-                    head.fields.iter().map(|(name, value)| httparse::Header { name, value }).collect();
                 let judgement =
-                    http::judge_multiplexed(&head.method, &head.path, &headers, &self.settings.route);
+                    http::judge_multiplexed(&head.method, &head.path, &head.headers(), &self.settings.route);
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     debug!(
                         "Request from {}: {} {} (HTTP/2)",
@@ -234,8 +231,7 @@ impl Shard {
         self.stop_streaming(stream);
         self.waiting.forget(stream);
         let now = millis(self.started, Instant::now());
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         let mut push = |frame| outbox.push(frame);
         match fields::response(reply) {
             Some(response) if response.body.is_empty() => h2.respond(slot, &response.block, true, &mut push),
@@ -265,8 +261,7 @@ impl Shard {
         let (handshaked_at, at) = (self.seconds(now), millis(self.started, now));
         let retry = self.settings.retry.clone();
         let Some(http2) = &self.settings.http2 else { return };
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         let mut push = |frame| outbox.push(frame);
         h2.respond(slot, &http2.handshake, false, &mut push);
         for frame in retry.into_iter().chain(replay) {
@@ -285,8 +280,7 @@ impl Shard {
     pub(super) fn send_on_stream(&mut self, stream: StreamKey, frame: &Frame) {
         let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
         let now = millis(self.started, Instant::now());
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         h2.send(slot, sse::chunk_payload(frame), now, &mut |frame| outbox.push(frame));
         self.held_back(key);
     }
@@ -297,11 +291,7 @@ impl Shard {
         let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
         self.stop_streaming(stream);
         let now = millis(self.started, Instant::now());
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
-        if let Some(state) = h2.stream_mut(slot) {
-            state.data.phase = Phase::Closing;
-        }
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         h2.finish(slot, now, &mut |frame| outbox.push(frame));
     }
 
@@ -310,8 +300,7 @@ impl Shard {
         let (key, Some(slot)) = (stream.connection(), stream.slot()) else { return };
         self.stop_streaming(stream);
         self.waiting.forget(stream);
-        let conn = &mut self.connections[key];
-        let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) else { return };
+        let Some((h2, outbox)) = self.connections[key].multiplexed() else { return };
         h2.reset(slot, code, &mut |frame| outbox.push(frame));
         self.flush(key);
     }

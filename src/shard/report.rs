@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::connection::{Client, Connection, Phase, Stamp};
+use super::connection::{Client, Connection, Stamp};
 use super::keys::StreamKey;
 use super::subscriptions::EVERYTHING;
 use super::Shard;
@@ -106,49 +106,27 @@ impl Shard {
 
     /// Every streaming stream whose client is `wanted`.
     fn streams_where(&self, wanted: impl Fn(&Client) -> bool) -> Vec<StreamKey> {
-        let mut streams = Vec::new();
-        for (key, conn) in self.connections.iter() {
-            match conn.h2.as_deref() {
-                None if conn.phase == Phase::Streaming && wanted(&conn.client) => {
-                    streams.push(StreamKey::on(key))
-                }
-                None => {}
-                Some(h2) => streams.extend(
-                    h2.streams()
-                        .filter(|(_, s)| s.data.phase == Phase::Streaming && wanted(&s.data.client))
-                        .filter_map(|(slot, _)| StreamKey::multiplexed(key, slot)),
-                ),
-            }
-        }
-        streams
+        self.connections
+            .streaming()
+            .filter(|(_, _, client, _)| wanted(client))
+            .map(|(stream, ..)| stream)
+            .collect()
     }
 
     /// A stream's client, when it subscribed, and the last event it was given.
     fn subscriber(&self, stream: StreamKey) -> Option<(&Client, Option<Stamp>, u64)> {
-        let conn = self.connections.get(stream.connection())?;
-        let Some(slot) = stream.slot() else {
-            return Some((&conn.client, conn.handshaked_at, conn.last_publish));
-        };
-        let data = &conn.h2.as_deref()?.stream(slot)?.data;
-        Some((&data.client, data.handshaked_at, data.last_publish))
+        subscriber_on(self.connections.get(stream.connection())?, stream)
     }
 
     fn figures(&self) -> ShardFigures {
-        let (mut streaming, mut http2_connections, mut http2_streams) = (0, 0, 0);
-        for (_, conn) in self.connections.iter() {
-            match conn.h2.as_deref() {
-                None => streaming += u64::from(conn.phase == Phase::Streaming),
-                Some(h2) => {
-                    http2_connections += 1;
-                    http2_streams += h2.len() as u64;
-                    streaming +=
-                        h2.streams().filter(|(_, s)| s.data.phase == Phase::Streaming).count() as u64;
-                }
-            }
+        let (mut http2_connections, mut http2_streams) = (0, 0);
+        for h2 in self.connections.iter().filter_map(|(_, conn)| conn.h2.as_deref()) {
+            http2_connections += 1;
+            http2_streams += h2.len() as u64;
         }
         ShardFigures {
             connections: self.connections.len() as u64,
-            streaming,
+            streaming: self.connections.streaming().count() as u64,
             http2_connections,
             http2_streams,
             auth_backend_waiting: self.waiting.len() as u64,
@@ -161,12 +139,11 @@ impl Shard {
         let mut rows = Vec::new();
         for (key, conn) in self.connections.iter() {
             let Some(h2) = conn.h2.as_deref().filter(|h2| !h2.is_empty()) else {
-                rows.push(self.row(conn, StreamKey::on(key), now));
+                rows.extend(self.row(conn, StreamKey::on(key), now));
                 continue;
             };
             rows.extend(
-                h2.streams()
-                    .filter_map(|(slot, _)| Some(self.row(conn, StreamKey::multiplexed(key, slot)?, now))),
+                h2.streams().filter_map(|(slot, _)| self.row(conn, StreamKey::multiplexed(key, slot)?, now)),
             );
         }
         rows
@@ -174,16 +151,13 @@ impl Shard {
 
     /// The row of `stream`, on `conn`: an HTTP/2 stream shares its connection's descriptor,
     /// address and TLS, and says its stream id.
-    fn row(&self, conn: &Connection, stream: StreamKey, now: u32) -> ClientRow {
+    fn row(&self, conn: &Connection, stream: StreamKey, now: u32) -> Option<ClientRow> {
         let h2 = stream.slot().and_then(|slot| conn.h2.as_deref()?.stream(slot));
-        let (client, handshaked_at, last_publish) = match h2 {
-            Some(h2) => (&h2.data.client, h2.data.handshaked_at, h2.data.last_publish),
-            None => (&conn.client, conn.handshaked_at, conn.last_publish),
-        };
+        let (client, handshaked_at, last_publish) = subscriber_on(conn, stream)?;
         let mut tokens: Vec<String> = client.tokens().map(str::to_string).collect();
         // hasses lists a wildcard subscriber's `*` first.
         tokens.sort_by_key(|t| t != EVERYTHING);
-        ClientRow {
+        Some(ClientRow {
             fd: conn.socket.as_raw_fd(),
             peer: conn.peer.addr(),
             state: h2.map_or_else(|| conn.state_code(), |h2| h2.data.phase.code()),
@@ -199,6 +173,15 @@ impl Shard {
             last_event_id: last_publish,
             sub: client.sub().then(|| client.id().to_string()),
             h2_stream: h2.map(|h2| h2.id),
-        }
+        })
     }
+}
+
+/// The client of `stream` on `conn`, when it subscribed, and the last event it was given.
+fn subscriber_on(conn: &Connection, stream: StreamKey) -> Option<(&Client, Option<Stamp>, u64)> {
+    let Some(slot) = stream.slot() else {
+        return Some((&conn.client, conn.handshaked_at, conn.last_publish));
+    };
+    let data = &conn.h2.as_deref()?.stream(slot)?.data;
+    Some((&data.client, data.handshaked_at, data.last_publish))
 }

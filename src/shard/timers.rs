@@ -210,18 +210,12 @@ impl Shard {
             return;
         }
         self.timers.next_heartbeat = now.checked_add(every);
-        let mut idle = Vec::new();
-        for (key, conn) in self.connections.iter().filter(|(_, c)| c.outbox.is_empty()) {
-            match conn.h2.as_deref() {
-                None if conn.phase == Phase::Streaming => idle.push(StreamKey::on(key)),
-                None => {}
-                Some(h2) => idle.extend(
-                    h2.streams()
-                        .filter(|(_, s)| s.data.phase == Phase::Streaming)
-                        .filter_map(|(slot, _)| StreamKey::multiplexed(key, slot)),
-                ),
-            }
-        }
+        let idle: Vec<StreamKey> = self
+            .connections
+            .streaming()
+            .filter(|(_, conn, ..)| conn.outbox.is_empty())
+            .map(|(stream, ..)| stream)
+            .collect();
         let frame = sse::heartbeat();
         for stream in idle {
             self.send_frame(stream, &frame);

@@ -103,26 +103,19 @@ impl Shard {
             return;
         }
         let _ = self.poll.registry().deregister(&mut self.listener);
-        let (mut streams, mut others) = (Vec::new(), Vec::new());
-        let mut multiplexed = Vec::new();
+        let streams: Vec<(StreamKey, u32)> =
+            self.connections.streaming().map(|(stream, _, _, serial)| (stream, serial)).collect();
+        let (mut multiplexed, mut others) = (Vec::new(), Vec::new());
         for (key, conn) in self.connections.iter() {
-            match (conn.phase, conn.h2.as_deref()) {
-                (Phase::Streaming, _) => streams.push((StreamKey::on(key), conn.serial)),
-                (Phase::Multiplexed, Some(h2)) => {
-                    multiplexed.push(key);
-                    streams.extend(
-                        h2.streams().filter(|(_, s)| s.data.phase == Phase::Streaming).filter_map(
-                            |(slot, s)| Some((StreamKey::multiplexed(key, slot)?, s.data.serial)),
-                        ),
-                    );
-                }
+            match conn.phase {
+                Phase::Streaming => {}
+                Phase::Multiplexed => multiplexed.push(key),
                 _ => others.push(key),
             }
         }
         // An HTTP/2 client is told at once that no new stream will be taken.
         for key in multiplexed {
-            let conn = &mut self.connections[key];
-            if let (Some(h2), outbox) = (conn.h2.as_deref_mut(), &mut conn.outbox) {
+            if let Some((h2, outbox)) = self.connections[key].multiplexed() {
                 h2.goaway(ErrorCode::NoError, &mut |frame| outbox.push(frame));
             }
             self.flush(key);
