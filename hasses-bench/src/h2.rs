@@ -14,8 +14,8 @@ use std::fmt;
 
 use hasses::h2::fields::encode_block;
 use hasses::h2::frame::{
-    self, setting, ErrorCode, Head, Kind, ACK, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, END_HEADERS, END_STREAM,
-    HEAD_LEN, MAX_WINDOW, PADDED, PREFACE, PRIORITY,
+    self, setting, ErrorCode, Head, Kind, Unframed, ACK, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, END_HEADERS,
+    END_STREAM, HEAD_LEN, MAX_WINDOW, PADDED, PREFACE,
 };
 use loona_hpack::decoder::DecoderError;
 use loona_hpack::Decoder;
@@ -220,7 +220,7 @@ impl Client {
         match kind {
             Kind::Data => self.data(head, on),
             Kind::Headers => {
-                let bytes = fragment(head, &self.payload)?.to_vec();
+                let bytes = unframed(head, frame::fragment(head, &self.payload))?.to_vec();
                 self.block = Some(Block { stream: head.stream, end_stream: head.has(END_STREAM), bytes });
                 self.block_done(head, on)
             }
@@ -270,7 +270,7 @@ impl Client {
     fn data(&mut self, head: Head, on: &mut impl FnMut(Seen<'_>)) -> Result<(), H2Error> {
         let slot = self.slot(head.stream)?;
         if !streamed(head) {
-            let bytes = unpad(head, &self.payload)?;
+            let bytes = unframed(head, frame::unpad(head, &self.payload))?;
             if !bytes.is_empty() {
                 on(Seen::Data { slot, bytes });
             }
@@ -342,25 +342,12 @@ fn streamed(head: Head) -> bool {
     head.kind() == Some(Kind::Data) && !head.has(PADDED)
 }
 
-/// A DATA frame's data, its padding (PADDED) taken off.
-fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], H2Error> {
-    if !head.has(PADDED) {
-        return Ok(payload);
-    }
-    let (&pad, rest) = payload.split_first().ok_or(H2Error::FrameSize(head.len))?;
-    rest.len()
-        .checked_sub(usize::from(pad))
-        .map(|len| &rest[..len])
-        .ok_or(H2Error::Protocol("padding over the frame"))
-}
-
-/// A HEADERS frame's block fragment: its padding and priority taken off.
-fn fragment(head: Head, payload: &[u8]) -> Result<&[u8], H2Error> {
-    let unpadded = unpad(head, payload)?;
-    if head.has(PRIORITY) {
-        return unpadded.get(5..).ok_or(H2Error::FrameSize(head.len));
-    }
-    Ok(unpadded)
+/// A frame's content, or the error the server's fault is (`unpad`'s or `fragment`'s).
+fn unframed(head: Head, content: Result<&[u8], Unframed>) -> Result<&[u8], H2Error> {
+    content.map_err(|fault| match fault {
+        Unframed::Short => H2Error::FrameSize(head.len),
+        Unframed::OverPadded => H2Error::Protocol("padding over the frame"),
+    })
 }
 
 /// A 32-bit value at the start of `bytes` (an error code).
@@ -472,7 +459,12 @@ mod tests {
         let block = encode_block([(":status", &b"403"[..]), ("content-length", b"3")]);
         let (first, rest) = block.split_at(5);
         let input = [
-            frame::frame(Kind::Headers, END_STREAM | PRIORITY, 1, &[&[0, 0, 0, 0, 16][..], first].concat()),
+            frame::frame(
+                Kind::Headers,
+                END_STREAM | frame::PRIORITY,
+                1,
+                &[&[0, 0, 0, 0, 16][..], first].concat(),
+            ),
             frame::frame(Kind::Continuation, END_HEADERS, 1, rest),
         ]
         .concat();

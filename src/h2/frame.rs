@@ -231,6 +231,33 @@ pub fn parse_settings(payload: &[u8]) -> Option<impl Iterator<Item = (u16, u32)>
     })
 }
 
+/// Why a DATA or HEADERS frame's content cannot be taken out of its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unframed {
+    /// The payload is shorter than its pad length or its priority (FRAME_SIZE_ERROR).
+    Short,
+    /// The padding is longer than the payload (PROTOCOL_ERROR).
+    OverPadded,
+}
+
+/// A DATA or HEADERS frame's content: its padding (PADDED) taken off.
+pub fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], Unframed> {
+    if !head.has(PADDED) {
+        return Ok(payload);
+    }
+    let (&pad, rest) = payload.split_first().ok_or(Unframed::Short)?;
+    rest.len().checked_sub(usize::from(pad)).map(|len| &rest[..len]).ok_or(Unframed::OverPadded)
+}
+
+/// A HEADERS frame's block fragment: its padding and its priority (PRIORITY) taken off.
+pub fn fragment(head: Head, payload: &[u8]) -> Result<&[u8], Unframed> {
+    let unpadded = unpad(head, payload)?;
+    match head.has(PRIORITY) {
+        true => unpadded.get(5..).ok_or(Unframed::Short),
+        false => Ok(unpadded),
+    }
+}
+
 /// A 31-bit value at the start of `payload` (a window increment, a stream), the reserved bit
 /// dropped; `None` when it is shorter than 4 bytes.
 pub fn read_u31(payload: &[u8]) -> Option<u32> {
@@ -262,6 +289,11 @@ mod tests {
         assert_eq!(read, [(3, 100), (4, 0)]);
         assert!(parse_settings(&[0; 5]).is_none());
         assert_eq!(Head::parse(&[0, 0, 0, 0, 0, 0x80, 0, 0, 1]).stream, 1, "the reserved bit is dropped");
+        let head = |flags| Head { len: 0, kind: Kind::Headers as u8, flags, stream: 1 };
+        assert_eq!(fragment(head(PADDED | PRIORITY), &[1, 0, 0, 0, 0, 9, b'x', 0]), Ok(&b"x"[..]));
+        assert_eq!(unpad(head(PADDED), &[]), Err(Unframed::Short));
+        assert_eq!(unpad(head(PADDED), &[3, 1]), Err(Unframed::OverPadded));
+        assert_eq!(fragment(head(PRIORITY), &[0; 4]), Err(Unframed::Short));
         for code in 0..=0xd {
             assert_eq!(ErrorCode::of(code).map(|c| c as u32), Some(code));
         }

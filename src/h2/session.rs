@@ -24,7 +24,8 @@ use slab::Slab;
 
 use super::fields::{decode_request, BlockError, RequestHead};
 use super::frame::{
-    self, setting, ErrorCode, Head, Kind, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, HEAD_LEN, MAX_WINDOW, PREFACE,
+    self, setting, ErrorCode, Head, Kind, Unframed, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, HEAD_LEN, MAX_WINDOW,
+    PREFACE,
 };
 
 /// The most bytes of one header block, encoded, across its CONTINUATION frames.
@@ -498,13 +499,7 @@ impl<T: Default> Session<T> {
         if head.stream == 0 || head.stream.is_multiple_of(2) {
             return fail(ErrorCode::ProtocolError, "HEADERS on stream 0 or an even stream");
         }
-        let mut fragment = unpad(head, payload)?;
-        if head.has(frame::PRIORITY) {
-            fragment = fragment.get(5..).ok_or_else(|| ConnectionError {
-                code: ErrorCode::FrameSizeError,
-                why: "HEADERS shorter than its priority".into(),
-            })?;
-        }
+        let fragment = unframed(frame::fragment(head, payload))?;
         if head.stream <= self.last_id {
             // Trailers on a stream still open are ignored; a closed one cannot take them.
             if self.slot_of(head.stream).is_none() {
@@ -598,7 +593,7 @@ impl<T: Default> Session<T> {
         if head.stream > self.last_id {
             return fail(ErrorCode::ProtocolError, "DATA on an idle stream");
         }
-        unpad(head, payload)?;
+        unframed(frame::unpad(head, payload))?;
         // Our requests have no body: what arrives is dropped, and the connection's window given
         // back so that it never shuts; the stream's is not, so a client pushing a body stalls
         // itself. A frame that carries nothing is counted as a flood.
@@ -813,18 +808,12 @@ fn grow(window: i32, increment: u32) -> Option<i32> {
     (grown <= i64::from(MAX_WINDOW)).then_some(grown as i32)
 }
 
-/// The payload of a DATA or HEADERS frame without its padding.
-fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], ConnectionError> {
-    if !head.has(frame::PADDED) {
-        return Ok(payload);
-    }
-    let Some((&pad, rest)) = payload.split_first() else {
-        return fail(ErrorCode::FrameSizeError, "padded frame without its pad length");
-    };
-    match rest.len().checked_sub(usize::from(pad)) {
-        Some(len) => Ok(&rest[..len]),
-        None => fail(ErrorCode::ProtocolError, "padding longer than the frame"),
-    }
+/// A frame's content, or the connection's end as RFC 9113 says for its fault.
+fn unframed(content: Result<&[u8], Unframed>) -> Result<&[u8], ConnectionError> {
+    content.or_else(|fault| match fault {
+        Unframed::Short => fail(ErrorCode::FrameSizeError, "frame shorter than its pad length or priority"),
+        Unframed::OverPadded => fail(ErrorCode::ProtocolError, "padding longer than the frame"),
+    })
 }
 
 #[cfg(test)]
