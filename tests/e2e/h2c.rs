@@ -19,6 +19,9 @@ pub struct Client {
     socket: TcpStream,
     decoder: loona_hpack::Decoder<'static>,
     input: Vec<u8>,
+    /// Frames read while waiting for another, kept in order for the next wait: the server
+    /// answers streams in the order their answers are ready, not the order a test asks.
+    passed: Vec<Frame>,
 }
 
 /// A frame read: its header, and its payload (a header block decoded into `fields`).
@@ -50,7 +53,8 @@ impl Client {
     pub fn connect(server: &Server, settings: &[(u16, u32)]) -> Client {
         let socket = TcpStream::connect(("127.0.0.1", server.sse_port)).expect("connect");
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut client = Client { socket, decoder: loona_hpack::Decoder::new(), input: Vec::new() };
+        let mut client =
+            Client { socket, decoder: loona_hpack::Decoder::new(), input: Vec::new(), passed: Vec::new() };
         client.send(&[PREFACE, &frame::settings(settings), &frame::window_update(0, 1 << 30)].concat());
         client
     }
@@ -78,7 +82,8 @@ impl Client {
         self.send(&frame::frame(Kind::Headers, flags, stream, &encode_block(fields.into_iter().chain(more))));
     }
 
-    /// The next frame, `None` when none came within `within` or the server closed.
+    /// The next frame read (not one an earlier wait passed over), `None` when none came within
+    /// `within` or the server closed.
     pub fn next(&mut self, within: Duration) -> Option<Frame> {
         let deadline = Instant::now() + within;
         loop {
@@ -114,13 +119,17 @@ impl Client {
         Some(Frame { head, payload, fields })
     }
 
-    /// The first frame `wanted` takes, skipping the others; panics when none comes in time.
+    /// The first frame `wanted` takes, of those passed over by earlier waits, then of those that
+    /// come (the others kept for the next wait); panics when none comes in time.
     pub fn until(&mut self, what: &str, wanted: impl Fn(&Frame) -> bool) -> Frame {
+        if let Some(at) = self.passed.iter().position(&wanted) {
+            return self.passed.remove(at);
+        }
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             match self.next(Duration::from_millis(200)) {
                 Some(frame) if wanted(&frame) => return frame,
-                Some(_) => {}
+                Some(frame) => self.passed.push(frame),
                 None if self.closed() => panic!("the server closed the connection before {what}"),
                 None => {}
             }
