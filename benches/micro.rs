@@ -102,13 +102,13 @@ fn subscriptions(c: &mut Criterion) {
     let mut group = c.benchmark_group("subscriptions");
     for (name, n) in [("1k", 1_000), ("100k", 100_000)] {
         let subs = index_of(n);
-        let tokens: Vec<Target> = (0..n).map(|i| Target::Token(format!("c{i}"))).collect();
+        let tokens: Vec<Target> = (0..n).map(|i| Target::Token(format!("c{i}").into())).collect();
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new("token", name), |b| {
             let mut next = tokens.iter().cycle();
             b.iter(|| visit(&subs, next.next().expect("cycle never ends")))
         });
-        let prefix = Target::Prefix("c99".to_owned());
+        let prefix = Target::Prefix("c99".into());
         let mut matches = 0;
         subs.for_each_match(&prefix, |_| matches += 1);
         group.throughput(Throughput::Elements(matches));
@@ -118,7 +118,7 @@ fn subscriptions(c: &mut Criterion) {
             b.iter(|| subs.count_exact(black_box("all")))
         });
         if n == 1_000 {
-            let all = Target::Token("all".to_owned());
+            let all = Target::Token("all".into());
             group.throughput(Throughput::Elements(n as u64));
             group.bench_function(BenchmarkId::new("visit_all", name), |b| b.iter(|| visit(&subs, &all)));
         }

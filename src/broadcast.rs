@@ -231,6 +231,7 @@ pub(crate) mod tests {
     use crate::event::{Audience, ResumeFrom, Target};
     use crate::history::{History, HistoryLimits};
     use crate::pipeline::ShardAnswer;
+    use smallvec::smallvec;
 
     const WAKE: Token = Token(0);
     /// The longest a test waits for something another thread does.
@@ -299,7 +300,7 @@ pub(crate) mod tests {
     /// `token=data`.
     pub(crate) fn publish(token: &str, data: &str) -> Publish {
         Publish {
-            audience: Audience { targets: vec![Target::Token(token.into())], except: None },
+            audience: Audience { targets: smallvec![Target::Token(token.into())], except: None },
             message: data.as_bytes().to_vec(),
             event: None,
             retry: None,
@@ -316,7 +317,7 @@ pub(crate) mod tests {
     /// Gives each of the first `shards` shards a `*` subscriber in `state`'s view: every event
     /// reaches every shard, as it did before targeted events went only where they reach.
     pub(crate) fn everyone_listens(state: &SharedState, shards: usize) {
-        (0..shards).for_each(|shard| state.reach.hold(shard, &crate::reach::EVERYTHING.into()));
+        (0..shards).for_each(|shard| state.reach.hold(shard, crate::reach::EVERYTHING));
     }
 
     /// What a client of `token` resuming after `after` is owed: whether it is told of a gap,
@@ -475,17 +476,17 @@ pub(crate) mod tests {
         let mut shards = TestShards::new(3, 16);
         let state = state(1);
         let mut broadcast = Broadcast::new(shards.handles.clone(), Arc::clone(&state));
-        state.reach.hold(1, &"t".into());
-        state.reach.hold(2, &"user42".into());
+        state.reach.hold(1, "t");
+        state.reach.hold(2, "user42");
         broadcast.deliver(5, publish("t", "to t"));
         broadcast.wake();
         assert_eq!(shards.woken_all(), [false, true, false]);
         let mut prefixed = publish("t", "to user*");
-        prefixed.audience.targets = vec![Target::Prefix("user".into())];
+        prefixed.audience.targets = smallvec![Target::Prefix("user".into())];
         broadcast.deliver(6, prefixed);
         broadcast.deliver(7, publish("nobody", "to no shard"));
         let mut everyone = publish("t", "to *");
-        everyone.audience.targets = vec![Target::All];
+        everyone.audience.targets = smallvec![Target::All];
         broadcast.deliver(8, everyone);
         broadcast.wake();
         assert_eq!(shards.woken_all(), [true, true, true]);

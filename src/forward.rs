@@ -120,9 +120,10 @@ mod tests {
     use super::*;
     use crate::event::{Audience, Target};
     use crate::sse::encode_event as frame;
+    use smallvec::smallvec;
 
     fn event(id: u64) -> Sequenced {
-        let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
+        let audience = Audience { targets: smallvec![Target::Token("t".into())], except: None };
         Sequenced { id, audience, frame: frame(id, format!("e{id}").as_bytes()), at: Instant::now() }
     }
 

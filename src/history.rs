@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::event::{Audience, ResumeFrom, Target};
+use crate::event::{Audience, Name, ResumeFrom, Target};
 use crate::figures::HistoryFigures;
 use crate::sse::Frame;
 
@@ -130,7 +130,7 @@ pub struct History {
     rings: Slab<Ring>,
     by_audience: HashMap<Audience, usize>,
     /// The rings whose audience names each token.
-    by_token: HashMap<String, Vec<usize>>,
+    by_token: HashMap<Name, Vec<usize>>,
     /// The rings whose audience has a prefix or `*`: they may reach any client.
     broad: Vec<usize>,
     order: VecDeque<Ordered>,
@@ -464,7 +464,7 @@ mod tests {
         let target = |t: &&str| match t.strip_suffix('*') {
             Some("") => Target::All,
             Some(prefix) => Target::Prefix(prefix.into()),
-            None => Target::Token(t.to_string()),
+            None => Target::Token((*t).into()),
         };
         Audience { targets: targets.iter().map(target).collect(), except: except.map(str::to_string) }
     }

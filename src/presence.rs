@@ -34,8 +34,8 @@ pub struct PresenceRow {
 pub fn asked_target(token: &str) -> Target {
     match token.split_once('*') {
         Some(("", _)) => Target::All,
-        Some((prefix, _)) => Target::Prefix(prefix.to_owned()),
-        None => Target::Token(token.to_owned()),
+        Some((prefix, _)) => Target::Prefix(prefix.into()),
+        None => Target::Token(token.into()),
     }
 }
 

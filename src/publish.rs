@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
+use smallvec::smallvec;
 
 use crate::event::{Audience, Publish, Target};
 use crate::limits::{Limits, MAX_ID_LEN, MAX_TOKEN_LEN};
@@ -413,7 +414,7 @@ pub(crate) fn parse_publish(part: &[u8], limits: &Limits) -> Result<Publish, Com
     let target = parse_target(target, part)?;
     let except = except.map(|id| parse_except(id, part)).transpose()?;
     check_message_len(message.len(), limits, part)?;
-    let audience = Audience { targets: vec![target], except };
+    let audience = Audience { targets: smallvec![target], except };
     Ok(Publish { audience, message: message.to_vec(), event: None, retry: None })
 }
 
@@ -430,8 +431,8 @@ fn parse_target(target: &str, part: &[u8]) -> Result<Target, CommandError> {
     match (name.is_empty(), wildcard) {
         (true, false) => Err(CommandError::EmptyTarget { part: excerpt(part) }),
         (true, true) => Ok(Target::All),
-        (false, true) => Ok(Target::Prefix(name.to_owned())),
-        (false, false) => Ok(Target::Token(name.to_owned())),
+        (false, true) => Ok(Target::Prefix(name.into())),
+        (false, false) => Ok(Target::Token(name.into())),
     }
 }
 

@@ -82,11 +82,11 @@ fn limits(per_audience: usize, max_bytes: usize) -> HistoryLimits {
 }
 
 fn token(name: &str) -> Audience {
-    Audience { targets: vec![Target::Token(name.to_owned())], except: None }
+    Audience { targets: smallvec::smallvec![Target::Token(name.into())], except: None }
 }
 
 fn everyone() -> Audience {
-    Audience { targets: vec![Target::All], except: None }
+    Audience { targets: smallvec::smallvec![Target::All], except: None }
 }
 
 /// `c0` … `c<n-1>`.

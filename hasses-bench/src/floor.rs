@@ -321,7 +321,7 @@ impl Worker {
                     (0..self.connections.slots.len()).for_each(|key| self.connections.send(key, &bytes))
                 }
                 Target::Token(token) => {
-                    for &key in self.subscribers.get(token).into_iter().flatten() {
+                    for &key in self.subscribers.get(token.as_str()).into_iter().flatten() {
                         self.connections.send(key, &bytes);
                     }
                 }

@@ -372,7 +372,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(form, json);
-        assert_eq!(form.audience.targets, vec![Target::Token("room1".into()), Target::Prefix("user".into())]);
+        assert_eq!(
+            form.audience.targets.as_slice(),
+            [Target::Token("room1".into()), Target::Prefix("user".into())]
+        );
         assert_eq!(form.retry, Some(5));
     }
 

@@ -203,7 +203,7 @@ pub fn decode(raw: &RawEntry<'_>) -> Result<Entry, EntryError> {
         node: text("n")?.ok_or_else(|| bad("n"))?,
         seq: number("s")?.ok_or_else(|| bad("s"))?,
         publish: Publish {
-            audience: Audience { targets, except: text("x")? },
+            audience: Audience { targets: targets.into(), except: text("x")? },
             message: take("d").ok_or_else(|| bad("d"))?.to_vec(),
             event: text("e")?,
             retry,
@@ -237,8 +237,8 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
         let name = String::from_utf8(name.to_vec()).ok()?;
         targets.push(match kind {
             b'*' if name.is_empty() => Target::All,
-            b'=' => Target::Token(name),
-            b'^' => Target::Prefix(name),
+            b'=' => Target::Token(name.into()),
+            b'^' => Target::Prefix(name.into()),
             _ => return None,
         });
         bytes = &rest[end..];
@@ -251,6 +251,7 @@ pub(super) mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use smallvec::smallvec;
 
     /// The entry as a read gives it back.
     fn as_raw<'a>(id: &'a str, fields: &'a [(&'static str, Cow<'_, [u8]>)]) -> RawEntry<'a> {
@@ -280,7 +281,7 @@ pub(super) mod tests {
     #[test]
     fn a_malformed_entry_is_refused_not_guessed() {
         let publish = Publish {
-            audience: Audience { targets: vec![Target::All], except: None },
+            audience: Audience { targets: smallvec![Target::All], except: None },
             message: b"x".to_vec(),
             event: None,
             retry: None,
@@ -328,7 +329,7 @@ pub(super) mod tests {
 
     #[test]
     fn an_entry_holds_the_fields_the_module_doc_names() {
-        let targets = vec![Target::All, Target::Token("room1".into()), Target::Prefix("user".into())];
+        let targets = smallvec![Target::All, Target::Token("room1".into()), Target::Prefix("user".into())];
         let publish = Publish {
             audience: Audience { targets, except: Some("abc".into()) },
             message: b"hi".to_vec(),
@@ -349,7 +350,7 @@ pub(super) mod tests {
         assert_eq!(written, expected.into_iter().map(|(n, v)| (n, v.to_vec())).collect::<Vec<_>>());
         // Only what a publish has: hasses' plain form has no except, event or retry.
         let plain = Publish {
-            audience: Audience { targets: vec![Target::All], except: None },
+            audience: Audience { targets: smallvec![Target::All], except: None },
             event: None,
             retry: None,
             ..publish
@@ -359,7 +360,11 @@ pub(super) mod tests {
     }
 
     fn target() -> impl Strategy<Value = Target> {
-        prop_oneof![Just(Target::All), any::<String>().prop_map(Target::Token), ".+".prop_map(Target::Prefix),]
+        prop_oneof![
+            Just(Target::All),
+            any::<String>().prop_map(|name| Target::Token(name.into())),
+            ".+".prop_map(|name| Target::Prefix(name.into())),
+        ]
     }
 
     proptest! {
@@ -373,7 +378,7 @@ pub(super) mod tests {
             retry in prop::option::of(any::<u32>()),
             seq in any::<u64>(),
         ) {
-            let publish = Publish { audience: Audience { targets, except }, message, event, retry };
+            let publish = Publish { audience: Audience { targets: targets.into(), except }, message, event, retry };
             let written = fields(&publish, "node-a", seq);
             let entry = decode(&as_raw("5-3", &written)).unwrap();
             prop_assert_eq!(entry, Entry {

@@ -296,23 +296,24 @@ mod tests {
     use crate::limits::{MAX_ID_LEN, MAX_TOKEN_LEN};
     use crate::publish::{asks_ack, TargetFault, MAX_EVENT_LEN};
     use proptest::prelude::*;
+    use smallvec::smallvec;
 
     fn parse(part: &[u8]) -> Result<Command, CommandError> {
         parse_command(part, &Limits::default())
     }
 
     fn publish(target: Target, except: Option<&str>, message: &[u8]) -> Result<Command, CommandError> {
-        let audience = Audience { targets: vec![target], except: except.map(str::to_owned) };
+        let audience = Audience { targets: smallvec![target], except: except.map(str::to_owned) };
         let publish = Publish { audience, message: message.to_vec(), event: None, retry: None };
         Ok(Command::Publish(publish, Ack::AsConnection))
     }
 
     fn token(name: &str) -> Target {
-        Target::Token(name.to_owned())
+        Target::Token(name.into())
     }
 
     fn prefix(name: &str) -> Target {
-        Target::Prefix(name.to_owned())
+        Target::Prefix(name.into())
     }
 
     fn shown(part: &str) -> String {
@@ -569,7 +570,7 @@ mod tests {
     #[test]
     fn a_json_publish_from_the_readme() {
         let publish = json_publish(r#"{"to":["room1","user*"],"event":"chat","data":"line 1\nline 2"}"#);
-        let audience = Audience { targets: vec![token("room1"), prefix("user")], except: None };
+        let audience = Audience { targets: smallvec![token("room1"), prefix("user")], except: None };
         let expected = Publish {
             audience,
             message: b"line 1\nline 2".to_vec(),
@@ -586,7 +587,7 @@ mod tests {
     #[test]
     fn every_json_field() {
         let line = r#" {"retry":3000,"except":"u-1*","data":"a;b=c","event":"e","to":"*"} "#;
-        let audience = Audience { targets: vec![Target::All], except: Some("u-1*".into()) };
+        let audience = Audience { targets: smallvec![Target::All], except: Some("u-1*".into()) };
         let expected =
             Publish { audience, message: b"a;b=c".to_vec(), event: Some("e".into()), retry: Some(3000) };
         assert_eq!(json_publish(line), expected);
@@ -599,10 +600,10 @@ mod tests {
     fn escaped_targets_and_data_are_read_unescaped() {
         // Borrowed from the line when plain; these are not, and must come out the same.
         let escaped = json_publish(r#"{"to":"r\u006f\u006fm","data":"a\"b\u00e9"}"#);
-        assert_eq!(escaped.audience.targets, vec![token("room")]);
+        assert_eq!(escaped.audience.targets.as_slice(), [token("room")]);
         assert_eq!(escaped.message, "a\"bé".as_bytes());
         let several = json_publish(r#"{"to":["a","b\u002a","c"],"data":"x"}"#);
-        assert_eq!(several.audience.targets, vec![token("a"), prefix("b"), token("c")]);
+        assert_eq!(several.audience.targets.as_slice(), [token("a"), prefix("b"), token("c")]);
     }
 
     #[test]

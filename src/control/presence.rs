@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use smallvec::smallvec;
 use tracing::warn;
 
 use super::Control;
@@ -69,7 +70,8 @@ impl Control {
 
     fn publish_notice(&mut self, notice: Notice, node: Option<&str>) {
         let data = notice.data(node).into_bytes();
-        let audience = Audience { targets: vec![Target::Token(notice.token)], except: Some(notice.id) };
+        let audience =
+            Audience { targets: smallvec![Target::Token(notice.token.into())], except: Some(notice.id) };
         let publish =
             Publish { audience, message: data, event: Some(notice.kind.event().to_owned()), retry: None };
         if let Err(full) = self.sequencer.publish(publish, None) {

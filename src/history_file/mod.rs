@@ -304,6 +304,7 @@ mod tests {
     use super::*;
     use crate::event::{Audience, ResumeFrom, Target};
     use crate::sse::encode_event;
+    use smallvec::smallvec;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -312,7 +313,7 @@ mod tests {
     }
 
     fn to(token: &str) -> Audience {
-        Audience { targets: vec![Target::Token(token.into())], except: None }
+        Audience { targets: smallvec![Target::Token(token.into())], except: None }
     }
 
     fn temp(name: &str) -> PathBuf {
@@ -418,7 +419,7 @@ mod tests {
                 None => Target::Token(t.into()),
             });
         (prop::collection::vec(target, 1..3), prop::option::of(prop::sample::select(vec!["me".to_string()])))
-            .prop_map(|(targets, except)| Audience { targets, except })
+            .prop_map(|(targets, except)| Audience { targets: targets.into(), except })
     }
 
     proptest! {

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::event::{Audience, Target};
+use crate::event::{Audience, Target, Targets};
 use crate::sse::Frame;
 
 /// What a history file starts with.
@@ -291,12 +291,12 @@ impl<'b> Reader<'b> {
         if count == 0 || count > self.bytes.len() - self.at {
             return None;
         }
-        let mut targets = Vec::with_capacity(count);
+        let mut targets = Targets::with_capacity(count);
         for _ in 0..count {
             targets.push(match self.u8()? {
                 0 => Target::All,
-                1 => Target::Token(self.string()?),
-                2 => Target::Prefix(self.string()?),
+                1 => Target::Token(self.string()?.into()),
+                2 => Target::Prefix(self.string()?.into()),
                 _ => return None,
             });
         }
@@ -309,13 +309,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use smallvec::smallvec;
 
     fn event(id: u64) -> Record {
         Record::Event(StoredEvent {
             id,
             at_ms: 1_700_000_000_000,
             audience: Audience {
-                targets: vec![Target::Token("room1".into()), Target::Prefix("user".into()), Target::All],
+                targets: smallvec![Target::Token("room1".into()), Target::Prefix("user".into()), Target::All],
                 except: Some("abc".into()),
             },
             frame: crate::sse::encode_event(id, b"hello"),
@@ -371,10 +372,13 @@ mod tests {
     }
 
     fn audience() -> impl Strategy<Value = Audience> {
-        let target =
-            prop_oneof![Just(Target::All), text().prop_map(Target::Token), text().prop_map(Target::Prefix),];
+        let target = prop_oneof![
+            Just(Target::All),
+            text().prop_map(|name| Target::Token(name.into())),
+            text().prop_map(|name| Target::Prefix(name.into())),
+        ];
         (prop::collection::vec(target, 1..4), prop::option::of(text()))
-            .prop_map(|(targets, except)| Audience { targets, except })
+            .prop_map(|(targets, except)| Audience { targets: targets.into(), except })
     }
 
     fn record() -> impl Strategy<Value = Record> {

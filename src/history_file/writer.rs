@@ -307,6 +307,7 @@ mod tests {
     use crate::history_file::record::Decoded;
     use crate::history_file::restore;
     use crate::sse::encode_event;
+    use smallvec::smallvec;
 
     /// Every event id in the file, in file order.
     fn ids_in(path: &std::path::Path) -> Vec<u64> {
@@ -364,7 +365,7 @@ mod tests {
         let limits =
             HistoryLimits { per_audience: 2, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
         let Started { path, state, figures, disk, thread } = start("grown", limits, 4);
-        let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
+        let audience = Audience { targets: smallvec![Target::Token("t".into())], except: None };
         // 2.4 MB: the file is rewritten (from 2 events) at least once on the way.
         for id in 100..140u64 {
             let frame = encode_event(id, &[b'x'; 60_000]);
@@ -394,7 +395,7 @@ mod tests {
             HistoryLimits { per_audience: 1000, max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
         // A queue far smaller than a spurt: the sender waits for room, and never for long.
         let Started { path, figures, disk, thread, .. } = start("spurts", limits, 8);
-        let audience = Audience { targets: vec![Target::Token("t".into())], except: None };
+        let audience = Audience { targets: smallvec![Target::Token("t".into())], except: None };
         let send = |ids: std::ops::Range<u64>| {
             for id in ids {
                 let frame = encode_event(id, b"x");

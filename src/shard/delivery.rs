@@ -367,6 +367,7 @@ mod tests {
     use crate::http::Subscribe;
     use crate::shard::connection::{Client, Peer};
     use crate::sse::encode_event;
+    use smallvec::smallvec;
 
     /// A streaming client subscribed to `t` with this id, over a real loopback socket; the
     /// other end is returned so the socket stays open.
@@ -389,7 +390,7 @@ mod tests {
         Arc::new(Sequenced {
             id,
             audience: Audience {
-                targets: vec![Target::Token("t".into())],
+                targets: smallvec![Target::Token("t".into())],
                 except: except.map(str::to_string),
             },
             frame: encode_event(id, "x".repeat(size).as_bytes()),

@@ -8,10 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::Arc;
 
 use super::keys::StreamKey;
-use crate::event::Target;
+use crate::event::{Name, Target};
 
 pub use crate::reach::EVERYTHING;
 
@@ -23,8 +22,9 @@ pub use crate::reach::EVERYTHING;
 /// O(log n), where a list made each close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    /// Its names are shared with the node-wide view ([`crate::reach`]): one copy of each.
-    by_token: BTreeMap<Arc<str>, Keys>,
+    /// A name of up to 24 bytes sits in the B-tree's node: a delivery's search compares bytes
+    /// beside each other, not a pointer's target per comparison.
+    by_token: BTreeMap<Name, Keys>,
     everything: BTreeSet<StreamKey>,
 }
 
@@ -81,20 +81,19 @@ impl Subscriptions {
         &mut self,
         key: StreamKey,
         tokens: impl Iterator<Item = &'a str>,
-        mut first: impl FnMut(&Arc<str>),
+        mut first: impl FnMut(&str),
     ) {
         for token in tokens {
             if token == EVERYTHING {
                 if self.everything.is_empty() {
-                    first(&Arc::from(EVERYTHING));
+                    first(EVERYTHING);
                 }
                 self.everything.insert(key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
                 keys.insert(key);
             } else {
-                let token: Arc<str> = token.into();
-                first(&token);
-                self.by_token.insert(token, Keys::One(key));
+                first(token);
+                self.by_token.insert(token.into(), Keys::One(key));
             }
         }
     }
