@@ -247,7 +247,36 @@ impl Shard {
     }
 }
 
+/// The queue's room kept however few wait in it: a shard's ordinary traffic grows it no
+/// further.
+const KEPT_ROOM: usize = 256;
+
+/// Takes the front deadline if it is due by `now`. A queue a wave of connections grew gives
+/// its room back as it drains, rather than keep 16 bytes per connection of the wave for the
+/// server's life.
 fn pop_due<K>(queue: &mut VecDeque<Deadline<K>>, now: u64) -> Option<Deadline<K>> {
     queue.front().filter(|d| d.at <= now)?;
-    queue.pop_front()
+    let due = queue.pop_front();
+    if queue.capacity() > KEPT_ROOM && queue.len() < queue.capacity() / 4 {
+        queue.shrink_to((queue.len() * 2).max(KEPT_ROOM));
+    }
+    due
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_queue_gives_its_room_back_in_order() {
+        let mut queue: VecDeque<Deadline<u32>> =
+            (0..10_000).map(|at| Deadline { at, key: at as u32, serial: 0 }).collect();
+        assert_eq!(pop_due(&mut queue, 9_000).map(|d| d.key), Some(0));
+        let due: Vec<u32> = std::iter::from_fn(|| pop_due(&mut queue, 9_000)).map(|d| d.key).collect();
+        assert_eq!(due, (1..=9_000).collect::<Vec<_>>(), "every due deadline, in order");
+        assert_eq!(queue.front().map(|d| d.key), Some(9_001), "none taken before its time");
+        assert!(queue.capacity() < 4_000, "room given back: {}", queue.capacity());
+        std::iter::from_fn(|| pop_due(&mut queue, u64::MAX)).for_each(drop);
+        assert!(queue.capacity() <= 2 * KEPT_ROOM, "room given back: {}", queue.capacity());
+    }
 }
