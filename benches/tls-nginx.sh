@@ -7,6 +7,7 @@
 # then the same against hasses (its defaults, one worker). Each connection is a handshake, a
 # `GET /` and its answer, one after the other; the figure is the server's CPU per handshake
 # (nginx: its master and worker). Needs nginx (Debian package nginx).
+# HASSES=path: that server binary instead of this tree's (a before/after comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/certificate.sh
@@ -16,6 +17,7 @@ rounds=${2:-3}
 nginx=$(PATH="$PATH:/usr/sbin:/sbin" command -v nginx) || { echo "tls-nginx.sh: needs nginx" >&2; exit 2; }
 cargo build --release --quiet --package hasses --package hasses-bench
 dir=$(mktemp -d)
+hasses_binary=${HASSES:-./target/release/hasses}
 nginx_port=${NGINX_PORT:-18443}
 hasses_port=${HASSES_PORT:-18444}
 certificate "$dir/key.pem" "$dir/cert.pem"
@@ -45,7 +47,7 @@ http {
 CONF
 "$nginx" -c "$dir/nginx.conf" &
 nginx_master=$!
-./target/release/hasses --port "$hasses_port" --control-port 0 --no-api --workers 1 --log-level 0 \
+"$hasses_binary" --port "$hasses_port" --control-port 0 --no-api --workers 1 --log-level 0 \
     --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" >"$dir/hasses.log" 2>&1 &
 hasses=$!
 trap 'kill $hasses $nginx_master 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT

@@ -34,7 +34,7 @@ impl Shard {
     /// have closed (`hung_up`), which only a read of 0 bytes tells.
     pub(super) fn read(&mut self, key: ConnKey, hung_up: bool) {
         if self.connections[key].tls.is_some() {
-            return self.read_tls(key);
+            return self.read_tls(key, hung_up);
         }
         loop {
             let conn = &mut self.connections[key];
@@ -54,8 +54,10 @@ impl Shard {
 
     /// Reads TLS records until the socket has nothing more, acting on the plaintext in them,
     /// then sends what TLS wants to (handshake messages, alerts). The shard's buffers take the
-    /// ciphertext and the plaintext; the session keeps only an incomplete record.
-    fn read_tls(&mut self, key: ConnKey) {
+    /// ciphertext and the plaintext; the session keeps only an incomplete record. As for plain
+    /// text, a read shorter than the room it had emptied the socket: the read that would only
+    /// say `WouldBlock` is skipped unless the peer may have closed (`hung_up`).
+    fn read_tls(&mut self, key: ConnKey, hung_up: bool) {
         loop {
             let conn = &mut self.connections[key];
             let Some(tls) = conn.tls.as_mut() else { return };
@@ -63,6 +65,7 @@ impl Shard {
             let Some(kept) = tls.restore_incoming(&mut buffers.input) else {
                 return self.close(key, "TLS message too long");
             };
+            let room = buffers.input.len() - kept;
             let n = match attempt(|| conn.socket.read(&mut buffers.input[kept..])) {
                 Ok(Some(0)) => return self.close(key, "closed by peer"),
                 Ok(Some(n)) => n,
@@ -100,6 +103,9 @@ impl Shard {
             }
             if received == Received::Closed {
                 return self.close(key, "closed by peer");
+            }
+            if n < room && !hung_up {
+                break;
             }
         }
         self.flush(key);

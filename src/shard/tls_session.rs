@@ -59,6 +59,10 @@ pub struct TlsSession {
     /// Ciphertext the socket has not taken yet, from `sent` on.
     outgoing: Vec<u8>,
     sent: usize,
+    /// The socket took less than it was offered last time: it is full until it says otherwise.
+    /// While not, `outgoing` holds only handshake messages never offered (the session tickets
+    /// that answer the client's Finished), which go out with the next record, in one write.
+    stalled: bool,
     /// Nothing has been received yet: the next bytes are the first the client sends.
     fresh: bool,
 }
@@ -89,6 +93,7 @@ impl TlsSession {
             incoming: Vec::new(),
             outgoing: Vec::new(),
             sent: 0,
+            stalled: false,
             fresh: true,
         })
     }
@@ -212,24 +217,29 @@ impl TlsSession {
             match attempt(|| socket.write(&self.outgoing[self.sent..]))? {
                 Some(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Some(n) => self.sent += n,
-                None => return Ok(Flushed::Partly),
+                None => {
+                    self.stalled = true;
+                    return Ok(Flushed::Partly);
+                }
             }
         }
         // An idle session keeps no buffer.
         self.outgoing = Vec::new();
         self.sent = 0;
+        self.stalled = false;
         Ok(Flushed::All)
     }
 
-    /// Sends what it holds, then encrypts `outbox`'s frames (a batch per record, in the shard's
-    /// `output` buffer) and sends them, as far as the socket takes.
+    /// Sends what the socket could not take before, then encrypts `outbox`'s frames (a batch
+    /// per record, in the shard's `output` buffer) and sends them behind the handshake
+    /// messages waiting, as far as the socket takes.
     pub fn flush_outbox(
         &mut self,
         outbox: &mut Outbox,
         output: &mut Vec<u8>,
         socket: &mut impl Write,
     ) -> io::Result<Flushed> {
-        if self.send(socket)? == Flushed::Partly {
+        if self.stalled && self.send(socket)? == Flushed::Partly {
             return Ok(Flushed::Partly);
         }
         match outbox.flush(&mut TlsSink { tls: self, output, socket })? {
@@ -246,18 +256,21 @@ impl TlsSession {
         output: &mut Vec<u8>,
         socket: &mut impl Write,
     ) -> io::Result<usize> {
-        if self.send(socket)? == Flushed::Partly {
+        if self.stalled && self.send(socket)? == Flushed::Partly {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.encrypt(plain, output)?;
-        // A handshake message queued by `encrypt` goes before the record.
-        if self.send(socket)? == Flushed::Partly {
+        if self.wants_write() {
+            // Handshake messages (the tickets, a key update's answer) go before the record,
+            // in the same write: one segment, one wake-up of the peer, where two would do.
             self.outgoing.extend_from_slice(output);
+            self.send(socket)?;
             return Ok(plain.len());
         }
         let written = attempt(|| socket.write(output))?.unwrap_or(0);
         if written < output.len() {
             self.outgoing.extend_from_slice(&output[written..]);
+            self.stalled = true;
         }
         Ok(plain.len())
     }
@@ -372,6 +385,59 @@ mod tests {
             client.process_new_packets().unwrap();
         }
         (plain, session, client)
+    }
+
+    /// A socket that takes everything and counts the writes it was given.
+    #[derive(Default)]
+    struct Counting {
+        taken: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.taken.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_session_tickets_go_out_with_the_first_record_in_one_write() {
+        let (server, client) = configs();
+        let mut session = TlsSession::new(server).unwrap();
+        let mut client = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut input = vec![0; INPUT];
+        // The client's hello, answered by the server's flight; then its Finished, answered by
+        // the tickets, which wait for what the server sends next.
+        while session.is_handshaking() {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            input[..wire.len()].copy_from_slice(&wire);
+            session.receive(&mut input[..wire.len()], &mut Vec::new()).unwrap();
+            if session.is_handshaking() {
+                let mut socket = Counting::default();
+                session.send(&mut socket).unwrap();
+                client.read_tls(&mut &socket.taken[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+        assert!(session.wants_write(), "the tickets wait");
+        let mut socket = Counting::default();
+        assert_eq!(session.write(b"HTTP/1.1 200 OK\r\n\r\n", &mut Vec::new(), &mut socket).unwrap(), 19);
+        assert_eq!(socket.writes, 1);
+        assert!(!session.wants_write());
+        client.read_tls(&mut &socket.taken[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut got = String::new();
+        client.reader().read_to_string(&mut got).unwrap_err();
+        assert_eq!(got, "HTTP/1.1 200 OK\r\n\r\n");
     }
 
     #[test]

@@ -527,6 +527,34 @@ fn rustls_clients_resume_with_tickets_and_the_tls12_cache_across_a_reload() {
     assert!(server.status_block().contains(&"TLS handshakes: 3 full, 6 resumed".to_string()));
 }
 
+/// One TLS 1.3 ticket a handshake: each resumption brings the ticket for the next, and a client
+/// holds one for every connection it made, so that as many as it had open can resume at once.
+#[test]
+fn each_tls13_handshake_leaves_one_ticket_for_the_next_resumption() {
+    let identity = Identity::new();
+    let files = Files::new(&identity);
+    let server = tls_server(&files, &[]);
+    let port = server.sse_port;
+    let config = resuming(trusting(&identity), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(handshake_kind(port, &config), HandshakeKind::Full);
+    for _ in 0..3 {
+        assert_eq!(handshake_kind(port, &config), HandshakeKind::Resumed);
+    }
+    // Two handshakes, the second before the first's new ticket is read; then the requests.
+    let kinds = |config: &Arc<ClientConfig>| {
+        let connect = || TlsClient::connect(port, Arc::clone(config)).expect("the TLS handshake");
+        let mut clients = [connect(), connect()];
+        let kinds = clients.each_ref().map(|client| client.stream.conn.handshake_kind().expect("finished"));
+        for client in &mut clients {
+            client.handshake(common::get_request("subscribe=a").as_bytes());
+        }
+        kinds
+    };
+    // Two at once with the one ticket held: one resumes; then each left a ticket.
+    assert_eq!(kinds(&config), [HandshakeKind::Resumed, HandshakeKind::Full]);
+    assert_eq!(kinds(&config), [HandshakeKind::Resumed, HandshakeKind::Resumed]);
+}
+
 /// `openssl s_client` asking `HEAD /sse` (answered, then closed: by then it has the session's
 /// tickets), saving its session to `session` or resuming the one saved there; its output.
 fn openssl_session(port: u16, version: &str, session: &TempFile, save: bool) -> String {
