@@ -45,9 +45,15 @@ impl StreamId {
 
     /// Parses `ms-seq`.
     pub fn parse(text: &str) -> Result<StreamId, EntryError> {
-        let bad = || EntryError::BadId(text.to_string());
-        let (ms, seq) = text.split_once('-').ok_or_else(bad)?;
-        Ok(StreamId { ms: ms.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+        StreamId::from_bytes(text.as_bytes())
+    }
+
+    /// Parses `ms-seq` as Redis writes it in a reply, bytes that are not text included.
+    pub fn from_bytes(bytes: &[u8]) -> Result<StreamId, EntryError> {
+        let bad = || EntryError::BadId(String::from_utf8_lossy(bytes).into_owned());
+        let dash = memchr::memchr(b'-', bytes).ok_or_else(bad)?;
+        let (ms, seq) = (decimal(&bytes[..dash]), decimal(&bytes[dash + 1..]));
+        Ok(StreamId { ms: ms.ok_or_else(bad)?, seq: seq.ok_or_else(bad)? })
     }
 
     /// The event id every node gives this entry's event.
@@ -110,6 +116,18 @@ pub fn fields<'a>(publish: &'a Publish, node: &'a str, seq: u64) -> Vec<(&'stati
     fields
 }
 
+/// The number `digits` writes in decimal: one digit at least, nothing else (no sign), and
+/// no more than a u64 holds. (Read per entry and per reply length, so not through `str`.)
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &digit| {
+        let digit = digit.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// One entry of a stream reply, its fields not read yet: borrowed from the reply (its bytes
 /// for the tail, `cluster::resp`; the Redis client's values elsewhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,9 +146,7 @@ impl RawEntry<'_> {
 
     /// Its stream id.
     pub fn stream_id(&self) -> Result<StreamId, EntryError> {
-        let text = std::str::from_utf8(self.id)
-            .map_err(|_| EntryError::BadId(String::from_utf8_lossy(self.id).into_owned()))?;
-        StreamId::parse(text)
+        StreamId::from_bytes(self.id)
     }
 }
 
@@ -275,6 +291,21 @@ pub(super) mod tests {
         assert_eq!(StreamId::of_event(ids[1]), b);
         assert!(StreamId { ms: 1, seq: PER_MS }.event_id().is_err());
         assert!(StreamId::parse("12").is_err() && StreamId::parse("a-1").is_err());
+    }
+
+    #[test]
+    fn an_id_is_read_from_its_bytes_and_nothing_else_passes() {
+        assert_eq!(StreamId::from_bytes(b"1700000000000-7"), Ok(StreamId { ms: 1_700_000_000_000, seq: 7 }));
+        let max = format!("{}-0", u64::MAX);
+        assert_eq!(StreamId::parse(&max).map(|id| id.ms), Ok(u64::MAX));
+        let over = format!("{}0-0", u64::MAX);
+        for bad in ["", "-", "1-", "-1", "+1-1", "1-+1", "1 -1", "1-1-1", "1-\u{e9}", &over] {
+            assert_eq!(StreamId::parse(bad), Err(EntryError::BadId(bad.to_string())), "{bad:?}");
+        }
+        assert_eq!(StreamId::from_bytes(b"1-\xff"), Err(EntryError::BadId("1-\u{fffd}".into())));
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal(b"18446744073709551616"), None);
     }
 
     #[test]
