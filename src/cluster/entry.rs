@@ -208,10 +208,7 @@ pub fn decode(raw: &RawEntry<'_>) -> Result<Entry, EntryError> {
     }
     let take = |field: &'static str| NAMES.iter().position(|&n| n == field).and_then(|i| found[i]);
     let text = |field| take(field).map(|b| String::from_utf8(b.to_vec()).map_err(|_| bad(field))).transpose();
-    let number = |field| {
-        let digits = take(field).map(|b| std::str::from_utf8(b).map_err(|_| bad(field))).transpose()?;
-        digits.map(|t| t.parse::<u64>().map_err(|_| bad(field))).transpose()
-    };
+    let number = |field| take(field).map(|digits| decimal(digits).ok_or_else(|| bad(field))).transpose();
     let targets = take("t").and_then(decode_targets).filter(|t| !t.is_empty()).ok_or_else(|| bad("t"))?;
     let retry = number("r")?.map(|r| u32::try_from(r).map_err(|_| bad("r"))).transpose()?;
     Ok(Entry {
@@ -236,7 +233,7 @@ fn encode_targets(targets: &[Target]) -> Vec<u8> {
             Target::Prefix(prefix) => (b'^', prefix.as_str()),
         };
         out.push(kind);
-        out.extend_from_slice(name.len().to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(name.len()).as_bytes());
         out.push(b':');
         out.extend_from_slice(name.as_bytes());
     }
@@ -247,7 +244,7 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
     let mut targets = Vec::new();
     while let Some((&kind, rest)) = bytes.split_first() {
         let colon = rest.iter().position(|&b| b == b':')?;
-        let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        let len = usize::try_from(decimal(&rest[..colon])?).ok()?;
         let end = (colon + 1).checked_add(len)?;
         let name = rest.get(colon + 1..end)?;
         let name = String::from_utf8(name.to_vec()).ok()?;
@@ -318,15 +315,20 @@ pub(super) mod tests {
         };
         let written = fields(&publish, "n1", 1);
         let good = as_raw("1-0", &written);
-        let with_t = |t: &'static [u8]| {
+        let with = |field: &'static [u8], to: &'static [u8]| {
             let mut raw = good.clone();
-            raw.fields.iter_mut().filter(|(name, _)| *name == b"t").for_each(|(_, value)| *value = t);
+            raw.fields.iter_mut().filter(|(name, _)| *name == field).for_each(|(_, value)| *value = to);
             raw
         };
         let bad_t = Err(EntryError::BadField { id: "1-0".into(), field: "t" });
-        assert_eq!(decode(&with_t(b"=9:ab")), bad_t);
-        assert_eq!(decode(&with_t(b"=18446744073709551615:ab")), bad_t);
-        assert_eq!(decode(&with_t(b"")), bad_t);
+        assert_eq!(decode(&with(b"t", b"=9:ab")), bad_t);
+        assert_eq!(decode(&with(b"t", b"=18446744073709551615:ab")), bad_t);
+        assert_eq!(decode(&with(b"t", b"=+2:ab")), bad_t);
+        assert_eq!(decode(&with(b"t", b"")), bad_t);
+        let bad_s = Err(EntryError::BadField { id: "1-0".into(), field: "s" });
+        assert_eq!(decode(&with(b"s", b"+1")), bad_s);
+        assert_eq!(decode(&with(b"s", b"")), bad_s);
+        assert_eq!(decode(&with(b"s", b"18446744073709551615")).map(|e| e.seq), Ok(u64::MAX));
         let mut without_d = good.clone();
         without_d.fields.pop();
         assert_eq!(decode(&without_d), Err(EntryError::BadField { id: "1-0".into(), field: "d" }));
