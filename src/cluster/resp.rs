@@ -426,9 +426,14 @@ pub(super) mod tests {
 
     #[test]
     fn an_appended_entry_s_id_is_read_from_its_bulk_string() {
-        assert_eq!(bulk_reply(b"$15\r\n1700000000000-0\r\n+x"), Ok(Parsed::Whole(&b"1700000000000-0"[..], 22)));
+        assert_eq!(
+            bulk_reply(b"$15\r\n1700000000000-0\r\n+x"),
+            Ok(Parsed::Whole(&b"1700000000000-0"[..], 22))
+        );
         assert_eq!(bulk_reply(b"$15\r\n1700000000000-0\r"), Ok(Parsed::Incomplete));
-        assert!(matches!(bulk_reply(b"-WRONGTYPE no\r\n"), Err(RespError::Refused(e)) if e == "WRONGTYPE no"));
+        assert!(
+            matches!(bulk_reply(b"-WRONGTYPE no\r\n"), Err(RespError::Refused(e)) if e == "WRONGTYPE no")
+        );
         assert!(matches!(bulk_reply(b"$-1\r\n"), Err(RespError::Unexpected { .. })));
         assert!(matches!(bulk_reply(b"$2\r\nabc\r\n"), Err(RespError::Unexpected { .. })));
     }

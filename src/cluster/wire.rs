@@ -110,7 +110,11 @@ impl Wire {
                 socket.set_write_timeout(Some(REPLY_TIMEOUT))?;
                 Socket::Unix(socket)
             }
-            other => return Err(WireError::Unsupported(format!("cannot tail the stream over {other}"))),
+            other => {
+                return Err(WireError::Unsupported(format!(
+                    "{other}: only TCP, TLS verifying the certificate, or a Unix socket"
+                )))
+            }
         };
         let redis = info.redis_settings();
         let mut wire = Wire { socket, buf: vec![0; 2 * READ_CHUNK], start: 0, end: 0, db: redis.db() };
@@ -239,7 +243,9 @@ impl From<WireError> for redis::RedisError {
                 (redis::ErrorKind::Client, "Redis refused the command", text).into()
             }
             WireError::Reply(RespError::Unexpected { .. }) => io(io::ErrorKind::InvalidData, &e),
-            WireError::Unsupported(text) => (redis::ErrorKind::InvalidClientConfig, "unsupported", text).into(),
+            WireError::Unsupported(text) => {
+                (redis::ErrorKind::InvalidClientConfig, "unsupported", text).into()
+            }
         }
     }
 }
