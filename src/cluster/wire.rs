@@ -291,3 +291,54 @@ fn tls(host: &str, socket: TcpStream) -> Result<StreamOwned<ClientConnection, Tc
     let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error(&e))?;
     Ok(StreamOwned::new(connection, socket))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A connection over one end of a socket pair; the other end plays Redis.
+    fn pair() -> (Wire, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (Wire { socket: Socket::Unix(ours), buf: vec![0; 2 * READ_CHUNK], start: 0, end: 0, db: 0 }, theirs)
+    }
+
+    #[test]
+    fn replies_are_taken_whole_and_one_by_one_however_they_arrive() {
+        let (mut wire, mut redis) = pair();
+        // A short reply, one longer than the room read into, then many short ones: sent in
+        // cuts that fall anywhere, while the replies are taken.
+        let long = format!("${}\r\n{}\r\n", 5 * READ_CHUNK, "x".repeat(5 * READ_CHUNK));
+        let shorts: Vec<String> = (0..2000).map(|i| format!("$15\r\n1700000000000-{}\r\n", i % 10)).collect();
+        let mut bytes = b"+OK\r\n".to_vec();
+        bytes.extend_from_slice(long.as_bytes());
+        shorts.iter().for_each(|short| bytes.extend_from_slice(short.as_bytes()));
+        let sender = std::thread::spawn(move || {
+            for cut in bytes.chunks(7777) {
+                redis.write_all(cut).unwrap();
+            }
+        });
+        assert_eq!(wire.reply().unwrap(), b"+OK\r\n");
+        assert_eq!(wire.reply().unwrap(), long.as_bytes());
+        for short in &shorts {
+            assert_eq!(wire.reply().unwrap(), short.as_bytes());
+        }
+        sender.join().unwrap();
+        // Redis' end is gone (dropped with the thread): nothing more comes.
+        assert!(matches!(wire.reply(), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn a_failed_connection_is_lost_to_the_client_and_a_refusal_is_not() {
+        let timeout = redis::RedisError::from(WireError::Timeout);
+        assert!(timeout.is_timeout());
+        assert!(redis::RedisError::from(WireError::Closed).is_connection_dropped());
+        let garbled = WireError::Reply(RespError::Unexpected { at: 3, what: "an empty line".into() });
+        assert!(redis::RedisError::from(garbled).is_io_error(), "not to be trusted after it");
+        let refused = redis::RedisError::from(WireError::Reply(RespError::Refused("WRONGTYPE no".into())));
+        assert!(!refused.is_io_error() && !refused.is_timeout());
+        assert!(refused.to_string().contains("WRONGTYPE no"), "{refused}");
+    }
+}
