@@ -45,9 +45,15 @@ impl StreamId {
 
     /// Parses `ms-seq`.
     pub fn parse(text: &str) -> Result<StreamId, EntryError> {
-        let bad = || EntryError::BadId(text.to_string());
-        let (ms, seq) = text.split_once('-').ok_or_else(bad)?;
-        Ok(StreamId { ms: ms.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+        StreamId::from_bytes(text.as_bytes())
+    }
+
+    /// Parses `ms-seq` as Redis writes it in a reply, bytes that are not text included.
+    pub fn from_bytes(bytes: &[u8]) -> Result<StreamId, EntryError> {
+        let bad = || EntryError::BadId(String::from_utf8_lossy(bytes).into_owned());
+        let dash = memchr::memchr(b'-', bytes).ok_or_else(bad)?;
+        let (ms, seq) = (decimal(&bytes[..dash]), decimal(&bytes[dash + 1..]));
+        Ok(StreamId { ms: ms.ok_or_else(bad)?, seq: seq.ok_or_else(bad)? })
     }
 
     /// The event id every node gives this entry's event.
@@ -92,11 +98,13 @@ pub enum EntryError {
 
 /// The fields of the entry of `publish`, sent by `node` as its `seq`th publish.
 pub fn fields<'a>(publish: &'a Publish, node: &'a str, seq: u64) -> Vec<(&'static str, Cow<'a, [u8]>)> {
-    let mut fields = vec![
+    // Room for every field at once: one allocation per publish, not one per field added.
+    let mut fields = Vec::with_capacity(NAMES.len());
+    fields.extend([
         ("n", Cow::Borrowed(node.as_bytes())),
         ("s", Cow::Owned(seq.to_string().into_bytes())),
         ("t", Cow::Owned(encode_targets(&publish.audience.targets))),
-    ];
+    ]);
     if let Some(except) = &publish.audience.except {
         fields.push(("x", Cow::Borrowed(except.as_bytes())));
     }
@@ -108,6 +116,18 @@ pub fn fields<'a>(publish: &'a Publish, node: &'a str, seq: u64) -> Vec<(&'stati
     }
     fields.push(("d", Cow::Borrowed(&publish.message)));
     fields
+}
+
+/// The number `digits` writes in decimal: one digit at least, nothing else (no sign), and
+/// no more than a u64 holds. (Read per entry and per reply length, so not through `str`.)
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &digit| {
+        let digit = digit.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// One entry of a stream reply, its fields not read yet: borrowed from the reply (its bytes
@@ -128,9 +148,7 @@ impl RawEntry<'_> {
 
     /// Its stream id.
     pub fn stream_id(&self) -> Result<StreamId, EntryError> {
-        let text = std::str::from_utf8(self.id)
-            .map_err(|_| EntryError::BadId(String::from_utf8_lossy(self.id).into_owned()))?;
-        StreamId::parse(text)
+        StreamId::from_bytes(self.id)
     }
 }
 
@@ -192,10 +210,7 @@ pub fn decode(raw: &RawEntry<'_>) -> Result<Entry, EntryError> {
     }
     let take = |field: &'static str| NAMES.iter().position(|&n| n == field).and_then(|i| found[i]);
     let text = |field| take(field).map(|b| String::from_utf8(b.to_vec()).map_err(|_| bad(field))).transpose();
-    let number = |field| {
-        let digits = take(field).map(|b| std::str::from_utf8(b).map_err(|_| bad(field))).transpose()?;
-        digits.map(|t| t.parse::<u64>().map_err(|_| bad(field))).transpose()
-    };
+    let number = |field| take(field).map(|digits| decimal(digits).ok_or_else(|| bad(field))).transpose();
     let targets = take("t").and_then(decode_targets).filter(|t| !t.is_empty()).ok_or_else(|| bad("t"))?;
     let retry = number("r")?.map(|r| u32::try_from(r).map_err(|_| bad("r"))).transpose()?;
     Ok(Entry {
@@ -220,7 +235,7 @@ fn encode_targets(targets: &[Target]) -> Vec<u8> {
             Target::Prefix(prefix) => (b'^', prefix.as_str()),
         };
         out.push(kind);
-        out.extend_from_slice(name.len().to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(name.len()).as_bytes());
         out.push(b':');
         out.extend_from_slice(name.as_bytes());
     }
@@ -231,7 +246,7 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
     let mut targets = Vec::new();
     while let Some((&kind, rest)) = bytes.split_first() {
         let colon = rest.iter().position(|&b| b == b':')?;
-        let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        let len = usize::try_from(decimal(&rest[..colon])?).ok()?;
         let end = (colon + 1).checked_add(len)?;
         let name = rest.get(colon + 1..end)?;
         let name = String::from_utf8(name.to_vec()).ok()?;
@@ -279,6 +294,21 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn an_id_is_read_from_its_bytes_and_nothing_else_passes() {
+        assert_eq!(StreamId::from_bytes(b"1700000000000-7"), Ok(StreamId { ms: 1_700_000_000_000, seq: 7 }));
+        let max = format!("{}-0", u64::MAX);
+        assert_eq!(StreamId::parse(&max).map(|id| id.ms), Ok(u64::MAX));
+        let over = format!("{}0-0", u64::MAX);
+        for bad in ["", "-", "1-", "-1", "+1-1", "1-+1", "1 -1", "1-1-1", "1-\u{e9}", &over] {
+            assert_eq!(StreamId::parse(bad), Err(EntryError::BadId(bad.to_string())), "{bad:?}");
+        }
+        assert_eq!(StreamId::from_bytes(b"1-\xff"), Err(EntryError::BadId("1-\u{fffd}".into())));
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal(b"18446744073709551616"), None);
+    }
+
+    #[test]
     fn a_malformed_entry_is_refused_not_guessed() {
         let publish = Publish {
             audience: Audience { targets: smallvec![Target::All], except: None },
@@ -288,15 +318,20 @@ pub(super) mod tests {
         };
         let written = fields(&publish, "n1", 1);
         let good = as_raw("1-0", &written);
-        let with_t = |t: &'static [u8]| {
+        let with = |field: &'static [u8], to: &'static [u8]| {
             let mut raw = good.clone();
-            raw.fields.iter_mut().filter(|(name, _)| *name == b"t").for_each(|(_, value)| *value = t);
+            raw.fields.iter_mut().filter(|(name, _)| *name == field).for_each(|(_, value)| *value = to);
             raw
         };
         let bad_t = Err(EntryError::BadField { id: "1-0".into(), field: "t" });
-        assert_eq!(decode(&with_t(b"=9:ab")), bad_t);
-        assert_eq!(decode(&with_t(b"=18446744073709551615:ab")), bad_t);
-        assert_eq!(decode(&with_t(b"")), bad_t);
+        assert_eq!(decode(&with(b"t", b"=9:ab")), bad_t);
+        assert_eq!(decode(&with(b"t", b"=18446744073709551615:ab")), bad_t);
+        assert_eq!(decode(&with(b"t", b"=+2:ab")), bad_t);
+        assert_eq!(decode(&with(b"t", b"")), bad_t);
+        let bad_s = Err(EntryError::BadField { id: "1-0".into(), field: "s" });
+        assert_eq!(decode(&with(b"s", b"+1")), bad_s);
+        assert_eq!(decode(&with(b"s", b"")), bad_s);
+        assert_eq!(decode(&with(b"s", b"18446744073709551615")).map(|e| e.seq), Ok(u64::MAX));
         let mut without_d = good.clone();
         without_d.fields.pop();
         assert_eq!(decode(&without_d), Err(EntryError::BadField { id: "1-0".into(), field: "d" }));

@@ -483,12 +483,12 @@ fn backfill(
 /// Reads a range `count` entries at a time: `query(from)` is the command (`XRANGE` or
 /// `XREVRANGE`) for the entries from `from` on, and `each` takes every page until it says to
 /// stop or a page is short.
-fn pages(
-    con: &mut redis::Connection,
+fn pages<C: redis::ConnectionLike>(
+    con: &mut C,
     count: usize,
     query: impl Fn(&str) -> redis::Cmd,
     first: &str,
-    mut each: impl FnMut(&mut redis::Connection, &[entry::RawEntry<'_>]) -> redis::RedisResult<bool>,
+    mut each: impl FnMut(&mut C, &[entry::RawEntry<'_>]) -> redis::RedisResult<bool>,
 ) -> redis::RedisResult<()> {
     let mut from = first.to_string();
     loop {

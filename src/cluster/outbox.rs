@@ -5,7 +5,8 @@
 //!
 //! # Nothing lost, nothing twice
 //! Publishes are held in order until Redis confirms them, and sent in pipelined batches of
-//! `XADD`s. When a reply does not come (Redis went away or froze), some of the batch may have
+//! `XADD`s, written as bytes (`resp`) and their replies read from the bytes, over a connection
+//! of its own (`wire`): every publish of the node passes here. When a reply does not come (Redis went away or froze), some of the batch may have
 //! been applied and some not; Redis applies a connection's commands in order, so what was
 //! applied is a first part of the batch. Every entry carries this node's name and its publish
 //! number, so on reconnecting the outbox reads the stream back from the newest entry down to
@@ -32,9 +33,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
 use super::entry::{self, StreamId};
-use super::{
-    connect, now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, TailPosition, NODE_TTL,
-};
+use super::resp::{self, Parsed};
+use super::wire::{Wire, WireError};
+use super::{now_ms, pages, trim, why, Backoff, ClusterSettings, ClusterShared, TailPosition, NODE_TTL};
 use crate::event::{Publish, Receipt, ReceiptSender, ReceiptTo};
 use crate::pipeline::SharedState;
 
@@ -71,8 +72,10 @@ pub struct Outbox {
     shared: Arc<ClusterShared>,
     /// The history, for the oldest event its rings keep.
     state: Arc<SharedState>,
-    con: Option<redis::Connection>,
+    con: Option<Wire>,
     held: VecDeque<Held>,
+    /// A batch of `XADD`s as sent (kept: its room is reused for the next).
+    batch: Vec<u8>,
     next_seq: u64,
     /// An entry older than any of ours Redis may hold unconfirmed: the last one it confirmed,
     /// or the newest at start.
@@ -110,6 +113,7 @@ impl Outbox {
             state,
             con: None,
             held: VecDeque::new(),
+            batch: Vec::new(),
             next_seq: 1,
             floor,
             unsure: false,
@@ -190,7 +194,8 @@ impl Outbox {
 
     /// Connects, and settles what a lost reply may have applied.
     fn reconnect(&mut self) {
-        let settled = connect(&self.client).and_then(|mut con| {
+        let info = self.client.get_connection_info();
+        let settled = Wire::connect(info).map_err(redis::RedisError::from).and_then(|mut con| {
             if self.unsure {
                 self.drop_applied(&mut con)?;
             }
@@ -242,21 +247,20 @@ impl Outbox {
         let Some(con) = &mut self.con else { return Ok(()) };
         while !self.held.is_empty() {
             let batch = self.held.len().min(BATCH);
-            let mut pipe = redis::pipe();
+            self.batch.clear();
             for held in self.held.range(..batch) {
-                let cmd = pipe.cmd("XADD").arg(&self.stream).arg("*");
-                for (name, value) in entry::fields(&held.publish, &self.node, held.seq) {
-                    cmd.arg(name).arg(value.as_ref());
-                }
+                let fields = entry::fields(&held.publish, &self.node, held.seq);
+                let head: [&[u8]; 3] = [b"XADD", self.stream.as_bytes(), b"*"];
+                let fields = fields.iter().flat_map(|(name, value)| [name.as_bytes(), value.as_ref()]);
+                resp::push_command(&mut self.batch, head.into_iter().chain(fields));
             }
             self.unsure = true;
-            con.send_packed_command(&pipe.get_packed_pipeline())?;
+            con.write(&self.batch)?;
             // Replies are taken one by one, each confirming its publish, and the first that
-            // fails ends the batch: the client's own pipeline reader would wait out the
-            // timeout once per command left before it gives up on a frozen Redis.
+            // fails ends the batch (a frozen Redis costs one timeout, not one per command).
             for _ in 0..batch {
-                let id: String = redis::from_redis_value(con.recv_response()?)?;
-                let id = StreamId::parse(&id).ok();
+                let id = resp::bulk_reply(con.reply()?).and_then(Parsed::whole).map_err(WireError::from)?;
+                let id = StreamId::from_bytes(id).ok();
                 if let Some(id) = id {
                     self.floor = id;
                 }
@@ -276,7 +280,7 @@ impl Outbox {
 
     /// Drops the held publishes Redis already has: those up to this node's highest number in
     /// the entries after [`Outbox::floor`].
-    fn drop_applied(&mut self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+    fn drop_applied(&mut self, con: &mut Wire) -> redis::RedisResult<()> {
         let start = if self.floor == StreamId::ZERO { "-".to_string() } else { format!("({}", self.floor) };
         let xrevrange = |end: &str| redis::cmd("XREVRANGE").arg(&self.stream).arg(end).arg(&start).clone();
         let mut applied = None;
@@ -392,7 +396,7 @@ fn is_lost(e: &redis::RedisError) -> bool {
 
 /// The keys matching `pattern` (`SCAN`, a page at a time), as bytes: a key that is not text
 /// is somebody else's, not an error.
-fn scan(con: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
+fn scan(con: &mut Wire, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
     let mut cursor = 0u64;
     let mut found = Vec::new();
     loop {

@@ -1,9 +1,11 @@
-//! Redis' replies to the tail's commands, read straight from the bytes (pure: no I/O).
+//! Redis' replies to the tail's and the outbox's commands, read straight from the bytes, and
+//! the outbox's `XADD`s written as bytes (pure: no I/O).
 //!
-//! Owns reading RESP (2 and 3) for exactly the shapes the tail is answered with: a stream read
-//! (`XREAD`: nil when it timed out, else each stream's name and entries, as pairs or a RESP3
-//! map), a range (`XRANGE`: its entries), a status (`+OK` to `AUTH` and `SELECT`), and an error
-//! reply. An entry's id and fields are borrowed from the buffer: nothing is copied before
+//! Owns reading RESP (2 and 3) for exactly the shapes the tail and the outbox's appends are
+//! answered with: a stream read (`XREAD`: nil when it timed out, else each stream's name and
+//! entries, as pairs or a RESP3 map), a range (`XRANGE`: its entries), a bulk string (the id
+//! `XADD` gives), a status (`+OK` to `AUTH` and `SELECT`), and an error reply; and writing a
+//! command (an array of bulk strings). An entry's id and fields are borrowed from the buffer: nothing is copied before
 //! `entry::decode` takes what it delivers, which is what lets one tail thread keep up with a
 //! busy stream, where going through the Redis client's values built a value per field first.
 //!
@@ -12,7 +14,7 @@
 //! whatever the bytes, reading never panics, and a length never reserves more than the bytes
 //! at hand could hold.
 
-use super::entry::RawEntry;
+use super::entry::{decimal, RawEntry};
 
 /// The longest header line (`*`, `$`, `%` and a length): a line longer without its end is not
 /// RESP.
@@ -132,6 +134,28 @@ pub fn status_reply(buf: &[u8]) -> Result<Parsed<&[u8]>, RespError> {
     })
 }
 
+/// A bulk string reply (the id `XADD` gave its entry): its bytes.
+pub fn bulk_reply(buf: &[u8]) -> Result<Parsed<&[u8]>, RespError> {
+    whole(buf, Reader::bulk)
+}
+
+/// Appends the command `args` (its name first) as Redis reads one: an array of bulk strings.
+/// (The outbox's `XADD`s, a batch at a time into one buffer: no value built per argument.)
+pub fn push_command<'a>(out: &mut Vec<u8>, args: impl Iterator<Item = &'a [u8]> + Clone) {
+    push_header(out, b'*', args.clone().count());
+    for arg in args {
+        push_header(out, b'$', arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, kind: u8, len: usize) {
+    out.push(kind);
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Runs `read` over the reply at the start of `buf`: an error reply is [`RespError::Refused`],
 /// and a reply cut short is [`Parsed::Incomplete`].
 fn whole<'a, T>(
@@ -196,7 +220,8 @@ impl<'a> Reader<'a> {
     /// The line from here to its `\r\n`, which is passed.
     fn line(&mut self) -> Result<&'a [u8], Stop> {
         let rest = &self.buf[self.at..];
-        let Some(end) = rest.windows(2).position(|pair| pair == b"\r\n") else {
+        // Byte by byte: a header line is a few bytes, too short for a search to pay its setup.
+        let Some(end) = rest.windows(2).position(|pair| pair[0] == b'\r' && pair[1] == b'\n') else {
             return Err(if rest.len() > MOST_HEADER && rest[0] != b'-' && rest[0] != b'+' {
                 self.bad(self.at, "a header line without its end")
             } else {
@@ -214,10 +239,8 @@ impl<'a> Reader<'a> {
         let length = |reader: &Self| -> Result<Option<usize>, Stop> {
             match rest {
                 b"-1" => Ok(None),
-                _ => std::str::from_utf8(rest)
-                    .ok()
-                    .and_then(|text| text.parse::<usize>().ok())
-                    .filter(|_| !rest.starts_with(b"+"))
+                _ => decimal(rest)
+                    .and_then(|length| usize::try_from(length).ok())
                     .map(Some)
                     .ok_or_else(|| reader.bad(at, "a length that is not a number")),
             }
@@ -386,6 +409,33 @@ pub(super) mod tests {
         let mut reply = b"%1\r\n$13\r\nhasses:events\r\n*1\r\n".to_vec();
         reply.extend(entry_bytes("7-2", &[(b"d", b"x")]));
         assert_eq!(ids(read_reply(&reply)), (vec!["7-2".to_string()], reply.len()));
+    }
+
+    #[test]
+    fn a_command_is_written_as_the_redis_client_writes_it() {
+        let args: [&[u8]; 6] = [b"XADD", b"hasses:events", b"*", b"d", b"line\r\ntwo", b""];
+        let mut out = b"+before".to_vec();
+        push_command(&mut out, args.iter().copied());
+        let mut client = redis::cmd("XADD");
+        args[1..].iter().for_each(|arg| {
+            client.arg(*arg);
+        });
+        assert_eq!(out[7..], client.get_packed_command()[..]);
+        assert_eq!(&out[..7], b"+before", "appended");
+    }
+
+    #[test]
+    fn an_appended_entry_s_id_is_read_from_its_bulk_string() {
+        assert_eq!(
+            bulk_reply(b"$15\r\n1700000000000-0\r\n+x"),
+            Ok(Parsed::Whole(&b"1700000000000-0"[..], 22))
+        );
+        assert_eq!(bulk_reply(b"$15\r\n1700000000000-0\r"), Ok(Parsed::Incomplete));
+        assert!(
+            matches!(bulk_reply(b"-WRONGTYPE no\r\n"), Err(RespError::Refused(e)) if e == "WRONGTYPE no")
+        );
+        assert!(matches!(bulk_reply(b"$-1\r\n"), Err(RespError::Unexpected { .. })));
+        assert!(matches!(bulk_reply(b"$2\r\nabc\r\n"), Err(RespError::Unexpected { .. })));
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! The tail's own connection to Redis: a blocking socket (TCP, TLS or Unix) whose replies it
-//! reads as bytes.
+//! The tail's and the outbox's own connections to Redis: a blocking socket (TCP, TLS or Unix)
+//! whose replies they read as bytes.
 //!
 //! Owns connecting as the Redis client does for the same URL (the client parses it: address,
-//! TLS, user, password, database), sending commands the client encodes, and reading a reply
-//! into a buffer until `resp` finds it whole. Why a socket of its own: the client's blocking
-//! connection hands a reply only as its values, a value per field of every entry, which was
-//! most of the tail's time; it offers no way to the bytes. Everything else of the cluster (the
-//! start, the outbox) keeps the client's connections. It does not decide what to send or what
-//! a reply means.
+//! TLS, user, password, database), sending commands (encoded by the client, or bytes written
+//! with `resp`), and reading a reply into a buffer until `resp` finds it whole. Why a socket
+//! of its own: the client's blocking connection hands a reply only as its values, a value per
+//! field of every entry (the tail's reads) or per reply (the outbox's `XADD`s), which was most
+//! of those threads' time; it offers no way to the bytes. For the rare commands (liveness, the
+//! trim, the look back after a lost reply) a connection is also the client's
+//! `ConnectionLike`: the client encodes them and reads their replies into its values. The
+//! start and the orders keep the client's connections. It does not decide what to send or
+//! what a reply means.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -82,9 +85,14 @@ impl Socket {
 /// A connection, and what it read past the last reply taken.
 pub struct Wire {
     socket: Socket,
+    /// Room for reads, zeroed once as it grows (not before every read: most replies are short).
     buf: Vec<u8>,
     /// Where the bytes not taken yet start in `buf`.
     start: usize,
+    /// Where the bytes read end in `buf`.
+    end: usize,
+    /// The database selected, for the client's `ConnectionLike`.
+    db: i64,
 }
 
 impl Wire {
@@ -102,10 +110,14 @@ impl Wire {
                 socket.set_write_timeout(Some(REPLY_TIMEOUT))?;
                 Socket::Unix(socket)
             }
-            other => return Err(WireError::Unsupported(format!("cannot tail the stream over {other}"))),
+            other => {
+                return Err(WireError::Unsupported(format!(
+                    "{other}: only TCP, TLS verifying the certificate, or a Unix socket"
+                )))
+            }
         };
-        let mut wire = Wire { socket, buf: Vec::with_capacity(READ_CHUNK), start: 0 };
         let redis = info.redis_settings();
+        let mut wire = Wire { socket, buf: vec![0; 2 * READ_CHUNK], start: 0, end: 0, db: redis.db() };
         if let Some(password) = redis.password() {
             let mut auth = redis::cmd("AUTH");
             if let Some(user) = redis.username() {
@@ -121,13 +133,23 @@ impl Wire {
 
     /// Sends a command.
     pub fn send(&mut self, command: &redis::Cmd) -> Result<(), WireError> {
-        Ok(self.socket.write_all(&command.get_packed_command())?)
+        self.write(&command.get_packed_command())
+    }
+
+    /// Sends commands already written as RESP (several at once: a pipeline).
+    pub fn write(&mut self, commands: &[u8]) -> Result<(), WireError> {
+        Ok(self.socket.write_all(commands)?)
+    }
+
+    /// Reads the next reply into the client's values (a server error as one of them).
+    fn value(&mut self) -> redis::RedisResult<redis::Value> {
+        redis::parse_redis_value(self.reply()?)
     }
 
     /// Reads the next reply whole: its bytes, taken (the next call reads past them).
     pub fn reply(&mut self) -> Result<&[u8], WireError> {
         let used = loop {
-            match resp::reply_len(&self.buf[self.start..])? {
+            match resp::reply_len(&self.buf[self.start..self.end])? {
                 Some(used) => break used,
                 None => self.fill()?,
             }
@@ -146,23 +168,84 @@ impl Wire {
 
     /// Reads what the socket has (waiting up to the reply timeout), after the bytes not taken.
     fn fill(&mut self) -> Result<(), WireError> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
+        if self.buf.len() - self.end < READ_CHUNK {
+            // The bytes not taken yet go to the front; a reply longer than the room doubles it.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
+            if self.buf.len() - self.end < READ_CHUNK {
+                self.buf.resize(2 * self.buf.len(), 0);
+            }
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK.max(len), 0);
         let read = loop {
             // A signal (a SIGSTOP and SIGCONT, say) ends the wait early: nothing was lost.
-            match self.socket.read(&mut self.buf[len..]) {
+            match self.socket.read(&mut self.buf[self.end..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                read => break read,
+                read => break read?,
             }
         };
-        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-        match read? {
+        self.end += read;
+        match read {
             0 => Err(WireError::Closed),
             _ => Ok(()),
+        }
+    }
+}
+
+/// The rare commands' way through a [`Wire`]: the client encodes them and reads the replies.
+impl redis::ConnectionLike for Wire {
+    fn req_packed_command(&mut self, command: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.write(command)?;
+        self.value()
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        commands: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.write(commands)?;
+        let mut values = Vec::with_capacity(count);
+        for at in 0..offset + count {
+            let value = self.value()?;
+            if at >= offset {
+                values.push(value);
+            }
+        }
+        Ok(values)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<()>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// A failed connection as the client's error, as the client's own connection would fail: a
+/// timeout is one, a reply not understood is an I/O error (the connection is not to be
+/// trusted after it), a refusal is Redis'.
+impl From<WireError> for redis::RedisError {
+    fn from(e: WireError) -> redis::RedisError {
+        let io = |kind, e: &WireError| io::Error::new(kind, e.to_string()).into();
+        match e {
+            WireError::Timeout => io(io::ErrorKind::TimedOut, &e),
+            WireError::Closed => io(io::ErrorKind::UnexpectedEof, &e),
+            WireError::Io(e) => e.into(),
+            WireError::Reply(RespError::Refused(text)) => {
+                (redis::ErrorKind::Client, "Redis refused the command", text).into()
+            }
+            WireError::Reply(RespError::Unexpected { .. }) => io(io::ErrorKind::InvalidData, &e),
+            WireError::Unsupported(text) => {
+                (redis::ErrorKind::InvalidClientConfig, "unsupported", text).into()
+            }
         }
     }
 }
@@ -207,4 +290,55 @@ fn tls(host: &str, socket: TcpStream) -> Result<StreamOwned<ClientConnection, Tc
     let name = ServerName::try_from(host.to_string()).map_err(|e| tls_error(&e))?;
     let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error(&e))?;
     Ok(StreamOwned::new(connection, socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A connection over one end of a socket pair; the other end plays Redis.
+    fn pair() -> (Wire, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (Wire { socket: Socket::Unix(ours), buf: vec![0; 2 * READ_CHUNK], start: 0, end: 0, db: 0 }, theirs)
+    }
+
+    #[test]
+    fn replies_are_taken_whole_and_one_by_one_however_they_arrive() {
+        let (mut wire, mut redis) = pair();
+        // A short reply, one longer than the room read into, then many short ones: sent in
+        // cuts that fall anywhere, while the replies are taken.
+        let long = format!("${}\r\n{}\r\n", 5 * READ_CHUNK, "x".repeat(5 * READ_CHUNK));
+        let shorts: Vec<String> = (0..2000).map(|i| format!("$15\r\n1700000000000-{}\r\n", i % 10)).collect();
+        let mut bytes = b"+OK\r\n".to_vec();
+        bytes.extend_from_slice(long.as_bytes());
+        shorts.iter().for_each(|short| bytes.extend_from_slice(short.as_bytes()));
+        let sender = std::thread::spawn(move || {
+            for cut in bytes.chunks(7777) {
+                redis.write_all(cut).unwrap();
+            }
+        });
+        assert_eq!(wire.reply().unwrap(), b"+OK\r\n");
+        assert_eq!(wire.reply().unwrap(), long.as_bytes());
+        for short in &shorts {
+            assert_eq!(wire.reply().unwrap(), short.as_bytes());
+        }
+        sender.join().unwrap();
+        // Redis' end is gone (dropped with the thread): nothing more comes.
+        assert!(matches!(wire.reply(), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn a_failed_connection_is_lost_to_the_client_and_a_refusal_is_not() {
+        let timeout = redis::RedisError::from(WireError::Timeout);
+        assert!(timeout.is_timeout());
+        assert!(redis::RedisError::from(WireError::Closed).is_connection_dropped());
+        let garbled = WireError::Reply(RespError::Unexpected { at: 3, what: "an empty line".into() });
+        assert!(redis::RedisError::from(garbled).is_io_error(), "not to be trusted after it");
+        let refused = redis::RedisError::from(WireError::Reply(RespError::Refused("WRONGTYPE no".into())));
+        assert!(!refused.is_io_error() && !refused.is_timeout());
+        assert!(refused.to_string().contains("WRONGTYPE no"), "{refused}");
+    }
 }
