@@ -25,7 +25,7 @@ use std::borrow::Cow;
 
 use redis::Value;
 
-use crate::event::{Audience, Publish, Target};
+use crate::event::{Audience, Name, Publish, Target, Targets};
 
 /// How far apart the event ids of two consecutive milliseconds are.
 const PER_MS: u64 = 1_000_000;
@@ -218,7 +218,7 @@ pub fn decode(raw: &RawEntry<'_>) -> Result<Entry, EntryError> {
         node: text("n")?.ok_or_else(|| bad("n"))?,
         seq: number("s")?.ok_or_else(|| bad("s"))?,
         publish: Publish {
-            audience: Audience { targets: targets.into(), except: text("x")? },
+            audience: Audience { targets, except: text("x")? },
             message: take("d").ok_or_else(|| bad("d"))?.to_vec(),
             event: text("e")?,
             retry,
@@ -242,18 +242,18 @@ fn encode_targets(targets: &[Target]) -> Vec<u8> {
     out
 }
 
-fn decode_targets(mut bytes: &[u8]) -> Option<Vec<Target>> {
-    let mut targets = Vec::new();
+fn decode_targets(mut bytes: &[u8]) -> Option<Targets> {
+    let mut targets = Targets::new();
     while let Some((&kind, rest)) = bytes.split_first() {
         let colon = rest.iter().position(|&b| b == b':')?;
         let len = usize::try_from(decimal(&rest[..colon])?).ok()?;
         let end = (colon + 1).checked_add(len)?;
-        let name = rest.get(colon + 1..end)?;
-        let name = String::from_utf8(name.to_vec()).ok()?;
+        // A name of up to 24 bytes is read into its place: no allocation per target.
+        let name = Name::from_utf8(rest.get(colon + 1..end)?).ok()?;
         targets.push(match kind {
             b'*' if name.is_empty() => Target::All,
-            b'=' => Target::Token(name.into()),
-            b'^' => Target::Prefix(name.into()),
+            b'=' => Target::Token(name),
+            b'^' => Target::Prefix(name),
             _ => return None,
         });
         bytes = &rest[end..];
