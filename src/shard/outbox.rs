@@ -26,7 +26,11 @@ pub struct Outbox(Option<Box<Waiting>>);
 /// and the next one sit in the box itself), freed once it is written.
 #[derive(Debug, Default)]
 struct Waiting {
+    /// From `gone` on, the frames waiting; before it, written ones let go of (empty), taken
+    /// out only once they are half the list, so that a long backlog written in many pieces
+    /// is not moved down at every write.
     frames: SmallVec<[Bytes; 2]>,
+    gone: usize,
     bytes: usize,
 }
 
@@ -67,8 +71,9 @@ impl Outbox {
             // allocates nothing. A batch is copied into one buffer: the kernel takes one long
             // buffer for less than the same bytes as many short slices of a `writev` (a burst
             // of 100 events: 14 against 20 µs per client here), and the copy costs under 1 µs.
-            let batch = if waiting.frames.len() == 1 { None } else { Some(waiting.batch()) };
-            match attempt(|| sink.write(batch.as_deref().unwrap_or(&waiting.frames[0])))? {
+            let waiting_frames = waiting.waiting();
+            let batch = if waiting_frames.len() == 1 { None } else { Some(waiting.batch()) };
+            match attempt(|| sink.write(batch.as_deref().unwrap_or(&waiting_frames[0])))? {
                 Some(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Some(written) if waiting.consume(written) => self.0 = None,
                 Some(_) => {}
@@ -80,10 +85,15 @@ impl Outbox {
 }
 
 impl Waiting {
+    /// The frames not written yet, oldest first.
+    fn waiting(&self) -> &[Bytes] {
+        &self.frames[self.gone..]
+    }
+
     /// The oldest frames, up to [`BATCH_BYTES`] (at least one), in one buffer.
     fn batch(&self) -> Vec<u8> {
         let mut batch = Vec::with_capacity(self.bytes.min(BATCH_BYTES));
-        for frame in &self.frames {
+        for frame in self.waiting() {
             if !batch.is_empty() && batch.len() + frame.len() > BATCH_BYTES {
                 break;
             }
@@ -95,17 +105,18 @@ impl Waiting {
     /// Forgets the first `written` bytes; true when nothing is left.
     fn consume(&mut self, mut written: usize) -> bool {
         self.bytes -= written;
-        let whole = self.frames.iter().take_while(|frame| {
-            let taken = frame.len() <= written;
-            if taken {
-                written -= frame.len();
+        while let Some(first) = self.frames.get_mut(self.gone) {
+            if written < first.len() {
+                first.advance(written);
+                break;
             }
-            taken
-        });
-        let whole = whole.count();
-        self.frames.drain(..whole);
-        if let Some(first) = self.frames.first_mut() {
-            first.advance(written);
+            written -= first.len();
+            *first = Bytes::new();
+            self.gone += 1;
+        }
+        if self.gone > self.frames.len() / 2 {
+            self.frames.drain(..self.gone);
+            self.gone = 0;
         }
         self.bytes == 0
     }
@@ -166,6 +177,24 @@ mod tests {
         assert_eq!(outbox.flush(&mut socket).unwrap(), Flushed::Partly);
         socket.room = usize::MAX;
         assert_eq!(outbox.flush(&mut socket).unwrap(), Flushed::All);
+        assert_eq!(socket.taken, frames.concat());
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_long_backlog_written_in_small_pieces_goes_out_in_order() {
+        let mut outbox = Outbox::default();
+        let frames: Vec<Vec<u8>> = (0..300u16).map(|i| vec![i as u8; 1 + usize::from(i % 7) * 50]).collect();
+        frames.iter().for_each(|frame| outbox.push(Bytes::from(frame.clone())));
+        let total: usize = frames.iter().map(Vec::len).sum();
+        let mut socket = Socket { taken: Vec::new(), room: 0 };
+        for _ in 0..total {
+            socket.room = 97;
+            if outbox.flush(&mut socket).unwrap() == Flushed::All {
+                break;
+            }
+            assert_eq!(outbox.len(), total - socket.taken.len());
+        }
         assert_eq!(socket.taken, frames.concat());
         assert!(outbox.is_empty());
     }
