@@ -6,14 +6,14 @@
 //! # Nothing lost, nothing twice
 //! Publishes are held in order until Redis confirms them, and sent in pipelined batches of
 //! `XADD`s, written as bytes (`resp`) and their replies read from the bytes, over a connection
-//! of its own (`wire`): every publish of the node passes here. When a reply does not come (Redis went away or froze), some of the batch may have
-//! been applied and some not; Redis applies a connection's commands in order, so what was
-//! applied is a first part of the batch. Every entry carries this node's name and its publish
-//! number, so on reconnecting the outbox reads the stream back from the newest entry down to
-//! the last one Redis confirmed to it (`XREVRANGE`), finds its own highest number there, and
-//! drops what is held up to it before sending the rest. A number per node, rather than an id
-//! chosen by the node for `XADD`, keeps Redis the one that orders the cluster: ids chosen by
-//! nodes would need their clocks in step.
+//! of its own (`wire`): every publish of the node passes here. When a reply does not come
+//! (Redis went away or froze), some of the batch may have been applied and some not; Redis
+//! applies a connection's commands in order, so what was applied is a first part of the batch.
+//! Every entry carries this node's name and its publish number, so on reconnecting the outbox
+//! reads the stream back from the newest entry down to the last one Redis confirmed to it
+//! (`XREVRANGE`), finds its own highest number there, and drops what is held up to it before
+//! sending the rest. A number per node, rather than an id chosen by the node for `XADD`, keeps
+//! Redis the one that orders the cluster: ids chosen by nodes would need their clocks in step.
 //!
 //! What is held lives in memory: a node killed while Redis is unreachable loses it (its
 //! publishers were answered, not told it reached every node).

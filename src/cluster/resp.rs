@@ -5,8 +5,8 @@
 //! answered with: a stream read (`XREAD`: nil when it timed out, else each stream's name and
 //! entries, as pairs or a RESP3 map), a range (`XRANGE`: its entries), a bulk string (the id
 //! `XADD` gives), a status (`+OK` to `AUTH` and `SELECT`), and an error reply; and writing a
-//! command (an array of bulk strings). An entry's id and fields are borrowed from the buffer: nothing is copied before
-//! `entry::decode` takes what it delivers, which is what lets one tail thread keep up with a
+//! command (an array of bulk strings). An entry's id and fields are borrowed from the buffer:
+//! nothing is copied before `entry::decode` takes what it delivers, which is what lets one tail thread keep up with a
 //! busy stream, where going through the Redis client's values built a value per field first.
 //!
 //! A reply cut short is [`Parsed::Incomplete`]: the caller reads more and asks again. Bytes that
