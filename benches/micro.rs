@@ -4,6 +4,7 @@
 //! - `frame`: encoding one event as an HTTP chunk, for 64 B, 1 KiB and 64 KiB messages.
 //! - `subscriptions`: the shard's index at 1k and 100k connections (each on `all` and `c<i>`).
 //! - `history/*` and `history_memory`: the events kept for resume (see [`history`]).
+//! - `idle_memory`: the index's and the reach view's bytes per idle connection (see [`idle`]).
 //! - `fanout`: the real server end to end. It runs as a child process (one process cannot hold
 //!   10k client sockets and 10k server sockets under a 20,000 open-files limit) and this process
 //!   holds 10k SSE clients in one mio loop. One iteration publishes `all=<seq>` on a control
@@ -36,8 +37,12 @@ use nix::libc;
 // Beside this file in a folder of its own: a file directly in `benches/` would be a target.
 #[path = "micro/auth.rs"]
 mod auth;
+#[path = "micro/counting.rs"]
+mod counting;
 #[path = "micro/history.rs"]
 mod history;
+#[path = "micro/idle.rs"]
+mod idle;
 
 /// An event id as the server hands them out: microseconds since the epoch, in 2025.
 const TYPICAL_ID: u64 = 1_760_000_000_000_000;
@@ -517,6 +522,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(1));
     targets = command, frame, subscriptions, history::replay_near_end, history::append, auth::check,
-        history::memory, fanout
+        history::memory, idle::memory, fanout
 }
 criterion_main!(micro);

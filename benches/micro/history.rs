@@ -16,9 +16,7 @@
 //!   beyond the frames' own bytes, per event, as the allocator was asked for it (malloc's own
 //!   header and rounding per allocation come on top).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -26,6 +24,7 @@ use hasses::event::{Audience, ResumeFrom, Target};
 use hasses::history::{History, HistoryLimits};
 use hasses::sse::{encode_event, Frame};
 
+use crate::counting::counted;
 use crate::TYPICAL_ID;
 
 /// The size of the kept histories.
@@ -37,45 +36,6 @@ const AUDIENCES: usize = 1_000;
 /// A typical message: what the capacity benchmark publishes.
 const MESSAGE: &[u8] = &[b'x'; 64];
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Counts the heap bytes in use while [`COUNTING`] is on. Off, it costs every allocation of the
-/// other benchmarks one relaxed load, so their figures stay comparable with earlier runs.
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static IN_USE: AtomicIsize = AtomicIsize::new(0);
-
-fn count(bytes: isize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        IN_USE.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call goes to `System` unchanged; the counting touches only atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as isize);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(-(layout.size() as isize));
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as isize);
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size as isize - layout.size() as isize);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 fn limits(per_audience: usize, max_bytes: usize) -> HistoryLimits {
     HistoryLimits { per_audience, max_age: HOUR, max_bytes }
@@ -196,16 +156,16 @@ pub fn memory(_: &mut Criterion) {
         // Each event its own frame, as the sequencer makes them; built before counting starts.
         let frames: Vec<Frame> = (0..EVENTS).map(|i| encode_event(TYPICAL_ID + i as u64, MESSAGE)).collect();
         let frame_bytes: usize = frames.iter().map(Frame::len).sum();
-        IN_USE.store(0, Ordering::Relaxed);
-        COUNTING.store(true, Ordering::Relaxed);
-        let mut history = History::new(limits(usize::MAX, usize::MAX), TYPICAL_ID, origin);
-        for (i, frame) in frames.iter().enumerate() {
-            history.append(TYPICAL_ID + i as u64, &targets[i % audiences_n], frame, origin);
-        }
-        COUNTING.store(false, Ordering::Relaxed);
+        let (history, held) = counted(|| {
+            let mut history = History::new(limits(usize::MAX, usize::MAX), TYPICAL_ID, origin);
+            for (i, frame) in frames.iter().enumerate() {
+                history.append(TYPICAL_ID + i as u64, &targets[i % audiences_n], frame, origin);
+            }
+            history
+        });
         // What appending allocated: the history's own structures, and the shared header each
         // frame gets once a second owner holds it (in the server the shards hold it too).
-        let beyond = IN_USE.load(Ordering::Relaxed) as f64 / EVENTS as f64;
+        let beyond = held.bytes as f64 / EVENTS as f64;
         println!(
             "history_memory: {EVENTS} events of {} B frames over {audiences_n} audiences: \
              {beyond:.1} B per kept event beyond its frame",

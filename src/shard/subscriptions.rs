@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use slab::Slab;
+
 use super::keys::StreamKey;
 use crate::event::{Name, Target};
 
@@ -16,62 +18,28 @@ pub use crate::reach::EVERYTHING;
 
 /// Token → subscribed stream keys, plus the `*` subscribers.
 ///
-/// Keys are 4 bytes ([`StreamKey`]), and a token with one
-/// subscriber, the common case of a per-user token, keeps it inline: no allocation. A token
-/// with many (`*`, a room, `all`) keeps them in a B-tree: a connection joins and leaves it in
-/// O(log n), where a list made each close scan it, and closing everyone quadratic.
+/// Keys are 4 bytes ([`StreamKey`]), and a token with one subscriber, the common case of a
+/// per-user token, keeps it in its entry: no allocation. A token with many (`*`, a room, `all`)
+/// keeps them in a B-tree: a connection joins and leaves it in O(log n), where a list made each
+/// close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     /// A name of up to 24 bytes sits in the B-tree's node: a delivery's search compares bytes
     /// beside each other, not a pointer's target per comparison.
     by_token: BTreeMap<Name, Keys>,
+    /// The streams of each token with more than one, where its [`Keys::Many`] points. Kept
+    /// apart, so that an entry of `by_token` holds 8 bytes beside its name, not a pointer and a
+    /// tag: on a node where every client has a token of its own, the index holds one per client.
+    crowds: Slab<BTreeSet<StreamKey>>,
     everything: BTreeSet<StreamKey>,
 }
 
-/// The streams subscribed to one token. 16 bytes: the set of a token with many is boxed, so
-/// that every token's entry in the index is not the size of a set.
-#[derive(Debug)]
+/// The streams subscribed to one token: 8 bytes.
+#[derive(Debug, Clone, Copy)]
 enum Keys {
     One(StreamKey),
-    // The box is the point: a B-tree node holds eleven of these.
-    #[allow(clippy::box_collection)]
-    Many(Box<BTreeSet<StreamKey>>),
-}
-
-impl Keys {
-    fn for_each(&self, visit: &mut impl FnMut(StreamKey)) {
-        match self {
-            Keys::One(key) => visit(*key),
-            Keys::Many(keys) => keys.iter().for_each(|&key| visit(key)),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Keys::One(_) => 1,
-            Keys::Many(keys) => keys.len(),
-        }
-    }
-
-    fn insert(&mut self, key: StreamKey) {
-        match self {
-            Keys::One(first) => *self = Keys::Many(Box::new(BTreeSet::from([*first, key]))),
-            Keys::Many(keys) => {
-                keys.insert(key);
-            }
-        }
-    }
-
-    /// Removes `key`; true when no key is left.
-    fn remove(&mut self, key: StreamKey) -> bool {
-        match self {
-            Keys::One(only) => *only == key,
-            Keys::Many(keys) => {
-                keys.remove(&key);
-                keys.is_empty()
-            }
-        }
-    }
+    /// Its place in [`Subscriptions::crowds`].
+    Many(u32),
 }
 
 impl Subscriptions {
@@ -90,7 +58,12 @@ impl Subscriptions {
                 }
                 self.everything.insert(key);
             } else if let Some(keys) = self.by_token.get_mut(token) {
-                keys.insert(key);
+                match *keys {
+                    Keys::One(only) => *keys = Keys::Many(crowd_of(&mut self.crowds, [only, key])),
+                    Keys::Many(crowd) => {
+                        self.crowds[crowd as usize].insert(key);
+                    }
+                }
             } else {
                 first(token);
                 self.by_token.insert(token.into(), Keys::One(key));
@@ -111,12 +84,40 @@ impl Subscriptions {
                 if self.everything.remove(&key) && self.everything.is_empty() {
                     last(token);
                 }
-            } else if let Some(keys) = self.by_token.get_mut(token) {
-                if keys.remove(key) {
-                    self.by_token.remove(token);
-                    last(token);
-                }
+                continue;
             }
+            let Some(&keys) = self.by_token.get(token) else { continue };
+            let gone = match keys {
+                Keys::One(only) => only == key,
+                Keys::Many(crowd) => {
+                    let streams = &mut self.crowds[crowd as usize];
+                    streams.remove(&key);
+                    streams.is_empty()
+                }
+            };
+            if gone {
+                if let Keys::Many(crowd) = keys {
+                    self.crowds.remove(crowd as usize);
+                }
+                self.by_token.remove(token);
+                last(token);
+            }
+        }
+    }
+
+    /// Calls `visit` for each stream of `keys`.
+    fn each(&self, keys: Keys, visit: &mut impl FnMut(StreamKey)) {
+        match keys {
+            Keys::One(key) => visit(key),
+            Keys::Many(crowd) => self.crowds[crowd as usize].iter().for_each(|&key| visit(key)),
+        }
+    }
+
+    /// How many streams `keys` holds.
+    fn len(&self, keys: Keys) -> usize {
+        match keys {
+            Keys::One(_) => 1,
+            Keys::Many(crowd) => self.crowds[crowd as usize].len(),
         }
     }
 
@@ -130,17 +131,17 @@ impl Subscriptions {
         match target {
             Target::All => {}
             Target::Token(token) => {
-                if let Some(keys) = self.by_token.get(token.as_str()) {
-                    keys.for_each(&mut visit);
+                if let Some(&keys) = self.by_token.get(token.as_str()) {
+                    self.each(keys, &mut visit);
                 }
             }
             Target::Prefix(prefix) => {
                 let from = Bound::Included(prefix.as_str());
-                for (token, keys) in self.by_token.range::<str, _>((from, Bound::Unbounded)) {
+                for (token, &keys) in self.by_token.range::<str, _>((from, Bound::Unbounded)) {
                     if !token.starts_with(prefix.as_str()) {
                         break;
                     }
-                    keys.for_each(&mut visit);
+                    self.each(keys, &mut visit);
                 }
             }
         }
@@ -148,13 +149,13 @@ impl Subscriptions {
 
     /// How many connections listen to exactly `token` (`*` subscribers are not counted).
     pub fn count_exact(&self, token: &str) -> usize {
-        self.by_token.get(token).map_or(0, Keys::len)
+        self.by_token.get(token).map_or(0, |&keys| self.len(keys))
     }
 
     /// Calls `visit` for every connection that listens to exactly `token`.
     pub fn for_each_exact(&self, token: &str, mut visit: impl FnMut(StreamKey)) {
-        if let Some(keys) = self.by_token.get(token) {
-            keys.for_each(&mut visit);
+        if let Some(&keys) = self.by_token.get(token) {
+            self.each(keys, &mut visit);
         }
     }
 
@@ -162,19 +163,30 @@ impl Subscriptions {
     /// once. From the sets' sizes, without a walk, unless a stream is in both (then only the
     /// smaller set is walked).
     pub fn count_reached(&self, token: &str) -> usize {
-        let Some(keys) = self.by_token.get(token) else { return self.everything.len() };
+        let Some(&keys) = self.by_token.get(token) else { return self.everything.len() };
         if self.everything.is_empty() {
-            return keys.len();
+            return self.len(keys);
         }
         let both = match keys {
-            Keys::One(key) => usize::from(self.everything.contains(key)),
-            Keys::Many(keys) if keys.len() <= self.everything.len() => {
-                keys.iter().filter(|key| self.everything.contains(key)).count()
+            Keys::One(key) => usize::from(self.everything.contains(&key)),
+            Keys::Many(crowd) => {
+                let streams = &self.crowds[crowd as usize];
+                if streams.len() <= self.everything.len() {
+                    streams.iter().filter(|key| self.everything.contains(key)).count()
+                } else {
+                    self.everything.iter().filter(|key| streams.contains(key)).count()
+                }
             }
-            Keys::Many(keys) => self.everything.iter().filter(|key| keys.contains(key)).count(),
         };
-        keys.len() + self.everything.len() - both
+        self.len(keys) + self.everything.len() - both
     }
+}
+
+/// Puts the set of `streams` in `crowds`, and says where.
+fn crowd_of(crowds: &mut Slab<BTreeSet<StreamKey>>, streams: [StreamKey; 2]) -> u32 {
+    let place = crowds.insert(BTreeSet::from(streams));
+    // A crowd holds two streams or more, each a distinct 32-bit key: fewer than 2^31 of them.
+    u32::try_from(place).expect("fewer crowds than stream keys")
 }
 
 #[cfg(test)]
@@ -281,6 +293,23 @@ mod tests {
         subs.for_each_exact("room1", |k| exact.push(k.connection().index()));
         exact.sort_unstable();
         assert_eq!(exact, [1, 7, 8]);
+    }
+
+    #[test]
+    fn a_crowd_is_let_go_with_its_token_s_last_stream() {
+        assert_eq!(std::mem::size_of::<Keys>(), 8);
+        let mut subs = Subscriptions::default();
+        for round in 0..3 {
+            for n in 0..4 {
+                subs.add(stream(n), tokens(&["room", &format!("user{n}")]), |_| {});
+            }
+            assert_eq!(subs.count_exact("room"), 4, "round {round}");
+            assert_eq!(subs.crowds.len(), 1, "one crowd, for `room`");
+            for n in 0..4 {
+                subs.remove(stream(n), tokens(&["room", &format!("user{n}")]), |_| {});
+            }
+            assert!(subs.by_token.is_empty() && subs.crowds.is_empty(), "round {round}");
+        }
     }
 
     #[test]
