@@ -242,6 +242,15 @@ mod tests {
     }
 
     #[test]
+    fn a_short_name_is_kept_in_its_own_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<Name>(), 16);
+        let short = Name::from("notifications42");
+        let long = Name::from("a-token-of-sixteen");
+        assert_eq!((short.as_str(), long.as_str()), ("notifications42", "a-token-of-sixteen"));
+        assert!(long < short && long.clone() == long, "ordered as their bytes");
+    }
+
+    #[test]
     fn an_audience_reaches_whom_live_delivery_reaches() {
         let room1 = Target::Token("room1".into());
         let users = Target::Prefix("user".into());

@@ -99,7 +99,7 @@ pub struct Reach {
 #[derive(Debug, Default)]
 struct Held {
     /// Token → shards with a stream listening to it; a token no shard holds is not here. A
-    /// name of up to 24 bytes sits in the B-tree's node itself: a fan-out's search down it
+    /// name of up to 15 bytes sits in the B-tree's node itself: a fan-out's search down it
     /// compares bytes beside each other rather than following a pointer per comparison.
     by_token: BTreeMap<Name, ShardSet>,
     /// Shards with a `*` subscriber: they get every event.

@@ -248,7 +248,7 @@ fn decode_targets(mut bytes: &[u8]) -> Option<Targets> {
         let colon = rest.iter().position(|&b| b == b':')?;
         let len = usize::try_from(decimal(&rest[..colon])?).ok()?;
         let end = (colon + 1).checked_add(len)?;
-        // A name of up to 24 bytes is read into its place: no allocation per target.
+        // A name of up to 15 bytes is read into its place: no allocation per target.
         let name = Name::from(std::str::from_utf8(rest.get(colon + 1..end)?).ok()?);
         targets.push(match kind {
             b'*' if name.is_empty() => Target::All,

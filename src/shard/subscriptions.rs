@@ -24,7 +24,7 @@ pub use crate::reach::EVERYTHING;
 /// close scan it, and closing everyone quadratic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    /// A name of up to 24 bytes sits in the B-tree's node: a delivery's search compares bytes
+    /// A name of up to 15 bytes sits in the B-tree's node: a delivery's search compares bytes
     /// beside each other, not a pointer's target per comparison.
     by_token: BTreeMap<Name, Keys>,
     /// The streams of each token with more than one, where its [`Keys::Many`] points. Kept
