@@ -160,6 +160,12 @@ pub struct Options {
     #[arg(long, value_name = "TOKEN")]
     pub bearer: Option<String>,
 
+    /// Subscribe with `User-Agent: TEXT`, as a browser does (a browser's is 100 to 150 bytes,
+    /// and what the server keeps of it counts in `idle`). Without it, none over HTTP/1.1 and
+    /// `hasses-bench` over HTTP/2.
+    #[arg(long, value_name = "TEXT")]
+    pub user_agent: Option<String>,
+
     /// Speak HTTP/2: over TLS (--tls) with ALPN `h2`, else h2c with prior knowledge. Each
     /// connection carries --streams-per-connection streams, each a subscription of its own.
     #[arg(long)]

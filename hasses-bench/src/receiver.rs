@@ -116,6 +116,8 @@ pub struct Setup {
     pub tls: Option<TlsSetup>,
     /// Subscribe with this bearer token.
     pub bearer: Option<String>,
+    /// Subscribe with this `User-Agent`.
+    pub user_agent: Option<String>,
     /// Speak HTTP/2 (`--http2`).
     pub http2: bool,
     /// Streams per connection, each a subscriber (1 over HTTP/1.1).
@@ -733,7 +735,7 @@ impl Thread {
                 (":scheme", scheme),
                 (":path", path.as_bytes()),
                 (":authority", authority),
-                ("user-agent", b"hasses-bench"),
+                ("user-agent", self.setup.user_agent.as_deref().unwrap_or("hasses-bench").as_bytes()),
             ];
             fields.extend(last_id.as_ref().map(|id| ("last-event-id", id.as_bytes())));
             fields.extend(bearer.as_ref().map(|value| ("authorization", value.as_bytes())));
@@ -928,6 +930,9 @@ fn subscription_request(request: &mut Vec<u8>, setup: &Setup, index: u64, track:
     }
     if let Some(token) = &setup.bearer {
         let _ = write!(request, "Authorization: Bearer {token}\r\n");
+    }
+    if let Some(agent) = &setup.user_agent {
+        let _ = write!(request, "User-Agent: {agent}\r\n");
     }
     request.extend_from_slice(b"\r\n");
 }

@@ -190,6 +190,7 @@ impl Bench {
                     window,
                     tls: tls.clone(),
                     bearer: opts.bearer.clone(),
+                    user_agent: opts.user_agent.clone(),
                     http2: opts.http2,
                     streams: opts.streams_per_connection,
                 })
