@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 
 use slab::Slab;
 
+use super::agents::{Agent, Agents};
 use super::keys::{ConnKey, StreamKey};
 use super::outbox::Outbox;
 use super::tls_session::TlsSession;
@@ -215,16 +216,17 @@ impl RequestBytes {
     }
 }
 
-/// What a handshaked client told us about itself, and what it has received: 24 bytes, the
+/// What a handshaked client told us about itself, and what it has received: 32 bytes, the
 /// slot of every connection and of every HTTP/2 stream holds one.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Whether its id is its token's `sub`, then its id, User-Agent and tokens, in one
-    /// allocation: `+` or `-`, then `id \n agent \n token \n token…`. None of them contains a
-    /// line break (the request reader refuses them in the id and tokens, HTTP forbids them in a
-    /// header value); a token may contain a `-` (sent as `%2D`). Read on the rare paths (index
+    /// Whether its id is its token's `sub`, then its id and tokens, in one allocation: `+` or
+    /// `-`, then `id \n token \n token…`. Neither contains a line break (the request reader
+    /// refuses them); a token may contain a `-` (sent as `%2D`). Read on the rare paths (index
     /// changes, client list, `-UNIQ` publishes).
     names: Box<str>,
+    /// Its `User-Agent`, shared with the shard's other clients that sent the same.
+    agent: Option<Agent>,
     /// Events queued for it.
     pub messages: u64,
 }
@@ -234,12 +236,11 @@ const SUB: char = '+';
 
 impl Client {
     /// The client described by a subscription request; `sub` when its id is its grant's.
-    pub fn from_request(request: Subscribe, sub: bool) -> Self {
+    pub fn from_request(request: Subscribe, sub: bool, agents: &mut Agents) -> Self {
         let id = request.id.unwrap_or_default();
-        let agent = request.user_agent.replace('\n', " ");
         let mark = if sub { SUB } else { '-' };
-        let names = format!("{mark}{id}\n{agent}\n{}", request.tokens.join("\n"));
-        Client { names: names.into_boxed_str(), messages: 0 }
+        let names = format!("{mark}{id}\n{}", request.tokens.join("\n"));
+        Client { names: names.into_boxed_str(), agent: agents.share(&request.user_agent), messages: 0 }
     }
 
     /// Its names, one a line, after the `sub` mark.
@@ -259,12 +260,12 @@ impl Client {
 
     /// Its `User-Agent`, cut as hasses does; empty when absent.
     pub fn user_agent(&self) -> &str {
-        self.lines().nth(1).unwrap_or("")
+        self.agent.as_ref().map_or("", Agent::as_str)
     }
 
     /// Its tokens, without duplicates; `*` means every message.
     pub fn tokens(&self) -> impl Iterator<Item = &str> + Clone {
-        self.lines().skip(2).filter(|t| !t.is_empty())
+        self.lines().skip(1).filter(|t| !t.is_empty())
     }
 
     /// True when `id` names this client.
@@ -461,9 +462,16 @@ mod tests {
             resume: None,
             token: None,
         };
-        let client = Client::from_request(request.clone(), false);
+        let mut agents = Agents::default();
+        let client = Client::from_request(request.clone(), false, &mut agents);
         assert_eq!(client.tokens().collect::<Vec<_>>(), vec!["*", "room1", "x-y"]);
-        let granted = Client::from_request(Subscribe { id: Some("u42".into()), ..request }, true);
+        let user_agent = "Mozilla/5.0".to_string();
+        let granted = Client::from_request(
+            Subscribe { id: Some("u42".into()), user_agent, ..request },
+            true,
+            &mut agents,
+        );
+        assert_eq!((granted.user_agent(), client.user_agent()), ("Mozilla/5.0", ""));
         assert_eq!((granted.sub(), granted.id(), client.sub(), client.id()), (true, "u42", false, ""));
         assert_eq!(granted.tokens().count(), 3);
         assert_eq!((Client::default().sub(), Client::default().id()), (false, ""));

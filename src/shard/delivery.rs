@@ -365,6 +365,7 @@ mod tests {
     use super::*;
     use crate::event::{Audience, Target};
     use crate::http::Subscribe;
+    use crate::shard::agents::Agents;
     use crate::shard::connection::{Client, Peer};
     use crate::sse::encode_event;
     use smallvec::smallvec;
@@ -382,6 +383,7 @@ mod tests {
         conn.client = Client::from_request(
             Subscribe { tokens: vec!["t".into()], id, user_agent: String::new(), resume: None, token: None },
             false,
+            &mut Agents::default(),
         );
         (conn, other_end)
     }

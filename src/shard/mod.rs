@@ -18,6 +18,7 @@
 //! - `multiplex`: HTTP/2 connections, whose streams are subscribers.
 
 mod accept;
+mod agents;
 mod authorize;
 mod connection;
 mod delivery;
@@ -53,6 +54,7 @@ use crate::pipeline::{Sequenced, ShardCommand, ShardHandle, SharedState};
 use crate::presence::Change;
 use accept::AcceptPause;
 pub use accept::PerIpLimit;
+use agents::Agents;
 use authorize::Waiting;
 use connection::{Client, Connections, Phase};
 use keys::{ConnKey, StreamKey};
@@ -133,6 +135,8 @@ pub struct Shard {
     /// HTTP/2 connections with streams past their first counted against the connection limits
     /// (as connections are), and how many: kept here, so that a connection's slot pays nothing.
     charged: HashMap<ConnKey, u16>,
+    /// Its clients' `User-Agent`s, each text once.
+    agents: Agents,
     /// Commands were left on the channel for a held client: drain them once none is held (the
     /// waker will not fire again for them).
     commands_held: bool,
@@ -187,6 +191,7 @@ impl Shard {
             stalls: Stalls::default(),
             held_back: BTreeSet::new(),
             charged: HashMap::new(),
+            agents: Agents::default(),
             judging: None,
             commands_held: false,
             next_serial: 0,

@@ -242,7 +242,7 @@ impl Shard {
         expires: Option<u64>,
     ) {
         let resume = request.resume;
-        let client = Client::from_request(request, sub);
+        let client = Client::from_request(request, sub, &mut self.agents);
         self.handshake(key, client, resume, expires);
     }
 
