@@ -15,7 +15,8 @@
 //! - `timers`: handshake and age deadlines, heartbeats, cutting stalled clients;
 //! - `report`: this shard's figures and client rows;
 //! - `tls_session`: a connection's TLS session, over the shard's own TLS buffers;
-//! - `multiplex`: HTTP/2 connections, whose streams are subscribers.
+//! - `multiplex`: HTTP/2 connections, whose streams are subscribers;
+//! - `agents`: each `User-Agent` text its clients sent, kept once.
 
 mod accept;
 mod agents;
