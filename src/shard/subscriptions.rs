@@ -38,8 +38,17 @@ pub struct Subscriptions {
 #[derive(Debug, Clone, Copy)]
 enum Keys {
     One(StreamKey),
-    /// Its place in [`Subscriptions::crowds`].
-    Many(u32),
+    Many(Crowd),
+}
+
+/// A set's place in [`Subscriptions::crowds`], in 4 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Crowd(u32);
+
+impl Crowd {
+    fn place(self) -> usize {
+        self.0 as usize
+    }
 }
 
 impl Subscriptions {
@@ -61,7 +70,7 @@ impl Subscriptions {
                 match *keys {
                     Keys::One(only) => *keys = Keys::Many(crowd_of(&mut self.crowds, [only, key])),
                     Keys::Many(crowd) => {
-                        self.crowds[crowd as usize].insert(key);
+                        self.crowds[crowd.place()].insert(key);
                     }
                 }
             } else {
@@ -90,14 +99,14 @@ impl Subscriptions {
             let gone = match keys {
                 Keys::One(only) => only == key,
                 Keys::Many(crowd) => {
-                    let streams = &mut self.crowds[crowd as usize];
+                    let streams = &mut self.crowds[crowd.place()];
                     streams.remove(&key);
                     streams.is_empty()
                 }
             };
             if gone {
                 if let Keys::Many(crowd) = keys {
-                    self.crowds.remove(crowd as usize);
+                    self.crowds.remove(crowd.place());
                 }
                 self.by_token.remove(token);
                 last(token);
@@ -109,7 +118,7 @@ impl Subscriptions {
     fn each(&self, keys: Keys, visit: &mut impl FnMut(StreamKey)) {
         match keys {
             Keys::One(key) => visit(key),
-            Keys::Many(crowd) => self.crowds[crowd as usize].iter().for_each(|&key| visit(key)),
+            Keys::Many(crowd) => self.crowds[crowd.place()].iter().for_each(|&key| visit(key)),
         }
     }
 
@@ -117,7 +126,7 @@ impl Subscriptions {
     fn len(&self, keys: Keys) -> usize {
         match keys {
             Keys::One(_) => 1,
-            Keys::Many(crowd) => self.crowds[crowd as usize].len(),
+            Keys::Many(crowd) => self.crowds[crowd.place()].len(),
         }
     }
 
@@ -170,7 +179,7 @@ impl Subscriptions {
         let both = match keys {
             Keys::One(key) => usize::from(self.everything.contains(&key)),
             Keys::Many(crowd) => {
-                let streams = &self.crowds[crowd as usize];
+                let streams = &self.crowds[crowd.place()];
                 if streams.len() <= self.everything.len() {
                     streams.iter().filter(|key| self.everything.contains(key)).count()
                 } else {
@@ -183,10 +192,10 @@ impl Subscriptions {
 }
 
 /// Puts the set of `streams` in `crowds`, and says where.
-fn crowd_of(crowds: &mut Slab<BTreeSet<StreamKey>>, streams: [StreamKey; 2]) -> u32 {
+fn crowd_of(crowds: &mut Slab<BTreeSet<StreamKey>>, streams: [StreamKey; 2]) -> Crowd {
     let place = crowds.insert(BTreeSet::from(streams));
     // A crowd holds two streams or more, each a distinct 32-bit key: fewer than 2^31 of them.
-    u32::try_from(place).expect("fewer crowds than stream keys")
+    Crowd(u32::try_from(place).expect("fewer crowds than stream keys"))
 }
 
 #[cfg(test)]
