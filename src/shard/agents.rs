@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub struct Agent(Arc<Box<str>>);
 
 impl Agent {
+    /// Its text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
