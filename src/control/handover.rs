@@ -228,7 +228,9 @@ impl Control {
         }
     }
 
-    /// Watches every source again after a failed upgrade, and takes what arrived meanwhile.
+    /// Watches every source again after a failed upgrade, takes what arrived meanwhile, and
+    /// wakes the shards for it: the event loop woke them before it asked for the handover,
+    /// and sleeps next until a source stirs again.
     fn resume(&mut self) {
         warn!("Upgrade: the control sources are served here again");
         self.sources.paused = false;
@@ -237,6 +239,7 @@ impl Control {
         self.sources.accept_publishers(self.settings.separator, self.settings.secret.is_some());
         self.sources.accept_api();
         self.serve_every_connection();
+        self.sequencer.wake();
     }
 
     /// Reads every control and API connection and carries out what it sent.

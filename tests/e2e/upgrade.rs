@@ -229,6 +229,49 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     assert!(server.stop().is_some_and(|status| status.success()));
 }
 
+/// A publish that arrives while the control sources are handed over is delivered once the
+/// upgrade fails: the control thread that takes them back wakes the shards for it. The new
+/// process reads its configuration from a FIFO, so that the test knows when the sources are
+/// packed (the process has started and opened it) and decides when the process fails.
+#[test]
+fn a_publish_made_while_an_upgrade_fails_is_delivered() {
+    let config = TempFile::new("hasses.conf");
+    std::fs::write(config.path(), "--port 0\n").unwrap();
+    let mut server =
+        Server::start(&["--config", config.arg(), "--control-port", "0", "--api-bind", "127.0.0.1:0"]);
+    let mut client = server.subscribe("subscribe=t");
+    std::fs::remove_file(config.path()).unwrap();
+    nix::unistd::mkfifo(config.path(), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    server.signal(Signal::SIGUSR2);
+    let mut new_config = open_fifo_once_read(config.path());
+    let mut publisher = TcpStream::connect(("127.0.0.1", server.cport())).unwrap();
+    publisher.write_all(b"t=while handed over\n").unwrap();
+    publisher.shutdown(std::net::Shutdown::Write).unwrap();
+    new_config.write_all(b"--no-such-flag\n").unwrap();
+    drop(new_config);
+    server.log.wait_for_line(|line| line.contains("Upgrade failed, serving on"), UPGRADE);
+    client.expect_data("while handed over");
+    assert_eq!(read_to_eof(&mut publisher, Vec::new(), WAIT), Some(Vec::new()), "no reply");
+    assert!(server.stop().is_some_and(|status| status.success()));
+}
+
+/// The FIFO at `path` opened for writing, once a process opened it for reading.
+fn open_fifo_once_read(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + UPGRADE;
+    loop {
+        let opened = std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(path);
+        match opened {
+            Ok(file) => return file,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENXIO), "{e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("no process opened {} to read it: {e}", path.display()),
+        }
+    }
+}
+
 /// Publishes `SOURCE=0` … on a keep-alive HTTP API connection, returning the ids answered.
 fn http_publisher(server: &Server, go_on: Arc<AtomicBool>) -> JoinHandle<Vec<u64>> {
     let mut api = Api::connect(server);
