@@ -211,11 +211,7 @@ fn after_an_upgrade_the_new_process_writes_the_history_file_and_a_restart_resume
 
 #[test]
 fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
-    let config = TempFile::new("hasses.conf");
-    std::fs::write(config.path(), "--port 0\n").unwrap();
-    let mut server =
-        Server::start(&["--config", config.arg(), "--control-port", "0", "--api-bind", "127.0.0.1:0"]);
-    let mut client = server.subscribe("subscribe=t");
+    let (config, mut server, mut client) = serving_from_a_config_file();
     // The configuration the new process reads is broken.
     std::fs::write(config.path(), "--no-such-flag\n").unwrap();
     server.signal(Signal::SIGUSR2);
@@ -235,11 +231,7 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
 /// packed (the process has started and opened it) and decides when the process fails.
 #[test]
 fn a_publish_made_while_an_upgrade_fails_is_delivered() {
-    let config = TempFile::new("hasses.conf");
-    std::fs::write(config.path(), "--port 0\n").unwrap();
-    let mut server =
-        Server::start(&["--config", config.arg(), "--control-port", "0", "--api-bind", "127.0.0.1:0"]);
-    let mut client = server.subscribe("subscribe=t");
+    let (config, mut server, mut client) = serving_from_a_config_file();
     std::fs::remove_file(config.path()).unwrap();
     nix::unistd::mkfifo(config.path(), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     server.signal(Signal::SIGUSR2);
@@ -253,6 +245,17 @@ fn a_publish_made_while_an_upgrade_fails_is_delivered() {
     client.expect_data("while handed over");
     assert_eq!(read_to_eof(&mut publisher, Vec::new(), WAIT), Some(Vec::new()), "no reply");
     assert!(server.stop().is_some_and(|status| status.success()));
+}
+
+/// A server whose flags are in a configuration file (which a new process reads again), with a
+/// client subscribed to `t`.
+fn serving_from_a_config_file() -> (TempFile, Server, SseClient) {
+    let config = TempFile::new("hasses.conf");
+    std::fs::write(config.path(), "--port 0\n").unwrap();
+    let server =
+        Server::start(&["--config", config.arg(), "--control-port", "0", "--api-bind", "127.0.0.1:0"]);
+    let client = server.subscribe("subscribe=t");
+    (config, server, client)
 }
 
 /// The FIFO at `path` opened for writing, once a process opened it for reading.
