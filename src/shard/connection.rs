@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
+use compact_str::CompactString;
 use slab::Slab;
 
 use super::agents::{Agent, Agents};
@@ -216,15 +217,18 @@ impl RequestBytes {
     }
 }
 
-/// What a handshaked client told us about itself, and what it has received: 32 bytes, the
+/// What a handshaked client told us about itself, and what it has received: 40 bytes, the
 /// slot of every connection and of every HTTP/2 stream holds one.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Whether its id is its token's `sub`, then its id and tokens, in one allocation: `+` or
-    /// `-`, then `id \n token \n token…`. Neither contains a line break (the request reader
-    /// refuses them); a token may contain a `-` (sent as `%2D`). Read on the rare paths (index
-    /// changes, client list, `-UNIQ` publishes).
-    names: Box<str>,
+    /// Whether its id is its token's `sub`, then its id and tokens: `+` or `-`, then
+    /// `id \n token \n token…`. Neither contains a line break (the request reader refuses them);
+    /// a token may contain a `-` (sent as `%2D`). Up to 24 bytes sit in the client itself, which
+    /// holds hasses' `subscribe=room1-user42&id=abc` (17): an idle client's names cost no
+    /// allocation of their own (32 bytes with malloc's header, for 8 more in the slot). Longer
+    /// ones are one allocation. Read on the rare paths (index changes, client list, `-UNIQ`
+    /// publishes).
+    names: CompactString,
     /// Its `User-Agent`, shared with the shard's other clients that sent the same.
     agent: Option<Agent>,
     /// Events queued for it.
@@ -240,7 +244,7 @@ impl Client {
         let id = request.id.unwrap_or_default();
         let mark = if sub { SUB } else { '-' };
         let names = format!("{mark}{id}\n{}", request.tokens.join("\n"));
-        Client { names: names.into_boxed_str(), agent: agents.share(&request.user_agent), messages: 0 }
+        Client { names: CompactString::new(names), agent: agents.share(&request.user_agent), messages: 0 }
     }
 
     /// Its names, one a line, after the `sub` mark.
@@ -478,5 +482,27 @@ mod tests {
         assert_eq!((Stamp::at(0).seconds(), Stamp::at(u32::MAX).seconds()), (0, u32::MAX - 1));
         assert_eq!(std::mem::size_of::<Option<Stamp>>(), 4);
         assert_eq!(Client::default().tokens().count(), 0);
+    }
+
+    #[test]
+    fn a_short_clients_names_sit_in_the_client() {
+        let mut agents = Agents::default();
+        let subscribe = |tokens: &[&str], id: &str| Subscribe {
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            id: Some(id.into()),
+            user_agent: String::new(),
+            resume: None,
+            token: None,
+        };
+        let hasses = Client::from_request(subscribe(&["room1", "user42"], "abc"), false, &mut agents);
+        assert!(!hasses.names.is_heap_allocated(), "subscribe=room1-user42&id=abc fits");
+        let long =
+            Client::from_request(subscribe(&["room1", "user42"], "a-uuid-of-36-bytes"), false, &mut agents);
+        assert!(long.names.is_heap_allocated());
+        assert_eq!(
+            (long.id(), long.tokens().collect::<Vec<_>>()),
+            ("a-uuid-of-36-bytes", vec!["room1", "user42"])
+        );
+        assert_eq!(std::mem::size_of::<Client>(), 40);
     }
 }
