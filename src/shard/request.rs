@@ -338,8 +338,7 @@ impl Shard {
                 self.h2_stream(stream).map_or(0, |state| state.serial)
             }
         };
-        let at = self.deadline(now, self.settings.max_age);
-        self.timers.age_by(at, stream, serial);
+        self.timers.age(stream, serial);
         if let Some(expires) = expires {
             let at = self.deadline(now, until_unix(expires));
             self.timers.expire_by(at, stream, serial);

@@ -5,6 +5,7 @@
 //! entries of a queue; token expiries each their own, so a heap) and the heartbeat's next time.
 //! The shard asks it what is due and when the event loop must wake next; closing and writing
 //! are the shard's own. A handshake deadline names a connection; age and expiry name a stream.
+//! An age holds no time: the stream's handshake second, in its slot, gives it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::connection::Phase;
+use super::connection::{Phase, Stamp};
 use super::keys::{ConnKey, StreamKey};
 use super::wind_down::WindDown;
 use super::{millis, Shard};
@@ -33,14 +34,25 @@ pub(super) struct Deadline<K> {
     pub(super) serial: u32,
 }
 
+/// A stream that ends at `--max-age` after its handshake, unless it moved on since (as for a
+/// [`Deadline`]). Its time is the handshake's second, read from the stream's slot, rounded up
+/// ([`age_deadline`]): so it ends up to a second late, never early (hasses checked every 60 s),
+/// and the queue holds 8 bytes a stream, not 16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Aging {
+    pub(super) key: StreamKey,
+    pub(super) serial: u32,
+}
+
 /// A shard's deadlines and its heartbeat's next time, in milliseconds from the shard's start.
 #[derive(Debug, Default)]
 pub(super) struct Timers {
     /// Handshake (and last-answer) deadlines in the order they were set; with one timeout for
     /// all, that is deadline order.
     handshakes: VecDeque<Deadline<ConnKey>>,
-    /// Max-age deadlines in handshake order, likewise sorted.
-    ages: VecDeque<Deadline<StreamKey>>,
+    /// Streams to end at `--max-age`, in handshake order, so in deadline order too. Every
+    /// stream has one: 8 bytes each (see [`Aging`]).
+    ages: VecDeque<Aging>,
     /// When handshakes waiting for the backend give up (`--auth-timeout`), likewise sorted.
     authorizations: VecDeque<Deadline<StreamKey>>,
     /// When streams end because their token expires: each token its own time, so a heap.
@@ -68,9 +80,9 @@ impl Timers {
         self.authorizations.push_back(Deadline { at, key, serial });
     }
 
-    /// The stream ends at `at` (`--max-age`).
-    pub(super) fn age_by(&mut self, at: u64, key: StreamKey, serial: u32) {
-        self.ages.push_back(Deadline { at, key, serial });
+    /// The stream, handshaked just now, ends at `--max-age`.
+    pub(super) fn age(&mut self, key: StreamKey, serial: u32) {
+        self.ages.push_back(Aging { key, serial });
     }
 
     /// The stream ends at `at`, when its token expires.
@@ -78,14 +90,11 @@ impl Timers {
         self.expiries.push(Reverse(Deadline { at, key, serial }));
     }
 
-    /// The earliest deadline, in the shard's milliseconds.
+    /// The earliest deadline but the ages', in the shard's milliseconds.
     fn next_at(&self) -> Option<u64> {
         let expiry = self.expiries.peek().map(|Reverse(d)| d.at);
         let authorization = self.authorizations.front().map(|d| d.at);
-        [self.handshakes.front().map(|d| d.at), self.ages.front().map(|d| d.at), expiry, authorization]
-            .into_iter()
-            .flatten()
-            .min()
+        [self.handshakes.front().map(|d| d.at), expiry, authorization].into_iter().flatten().min()
     }
 
     /// The next handshake deadline due by `now`.
@@ -98,20 +107,17 @@ impl Timers {
         pop_due(&mut self.authorizations, now)
     }
 
-    /// The next stream deadline due by `now`, with why the stream ends.
-    fn due_stream_end(&mut self, now: u64) -> Option<(Deadline<StreamKey>, &'static str)> {
-        if let Some(d) = pop_due(&mut self.ages, now) {
-            return Some((d, "maximum connection age reached"));
-        }
+    /// The next token expiry due by `now`.
+    fn due_expiry(&mut self, now: u64) -> Option<Deadline<StreamKey>> {
         self.expiries.peek().filter(|Reverse(d)| d.at <= now)?;
-        self.expiries.pop().map(|Reverse(d)| (d, "its token expired"))
+        self.expiries.pop().map(|Reverse(d)| d)
     }
 }
 
 impl Shard {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let at = |millis: u64| self.started.checked_add(Duration::from_millis(millis));
-        let deadline = self.timers.next_at().and_then(at);
+        let deadline = self.timers.next_at().into_iter().chain(self.next_age_at()).min().and_then(at);
         let stall = self.stalls.next_deadline().and_then(at);
         let stream_stall = self.next_stream_stall().and_then(at);
         let wind_down = self.wind_down.as_ref().map(WindDown::next_at);
@@ -138,9 +144,12 @@ impl Shard {
         while let Some(d) = self.timers.due_authorization(now) {
             self.authorization_overdue(d.key, d.serial);
         }
-        while let Some((d, why)) = self.timers.due_stream_end(now) {
+        while let Some(aging) = self.due_age(now) {
+            self.end_stream(aging.key, instant, "maximum connection age reached");
+        }
+        while let Some(d) = self.timers.due_expiry(now) {
             if self.holds_stream(d.key, d.serial) {
-                self.end_stream(d.key, instant, why);
+                self.end_stream(d.key, instant, "its token expired");
             }
         }
         for key in self.stalls.expired(now) {
@@ -149,6 +158,28 @@ impl Shard {
         if !self.held_back.is_empty() {
             self.reset_stalled_streams(now);
         }
+    }
+
+    /// When the front age is due, in the shard's milliseconds: now when its stream moved on,
+    /// so that the next [`Shard::expire`] takes it out.
+    fn next_age_at(&self) -> Option<u64> {
+        let front = self.timers.ages.front()?;
+        Some(
+            self.streaming_since(front.key, front.serial)
+                .map_or(0, |at| age_deadline(at, self.settings.max_age)),
+        )
+    }
+
+    /// Takes out the ages of streams that moved on, and the next one due by `now`.
+    fn due_age(&mut self, now: u64) -> Option<Aging> {
+        while let Some(front) = self.timers.ages.front() {
+            match self.streaming_since(front.key, front.serial) {
+                Some(at) if age_deadline(at, self.settings.max_age) > now => return None,
+                Some(_) => return pop_front(&mut self.timers.ages),
+                None => drop(pop_front(&mut self.timers.ages)),
+            }
+        }
+        None
     }
 
     /// Ends a stream as HTTP says, with the last chunk, and closes the connection once that is
@@ -231,11 +262,24 @@ impl Shard {
     /// True when `stream` is still the one streaming with `serial` (not ended, its slot or
     /// connection not taken by another since).
     pub(super) fn holds_stream(&self, stream: StreamKey, serial: u32) -> bool {
-        let key = stream.connection();
-        let Some(slot) = stream.slot() else { return self.holds(key, serial, Phase::Streaming) };
-        let h2 = self.connections.get(key).and_then(|c| c.h2.as_deref());
-        h2.and_then(|h2| h2.stream(slot))
-            .is_some_and(|s| s.data.serial == serial && s.data.phase == Phase::Streaming)
+        self.streaming_since(stream, serial).is_some()
+    }
+
+    /// When `stream` handshaked, if it is still the one streaming with `serial`.
+    fn streaming_since(&self, stream: StreamKey, serial: u32) -> Option<Stamp> {
+        let conn = self.connections.get(stream.connection())?;
+        let (its_serial, phase, handshaked_at) = match stream.slot() {
+            None => (conn.serial, conn.phase, conn.handshaked_at),
+            Some(slot) => {
+                let data = &conn.h2.as_deref()?.stream(slot)?.data;
+                (data.serial, data.phase, data.handshaked_at)
+            }
+        };
+        if its_serial == serial && phase == Phase::Streaming {
+            handshaked_at
+        } else {
+            None
+        }
     }
 
     /// Queues `frame` (a chunk) on `stream`, however its connection speaks.
@@ -251,16 +295,27 @@ impl Shard {
 /// further.
 const KEPT_ROOM: usize = 256;
 
-/// Takes the front deadline if it is due by `now`. A queue a wave of connections grew gives
-/// its room back as it drains, rather than keep 16 bytes per connection of the wave for the
-/// server's life.
+/// Takes the front deadline if it is due by `now`.
 fn pop_due<K>(queue: &mut VecDeque<Deadline<K>>, now: u64) -> Option<Deadline<K>> {
     queue.front().filter(|d| d.at <= now)?;
-    let due = queue.pop_front();
+    pop_front(queue)
+}
+
+/// Takes the front out. A queue a wave of connections grew gives its room back as it drains,
+/// rather than keep a deadline's bytes per connection of the wave for the server's life.
+fn pop_front<T>(queue: &mut VecDeque<T>) -> Option<T> {
+    let front = queue.pop_front();
     if queue.capacity() > KEPT_ROOM && queue.len() < queue.capacity() / 4 {
         queue.shrink_to((queue.len() * 2).max(KEPT_ROOM));
     }
-    due
+    front
+}
+
+/// When a stream handshaked at second `handshaked` ends, in the shard's milliseconds: the
+/// second rounded up, then `max_age` (saturating: a huge one means never).
+fn age_deadline(handshaked: Stamp, max_age: Duration) -> u64 {
+    let max_age = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+    (u64::from(handshaked.seconds()) + 1).saturating_mul(1000).saturating_add(max_age)
 }
 
 #[cfg(test)]
@@ -278,5 +333,16 @@ mod tests {
         assert!(queue.capacity() < 4_000, "room given back: {}", queue.capacity());
         std::iter::from_fn(|| pop_due(&mut queue, u64::MAX)).for_each(drop);
         assert!(queue.capacity() <= 2 * KEPT_ROOM, "room given back: {}", queue.capacity());
+    }
+
+    #[test]
+    fn an_age_ends_within_the_second_after_its_time_never_before() {
+        let max_age = Duration::from_millis(1_500);
+        for handshaked_ms in [0, 1, 999, 1_000, 59_999] {
+            let at = age_deadline(Stamp::at(handshaked_ms / 1000), max_age);
+            let due = handshaked_ms as u64 + 1_500;
+            assert!((due..=due + 1_000).contains(&at), "handshaked at {handshaked_ms} ms: {at}");
+        }
+        assert_eq!(age_deadline(Stamp::at(7), Duration::MAX), u64::MAX, "a huge --max-age is never");
     }
 }
