@@ -265,7 +265,8 @@ impl Shard {
         self.streaming_since(stream, serial).is_some()
     }
 
-    /// When `stream` handshaked, if it is still the one streaming with `serial`.
+    /// When `stream` handshaked, if it is still the one streaming with `serial`. (A stream's
+    /// stamp is set with its phase; one without would count from the shard's start.)
     fn streaming_since(&self, stream: StreamKey, serial: u32) -> Option<Stamp> {
         let conn = self.connections.get(stream.connection())?;
         let (its_serial, phase, handshaked_at) = match stream.slot() {
@@ -275,11 +276,8 @@ impl Shard {
                 (data.serial, data.phase, data.handshaked_at)
             }
         };
-        if its_serial == serial && phase == Phase::Streaming {
-            handshaked_at
-        } else {
-            None
-        }
+        let streaming = its_serial == serial && phase == Phase::Streaming;
+        streaming.then(|| handshaked_at.unwrap_or(Stamp::at(0)))
     }
 
     /// Queues `frame` (a chunk) on `stream`, however its connection speaks.

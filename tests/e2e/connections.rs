@@ -138,6 +138,20 @@ fn a_handshaked_connection_is_closed_at_its_maximum_age() {
     assert_eq!(server.wait_json("tcpstatus", "sseconncli", 0)["sseconncli"], 0);
 }
 
+/// The ages wait in handshake order; the first one's stream closing before its age must not hold
+/// up the next one's (its entry is taken out when it comes first, not when it would be due).
+#[test]
+fn a_stream_gone_before_its_age_does_not_hold_up_the_next() {
+    let server = Server::start(&["--max-age", "2", "--workers", "1"]);
+    let gone = server.subscribe("subscribe=a");
+    let mut client = server.subscribe("subscribe=b");
+    drop(gone);
+    server.wait_json("tcpstatus", "sseconncli", 1);
+    let started = Instant::now();
+    closed_after(&mut client, past(2)).expect("closed at its maximum age");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before its age: {:?}", started.elapsed());
+}
+
 #[test]
 fn a_reinit_restarts_the_age() {
     // The reinit comes halfway through the first age, and the check that the connection
