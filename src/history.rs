@@ -140,6 +140,8 @@ pub struct History {
     bytes: usize,
     /// Rings in the order they became empty.
     emptied: VecDeque<usize>,
+    /// Empty rings kept before the oldest is forgotten: [`MAX_EMPTY_RINGS`] but in tests.
+    max_empty_rings: usize,
     /// The highest id lost by a ring that was forgotten.
     forgotten_up_to: u64,
     /// How far past the newest id a resume may ask and still be taken at its word (see
@@ -164,6 +166,7 @@ impl History {
             events: 0,
             bytes: 0,
             emptied: VecDeque::new(),
+            max_empty_rings: MAX_EMPTY_RINGS,
             forgotten_up_to: 0,
             lag_window: 0,
         }
@@ -177,11 +180,20 @@ impl History {
         History { lag_window: window, ..self }
     }
 
+    /// Forgets empty rings past `max` rather than [`MAX_EMPTY_RINGS`], so that a test sees it.
+    #[cfg(test)]
+    fn with_max_empty_rings(self, max: usize) -> Self {
+        History { max_empty_rings: max, ..self }
+    }
+
     /// Keeps an event (ids only grow), then lets go of what is over the limits.
     pub fn append(&mut self, id: u64, audience: &Audience, frame: &Frame, now: Instant) {
         self.newest = id;
-        let at = self.seconds(now);
         let ring = self.ring_for(audience);
+        if self.limits.per_audience == 0 {
+            return self.lose_at_once(ring, id);
+        }
+        let at = self.seconds(now);
         let number = self.rings[ring].next_number();
         push_back_snug(&mut self.rings[ring].kept, Kept { id, at, frame: frame.clone() });
         push_back_snug(&mut self.order, Ordered { ring: ring as u32, number });
@@ -192,8 +204,22 @@ impl History {
             self.stale += 1;
         }
         self.evict_oldest(at);
-        if self.stale > self.events + 1024 {
+        // Rebuilding `order` costs a visit to every ring and event: done once the stale
+        // entries are as many, so that it costs each append a constant share.
+        if self.stale > self.events + self.rings.len() + 1024 {
             self.compact_order();
+        }
+    }
+
+    /// History off (`--history 0`): the event is let go of as it comes. Its ring keeps only
+    /// that, for an exact gap, and joins the empty rings at its first loss.
+    fn lose_at_once(&mut self, ring: usize, id: u64) {
+        let r = &mut self.rings[ring];
+        let first = r.lost_up_to == 0;
+        r.lost_up_to = r.lost_up_to.max(id);
+        if first {
+            self.emptied.push_back(ring);
+            self.forget_empty_rings();
         }
     }
 
@@ -409,7 +435,7 @@ impl History {
 
     /// Forgets the rings that emptied first while more than [`MAX_EMPTY_RINGS`] are empty.
     fn forget_empty_rings(&mut self) {
-        while self.emptied.len() > MAX_EMPTY_RINGS {
+        while self.emptied.len() > self.max_empty_rings {
             let Some(ring) = self.emptied.pop_front() else { return };
             if self.rings.get(ring).is_some_and(|r| r.kept.is_empty()) {
                 self.forget(ring);
@@ -417,6 +443,11 @@ impl History {
         }
     }
 
+    /// Forgets an empty ring. No entry of `order` names it, so its key may be taken by a new
+    /// ring numbering from 0: it let go of its last event as that event's entry left the front
+    /// of `order`, after the entries of all its earlier events (`order` is in id order), or it
+    /// never kept one. (An event let go of by its own ring's limit leaves a stale entry, but
+    /// never its ring's last event: that limit is at least 1, history off keeps nothing.)
     fn forget(&mut self, ring: usize) {
         let r = self.rings.remove(ring);
         self.forgotten_up_to = self.forgotten_up_to.max(r.lost_up_to);
@@ -432,8 +463,6 @@ impl History {
             }
         }
         self.broad.retain(|&other| other != ring);
-        // A stale entry of `order` names this key, which another ring may take, numbering from 0.
-        self.compact_order();
     }
 }
 
@@ -611,6 +640,47 @@ mod tests {
             prop_assert!(got.iter().all(|e| owed.contains(e)), "replayed {:?}, owed {:?}", got, owed);
             prop_assert!(got.windows(2).all(|w| w[0] < w[1]));
             prop_assert_eq!(replay.gap, got != owed || after < FIRST, "replayed {:?}, owed {:?}", got, owed);
+        }
+
+        /// What is kept is what the limits leave, the oldest going first, while rings empty,
+        /// are forgotten and their keys taken by new rings (whose events must never be taken
+        /// for the forgotten ones'); a resume says there is a gap wherever one is.
+        #[test]
+        fn forgotten_rings_leave_what_is_kept_exact(
+            audiences in prop::collection::vec(audience(), 0..80),
+            per_audience in 0usize..4,
+            max_events in 1usize..20,
+            max_empty in 0usize..3,
+            tokens in prop::sample::subsequence(vec!["a", "b", "ab", "c", "*"], 0..4),
+        ) {
+            let now = Instant::now();
+            let frame = encode_event(FIRST, b"x").len();
+            let mut h = History::new(limits(per_audience, max_events * frame), FIRST, now)
+                .with_max_empty_rings(max_empty);
+            let mut model: Vec<(u64, &Audience)> = Vec::new();
+            for (i, audience) in audiences.iter().enumerate() {
+                let id = FIRST + i as u64;
+                h.append(id, audience, &encode_event(id, b"x"), now);
+                model.push((id, audience));
+                let same: Vec<u64> = model.iter().filter(|(_, a)| *a == audience).map(|(e, _)| *e).collect();
+                if same.len() > per_audience {
+                    model.retain(|(e, _)| *e != same[0]);
+                }
+                if model.len() > max_events {
+                    model.remove(0);
+                }
+            }
+            let kept: Vec<u64> = h.snapshot(now).events.iter().map(|e| e.id).collect();
+            let expected: Vec<u64> = model.iter().map(|(e, _)| *e).collect();
+            prop_assert_eq!(&kept, &expected);
+            let replay = resume(&h, ResumeFrom::Earliest, &tokens, "", now);
+            let owed: Vec<u64> = audiences
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.reaches(tokens.iter().copied(), ""))
+                .map(|(i, _)| FIRST + i as u64)
+                .collect();
+            prop_assert!(replay.gap || ids(&replay) == owed, "replayed {:?}, owed {:?}", ids(&replay), owed);
         }
     }
 }

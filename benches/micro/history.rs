@@ -11,6 +11,11 @@
 //! - `history/append`: one event kept, to one of 1,000 audiences in turn. `no_eviction`: every
 //!   limit far away; `evict_by_count`: one audience at its `--history`, so each append lets go of
 //!   one event; `evict_by_memory`: `--history-memory` full, so each append lets go of the oldest.
+//!   `many_empty_rings`: the same over 200,000 audiences (a site with a token per user), so that
+//!   rings empty as their one event goes and, past `MAX_EMPTY_RINGS` of them, the oldest empty
+//!   one is forgotten; `history_off`: `--history 0`, to the 18,000 audiences of `hasses-bench
+//!   targeted -n 18000` in turn, every event let go of as it comes. Both start past 100,000
+//!   appends, where forgetting starts.
 //! - `history_memory`: not timed. Appends 100,000 events of a typical frame (a 64-byte message,
 //!   99 bytes framed) over 1, 1,000 and 100,000 audiences and prints the heap the history holds
 //!   beyond the frames' own bytes, per event, as the allocator was asked for it (malloc's own
@@ -143,7 +148,30 @@ pub fn append(c: &mut Criterion) {
             history.append(id, &targets[id as usize % AUDIENCES], &frame, origin);
         })
     });
+    let users = audiences(200_000);
+    let full = limits(usize::MAX, 10_000 * frame.len());
+    bench_turns(&mut group, "many_empty_rings", History::new(full, TYPICAL_ID, origin), &users, &frame);
+    let off = History::new(limits(0, usize::MAX), TYPICAL_ID, origin);
+    bench_turns(&mut group, "history_off", off, &audiences(18_000), &frame);
     group.finish();
+}
+
+/// Times appends to `targets` in turn (a stride through them), after 150,000 untimed ones.
+fn bench_turns(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut history: History,
+    targets: &[Audience],
+    frame: &Frame,
+) {
+    let origin = Instant::now();
+    let mut id = TYPICAL_ID;
+    let mut append = |history: &mut History| {
+        id += 1;
+        history.append(id, &targets[(id as usize).wrapping_mul(7_919) % targets.len()], frame, origin);
+    };
+    (0..150_000).for_each(|_| append(&mut history));
+    group.bench_function(name, |b| b.iter(|| append(&mut history)));
 }
 
 /// Prints the heap a history of 100,000 events holds beyond their frames' bytes, per event: for
