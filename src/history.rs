@@ -20,7 +20,7 @@
 //!
 //! Pure bookkeeping: no I/O and no clock of its own (times are passed in).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -129,10 +129,13 @@ pub struct History {
     newest: u64,
     rings: Slab<Ring>,
     by_audience: HashMap<Audience, usize>,
-    /// The rings whose audience names each token.
-    by_token: HashMap<Name, Vec<usize>>,
-    /// The rings whose audience has a prefix or `*`: they may reach any client.
-    broad: Vec<usize>,
+    /// The rings whose audience names each token, as (token, ring): a token's rings are a
+    /// range, and a ring forgotten leaves in O(log n) however many share its token (hasses'
+    /// `room1-<sender>` makes a ring of `room1` per sender).
+    by_token: BTreeSet<(Name, usize)>,
+    /// The rings whose audience has a prefix or `*`: they may reach any client. A set, for the
+    /// same reason (`*-<sender>`).
+    broad: BTreeSet<usize>,
     order: VecDeque<Ordered>,
     /// Entries of `order` whose event already left its ring.
     stale: usize,
@@ -144,6 +147,9 @@ pub struct History {
     max_empty_rings: usize,
     /// The highest id lost by a ring that was forgotten.
     forgotten_up_to: u64,
+    /// The highest id let go of by age or memory, or marked lost by a restore: a ring that
+    /// lost an event this way may keep none after it (see [`History::way_to_replay`]).
+    dropped_up_to: u64,
     /// How far past the newest id a resume may ask and still be taken at its word (see
     /// [`History::with_lag_window`]); 0 alone.
     lag_window: u64,
@@ -159,8 +165,8 @@ impl History {
             newest: first_id.saturating_sub(1),
             rings: Slab::new(),
             by_audience: HashMap::new(),
-            by_token: HashMap::new(),
-            broad: Vec::new(),
+            by_token: BTreeSet::new(),
+            broad: BTreeSet::new(),
             order: VecDeque::new(),
             stale: 0,
             events: 0,
@@ -168,6 +174,7 @@ impl History {
             emptied: VecDeque::new(),
             max_empty_rings: MAX_EMPTY_RINGS,
             forgotten_up_to: 0,
+            dropped_up_to: 0,
             lag_window: 0,
         }
     }
@@ -231,34 +238,79 @@ impl History {
         id: &str,
         now: Instant,
     ) -> Replay {
-        let after = match from {
-            ResumeFrom::Earliest => 0,
-            ResumeFrom::After(after) => after,
-        };
+        let way = self.way_to_replay(after(from), tokens.clone(), id);
+        self.replay_by(way, from, tokens, id, now)
+    }
+
+    /// [`History::replay`], the way given.
+    fn replay_by<'t>(
+        &self,
+        way: Way,
+        from: ResumeFrom,
+        tokens: impl Iterator<Item = &'t str> + Clone,
+        id: &str,
+        now: Instant,
+    ) -> Replay {
+        let after = after(from);
         let now = self.seconds(now);
-        let mut gap =
+        let gap =
             matches!(from, ResumeFrom::After(after) if after < self.first_id) || self.forgotten_up_to > after;
-        let mut kept: Vec<(u64, &Frame)> = Vec::new();
-        for ring in self.reaching(tokens, id) {
-            let ring = &self.rings[ring];
-            gap |= ring.lost_up_to > after;
-            let start = ring.kept.partition_point(|k| k.id <= after);
-            for k in ring.kept.range(start..) {
-                // Past its age but not evicted yet (nothing was published since): gone.
-                if self.is_too_old(k.at, now) {
-                    gap = true;
-                } else {
-                    kept.push((k.id, &k.frame));
+        let mut owed = Owed { after, gap, kept: Vec::new() };
+        match way {
+            Way::RingByRing(rings) => {
+                for ring in rings {
+                    let ring = &self.rings[ring];
+                    let start = ring.kept.partition_point(|k| k.id <= after);
+                    owed.lost(ring);
+                    ring.kept.range(start..).for_each(|k| owed.take(k, self.is_too_old(k.at, now)));
+                }
+            }
+            Way::BackFromNewest => {
+                for (ring, k) in self.kept_after(after) {
+                    if ring.audience.reaches(tokens.clone(), id) {
+                        owed.lost(ring);
+                        owed.take(k, self.is_too_old(k.at, now));
+                    }
                 }
             }
         }
-        kept.sort_unstable_by_key(|(id, _)| *id);
+        owed.kept.sort_unstable_by_key(|(id, _)| *id);
         let ahead = after > self.newest && after - self.newest <= self.lag_window;
         Replay {
-            gap,
-            frames: kept.into_iter().map(|(_, frame)| frame.clone()).collect(),
+            gap: owed.gap,
+            frames: owed.kept.into_iter().map(|(_, frame)| frame.clone()).collect(),
             newest: if ahead { after } else { self.newest },
         }
+    }
+
+    /// How a resume from `after` finds what it is owed. Back from the newest event when that
+    /// meets fewer events than there are rings to look at (a client of `room1` where each
+    /// sender's `room1-<sender>` is a ring, or anyone where each actor's `*-<actor>` is), and
+    /// when it is exact: a ring that lost an event after `after` to its own `--history` keeps
+    /// later ones, so it is met on the way, but one that lost it to age or memory (or history
+    /// off) may keep none. Otherwise ring by ring.
+    fn way_to_replay<'t>(&self, after: u64, tokens: impl Iterator<Item = &'t str> + Clone, id: &str) -> Way {
+        if !self.meets_every_loss_after(after) {
+            return Way::RingByRing(self.reaching(tokens, id, usize::MAX).unwrap_or_default());
+        }
+        let events = usize::try_from(self.newest.saturating_sub(after)).unwrap_or(usize::MAX);
+        self.reaching(tokens, id, events).map_or(Way::BackFromNewest, Way::RingByRing)
+    }
+
+    /// Whether every ring that let go of an event after `after` still keeps a later one: it
+    /// lost it to its own `--history` alone, not to history off, age or memory.
+    fn meets_every_loss_after(&self, after: u64) -> bool {
+        self.limits.per_audience > 0 && after >= self.dropped_up_to
+    }
+
+    /// The kept events after `after` with their rings, newest first: the live entries of
+    /// `order` from its back (stale ones are passed over) down to the first at or before it.
+    fn kept_after(&self, after: u64) -> impl Iterator<Item = (&Ring, &Kept)> {
+        let live = self.order.iter().rev().filter_map(|entry| {
+            let ring = self.rings.get(entry.ring as usize)?;
+            Some((ring, ring.kept.get(entry.number.wrapping_sub(ring.evicted) as usize)?))
+        });
+        live.take_while(move |(_, k)| k.id > after)
     }
 
     /// Events before now may be gone (the cluster's stream was lost): a resume from before
@@ -285,6 +337,7 @@ impl History {
     /// learns of what was let go before it was written.
     pub fn mark_lost(&mut self, audience: &Audience, up_to: u64) {
         let ring = self.ring_for(audience);
+        self.dropped_up_to = self.dropped_up_to.max(up_to);
         let r = &mut self.rings[ring];
         r.lost_up_to = r.lost_up_to.max(up_to);
         if r.kept.is_empty() {
@@ -341,18 +394,38 @@ impl History {
         u64::from(now.saturating_sub(at)) >= self.limits.max_age.as_secs()
     }
 
-    /// The rings that can reach a client with these tokens and this id, each once.
-    fn reaching<'t>(&self, tokens: impl Iterator<Item = &'t str> + Clone, id: &str) -> Vec<usize> {
+    /// The rings that can reach a client with these tokens and this id, each once; `None` when
+    /// there are more than `most` to look at.
+    fn reaching<'t>(
+        &self,
+        tokens: impl Iterator<Item = &'t str> + Clone,
+        id: &str,
+        most: usize,
+    ) -> Option<Vec<usize>> {
         let mut rings: Vec<usize> = if tokens.clone().any(|t| t == "*") {
+            if self.rings.len() > most {
+                return None;
+            }
             self.rings.iter().map(|(key, _)| key).collect()
         } else {
-            let named = tokens.clone().filter_map(|t| self.by_token.get(t)).flatten();
-            named.chain(&self.broad).copied().collect()
+            let named = tokens.clone().flat_map(|t| self.rings_naming(t));
+            let candidates = named.chain(self.broad.iter().copied());
+            let rings: Vec<usize> = candidates.take(most.saturating_add(1)).collect();
+            if rings.len() > most {
+                return None;
+            }
+            rings
         };
         rings.sort_unstable();
         rings.dedup();
         rings.retain(|&ring| self.rings[ring].audience.reaches(tokens.clone(), id));
-        rings
+        Some(rings)
+    }
+
+    /// The rings whose audience names `token`.
+    fn rings_naming(&self, token: &str) -> impl Iterator<Item = usize> + '_ {
+        let token = Name::from(token);
+        self.by_token.range((token.clone(), 0)..=(token, usize::MAX)).map(|(_, ring)| *ring)
     }
 
     /// The ring of `audience`, made (and indexed) if it is new.
@@ -369,11 +442,11 @@ impl History {
         self.by_audience.insert(audience.clone(), ring);
         for target in &audience.targets {
             if let Target::Token(name) = target {
-                self.by_token.entry(name.clone()).or_default().push(ring);
+                self.by_token.insert((name.clone(), ring));
             }
         }
         if audience.targets.iter().any(|t| !matches!(t, Target::Token(_))) {
-            self.broad.push(ring);
+            self.broad.insert(ring);
         }
         ring
     }
@@ -403,6 +476,7 @@ impl History {
             if !self.is_too_old(kept.at, now) && self.bytes <= self.limits.max_bytes {
                 break;
             }
+            self.dropped_up_to = self.dropped_up_to.max(kept.id);
             self.order.pop_front();
             self.evict_front(front.ring as usize);
         }
@@ -454,15 +528,51 @@ impl History {
         self.by_audience.remove(&r.audience);
         for target in &r.audience.targets {
             if let Target::Token(name) = target {
-                if let Some(rings) = self.by_token.get_mut(name) {
-                    rings.retain(|&other| other != ring);
-                    if rings.is_empty() {
-                        self.by_token.remove(name);
-                    }
-                }
+                self.by_token.remove(&(name.clone(), ring));
             }
         }
-        self.broad.retain(|&other| other != ring);
+        self.broad.remove(&ring);
+    }
+}
+
+/// The id a resume asks for what came after (0: from the earliest).
+fn after(from: ResumeFrom) -> u64 {
+    match from {
+        ResumeFrom::Earliest => 0,
+        ResumeFrom::After(after) => after,
+    }
+}
+
+/// How [`History::replay`] finds the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Way {
+    /// Each of these rings (those that can reach the client), from after the id asked for.
+    RingByRing(Vec<usize>),
+    /// The newest events back to the id asked for, each whose ring can reach the client.
+    BackFromNewest,
+}
+
+/// What a resume is owed, as it is found.
+struct Owed<'a> {
+    after: u64,
+    gap: bool,
+    kept: Vec<(u64, &'a Frame)>,
+}
+
+impl<'a> Owed<'a> {
+    /// A ring that reaches the client: it is a gap if the ring let go of anything after.
+    fn lost(&mut self, ring: &Ring) {
+        self.gap |= ring.lost_up_to > self.after;
+    }
+
+    /// A kept event it would have received: owed, or a gap when past its age but not evicted
+    /// yet (nothing was published since).
+    fn take(&mut self, kept: &'a Kept, too_old: bool) {
+        if too_old {
+            self.gap = true;
+        } else {
+            self.kept.push((kept.id, &kept.frame));
+        }
     }
 }
 
@@ -516,8 +626,17 @@ mod tests {
             .collect()
     }
 
+    /// What `replay` gives, checked against each way that is exact here: they must agree.
     fn resume(h: &History, from: ResumeFrom, tokens: &[&str], id: &str, now: Instant) -> Replay {
-        h.replay(from, tokens.iter().copied(), id, now)
+        let replay = h.replay(from, tokens.iter().copied(), id, now);
+        let rings = h.reaching(tokens.iter().copied(), id, usize::MAX).unwrap();
+        let by_rings = h.replay_by(Way::RingByRing(rings), from, tokens.iter().copied(), id, now);
+        assert_eq!(replay, by_rings, "ring by ring");
+        if h.meets_every_loss_after(after(from)) {
+            let back = h.replay_by(Way::BackFromNewest, from, tokens.iter().copied(), id, now);
+            assert_eq!(replay, back, "back from the newest");
+        }
+        replay
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   turn, one token per hundred events (10 / 1,000 of them, each ring holding 90 events, `*`'s
 //!   100 / 10,000); the client has the newest events' token. Either way it is owed the newest
 //!   5 events. Finding where each ring's replay starts is a binary search, so 100k should cost
-//!   a few to tens of ns more than 1k, not 100×.
+//!   a few to tens of ns more than 1k, not 100×. `senders` / `actors`: 250,000 events to 200,000
+//!   audiences `room1-<sender>` / `*-<actor>` (hasses' "to all but the one who sent it"), with
+//!   `--history-memory` full at 10,000 events; a client of `room1` resumes 5 events back, among
+//!   the 112,000 rings that can reach it.
 //! - `history/append`: one event kept, to one of 1,000 audiences in turn. `no_eviction`: every
 //!   limit far away; `evict_by_count`: one audience at its `--history`, so each append lets go of
 //!   one event; `evict_by_memory`: `--history-memory` full, so each append lets go of the oldest.
@@ -88,6 +91,23 @@ pub fn replay_near_end(c: &mut Criterion) {
         assert_eq!(many.replay(from, [client].into_iter(), client, origin).frames.len(), BEHIND as usize);
         group.bench_function(BenchmarkId::new("many_audiences", name), |b| {
             b.iter(|| many.replay(black_box(from), [client].into_iter(), client, origin))
+        });
+    }
+    for (name, target) in [("senders", Target::Token("room1".into())), ("actors", Target::All)] {
+        let but = |i: usize| Audience {
+            targets: smallvec::smallvec![target.clone()],
+            except: Some(format!("u{i}")),
+        };
+        let frame = encode_event(TYPICAL_ID, MESSAGE);
+        let mut history = History::new(limits(1_000, 10_000 * frame.len()), TYPICAL_ID, origin);
+        let events: usize = 250_000;
+        for i in 0..events {
+            history.append(TYPICAL_ID + i as u64, &but(i.wrapping_mul(7_919) % 200_000), &frame, origin);
+        }
+        let from = ResumeFrom::After(TYPICAL_ID + events as u64 - 1 - BEHIND);
+        assert_eq!(history.replay(from, ["room1"].into_iter(), "me", origin).frames.len(), BEHIND as usize);
+        group.bench_function(name, |b| {
+            b.iter(|| history.replay(black_box(from), ["room1"].into_iter(), "me", origin))
         });
     }
     group.finish();
