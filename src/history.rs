@@ -11,9 +11,10 @@
 //! search. Where the rings to look at outnumber the events since the id (a ring per sender of
 //! `room1-<sender>`), it walks back from the newest event instead. A gap is told, never
 //! guessed: [`Replay::gap`] is set when something this client would have received may be gone:
-//! evicted from a ring that reaches it, too old, or published before this server started. A ring that has lost events keeps the highest id it lost, even
-//! once empty, so that the answer stays exact; only past [`MAX_EMPTY_RINGS`] empty rings is the
-//! oldest of them forgotten, and then every resume from before its last loss is told of a gap.
+//! evicted from a ring that reaches it, too old, or published before this server started. A
+//! ring that has lost events keeps the highest id it lost, even once empty, so that the answer
+//! stays exact; only past [`MAX_EMPTY_RINGS`] empty rings is the oldest of them forgotten, and
+//! then every resume from before its last loss is told of a gap.
 //!
 //! What it holds can be written down and read back ([`History::snapshot`], [`History::begin`],
 //! [`History::mark_lost`]): the history file ([`crate::history_file`]) rebuilds it at start with
