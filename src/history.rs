@@ -103,6 +103,9 @@ struct Ring {
     lost_up_to: u64,
     /// How many events it let go of (wrapping): its oldest kept event's number in the ring.
     evicted: u32,
+    /// While it keeps no event (it lost them all): the number its emptying took in
+    /// [`History::emptied`].
+    empty_since: Option<u32>,
 }
 
 impl Ring {
@@ -143,8 +146,14 @@ pub struct History {
     stale: usize,
     events: usize,
     bytes: usize,
-    /// Rings in the order they became empty.
-    emptied: VecDeque<usize>,
+    /// Rings in the order they became empty, each with the number its emptying took. A ring
+    /// that kept an event since (and may have emptied again, later in the queue) no longer
+    /// has that number: its entry is passed over, and taken out once such entries are many.
+    emptied: VecDeque<(usize, u32)>,
+    /// How many rings keep no event: the entries of `emptied` that still stand.
+    empty: usize,
+    /// The number the last emptying took (wrapping).
+    emptyings: u32,
     /// Empty rings kept before the oldest is forgotten: [`MAX_EMPTY_RINGS`] but in tests.
     max_empty_rings: usize,
     /// The highest id lost by a ring that was forgotten.
@@ -174,6 +183,8 @@ impl History {
             events: 0,
             bytes: 0,
             emptied: VecDeque::new(),
+            empty: 0,
+            emptyings: 0,
             max_empty_rings: MAX_EMPTY_RINGS,
             forgotten_up_to: 0,
             dropped_up_to: 0,
@@ -203,6 +214,7 @@ impl History {
             return self.lose_at_once(ring, id);
         }
         let at = self.seconds(now);
+        self.refilled(ring);
         let number = self.rings[ring].next_number();
         push_back_snug(&mut self.rings[ring].kept, Kept { id, at, frame: frame.clone() });
         push_back_snug(&mut self.order, Ordered { ring: ring as u32, number });
@@ -221,14 +233,37 @@ impl History {
     }
 
     /// History off (`--history 0`): the event is let go of as it comes. Its ring keeps only
-    /// that, for an exact gap, and joins the empty rings at its first loss.
+    /// that, for an exact gap, and is one of the empty rings from its first loss on.
     fn lose_at_once(&mut self, ring: usize, id: u64) {
         let r = &mut self.rings[ring];
-        let first = r.lost_up_to == 0;
         r.lost_up_to = r.lost_up_to.max(id);
-        if first {
-            self.emptied.push_back(ring);
-            self.forget_empty_rings();
+        self.emptied_out(ring);
+    }
+
+    /// `ring` keeps no event now: it joins the empty rings (if it is not one already), and the
+    /// oldest of them are forgotten while they are too many.
+    fn emptied_out(&mut self, ring: usize) {
+        if self.rings[ring].empty_since.is_some() {
+            return;
+        }
+        self.emptyings = self.emptyings.wrapping_add(1);
+        self.rings[ring].empty_since = Some(self.emptyings);
+        self.emptied.push_back((ring, self.emptyings));
+        self.empty += 1;
+        self.forget_empty_rings();
+    }
+
+    /// `ring` is about to keep an event: it is no longer an empty ring. Its entry stays in
+    /// `emptied`, passed over, until such entries outnumber those that stand.
+    fn refilled(&mut self, ring: usize) {
+        if self.rings[ring].empty_since.take().is_none() {
+            return;
+        }
+        self.empty -= 1;
+        if self.emptied.len() > 2 * self.empty + 1024 {
+            let rings = &self.rings;
+            self.emptied
+                .retain(|&(ring, number)| rings.get(ring).is_some_and(|r| r.empty_since == Some(number)));
         }
     }
 
@@ -343,8 +378,7 @@ impl History {
         let r = &mut self.rings[ring];
         r.lost_up_to = r.lost_up_to.max(up_to);
         if r.kept.is_empty() {
-            self.emptied.push_back(ring);
-            self.forget_empty_rings();
+            self.emptied_out(ring);
         }
     }
 
@@ -440,6 +474,7 @@ impl History {
             kept: VecDeque::new(),
             lost_up_to: 0,
             evicted: 0,
+            empty_since: None,
         });
         self.by_audience.insert(audience.clone(), ring);
         for target in &audience.targets {
@@ -462,8 +497,7 @@ impl History {
         r.lost_up_to = r.lost_up_to.max(k.id);
         r.evicted = r.evicted.wrapping_add(1);
         if r.kept.is_empty() {
-            self.emptied.push_back(ring);
-            self.forget_empty_rings();
+            self.emptied_out(ring);
         }
     }
 
@@ -511,9 +545,10 @@ impl History {
 
     /// Forgets the rings that emptied first while more than [`MAX_EMPTY_RINGS`] are empty.
     fn forget_empty_rings(&mut self) {
-        while self.emptied.len() > self.max_empty_rings {
-            let Some(ring) = self.emptied.pop_front() else { return };
-            if self.rings.get(ring).is_some_and(|r| r.kept.is_empty()) {
+        while self.empty > self.max_empty_rings {
+            let Some((ring, number)) = self.emptied.pop_front() else { return };
+            if self.rings.get(ring).is_some_and(|r| r.empty_since == Some(number)) {
+                self.empty -= 1;
                 self.forget(ring);
             }
         }
@@ -728,6 +763,21 @@ mod tests {
         assert!(!resume(&off, ResumeFrom::Earliest, &["b"], "", now).gap);
     }
 
+    #[test]
+    fn a_ring_that_empties_again_and_again_counts_once_among_the_empty() {
+        let now = Instant::now();
+        let frame = encode_event(FIRST, b"x").len();
+        // Memory for one event: each append lets go of the one before, emptying its ring. `z`
+        // empties first and stays empty; `a` and `b` empty and fill again in turn.
+        let mut h = History::new(limits(10, frame), FIRST, now).with_max_empty_rings(2);
+        for (i, token) in ["z"].iter().chain(["a", "b"].iter().cycle().take(20)).enumerate() {
+            let id = FIRST + i as u64;
+            h.append(id, &to(&[token], None), &encode_event(id, b"x"), now);
+        }
+        assert_eq!((h.empty, h.rings.len(), h.forgotten_up_to), (2, 3, 0), "two empty rings, none forgotten");
+        assert!(!resume(&h, ResumeFrom::After(FIRST + 5), &["c"], "", now).gap, "c lost nothing");
+    }
+
     fn audience() -> impl Strategy<Value = Audience> {
         let target = prop::sample::select(vec!["a", "b", "ab", "a*", "*", "c"]);
         (prop::collection::vec(target, 1..3), prop::option::of(prop::sample::select(vec!["me", "you"])))
@@ -791,6 +841,8 @@ mod tests {
                     model.remove(0);
                 }
             }
+            let empty = h.rings.iter().filter(|(_, r)| r.kept.is_empty()).count();
+            prop_assert_eq!((h.empty, h.empty <= max_empty), (empty, true));
             let kept: Vec<u64> = h.snapshot(now).events.iter().map(|e| e.id).collect();
             let expected: Vec<u64> = model.iter().map(|(e, _)| *e).collect();
             prop_assert_eq!(&kept, &expected);
