@@ -581,7 +581,7 @@ fn after(from: ResumeFrom) -> u64 {
 }
 
 /// How [`History::replay`] finds the events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum Way {
     /// Each of these rings (those that can reach the client), from after the id asked for.
     RingByRing(Vec<usize>),
