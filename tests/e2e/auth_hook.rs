@@ -425,6 +425,9 @@ struct PhpBackend {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// While stopped, its port bound and not listening: a connection is refused, as with
+    /// nothing there, and no test running beside this one can take the port before the restart.
+    held: Option<socket2::Socket>,
 }
 
 const LOGIN: &str = "<?php session_start(); $_SESSION['user'] = 'alice'; echo \"logged in\\n\";";
@@ -462,13 +465,15 @@ impl PhpBackend {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         std::fs::create_dir(dir.path().join("sessions")).unwrap();
-        let mut php = PhpBackend { child: None, port: free_port(), dir };
+        let mut php = PhpBackend { child: None, port: free_port(), dir, held: None };
         php.run();
         php
     }
 
-    /// Starts `php -S` on its port and waits until it answers.
+    /// Starts `php -S` on its port and waits until it answers with the page (not another
+    /// program that took the port).
     fn run(&mut self) {
+        self.held = None;
         let root = self.dir.path();
         let child = Command::new(find_program("php", "php-cli"))
             .args(["-S", &format!("127.0.0.1:{}", self.port), "-t"])
@@ -480,13 +485,26 @@ impl PhpBackend {
             .spawn()
             .expect("start php -S");
         self.child = Some(child);
-        wait_until(WAIT, "php -S answers", || TcpStream::connect(("127.0.0.1", self.port)).is_ok());
+        wait_until(WAIT, "php -S answers with the page", || self.page().contains("function listen"));
     }
 
+    /// `index.html` as whatever listens on the port answers it; empty when nothing does.
+    fn page(&self) -> String {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return String::new() };
+        let request = "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return String::new();
+        }
+        let answer = read_to_eof(&mut stream, Vec::new(), WAIT).unwrap_or_default();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Stops `php -S`, and holds its port for [`PhpBackend::run`].
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.held = Some(hold_port(self.port));
         }
     }
 
@@ -506,6 +524,17 @@ impl PhpBackend {
             .expect("a session cookie");
         line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_owned()
     }
+}
+
+/// `port` on 127.0.0.1, bound and not listening: nothing can connect, and nothing else binds it.
+fn hold_port(port: u16) -> socket2::Socket {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    // php's accepted connections may wait in TIME_WAIT on the port.
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.bind(&address.into()).expect("the stopped backend's port is free to hold");
+    socket
 }
 
 impl Drop for PhpBackend {
