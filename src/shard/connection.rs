@@ -242,9 +242,16 @@ impl Client {
     /// The client described by a subscription request; `sub` when its id is its grant's.
     pub fn from_request(request: Subscribe, sub: bool, agents: &mut Agents) -> Self {
         let id = request.id.unwrap_or_default();
-        let mark = if sub { SUB } else { '-' };
-        let names = format!("{mark}{id}\n{}", request.tokens.join("\n"));
-        Client { names: CompactString::new(names), agent: agents.share(&request.user_agent), messages: 0 }
+        // Written in place at its exact length: inline when it fits, else one allocation.
+        let length = 1 + id.len() + request.tokens.iter().map(|token| 1 + token.len()).sum::<usize>();
+        let mut names = CompactString::with_capacity(length);
+        names.push(if sub { SUB } else { '-' });
+        names.push_str(&id);
+        for token in &request.tokens {
+            names.push('\n');
+            names.push_str(token);
+        }
+        Client { names, agent: agents.share(&request.user_agent), messages: 0 }
     }
 
     /// Its names, one a line, after the `sub` mark.
